@@ -1,0 +1,1 @@
+//! shelfboot card agent: the sans-IO boot conversation and the flash trait, shared by init and simulated cards.

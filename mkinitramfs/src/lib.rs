@@ -1,0 +1,1 @@
+//! shelfboot mkinitramfs: reproducible newc initramfs and boot images.

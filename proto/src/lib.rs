@@ -1,0 +1,1 @@
+//! shelfboot wire protocol: framing, CBOR control messages, data frames, signatures (sans-IO).

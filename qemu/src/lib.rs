@@ -1,0 +1,1 @@
+//! shelfboot QEMU lab: real kernels, emulated NAND, a bridged backplane.

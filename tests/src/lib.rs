@@ -1,0 +1,1 @@
+//! shelfboot cross-crate tests: network-namespace and QEMU tiers.
