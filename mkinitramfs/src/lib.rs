@@ -1,1 +1,15 @@
-//! shelfboot mkinitramfs: reproducible newc initramfs and boot images.
+//! shelfboot mkinitramfs: reproducible newc initramfs images for the cards, and the boot
+//! images (kernel + initramfs + command line) the master serves.
+//!
+//! Modules: [`newc`] (cpio writer and reader), [`tree`] (sorted image contents with fixed
+//! metadata), [`compress`], [`modules`] (modules.dep closure and load.list), [`build`]
+//! (what goes where), [`bootimage`] (the container, with a pure parser the card uses) and
+//! [`cli`]. Formats are documented in docs/lab.md.
+
+pub mod bootimage;
+pub mod build;
+pub mod cli;
+pub mod compress;
+pub mod modules;
+pub mod newc;
+pub mod tree;
