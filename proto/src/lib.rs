@@ -1,1 +1,62 @@
-//! shelfboot wire protocol: framing, CBOR control messages, data frames, signatures (sans-IO).
+//! shelfboot wire protocol: framing, CBOR control messages, data frames, signatures.
+//!
+//! This crate is sans-IO: it never opens a socket, reads a clock or touches flash. It turns
+//! bytes into typed values and back, and every decoder is total: any input yields either a
+//! value or an error, never a panic (fuzzed by `fuzz/`, see `docs/protocol.md`).
+//!
+//! Layers, outermost first:
+//! - [`frame`]: the Ethernet view, our versioned header and the CRC-32 trailer.
+//! - [`msg`]: control messages (CBOR bodies) and the shared [`msg::set_digest`].
+//! - [`data`]: data frames (fixed binary header, no CBOR), slices and NACK bitmaps.
+//! - [`sign`]: Ed25519 signatures over plans, commands and manifests; the trust anchor.
+//! - [`describe`]: a human-readable dump of a frame, for `master decode HEX`.
+//!
+//! It does not choose addresses, retransmit, time out or resolve plans: that is the
+//! business of the card state machine and the master.
+
+pub mod data;
+pub mod describe;
+pub mod frame;
+pub mod msg;
+pub mod sign;
+
+pub use describe::describe_frame;
+
+/// Protocol versions. The rule, from `docs/protocol.md`:
+///
+/// - Message variants, message types, error reasons and struct fields are only ever
+///   **appended**; nothing is renamed, reordered, re-keyed or removed. A new field is
+///   optional (absent means the old behaviour) so that a newer peer still decodes the older
+///   version's messages.
+/// - Any change to what goes on the wire bumps [`CURRENT`], and gets a new
+///   `proto/tests/golden_vN.rs` that pins its bytes; the older golden files stay.
+/// - The first 14 bytes of our header (see [`crate::frame`]) and the layout of the
+///   `Error`/`UnsupportedVersion` reply are frozen forever, so that any two versions can
+///   at least tell each other which versions they speak.
+/// - A peer decodes every version in `MIN..=CURRENT` and answers anything else with
+///   [`crate::msg::unsupported_version_reply`].
+pub mod version {
+    /// Oldest protocol version this build decodes.
+    pub const MIN: u8 = 1;
+    /// Version this build encodes.
+    pub const CURRENT: u8 = 1;
+
+    /// Whether `v` is a version this build decodes.
+    pub const fn is_supported(v: u8) -> bool {
+        v >= MIN && v <= CURRENT
+    }
+}
+
+/// Largest link MTU we support (jumbo frames).
+pub const MAX_MTU: u16 = 9000;
+/// Smallest link MTU we support (IPv6's minimum; any real backplane is larger).
+pub const MIN_MTU: u16 = 1280;
+/// Largest Ethernet frame (without FCS) we ever encode or accept: header + [`MAX_MTU`].
+pub const MAX_FRAME_LEN: usize = frame::ETH_HDR_LEN + MAX_MTU as usize;
+/// Largest payload behind our header: a jumbo MTU minus our header and CRC trailer.
+pub const MAX_PAYLOAD_LEN: usize = MAX_MTU as usize - frame::PROTO_HDR_LEN - frame::CRC_LEN;
+/// Largest CBOR body of a control message. Control messages are broadcast before anyone
+/// knows the link MTU, so every one of them must fit a 1500-byte MTU frame.
+pub const MAX_CONTROL_BODY_LEN: usize = 1500 - frame::PROTO_HDR_LEN - frame::CRC_LEN;
+/// Default EtherType (IEEE 802 local experimental 1); configurable per deployment.
+pub const DEFAULT_ETHERTYPE: u16 = 0x88B5;

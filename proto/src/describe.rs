@@ -1,0 +1,141 @@
+//! A human-readable dump of one frame, for `master decode HEX` and for logs.
+//!
+//! It decodes with the frame's own EtherType (so frames of a non-default deployment still
+//! decode) and never fails: a rejected frame is described by its error chain plus the raw
+//! fields that could be read. It does not verify signatures (no trust anchor here).
+
+use std::fmt::Write as _;
+
+use crate::DEFAULT_ETHERTYPE;
+use crate::data::DataView;
+use crate::frame::{EthernetView, Frame, MessageType};
+use crate::msg::decode_message;
+
+/// Describes `bytes` (one Ethernet frame without FCS) on several lines.
+pub fn describe_frame(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    let eth = match EthernetView::from_bytes(bytes) {
+        Ok(eth) => eth,
+        Err(e) => {
+            let _ = writeln!(out, "not a frame: {e}");
+            return out;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "ethernet: {} -> {} type 0x{:04x}{} ({} bytes)",
+        eth.src(),
+        eth.dst(),
+        eth.ethertype(),
+        if eth.ethertype() == DEFAULT_ETHERTYPE {
+            " (shelfboot default)"
+        } else {
+            ""
+        },
+        bytes.len()
+    );
+    let frame = match Frame::decode(bytes, eth.ethertype()) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = writeln!(out, "rejected: {e}");
+            return out;
+        }
+    };
+    let h = frame.header();
+    let _ = writeln!(
+        out,
+        "header: version {} type {} flags 0x{:04x} session {} sequence {} payload {} bytes (CRC ok)",
+        h.version,
+        h.msg_type,
+        h.flags.bits(),
+        h.session,
+        h.sequence,
+        frame.payload().len()
+    );
+    if h.msg_type == MessageType::Data {
+        match DataView::from_frame(&frame) {
+            Ok(v) => {
+                let d = v.header();
+                let _ = writeln!(
+                    out,
+                    "data: transfer {} slice {} block {} block_size {} offset {} len {}",
+                    v.transfer(),
+                    d.slice,
+                    d.block,
+                    d.block_size,
+                    d.offset,
+                    v.data().len()
+                );
+            }
+            Err(e) => push_chain(&mut out, "data rejected", &e),
+        }
+    } else {
+        match decode_message(&frame) {
+            Ok(m) => {
+                let _ = writeln!(out, "message: {m:#?}");
+            }
+            Err(e) => push_chain(&mut out, "message rejected", &e),
+        }
+    }
+    out
+}
+
+fn push_chain(out: &mut String, what: &str, e: &dyn std::error::Error) {
+    let _ = write!(out, "{what}: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        let _ = write!(out, ": {s}");
+        src = s.source();
+    }
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Header, Link, MacAddr, encode_frame};
+    use crate::msg::{Heartbeat, Message, encode_message};
+
+    fn link(ethertype: u16) -> Link {
+        Link {
+            dst: MacAddr::BROADCAST,
+            src: MacAddr([2, 0, 0, 0, 0, 1]),
+            ethertype,
+        }
+    }
+
+    #[test]
+    fn describes_a_message() {
+        let mut buf = [0u8; 128];
+        let msg = Message::Heartbeat(Heartbeat {
+            master_id: 42,
+            epoch: 7,
+        });
+        let n = encode_message(&mut buf, &link(0x9000), 5, 6, &msg).unwrap();
+        let s = describe_frame(&buf[..n]);
+        assert!(s.contains("type 0x9000 ("), "{s}");
+        assert!(s.contains("Heartbeat(0x03)"), "{s}");
+        assert!(s.contains("master_id: 42"), "{s}");
+        assert!(s.contains("session 5 sequence 6"), "{s}");
+    }
+
+    #[test]
+    fn describes_rejections() {
+        assert!(describe_frame(&[1, 2, 3]).starts_with("not a frame"));
+        let mut buf = [0u8; 128];
+        let n = encode_frame(
+            &mut buf,
+            &link(DEFAULT_ETHERTYPE),
+            &Header::new(MessageType::Fetch, 1, 1),
+            b"\xff",
+        )
+        .unwrap();
+        let s = describe_frame(&buf[..n]);
+        assert!(
+            s.contains("message rejected: Fetch(0x05) body is not valid CBOR"),
+            "{s}"
+        );
+        buf[30] ^= 1;
+        assert!(describe_frame(&buf[..n]).contains("rejected: CRC-32 mismatch"));
+    }
+}

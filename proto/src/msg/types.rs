@@ -1,0 +1,430 @@
+//! The control message bodies and their CBOR keys.
+//!
+//! Every struct is a CBOR map with short text keys (named in each field's doc and in
+//! `docs/protocol.md`); enums are text strings (unit variants) or one-entry maps (variants
+//! with fields). Optional fields are omitted when absent. Unknown keys are rejected.
+//! Fields are only ever appended (see [`crate::version`]).
+//!
+//! This module holds data only: the codec is in [`crate::msg`], signing in [`crate::sign`].
+
+use serde::{Deserialize, Serialize};
+
+use super::artifact::{ArtifactRef, Digest};
+use crate::data::NACK_BITMAP_LEN;
+use crate::frame::MacAddr;
+use crate::sign::Signature;
+
+/// A card's per-boot random nonce; a plan is only valid with the nonce of its Solicit.
+pub type Nonce = [u8; 16];
+
+/// Processor architecture. CBOR: text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Arch {
+    /// x86-64.
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 64-bit ARM.
+    #[serde(rename = "aarch64")]
+    Aarch64,
+}
+
+/// Why the card is soliciting. CBOR: text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BootPhase {
+    /// Power-on or unexplained reset.
+    #[serde(rename = "on")]
+    PowerOn,
+    /// System-wide warm boot ordered by the master: the card expects to validate only.
+    #[serde(rename = "warm")]
+    WarmBoot,
+    /// Reset ordered by the master (Reset or BurnNow): the card expects to fetch and burn.
+    #[serde(rename = "reset")]
+    AfterReset,
+    /// The last handoff failed; the card runs from the initramfs only.
+    #[serde(rename = "rec")]
+    Recovery,
+}
+
+/// Card → broadcast: identity, flash inventory and a fresh nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Solicit {
+    /// `m`: the card's backplane MAC.
+    #[serde(rename = "m")]
+    pub mac: MacAddr,
+    /// `ct`: card type, e.g. `lc-100g`.
+    #[serde(rename = "ct")]
+    pub card_type: String,
+    /// `ar`: processor architecture.
+    #[serde(rename = "ar")]
+    pub arch: Arch,
+    /// `sh`: shelf number.
+    #[serde(rename = "sh")]
+    pub shelf: u16,
+    /// `sl`: slot number.
+    #[serde(rename = "sl")]
+    pub slot: u16,
+    /// `hw`: hardware revision.
+    #[serde(rename = "hw")]
+    pub hw_rev: String,
+    /// `f`: features the card asks for (e.g. `mpls`).
+    #[serde(rename = "f")]
+    pub features: Vec<String>,
+    /// `ph`: boot phase.
+    #[serde(rename = "ph")]
+    pub phase: BootPhase,
+    /// `inv`: artifacts committed on flash.
+    #[serde(rename = "inv")]
+    pub inventory: Vec<ArtifactRef>,
+    /// `id`: [`crate::msg::set_digest`] of the committed set; absent = pristine flash.
+    #[serde(
+        rename = "id",
+        with = "opt_digest",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inventory_digest: Option<Digest>,
+    /// `n`: fresh random nonce of this boot.
+    #[serde(rename = "n", with = "serde_bytes")]
+    pub nonce: Nonce,
+}
+
+/// Master → card / broadcast: "I serve this backplane".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Advertise {
+    /// `mi`: master id.
+    #[serde(rename = "mi")]
+    pub master_id: u64,
+    /// `e`: master epoch (bumped on every master start or failover).
+    #[serde(rename = "e")]
+    pub epoch: u64,
+}
+
+/// Master → broadcast: liveness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// `mi`: master id.
+    #[serde(rename = "mi")]
+    pub master_id: u64,
+    /// `e`: master epoch.
+    #[serde(rename = "e")]
+    pub epoch: u64,
+}
+
+/// What the card must do with a plan. CBOR: text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Flash already holds the set: validate and boot, no bytes move.
+    #[serde(rename = "c")]
+    Continue,
+    /// Fetch what is missing, then commit.
+    #[serde(rename = "f")]
+    Fetch,
+}
+
+/// The signed part of a [`Plan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanBody {
+    /// `a`: the set: at most one boot image plus packages.
+    #[serde(rename = "a")]
+    pub artifacts: Vec<ArtifactRef>,
+    /// `c`: boot image command line.
+    #[serde(rename = "c")]
+    pub cmdline: String,
+    /// `p`: true = commit to flash; false = RAM only (test mode).
+    #[serde(rename = "p")]
+    pub persist: bool,
+    /// `v`: Continue or Fetch.
+    #[serde(rename = "v")]
+    pub verdict: Verdict,
+    /// `d`: [`crate::msg::set_digest`] of `artifacts` and `cmdline`.
+    #[serde(rename = "d", with = "serde_bytes")]
+    pub digest: Digest,
+    /// `n`: the nonce of the Solicit this answers.
+    #[serde(rename = "n", with = "serde_bytes")]
+    pub nonce: Nonce,
+    /// `e`: master epoch.
+    #[serde(rename = "e")]
+    pub epoch: u64,
+}
+
+impl PlanBody {
+    /// The boot image, if the plan has one.
+    pub fn boot_image(&self) -> Option<&ArtifactRef> {
+        self.artifacts
+            .iter()
+            .find(|a| a.kind == super::ArtifactKind::BootImage)
+    }
+}
+
+/// Master → card: the signed plan. CBOR: `{"b": PlanBody, "s": signature}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// `b`: what is signed.
+    #[serde(rename = "b")]
+    pub body: PlanBody,
+    /// `s`: Ed25519 signature (see [`crate::sign`]).
+    #[serde(rename = "s")]
+    pub signature: Signature,
+}
+
+/// Card → master: send me this artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fetch {
+    /// `h`: sha256 of the artifact.
+    #[serde(rename = "h", with = "serde_bytes")]
+    pub artifact: Digest,
+    /// `r`: slices 0..r are already received and verified (resume point).
+    #[serde(rename = "r")]
+    pub have_slices: u32,
+}
+
+/// Master → card: receive an artifact in a (usually multicast) transfer session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    /// `t`: transfer id; data frames carry it in the header's session field.
+    #[serde(rename = "t")]
+    pub transfer: u32,
+    /// `h`: sha256 of the artifact.
+    #[serde(rename = "h", with = "serde_bytes")]
+    pub artifact: Digest,
+    /// `z`: artifact size in bytes.
+    #[serde(rename = "z")]
+    pub size: u64,
+    /// `g`: destination MAC of the session's data frames (group or the card's own).
+    #[serde(rename = "g")]
+    pub group: MacAddr,
+    /// `b`: block size of the session.
+    #[serde(rename = "b")]
+    pub block_size: u16,
+    /// `f`: first slice this session sends (earlier ones come by NACK or catch-up).
+    #[serde(rename = "f")]
+    pub first_slice: u32,
+}
+
+/// Card → master: blocks missing from one slice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nack {
+    /// `t`: transfer id.
+    #[serde(rename = "t")]
+    pub transfer: u32,
+    /// `s`: slice index.
+    #[serde(rename = "s")]
+    pub slice: u32,
+    /// `m`: bitmap, bit i (byte i/8, bit i%8, LSB first) set = block i missing.
+    #[serde(rename = "m", with = "serde_bytes")]
+    pub missing: [u8; NACK_BITMAP_LEN],
+}
+
+/// What a card is busy with. CBOR: text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Stage {
+    /// Receiving artifact data.
+    #[serde(rename = "f")]
+    Fetching,
+    /// Hashing a received artifact.
+    #[serde(rename = "v")]
+    Verifying,
+    /// Writing to flash.
+    #[serde(rename = "w")]
+    Writing,
+    /// Atomic commit (UBI rename).
+    #[serde(rename = "c")]
+    Committing,
+}
+
+/// Card → master: progress report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// `st`: stage.
+    #[serde(rename = "st")]
+    pub stage: Stage,
+    /// `h`: artifact concerned, if any.
+    #[serde(
+        rename = "h",
+        with = "opt_digest",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact: Option<Digest>,
+    /// `d`: bytes done.
+    #[serde(rename = "d")]
+    pub done: u64,
+    /// `z`: bytes total.
+    #[serde(rename = "z")]
+    pub total: u64,
+}
+
+/// How the card hands off. CBOR: text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Handoff {
+    /// kexec into the boot image.
+    #[serde(rename = "k")]
+    Kexec,
+    /// switch_root into the root assembled from packages.
+    #[serde(rename = "s")]
+    SwitchRoot,
+}
+
+/// Card → master: set committed (or staged in RAM), handing off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    /// `d`: set digest of what the card is about to boot.
+    #[serde(rename = "d", with = "serde_bytes")]
+    pub digest: Digest,
+    /// `p`: true = committed to flash, false = RAM only.
+    #[serde(rename = "p")]
+    pub persisted: bool,
+    /// `ho`: handoff kind.
+    #[serde(rename = "ho")]
+    pub handoff: Handoff,
+}
+
+/// Structured failure reasons. CBOR: text (unit) or one-entry map (with fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum ErrorReason {
+    /// `{"ns": {"n": needed, "a": available}}`: flash too small for the set.
+    #[serde(rename = "ns")]
+    NoSpace {
+        /// Bytes needed.
+        #[serde(rename = "n")]
+        needed: u64,
+        /// Bytes available.
+        #[serde(rename = "a")]
+        available: u64,
+    },
+    /// `{"bb": {"c": count}}`: too many bad eraseblocks to go on.
+    #[serde(rename = "bb")]
+    BadBlocks {
+        /// Bad eraseblocks seen.
+        #[serde(rename = "c")]
+        count: u32,
+    },
+    /// `{"vf": {"n": name, "e": expected, "g": got}}`: sha256 mismatch after download.
+    #[serde(rename = "vf")]
+    VerificationFailed {
+        /// Artifact name.
+        #[serde(rename = "n")]
+        artifact: String,
+        /// Digest from the signed plan.
+        #[serde(rename = "e", with = "serde_bytes")]
+        expected: Digest,
+        /// Digest of the received bytes.
+        #[serde(rename = "g", with = "serde_bytes")]
+        got: Digest,
+    },
+    /// `"uc"`: the master has no record of this card.
+    #[serde(rename = "uc")]
+    UnknownCard,
+    /// `{"uv": {"lo": min, "hi": max}}`: frame version unsupported; I speak `min..=max`.
+    /// Frozen in every version.
+    #[serde(rename = "uv")]
+    UnsupportedVersion {
+        /// Lowest version the sender of this error speaks.
+        #[serde(rename = "lo")]
+        min: u8,
+        /// Highest version the sender of this error speaks.
+        #[serde(rename = "hi")]
+        max: u8,
+    },
+    /// `{"ut": {"t": type}}`: message type unknown to the sender of this error.
+    #[serde(rename = "ut")]
+    UnknownMessageType {
+        /// The type byte received.
+        #[serde(rename = "t")]
+        msg_type: u8,
+    },
+    /// `"bad"`: the body did not decode (detail says why).
+    #[serde(rename = "bad")]
+    Malformed,
+}
+
+/// Either way: a structured error. CBOR: `{"r": reason, "t": detail}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorMsg {
+    /// `r`: reason.
+    #[serde(rename = "r")]
+    pub reason: ErrorReason,
+    /// `t`: free-text detail for logs and operators.
+    #[serde(rename = "t")]
+    pub detail: String,
+}
+
+/// What a [`Command`] orders. CBOR: text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Action {
+    /// Reset now and solicit with phase AfterReset.
+    #[serde(rename = "reset")]
+    Reset,
+    /// System-wide warm boot: reset and solicit with phase WarmBoot.
+    #[serde(rename = "warm")]
+    WarmBoot,
+    /// Fetch and commit the current plan now, then report Ready.
+    #[serde(rename = "burn")]
+    BurnNow,
+    /// Enter test mode (plans become RAM-only).
+    #[serde(rename = "test-on")]
+    EnterTestMode,
+    /// Leave test mode.
+    #[serde(rename = "test-off")]
+    LeaveTestMode,
+}
+
+/// The signed part of a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    /// `a`: action.
+    #[serde(rename = "a")]
+    pub action: Action,
+    /// `t`: the one card this is for; absent = every card that receives it.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<MacAddr>,
+    /// `e`: master epoch.
+    #[serde(rename = "e")]
+    pub epoch: u64,
+    /// `q`: command serial within the epoch; cards ignore serials they already executed.
+    #[serde(rename = "q")]
+    pub serial: u64,
+}
+
+/// Master → card(s): signed command. CBOR: `{"b": CommandBody, "s": signature}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// `b`: what is signed.
+    #[serde(rename = "b")]
+    pub body: CommandBody,
+    /// `s`: Ed25519 signature (see [`crate::sign`]).
+    #[serde(rename = "s")]
+    pub signature: Signature,
+}
+
+/// serde for `Option<[u8; 32]>` as an optional 32-byte string.
+mod opt_digest {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Digest;
+
+    pub fn serialize<S: Serializer>(v: &Option<Digest>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => serde_bytes::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Digest>, D::Error> {
+        Option::<serde_bytes::ByteArray<32>>::deserialize(d).map(|o| o.map(|b| b.into_array()))
+    }
+}
