@@ -1,1 +1,22 @@
-//! shelfboot backplane I/O: AF_PACKET endpoints with batched send/receive paths, and network-namespace test fixtures.
+//! shelfboot backplane I/O: AF_PACKET endpoints with batched send/receive paths, a
+//! token-bucket pacer, and network-namespace fixtures for tests and benchmarks.
+//!
+//! This crate moves opaque Ethernet frames; it knows nothing of shelfboot's frame
+//! formats or messages (that is `shelfboot-proto`). It is synchronous and depends only on
+//! libc, nix, log and thiserror so that the card's PID-1 init can use it. All `unsafe`
+//! lives in the private `sys` module. See docs/netio.md.
+
+pub mod lab;
+pub mod mac;
+pub mod pacer;
+pub mod ring;
+pub mod socket;
+mod sys;
+
+pub use mac::MacAddr;
+pub use pacer::{Clock, MonotonicClock, Pacer, PacerError};
+pub use ring::{RingError, RingGeometry};
+pub use socket::{
+    DEFAULT_ETHERTYPE, ETH_HEADER_LEN, PacketSocket, Path, PathChoice, SocketConfig, SocketError,
+    SocketStats,
+};
