@@ -8,8 +8,19 @@
 //! This module does not talk to the network, verify signatures or decide *what* to
 //! install: it stores what the card agent hands it and proves it got there intact.
 
+pub mod artifact;
+pub mod boot;
+pub mod fake;
+pub mod inventory;
+pub mod layout;
+pub mod store;
 pub mod volumes;
 
+#[cfg(test)]
+mod tests;
+
+pub use boot::{BootDecision, RollbackReason};
+pub use store::{OpenReport, PlanCheck, Store, StoreConfig, StoreError};
 pub use volumes::{
     Geometry, Rename, UBI_MAX_RNVOL, UBI_MAX_VOLUME_NAME, VolumeError, VolumeErrorKind, VolumeId,
     VolumeInfo, VolumeOp, VolumeTarget, VolumeWriter, Volumes,

@@ -1,0 +1,396 @@
+//! The inventory: what a card's flash holds, as stored in the `sb.inventory` volume.
+//!
+//! An [`Inventory`] records the committed set (every artifact with name, version, kind,
+//! sha256, size and the volume holding it, the boot command line and the set digest), a
+//! generation number, the boot-attempt counter, and the previous set for rollback.
+//!
+//! On flash it is CBOR framed with a header and a CRC-32, written **twice**, each copy
+//! padded to whole LEBs so that one bad eraseblock cannot take both (the same idea as UBI's
+//! own duplicated volume table):
+//!
+//! ```text
+//! copy:   "SBIV" | format u16 BE | 0u16 | len u32 BE | CBOR payload (len bytes) | crc32 BE
+//!         (crc32 covers everything before it)
+//! volume: copy A, 0xFF padding to stride | copy B, 0xFF padding to stride
+//!         stride = copy length rounded up to the LEB size; data_bytes = 2 × stride
+//! ```
+//!
+//! Decoding checks magic, format, length, CRC, the CBOR, that every set's digest is the
+//! [`set_digest`] of its artifacts and command line, and that every volume name is the one
+//! the layout gives that artifact. This module does no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use super::artifact::{ArtifactKind, ArtifactRef, Digest, set_digest};
+use super::layout::{BadArtifactName, artifact_volume};
+
+/// Current inventory format. Fields are only appended (optional, `serde(default)`).
+pub const FORMAT: u16 = 1;
+const MAGIC: [u8; 4] = *b"SBIV";
+const HEADER: usize = 12;
+/// Largest payload accepted (bounds memory when reading a damaged volume).
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// One artifact of a set and the volume that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredArtifact {
+    /// The artifact.
+    #[serde(rename = "a")]
+    pub artifact: ArtifactRef,
+    /// The committed volume holding its bytes (see [`super::layout`]).
+    #[serde(rename = "v")]
+    pub volume: String,
+}
+
+/// A complete software set: artifacts, command line and their digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRecord {
+    /// The artifacts, in the order the plan gave them.
+    #[serde(rename = "a")]
+    pub artifacts: Vec<StoredArtifact>,
+    /// Kernel command line for the boot image.
+    #[serde(rename = "c")]
+    pub cmdline: String,
+    /// `set_digest(artifacts, cmdline)`.
+    #[serde(rename = "d", with = "serde_bytes")]
+    pub digest: Digest,
+}
+
+impl SetRecord {
+    /// Build the record of a set, naming each artifact's volume and computing the digest.
+    pub fn new(artifacts: &[ArtifactRef], cmdline: &str) -> Result<Self, InventoryError> {
+        let mut out = Vec::with_capacity(artifacts.len());
+        for a in artifacts {
+            let volume = artifact_volume(a)?;
+            if out.iter().any(|s: &StoredArtifact| s.volume == volume) {
+                return Err(InventoryError::Duplicate { volume });
+            }
+            out.push(StoredArtifact {
+                artifact: a.clone(),
+                volume,
+            });
+        }
+        Ok(Self {
+            artifacts: out,
+            cmdline: cmdline.to_owned(),
+            digest: set_digest(artifacts, cmdline),
+        })
+    }
+
+    /// The artifacts as plain references.
+    pub fn refs(&self) -> Vec<ArtifactRef> {
+        self.artifacts.iter().map(|s| s.artifact.clone()).collect()
+    }
+
+    /// The boot image, if the set has one.
+    pub fn boot_image(&self) -> Option<&StoredArtifact> {
+        self.artifacts
+            .iter()
+            .find(|s| s.artifact.kind == ArtifactKind::BootImage)
+    }
+
+    /// The packages, in plan order (the order init stacks them).
+    pub fn packages(&self) -> impl Iterator<Item = &StoredArtifact> {
+        self.artifacts
+            .iter()
+            .filter(|s| s.artifact.kind == ArtifactKind::Package)
+    }
+
+    /// Whether `volume` belongs to this set.
+    pub fn uses(&self, volume: &str) -> bool {
+        self.artifacts.iter().any(|s| s.volume == volume)
+    }
+
+    fn validate(&self) -> Result<(), InventoryError> {
+        let fresh = Self::new(&self.refs(), &self.cmdline)?;
+        if fresh.digest != self.digest {
+            return Err(InventoryError::DigestMismatch);
+        }
+        for (a, b) in fresh.artifacts.iter().zip(&self.artifacts) {
+            if a.volume != b.volume {
+                return Err(InventoryError::WrongVolume {
+                    volume: b.volume.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The committed state of a card's flash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Incremented by every write of the inventory (commit, boot count, rollback).
+    #[serde(rename = "g")]
+    pub generation: u64,
+    /// The set the card boots.
+    #[serde(rename = "s")]
+    pub set: SetRecord,
+    /// Boots of `set` started since it last reached Ready (or was committed).
+    #[serde(rename = "n")]
+    pub attempts: u32,
+    /// The set committed before `set`, still on flash, for rollback.
+    #[serde(rename = "p", default)]
+    pub previous: Option<SetRecord>,
+    /// Digest of a set this card rolled back from, for reporting to the master.
+    #[serde(rename = "r", default, with = "opt_digest")]
+    pub rolled_back_from: Option<Digest>,
+}
+
+mod opt_digest {
+    use super::Digest;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Digest>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(serde_bytes::Bytes::new(d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Digest>, D::Error> {
+        let v: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+        match v {
+            None => Ok(None),
+            Some(b) => Digest::try_from(b.as_slice())
+                .map(Some)
+                .map_err(|_| serde::de::Error::invalid_length(b.len(), &"32 bytes")),
+        }
+    }
+}
+
+/// Why an inventory could not be built, encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// An artifact name cannot be part of a volume name.
+    #[error("the set cannot be stored")]
+    Name(#[from] BadArtifactName),
+    /// Two artifacts of one set would share a volume.
+    #[error("the set lists the artifact of volume \"{volume}\" twice")]
+    Duplicate {
+        /// The duplicated volume name.
+        volume: String,
+    },
+    /// Encoding the CBOR payload failed.
+    #[error("cannot encode the inventory as CBOR")]
+    Encode(#[source] ciborium::ser::Error<std::io::Error>),
+    /// The payload would exceed [`MAX_PAYLOAD`].
+    #[error("the inventory is {len} bytes, more than the {MAX_PAYLOAD} allowed")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+    },
+    /// Neither copy is intact.
+    #[error("both inventory copies are damaged (copy A: {a}; copy B: {b}); reprovision the card")]
+    Corrupt {
+        /// What was wrong with copy A.
+        a: String,
+        /// What was wrong with copy B.
+        b: String,
+    },
+    /// A set's digest does not match its contents.
+    #[error("a set's recorded digest does not match its artifacts and command line")]
+    DigestMismatch,
+    /// A volume name differs from the one the layout gives its artifact.
+    #[error("volume \"{volume}\" is not the volume the layout assigns to its artifact")]
+    WrongVolume {
+        /// The unexpected name.
+        volume: String,
+    },
+}
+
+impl Inventory {
+    /// Validate the sets' digests and volume names.
+    pub fn validate(&self) -> Result<(), InventoryError> {
+        self.set.validate()?;
+        if let Some(p) = &self.previous {
+            p.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Volumes referenced by the current or the previous set.
+    pub fn referenced(&self) -> impl Iterator<Item = &str> {
+        self.set
+            .artifacts
+            .iter()
+            .chain(self.previous.iter().flat_map(|p| p.artifacts.iter()))
+            .map(|s| s.volume.as_str())
+    }
+}
+
+fn encode_copy(inv: &Inventory) -> Result<Vec<u8>, InventoryError> {
+    let mut payload = Vec::new();
+    ciborium::into_writer(inv, &mut payload).map_err(InventoryError::Encode)?;
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&l| l as usize <= MAX_PAYLOAD)
+        .ok_or(InventoryError::TooLarge { len: payload.len() })?;
+    let mut out = Vec::with_capacity(HEADER + payload.len() + 4);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    Ok(out)
+}
+
+/// Encode `inv` as the full content of an inventory volume on a device with `leb_size`.
+pub fn encode(inv: &Inventory, leb_size: u64) -> Result<Vec<u8>, InventoryError> {
+    let copy = encode_copy(inv)?;
+    let leb = usize::try_from(leb_size.max(1)).unwrap_or(usize::MAX);
+    let stride = copy.len().div_ceil(leb).saturating_mul(leb);
+    let mut out = vec![0xFF; stride.saturating_mul(2)];
+    out[..copy.len()].copy_from_slice(&copy);
+    out[stride..stride + copy.len()].copy_from_slice(&copy);
+    Ok(out)
+}
+
+fn decode_copy(b: &[u8]) -> Result<Inventory, String> {
+    if b.len() < HEADER + 4 {
+        return Err(format!("{} bytes, shorter than a header", b.len()));
+    }
+    if b[..4] != MAGIC {
+        return Err("bad magic".into());
+    }
+    let format = u16::from_be_bytes([b[4], b[5]]);
+    if format != FORMAT {
+        return Err(format!("format {format}, this build reads {FORMAT}"));
+    }
+    let len = u32::from_be_bytes([b[8], b[9], b[10], b[11]]) as usize;
+    if len > MAX_PAYLOAD || HEADER + len + 4 > b.len() {
+        return Err(format!("payload length {len} does not fit the copy"));
+    }
+    let end = HEADER + len;
+    let crc = u32::from_be_bytes([b[end], b[end + 1], b[end + 2], b[end + 3]]);
+    let actual = crc32fast::hash(&b[..end]);
+    if crc != actual {
+        return Err(format!("CRC-32 {actual:08x}, recorded {crc:08x}"));
+    }
+    let inv: Inventory =
+        ciborium::from_reader(&b[HEADER..end]).map_err(|e| format!("CBOR: {e}"))?;
+    inv.validate().map_err(|e| e.to_string())?;
+    Ok(inv)
+}
+
+/// What [`decode`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The inventory (from copy A if intact, else copy B).
+    pub inventory: Inventory,
+    /// Description of the damaged copy, if one was.
+    pub damaged: Option<String>,
+}
+
+/// Decode the full content of an inventory volume (both copies).
+pub fn decode(volume: &[u8]) -> Result<Decoded, InventoryError> {
+    let stride = volume.len() / 2;
+    let a = decode_copy(&volume[..stride]);
+    match a {
+        Ok(inventory) => Ok(Decoded {
+            inventory,
+            damaged: None,
+        }),
+        Err(a) => match decode_copy(&volume[stride..]) {
+            Ok(inventory) => Ok(Decoded {
+                inventory,
+                damaged: Some(format!("copy A: {a}")),
+            }),
+            Err(b) => Err(InventoryError::Corrupt { a, b }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn art(kind: ArtifactKind, name: &str, fill: u8) -> ArtifactRef {
+        ArtifactRef {
+            kind,
+            name: name.into(),
+            version: "1.0".into(),
+            sha256: [fill; 32],
+            size: 1000 + u64::from(fill),
+        }
+    }
+
+    pub(crate) fn sample() -> Inventory {
+        let set = SetRecord::new(
+            &[
+                art(ArtifactKind::BootImage, "kernel", 1),
+                art(ArtifactKind::Package, "base", 2),
+            ],
+            "console=ttyS0",
+        )
+        .unwrap();
+        let previous = SetRecord::new(&[art(ArtifactKind::BootImage, "kernel", 3)], "").unwrap();
+        Inventory {
+            generation: 7,
+            set,
+            attempts: 2,
+            previous: Some(previous),
+            rolled_back_from: Some([9; 32]),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_layout() {
+        let inv = sample();
+        let bytes = encode(&inv, 4096).unwrap();
+        assert_eq!(bytes.len(), 2 * 4096);
+        assert_eq!(&bytes[..4], b"SBIV");
+        assert_eq!(&bytes[4096..4100], b"SBIV");
+        let d = decode(&bytes).unwrap();
+        assert_eq!(d.inventory, inv);
+        assert_eq!(d.damaged, None);
+    }
+
+    #[test]
+    fn falls_back_to_second_copy_then_fails() {
+        let mut bytes = encode(&sample(), 4096).unwrap();
+        bytes[20] ^= 0x40;
+        let d = decode(&bytes).unwrap();
+        assert_eq!(d.inventory, sample());
+        assert!(d.damaged.unwrap().contains("CRC"));
+        bytes[4096 + 20] ^= 0x40;
+        let e = decode(&bytes).unwrap_err();
+        assert!(matches!(e, InventoryError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn every_single_byte_flip_in_a_copy_is_detected() {
+        let bytes = encode(&sample(), 64).unwrap();
+        let stride = bytes.len() / 2;
+        let copy_len = encode_copy(&sample()).unwrap().len();
+        for i in 0..copy_len {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            b[stride + i] ^= 0x01;
+            assert!(decode(&b).is_err(), "flip at {i} not detected");
+        }
+    }
+
+    #[test]
+    fn rejects_forged_digest_and_wrong_volume() {
+        let mut inv = sample();
+        inv.set.digest[0] ^= 1;
+        let e = decode(&encode(&inv, 64).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("digest"), "{e}");
+        let mut inv = sample();
+        inv.set.artifacts[0].volume = "sb.inventory".into();
+        let e = decode(&encode(&inv, 64).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("not the volume"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_artifacts_are_rejected() {
+        let a = art(ArtifactKind::Package, "base", 2);
+        assert!(matches!(
+            SetRecord::new(&[a.clone(), a], ""),
+            Err(InventoryError::Duplicate { .. })
+        ));
+    }
+}

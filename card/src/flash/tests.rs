@@ -1,0 +1,528 @@
+//! Store tests against [`FakeVolumes`]: behaviour, and power cuts at every step.
+//!
+//! The power-cut tests run a scenario once to count its mutating operations, then again
+//! with the power cut before each one (and in the middle of each write), reboot the fake
+//! device, reopen the store and require: the inventory is valid; the committed set is
+//! exactly the old or exactly the new one; every artifact of it (and of the recorded
+//! previous set) is present and hashes to its recorded sha256; no `sb.new.*` survives the
+//! reopen; and the card can still install the new set afterwards with no space leaked.
+
+// Test data sizes are tiny; truncating casts cannot bite here.
+#![allow(clippy::cast_possible_truncation)]
+
+use sha2::{Digest as _, Sha256};
+
+use super::artifact::{ArtifactKind, ArtifactRef, Digest, set_digest};
+use super::fake::{FakeOp, FakeVolumes};
+use super::store::{Store, StoreConfig, StoreError};
+use super::volumes::Volumes;
+use super::{BootDecision, RollbackReason, layout};
+
+const LEB: u64 = 1024;
+
+#[derive(Clone)]
+struct Art {
+    r: ArtifactRef,
+    data: Vec<u8>,
+}
+
+fn art(kind: ArtifactKind, name: &str, version: &str, len: usize) -> Art {
+    let seed = name.len() as u8 ^ version.bytes().fold(0u8, |a, b| a.wrapping_mul(31) ^ b);
+    let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
+    Art {
+        r: ArtifactRef {
+            kind,
+            name: name.into(),
+            version: version.into(),
+            sha256: Sha256::digest(&data).into(),
+            size: len as u64,
+        },
+        data,
+    }
+}
+
+struct Set {
+    arts: Vec<Art>,
+    cmdline: &'static str,
+}
+
+impl Set {
+    fn refs(&self) -> Vec<ArtifactRef> {
+        self.arts.iter().map(|a| a.r.clone()).collect()
+    }
+    fn digest(&self) -> Digest {
+        set_digest(&self.refs(), self.cmdline)
+    }
+}
+
+fn set_a() -> Set {
+    Set {
+        arts: vec![
+            art(ArtifactKind::BootImage, "kernel", "1", 3000),
+            art(ArtifactKind::Package, "base", "1", 2500),
+            art(ArtifactKind::Package, "app", "1", 700),
+        ],
+        cmdline: "console=ttyS0",
+    }
+}
+
+/// Shares `base` with set A.
+fn set_b() -> Set {
+    Set {
+        arts: vec![
+            art(ArtifactKind::BootImage, "kernel", "2", 3100),
+            art(ArtifactKind::Package, "base", "1", 2500),
+            art(ArtifactKind::Package, "app", "2", 900),
+        ],
+        cmdline: "console=ttyS0 quiet",
+    }
+}
+
+fn cfg() -> StoreConfig {
+    StoreConfig {
+        max_attempts: 2,
+        ..StoreConfig::default()
+    }
+}
+
+/// Open, begin, stage what is missing (in two writes each), commit.
+fn install(dev: &FakeVolumes, set: &Set) -> Result<(), StoreError> {
+    let (mut s, _) = Store::open(dev.clone(), cfg())?;
+    let check = s.begin(&set.refs(), set.cmdline)?;
+    for a in &set.arts {
+        if check.fetch.contains(&a.r) {
+            s.start(&a.r)?;
+            let mid = a.data.len() / 2;
+            s.write(&a.r, &a.data[..mid])?;
+            s.write(&a.r, &a.data[mid..])?;
+            s.finish(&a.r)?;
+        }
+    }
+    s.commit()?;
+    Ok(())
+}
+
+fn fresh(total_lebs: u64, sets: &[&Set]) -> FakeVolumes {
+    let dev = FakeVolumes::new(LEB, total_lebs);
+    for s in sets {
+        install(&dev, s).unwrap();
+    }
+    dev.power_cycle()
+}
+
+/// Reopen after a reboot and check every invariant; returns the committed digest.
+fn check_consistent(dev: &FakeVolumes, allowed: &[Digest], ctx: &str) -> Digest {
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
+    let inv = s
+        .inventory()
+        .cloned()
+        .unwrap_or_else(|| panic!("{ctx}: pristine after cut"));
+    assert!(allowed.contains(&inv.set.digest), "{ctx}: unexpected set");
+    let bad = s.verify_set(&inv.set).unwrap();
+    assert!(bad.is_empty(), "{ctx}: committed set damaged: {bad:?}");
+    if let Some(p) = &inv.previous {
+        let bad = s.verify_set(p).unwrap();
+        assert!(bad.is_empty(), "{ctx}: previous set damaged: {bad:?}");
+    }
+    let names: Vec<String> = s
+        .volumes_mut()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(layout::STAGING_PREFIX)),
+        "{ctx}: staging left: {names:?}"
+    );
+    for n in &names {
+        assert!(
+            n == layout::INVENTORY || inv.referenced().any(|r| r == n),
+            "{ctx}: unreferenced volume {n} survived open"
+        );
+    }
+    inv.set.digest
+}
+
+fn free_lebs(dev: &FakeVolumes) -> u64 {
+    dev.clone().geometry().unwrap().free_lebs
+}
+
+/// Run `scenario` with a power cut at every mutating op and mid every write; after each
+/// reboot, check consistency, then run `scenario` again without a cut: it must reach the
+/// same state (same set, same free space) as the uninterrupted run.
+fn exhaust(base: &FakeVolumes, old: Digest, new: Digest, scenario: impl Fn(&FakeVolumes)) {
+    let clean = base.power_cycle();
+    scenario(&clean);
+    let ops = clean.ops();
+    assert!(!clean.is_dead());
+    let free_clean = free_lebs(&clean);
+    let mut cases: Vec<(u64, Option<usize>)> = (0..=ops.len() as u64).map(|n| (n, None)).collect();
+    for (i, op) in ops.iter().enumerate() {
+        if let FakeOp::Write { len, .. } = op
+            && *len > 1
+        {
+            cases.push((i as u64, Some(len / 2)));
+        }
+    }
+    for (n, torn) in cases {
+        let dev = base.power_cycle();
+        match torn {
+            None => dev.cut_power_after(n),
+            Some(b) => dev.cut_power_mid_write(n, b),
+        }
+        scenario(&dev);
+        let ctx = format!(
+            "cut before op {n} of {} (torn {torn:?}): {:?}",
+            ops.len(),
+            ops.get(n as usize)
+        );
+        let rebooted = dev.power_cycle();
+        let got = check_consistent(&rebooted, &[old, new], &ctx);
+        if n as usize >= ops.len() {
+            assert_eq!(got, new, "{ctx}: completed run must show the new set");
+        }
+        scenario(&rebooted);
+        assert!(!rebooted.is_dead());
+        let again = check_consistent(&rebooted.power_cycle(), &[new], &format!("{ctx}, redo"));
+        assert_eq!(again, new);
+        assert_eq!(
+            free_lebs(&rebooted),
+            free_clean,
+            "{ctx}: space leaked after recovery"
+        );
+    }
+}
+
+#[test]
+fn commit_survives_power_cut_at_every_step() {
+    let (a, b) = (set_a(), set_b());
+    let base = fresh(64, &[&a]);
+    exhaust(&base, a.digest(), b.digest(), |d| {
+        drop(install(d, &set_b()))
+    });
+}
+
+#[test]
+fn first_install_survives_power_cut_at_every_step() {
+    // From pristine, "old" is no set: the reopened card must be pristine or have A.
+    let a = set_a();
+    let clean = FakeVolumes::new(LEB, 64);
+    install(&clean, &a).unwrap();
+    let n_ops = clean.ops().len() as u64;
+    for n in 0..=n_ops {
+        let dev = FakeVolumes::new(LEB, 64);
+        dev.cut_power_after(n);
+        let _ = install(&dev, &a);
+        let rebooted = dev.power_cycle();
+        let (s, _) = Store::open(rebooted.clone(), cfg()).unwrap();
+        match s.digest() {
+            None => assert_eq!(free_lebs(&rebooted), 64, "cut {n}: pristine but space used"),
+            Some(_) => {
+                check_consistent(&rebooted, &[a.digest()], &format!("cut {n}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn commit_dropping_previous_survives_power_cut_at_every_step() {
+    // 23 LEBs: A (3+3+1) + B-only (4+1) + inventory (2) leave 9 free; C needs 5+3+2 = 10,
+    // so the previous set's own volumes (kernel 1, app 1: 4 LEBs) must go first.
+    let (a, b) = (set_a(), set_b());
+    let c = Set {
+        arts: vec![
+            art(ArtifactKind::BootImage, "kernel", "3", 5000),
+            art(ArtifactKind::Package, "base", "1", 2500),
+            art(ArtifactKind::Package, "app", "3", 3000),
+        ],
+        cmdline: "console=ttyS0",
+    };
+    let base = fresh(23, &[&a, &b]);
+    {
+        let (mut s, _) = Store::open(base.power_cycle(), cfg()).unwrap();
+        let check = s.check(&c.refs(), c.cmdline).unwrap();
+        assert!(check.drops_previous, "{check:?}");
+        assert_eq!(check.present.len(), 1);
+    }
+    let c2 = c.digest();
+    exhaust(&base, b.digest(), c2, |d| {
+        let c = Set {
+            arts: c.arts.clone(),
+            cmdline: c.cmdline,
+        };
+        drop(install(d, &c));
+    });
+}
+
+#[test]
+fn many_artifacts_commit_in_batches_and_survive_cuts() {
+    let mk = |v: &str| Set {
+        arts: (0..40)
+            .map(|i| art(ArtifactKind::Package, &format!("p{i}"), v, 10 + i))
+            .collect(),
+        cmdline: "",
+    };
+    let base = fresh(400, &[&mk("1")]);
+    let renames_of = |dev: &FakeVolumes| {
+        dev.ops()
+            .iter()
+            .filter(|o| matches!(o, FakeOp::Rename(_)))
+            .count()
+    };
+    let probe = base.power_cycle();
+    install(&probe, &mk("2")).unwrap();
+    assert_eq!(
+        renames_of(&probe),
+        2,
+        "40 staged + inventory = one batch of 9, then 32"
+    );
+    exhaust(&base, mk("1").digest(), mk("2").digest(), |d| {
+        drop(install(d, &mk("2")))
+    });
+}
+
+#[test]
+fn no_space_and_bad_blocks_touch_nothing() {
+    let dev = fresh(12, &[&set_a()]);
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    let big = Set {
+        arts: vec![art(ArtifactKind::BootImage, "kernel", "9", 9000)],
+        cmdline: "",
+    };
+    match s.begin(&big.refs(), big.cmdline) {
+        Err(StoreError::NoSpace { needed, available }) => {
+            assert_eq!(needed, 11 * LEB);
+            assert!(available < needed);
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    dev.set_bad_blocks(3, 0);
+    assert!(matches!(
+        s.begin(&set_b().refs(), set_b().cmdline),
+        Err(StoreError::BadBlocks {
+            bad_pebs: 3,
+            reserved_for_bad: 0
+        })
+    ));
+    assert!(
+        dev.ops().is_empty(),
+        "a refused plan wrote: {:?}",
+        dev.ops()
+    );
+    dev.set_bad_blocks(0, 20);
+    dev.set_max_volumes(5);
+    let mut small = set_a();
+    small.arts[2] = art(ArtifactKind::Package, "app", "9", 10);
+    assert!(matches!(
+        s.begin(&small.refs(), small.cmdline),
+        Err(StoreError::TooManyVolumes { needed: 6, max: 5 })
+    ));
+    assert!(dev.ops().is_empty());
+}
+
+#[test]
+fn shared_artifacts_are_not_fetched_again_and_up_to_date_is_free() {
+    let dev = fresh(64, &[&set_a()]);
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    let check = s.check(&set_b().refs(), set_b().cmdline).unwrap();
+    let fetched: Vec<&str> = check.fetch.iter().map(|a| a.version.as_str()).collect();
+    assert_eq!(fetched, ["2", "2"]);
+    assert_eq!(check.present.len(), 1);
+    let same = s.check(&set_a().refs(), set_a().cmdline).unwrap();
+    assert!(same.up_to_date && same.fetch.is_empty() && same.needed == 0);
+}
+
+#[test]
+fn bad_stream_is_refused_and_can_be_restarted() {
+    let dev = fresh(64, &[&set_a()]);
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    let b = set_b();
+    s.begin(&b.refs(), b.cmdline).unwrap();
+    let k = &b.arts[0];
+    s.start(&k.r).unwrap();
+    let mut wrong = k.data.clone();
+    wrong[10] ^= 1;
+    s.write(&k.r, &wrong).unwrap();
+    assert!(matches!(
+        s.write(&k.r, b"x"),
+        Err(StoreError::TooLong { .. })
+    ));
+    assert!(matches!(
+        s.finish(&k.r),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert!(matches!(s.commit(), Err(StoreError::Incomplete { .. })));
+    s.start(&k.r).unwrap();
+    s.write(&k.r, &k.data[..5]).unwrap();
+    assert_eq!(s.written(&k.r).unwrap(), 5);
+    assert!(matches!(
+        s.finish(&k.r),
+        Err(StoreError::TooShort { got: 5, .. })
+    ));
+    let other = art(ArtifactKind::Package, "stranger", "1", 5);
+    assert!(matches!(
+        s.start(&other.r),
+        Err(StoreError::NotInPlan { .. })
+    ));
+    s.abort().unwrap();
+    let names: Vec<String> = dev
+        .clone()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("sb.new.")), "{names:?}");
+    assert_eq!(s.digest(), Some(set_a().digest()));
+    install(&dev, &b).unwrap();
+}
+
+#[test]
+fn readback_catches_corruption_on_flash() {
+    let dev = FakeVolumes::new(LEB, 64);
+    let a = set_a();
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    s.begin(&a.refs(), a.cmdline).unwrap();
+    let k = &a.arts[0];
+    s.start(&k.r).unwrap();
+    s.write(&k.r, &k.data).unwrap();
+    // The write "landed" differently than sent (media error): flip a bit before finish.
+    let staging = layout::staging_of(&layout::artifact_volume(&k.r).unwrap());
+    assert!(dev.corrupt(&staging, 100));
+    match s.finish(&k.r) {
+        Err(StoreError::DigestMismatch { what, .. }) => assert_eq!(what, "as read back"),
+        other => panic!("expected read-back mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn damaged_inventory_copy_falls_back_and_total_loss_is_an_error() {
+    let dev = fresh(64, &[&set_a()]);
+    assert!(dev.corrupt(layout::INVENTORY, 30));
+    let (s, report) = Store::open(dev.clone(), cfg()).unwrap();
+    assert_eq!(s.digest(), Some(set_a().digest()));
+    assert!(report.inventory_damaged.is_some());
+    assert!(dev.corrupt(layout::INVENTORY, LEB as usize + 30));
+    let err = Store::open(dev.clone(), cfg()).unwrap_err();
+    assert!(matches!(err, StoreError::Inventory { .. }), "{err}");
+    assert!(err.to_string().contains("sb.inventory"));
+    let s = Store::wipe(dev.clone(), cfg()).unwrap();
+    assert_eq!(s.digest(), None);
+    assert_eq!(free_lebs(&dev), 64);
+}
+
+#[test]
+fn boot_counting_rolls_back_after_k_failures_and_ready_resets() {
+    let dev = fresh(64, &[&set_a(), &set_b()]);
+    let boot = |dev: &FakeVolumes| {
+        Store::open(dev.clone(), cfg())
+            .unwrap()
+            .0
+            .begin_boot()
+            .unwrap()
+    };
+    assert!(matches!(boot(&dev), BootDecision::Boot { attempt: 1, .. }));
+    // Ready resets the counter.
+    Store::open(dev.clone(), cfg())
+        .unwrap()
+        .0
+        .mark_ready()
+        .unwrap();
+    assert!(matches!(boot(&dev), BootDecision::Boot { attempt: 1, .. }));
+    assert!(matches!(boot(&dev), BootDecision::Boot { attempt: 2, .. }));
+    match boot(&dev) {
+        BootDecision::RolledBack { set, from, reason } => {
+            assert_eq!(set.digest, set_a().digest());
+            assert_eq!(from, set_b().digest());
+            assert_eq!(reason, RollbackReason::Attempts(2));
+        }
+        other => panic!("expected rollback, got {other:?}"),
+    }
+    let (s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    let inv = s.inventory().unwrap();
+    assert_eq!(
+        (inv.attempts, inv.rolled_back_from),
+        (1, Some(set_b().digest()))
+    );
+    assert!(inv.previous.is_none());
+    check_consistent(&dev, &[set_a().digest()], "after rollback");
+    // No previous any more: an exhausted set is booted anyway.
+    assert!(matches!(boot(&dev), BootDecision::Boot { attempt: 2, .. }));
+    assert!(matches!(
+        boot(&dev),
+        BootDecision::Exhausted { attempt: 3, .. }
+    ));
+}
+
+#[test]
+fn damaged_set_rolls_back_at_once_and_explicit_rollback_works() {
+    let dev = fresh(64, &[&set_a(), &set_b()]);
+    {
+        let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+        assert_eq!(s.rollback().unwrap().digest, set_a().digest());
+        assert!(matches!(s.rollback(), Err(StoreError::NoPrevious)));
+    }
+    let dev = fresh(64, &[&set_a(), &set_b()]);
+    let victim = layout::artifact_volume(&set_b().arts[0].r).unwrap();
+    let mut d = dev.clone();
+    let id = d
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == victim)
+        .unwrap()
+        .id;
+    d.remove(id).unwrap();
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    assert!(matches!(
+        s.begin_boot().unwrap(),
+        BootDecision::RolledBack {
+            reason: RollbackReason::Damaged(_),
+            ..
+        }
+    ));
+    let mut pristine = Store::open(FakeVolumes::new(LEB, 8), cfg()).unwrap().0;
+    assert!(matches!(
+        pristine.begin_boot(),
+        Err(StoreError::NothingCommitted)
+    ));
+}
+
+#[test]
+fn boot_count_and_rollback_survive_power_cut_at_every_step() {
+    let (a, b) = (set_a(), set_b());
+    let base = fresh(64, &[&a, &b]);
+    // Boots 1..=3: the third rolls back (K = 2). Cut each boot at each of its ops.
+    for boot in 0..3 {
+        let probe = base.power_cycle();
+        for _ in 0..boot {
+            Store::open(probe.clone(), cfg())
+                .unwrap()
+                .0
+                .begin_boot()
+                .unwrap();
+        }
+        let before = probe.power_cycle();
+        let run = before.power_cycle();
+        Store::open(run.clone(), cfg())
+            .unwrap()
+            .0
+            .begin_boot()
+            .unwrap();
+        let n_ops = run.ops().len() as u64;
+        assert!(n_ops > 0);
+        for n in 0..=n_ops {
+            let dev = before.power_cycle();
+            dev.cut_power_after(n);
+            if let Ok((mut s, _)) = Store::open(dev.clone(), cfg()) {
+                let _ = s.begin_boot();
+            }
+            let ctx = format!("boot {boot}, cut before op {n}/{n_ops}");
+            let got = check_consistent(&dev.power_cycle(), &[a.digest(), b.digest()], &ctx);
+            if boot < 2 {
+                assert_eq!(got, b.digest(), "{ctx}: no rollback before K failures");
+            }
+        }
+    }
+}
