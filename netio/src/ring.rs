@@ -90,10 +90,10 @@ impl RingGeometry {
                 why,
             })
         };
-        if page_size == 0 || block == 0 || block % page_size != 0 {
+        if page_size == 0 || block == 0 || !block.is_multiple_of(page_size) {
             return bad("block_size must be a non-zero multiple of the page size");
         }
-        if frame == 0 || frame % TPACKET_ALIGNMENT != 0 || block % frame != 0 {
+        if frame == 0 || !frame.is_multiple_of(TPACKET_ALIGNMENT) || !block.is_multiple_of(frame) {
             return bad("frame_size must be a multiple of 16 that divides block_size");
         }
         if frame < TX_DATA_OFFSET + max_frame || frame < V3_HDR_ALIGNED + 20 + max_frame {
@@ -434,6 +434,7 @@ impl RxRing {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // synthetic blocks of a few KiB
 mod tests {
     use super::*;
 
@@ -470,7 +471,9 @@ mod tests {
         frames.last().map_or(0, |f| 80 + f.len())
     }
 
-    fn collect(block: &[u8]) -> (Result<u32, BlockError>, Vec<(Vec<u8>, u8)>) {
+    type Parsed = (Result<u32, BlockError>, Vec<(Vec<u8>, u8)>);
+
+    fn collect(block: &[u8]) -> Parsed {
         let mut got = Vec::new();
         let r = parse_block(block, &mut |fr| got.push((fr.data.to_vec(), fr.pkttype)));
         (r, got)

@@ -566,10 +566,12 @@ impl PacketSocket {
         let mut done = 0usize;
         while done < frames.len() {
             let step = match &mut self.tx {
-                Tx::Plain => match send(self.fd.as_raw_fd(), frames[done], MsgFlags::MSG_DONTWAIT) {
-                    Ok(_) => Ok(1),
-                    Err(e) => Err(e),
-                },
+                Tx::Plain => {
+                    match send(self.fd.as_raw_fd(), frames[done], MsgFlags::MSG_DONTWAIT) {
+                        Ok(_) => Ok(1),
+                        Err(e) => Err(e),
+                    }
+                }
                 Tx::Mmsg { headers, no_addrs } => {
                     let end = (done + no_addrs.len()).min(frames.len());
                     let slices: Vec<[IoSlice<'_>; 1]> = frames[done..end]
@@ -838,15 +840,15 @@ fn set_buffers(
     fd: BorrowedFd<'_>,
     config: &SocketConfig,
 ) -> std::result::Result<(), (&'static str, Errno)> {
-    if let Some(size) = config.rcvbuf {
-        if setsockopt(&fd, sockopt::RcvBufForce, &size).is_err() {
-            setsockopt(&fd, sockopt::RcvBuf, &size).map_err(|e| ("SO_RCVBUF", e))?;
-        }
+    if let Some(size) = config.rcvbuf
+        && setsockopt(&fd, sockopt::RcvBufForce, &size).is_err()
+    {
+        setsockopt(&fd, sockopt::RcvBuf, &size).map_err(|e| ("SO_RCVBUF", e))?;
     }
-    if let Some(size) = config.sndbuf {
-        if setsockopt(&fd, sockopt::SndBufForce, &size).is_err() {
-            setsockopt(&fd, sockopt::SndBuf, &size).map_err(|e| ("SO_SNDBUF", e))?;
-        }
+    if let Some(size) = config.sndbuf
+        && setsockopt(&fd, sockopt::SndBufForce, &size).is_err()
+    {
+        setsockopt(&fd, sockopt::SndBuf, &size).map_err(|e| ("SO_SNDBUF", e))?;
     }
     Ok(())
 }

@@ -19,6 +19,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::errno::Errno;
 
+/// `AF_PACKET` as the `sa_family_t` it is stored in (libc declares it as c_int).
+const AF_PACKET_FAMILY: libc::c_ushort = 17;
+const _: () = assert!(AF_PACKET_FAMILY as libc::c_int == libc::AF_PACKET);
+const _: () = assert!(libc::PACKET_MR_MULTICAST == 0);
+
 /// `enum tpacket_versions` in `linux/if_packet.h`.
 pub(crate) const TPACKET_V2: libc::c_int = 1;
 pub(crate) const TPACKET_V3: libc::c_int = 2;
@@ -76,7 +81,7 @@ pub(crate) fn packet_membership(
     address[..6].copy_from_slice(&mac);
     let mreq = libc::packet_mreq {
         mr_ifindex: ifindex,
-        mr_type: libc::PACKET_MR_MULTICAST as libc::c_ushort,
+        mr_type: 0, // PACKET_MR_MULTICAST (libc declares it as c_int)
         mr_alen: 6,
         mr_address: address,
     };
@@ -145,7 +150,7 @@ pub(crate) fn bind_packet(
     ethertype: u16,
 ) -> Result<(), Errno> {
     let addr = libc::sockaddr_ll {
-        sll_family: libc::AF_PACKET as libc::c_ushort,
+        sll_family: AF_PACKET_FAMILY,
         sll_protocol: ethertype.to_be(),
         sll_ifindex: ifindex,
         sll_hatype: 0,
@@ -247,12 +252,12 @@ impl RingMap {
             .slot_size
             .checked_mul(layout.slots)
             .ok_or(Errno::EINVAL)?;
-        let status_ok = layout.status_offset % 4 == 0
+        let status_ok = layout.status_offset.is_multiple_of(4)
             && layout
                 .status_offset
                 .checked_add(4)
                 .is_some_and(|end| end <= layout.slot_size)
-            && layout.slot_size % 16 == 0;
+            && layout.slot_size.is_multiple_of(16);
         if len == 0 || !status_ok {
             return Err(Errno::EINVAL);
         }
