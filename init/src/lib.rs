@@ -1,1 +1,40 @@
 //! shelfboot init: the static PID 1 of a line card's initramfs.
+//!
+//! The boot flow ([`flow`]) is: mount the kernel filesystems ([`mounts`]), read the
+//! configuration from the kernel command line ([`config`]), load the kernel modules listed
+//! by mkinitramfs ([`modules`]), bring the backplane link up ([`net`]), attach the UBI
+//! flash and open card's store ([`flash`]), let a [`flow::Provisioner`] talk to the master
+//! (the card agent of issue 4 plugs in there), then hand off ([`handoff`]): kexec into the
+//! committed boot image or switch_root into the committed packages. Every kernel
+//! interaction goes through the [`kernel::Kernel`] trait so that the whole sequence is unit
+//! tested against a recording fake; the only `unsafe` code is in [`sys`].
+//!
+//! Not here: the network conversation with the master (shelfboot-card's agent), the commit
+//! protocol itself (shelfboot-card's `flash` module; init only provides UBI volumes).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+#[allow(unsafe_code)]
+pub mod sys;
+
+pub mod config;
+pub mod kernel;
+pub mod logger;
+pub mod modules;
+pub mod mounts;
+
+/// Formats an error and its `source()` chain as `outer: cause: root cause` (one line for
+/// the serial console).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+pub mod handoff;

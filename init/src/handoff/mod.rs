@@ -1,0 +1,496 @@
+//! Hand-off: leaving init for the committed software, by kexec or by switch_root.
+//!
+//! **kexec** ([`kexec`]): the boot-image container is streamed out of its UBI volume into
+//! two regular files on tmpfs (kexec_file_load refuses character devices), each section's
+//! sha256 checked; it is loaded with the set's command line plus `shelfboot.stored=1` (so
+//! the next init knows it runs the stored image and only validates), then `sync` and
+//! `reboot(RB_KEXEC)`.
+//!
+//! **switch_root** ([`switch_root`]): each package (a squashfs) becomes a read-only block
+//! device — `/dev/ubiblockN_M` via UBI_IOCVOLCRBLK for flash, a loop device for test-mode
+//! packages kept in tmpfs — mounted under `/run/shelfboot/layers/I`; overlayfs stacks them
+//! (the first package at the bottom) under a tmpfs upper layer at `/newroot`; /dev, /proc,
+//! /sys and /run are moved into it; the initramfs is emptied (best effort, same device
+//! only); `/newroot` is moved over `/`, chrooted into, and `/sbin/init` is exec'd with a
+//! scrubbed environment. The new init's presence is checked before anything irreversible.
+//!
+//! Not here: choosing between the two (see [`crate::flow`]), and writing flash.
+
+pub mod bootimage;
+pub mod clean;
+pub mod exec;
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::kernel::{Kernel, Mount};
+use crate::sys::SysError;
+use crate::sys::power::Leave;
+
+/// The marker appended to a stored image's command line.
+pub const STORED_MARKER: &str = "shelfboot.stored=1";
+/// The environment the next init gets.
+pub const INIT_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("TERM", "linux"),
+    ("HOME", "/"),
+];
+
+/// Where hand-off stages files and mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// tmpfs staging directory (`/run/shelfboot`).
+    pub stage: PathBuf,
+    /// Mount point of the assembled root (`/newroot`, on the initramfs: it must not be
+    /// under /run, which is moved into it).
+    pub new_root: PathBuf,
+    /// The kernel filesystems moved into the new root, in order.
+    pub moved: Vec<PathBuf>,
+    /// The init to exec inside the new root.
+    pub init: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            stage: PathBuf::from("/run/shelfboot"),
+            new_root: PathBuf::from("/newroot"),
+            moved: ["/dev", "/proc", "/sys", "/run"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            init: PathBuf::from("/sbin/init"),
+        }
+    }
+}
+
+/// One read-only layer of the new root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layer {
+    /// A committed package volume `/dev/ubiN_M`.
+    Ubi {
+        /// UBI device number.
+        ubi: u32,
+        /// Volume id.
+        vol: u32,
+        /// Volume name (for messages).
+        name: String,
+    },
+    /// A test-mode package: a squashfs file in tmpfs.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Layer::Ubi { ubi, vol, name } => write!(f, "volume {name} (/dev/ubi{ubi}_{vol})"),
+            Layer::File(p) => write!(f, "test-mode package {}", p.display()),
+        }
+    }
+}
+
+/// Why a hand-off did not happen. Every variant is returned only on failure: success never
+/// returns.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// A staging directory or mount point could not be created.
+    #[error("cannot prepare {path} for the hand-off")]
+    Prepare {
+        /// The directory.
+        path: PathBuf,
+        /// The failed call.
+        #[source]
+        source: SysError,
+    },
+    /// The boot image could not be copied out of flash.
+    #[error("cannot stage the boot image for kexec")]
+    Stage(#[source] bootimage::BootImageError),
+    /// kexec_file_load refused the image.
+    #[error("cannot load the boot image for kexec (kernel {kernel})")]
+    KexecLoad {
+        /// The staged kernel.
+        kernel: PathBuf,
+        /// The failed call.
+        #[source]
+        source: SysError,
+    },
+    /// There are no packages to assemble a root from.
+    #[error("the committed set has no packages to switch_root into")]
+    NoLayers,
+    /// A layer could not be turned into a block device.
+    #[error("cannot create a block device for {layer}")]
+    BlockDevice {
+        /// The layer.
+        layer: Layer,
+        /// The failed call.
+        #[source]
+        source: SysError,
+    },
+    /// A mount of the new root failed.
+    #[error("cannot mount {what} on {target}")]
+    Mount {
+        /// What was mounted.
+        what: String,
+        /// Where.
+        target: PathBuf,
+        /// The failed call.
+        #[source]
+        source: SysError,
+    },
+    /// The assembled root has no init.
+    #[error("the assembled root has no {init}; the packages do not form a bootable root")]
+    NoInit {
+        /// The init path inside the new root.
+        init: PathBuf,
+    },
+    /// Moving over / or chroot failed (after the kernel filesystems were moved).
+    #[error("cannot switch into the new root {root}")]
+    EnterRoot {
+        /// The new root.
+        root: PathBuf,
+        /// The failed call.
+        #[source]
+        source: SysError,
+    },
+    /// The final exec or reboot failed.
+    #[error("the final step of the hand-off failed")]
+    Final(#[source] SysError),
+}
+
+/// `base` with any `shelfboot.stored=` removed and [`STORED_MARKER`] appended.
+pub fn stored_cmdline(base: &str) -> String {
+    let mut parts: Vec<&str> = base
+        .split_whitespace()
+        .filter(|p| !p.starts_with("shelfboot.stored="))
+        .collect();
+    parts.push(STORED_MARKER);
+    parts.join(" ")
+}
+
+fn mkdir(k: &mut dyn Kernel, path: &Path) -> Result<(), HandoffError> {
+    k.mkdir_all(path).map_err(|source| HandoffError::Prepare {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Stages the boot image read by `read_at` (volume `volume`), loads it with `cmdline`
+/// (the set's; the container's own if empty) plus the stored marker, and reboots into it.
+pub fn kexec<E>(
+    k: &mut dyn Kernel,
+    paths: &Paths,
+    volume: &str,
+    read_at: impl FnMut(u64, &mut [u8]) -> Result<usize, E>,
+    cmdline: &str,
+) -> HandoffError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let dir = paths.stage.join("kexec");
+    if let Err(e) = mkdir(k, &dir) {
+        return e;
+    }
+    let x = match bootimage::extract(volume, read_at, &dir) {
+        Ok(x) => x,
+        Err(e) => return HandoffError::Stage(e),
+    };
+    let base = if cmdline.trim().is_empty() {
+        &x.cmdline
+    } else {
+        cmdline
+    };
+    let cmd = stored_cmdline(base);
+    log::info!("kexec: loading {} with command line {cmd:?}", volume);
+    if let Err(source) = k.kexec_load(&x.kernel, &x.initramfs, &cmd) {
+        return HandoffError::KexecLoad {
+            kernel: x.kernel,
+            source,
+        };
+    }
+    log::info!("kexec: sync and reboot into the stored image");
+    HandoffError::Final(k.leave(Leave::Kexec))
+}
+
+fn mount(k: &mut dyn Kernel, m: Mount, what: &str) -> Result<(), HandoffError> {
+    k.mount(&m).map_err(|source| HandoffError::Mount {
+        what: what.to_string(),
+        target: m.target.clone(),
+        source,
+    })
+}
+
+/// Assembles the root from `layers` (bottom first) and switches into it. Only returns
+/// on failure.
+pub fn switch_root(k: &mut dyn Kernel, paths: &Paths, layers: &[Layer]) -> HandoffError {
+    match assemble(k, paths, layers) {
+        Ok(()) => {}
+        Err(e) => return e,
+    }
+    for m in &paths.moved {
+        let target = paths.new_root.join(m.strip_prefix("/").unwrap_or(m));
+        let step = mkdir(k, &target).and_then(|()| {
+            mount(
+                k,
+                Mount {
+                    source: m.display().to_string(),
+                    target: target.clone(),
+                    fstype: None,
+                    flags: MsFlags::MS_MOVE,
+                    data: None,
+                },
+                &format!("moved {}", m.display()),
+            )
+        });
+        if let Err(e) = step {
+            return e;
+        }
+    }
+    let left = k.clean_initramfs();
+    if left > 0 {
+        log::warn!("switch_root: {left} initramfs entries could not be removed");
+    }
+    if let Err(source) = k.enter_root(&paths.new_root) {
+        return HandoffError::EnterRoot {
+            root: paths.new_root.clone(),
+            source,
+        };
+    }
+    log::info!("switch_root: exec {}", paths.init.display());
+    HandoffError::Final(k.exec_init(&paths.init, INIT_ENV))
+}
+
+fn assemble(k: &mut dyn Kernel, paths: &Paths, layers: &[Layer]) -> Result<(), HandoffError> {
+    if layers.is_empty() {
+        return Err(HandoffError::NoLayers);
+    }
+    let mut lowers = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let dev = match layer {
+            Layer::Ubi { ubi, vol, .. } => k.ubiblock_create(*ubi, *vol),
+            Layer::File(p) => k.loop_attach(p),
+        }
+        .map_err(|source| HandoffError::BlockDevice {
+            layer: layer.clone(),
+            source,
+        })?;
+        let dir = paths.stage.join(format!("layers/{i}"));
+        mkdir(k, &dir)?;
+        mount(
+            k,
+            Mount {
+                source: dev.display().to_string(),
+                target: dir.clone(),
+                fstype: Some("squashfs".into()),
+                flags: MsFlags::MS_RDONLY,
+                data: None,
+            },
+            &layer.to_string(),
+        )?;
+        lowers.push(dir);
+    }
+    let rw = paths.stage.join("rw");
+    mkdir(k, &rw)?;
+    mount(
+        k,
+        Mount {
+            source: "tmpfs".into(),
+            target: rw.clone(),
+            fstype: Some("tmpfs".into()),
+            flags: MsFlags::empty(),
+            data: Some("mode=0755".into()),
+        },
+        "the overlay's tmpfs upper layer",
+    )?;
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    mkdir(k, &upper)?;
+    mkdir(k, &work)?;
+    mkdir(k, &paths.new_root)?;
+    // overlayfs: the leftmost lowerdir is the top layer.
+    let lower: Vec<String> = lowers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    mount(
+        k,
+        Mount {
+            source: "overlay".into(),
+            target: paths.new_root.clone(),
+            fstype: Some("overlay".into()),
+            flags: MsFlags::empty(),
+            data: Some(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.join(":"),
+                upper.display(),
+                work.display()
+            )),
+        },
+        "the overlay root",
+    )?;
+    let init = paths
+        .new_root
+        .join(paths.init.strip_prefix("/").unwrap_or(&paths.init));
+    if !k.exists(&init) {
+        return Err(HandoffError::NoInit {
+            init: paths.init.clone(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::fake::{Call, Recorder};
+
+    #[test]
+    fn stored_marker_is_appended_once() {
+        assert_eq!(
+            stored_cmdline("console=ttyS0 quiet"),
+            "console=ttyS0 quiet shelfboot.stored=1"
+        );
+        assert_eq!(
+            stored_cmdline("a shelfboot.stored=0 b"),
+            "a b shelfboot.stored=1"
+        );
+    }
+
+    fn mounts(k: &Recorder) -> Vec<Mount> {
+        k.calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn switch_root_assembles_overlay_moves_mounts_then_execs() {
+        let layers = [
+            Layer::Ubi {
+                ubi: 0,
+                vol: 4,
+                name: "sb.p.base".into(),
+            },
+            Layer::Ubi {
+                ubi: 0,
+                vol: 7,
+                name: "sb.p.app".into(),
+            },
+        ];
+        let mut k = Recorder {
+            existing: vec!["/newroot/sbin/init".into()],
+            ..Recorder::default()
+        };
+        let err = switch_root(&mut k, &Paths::default(), &layers);
+        assert!(
+            matches!(err, HandoffError::Final(_)),
+            "the fake's exec 'fails': {err}"
+        );
+        let m = mounts(&k);
+        assert_eq!(m[0].source, "/dev/ubiblock0_4");
+        assert_eq!(m[0].target, Path::new("/run/shelfboot/layers/0"));
+        assert_eq!(
+            (m[0].fstype.as_deref(), m[0].flags),
+            (Some("squashfs"), MsFlags::MS_RDONLY)
+        );
+        assert_eq!(m[1].source, "/dev/ubiblock0_7");
+        assert_eq!(m[2].fstype.as_deref(), Some("tmpfs"));
+        assert_eq!(
+            m[3].data.as_deref(),
+            Some(
+                "lowerdir=/run/shelfboot/layers/1:/run/shelfboot/layers/0,upperdir=/run/shelfboot/rw/upper,workdir=/run/shelfboot/rw/work"
+            )
+        );
+        let moved: Vec<_> = m[4..]
+            .iter()
+            .map(|m| (m.source.as_str(), m.target.to_str().unwrap(), m.flags))
+            .collect();
+        assert_eq!(
+            moved,
+            [
+                ("/dev", "/newroot/dev", MsFlags::MS_MOVE),
+                ("/proc", "/newroot/proc", MsFlags::MS_MOVE),
+                ("/sys", "/newroot/sys", MsFlags::MS_MOVE),
+                ("/run", "/newroot/run", MsFlags::MS_MOVE),
+            ]
+        );
+        let tail = &k.calls[k.calls.len() - 3..];
+        assert_eq!(tail[0], Call::CleanInitramfs);
+        assert_eq!(tail[1], Call::EnterRoot("/newroot".into()));
+        let Call::ExecInit(init, env) = &tail[2] else {
+            panic!("{tail:?}")
+        };
+        assert_eq!(init, Path::new("/sbin/init"));
+        assert!(env.iter().any(|e| e.starts_with("PATH=")) && env.len() == INIT_ENV.len());
+        assert!(
+            k.calls
+                .iter()
+                .position(|c| *c == Call::UbiblockCreate(0, 4))
+                < k.calls
+                    .iter()
+                    .position(|c| *c == Call::UbiblockCreate(0, 7))
+        );
+    }
+
+    #[test]
+    fn missing_init_stops_before_anything_irreversible() {
+        let mut k = Recorder::default();
+        let err = switch_root(
+            &mut k,
+            &Paths::default(),
+            &[Layer::File("/run/shelfboot/test/p0".into())],
+        );
+        assert!(matches!(err, HandoffError::NoInit { .. }), "{err}");
+        assert_eq!(
+            k.calls.first(),
+            Some(&Call::LoopAttach("/run/shelfboot/test/p0".into()))
+        );
+        assert!(!mounts(&k).iter().any(|m| m.flags == MsFlags::MS_MOVE));
+        assert!(!k.calls.contains(&Call::CleanInitramfs));
+        assert!(matches!(
+            switch_root(&mut Recorder::default(), &Paths::default(), &[]),
+            HandoffError::NoLayers
+        ));
+    }
+
+    #[test]
+    fn kexec_stages_loads_with_marker_and_reboots() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            stage: t.path().to_path_buf(),
+            ..Paths::default()
+        };
+        let img =
+            shelfboot_mkinitramfs::bootimage::build(b"bzImage", b"cpio", "console=ttyS0").unwrap();
+        let read = |off: u64, buf: &mut [u8]| -> Result<usize, std::io::Error> {
+            let a = img.get(usize::try_from(off).unwrap()..).unwrap_or(&[]);
+            let n = a.len().min(buf.len());
+            buf[..n].copy_from_slice(&a[..n]);
+            Ok(n)
+        };
+        let dir = t.path().join("kexec");
+        std::fs::create_dir_all(&dir).unwrap(); // the fake's mkdir records only
+        let mut k = Recorder::default();
+        let err = kexec(&mut k, &paths, "sb.boot", read, "");
+        assert!(matches!(err, HandoffError::Final(_)), "{err}");
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::Mkdir(dir.clone()),
+                Call::KexecLoad(
+                    dir.join("kernel"),
+                    dir.join("initramfs"),
+                    "console=ttyS0 shelfboot.stored=1".into()
+                ),
+                Call::Leave(Leave::Kexec),
+            ]
+        );
+        assert_eq!(std::fs::read(dir.join("kernel")).unwrap(), b"bzImage");
+    }
+}

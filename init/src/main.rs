@@ -1,0 +1,2 @@
+//! The `/init` binary: all logic lives in the library.
+fn main() {}
