@@ -10,9 +10,11 @@
 
 pub mod artifact;
 pub mod boot;
+pub mod error;
 pub mod fake;
 pub mod inventory;
 pub mod layout;
+pub mod stage;
 pub mod store;
 pub mod volumes;
 

@@ -14,17 +14,20 @@
 //! 4. [`Store::commit`] writes `sb.new.inventory`, reads it back, then renames every staged
 //!    volume *and* the inventory in ONE `UBI_IOCRNVOL`. That rename is the commit point.
 //!
-//! Boot counting and rollback live in [`super::boot`]. This module never decides what to
-//! install, and never removes a volume that the committed inventory references.
+//! This file holds open, garbage collection, the plan check and inventory writes; the
+//! transaction (steps 3–4) is in [`super::stage`], boot counting and rollback in
+//! [`super::boot`], errors in [`super::error`]. This module never decides what to install,
+//! and never removes a volume that the committed inventory references.
 
 use sha2::{Digest as _, Sha256};
 
 use super::artifact::{ArtifactRef, Digest};
-use super::inventory::{self, Inventory, InventoryError, SetRecord};
+use super::error::Ctx;
+pub use super::error::StoreError;
+use super::inventory::{self, Inventory, SetRecord};
 use super::layout::{self, VolumeClass};
-use super::volumes::{
-    Geometry, Rename, UBI_MAX_RNVOL, VolumeError, VolumeId, VolumeInfo, VolumeWriter, Volumes,
-};
+use super::stage::Txn;
+use super::volumes::{Geometry, Rename, VolumeId, VolumeInfo, VolumeWriter, Volumes};
 
 /// Store policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,158 +48,6 @@ impl Default for StoreConfig {
             max_bad_pebs: 64,
             verify_readback: true,
         }
-    }
-}
-
-/// Everything that can go wrong in the store. Each variant says what to do next.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A volume operation failed; `during` says which step.
-    #[error("flash step failed while {during}")]
-    Volume {
-        /// The step (e.g. "staging artifact kernel 6.1").
-        during: String,
-        /// The failed operation.
-        #[source]
-        source: VolumeError,
-    },
-    /// The inventory volume cannot be used.
-    #[error("inventory volume \"{volume}\" is unusable; reprovision the card (Store::wipe)")]
-    Inventory {
-        /// The volume name.
-        volume: String,
-        /// Why.
-        #[source]
-        source: InventoryError,
-    },
-    /// The plan's set cannot be described (bad names, duplicates).
-    #[error("the plan's set cannot be stored")]
-    Set(#[source] InventoryError),
-    /// Not enough flash, even after dropping the previous set. Nothing was written.
-    #[error(
-        "not enough flash: the plan needs {needed} bytes, {available} are available even \
-         without the previous set; shrink the plan or free the device"
-    )]
-    NoSpace {
-        /// Bytes (whole LEBs) the plan needs.
-        needed: u64,
-        /// Bytes that can be made available without touching the committed set.
-        available: u64,
-    },
-    /// Too many bad blocks to write safely. Nothing was written.
-    #[error(
-        "flash has {bad_pebs} bad eraseblocks and {reserved_for_bad} in reserve; not writing, \
-         replace the card or its flash"
-    )]
-    BadBlocks {
-        /// Bad PEBs.
-        bad_pebs: u64,
-        /// PEBs UBI still holds back for bad-block handling.
-        reserved_for_bad: u64,
-    },
-    /// The volume table cannot hold the plan. Nothing was written.
-    #[error("the plan needs {needed} volumes, the device holds {max}")]
-    TooManyVolumes {
-        /// Volumes needed at the peak (committed + staged).
-        needed: u64,
-        /// Volume-table size.
-        max: u32,
-    },
-    /// A transaction is already open.
-    #[error("a transaction is already open; commit or abort it first")]
-    TransactionOpen,
-    /// No transaction is open.
-    #[error("no transaction is open; call begin first")]
-    NoTransaction,
-    /// The artifact is not one the transaction has to fetch.
-    #[error("artifact {name} {version} is not to be fetched by this transaction")]
-    NotInPlan {
-        /// Name.
-        name: String,
-        /// Version.
-        version: String,
-    },
-    /// `start` twice, or `write`/`finish` without `start`.
-    #[error("artifact {name} is {state}")]
-    WrongState {
-        /// Name.
-        name: String,
-        /// Its state.
-        state: &'static str,
-    },
-    /// More bytes than the artifact's size.
-    #[error("artifact {name} is {size} bytes, refused byte {offset}")]
-    TooLong {
-        /// Name.
-        name: String,
-        /// Declared size.
-        size: u64,
-        /// First refused offset.
-        offset: u64,
-    },
-    /// Fewer bytes than the artifact's size at finish.
-    #[error("artifact {name} is {size} bytes, only {got} were written")]
-    TooShort {
-        /// Name.
-        name: String,
-        /// Declared size.
-        size: u64,
-        /// Bytes written.
-        got: u64,
-    },
-    /// The bytes do not hash to the planned sha256; the staging volume was removed.
-    #[error(
-        "artifact {name} ({what}) has sha256 {actual}, the plan says {expected}; fetch it again"
-    )]
-    DigestMismatch {
-        /// Name.
-        name: String,
-        /// "as written" or "as read back".
-        what: &'static str,
-        /// Planned, hex.
-        expected: String,
-        /// Actual, hex.
-        actual: String,
-    },
-    /// Commit with artifacts not yet staged.
-    #[error("cannot commit: artifacts not staged: {missing:?}")]
-    Incomplete {
-        /// Their names.
-        missing: Vec<String>,
-    },
-    /// The new inventory did not read back as written; nothing was committed.
-    #[error("inventory volume \"{volume}\" did not read back as written; nothing committed")]
-    ReadBack {
-        /// The volume.
-        volume: String,
-    },
-    /// Boot or rollback asked of a pristine card.
-    #[error("no set is committed on this card; provisioning from a master is required")]
-    NothingCommitted,
-    /// The committed set lacks volumes and there is no intact previous set.
-    #[error(
-        "the committed set is damaged (missing or incomplete: {missing:?}) and no previous set is intact"
-    )]
-    SetDamaged {
-        /// Volumes missing or incomplete.
-        missing: Vec<String>,
-    },
-    /// Rollback asked but no intact previous set exists.
-    #[error("no intact previous set to roll back to")]
-    NoPrevious,
-}
-
-/// Attach step context to a volume error.
-pub(crate) trait Ctx<T> {
-    fn during(self, what: impl FnOnce() -> String) -> Result<T, StoreError>;
-}
-
-impl<T> Ctx<T> for Result<T, VolumeError> {
-    fn during(self, what: impl FnOnce() -> String) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Volume {
-            during: what(),
-            source,
-        })
     }
 }
 
@@ -228,37 +79,6 @@ pub struct OpenReport {
     pub inventory_damaged: Option<String>,
 }
 
-#[derive(Debug)]
-enum Entry<W> {
-    Pending,
-    Writing {
-        id: VolumeId,
-        writer: W,
-        hasher: Sha256,
-        written: u64,
-    },
-    Staged {
-        id: VolumeId,
-    },
-}
-
-impl<W> Entry<W> {
-    fn state(&self) -> &'static str {
-        match self {
-            Self::Pending => "not started",
-            Self::Writing { .. } => "being written",
-            Self::Staged { .. } => "already staged",
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Txn<W> {
-    record: SetRecord,
-    /// (artifact, committed volume name, state), for artifacts to fetch.
-    fetch: Vec<(ArtifactRef, String, Entry<W>)>,
-}
-
 /// The card's flash, over a [`Volumes`] implementation.
 #[derive(Debug)]
 pub struct Store<V: Volumes> {
@@ -266,10 +86,10 @@ pub struct Store<V: Volumes> {
     pub(crate) cfg: StoreConfig,
     pub(crate) geo: Geometry,
     pub(crate) inventory: Option<Inventory>,
-    txn: Option<Txn<V::Writer>>,
+    pub(crate) txn: Option<Txn<V::Writer>>,
 }
 
-const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// Read a whole volume (bounded by `limit` bytes).
 pub(crate) fn read_all<V: Volumes>(
@@ -484,7 +304,7 @@ impl<V: Volumes> Store<V> {
     }
 
     /// The inventory a commit of `record` would write.
-    fn next_inventory(&self, record: SetRecord) -> Inventory {
+    pub(crate) fn next_inventory(&self, record: SetRecord) -> Inventory {
         let (generation, previous) = match &self.inventory {
             None => (1, None),
             Some(cur) if cur.set.digest == record.digest => {
@@ -599,225 +419,8 @@ impl<V: Volumes> Store<V> {
         })
     }
 
-    /// Open a transaction for the set `artifacts` + `cmdline`: [`Self::check`] it, drop the
-    /// previous set if the check says so (the inventory is rewritten without it first), and
-    /// return what must be fetched.
-    pub fn begin(
-        &mut self,
-        artifacts: &[ArtifactRef],
-        cmdline: &str,
-    ) -> Result<PlanCheck, StoreError> {
-        if self.txn.is_some() {
-            return Err(StoreError::TransactionOpen);
-        }
-        let check = self.check(artifacts, cmdline)?;
-        if check.drops_previous
-            && let Some(mut inv) = self.inventory.clone()
-        {
-            log::warn!("flash: dropping the previous set to make room; no local rollback");
-            inv.previous = None;
-            inv.generation += 1;
-            self.replace_inventory(&inv)?;
-            self.collect_garbage()?;
-        }
-        let record = SetRecord::new(artifacts, cmdline).map_err(StoreError::Set)?;
-        let fetch = check
-            .fetch
-            .iter()
-            .map(|a| {
-                let vol = layout::artifact_volume(a).map_err(|e| StoreError::Set(e.into()))?;
-                Ok((a.clone(), vol, Entry::Pending))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        self.txn = Some(Txn { record, fetch });
-        Ok(check)
-    }
-
-    fn entry(
-        &mut self,
-        a: &ArtifactRef,
-    ) -> Result<&mut (ArtifactRef, String, Entry<V::Writer>), StoreError> {
-        let txn = self.txn.as_mut().ok_or(StoreError::NoTransaction)?;
-        txn.fetch
-            .iter_mut()
-            .find(|(x, _, _)| x == a)
-            .ok_or_else(|| StoreError::NotInPlan {
-                name: a.name.clone(),
-                version: a.version.clone(),
-            })
-    }
-
-    /// Start streaming artifact `a`: create its `sb.new.*` volume and begin the update.
-    pub fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
-        let (_, vol, entry) = self.entry(a)?;
-        if !matches!(entry, Entry::Pending) {
-            return Err(StoreError::WrongState {
-                name: a.name.clone(),
-                state: entry.state(),
-            });
-        }
-        let staging = layout::staging_of(vol);
-        let during = || {
-            format!(
-                "staging artifact {} {} into \"{staging}\"",
-                a.name, a.version
-            )
-        };
-        if let Some(old) = self.volume_id(&staging)? {
-            self.vols.remove(old).during(during)?;
-        }
-        let id = self.vols.create(&staging, a.size.max(1)).during(during)?;
-        let writer = self.vols.update(id, a.size).during(during)?;
-        let (_, _, entry) = self.entry(a)?;
-        *entry = Entry::Writing {
-            id,
-            writer,
-            hasher: Sha256::new(),
-            written: 0,
-        };
-        Ok(())
-    }
-
-    /// Append the next bytes of artifact `a` (sequentially, as they arrive).
-    pub fn write(&mut self, a: &ArtifactRef, buf: &[u8]) -> Result<(), StoreError> {
-        let (art, vol, entry) = self.entry(a)?;
-        let Entry::Writing {
-            writer,
-            hasher,
-            written,
-            ..
-        } = entry
-        else {
-            return Err(StoreError::WrongState {
-                name: a.name.clone(),
-                state: entry.state(),
-            });
-        };
-        if *written + buf.len() as u64 > art.size {
-            return Err(StoreError::TooLong {
-                name: art.name.clone(),
-                size: art.size,
-                offset: art.size.max(*written),
-            });
-        }
-        writer.write(buf).during(|| {
-            format!(
-                "writing artifact {} into \"{}\"",
-                a.name,
-                layout::staging_of(vol)
-            )
-        })?;
-        hasher.update(buf);
-        *written += buf.len() as u64;
-        Ok(())
-    }
-
-    /// Bytes of `a` written so far (the offset the next [`Self::write`] must start at).
-    pub fn written(&mut self, a: &ArtifactRef) -> Result<u64, StoreError> {
-        let (art, _, entry) = self.entry(a)?;
-        Ok(match entry {
-            Entry::Pending => 0,
-            Entry::Writing { written, .. } => *written,
-            Entry::Staged { .. } => art.size,
-        })
-    }
-
-    /// Finish artifact `a`: check size and sha256, complete the update, read it back and
-    /// re-hash it. On a digest mismatch the staging volume is removed and the artifact can
-    /// be started again.
-    pub fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
-        let verify = self.cfg.verify_readback;
-        let (art, vol, entry) = self.entry(a)?;
-        let art = art.clone();
-        let staging = layout::staging_of(vol);
-        let Entry::Writing { written, .. } = entry else {
-            return Err(StoreError::WrongState {
-                name: a.name.clone(),
-                state: entry.state(),
-            });
-        };
-        if *written != art.size {
-            return Err(StoreError::TooShort {
-                name: art.name,
-                size: art.size,
-                got: *written,
-            });
-        }
-        let Entry::Writing {
-            id, writer, hasher, ..
-        } = std::mem::replace(entry, Entry::Pending)
-        else {
-            return Ok(());
-        };
-        let during = || format!("finishing artifact {} in \"{staging}\"", art.name);
-        writer.finish().during(during)?;
-        let mut actual: Digest = hasher.finalize().into();
-        let mut what = "as written";
-        if actual == art.sha256 && verify {
-            let info = VolumeInfo {
-                id,
-                name: staging.clone(),
-                reserved_bytes: 0,
-                data_bytes: art.size,
-                update_marker: false,
-            };
-            actual = hash_volume(&mut self.vols, &info)?;
-            what = "as read back";
-        }
-        if actual != art.sha256 {
-            self.vols.remove(id).during(during)?;
-            return Err(StoreError::DigestMismatch {
-                name: art.name,
-                what,
-                expected: hex::encode(art.sha256),
-                actual: hex::encode(actual),
-            });
-        }
-        let (_, _, entry) = self.entry(a)?;
-        *entry = Entry::Staged { id };
-        Ok(())
-    }
-
-    /// Stream a whole artifact from `reader` (start, write in 64 KiB chunks, finish).
-    pub fn stage(
-        &mut self,
-        a: &ArtifactRef,
-        mut reader: impl std::io::Read,
-    ) -> Result<(), StoreError> {
-        self.start(a)?;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(StoreError::Volume {
-                        during: format!("reading the source of artifact {}", a.name),
-                        source: VolumeError::from_io(
-                            super::volumes::VolumeOp::Write,
-                            super::volumes::VolumeTarget::name(&a.name),
-                            e,
-                        ),
-                    });
-                }
-            };
-            self.write(a, &buf[..n])?;
-        }
-        self.finish(a)
-    }
-
-    /// Drop the transaction and remove its staging volumes.
-    pub fn abort(&mut self) -> Result<(), StoreError> {
-        if let Some(txn) = self.txn.take() {
-            drop(txn);
-            self.collect_garbage()?;
-        }
-        Ok(())
-    }
-
     /// Write `inv` into a fresh `sb.new.inventory` and read it back. Returns its id.
-    fn stage_inventory(&mut self, inv: &Inventory) -> Result<VolumeId, StoreError> {
+    pub(crate) fn stage_inventory(&mut self, inv: &Inventory) -> Result<VolumeId, StoreError> {
         let name = layout::STAGING_INVENTORY;
         let during = || format!("writing the new inventory (generation {})", inv.generation);
         if let Some(old) = self.volume_id(name)? {
@@ -859,63 +462,5 @@ impl<V: Volumes> Store<V> {
             .during(|| format!("committing inventory generation {}", inv.generation))?;
         self.inventory = Some(inv.clone());
         Ok(())
-    }
-
-    /// Commit the transaction: all staged volumes and the new inventory in one atomic
-    /// rename (more than 31 artifacts: the excess is renamed to committed names first,
-    /// where, unreferenced, it stays garbage until the final rename). Returns the new
-    /// inventory.
-    pub fn commit(&mut self) -> Result<Inventory, StoreError> {
-        let txn = self.txn.as_ref().ok_or(StoreError::NoTransaction)?;
-        let missing: Vec<String> = txn
-            .fetch
-            .iter()
-            .filter(|(_, _, e)| !matches!(e, Entry::Staged { .. }))
-            .map(|(a, _, _)| a.name.clone())
-            .collect();
-        if !missing.is_empty() {
-            return Err(StoreError::Incomplete { missing });
-        }
-        let mut renames: Vec<Rename> = txn
-            .fetch
-            .iter()
-            .filter_map(|(_, vol, e)| match e {
-                Entry::Staged { id } => Some(Rename {
-                    id: *id,
-                    new_name: vol.clone(),
-                }),
-                _ => None,
-            })
-            .collect();
-        let inv = self.next_inventory(txn.record.clone());
-        let inv_id = self.stage_inventory(&inv)?;
-        while renames.len() + 1 > UBI_MAX_RNVOL {
-            let batch: Vec<Rename> = renames
-                .drain(..UBI_MAX_RNVOL.min(renames.len() + 1 - UBI_MAX_RNVOL))
-                .collect();
-            self.vols
-                .rename(&batch)
-                .during(|| "renaming staged artifacts ahead of the commit".into())?;
-        }
-        renames.push(Rename {
-            id: inv_id,
-            new_name: layout::INVENTORY.into(),
-        });
-        self.vols.rename(&renames).during(|| {
-            format!(
-                "committing set generation {} (atomic rename)",
-                inv.generation
-            )
-        })?;
-        log::info!(
-            "flash: committed set {} (generation {}, {} artifacts)",
-            hex::encode(inv.set.digest),
-            inv.generation,
-            inv.set.artifacts.len()
-        );
-        self.txn = None;
-        self.inventory = Some(inv.clone());
-        self.collect_garbage()?;
-        Ok(inv)
     }
 }

@@ -1,0 +1,331 @@
+//! Transactions: streaming artifacts into staging volumes and the atomic commit.
+//!
+//! [`Store::begin`] opens a transaction for a set; each artifact to fetch is then streamed
+//! with [`Store::start`], [`Store::write`] (sequential, as bytes arrive; sha256 computed on
+//! the way; the declared size enforced) and [`Store::finish`] (size and digest checked,
+//! update completed, volume read back and re-hashed). Several artifacts may be open at
+//! once. [`Store::commit`] renames all staged volumes and the new inventory in one
+//! `UBI_IOCRNVOL`; [`Store::abort`] removes the staging volumes.
+//!
+//! The transaction holds writers (for UBI, open file descriptors) but no borrow of the
+//! store, so a sans-IO agent can keep it open across network events. Nothing here is
+//! durable until `commit`; an interrupted transaction is garbage at the next open.
+
+use sha2::{Digest as _, Sha256};
+
+use super::artifact::{ArtifactRef, Digest};
+use super::error::{Ctx, StoreError};
+use super::inventory::{Inventory, SetRecord};
+use super::layout;
+use super::store::{CHUNK, PlanCheck, Store, hash_volume};
+use super::volumes::{
+    Rename, UBI_MAX_RNVOL, VolumeError, VolumeId, VolumeInfo, VolumeWriter, Volumes,
+};
+
+#[derive(Debug)]
+pub(crate) enum Entry<W> {
+    Pending,
+    Writing {
+        id: VolumeId,
+        writer: W,
+        hasher: Sha256,
+        written: u64,
+    },
+    Staged {
+        id: VolumeId,
+    },
+}
+
+impl<W> Entry<W> {
+    fn state(&self) -> &'static str {
+        match self {
+            Self::Pending => "not started",
+            Self::Writing { .. } => "being written",
+            Self::Staged { .. } => "already staged",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Txn<W> {
+    record: SetRecord,
+    /// (artifact, committed volume name, state), for artifacts to fetch.
+    fetch: Vec<(ArtifactRef, String, Entry<W>)>,
+}
+
+impl<V: Volumes> Store<V> {
+    /// Open a transaction for the set `artifacts` + `cmdline`: [`Self::check`] it, drop the
+    /// previous set if the check says so (the inventory is rewritten without it first), and
+    /// return what must be fetched.
+    pub fn begin(
+        &mut self,
+        artifacts: &[ArtifactRef],
+        cmdline: &str,
+    ) -> Result<PlanCheck, StoreError> {
+        if self.txn.is_some() {
+            return Err(StoreError::TransactionOpen);
+        }
+        let check = self.check(artifacts, cmdline)?;
+        if check.drops_previous
+            && let Some(mut inv) = self.inventory.clone()
+        {
+            log::warn!("flash: dropping the previous set to make room; no local rollback");
+            inv.previous = None;
+            inv.generation += 1;
+            self.replace_inventory(&inv)?;
+            self.collect_garbage()?;
+        }
+        let record = SetRecord::new(artifacts, cmdline).map_err(StoreError::Set)?;
+        let fetch = check
+            .fetch
+            .iter()
+            .map(|a| {
+                let vol = layout::artifact_volume(a).map_err(|e| StoreError::Set(e.into()))?;
+                Ok((a.clone(), vol, Entry::Pending))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        self.txn = Some(Txn { record, fetch });
+        Ok(check)
+    }
+
+    fn entry(
+        &mut self,
+        a: &ArtifactRef,
+    ) -> Result<&mut (ArtifactRef, String, Entry<V::Writer>), StoreError> {
+        let txn = self.txn.as_mut().ok_or(StoreError::NoTransaction)?;
+        txn.fetch
+            .iter_mut()
+            .find(|(x, _, _)| x == a)
+            .ok_or_else(|| StoreError::NotInPlan {
+                name: a.name.clone(),
+                version: a.version.clone(),
+            })
+    }
+
+    /// Start streaming artifact `a`: create its `sb.new.*` volume and begin the update.
+    pub fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
+        let (_, vol, entry) = self.entry(a)?;
+        if !matches!(entry, Entry::Pending) {
+            return Err(StoreError::WrongState {
+                name: a.name.clone(),
+                state: entry.state(),
+            });
+        }
+        let staging = layout::staging_of(vol);
+        let during = || {
+            format!(
+                "staging artifact {} {} into \"{staging}\"",
+                a.name, a.version
+            )
+        };
+        if let Some(old) = self.volume_id(&staging)? {
+            self.vols.remove(old).during(during)?;
+        }
+        let id = self.vols.create(&staging, a.size.max(1)).during(during)?;
+        let writer = self.vols.update(id, a.size).during(during)?;
+        let (_, _, entry) = self.entry(a)?;
+        *entry = Entry::Writing {
+            id,
+            writer,
+            hasher: Sha256::new(),
+            written: 0,
+        };
+        Ok(())
+    }
+
+    /// Append the next bytes of artifact `a` (sequentially, as they arrive).
+    pub fn write(&mut self, a: &ArtifactRef, buf: &[u8]) -> Result<(), StoreError> {
+        let (art, vol, entry) = self.entry(a)?;
+        let Entry::Writing {
+            writer,
+            hasher,
+            written,
+            ..
+        } = entry
+        else {
+            return Err(StoreError::WrongState {
+                name: a.name.clone(),
+                state: entry.state(),
+            });
+        };
+        if *written + buf.len() as u64 > art.size {
+            return Err(StoreError::TooLong {
+                name: art.name.clone(),
+                size: art.size,
+                offset: art.size.max(*written),
+            });
+        }
+        writer.write(buf).during(|| {
+            format!(
+                "writing artifact {} into \"{}\"",
+                a.name,
+                layout::staging_of(vol)
+            )
+        })?;
+        hasher.update(buf);
+        *written += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes of `a` written so far (the offset the next [`Self::write`] must start at).
+    pub fn written(&mut self, a: &ArtifactRef) -> Result<u64, StoreError> {
+        let (art, _, entry) = self.entry(a)?;
+        Ok(match entry {
+            Entry::Pending => 0,
+            Entry::Writing { written, .. } => *written,
+            Entry::Staged { .. } => art.size,
+        })
+    }
+
+    /// Finish artifact `a`: check size and sha256, complete the update, read it back and
+    /// re-hash it. On a digest mismatch the staging volume is removed and the artifact can
+    /// be started again.
+    pub fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
+        let verify = self.cfg.verify_readback;
+        let (art, vol, entry) = self.entry(a)?;
+        let art = art.clone();
+        let staging = layout::staging_of(vol);
+        let Entry::Writing { written, .. } = entry else {
+            return Err(StoreError::WrongState {
+                name: a.name.clone(),
+                state: entry.state(),
+            });
+        };
+        if *written != art.size {
+            return Err(StoreError::TooShort {
+                name: art.name,
+                size: art.size,
+                got: *written,
+            });
+        }
+        let Entry::Writing {
+            id, writer, hasher, ..
+        } = std::mem::replace(entry, Entry::Pending)
+        else {
+            return Ok(());
+        };
+        let during = || format!("finishing artifact {} in \"{staging}\"", art.name);
+        writer.finish().during(during)?;
+        let mut actual: Digest = hasher.finalize().into();
+        let mut what = "as written";
+        if actual == art.sha256 && verify {
+            let info = VolumeInfo {
+                id,
+                name: staging.clone(),
+                reserved_bytes: 0,
+                data_bytes: art.size,
+                update_marker: false,
+            };
+            actual = hash_volume(&mut self.vols, &info)?;
+            what = "as read back";
+        }
+        if actual != art.sha256 {
+            self.vols.remove(id).during(during)?;
+            return Err(StoreError::DigestMismatch {
+                name: art.name,
+                what,
+                expected: hex::encode(art.sha256),
+                actual: hex::encode(actual),
+            });
+        }
+        let (_, _, entry) = self.entry(a)?;
+        *entry = Entry::Staged { id };
+        Ok(())
+    }
+
+    /// Stream a whole artifact from `reader` (start, write in 64 KiB chunks, finish).
+    pub fn stage(
+        &mut self,
+        a: &ArtifactRef,
+        mut reader: impl std::io::Read,
+    ) -> Result<(), StoreError> {
+        self.start(a)?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(StoreError::Volume {
+                        during: format!("reading the source of artifact {}", a.name),
+                        source: VolumeError::from_io(
+                            super::volumes::VolumeOp::Write,
+                            super::volumes::VolumeTarget::name(&a.name),
+                            e,
+                        ),
+                    });
+                }
+            };
+            self.write(a, &buf[..n])?;
+        }
+        self.finish(a)
+    }
+
+    /// Drop the transaction and remove its staging volumes.
+    pub fn abort(&mut self) -> Result<(), StoreError> {
+        if let Some(txn) = self.txn.take() {
+            drop(txn);
+            self.collect_garbage()?;
+        }
+        Ok(())
+    }
+
+    /// Commit the transaction: all staged volumes and the new inventory in one atomic
+    /// rename (more than 31 artifacts: the excess is renamed to committed names first,
+    /// where, unreferenced, it stays garbage until the final rename). Returns the new
+    /// inventory.
+    pub fn commit(&mut self) -> Result<Inventory, StoreError> {
+        let txn = self.txn.as_ref().ok_or(StoreError::NoTransaction)?;
+        let missing: Vec<String> = txn
+            .fetch
+            .iter()
+            .filter(|(_, _, e)| !matches!(e, Entry::Staged { .. }))
+            .map(|(a, _, _)| a.name.clone())
+            .collect();
+        if !missing.is_empty() {
+            return Err(StoreError::Incomplete { missing });
+        }
+        let mut renames: Vec<Rename> = txn
+            .fetch
+            .iter()
+            .filter_map(|(_, vol, e)| match e {
+                Entry::Staged { id } => Some(Rename {
+                    id: *id,
+                    new_name: vol.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let inv = self.next_inventory(txn.record.clone());
+        let inv_id = self.stage_inventory(&inv)?;
+        while renames.len() + 1 > UBI_MAX_RNVOL {
+            let batch: Vec<Rename> = renames
+                .drain(..UBI_MAX_RNVOL.min(renames.len() + 1 - UBI_MAX_RNVOL))
+                .collect();
+            self.vols
+                .rename(&batch)
+                .during(|| "renaming staged artifacts ahead of the commit".into())?;
+        }
+        renames.push(Rename {
+            id: inv_id,
+            new_name: layout::INVENTORY.into(),
+        });
+        self.vols.rename(&renames).during(|| {
+            format!(
+                "committing set generation {} (atomic rename)",
+                inv.generation
+            )
+        })?;
+        log::info!(
+            "flash: committed set {} (generation {}, {} artifacts)",
+            hex::encode(inv.set.digest),
+            inv.generation,
+            inv.set.artifacts.len()
+        );
+        self.txn = None;
+        self.inventory = Some(inv.clone());
+        self.collect_garbage()?;
+        Ok(inv)
+    }
+}
