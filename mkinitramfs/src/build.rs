@@ -125,6 +125,13 @@ pub fn tree(spec: &BuildSpec) -> Result<(Tree, Vec<LoadEntry>), BuildError> {
         let index = ModuleIndex::open(&m.root, &m.kver).map_err(BuildError::Modules)?;
         loaded = index.resolve(&m.wanted).map_err(BuildError::Modules)?;
         for e in &loaded {
+            if !e.rel_path.ends_with(".ko") {
+                log::warn!(
+                    "module {} is compressed ({}); the card's init loads only plain .ko files",
+                    e.name,
+                    e.rel_path
+                );
+            }
             let src = index.dir.join(&e.rel_path);
             let dst = format!("lib/modules/{}/{}", m.kver, e.rel_path);
             t.add_host_path(&src, &dst)

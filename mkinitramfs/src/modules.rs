@@ -389,13 +389,14 @@ fn visit(
     Ok(())
 }
 
-/// Renders `/lib/modules/load.list`: one module per line, the image path (relative to
-/// the image root, no leading slash) then, after one space, its parameters.
+/// Renders `/lib/modules/load.list`: one module per line, its path relative to the
+/// list's own directory (`/lib/modules`, so `KVER/kernel/...`, which is what the card's
+/// init resolves), then, after one space, its parameters.
 pub fn render_load_list(kver: &str, entries: &[LoadEntry]) -> String {
     let mut out =
         String::from("# shelfboot load.list v1: IMAGE-PATH [PARAMS...], load in this order\n");
     for e in entries {
-        out.push_str(&format!("lib/modules/{kver}/{}", e.rel_path));
+        out.push_str(&format!("{kver}/{}", e.rel_path));
         if !e.params.is_empty() {
             out.push(' ');
             out.push_str(&e.params);
@@ -408,7 +409,7 @@ pub fn render_load_list(kver: &str, entries: &[LoadEntry]) -> String {
 /// One parsed load.list line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadLine<'a> {
-    /// Path relative to the image root.
+    /// Path relative to the list's directory (`/lib/modules`).
     pub path: &'a str,
     /// Parameters, possibly empty, exactly as written after the first space.
     pub params: &'a str,
@@ -427,7 +428,7 @@ pub fn parse_load_list(text: &str) -> Result<Vec<LoadLine<'_>>, ModulesError> {
         if path.starts_with('/') || path.split('/').any(|c| c == ".." || c.is_empty()) {
             return Err(ModulesError::LoadList {
                 line: i + 1,
-                reason: "the path must be relative to the image root, without `..` or empty components",
+                reason: "the path must be relative to /lib/modules, without `..` or empty components",
             });
         }
         if module_name(path) == path.rsplit('/').next().unwrap_or(path) {

@@ -1,1 +1,19 @@
-//! shelfboot QEMU lab: real kernels, emulated NAND, a bridged backplane.
+//! shelfboot QEMU lab: real Debian kernels booting our initramfs under TCG, with emulated
+//! NAND (nandsim) or persistent flash (block2mtd over a disk image) and a bridged
+//! backplane in a private network namespace.
+//!
+//! Modules: [`kernel`] (apt acquisition and cache), [`vmlinux`] (PVH extraction),
+//! [`backplane`] (netns, bridge, taps, loss, raw test ports), [`card`] (one VM: console
+//! log, waits, power cut/cycle), [`hostbin`] (host tools for test images), [`cmd`].
+//! docs/lab.md explains the lab and how to add a scenario.
+
+pub mod backplane;
+pub mod card;
+pub mod cmd;
+pub mod hostbin;
+pub mod kernel;
+pub mod vmlinux;
+
+pub use backplane::{Backplane, RawPort};
+pub use card::{Card, CardConfig, Nic, NicModel, Pattern};
+pub use kernel::Kernel;

@@ -1,0 +1,140 @@
+//! `shelfboot-lab`: get the lab kernel, or boot one card by hand with its console on
+//! stdout. Scenarios live in tests; see docs/lab.md.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use shelfboot_qemu::card::{self, Card, CardConfig};
+use shelfboot_qemu::kernel;
+
+/// The shelfboot QEMU lab.
+#[derive(Debug, Parser)]
+#[command(name = "shelfboot-lab", version)]
+struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Acquire (or find cached) the Debian kernel and print its paths.
+    Kernel {
+        /// Ask apt for the current version even if one is cached.
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Boot one card and copy its console to stdout until QEMU exits or the timeout.
+    Card {
+        /// Initramfs to boot.
+        #[arg(long)]
+        initramfs: PathBuf,
+        /// Raw flash image for virtio-blk /dev/vda (created 0xFF-filled if missing).
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        /// Size of a newly created disk image, MiB.
+        #[arg(long, default_value_t = 64)]
+        disk_mib: u64,
+        /// Extra kernel arguments.
+        #[arg(long, default_value = "")]
+        append: String,
+        /// Guest RAM, MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u32,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Directory for the console and QEMU logs.
+        #[arg(long, default_value = "lab-logs")]
+        log_dir: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Kernel { refresh } => {
+            let started = Instant::now();
+            let k = kernel::acquire(&kernel::cache_dir(), refresh)
+                .context("cannot get the lab kernel")?;
+            println!("version  {}", k.version);
+            println!("vmlinux  {}", k.vmlinux.display());
+            println!("bzImage  {}", k.bzimage.display());
+            println!("modules  {}/lib/modules/{}", k.root.display(), k.version);
+            println!("({:.1} s)", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Cmd::Card {
+            initramfs,
+            disk,
+            disk_mib,
+            append,
+            memory,
+            timeout,
+            log_dir,
+        } => {
+            let k = kernel::acquire(&kernel::cache_dir(), false)
+                .context("cannot get the lab kernel")?;
+            if let Some(d) = &disk
+                && !d.exists()
+            {
+                card::create_erased_image(d, disk_mib << 20)
+                    .with_context(|| format!("cannot create flash image {}", d.display()))?;
+            }
+            let mut cfg = CardConfig::new("card", &k.vmlinux, &initramfs, &log_dir);
+            cfg.disk = disk;
+            cfg.append = append;
+            cfg.memory_mib = memory;
+            let console = cfg.console_log();
+            let _ = std::fs::remove_file(&console);
+            let mut c = Card::start(cfg)?;
+            let deadline = Instant::now() + Duration::from_secs(timeout);
+            let mut shown = 0;
+            let mut out = std::io::stdout();
+            loop {
+                let text = c.console();
+                if text.len() > shown {
+                    out.write_all(&text.as_bytes()[shown..])?;
+                    out.flush()?;
+                    shown = text.len();
+                }
+                if !c.is_running() {
+                    eprintln!(
+                        "shelfboot-lab: QEMU exited; console in {}",
+                        console.display()
+                    );
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "card still running after {timeout} s; killed (console in {})",
+                        console.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shelfboot-lab: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
