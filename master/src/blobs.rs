@@ -97,6 +97,11 @@ impl BlobDir {
         })
     }
 
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Path where the blob with this digest lives (whether or not it exists).
     pub fn path(&self, sha: &Sha256Digest) -> PathBuf {
         let h = hex::encode(sha);
@@ -158,8 +163,12 @@ impl BlobDir {
                 })
         })();
         if result.is_err() {
-            // Best effort: the temp file is garbage either way and gc would remove it.
+            // Best effort: the temp file is garbage either way and gc would remove it;
+            // an empty shard directory this call created goes too.
             let _ = fs::remove_file(&tmp);
+            if let Some(shard) = self.path(sha).parent() {
+                let _ = fs::remove_dir(shard);
+            }
         }
         result.map(|()| PutOutcome::Stored)
     }
@@ -168,7 +177,13 @@ impl BlobDir {
     pub fn remove(&self, sha: &Sha256Digest) -> Result<(), BlobError> {
         let path = self.path(sha);
         match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Drop the shard directory if this was its last blob (fails otherwise).
+                if let Some(shard) = path.parent() {
+                    let _ = fs::remove_dir(shard);
+                }
+                Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(BlobError::Remove { path, source }),
         }

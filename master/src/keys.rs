@@ -31,7 +31,9 @@ pub enum KeyError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is not a shelfboot {expected} key file (expected one line '{expected_tag} <64 hex>')")]
+    #[error(
+        "{path} is not a shelfboot {expected} key file (expected one line '{expected_tag} <64 hex>')"
+    )]
     Format {
         path: PathBuf,
         expected: &'static str,
@@ -91,11 +93,7 @@ fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), KeyError> {
         })
 }
 
-fn read_tagged(
-    path: &Path,
-    tag: &'static str,
-    what: &'static str,
-) -> Result<[u8; 32], KeyError> {
+fn read_tagged(path: &Path, tag: &'static str, what: &'static str) -> Result<[u8; 32], KeyError> {
     let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
         path: path.to_path_buf(),
         source,

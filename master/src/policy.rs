@@ -289,7 +289,13 @@ mod tests {
             "card type lc100 in [lc100], slot 3 in 1-4, card wants [bgp]"
         );
         assert!(rule.matches(CardFacts { slot: 5, ..card }).is_none());
-        assert!(rule.matches(CardFacts { features: &[], ..card }).is_none());
+        assert!(
+            rule.matches(CardFacts {
+                features: &[],
+                ..card
+            })
+            .is_none()
+        );
         assert_eq!(
             MatchRule::default().matches(card).unwrap(),
             "matches every card"

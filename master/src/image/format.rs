@@ -45,13 +45,19 @@ pub enum ImageError {
     },
     #[error("not a shelfboot composite image (bad magic at offset 0)")]
     BadMagic,
-    #[error("composite format version {0} is not supported (this master reads version {FORMAT_VERSION})")]
+    #[error(
+        "composite format version {0} is not supported (this master reads version {FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u16),
     #[error("image header is corrupt: {0}")]
     CorruptHeader(String),
-    #[error("bad signature: the manifest was not signed by the key in the header (image corrupt or tampered with)")]
+    #[error(
+        "bad signature: the manifest was not signed by the key in the header (image corrupt or tampered with)"
+    )]
     BadSignature,
-    #[error("untrusted key: the image is signed by key {key_id}, which is not a trusted vendor key (add it with `master trust add KEY.pub`)")]
+    #[error(
+        "untrusted key: the image is signed by key {key_id}, which is not a trusted vendor key (add it with `master trust add KEY.pub`)"
+    )]
     UntrustedKey { key_id: String },
     #[error("manifest is corrupt: not valid manifest JSON")]
     ManifestJson(#[source] serde_json::Error),
@@ -131,10 +137,7 @@ pub struct VerifiedImage<R> {
 impl<R: Read> VerifiedImage<R> {
     /// Reads and verifies the header and manifest. `trusted` decides whether the signer's
     /// key is trusted.
-    pub fn open(
-        mut src: R,
-        trusted: impl Fn(&VerifyingKey) -> bool,
-    ) -> Result<Self, ImageError> {
+    pub fn open(mut src: R, trusted: impl Fn(&VerifyingKey) -> bool) -> Result<Self, ImageError> {
         let mut head = [0u8; HEADER_LEN];
         let got = read_full(&mut src, &mut head)?;
         if got >= MAGIC.len() && head[..8] != MAGIC {

@@ -14,9 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeIdentity,
-    NodeRecord, NodeState, PackageRecord, ReleaseInfo, Result, Store, StoreError, Target,
-    TestMode, TrustedKey,
+    Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeIdentity, NodeRecord,
+    NodeState, PackageRecord, ReleaseInfo, Result, Store, StoreError, Target, TestMode, TrustedKey,
 };
 use crate::image::manifest::{BlobRef, HexDigest, Manifest, ReleaseId};
 use crate::policy::Mac;
@@ -212,8 +211,18 @@ fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
 }
 
 fn decode_node(row: NodeRow) -> Result<NodeRecord> {
-    let [mac, card_type, arch, hw_rev, features, class, state, reason, inventory, test_mode] =
-        row.text;
+    let [
+        mac,
+        card_type,
+        arch,
+        hw_rev,
+        features,
+        class,
+        state,
+        reason,
+        inventory,
+        test_mode,
+    ] = row.text;
     let (nums, last_seen) = (row.nums, row.last_seen);
     let mac_s = mac.unwrap_or_default();
     let mac: Mac = mac_s.parse().map_err(|_| StoreError::Decode {
@@ -289,7 +298,10 @@ impl Store for SqliteStore {
     fn untrust_key(&mut self, key_id: &str, now: i64) -> Result<()> {
         let tx = self.tx()?;
         let n = tx
-            .execute("DELETE FROM trusted_keys WHERE key_id = ?1", params![key_id])
+            .execute(
+                "DELETE FROM trusted_keys WHERE key_id = ?1",
+                params![key_id],
+            )
             .map_err(sql("remove trusted key"))?;
         if n == 0 {
             return Err(StoreError::UnknownKey(key_id.to_owned()));
@@ -301,7 +313,9 @@ impl Store for SqliteStore {
     fn trusted_keys(&self) -> Result<Vec<TrustedKey>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT key_id, public_key, comment, added_at FROM trusted_keys ORDER BY key_id")
+            .prepare(
+                "SELECT key_id, public_key, comment, added_at FROM trusted_keys ORDER BY key_id",
+            )
             .map_err(sql("list keys"))?;
         let rows = stmt
             .query_map([], |r| {
@@ -313,7 +327,8 @@ impl Store for SqliteStore {
                 })
             })
             .map_err(sql("list keys"))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(sql("list keys"))
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql("list keys"))
     }
 
     fn check_import(&self, manifest: &Manifest, sha: &HexDigest) -> Result<bool> {
@@ -351,7 +366,14 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT OR IGNORE INTO artifacts(kind, name, version, arch, card_type, content)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![row.kind, row.name, row.version, row.arch, row.card_type, row.content],
+                params![
+                    row.kind,
+                    row.name,
+                    row.version,
+                    row.arch,
+                    row.card_type,
+                    row.content
+                ],
             )
             .map_err(sql("insert artifact"))?;
             let aid: i64 = tx
@@ -386,7 +408,13 @@ impl Store for SqliteStore {
         );
         event(&tx, rel.now, None, "import", &detail)?;
         if rel.activate {
-            upsert_assignment(&tx, &Target::Default, Some(release_id), &BTreeMap::new(), rel.now)?;
+            upsert_assignment(
+                &tx,
+                &Target::Default,
+                Some(release_id),
+                &BTreeMap::new(),
+                rel.now,
+            )?;
             let detail = format!("default release is now {}", m.release);
             event(&tx, rel.now, None, "assign", &detail)?;
         }
@@ -525,7 +553,13 @@ impl Store for SqliteStore {
             }
             tx.execute("DELETE FROM artifacts WHERE id = ?1", params![aid])
                 .map_err(sql("delete artifact"))?;
-            event(&tx, now, None, "gc", &format!("deleted {kind} {name} {version}"))?;
+            event(
+                &tx,
+                now,
+                None,
+                "gc",
+                &format!("deleted {kind} {name} {version}"),
+            )?;
         }
         tx.execute(
             "DELETE FROM blobs WHERE sha256 NOT IN (SELECT sha256 FROM artifact_blobs)",
@@ -686,8 +720,11 @@ impl Store for SqliteStore {
     fn mark_absent(&mut self, mac: &Mac, now: i64) -> Result<()> {
         let tx = self.tx()?;
         require_node(&tx, mac)?;
-        tx.execute("UPDATE nodes SET present = 0 WHERE mac = ?1", params![mac.as_str()])
-            .map_err(sql("mark absent"))?;
+        tx.execute(
+            "UPDATE nodes SET present = 0 WHERE mac = ?1",
+            params![mac.as_str()],
+        )
+        .map_err(sql("mark absent"))?;
         event(&tx, now, Some(mac), "absent", "not heard from")?;
         tx.commit().map_err(sql("commit"))
     }
@@ -779,7 +816,13 @@ impl Store for SqliteStore {
             Target::Node(m) => Some(m),
             _ => None,
         };
-        event(&tx, now, node, "assign", &format!("{target}: assignment cleared"))?;
+        event(
+            &tx,
+            now,
+            node,
+            "assign",
+            &format!("{target}: assignment cleared"),
+        )?;
         tx.commit().map_err(sql("commit"))
     }
 
@@ -795,7 +838,14 @@ impl Store for SqliteStore {
         type Row = (String, String, Option<String>, Option<String>, String, i64);
         let rows: Vec<Row> = stmt
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .map_err(sql("list assignments"))?
             .collect::<rusqlite::Result<_>>()

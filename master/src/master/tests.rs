@@ -1,0 +1,515 @@
+//! End-to-end tests of import, resolution, assignments and gc on a real state directory.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use shelfboot_proto::msg::set_digest;
+
+use super::fixture::{self, N1, N2, N3, N4};
+use super::*;
+use crate::image::manifest::{BlobRef, BootImage, MANIFEST_FORMAT, Package};
+use crate::image::pack;
+use crate::policy::Defaults;
+
+fn mac(s: &str) -> Mac {
+    s.parse().unwrap()
+}
+
+fn summary(p: &Plan) -> Vec<String> {
+    let mut out = vec![format!(
+        "{} {} {} boot {} {}",
+        p.release, p.class, p.arch, p.boot.name, p.boot.version
+    )];
+    out.extend(
+        p.packages
+            .iter()
+            .map(|a| format!("{} {}", a.name, a.version)),
+    );
+    out
+}
+
+fn import(m: &mut Master, bytes: &[u8]) -> Result<ImportReport, ImportError> {
+    m.import_from(bytes, true, &mut |_, _| {})
+}
+
+fn chain(e: &ImportError) -> String {
+    crate::error_chain(e).join(": ")
+}
+
+/// Imports `bytes`, expects failure mentioning `expect`, and checks nothing changed.
+fn assert_rejected(m: &mut Master, bytes: &[u8], expect: &str) -> String {
+    let before = fixture::state_dump(m);
+    let err = import(m, bytes).expect_err("import must fail");
+    let text = chain(&err);
+    assert!(
+        text.contains(expect),
+        "error '{text}' should mention '{expect}'"
+    );
+    assert_eq!(
+        fixture::state_dump(m),
+        before,
+        "state changed after: {text}"
+    );
+    text
+}
+
+#[test]
+fn fixture_imports_and_resolves_expected_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixture::image(dir.path(), "1.0.0", "", &fixture::vendor_key());
+    let mut m = fixture::master(dir.path());
+    let report = import(&mut m, &img).unwrap();
+    assert_eq!(report.outcome, ImportOutcome::Imported);
+    assert_eq!(report.blobs_stored, 21);
+    fixture::add_nodes(&mut m);
+
+    let expect: [(&str, &[&str]); 4] = [
+        (
+            N1,
+            &[
+                "shelf-os@1.0.0 linecards x86_64 boot lc-kernel 6.1.0",
+                "base 1.1.0",
+                "libnet 2.0.0",
+                "routing 3.0.0",
+            ],
+        ),
+        (
+            N2,
+            &[
+                "shelf-os@1.0.0 linecards x86_64 boot lc-kernel 6.1.0",
+                "base 1.1.0",
+                "debug-tools 0.9.0",
+                "libnet 2.0.0",
+                "routing 3.0.0",
+            ],
+        ),
+        (
+            N3,
+            &[
+                "shelf-os@1.0.0 linecards aarch64 boot lc-kernel 6.1.0",
+                "base 1.1.0",
+                "bgpd 1.0.0",
+                "libnet 2.0.0",
+                "routing 3.0.0",
+            ],
+        ),
+        (
+            N4,
+            &[
+                "shelf-os@1.0.0 fabric aarch64 boot fab-kernel 6.1.0",
+                "base 1.1.0",
+                "fabric-mgr 1.0.0",
+            ],
+        ),
+    ];
+    for (node, want) in expect {
+        let plan = m.plan(&mac(node)).unwrap();
+        assert_eq!(summary(&plan), want, "plan of {node}");
+        assert!(plan.persist);
+        // Each card gets its arch's build.
+        let manifest = m.store().release_manifest(&plan.release).unwrap().unwrap();
+        for a in &plan.packages {
+            let build = manifest
+                .packages
+                .iter()
+                .find(|p| p.name == a.name && p.version == a.version && p.arch == plan.arch)
+                .unwrap();
+            assert_eq!(build.payload, a.blob);
+        }
+        // The digest is proto's set digest, and resolution is deterministic.
+        assert_eq!(
+            plan.digest.0,
+            set_digest(&plan.artifact_refs(), "console=ttyS0 quiet")
+        );
+        assert_eq!(m.plan(&mac(node)).unwrap(), plan);
+    }
+    // Same packages, different arch: different digests.
+    assert_ne!(
+        m.plan(&mac(N1)).unwrap().digest,
+        m.plan(&mac(N3)).unwrap().digest
+    );
+
+    let rules: BTreeMap<String, String> = m
+        .plan(&mac(N3))
+        .unwrap()
+        .explain
+        .into_iter()
+        .map(|r| (r.subject, r.rule))
+        .collect();
+    assert_eq!(
+        rules["class linecards"],
+        "first matching class: card type lc200 in [lc100, lc200], slot 3 in 1-8"
+    );
+    assert_eq!(
+        rules["package libnet 2.0.0 (aarch64)"],
+        "dependency of routing 3.0.0 (requires ^2)"
+    );
+    assert_eq!(
+        rules["package base 1.1.0 (aarch64)"],
+        "^1 defaults of release shelf-os@1.0.0"
+    );
+    assert_eq!(
+        rules["package bgpd 1.0.0 (aarch64)"],
+        "* provides feature bgp (requested by the card)"
+    );
+    let n2 = m.plan(&mac(N2)).unwrap();
+    let dbg = n2
+        .packages
+        .iter()
+        .find(|p| p.name == "debug-tools")
+        .unwrap();
+    assert_eq!(dbg.rule, "* per-node override in release shelf-os@1.0.0");
+}
+
+#[test]
+fn conflicting_pin_names_packages_and_constraints() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixture::image(dir.path(), "1.0.0", "", &fixture::vendor_key());
+    let mut m = fixture::master(dir.path());
+    import(&mut m, &img).unwrap();
+    fixture::add_nodes(&mut m);
+    let before = fixture::state_dump(&m);
+    let pins = parse_pins(&["base=1.0.0".to_owned()]).unwrap();
+    let err = m
+        .assign(Target::Node(mac(N1)), None, pins, "assign")
+        .unwrap_err();
+    let text = crate::error_chain(&err).join("\n");
+    assert!(
+        text.contains("unsatisfiable dependency for node 02:00:00:00:00:01"),
+        "{text}"
+    );
+    assert!(text.contains("base, libnet, routing"), "{text}");
+    assert!(
+        text.contains("base =1.0.0 is required by pinned for this node"),
+        "{text}"
+    );
+    assert!(
+        text.contains("routing ^3 is required by class linecards"),
+        "{text}"
+    );
+    assert_eq!(fixture::state_dump(&m), before);
+
+    // A compatible pin is accepted and shows up in explain; the solver picks libnet 1.x.
+    let pins = parse_pins(&["routing=2.5.0".to_owned()]).unwrap();
+    m.assign(Target::Node(mac(N1)), None, pins, "assign")
+        .unwrap();
+    let plan = m.plan(&mac(N1)).unwrap();
+    assert_eq!(
+        summary(&plan)[1..],
+        ["base 1.1.0", "libnet 1.4.0", "routing 2.5.0"]
+    );
+}
+
+#[test]
+fn test_mode_is_ram_only_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixture::image(dir.path(), "1.0.0", "", &fixture::vendor_key());
+    let mut m = fixture::master(dir.path());
+    import(&mut m, &img).unwrap();
+    fixture::add_nodes(&mut m);
+    let pins = parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
+    let plan = m.test_mode(&mac(N1), Some(pins)).unwrap().unwrap();
+    assert!(!plan.persist);
+    assert!(plan.packages.iter().any(|p| p.name == "debug-tools"));
+    // No aarch64 build: refused, nothing recorded.
+    let pins = parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
+    let err = m.test_mode(&mac(N3), Some(pins)).unwrap_err();
+    assert!(
+        crate::error_chain(&err)
+            .join(" ")
+            .contains("not imported for arch aarch64")
+    );
+    assert!(
+        m.store()
+            .node(&mac(N3))
+            .unwrap()
+            .unwrap()
+            .test_mode
+            .is_none()
+    );
+    m.test_mode(&mac(N1), None).unwrap();
+    assert!(m.plan(&mac(N1)).unwrap().persist);
+}
+
+#[test]
+fn bad_images_are_rejected_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = fixture::vendor_key();
+    let good = fixture::image(dir.path(), "1.0.0", "", &key);
+    let mut m = fixture::master(dir.path());
+
+    // Header and stream damage, on an empty database.
+    assert_rejected(&mut m, &good[..good.len() - 5], "image is truncated");
+    assert_rejected(&mut m, &good[..60], "image is truncated: the header");
+    assert_rejected(&mut m, &good[..200], "image is truncated: the manifest");
+    let mut bad = good.clone();
+    bad[0] = b'X';
+    assert_rejected(&mut m, &bad, "not a shelfboot composite image");
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40;
+    assert_rejected(&mut m, &bad, "blob is corrupt");
+    let mut bad = good.clone();
+    bad[crate::image::format::HEADER_LEN + 20] ^= 1;
+    assert_rejected(&mut m, &bad, "bad signature");
+    let mut bad = good.clone();
+    bad.extend_from_slice(b"junk");
+    assert_rejected(&mut m, &bad, "4 unexpected bytes after the last blob");
+    let rogue = fixture::image(dir.path(), "1.0.0", "", &fixture::rogue_key());
+    let text = assert_rejected(&mut m, &rogue, "untrusted key");
+    assert!(text.contains(&crate::keys::key_id(&fixture::rogue_key().verifying_key())));
+
+    // Unsatisfiable dependency.
+    std::fs::write(dir.path().join("files/broken"), "broken").unwrap();
+    let extra = "[[package]]\nname = \"broken\"\nversion = \"1.0.0\"\narch = \"x86_64\"\n\
+                 file = \"files/broken\"\ndepends = { libnet = \"^9\" }\n";
+    let img = fixture::image(dir.path(), "1.0.0", extra, &key);
+    let text = assert_rejected(&mut m, &img, "unsatisfiable dependency");
+    assert!(text.contains("libnet"), "{text}");
+
+    // Missing blob: the signed manifest names a blob the image does not carry.
+    let spec = fixture::write_spec(dir.path(), "1.0.0", "");
+    let mut packed = pack::prepare(&spec).unwrap();
+    let dropped = packed.manifest.blobs.remove(3);
+    let blobs: BTreeMap<_, _> = packed
+        .sources
+        .iter()
+        .map(|(d, p)| (*d, std::fs::read(p).unwrap()))
+        .collect();
+    let img = pack::write_image_bytes(&packed.manifest, &blobs, &key).unwrap();
+    let text = assert_rejected(&mut m, &img, "missing blob");
+    assert!(text.contains(&dropped.sha256.to_string()), "{text}");
+    packed.manifest.blobs.insert(3, dropped);
+
+    // Now with a release in the database.
+    import(&mut m, &good).unwrap();
+    fixture::add_nodes(&mut m);
+    assert_rejected(&mut m, &good[..good.len() / 2], "image is truncated");
+
+    // Duplicate version with different content: base 1.1.0 x86_64 rebuilt in 1.1.0.
+    let spec = fixture::write_spec(dir.path(), "1.1.0", "");
+    std::fs::write(dir.path().join("files/base-1.1.0-x86_64.sqfs"), "rebuilt!").unwrap();
+    let packed = pack::prepare(&spec).unwrap();
+    let out = dir.path().join("dup.img");
+    pack::write_image(&packed, &key, &out).unwrap();
+    let text = assert_rejected(
+        &mut m,
+        &std::fs::read(&out).unwrap(),
+        "duplicate version with different content",
+    );
+    assert!(text.contains("package base 1.1.0 (x86_64)"), "{text}");
+    assert!(text.contains("shelf-os@1.0.0"), "{text}");
+
+    // Same release name and version, different manifest.
+    std::fs::write(
+        dir.path().join("files/base-1.1.0-x86_64.sqfs"),
+        "payload base 1.1.0 x86_64",
+    )
+    .unwrap();
+    let img = fixture::image(
+        dir.path(),
+        "1.0.0",
+        "[[class]]\nname = \"spare\"\nmatch = { card_types = [\"none\"] }\n",
+        &key,
+    );
+    assert_rejected(&mut m, &img, "already imported with a different manifest");
+}
+
+#[test]
+fn truncation_at_every_offset_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = fixture::vendor_key();
+    let blob = |b: &[u8]| BlobRef {
+        sha256: HexDigest(crate::blobs::sha256(b)),
+        size: b.len() as u64,
+    };
+    let (k, p1, p2) = (&b"kern"[..], &b"base!"[..], &b"app"[..]);
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        release: ReleaseId {
+            name: "tiny".into(),
+            version: "1.0.0".parse().unwrap(),
+        },
+        blobs: vec![blob(k), blob(p1), blob(p2)],
+        boot: vec![BootImage {
+            name: "k".into(),
+            version: "1.0.0".parse().unwrap(),
+            card_type: "lc".into(),
+            arch: "x86_64".into(),
+            image: blob(k),
+            cmdline: String::new(),
+        }],
+        packages: vec![
+            Package {
+                name: "base".into(),
+                version: "1.0.0".parse().unwrap(),
+                arch: "x86_64".into(),
+                provides: vec![],
+                depends: BTreeMap::new(),
+                payload: blob(p1),
+            },
+            Package {
+                name: "app".into(),
+                version: "1.0.0".parse().unwrap(),
+                arch: "x86_64".into(),
+                provides: vec![],
+                depends: [("base".to_owned(), "^1".to_owned())].into(),
+                payload: blob(p2),
+            },
+        ],
+        classes: vec![],
+        overrides: vec![],
+        defaults: Defaults::default(),
+    };
+    let blobs: BTreeMap<_, _> = [k, p1, p2]
+        .iter()
+        .map(|b| (HexDigest(crate::blobs::sha256(b)), b.to_vec()))
+        .collect();
+    let img = pack::write_image_bytes(&manifest, &blobs, &key).unwrap();
+    let mut m = fixture::master(dir.path());
+    let before = fixture::state_dump(&m);
+    for cut in 0..img.len() {
+        let err = import(&mut m, &img[..cut]).expect_err("truncated import must fail");
+        assert!(
+            chain(&err).contains("image is truncated"),
+            "cut {cut}: {}",
+            chain(&err)
+        );
+        assert_eq!(
+            fixture::state_dump(&m),
+            before,
+            "state changed at cut {cut}"
+        );
+    }
+    assert_eq!(
+        import(&mut m, &img).unwrap().outcome,
+        ImportOutcome::Imported
+    );
+}
+
+#[test]
+fn gc_keeps_what_plans_and_assignments_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = fixture::vendor_key();
+    let r1 = fixture::image(dir.path(), "1.0.0", "", &key);
+    let mut m = fixture::master(dir.path());
+    import(&mut m, &r1).unwrap();
+    fixture::add_nodes(&mut m);
+    // Release 1.1.0 adds routing 3.1.0 everywhere (new blobs).
+    let mut extra = String::new();
+    for arch in ["x86_64", "aarch64"] {
+        let f = format!("files/routing-3.1.0-{arch}");
+        std::fs::write(dir.path().join(&f), format!("routing 3.1 {arch}")).unwrap();
+        extra.push_str(&format!(
+            "[[package]]\nname = \"routing\"\nversion = \"3.1.0\"\narch = \"{arch}\"\n\
+             file = \"{f}\"\ndepends = {{ libnet = \"^2\" }}\n\n"
+        ));
+    }
+    let r2 = fixture::image(dir.path(), "1.1.0", &extra, &key);
+    import(&mut m, &r2).unwrap();
+    let plan = m.plan(&mac(N1)).unwrap();
+    assert_eq!(summary(&plan)[3], "routing 3.1.0");
+
+    // Roll the fabric class back to 1.0.0: gc --keep 1 must keep both releases.
+    let r1_id = parse_release("shelf-os@1.0.0").unwrap();
+    m.rollback(Target::Class("fabric".into()), r1_id.clone())
+        .unwrap();
+    assert_eq!(m.plan(&mac(N4)).unwrap().release, r1_id);
+    let report = m.gc(1).unwrap();
+    assert!(report.deleted_releases.is_empty());
+    assert_eq!(report.removed_blobs, 0);
+
+    // Drop the rollback: 1.0.0 is now unreferenced and goes, with its unique blobs only.
+    m.unassign(&Target::Class("fabric".into())).unwrap();
+    let report = m.gc(1).unwrap();
+    assert_eq!(report.deleted_releases, vec![r1_id]);
+    assert_eq!(
+        report.removed_blobs, 0,
+        "1.1.0 holds every blob of 1.0.0 too"
+    );
+    for node in [N1, N2, N3, N4] {
+        let plan = m.plan(&mac(node)).unwrap();
+        for b in plan.blobs() {
+            assert!(m.blobs().contains(&b.sha256.0), "{node} lost a blob");
+        }
+    }
+    let history = m.history(None, 100).unwrap();
+    assert!(history.iter().any(|e| e.kind == "rollback"));
+    assert!(
+        history
+            .iter()
+            .any(|e| e.detail == "deleted release shelf-os@1.0.0")
+    );
+}
+
+fn arb_release() -> impl Strategy<Value = (Manifest, BTreeMap<HexDigest, Vec<u8>>)> {
+    let pkg = (
+        prop::sample::select(vec!["a", "b", "c"]),
+        0u64..3,
+        0u64..3,
+        prop::sample::select(vec!["x86_64", "aarch64"]),
+        prop::collection::vec(any::<u8>(), 0..12),
+    );
+    (prop::collection::vec(pkg, 1..6), 0u64..4).prop_map(|(pkgs, rel)| {
+        let mut blobs = BTreeMap::new();
+        let mut packages: Vec<Package> = Vec::new();
+        for (name, major, minor, arch, bytes) in pkgs {
+            let version = semver::Version::new(major, minor, 0);
+            if packages
+                .iter()
+                .any(|p| p.name == name && p.version == version && p.arch == arch)
+            {
+                continue;
+            }
+            let d = HexDigest(crate::blobs::sha256(&bytes));
+            packages.push(Package {
+                name: name.into(),
+                version,
+                arch: arch.into(),
+                provides: vec![],
+                depends: BTreeMap::new(),
+                payload: BlobRef {
+                    sha256: d,
+                    size: bytes.len() as u64,
+                },
+            });
+            blobs.insert(d, bytes);
+        }
+        let mut refs: Vec<BlobRef> = packages.iter().map(|p| p.payload).collect();
+        refs.sort();
+        refs.dedup();
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            release: ReleaseId {
+                name: "prop".into(),
+                version: semver::Version::new(rel, 0, 0),
+            },
+            blobs: refs,
+            boot: vec![],
+            packages,
+            classes: vec![],
+            overrides: vec![],
+            defaults: Defaults::default(),
+        };
+        (manifest, blobs)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+    #[test]
+    fn reimport_is_a_no_op((manifest, blobs) in arb_release()) {
+        let dir = tempfile::tempdir().unwrap();
+        let img = pack::write_image_bytes(&manifest, &blobs, &fixture::vendor_key()).unwrap();
+        let mut m = fixture::master(dir.path());
+        let first = import(&mut m, &img).unwrap();
+        prop_assert_eq!(first.outcome, ImportOutcome::Imported);
+        let after_first = fixture::state_dump(&m);
+        for _ in 0..2 {
+            let again = import(&mut m, &img).unwrap();
+            prop_assert_eq!(again.outcome, ImportOutcome::AlreadyPresent);
+            prop_assert_eq!(again.blobs_stored, 0);
+            prop_assert_eq!(&fixture::state_dump(&m), &after_first);
+        }
+    }
+}

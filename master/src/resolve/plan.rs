@@ -1,0 +1,85 @@
+//! A resolved plan: what one card should hold, why, and the set digest the card compares
+//! with its inventory digest. The digest is the protocol crate's
+//! [`shelfboot_proto::msg::set_digest`]; there is no second definition here.
+
+use serde::{Deserialize, Serialize};
+use shelfboot_proto::msg::{ArtifactKind, ArtifactRef, set_digest};
+
+use crate::image::manifest::{BlobRef, HexDigest, ReleaseId};
+use crate::policy::Mac;
+
+/// One artifact in a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedArtifact {
+    /// `boot` or `package`.
+    pub kind: String,
+    pub name: String,
+    pub version: semver::Version,
+    pub arch: String,
+    pub blob: BlobRef,
+    /// Which rule chose it.
+    pub rule: String,
+}
+
+impl PlannedArtifact {
+    /// The protocol's view of this artifact.
+    pub fn to_ref(&self) -> ArtifactRef {
+        ArtifactRef {
+            kind: if self.kind == "boot" {
+                ArtifactKind::BootImage
+            } else {
+                ArtifactKind::Package
+            },
+            name: self.name.clone(),
+            version: self.version.to_string(),
+            sha256: self.blob.sha256.0,
+            size: self.blob.size,
+        }
+    }
+}
+
+/// One step of the explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub subject: String,
+    pub rule: String,
+}
+
+/// A card's plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub node: Mac,
+    pub release: ReleaseId,
+    pub class: String,
+    pub arch: String,
+    pub boot: PlannedArtifact,
+    pub cmdline: String,
+    /// Sorted by name.
+    pub packages: Vec<PlannedArtifact>,
+    /// false in test mode: RAM only, gone on reboot.
+    pub persist: bool,
+    /// `set_digest(artifacts, cmdline)`.
+    pub digest: HexDigest,
+    /// The decisions in order: release, class, boot image, packages.
+    pub explain: Vec<Reason>,
+}
+
+impl Plan {
+    /// All artifacts as protocol references (boot image first).
+    pub fn artifact_refs(&self) -> Vec<ArtifactRef> {
+        std::iter::once(&self.boot)
+            .chain(&self.packages)
+            .map(PlannedArtifact::to_ref)
+            .collect()
+    }
+
+    /// Computes the digest from the artifacts and command line.
+    pub fn compute_digest(&self) -> HexDigest {
+        HexDigest(set_digest(&self.artifact_refs(), &self.cmdline))
+    }
+
+    /// Every blob the plan references.
+    pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
+        std::iter::once(&self.boot.blob).chain(self.packages.iter().map(|p| &p.blob))
+    }
+}
