@@ -12,6 +12,7 @@ pub mod artifact;
 pub mod boot;
 pub mod error;
 pub mod fake;
+pub mod file;
 pub mod inventory;
 pub mod layout;
 pub mod stage;

@@ -1,0 +1,554 @@
+//! `FileVolumes`: a UBI device simulated in a directory, for simulated cards and test mode.
+//!
+//! ```text
+//! DIR/table            volume table: CBOR + CRC-32 (geometry, every volume's name, size,
+//!                      data length, update marker and blob file)
+//! DIR/table.tmp        the next table while it is being written
+//! DIR/blobs/v<id>-<n>  one file per volume holding exactly its data bytes
+//! ```
+//!
+//! Every operation that changes the table replaces it atomically: write `table.tmp`, fsync
+//! it, rename it over `table`, fsync the directory. A multi-volume rename (with the
+//! replaced volumes' removal) is therefore one atomic step, as `UBI_IOCRNVOL` is. An update
+//! first records the update marker in the table, then truncates and writes the blob, then
+//! (when the last announced byte is written) fsyncs the blob and records the data length
+//! with the marker cleared: a crash in between leaves the marker set, as on UBI. Blob files
+//! no table entry names (a crash after a removal's table write) are deleted at open.
+//! Capacity is `leb_size` × `total_lebs`, reserved per volume in whole LEBs, so "no space"
+//! is real.
+//!
+//! On a tmpfs directory this is also the RAM store for test mode (persist = false): flash
+//! is not touched, and [`FileVolumes::blob_path`] gives init a file per artifact to
+//! loop-mount. It does not lock the directory: one process per directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use super::volumes::{
+    Geometry, Rename, UBI_MAX_RNVOL, VolumeError, VolumeErrorKind as Kind, VolumeId, VolumeInfo,
+    VolumeOp, VolumeTarget, VolumeWriter, Volumes, check_name,
+};
+
+const TABLE: &str = "table";
+const TABLE_TMP: &str = "table.tmp";
+const BLOBS: &str = "blobs";
+const MAGIC: &[u8; 4] = b"SBVT";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    id: u32,
+    name: String,
+    lebs: u64,
+    data_bytes: u64,
+    update_marker: bool,
+    blob: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Table {
+    leb_size: u64,
+    total_lebs: u64,
+    max_volumes: u32,
+    next_blob: u64,
+    volumes: Vec<Entry>,
+}
+
+impl Table {
+    fn used_lebs(&self) -> u64 {
+        self.volumes.iter().map(|v| v.lebs).sum()
+    }
+    fn get(&self, id: VolumeId) -> Option<&Entry> {
+        self.volumes.iter().find(|v| v.id == id.0)
+    }
+    fn get_mut(&mut self, id: VolumeId) -> Option<&mut Entry> {
+        self.volumes.iter_mut().find(|v| v.id == id.0)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    table: Table,
+}
+
+impl Inner {
+    /// Replace the table on disk atomically, then adopt it in memory.
+    fn commit(
+        &mut self,
+        next: Table,
+        op: VolumeOp,
+        target: &dyn Fn() -> VolumeTarget,
+    ) -> Result<(), VolumeError> {
+        let io = |e| VolumeError::from_io(op, target(), e);
+        let mut body = Vec::new();
+        ciborium::into_writer(&next, &mut body).map_err(|e| {
+            VolumeError::from_io(op, target(), std::io::Error::other(e.to_string()))
+        })?;
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(&crc32fast::hash(&bytes).to_be_bytes());
+        let tmp = self.dir.join(TABLE_TMP);
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, self.dir.join(TABLE)).map_err(io)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        self.table = next;
+        Ok(())
+    }
+
+    fn blob(&self, e: &Entry) -> PathBuf {
+        self.dir.join(BLOBS).join(&e.blob)
+    }
+}
+
+fn read_table(dir: &Path) -> Result<Table, VolumeError> {
+    let err = |k| VolumeError::new(VolumeOp::List, VolumeTarget::Device, k);
+    let bytes = fs::read(dir.join(TABLE))
+        .map_err(|e| VolumeError::from_io(VolumeOp::List, VolumeTarget::Device, e))?;
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(err(Kind::Io));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_be_bytes() != crc {
+        return Err(err(Kind::Io));
+    }
+    ciborium::from_reader(&body[4..]).map_err(|_| err(Kind::Io))
+}
+
+/// A directory-backed UBI device. Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct FileVolumes {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // The table in memory only changes after the disk copy did; a panicking holder cannot
+    // leave it half-updated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FileVolumes {
+    /// Format `dir` (created if needed, must hold no table yet) as an empty device of
+    /// `total_lebs` LEBs of `leb_size` bytes.
+    pub fn format(dir: &Path, leb_size: u64, total_lebs: u64) -> Result<Self, VolumeError> {
+        let dev = VolumeTarget::Device;
+        let io = |e| VolumeError::from_io(VolumeOp::Create, VolumeTarget::Device, e);
+        if leb_size == 0 {
+            return Err(VolumeError::new(VolumeOp::Create, dev, Kind::Invalid));
+        }
+        fs::create_dir_all(dir.join(BLOBS)).map_err(io)?;
+        if dir.join(TABLE).exists() {
+            return Err(VolumeError::new(VolumeOp::Create, dev, Kind::Exists));
+        }
+        let mut inner = Inner {
+            dir: dir.to_owned(),
+            table: Table {
+                leb_size,
+                total_lebs,
+                max_volumes: 128,
+                next_blob: 0,
+                volumes: Vec::new(),
+            },
+        };
+        let t = inner.table.clone();
+        inner.commit(t, VolumeOp::Create, &|| VolumeTarget::Device)?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(inner)),
+        })
+    }
+
+    /// Open a formatted directory; deletes blob files the table does not name and a stale
+    /// `table.tmp`.
+    pub fn open(dir: &Path) -> Result<Self, VolumeError> {
+        let table = read_table(dir)?;
+        let io = |e| VolumeError::from_io(VolumeOp::List, VolumeTarget::Device, e);
+        let _ = fs::remove_file(dir.join(TABLE_TMP));
+        for f in fs::read_dir(dir.join(BLOBS)).map_err(io)? {
+            let f = f.map_err(io)?;
+            let name = f.file_name();
+            if !table.volumes.iter().any(|v| *v.blob == *name) {
+                fs::remove_file(f.path()).map_err(io)?;
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                dir: dir.to_owned(),
+                table,
+            })),
+        })
+    }
+
+    /// Open `dir` if formatted, else format it.
+    pub fn open_or_format(dir: &Path, leb_size: u64, total_lebs: u64) -> Result<Self, VolumeError> {
+        if dir.join(TABLE).exists() {
+            Self::open(dir)
+        } else {
+            Self::format(dir, leb_size, total_lebs)
+        }
+    }
+
+    /// The file holding volume `id`'s data (exactly `data_bytes` long once written), e.g.
+    /// for init to loop-mount a package staged in RAM. `None` if there is no such volume.
+    pub fn blob_path(&self, id: VolumeId) -> Option<PathBuf> {
+        let g = lock(&self.inner);
+        g.table.get(id).map(|e| g.blob(e))
+    }
+}
+
+impl Volumes for FileVolumes {
+    type Writer = FileWriter;
+
+    fn geometry(&mut self) -> Result<Geometry, VolumeError> {
+        let g = lock(&self.inner);
+        let t = &g.table;
+        Ok(Geometry {
+            leb_size: t.leb_size,
+            total_lebs: t.total_lebs,
+            free_lebs: t.total_lebs.saturating_sub(t.used_lebs()),
+            bad_pebs: 0,
+            reserved_for_bad: 0,
+            max_volumes: t.max_volumes,
+        })
+    }
+
+    fn list(&mut self) -> Result<Vec<VolumeInfo>, VolumeError> {
+        let g = lock(&self.inner);
+        let mut v: Vec<VolumeInfo> = g
+            .table
+            .volumes
+            .iter()
+            .map(|e| VolumeInfo {
+                id: VolumeId(e.id),
+                name: e.name.clone(),
+                reserved_bytes: e.lebs * g.table.leb_size,
+                data_bytes: e.data_bytes,
+                update_marker: e.update_marker,
+            })
+            .collect();
+        v.sort_by_key(|i| i.id);
+        Ok(v)
+    }
+
+    fn create(&mut self, name: &str, bytes: u64) -> Result<VolumeId, VolumeError> {
+        let mut g = lock(&self.inner);
+        let t = || VolumeTarget::name(name);
+        let err = |k| VolumeError::new(VolumeOp::Create, t(), k);
+        check_name(name).map_err(err)?;
+        if bytes == 0 {
+            return Err(err(Kind::Invalid));
+        }
+        if g.table.volumes.iter().any(|v| v.name == name) {
+            return Err(err(Kind::Exists));
+        }
+        let lebs = bytes.div_ceil(g.table.leb_size);
+        let free = g.table.total_lebs.saturating_sub(g.table.used_lebs());
+        if lebs > free || g.table.volumes.len() >= g.table.max_volumes as usize {
+            return Err(err(Kind::NoSpace));
+        }
+        let mut next = g.table.clone();
+        let id = (0..)
+            .find(|i| next.get(VolumeId(*i)).is_none())
+            .unwrap_or(u32::MAX);
+        next.volumes.push(Entry {
+            id,
+            name: name.into(),
+            lebs,
+            data_bytes: 0,
+            update_marker: false,
+            blob: format!("v{id}-{}", next.next_blob),
+        });
+        next.next_blob += 1;
+        g.commit(next, VolumeOp::Create, &t)?;
+        Ok(VolumeId(id))
+    }
+
+    fn update(&mut self, id: VolumeId, bytes: u64) -> Result<FileWriter, VolumeError> {
+        let mut g = lock(&self.inner);
+        let t = || VolumeTarget::id(id);
+        let e = g
+            .table
+            .get(id)
+            .ok_or_else(|| VolumeError::new(VolumeOp::Update, t(), Kind::NotFound))?;
+        if bytes > e.lebs * g.table.leb_size {
+            return Err(VolumeError::new(VolumeOp::Update, t(), Kind::NoSpace));
+        }
+        let mut next = g.table.clone();
+        if let Some(e) = next.get_mut(id) {
+            e.update_marker = true;
+            e.data_bytes = 0;
+        }
+        g.commit(next, VolumeOp::Update, &t)?;
+        let path = g.table.get(id).map(|e| g.blob(e)).unwrap_or_default();
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| VolumeError::from_io(VolumeOp::Update, t(), e))?;
+        let mut w = FileWriter {
+            inner: Arc::clone(&self.inner),
+            id,
+            file,
+            announced: bytes,
+            written: 0,
+        };
+        if bytes == 0 {
+            drop(g);
+            w.complete()?;
+        }
+        Ok(w)
+    }
+
+    fn read(&mut self, id: VolumeId, offset: u64, buf: &mut [u8]) -> Result<usize, VolumeError> {
+        let g = lock(&self.inner);
+        let t = || VolumeTarget::id(id);
+        let e = g
+            .table
+            .get(id)
+            .ok_or_else(|| VolumeError::new(VolumeOp::Read, t(), Kind::NotFound))?;
+        if e.update_marker {
+            return Err(VolumeError::new(VolumeOp::Read, t(), Kind::UpdateMarker));
+        }
+        if offset >= e.data_bytes {
+            return Ok(0);
+        }
+        let want = usize::try_from(e.data_bytes - offset)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let io = |err| VolumeError::from_io(VolumeOp::Read, t(), err);
+        let mut f = File::open(g.blob(e)).map_err(io)?;
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut done = 0;
+        while done < want {
+            match f.read(&mut buf[done..want]).map_err(io)? {
+                0 => return Err(VolumeError::new(VolumeOp::Read, t(), Kind::Io)),
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+
+    fn rename(&mut self, ops: &[Rename]) -> Result<(), VolumeError> {
+        let mut g = lock(&self.inner);
+        let t = || VolumeTarget::Renames(ops.to_vec());
+        let err = |k| VolumeError::new(VolumeOp::Rename, t(), k);
+        if ops.is_empty() || ops.len() > UBI_MAX_RNVOL {
+            return Err(err(Kind::Invalid));
+        }
+        for (i, r) in ops.iter().enumerate() {
+            check_name(&r.new_name).map_err(err)?;
+            if g.table.get(r.id).is_none() {
+                return Err(err(Kind::NotFound));
+            }
+            if ops[..i]
+                .iter()
+                .any(|o| o.new_name == r.new_name || o.id == r.id)
+            {
+                return Err(err(Kind::Invalid));
+            }
+        }
+        let effective: Vec<&Rename> = ops
+            .iter()
+            .filter(|r| g.table.get(r.id).is_some_and(|v| v.name != r.new_name))
+            .collect();
+        if effective.is_empty() {
+            return Ok(());
+        }
+        let mut next = g.table.clone();
+        let doomed: Vec<Entry> = next
+            .volumes
+            .iter()
+            .filter(|v| {
+                effective.iter().any(|r| r.new_name == v.name)
+                    && !effective.iter().any(|r| r.id.0 == v.id)
+            })
+            .cloned()
+            .collect();
+        next.volumes
+            .retain(|v| !doomed.iter().any(|d| d.id == v.id));
+        for r in effective {
+            if let Some(v) = next.get_mut(r.id) {
+                v.name.clone_from(&r.new_name);
+            }
+        }
+        g.commit(next, VolumeOp::Rename, &t)?;
+        for d in doomed {
+            // Best effort: an orphan blob is deleted at the next open.
+            let _ = fs::remove_file(g.blob(&d));
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, id: VolumeId) -> Result<(), VolumeError> {
+        let mut g = lock(&self.inner);
+        let t = || VolumeTarget::id(id);
+        let e = g
+            .table
+            .get(id)
+            .cloned()
+            .ok_or_else(|| VolumeError::new(VolumeOp::Remove, t(), Kind::NotFound))?;
+        let mut next = g.table.clone();
+        next.volumes.retain(|v| v.id != id.0);
+        g.commit(next, VolumeOp::Remove, &t)?;
+        // Best effort: an orphan blob is deleted at the next open.
+        let _ = fs::remove_file(g.blob(&e));
+        Ok(())
+    }
+}
+
+/// Writer of a [`FileVolumes`] update.
+#[derive(Debug)]
+pub struct FileWriter {
+    inner: Arc<Mutex<Inner>>,
+    id: VolumeId,
+    file: File,
+    announced: u64,
+    written: u64,
+}
+
+impl FileWriter {
+    /// All bytes are in: fsync the blob, then record the length and clear the marker.
+    fn complete(&mut self) -> Result<(), VolumeError> {
+        let t = || VolumeTarget::id(self.id);
+        self.file
+            .sync_all()
+            .map_err(|e| VolumeError::from_io(VolumeOp::Finish, t(), e))?;
+        let mut g = lock(&self.inner);
+        let mut next = g.table.clone();
+        let e = next
+            .get_mut(self.id)
+            .ok_or_else(|| VolumeError::new(VolumeOp::Finish, t(), Kind::NotFound))?;
+        e.update_marker = false;
+        e.data_bytes = self.written;
+        g.commit(next, VolumeOp::Finish, &t)
+    }
+}
+
+impl VolumeWriter for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> Result<(), VolumeError> {
+        let t = || VolumeTarget::id(self.id);
+        if self.written + buf.len() as u64 > self.announced {
+            return Err(VolumeError::new(VolumeOp::Write, t(), Kind::SizeMismatch));
+        }
+        self.file
+            .write_all(buf)
+            .map_err(|e| VolumeError::from_io(VolumeOp::Write, t(), e))?;
+        self.written += buf.len() as u64;
+        if self.written == self.announced && !buf.is_empty() {
+            self.complete()?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), VolumeError> {
+        if self.written != self.announced {
+            return Err(VolumeError::new(
+                VolumeOp::Finish,
+                VolumeTarget::id(self.id),
+                Kind::SizeMismatch,
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flash::artifact::{ArtifactKind, ArtifactRef};
+    use crate::flash::{Store, StoreConfig};
+    use sha2::{Digest as _, Sha256};
+
+    fn art(name: &str, version: &str, data: &[u8]) -> ArtifactRef {
+        ArtifactRef {
+            kind: if name == "kernel" {
+                ArtifactKind::BootImage
+            } else {
+                ArtifactKind::Package
+            },
+            name: name.into(),
+            version: version.into(),
+            sha256: Sha256::digest(data).into(),
+            size: data.len() as u64,
+        }
+    }
+
+    #[test]
+    fn volume_semantics_persist_across_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut v = FileVolumes::format(tmp.path(), 100, 5).unwrap();
+        assert!(FileVolumes::format(tmp.path(), 100, 5).is_err());
+        let a = v.create("a", 150).unwrap();
+        assert_eq!(v.create("b", 301).unwrap_err().kind, Kind::NoSpace);
+        let b = v.create("b", 1).unwrap();
+        let mut w = v.update(a, 6).unwrap();
+        w.write(b"abc").unwrap();
+        drop(w); // interrupted: marker stays set, across a reopen too
+        let mut v = FileVolumes::open(tmp.path()).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(v.read(a, 0, &mut buf).unwrap_err().kind, Kind::UpdateMarker);
+        let mut w = v.update(a, 6).unwrap();
+        w.write(b"abc").unwrap();
+        w.write(b"def").unwrap();
+        w.finish().unwrap();
+        v.rename(&[Rename {
+            id: a,
+            new_name: "b".into(),
+        }])
+        .unwrap();
+        let mut v = FileVolumes::open(tmp.path()).unwrap();
+        let l = v.list().unwrap();
+        assert_eq!(l.len(), 1, "b was replaced: {l:?}");
+        assert_eq!((l[0].id, l[0].name.as_str(), l[0].data_bytes), (a, "b", 6));
+        assert_eq!(v.read(a, 2, &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"cdef");
+        assert!(v.read(b, 0, &mut buf).is_err());
+        assert_eq!(fs::read(v.blob_path(a).unwrap()).unwrap(), b"abcdef");
+        assert_eq!(fs::read_dir(tmp.path().join(BLOBS)).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn store_commits_and_survives_a_crash_mid_stream() {
+        let tmp = tempfile::tempdir().unwrap();
+        let k1 = vec![1u8; 3000];
+        let p1 = vec![2u8; 500];
+        let set1 = [art("kernel", "1", &k1), art("base", "1", &p1)];
+        let dev = FileVolumes::format(tmp.path(), 1024, 32).unwrap();
+        let (mut s, _) = Store::open(dev, StoreConfig::default()).unwrap();
+        s.begin(&set1, "quiet").unwrap();
+        s.stage(&set1[0], &k1[..]).unwrap();
+        s.stage(&set1[1], &p1[..]).unwrap();
+        let inv = s.commit().unwrap();
+        // A second plan, interrupted mid-stream (the process dies: the store is dropped).
+        let k2 = vec![3u8; 2000];
+        let set2 = [art("kernel", "2", &k2), art("base", "1", &p1)];
+        s.begin(&set2, "quiet").unwrap();
+        s.start(&set2[0]).unwrap();
+        s.write(&set2[0], &k2[..100]).unwrap();
+        drop(s);
+        let dev = FileVolumes::open(tmp.path()).unwrap();
+        let (mut s, report) = Store::open(dev.clone(), StoreConfig::default()).unwrap();
+        assert_eq!(s.inventory(), Some(&inv));
+        assert_eq!(report.removed.len(), 1, "{report:?}");
+        assert!(s.verify_set(&inv.set).unwrap().is_empty());
+        let kid = s
+            .volume_id(&inv.set.boot_image().unwrap().volume)
+            .unwrap()
+            .unwrap();
+        assert_eq!(fs::read(dev.blob_path(kid).unwrap()).unwrap(), k1);
+        s.begin(&set2, "quiet").unwrap();
+        s.stage(&set2[0], &k2[..]).unwrap();
+        let inv2 = s.commit().unwrap();
+        assert_eq!(
+            inv2.previous.as_ref().map(|p| p.digest),
+            Some(inv.set.digest)
+        );
+    }
+}
