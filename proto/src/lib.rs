@@ -18,6 +18,7 @@ pub mod data;
 pub mod describe;
 pub mod frame;
 pub mod msg;
+pub mod samples;
 pub mod sign;
 
 pub use describe::describe_frame;

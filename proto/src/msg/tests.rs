@@ -7,16 +7,6 @@ use crate::frame::{Flags, MacAddr};
 use crate::sign::Signature;
 use crate::{DEFAULT_ETHERTYPE, MAX_FRAME_LEN};
 
-fn art(kind: ArtifactKind, name: &str, fill: u8) -> ArtifactRef {
-    ArtifactRef {
-        kind,
-        name: name.into(),
-        version: "1.0".into(),
-        sha256: [fill; 32],
-        size: 4096,
-    }
-}
-
 fn link() -> Link {
     Link {
         dst: MacAddr::BROADCAST,
@@ -25,92 +15,7 @@ fn link() -> Link {
     }
 }
 
-/// One message of every type.
-pub(crate) fn every_message() -> Vec<Message> {
-    let inv = vec![
-        art(ArtifactKind::BootImage, "kernel", 1),
-        art(ArtifactKind::Package, "base", 2),
-    ];
-    vec![
-        Message::Solicit(Solicit {
-            mac: MacAddr([2, 0, 0, 0, 0, 7]),
-            card_type: "lc".into(),
-            arch: Arch::Aarch64,
-            shelf: 1,
-            slot: 4,
-            hw_rev: "B".into(),
-            features: vec!["mpls".into()],
-            phase: BootPhase::WarmBoot,
-            inventory_digest: Some(set_digest(&inv, "")),
-            inventory: inv.clone(),
-            nonce: [3; 16],
-        }),
-        Message::Advertise(Advertise {
-            master_id: 1,
-            epoch: 2,
-        }),
-        Message::Heartbeat(Heartbeat {
-            master_id: 1,
-            epoch: 2,
-        }),
-        Message::Plan(Plan {
-            body: PlanBody {
-                digest: set_digest(&inv, "quiet"),
-                artifacts: inv,
-                cmdline: "quiet".into(),
-                persist: true,
-                verdict: Verdict::Continue,
-                nonce: [3; 16],
-                epoch: 2,
-            },
-            signature: Signature([9; 64]),
-        }),
-        Message::Fetch(Fetch {
-            artifact: [1; 32],
-            have_slices: 5,
-        }),
-        Message::Join(Join {
-            transfer: 9,
-            artifact: [1; 32],
-            size: 1 << 20,
-            group: MacAddr([1, 0, 0x5e, 0, 0, 9]),
-            block_size: 1408,
-            first_slice: 0,
-        }),
-        Message::Nack(Nack {
-            transfer: 9,
-            slice: 2,
-            missing: [0x81; 16],
-        }),
-        Message::Progress(Progress {
-            stage: Stage::Writing,
-            artifact: None,
-            done: 10,
-            total: 20,
-        }),
-        Message::Ready(Ready {
-            digest: [4; 32],
-            persisted: true,
-            handoff: Handoff::Kexec,
-        }),
-        Message::Error(ErrorMsg {
-            reason: ErrorReason::NoSpace {
-                needed: 10,
-                available: 5,
-            },
-            detail: "ubi0 full".into(),
-        }),
-        Message::Command(Command {
-            body: CommandBody {
-                action: Action::BurnNow,
-                target: Some(MacAddr([2, 0, 0, 0, 0, 7])),
-                epoch: 2,
-                serial: 1,
-            },
-            signature: Signature([8; 64]),
-        }),
-    ]
-}
+use crate::samples::every_message;
 
 #[test]
 fn every_type_round_trips_through_a_frame() {
@@ -241,7 +146,7 @@ fn rule_violations_rejected() {
     };
     plan.body
         .artifacts
-        .push(art(ArtifactKind::BootImage, "k2", 7));
+        .push(crate::samples::artifact(ArtifactKind::BootImage, "k2", 7));
     let msg = Message::Plan(plan);
     assert!(matches!(msg.encode_body(), Err(MsgError::Invalid { .. })));
 }
