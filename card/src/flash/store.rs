@@ -134,6 +134,27 @@ pub(crate) fn hash_volume<V: Volumes>(
     Ok(h.finalize().into())
 }
 
+/// Read and decode `sb.inventory`: (inventory or `None` if absent, damaged-copy note).
+fn read_inventory<V: Volumes>(
+    vols: &mut V,
+    geo: &Geometry,
+) -> Result<(Option<Inventory>, Option<String>), StoreError> {
+    let list = vols.list().during(|| "listing volumes at open".into())?;
+    let Some(info) = list.iter().find(|v| v.name == layout::INVENTORY) else {
+        return Ok((None, None));
+    };
+    let limit = 2 * (inventory::MAX_PAYLOAD as u64 + 16 + geo.leb_size);
+    let bytes = read_all(vols, info, limit)?;
+    let d = inventory::decode(&bytes).map_err(|source| StoreError::Inventory {
+        volume: info.name.clone(),
+        source,
+    })?;
+    if let Some(what) = &d.damaged {
+        log::warn!("flash: inventory copy damaged ({what}); using the other copy");
+    }
+    Ok((Some(d.inventory), d.damaged))
+}
+
 impl<V: Volumes> Store<V> {
     /// Open the store: read and validate the inventory (falling back to its second copy),
     /// then remove every `sb.*` volume that no inventory references.
@@ -141,24 +162,7 @@ impl<V: Volumes> Store<V> {
         let geo = vols
             .geometry()
             .during(|| "reading the flash geometry".into())?;
-        let list = vols.list().during(|| "listing volumes at open".into())?;
-        let mut report = OpenReport::default();
-        let inventory = match list.iter().find(|v| v.name == layout::INVENTORY) {
-            None => None,
-            Some(info) => {
-                let limit = 2 * (inventory::MAX_PAYLOAD as u64 + 16 + geo.leb_size);
-                let bytes = read_all(&mut vols, info, limit)?;
-                let d = inventory::decode(&bytes).map_err(|source| StoreError::Inventory {
-                    volume: info.name.clone(),
-                    source,
-                })?;
-                if let Some(what) = &d.damaged {
-                    log::warn!("flash: inventory copy damaged ({what}); using the other copy");
-                }
-                report.inventory_damaged = d.damaged;
-                Some(d.inventory)
-            }
-        };
+        let (inventory, inventory_damaged) = read_inventory(&mut vols, &geo)?;
         let mut store = Self {
             vols,
             cfg,
@@ -166,8 +170,24 @@ impl<V: Volumes> Store<V> {
             inventory,
             txn: None,
         };
-        report.removed = store.collect_garbage()?;
-        Ok((store, report))
+        let removed = store.collect_garbage()?;
+        Ok((
+            store,
+            OpenReport {
+                removed,
+                inventory_damaged,
+            },
+        ))
+    }
+
+    /// Read and validate the committed inventory without writing anything (no garbage
+    /// collection): for test mode, where flash must stay untouched, and for diagnostics.
+    /// `None` for a pristine card.
+    pub fn inspect(vols: &mut V) -> Result<Option<Inventory>, StoreError> {
+        let geo = vols
+            .geometry()
+            .during(|| "reading the flash geometry".into())?;
+        Ok(read_inventory(vols, &geo)?.0)
     }
 
     /// Remove every `sb.*` volume: the card becomes pristine. For a card whose inventory is

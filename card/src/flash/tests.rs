@@ -526,3 +526,16 @@ fn boot_count_and_rollback_survive_power_cut_at_every_step() {
         }
     }
 }
+
+#[test]
+fn inspect_reads_without_writing() {
+    let dev = fresh(64, &[&set_a()]);
+    let mut d = dev.clone();
+    let leftover = layout::staging_of(&layout::artifact_volume(&set_b().arts[0].r).unwrap());
+    d.create(&leftover, 10).unwrap();
+    let before = dev.ops().len();
+    let inv = Store::inspect(&mut d).unwrap().unwrap();
+    assert_eq!(inv.set.digest, set_a().digest());
+    assert_eq!(dev.ops().len(), before, "inspect wrote to flash");
+    assert_eq!(Store::inspect(&mut FakeVolumes::new(LEB, 4)).unwrap(), None);
+}
