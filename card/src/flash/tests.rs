@@ -539,3 +539,55 @@ fn inspect_reads_without_writing() {
     assert_eq!(dev.ops().len(), before, "inspect wrote to flash");
     assert_eq!(Store::inspect(&mut FakeVolumes::new(LEB, 4)).unwrap(), None);
 }
+
+#[test]
+fn commit_and_boot_do_exactly_these_flash_operations() {
+    let dev = fresh(64, &[&set_a()]);
+    install(&dev, &set_b()).unwrap();
+    let kinds: Vec<String> = dev
+        .ops()
+        .iter()
+        .map(|o| match o {
+            FakeOp::Create { name, .. } => format!(
+                "create {}",
+                name.split('.').take(4).collect::<Vec<_>>().join(".")
+            ),
+            FakeOp::Update { .. } => "update".into(),
+            FakeOp::Write { .. } => "write".into(),
+            FakeOp::Rename(r) => format!("rename x{}", r.len()),
+            FakeOp::Remove { .. } => "remove".into(),
+        })
+        .collect();
+    let expect = [
+        "create sb.new.boot.kernel",
+        "update",
+        "write",
+        "write",
+        "create sb.new.pkg.app",
+        "update",
+        "write",
+        "write",
+        "create sb.new.inventory",
+        "update",
+        "write",
+        "rename x3",
+    ];
+    assert_eq!(kinds, expect);
+    // The one rename carries both staged artifacts and the inventory.
+    let Some(FakeOp::Rename(r)) = dev.ops().last().cloned() else {
+        unreachable!()
+    };
+    assert_eq!(r.last().unwrap().new_name, layout::INVENTORY);
+    let dev = dev.power_cycle();
+    Store::open(dev.clone(), cfg())
+        .unwrap()
+        .0
+        .begin_boot()
+        .unwrap();
+    assert_eq!(
+        dev.ops().len(),
+        4,
+        "a boot count is create+update+write+rename: {:?}",
+        dev.ops()
+    );
+}
