@@ -90,7 +90,10 @@ pub enum KernelError {
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("SHELFBOOT_LAB_CACHE") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab-cache"),
+        _ => {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            manifest.parent().unwrap_or(manifest).join("lab-cache")
+        }
     }
 }
 
