@@ -278,9 +278,10 @@ impl TxRing {
                 self.queued = 0;
                 Ok(())
             }
-            // Socket buffer full: the remaining slots stay SEND_REQUEST and go with the
-            // next kick; the caller waits for POLLOUT.
-            Err(Errno::EAGAIN | Errno::ENOBUFS) => Ok(()),
+            // Socket buffer full (or SO_SNDTIMEO ran out while waiting): the remaining
+            // slots stay SEND_REQUEST and go with the next kick; the caller waits for
+            // POLLOUT within its own deadline.
+            Err(Errno::EAGAIN | Errno::ENOBUFS | Errno::ETIMEDOUT | Errno::EINTR) => Ok(()),
             Err(source) => Err(RingError::Kick { source }),
         }
     }

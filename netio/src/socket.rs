@@ -209,9 +209,10 @@ enum Rx {
     Plain {
         buf: Vec<u8>,
     },
+    /// nix's `MultiHeaders` holds raw pointers (not `Send`), so headers are built per
+    /// call: two small allocations against a batch of syscalls' worth of kernel work.
     Mmsg {
         bufs: Vec<Vec<u8>>,
-        headers: MultiHeaders<LinkAddr>,
     },
     Ring(RxRing),
 }
@@ -220,10 +221,7 @@ enum Rx {
 #[derive(Debug)]
 enum Tx {
     Plain,
-    Mmsg {
-        headers: MultiHeaders<LinkAddr>,
-        no_addrs: Vec<Option<LinkAddr>>,
-    },
+    Mmsg { no_addrs: Vec<Option<LinkAddr>> },
     Ring(TxRing),
 }
 
@@ -572,15 +570,16 @@ impl PacketSocket {
                         Err(e) => Err(e),
                     }
                 }
-                Tx::Mmsg { headers, no_addrs } => {
+                Tx::Mmsg { no_addrs } => {
                     let end = (done + no_addrs.len()).min(frames.len());
+                    let mut headers = MultiHeaders::<LinkAddr>::preallocate(end - done, None);
                     let slices: Vec<[IoSlice<'_>; 1]> = frames[done..end]
                         .iter()
                         .map(|f| [IoSlice::new(f)])
                         .collect();
                     sendmmsg(
                         self.fd.as_raw_fd(),
-                        headers,
+                        &mut headers,
                         &slices,
                         &no_addrs[..],
                         [],
@@ -627,7 +626,16 @@ impl PacketSocket {
                     done += n;
                     self.stats.sent += n as u64;
                 }
-                Ok(_) | Err(Errno::EAGAIN | Errno::ENOBUFS | Errno::EINTR) => {
+                // ENOBUFS: a qdisc (e.g. a full tbf) dropped the frame and the socket
+                // buffer is not what is full, so POLLOUT would return at once: back off.
+                Err(Errno::ENOBUFS) => {
+                    self.stats.send_waits += 1;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => {
                     self.stats.send_waits += 1;
                     let fd = match &self.tx {
                         Tx::Ring(r) => r.fd(),
@@ -742,7 +750,8 @@ impl PacketSocket {
                     }
                 }
             }
-            Rx::Mmsg { bufs, headers } => {
+            Rx::Mmsg { bufs } => {
+                let mut headers = MultiHeaders::<LinkAddr>::preallocate(bufs.len(), None);
                 for _ in 0..4 {
                     let mut meta = [(0usize, 0u8); 256];
                     let got = {
@@ -750,7 +759,7 @@ impl PacketSocket {
                             bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
                         match recvmmsg(
                             fd.as_raw_fd(),
-                            headers,
+                            &mut headers,
                             slices.iter_mut(),
                             MsgFlags::MSG_DONTWAIT,
                             None,
@@ -816,14 +825,12 @@ fn mmsg_rx(batch: usize, max_frame: usize) -> Rx {
     let n = batch.clamp(1, 256);
     Rx::Mmsg {
         bufs: vec![vec![0; max_frame]; n],
-        headers: MultiHeaders::preallocate(n, None),
     }
 }
 
 fn mmsg_tx(batch: usize) -> Tx {
     let n = batch.clamp(1, 1024);
     Tx::Mmsg {
-        headers: MultiHeaders::preallocate(n, None),
         no_addrs: vec![None; n],
     }
 }
@@ -883,6 +890,12 @@ mod tests {
             multicast: false,
         };
         assert!(open.accepts(&frame([0x03, 0, 0, 0, 0, 8]), libc::PACKET_MULTICAST));
+    }
+
+    #[test]
+    fn socket_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<PacketSocket>();
     }
 
     #[test]
