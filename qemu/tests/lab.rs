@@ -10,255 +10,259 @@
 //! the master port; the guest reports its eth0 counters, which must account for exactly
 //! our frames (IPv6 is off on both sides, so nothing else moves).
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
 
-use shelfboot_mkinitramfs::build::{self, BuildSpec, ModuleSpec};
-use shelfboot_mkinitramfs::compress::Compression;
-use shelfboot_qemu::backplane::{self, Backplane};
-use shelfboot_qemu::card::{Card, CardConfig, Nic, NicModel};
-use shelfboot_qemu::{hostbin, kernel};
+    use shelfboot_mkinitramfs::build::{self, BuildSpec, ModuleSpec};
+    use shelfboot_mkinitramfs::compress::Compression;
+    use shelfboot_qemu::backplane::{self, Backplane};
+    use shelfboot_qemu::card::{Card, CardConfig, Nic, NicModel};
+    use shelfboot_qemu::{hostbin, kernel};
 
-fn gated(vars: &[&str]) -> bool {
-    let missing: Vec<&str> = vars
-        .iter()
-        .copied()
-        .filter(|v| std::env::var(v).as_deref() != Ok("1"))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    eprintln!(
-        "skipped: needs root, QEMU and the Debian kernel; run with {} (as .ci/run does)",
-        vars.iter()
-            .map(|v| format!("{v}=1"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    false
-}
-
-fn log_dir(test: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("lab-logs")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Builds a busybox initramfs with `init_script` as /init and the wanted modules.
-fn busybox_initramfs(
-    k: &kernel::Kernel,
-    dir: &Path,
-    init_script: &str,
-    modules: &[(&str, &str)],
-    tools: &[&str],
-) -> (PathBuf, usize, Duration) {
-    let init = dir.join("init.sh");
-    std::fs::write(&init, init_script).unwrap();
-    let mut add = vec![(PathBuf::from("/bin/busybox"), "/bin/busybox".to_string())];
-    for t in tools {
-        add.extend(hostbin::with_libraries(Path::new(t)).unwrap());
-    }
-    let spec = BuildSpec {
-        init: Some(init),
-        modules: Some(ModuleSpec {
-            root: k.root.clone(),
-            kver: k.version.clone(),
-            wanted: modules
-                .iter()
-                .map(|(n, p)| (n.to_string(), p.to_string()))
-                .collect(),
-        }),
-        add,
-        compression: Compression::Gzip,
-        ..BuildSpec::default()
-    };
-    let started = Instant::now();
-    let built = build::build(&spec).unwrap();
-    let took = started.elapsed();
-    let out = dir.join("initramfs.cpio.gz");
-    std::fs::write(&out, &built.archive).unwrap();
-    eprintln!(
-        "initramfs: {} entries, {} modules ({}), {} bytes gzip, built in {:.2} s",
-        built.entries,
-        built.modules.len(),
-        built
-            .modules
+    fn gated(vars: &[&str]) -> bool {
+        let missing: Vec<&str> = vars
             .iter()
-            .map(|m| m.name.as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
-        built.archive.len(),
-        took.as_secs_f64()
-    );
-    (out, built.modules.len(), took)
-}
-
-const PRELUDE: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin:/usr/sbin:/usr/bin:/sbin
-mount -t devtmpfs dev /dev
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-echo "LAB: init started, uptime $(cut -d' ' -f1 /proc/uptime)"
-n=0
-while read -r path params; do
-  case "$path" in ''|'#'*) continue;; esac
-  if insmod "/lib/modules/$path" $params; then n=$((n+1)); else echo "LAB: FAILED insmod $path $params"; fi
-done < /lib/modules/load.list
-echo "LAB: modules loaded $n"
-"#;
-
-#[test]
-fn boots_nandsim_ubi_from_load_list() {
-    if !gated(&["SHELFBOOT_TIER_QEMU"]) {
-        return;
+            .copied()
+            .filter(|v| std::env::var(v).as_deref() != Ok("1"))
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        eprintln!(
+            "skipped: needs root, QEMU and the Debian kernel; run with {} (as .ci/run does)",
+            vars.iter()
+                .map(|v| format!("{v}=1"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        false
     }
-    let t0 = Instant::now();
-    let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let script = format!(
-        "{PRELUDE}{}",
-        r#"cat /proc/mtd
-if ubiattach -m 0 -d 0; then echo "LAB: ubiattach ok, $(cat /sys/class/ubi/ubi0/total_eraseblocks) PEBs"; else echo "LAB: ubiattach FAILED"; fi
-grep -q '^ubifs ' /proc/modules && echo "LAB: ubifs loaded"
-poweroff -f
-"#
-    );
-    let (initramfs, nmods, build_time) = busybox_initramfs(
-        &k,
-        tmp.path(),
-        &script,
-        &[
-            ("nandsim", "id_bytes=0x20,0xf1,0x80,0x15"),
-            ("ubi", ""),
-            ("ubifs", ""),
-        ],
-        &["/usr/sbin/ubiattach"],
-    );
-    let logs = log_dir("boots_nandsim_ubi_from_load_list");
-    let mut cfg = CardConfig::new("nand0", &k.vmlinux, &initramfs, &logs);
-    cfg.append = "quiet".into();
-    let mut card = Card::start(cfg).unwrap();
-    let first = card
-        .wait_for("LAB: init started", Duration::from_secs(60))
-        .unwrap();
-    let loaded = card
-        .wait_for("LAB: modules loaded", Duration::from_secs(30))
-        .unwrap();
-    assert_eq!(
-        loaded.line,
-        format!("LAB: modules loaded {nmods}"),
-        "console:\n{}",
-        card.console()
-    );
-    let attach = card
-        .wait_for("LAB: ubiattach", Duration::from_secs(30))
-        .unwrap();
-    // 128 MiB nandsim = 1024 PEBs of 128 KiB.
-    assert_eq!(
-        attach.line,
-        "LAB: ubiattach ok, 1024 PEBs",
-        "console:\n{}",
-        card.console()
-    );
-    card.wait_for("LAB: ubifs loaded", Duration::from_secs(10))
-        .unwrap();
-    let status = card.wait_exit(Duration::from_secs(30)).unwrap();
-    assert!(status.success(), "QEMU exit {status}");
-    assert!(
-        !card.console().contains("FAILED"),
-        "console:\n{}",
-        card.console()
-    );
-    eprintln!(
-        "measured: initramfs build {:.2} s, QEMU start to init's first line {:.2} s, to ubiattach {:.2} s, test total {:.2} s",
-        build_time.as_secs_f64(),
-        first.elapsed.as_secs_f64(),
-        attach.elapsed.as_secs_f64(),
-        t0.elapsed().as_secs_f64()
-    );
-}
 
-#[test]
-fn card_receives_backplane_frames() {
-    if !gated(&["SHELFBOOT_TIER_QEMU", "SHELFBOOT_TIER_NETNS"]) {
-        return;
+    fn log_dir(test: &str) -> PathBuf {
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("lab-logs")
+            .join(test);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
-    const FRAMES: u64 = 20;
-    const FRAME_LEN: usize = 1000;
-    let t0 = Instant::now();
-    let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let script = format!(
-        "{PRELUDE}{}",
-        r#"ip link set eth0 up
-echo "LAB: eth0 up $(cat /sys/class/net/eth0/address)"
-i=0
-while [ $i -lt 300 ]; do
-  if [ "$(cat /sys/class/net/eth0/statistics/rx_packets)" -ge 20 ]; then break; fi
-  sleep 0.1; i=$((i+1))
-done
-sleep 1
-echo "LAB: rx $(cat /sys/class/net/eth0/statistics/rx_packets) packets $(cat /sys/class/net/eth0/statistics/rx_bytes) bytes"
-poweroff -f
-"#
-    );
-    let (initramfs, _, _) = busybox_initramfs(&k, tmp.path(), &script, &[("virtio_net", "")], &[]);
-    let bp = Backplane::new(1).unwrap();
-    let logs = log_dir("card_receives_backplane_frames");
-    let mut cfg = CardConfig::new("net0", &k.vmlinux, &initramfs, &logs);
-    cfg.append = "quiet ipv6.disable=1".into();
-    let mac = [0x52, 0x54, 0, 0, 0, 1];
-    cfg.nic = Some(Nic {
-        netns: bp.netns().to_string(),
-        tap: bp.tap(0).unwrap(),
-        mac,
-        model: NicModel::VirtioNet,
-    });
-    let mut card = Card::start(cfg).unwrap();
-    let up = card
-        .wait_for("LAB: eth0 up", Duration::from_secs(60))
-        .unwrap();
-    assert!(up.line.ends_with("52:54:00:00:00:01"), "{}", up.line);
-    let port = bp.raw_port(backplane::MASTER_IF).unwrap();
-    let tap = bp.tap(0).unwrap();
-    let tap_before = bp.counter(&tap, "tx_packets").unwrap();
-    for i in 0..FRAMES {
-        let payload = vec![u8::try_from(i).unwrap(); FRAME_LEN - 14];
-        port.send(&backplane::ethernet_frame(
-            [0xff; 6],
-            backplane::MASTER_MAC,
-            0x88b5,
-            &payload,
-        ))
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+
+    /// Builds a busybox initramfs with `init_script` as /init and the wanted modules.
+    fn busybox_initramfs(
+        k: &kernel::Kernel,
+        dir: &Path,
+        init_script: &str,
+        modules: &[(&str, &str)],
+        tools: &[&str],
+    ) -> (PathBuf, usize, Duration) {
+        let init = dir.join("init.sh");
+        std::fs::write(&init, init_script).unwrap();
+        let mut add = vec![(PathBuf::from("/bin/busybox"), "/bin/busybox".to_string())];
+        for t in tools {
+            add.extend(hostbin::with_libraries(Path::new(t)).unwrap());
+        }
+        let spec = BuildSpec {
+            init: Some(init),
+            modules: Some(ModuleSpec {
+                root: k.root.clone(),
+                kver: k.version.clone(),
+                wanted: modules
+                    .iter()
+                    .map(|(n, p)| (n.to_string(), p.to_string()))
+                    .collect(),
+            }),
+            add,
+            compression: Compression::Gzip,
+            ..BuildSpec::default()
+        };
+        let started = Instant::now();
+        let built = build::build(&spec).unwrap();
+        let took = started.elapsed();
+        let out = dir.join("initramfs.cpio.gz");
+        std::fs::write(&out, &built.archive).unwrap();
+        eprintln!(
+            "initramfs: {} entries, {} modules ({}), {} bytes gzip, built in {:.2} s",
+            built.entries,
+            built.modules.len(),
+            built
+                .modules
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            built.archive.len(),
+            took.as_secs_f64()
+        );
+        (out, built.modules.len(), took)
     }
-    let rx = card.wait_for("LAB: rx", Duration::from_secs(40)).unwrap();
-    assert_eq!(
-        rx.line,
-        format!(
-            "LAB: rx {FRAMES} packets {} bytes",
-            FRAMES * FRAME_LEN as u64
-        ),
-        "console:\n{}",
-        card.console()
-    );
-    let tap_after = bp.counter(&tap, "tx_packets").unwrap();
-    assert_eq!(
-        tap_after - tap_before,
-        FRAMES,
-        "frames the bridge handed to the card's tap"
-    );
-    assert!(card.wait_exit(Duration::from_secs(30)).unwrap().success());
-    drop(card);
-    drop(bp);
-    eprintln!(
-        "measured: boot to eth0 up {:.2} s, test total {:.2} s",
-        up.elapsed.as_secs_f64(),
-        t0.elapsed().as_secs_f64()
-    );
+
+    const PRELUDE: &str = r#"#!/bin/busybox sh
+    /bin/busybox --install -s /bin
+    export PATH=/bin:/usr/sbin:/usr/bin:/sbin
+    mount -t devtmpfs dev /dev
+    mount -t proc proc /proc
+    mount -t sysfs sys /sys
+    echo "LAB: init started, uptime $(cut -d' ' -f1 /proc/uptime)"
+    n=0
+    while read -r path params; do
+      case "$path" in ''|'#'*) continue;; esac
+      if insmod "/lib/modules/$path" $params; then n=$((n+1)); else echo "LAB: FAILED insmod $path $params"; fi
+    done < /lib/modules/load.list
+    echo "LAB: modules loaded $n"
+    "#;
+
+    #[test]
+    fn boots_nandsim_ubi_from_load_list() {
+        if !gated(&["SHELFBOOT_TIER_QEMU"]) {
+            return;
+        }
+        let t0 = Instant::now();
+        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let script = format!(
+            "{PRELUDE}{}",
+            r#"cat /proc/mtd
+    if ubiattach -m 0 -d 0; then echo "LAB: ubiattach ok, $(cat /sys/class/ubi/ubi0/total_eraseblocks) PEBs"; else echo "LAB: ubiattach FAILED"; fi
+    grep -q '^ubifs ' /proc/modules && echo "LAB: ubifs loaded"
+    poweroff -f
+    "#
+        );
+        let (initramfs, nmods, build_time) = busybox_initramfs(
+            &k,
+            tmp.path(),
+            &script,
+            &[
+                ("nandsim", "id_bytes=0x20,0xf1,0x80,0x15"),
+                ("ubi", ""),
+                ("ubifs", ""),
+            ],
+            &["/usr/sbin/ubiattach"],
+        );
+        let logs = log_dir("boots_nandsim_ubi_from_load_list");
+        let mut cfg = CardConfig::new("nand0", &k.vmlinux, &initramfs, &logs);
+        cfg.append = "quiet".into();
+        let mut card = Card::start(cfg).unwrap();
+        let first = card
+            .wait_for("LAB: init started", Duration::from_secs(60))
+            .unwrap();
+        let loaded = card
+            .wait_for("LAB: modules loaded", Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(
+            loaded.line,
+            format!("LAB: modules loaded {nmods}"),
+            "console:\n{}",
+            card.console()
+        );
+        let attach = card
+            .wait_for("LAB: ubiattach", Duration::from_secs(30))
+            .unwrap();
+        // 128 MiB nandsim = 1024 PEBs of 128 KiB.
+        assert_eq!(
+            attach.line,
+            "LAB: ubiattach ok, 1024 PEBs",
+            "console:\n{}",
+            card.console()
+        );
+        card.wait_for("LAB: ubifs loaded", Duration::from_secs(10))
+            .unwrap();
+        let status = card.wait_exit(Duration::from_secs(30)).unwrap();
+        assert!(status.success(), "QEMU exit {status}");
+        assert!(
+            !card.console().contains("FAILED"),
+            "console:\n{}",
+            card.console()
+        );
+        eprintln!(
+            "measured: initramfs build {:.2} s, QEMU start to init's first line {:.2} s, to ubiattach {:.2} s, test total {:.2} s",
+            build_time.as_secs_f64(),
+            first.elapsed.as_secs_f64(),
+            attach.elapsed.as_secs_f64(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+
+    #[test]
+    fn card_receives_backplane_frames() {
+        if !gated(&["SHELFBOOT_TIER_QEMU", "SHELFBOOT_TIER_NETNS"]) {
+            return;
+        }
+        const FRAMES: u64 = 20;
+        const FRAME_LEN: usize = 1000;
+        let t0 = Instant::now();
+        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let script = format!(
+            "{PRELUDE}{}",
+            r#"ip link set eth0 up
+    echo "LAB: eth0 up $(cat /sys/class/net/eth0/address)"
+    i=0
+    while [ $i -lt 300 ]; do
+      if [ "$(cat /sys/class/net/eth0/statistics/rx_packets)" -ge 20 ]; then break; fi
+      sleep 0.1; i=$((i+1))
+    done
+    sleep 1
+    echo "LAB: rx $(cat /sys/class/net/eth0/statistics/rx_packets) packets $(cat /sys/class/net/eth0/statistics/rx_bytes) bytes"
+    poweroff -f
+    "#
+        );
+        let (initramfs, _, _) =
+            busybox_initramfs(&k, tmp.path(), &script, &[("virtio_net", "")], &[]);
+        let bp = Backplane::new(1).unwrap();
+        let logs = log_dir("card_receives_backplane_frames");
+        let mut cfg = CardConfig::new("net0", &k.vmlinux, &initramfs, &logs);
+        cfg.append = "quiet ipv6.disable=1".into();
+        let mac = [0x52, 0x54, 0, 0, 0, 1];
+        cfg.nic = Some(Nic {
+            netns: bp.netns().to_string(),
+            tap: bp.tap(0).unwrap(),
+            mac,
+            model: NicModel::VirtioNet,
+        });
+        let mut card = Card::start(cfg).unwrap();
+        let up = card
+            .wait_for("LAB: eth0 up", Duration::from_secs(60))
+            .unwrap();
+        assert!(up.line.ends_with("52:54:00:00:00:01"), "{}", up.line);
+        let port = bp.raw_port(backplane::MASTER_IF).unwrap();
+        let tap = bp.tap(0).unwrap();
+        let tap_before = bp.counter(&tap, "tx_packets").unwrap();
+        for i in 0..FRAMES {
+            let payload = vec![u8::try_from(i).unwrap(); FRAME_LEN - 14];
+            port.send(&backplane::ethernet_frame(
+                [0xff; 6],
+                backplane::MASTER_MAC,
+                0x88b5,
+                &payload,
+            ))
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rx = card.wait_for("LAB: rx", Duration::from_secs(40)).unwrap();
+        assert_eq!(
+            rx.line,
+            format!(
+                "LAB: rx {FRAMES} packets {} bytes",
+                FRAMES * FRAME_LEN as u64
+            ),
+            "console:\n{}",
+            card.console()
+        );
+        let tap_after = bp.counter(&tap, "tx_packets").unwrap();
+        assert_eq!(
+            tap_after - tap_before,
+            FRAMES,
+            "frames the bridge handed to the card's tap"
+        );
+        assert!(card.wait_exit(Duration::from_secs(30)).unwrap().success());
+        drop(card);
+        drop(bp);
+        eprintln!(
+            "measured: boot to eth0 up {:.2} s, test total {:.2} s",
+            up.elapsed.as_secs_f64(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
 }
