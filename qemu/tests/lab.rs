@@ -99,19 +99,19 @@ mod tests {
     }
 
     const PRELUDE: &str = r#"#!/bin/busybox sh
-    /bin/busybox --install -s /bin
-    export PATH=/bin:/usr/sbin:/usr/bin:/sbin
-    mount -t devtmpfs dev /dev
-    mount -t proc proc /proc
-    mount -t sysfs sys /sys
-    echo "LAB: init started, uptime $(cut -d' ' -f1 /proc/uptime)"
-    n=0
-    while read -r path params; do
-      case "$path" in ''|'#'*) continue;; esac
-      if insmod "/lib/modules/$path" $params; then n=$((n+1)); else echo "LAB: FAILED insmod $path $params"; fi
-    done < /lib/modules/load.list
-    echo "LAB: modules loaded $n"
-    "#;
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/sbin:/usr/bin:/sbin
+mount -t devtmpfs dev /dev
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+echo "LAB: init started, uptime $(cut -d' ' -f1 /proc/uptime)"
+n=0
+while read -r path params; do
+  case "$path" in ''|'#'*) continue;; esac
+  if insmod "/lib/modules/$path" $params; then n=$((n+1)); else echo "LAB: FAILED insmod $path $params"; fi
+done < /lib/modules/load.list
+echo "LAB: modules loaded $n"
+"#;
 
     #[test]
     fn boots_nandsim_ubi_from_load_list() {
@@ -124,10 +124,10 @@ mod tests {
         let script = format!(
             "{PRELUDE}{}",
             r#"cat /proc/mtd
-    if ubiattach -m 0 -d 0; then echo "LAB: ubiattach ok, $(cat /sys/class/ubi/ubi0/total_eraseblocks) PEBs"; else echo "LAB: ubiattach FAILED"; fi
-    grep -q '^ubifs ' /proc/modules && echo "LAB: ubifs loaded"
-    poweroff -f
-    "#
+if ubiattach -m 0 -d 0; then echo "LAB: ubiattach ok, $(cat /sys/class/ubi/ubi0/total_eraseblocks) PEBs"; else echo "LAB: ubiattach FAILED"; fi
+grep -q '^ubifs ' /proc/modules && echo "LAB: ubifs loaded"
+poweroff -f
+"#
         );
         let (initramfs, nmods, build_time) = busybox_initramfs(
             &k,
@@ -197,16 +197,16 @@ mod tests {
         let script = format!(
             "{PRELUDE}{}",
             r#"ip link set eth0 up
-    echo "LAB: eth0 up $(cat /sys/class/net/eth0/address)"
-    i=0
-    while [ $i -lt 300 ]; do
-      if [ "$(cat /sys/class/net/eth0/statistics/rx_packets)" -ge 20 ]; then break; fi
-      sleep 0.1; i=$((i+1))
-    done
-    sleep 1
-    echo "LAB: rx $(cat /sys/class/net/eth0/statistics/rx_packets) packets $(cat /sys/class/net/eth0/statistics/rx_bytes) bytes"
-    poweroff -f
-    "#
+echo "LAB: eth0 up $(cat /sys/class/net/eth0/address)"
+i=0
+while [ $i -lt 300 ]; do
+  if [ "$(cat /sys/class/net/eth0/statistics/rx_packets)" -ge 20 ]; then break; fi
+  sleep 0.1; i=$((i+1))
+done
+sleep 1
+echo "LAB: rx $(cat /sys/class/net/eth0/statistics/rx_packets) packets $(cat /sys/class/net/eth0/statistics/rx_bytes) bytes"
+poweroff -f
+"#
         );
         let (initramfs, _, _) =
             busybox_initramfs(&k, tmp.path(), &script, &[("virtio_net", "")], &[]);
