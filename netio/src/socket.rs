@@ -563,6 +563,7 @@ impl PacketSocket {
         let deadline = Instant::now() + self.config.send_timeout;
         let mut done = 0usize;
         while done < frames.len() {
+            let mut ring_full = false;
             let step = match &mut self.tx {
                 Tx::Plain => {
                     match send(self.fd.as_raw_fd(), frames[done], MsgFlags::MSG_DONTWAIT) {
@@ -609,8 +610,8 @@ impl PacketSocket {
                         });
                     }
                     // One send() per batch; if the ring was full, wait for it to drain.
-                    let full = done + n < frames.len();
-                    if let Err(source) = ring.kick(full) {
+                    ring_full = done + n < frames.len();
+                    if let Err(source) = ring.kick(ring_full) {
                         return Err(SocketError::Ring {
                             ifname: self.ifname.clone(),
                             dir: "transmit",
@@ -621,6 +622,10 @@ impl PacketSocket {
                     if n == 0 { Err(Errno::EAGAIN) } else { Ok(n) }
                 }
             };
+            if ring_full {
+                // the blocking kick above waited for the ring to drain
+                self.stats.send_waits += 1;
+            }
             match step {
                 Ok(n) if n > 0 => {
                     done += n;

@@ -299,4 +299,104 @@ mod netns {
             "qdisc bypass took {bypassed:?}, shaped {shaped:?}"
         );
     }
+
+    #[test]
+    fn a_batch_larger_than_the_tx_ring_goes_out_whole() {
+        if !lab::tier_enabled("a_batch_larger_than_the_tx_ring_goes_out_whole") {
+            return;
+        }
+        let lab = Lab::new("bigbatch", 2).unwrap();
+        lab.run(|| {
+            let mut a = PacketSocket::open("p0", config(Path::Ring, Path::Ring)).unwrap();
+            let mut b = PacketSocket::open("p1", config(Path::Ring, Path::Ring)).unwrap();
+            // 1000 frames through a 256-slot ring in one call: it must wait for slots
+            let frames: Vec<Vec<u8>> = (0..1000)
+                .map(|s| make_frame(b.mac(), a.mac(), s, 1514))
+                .collect();
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            assert_eq!(a.send_batch(&refs).unwrap(), 1000);
+            a.flush().unwrap();
+            assert_eq!(a.tx_queued(), 0);
+            let (got, dups) = drain(&mut b, 1000, Duration::from_secs(5));
+            assert_eq!((got.len(), dups), (1000, 0));
+            assert!(
+                a.stats().unwrap().send_waits > 0,
+                "a 256-slot ring took 1000 frames"
+            );
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn statistics_count_drops_when_the_receiver_falls_behind() {
+        if !lab::tier_enabled("statistics_count_drops_when_the_receiver_falls_behind") {
+            return;
+        }
+        let lab = Lab::new("drops", 2).unwrap();
+        lab.run(|| {
+            for rx in [Path::Plain, Path::Ring] {
+                let small = SocketConfig {
+                    rx: PathChoice::Force(rx),
+                    rcvbuf: Some(64 << 10),
+                    rx_ring: shelfboot_netio::RingGeometry {
+                        block_size: 1 << 16,
+                        block_nr: 1,
+                        frame_size: 2048,
+                    },
+                    ..SocketConfig::default()
+                };
+                let mut a = PacketSocket::open("p0", config(Path::Mmsg, Path::Mmsg)).unwrap();
+                let mut b = PacketSocket::open("p1", small).unwrap();
+                let n = 1000u32;
+                for base in (0..n).step_by(50) {
+                    let frames: Vec<Vec<u8>> = (base..base + 50)
+                        .map(|s| make_frame(b.mac(), a.mac(), s, 1000))
+                        .collect();
+                    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+                    assert_eq!(a.send_batch(&refs).unwrap(), 50);
+                    // let the softirq backlog drain so loss happens only at the socket
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                let (got, _) = drain(&mut b, n as usize, Duration::from_millis(500));
+                let st = b.stats().unwrap();
+                assert!(
+                    st.kernel_drops > 0,
+                    "{rx:?}: nothing dropped with a 64 KiB buffer"
+                );
+                assert_eq!(
+                    got.len() as u64 + st.kernel_drops,
+                    u64::from(n),
+                    "{rx:?}: delivered {} + dropped {} != sent",
+                    got.len(),
+                    st.kernel_drops
+                );
+            }
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn the_lab_is_isolated_and_removed_even_after_a_panic() {
+        if !lab::tier_enabled("the_lab_is_isolated_and_removed_even_after_a_panic") {
+            return;
+        }
+        let name = std::sync::Mutex::new(String::new());
+        let outcome = std::panic::catch_unwind(|| {
+            let lab = Lab::new("panic", 1).unwrap();
+            *name.lock().unwrap() = lab.netns().to_owned();
+            // a process inside sees the lab's links; this process's namespace does not
+            let links = lab.exec(&["ip", "-o", "link", "show"]).unwrap();
+            assert!(links.contains("p0") && links.contains("br0"), "{links}");
+            assert!(!std::path::Path::new("/sys/class/net/p0b").exists());
+            lab.run(|| panic!("deliberate panic inside the lab"))
+                .unwrap();
+        });
+        assert!(outcome.is_err(), "the panic was swallowed");
+        let name = name.into_inner().unwrap();
+        assert!(!name.is_empty());
+        assert!(
+            !std::path::Path::new(&format!("/run/netns/{name}")).exists(),
+            "{name} left behind"
+        );
+    }
 }
