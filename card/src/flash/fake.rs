@@ -2,7 +2,8 @@
 //! lose power at any chosen point.
 //!
 //! It enforces the same rules as the kernel (see [`super::volumes`]): LEB-rounded sizes
-//! and `ENOSPC`, unique names, the update marker (cleared by the last announced byte), and
+//! and `ENOSPC`, unique names, dynamic-volume lengths (`data_bytes` is the reserved size,
+//! 0xFF past the written bytes), the update marker (cleared by the last announced byte), and
 //! atomic multi-volume rename that removes a replaced volume. A power cut is modelled as
 //! "operation N never happens, nor does anything after it": configure it with
 //! [`FakeVolumes::cut_power_after`] or, to tear a write after some bytes,
@@ -246,7 +247,8 @@ impl Volumes for FakeVolumes {
                 id: VolumeId(id),
                 name: v.name.clone(),
                 reserved_bytes: v.lebs * s.leb_size,
-                data_bytes: v.data.len() as u64,
+                // Dynamic-volume semantics: sysfs reports the reserved size.
+                data_bytes: v.lebs * s.leb_size,
                 update_marker: v.update_marker,
             })
             .collect())
@@ -327,11 +329,13 @@ impl Volumes for FakeVolumes {
         if v.update_marker {
             return Err(VolumeError::new(VolumeOp::Read, t(), Kind::UpdateMarker));
         }
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(v.data.len());
-        let n = buf.len().min(v.data.len() - start);
-        buf[..n].copy_from_slice(&v.data[start..start + n]);
+        // Written bytes, then erased flash (0xFF) up to the reserved size, as on UBI.
+        let reserved = usize::try_from(v.lebs * s.leb_size).unwrap_or(usize::MAX);
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(reserved);
+        let n = buf.len().min(reserved - start);
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = v.data.get(start + i).copied().unwrap_or(0xFF);
+        }
         Ok(n)
     }
 
@@ -471,6 +475,12 @@ mod tests {
         w.finish().unwrap();
         assert_eq!(f.read(id, 0, &mut buf).unwrap(), 10);
         assert_eq!(&buf, b"helloworld");
+        assert_eq!(
+            f.read(id, 195, &mut buf).unwrap(),
+            5,
+            "reads end at the reserved size"
+        );
+        assert_eq!(&buf[..5], &[0xFF; 5], "past the update: erased flash");
 
         f.cut_power_mid_write(f.ops().len() as u64 + 1, 3);
         let mut w = f.update(id, 10).unwrap();
@@ -479,7 +489,7 @@ mod tests {
         let mut g = f.power_cycle();
         let info = &g.list().unwrap()[0];
         assert!(info.update_marker);
-        assert_eq!(info.data_bytes, 3);
+        assert_eq!(info.data_bytes, 200, "dynamic volume: reserved size");
         assert_eq!(
             g.read(id, 0, &mut buf).unwrap_err().kind,
             Kind::UpdateMarker

@@ -194,7 +194,7 @@ impl FileVolumes {
         }
     }
 
-    /// The file holding volume `id`'s data (exactly `data_bytes` long once written), e.g.
+    /// The file holding volume `id`'s data (exactly as many bytes as the last update), e.g.
     /// for init to loop-mount a package staged in RAM. `None` if there is no such volume.
     pub fn blob_path(&self, id: VolumeId) -> Option<PathBuf> {
         let g = lock(&self.inner);
@@ -228,7 +228,8 @@ impl Volumes for FileVolumes {
                 id: VolumeId(e.id),
                 name: e.name.clone(),
                 reserved_bytes: e.lebs * g.table.leb_size,
-                data_bytes: e.data_bytes,
+                // Dynamic-volume semantics, as UBI: the reserved size.
+                data_bytes: e.lebs * g.table.leb_size,
                 update_marker: e.update_marker,
             })
             .collect();
@@ -316,23 +317,31 @@ impl Volumes for FileVolumes {
         if e.update_marker {
             return Err(VolumeError::new(VolumeOp::Read, t(), Kind::UpdateMarker));
         }
-        if offset >= e.data_bytes {
+        // Written bytes from the blob, then erased flash (0xFF) up to the reserved size.
+        let reserved = e.lebs * g.table.leb_size;
+        if offset >= reserved {
             return Ok(0);
         }
-        let want = usize::try_from(e.data_bytes - offset)
+        let want = usize::try_from(reserved - offset)
             .unwrap_or(usize::MAX)
             .min(buf.len());
+        let from_blob = usize::try_from(e.data_bytes.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(want);
         let io = |err| VolumeError::from_io(VolumeOp::Read, t(), err);
-        let mut f = File::open(g.blob(e)).map_err(io)?;
-        f.seek(SeekFrom::Start(offset)).map_err(io)?;
-        let mut done = 0;
-        while done < want {
-            match f.read(&mut buf[done..want]).map_err(io)? {
-                0 => return Err(VolumeError::new(VolumeOp::Read, t(), Kind::Io)),
-                n => done += n,
+        if from_blob > 0 {
+            let mut f = File::open(g.blob(e)).map_err(io)?;
+            f.seek(SeekFrom::Start(offset)).map_err(io)?;
+            let mut done = 0;
+            while done < from_blob {
+                match f.read(&mut buf[done..from_blob]).map_err(io)? {
+                    0 => return Err(VolumeError::new(VolumeOp::Read, t(), Kind::Io)),
+                    n => done += n,
+                }
             }
         }
-        Ok(done)
+        buf[from_blob..want].fill(0xFF);
+        Ok(want)
     }
 
     fn rename(&mut self, ops: &[Rename]) -> Result<(), VolumeError> {
@@ -506,9 +515,14 @@ mod tests {
         let mut v = FileVolumes::open(tmp.path()).unwrap();
         let l = v.list().unwrap();
         assert_eq!(l.len(), 1, "b was replaced: {l:?}");
-        assert_eq!((l[0].id, l[0].name.as_str(), l[0].data_bytes), (a, "b", 6));
-        assert_eq!(v.read(a, 2, &mut buf).unwrap(), 4);
-        assert_eq!(&buf[..4], b"cdef");
+        assert_eq!(
+            (l[0].id, l[0].name.as_str(), l[0].data_bytes),
+            (a, "b", 200)
+        );
+        assert_eq!(v.read(a, 2, &mut buf).unwrap(), 8);
+        assert_eq!(&buf, b"cdef\xff\xff\xff\xff");
+        assert_eq!(v.read(a, 199, &mut buf).unwrap(), 1);
+        assert_eq!(v.read(a, 200, &mut buf).unwrap(), 0);
         assert!(v.read(b, 0, &mut buf).is_err());
         assert_eq!(fs::read(v.blob_path(a).unwrap()).unwrap(), b"abcdef");
         assert_eq!(fs::read_dir(tmp.path().join(BLOBS)).unwrap().count(), 1);

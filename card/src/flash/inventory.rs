@@ -284,23 +284,35 @@ pub struct Decoded {
     pub damaged: Option<String>,
 }
 
-/// Decode the full content of an inventory volume (both copies).
-pub fn decode(volume: &[u8]) -> Result<Decoded, InventoryError> {
-    let stride = volume.len() / 2;
-    let a = decode_copy(&volume[..stride]);
-    match a {
-        Ok(inventory) => Ok(Decoded {
-            inventory,
-            damaged: None,
-        }),
-        Err(a) => match decode_copy(&volume[stride..]) {
-            Ok(inventory) => Ok(Decoded {
+/// Decode the content of an inventory volume on a device with `leb_size`: copy A at
+/// offset 0, else copy B at the first LEB boundary where one decodes (the volume may read
+/// longer than written: UBI pads dynamic volumes with 0xFF to their reserved size).
+pub fn decode(volume: &[u8], leb_size: u64) -> Result<Decoded, InventoryError> {
+    let a = match decode_copy(volume) {
+        Ok(inventory) => {
+            return Ok(Decoded {
                 inventory,
-                damaged: Some(format!("copy A: {a}")),
-            }),
-            Err(b) => Err(InventoryError::Corrupt { a, b }),
-        },
+                damaged: None,
+            });
+        }
+        Err(a) => a,
+    };
+    let leb = usize::try_from(leb_size.max(1)).unwrap_or(usize::MAX);
+    let mut b = String::from("no copy found");
+    for off in (leb..volume.len()).step_by(leb) {
+        if volume[off..].starts_with(&MAGIC) {
+            match decode_copy(&volume[off..]) {
+                Ok(inventory) => {
+                    return Ok(Decoded {
+                        inventory,
+                        damaged: Some(format!("copy A: {a}")),
+                    });
+                }
+                Err(e) => b = e,
+            }
+        }
     }
+    Err(InventoryError::Corrupt { a, b })
 }
 
 #[cfg(test)]
@@ -343,7 +355,7 @@ mod tests {
         assert_eq!(bytes.len(), 2 * 4096);
         assert_eq!(&bytes[..4], b"SBIV");
         assert_eq!(&bytes[4096..4100], b"SBIV");
-        let d = decode(&bytes).unwrap();
+        let d = decode(&bytes, 4096).unwrap();
         assert_eq!(d.inventory, inv);
         assert_eq!(d.damaged, None);
     }
@@ -352,11 +364,11 @@ mod tests {
     fn falls_back_to_second_copy_then_fails() {
         let mut bytes = encode(&sample(), 4096).unwrap();
         bytes[20] ^= 0x40;
-        let d = decode(&bytes).unwrap();
+        let d = decode(&bytes, 4096).unwrap();
         assert_eq!(d.inventory, sample());
         assert!(d.damaged.unwrap().contains("CRC"));
         bytes[4096 + 20] ^= 0x40;
-        let e = decode(&bytes).unwrap_err();
+        let e = decode(&bytes, 4096).unwrap_err();
         assert!(matches!(e, InventoryError::Corrupt { .. }), "{e}");
     }
 
@@ -369,7 +381,7 @@ mod tests {
             let mut b = bytes.clone();
             b[i] ^= 0x01;
             b[stride + i] ^= 0x01;
-            assert!(decode(&b).is_err(), "flip at {i} not detected");
+            assert!(decode(&b, 64).is_err(), "flip at {i} not detected");
         }
     }
 
@@ -377,11 +389,11 @@ mod tests {
     fn rejects_forged_digest_and_wrong_volume() {
         let mut inv = sample();
         inv.set.digest[0] ^= 1;
-        let e = decode(&encode(&inv, 64).unwrap()).unwrap_err();
+        let e = decode(&encode(&inv, 64).unwrap(), 64).unwrap_err();
         assert!(e.to_string().contains("digest"), "{e}");
         let mut inv = sample();
         inv.set.artifacts[0].volume = "sb.inventory".into();
-        let e = decode(&encode(&inv, 64).unwrap()).unwrap_err();
+        let e = decode(&encode(&inv, 64).unwrap(), 64).unwrap_err();
         assert!(e.to_string().contains("not the volume"), "{e}");
     }
 

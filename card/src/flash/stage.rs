@@ -18,9 +18,7 @@ use super::error::{Ctx, StoreError};
 use super::inventory::{Inventory, SetRecord};
 use super::layout;
 use super::store::{CHUNK, PlanCheck, Store, hash_volume};
-use super::volumes::{
-    Rename, UBI_MAX_RNVOL, VolumeError, VolumeId, VolumeInfo, VolumeWriter, Volumes,
-};
+use super::volumes::{Rename, UBI_MAX_RNVOL, VolumeError, VolumeId, VolumeWriter, Volumes};
 
 #[derive(Debug)]
 pub(crate) enum Entry<W> {
@@ -209,14 +207,7 @@ impl<V: Volumes> Store<V> {
         let mut actual: Digest = hasher.finalize().into();
         let mut what = "as written";
         if actual == art.sha256 && verify {
-            let info = VolumeInfo {
-                id,
-                name: staging.clone(),
-                reserved_bytes: 0,
-                data_bytes: art.size,
-                update_marker: false,
-            };
-            actual = hash_volume(&mut self.vols, &info)?;
+            actual = hash_volume(&mut self.vols, id, &staging, art.size)?;
             what = "as read back";
         }
         if actual != art.sha256 {

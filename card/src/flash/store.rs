@@ -113,18 +113,21 @@ pub(crate) fn read_all<V: Volumes>(
     Ok(out)
 }
 
-/// sha256 of a volume's data.
+/// sha256 of the first `len` bytes of volume `id` (named `name` in errors).
 pub(crate) fn hash_volume<V: Volumes>(
     vols: &mut V,
-    info: &VolumeInfo,
+    id: VolumeId,
+    name: &str,
+    len: u64,
 ) -> Result<Digest, StoreError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
-    while off < info.data_bytes {
+    while off < len {
+        let chunk = usize::try_from(len - off).unwrap_or(CHUNK).min(CHUNK);
         let n = vols
-            .read(info.id, off, &mut buf)
-            .during(|| format!("reading volume \"{}\" to hash it", info.name))?;
+            .read(id, off, &mut buf[..chunk])
+            .during(|| format!("reading volume \"{name}\" to hash it"))?;
         if n == 0 {
             break;
         }
@@ -145,7 +148,7 @@ fn read_inventory<V: Volumes>(
     };
     let limit = 2 * (inventory::MAX_PAYLOAD as u64 + 16 + geo.leb_size);
     let bytes = read_all(vols, info, limit)?;
-    let d = inventory::decode(&bytes).map_err(|source| StoreError::Inventory {
+    let d = inventory::decode(&bytes, geo.leb_size).map_err(|source| StoreError::Inventory {
         volume: info.name.clone(),
         source,
     })?;
@@ -291,7 +294,7 @@ impl<V: Volumes> Store<V> {
             .iter()
             .filter(|a| {
                 !list.iter().any(|v| {
-                    v.name == a.volume && !v.update_marker && v.data_bytes == a.artifact.size
+                    v.name == a.volume && !v.update_marker && v.reserved_bytes >= a.artifact.size
                 })
             })
             .map(|a| a.volume.clone())
@@ -310,7 +313,8 @@ impl<V: Volumes> Store<V> {
             if let Some(info) = list
                 .iter()
                 .find(|v| v.name == a.volume && !bad.contains(&v.name))
-                && hash_volume(&mut self.vols, info)? != a.artifact.sha256
+                && hash_volume(&mut self.vols, info.id, &info.name, a.artifact.size)?
+                    != a.artifact.sha256
             {
                 bad.push(a.volume.clone());
             }
@@ -378,7 +382,7 @@ impl<V: Volumes> Store<V> {
                     })
             }) && list
                 .iter()
-                .any(|v| v.name == vol && !v.update_marker && v.data_bytes == a.size)
+                .any(|v| v.name == vol && !v.update_marker && v.reserved_bytes >= a.size)
         };
         let mut present = Vec::new();
         let mut fetch = Vec::new();
@@ -462,7 +466,7 @@ impl<V: Volumes> Store<V> {
             update_marker: false,
         };
         let back = read_all(&mut self.vols, &info, len)?;
-        match inventory::decode(&back) {
+        match inventory::decode(&back, self.geo.leb_size) {
             Ok(d) if d.damaged.is_none() && d.inventory == *inv => Ok(id),
             _ => Err(StoreError::ReadBack {
                 volume: name.into(),

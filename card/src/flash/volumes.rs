@@ -27,6 +27,8 @@
 //! - **Names** are 1..=[`UBI_MAX_VOLUME_NAME`] (127) bytes and unique on the device.
 //! - **Size.** `UBI_IOCMKVOL` reserves whole LEBs: `bytes` is rounded up to the LEB size;
 //!   `bytes` must be > 0. [`VolumeInfo::reserved_bytes`] is the rounded size.
+//! - **Dynamic volumes have no length.** `data_bytes` of a dynamic volume is its reserved
+//!   size; bytes past the last update read as 0xFF. Lengths live in the inventory.
 //! - **Update marker.** `UBI_IOCVOLUP(n)` sets the volume's update marker and wipes it; the
 //!   marker is cleared only when the n-th byte has been written. An update interrupted by a
 //!   power cut (or a writer dropped early) leaves the marker set: the volume survives
@@ -62,7 +64,10 @@ pub struct VolumeInfo {
     pub name: String,
     /// Reserved size: whole LEBs × LEB size (`reserved_ebs` × `usable_eb_size`).
     pub reserved_bytes: u64,
-    /// Bytes written by the last completed update (`data_bytes`).
+    /// What sysfs `data_bytes` says. For a *dynamic* volume (the only kind the store
+    /// creates) UBI reports the reserved size here, not the length of the last update, and
+    /// reads past the written bytes return erased flash (0xFF), not end-of-file: the store
+    /// takes artifact lengths from its inventory, never from this field.
     pub data_bytes: u64,
     /// The update marker is set: an update was started and never completed; reads fail.
     pub update_marker: bool,
