@@ -478,4 +478,34 @@ mod tests {
         assert_eq!(block_offset(2, 5, 64), Some((2 * 128 + 5) * 64));
         assert_eq!(block_offset(u32::MAX, 127, u16::MAX).map(|_| ()), Some(()));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn data_frames_round_trip(
+            slice in 0u32..1_000_000,
+            block in 0u16..BLOCKS_PER_SLICE,
+            mtu in MIN_MTU..=MAX_MTU,
+            len_frac in 1u16..=1000,
+            transfer: u32,
+            seq: u32,
+        ) {
+            let bs = block_size_for_mtu(mtu).unwrap();
+            let len = (usize::from(bs) * usize::from(len_frac) / 1000).max(1);
+            let data = vec![0x5au8; len];
+            let hdr = DataHeader::new(slice, block, bs).unwrap();
+            let mut buf = vec![0u8; MAX_FRAME_LEN];
+            let n = encode_data_frame(&mut buf, &link(), &Header::new(MessageType::Data, transfer, seq), &hdr, &data).unwrap();
+            proptest::prop_assert!(n - frame::ETH_HDR_LEN <= usize::from(mtu).max(frame::MIN_ETH_FRAME_LEN));
+            let frame = Frame::decode(&buf[..n], DEFAULT_ETHERTYPE).unwrap();
+            let view = DataView::from_frame(&frame).unwrap();
+            proptest::prop_assert_eq!(view.header(), hdr);
+            proptest::prop_assert_eq!(view.transfer(), transfer);
+            proptest::prop_assert_eq!(view.data(), &data[..]);
+        }
+
+        #[test]
+        fn any_payload_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
+            let _ = DataView::from_payload(0, &bytes);
+        }
+    }
 }

@@ -468,3 +468,75 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_sample_frame_truncated_anywhere_errors() {
+    for frame in crate::samples::every_frame() {
+        let len = usize::from(u16::from_be_bytes([frame[26], frame[27]]));
+        let end = crate::frame::FRAME_OVERHEAD + len;
+        for cut in 0..end {
+            let bytes = &frame[..cut];
+            assert!(
+                Frame::decode(bytes, DEFAULT_ETHERTYPE).is_err(),
+                "cut {cut}"
+            );
+            assert!(decode_frame(bytes, DEFAULT_ETHERTYPE).is_err(), "cut {cut}");
+            let _ = crate::describe_frame(bytes);
+        }
+        // Cutting only zero padding keeps the frame valid (veth does not pad).
+        for cut in end..=frame.len() {
+            assert!(
+                Frame::decode(&frame[..cut], DEFAULT_ETHERTYPE).is_ok(),
+                "cut {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_plan_of_16_realistic_artifacts_fits_one_frame() {
+    let artifacts: Vec<ArtifactRef> = (0..16u8)
+        .map(|i| ArtifactRef {
+            kind: if i == 0 {
+                ArtifactKind::BootImage
+            } else {
+                ArtifactKind::Package
+            },
+            name: format!("package-name-{i:03}"),
+            version: "10.20.300".into(),
+            sha256: [i; 32],
+            size: 200_000_000,
+        })
+        .collect();
+    let body = PlanBody {
+        digest: set_digest(&artifacts, ""),
+        artifacts,
+        cmdline: "console=ttyS0,115200 root=/dev/ubiblock0_1 ro quiet panic=10".into(),
+        persist: true,
+        verdict: Verdict::Fetch,
+        nonce: [0; 16],
+        epoch: u64::MAX,
+    };
+    let plan = Message::Plan(Plan {
+        body: body.clone(),
+        signature: Signature([0; 64]),
+    });
+    let len = plan.encode_body().unwrap().len();
+    assert!(len <= MAX_CONTROL_BODY_LEN, "{len}");
+    let mut bigger = body;
+    for i in 16..24u8 {
+        bigger.artifacts.push(crate::samples::artifact(
+            ArtifactKind::Package,
+            &format!("package-name-{i:03}"),
+            i,
+        ));
+    }
+    let too_big = Message::Plan(Plan {
+        body: bigger,
+        signature: Signature([0; 64]),
+    });
+    assert!(matches!(
+        too_big.encode_body(),
+        Err(MsgError::TooLarge { .. })
+    ));
+}
