@@ -58,8 +58,8 @@ fn full_path(bytes: &[u8]) {
                     src: MacAddr([2, 0, 0, 0, 0, 1]),
                     ethertype: DEFAULT_ETHERTYPE,
                 };
-                let n = encode_message_with_header(&mut buf, &link, &hdr, &msg)
-                    .expect("reply encodes");
+                let n =
+                    encode_message_with_header(&mut buf, &link, &hdr, &msg).expect("reply encodes");
                 let f = Frame::decode(&buf[..n], DEFAULT_ETHERTYPE).expect("reply decodes");
                 assert_eq!(decode_message(&f).expect("reply body decodes"), msg);
             }
@@ -76,7 +76,11 @@ fn full_path(bytes: &[u8]) {
         if let Ok(msg) = decode_message(&frame) {
             let m = encode_message_with_header(&mut buf, &frame.link(), &frame.header(), &msg)
                 .expect("accepted message re-encodes");
-            assert_eq!(&buf[..end], &bytes[..end], "message frame re-encode differs");
+            assert_eq!(
+                &buf[..end],
+                &bytes[..end],
+                "message frame re-encode differs"
+            );
             assert_eq!(m, frame_len(end));
         }
     } else if let Ok(view) = DataView::from_frame(&frame) {
