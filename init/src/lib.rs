@@ -37,4 +37,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+pub mod check;
+pub mod flash;
+pub mod flow;
 pub mod handoff;
+pub mod net;
+pub mod pid1;
+pub mod reaper;

@@ -50,6 +50,10 @@ pub struct UbiDeviceInfo {
     pub bad_pebs: u64,
     /// Number of volumes (`volumes_count`).
     pub volumes_count: u32,
+    /// PEBs held back for bad-block handling (`reserved_for_bad`).
+    pub reserved_for_bad: u64,
+    /// Volume table size (`max_vol_count`).
+    pub max_vol_count: u32,
 }
 
 /// One UBI volume as sysfs shows it.
@@ -63,10 +67,14 @@ pub struct UbiVolumeInfo {
     pub data_bytes: u64,
     /// LEBs reserved for the volume.
     pub reserved_ebs: u64,
+    /// Usable bytes per LEB of this volume (`usable_eb_size`).
+    pub usable_eb_size: u64,
     /// `static` rather than `dynamic`.
     pub is_static: bool,
-    /// An interrupted update (`upd_marker`) or a failed static CRC (`corrupted`).
-    pub damaged: bool,
+    /// An update was started and never completed (`upd_marker`).
+    pub upd_marker: bool,
+    /// A static volume failed its CRC check (`corrupted`).
+    pub corrupted: bool,
 }
 
 /// Reader over a sysfs root.
@@ -114,6 +122,8 @@ impl Sysfs {
             total_lebs: read_num(&d.join("total_eraseblocks"))?,
             bad_pebs: read_num(&d.join("bad_peb_count"))?,
             volumes_count: read_num(&d.join("volumes_count"))?,
+            reserved_for_bad: read_num(&d.join("reserved_for_bad"))?,
+            max_vol_count: read_num(&d.join("max_vol_count"))?,
         })
     }
 
@@ -154,8 +164,10 @@ impl Sysfs {
                 name: read(&d.join("name"))?,
                 data_bytes: read_num(&d.join("data_bytes"))?,
                 reserved_ebs: read_num(&d.join("reserved_ebs"))?,
+                usable_eb_size: read_num(&d.join("usable_eb_size"))?,
                 is_static,
-                damaged: upd != 0 || corrupted != 0,
+                upd_marker: upd != 0,
+                corrupted: corrupted != 0,
             });
         }
         out.sort_by_key(|v| v.vol_id);
@@ -220,6 +232,8 @@ pub(crate) mod fake {
             ("total_eraseblocks", total.to_string()),
             ("bad_peb_count", "0".to_string()),
             ("volumes_count", "0".to_string()),
+            ("reserved_for_bad", "20".to_string()),
+            ("max_vol_count", "128".to_string()),
         ] {
             fs::write(d.join(k), format!("{v}\n")).unwrap();
         }
@@ -232,7 +246,8 @@ pub(crate) mod fake {
             ("name", name.to_string()),
             ("data_bytes", bytes.to_string()),
             ("reserved_ebs", lebs.to_string()),
-            ("type", "static".to_string()),
+            ("usable_eb_size", "129024".to_string()),
+            ("type", "dynamic".to_string()),
             ("upd_marker", "0".to_string()),
             ("corrupted", "0".to_string()),
         ] {

@@ -330,7 +330,7 @@ impl UbiVolume {
     /// writer must then receive exactly that many bytes. Until the last byte is written the
     /// volume is marked "update in progress" and reads fail: power loss leaves it marked
     /// corrupted, never half-new.
-    pub fn start_update(&mut self, bytes: u64) -> Result<VolumeUpdate<'_>, SysError> {
+    pub fn start_update(self, bytes: u64) -> Result<VolumeUpdate, SysError> {
         let call = format!("ioctl({}, UBI_IOCVOLUP, {bytes})", self.path.display());
         let n = i64::try_from(bytes).map_err(|_| SysError::new(&call, Errno::EFBIG))?;
         // SAFETY: valid owned fd opened read-write; `n` is a live i64 the kernel only reads.
@@ -353,27 +353,46 @@ impl UbiVolume {
         }
     }
 
-    /// The underlying file, positioned at the start, for reading volume data.
-    pub fn reader(&mut self) -> &mut File {
-        &mut self.file
+    /// `pread` at `offset`; returns the bytes read (0 at the end of the volume).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SysError> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_at(buf, offset).map_err(|e| {
+            SysError::new(
+                format!("pread({}, {}, {offset})", self.path.display(), buf.len()),
+                e,
+            )
+        })
     }
 }
 
-/// An update in progress; see [`UbiVolume::start_update`].
+/// An update in progress; owns the volume's fd. See [`UbiVolume::start_update`].
 #[derive(Debug)]
-pub struct VolumeUpdate<'a> {
-    volume: &'a mut UbiVolume,
+pub struct VolumeUpdate {
+    volume: UbiVolume,
     remaining: u64,
 }
 
-impl VolumeUpdate<'_> {
+impl VolumeUpdate {
     /// Bytes still expected before UBI finishes the update.
     pub fn remaining(&self) -> u64 {
         self.remaining
     }
+
+    /// The volume device path.
+    pub fn path(&self) -> &Path {
+        &self.volume.path
+    }
+
+    /// fsync(2) on the volume (UBI flushes its write-back of the volume).
+    pub fn sync(&self) -> Result<(), SysError> {
+        self.volume
+            .file
+            .sync_all()
+            .map_err(|e| SysError::new(format!("fsync({})", self.volume.path.display()), e))
+    }
 }
 
-impl Write for VolumeUpdate<'_> {
+impl Write for VolumeUpdate {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let allowed = usize::try_from(self.remaining).unwrap_or(usize::MAX);
         if buf.len() > allowed {

@@ -1,0 +1,364 @@
+//! The boot flow of a line card, from kernel filesystems to hand-off, and the seam where
+//! the master conversation plugs in.
+//!
+//! ```text
+//! mount table → logger on /dev/kmsg → config (/proc/cmdline) → modules (load.list)
+//!   → link up (rtnetlink) → attach UBI (format if pristine) → open card's Store
+//!   → Provisioner (the master conversation, issue 4)          ← the seam
+//!   → hand-off: kexec the committed boot image, or switch_root into its packages,
+//!               or switch_root into test-mode packages in tmpfs
+//! ```
+//!
+//! The [`Provisioner`] gets the configuration, the link and the store; it may fetch,
+//! stage and commit through the store (card's commit protocol) and tells the flow what to
+//! boot. The real one is the card agent of issue 4; until it lands, [`NoAgent`] says so on
+//! the console and reports "no master", which is exactly the autonomous path: boot the
+//! last committed set. Boot counting is card's `Store::begin_boot` (attempt counter,
+//! rollback after K boots without Ready), called once per boot cycle: not again in a
+//! kexec'd stored image (`shelfboot.stored=1`), which only validates. Marking the set
+//! Ready (`Store::mark_ready`) is the provisioner's job, after the master saw Ready.
+//! Not here: PID-1 process duties (see [`crate::pid1`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shelfboot_card::flash::{BootDecision, Store, StoreConfig, StoreError, Volumes};
+
+use crate::config::{Config, ConfigError};
+use crate::flash::UbiVolumes;
+use crate::flash::attach::{self, AttachError};
+use crate::handoff::{self, HandoffError, Layer, Paths};
+use crate::kernel::Kernel;
+use crate::modules::{self, ModuleError};
+use crate::mounts::{self, MountError};
+use crate::net::Link;
+use crate::sys::sysfs::Sysfs;
+
+/// What the provisioner decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    /// Boot the committed set (the master said Continue, or a new set was just committed).
+    Committed,
+    /// Test mode: boot these squashfs packages kept in tmpfs (bottom first); flash untouched.
+    TestSet {
+        /// Package files in tmpfs.
+        packages: Vec<PathBuf>,
+    },
+    /// No master answered within `shelfboot.master_timeout`.
+    NoMaster {
+        /// How long the provisioner waited.
+        waited: Duration,
+    },
+}
+
+/// What a provisioner works with.
+pub struct Session<'a, V: Volumes> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// The backplane link, if it came up.
+    pub link: Option<&'a Link>,
+    /// The flash store, if the flash could be opened.
+    pub store: Option<&'a mut Store<V>>,
+}
+
+impl<V: Volumes> std::fmt::Debug for Session<'_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("config", self.config)
+            .field("link", &self.link)
+            .field("store", &self.store.as_ref().map(|s| s.digest()))
+            .finish()
+    }
+}
+
+/// A failed provisioning conversation.
+#[derive(Debug, thiserror::Error)]
+#[error("provisioning failed: {what}")]
+pub struct ProvisionError {
+    /// What failed.
+    pub what: String,
+    /// The cause.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// The master conversation, between "link up" and "hand-off".
+pub trait Provisioner<V: Volumes> {
+    /// Talks to the master (or not) and says what to boot.
+    fn provision(&mut self, s: &mut Session<'_, V>) -> Result<Provisioned, ProvisionError>;
+}
+
+/// The provisioner of a build without the card agent (issue 4): it does not talk to any
+/// master and says so; the flow then boots the committed set autonomously.
+#[derive(Debug, Default)]
+pub struct NoAgent;
+
+impl<V: Volumes> Provisioner<V> for NoAgent {
+    fn provision(&mut self, _: &mut Session<'_, V>) -> Result<Provisioned, ProvisionError> {
+        log::warn!(
+            "this init has no master conversation (card agent, issue 4): not contacting any master"
+        );
+        Ok(Provisioned::NoMaster {
+            waited: Duration::ZERO,
+        })
+    }
+}
+
+/// Why the flow stopped before a hand-off.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// A required kernel filesystem could not be mounted.
+    #[error("bring-up failed")]
+    Mounts(#[source] MountError),
+    /// The command line is invalid.
+    #[error("configuration failed")]
+    Config(#[source] ConfigError),
+    /// A module could not be loaded.
+    #[error("module loading failed")]
+    Modules(#[source] ModuleError),
+    /// Nothing is committed and no test set was given: nothing to boot.
+    #[error("nothing to boot: no committed set on flash and no test set from a master")]
+    NothingToBoot,
+    /// The store could not decide what to boot.
+    #[error("cannot decide what to boot from flash")]
+    Store(#[source] StoreError),
+    /// The hand-off failed.
+    #[error("hand-off failed")]
+    Handoff(#[source] HandoffError),
+}
+
+/// Where the PID-1 flow finds things (all injectable for tests).
+#[derive(Debug, Clone)]
+pub struct Roots {
+    /// `/` of the initramfs.
+    pub root: PathBuf,
+    /// The kernel command line.
+    pub cmdline: PathBuf,
+    /// sysfs.
+    pub sys: PathBuf,
+    /// procfs.
+    pub proc: PathBuf,
+    /// devtmpfs.
+    pub dev: PathBuf,
+    /// The module load list.
+    pub load_list: PathBuf,
+}
+
+impl Default for Roots {
+    fn default() -> Self {
+        Roots {
+            root: "/".into(),
+            cmdline: "/proc/cmdline".into(),
+            sys: "/sys".into(),
+            proc: "/proc".into(),
+            dev: "/dev".into(),
+            load_list: modules::LOAD_LIST.into(),
+        }
+    }
+}
+
+/// Loads the modules; a missing list is a warning (a kernel with everything built in).
+pub fn load_modules(k: &mut dyn Kernel, roots: &Roots) -> Result<(), FlowError> {
+    match modules::load_all(k, &roots.load_list, &roots.root) {
+        Ok(n) => {
+            log::info!("{n} modules loaded");
+            Ok(())
+        }
+        Err(ModuleError::ReadList { path, source })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            log::warn!("no module list at {}: loading no modules", path.display());
+            Ok(())
+        }
+        Err(e) => Err(FlowError::Modules(e)),
+    }
+}
+
+/// Attaches the flash and opens the store; failures are logged and give `None` (the card
+/// can still boot a test set, and the master learns the flash is unusable).
+pub fn open_store(
+    k: &mut dyn Kernel,
+    roots: &Roots,
+    cfg: &Config,
+) -> Option<(u32, Store<UbiVolumes>)> {
+    let sysfs = Sysfs::new(&roots.sys);
+    let opened = attach::resolve_mtd(&sysfs, &cfg.mtd)
+        .and_then(|mtd| attach::attach(k, &sysfs, mtd, cfg.format_pristine))
+        .map_err(|e: AttachError| crate::error_chain(&e))
+        .and_then(|ubi| {
+            UbiVolumes::open(ubi, &roots.dev, sysfs.clone())
+                .map(|v| (ubi, v))
+                .map_err(|e| crate::error_chain(&e))
+        });
+    let (ubi, vols) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            log::error!("flash unavailable: {e}");
+            return None;
+        }
+    };
+    let scfg = StoreConfig {
+        max_attempts: cfg.maxtries,
+        ..StoreConfig::default()
+    };
+    match Store::open(vols, scfg) {
+        Ok((store, report)) => {
+            for v in &report.removed {
+                log::info!("flash: removed leftover volume {v}");
+            }
+            if let Some(d) = &report.inventory_damaged {
+                log::warn!("flash: one inventory copy was damaged ({d}); the other one was used");
+            }
+            Some((ubi, store))
+        }
+        Err(e) => {
+            log::error!("flash store unusable: {}", crate::error_chain(&e));
+            None
+        }
+    }
+}
+
+/// Boots what `provisioned` says: the only way out of this function is an error.
+pub fn hand_off<V: Volumes>(
+    k: &mut dyn Kernel,
+    paths: &Paths,
+    cfg: &Config,
+    flash: Option<(u32, &mut Store<V>)>,
+    provisioned: Provisioned,
+) -> FlowError {
+    match provisioned {
+        Provisioned::TestSet { packages } => {
+            log::info!(
+                "test mode: booting {} packages from RAM; flash untouched",
+                packages.len()
+            );
+            let layers: Vec<Layer> = packages.into_iter().map(Layer::File).collect();
+            return FlowError::Handoff(handoff::switch_root(k, paths, &layers));
+        }
+        Provisioned::NoMaster { waited } => {
+            log::warn!(
+                "no master answered (waited {waited:?}): booting the last committed set on my own"
+            );
+        }
+        Provisioned::Committed => {}
+    }
+    let Some((ubi, store)) = flash else {
+        return FlowError::NothingToBoot;
+    };
+    let set = if cfg.stored {
+        // Counted before the kexec that started this image: validate, do not count again.
+        match store.inventory() {
+            Some(inv) => inv.set.clone(),
+            None => return FlowError::NothingToBoot,
+        }
+    } else {
+        match store.begin_boot() {
+            Ok(d) => {
+                match &d {
+                    BootDecision::Boot { attempt, .. } => log::info!(
+                        "booting committed set, attempt {attempt} of {}",
+                        cfg.maxtries
+                    ),
+                    BootDecision::RolledBack { reason, .. } => log::warn!(
+                        "committed set rolled back ({reason:?}): booting the previous set"
+                    ),
+                    BootDecision::Exhausted { attempt, .. } => log::warn!(
+                        "set failed {attempt} boots and there is no previous set: booting it anyway"
+                    ),
+                }
+                d.set().clone()
+            }
+            Err(StoreError::NothingCommitted) => return FlowError::NothingToBoot,
+            Err(e) => return FlowError::Store(e),
+        }
+    };
+    let id_of = |store: &mut Store<V>, name: &str| match store.volume_id(name) {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(FlowError::Store(StoreError::SetDamaged {
+            missing: vec![name.to_string()],
+        })),
+        Err(e) => Err(FlowError::Store(e)),
+    };
+    if let Some(boot) = set.boot_image()
+        && !cfg.stored
+    {
+        let id = match id_of(store, &boot.volume) {
+            Ok(id) => id,
+            Err(e) => return e,
+        };
+        let vols = store.volumes_mut();
+        let read = |off: u64, buf: &mut [u8]| vols.read(id, off, buf);
+        return FlowError::Handoff(handoff::kexec(k, paths, &boot.volume, read, &set.cmdline));
+    }
+    let mut layers = Vec::new();
+    for p in set.packages() {
+        match id_of(store, &p.volume) {
+            Ok(id) => layers.push(Layer::Ubi {
+                ubi,
+                vol: id.0,
+                name: p.volume.clone(),
+            }),
+            Err(e) => return e,
+        }
+    }
+    FlowError::Handoff(handoff::switch_root(k, paths, &layers))
+}
+
+/// The whole PID-1 flow on the real system; returns only when no hand-off happened.
+pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolumes>) -> FlowError {
+    if let Err(e) = mounts::mount_all(k, mounts::MOUNTS, &roots.root) {
+        return FlowError::Mounts(e);
+    }
+    crate::logger::attach_kernel(&roots.dev, &roots.proc);
+    let cfg = match Config::load(&roots.cmdline, &roots.sys, &roots.proc) {
+        Ok(c) => c,
+        Err(e) => return FlowError::Config(e),
+    };
+    for line in cfg.to_string().lines() {
+        log::info!("config: {line}");
+    }
+    if !cfg.unknown_keys.is_empty() {
+        log::warn!(
+            "ignoring unknown command-line keys: {}",
+            cfg.unknown_keys.join(" ")
+        );
+    }
+    if let Err(e) = load_modules(k, roots) {
+        return e;
+    }
+    let link = match crate::net::bring_up(cfg.iface.as_deref(), cfg.carrier_timeout) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::error!(
+                "backplane link unavailable, no master can be reached: {}",
+                crate::error_chain(&e)
+            );
+            None
+        }
+    };
+    let mut flash = open_store(k, roots, &cfg);
+    let provisioned = {
+        let mut session = Session {
+            config: &cfg,
+            link: link.as_ref(),
+            store: flash.as_mut().map(|(_, s)| s),
+        };
+        match prov.provision(&mut session) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("{}", crate::error_chain(&e));
+                Provisioned::NoMaster {
+                    waited: cfg.master_timeout,
+                }
+            }
+        }
+    };
+    let paths = Paths::default();
+    hand_off(
+        k,
+        &paths,
+        &cfg,
+        flash.as_mut().map(|(u, s)| (*u, s)),
+        provisioned,
+    )
+}
