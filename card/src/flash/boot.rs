@@ -158,7 +158,7 @@ impl<V: Volumes> Store<V> {
             rolled_back_from: Some(inv.set.digest),
         };
         self.replace_inventory(&next)?;
-        self.collect_garbage()?;
+        self.collect_garbage(true)?;
         Ok((set, inv.set.digest))
     }
 }

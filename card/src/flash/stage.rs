@@ -63,27 +63,94 @@ impl<V: Volumes> Store<V> {
         if self.txn.is_some() {
             return Err(StoreError::TransactionOpen);
         }
-        let check = self.check(artifacts, cmdline)?;
-        if check.drops_previous
-            && let Some(mut inv) = self.inventory.clone()
-        {
-            log::warn!("flash: dropping the previous set to make room; no local rollback");
-            inv.previous = None;
-            inv.generation += 1;
-            self.replace_inventory(&inv)?;
-            self.collect_garbage()?;
-        }
+        let mut check = self.check(artifacts, cmdline)?;
         let record = SetRecord::new(artifacts, cmdline).map_err(StoreError::Set)?;
-        let fetch = check
-            .fetch
-            .iter()
-            .map(|a| {
-                let vol = layout::artifact_volume(a).map_err(|e| StoreError::Set(e.into()))?;
-                Ok((a.clone(), vol, Entry::Pending))
-            })
-            .collect::<Result<_, StoreError>>()?;
+        if check.drops_previous {
+            self.drop_previous(&record)?;
+        }
+        // Leftover staging volumes: adopt the resumable ones whose bytes hash right,
+        // remove all others.
+        let list = self
+            .vols
+            .list()
+            .during(|| "listing leftover staging volumes".into())?;
+        let mut adopted: Vec<(ArtifactRef, VolumeId)> = Vec::new();
+        for v in list {
+            if !matches!(layout::classify(&v.name), layout::VolumeClass::Staging(_)) {
+                continue;
+            }
+            let candidate = check.resumable.iter().find(|a| {
+                layout::artifact_volume(a).is_ok_and(|n| layout::staging_of(&n) == v.name)
+            });
+            let keep = match candidate {
+                Some(a) if !v.update_marker => {
+                    hash_volume(&mut self.vols, v.id, &v.name, a.size)? == a.sha256
+                }
+                _ => false,
+            };
+            match candidate {
+                Some(a) if keep => {
+                    log::info!(
+                        "flash: resuming with {} {} already staged",
+                        a.name,
+                        a.version
+                    );
+                    adopted.push((a.clone(), v.id));
+                }
+                _ => self
+                    .vols
+                    .remove(v.id)
+                    .during(|| format!("removing leftover staging volume \"{}\"", v.name))?,
+            }
+        }
+        let mut fetch = Vec::new();
+        check.fetch.clear();
+        check.resumable.clear();
+        for s in &record.artifacts {
+            if check.present.contains(&s.artifact) {
+                continue;
+            }
+            let entry = match adopted.iter().find(|(a, _)| *a == s.artifact) {
+                Some((a, id)) => {
+                    check.resumable.push(a.clone());
+                    Entry::Staged { id: *id }
+                }
+                None => {
+                    check.fetch.push(s.artifact.clone());
+                    Entry::Pending
+                }
+            };
+            fetch.push((s.artifact.clone(), s.volume.clone(), entry));
+        }
         self.txn = Some(Txn { record, fetch });
         Ok(check)
+    }
+
+    /// Free the volumes only the previous set uses (and `next` does not), then rewrite the
+    /// inventory without `previous`. A cut in between leaves a `previous` with missing
+    /// volumes, which [`Store::open`] drops.
+    fn drop_previous(&mut self, next: &SetRecord) -> Result<(), StoreError> {
+        let Some(inv) = self.inventory.clone() else {
+            return Ok(());
+        };
+        let Some(prev) = &inv.previous else {
+            return Ok(());
+        };
+        log::warn!("flash: dropping the previous set to make room; no local rollback");
+        for s in &prev.artifacts {
+            if inv.set.uses(&s.volume) || next.uses(&s.volume) {
+                continue;
+            }
+            if let Some(id) = self.volume_id(&s.volume)? {
+                self.vols
+                    .remove(id)
+                    .during(|| format!("removing \"{}\" of the previous set", s.volume))?;
+            }
+        }
+        let mut without = inv.clone();
+        without.previous = None;
+        without.generation += 1;
+        self.replace_inventory(&without)
     }
 
     fn entry(
@@ -257,7 +324,7 @@ impl<V: Volumes> Store<V> {
     pub fn abort(&mut self) -> Result<(), StoreError> {
         if let Some(txn) = self.txn.take() {
             drop(txn);
-            self.collect_garbage()?;
+            self.collect_garbage(false)?;
         }
         Ok(())
     }
@@ -316,7 +383,7 @@ impl<V: Volumes> Store<V> {
         );
         self.txn = None;
         self.inventory = Some(inv.clone());
-        self.collect_garbage()?;
+        self.collect_garbage(false)?;
         Ok(inv)
     }
 }

@@ -3,8 +3,9 @@
 //! Life of an update (see `docs/flash.md` for the diagram and the power-cut analysis):
 //!
 //! 1. [`Store::open`] reads and validates `sb.inventory` and garbage-collects what no
-//!    inventory references (`sb.new.*` from an interrupted run, sets no longer current or
-//!    previous).
+//!    inventory references (torn `sb.new.*` from an interrupted run, sets no longer current
+//!    or previous); completely written `sb.new.*` artifacts are kept for the next `begin`
+//!    to re-hash and adopt.
 //! 2. [`Store::check`] computes, without writing, what a plan needs: which artifacts are
 //!    already on flash, how many LEBs the rest take, whether the previous set must make
 //!    room; it fails with a structured [`StoreError::NoSpace`] / [`StoreError::BadBlocks`].
@@ -60,11 +61,15 @@ pub struct PlanCheck {
     pub up_to_date: bool,
     /// Artifacts already on flash (verified when they were committed).
     pub present: Vec<ArtifactRef>,
-    /// Artifacts to fetch and stage.
+    /// Artifacts completely written by an interrupted transaction. From [`Store::check`]:
+    /// candidates; from [`Store::begin`]: those whose re-hash matched (already staged, not
+    /// to be fetched). A candidate that fails the re-hash moves to `fetch`.
+    pub resumable: Vec<ArtifactRef>,
+    /// Artifacts to fetch and stage, in plan order.
     pub fetch: Vec<ArtifactRef>,
     /// Bytes (whole LEBs) the staging needs, inventory included.
     pub needed: u64,
-    /// Bytes free now.
+    /// Bytes free now, counting leftover staging volumes that will be removed.
     pub free: u64,
     /// The previous set must be dropped to make room (no local rollback afterwards).
     pub drops_previous: bool,
@@ -173,7 +178,19 @@ impl<V: Volumes> Store<V> {
             inventory,
             txn: None,
         };
-        let removed = store.collect_garbage()?;
+        if let Some(inv) = store.inventory.clone()
+            && let Some(prev) = &inv.previous
+        {
+            let missing = store.missing_volumes(prev)?;
+            if !missing.is_empty() {
+                log::warn!("flash: previous set incomplete ({missing:?}); dropping it");
+                let mut healed = inv.clone();
+                healed.previous = None;
+                healed.generation += 1;
+                store.replace_inventory(&healed)?;
+            }
+        }
+        let removed = store.collect_garbage(true)?;
         Ok((
             store,
             OpenReport {
@@ -219,24 +236,34 @@ impl<V: Volumes> Store<V> {
         })
     }
 
-    /// Remove `sb.*` volumes that the committed inventory does not reference (staging
-    /// volumes included). Returns their names.
-    pub(crate) fn collect_garbage(&mut self) -> Result<Vec<String>, StoreError> {
+    /// Remove `sb.*` volumes that the committed inventory does not reference, and staging
+    /// volumes — except, with `keep_resumable`, completely written staging artifacts (no
+    /// update marker), which the next [`Self::begin`] re-hashes and adopts or removes.
+    /// Returns the removed names.
+    pub(crate) fn collect_garbage(
+        &mut self,
+        keep_resumable: bool,
+    ) -> Result<Vec<String>, StoreError> {
         let list = self
             .vols
             .list()
             .during(|| "listing volumes for garbage collection".into())?;
         let mut removed = Vec::new();
         for v in list {
+            let referenced = |name: &str| {
+                self.inventory
+                    .as_ref()
+                    .is_some_and(|inv| inv.referenced().any(|r| r == name))
+            };
             let garbage = match layout::classify(&v.name) {
                 VolumeClass::Inventory | VolumeClass::Foreign => false,
-                VolumeClass::Artifact => !self
-                    .inventory
-                    .as_ref()
-                    .is_some_and(|inv| inv.referenced().any(|r| r == v.name)),
-                VolumeClass::StagingInventory | VolumeClass::Staging(_) | VolumeClass::Unknown => {
-                    true
+                VolumeClass::Artifact => !referenced(&v.name),
+                // A completely written artifact of an interrupted transaction may be
+                // adopted by the next one (after a re-hash); anything else goes.
+                VolumeClass::Staging(committed) => {
+                    !keep_resumable || v.update_marker || referenced(&committed)
                 }
+                VolumeClass::StagingInventory | VolumeClass::Unknown => true,
             };
             if garbage {
                 self.vols
@@ -384,20 +411,50 @@ impl<V: Volumes> Store<V> {
                 .iter()
                 .any(|v| v.name == vol && !v.update_marker && v.reserved_bytes >= a.size)
         };
+        // Staging volumes left by an interrupted run: complete ones matching the plan may
+        // be resumed (begin re-hashes them); the others will be removed by begin.
+        let leftovers: Vec<&VolumeInfo> = list
+            .iter()
+            .filter(|v| matches!(layout::classify(&v.name), VolumeClass::Staging(_)))
+            .collect();
         let mut present = Vec::new();
+        let mut resumable = Vec::new();
         let mut fetch = Vec::new();
         let mut fetch_lebs = 0;
+        let mut resumed_names = Vec::new();
         for s in &record.artifacts {
+            let staging = layout::staging_of(&s.volume);
             if verified(&s.artifact, &s.volume) {
                 present.push(s.artifact.clone());
+            } else if leftovers.iter().any(|v| {
+                v.name == staging && !v.update_marker && v.reserved_bytes >= s.artifact.size
+            }) {
+                resumable.push(s.artifact.clone());
+                resumed_names.push(staging);
             } else {
                 fetch_lebs += geo.lebs_for(s.artifact.size);
                 fetch.push(s.artifact.clone());
             }
         }
-        let up_to_date = cur.is_some_and(|c| c.set.digest == record.digest) && fetch.is_empty();
+        let reclaim: Vec<&&VolumeInfo> = leftovers
+            .iter()
+            .filter(|v| !resumed_names.contains(&v.name))
+            .collect();
+        let reclaim_lebs: u64 = reclaim.iter().map(|v| geo.lebs_for(v.reserved_bytes)).sum();
+        let free_lebs = geo.free_lebs + reclaim_lebs;
+        let up_to_date = cur.is_some_and(|c| c.set.digest == record.digest)
+            && fetch.is_empty()
+            && resumable.is_empty();
         let digest = record.digest;
-        let inv_lebs = self.inventory_lebs(&self.next_inventory(record.clone()))?;
+        // Room for the new inventory, and afterwards for rewriting it (boot counting)
+        // while the current one still exists: the larger of the two.
+        let cur_inv_lebs = list
+            .iter()
+            .find(|v| v.name == layout::INVENTORY)
+            .map_or(0, |v| geo.lebs_for(v.reserved_bytes));
+        let inv_lebs = self
+            .inventory_lebs(&self.next_inventory(record.clone()))?
+            .max(cur_inv_lebs);
         // An up-to-date plan writes nothing; otherwise the new inventory is staged too.
         let needed_lebs = if up_to_date { 0 } else { fetch_lebs + inv_lebs };
         // Volumes only the previous set uses (and the plan does not reuse) may be dropped.
@@ -413,14 +470,14 @@ impl<V: Volumes> Store<V> {
             .iter()
             .map(|v| geo.lebs_for(v.reserved_bytes))
             .sum();
-        let drops_previous = needed_lebs > geo.free_lebs;
-        if needed_lebs > geo.free_lebs + prev_lebs {
+        let drops_previous = needed_lebs > free_lebs;
+        if needed_lebs > free_lebs + prev_lebs {
             return Err(StoreError::NoSpace {
                 needed: needed_lebs * geo.leb_size,
-                available: (geo.free_lebs + prev_lebs) * geo.leb_size,
+                available: (free_lebs + prev_lebs) * geo.leb_size,
             });
         }
-        let peak = list.len() as u64 + fetch.len() as u64 + 1
+        let peak = (list.len() - reclaim.len()) as u64 + fetch.len() as u64 + 1
             - if drops_previous {
                 prev_only.len() as u64
             } else {
@@ -436,9 +493,10 @@ impl<V: Volumes> Store<V> {
             digest,
             up_to_date,
             present,
+            resumable,
             fetch,
             needed: needed_lebs * geo.leb_size,
-            free: geo.free_lebs * geo.leb_size,
+            free: free_lebs * geo.leb_size,
             drops_previous,
         })
     }

@@ -124,22 +124,23 @@ fn check_consistent(dev: &FakeVolumes, allowed: &[Digest], ctx: &str) -> Digest 
         let bad = s.verify_set(p).unwrap();
         assert!(bad.is_empty(), "{ctx}: previous set damaged: {bad:?}");
     }
-    let names: Vec<String> = s
-        .volumes_mut()
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
-    assert!(
-        !names.iter().any(|n| n.starts_with(layout::STAGING_PREFIX)),
-        "{ctx}: staging left: {names:?}"
-    );
-    for n in &names {
-        assert!(
-            n == layout::INVENTORY || inv.referenced().any(|r| r == n),
-            "{ctx}: unreferenced volume {n} survived open"
-        );
+    for v in s.volumes_mut().list().unwrap() {
+        match layout::classify(&v.name) {
+            layout::VolumeClass::Inventory => {}
+            // Kept for resumption only if completely written.
+            layout::VolumeClass::Staging(_) => {
+                assert!(
+                    !v.update_marker,
+                    "{ctx}: torn staging volume {} kept",
+                    v.name
+                )
+            }
+            _ => assert!(
+                inv.referenced().any(|r| r == v.name),
+                "{ctx}: unreferenced volume {} survived open",
+                v.name
+            ),
+        }
     }
     inv.set.digest
 }
@@ -215,13 +216,33 @@ fn first_install_survives_power_cut_at_every_step() {
         dev.cut_power_after(n);
         let _ = install(&dev, &a);
         let rebooted = dev.power_cycle();
-        let (s, _) = Store::open(rebooted.clone(), cfg()).unwrap();
+        let (mut s, _) = Store::open(rebooted.clone(), cfg()).unwrap();
         match s.digest() {
-            None => assert_eq!(free_lebs(&rebooted), 64, "cut {n}: pristine but space used"),
+            None => {
+                // Pristine: only complete staging volumes (kept for resumption) may remain.
+                for v in s.volumes_mut().list().unwrap() {
+                    assert!(
+                        matches!(layout::classify(&v.name), layout::VolumeClass::Staging(_))
+                            && !v.update_marker,
+                        "cut {n}: pristine card kept {v:?}"
+                    );
+                }
+            }
             Some(_) => {
                 check_consistent(&rebooted, &[a.digest()], &format!("cut {n}"));
             }
         }
+        install(&rebooted, &a).unwrap();
+        check_consistent(
+            &rebooted.power_cycle(),
+            &[a.digest()],
+            &format!("cut {n}, redo"),
+        );
+        assert_eq!(
+            free_lebs(&rebooted),
+            free_lebs(&clean),
+            "cut {n}: space leaked"
+        );
     }
 }
 
@@ -590,4 +611,55 @@ fn commit_and_boot_do_exactly_these_flash_operations() {
         "a boot count is create+update+write+rename: {:?}",
         dev.ops()
     );
+}
+
+#[test]
+fn restart_resumes_completely_staged_artifacts_after_a_rehash() {
+    for corrupt in [false, true] {
+        let dev = fresh(64, &[&set_a()]);
+        let b = set_b();
+        let (kernel, app) = (&b.arts[0], &b.arts[2]);
+        {
+            let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+            s.begin(&b.refs(), b.cmdline).unwrap();
+            s.stage(&kernel.r, &kernel.data[..]).unwrap();
+            s.start(&app.r).unwrap();
+            s.write(&app.r, &app.data[..100]).unwrap();
+        } // the card restarts here
+        let dev = dev.power_cycle();
+        let k_staging = layout::staging_of(&layout::artifact_volume(&kernel.r).unwrap());
+        if corrupt {
+            assert!(dev.corrupt(&k_staging, 7));
+        }
+        let (mut s, report) = Store::open(dev.clone(), cfg()).unwrap();
+        let app_staging = layout::staging_of(&layout::artifact_volume(&app.r).unwrap());
+        assert_eq!(
+            report.removed,
+            vec![app_staging],
+            "torn volume removed, complete kept"
+        );
+        assert_eq!(s.digest(), Some(set_a().digest()));
+        let check = s.check(&b.refs(), b.cmdline).unwrap();
+        assert_eq!((check.resumable.len(), check.fetch.len()), (1, 1));
+        let check = s.begin(&b.refs(), b.cmdline).unwrap();
+        let fetch: Vec<&str> = check.fetch.iter().map(|a| a.name.as_str()).collect();
+        if corrupt {
+            assert!(check.resumable.is_empty());
+            assert_eq!(fetch, ["kernel", "app"]);
+        } else {
+            assert_eq!(check.resumable, vec![kernel.r.clone()]);
+            assert_eq!(fetch, ["app"]);
+            assert!(matches!(
+                s.start(&kernel.r),
+                Err(StoreError::WrongState { .. })
+            ));
+        }
+        for a in &b.arts {
+            if check.fetch.contains(&a.r) {
+                s.stage(&a.r, &a.data[..]).unwrap();
+            }
+        }
+        s.commit().unwrap();
+        check_consistent(&dev.power_cycle(), &[b.digest()], "after resume");
+    }
 }
