@@ -6,17 +6,17 @@
 //! libc, nix, log and thiserror so that the card's PID-1 init can use it. All `unsafe`
 //! lives in the private `sys` module. See docs/netio.md.
 
+pub mod config;
 pub mod lab;
 pub mod mac;
 pub mod pacer;
 pub mod ring;
+mod rx;
 pub mod socket;
 mod sys;
 
+pub use config::{DEFAULT_ETHERTYPE, ETH_HEADER_LEN, Path, PathChoice, SocketConfig, SocketStats};
 pub use mac::MacAddr;
 pub use pacer::{Clock, MonotonicClock, Pacer, PacerError};
 pub use ring::{RingError, RingGeometry};
-pub use socket::{
-    DEFAULT_ETHERTYPE, ETH_HEADER_LEN, PacketSocket, Path, PathChoice, SocketConfig, SocketError,
-    SocketStats,
-};
+pub use socket::{PacketSocket, SocketError};

@@ -18,117 +18,16 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, LinkAddr, MsgFlags, MultiHeaders, SockFlag, SockProtocol, SockType, recvfrom,
-    recvmmsg, send, sendmmsg, setsockopt, socket, sockopt,
+    AddressFamily, LinkAddr, MsgFlags, MultiHeaders, SockFlag, SockProtocol, SockType, send,
+    sendmmsg, setsockopt, socket, sockopt,
 };
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 
+use crate::config::{ETH_HEADER_LEN, Path, PathChoice, SocketConfig, SocketStats};
 use crate::mac::MacAddr;
-use crate::ring::{RingError, RingGeometry, RxRing, TxRing};
+use crate::ring::{RingError, RxRing, TxRing};
+use crate::rx::{Filter, Rx};
 use crate::sys;
-
-/// shelfboot's default EtherType (IEEE 802 local experimental 1).
-pub const DEFAULT_ETHERTYPE: u16 = 0x88B5;
-/// Ethernet header: destination, source, EtherType.
-pub const ETH_HEADER_LEN: usize = 14;
-
-/// One way of moving frames between user space and the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Path {
-    /// `send`/`recvfrom`, one syscall per frame.
-    Plain,
-    /// `sendmmsg`/`recvmmsg`, one syscall per batch.
-    Mmsg,
-    /// PACKET_MMAP rings: TPACKET_V2 for TX, TPACKET_V3 for RX.
-    Ring,
-}
-
-impl Path {
-    pub const ALL: [Path; 3] = [Path::Plain, Path::Mmsg, Path::Ring];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Path::Plain => "plain",
-            Path::Mmsg => "mmsg",
-            Path::Ring => "ring",
-        }
-    }
-}
-
-/// Which path to use in one direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathChoice {
-    /// Fastest available: Ring, else Mmsg, else Plain (order measured, see docs/netio.md).
-    Auto,
-    /// Exactly this path, or an error (for benchmarks and tests).
-    Force(Path),
-}
-
-/// Endpoint settings. `Default` is what the master and the cards use.
-#[derive(Debug, Clone)]
-pub struct SocketConfig {
-    pub ethertype: u16,
-    pub tx: PathChoice,
-    pub rx: PathChoice,
-    /// PACKET_QDISC_BYPASS on the sending sockets: faster, but skips `tc` (a tbf shaper
-    /// on the interface is then ignored), so it is off by default.
-    pub qdisc_bypass: bool,
-    /// SO_RCVBUF(FORCE) in bytes; `None` keeps the system default.
-    pub rcvbuf: Option<usize>,
-    /// SO_SNDBUF(FORCE) in bytes; `None` keeps the system default.
-    pub sndbuf: Option<usize>,
-    /// Frames per sendmmsg/recvmmsg call.
-    pub batch: usize,
-    pub tx_ring: RingGeometry,
-    pub rx_ring: RingGeometry,
-    /// How long the kernel may hold a partly filled V3 RX block (latency bound).
-    pub rx_block_timeout_ms: u32,
-    /// Upper bound on how long `send_batch` waits for the kernel to take frames.
-    pub send_timeout: Duration,
-    /// Drop received multicast frames (not broadcast) to groups we have not joined.
-    pub filter_multicast: bool,
-}
-
-impl Default for SocketConfig {
-    fn default() -> Self {
-        Self {
-            ethertype: DEFAULT_ETHERTYPE,
-            tx: PathChoice::Auto,
-            rx: PathChoice::Auto,
-            qdisc_bypass: false,
-            rcvbuf: Some(8 << 20),
-            sndbuf: Some(1 << 20),
-            batch: 64,
-            tx_ring: RingGeometry::TX_DEFAULT,
-            rx_ring: RingGeometry::RX_DEFAULT,
-            rx_block_timeout_ms: 2,
-            send_timeout: Duration::from_secs(2),
-            filter_multicast: true,
-        }
-    }
-}
-
-/// Counters: the kernel's PACKET_STATISTICS (accumulated; the kernel resets on read)
-/// plus ours.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SocketStats {
-    /// Frames the kernel queued for this socket (including dropped ones).
-    pub kernel_packets: u64,
-    /// Frames the kernel dropped because the socket buffer or RX ring was full.
-    pub kernel_drops: u64,
-    /// Frames handed to the caller.
-    pub delivered: u64,
-    /// Frames discarded here: our own outgoing copies, non-joined multicast, runts.
-    pub filtered: u64,
-    /// Frames handed to the kernel for transmission.
-    pub sent: u64,
-    /// Times a send had to wait for the kernel (buffer or ring full).
-    pub send_waits: u64,
-    /// TX ring slots the kernel rejected (TP_STATUS_WRONG_FORMAT).
-    pub tx_wrong_format: u64,
-    /// RX ring blocks skipped because their contents were inconsistent.
-    pub rx_malformed_blocks: u64,
-}
 
 /// Failures of a packet endpoint. Each names the interface.
 #[derive(Debug, thiserror::Error)]
@@ -203,20 +102,6 @@ pub enum SocketError {
 
 type Result<T> = std::result::Result<T, SocketError>;
 
-/// Receive-side state per path.
-#[derive(Debug)]
-enum Rx {
-    Plain {
-        buf: Vec<u8>,
-    },
-    /// nix's `MultiHeaders` holds raw pointers (not `Send`), so headers are built per
-    /// call: two small allocations against a batch of syscalls' worth of kernel work.
-    Mmsg {
-        bufs: Vec<Vec<u8>>,
-    },
-    Ring(RxRing),
-}
-
 /// Transmit-side state per path.
 #[derive(Debug)]
 enum Tx {
@@ -241,12 +126,12 @@ pub struct PacketSocket {
     stats: SocketStats,
 }
 
-/// SOCK_RAW with protocol 0: no receive hook until `bind` names an EtherType.
+/// Non-blocking SOCK_RAW with protocol 0: no receive hook until `bind` names an EtherType.
 fn open_raw(ifname: &str) -> Result<OwnedFd> {
     socket(
         AddressFamily::Packet,
         SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None::<SockProtocol>,
     )
     .map_err(|source| SocketError::Open {
@@ -322,14 +207,12 @@ impl PacketSocket {
                     Ok(r) => Rx::Ring(r),
                     Err(e) => {
                         log::info!("RX ring unavailable on {ifname} ({e}); using recvmmsg");
-                        mmsg_rx(config.batch, max_frame)
+                        Rx::mmsg(config.batch, max_frame)
                     }
                 }
             }
-            PathChoice::Force(Path::Mmsg) => mmsg_rx(config.batch, max_frame),
-            PathChoice::Force(Path::Plain) => Rx::Plain {
-                buf: vec![0; max_frame],
-            },
+            PathChoice::Force(Path::Mmsg) => Rx::mmsg(config.batch, max_frame),
+            PathChoice::Force(Path::Plain) => Rx::plain(max_frame),
         };
         sys::bind_packet(fd.as_fd(), ifindex_c, config.ethertype).map_err(|source| {
             SocketError::Bind {
@@ -438,11 +321,7 @@ impl PacketSocket {
     }
 
     pub fn rx_path(&self) -> Path {
-        match self.rx {
-            Rx::Plain { .. } => Path::Plain,
-            Rx::Mmsg { .. } => Path::Mmsg,
-            Rx::Ring(_) => Path::Ring,
-        }
+        self.rx.path()
     }
 
     /// Groups joined with [`join`](Self::join).
@@ -508,7 +387,7 @@ impl PacketSocket {
         if let Tx::Ring(r) = &self.tx {
             self.stats.tx_wrong_format = r.wrong_format();
         }
-        if let Rx::Ring(r) = &self.rx {
+        if let Some(r) = self.rx.ring() {
             self.stats.rx_malformed_blocks = r.malformed_blocks();
         }
         Ok(self.stats)
@@ -696,7 +575,7 @@ impl PacketSocket {
         timeout: Duration,
     ) -> Result<usize> {
         let ready = match &self.rx {
-            Rx::Ring(r) if r.ready() => true,
+            r if r.ring_ready() => true,
             _ => {
                 let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
                 let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
@@ -724,74 +603,13 @@ impl PacketSocket {
                 filtered += 1;
             }
         };
-        let fd = self.fd.as_fd();
-        let batch = self.config.batch.max(1);
-        let ifname = &self.ifname;
-        let io = |call: &'static str| {
-            move |source| SocketError::Io {
-                ifname: ifname.clone(),
+        self.rx
+            .receive(self.fd.as_fd(), self.config.batch, &mut deliver)
+            .map_err(|(call, source)| SocketError::Io {
+                ifname: self.ifname.clone(),
                 call,
                 source,
-            }
-        };
-        match &mut self.rx {
-            Rx::Ring(ring) => {
-                ring.drain(4, &mut |f| deliver(f.data, f.pkttype));
-            }
-            Rx::Plain { buf } => {
-                for _ in 0..batch {
-                    match recvfrom::<LinkAddr>(fd.as_raw_fd(), buf) {
-                        Ok((n, addr)) => {
-                            let pkttype = addr.map_or(libc::PACKET_HOST, |a| a.pkttype());
-                            deliver(&buf[..n.min(buf.len())], pkttype);
-                        }
-                        Err(Errno::EAGAIN | Errno::EINTR) => break,
-                        Err(e) => return Err(io("recvfrom")(e)),
-                    }
-                    // recvfrom blocks when empty: only continue while more is queued.
-                    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-                    if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
-                        break;
-                    }
-                }
-            }
-            Rx::Mmsg { bufs } => {
-                let mut headers = MultiHeaders::<LinkAddr>::preallocate(bufs.len(), None);
-                for _ in 0..4 {
-                    let mut meta = [(0usize, 0u8); 256];
-                    let got = {
-                        let mut slices: Vec<[IoSliceMut<'_>; 1]> =
-                            bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-                        match recvmmsg(
-                            fd.as_raw_fd(),
-                            &mut headers,
-                            slices.iter_mut(),
-                            MsgFlags::MSG_DONTWAIT,
-                            None,
-                        ) {
-                            Ok(results) => {
-                                let mut k = 0;
-                                for (slot, r) in meta.iter_mut().zip(results) {
-                                    let pkttype =
-                                        r.address.map_or(libc::PACKET_HOST, |a| a.pkttype());
-                                    *slot = (r.bytes, pkttype);
-                                    k += 1;
-                                }
-                                k
-                            }
-                            Err(Errno::EAGAIN | Errno::EINTR) => 0,
-                            Err(e) => return Err(io("recvmmsg")(e)),
-                        }
-                    };
-                    for (b, (n, pkttype)) in bufs.iter().zip(&meta[..got]) {
-                        deliver(&b[..(*n).min(b.len())], *pkttype);
-                    }
-                    if got < bufs.len() {
-                        break;
-                    }
-                }
-            }
-        }
+            })?;
         self.stats.delivered += delivered as u64;
         self.stats.filtered += filtered;
         Ok(delivered)
@@ -802,34 +620,6 @@ impl AsFd for PacketSocket {
     /// The receiving socket, for callers that poll it next to other descriptors.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-}
-
-/// What `recv_batch` drops before the caller sees it.
-struct Filter<'a> {
-    groups: &'a [MacAddr],
-    multicast: bool,
-}
-
-impl Filter<'_> {
-    fn accepts(&self, frame: &[u8], pkttype: u8) -> bool {
-        if pkttype == libc::PACKET_OUTGOING || frame.len() < ETH_HEADER_LEN {
-            return false;
-        }
-        match MacAddr::dst_of(frame) {
-            Some(dst) if self.multicast && dst.is_multicast() && !dst.is_broadcast() => {
-                self.groups.contains(&dst)
-            }
-            Some(_) => true,
-            None => false,
-        }
-    }
-}
-
-fn mmsg_rx(batch: usize, max_frame: usize) -> Rx {
-    let n = batch.clamp(1, 256);
-    Rx::Mmsg {
-        bufs: vec![vec![0; max_frame]; n],
     }
 }
 
@@ -869,47 +659,9 @@ fn set_buffers(
 mod tests {
     use super::*;
 
-    fn frame(dst: [u8; 6]) -> Vec<u8> {
-        let mut f = dst.to_vec();
-        f.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x88, 0xb5, 1, 2, 3]);
-        f
-    }
-
-    #[test]
-    fn filter_drops_outgoing_runts_and_unjoined_groups() {
-        let g = MacAddr([0x03, 0, 0, 0, 0, 7]);
-        let groups = [g];
-        let f = Filter {
-            groups: &groups,
-            multicast: true,
-        };
-        assert!(f.accepts(&frame([2, 0, 0, 0, 0, 1]), libc::PACKET_HOST));
-        assert!(f.accepts(&frame([2, 0, 0, 0, 0, 1]), libc::PACKET_OTHERHOST));
-        assert!(!f.accepts(&frame([2, 0, 0, 0, 0, 1]), libc::PACKET_OUTGOING));
-        assert!(f.accepts(&frame([0xff; 6]), libc::PACKET_BROADCAST));
-        assert!(f.accepts(&frame(g.0), libc::PACKET_MULTICAST));
-        assert!(!f.accepts(&frame([0x03, 0, 0, 0, 0, 8]), libc::PACKET_MULTICAST));
-        assert!(!f.accepts(&[1, 2, 3], libc::PACKET_HOST));
-        let open = Filter {
-            groups: &[],
-            multicast: false,
-        };
-        assert!(open.accepts(&frame([0x03, 0, 0, 0, 0, 8]), libc::PACKET_MULTICAST));
-    }
-
     #[test]
     fn socket_can_move_between_threads() {
         fn assert_send<T: Send>() {}
         assert_send::<PacketSocket>();
-    }
-
-    #[test]
-    fn default_config_is_sane() {
-        let c = SocketConfig::default();
-        assert_eq!(c.ethertype, 0x88B5);
-        assert!(!c.qdisc_bypass, "bypass would silently defeat tc shaping");
-        assert!(c.tx_ring.check(4096, 1514).is_ok());
-        assert!(c.rx_ring.check(4096, 1514).is_ok());
-        assert_eq!(Path::ALL.map(Path::name), ["plain", "mmsg", "ring"]);
     }
 }
