@@ -552,11 +552,11 @@ mod tests {
         assert_eq!(s.inventory(), Some(&inv));
         assert_eq!(report.removed.len(), 1, "{report:?}");
         assert!(s.verify_set(&inv.set).unwrap().is_empty());
-        let kid = s
-            .volume_id(&inv.set.boot_image().unwrap().volume)
-            .unwrap()
-            .unwrap();
-        assert_eq!(fs::read(dev.blob_path(kid).unwrap()).unwrap(), k1);
+        // What init does in test mode: resolve the set, read each artifact from its file.
+        let resolved = s.resolve(&inv.set).unwrap();
+        assert_eq!(resolved.len(), 2);
+        assert_eq!(fs::read(dev.blob_path(resolved[0].1).unwrap()).unwrap(), k1);
+        assert_eq!(fs::read(dev.blob_path(resolved[1].1).unwrap()).unwrap(), p1);
         s.begin(&set2, "quiet").unwrap();
         s.stage(&set2[0], &k2[..]).unwrap();
         let inv2 = s.commit().unwrap();

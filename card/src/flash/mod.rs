@@ -23,6 +23,9 @@ pub mod volumes;
 mod tests;
 
 pub use boot::{BootDecision, RollbackReason};
+pub use fake::{FakeOp, FakeVolumes};
+pub use file::FileVolumes;
+pub use inventory::{Inventory, SetRecord, StoredArtifact};
 pub use store::{OpenReport, PlanCheck, Store, StoreConfig, StoreError};
 pub use volumes::{
     Geometry, Rename, UBI_MAX_RNVOL, UBI_MAX_VOLUME_NAME, VolumeError, VolumeErrorKind, VolumeId,

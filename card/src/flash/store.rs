@@ -310,6 +310,35 @@ impl<V: Volumes> Store<V> {
         Ok(list.into_iter().find(|v| v.name == name).map(|v| v.id))
     }
 
+    /// Each artifact of `set` with the id of the volume holding it, in plan order: what
+    /// init needs to hand off (`/dev/ubiN_<id>` for the boot image; ubiblock or, in test
+    /// mode, [`super::FileVolumes::blob_path`] for the packages). Fails with
+    /// [`StoreError::SetDamaged`] if a volume is missing or incomplete.
+    pub fn resolve(
+        &mut self,
+        set: &SetRecord,
+    ) -> Result<Vec<(super::StoredArtifact, VolumeId)>, StoreError> {
+        let list = self
+            .vols
+            .list()
+            .during(|| "listing volumes to resolve a set".into())?;
+        let mut out = Vec::with_capacity(set.artifacts.len());
+        let mut missing = Vec::new();
+        for a in &set.artifacts {
+            match list.iter().find(|v| {
+                v.name == a.volume && !v.update_marker && v.reserved_bytes >= a.artifact.size
+            }) {
+                Some(v) => out.push((a.clone(), v.id)),
+                None => missing.push(a.volume.clone()),
+            }
+        }
+        if missing.is_empty() {
+            Ok(out)
+        } else {
+            Err(StoreError::SetDamaged { missing })
+        }
+    }
+
     /// Volumes of `set` that are missing, incomplete or of the wrong size.
     pub fn missing_volumes(&mut self, set: &SetRecord) -> Result<Vec<String>, StoreError> {
         let list = self
