@@ -13,6 +13,8 @@ pub mod pacer;
 pub mod ring;
 mod rx;
 pub mod socket;
+// The one module allowed to use `unsafe`; every block carries a SAFETY comment.
+#[allow(unsafe_code)]
 mod sys;
 
 pub use config::{DEFAULT_ETHERTYPE, ETH_HEADER_LEN, Path, PathChoice, SocketConfig, SocketStats};

@@ -1,5 +1,6 @@
-//! The only module of this crate that may say `unsafe`: the few packet-socket calls that
-//! nix 0.29 has no safe wrapper for, and the owning type for a PACKET_MMAP ring mapping.
+//! The only module of this crate that may say `unsafe` (`#[allow(unsafe_code)]` on its
+//! declaration in lib.rs; the workspace denies it everywhere else): the few packet-socket
+//! calls that nix 0.29 has no safe wrapper for, and the owning type for a PACKET_MMAP ring mapping.
 //!
 //! What is here: `bind(2)` with a `sockaddr_ll`, the `SIOCGIFHWADDR`/`SIOCGIFMTU` ioctls,
 //! `setsockopt`/`getsockopt` for the `SOL_PACKET` options (membership, versions, rings,
@@ -10,7 +11,6 @@
 //! `poll`, `send`, `recvfrom`, `sendmmsg`/`recvmmsg`, `setns`). Ring *layout* logic (where a
 //! packet sits inside a block) lives in safe code in `ring.rs`; this module only knows
 //! "uniform slots with a status word at a fixed offset".
-#![allow(unsafe_code)]
 
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd};
