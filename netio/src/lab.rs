@@ -272,8 +272,10 @@ impl Lab {
         let mut script = String::from("add table bridge sbloss\ndelete table bridge sbloss\n");
         if percent > 0 {
             let matcher = ethertype.map_or(String::new(), |t| format!("ether type {t:#06x} "));
+            script.push_str("table bridge sbloss {\n  chain forward {\n");
+            script.push_str("    type filter hook forward priority 0; policy accept;\n");
             script.push_str(&format!(
-                "table bridge sbloss {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    {matcher}numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
+                "    {matcher}numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
             ));
         }
         let mut nft = self.command("nft");

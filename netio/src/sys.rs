@@ -1,6 +1,7 @@
 //! The only module of this crate that may say `unsafe` (`#[allow(unsafe_code)]` on its
 //! declaration in lib.rs; the workspace denies it everywhere else): the few packet-socket
-//! calls that nix 0.29 has no safe wrapper for, and the owning type for a PACKET_MMAP ring mapping.
+//! calls that nix 0.29 has no safe wrapper for, and the owning type for a PACKET_MMAP
+//! ring mapping.
 //!
 //! What is here: `bind(2)` with a `sockaddr_ll`, the `SIOCGIFHWADDR`/`SIOCGIFMTU` ioctls,
 //! `setsockopt`/`getsockopt` for the `SOL_PACKET` options (membership, versions, rings,

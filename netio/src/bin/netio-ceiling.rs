@@ -297,7 +297,8 @@ fn main() -> ExitCode {
 /// Run every scenario and print the table; Ok(false) if some run failed.
 fn measure(args: &Args) -> Result<bool, String> {
     println!(
-        "netio-ceiling: {} frames x {FRAME_LEN} B per run, {} runs (median [min-max]); MB = 10^6 bytes of whole frames",
+        "netio-ceiling: {} frames x {FRAME_LEN} B per run, {} runs (median [min-max]); \
+         MB = 10^6 bytes of whole frames",
         args.frames, args.runs
     );
     println!("load average before: {}", loadavg());
