@@ -72,12 +72,72 @@ pub fn describe_frame(bytes: &[u8]) -> String {
     } else {
         match decode_message(&frame) {
             Ok(m) => {
-                let _ = writeln!(out, "message: {m:#?}");
+                let _ = writeln!(
+                    out,
+                    "message: {} (valid; signatures not checked)",
+                    m.msg_type()
+                );
             }
             Err(e) => push_chain(&mut out, "message rejected", &e),
         }
+        // The raw CBOR, also when the message was rejected (shows the offending key).
+        let mut body = frame.payload();
+        if let Ok(v) = ciborium::from_reader::<ciborium::Value, _>(&mut body) {
+            out.push_str("body: ");
+            diag(&mut out, &v);
+            out.push('\n');
+        }
     }
     out
+}
+
+/// CBOR diagnostic notation (RFC 8949 section 8), byte strings in hex: `{"mi": 7, "e": 3}`.
+fn diag(out: &mut String, v: &ciborium::Value) {
+    use ciborium::Value;
+    match v {
+        Value::Integer(i) => {
+            let _ = write!(out, "{}", i128::from(*i));
+        }
+        Value::Bytes(b) => {
+            out.push_str("h'");
+            for byte in b {
+                let _ = write!(out, "{byte:02x}");
+            }
+            out.push('\'');
+        }
+        Value::Text(t) => {
+            let _ = write!(out, "{t:?}");
+        }
+        Value::Bool(b) => {
+            let _ = write!(out, "{b}");
+        }
+        Value::Null => out.push_str("null"),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                diag(out, item);
+            }
+            out.push(']');
+        }
+        Value::Map(entries) => {
+            out.push('{');
+            for (i, (k, val)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                diag(out, k);
+                out.push_str(": ");
+                diag(out, val);
+            }
+            out.push('}');
+        }
+        other => {
+            let _ = write!(out, "{other:?}");
+        }
+    }
 }
 
 fn push_chain(out: &mut String, what: &str, e: &dyn std::error::Error) {
@@ -115,7 +175,7 @@ mod tests {
         let s = describe_frame(&buf[..n]);
         assert!(s.contains("type 0x9000 ("), "{s}");
         assert!(s.contains("Heartbeat(0x03)"), "{s}");
-        assert!(s.contains("master_id: 42"), "{s}");
+        assert!(s.contains(r#"body: {"mi": 42, "e": 7}"#), "{s}");
         assert!(s.contains("session 5 sequence 6"), "{s}");
     }
 
