@@ -1,5 +1,6 @@
 //! shelfboot backplane I/O: AF_PACKET endpoints with batched send/receive paths, a
-//! token-bucket pacer, and network-namespace fixtures for tests and benchmarks.
+//! token-bucket pacer, network-namespace fixtures for tests and benchmarks, and an
+//! in-memory backplane behind the same [`FrameIo`] trait for pure tests.
 //!
 //! This crate moves opaque Ethernet frames; it knows nothing of shelfboot's frame
 //! formats or messages (that is `shelfboot-proto`). It is synchronous and depends only on
@@ -7,8 +8,10 @@
 //! lives in the private `sys` module. See docs/netio.md.
 
 pub mod config;
+pub mod io;
 pub mod lab;
 pub mod mac;
+pub mod mem;
 pub mod pacer;
 pub mod ring;
 mod rx;
@@ -18,6 +21,7 @@ pub mod socket;
 mod sys;
 
 pub use config::{DEFAULT_ETHERTYPE, ETH_HEADER_LEN, Path, PathChoice, SocketConfig, SocketStats};
+pub use io::FrameIo;
 pub use mac::MacAddr;
 pub use pacer::{Clock, MonotonicClock, Pacer, PacerError};
 pub use ring::{RingError, RingGeometry};

@@ -9,7 +9,7 @@ mod netns {
     use std::time::{Duration, Instant};
 
     use shelfboot_netio::lab::{self, Lab, Tbf};
-    use shelfboot_netio::{MacAddr, PacketSocket, Path, PathChoice, SocketConfig};
+    use shelfboot_netio::{FrameIo, MacAddr, PacketSocket, Path, PathChoice, SocketConfig};
 
     const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
@@ -45,8 +45,9 @@ mod netns {
 
     /// Receive on `sock` until `want` frames came or `limit` passed; returns frames by seq
     /// (duplicates counted in the second value).
-    fn drain(
-        sock: &mut PacketSocket,
+    /// Through the `FrameIo` trait, so the trait's forwarding is exercised too.
+    fn drain<F: FrameIo>(
+        sock: &mut F,
         want: usize,
         limit: Duration,
     ) -> (BTreeMap<u32, Vec<u8>>, usize) {
@@ -54,7 +55,8 @@ mod netns {
         let mut dups = 0;
         let end = Instant::now() + limit;
         while got.len() < want && Instant::now() < end {
-            sock.recv_batch(
+            FrameIo::recv_batch(
+                sock,
                 &mut |f: &[u8], _src: MacAddr| {
                     if let Some(s) = seq_of(f)
                         && got.insert(s, f.to_vec()).is_some()
