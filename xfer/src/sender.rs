@@ -1,0 +1,814 @@
+//! The master side of one transfer session: one artifact, one transfer id, a group of
+//! receivers (members) identified by their MAC.
+//!
+//! Life of a session: created at `now` with a join window; cards admitted by
+//! [`Sender::join`] (the caller turns their Fetch into a join and sends back the returned
+//! `Join`). When the window closes the first pass starts at the lowest resume point of the
+//! members and walks the slices in order, paced by a [`TokenBucket`]; NACKs queue exactly
+//! the missing blocks of their slice, and queued repairs go before new data. Members that
+//! fall more than `max_lag_bytes` behind the first pass, or are silent past
+//! `silence_timeout`, are dropped and reported ([`SenderEvent::Dropped`]) with their resume
+//! point: the caller starts a catch-up session for them later. The session finishes when
+//! every member completed or was dropped.
+//!
+//! Memory: per member a few counters, per queued repair slice one 16-byte bitmap (the queue
+//! is capped), a short ring of recent repairs, one block of scratch. Never the artifact.
+//!
+//! This module does not open sockets, read clocks, choose transfer ids or group MACs, or
+//! decode frames: the caller hands it decoded `Nack`/`Progress` messages and the source MAC.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use shelfboot_proto::data::{DataError, DataHeader, SliceBitmap, encode_data_frame};
+use shelfboot_proto::frame::{Flags, Header, Link, MacAddr, MessageType};
+use shelfboot_proto::msg::{Join, Nack, Progress};
+use thiserror::Error;
+
+use crate::geometry::{ArtifactInfo, Geometry, GeometryError};
+use crate::pacing::{RateControl, RateLimits, TokenBucket};
+use crate::source::BlockSource;
+
+/// Tunables of a session. [`SenderConfig::new`] gives the defaults documented per field.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Addressing of data frames: `dst` is the session's group MAC (or one card's MAC).
+    pub link: Link,
+    /// Block size (from `data::block_size_for_mtu`).
+    pub block_size: u16,
+    /// Rate ceiling/floor and AIMD steps (frame bytes per second). Default: 125 MB/s
+    /// ceiling, 5 MB/s floor, +5 MB/s per clean interval, back off above 5 % loss, at most
+    /// halve per interval.
+    pub rate: RateLimits,
+    /// Token bucket depth in bytes (how many frames may go back to back). Default 64 KiB.
+    pub burst: u64,
+    /// Time from creation until the first data frame; cards joining within it share the
+    /// first pass. Default 200 ms.
+    pub join_window: Duration,
+    /// After the window, a card is still admitted if its resume point is at most this many
+    /// bytes behind the first pass (it repairs the gap by NACK). Default 8 MiB.
+    pub late_join_bytes: u64,
+    /// A member whose reported position falls more than this many bytes behind the first
+    /// pass is dropped to catch-up. Default 32 MiB.
+    pub max_lag_bytes: u64,
+    /// A member that sends nothing (Progress, Nack) for this long is dropped. Default 2 s.
+    pub silence_timeout: Duration,
+    /// Rate controller interval. Default 50 ms.
+    pub adjust_interval: Duration,
+    /// A block repaired within this time is not repaired again for another NACK (the
+    /// NACK probably crossed the repair). Keep it below the receivers' NACK retry.
+    /// Default 10 ms.
+    pub repair_holdoff: Duration,
+    /// Most slices with queued repairs; NACKs for further slices are ignored (their
+    /// senders NACK again). Default 1024 (16 KiB of bitmaps).
+    pub max_repair_slices: usize,
+}
+
+impl SenderConfig {
+    /// The defaults for `link` and `block_size`.
+    pub fn new(link: Link, block_size: u16) -> SenderConfig {
+        SenderConfig {
+            link,
+            block_size,
+            rate: RateLimits {
+                max_rate: 125_000_000,
+                min_rate: 5_000_000,
+                increase: 5_000_000,
+                loss_threshold: 0.05,
+                min_factor: 0.5,
+            },
+            burst: 64 * 1024,
+            join_window: Duration::from_millis(200),
+            late_join_bytes: 8 << 20,
+            max_lag_bytes: 32 << 20,
+            silence_timeout: Duration::from_secs(2),
+            adjust_interval: Duration::from_millis(50),
+            repair_holdoff: Duration::from_millis(10),
+            max_repair_slices: 1024,
+        }
+    }
+}
+
+/// Errors of a session. Each stops the session's sending; the caller reports it.
+#[derive(Debug, Error)]
+pub enum SenderError {
+    /// The artifact cannot be cut at the configured block size.
+    #[error("transfer {transfer} of artifact {artifact}: invalid session geometry")]
+    Geometry {
+        transfer: u32,
+        artifact: String,
+        #[source]
+        source: GeometryError,
+    },
+    /// The block source failed.
+    #[error(
+        "transfer {transfer}: reading {len} bytes at offset {offset} of artifact {artifact} failed: check the blob file"
+    )]
+    Read {
+        transfer: u32,
+        artifact: String,
+        offset: u64,
+        len: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data frame could not be encoded (e.g. the caller's buffer is too small).
+    #[error(
+        "transfer {transfer}: encoding slice {slice} block {block} of artifact {artifact} failed"
+    )]
+    Encode {
+        transfer: u32,
+        artifact: String,
+        slice: u32,
+        block: u16,
+        #[source]
+        source: DataError,
+    },
+}
+
+/// What [`Sender::poll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStep {
+    /// A data frame of `len` bytes is in the buffer: send it to `link.dst`.
+    Frame {
+        /// Frame length.
+        len: usize,
+        /// Whether it is a repair (NACK answer) rather than first-pass data.
+        retransmit: bool,
+    },
+    /// Nothing may or must be sent before `until` (pacing, join window, or nothing queued:
+    /// then `until` is the next timeout check). Call again at `until` or when a control
+    /// message arrives.
+    Wait {
+        /// When to call again.
+        until: Duration,
+    },
+    /// Every member completed or was dropped: the session is over.
+    Done,
+}
+
+/// Why a member was dropped from the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropCause {
+    /// Nothing heard from it for `silent_for`.
+    Silent {
+        /// Time since the last message.
+        silent_for: Duration,
+    },
+    /// Its position is `behind` slices behind the first pass.
+    Lagging {
+        /// Slices behind.
+        behind: u32,
+    },
+    /// The caller removed it ([`Sender::remove`]).
+    Removed,
+}
+
+/// A member's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberStatus {
+    /// Receiving.
+    Active,
+    /// Reported all bytes received.
+    Complete,
+    /// Dropped; needs a catch-up session from `have_slices`.
+    Dropped(DropCause),
+}
+
+/// What the session knows about one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberState {
+    /// Standing.
+    pub status: MemberStatus,
+    /// Contiguous slices it holds, from its last Progress (lowered by its NACKs).
+    pub have_slices: u32,
+    /// When it was last heard from.
+    pub last_heard: Duration,
+    /// NACKs received from it.
+    pub nacks: u64,
+    /// Missing blocks it reported, summed over its NACKs.
+    pub nacked_blocks: u64,
+}
+
+/// Something the caller must act on, from [`Sender::next_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// `member` has every byte.
+    Completed {
+        /// The member.
+        member: MacAddr,
+    },
+    /// `member` left the session; start a catch-up session for it from `resume_slices`.
+    Dropped {
+        /// The member.
+        member: MacAddr,
+        /// Why.
+        cause: DropCause,
+        /// Contiguous slices it reported holding.
+        resume_slices: u32,
+    },
+    /// Every member completed or was dropped.
+    Finished,
+}
+
+/// Answer to [`Sender::join`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted: send this Join to the card.
+    Joined(Join),
+    /// Not admitted: serve the card in a later (catch-up) session.
+    Later(LaterReason),
+}
+
+/// Why a card is not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaterReason {
+    /// The session has finished.
+    Finished,
+    /// The card's resume point is `behind` slices behind the first pass.
+    TooFarBehind {
+        /// Slices behind.
+        behind: u32,
+    },
+    /// The card was dropped from this session before.
+    WasDropped,
+}
+
+/// What became of a control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlOutcome {
+    /// Used.
+    Accepted,
+    /// Used, and it showed the member too far behind: it was dropped (see the event).
+    MemberDropped,
+    /// Not used (counted in [`SenderStats::ignored_control`]).
+    Ignored(IgnoreReason),
+}
+
+/// Why a control message was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// For another transfer id.
+    WrongTransfer,
+    /// About another artifact.
+    WrongArtifact,
+    /// From a MAC that is not a member.
+    NotMember,
+    /// From a member that completed or was dropped.
+    NotActive,
+    /// For a slice past the end of the artifact.
+    OutOfRange,
+    /// The repair queue is full.
+    RepairQueueFull,
+}
+
+/// Counters of a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Data frames sent (first pass and repairs).
+    pub frames: u64,
+    /// Bytes of frames sent (what the token bucket charges).
+    pub wire_bytes: u64,
+    /// Artifact bytes sent in the first pass.
+    pub data_bytes: u64,
+    /// Artifact bytes sent again as repairs.
+    pub retransmit_bytes: u64,
+    /// Repair frames sent.
+    pub retransmit_frames: u64,
+    /// NACKs accepted.
+    pub nacks: u64,
+    /// Missing blocks reported by accepted NACKs.
+    pub nacked_blocks: u64,
+    /// Blocks not queued because they were repaired within the holdoff.
+    pub holdoff_suppressed: u64,
+    /// Control messages ignored.
+    pub ignored_control: u64,
+    /// Most slices ever queued for repair at once.
+    pub repair_queue_high_water: usize,
+    /// Rate decreases.
+    pub rate_decreases: u64,
+    /// Current rate, bytes/s.
+    pub rate: u64,
+}
+
+#[derive(Debug)]
+struct Member {
+    state: MemberState,
+}
+
+/// One transfer session (master side). See the module docs.
+#[derive(Debug)]
+pub struct Sender<S> {
+    cfg: SenderConfig,
+    transfer: u32,
+    artifact: ArtifactInfo,
+    geo: Geometry,
+    source: S,
+    start_at: Duration,
+    started: bool,
+    finished: bool,
+    /// First-pass position: next block to send for the first time.
+    cur_slice: u32,
+    cur_block: u16,
+    max_lag_slices: u32,
+    late_join_slices: u32,
+    repairs: BTreeMap<u32, SliceBitmap>,
+    recent: VecDeque<(Duration, u32, SliceBitmap)>,
+    members: BTreeMap<MacAddr, Member>,
+    events: VecDeque<SenderEvent>,
+    bucket: TokenBucket,
+    rate: RateControl,
+    interval_start: Duration,
+    interval_sent: u64,
+    interval_missing: u64,
+    sequence: u32,
+    scratch: Vec<u8>,
+    stats: SenderStats,
+}
+
+/// Most entries in the recent-repairs ring (bounds memory whatever the holdoff).
+const RECENT_CAP: usize = 4096;
+
+impl<S: BlockSource> Sender<S> {
+    /// A session for `artifact` under transfer id `transfer`, created at `now`; data
+    /// starts at `now + cfg.join_window`.
+    pub fn new(
+        cfg: SenderConfig,
+        transfer: u32,
+        artifact: ArtifactInfo,
+        source: S,
+        now: Duration,
+    ) -> Result<Sender<S>, SenderError> {
+        let geo = Geometry::new(artifact.size, cfg.block_size).map_err(|source| {
+            SenderError::Geometry {
+                transfer,
+                artifact: artifact.name.clone(),
+                source,
+            }
+        })?;
+        let per_slice = geo.slice_bytes();
+        let slices = |bytes: u64| u32::try_from(bytes / per_slice).unwrap_or(u32::MAX);
+        let rate = RateControl::new(cfg.rate);
+        Ok(Sender {
+            start_at: now + cfg.join_window,
+            started: false,
+            finished: false,
+            cur_slice: 0,
+            cur_block: 0,
+            max_lag_slices: slices(cfg.max_lag_bytes).max(1),
+            late_join_slices: slices(cfg.late_join_bytes),
+            repairs: BTreeMap::new(),
+            recent: VecDeque::new(),
+            members: BTreeMap::new(),
+            events: VecDeque::new(),
+            bucket: TokenBucket::new(rate.rate(), cfg.burst, now),
+            stats: SenderStats {
+                rate: rate.rate(),
+                ..SenderStats::default()
+            },
+            rate,
+            interval_start: now,
+            interval_sent: 0,
+            interval_missing: 0,
+            sequence: 0,
+            scratch: vec![0; usize::from(cfg.block_size)],
+            cfg,
+            transfer,
+            artifact,
+            geo,
+            source,
+        })
+    }
+
+    /// Transfer id.
+    pub fn transfer(&self) -> u32 {
+        self.transfer
+    }
+
+    /// The artifact.
+    pub fn artifact(&self) -> &ArtifactInfo {
+        &self.artifact
+    }
+
+    /// Slice layout.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SenderStats {
+        self.stats
+    }
+
+    /// Every member and its state, in MAC order.
+    pub fn members(&self) -> impl Iterator<Item = (MacAddr, MemberState)> + '_ {
+        self.members.iter().map(|(mac, m)| (*mac, m.state))
+    }
+
+    /// First-pass position: the next slice to be sent for the first time.
+    pub fn position(&self) -> u32 {
+        self.cur_slice
+    }
+
+    /// Whether the session is over.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The next event to act on, oldest first.
+    pub fn next_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+
+    /// Admits `member`, which holds `have_slices` contiguous slices (its Fetch), at `now`.
+    /// A member that re-joins (card restarted) gets its position reset.
+    pub fn join(&mut self, member: MacAddr, have_slices: u32, now: Duration) -> Admission {
+        self.housekeeping(now);
+        if self.finished {
+            return Admission::Later(LaterReason::Finished);
+        }
+        let have = have_slices.min(self.geo.slices());
+        if let Some(m) = self.members.get(&member)
+            && matches!(m.state.status, MemberStatus::Dropped(_))
+        {
+            return Admission::Later(LaterReason::WasDropped);
+        }
+        let behind = self.cur_slice.saturating_sub(have);
+        if self.started && behind > self.late_join_slices {
+            return Admission::Later(LaterReason::TooFarBehind { behind });
+        }
+        let state = MemberState {
+            status: MemberStatus::Active,
+            have_slices: have,
+            last_heard: now,
+            nacks: 0,
+            nacked_blocks: 0,
+        };
+        self.members.insert(member, Member { state });
+        Admission::Joined(Join {
+            transfer: self.transfer,
+            artifact: self.artifact.sha256,
+            size: self.artifact.size,
+            group: self.cfg.link.dst,
+            block_size: self.geo.block_size(),
+            first_slice: if self.started { self.cur_slice } else { have },
+        })
+    }
+
+    /// Removes `member` (it reported an error, or the caller moves it elsewhere). No event.
+    pub fn remove(&mut self, member: MacAddr, now: Duration) {
+        if let Some(m) = self.members.get_mut(&member)
+            && m.state.status == MemberStatus::Active
+        {
+            m.state.status = MemberStatus::Dropped(DropCause::Removed);
+        }
+        self.housekeeping(now);
+    }
+
+    fn ignore(&mut self, why: IgnoreReason) -> ControlOutcome {
+        self.stats.ignored_control += 1;
+        ControlOutcome::Ignored(why)
+    }
+
+    fn active_member(&mut self, from: MacAddr) -> Result<&mut Member, IgnoreReason> {
+        match self.members.get_mut(&from) {
+            None => Err(IgnoreReason::NotMember),
+            Some(m) if m.state.status != MemberStatus::Active => Err(IgnoreReason::NotActive),
+            Some(m) => Ok(m),
+        }
+    }
+
+    /// Whether block `b` of slice `s` went out in the first pass already.
+    fn behind_cursor(&self, s: u32, b: u16) -> bool {
+        s < self.cur_slice || (s == self.cur_slice && b < self.cur_block)
+    }
+
+    /// A NACK from `from`: queues the missing blocks that were sent already and were not
+    /// repaired within the holdoff.
+    pub fn handle_nack(&mut self, from: MacAddr, nack: &Nack, now: Duration) -> ControlOutcome {
+        if nack.transfer != self.transfer {
+            return self.ignore(IgnoreReason::WrongTransfer);
+        }
+        if nack.slice >= self.geo.slices() {
+            return self.ignore(IgnoreReason::OutOfRange);
+        }
+        let wanted = self.geo.clamp(nack.slice, SliceBitmap(nack.missing));
+        let count = wanted.count();
+        let member = match self.active_member(from) {
+            Ok(m) => m,
+            Err(why) => return self.ignore(why),
+        };
+        member.state.last_heard = now;
+        member.state.nacks += 1;
+        member.state.nacked_blocks += u64::from(count);
+        member.state.have_slices = member.state.have_slices.min(nack.slice);
+        self.stats.nacks += 1;
+        self.stats.nacked_blocks += u64::from(count);
+        if self.drop_if_lagging(from) {
+            return ControlOutcome::MemberDropped;
+        }
+        let mut queue = SliceBitmap::default();
+        for b in wanted.missing() {
+            if !self.behind_cursor(nack.slice, b) {
+                continue;
+            }
+            self.interval_missing += 1;
+            let recently = self.recent.iter().any(|(at, s, bits)| {
+                *s == nack.slice && bits.is_missing(b) && *at + self.cfg.repair_holdoff > now
+            });
+            if recently {
+                self.stats.holdoff_suppressed += 1;
+            } else {
+                queue.set(b, true);
+            }
+        }
+        if queue.count() == 0 {
+            return ControlOutcome::Accepted;
+        }
+        let full = self.repairs.len() >= self.cfg.max_repair_slices;
+        match self.repairs.get_mut(&nack.slice) {
+            Some(q) => {
+                for (d, s) in q.0.iter_mut().zip(queue.0) {
+                    *d |= s;
+                }
+            }
+            None if full => return self.ignore(IgnoreReason::RepairQueueFull),
+            None => {
+                self.repairs.insert(nack.slice, queue);
+            }
+        }
+        self.stats.repair_queue_high_water =
+            self.stats.repair_queue_high_water.max(self.repairs.len());
+        ControlOutcome::Accepted
+    }
+
+    /// A Progress from `from`: updates its position; `done >= size` completes it.
+    pub fn handle_progress(
+        &mut self,
+        from: MacAddr,
+        progress: &Progress,
+        now: Duration,
+    ) -> ControlOutcome {
+        if progress.artifact != Some(self.artifact.sha256) || progress.total != self.artifact.size {
+            return self.ignore(IgnoreReason::WrongArtifact);
+        }
+        let have = self.geo.slices_within(progress.done);
+        let complete = progress.done >= self.artifact.size;
+        let member = match self.active_member(from) {
+            Ok(m) => m,
+            Err(why) => return self.ignore(why),
+        };
+        member.state.last_heard = now;
+        member.state.have_slices = have;
+        if complete {
+            member.state.status = MemberStatus::Complete;
+            self.events
+                .push_back(SenderEvent::Completed { member: from });
+            self.check_finished();
+            return ControlOutcome::Accepted;
+        }
+        if self.drop_if_lagging(from) {
+            return ControlOutcome::MemberDropped;
+        }
+        ControlOutcome::Accepted
+    }
+
+    fn drop_member(&mut self, mac: MacAddr, cause: DropCause) {
+        if let Some(m) = self.members.get_mut(&mac) {
+            m.state.status = MemberStatus::Dropped(cause);
+            self.events.push_back(SenderEvent::Dropped {
+                member: mac,
+                cause,
+                resume_slices: m.state.have_slices,
+            });
+        }
+        self.check_finished();
+    }
+
+    fn drop_if_lagging(&mut self, mac: MacAddr) -> bool {
+        let Some(m) = self.members.get(&mac) else {
+            return false;
+        };
+        let behind = self.cur_slice.saturating_sub(m.state.have_slices);
+        if self.started && m.state.status == MemberStatus::Active && behind > self.max_lag_slices {
+            self.drop_member(mac, DropCause::Lagging { behind });
+            return true;
+        }
+        false
+    }
+
+    fn check_finished(&mut self) {
+        if self.finished || !self.started {
+            return;
+        }
+        let all_done = self
+            .members
+            .values()
+            .all(|m| m.state.status != MemberStatus::Active);
+        if all_done {
+            self.finished = true;
+            self.repairs.clear();
+            self.events.push_back(SenderEvent::Finished);
+        }
+    }
+
+    /// Timeouts, the join window, rate intervals. Idempotent at a given `now`.
+    fn housekeeping(&mut self, now: Duration) {
+        if self.finished {
+            return;
+        }
+        if !self.started && now >= self.start_at {
+            self.started = true;
+            self.cur_slice = self
+                .members
+                .values()
+                .filter(|m| m.state.status == MemberStatus::Active)
+                .map(|m| m.state.have_slices)
+                .min()
+                .unwrap_or(0);
+            self.interval_start = now;
+        }
+        if self.started && now.saturating_sub(self.interval_start) >= self.cfg.adjust_interval {
+            let active = self
+                .members
+                .values()
+                .filter(|m| m.state.status == MemberStatus::Active)
+                .count() as u64;
+            let before = self.rate.decreases();
+            let rate = self
+                .rate
+                .end_interval(self.interval_sent * active, self.interval_missing);
+            self.stats.rate_decreases += self.rate.decreases() - before;
+            self.stats.rate = rate;
+            self.bucket.set_rate(rate, now);
+            self.interval_start = now;
+            self.interval_sent = 0;
+            self.interval_missing = 0;
+        }
+        while let Some((at, _, _)) = self.recent.front() {
+            if *at + self.cfg.repair_holdoff > now {
+                break;
+            }
+            self.recent.pop_front();
+        }
+        let mut drops = Vec::new();
+        for (mac, m) in &self.members {
+            if m.state.status != MemberStatus::Active {
+                continue;
+            }
+            let silent_for = now.saturating_sub(m.state.last_heard);
+            let behind = self.cur_slice.saturating_sub(m.state.have_slices);
+            if silent_for > self.cfg.silence_timeout {
+                drops.push((*mac, DropCause::Silent { silent_for }));
+            } else if self.started && behind > self.max_lag_slices {
+                drops.push((*mac, DropCause::Lagging { behind }));
+            }
+        }
+        for (mac, cause) in drops {
+            self.drop_member(mac, cause);
+        }
+        self.check_finished();
+    }
+
+    /// The next block to send: the lowest queued repair, else the first-pass block.
+    fn peek(&self) -> Option<(u32, u16, bool)> {
+        if let Some((s, bits)) = self.repairs.first_key_value()
+            && let Some(b) = bits.missing().next()
+        {
+            return Some((*s, b, true));
+        }
+        (self.cur_slice < self.geo.slices()).then_some((self.cur_slice, self.cur_block, false))
+    }
+
+    /// The earliest time something must be checked when nothing is queued.
+    fn next_deadline(&self, now: Duration) -> Duration {
+        let silence = self
+            .members
+            .values()
+            .filter(|m| m.state.status == MemberStatus::Active)
+            .map(|m| m.state.last_heard + self.cfg.silence_timeout)
+            .min();
+        let mut t = self.interval_start + self.cfg.adjust_interval;
+        if let Some(s) = silence {
+            t = t.min(s + Duration::from_nanos(1));
+        }
+        t.max(now + Duration::from_micros(1))
+    }
+
+    /// Produces the next data frame into `buf` (give it `MAX_FRAME_LEN` bytes) if one may
+    /// go at `now`, else says when to call again. Call in a loop to fill a send batch.
+    pub fn poll(&mut self, now: Duration, buf: &mut [u8]) -> Result<SendStep, SenderError> {
+        self.housekeeping(now);
+        if self.finished {
+            return Ok(SendStep::Done);
+        }
+        if !self.started {
+            return Ok(SendStep::Wait {
+                until: self.start_at,
+            });
+        }
+        let Some((slice, block, retransmit)) = self.peek() else {
+            return Ok(SendStep::Wait {
+                until: self.next_deadline(now),
+            });
+        };
+        let ready = self.bucket.ready_at(now);
+        if ready > now {
+            return Ok(SendStep::Wait { until: ready });
+        }
+        let len = self.encode(slice, block, retransmit, buf)?;
+        self.bucket.consume(len as u64, now);
+        let data_len = self.geo.block_len(slice, block).unwrap_or(0) as u64;
+        self.stats.frames += 1;
+        self.stats.wire_bytes += len as u64;
+        self.interval_sent += 1;
+        if retransmit {
+            self.stats.retransmit_frames += 1;
+            self.stats.retransmit_bytes += data_len;
+            self.mark_repaired(slice, block, now);
+        } else {
+            self.stats.data_bytes += data_len;
+            self.cur_block += 1;
+            if self.cur_block >= self.geo.blocks_in_slice(self.cur_slice) {
+                self.cur_slice += 1;
+                self.cur_block = 0;
+            }
+        }
+        Ok(SendStep::Frame { len, retransmit })
+    }
+
+    fn encode(
+        &mut self,
+        slice: u32,
+        block: u16,
+        retransmit: bool,
+        buf: &mut [u8],
+    ) -> Result<usize, SenderError> {
+        let offset = self.geo.block_offset(slice, block);
+        let len = self.geo.block_len(slice, block).unwrap_or(0);
+        let data = &mut self.scratch[..len];
+        self.source
+            .read_at(offset, data)
+            .map_err(|source| SenderError::Read {
+                transfer: self.transfer,
+                artifact: self.artifact.name.clone(),
+                offset,
+                len,
+                source,
+            })?;
+        let encode_err = |source| SenderError::Encode {
+            transfer: self.transfer,
+            artifact: self.artifact.name.clone(),
+            slice,
+            block,
+            source,
+        };
+        let hdr = DataHeader::new(slice, block, self.geo.block_size()).ok_or_else(|| {
+            encode_err(DataError::OffsetMismatch {
+                offset,
+                slice,
+                block,
+                block_size: self.geo.block_size(),
+                expected: None,
+            })
+        })?;
+        let mut flags = Flags::NONE;
+        if retransmit {
+            flags = flags.with(Flags::RETRANSMIT);
+        }
+        if offset + len as u64 == self.artifact.size {
+            flags = flags.with(Flags::LAST);
+        }
+        let header = Header {
+            flags,
+            ..Header::new(MessageType::Data, self.transfer, self.sequence)
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        encode_data_frame(buf, &self.cfg.link, &header, &hdr, data).map_err(encode_err)
+    }
+
+    fn mark_repaired(&mut self, slice: u32, block: u16, now: Duration) {
+        if let Some(bits) = self.repairs.get_mut(&slice) {
+            bits.set(block, false);
+            if bits.count() == 0 {
+                self.repairs.remove(&slice);
+            }
+        }
+        match self.recent.back_mut() {
+            // Repairs of one slice go out back to back: one entry per run (the holdoff then
+            // counts from the run's last block, slightly longer for its first ones).
+            Some((at, s, bits)) if *s == slice => {
+                bits.set(block, true);
+                *at = now;
+            }
+            _ => {
+                let mut bits = SliceBitmap::default();
+                bits.set(block, true);
+                self.recent.push_back((now, slice, bits));
+                if self.recent.len() > RECENT_CAP {
+                    self.recent.pop_front();
+                }
+            }
+        }
+    }
+}
