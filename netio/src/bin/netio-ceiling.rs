@@ -121,6 +121,9 @@ struct Sample {
     /// Frames received, summed over receivers.
     received: u64,
     kernel_drops: u64,
+    /// CPU seconds of the sender and all receiver threads (softirq work is mostly
+    /// charged to whichever of them was running): robust to other load on the machine.
+    cpu_secs: f64,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +131,14 @@ struct RxResult {
     unique: u64,
     last: Option<Instant>,
     kernel_drops: u64,
+    cpu_secs: f64,
+}
+
+/// CPU time the calling thread has used, in seconds.
+fn thread_cpu() -> f64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
 }
 
 fn frame(seq: u32, src: MacAddr) -> Vec<u8> {
@@ -159,7 +170,7 @@ fn run_once(
     let sender_done = AtomicBool::new(false);
     let start: Mutex<Option<Instant>> = Mutex::new(None);
     let results: Arc<Mutex<Vec<Result<RxResult, String>>>> = Arc::new(Mutex::new(Vec::new()));
-    let mut send_result: Result<f64, String> = Err("sender did not run".into());
+    let mut send_result: Result<(f64, f64), String> = Err("sender did not run".into());
     std::thread::scope(|s| {
         for r in 0..receivers {
             let (cfg, barrier, done, results) = (cfg.clone(), &barrier, &sender_done, &results);
@@ -173,6 +184,7 @@ fn run_once(
                         Ok(sock)
                     });
                     barrier.wait();
+                    let cpu0 = thread_cpu();
                     let mut sock = sock?;
                     let mut seen = vec![false; n as usize];
                     let mut out = RxResult::default();
@@ -205,6 +217,7 @@ fn run_once(
                         }
                     }
                     out.kernel_drops = sock.stats().map_err(|e| e.to_string())?.kernel_drops;
+                    out.cpu_secs = thread_cpu() - cpu0;
                     Ok(out)
                 })();
                 if let Ok(mut v) = results.lock() {
@@ -213,7 +226,7 @@ fn run_once(
             });
         }
         let (barrier, done, start) = (&barrier, &sender_done, &start);
-        let sender = s.spawn(move || -> Result<f64, String> {
+        let sender = s.spawn(move || -> Result<(f64, f64), String> {
             let ready = lab.enter().map_err(|e| e.to_string());
             let sock = ready
                 .and_then(|()| PacketSocket::open(&lab.port(0), cfg).map_err(|e| e.to_string()));
@@ -222,6 +235,7 @@ fn run_once(
                 Err(_) => Vec::new(),
             };
             barrier.wait();
+            let cpu0 = thread_cpu();
             let mut sock = sock.inspect_err(|_| done.store(true, Ordering::Release))?;
             std::thread::sleep(Duration::from_millis(50));
             let t0 = Instant::now();
@@ -242,16 +256,17 @@ fn run_once(
             })();
             let secs = t0.elapsed().as_secs_f64();
             done.store(true, Ordering::Release);
-            result.map(|()| secs)
+            result.map(|()| (secs, thread_cpu() - cpu0))
         });
         send_result = sender
             .join()
             .unwrap_or_else(|_| Err("sender panicked".into()));
     });
-    let send_secs = send_result?;
+    let (send_secs, send_cpu) = send_result?;
     let t0 = start.lock().ok().and_then(|s| *s).ok_or("no start time")?;
     let mut sample = Sample {
         send_secs,
+        cpu_secs: send_cpu,
         ..Sample::default()
     };
     let results = std::mem::take(&mut *results.lock().map_err(|_| "receiver lock poisoned")?);
@@ -259,6 +274,7 @@ fn run_once(
         let r = r?;
         sample.received += r.unique;
         sample.kernel_drops += r.kernel_drops;
+        sample.cpu_secs += r.cpu_secs;
         let last = r
             .last
             .map_or(0.0, |l| l.saturating_duration_since(t0).as_secs_f64());
@@ -306,7 +322,7 @@ fn measure(args: &Args) -> Result<bool, String> {
         println!("tbf on the sender port: {:?}", args.tbf);
     }
     println!(
-        "{:<9} {:>3} {:<6} {:>22} {:>22} {:>24} {:>8} {:>8}",
+        "{:<9} {:>3} {:<6} {:>22} {:>22} {:>24} {:>8} {:>8} {:>18}",
         "link",
         "rx",
         "path",
@@ -314,7 +330,8 @@ fn measure(args: &Args) -> Result<bool, String> {
         "send MB/s",
         "MB/s per receiver",
         "lost %",
-        "k-drops"
+        "k-drops",
+        "CPU us/frame"
     );
     let mut failed = false;
     for &shaped in &args.shaped {
@@ -365,10 +382,11 @@ fn measure(args: &Args) -> Result<bool, String> {
                         .collect(),
                 );
                 let kd = median_min_max(samples.iter().map(|s| s.kernel_drops as f64).collect());
+                let cpu = median_min_max(samples.iter().map(|s| s.cpu_secs / n * 1e6).collect());
                 let fmt =
                     |t: (f64, f64, f64), p: usize| format!("{:.p$} [{:.p$}-{:.p$}]", t.0, t.1, t.2);
                 println!(
-                    "{:<9} {:>3} {:<6} {:>22} {:>22} {:>24} {:>8.2} {:>8.0}",
+                    "{:<9} {:>3} {:<6} {:>22} {:>22} {:>24} {:>8.2} {:>8.0} {:>18}",
                     if shaped { "1gbit-tbf" } else { "unshaped" },
                     receivers,
                     path.name(),
@@ -376,7 +394,8 @@ fn measure(args: &Args) -> Result<bool, String> {
                     fmt(smb, 1),
                     fmt(rmb, 1),
                     lost.0,
-                    kd.0
+                    kd.0,
+                    fmt(cpu, 1)
                 );
             }
         }
