@@ -18,15 +18,15 @@ use super::store::{Store, StoreConfig, StoreError};
 use super::volumes::Volumes;
 use super::{BootDecision, RollbackReason, layout};
 
-const LEB: u64 = 1024;
+pub(super) const LEB: u64 = 1024;
 
 #[derive(Clone)]
-struct Art {
-    r: ArtifactRef,
-    data: Vec<u8>,
+pub(super) struct Art {
+    pub(super) r: ArtifactRef,
+    pub(super) data: Vec<u8>,
 }
 
-fn art(kind: ArtifactKind, name: &str, version: &str, len: usize) -> Art {
+pub(super) fn art(kind: ArtifactKind, name: &str, version: &str, len: usize) -> Art {
     let seed = name.len() as u8 ^ version.bytes().fold(0u8, |a, b| a.wrapping_mul(31) ^ b);
     let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
     Art {
@@ -41,21 +41,21 @@ fn art(kind: ArtifactKind, name: &str, version: &str, len: usize) -> Art {
     }
 }
 
-struct Set {
-    arts: Vec<Art>,
-    cmdline: &'static str,
+pub(super) struct Set {
+    pub(super) arts: Vec<Art>,
+    pub(super) cmdline: &'static str,
 }
 
 impl Set {
-    fn refs(&self) -> Vec<ArtifactRef> {
+    pub(super) fn refs(&self) -> Vec<ArtifactRef> {
         self.arts.iter().map(|a| a.r.clone()).collect()
     }
-    fn digest(&self) -> Digest {
+    pub(super) fn digest(&self) -> Digest {
         set_digest(&self.refs(), self.cmdline)
     }
 }
 
-fn set_a() -> Set {
+pub(super) fn set_a() -> Set {
     Set {
         arts: vec![
             art(ArtifactKind::BootImage, "kernel", "1", 3000),
@@ -67,7 +67,7 @@ fn set_a() -> Set {
 }
 
 /// Shares `base` with set A.
-fn set_b() -> Set {
+pub(super) fn set_b() -> Set {
     Set {
         arts: vec![
             art(ArtifactKind::BootImage, "kernel", "2", 3100),
@@ -78,7 +78,7 @@ fn set_b() -> Set {
     }
 }
 
-fn cfg() -> StoreConfig {
+pub(super) fn cfg() -> StoreConfig {
     StoreConfig {
         max_attempts: 2,
         ..StoreConfig::default()
@@ -86,7 +86,7 @@ fn cfg() -> StoreConfig {
 }
 
 /// Open, begin, stage what is missing (in two writes each), commit.
-fn install(dev: &FakeVolumes, set: &Set) -> Result<(), StoreError> {
+pub(super) fn install(dev: &FakeVolumes, set: &Set) -> Result<(), StoreError> {
     let (mut s, _) = Store::open(dev.clone(), cfg())?;
     let check = s.begin(&set.refs(), set.cmdline)?;
     for a in &set.arts {
@@ -111,7 +111,7 @@ fn fresh(total_lebs: u64, sets: &[&Set]) -> FakeVolumes {
 }
 
 /// Reopen after a reboot and check every invariant; returns the committed digest.
-fn check_consistent(dev: &FakeVolumes, allowed: &[Digest], ctx: &str) -> Digest {
+pub(super) fn check_consistent(dev: &FakeVolumes, allowed: &[Digest], ctx: &str) -> Digest {
     let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
     let inv = s
         .inventory()
@@ -145,7 +145,7 @@ fn check_consistent(dev: &FakeVolumes, allowed: &[Digest], ctx: &str) -> Digest 
     inv.set.digest
 }
 
-fn free_lebs(dev: &FakeVolumes) -> u64 {
+pub(super) fn free_lebs(dev: &FakeVolumes) -> u64 {
     dev.clone().geometry().unwrap().free_lebs
 }
 
