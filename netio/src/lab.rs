@@ -301,6 +301,8 @@ impl Lab {
     }
 
     /// `ip netns exec <lab> <program>`: a process inside the lab (add args, then spawn).
+    /// Wait for or kill what you spawn before the lab drops: a namespace lives on while a
+    /// process is still inside it.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.netns, program]);

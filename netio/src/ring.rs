@@ -2,7 +2,7 @@
 //! per batch) and a TPACKET_V3 receive ring (walk user-owned blocks, hand them back).
 //!
 //! The mapping itself, and the rule that a slot is only visible while user space owns it,
-//! live in [`crate::sys::RingMap`]; this module does the index arithmetic and parses block
+//! live in `sys::RingMap` (private); this module does the index arithmetic and parses block
 //! contents with bounds-checked slice access, so a corrupt or hostile offset inside a
 //! block can make us skip that block but never read outside it. It does not choose between
 //! paths or open sockets (see `socket.rs`).
