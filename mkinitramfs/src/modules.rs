@@ -393,8 +393,9 @@ fn visit(
 /// list's own directory (`/lib/modules`, so `KVER/kernel/...`, which is what the card's
 /// init resolves), then, after one space, its parameters.
 pub fn render_load_list(kver: &str, entries: &[LoadEntry]) -> String {
-    let mut out =
-        String::from("# shelfboot load.list v1: IMAGE-PATH [PARAMS...], load in this order\n");
+    let mut out = String::from(
+        "# shelfboot load.list v1: PATH-RELATIVE-TO-/lib/modules [PARAMS...], in load order\n",
+    );
     for e in entries {
         out.push_str(&format!("{kver}/{}", e.rel_path));
         if !e.params.is_empty() {
