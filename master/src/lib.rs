@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod image;
 pub mod keys;
 pub mod master;
+pub mod serve;
 pub mod policy;
 pub mod resolve;
 pub mod store;

@@ -1,0 +1,436 @@
+//! The Fetch phase of the agent: for each artifact the flash lacks, ask the master
+//! (Fetch), join the transfer it announces (Join), drive an xfer [`Receiver`] whose bytes
+//! go, in order, into the store's staging writer, then finish (sha256 checked by the
+//! receiver and again, read back, by the store); when all are staged, commit atomically
+//! and go Ready.
+//!
+//! Artifacts are fetched one at a time, in plan order. A transfer that stalls (no data for
+//! `timers.stall`) is asked for again from its resume point (`Fetch.have_slices`): that is
+//! how a card survives a master restart or being moved to a catch-up session. After
+//! `timers.fetch_attempts` unanswered Fetches the staging is aborted and the card solicits
+//! again. This module does not decode frames (the agent does) or verify plans.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use shelfboot_proto::data::DataView;
+use shelfboot_proto::frame::{Frame, MacAddr};
+use shelfboot_proto::msg::{
+    ArtifactRef, ErrorReason, Fetch, Join, Message, PlanBody, Progress, Stage,
+};
+use shelfboot_xfer::{
+    ArtifactInfo, DataOutcome, Receiver, ReceiverConfig, ReceiverError, ReceiverState, Resume,
+};
+
+use super::{Agent, Output, State, error_chain};
+use crate::flash::Volumes;
+
+/// The receiver's sink: bytes delivered in order, drained into the store by the agent
+/// after every call into the receiver (at most one receive window at a time).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Spool(Rc<RefCell<Vec<u8>>>);
+
+impl shelfboot_xfer::ByteSink for Spool {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.0.borrow_mut().extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl Spool {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.borrow_mut())
+    }
+}
+
+/// The artifact being fetched.
+struct Current {
+    artifact: ArtifactRef,
+    receiver: Option<Receiver<Spool>>,
+    spool: Spool,
+    group: Option<MacAddr>,
+    /// When the last Fetch went out, and how many went unanswered in a row.
+    fetch_at: Instant,
+    attempts: u32,
+    /// When the receiver wants to be polled again.
+    poll_at: Instant,
+    last_data: Instant,
+}
+
+/// State of the Fetch phase.
+pub(super) struct Fetching {
+    master: MacAddr,
+    plan: PlanBody,
+    queue: VecDeque<ArtifactRef>,
+    total: u64,
+    finished_bytes: u64,
+    current: Option<Current>,
+    progress_at: Instant,
+}
+
+impl Fetching {
+    pub(super) fn new(master: MacAddr, plan: PlanBody, fetch: Vec<ArtifactRef>, now: Instant) -> Self {
+        let total = fetch.iter().map(|a| a.size).sum();
+        Self {
+            master,
+            plan,
+            queue: fetch.into(),
+            total,
+            finished_bytes: 0,
+            current: None,
+            progress_at: now,
+        }
+    }
+
+    /// The multicast group we are in, if any.
+    pub(super) fn group(&self) -> Option<MacAddr> {
+        self.current.as_ref().and_then(|c| c.group)
+    }
+
+    /// (bytes staged, bytes to fetch).
+    pub(super) fn progress(&self) -> (u64, u64) {
+        let cur = self
+            .current
+            .as_ref()
+            .and_then(|c| c.receiver.as_ref())
+            .map_or(0, Receiver::delivered);
+        (self.finished_bytes + cur, self.total)
+    }
+
+    /// When the agent must tick next.
+    pub(super) fn deadline(&self) -> Instant {
+        let mut at = self.progress_at;
+        if let Some(c) = &self.current {
+            at = at.min(c.poll_at);
+        }
+        at
+    }
+}
+
+impl<V: Volumes> Agent<V> {
+    fn since_start(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    fn fetching(&mut self) -> Option<&mut Fetching> {
+        match &mut self.state {
+            State::Fetch(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Time passes in the Fetch phase.
+    pub(super) fn fetch_tick(&mut self, now: Instant) {
+        let timers = self.cfg.timers.clone();
+        let Some(f) = self.fetching() else { return };
+        let master = f.master;
+        if now >= f.progress_at {
+            f.progress_at = now + timers.progress;
+            let (done, total) = f.progress();
+            let artifact = f.current.as_ref().map(|c| c.artifact.sha256);
+            let m = Message::Progress(Progress {
+                stage: Stage::Fetching,
+                artifact,
+                done,
+                total,
+            });
+            self.send(master, &m);
+        }
+        let Some(f) = self.fetching() else { return };
+        if f.current.is_none() {
+            let Some(next) = f.queue.pop_front() else {
+                return self.commit_fetched(now, master);
+            };
+            if let Err(e) = self.store.start(&next) {
+                return self.flash_refused(now, master, &e);
+            }
+            let Some(f) = self.fetching() else { return };
+            f.current = Some(Current {
+                artifact: next.clone(),
+                receiver: None,
+                spool: Spool::default(),
+                group: None,
+                fetch_at: now,
+                attempts: 1,
+                poll_at: now + timers.fetch_retry,
+                last_data: now,
+            });
+            self.counters.fetches += 1;
+            let m = Message::Fetch(Fetch {
+                artifact: next.sha256,
+                have_slices: 0,
+            });
+            return self.send(master, &m);
+        }
+        let since = self.since_start(now);
+        let started = self.started;
+        let mac = self.mac();
+        let State::Fetch(f) = &mut self.state else { return };
+        let Some(cur) = f.current.as_mut() else { return };
+        let mut msgs = Vec::new();
+        let mut refetch = None;
+        match cur.receiver.as_mut() {
+            None if now >= cur.fetch_at + timers.fetch_retry => {
+                refetch = Some(Fetch {
+                    artifact: cur.artifact.sha256,
+                    have_slices: 0,
+                });
+            }
+            None => cur.poll_at = cur.fetch_at + timers.fetch_retry,
+            Some(rx) => {
+                let wake = rx.poll(since, &mut msgs);
+                let stalled = now >= cur.last_data + timers.stall && now >= cur.fetch_at + timers.stall;
+                if stalled {
+                    refetch = Some(rx.fetch());
+                }
+                let stall_at = cur.last_data.max(cur.fetch_at) + timers.stall;
+                cur.poll_at = match wake {
+                    Some(w) => (started + w).min(stall_at),
+                    None => stall_at,
+                };
+                cur.poll_at = cur.poll_at.max(now + Duration::from_millis(1));
+            }
+        }
+        if let Some(fetch) = refetch {
+            cur.attempts += 1;
+            cur.fetch_at = now;
+            cur.poll_at = now + timers.fetch_retry.min(timers.stall);
+            if cur.attempts > timers.fetch_attempts {
+                log::warn!(
+                    "card {mac}: master {master} stopped answering for artifact {} after {} Fetches: soliciting again",
+                    cur.artifact.name,
+                    timers.fetch_attempts
+                );
+                if let Err(e) = self.store.abort() {
+                    log::error!("card {mac}: {}", error_chain(&e));
+                }
+                return self.back_to_discovery(now);
+            }
+            self.counters.fetches += 1;
+            msgs.push(Message::Fetch(fetch));
+        }
+        for m in msgs {
+            if matches!(m, Message::Nack(_)) {
+                self.counters.nacks += 1;
+            }
+            self.send(master, &m);
+        }
+    }
+
+    /// A Join from a master.
+    pub(super) fn on_join(&mut self, now: Instant, src: MacAddr, join: Join) {
+        let since = self.since_start(now);
+        let mac = self.mac();
+        let Some(f) = self.fetching() else {
+            self.counters.dropped_unexpected += 1;
+            return;
+        };
+        let master = f.master;
+        let Some(cur) = f.current.as_mut().filter(|c| c.artifact.sha256 == join.artifact) else {
+            self.counters.dropped_unexpected += 1;
+            return;
+        };
+        // Data comes to our own MAC or to a locally administered multicast group.
+        let group_ok = join.group == mac
+            || (join.group.0[0] & 0x03 == 0x03 && join.group != MacAddr::BROADCAST);
+        if src != master || !group_ok {
+            self.counters.dropped_unexpected += 1;
+            return;
+        }
+        let result = match cur.receiver.as_mut() {
+            Some(rx) => rx.set_session(&join, since),
+            None => Receiver::new(
+                ReceiverConfig::default(),
+                ArtifactInfo::from(&cur.artifact),
+                &join,
+                Resume::fresh(),
+                cur.spool.clone(),
+                since,
+            )
+            .map(|rx| {
+                cur.receiver = Some(rx);
+            }),
+        };
+        if let Err(e) = result {
+            log::warn!("card {mac}: ignored Join from {src}: {}", error_chain(&e));
+            self.counters.dropped_unexpected += 1;
+            return;
+        }
+        let old = cur.group.take();
+        if join.group.is_group() && join.group != MacAddr::BROADCAST {
+            cur.group = Some(join.group);
+        }
+        cur.attempts = 0;
+        cur.last_data = now;
+        cur.fetch_at = now;
+        cur.poll_at = now;
+        let new = cur.group;
+        if old != new {
+            if let Some(g) = old {
+                self.outputs.push(Output::LeaveGroup(g));
+            }
+            if let Some(g) = new {
+                self.outputs.push(Output::JoinGroup(g));
+            }
+        }
+        self.drain_spool(now);
+    }
+
+    /// A data frame addressed to us or a group we joined.
+    pub(super) fn on_data(&mut self, now: Instant, frame: &Frame<'_>) {
+        let since = self.since_start(now);
+        let src = frame.link().src;
+        let view = match DataView::from_frame(frame) {
+            Ok(v) => v,
+            Err(_) => {
+                self.counters.dropped_malformed += 1;
+                return;
+            }
+        };
+        let State::Fetch(f) = &mut self.state else {
+            self.counters.dropped_data += 1;
+            return;
+        };
+        let master = f.master;
+        let Some(cur) = f.current.as_mut() else {
+            self.counters.dropped_data += 1;
+            return;
+        };
+        let Some(rx) = cur.receiver.as_mut().filter(|rx| rx.transfer() == view.transfer()) else {
+            self.counters.dropped_data += 1;
+            return;
+        };
+        if src != master {
+            self.counters.dropped_data += 1;
+            return;
+        }
+        cur.last_data = now;
+        cur.attempts = 0;
+        let outcome = rx.on_data(&view, since);
+        match outcome {
+            Ok(DataOutcome::Accepted) => self.counters.data_blocks += 1,
+            Ok(DataOutcome::Completed) => self.counters.data_blocks += 1,
+            Ok(DataOutcome::Dropped(_)) => self.counters.dropped_data += 1,
+            Err(e) => return self.transfer_failed(now, master, e),
+        }
+        let due = cur.poll_at;
+        if !self.drain_spool(now) {
+            return;
+        }
+        let complete = self
+            .fetching()
+            .and_then(|f| f.current.as_ref())
+            .and_then(|c| c.receiver.as_ref())
+            .is_some_and(|rx| rx.state() == ReceiverState::Complete);
+        if complete {
+            self.finish_current(now);
+        } else if now >= due {
+            self.fetch_tick(now);
+        }
+    }
+
+    /// Move the bytes the receiver delivered into the staging volume. False if the store
+    /// failed (the failure is handled).
+    fn drain_spool(&mut self, now: Instant) -> bool {
+        let Some(f) = self.fetching() else { return false };
+        let master = f.master;
+        let Some(cur) = f.current.as_ref() else { return false };
+        let bytes = cur.spool.take();
+        if bytes.is_empty() {
+            return true;
+        }
+        let artifact = cur.artifact.clone();
+        match self.store.write(&artifact, &bytes) {
+            Ok(()) => {
+                self.counters.bytes_written += bytes.len() as u64;
+                true
+            }
+            Err(e) => {
+                self.flash_refused(now, master, &e);
+                false
+            }
+        }
+    }
+
+    /// The receiver verified the artifact: finish its staging volume, go on.
+    fn finish_current(&mut self, now: Instant) {
+        let Some(f) = self.fetching() else { return };
+        let master = f.master;
+        let Some(cur) = f.current.take() else { return };
+        f.finished_bytes += cur.artifact.size;
+        if let Some(g) = cur.group {
+            self.outputs.push(Output::LeaveGroup(g));
+        }
+        // The receiver's last Progress (Verifying) tells the master we are done.
+        if let Some(mut rx) = cur.receiver {
+            let mut msgs = Vec::new();
+            rx.poll(self.since_start(now), &mut msgs);
+            for m in msgs {
+                self.send(master, &m);
+            }
+        }
+        if let Err(e) = self.store.finish(&cur.artifact) {
+            return self.flash_refused(now, master, &e);
+        }
+        log::info!(
+            "card {}: staged {} {} ({} bytes, sha256 verified)",
+            self.mac(),
+            cur.artifact.name,
+            cur.artifact.version,
+            cur.artifact.size
+        );
+        self.fetch_tick(now);
+    }
+
+    fn transfer_failed(&mut self, now: Instant, master: MacAddr, e: ReceiverError) {
+        let reason = match (&e, self.fetching().and_then(|f| f.current.as_ref())) {
+            (ReceiverError::DigestMismatch { actual, .. }, Some(cur)) => {
+                let mut got = [0u8; 32];
+                if hex::decode_to_slice(actual, &mut got).is_err() {
+                    got = [0; 32];
+                }
+                ErrorReason::VerificationFailed {
+                    artifact: cur.artifact.name.clone(),
+                    expected: cur.artifact.sha256,
+                    got,
+                }
+            }
+            _ => ErrorReason::Malformed,
+        };
+        self.send_error(master, reason, error_chain(&e));
+        if let Err(e) = self.store.abort() {
+            log::error!("card {}: {}", self.mac(), error_chain(&e));
+        }
+        self.back_to_discovery(now);
+    }
+
+    /// Everything staged: commit in one atomic rename, then Ready.
+    fn commit_fetched(&mut self, now: Instant, master: MacAddr) {
+        let digest = match self.fetching() {
+            Some(f) => f.plan.digest,
+            None => return,
+        };
+        let m = Message::Progress(Progress {
+            stage: Stage::Committing,
+            artifact: None,
+            done: 0,
+            total: 0,
+        });
+        self.send(master, &m);
+        match self.store.commit() {
+            Ok(inv) if inv.set.digest == digest => self.become_ready(now, master, false),
+            Ok(inv) => {
+                log::error!(
+                    "card {}: committed set {} is not the plan's {}",
+                    self.mac(),
+                    hex::encode(inv.set.digest),
+                    hex::encode(digest)
+                );
+                self.back_to_discovery(now);
+            }
+            Err(e) => self.flash_refused(now, master, &e),
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! The card agent: the whole boot conversation of one card as a sans-IO state machine.
+//!
+//! ```text
+//!  Discover --(verified Plan, Continue, flash matches)------------------> Ready
+//!     |  ^  \--(verified Plan, Fetch)--> Fetch --(all staged, commit)--> Ready
+//!     |  |                                 |                               |
+//!     |  +---(Error sent / master lost)----+                         Handoff(decision)
+//!     +--(no plan for `autonomy`, committed set on flash)--> Handoff(autonomous)
+//! ```
+//!
+//! Inputs are events: [`Agent::handle_frame`] (a received Ethernet frame) and
+//! [`Agent::tick`] (time passes; call it by [`Agent::next_deadline`]). Outputs are
+//! [`Output`]s: frames to send, multicast groups to join or leave, and at the end one
+//! [`Decision`]. Flash sits behind the [`Volumes`] trait through the [`Store`], so the
+//! same agent runs as PID 1 over UBI, as a simulated card over files, and in unit tests
+//! over an in-memory fake.
+//!
+//! Security rules (see `docs/conversation.md`): a plan is acted on only if a key of the
+//! trust anchor signed it, it echoes this boot's nonce and its digest is the digest of its
+//! contents; commands need a trusted signature, our MAC or no target, and an (epoch,
+//! serial) above every one executed; Join and data frames are taken only from the master
+//! whose plan we accepted and only for the artifact we asked for. Every artifact is
+//! verified (sha256 against the signed plan) by the store before it can be committed.
+//! Everything else is counted in [`Counters`] and dropped; nothing here panics on input.
+//!
+//! This module does not open sockets, read clocks, draw random numbers, kexec or
+//! switch_root: the caller does, from the outputs.
+
+mod config;
+mod counters;
+mod fetch;
+mod rng;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+pub use config::{AgentConfig, Identity, Timers};
+pub use counters::Counters;
+
+use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr, MessageType};
+use shelfboot_proto::msg::{
+    self, Action, Command, ErrorMsg, ErrorReason, Handoff, Message, Plan, PlanBody, Ready,
+    Solicit,
+};
+use shelfboot_proto::sign::SignError;
+
+use crate::flash::inventory::SetRecord;
+use crate::flash::{Store, StoreError, Volumes};
+use fetch::Fetching;
+use rng::SplitMix;
+
+/// What the agent asks its caller to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Transmit this complete Ethernet frame.
+    Send(Vec<u8>),
+    /// Receive frames sent to this multicast group (a transfer session).
+    JoinGroup(MacAddr),
+    /// Stop receiving this group.
+    LeaveGroup(MacAddr),
+    /// The conversation is over: do this. Emitted once; the agent is then finished.
+    Decision(Decision),
+}
+
+/// How the conversation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Boot the committed set.
+    Boot {
+        /// The set to boot (as committed in the inventory).
+        set: SetRecord,
+        /// kexec into its boot image, or switch_root into its packages.
+        handoff: Handoff,
+        /// True if no master validated it (none answered within the autonomy timer).
+        autonomous: bool,
+        /// True if nothing was fetched (a warm boot that only validated).
+        validated_only: bool,
+    },
+    /// A signed command ordered a reset: restart the conversation with this phase.
+    Reset {
+        /// Phase of the next Solicit.
+        phase: msg::BootPhase,
+    },
+}
+
+/// Where the agent is (for reports and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Soliciting a plan.
+    Discover,
+    /// Fetching and staging artifacts.
+    Fetch,
+    /// Ready sent (repeats may be pending); decision emitted.
+    Ready,
+    /// Finished (decision emitted, nothing more to send).
+    Done,
+}
+
+/// Errors the agent reports to its caller (besides the structured Error it sends the
+/// master): a flash failure that is not the plan's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Encoding one of our own messages failed (a bug: our messages are bounded).
+    #[error("encoding our {what} message failed")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: msg::MsgError,
+    },
+}
+
+enum State {
+    Discover {
+        attempt: u32,
+        next: Instant,
+    },
+    Fetch(Box<Fetching>),
+    Ready {
+        frame: Vec<u8>,
+        left: u32,
+        next: Instant,
+    },
+    Done,
+}
+
+/// One card's boot conversation. See the module docs.
+pub struct Agent<V: Volumes> {
+    cfg: AgentConfig,
+    store: Store<V>,
+    state: State,
+    started: Instant,
+    session: u32,
+    sequence: u32,
+    rng: SplitMix,
+    counters: Counters,
+    /// Highest master epoch seen in a verified plan or command.
+    epoch: u64,
+    /// (epoch, serial) of the last executed command.
+    last_command: Option<(u64, u64)>,
+    /// Last structured error a master sent us (for reports).
+    last_master_error: Option<ErrorMsg>,
+    /// Last structured error we sent (for reports).
+    last_error_sent: Option<ErrorMsg>,
+    outputs: Vec<Output>,
+}
+
+impl<V: Volumes> std::fmt::Debug for Agent<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("mac", &self.cfg.identity.mac)
+            .field("phase", &self.phase())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Volumes> Agent<V> {
+    /// A new conversation over an opened store. The first Solicit goes out at the first
+    /// [`Agent::tick`] (call it at once).
+    pub fn new(cfg: AgentConfig, store: Store<V>, now: Instant) -> Self {
+        let session = u32::from_be_bytes([cfg.nonce[0], cfg.nonce[1], cfg.nonce[2], cfg.nonce[3]]);
+        let rng = SplitMix::new(cfg.seed ^ u64::from(session));
+        Self {
+            cfg,
+            store,
+            state: State::Discover {
+                attempt: 0,
+                next: now,
+            },
+            started: now,
+            session,
+            sequence: 0,
+            rng,
+            counters: Counters::default(),
+            epoch: 0,
+            last_command: None,
+            last_master_error: None,
+            last_error_sent: None,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Our MAC.
+    pub fn mac(&self) -> MacAddr {
+        self.cfg.identity.mac
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The flash store.
+    pub fn store(&self) -> &Store<V> {
+        &self.store
+    }
+
+    /// Give the store back (after the decision, to boot from it).
+    pub fn into_store(self) -> Store<V> {
+        self.store
+    }
+
+    /// Where the conversation is.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Discover { .. } => Phase::Discover,
+            State::Fetch(_) => Phase::Fetch,
+            State::Ready { .. } => Phase::Ready,
+            State::Done => Phase::Done,
+        }
+    }
+
+    /// The last structured error a master sent us.
+    pub fn last_master_error(&self) -> Option<&ErrorMsg> {
+        self.last_master_error.as_ref()
+    }
+
+    /// The last structured error we sent a master.
+    pub fn last_error_sent(&self) -> Option<&ErrorMsg> {
+        self.last_error_sent.as_ref()
+    }
+
+    /// Progress of the current fetch: (bytes staged, bytes to fetch in total).
+    pub fn fetch_progress(&self) -> Option<(u64, u64)> {
+        match &self.state {
+            State::Fetch(f) => Some(f.progress()),
+            _ => None,
+        }
+    }
+
+    /// When [`Agent::tick`] must be called next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let autonomy = self.autonomy_deadline();
+        let own = match &self.state {
+            State::Discover { next, .. } => Some(*next),
+            State::Fetch(f) => Some(f.deadline()),
+            State::Ready { next, .. } => Some(*next),
+            State::Done => None,
+        };
+        match (own, autonomy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn autonomy_deadline(&self) -> Option<Instant> {
+        match (&self.state, self.cfg.timers.autonomy, self.store.inventory()) {
+            (State::Discover { .. }, Some(t), Some(_)) => Some(self.started + t),
+            _ => None,
+        }
+    }
+
+    /// Time passes: send what is due. Returns the outputs.
+    pub fn tick(&mut self, now: Instant) -> Vec<Output> {
+        if let Some(at) = self.autonomy_deadline()
+            && now >= at
+        {
+            self.boot_autonomously();
+            return std::mem::take(&mut self.outputs);
+        }
+        match &mut self.state {
+            State::Discover { attempt, next } if now >= *next => {
+                let a = *attempt;
+                let interval = self.backoff(a);
+                if let State::Discover { attempt, next } = &mut self.state {
+                    *attempt += 1;
+                    *next = now + interval;
+                }
+                self.send_solicit();
+            }
+            State::Fetch(_) => self.fetch_tick(now),
+            State::Ready { frame, left, next } if now >= *next => {
+                let f = frame.clone();
+                *left = left.saturating_sub(1);
+                *next = now + self.cfg.timers.ready_spacing;
+                let finished = *left == 0;
+                self.emit_frame(f);
+                if finished {
+                    self.state = State::Done;
+                }
+            }
+            _ => {}
+        }
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// A frame arrived (complete Ethernet frame as received). Returns the outputs.
+    pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) -> Vec<Output> {
+        self.counters.frames_in += 1;
+        match Frame::decode(bytes, self.cfg.ethertype) {
+            Ok(frame) => self.handle_decoded(now, &frame),
+            Err(FrameError::WrongEtherType { .. }) => self.counters.dropped_not_for_us += 1,
+            Err(e) => {
+                log::debug!("card {}: dropped frame: {e}", self.mac());
+                self.counters.dropped_malformed += 1;
+            }
+        }
+        std::mem::take(&mut self.outputs)
+    }
+
+    fn handle_decoded(&mut self, now: Instant, frame: &Frame<'_>) {
+        let dst = frame.link().dst;
+        let src = frame.link().src;
+        let for_us = dst == self.mac() || dst == MacAddr::BROADCAST || self.in_group(dst);
+        if !for_us || src == self.mac() {
+            self.counters.dropped_not_for_us += 1;
+            return;
+        }
+        if frame.header().msg_type == MessageType::Data {
+            self.on_data(now, frame);
+            return;
+        }
+        let message = match msg::decode_message(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                log::debug!("card {}: dropped control frame from {src}: {e}", self.mac());
+                self.counters.dropped_malformed += 1;
+                return;
+            }
+        };
+        match message {
+            Message::Plan(p) => self.on_plan(now, src, frame.header(), p),
+            Message::Join(j) => self.on_join(now, src, j),
+            Message::Command(c) => self.on_command(now, c),
+            Message::Error(e) => self.on_master_error(src, e),
+            Message::Advertise(_) | Message::Heartbeat(_) => {}
+            Message::Solicit(_)
+            | Message::Fetch(_)
+            | Message::Nack(_)
+            | Message::Progress(_)
+            | Message::Ready(_) => self.counters.dropped_unexpected += 1,
+        }
+    }
+
+    fn in_group(&self, dst: MacAddr) -> bool {
+        match &self.state {
+            State::Fetch(f) => f.group() == Some(dst),
+            _ => false,
+        }
+    }
+
+    /// Solicit retry interval after `attempt` unanswered Solicits, with jitter.
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let t = &self.cfg.timers;
+        let base = t
+            .solicit_initial
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(t.solicit_max);
+        let jitter = u64::from(t.jitter_percent.min(100));
+        let span = u64::try_from(base.as_micros()).unwrap_or(u64::MAX) * jitter / 100;
+        let offset = if span == 0 {
+            0
+        } else {
+            self.rng.next() % (2 * span + 1)
+        };
+        let micros = u64::try_from(base.as_micros()).unwrap_or(u64::MAX) - span + offset;
+        Duration::from_micros(micros)
+    }
+
+    fn solicit(&self) -> Solicit {
+        let id = &self.cfg.identity;
+        Solicit {
+            mac: id.mac,
+            card_type: id.card_type.clone(),
+            arch: id.arch,
+            shelf: id.shelf,
+            slot: id.slot,
+            hw_rev: id.hw_rev.clone(),
+            features: id.features.clone(),
+            phase: self.cfg.phase,
+            inventory: self
+                .store
+                .inventory()
+                .map(|i| i.set.refs())
+                .unwrap_or_default(),
+            inventory_digest: self.store.digest(),
+            nonce: self.cfg.nonce,
+        }
+    }
+
+    fn send_solicit(&mut self) {
+        self.counters.solicits += 1;
+        let m = Message::Solicit(self.solicit());
+        self.send(MacAddr::BROADCAST, &m);
+    }
+
+    /// Encode and queue `m` to `dst`.
+    fn send(&mut self, dst: MacAddr, m: &Message) {
+        let link = Link {
+            dst,
+            src: self.mac(),
+            ethertype: self.cfg.ethertype,
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        let header = Header::new(m.msg_type(), self.session, self.sequence);
+        let mut buf = vec![0u8; shelfboot_proto::MAX_FRAME_LEN];
+        match msg::encode_message_with_header(&mut buf, &link, &header, m) {
+            Ok(n) => {
+                buf.truncate(n);
+                self.emit_frame(buf);
+            }
+            Err(source) => {
+                let e = AgentError::Encode {
+                    what: match m.msg_type() {
+                        MessageType::Solicit => "Solicit",
+                        MessageType::Fetch => "Fetch",
+                        MessageType::Nack => "Nack",
+                        MessageType::Progress => "Progress",
+                        MessageType::Ready => "Ready",
+                        MessageType::Error => "Error",
+                        _ => "control",
+                    },
+                    source,
+                };
+                log::error!("card {}: {}", self.mac(), error_chain(&e));
+            }
+        }
+    }
+
+    fn emit_frame(&mut self, frame: Vec<u8>) {
+        self.counters.frames_out += 1;
+        self.outputs.push(Output::Send(frame));
+    }
+
+    /// Send a structured error to `master` and remember it.
+    fn send_error(&mut self, master: MacAddr, reason: ErrorReason, detail: String) {
+        let e = ErrorMsg { reason, detail };
+        log::warn!("card {}: reporting to {master}: {}", self.mac(), e.detail);
+        self.counters.errors_sent += 1;
+        self.send(master, &Message::Error(e.clone()));
+        self.last_error_sent = Some(e);
+    }
+
+    fn on_master_error(&mut self, src: MacAddr, e: ErrorMsg) {
+        self.counters.master_errors += 1;
+        log::warn!(
+            "card {}: master {src} reports {:?}: {}",
+            self.mac(),
+            e.reason,
+            e.detail
+        );
+        self.last_master_error = Some(e);
+    }
+
+    fn on_plan(&mut self, now: Instant, src: MacAddr, header: Header, plan: Plan) {
+        if !matches!(self.state, State::Discover { .. }) {
+            self.counters.dropped_unexpected += 1;
+            return;
+        }
+        if let Err(e) = self.cfg.anchor.verify_plan(&plan, &self.cfg.nonce) {
+            match e {
+                SignError::NonceMismatch => self.counters.dropped_replayed += 1,
+                _ => self.counters.dropped_forged += 1,
+            }
+            log::warn!(
+                "card {}: dropped plan from {src}: {}",
+                self.mac(),
+                error_chain(&e)
+            );
+            return;
+        }
+        if header.session != self.session {
+            self.counters.dropped_replayed += 1;
+            return;
+        }
+        self.counters.plans_accepted += 1;
+        self.epoch = self.epoch.max(plan.body.epoch);
+        log::info!(
+            "card {}: plan {} from {src} (epoch {}, {:?}, {} artifacts)",
+            self.mac(),
+            hex::encode(plan.body.digest),
+            plan.body.epoch,
+            plan.body.verdict,
+            plan.body.artifacts.len()
+        );
+        self.apply_plan(now, src, plan.body);
+    }
+
+    /// A verified plan: validate (Continue) or start fetching.
+    fn apply_plan(&mut self, now: Instant, master: MacAddr, plan: PlanBody) {
+        if !plan.persist {
+            // RAM-only test mode needs a RAM store beside the flash one; this agent
+            // stages into flash only, so it must not touch flash for such a plan.
+            self.send_error(
+                master,
+                ErrorReason::Malformed,
+                "test-mode (persist = false) plans are not supported by this card agent; flash untouched".into(),
+            );
+            self.back_to_discovery(now);
+            return;
+        }
+        let check = match self.store.check(&plan.artifacts, &plan.cmdline) {
+            Ok(c) => c,
+            Err(e) => return self.flash_refused(now, master, &e),
+        };
+        let intact = match self.store.inventory().map(|i| i.set.clone()) {
+            Some(set) if check.up_to_date => match self.store.missing_volumes(&set) {
+                Ok(missing) => missing.is_empty(),
+                Err(e) => return self.flash_refused(now, master, &e),
+            },
+            _ => false,
+        };
+        if intact {
+            log::info!("card {}: flash matches the plan: validated", self.mac());
+            return self.become_ready(now, master, true);
+        }
+        match self.store.begin(&plan.artifacts, &plan.cmdline) {
+            Ok(check) => {
+                let f = Fetching::new(master, plan, check.fetch, now);
+                self.state = State::Fetch(Box::new(f));
+                self.fetch_tick(now);
+            }
+            Err(e) => self.flash_refused(now, master, &e),
+        }
+    }
+
+    /// The store refused the plan (space, bad blocks, flash error): tell the master, keep
+    /// the committed set, solicit again later.
+    fn flash_refused(&mut self, now: Instant, master: MacAddr, e: &StoreError) {
+        let reason = match e {
+            StoreError::NoSpace { needed, available } => ErrorReason::NoSpace {
+                needed: *needed,
+                available: *available,
+            },
+            StoreError::BadBlocks { bad_pebs, .. } => ErrorReason::BadBlocks {
+                count: u32::try_from(*bad_pebs).unwrap_or(u32::MAX),
+            },
+            _ => ErrorReason::Malformed,
+        };
+        let detail = error_chain(e);
+        self.send_error(master, reason, detail);
+        if let Err(e) = self.store.abort() {
+            log::error!("card {}: {}", self.mac(), error_chain(&e));
+        }
+        self.back_to_discovery(now);
+    }
+
+    /// Start soliciting again, at the longest interval (the master was just heard from;
+    /// it answers when the operator fixed the cause).
+    fn back_to_discovery(&mut self, now: Instant) {
+        if let State::Fetch(f) = &self.state
+            && let Some(g) = f.group()
+        {
+            self.outputs.push(Output::LeaveGroup(g));
+        }
+        let attempt = 16;
+        let interval = self.backoff(attempt);
+        self.cfg.nonce = self.next_nonce();
+        self.session =
+            u32::from_be_bytes([self.cfg.nonce[0], self.cfg.nonce[1], self.cfg.nonce[2], self.cfg.nonce[3]]);
+        self.state = State::Discover {
+            attempt,
+            next: now + interval,
+        };
+    }
+
+    /// A fresh nonce for a new round of discovery (derived from the boot nonce and the
+    /// jitter generator; a replayed plan of the earlier round no longer matches).
+    fn next_nonce(&mut self) -> msg::Nonce {
+        let mut n = [0u8; 16];
+        n[..8].copy_from_slice(&self.rng.next().to_be_bytes());
+        n[8..].copy_from_slice(&self.rng.next().to_be_bytes());
+        for (a, b) in n.iter_mut().zip(self.cfg.nonce.iter()) {
+            *a ^= b.rotate_left(3);
+        }
+        n
+    }
+
+    /// The committed set is the plan's set: send Ready and decide the hand-off.
+    fn become_ready(&mut self, now: Instant, master: MacAddr, validated_only: bool) {
+        let Some(inv) = self.store.inventory() else {
+            return self.back_to_discovery(now);
+        };
+        let set = inv.set.clone();
+        let handoff = handoff_of(&set);
+        let ready = Message::Ready(Ready {
+            digest: set.digest,
+            persisted: true,
+            handoff,
+        });
+        let before = self.outputs.len();
+        self.send(master, &ready);
+        let frame = match self.outputs.get(before) {
+            Some(Output::Send(f)) => f.clone(),
+            _ => Vec::new(),
+        };
+        let left = self.cfg.timers.ready_repeats.saturating_sub(1);
+        self.state = if left == 0 || frame.is_empty() {
+            State::Done
+        } else {
+            State::Ready {
+                frame,
+                left,
+                next: now + self.cfg.timers.ready_spacing,
+            }
+        };
+        self.outputs.push(Output::Decision(Decision::Boot {
+            set,
+            handoff,
+            autonomous: false,
+            validated_only,
+        }));
+    }
+
+    fn boot_autonomously(&mut self) {
+        let Some(inv) = self.store.inventory() else {
+            return;
+        };
+        let set = inv.set.clone();
+        log::warn!(
+            "card {}: no master answered within {:?}: booting the committed set {} on our own",
+            self.mac(),
+            self.cfg.timers.autonomy,
+            hex::encode(set.digest)
+        );
+        let handoff = handoff_of(&set);
+        self.state = State::Done;
+        self.outputs.push(Output::Decision(Decision::Boot {
+            set,
+            handoff,
+            autonomous: true,
+            validated_only: false,
+        }));
+    }
+
+    fn on_command(&mut self, now: Instant, cmd: Command) {
+        if let Err(e) = self.cfg.anchor.verify_command(&cmd) {
+            self.counters.dropped_forged += 1;
+            log::warn!("card {}: dropped command: {}", self.mac(), error_chain(&e));
+            return;
+        }
+        let b = &cmd.body;
+        if b.target.is_some_and(|t| t != self.mac()) {
+            self.counters.dropped_not_for_us += 1;
+            return;
+        }
+        let stamp = (b.epoch, b.serial);
+        if b.epoch < self.epoch || self.last_command.is_some_and(|last| stamp <= last) {
+            self.counters.dropped_replayed += 1;
+            return;
+        }
+        self.last_command = Some(stamp);
+        self.epoch = b.epoch;
+        self.counters.commands += 1;
+        log::info!("card {}: command {:?} (epoch {}, serial {})", self.mac(), b.action, b.epoch, b.serial);
+        match b.action {
+            Action::Reset | Action::WarmBoot => {
+                let phase = if b.action == Action::Reset {
+                    msg::BootPhase::AfterReset
+                } else {
+                    msg::BootPhase::WarmBoot
+                };
+                if let Err(e) = self.store.abort() {
+                    log::error!("card {}: {}", self.mac(), error_chain(&e));
+                }
+                if let State::Fetch(f) = &self.state
+                    && let Some(g) = f.group()
+                {
+                    self.outputs.push(Output::LeaveGroup(g));
+                }
+                self.state = State::Done;
+                self.outputs.push(Output::Decision(Decision::Reset { phase }));
+            }
+            Action::BurnNow => {
+                // Solicit again at once: the plan we get is fetched and committed.
+                if let State::Discover { next, .. } = &mut self.state {
+                    *next = now;
+                }
+            }
+            Action::EnterTestMode | Action::LeaveTestMode => {
+                // Test mode lives in the master's plan (persist = false); nothing to
+                // remember on the card beyond this boot.
+            }
+        }
+    }
+}
+
+/// kexec if the set has a boot image, else switch_root into its packages.
+fn handoff_of(set: &SetRecord) -> Handoff {
+    if set.boot_image().is_some() {
+        Handoff::Kexec
+    } else {
+        Handoff::SwitchRoot
+    }
+}
+
+/// An error and its `source()` chain on one line, outermost first.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}

@@ -1,0 +1,250 @@
+//! `master serve`: the backplane service. An AF_PACKET endpoint (netio) on one interface
+//! that answers Solicits with signed plans, runs transfer sessions, records what cards
+//! report in the node database, and heartbeats with its epoch.
+//!
+//! ```text
+//!   recv_batch ──> Service::handle_frame ──> replies (Plan, Join, Error)
+//!        ^              │ queue Solicits (fair, one per card)
+//!        │              v
+//!   wait ≤ 20 ms   Service::tick ──> Plans (≤ budget per tick), Heartbeat
+//!        │         Service::poll_data ──> data frames (xfer Senders, paced)
+//!        └──────── send_batch  ·  every second: STATE/serve-stats.json
+//! ```
+//!
+//! Files in the state directory: `plan.key`/`plan.pub` (the plan-signing key, made on
+//! first start unless `--key` names one), `plan.anchor` (the public key as a card trust
+//! anchor: 32 raw bytes), `serve.epoch` (bumped at every start), `serve-stats.json`.
+//! See `docs/conversation.md`.
+//!
+//! This module does not resolve plans (the [`crate::master`] operations do) and does not
+//! implement the transfer engine (`shelfboot-xfer` does).
+
+pub mod service;
+pub mod sessions;
+pub mod stats;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use shelfboot_netio::{PacketSocket, SocketConfig};
+use shelfboot_proto::frame::MacAddr;
+use shelfboot_proto::sign::SigningKey;
+
+pub use service::{Service, ServiceConfig};
+pub use stats::{ServeStats, SessionStats};
+
+use crate::master::{Master, MasterError};
+
+/// Settings of `master serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Backplane interface.
+    pub iface: String,
+    /// State directory.
+    pub state: PathBuf,
+    /// Plan-signing key file (default `STATE/plan.key`, generated if missing).
+    pub key: Option<PathBuf>,
+    /// EtherType.
+    pub ethertype: u16,
+    /// Solicits answered per loop iteration at most.
+    pub solicit_budget: usize,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Join window of new sessions.
+    pub join_window: Duration,
+    /// Rate ceiling per session, bytes per second.
+    pub max_rate: u64,
+}
+
+impl ServeConfig {
+    /// Defaults for `iface` and `state`.
+    pub fn new(iface: &str, state: &Path) -> Self {
+        Self {
+            iface: iface.to_owned(),
+            state: state.to_path_buf(),
+            key: None,
+            ethertype: shelfboot_proto::DEFAULT_ETHERTYPE,
+            solicit_budget: 32,
+            heartbeat: Duration::from_secs(1),
+            join_window: Duration::from_millis(300),
+            max_rate: 125_000_000,
+        }
+    }
+}
+
+/// Failures of `master serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("opening the master state in {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: MasterError,
+    },
+    #[error("plan-signing key {path}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: crate::keys::KeyError,
+    },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("backplane interface {iface}: check it exists and that we run as root")]
+    Socket {
+        iface: String,
+        #[source]
+        source: shelfboot_netio::SocketError,
+    },
+    #[error("interface {iface} has MTU {mtu}, outside what the protocol supports")]
+    Mtu {
+        iface: String,
+        mtu: u32,
+        #[source]
+        source: shelfboot_proto::data::DataError,
+    },
+}
+
+/// Loads the plan-signing key (generating `STATE/plan.key` on first start) and writes
+/// `STATE/plan.anchor` (the public key in the card trust-anchor format).
+pub fn load_key(cfg: &ServeConfig) -> Result<SigningKey, ServeError> {
+    let path = cfg
+        .key
+        .clone()
+        .unwrap_or_else(|| cfg.state.join("plan.key"));
+    if cfg.key.is_none() && !path.exists() {
+        crate::keys::keygen(&cfg.state.join("plan")).map_err(|source| ServeError::Key {
+            path: path.clone(),
+            source,
+        })?;
+        log::info!("master: generated plan-signing key {}", path.display());
+    }
+    let k = crate::keys::read_signing_key(&path).map_err(|source| ServeError::Key {
+        path: path.clone(),
+        source,
+    })?;
+    let key = SigningKey::from_seed(&k.to_bytes());
+    let anchor = cfg.state.join("plan.anchor");
+    std::fs::write(&anchor, key.public_key().to_bytes()).map_err(|source| ServeError::Write {
+        path: anchor,
+        source,
+    })?;
+    Ok(key)
+}
+
+/// Bumps and returns the epoch stored in `STATE/serve.epoch`.
+pub fn next_epoch(state: &Path) -> Result<u64, ServeError> {
+    let path = state.join("serve.epoch");
+    let old = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let epoch = old + 1;
+    std::fs::write(&path, format!("{epoch}\n")).map_err(|source| ServeError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(epoch)
+}
+
+/// Runs the service on `cfg.iface` until `stop` is set. Writes the stats file about once
+/// a second and at exit.
+pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeError> {
+    let master = Master::open(&cfg.state).map_err(|source| ServeError::State {
+        path: cfg.state.clone(),
+        source,
+    })?;
+    let key = load_key(cfg)?;
+    let epoch = next_epoch(&cfg.state)?;
+    let sock_cfg = SocketConfig {
+        ethertype: cfg.ethertype,
+        ..SocketConfig::default()
+    };
+    let mut sock = PacketSocket::open(&cfg.iface, sock_cfg).map_err(|source| ServeError::Socket {
+        iface: cfg.iface.clone(),
+        source,
+    })?;
+    let mtu = sock.mtu();
+    let block_size = shelfboot_proto::data::block_size_for_mtu(
+        u16::try_from(mtu.min(u32::from(shelfboot_proto::MAX_MTU))).unwrap_or(1500),
+    )
+    .map_err(|source| ServeError::Mtu {
+        iface: cfg.iface.clone(),
+        mtu,
+        source,
+    })?;
+    let mac = MacAddr(sock.mac().0);
+    let scfg = ServiceConfig {
+        ethertype: cfg.ethertype,
+        solicit_budget: cfg.solicit_budget,
+        heartbeat: cfg.heartbeat,
+        block_size,
+        join_window: cfg.join_window,
+        max_rate: cfg.max_rate,
+    };
+    let now = Instant::now();
+    let mut svc = Service::new(scfg, master, key, mac, epoch, now);
+    log::info!(
+        "master: serving {} ({mac}, MTU {mtu}, block {block_size}) epoch {epoch}",
+        cfg.iface
+    );
+    let mut next_stats = now;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        out.extend(svc.tick(now));
+        let wake = svc.poll_data(now, 256, &mut out);
+        send_all(&mut sock, &out);
+        out.clear();
+        if now >= next_stats {
+            next_stats = now + Duration::from_secs(1);
+            write_stats(cfg, &svc);
+        }
+        let wait = wake
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(20));
+        let r = sock.recv_batch(
+            &mut |frame: &[u8], _src| {
+                let replies = svc.handle_frame(Instant::now(), frame);
+                out.extend(replies);
+            },
+            wait,
+        );
+        if let Err(e) = r {
+            log::error!("master: receive on {}: {}", cfg.iface, crate::error_chain(&e).join(": "));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        send_all(&mut sock, &out);
+        out.clear();
+    }
+    write_stats(cfg, &svc);
+    let mut st = svc.stats();
+    st.iface = cfg.iface.clone();
+    Ok(st)
+}
+
+fn send_all(sock: &mut PacketSocket, frames: &[Vec<u8>]) {
+    if frames.is_empty() {
+        return;
+    }
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    match sock.send_batch(&refs) {
+        Ok(n) if n < refs.len() => {
+            log::warn!("master: {} of {} frames not sent (link busy)", refs.len() - n, refs.len());
+        }
+        Ok(_) => {}
+        Err(e) => log::error!("master: send: {}", crate::error_chain(&e).join(": ")),
+    }
+}
+
+fn write_stats<S: crate::store::Store>(cfg: &ServeConfig, svc: &Service<S>) {
+    let mut st = svc.stats();
+    st.iface = cfg.iface.clone();
+    if let Err(e) = stats::write(&cfg.state, &st) {
+        log::warn!("master: writing stats to {}: {e}", cfg.state.display());
+    }
+}

@@ -1,0 +1,508 @@
+//! The master's side of the boot conversation, sans-IO: frames in
+//! ([`Service::handle_frame`]), frames out ([`Service::tick`] and the reply of each
+//! handled frame), time passed in as an argument.
+//!
+//! - **Solicit** is queued, one entry per card (a newer Solicit replaces the queued one and
+//!   keeps its place), and served round-robin, at most `solicit_budget` per tick, so that a
+//!   discovery storm of hundreds of cards is served fairly while transfers keep flowing.
+//!   Serving one costs constant work whatever the fleet size: record the identity and
+//!   inventory, resolve the plan, sign it. Verdict Continue if the card's inventory
+//!   digest equals the plan digest (no artifact byte moves), else Fetch. A card without a
+//!   plan gets Error UnknownCard (it is recorded as seen).
+//! - **Fetch**, **Nack** and transfer **Progress** go to [`super::sessions`].
+//! - **Progress** (overall), **Error** and **Ready** update the node database.
+//! - **Advertise** at start and **Heartbeat** every `heartbeat` carry our epoch.
+//!
+//! This module does not open sockets or read the clock (see [`super::run`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr};
+use shelfboot_proto::msg::{
+    self, Advertise, ErrorMsg, ErrorReason, Heartbeat, Message, PlanBody, Solicit, Stage,
+    Verdict,
+};
+use shelfboot_proto::sign::SigningKey;
+
+use super::sessions::Sessions;
+use super::stats::ServeStats;
+use crate::master::{Master, MasterError};
+use crate::policy::Mac;
+use crate::resolve::Plan;
+use crate::store::{Inventory, InventoryItem, NodeIdentity, NodeState, Store};
+
+/// Tunables of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Our EtherType.
+    pub ethertype: u16,
+    /// Solicits answered per tick at most.
+    pub solicit_budget: usize,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Block size of transfer sessions (from the link MTU).
+    pub block_size: u16,
+    /// Join window of a new session.
+    pub join_window: Duration,
+    /// Rate ceiling of a session, frame bytes per second.
+    pub max_rate: u64,
+}
+
+/// A queued Solicit.
+struct Pending {
+    header: Header,
+    solicit: Solicit,
+}
+
+/// The master service. See the module docs.
+pub struct Service<S: Store> {
+    cfg: ServiceConfig,
+    master: Master<S>,
+    key: SigningKey,
+    mac: MacAddr,
+    master_id: u64,
+    epoch: u64,
+    origin: Instant,
+    queue: VecDeque<MacAddr>,
+    pending: HashMap<MacAddr, Pending>,
+    /// Artifacts of each card's last plan (to check its Fetches).
+    plans: HashMap<MacAddr, Plan>,
+    /// Last node state recorded per card (avoid a database write per Progress).
+    states: HashMap<MacAddr, NodeState>,
+    sessions: Sessions,
+    next_heartbeat: Instant,
+    sequence: u32,
+    stats: ServeStats,
+    out: Vec<Vec<u8>>,
+}
+
+impl<S: Store> std::fmt::Debug for Service<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("mac", &self.mac)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mac_of(m: MacAddr) -> Option<Mac> {
+    m.to_string().parse().ok()
+}
+
+impl<S: Store> Service<S> {
+    /// A service for `master`, signing plans with `key`, sending from `mac`.
+    pub fn new(
+        cfg: ServiceConfig,
+        master: Master<S>,
+        key: SigningKey,
+        mac: MacAddr,
+        epoch: u64,
+        now: Instant,
+    ) -> Self {
+        let pk = key.public_key().to_bytes();
+        let master_id = u64::from_be_bytes([pk[0], pk[1], pk[2], pk[3], pk[4], pk[5], pk[6], pk[7]]);
+        let mut sessions = Sessions::new(&cfg, mac, master_id);
+        // Transfer ids differ between runs, so a card never takes a new session's frames
+        // for an old one's.
+        sessions.set_first_transfer((u32::try_from(epoch & 0x7fff).unwrap_or(0) << 16) | 1);
+        let mut s = Self {
+            cfg,
+            master,
+            key,
+            mac,
+            master_id,
+            epoch,
+            origin: now,
+            queue: VecDeque::new(),
+            pending: HashMap::new(),
+            plans: HashMap::new(),
+            states: HashMap::new(),
+            sessions,
+            next_heartbeat: now,
+            sequence: 0,
+            stats: ServeStats {
+                epoch,
+                ..ServeStats::default()
+            },
+            out: Vec::new(),
+        };
+        let adv = Message::Advertise(Advertise {
+            master_id,
+            epoch,
+        });
+        s.send(MacAddr::BROADCAST, 0, &adv);
+        s
+    }
+
+    /// The counters (sessions included).
+    pub fn stats(&self) -> ServeStats {
+        let mut st = self.stats.clone();
+        st.sessions = self.sessions.stats();
+        st.artifact_bytes = st.sessions.iter().map(|s| s.artifact_bytes()).sum();
+        st.catch_up_sessions = st.sessions.iter().filter(|s| s.catch_up).count() as u64;
+        st
+    }
+
+    /// The master state (e.g. for a test to look at the node database).
+    pub fn master(&self) -> &Master<S> {
+        &self.master
+    }
+
+    fn since(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.origin)
+    }
+
+    /// Encode `m` to `dst` with `session` echoed.
+    fn send(&mut self, dst: MacAddr, session: u32, m: &Message) {
+        let link = Link {
+            dst,
+            src: self.mac,
+            ethertype: self.cfg.ethertype,
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        let header = Header::new(m.msg_type(), session, self.sequence);
+        let mut buf = vec![0u8; shelfboot_proto::MAX_FRAME_LEN];
+        match msg::encode_message_with_header(&mut buf, &link, &header, m) {
+            Ok(n) => {
+                buf.truncate(n);
+                self.stats.frames_out += 1;
+                self.out.push(buf);
+            }
+            Err(e) => log::error!(
+                "master: encoding {} to {dst} failed: {}",
+                m.msg_type(),
+                crate::error_chain(&e).join(": ")
+            ),
+        }
+    }
+
+    /// A frame arrived. Returns the frames to send now.
+    pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) -> Vec<Vec<u8>> {
+        self.stats.frames_in += 1;
+        let frame = match Frame::decode(bytes, self.cfg.ethertype) {
+            Ok(f) => f,
+            Err(FrameError::WrongEtherType { .. }) => {
+                self.stats.dropped_not_for_us += 1;
+                return Vec::new();
+            }
+            Err(e) => {
+                self.stats.dropped_malformed += 1;
+                if let (Some((h, m)), Some(src)) = (msg::reply_for(&e), netio_src(bytes)) {
+                    self.send(src, h.session, &m);
+                }
+                return std::mem::take(&mut self.out);
+            }
+        };
+        let link = frame.link();
+        if link.src == self.mac || !(link.dst == self.mac || link.dst == MacAddr::BROADCAST) {
+            self.stats.dropped_not_for_us += 1;
+            return Vec::new();
+        }
+        let message = match msg::decode_message(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                log::debug!("master: dropped frame from {}: {e}", link.src);
+                self.stats.dropped_malformed += 1;
+                return Vec::new();
+            }
+        };
+        let src = link.src;
+        let since = self.since(now);
+        match message {
+            Message::Solicit(s) => self.on_solicit(src, frame.header(), s),
+            Message::Fetch(f) => {
+                self.stats.fetches += 1;
+                let allowed = self.entitled(src, &f.artifact);
+                match allowed {
+                    Some(a) => {
+                        let session = frame.header().session;
+                        let joins = self.sessions.on_fetch(src, &a, &f, since, &self.master);
+                        match joins {
+                            Ok(join) => {
+                                self.stats.joins += 1;
+                                self.send(src, session, &Message::Join(join));
+                            }
+                            Err(e) => {
+                                self.stats.fetches_refused += 1;
+                                log::error!("master: cannot serve {src}: {}", crate::error_chain(&e).join(": "));
+                            }
+                        }
+                    }
+                    None => {
+                        self.stats.fetches_refused += 1;
+                        log::warn!(
+                            "master: {src} asked for artifact {} that is not in its plan: refused",
+                            hex::encode(f.artifact)
+                        );
+                    }
+                }
+            }
+            Message::Nack(n) => {
+                if !self.sessions.on_nack(src, &n, since) {
+                    self.stats.dropped_unexpected += 1;
+                }
+            }
+            Message::Progress(p) => {
+                if p.artifact.is_some() {
+                    self.sessions.on_progress(src, &p, since);
+                }
+                let state = match p.stage {
+                    Stage::Committing => NodeState::Committing,
+                    _ => NodeState::Fetching,
+                };
+                self.set_state(src, state, None);
+            }
+            Message::Ready(r) => {
+                self.stats.ready += 1;
+                self.on_ready(src, r.digest, r.persisted);
+            }
+            Message::Error(e) => {
+                self.stats.card_errors += 1;
+                self.sessions.forget(src, since);
+                log::warn!("master: card {src} reports {:?}: {}", e.reason, e.detail);
+                let text = format!("{:?}: {}", e.reason, e.detail);
+                self.set_state(src, NodeState::Failed, Some(&text));
+            }
+            Message::Advertise(_)
+            | Message::Heartbeat(_)
+            | Message::Plan(_)
+            | Message::Join(_)
+            | Message::Command(_) => self.stats.dropped_unexpected += 1,
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The artifact with sha256 `sha` if it is in the plan of `card`.
+    fn entitled(&mut self, card: MacAddr, sha: &[u8; 32]) -> Option<msg::ArtifactRef> {
+        if !self.plans.contains_key(&card) {
+            // After a master restart a card resumes with Fetch without soliciting again.
+            let plan = mac_of(card).and_then(|m| self.master.plan(&m).ok())?;
+            self.plans.insert(card, plan);
+        }
+        self.plans
+            .get(&card)?
+            .artifact_refs()
+            .into_iter()
+            .find(|a| &a.sha256 == sha)
+    }
+
+    fn on_solicit(&mut self, src: MacAddr, header: Header, s: Solicit) {
+        self.stats.solicits += 1;
+        if s.mac != src {
+            // A card speaks for itself only.
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        let p = Pending { header, solicit: s };
+        if self.pending.insert(src, p).is_some() {
+            self.stats.solicits_coalesced += 1;
+        } else {
+            self.queue.push_back(src);
+            self.stats.solicit_queue_high_water =
+                self.stats.solicit_queue_high_water.max(self.queue.len() as u64);
+        }
+    }
+
+    /// Serve one queued Solicit.
+    fn serve_solicit(&mut self, src: MacAddr, p: Pending) {
+        self.stats.solicits_served += 1;
+        let s = &p.solicit;
+        let Some(mac) = mac_of(src) else { return };
+        let id = NodeIdentity {
+            mac: mac.clone(),
+            card_type: s.card_type.clone(),
+            arch: match s.arch {
+                msg::Arch::X86_64 => "x86_64".into(),
+                msg::Arch::Aarch64 => "aarch64".into(),
+            },
+            shelf: u32::from(s.shelf),
+            slot: u32::from(s.slot),
+            hw_rev: s.hw_rev.clone(),
+            features: s.features.clone(),
+        };
+        let plan = match self.master.record_solicit(&id) {
+            Ok(plan) => plan,
+            Err(MasterError::Plan { source, .. }) => {
+                self.stats.unknown_cards += 1;
+                let detail = format!(
+                    "no plan for card {src} ({} slot {}): {}",
+                    s.card_type,
+                    s.slot,
+                    crate::error_chain(&source).join(": ")
+                );
+                log::warn!("master: {detail}");
+                let e = Message::Error(ErrorMsg {
+                    reason: ErrorReason::UnknownCard,
+                    detail: truncate(detail, 400),
+                });
+                return self.send(src, p.header.session, &e);
+            }
+            Err(e) => {
+                self.stats.db_errors += 1;
+                log::error!("master: Solicit of {src}: {}", crate::error_chain(&e).join(": "));
+                return;
+            }
+        };
+        let inv = Inventory {
+            digest: s.inventory_digest.map(crate::image::manifest::HexDigest),
+            items: s
+                .inventory
+                .iter()
+                .map(|a| InventoryItem {
+                    kind: match a.kind {
+                        msg::ArtifactKind::BootImage => "boot".into(),
+                        msg::ArtifactKind::Package => "package".into(),
+                    },
+                    name: a.name.clone(),
+                    version: a.version.clone(),
+                    sha256: crate::image::manifest::HexDigest(a.sha256),
+                })
+                .collect(),
+        };
+        if let Err(e) = self.master.record_inventory(&mac, &inv) {
+            self.stats.db_errors += 1;
+            log::error!("master: inventory of {src}: {}", crate::error_chain(&e).join(": "));
+        }
+        let verdict = if s.inventory_digest == Some(plan.digest.0) {
+            self.stats.plans_continue += 1;
+            Verdict::Continue
+        } else {
+            self.stats.plans_fetch += 1;
+            self.set_state(src, NodeState::Fetching, None);
+            Verdict::Fetch
+        };
+        let body = PlanBody {
+            artifacts: plan.artifact_refs(),
+            cmdline: plan.cmdline.clone(),
+            persist: plan.persist,
+            verdict,
+            digest: plan.digest.0,
+            nonce: s.nonce,
+            epoch: self.epoch,
+        };
+        self.plans.insert(src, plan);
+        match self.key.sign_plan(body) {
+            Ok(signed) => self.send(src, p.header.session, &Message::Plan(signed)),
+            Err(e) => log::error!("master: signing the plan of {src}: {}", crate::error_chain(&e).join(": ")),
+        }
+    }
+
+    fn on_ready(&mut self, src: MacAddr, digest: [u8; 32], persisted: bool) {
+        let state = if persisted { NodeState::Ready } else { NodeState::Test };
+        let Some(plan) = self.plans.get(&src) else {
+            return self.set_state(src, state, None);
+        };
+        if plan.digest.0 != digest {
+            log::warn!(
+                "master: {src} is ready with set {} but its plan is {}",
+                hex::encode(digest),
+                plan.digest
+            );
+        }
+        let inv = Inventory {
+            digest: Some(crate::image::manifest::HexDigest(digest)),
+            items: plan
+                .artifact_refs()
+                .iter()
+                .map(|a| InventoryItem {
+                    kind: match a.kind {
+                        msg::ArtifactKind::BootImage => "boot".into(),
+                        msg::ArtifactKind::Package => "package".into(),
+                    },
+                    name: a.name.clone(),
+                    version: a.version.clone(),
+                    sha256: crate::image::manifest::HexDigest(a.sha256),
+                })
+                .collect(),
+        };
+        if plan.digest.0 == digest
+            && let Some(mac) = mac_of(src)
+            && let Err(e) = self.master.record_inventory(&mac, &inv)
+        {
+            self.stats.db_errors += 1;
+            log::error!("master: inventory of {src}: {}", crate::error_chain(&e).join(": "));
+        }
+        self.set_state(src, state, None);
+    }
+
+    /// Record a node state (only on change, except failures which carry a reason).
+    fn set_state(&mut self, src: MacAddr, state: NodeState, reason: Option<&str>) {
+        if reason.is_none() && self.states.get(&src) == Some(&state) {
+            return;
+        }
+        let Some(mac) = mac_of(src) else { return };
+        let r = match reason {
+            Some(text) => self.master.record_error(&mac, text),
+            None => self.master.record_state(&mac, state),
+        };
+        match r {
+            Ok(()) => {
+                self.states.insert(src, state);
+            }
+            Err(e) => {
+                self.stats.db_errors += 1;
+                log::debug!("master: state of {src}: {}", crate::error_chain(&e).join(": "));
+            }
+        }
+    }
+
+    /// Time passes: serve queued Solicits, heartbeat. Returns control frames to send.
+    pub fn tick(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        for _ in 0..self.cfg.solicit_budget {
+            let Some(src) = self.queue.pop_front() else { break };
+            if let Some(p) = self.pending.remove(&src) {
+                self.serve_solicit(src, p);
+            }
+        }
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.cfg.heartbeat;
+            self.stats.heartbeats += 1;
+            let hb = Message::Heartbeat(Heartbeat {
+                master_id: self.master_id,
+                epoch: self.epoch,
+            });
+            self.send(MacAddr::BROADCAST, 0, &hb);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Solicits waiting to be served.
+    pub fn queued_solicits(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Data frames due at `now`, at most `max`, appended to `out`. Returns when to call
+    /// again at the latest.
+    pub fn poll_data(&mut self, now: Instant, max: usize, out: &mut Vec<Vec<u8>>) -> Instant {
+        let since = self.since(now);
+        let before = out.len();
+        let wake = self.sessions.poll(since, max, out);
+        self.stats.frames_out += (out.len() - before) as u64;
+        let next_control = if self.queue.is_empty() {
+            self.next_heartbeat
+        } else {
+            now
+        };
+        (self.origin + wake).min(next_control)
+    }
+}
+
+/// Source MAC of a raw frame, if it has an Ethernet header.
+fn netio_src(bytes: &[u8]) -> Option<MacAddr> {
+    let b = bytes.get(6..12)?;
+    let mut m = [0u8; 6];
+    m.copy_from_slice(b);
+    Some(MacAddr(m))
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

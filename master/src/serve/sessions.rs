@@ -1,0 +1,308 @@
+//! Transfer sessions of `master serve`: one xfer [`Sender`] per (artifact, session),
+//! reading the blob file with positional reads (never loading it whole), sending to a
+//! locally administered group MAC.
+//!
+//! A card's Fetch joins the live session of that artifact if the sender admits it (within
+//! the join window, or close enough behind the first pass to repair by NACK); otherwise
+//! (session finished, card too far behind, card dropped from it for lagging or silence)
+//! a new session starts for it, counted as a catch-up session. Cards that ask within the
+//! same join window therefore share one session: each artifact crosses the wire once per
+//! session, not once per card.
+//!
+//! This module does not check that a card may have an artifact (the service does) and
+//! does not touch the node database.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shelfboot_proto::frame::{Link, MacAddr};
+use shelfboot_proto::msg::{ArtifactRef, Fetch, Join, Nack, Progress};
+use shelfboot_xfer::{
+    Admission, ArtifactInfo, SendStep, Sender, SenderConfig, SenderError, SenderEvent,
+};
+
+use super::service::ServiceConfig;
+use super::stats::SessionStats;
+use crate::master::Master;
+use crate::store::Store;
+
+/// Why a Fetch could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The artifact's blob file cannot be opened.
+    #[error("cannot open blob {path} of artifact {name}: re-import its release or run `master gc` checks")]
+    Blob {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sender refused the session (geometry).
+    #[error("cannot start a transfer session for artifact {name}")]
+    Sender {
+        name: String,
+        #[source]
+        source: SenderError,
+    },
+    /// A fresh session did not admit the card (a bug).
+    #[error("a fresh session for artifact {name} did not admit card {card}")]
+    NotAdmitted { name: String, card: MacAddr },
+}
+
+struct Session {
+    sender: Sender<File>,
+    stats: SessionStats,
+    wake: Duration,
+}
+
+/// All sessions of one service run.
+pub struct Sessions {
+    ethertype: u16,
+    block_size: u16,
+    join_window: Duration,
+    max_rate: u64,
+    mac: MacAddr,
+    next_transfer: u32,
+    live: BTreeMap<u32, Session>,
+    finished: Vec<SessionStats>,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("live", &self.live.len())
+            .field("finished", &self.finished.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The group MAC of transfer `t`: locally administered multicast `03:5b:tt:tt:tt:tt`.
+pub fn group_mac(t: u32) -> MacAddr {
+    let b = t.to_be_bytes();
+    MacAddr([0x03, 0x5b, b[0], b[1], b[2], b[3]])
+}
+
+impl Sessions {
+    pub(super) fn new(cfg: &ServiceConfig, mac: MacAddr, seed: u64) -> Self {
+        // Transfer ids differ between runs (epochs), so a card never mixes up a session
+        // of a master it talked to before a restart with a new one.
+        let first = u32::try_from(seed & 0xffff).unwrap_or(0) << 16 | 1;
+        Self {
+            ethertype: cfg.ethertype,
+            block_size: cfg.block_size,
+            join_window: cfg.join_window,
+            max_rate: cfg.max_rate,
+            mac,
+            next_transfer: first,
+            live: BTreeMap::new(),
+            finished: Vec::new(),
+            buf: vec![0u8; shelfboot_proto::MAX_FRAME_LEN],
+        }
+    }
+
+    /// Set the first transfer id (the service derives it from its epoch).
+    pub(super) fn set_first_transfer(&mut self, t: u32) {
+        self.next_transfer = t.max(1);
+    }
+
+    /// Stats of every session, oldest first.
+    pub(super) fn stats(&self) -> Vec<SessionStats> {
+        let mut all = self.finished.clone();
+        for s in self.live.values() {
+            let mut st = s.stats.clone();
+            fill(&mut st, &s.sender);
+            all.push(st);
+        }
+        all.sort_by_key(|s| s.transfer);
+        all
+    }
+
+    /// A card's Fetch of `artifact`: the Join to send it.
+    pub(super) fn on_fetch<S: Store>(
+        &mut self,
+        card: MacAddr,
+        artifact: &ArtifactRef,
+        fetch: &Fetch,
+        now: Duration,
+        master: &Master<S>,
+    ) -> Result<Join, SessionError> {
+        let mut existed = false;
+        for s in self.live.values_mut() {
+            if s.sender.artifact().sha256 != artifact.sha256 {
+                continue;
+            }
+            existed = true;
+            let was_member = s.sender.members().any(|(m, _)| m == card);
+            if let Admission::Joined(j) = s.sender.join(card, fetch.have_slices, now) {
+                if !was_member {
+                    s.stats.members += 1;
+                }
+                s.wake = now;
+                return Ok(j);
+            }
+        }
+        let transfer = self.next_transfer;
+        self.next_transfer = self.next_transfer.wrapping_add(1).max(1);
+        let path = master.blobs().path(&artifact.sha256);
+        let name = format!("{} {}", artifact.name, artifact.version);
+        let file = File::open(&path).map_err(|source| SessionError::Blob {
+            name: name.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        let group = group_mac(transfer);
+        let link = Link {
+            dst: group,
+            src: self.mac,
+            ethertype: self.ethertype,
+        };
+        let mut cfg = SenderConfig::new(link, self.block_size);
+        cfg.join_window = self.join_window;
+        cfg.rate.max_rate = self.max_rate.max(cfg.rate.min_rate);
+        cfg.rate.min_rate = cfg.rate.min_rate.min(cfg.rate.max_rate);
+        let mut sender = Sender::new(cfg, transfer, ArtifactInfo::from(artifact), file, now)
+            .map_err(|source| SessionError::Sender {
+                name: name.clone(),
+                source,
+            })?;
+        let Admission::Joined(join) = sender.join(card, fetch.have_slices, now) else {
+            return Err(SessionError::NotAdmitted { name, card });
+        };
+        log::info!(
+            "master: session {transfer} for {name} ({} bytes) to {group}{}",
+            artifact.size,
+            if existed { " (catch-up)" } else { "" }
+        );
+        let stats = SessionStats {
+            transfer,
+            artifact: hex::encode(artifact.sha256),
+            name,
+            size: artifact.size,
+            group: group.to_string(),
+            catch_up: existed,
+            members: 1,
+            ..SessionStats::default()
+        };
+        self.live.insert(
+            transfer,
+            Session {
+                sender,
+                stats,
+                wake: now,
+            },
+        );
+        Ok(join)
+    }
+
+    /// A Nack; false if no live session has that transfer id.
+    pub(super) fn on_nack(&mut self, card: MacAddr, nack: &Nack, now: Duration) -> bool {
+        match self.live.get_mut(&nack.transfer) {
+            Some(s) => {
+                s.sender.handle_nack(card, nack, now);
+                s.wake = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A per-artifact Progress: to every live session of that artifact the card is in.
+    pub(super) fn on_progress(&mut self, card: MacAddr, p: &Progress, now: Duration) {
+        for s in self.live.values_mut() {
+            if Some(s.sender.artifact().sha256) == p.artifact
+                && s.sender.members().any(|(m, _)| m == card)
+            {
+                s.sender.handle_progress(card, p, now);
+                s.wake = now;
+            }
+        }
+    }
+
+    /// The card gave up (Error): take it out of every session.
+    pub(super) fn forget(&mut self, card: MacAddr, now: Duration) {
+        for s in self.live.values_mut() {
+            if s.sender.members().any(|(m, _)| m == card) {
+                s.sender.remove(card, now);
+                s.wake = now;
+            }
+        }
+    }
+
+    /// Data frames due at `now` (at most `max`) appended to `out`; returns when to poll
+    /// again at the latest.
+    pub(super) fn poll(&mut self, now: Duration, max: usize, out: &mut Vec<Vec<u8>>) -> Duration {
+        let mut wake = now + Duration::from_millis(50);
+        let mut done = Vec::new();
+        let live = self.live.len().max(1);
+        let share = (max / live).max(1);
+        for (t, s) in self.live.iter_mut() {
+            let mut sent = 0;
+            if s.wake <= now {
+                loop {
+                    if sent >= share {
+                        s.wake = now;
+                        break;
+                    }
+                    match s.sender.poll(now, &mut self.buf) {
+                        Ok(SendStep::Frame { len, .. }) => {
+                            out.push(self.buf[..len].to_vec());
+                            sent += 1;
+                        }
+                        Ok(SendStep::Wait { until }) => {
+                            s.wake = until;
+                            break;
+                        }
+                        Ok(SendStep::Done) => {
+                            done.push(*t);
+                            break;
+                        }
+                        Err(e) => {
+                            log::error!("master: session {t}: {}", crate::error_chain(&e).join(": "));
+                            done.push(*t);
+                            break;
+                        }
+                    }
+                }
+            }
+            while let Some(ev) = s.sender.next_event() {
+                match ev {
+                    SenderEvent::Completed { member } => {
+                        s.stats.completed += 1;
+                        log::debug!("master: session {t}: {member} complete");
+                    }
+                    SenderEvent::Dropped { member, cause, .. } => {
+                        s.stats.dropped += 1;
+                        log::info!("master: session {t}: {member} dropped to catch-up ({cause:?})");
+                    }
+                    SenderEvent::Finished => {}
+                }
+            }
+            wake = wake.min(s.wake);
+        }
+        for t in done {
+            if let Some(mut s) = self.live.remove(&t) {
+                fill(&mut s.stats, &s.sender);
+                s.stats.finished = true;
+                log::info!(
+                    "master: session {t} ({}) finished: {} artifact bytes for {} card(s)",
+                    s.stats.name,
+                    s.stats.artifact_bytes(),
+                    s.stats.members
+                );
+                self.finished.push(s.stats);
+            }
+        }
+        wake.max(now)
+    }
+}
+
+fn fill(st: &mut SessionStats, sender: &Sender<File>) {
+    let x = sender.stats();
+    st.data_bytes = x.data_bytes;
+    st.retransmit_bytes = x.retransmit_bytes;
+    st.frames = x.frames;
+    st.nacks = x.nacks;
+}

@@ -1,0 +1,125 @@
+//! Counters of `master serve`, written as JSON to `STATE/serve-stats.json` (atomically,
+//! about once a second and at exit) so that `master stats --json` and tests can read
+//! them while the service runs.
+//!
+//! This module only counts and stores; it decides nothing.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the stats inside the state directory.
+pub const STATS_FILE: &str = "serve-stats.json";
+
+/// One transfer session, as counted by its sender.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStats {
+    /// Transfer id.
+    pub transfer: u32,
+    /// sha256 of the artifact (hex).
+    pub artifact: String,
+    /// Artifact name and version.
+    pub name: String,
+    /// Artifact size in bytes.
+    pub size: u64,
+    /// Destination MAC of the data frames.
+    pub group: String,
+    /// A catch-up session (started for cards dropped from, or too late for, another).
+    pub catch_up: bool,
+    /// Cards admitted.
+    pub members: u32,
+    /// Cards that completed.
+    pub completed: u32,
+    /// Cards dropped to catch-up.
+    pub dropped: u32,
+    /// Artifact bytes sent in the first pass.
+    pub data_bytes: u64,
+    /// Artifact bytes sent again as repairs.
+    pub retransmit_bytes: u64,
+    /// Data frames sent.
+    pub frames: u64,
+    /// NACKs accepted.
+    pub nacks: u64,
+    /// Finished (every member completed or was dropped).
+    pub finished: bool,
+}
+
+impl SessionStats {
+    /// Artifact bytes this session put on the wire (first pass + repairs).
+    pub fn artifact_bytes(&self) -> u64 {
+        self.data_bytes + self.retransmit_bytes
+    }
+}
+
+/// Counters of one `master serve` run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServeStats {
+    /// Epoch of this run.
+    pub epoch: u64,
+    /// Interface served.
+    pub iface: String,
+    /// Frames received and handed to the service.
+    pub frames_in: u64,
+    /// Frames sent (control and data).
+    pub frames_out: u64,
+    /// Solicits received (before de-duplication).
+    pub solicits: u64,
+    /// Solicits answered (Plan or Error).
+    pub solicits_served: u64,
+    /// Solicits replaced in the queue by a newer one from the same card.
+    pub solicits_coalesced: u64,
+    /// Longest the Solicit queue ever was.
+    pub solicit_queue_high_water: u64,
+    /// Plans sent with verdict Continue.
+    pub plans_continue: u64,
+    /// Plans sent with verdict Fetch.
+    pub plans_fetch: u64,
+    /// Solicits answered with Error UnknownCard.
+    pub unknown_cards: u64,
+    /// Fetch requests received.
+    pub fetches: u64,
+    /// Fetches refused (artifact not in the card's plan, or blob missing).
+    pub fetches_refused: u64,
+    /// Joins sent.
+    pub joins: u64,
+    /// Catch-up sessions started.
+    pub catch_up_sessions: u64,
+    /// Ready messages received.
+    pub ready: u64,
+    /// Error messages received from cards.
+    pub card_errors: u64,
+    /// Heartbeats sent.
+    pub heartbeats: u64,
+    /// Frames dropped: did not decode.
+    pub dropped_malformed: u64,
+    /// Frames dropped: not addressed to us (or our own).
+    pub dropped_not_for_us: u64,
+    /// Frames dropped: a message only a master sends, or one no session wants.
+    pub dropped_unexpected: u64,
+    /// Node-database writes that failed (logged).
+    pub db_errors: u64,
+    /// Artifact bytes sent by all sessions (first pass + repairs).
+    pub artifact_bytes: u64,
+    /// Every session of this run, oldest first.
+    pub sessions: Vec<SessionStats>,
+}
+
+/// Path of the stats file in `state`.
+pub fn stats_path(state: &Path) -> PathBuf {
+    state.join(STATS_FILE)
+}
+
+/// Writes `stats` to the state directory atomically (temp file + rename).
+pub fn write(state: &Path, stats: &ServeStats) -> io::Result<()> {
+    let tmp = state.join(format!("{STATS_FILE}.tmp"));
+    let text = serde_json::to_vec_pretty(stats).map_err(io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, stats_path(state))
+}
+
+/// Reads the stats of the last (or running) `master serve` on `state`.
+pub fn read(state: &Path) -> io::Result<ServeStats> {
+    let bytes = std::fs::read(stats_path(state))?;
+    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
