@@ -40,6 +40,19 @@ pub fn with_libraries(binary: &Path) -> Result<Vec<(PathBuf, String)>, CmdError>
     Ok(pairs)
 }
 
+/// [`with_libraries`] for several binaries, each file once (shared libraries repeat).
+pub fn all_with_libraries(binaries: &[&Path]) -> Result<Vec<(PathBuf, String)>, CmdError> {
+    let mut out: Vec<(PathBuf, String)> = Vec::new();
+    for b in binaries {
+        for pair in with_libraries(b)? {
+            if !out.iter().any(|(_, dst)| *dst == pair.1) {
+                out.push(pair);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
