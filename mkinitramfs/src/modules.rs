@@ -345,7 +345,13 @@ impl ModuleIndex {
         order
             .into_iter()
             .map(|name| {
-                let (rel, _) = &self.deps[&name];
+                let Some((rel, _)) = self.deps.get(&name) else {
+                    return Err(ModulesError::Missing {
+                        dep_file: self.dir.join("modules.dep"),
+                        wanted_by: "the load order".into(),
+                        name,
+                    });
+                };
                 let file = self.dir.join(rel);
                 if !file.is_file() {
                     return Err(ModulesError::MissingFile { name, path: file });

@@ -79,6 +79,18 @@ pub enum BackplaneError {
         #[source]
         source: nix::Error,
     },
+    /// An interface counter is not a number.
+    #[error("counter {name} of {ifname} in {netns} reads {value:?}, not a number")]
+    Counter {
+        /// The namespace.
+        netns: String,
+        /// The interface.
+        ifname: String,
+        /// The counter.
+        name: String,
+        /// What was read.
+        value: String,
+    },
     /// The interface has no link-layer address entry.
     #[error("interface {ifname} not found in network namespace {netns}")]
     NoInterface {
@@ -264,7 +276,12 @@ impl Backplane {
             self.exec("cat")
                 .arg(format!("/sys/class/net/{ifname}/statistics/{name}")),
         )?;
-        Ok(out.trim().parse().unwrap_or(0))
+        out.trim().parse().map_err(|_| BackplaneError::Counter {
+            netns: self.netns.clone(),
+            ifname: ifname.to_string(),
+            name: name.to_string(),
+            value: out.trim().to_string(),
+        })
     }
 }
 
