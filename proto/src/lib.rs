@@ -10,6 +10,7 @@
 //! - [`data`]: data frames (fixed binary header, no CBOR), slices and NACK bitmaps.
 //! - [`sign`]: Ed25519 signatures over plans, commands and manifests; the trust anchor.
 //! - [`describe`]: a human-readable dump of a frame, for `master decode HEX`.
+//! - [`samples`]: deterministic example messages and frames (tests, fuzz seeds, docs).
 //!
 //! It does not choose addresses, retransmit, time out or resolve plans: that is the
 //! business of the card state machine and the master.
@@ -29,7 +30,7 @@ pub use describe::describe_frame;
 ///   **appended**; nothing is renamed, reordered, re-keyed or removed. A new field is
 ///   optional (absent means the old behaviour) so that a newer peer still decodes the older
 ///   version's messages.
-/// - Any change to what goes on the wire bumps [`CURRENT`], and gets a new
+/// - Any change to what goes on the wire bumps [`crate::version::CURRENT`], and gets a new
 ///   `proto/tests/golden_vN.rs` that pins its bytes; the older golden files stay.
 /// - The first 14 bytes of our header (see [`crate::frame`]) and the layout of the
 ///   `Error`/`UnsupportedVersion` reply are frozen forever, so that any two versions can
