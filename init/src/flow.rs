@@ -362,3 +362,241 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
         provisioned,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::fake::{Call, Recorder};
+    use crate::sys::power::Leave;
+    use sha2::{Digest as _, Sha256};
+    use shelfboot_card::flash::FakeVolumes;
+    use shelfboot_card::flash::artifact::{ArtifactKind, ArtifactRef};
+
+    fn art(kind: ArtifactKind, name: &str, data: &[u8]) -> ArtifactRef {
+        ArtifactRef {
+            kind,
+            name: name.into(),
+            version: "1".into(),
+            sha256: Sha256::digest(data).into(),
+            size: data.len() as u64,
+        }
+    }
+
+    /// A fake flash with one committed set: a boot image and two packages.
+    fn committed() -> (FakeVolumes, Store<FakeVolumes>) {
+        let dev = FakeVolumes::new(4096, 256);
+        let boot = shelfboot_mkinitramfs::bootimage::build(
+            b"bzImage-bytes",
+            b"cpio-bytes",
+            "console=ttyS0",
+        )
+        .unwrap();
+        let arts = [
+            (art(ArtifactKind::BootImage, "kernel", &boot), boot.clone()),
+            (
+                art(ArtifactKind::Package, "base", b"squashfs-base"),
+                b"squashfs-base".to_vec(),
+            ),
+            (
+                art(ArtifactKind::Package, "app", b"squashfs-app"),
+                b"squashfs-app".to_vec(),
+            ),
+        ];
+        let refs: Vec<ArtifactRef> = arts.iter().map(|(r, _)| r.clone()).collect();
+        let (mut s, _) = Store::open(dev.clone(), StoreConfig::default()).unwrap();
+        s.begin(&refs, "console=ttyS0 quiet").unwrap();
+        for (r, data) in &arts {
+            s.stage(r, data.as_slice()).unwrap();
+        }
+        s.commit().unwrap();
+        (dev, s)
+    }
+
+    fn cfg(stored: bool) -> Config {
+        Config {
+            stored,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn committed_boot_image_is_counted_then_kexeced_with_the_marker() {
+        let (_dev, mut store) = committed();
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            stage: t.path().into(),
+            ..Paths::default()
+        };
+        std::fs::create_dir_all(t.path().join("kexec")).unwrap();
+        let mut k = Recorder::default();
+        let err = hand_off(
+            &mut k,
+            &paths,
+            &cfg(false),
+            Some((0, &mut store)),
+            Provisioned::NoMaster {
+                waited: Duration::from_secs(30),
+            },
+        );
+        assert!(
+            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+            "{err}"
+        );
+        let dir = t.path().join("kexec");
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::Mkdir(dir.clone()),
+                Call::KexecLoad(
+                    dir.join("kernel"),
+                    dir.join("initramfs"),
+                    "console=ttyS0 quiet shelfboot.stored=1".into()
+                ),
+                Call::Leave(Leave::Kexec),
+            ]
+        );
+        assert_eq!(std::fs::read(dir.join("initramfs")).unwrap(), b"cpio-bytes");
+        assert_eq!(
+            store.inventory().unwrap().attempts,
+            1,
+            "boot counted before the kexec"
+        );
+    }
+
+    #[test]
+    fn stored_image_switches_root_into_the_packages_without_counting_again() {
+        let (_dev, mut store) = committed();
+        let name = store
+            .inventory()
+            .unwrap()
+            .set
+            .packages()
+            .next()
+            .unwrap()
+            .volume
+            .clone();
+        let base = store.volume_id(&name).unwrap().unwrap();
+        let mut k = Recorder {
+            ubi_num: 0,
+            existing: vec!["/newroot/sbin/init".into()],
+            ..Recorder::default()
+        };
+        let err = hand_off(
+            &mut k,
+            &Paths::default(),
+            &cfg(true),
+            Some((2, &mut store)),
+            Provisioned::Committed,
+        );
+        assert!(
+            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+            "{err}"
+        );
+        let blocks: Vec<&Call> = k
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Call::UbiblockCreate(..)))
+            .collect();
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(
+            *blocks[0],
+            Call::UbiblockCreate(2, base.0),
+            "first package is the bottom layer"
+        );
+        assert!(!k.calls.iter().any(|c| matches!(c, Call::KexecLoad(..))));
+        assert!(matches!(k.calls.last(), Some(Call::ExecInit(..))));
+        assert_eq!(store.inventory().unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn nothing_committed_means_nothing_to_boot_and_no_kernel_calls() {
+        let (mut store, _) =
+            Store::open(FakeVolumes::new(4096, 64), StoreConfig::default()).unwrap();
+        let mut k = Recorder::default();
+        let err = hand_off(
+            &mut k,
+            &Paths::default(),
+            &cfg(false),
+            Some((0, &mut store)),
+            Provisioned::Committed,
+        );
+        assert!(matches!(err, FlowError::NothingToBoot), "{err}");
+        let err = hand_off::<FakeVolumes>(
+            &mut k,
+            &Paths::default(),
+            &cfg(false),
+            None,
+            Provisioned::NoMaster {
+                waited: Duration::ZERO,
+            },
+        );
+        assert!(matches!(err, FlowError::NothingToBoot), "{err}");
+        assert!(k.calls.is_empty());
+    }
+
+    #[test]
+    fn test_mode_boots_tmpfs_packages_and_leaves_flash_alone() {
+        let (dev, mut store) = committed();
+        let before = dev.ops().len();
+        let mut k = Recorder {
+            existing: vec!["/newroot/sbin/init".into()],
+            ..Recorder::default()
+        };
+        let packages = vec![
+            PathBuf::from("/run/shelfboot/test/0.sqfs"),
+            PathBuf::from("/run/shelfboot/test/1.sqfs"),
+        ];
+        let err = hand_off(
+            &mut k,
+            &Paths::default(),
+            &cfg(false),
+            Some((0, &mut store)),
+            Provisioned::TestSet {
+                packages: packages.clone(),
+            },
+        );
+        assert!(
+            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+            "{err}"
+        );
+        let loops: Vec<&Call> = k
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Call::LoopAttach(_)))
+            .collect();
+        assert_eq!(
+            loops,
+            [
+                &Call::LoopAttach(packages[0].clone()),
+                &Call::LoopAttach(packages[1].clone())
+            ]
+        );
+        assert!(
+            !k.calls
+                .iter()
+                .any(|c| matches!(c, Call::UbiblockCreate(..)))
+        );
+        assert_eq!(dev.ops().len(), before, "no flash operation in test mode");
+        assert_eq!(store.inventory().unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn no_agent_reports_no_master_without_touching_anything() {
+        let (dev, mut store) = committed();
+        let before = dev.ops().len();
+        let c = Config::default();
+        let mut s = Session {
+            config: &c,
+            link: None,
+            store: Some(&mut store),
+        };
+        let p = Provisioner::<FakeVolumes>::provision(&mut NoAgent, &mut s).unwrap();
+        assert_eq!(
+            p,
+            Provisioned::NoMaster {
+                waited: Duration::ZERO
+            }
+        );
+        assert_eq!(dev.ops().len(), before);
+    }
+}
