@@ -493,9 +493,8 @@ fn every_sample_frame_truncated_anywhere_errors() {
     }
 }
 
-#[test]
-fn a_plan_of_16_realistic_artifacts_fits_one_frame() {
-    let artifacts: Vec<ArtifactRef> = (0..16u8)
+fn realistic_artifacts() -> Vec<ArtifactRef> {
+    (0..16u8)
         .map(|i| ArtifactRef {
             kind: if i == 0 {
                 ArtifactKind::BootImage
@@ -507,7 +506,32 @@ fn a_plan_of_16_realistic_artifacts_fits_one_frame() {
             sha256: [i; 32],
             size: 200_000_000,
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_solicit_with_16_realistic_artifacts_fits_one_frame() {
+    let inventory = realistic_artifacts();
+    let msg = Message::Solicit(Solicit {
+        mac: MacAddr([2, 0, 0, 0, 0, 7]),
+        card_type: "linecard-100g-x".into(),
+        arch: Arch::X86_64,
+        shelf: u16::MAX,
+        slot: u16::MAX,
+        hw_rev: "rev-B2".into(),
+        features: vec!["mpls".into(), "macsec".into()],
+        phase: BootPhase::AfterReset,
+        inventory_digest: Some(set_digest(&inventory, "")),
+        inventory,
+        nonce: [0; 16],
+    });
+    let len = msg.encode_body().unwrap().len();
+    assert!(len <= MAX_CONTROL_BODY_LEN, "{len}");
+}
+
+#[test]
+fn a_plan_of_16_realistic_artifacts_fits_one_frame() {
+    let artifacts = realistic_artifacts();
     let body = PlanBody {
         digest: set_digest(&artifacts, ""),
         artifacts,
