@@ -6,7 +6,7 @@
 //! [`Duration`](std::time::Duration) since an origin the caller chooses, monotonic); frames
 //! go out through a caller buffer ([`Sender::poll`]) or as control messages pushed to a
 //! caller `Vec` ([`Receiver::poll`]). The master drives a [`Sender`] per session from its
-//! AF_PACKET loop, the card drives a [`Receiver`] per artifact; the `sim` module drives both over
+//! AF_PACKET loop, the card drives a [`Receiver`] per artifact; [`sim`] drives both over
 //! an in-memory lossy broadcast channel for tests and the `simulate` example.
 //!
 //! The wire format is `shelfboot-proto`'s (data frames of [`shelfboot_proto::data`],
@@ -20,6 +20,7 @@ pub mod geometry;
 pub mod pacing;
 pub mod receiver;
 pub mod sender;
+pub mod sim;
 
 pub mod source;
 
@@ -44,3 +45,5 @@ pub fn hex(bytes: &[u8]) -> String {
     }
     s
 }
+#[cfg(test)]
+mod sim_tests;

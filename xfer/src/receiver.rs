@@ -489,7 +489,14 @@ impl<W: ByteSink> Receiver<W> {
             Some(_) => {}
         }
         self.last_data = now;
-        self.highest_seen = Some(self.highest_seen.map_or(hdr.slice, |h| h.max(hdr.slice)));
+        // The artifact's final block means the sender has been past every slice.
+        let last = self.geo.slices().saturating_sub(1);
+        let past = if hdr.slice == last && hdr.block + 1 == self.geo.blocks_in_slice(last) {
+            self.geo.slices()
+        } else {
+            hdr.slice
+        };
+        self.highest_seen = Some(self.highest_seen.map_or(past, |h| h.max(past)));
         if hdr.offset + data.len() as u64 <= self.delivered || hdr.slice < self.next {
             return Ok(self.drop_frame(DropReason::Duplicate));
         }

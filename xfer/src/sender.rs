@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use shelfboot_proto::data::{DataError, DataHeader, SliceBitmap, encode_data_frame};
+use shelfboot_proto::data::{
+    BLOCKS_PER_SLICE, DataError, DataHeader, SliceBitmap, encode_data_frame,
+};
 use shelfboot_proto::frame::{Flags, Header, Link, MacAddr, MessageType};
 use shelfboot_proto::msg::{Join, Nack, Progress};
 use thiserror::Error;
@@ -49,7 +51,9 @@ pub struct SenderConfig {
     /// bytes behind the first pass (it repairs the gap by NACK). Default 8 MiB.
     pub late_join_bytes: u64,
     /// A member whose reported position falls more than this many bytes behind the first
-    /// pass is dropped to catch-up. Default 32 MiB.
+    /// pass is dropped to catch-up. Judged when its Progress or Nack arrives. Must exceed
+    /// the receivers' window (a card holding a hole at the start of a full window is that far
+    /// behind while healthy) plus the data in flight. Default 32 MiB.
     pub max_lag_bytes: u64,
     /// A member that sends nothing (Progress, Nack) for this long is dropped. Default 2 s.
     pub silence_timeout: Duration,
@@ -629,21 +633,26 @@ impl<S: BlockSource> Sender<S> {
             self.interval_start = now;
         }
         if self.started && now.saturating_sub(self.interval_start) >= self.cfg.adjust_interval {
-            let active = self
-                .members
-                .values()
-                .filter(|m| m.state.status == MemberStatus::Active)
-                .count() as u64;
-            let before = self.rate.decreases();
-            let rate = self
-                .rate
-                .end_interval(self.interval_sent * active, self.interval_missing);
-            self.stats.rate_decreases += self.rate.decreases() - before;
-            self.stats.rate = rate;
-            self.bucket.set_rate(rate, now);
+            // Judge only intervals with a slice's worth of frames: a handful of repairs
+            // at the end of a session with a late NACK is no loss ratio. Small intervals
+            // are carried over into the next.
+            if self.interval_sent >= u64::from(BLOCKS_PER_SLICE) {
+                let active = self
+                    .members
+                    .values()
+                    .filter(|m| m.state.status == MemberStatus::Active)
+                    .count() as u64;
+                let before = self.rate.decreases();
+                let rate = self
+                    .rate
+                    .end_interval(self.interval_sent * active, self.interval_missing);
+                self.stats.rate_decreases += self.rate.decreases() - before;
+                self.stats.rate = rate;
+                self.bucket.set_rate(rate, now);
+                self.interval_sent = 0;
+                self.interval_missing = 0;
+            }
             self.interval_start = now;
-            self.interval_sent = 0;
-            self.interval_missing = 0;
         }
         while let Some((at, _, _)) = self.recent.front() {
             if *at + self.cfg.repair_holdoff > now {
@@ -656,12 +665,11 @@ impl<S: BlockSource> Sender<S> {
             if m.state.status != MemberStatus::Active {
                 continue;
             }
+            // Lag is judged when a report arrives (handle_progress / handle_nack), when the
+            // position is fresh; between reports only silence counts.
             let silent_for = now.saturating_sub(m.state.last_heard);
-            let behind = self.cur_slice.saturating_sub(m.state.have_slices);
             if silent_for > self.cfg.silence_timeout {
                 drops.push((*mac, DropCause::Silent { silent_for }));
-            } else if self.started && behind > self.max_lag_slices {
-                drops.push((*mac, DropCause::Lagging { behind }));
             }
         }
         for (mac, cause) in drops {

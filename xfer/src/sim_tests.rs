@@ -1,0 +1,260 @@
+//! Deterministic simulations of whole sessions (see [`crate::sim`]): lossless and lossy
+//! broadcast to 1..16 cards, slow and silent cards moved to catch-up, restarts resumed,
+//! receive windows bounded.
+
+use std::time::Duration;
+
+use shelfboot_proto::DEFAULT_ETHERTYPE;
+use shelfboot_proto::data::block_size_for_mtu;
+use shelfboot_proto::frame::{Link, MacAddr};
+
+use crate::receiver::ReceiverConfig;
+use crate::sender::SenderConfig;
+use crate::sim::{CardSpec, Disturbance, Sim, SimConfig, SimReport, SimRng, SimSink};
+
+const MIB: usize = 1 << 20;
+
+fn artifact(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = SimRng::new(seed);
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        v.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn config(seed: u64) -> SimConfig {
+    let link = Link {
+        dst: MacAddr([0x03, 0, 0, 0, 0, 1]),
+        src: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
+        ethertype: DEFAULT_ETHERTYPE,
+    };
+    SimConfig {
+        seed,
+        latency: Duration::from_micros(100),
+        control_loss: 0.0,
+        sender: SenderConfig::new(link, block_size_for_mtu(1500).unwrap()),
+        receiver: ReceiverConfig::default(),
+        max_time: Duration::from_secs(120),
+        max_steps: 5_000_000,
+        max_sessions_per_card: 8,
+    }
+}
+
+fn cards(n: usize, loss: f64) -> Vec<CardSpec> {
+    (0..n)
+        .map(|_| CardSpec {
+            loss,
+            ..CardSpec::default()
+        })
+        .collect()
+}
+
+/// Every card complete, holding exactly `data`, within its window.
+fn assert_all_identical(report: &SimReport, data: &[u8], window: u64) {
+    assert!(report.all_complete, "not all complete: {report:#?}");
+    for (i, c) in report.cards.iter().enumerate() {
+        match &c.sink {
+            Some(SimSink::Keep(v)) => assert!(v == data, "card {i}: bytes differ"),
+            other => panic!("card {i}: sink {other:?}"),
+        }
+        assert!(
+            c.buffered_high_water <= window,
+            "card {i}: buffered {} > window {window}",
+            c.buffered_high_water
+        );
+    }
+}
+
+#[test]
+fn one_card_lossless() {
+    let data = artifact(3 * MIB + 12345, 1);
+    let cfg = config(1);
+    let window = cfg.receiver.window_bytes;
+    let report = Sim::new(cfg, data.clone(), cards(1, 0.0)).run().unwrap();
+    assert_all_identical(&report, &data, window);
+    assert_eq!(report.sender.data_bytes, data.len() as u64);
+    assert_eq!(report.sender.retransmit_bytes, 0);
+    assert_eq!(report.sessions, 1);
+}
+
+#[test]
+fn eight_and_sixteen_cards_lossless_share_one_pass() {
+    for n in [8, 16] {
+        let data = artifact(2 * MIB + 777, n as u64);
+        let cfg = config(n as u64);
+        let window = cfg.receiver.window_bytes;
+        let report = Sim::new(cfg, data.clone(), cards(n, 0.0)).run().unwrap();
+        assert_all_identical(&report, &data, window);
+        let sent = report.sender.data_bytes + report.sender.retransmit_bytes;
+        assert!(
+            sent as f64 <= 1.05 * data.len() as f64,
+            "{n} cards: {sent} bytes sent for {}",
+            data.len()
+        );
+        assert_eq!(report.sessions, 1, "{n} cards");
+    }
+}
+
+#[test]
+fn random_loss_is_repaired_for_every_card() {
+    for (loss, n, seed) in [(0.01, 8, 11), (0.02, 8, 12), (0.02, 16, 13)] {
+        let data = artifact(2 * MIB + 4321, seed);
+        let cfg = config(seed);
+        let window = cfg.receiver.window_bytes;
+        let report = Sim::new(cfg, data.clone(), cards(n, loss)).run().unwrap();
+        assert_all_identical(&report, &data, window);
+        eprintln!(
+            "loss {loss} x{n}: sim {:?}, sent {} + {} repairs, nacks {}, suppressed {}, rate decreases {}",
+            report.sim_time,
+            report.sender.data_bytes,
+            report.sender.retransmit_bytes,
+            report.sender.nacks,
+            report.sender.holdoff_suppressed,
+            report.sender.rate_decreases
+        );
+        assert!(
+            report.sender.retransmit_bytes > 0,
+            "loss {loss}: no repairs"
+        );
+        // Repairs are shared by the group: far less than one copy per card.
+        let sent = report.sender.data_bytes + report.sender.retransmit_bytes;
+        assert!(
+            (sent as f64) < 1.6 * data.len() as f64,
+            "loss {loss}, {n} cards: {sent} bytes sent for {}",
+            data.len()
+        );
+        assert_eq!(
+            report.sessions, 1,
+            "loss {loss}: nobody should need catch-up"
+        );
+    }
+}
+
+#[test]
+fn lost_control_messages_are_survived() {
+    let data = artifact(MIB + 99, 21);
+    let mut cfg = config(21);
+    cfg.control_loss = 0.05;
+    let window = cfg.receiver.window_bytes;
+    let report = Sim::new(cfg, data.clone(), cards(4, 0.02)).run().unwrap();
+    assert_all_identical(&report, &data, window);
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A config for the catch-up scenarios: 20 MB/s, small lag and window bounds so that a
+/// few MiB exercise them.
+fn small_bounds(seed: u64) -> SimConfig {
+    let mut cfg = config(seed);
+    cfg.sender.rate.max_rate = 20_000_000;
+    cfg.sender.rate.min_rate = 1_000_000;
+    cfg.sender.max_lag_bytes = 2 * MIB as u64;
+    cfg.sender.late_join_bytes = 512 * 1024;
+    cfg.sender.silence_timeout = 300 * MS;
+    cfg.receiver.window_bytes = MIB as u64;
+    cfg
+}
+
+#[test]
+fn slow_card_goes_to_catch_up_without_stalling_the_others() {
+    let data = artifact(4 * MIB, 31);
+    let cfg = small_bounds(31);
+    let window = cfg.receiver.window_bytes;
+    let mut specs = cards(8, 0.0);
+    specs[5].capacity = Some(4_000_000);
+    let report = Sim::new(cfg, data.clone(), specs).run().unwrap();
+    assert_all_identical(&report, &data, window);
+    assert!(report.sessions >= 2, "no catch-up session: {report:#?}");
+    assert!(report.cards[5].sessions >= 2);
+    // The others finish about as fast as without the slow card: 200 ms window + 210 ms of
+    // data at 20 MB/s, plus the backoff before the slow card is dropped.
+    for (i, c) in report.cards.iter().enumerate().filter(|(i, _)| *i != 5) {
+        let at = c.completed_at.unwrap();
+        assert!(at < 700 * MS, "card {i} completed at {at:?}");
+        assert_eq!(c.sessions, 1, "card {i}");
+    }
+    assert!(report.cards[5].completed_at.unwrap() > report.cards[0].completed_at.unwrap());
+}
+
+#[test]
+fn silent_card_is_dropped_and_caught_up_later() {
+    let data = artifact(4 * MIB, 41);
+    let cfg = small_bounds(41);
+    let window = cfg.receiver.window_bytes;
+    let mut sim = Sim::new(cfg, data.clone(), cards(6, 0.01));
+    sim.disturb(250 * MS, Disturbance::Mute(2));
+    sim.disturb(2000 * MS, Disturbance::Unmute(2));
+    let report = sim.run().unwrap();
+    assert_all_identical(&report, &data, window);
+    for (i, c) in report.cards.iter().enumerate().filter(|(i, _)| *i != 2) {
+        assert!(c.completed_at.unwrap() < 700 * MS, "card {i}: {c:?}");
+    }
+    let silent = &report.cards[2];
+    assert_eq!(silent.sessions, 2);
+    assert!(silent.completed_at.unwrap() > 2000 * MS);
+}
+
+#[test]
+fn restarted_card_resumes_from_its_prefix() {
+    let data = artifact(4 * MIB, 51);
+    let cfg = small_bounds(51);
+    let window = cfg.receiver.window_bytes;
+    let blocks = data.len().div_ceil(usize::from(cfg.sender.block_size)) as u64;
+    let mut sim = Sim::new(cfg, data.clone(), cards(4, 0.01));
+    // Mid-transfer, short enough to rejoin the same session.
+    sim.disturb(
+        300 * MS,
+        Disturbance::Restart {
+            card: 1,
+            down: 5 * MS,
+        },
+    );
+    let report = sim.run().unwrap();
+    assert_all_identical(&report, &data, window);
+    let c = &report.cards[1];
+    assert_eq!(c.sessions, 2, "rejoined once");
+    assert_eq!(report.sessions, 1, "same session");
+    assert!(
+        c.stats.accepted < blocks,
+        "prefix fetched again: {:?}",
+        c.stats
+    );
+}
+
+#[test]
+fn card_down_too_long_resumes_in_a_catch_up_session() {
+    let data = artifact(4 * MIB, 61);
+    let cfg = small_bounds(61);
+    let window = cfg.receiver.window_bytes;
+    let mut sim = Sim::new(cfg, data.clone(), cards(3, 0.0));
+    sim.disturb(
+        300 * MS,
+        Disturbance::Restart {
+            card: 0,
+            down: 150 * MS,
+        },
+    );
+    let report = sim.run().unwrap();
+    assert_all_identical(&report, &data, window);
+    assert_eq!(report.sessions, 2);
+    let catch_up = report.sender.data_bytes - report.first_session.data_bytes;
+    assert!(
+        catch_up < data.len() as u64 * 3 / 4,
+        "catch-up sent {catch_up} bytes: it did not start at the resume point"
+    );
+}
+
+#[test]
+fn late_joiner_within_the_lag_shares_the_session() {
+    let data = artifact(4 * MIB, 71);
+    let cfg = small_bounds(71);
+    let window = cfg.receiver.window_bytes;
+    let mut specs = cards(3, 0.0);
+    specs[2].start_at = 210 * MS;
+    let report = Sim::new(cfg, data.clone(), specs).run().unwrap();
+    assert_all_identical(&report, &data, window);
+    assert_eq!(report.sessions, 1);
+    assert!(report.sender.retransmit_bytes > 0, "the gap came by repair");
+}
