@@ -53,8 +53,8 @@ pub(crate) struct Txn<W> {
 
 impl<V: Volumes> Store<V> {
     /// Open a transaction for the set `artifacts` + `cmdline`: [`Self::check`] it, drop the
-    /// previous set if the check says so (the inventory is rewritten without it first), and
-    /// return what must be fetched.
+    /// previous set if the check says so, adopt or remove leftover staging volumes, and
+    /// return what must be fetched (`fetch`) and what was resumed (`resumable`).
     pub fn begin(
         &mut self,
         artifacts: &[ArtifactRef],
@@ -198,7 +198,8 @@ impl<V: Volumes> Store<V> {
         Ok(())
     }
 
-    /// Append the next bytes of artifact `a` (sequentially, as they arrive).
+    /// Append the next bytes of artifact `a` (sequentially, as they arrive). If the volume
+    /// write fails, the artifact goes back to "not started": call [`Self::start`] again.
     pub fn write(&mut self, a: &ArtifactRef, buf: &[u8]) -> Result<(), StoreError> {
         let (art, vol, entry) = self.entry(a)?;
         let Entry::Writing {
@@ -220,13 +221,17 @@ impl<V: Volumes> Store<V> {
                 offset: art.size.max(*written),
             });
         }
-        writer.write(buf).during(|| {
-            format!(
-                "writing artifact {} into \"{}\"",
+        if let Err(e) = writer.write(buf) {
+            // The volume may hold part of `buf`: this stream cannot continue. Drop the
+            // writer; `start` removes the partial volume and begins again.
+            let during = format!(
+                "writing artifact {} into \"{}\"; start it again",
                 a.name,
                 layout::staging_of(vol)
-            )
-        })?;
+            );
+            *entry = Entry::Pending;
+            return Err(StoreError::Volume { during, source: e });
+        }
         hasher.update(buf);
         *written += buf.len() as u64;
         Ok(())
@@ -243,8 +248,8 @@ impl<V: Volumes> Store<V> {
     }
 
     /// Finish artifact `a`: check size and sha256, complete the update, read it back and
-    /// re-hash it. On a digest mismatch the staging volume is removed and the artifact can
-    /// be started again.
+    /// re-hash it. On any failure after the size check (digest mismatch, flash error) the
+    /// artifact goes back to "not started" and can be started again.
     pub fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
         let verify = self.cfg.verify_readback;
         let (art, vol, entry) = self.entry(a)?;
@@ -355,6 +360,16 @@ impl<V: Volumes> Store<V> {
                 _ => None,
             })
             .collect();
+        if renames.is_empty()
+            && let Some(cur) = &self.inventory
+            && cur.set.digest == txn.record.digest
+        {
+            // The plan is the committed set: nothing to do, and in particular the boot
+            // counter is not reset by re-committing a failing set.
+            let cur = cur.clone();
+            self.txn = None;
+            return Ok(cur);
+        }
         let inv = self.next_inventory(txn.record.clone());
         let inv_id = self.stage_inventory(&inv)?;
         while renames.len() + 1 > UBI_MAX_RNVOL {

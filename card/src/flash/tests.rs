@@ -663,3 +663,36 @@ fn restart_resumes_completely_staged_artifacts_after_a_rehash() {
         check_consistent(&dev.power_cycle(), &[b.digest()], "after resume");
     }
 }
+
+#[test]
+fn recommitting_the_committed_set_writes_nothing_and_keeps_the_counter() {
+    let dev = fresh(64, &[&set_a()]);
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    s.begin_boot().unwrap();
+    let before = dev.ops().len();
+    let check = s.begin(&set_a().refs(), set_a().cmdline).unwrap();
+    assert!(check.up_to_date && check.fetch.is_empty());
+    let inv = s.commit().unwrap();
+    assert_eq!(inv.attempts, 1);
+    assert_eq!(dev.ops().len(), before, "{:?}", &dev.ops()[before..]);
+}
+
+#[test]
+fn a_failed_write_returns_the_artifact_to_not_started() {
+    let dev = fresh(64, &[&set_a()]);
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    let b = set_b();
+    let k = &b.arts[0];
+    s.begin(&b.refs(), b.cmdline).unwrap();
+    s.start(&k.r).unwrap();
+    // The next write (op n) fails: simulate with a cut, then "restore power" by
+    // reopening on a power-cycled device, which is what a real card would do.
+    dev.cut_power_after(dev.ops().len() as u64);
+    let e = s.write(&k.r, &k.data[..10]).unwrap_err();
+    assert!(e.to_string().contains("start it again"), "{e}");
+    assert_eq!(s.written(&k.r).unwrap(), 0);
+    assert!(matches!(
+        s.write(&k.r, b"x"),
+        Err(StoreError::WrongState { .. })
+    ));
+}
