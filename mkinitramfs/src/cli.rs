@@ -185,7 +185,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     kver,
                     wanted: modules.iter().map(|m| build::parse_module(m)).collect(),
                 }),
-                (None, _) if !modules.is_empty() => {
+                (None, Some(_)) => {
+                    return Err(CliError::Usage("--kver needs --kernel-modules DIR".into()));
+                }
+                (None, None) if !modules.is_empty() => {
                     return Err(CliError::Usage(
                         "--module needs --kernel-modules DIR and --kver VERSION".into(),
                     ));

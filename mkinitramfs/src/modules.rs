@@ -615,6 +615,84 @@ kernel/fs/ext4/ext4.ko:
         assert!(err.contains("gone") && err.contains("wanted by a"), "{err}");
     }
 
+    proptest::proptest! {
+        // Each case writes a small module tree to disk: 64 cases keep this under a second.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// On random dependency graphs the resolver either returns every module of the
+        /// closure exactly once with dependencies first, or reports a cycle exactly when
+        /// the closure has one.
+        #[test]
+        fn random_graphs_order_or_cycle(
+            n in 2usize..10,
+            raw_edges in proptest::collection::vec((0usize..10, 0usize..10), 0..25),
+        ) {
+            let edges: Vec<(usize, usize)> =
+                raw_edges.into_iter().filter(|(a, b)| *a < n && *b < n && a != b).collect();
+            let mut dep = String::new();
+            for i in 0..n {
+                dep.push_str(&format!("kernel/m{i}.ko:"));
+                for (a, b) in &edges {
+                    if *a == i {
+                        dep.push_str(&format!(" kernel/m{b}.ko"));
+                    }
+                }
+                dep.push('\n');
+            }
+            let t = tree(&dep, "", "", "");
+            let idx = ModuleIndex::open(t.path(), "1.0").unwrap();
+            // Closure of m0 and whether it has a cycle (Kahn's algorithm on it).
+            let mut closure = BTreeSet::from([0usize]);
+            let mut todo = vec![0usize];
+            while let Some(x) = todo.pop() {
+                for (a, b) in &edges {
+                    if *a == x && closure.insert(*b) {
+                        todo.push(*b);
+                    }
+                }
+            }
+            let inner: Vec<&(usize, usize)> =
+                edges.iter().filter(|(a, _)| closure.contains(a)).collect();
+            let mut indeg: BTreeMap<usize, usize> = closure.iter().map(|c| (*c, 0)).collect();
+            for (a, _) in &inner {
+                *indeg.get_mut(a).unwrap() += 1;
+            }
+            let mut ready: Vec<usize> = indeg.iter().filter(|(_, d)| **d == 0).map(|(c, _)| *c).collect();
+            let mut seen = 0;
+            while let Some(x) = ready.pop() {
+                seen += 1;
+                for (a, b) in &inner {
+                    if *b == x {
+                        let d = indeg.get_mut(a).unwrap();
+                        *d -= 1;
+                        if *d == 0 {
+                            ready.push(*a);
+                        }
+                    }
+                }
+            }
+            let acyclic = seen == closure.len();
+            match idx.resolve(&want(&["m0"])) {
+                Ok(order) => {
+                    proptest::prop_assert!(acyclic);
+                    let pos: BTreeMap<String, usize> =
+                        order.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
+                    proptest::prop_assert_eq!(pos.len(), closure.len());
+                    proptest::prop_assert_eq!(order.len(), closure.len());
+                    for (a, b) in inner {
+                        let (dep_pos, user_pos) = (pos[&format!("m{b}")], pos[&format!("m{a}")]);
+                        proptest::prop_assert!(dep_pos < user_pos);
+                    }
+                }
+                Err(ModulesError::Cycle { chain }) => {
+                    proptest::prop_assert!(!acyclic);
+                    proptest::prop_assert_eq!(chain.first(), chain.last());
+                }
+                Err(other) => proptest::prop_assert!(false, "unexpected {}", other),
+            }
+        }
+    }
+
     #[test]
     fn names_normalise() {
         assert_eq!(module_name("kernel/crypto/zstd.ko.zst"), "zstd");
