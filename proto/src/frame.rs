@@ -498,7 +498,6 @@ pub fn finish_frame(
     header: &Header,
     payload_len: usize,
 ) -> Result<usize, FrameError> {
-    let len = frame_len(payload_len);
     let wire_len = u16::try_from(payload_len)
         .ok()
         .filter(|_| payload_len <= MAX_PAYLOAD_LEN)
@@ -506,6 +505,7 @@ pub fn finish_frame(
             len: payload_len,
             max: MAX_PAYLOAD_LEN,
         })?;
+    let len = frame_len(payload_len);
     let Some(frame) = buf.get_mut(..len) else {
         return Err(FrameError::BufferTooSmall {
             needed: len,
@@ -535,6 +535,12 @@ pub fn encode_frame(
     header: &Header,
     payload: &[u8],
 ) -> Result<usize, FrameError> {
+    if payload.len() > MAX_PAYLOAD_LEN {
+        return Err(FrameError::PayloadTooLong {
+            len: payload.len(),
+            max: MAX_PAYLOAD_LEN,
+        });
+    }
     let needed = frame_len(payload.len());
     let Some(area) = buf.get_mut(PAYLOAD_OFF..PAYLOAD_OFF + payload.len()) else {
         return Err(FrameError::BufferTooSmall {

@@ -220,6 +220,15 @@ fn encoder_rejects_small_buffers_and_huge_payloads() {
         ),
         Err(FrameError::PayloadTooLong { .. })
     ));
+    assert!(matches!(
+        finish_frame(
+            &mut buf,
+            &link(),
+            &Header::new(MessageType::Ready, 0, 0),
+            usize::MAX
+        ),
+        Err(FrameError::PayloadTooLong { .. })
+    ));
     let max = vec![0u8; MAX_PAYLOAD_LEN];
     let n = encode_frame(
         &mut buf,
