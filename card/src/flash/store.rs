@@ -164,8 +164,9 @@ fn read_inventory<V: Volumes>(
 }
 
 impl<V: Volumes> Store<V> {
-    /// Open the store: read and validate the inventory (falling back to its second copy),
-    /// then remove every `sb.*` volume that no inventory references.
+    /// Open the store: read and validate the inventory (falling back to its second copy,
+    /// and then rewriting both), forget a previous set whose volumes are gone, then remove
+    /// what no inventory references.
     pub fn open(mut vols: V, cfg: StoreConfig) -> Result<(Self, OpenReport), StoreError> {
         let geo = vols
             .geometry()
@@ -178,14 +179,18 @@ impl<V: Volumes> Store<V> {
             inventory,
             txn: None,
         };
-        if let Some(inv) = store.inventory.clone()
-            && let Some(prev) = &inv.previous
-        {
-            let missing = store.missing_volumes(prev)?;
-            if !missing.is_empty() {
-                log::warn!("flash: previous set incomplete ({missing:?}); dropping it");
-                let mut healed = inv.clone();
-                healed.previous = None;
+        // Repairs, each one inventory rewrite: a damaged copy (rewrite both), a previous
+        // set whose volumes are gone (a cut while dropping it: forget it).
+        if let Some(inv) = store.inventory.clone() {
+            let mut healed = inv.clone();
+            if let Some(prev) = &inv.previous {
+                let missing = store.missing_volumes(prev)?;
+                if !missing.is_empty() {
+                    log::warn!("flash: previous set incomplete ({missing:?}); dropping it");
+                    healed.previous = None;
+                }
+            }
+            if healed != inv || inventory_damaged.is_some() {
                 healed.generation += 1;
                 store.replace_inventory(&healed)?;
             }

@@ -424,6 +424,10 @@ fn damaged_inventory_copy_falls_back_and_total_loss_is_an_error() {
     let (s, report) = Store::open(dev.clone(), cfg()).unwrap();
     assert_eq!(s.digest(), Some(set_a().digest()));
     assert!(report.inventory_damaged.is_some());
+    // Open rewrote both copies: damage to copy A alone is harmless again.
+    let (_, report) = Store::open(dev.clone(), cfg()).unwrap();
+    assert!(report.inventory_damaged.is_none());
+    assert!(dev.corrupt(layout::INVENTORY, 30));
     assert!(dev.corrupt(layout::INVENTORY, LEB as usize + 30));
     let err = Store::open(dev.clone(), cfg()).unwrap_err();
     assert!(matches!(err, StoreError::Inventory { .. }), "{err}");
