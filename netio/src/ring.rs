@@ -286,6 +286,20 @@ impl TxRing {
         }
     }
 
+    /// Has the kernel picked up every slot we queued (none still SEND_REQUEST)? It takes
+    /// slots in ring order, so looking at the newest one is enough. A non-blocking kick
+    /// can stop early when the socket buffer is full, leaving slots that no one would
+    /// send until the next kick.
+    pub(crate) fn all_taken(&self) -> bool {
+        let slots = self.map.layout().slots;
+        let newest = if self.head == 0 {
+            slots.saturating_sub(1)
+        } else {
+            self.head - 1
+        };
+        self.map.status(newest) != Some(libc::TP_STATUS_SEND_REQUEST)
+    }
+
     /// Slots queued since the last successful kick.
     pub(crate) fn queued(&self) -> usize {
         self.queued

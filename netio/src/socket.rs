@@ -434,9 +434,10 @@ impl PacketSocket {
     /// Send every frame in `frames` (complete Ethernet frames, header included) on the
     /// configured TX path. Waits while the kernel pushes back, up to
     /// `config.send_timeout` in total; returns how many frames the kernel took, which is
-    /// less than `frames.len()` only if that time ran out. On the ring path the last
-    /// frames may still be in the ring when this returns: they leave with the next batch,
-    /// [`flush`](Self::flush), or within microseconds on their own.
+    /// less than `frames.len()` only if that time ran out. On the ring path the kernel
+    /// has picked up every frame when this returns (it blocks briefly if the socket
+    /// buffer was full, so nothing is left waiting in the ring for a next call), though
+    /// they may still be on their way out; [`flush`](Self::flush) waits for that too.
     pub fn send_batch(&mut self, frames: &[&[u8]]) -> Result<usize> {
         self.check_frames(frames)?;
         let deadline = Instant::now() + self.config.send_timeout;
@@ -489,8 +490,15 @@ impl PacketSocket {
                         });
                     }
                     // One send() per batch; if the ring was full, wait for it to drain.
+                    // ... but block if the ring is full, or if the kernel stopped early
+                    // (socket buffer full), so no frame is left behind in the ring.
                     ring_full = done + n < frames.len();
-                    if let Err(source) = ring.kick(ring_full) {
+                    let mut kicked = ring.kick(ring_full);
+                    if kicked.is_ok() && !ring_full && !ring.all_taken() {
+                        ring_full = true;
+                        kicked = ring.kick(true);
+                    }
+                    if let Err(source) = kicked {
                         return Err(SocketError::Ring {
                             ifname: self.ifname.clone(),
                             dir: "transmit",
