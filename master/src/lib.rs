@@ -4,17 +4,19 @@
 //! Layout: [`blobs`] (content-addressed files), [`keys`] (vendor keys), [`policy`] (classes,
 //! overrides, defaults), [`image`] (composite format, manifest, pack), [`store`] (the
 //! databases behind the [`store::Store`] trait, SQLite implementation), [`resolve`] (plan
-//! resolution with pubgrub), [`master`] (the operations the CLI and the daemon run),
-//! [`control`] (the control socket), [`cli`] (clap definitions and output).
-//! The backplane service (`master serve`) is not here yet.
+//! resolution with pubgrub), [`master`] (the operations the CLI and the daemon run, and the
+//! calls the backplane service will make), [`control`] (the control socket and state lock),
+//! [`cli`] (clap definitions and output), [`serve`] (the backplane service, issue 4).
 
 pub mod blobs;
+pub mod cli;
+pub mod control;
 pub mod image;
 pub mod keys;
 pub mod master;
-pub mod serve;
 pub mod policy;
 pub mod resolve;
+pub mod serve;
 pub mod store;
 
 /// The messages of an error and its `source()` chain, outermost first.

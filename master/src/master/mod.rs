@@ -47,7 +47,7 @@ pub enum MasterError {
     Import {
         path: String,
         #[source]
-        source: ImportError,
+        source: Box<ImportError>,
     },
     #[error("key file")]
     Key(#[from] KeyError),
@@ -59,12 +59,18 @@ pub enum MasterError {
     Plan {
         node: Mac,
         #[source]
-        source: ResolveError,
+        source: Box<ResolveError>,
     },
     #[error("'{0}' is not NAME@VERSION (e.g. shelf-os@1.2.0)")]
     ReleaseSyntax(String),
     #[error("'{0}' is not NAME=VERSION (e.g. routing=2.1.0)")]
     PinSyntax(String),
+    #[error("'{target}' is not 'default', a MAC address or a class name")]
+    Target {
+        target: String,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
     #[error("gc would remove blob {0} that a current plan needs; refusing (this is a bug)")]
     GcWouldBreakPlan(HexDigest),
 }
@@ -77,7 +83,7 @@ pub enum ImportError {
     #[error("blob rejected")]
     Blob(#[from] BlobError),
     #[error("the release's dependencies cannot be satisfied")]
-    Unsatisfiable(#[from] ResolveError),
+    Unsatisfiable(#[source] Box<ResolveError>),
     #[error("the release clashes with the database")]
     Store(#[from] StoreError),
 }
@@ -115,6 +121,13 @@ pub fn parse_pins(pins: &[String]) -> Result<BTreeMap<String, semver::Version>, 
         })
         .collect()
 }
+
+/// Everything plan resolution reads, loaded once.
+type CatalogParts = (
+    BTreeMap<ReleaseId, Manifest>,
+    Vec<crate::store::PackageRecord>,
+    Vec<Assignment>,
+);
 
 /// Result of an import.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +250,7 @@ impl<S: Store> Master<S> {
         self.import_from(io::BufReader::new(file), activate, progress)
             .map_err(|source| MasterError::Import {
                 path: path.display().to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -264,7 +277,7 @@ impl<S: Store> Master<S> {
         let manifest = image.manifest.clone();
         let sha = HexDigest(image.manifest_sha256);
         let signer = keys::key_id(&image.signer);
-        resolve::check_release(&manifest)?;
+        resolve::check_release(&manifest).map_err(|e| ImportError::Unsatisfiable(Box::new(e)))?;
         let already = self.store.check_import(&manifest, &sha)?;
 
         let total = manifest.blob_bytes();
@@ -333,16 +346,7 @@ impl<S: Store> Master<S> {
         Ok(self.store.boot_images()?)
     }
 
-    fn catalog_parts(
-        &self,
-    ) -> Result<
-        (
-            BTreeMap<ReleaseId, Manifest>,
-            Vec<crate::store::PackageRecord>,
-            Vec<Assignment>,
-        ),
-        MasterError,
-    > {
+    fn catalog_parts(&self) -> Result<CatalogParts, MasterError> {
         let mut releases = BTreeMap::new();
         for r in self.store.releases()? {
             if let Some(m) = self.store.release_manifest(&r.release)? {
@@ -366,7 +370,7 @@ impl<S: Store> Master<S> {
         };
         resolve::resolve_node(&cat, &node).map_err(|source| MasterError::Plan {
             node: mac.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -510,10 +514,10 @@ impl<S: Store> Master<S> {
     /// Resolves the plans of the cards an assignment would affect, with it in place.
     fn check_assignment(&self, a: &Assignment) -> Result<Vec<Plan>, MasterError> {
         let (releases, packages, mut assignments) = self.catalog_parts()?;
-        if let Some(r) = &a.release {
-            if !releases.contains_key(r) {
-                return Err(StoreError::UnknownRelease(r.to_string()).into());
-            }
+        if let Some(r) = &a.release
+            && !releases.contains_key(r)
+        {
+            return Err(StoreError::UnknownRelease(r.to_string()).into());
         }
         assignments.retain(|x| x.target != a.target);
         assignments.push(a.clone());
@@ -543,16 +547,16 @@ impl<S: Store> Master<S> {
                 Err(e) if matches!(&a.target, Target::Node(_)) => {
                     return Err(MasterError::Plan {
                         node: node.identity.mac.clone(),
-                        source: e,
+                        source: Box::new(e),
                     });
                 }
                 Err(_) => {}
             }
         }
-        if let Target::Node(m) = &a.target {
-            if plans.is_empty() {
-                return Err(StoreError::UnknownNode(m.clone()).into());
-            }
+        if let Target::Node(m) = &a.target
+            && plans.is_empty()
+        {
+            return Err(StoreError::UnknownNode(m.clone()).into());
         }
         Ok(plans)
     }
@@ -589,7 +593,7 @@ impl<S: Store> Master<S> {
                 let plan =
                     resolve::resolve_node(&cat, &trial).map_err(|source| MasterError::Plan {
                         node: mac.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 self.store.set_test_mode(mac, Some(&test), t)?;
                 Ok(Some(plan))

@@ -43,11 +43,11 @@ pub enum ResolveError {
     )]
     NoRelease(Mac),
     #[error("{by} names release {release}, which is not imported")]
-    UnknownRelease { release: ReleaseId, by: String },
+    UnknownRelease { release: String, by: String },
     #[error("{by} puts the card in class {class}, which release {release} does not define")]
     ClassNotInRelease {
         class: String,
-        release: ReleaseId,
+        release: String,
         by: String,
     },
     #[error(
@@ -55,7 +55,7 @@ pub enum ResolveError {
     )]
     NoClass {
         node: Mac,
-        release: ReleaseId,
+        release: String,
         card_type: String,
         slot: u32,
     },
@@ -63,7 +63,7 @@ pub enum ResolveError {
     NoBuildForArch {
         package: String,
         arch: String,
-        release: ReleaseId,
+        release: String,
         rule: String,
     },
     #[error("{by} pins {package} {version}, which is not imported for arch {arch}")]
@@ -79,7 +79,7 @@ pub enum ResolveError {
     NoFeatureProvider {
         feature: String,
         arch: String,
-        release: ReleaseId,
+        release: String,
         by: String,
     },
     #[error(
@@ -92,7 +92,7 @@ pub enum ResolveError {
     },
     #[error("release {release} has no boot image{named} for card type {card_type} on arch {arch}")]
     NoBootImage {
-        release: ReleaseId,
+        release: String,
         named: String,
         card_type: String,
         arch: String,
@@ -101,7 +101,7 @@ pub enum ResolveError {
         "release {release} has several boot images ({names}) for card type {card_type} on arch {arch}; name one with `boot =` in the class"
     )]
     AmbiguousBootImage {
-        release: ReleaseId,
+        release: String,
         names: String,
         card_type: String,
         arch: String,
@@ -137,7 +137,7 @@ impl Catalog<'_> {
         self.releases
             .get(id)
             .ok_or_else(|| ResolveError::UnknownRelease {
-                release: id.clone(),
+                release: id.to_string(),
                 by: by.to_owned(),
             })
     }
@@ -270,7 +270,7 @@ fn add_features(
             return Err(ResolveError::NoFeatureProvider {
                 feature: feature.clone(),
                 arch: arch.to_owned(),
-                release: release.clone(),
+                release: release.to_string(),
                 by: by.clone(),
             });
         };
@@ -304,7 +304,7 @@ fn check_arch(
             return Err(ResolveError::NoBuildForArch {
                 package: name.clone(),
                 arch: arch.to_owned(),
-                release: release.clone(),
+                release: release.to_string(),
                 rule: format!("{} {}", r.text, r.rule),
             });
         }
@@ -327,13 +327,13 @@ fn choose_boot<'m>(
     match cands.as_slice() {
         [one] => Ok(one),
         [] => Err(ResolveError::NoBootImage {
-            release: m.release.clone(),
+            release: m.release.to_string(),
             named: named.map(|n| format!(" named {n}")).unwrap_or_default(),
             card_type: card_type.to_owned(),
             arch: arch.to_owned(),
         }),
         many => Err(ResolveError::AmbiguousBootImage {
-            release: m.release.clone(),
+            release: m.release.to_string(),
             names: many
                 .iter()
                 .map(|b| b.name.as_str())
@@ -359,7 +359,7 @@ fn choose_class<'m>(
             .map(|c| (c, by.clone()))
             .ok_or_else(|| ResolveError::ClassNotInRelease {
                 class: name.to_owned(),
-                release: m.release.clone(),
+                release: m.release.to_string(),
                 by,
             })
     };
@@ -387,7 +387,7 @@ fn choose_class<'m>(
     }
     Err(ResolveError::NoClass {
         node: id.mac.clone(),
-        release: m.release.clone(),
+        release: m.release.to_string(),
         card_type: id.card_type.clone(),
         slot: id.slot,
     })
@@ -440,21 +440,22 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
     let mut m = cat.manifest(&release, &release_rule)?;
     let mut ovr = m.overrides.iter().find(|o| &o.mac == mac);
     let (mut class, mut class_rule) = choose_class(m, node, ovr)?;
-    if node_asg.and_then(|a| a.release.as_ref()).is_none() {
-        let class_asg = cat.assignment(&Target::Class(class.name.clone()));
-        if let Some(r) = class_asg.and_then(|a| a.release.clone()) {
-            if r != release {
-                release_rule = format!("assigned to class {} by the operator", class.name);
-                release = r;
-                m = cat.manifest(&release, &release_rule)?;
-                ovr = m.overrides.iter().find(|o| &o.mac == mac);
-                let name = class.name.clone();
-                (class, class_rule) = match m.classes.iter().find(|c| c.name == name) {
-                    Some(c) => (c, format!("{class_rule} (kept in release {release})")),
-                    None => choose_class(m, node, ovr)?,
-                };
-            }
-        }
+    let class_release = cat
+        .assignment(&Target::Class(class.name.clone()))
+        .and_then(|a| a.release.clone());
+    if node_asg.and_then(|a| a.release.as_ref()).is_none()
+        && let Some(r) = class_release
+        && r != release
+    {
+        release_rule = format!("assigned to class {} by the operator", class.name);
+        release = r;
+        m = cat.manifest(&release, &release_rule)?;
+        ovr = m.overrides.iter().find(|o| &o.mac == mac);
+        let name = class.name.clone();
+        (class, class_rule) = match m.classes.iter().find(|c| c.name == name) {
+            Some(c) => (c, format!("{class_rule} (kept in release {release})")),
+            None => choose_class(m, node, ovr)?,
+        };
     }
     explain.push(Reason {
         subject: format!("release {release}"),
@@ -606,14 +607,21 @@ fn dependency_rule(
     universe: &[Package],
 ) -> String {
     for (pn, pv) in selected {
-        if let Some(p) = universe.iter().find(|p| &p.name == pn && &p.version == pv) {
-            if let Some(r) = p.depends.get(name) {
-                return format!("dependency of {pn} {pv} (requires {r})");
-            }
+        if let Some(p) = universe.iter().find(|p| &p.name == pn && &p.version == pv)
+            && let Some(r) = p.depends.get(name)
+        {
+            return format!("dependency of {pn} {pv} (requires {r})");
         }
     }
     "dependency".to_owned()
 }
+
+/// (subject, requirement maps with their rule, features) checked by [`check_release`].
+type CheckGroup<'m> = (
+    String,
+    Vec<(&'m BTreeMap<String, String>, String)>,
+    Vec<&'m String>,
+);
 
 /// Import-time check of a release on its own: every package's dependencies can be met
 /// within the release for its arch, and every class (and override) resolves for every
@@ -633,11 +641,7 @@ pub fn check_release(m: &Manifest) -> Result<(), ResolveError> {
             &reqs,
         )?;
     }
-    let mut groups: Vec<(
-        String,
-        Vec<(&BTreeMap<String, String>, String)>,
-        Vec<&String>,
-    )> = Vec::new();
+    let mut groups: Vec<CheckGroup<'_>> = Vec::new();
     for c in &m.classes {
         groups.push((
             format!("class {}", c.name),

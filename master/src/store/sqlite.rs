@@ -174,13 +174,13 @@ fn check_clashes(c: &Connection, m: &Manifest, sha: &HexDigest) -> Result<bool> 
             )
             .optional()
             .map_err(sql("look up artifact"))?;
-        if let Some((content, rel)) = found {
-            if content != row.content {
-                return Err(StoreError::DuplicateVersion {
-                    what: row.what,
-                    existing_release: rel.unwrap_or_else(|| "a pinned build".to_owned()),
-                });
-            }
+        if let Some((content, rel)) = found
+            && content != row.content
+        {
+            return Err(StoreError::DuplicateVersion {
+                what: row.what,
+                existing_release: rel.unwrap_or_else(|| "a pinned build".to_owned()),
+            });
         }
     }
     Ok(false)

@@ -1,0 +1,439 @@
+//! The `master` command line: clap definitions, dispatch to the daemon or in-process,
+//! progress display. Output formatting is in [`output`].
+//!
+//! Exit codes: 0 success, 1 the operation failed (the error chain is printed), 2 usage
+//! error (from clap).
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::control::{self, Client, ControlError, Daemon, Reply, Request, StateLock};
+use crate::image::pack;
+use crate::keys;
+use crate::master::{Master, MasterError};
+use crate::policy::Mac;
+use crate::store::NodeIdentity;
+
+/// shelfboot master: package and node databases, composite images, plans.
+#[derive(Debug, Parser)]
+#[command(name = "master", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// State directory (database, blobs, lock, control socket).
+    #[arg(
+        long,
+        global = true,
+        env = "SHELFBOOT_STATE",
+        default_value = "/var/lib/shelfboot/master"
+    )]
+    pub state: PathBuf,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a vendor signing key pair: PREFIX.key (mode 0600) and PREFIX.pub.
+    Keygen {
+        #[arg(short = 'o', long = "out")]
+        prefix: PathBuf,
+    },
+    /// Build a signed composite image from system.toml.
+    Pack {
+        spec: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
+    /// Manage trusted vendor keys.
+    Trust {
+        #[command(subcommand)]
+        action: TrustCmd,
+    },
+    /// Verify and install a composite image (all or nothing).
+    Import {
+        image: PathBuf,
+        /// Do not make it the default release.
+        #[arg(long)]
+        no_activate: bool,
+    },
+    /// List imported releases.
+    Releases,
+    /// List package and boot image builds.
+    Packages,
+    /// List the classes of a release (default: the default release) and their cards.
+    Classes {
+        #[arg(long)]
+        release: Option<String>,
+    },
+    /// List cards: slot, MAC, type, class, state, installed vs planned.
+    Nodes,
+    /// Register or change cards by hand.
+    Node {
+        #[command(subcommand)]
+        action: NodeCmd,
+    },
+    /// Point a class, node or `default` at a release and/or exact package versions.
+    Assign {
+        /// `default`, a class name or a node MAC.
+        target: String,
+        /// NAME@VERSION.
+        #[arg(long)]
+        release: Option<String>,
+        /// NAME=VERSION (repeatable).
+        #[arg(long = "package")]
+        packages: Vec<String>,
+        /// Remove the assignment instead.
+        #[arg(long, conflicts_with_all = ["release", "packages"])]
+        clear: bool,
+    },
+    /// List assignments.
+    Assignments,
+    /// Run exact package versions RAM-only on one card (gone on reboot), or stop.
+    TestMode {
+        node: Mac,
+        /// NAME=VERSION (repeatable).
+        #[arg(long = "package", required_unless_present = "off")]
+        packages: Vec<String>,
+        #[arg(long, conflicts_with = "packages")]
+        off: bool,
+    },
+    /// Point a class or node back at an older release.
+    Rollback {
+        /// A class name or a node MAC.
+        target: String,
+        /// NAME@VERSION.
+        #[arg(long)]
+        to: String,
+    },
+    /// Show the event history.
+    History {
+        #[arg(long)]
+        node: Option<Mac>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show a card's plan and which rule chose each part of it.
+    Explain { node: Mac },
+    /// Delete releases beyond the N newest that nothing references, and unused blobs.
+    Gc {
+        #[arg(long)]
+        keep: u32,
+    },
+    /// Run the daemon: hold the state and answer the control socket.
+    Daemon {
+        /// Also allow this group on the control socket (mode 0660).
+        #[arg(long)]
+        group: Option<String>,
+    },
+}
+
+/// `master trust ...`
+#[derive(Debug, Subcommand)]
+pub enum TrustCmd {
+    /// Trust a vendor public key file.
+    Add {
+        key: PathBuf,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// List trusted keys.
+    List,
+    /// Stop trusting a key (by key id).
+    Remove { key_id: String },
+}
+
+/// `master node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Register a card (the backplane does this from Solicits).
+    Add(NodeAddArgs),
+    /// Force a card into a class, or `--auto` to use the match rules again.
+    Class {
+        node: Mac,
+        #[arg(required_unless_present = "auto")]
+        class: Option<String>,
+        #[arg(long, conflicts_with = "class")]
+        auto: bool,
+    },
+}
+
+/// Arguments of `master node add`.
+#[derive(Debug, Args)]
+pub struct NodeAddArgs {
+    #[arg(long)]
+    pub mac: Mac,
+    #[arg(long = "type")]
+    pub card_type: String,
+    #[arg(long)]
+    pub arch: String,
+    #[arg(long, default_value_t = 1)]
+    pub shelf: u32,
+    #[arg(long)]
+    pub slot: u32,
+    #[arg(long, default_value = "")]
+    pub hw_rev: String,
+    /// Feature the card asks for (repeatable).
+    #[arg(long = "feature")]
+    pub features: Vec<String>,
+    /// Force this class.
+    #[arg(long)]
+    pub class: Option<String>,
+}
+
+/// Errors of the CLI itself (the operations' errors come through [`MasterError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Master(#[from] MasterError),
+    #[error("key generation failed")]
+    Key(#[from] keys::KeyError),
+    #[error("packing failed")]
+    Pack(#[from] pack::PackError),
+    #[error("the release described by {path} would not import")]
+    PackCheck {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::resolve::ResolveError>,
+    },
+    #[error("cannot resolve path {path}")]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write output")]
+    Output(#[source] std::io::Error),
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, CliError> {
+    std::path::absolute(p).map_err(|source| CliError::Path {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+/// A terminal progress bar, created on first use; nothing when stderr is not a TTY.
+struct Progress {
+    bar: Option<ProgressBar>,
+    tty: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        if !self.tty {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = ProgressBar::new(total);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b.set_message("importing");
+            b
+        });
+        bar.set_position(done);
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Sends a request to the daemon, or runs it in-process under the state lock.
+pub fn run_request(state: &Path, req: Request) -> Result<Reply, CliError> {
+    let mut progress = Progress::new();
+    let result = match Client::connect(state) {
+        Some(client) => {
+            log::debug!(
+                "using the daemon at {}",
+                control::socket_path(state).display()
+            );
+            client
+                .call(&req, &mut |d, t| progress.update(d, t))
+                .map_err(CliError::from)
+        }
+        None => (|| {
+            let _lock = StateLock::acquire(state)?;
+            let mut m = Master::open(state)?;
+            Ok(control::execute(&mut m, req, &mut |d, t| {
+                progress.update(d, t)
+            })?)
+        })(),
+    };
+    progress.finish();
+    result
+}
+
+/// The control request for a state command; `None` for the commands that run locally
+/// without state (keygen, pack, daemon).
+fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
+    Ok(Some(match cmd {
+        Command::Trust { action } => match action {
+            TrustCmd::Add { key, comment } => Request::TrustAdd {
+                path: absolute(&key)?,
+                comment,
+            },
+            TrustCmd::List => Request::TrustList,
+            TrustCmd::Remove { key_id } => Request::TrustRemove { key_id },
+        },
+        Command::Import { image, no_activate } => Request::Import {
+            path: absolute(&image)?,
+            activate: !no_activate,
+        },
+        Command::Releases => Request::Releases,
+        Command::Packages => Request::Packages,
+        Command::Classes { release } => Request::Classes { release },
+        Command::Nodes => Request::Nodes,
+        Command::Node { action } => match action {
+            NodeCmd::Add(a) => Request::NodeAdd {
+                identity: NodeIdentity {
+                    mac: a.mac,
+                    card_type: a.card_type,
+                    arch: a.arch,
+                    shelf: a.shelf,
+                    slot: a.slot,
+                    hw_rev: a.hw_rev,
+                    features: a.features,
+                },
+                class: a.class,
+            },
+            NodeCmd::Class { node, class, auto } => Request::NodeClass {
+                mac: node,
+                class: if auto { None } else { class },
+            },
+        },
+        Command::Assign {
+            target,
+            release,
+            packages,
+            clear,
+        } => Request::Assign {
+            target,
+            release,
+            pins: packages,
+            clear,
+        },
+        Command::Assignments => Request::Assignments,
+        Command::TestMode {
+            node,
+            packages,
+            off,
+        } => Request::TestMode {
+            mac: node,
+            packages,
+            off,
+        },
+        Command::Rollback { target, to } => Request::Rollback { target, to },
+        Command::History { node, limit } => Request::History { node, limit },
+        Command::Explain { node } => Request::Explain { mac: node },
+        Command::Gc { keep } => Request::Gc { keep },
+        Command::Keygen { .. } | Command::Pack { .. } | Command::Daemon { .. } => return Ok(None),
+    }))
+}
+
+fn run_daemon(state: &Path, group: Option<&str>) -> Result<(), CliError> {
+    let _lock = StateLock::acquire(state)?;
+    let mut m = Master::open(state)?;
+    let daemon = Daemon::bind(state, group)?;
+    log::info!("master daemon listening on {}", daemon.path().display());
+    eprintln!("master daemon listening on {}", daemon.path().display());
+    daemon.serve_forever(&mut m)?;
+    Ok(())
+}
+
+fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+    let json = cli.json;
+    let reply = match cli.command {
+        Command::Keygen { prefix } => {
+            let (sk, pk, id) = keys::keygen(&prefix)?;
+            Reply::Done(format!(
+                "wrote {} (secret, mode 0600) and {}; key id {id}",
+                sk.display(),
+                pk.display()
+            ))
+        }
+        Command::Pack { spec, key, out } => {
+            let signing = keys::read_signing_key(&key)?;
+            let packed = pack::prepare(&spec)?;
+            crate::resolve::check_release(&packed.manifest).map_err(|source| {
+                CliError::PackCheck {
+                    path: spec.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+            let bytes = pack::write_image(&packed, &signing, &out)?;
+            Reply::Done(format!(
+                "wrote {}: release {}, {} boot images, {} packages, {} blobs, {bytes} bytes, signed by {}",
+                out.display(),
+                packed.manifest.release,
+                packed.manifest.boot.len(),
+                packed.manifest.packages.len(),
+                packed.manifest.blobs.len(),
+                keys::key_id(&signing.verifying_key())
+            ))
+        }
+        Command::Daemon { group } => return run_daemon(&cli.state, group.as_deref()),
+        cmd => match request_for(cmd)? {
+            Some(req) => run_request(&cli.state, req)?,
+            None => Reply::Pong,
+        },
+    };
+    let text = if json {
+        let mut s = serde_json::to_string_pretty(&reply)
+            .map_err(|e| CliError::Output(std::io::Error::other(e)))?;
+        s.push('\n');
+        s
+    } else {
+        output::render(&reply)
+    };
+    out.write_all(text.as_bytes()).map_err(CliError::Output)
+}
+
+/// Runs the CLI; prints errors with their cause chain.
+pub fn run(cli: Cli) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match run_inner(cli, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain = match &e {
+                CliError::Control(ControlError::Remote(chain)) => chain.clone(),
+                _ => crate::error_chain(&e),
+            };
+            let mut lines = chain.into_iter();
+            if let Some(first) = lines.next() {
+                eprintln!("error: {first}");
+            }
+            for l in lines {
+                eprintln!("  caused by: {l}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Human-readable rendering of replies: aligned tables and explanations. `--json` skips
+//! this and prints the reply as JSON.
+
+use std::fmt::Write as _;
+
+use crate::control::Reply;
+use crate::master::NodeView;
+use crate::resolve::Plan;
+
+/// Formats rows as left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, header.to_vec());
+    for r in rows {
+        line(&mut out, r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) from seconds since the epoch.
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (H. Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn short(d: &impl ToString) -> String {
+    d.to_string().chars().take(12).collect()
+}
+
+fn node_row(v: &NodeView) -> Vec<String> {
+    let id = &v.node.identity;
+    let installed = v
+        .node
+        .inventory
+        .as_ref()
+        .and_then(|i| i.digest)
+        .map(|d| short(&d))
+        .unwrap_or_else(|| "-".into());
+    let (class, planned) = match (&v.plan, &v.plan_error) {
+        (Some(p), _) => (
+            p.class.clone(),
+            format!(
+                "{} {}{}",
+                p.release,
+                short(&p.digest),
+                if p.persist { "" } else { " (test, RAM)" }
+            ),
+        ),
+        (None, Some(e)) => ("-".into(), format!("no plan: {e}")),
+        (None, None) => ("-".into(), "-".into()),
+    };
+    let sync = match v.in_sync {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    let state = match &v.node.state_reason {
+        Some(r) => format!("{} ({r})", v.node.state),
+        None => v.node.state.to_string(),
+    };
+    vec![
+        format!("{}/{}", id.shelf, id.slot),
+        id.mac.to_string(),
+        id.card_type.clone(),
+        id.arch.clone(),
+        class,
+        state,
+        if v.node.present { "yes" } else { "no" }.into(),
+        installed,
+        planned,
+        sync.into(),
+    ]
+}
+
+fn plan_text(p: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "plan for {} ({}): release {}, class {}, digest {}{}",
+        p.node,
+        p.arch,
+        p.release,
+        p.class,
+        p.digest,
+        if p.persist {
+            ""
+        } else {
+            ", TEST MODE (RAM only)"
+        }
+    );
+    let rows: Vec<Vec<String>> = p
+        .explain
+        .iter()
+        .map(|r| vec![r.subject.clone(), r.rule.clone()])
+        .collect();
+    out.push_str(&table(&["DECISION", "RULE"], &rows));
+    out
+}
+
+fn plans_text(plans: &[Plan]) -> String {
+    if plans.is_empty() {
+        return "done; no registered card is affected\n".into();
+    }
+    let rows: Vec<Vec<String>> = plans
+        .iter()
+        .map(|p| {
+            let pkgs: Vec<String> = p
+                .packages
+                .iter()
+                .map(|a| format!("{}={}", a.name, a.version))
+                .collect();
+            vec![
+                p.node.to_string(),
+                p.class.clone(),
+                p.release.to_string(),
+                short(&p.digest),
+                pkgs.join(" "),
+            ]
+        })
+        .collect();
+    format!(
+        "done; plans of affected cards:\n{}",
+        table(&["NODE", "CLASS", "RELEASE", "DIGEST", "PACKAGES"], &rows)
+    )
+}
+
+/// Renders a reply for a terminal.
+pub fn render(reply: &Reply) -> String {
+    match reply {
+        Reply::Pong => "master is up\n".into(),
+        Reply::Done(msg) => format!("{msg}\n"),
+        Reply::Nodes(nodes) => {
+            let rows: Vec<Vec<String>> = nodes.iter().map(node_row).collect();
+            table(
+                &[
+                    "SLOT",
+                    "MAC",
+                    "TYPE",
+                    "ARCH",
+                    "CLASS",
+                    "STATE",
+                    "PRESENT",
+                    "INSTALLED",
+                    "PLANNED",
+                    "IN-SYNC",
+                ],
+                &rows,
+            )
+        }
+        Reply::Packages {
+            packages,
+            boot_images,
+        } => {
+            let rows: Vec<Vec<String>> = packages
+                .iter()
+                .map(|p| {
+                    let deps: Vec<String> =
+                        p.depends.iter().map(|(n, r)| format!("{n} {r}")).collect();
+                    vec![
+                        p.name.clone(),
+                        p.version.to_string(),
+                        p.arch.clone(),
+                        p.provides.join(","),
+                        deps.join(", "),
+                        p.payload.size.to_string(),
+                        p.releases.join(" "),
+                    ]
+                })
+                .collect();
+            let boots: Vec<Vec<String>> = boot_images
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.name.clone(),
+                        b.version.to_string(),
+                        b.card_type.clone(),
+                        b.arch.clone(),
+                        b.image.size.to_string(),
+                        b.releases.join(" "),
+                    ]
+                })
+                .collect();
+            format!(
+                "{}\n{}",
+                table(
+                    &[
+                        "PACKAGE", "VERSION", "ARCH", "PROVIDES", "DEPENDS", "BYTES", "RELEASES"
+                    ],
+                    &rows
+                ),
+                table(
+                    &[
+                        "BOOT IMAGE",
+                        "VERSION",
+                        "CARD TYPE",
+                        "ARCH",
+                        "BYTES",
+                        "RELEASES"
+                    ],
+                    &boots
+                )
+            )
+        }
+        Reply::Releases(rels) => {
+            let rows: Vec<Vec<String>> = rels
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.release.to_string(),
+                        utc(r.imported_at),
+                        r.signer.clone(),
+                        r.boot_images.to_string(),
+                        r.packages.to_string(),
+                        r.classes.join(","),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "RELEASE",
+                    "IMPORTED (UTC)",
+                    "SIGNER",
+                    "BOOT",
+                    "PACKAGES",
+                    "CLASSES",
+                ],
+                &rows,
+            )
+        }
+        Reply::Classes(classes) => {
+            let rows: Vec<Vec<String>> = classes
+                .iter()
+                .map(|c| {
+                    let r = &c.class.rule;
+                    let mut rule = Vec::new();
+                    if !r.card_types.is_empty() {
+                        rule.push(format!("type {}", r.card_types.join("|")));
+                    }
+                    if !r.slots.is_empty() {
+                        let s: Vec<String> = r.slots.iter().map(ToString::to_string).collect();
+                        rule.push(format!("slot {}", s.join(",")));
+                    }
+                    if !r.features.is_empty() {
+                        rule.push(format!("wants {}", r.features.join(",")));
+                    }
+                    let pkgs: Vec<String> = c
+                        .class
+                        .packages
+                        .iter()
+                        .map(|(n, v)| format!("{n} {v}"))
+                        .collect();
+                    let release = match c.assignment.as_ref().and_then(|a| a.release.as_ref()) {
+                        Some(r) => format!("{r} (assigned)"),
+                        None => c.release.to_string(),
+                    };
+                    let nodes: Vec<String> = c.nodes.iter().map(ToString::to_string).collect();
+                    vec![
+                        c.class.name.clone(),
+                        if rule.is_empty() {
+                            "any".into()
+                        } else {
+                            rule.join(", ")
+                        },
+                        c.class.boot.clone().unwrap_or_else(|| "-".into()),
+                        pkgs.join(", "),
+                        c.class.features.join(","),
+                        release,
+                        nodes.join(" "),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "CLASS", "MATCH", "BOOT", "PACKAGES", "FEATURES", "RELEASE", "NODES",
+                ],
+                &rows,
+            )
+        }
+        Reply::Assignments(list) => {
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|a| {
+                    let pins: Vec<String> =
+                        a.pins.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                    vec![
+                        a.target.to_string(),
+                        a.release
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_else(|| "-".into()),
+                        pins.join(" "),
+                        utc(a.set_at),
+                    ]
+                })
+                .collect();
+            table(&["TARGET", "RELEASE", "PINS", "SET (UTC)"], &rows)
+        }
+        Reply::NodeAdded { mac, new } => {
+            if *new {
+                format!("registered node {mac}\n")
+            } else {
+                format!("updated node {mac}\n")
+            }
+        }
+        Reply::Plans(plans) => plans_text(plans),
+        Reply::TestMode(Some(p)) => plan_text(p),
+        Reply::TestMode(None) => "test mode off; the card gets its persistent plan\n".into(),
+        Reply::History(events) => {
+            let rows: Vec<Vec<String>> = events
+                .iter()
+                .map(|e| {
+                    vec![
+                        utc(e.at),
+                        e.node
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_else(|| "-".into()),
+                        e.kind.clone(),
+                        e.detail.clone(),
+                    ]
+                })
+                .collect();
+            table(&["TIME (UTC)", "NODE", "EVENT", "DETAIL"], &rows)
+        }
+        Reply::Explain(p) => plan_text(p),
+        Reply::Trusted(k) => format!("trusted key {} ({})\n", k.key_id, k.comment),
+        Reply::Keys(keys) => {
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|k| vec![k.key_id.clone(), utc(k.added_at), k.comment.clone()])
+                .collect();
+            table(&["KEY ID", "ADDED (UTC)", "COMMENT"], &rows)
+        }
+        Reply::Imported(r) => match r.outcome {
+            crate::store::ImportOutcome::Imported => format!(
+                "imported {} signed by {}: {} blobs stored, {} already present, {} bytes verified\n",
+                r.release, r.signer, r.blobs_stored, r.blobs_present, r.bytes
+            ),
+            crate::store::ImportOutcome::AlreadyPresent => format!(
+                "{} is already imported ({} bytes verified); nothing changed\n",
+                r.release, r.bytes
+            ),
+        },
+        Reply::Gc(g) => {
+            let del: Vec<String> = g.deleted_releases.iter().map(ToString::to_string).collect();
+            let kept: Vec<String> = g.kept_releases.iter().map(ToString::to_string).collect();
+            format!(
+                "deleted releases: {}\nkept releases: {}\nremoved {} unreferenced blobs, {} temp files\n",
+                if del.is_empty() {
+                    "none".into()
+                } else {
+                    del.join(" ")
+                },
+                kept.join(" "),
+                g.removed_blobs,
+                g.removed_temp_files
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_600_000), "2026-11-25 09:46:40");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+}

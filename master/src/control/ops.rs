@@ -1,0 +1,219 @@
+//! Control requests and replies, and [`execute`], which runs one request against the
+//! state. The same function serves the daemon's socket and the CLI's in-process mode, so
+//! both behave identically.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::master::{
+    ClassView, GcReport, ImportReport, Master, MasterError, NodeView, parse_pins, parse_release,
+};
+use crate::policy::{self, Mac};
+use crate::resolve::Plan;
+use crate::store::{
+    Assignment, BootRecord, Event, NodeIdentity, PackageRecord, ReleaseInfo, Target, TrustedKey,
+};
+
+/// One operation. Paths must be absolute (the daemon has its own working directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    Ping,
+    Nodes,
+    Packages,
+    Releases,
+    Classes {
+        release: Option<String>,
+    },
+    Assignments,
+    NodeAdd {
+        identity: NodeIdentity,
+        class: Option<String>,
+    },
+    NodeClass {
+        mac: Mac,
+        class: Option<String>,
+    },
+    Assign {
+        target: String,
+        release: Option<String>,
+        pins: Vec<String>,
+        clear: bool,
+    },
+    TestMode {
+        mac: Mac,
+        packages: Vec<String>,
+        off: bool,
+    },
+    Rollback {
+        target: String,
+        to: String,
+    },
+    History {
+        node: Option<Mac>,
+        limit: u32,
+    },
+    Explain {
+        mac: Mac,
+    },
+    TrustAdd {
+        path: PathBuf,
+        comment: String,
+    },
+    TrustRemove {
+        key_id: String,
+    },
+    TrustList,
+    Import {
+        path: PathBuf,
+        activate: bool,
+    },
+    Gc {
+        keep: u32,
+    },
+}
+
+impl Request {
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ping => "ping",
+            Self::Nodes => "nodes",
+            Self::Packages => "packages",
+            Self::Releases => "releases",
+            Self::Classes { .. } => "classes",
+            Self::Assignments => "assignments",
+            Self::NodeAdd { .. } => "node-add",
+            Self::NodeClass { .. } => "node-class",
+            Self::Assign { .. } => "assign",
+            Self::TestMode { .. } => "test-mode",
+            Self::Rollback { .. } => "rollback",
+            Self::History { .. } => "history",
+            Self::Explain { .. } => "explain",
+            Self::TrustAdd { .. } => "trust-add",
+            Self::TrustRemove { .. } => "trust-remove",
+            Self::TrustList => "trust-list",
+            Self::Import { .. } => "import",
+            Self::Gc { .. } => "gc",
+        }
+    }
+}
+
+/// The result of an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", content = "data", rename_all = "kebab-case")]
+pub enum Reply {
+    Pong,
+    Nodes(Vec<NodeView>),
+    Packages {
+        packages: Vec<PackageRecord>,
+        boot_images: Vec<BootRecord>,
+    },
+    Releases(Vec<ReleaseInfo>),
+    Classes(Vec<ClassView>),
+    Assignments(Vec<Assignment>),
+    NodeAdded {
+        mac: Mac,
+        new: bool,
+    },
+    Done(String),
+    /// Plans of the cards an assignment or rollback affects.
+    Plans(Vec<Plan>),
+    TestMode(Option<Box<Plan>>),
+    History(Vec<Event>),
+    Explain(Box<Plan>),
+    Trusted(TrustedKey),
+    Keys(Vec<TrustedKey>),
+    Imported(ImportReport),
+    Gc(GcReport),
+}
+
+/// Parses an assignment target: `default`, a MAC (node) or a class name.
+pub fn parse_target(s: &str) -> Result<Target, MasterError> {
+    if s == "default" {
+        return Ok(Target::Default);
+    }
+    if let Ok(mac) = s.parse::<Mac>() {
+        return Ok(Target::Node(mac));
+    }
+    policy::check_name(s).map_err(|source| MasterError::Target {
+        target: s.to_owned(),
+        source,
+    })?;
+    Ok(Target::Class(s.to_owned()))
+}
+
+/// Runs one request.
+pub fn execute(
+    m: &mut Master,
+    req: Request,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Reply, MasterError> {
+    Ok(match req {
+        Request::Ping => Reply::Pong,
+        Request::Nodes => Reply::Nodes(m.nodes()?),
+        Request::Packages => Reply::Packages {
+            packages: m.packages()?,
+            boot_images: m.boot_images()?,
+        },
+        Request::Releases => Reply::Releases(m.releases()?),
+        Request::Classes { release } => {
+            let r = release.as_deref().map(parse_release).transpose()?;
+            Reply::Classes(m.classes(r.as_ref())?)
+        }
+        Request::Assignments => Reply::Assignments(m.assignments()?),
+        Request::NodeAdd { identity, class } => {
+            let new = m.add_node(&identity, class.as_deref())?;
+            Reply::NodeAdded {
+                mac: identity.mac,
+                new,
+            }
+        }
+        Request::NodeClass { mac, class } => {
+            m.set_class(&mac, class.as_deref())?;
+            Reply::Done(match class {
+                Some(c) => format!("node {mac} is now in class {c}"),
+                None => format!("node {mac} takes the first matching class"),
+            })
+        }
+        Request::Assign {
+            target,
+            release,
+            pins,
+            clear,
+        } => {
+            let target = parse_target(&target)?;
+            if clear {
+                m.unassign(&target)?;
+                Reply::Done(format!("{target}: assignment cleared"))
+            } else {
+                let release = release.as_deref().map(parse_release).transpose()?;
+                Reply::Plans(m.assign(target, release, parse_pins(&pins)?, "assign")?)
+            }
+        }
+        Request::TestMode { mac, packages, off } => {
+            let pins = if off {
+                None
+            } else {
+                Some(parse_pins(&packages)?)
+            };
+            Reply::TestMode(m.test_mode(&mac, pins)?.map(Box::new))
+        }
+        Request::Rollback { target, to } => {
+            Reply::Plans(m.rollback(parse_target(&target)?, parse_release(&to)?)?)
+        }
+        Request::History { node, limit } => Reply::History(m.history(node.as_ref(), limit)?),
+        Request::Explain { mac } => Reply::Explain(Box::new(m.plan(&mac)?)),
+        Request::TrustAdd { path, comment } => Reply::Trusted(m.trust_add(&path, &comment)?),
+        Request::TrustRemove { key_id } => {
+            m.trust_remove(&key_id)?;
+            Reply::Done(format!("key {key_id} is no longer trusted"))
+        }
+        Request::TrustList => Reply::Keys(m.trust_list()?),
+        Request::Import { path, activate } => {
+            Reply::Imported(m.import_file(&path, activate, progress)?)
+        }
+        Request::Gc { keep } => Reply::Gc(m.gc(usize::try_from(keep).unwrap_or(usize::MAX))?),
+    })
+}

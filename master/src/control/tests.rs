@@ -1,0 +1,94 @@
+//! Control socket tests: a daemon thread and a client on a temporary state directory.
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+use crate::master::fixture;
+
+#[test]
+fn lock_is_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = StateLock::acquire(dir.path()).unwrap();
+    let err = StateLock::acquire(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("in use by another master process"),
+        "{err}"
+    );
+    drop(lock);
+    StateLock::acquire(dir.path()).unwrap();
+}
+
+#[test]
+fn daemon_serves_requests_with_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixture::image(dir.path(), "1.0.0", "", &fixture::vendor_key());
+    let img_path = dir.path().join("release-1.0.0.img");
+    std::fs::write(&img_path, &img).unwrap();
+    let state = dir.path().join("state");
+    let mut master = fixture::master(dir.path());
+    let _lock = StateLock::acquire(&state).unwrap();
+    let daemon = Daemon::bind(&state, None).unwrap();
+    let mode = std::fs::metadata(daemon.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let server = std::thread::spawn(move || {
+        for _ in 0..4 {
+            daemon.serve_one(&mut master).unwrap();
+        }
+    });
+    let call = |req: Request, progress: &mut dyn FnMut(u64, u64)| {
+        Client::connect(&state).unwrap().call(&req, progress)
+    };
+    assert_eq!(call(Request::Ping, &mut |_, _| {}).unwrap(), Reply::Pong);
+    let mut last = (0, 0);
+    let reply = call(
+        Request::Import {
+            path: img_path,
+            activate: true,
+        },
+        &mut |d, t| last = (d, t),
+    )
+    .unwrap();
+    assert!(matches!(reply, Reply::Imported(_)), "{reply:?}");
+    assert!(last.1 > 0 && last.0 == last.1, "progress {last:?}");
+    // An operation error comes back as the error chain.
+    let err = call(
+        Request::Explain {
+            mac: fixture::N1.parse().unwrap(),
+        },
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    let ControlError::Remote(chain) = err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        chain.join(": ").contains("unknown node 02:00:00:00:00:01"),
+        "{chain:?}"
+    );
+    let reply = call(Request::Releases, &mut |_, _| {}).unwrap();
+    let Reply::Releases(r) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(r[0].release.to_string(), "shelf-os@1.0.0");
+    server.join().unwrap();
+}
+
+#[test]
+fn peer_policy() {
+    let p = Policy {
+        uid: Uid::from_raw(1000),
+        group: Some(Gid::from_raw(50)),
+    };
+    assert!(p.allows(0, 0));
+    assert!(p.allows(1000, 1000));
+    assert!(p.allows(1001, 50));
+    assert!(!p.allows(1001, 51));
+    let p = Policy {
+        uid: Uid::from_raw(0),
+        group: None,
+    };
+    assert!(!p.allows(1001, 50));
+}
