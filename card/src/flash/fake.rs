@@ -79,6 +79,8 @@ struct State {
     ops: Vec<FakeOp>,
     cut: Option<Cut>,
     dead: bool,
+    /// (volume name, LEB) whose reads fail with an I/O error (ECC).
+    bad_reads: Vec<(String, u64)>,
 }
 
 impl State {
@@ -152,6 +154,7 @@ impl FakeVolumes {
                 ops: Vec::new(),
                 cut: None,
                 dead: false,
+                bad_reads: Vec::new(),
             })),
         }
     }
@@ -205,8 +208,15 @@ impl FakeVolumes {
                 ops: Vec::new(),
                 cut: None,
                 dead: false,
+                bad_reads: Vec::new(),
             })),
         }
+    }
+
+    /// Make reads of LEB `leb` of volume `name` fail with an I/O error (an uncorrectable
+    /// ECC error), from now on and across power cycles.
+    pub fn fail_reads(&self, name: &str, leb: u64) {
+        lock(&self.state).bad_reads.push((name.to_owned(), leb));
     }
 
     /// Flip one bit of a volume's data (simulates media corruption).
@@ -328,6 +338,16 @@ impl Volumes for FakeVolumes {
             .ok_or_else(|| VolumeError::new(VolumeOp::Read, t(), Kind::NotFound))?;
         if v.update_marker {
             return Err(VolumeError::new(VolumeOp::Read, t(), Kind::UpdateMarker));
+        }
+        let (first, last) = (
+            offset / s.leb_size,
+            (offset + buf.len() as u64).saturating_sub(1) / s.leb_size,
+        );
+        if s.bad_reads
+            .iter()
+            .any(|(n, l)| *n == v.name && (first..=last).contains(l))
+        {
+            return Err(VolumeError::new(VolumeOp::Read, t(), Kind::Io));
         }
         // Written bytes, then erased flash (0xFF) up to the reserved size, as on UBI.
         let reserved = usize::try_from(v.lebs * s.leb_size).unwrap_or(usize::MAX);

@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 use super::artifact::{ArtifactRef, Digest};
 use super::error::Ctx;
 pub use super::error::StoreError;
-use super::inventory::{self, Inventory, SetRecord};
+use super::inventory::{self, Inventory, InventoryError, SetRecord};
 use super::layout::{self, VolumeClass};
 use super::stage::Txn;
 use super::volumes::{Geometry, Rename, VolumeId, VolumeInfo, VolumeWriter, Volumes};
@@ -152,15 +152,69 @@ fn read_inventory<V: Volumes>(
         return Ok((None, None));
     };
     let limit = 2 * (inventory::MAX_PAYLOAD as u64 + 16 + geo.leb_size);
-    let bytes = read_all(vols, info, limit)?;
-    let d = inventory::decode(&bytes, geo.leb_size).map_err(|source| StoreError::Inventory {
-        volume: info.name.clone(),
-        source,
-    })?;
-    if let Some(what) = &d.damaged {
+    let (bytes, read_errors) = read_per_leb(vols, info, limit, geo.leb_size);
+    let note = |s: String| {
+        if read_errors.is_empty() {
+            s
+        } else {
+            format!("{s} (read errors: {})", read_errors.join("; "))
+        }
+    };
+    let d = match inventory::decode(&bytes, geo.leb_size) {
+        Ok(d) => d,
+        Err(InventoryError::Corrupt { a, b }) => {
+            return Err(StoreError::Inventory {
+                volume: info.name.clone(),
+                source: InventoryError::Corrupt { a: note(a), b },
+            });
+        }
+        Err(source) => {
+            return Err(StoreError::Inventory {
+                volume: info.name.clone(),
+                source,
+            });
+        }
+    };
+    let damaged = d.damaged.map(note);
+    if let Some(what) = &damaged {
         log::warn!("flash: inventory copy damaged ({what}); using the other copy");
     }
-    Ok((Some(d.inventory), d.damaged))
+    Ok((Some(d.inventory), damaged))
+}
+
+/// Read a volume LEB by LEB (bounded by `limit`); a LEB that cannot be read (ECC error)
+/// reads as zeros and is reported, so that one bad LEB cannot hide the other copy.
+fn read_per_leb<V: Volumes>(
+    vols: &mut V,
+    info: &VolumeInfo,
+    limit: u64,
+    leb_size: u64,
+) -> (Vec<u8>, Vec<String>) {
+    let len = usize::try_from(info.data_bytes.min(limit)).unwrap_or(0);
+    let leb = usize::try_from(leb_size.max(1)).unwrap_or(usize::MAX);
+    let mut out = vec![0u8; len];
+    let mut errors = Vec::new();
+    let mut end = len;
+    for (i, chunk) in out.chunks_mut(leb).enumerate() {
+        let base = i * leb;
+        let mut off = 0;
+        while off < chunk.len() {
+            match vols.read(info.id, (base + off) as u64, &mut chunk[off..]) {
+                Ok(0) => {
+                    end = end.min(base + off);
+                    break;
+                }
+                Ok(n) => off += n,
+                Err(e) => {
+                    chunk.fill(0);
+                    errors.push(format!("LEB {i}: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    out.truncate(end);
+    (out, errors)
 }
 
 impl<V: Volumes> Store<V> {

@@ -700,3 +700,22 @@ fn a_failed_write_returns_the_artifact_to_not_started() {
         Err(StoreError::WrongState { .. })
     ));
 }
+
+#[test]
+fn an_unreadable_inventory_leb_falls_back_to_the_other_copy() {
+    let dev = fresh(64, &[&set_a()]);
+    dev.fail_reads(layout::INVENTORY, 0);
+    let (s, report) = Store::open(dev.clone(), cfg()).unwrap();
+    assert_eq!(s.digest(), Some(set_a().digest()));
+    let what = report.inventory_damaged.unwrap();
+    assert!(
+        what.contains("LEB 0") && what.contains("I/O error"),
+        "{what}"
+    );
+    // Both LEBs unreadable: a clear error that names the read failures.
+    dev.fail_reads(layout::INVENTORY, 1);
+    dev.fail_reads(layout::INVENTORY, 0);
+    let err = Store::open(dev, cfg()).unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("read errors"), "{chain}");
+}
