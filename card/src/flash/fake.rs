@@ -11,7 +11,8 @@
 //! as it would attach after the reboot. Only mutating operations (create, update, write,
 //! rename, remove) count; reads and listings are free.
 //!
-//! It does not model open/busy volumes, bad blocks appearing during a write, or ECC errors.
+//! Uncorrectable read errors can be injected per LEB ([`FakeVolumes::fail_reads`]). It
+//! does not model open/busy volumes or bad blocks appearing during a write.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -565,4 +565,59 @@ mod tests {
             Some(inv.set.digest)
         );
     }
+
+    #[test]
+    fn test_mode_stages_into_ram_and_leaves_flash_untouched() {
+        use crate::flash::{FakeVolumes, Volumes as _};
+        // The card's flash holds a committed set and a leftover of an interrupted run.
+        let flash = FakeVolumes::new(1024, 64);
+        let k1 = vec![1u8; 1500];
+        let set1 = [art("kernel", "1", &k1)];
+        let (mut s, _) = Store::open(flash.clone(), StoreConfig::default()).unwrap();
+        s.begin(&set1, "").unwrap();
+        s.stage(&set1[0], &k1[..]).unwrap();
+        s.commit().unwrap();
+        flash.clone().create("sb.new.inventory", 10).unwrap();
+        let flash = flash.power_cycle();
+        // Test mode: read the flash digest without writing, stage the plan into "RAM".
+        let on_flash = Store::inspect(&mut flash.clone()).unwrap().unwrap();
+        let ram_dir = tempfile::tempdir().unwrap();
+        let ram = FileVolumes::open_or_format(ram_dir.path(), 1024, 16).unwrap();
+        let (mut r, _) = Store::open(ram.clone(), StoreConfig::default()).unwrap();
+        let k2 = vec![2u8; 3000];
+        let p2 = vec![3u8; 700];
+        let set2 = [art("kernel", "2", &k2), art("base", "2", &p2)];
+        let check = r.begin(&set2, "quiet").unwrap();
+        assert_eq!(
+            check.fetch.len(),
+            2,
+            "RAM starts empty: everything is fetched"
+        );
+        r.stage(&set2[0], &k2[..]).unwrap();
+        r.stage(&set2[1], &p2[..]).unwrap();
+        let inv = r.commit().unwrap();
+        let files: Vec<Vec<u8>> = r
+            .resolve(&inv.set)
+            .unwrap()
+            .into_iter()
+            .map(|(_, id)| fs::read(ram.blob_path(id).unwrap()).unwrap())
+            .collect();
+        assert_eq!(files, vec![k2, p2]);
+        assert!(
+            flash.ops().is_empty(),
+            "test mode wrote to flash: {:?}",
+            flash.ops()
+        );
+        assert_eq!(
+            Store::inspect(&mut flash.clone()).unwrap().unwrap(),
+            on_flash
+        );
+        // Too big for RAM: the same structured error as on flash.
+        let huge = [art("kernel", "3", &vec![0u8; 20 * 1024])];
+        r.abort().unwrap();
+        assert!(matches!(
+            r.begin(&huge, ""),
+            Err(crate::flash::StoreError::NoSpace { .. })
+        ));
+    }
 }

@@ -12,7 +12,8 @@
 //! copy:   "SBIV" | format u16 BE | 0u16 | len u32 BE | CBOR payload (len bytes) | crc32 BE
 //!         (crc32 covers everything before it)
 //! volume: copy A, 0xFF padding to stride | copy B, 0xFF padding to stride
-//!         stride = copy length rounded up to the LEB size; data_bytes = 2 × stride
+//!         stride = copy length rounded up to the LEB size (the volume is 2 × stride;
+//!         decoding finds copy B at the first LEB boundary holding a valid copy)
 //! ```
 //!
 //! Decoding checks magic, format, length, CRC, the CBOR, that every set's digest is the
