@@ -60,10 +60,13 @@ impl RingGeometry {
         block_nr: 8,
         frame_size: 2048,
     };
-    /// 16 blocks of 256 KiB (4 MiB), about 2,000 full-size frames in flight.
+    /// 64 blocks of 64 KiB (4 MiB): about 2,600 full-size frames at line rate. Many
+    /// small blocks rather than few big ones because a block the retire timer hands over
+    /// holds whatever trickled in (often one frame): at low rates the ring holds
+    /// `block_nr` timeouts' worth of traffic, i.e. 64 x 2 ms before it drops.
     pub const RX_DEFAULT: RingGeometry = RingGeometry {
-        block_size: 1 << 18,
-        block_nr: 16,
+        block_size: 1 << 16,
+        block_nr: 64,
         frame_size: 2048,
     };
 
@@ -559,7 +562,8 @@ mod tests {
         assert!(RingGeometry::TX_DEFAULT.check(page, 1514).is_ok());
         assert!(RingGeometry::RX_DEFAULT.check(page, 1514).is_ok());
         assert_eq!(RingGeometry::TX_DEFAULT.frame_nr(), 256);
-        assert_eq!(RingGeometry::RX_DEFAULT.frames_per_block(), 128);
+        assert_eq!(RingGeometry::RX_DEFAULT.frames_per_block(), 32);
+        assert_eq!(RingGeometry::RX_DEFAULT.total_bytes(), 4 << 20);
         let bad = [
             RingGeometry {
                 block_size: 5000,

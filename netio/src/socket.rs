@@ -489,9 +489,9 @@ impl PacketSocket {
                             source,
                         });
                     }
-                    // One send() per batch; if the ring was full, wait for it to drain.
-                    // ... but block if the ring is full, or if the kernel stopped early
-                    // (socket buffer full), so no frame is left behind in the ring.
+                    // One non-blocking send() per batch; a blocking one if the ring is
+                    // full, or if the kernel stopped early (socket buffer full), so no
+                    // frame is left behind in the ring.
                     ring_full = done + n < frames.len();
                     let mut kicked = ring.kick(ring_full);
                     if kicked.is_ok() && !ring_full && !ring.all_taken() {

@@ -401,4 +401,41 @@ mod netns {
             "{name} left behind"
         );
     }
+
+    #[test]
+    fn ring_frames_never_wait_for_a_next_call() {
+        if !lab::tier_enabled("ring_frames_never_wait_for_a_next_call") {
+            return;
+        }
+        let lab = Lab::new("ringtail", 2).unwrap();
+        // A slow link and a tiny socket buffer: the kernel can take only a few frames per
+        // non-blocking send(); the rest must still go out without another call. (The
+        // receiver is not reading meanwhile: at 1.2 ms per frame its V3 ring's timer
+        // hands over one block per frame or two, so this also checks that the default
+        // ring has enough blocks for a trickle.)
+        let tbf = Tbf {
+            rate_bits_per_sec: 10_000_000,
+            burst_bytes: 4_000,
+            latency: Duration::from_millis(200),
+        };
+        lab.shape_port(0, tbf).unwrap();
+        lab.run(|| {
+            let cfg = SocketConfig {
+                sndbuf: Some(8 << 10),
+                ..config(Path::Ring, Path::Ring)
+            };
+            let mut a = PacketSocket::open("p0", cfg).unwrap();
+            let mut b = PacketSocket::open("p1", config(Path::Ring, Path::Ring)).unwrap();
+            let frames: Vec<Vec<u8>> = (0..30)
+                .map(|s| make_frame(b.mac(), a.mac(), s, 1514))
+                .collect();
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            assert_eq!(a.send_batch(&refs).unwrap(), 30);
+            // no flush, no further send
+            let (got, _) = drain(&mut b, 30, Duration::from_secs(3));
+            assert_eq!(got.len(), 30, "frames stayed in the TX ring");
+            assert_eq!(b.stats().unwrap().kernel_drops, 0);
+        })
+        .unwrap();
+    }
 }
