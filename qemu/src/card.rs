@@ -229,7 +229,7 @@ pub enum CardError {
     },
     /// QEMU exited while we waited for a line.
     #[error(
-        "card {card}: QEMU exited ({status}) before {pattern} appeared (console {log}, qemu log {qemu_log}); last lines:\n{tail}"
+        "card {card}: QEMU exited ({status}) before {pattern} appeared (console {log}); QEMU said: {qemu_said}; last console lines:\n{tail}"
     )]
     Exited {
         /// Card name.
@@ -240,8 +240,8 @@ pub enum CardError {
         status: ExitStatus,
         /// Console log path.
         log: PathBuf,
-        /// QEMU's own stderr.
-        qemu_log: PathBuf,
+        /// Tail of QEMU's own stderr log.
+        qemu_said: String,
         /// Last console lines.
         tail: String,
     },
@@ -288,6 +288,17 @@ pub fn create_erased_image(path: &Path, size: u64) -> std::io::Result<()> {
         left -= n;
     }
     f.sync_all()
+}
+
+fn tail_of_file(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
+    if tail.is_empty() {
+        format!("nothing ({})", path.display())
+    } else {
+        format!("{tail} ({})", path.display())
+    }
 }
 
 impl Card {
@@ -436,7 +447,7 @@ impl Card {
                     pattern: pattern.to_string(),
                     status,
                     log: self.cfg.console_log(),
-                    qemu_log: self.qemu_log(),
+                    qemu_said: tail_of_file(&self.qemu_log(), 5),
                     tail: self.tail(30),
                 });
             }
@@ -616,5 +627,16 @@ mod tests {
             Err(CardError::Off { .. })
         ));
         assert!(card.console().contains("one\ntwo\n"));
+        // A VM that dies reports QEMU's own words.
+        fs::write(card.qemu_log(), "qemu: could not open tap0\n").unwrap();
+        card.child = Some(Command::new("true").spawn().unwrap());
+        let err = card
+            .wait_for("never", Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("QEMU exited") && err.contains("could not open tap0"),
+            "{err}"
+        );
     }
 }

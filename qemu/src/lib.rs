@@ -4,12 +4,14 @@
 //!
 //! Modules: [`kernel`] (apt acquisition and cache), [`vmlinux`] (PVH extraction),
 //! [`backplane`] (netns, bridge, taps, loss, raw test ports), [`card`] (one VM: console
-//! log, waits, power cut/cycle), [`hostbin`] (host tools for test images), [`cmd`].
+//! log, waits, power cut/cycle), [`flash`] (nandsim and block2mtd parameters),
+//! [`hostbin`] (host tools for test images), [`cmd`].
 //! docs/lab.md explains the lab and how to add a scenario.
 
 pub mod backplane;
 pub mod card;
 pub mod cmd;
+pub mod flash;
 pub mod hostbin;
 pub mod kernel;
 pub mod vmlinux;

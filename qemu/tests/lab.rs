@@ -19,6 +19,7 @@ mod tests {
     use shelfboot_mkinitramfs::compress::Compression;
     use shelfboot_qemu::backplane::{self, Backplane};
     use shelfboot_qemu::card::{Card, CardConfig, Nic, NicModel};
+    use shelfboot_qemu::flash::{Block2mtd, Nandsim};
     use shelfboot_qemu::{hostbin, kernel};
 
     fn gated(vars: &[&str]) -> bool {
@@ -126,17 +127,22 @@ echo "LAB: modules loaded $n"
         let script = format!(
             "{PRELUDE}{}",
             r#"cat /proc/mtd
-if ubiattach -m 0 -d 0; then echo "LAB: ubiattach ok, $(cat /sys/class/ubi/ubi0/total_eraseblocks) PEBs"; else echo "LAB: ubiattach FAILED"; fi
+if ubiattach -m 0 -d 0; then echo "LAB: ubiattach ok, $(cat /sys/class/ubi/ubi0/total_eraseblocks) PEBs, $(cat /sys/class/ubi/ubi0/bad_peb_count) bad"; else echo "LAB: ubiattach FAILED"; fi
 grep -q '^ubifs ' /proc/modules && echo "LAB: ubifs loaded"
 poweroff -f
 "#
         );
+        // Two bad blocks: proves multi-parameter lines reach insmod intact.
+        let nand = Nandsim {
+            badblocks: vec![5, 10],
+            ..Nandsim::default()
+        };
         let (initramfs, nmods, build_time) = busybox_initramfs(
             &k,
             tmp.path(),
             &script,
             &[
-                ("nandsim", "id_bytes=0x20,0xf1,0x80,0x15"),
+                ("nandsim", nand.params().as_str()),
                 ("ubi", ""),
                 ("ubifs", ""),
             ],
@@ -162,10 +168,10 @@ poweroff -f
         let attach = card
             .wait_for("LAB: ubiattach", Duration::from_secs(30))
             .unwrap();
-        // 128 MiB nandsim = 1024 PEBs of 128 KiB.
+        // 128 MiB nandsim = 1024 PEBs of 128 KiB; UBI counts the 1022 good ones.
         assert_eq!(
             attach.line,
-            "LAB: ubiattach ok, 1024 PEBs",
+            "LAB: ubiattach ok, 1022 PEBs, 2 bad",
             "console:\n{}",
             card.console()
         );
@@ -304,7 +310,7 @@ sleep 600
             &script,
             &[
                 ("virtio_blk", ""),
-                ("block2mtd", "block2mtd=/dev/vda,128KiB"),
+                ("block2mtd", Block2mtd::default().params().as_str()),
                 ("ubi", ""),
             ],
             &[
