@@ -687,3 +687,7 @@ impl<W: ByteSink> Receiver<W> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "receiver_tests.rs"]
+mod tests;

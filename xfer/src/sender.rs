@@ -298,6 +298,8 @@ pub struct SenderStats {
 #[derive(Debug)]
 struct Member {
     state: MemberState,
+    /// Missing blocks it reported in the current rate interval.
+    interval_missing: u64,
 }
 
 /// One transfer session (master side). See the module docs.
@@ -324,7 +326,6 @@ pub struct Sender<S> {
     rate: RateControl,
     interval_start: Duration,
     interval_sent: u64,
-    interval_missing: u64,
     sequence: u32,
     scratch: Vec<u8>,
     stats: SenderStats,
@@ -373,7 +374,6 @@ impl<S: BlockSource> Sender<S> {
             rate,
             interval_start: now,
             interval_sent: 0,
-            interval_missing: 0,
             sequence: 0,
             scratch: vec![0; usize::from(cfg.block_size)],
             cfg,
@@ -448,7 +448,13 @@ impl<S: BlockSource> Sender<S> {
             nacks: 0,
             nacked_blocks: 0,
         };
-        self.members.insert(member, Member { state });
+        self.members.insert(
+            member,
+            Member {
+                state,
+                interval_missing: 0,
+            },
+        );
         Admission::Joined(Join {
             transfer: self.transfer,
             artifact: self.artifact.sha256,
@@ -512,11 +518,12 @@ impl<S: BlockSource> Sender<S> {
             return ControlOutcome::MemberDropped;
         }
         let mut queue = SliceBitmap::default();
+        let mut missing = 0;
         for b in wanted.missing() {
             if !self.behind_cursor(nack.slice, b) {
                 continue;
             }
-            self.interval_missing += 1;
+            missing += 1;
             let recently = self.recent.iter().any(|(at, s, bits)| {
                 *s == nack.slice && bits.is_missing(b) && *at + self.cfg.repair_holdoff > now
             });
@@ -525,6 +532,9 @@ impl<S: BlockSource> Sender<S> {
             } else {
                 queue.set(b, true);
             }
+        }
+        if let Some(m) = self.members.get_mut(&from) {
+            m.interval_missing += missing;
         }
         if queue.count() == 0 {
             return ControlOutcome::Accepted;
@@ -637,20 +647,28 @@ impl<S: BlockSource> Sender<S> {
             // at the end of a session with a late NACK is no loss ratio. Small intervals
             // are carried over into the next.
             if self.interval_sent >= u64::from(BLOCKS_PER_SLICE) {
-                let active = self
+                // The median member's loss drives the rate: one slow or lossy card must not
+                // slow the group (it is dropped to catch-up instead); in a catch-up session
+                // of one card, the median is that card.
+                let mut missing: Vec<u64> = self
                     .members
                     .values()
                     .filter(|m| m.state.status == MemberStatus::Active)
-                    .count() as u64;
+                    .map(|m| m.interval_missing)
+                    .collect();
+                missing.sort_unstable();
+                let median = missing.get(missing.len().saturating_sub(1) / 2).copied();
                 let before = self.rate.decreases();
                 let rate = self
                     .rate
-                    .end_interval(self.interval_sent * active, self.interval_missing);
+                    .end_interval(self.interval_sent, median.unwrap_or(0));
                 self.stats.rate_decreases += self.rate.decreases() - before;
                 self.stats.rate = rate;
                 self.bucket.set_rate(rate, now);
                 self.interval_sent = 0;
-                self.interval_missing = 0;
+                self.members
+                    .values_mut()
+                    .for_each(|m| m.interval_missing = 0);
             }
             self.interval_start = now;
         }
@@ -820,3 +838,7 @@ impl<S: BlockSource> Sender<S> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "sender_tests.rs"]
+mod tests;

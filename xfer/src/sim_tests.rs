@@ -165,6 +165,13 @@ fn slow_card_goes_to_catch_up_without_stalling_the_others() {
     let mut specs = cards(8, 0.0);
     specs[5].capacity = Some(4_000_000);
     let report = Sim::new(cfg, data.clone(), specs).run().unwrap();
+    eprintln!(
+        "slow card: sessions {}, done at {:?}; others done by {:?}; rate decreases {}",
+        report.cards[5].sessions,
+        report.cards[5].completed_at,
+        report.cards.iter().filter_map(|c| c.completed_at).min(),
+        report.sender.rate_decreases
+    );
     assert_all_identical(&report, &data, window);
     assert!(report.sessions >= 2, "no catch-up session: {report:#?}");
     assert!(report.cards[5].sessions >= 2);

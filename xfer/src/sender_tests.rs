@@ -1,0 +1,339 @@
+//! Sender tests: join window, slice order, NACK repairs (exactly the missing blocks, before
+//! new data, once per holdoff), completion, silence and lag drops, late joins, pacing.
+
+// Test data generators cut integers to bytes on purpose.
+#![allow(clippy::cast_possible_truncation)]
+
+use std::time::Duration;
+
+use shelfboot_proto::data::DataView;
+use shelfboot_proto::frame::{Flags, Frame, Link, MacAddr};
+use shelfboot_proto::msg::{Nack, Progress, Stage};
+use shelfboot_proto::{DEFAULT_ETHERTYPE, MAX_FRAME_LEN};
+
+use super::*;
+
+const BS: u16 = 128;
+const MS: Duration = Duration::from_millis(1);
+const SLICE: u64 = 128 * 128;
+
+fn mac(i: u8) -> MacAddr {
+    MacAddr([2, 0, 0, 0, 0, i])
+}
+
+fn config() -> SenderConfig {
+    let link = Link {
+        dst: MacAddr([3, 0, 0, 0, 0, 1]),
+        src: mac(0xfe),
+        ethertype: DEFAULT_ETHERTYPE,
+    };
+    let mut c = SenderConfig::new(link, BS);
+    c.join_window = 10 * MS;
+    c.max_lag_bytes = 4 * SLICE;
+    c.late_join_bytes = 2 * SLICE;
+    c.silence_timeout = 100 * MS;
+    c
+}
+
+fn sender(len: usize) -> Sender<Vec<u8>> {
+    let d: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    let info = ArtifactInfo {
+        name: "pkg 2".to_owned(),
+        sha256: [7; 32],
+        size: len as u64,
+    };
+    Sender::new(config(), 5, info, d, Duration::ZERO).unwrap()
+}
+
+/// Polls at `now` until a frame comes; returns (slice, block, flags).
+fn next(tx: &mut Sender<Vec<u8>>, now: &mut Duration) -> (u32, u16, Flags) {
+    let mut buf = vec![0; MAX_FRAME_LEN];
+    for _ in 0..1000 {
+        match tx.poll(*now, &mut buf).unwrap() {
+            SendStep::Frame { len, .. } => {
+                let f = Frame::decode(&buf[..len], DEFAULT_ETHERTYPE).unwrap();
+                let v = DataView::from_frame(&f).unwrap();
+                assert_eq!(v.transfer(), 5);
+                let h = v.header();
+                let off = h.offset as usize;
+                assert!(
+                    v.data()
+                        .iter()
+                        .enumerate()
+                        .all(|(i, b)| *b == (off + i) as u8)
+                );
+                return (h.slice, h.block, f.header().flags);
+            }
+            SendStep::Wait { until } => *now = until,
+            SendStep::Done => panic!("done"),
+        }
+    }
+    panic!("no frame");
+}
+
+fn progress(tx: &Sender<Vec<u8>>, done: u64) -> Progress {
+    Progress {
+        stage: Stage::Fetching,
+        artifact: Some(tx.artifact().sha256),
+        done,
+        total: tx.artifact().size,
+    }
+}
+
+fn nack(slice: u32, blocks: &[u16]) -> Nack {
+    let mut m = SliceBitmap::default();
+    blocks.iter().for_each(|b| m.set(*b, true));
+    Nack {
+        transfer: 5,
+        slice,
+        missing: m.0,
+    }
+}
+
+#[test]
+fn waits_for_the_join_window_then_sends_in_slice_order() {
+    let mut tx = sender(3 * SLICE as usize);
+    let mut buf = vec![0; MAX_FRAME_LEN];
+    let Admission::Joined(j) = tx.join(mac(1), 0, MS) else {
+        panic!("not admitted")
+    };
+    assert_eq!((j.transfer, j.block_size, j.size), (5, BS, 3 * SLICE));
+    assert_eq!(
+        tx.poll(2 * MS, &mut buf).unwrap(),
+        SendStep::Wait { until: 10 * MS }
+    );
+    let mut now = 10 * MS;
+    for s in 0..3 {
+        for b in 0..128 {
+            let (fs, fb, flags) = next(&mut tx, &mut now);
+            assert_eq!((fs, fb), (s, b));
+            assert_eq!(flags.contains(Flags::LAST), s == 2 && b == 127);
+        }
+    }
+    assert_eq!(tx.stats().data_bytes, 3 * SLICE);
+}
+
+#[test]
+fn nack_repairs_exactly_the_missing_blocks_before_new_data() {
+    let mut tx = sender(4 * SLICE as usize);
+    tx.join(mac(1), 0, Duration::ZERO);
+    let mut now = 10 * MS;
+    for _ in 0..130 {
+        next(&mut tx, &mut now);
+    }
+    // Blocks 3 and 77 of slice 0 were sent; slice 1 block 5 was not yet.
+    assert_eq!(
+        tx.handle_nack(mac(1), &nack(0, &[3, 77]), now),
+        ControlOutcome::Accepted
+    );
+    tx.handle_nack(mac(1), &nack(1, &[1, 5]), now);
+    let got: Vec<_> = (0..4).map(|_| next(&mut tx, &mut now)).collect();
+    assert_eq!((got[0].0, got[0].1), (0, 3));
+    assert_eq!((got[1].0, got[1].1), (0, 77));
+    assert_eq!(
+        (got[2].0, got[2].1),
+        (1, 1),
+        "slice 1 block 1 was sent, block 5 not yet"
+    );
+    assert!(got[..3].iter().all(|f| f.2.contains(Flags::RETRANSMIT)));
+    assert_eq!(
+        (got[3].0, got[3].1, got[3].2),
+        (1, 2, Flags::NONE),
+        "first pass resumes"
+    );
+    let st = tx.stats();
+    assert_eq!(
+        (st.retransmit_frames, st.retransmit_bytes),
+        (3, 3 * u64::from(BS))
+    );
+    // The same NACK right after the repair crossed it: suppressed within the holdoff.
+    tx.handle_nack(mac(1), &nack(0, &[3]), now);
+    assert_eq!(tx.stats().holdoff_suppressed, 1);
+    assert_eq!(next(&mut tx, &mut now).2, Flags::NONE);
+    // After the holdoff it is repaired again.
+    now += 20 * MS;
+    tx.handle_nack(mac(1), &nack(0, &[3]), now);
+    let f = next(&mut tx, &mut now);
+    assert_eq!((f.0, f.1), (0, 3));
+}
+
+#[test]
+fn completion_of_every_member_finishes_the_session() {
+    let mut tx = sender(SLICE as usize + 10);
+    tx.join(mac(1), 0, Duration::ZERO);
+    tx.join(mac(2), 0, Duration::ZERO);
+    let mut now = 10 * MS;
+    for _ in 0..129 {
+        next(&mut tx, &mut now);
+    }
+    let size = tx.artifact().size;
+    tx.handle_progress(mac(1), &progress(&tx, size), now);
+    assert_eq!(
+        tx.next_event(),
+        Some(SenderEvent::Completed { member: mac(1) })
+    );
+    assert!(!tx.is_finished());
+    tx.handle_progress(mac(2), &progress(&tx, size), now);
+    assert_eq!(
+        tx.next_event(),
+        Some(SenderEvent::Completed { member: mac(2) })
+    );
+    assert_eq!(tx.next_event(), Some(SenderEvent::Finished));
+    assert_eq!(
+        tx.poll(now, &mut vec![0; MAX_FRAME_LEN]).unwrap(),
+        SendStep::Done
+    );
+    assert_eq!(
+        tx.join(mac(3), 0, now),
+        Admission::Later(LaterReason::Finished)
+    );
+}
+
+#[test]
+fn silent_and_lagging_members_are_dropped_with_their_resume_point() {
+    let mut tx = sender(20 * SLICE as usize);
+    for i in 1..=3 {
+        tx.join(mac(i), 0, Duration::ZERO);
+    }
+    let mut now = 10 * MS;
+    for i in 0..(8 * 128) {
+        next(&mut tx, &mut now);
+        // Member 1 keeps up, member 2 is stuck at slice 1, member 3 says nothing.
+        if i % 128 == 127 {
+            tx.handle_progress(
+                mac(1),
+                &progress(&tx, u64::from(tx.position()) * SLICE),
+                now,
+            );
+        }
+    }
+    tx.handle_progress(mac(1), &progress(&tx, 7 * SLICE), now);
+    assert_eq!(
+        tx.handle_progress(mac(2), &progress(&tx, SLICE + 5), now),
+        ControlOutcome::MemberDropped
+    );
+    assert_eq!(
+        tx.next_event(),
+        Some(SenderEvent::Dropped {
+            member: mac(2),
+            cause: DropCause::Lagging { behind: 7 },
+            resume_slices: 1
+        })
+    );
+    assert_eq!(
+        tx.join(mac(2), 1, now),
+        Admission::Later(LaterReason::WasDropped)
+    );
+    // Silence: member 3 was last heard at its join.
+    let later = Duration::from_millis(101).max(now + MS);
+    tx.handle_progress(mac(1), &progress(&tx, 8 * SLICE), later);
+    let _ = tx.poll(later, &mut vec![0; MAX_FRAME_LEN]).unwrap();
+    match tx.next_event() {
+        Some(SenderEvent::Dropped {
+            member,
+            cause: DropCause::Silent { .. },
+            resume_slices: 0,
+        }) => {
+            assert_eq!(member, mac(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    // NACKs from dropped members are ignored.
+    assert_eq!(
+        tx.handle_nack(mac(3), &nack(0, &[1]), later),
+        ControlOutcome::Ignored(IgnoreReason::NotActive)
+    );
+}
+
+#[test]
+fn late_joiners_are_admitted_only_close_to_the_first_pass() {
+    let mut tx = sender(10 * SLICE as usize);
+    tx.join(mac(1), 0, Duration::ZERO);
+    let mut now = 10 * MS;
+    for _ in 0..(3 * 128) {
+        next(&mut tx, &mut now);
+    }
+    assert_eq!(tx.position(), 3);
+    assert!(matches!(tx.join(mac(2), 1, now), Admission::Joined(j) if j.first_slice == 3));
+    assert_eq!(
+        tx.join(mac(3), 0, now),
+        Admission::Later(LaterReason::TooFarBehind { behind: 3 })
+    );
+}
+
+#[test]
+fn foreign_control_messages_are_ignored() {
+    let mut tx = sender(2 * SLICE as usize);
+    tx.join(mac(1), 0, Duration::ZERO);
+    let mut wrong = nack(0, &[1]);
+    wrong.transfer = 6;
+    assert_eq!(
+        tx.handle_nack(mac(1), &wrong, MS),
+        ControlOutcome::Ignored(IgnoreReason::WrongTransfer)
+    );
+    assert_eq!(
+        tx.handle_nack(mac(9), &nack(0, &[1]), MS),
+        ControlOutcome::Ignored(IgnoreReason::NotMember)
+    );
+    assert_eq!(
+        tx.handle_nack(mac(1), &nack(2, &[1]), MS),
+        ControlOutcome::Ignored(IgnoreReason::OutOfRange)
+    );
+    let mut p = progress(&tx, 0);
+    p.artifact = Some([0; 32]);
+    assert_eq!(
+        tx.handle_progress(mac(1), &p, MS),
+        ControlOutcome::Ignored(IgnoreReason::WrongArtifact)
+    );
+    assert_eq!(tx.stats().ignored_control, 4);
+}
+
+#[test]
+fn pacing_holds_the_configured_rate() {
+    let mut tx = sender(1000 * SLICE as usize);
+    tx.join(mac(1), 0, Duration::ZERO);
+    let mut now = 10 * MS;
+    let end = now + Duration::from_millis(100);
+    let mut buf = vec![0; MAX_FRAME_LEN];
+    loop {
+        match tx.poll(now, &mut buf).unwrap() {
+            SendStep::Frame { .. } => {}
+            SendStep::Wait { until } if until < end => now = until,
+            _ => break,
+        }
+        // Keep the member alive.
+        if tx.stats().frames.is_multiple_of(1000) {
+            let done = u64::from(tx.position()) * SLICE;
+            tx.handle_progress(mac(1), &progress(&tx, done), now);
+        }
+    }
+    // 125 MB/s for 100 ms plus the 64 KiB burst, within a frame.
+    let wire = tx.stats().wire_bytes;
+    let expect = 12_500_000 + 64 * 1024;
+    assert!(wire.abs_diff(expect) < 1000, "{wire} bytes in 100 ms");
+}
+
+struct Broken;
+
+impl BlockSource for Broken {
+    fn read_at(&mut self, _: u64, _: &mut [u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("EIO"))
+    }
+}
+
+#[test]
+fn read_errors_name_the_artifact_and_offset() {
+    let info = ArtifactInfo {
+        name: "kernel 6.1".to_owned(),
+        sha256: [0; 32],
+        size: 1000,
+    };
+    let mut tx = Sender::new(config(), 1, info, Broken, Duration::ZERO).unwrap();
+    tx.join(mac(1), 0, Duration::ZERO);
+    let err = tx.poll(10 * MS, &mut vec![0; MAX_FRAME_LEN]).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("kernel 6.1") && msg.contains("offset 0"),
+        "{msg}"
+    );
+}
