@@ -209,6 +209,42 @@ impl Daemon {
         Ok(())
     }
 
+    /// For an event loop that also polls other sockets (the backplane service): switches
+    /// the listener to non-blocking mode, so [`Daemon::poll_once`] never waits.
+    pub fn set_nonblocking(&self) -> Result<(), ControlError> {
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|source| ControlError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Serves one pending connection if there is one (after [`Daemon::set_nonblocking`]).
+    /// Returns whether a client was served. The request itself is handled blocking.
+    pub fn poll_once(&self, master: &mut Master) -> Result<bool, ControlError> {
+        match self.listener.accept() {
+            Ok((stream, _)) => {
+                let served = stream
+                    .set_nonblocking(false)
+                    .map_err(|source| ControlError::Io {
+                        path: self.path.clone(),
+                        source,
+                    });
+                match served.and_then(|()| self.handle(stream, master)) {
+                    Ok(()) => {}
+                    Err(e) => log::warn!("control client: {}", crate::error_chain(&e).join(": ")),
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(source) => Err(ControlError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
     /// Serves until the process is stopped.
     pub fn serve_forever(&self, master: &mut Master) -> Result<(), ControlError> {
         loop {
@@ -276,6 +312,12 @@ impl Daemon {
             }
         };
         write_line(&mut out, &line).map_err(io_err)
+    }
+}
+
+impl std::os::fd::AsFd for Daemon {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
     }
 }
 

@@ -77,6 +77,30 @@ fn daemon_serves_requests_with_progress() {
 }
 
 #[test]
+fn poll_once_does_not_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut master = fixture::master(dir.path());
+    let daemon = Daemon::bind(&state, None).unwrap();
+    daemon.set_nonblocking().unwrap();
+    assert!(!daemon.poll_once(&mut master).unwrap());
+    let client = std::thread::spawn(move || {
+        Client::connect(&state)
+            .unwrap()
+            .call(&Request::Ping, &mut |_, _| {})
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.poll_once(&mut master).unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client never connected"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(client.join().unwrap().unwrap(), Reply::Pong);
+}
+
+#[test]
 fn peer_policy() {
     let p = Policy {
         uid: Uid::from_raw(1000),
