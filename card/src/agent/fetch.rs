@@ -128,11 +128,11 @@ impl<V: Volumes> Agent<V> {
         let master = f.master;
         if now >= f.progress_at {
             f.progress_at = now + timers.progress;
+            // Overall progress (no artifact: transfer sessions get the receiver's own).
             let (done, total) = f.progress();
-            let artifact = f.current.as_ref().map(|c| c.artifact.sha256);
             let m = Message::Progress(Progress {
                 stage: Stage::Fetching,
-                artifact,
+                artifact: None,
                 done,
                 total,
             });

@@ -1,0 +1,416 @@
+//! Simulated cards: N card agents with distinct MACs on one interface, each with its flash
+//! as [`FileVolumes`] in its own directory, in one process (binary `simcard`, and tests).
+//!
+//! One AF_PACKET socket (netio) serves all cards: a received frame goes to the card whose
+//! MAC it is addressed to, to every card for broadcast, and to the cards in a transfer
+//! group for multicast. Because the cards' MACs are not the interface's, the interface is
+//! put in promiscuous mode (`ip link set IF promisc on`) when there is more than one card
+//! or the MAC differs. Each card's state is reported as [`CardReport`] (and written as
+//! JSON to `report` if set, whenever something changes).
+//!
+//! This module does not decide anything a card does (the [`crate::agent`] does); it only
+//! moves frames, keeps time and records outcomes. It is not used by init.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use shelfboot_netio::{PacketSocket, SocketConfig};
+use shelfboot_proto::frame::MacAddr;
+use shelfboot_proto::msg::{Arch, BootPhase, Handoff};
+use shelfboot_proto::sign::TrustAnchor;
+
+use crate::agent::{Agent, AgentConfig, Counters, Decision, Identity, Output, Phase, Timers};
+use crate::flash::{FileVolumes, Store, StoreConfig};
+
+/// One simulated card.
+#[derive(Debug, Clone)]
+pub struct SimCard {
+    /// Backplane MAC.
+    pub mac: MacAddr,
+    /// Card type.
+    pub card_type: String,
+    /// Architecture.
+    pub arch: Arch,
+    /// Shelf.
+    pub shelf: u16,
+    /// Slot.
+    pub slot: u16,
+    /// Features asked for.
+    pub features: Vec<String>,
+    /// Directory of its simulated flash.
+    pub dir: PathBuf,
+}
+
+/// Settings of a simulation run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Interface.
+    pub iface: String,
+    /// EtherType.
+    pub ethertype: u16,
+    /// Trust anchor of every card.
+    pub anchor: TrustAnchor,
+    /// The cards.
+    pub cards: Vec<SimCard>,
+    /// Flash geometry of a fresh card: LEB size in bytes.
+    pub leb_size: u64,
+    /// Flash geometry of a fresh card: number of LEBs.
+    pub total_lebs: u64,
+    /// Boot phase of the first Solicit.
+    pub phase: BootPhase,
+    /// Timers of each agent.
+    pub timers: Timers,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Write the reports here (JSON) as they change.
+    pub report: Option<PathBuf>,
+}
+
+/// Where one card ended up.
+#[derive(Debug, Clone, Serialize)]
+pub struct CardReport {
+    /// MAC.
+    pub mac: String,
+    /// Slot.
+    pub slot: u16,
+    /// Card type.
+    pub card_type: String,
+    /// Agent phase.
+    pub phase: Phase,
+    /// `kexec`, `switch_root`, `reset`, or empty while undecided.
+    pub decision: String,
+    /// Decided without fetching anything (warm boot).
+    pub validated_only: bool,
+    /// Booted without a master.
+    pub autonomous: bool,
+    /// Committed set digest (hex), empty if pristine.
+    pub digest: String,
+    /// Bytes staged / to fetch in the current fetch.
+    pub progress: Option<(u64, u64)>,
+    /// Last error from the master or to the master.
+    pub error: Option<String>,
+    /// Agent counters.
+    pub counters: Counters,
+}
+
+/// Failures of the simulation itself (not of a card's conversation).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("opening the flash of card {mac} in {dir}")]
+    Flash {
+        mac: MacAddr,
+        dir: PathBuf,
+        #[source]
+        source: crate::flash::VolumeError,
+    },
+    #[error("opening the flash store of card {mac} in {dir}")]
+    Store {
+        mac: MacAddr,
+        dir: PathBuf,
+        #[source]
+        source: crate::flash::StoreError,
+    },
+    #[error("interface {iface}: run as root in the namespace that has it")]
+    Socket {
+        iface: String,
+        #[source]
+        source: shelfboot_netio::SocketError,
+    },
+    #[error("`ip link set {iface} promisc on` failed: the cards' unicast frames would not arrive")]
+    Promisc {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading /dev/urandom for the cards' nonces")]
+    Random(#[source] std::io::Error),
+    #[error("writing the report {path}")]
+    Report {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Sim {
+    agent: Agent<FileVolumes>,
+    spec: SimCard,
+    decision: Option<Decision>,
+    groups: Vec<MacAddr>,
+}
+
+fn report_of(s: &Sim) -> CardReport {
+    let (decision, validated_only, autonomous) = match &s.decision {
+        None => (String::new(), false, false),
+        Some(Decision::Boot {
+            handoff,
+            validated_only,
+            autonomous,
+            ..
+        }) => (
+            match handoff {
+                Handoff::Kexec => "kexec".to_owned(),
+                Handoff::SwitchRoot => "switch_root".to_owned(),
+            },
+            *validated_only,
+            *autonomous,
+        ),
+        Some(Decision::Reset { .. }) => ("reset".to_owned(), false, false),
+    };
+    let error = s
+        .agent
+        .last_error_sent()
+        .or(s.agent.last_master_error())
+        .map(|e| format!("{:?}: {}", e.reason, e.detail));
+    CardReport {
+        mac: s.spec.mac.to_string(),
+        slot: s.spec.slot,
+        card_type: s.spec.card_type.clone(),
+        phase: s.agent.phase(),
+        decision,
+        validated_only,
+        autonomous,
+        digest: s.agent.store().digest().map(hex::encode).unwrap_or_default(),
+        progress: s.agent.fetch_progress(),
+        error,
+        counters: *s.agent.counters(),
+    }
+}
+
+fn random_bytes(buf: &mut [u8]) -> Result<(), SimError> {
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(SimError::Random)
+}
+
+/// Run the cards until each has decided and finished sending, `timeout` passes, or `stop`
+/// is set. Returns every card's report.
+pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimError> {
+    let mut sock = PacketSocket::open(
+        &cfg.iface,
+        SocketConfig {
+            ethertype: cfg.ethertype,
+            ..SocketConfig::default()
+        },
+    )
+    .map_err(|source| SimError::Socket {
+        iface: cfg.iface.clone(),
+        source,
+    })?;
+    let own = MacAddr(sock.mac().0);
+    if cfg.cards.iter().any(|c| c.mac != own) {
+        let status = std::process::Command::new("ip")
+            .args(["link", "set", &cfg.iface, "promisc", "on"])
+            .status()
+            .map_err(|source| SimError::Promisc {
+                iface: cfg.iface.clone(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(SimError::Promisc {
+                iface: cfg.iface.clone(),
+                source: std::io::Error::other(format!("ip exited with {status}")),
+            });
+        }
+    }
+    let now = Instant::now();
+    let mut sims = Vec::with_capacity(cfg.cards.len());
+    for spec in &cfg.cards {
+        let vols = FileVolumes::open_or_format(&spec.dir, cfg.leb_size, cfg.total_lebs)
+            .map_err(|source| SimError::Flash {
+                mac: spec.mac,
+                dir: spec.dir.clone(),
+                source,
+            })?;
+        let (store, _) =
+            Store::open(vols, StoreConfig::default()).map_err(|source| SimError::Store {
+                mac: spec.mac,
+                dir: spec.dir.clone(),
+                source,
+            })?;
+        let mut nonce = [0u8; 16];
+        random_bytes(&mut nonce)?;
+        let mut seed = [0u8; 8];
+        random_bytes(&mut seed)?;
+        let acfg = AgentConfig {
+            identity: Identity {
+                mac: spec.mac,
+                card_type: spec.card_type.clone(),
+                arch: spec.arch,
+                shelf: spec.shelf,
+                slot: spec.slot,
+                hw_rev: "sim".into(),
+                features: spec.features.clone(),
+            },
+            phase: cfg.phase,
+            ethertype: cfg.ethertype,
+            anchor: cfg.anchor.clone(),
+            nonce,
+            seed: u64::from_be_bytes(seed),
+            timers: cfg.timers.clone(),
+        };
+        sims.push(Sim {
+            agent: Agent::new(acfg, store, now),
+            spec: spec.clone(),
+            decision: None,
+            groups: Vec::new(),
+        });
+    }
+    let by_mac: HashMap<MacAddr, usize> = sims
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.spec.mac, i))
+        .collect();
+    let deadline = now + cfg.timeout;
+    let mut group_refs: HashMap<MacAddr, usize> = HashMap::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut dirty = true;
+    let mut next_report = now;
+    loop {
+        let now = Instant::now();
+        let all_done = sims.iter().all(|s| s.agent.phase() == Phase::Done);
+        if all_done || now >= deadline || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // Timers.
+        for i in 0..sims.len() {
+            if sims[i].agent.next_deadline().is_some_and(|d| d <= now) {
+                let outputs = sims[i].agent.tick(now);
+                dirty |= apply(&mut sims[i], outputs, &mut out, &mut group_refs, &mut sock);
+            }
+        }
+        send_all(&mut sock, &mut out);
+        // Frames: drain what the socket holds (bounded) before the next timers, each
+        // frame stamped when it is handled, so that a card busy with flash does not
+        // mistake queued frames for silence (and NACK what is merely unread).
+        let mut wait = sims
+            .iter()
+            .filter_map(|s| s.agent.next_deadline())
+            .min()
+            .map_or(Duration::from_millis(10), |d| d.saturating_duration_since(now))
+            .min(Duration::from_millis(10));
+        for _ in 0..16 {
+            let r = sock.recv_batch(&mut |f: &[u8], _src| frames.push(f.to_vec()), wait);
+            match r {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("simcard: receive on {}: {e}", cfg.iface);
+                    std::thread::sleep(Duration::from_millis(5));
+                    break;
+                }
+            }
+            wait = Duration::ZERO;
+            for f in frames.drain(..) {
+                let now = Instant::now();
+                let Some(dst) = f.get(..6) else { continue };
+                let mut d = [0u8; 6];
+                d.copy_from_slice(dst);
+                let dst = MacAddr(d);
+                if dst == MacAddr::BROADCAST {
+                    for s in &mut sims {
+                        let o = s.agent.handle_frame(now, &f);
+                        dirty |= apply(s, o, &mut out, &mut group_refs, &mut sock);
+                    }
+                } else if dst.is_group() {
+                    for s in sims.iter_mut().filter(|s| s.groups.contains(&dst)) {
+                        let o = s.agent.handle_frame(now, &f);
+                        dirty |= apply(s, o, &mut out, &mut group_refs, &mut sock);
+                    }
+                } else if let Some(&i) = by_mac.get(&dst) {
+                    let o = sims[i].agent.handle_frame(now, &f);
+                    dirty |= apply(&mut sims[i], o, &mut out, &mut group_refs, &mut sock);
+                }
+            }
+            send_all(&mut sock, &mut out);
+        }
+        let now = Instant::now();
+        send_all(&mut sock, &mut out);
+        if let Some(path) = &cfg.report
+            && (dirty && now >= next_report)
+        {
+            dirty = false;
+            next_report = now + Duration::from_millis(200);
+            write_report(path, &sims)?;
+        }
+    }
+    if let Some(path) = &cfg.report {
+        write_report(path, &sims)?;
+    }
+    Ok(sims.iter().map(report_of).collect())
+}
+
+fn write_report(path: &PathBuf, sims: &[Sim]) -> Result<(), SimError> {
+    let reports: Vec<CardReport> = sims.iter().map(report_of).collect();
+    let text = serde_json::to_vec_pretty(&reports).map_err(|e| SimError::Report {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| SimError::Report {
+            path: path.clone(),
+            source,
+        })
+}
+
+/// Carry out one card's outputs. Returns whether its reportable state changed.
+fn apply(
+    s: &mut Sim,
+    outputs: Vec<Output>,
+    out: &mut Vec<Vec<u8>>,
+    group_refs: &mut HashMap<MacAddr, usize>,
+    sock: &mut PacketSocket,
+) -> bool {
+    let mut changed = false;
+    for o in outputs {
+        match o {
+            Output::Send(f) => out.push(f),
+            Output::JoinGroup(g) => {
+                s.groups.push(g);
+                let n = group_refs.entry(g).or_insert(0);
+                *n += 1;
+                if *n == 1
+                    && let Err(e) = sock.join(shelfboot_netio::MacAddr(g.0))
+                {
+                    log::error!("simcard: joining group {g}: {e}");
+                }
+            }
+            Output::LeaveGroup(g) => {
+                s.groups.retain(|x| *x != g);
+                if let Some(n) = group_refs.get_mut(&g) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        group_refs.remove(&g);
+                        if let Err(e) = sock.leave(shelfboot_netio::MacAddr(g.0)) {
+                            log::warn!("simcard: leaving group {g}: {e}");
+                        }
+                    }
+                }
+            }
+            Output::Decision(d) => {
+                log::info!("simcard: card {} decided {d:?}", s.spec.mac);
+                s.decision = Some(d);
+                changed = true;
+            }
+        }
+    }
+    changed || !out.is_empty()
+}
+
+fn send_all(sock: &mut PacketSocket, out: &mut Vec<Vec<u8>>) {
+    if out.is_empty() {
+        return;
+    }
+    let refs: Vec<&[u8]> = out.iter().map(Vec::as_slice).collect();
+    if let Err(e) = sock.send_batch(&refs) {
+        log::error!("simcard: send: {e}");
+    }
+    out.clear();
+}
