@@ -73,9 +73,22 @@ impl Table {
 struct Inner {
     dir: PathBuf,
     table: Table,
+    /// Durable steps (table replacements, blob writes) done so far.
+    steps: u64,
+    /// Fault injection: steps from this one on fail, as if the process died there.
+    crash_at: Option<u64>,
 }
 
 impl Inner {
+    /// Account for one durable step, or fail if the injected crash point is reached.
+    fn step(&mut self, op: VolumeOp, target: &dyn Fn() -> VolumeTarget) -> Result<(), VolumeError> {
+        if self.crash_at.is_some_and(|c| self.steps >= c) {
+            return Err(VolumeError::new(op, target(), Kind::PowerLoss));
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
     /// Replace the table on disk atomically, then adopt it in memory.
     fn commit(
         &mut self,
@@ -83,6 +96,7 @@ impl Inner {
         op: VolumeOp,
         target: &dyn Fn() -> VolumeTarget,
     ) -> Result<(), VolumeError> {
+        self.step(op, target)?;
         let io = |e| VolumeError::from_io(op, target(), e);
         let mut body = Vec::new();
         ciborium::into_writer(&next, &mut body).map_err(|e| {
@@ -148,6 +162,8 @@ impl FileVolumes {
             return Err(VolumeError::new(VolumeOp::Create, dev, Kind::Exists));
         }
         let mut inner = Inner {
+            steps: 0,
+            crash_at: None,
             dir: dir.to_owned(),
             table: Table {
                 leb_size,
@@ -181,6 +197,8 @@ impl FileVolumes {
             inner: Arc::new(Mutex::new(Inner {
                 dir: dir.to_owned(),
                 table,
+                steps: 0,
+                crash_at: None,
             })),
         })
     }
@@ -192,6 +210,18 @@ impl FileVolumes {
         } else {
             Self::format(dir, leb_size, total_lebs)
         }
+    }
+
+    /// Fault injection for tests: durable step `n` (0-based, counted from open; a table
+    /// replacement or a blob write) and every later one fail with
+    /// [`Kind::PowerLoss`], leaving the directory as a crash at that point would.
+    pub fn crash_at(&self, n: u64) {
+        lock(&self.inner).crash_at = Some(n);
+    }
+
+    /// Durable steps done since open (see [`Self::crash_at`]).
+    pub fn steps(&self) -> u64 {
+        lock(&self.inner).steps
     }
 
     /// The file holding volume `id`'s data (exactly as many bytes as the last update), e.g.
@@ -446,6 +476,7 @@ impl VolumeWriter for FileWriter {
         if self.written + buf.len() as u64 > self.announced {
             return Err(VolumeError::new(VolumeOp::Write, t(), Kind::SizeMismatch));
         }
+        lock(&self.inner).step(VolumeOp::Write, &t)?;
         self.file
             .write_all(buf)
             .map_err(|e| VolumeError::from_io(VolumeOp::Write, t(), e))?;
@@ -619,5 +650,73 @@ mod tests {
             r.begin(&huge, ""),
             Err(crate::flash::StoreError::NoSpace { .. })
         ));
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn simulated_card_survives_a_crash_at_every_durable_step() {
+        let k1 = vec![1u8; 3000];
+        let p1 = vec![2u8; 1500];
+        let k2 = vec![3u8; 2500];
+        let set1 = [art("kernel", "1", &k1), art("base", "1", &p1)];
+        let set2 = [art("kernel", "2", &k2), art("base", "1", &p1)];
+        let install = |dev: FileVolumes, set: &[ArtifactRef], data: &[&[u8]]| {
+            let (mut s, _) = Store::open(dev, StoreConfig::default())?;
+            let check = s.begin(set, "")?;
+            for (a, d) in set.iter().zip(data) {
+                if check.fetch.contains(a) {
+                    s.stage(a, *d)?;
+                }
+            }
+            s.commit()
+        };
+        let base = tempfile::tempdir().unwrap();
+        let dev = FileVolumes::format(base.path(), 1024, 32).unwrap();
+        let old = install(dev, &set1, &[&k1, &p1]).unwrap().set.digest;
+        let probe = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), probe.path());
+        let dev = FileVolumes::open(probe.path()).unwrap();
+        let new = install(dev.clone(), &set2, &[&k2, &p1]).unwrap().set.digest;
+        let total = dev.steps();
+        assert!(total > 5, "{total}");
+        for n in 0..=total {
+            let run = tempfile::tempdir().unwrap();
+            copy_dir(base.path(), run.path());
+            let dev = FileVolumes::open(run.path()).unwrap();
+            dev.crash_at(n);
+            let _ = install(dev, &set2, &[&k2, &p1]);
+            let (mut s, _) = Store::open(
+                FileVolumes::open(run.path()).unwrap(),
+                StoreConfig::default(),
+            )
+            .unwrap_or_else(|e| panic!("crash at step {n}: reopen: {e}"));
+            let inv = s
+                .inventory()
+                .cloned()
+                .unwrap_or_else(|| panic!("crash at step {n}: the card became pristine"));
+            assert!(
+                inv.set.digest == old || inv.set.digest == new,
+                "crash at {n}"
+            );
+            if n == total {
+                assert_eq!(inv.set.digest, new);
+            }
+            assert!(s.verify_set(&inv.set).unwrap().is_empty(), "crash at {n}");
+            drop(s);
+            let again =
+                install(FileVolumes::open(run.path()).unwrap(), &set2, &[&k2, &p1]).unwrap();
+            assert_eq!(again.set.digest, new, "crash at {n}: redo");
+        }
     }
 }
