@@ -5,10 +5,16 @@
 //! metadata), [`compress`], [`modules`] (modules.dep closure and load.list), [`build`]
 //! (what goes where), [`bootimage`] (the container, with a pure parser the card uses) and
 //! [`cli`]. Formats are documented in docs/lab.md.
+//!
+//! With `default-features = false` only the pure formats remain ([`newc`], [`tree`],
+//! [`modules`], [`bootimage`]): no compression libraries, for the static card init.
 
 pub mod bootimage;
+#[cfg(feature = "build")]
 pub mod build;
+#[cfg(feature = "build")]
 pub mod cli;
+#[cfg(feature = "build")]
 pub mod compress;
 pub mod modules;
 pub mod newc;
