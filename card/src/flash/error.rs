@@ -1,6 +1,7 @@
 //! Errors of the flash store: one enum, one variant per failed step, each saying what to
 //! do next. Volume failures carry the step as context and the [`VolumeError`] (which names
-//! the ioctl and the volume) as source.
+//! the ioctl and the volume) as source. Errors of the lower layers stay in their modules
+//! ([`super::volumes::VolumeError`], [`super::inventory::InventoryError`]).
 
 use super::inventory::InventoryError;
 use super::volumes::VolumeError;
