@@ -744,3 +744,47 @@ fn an_unreadable_inventory_leb_falls_back_to_the_other_copy() {
     let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
     assert!(chain.contains("read errors"), "{chain}");
 }
+
+#[test]
+fn ready_and_explicit_rollback_survive_power_cut_at_every_step() {
+    let (a, b) = (set_a(), set_b());
+    let base = fresh(64, &[&a, &b]);
+    Store::open(base.clone(), cfg())
+        .unwrap()
+        .0
+        .begin_boot()
+        .unwrap();
+    let base = base.power_cycle();
+    type Act = fn(&mut Store<FakeVolumes>) -> Result<(), StoreError>;
+    let acts: [(&str, Act, Digest); 2] = [
+        ("mark_ready", |s| s.mark_ready(), b.digest()),
+        ("rollback", |s| s.rollback().map(drop), a.digest()),
+    ];
+    for (what, act, target) in acts {
+        let probe = base.power_cycle();
+        act(&mut Store::open(probe.clone(), cfg()).unwrap().0).unwrap();
+        let n_ops = probe.ops().len() as u64;
+        for n in 0..=n_ops {
+            let dev = base.power_cycle();
+            dev.cut_power_after(n);
+            if let Ok((mut s, _)) = Store::open(dev.clone(), cfg()) {
+                let _ = act(&mut s);
+            }
+            let ctx = format!("{what}, cut before op {n}/{n_ops}");
+            let rebooted = dev.power_cycle();
+            let got = check_consistent(&rebooted, &[b.digest(), target], &ctx);
+            let inv = Store::open(rebooted, cfg())
+                .unwrap()
+                .0
+                .inventory()
+                .cloned()
+                .unwrap();
+            if n == n_ops {
+                assert_eq!(got, target, "{ctx}");
+            }
+            if what == "mark_ready" {
+                assert!(inv.attempts <= 1, "{ctx}: {}", inv.attempts);
+            }
+        }
+    }
+}
