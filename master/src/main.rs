@@ -14,6 +14,8 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::new()
         .filter_level(level)
+        // The solver logs every decision at info level.
+        .filter_module("pubgrub", log::LevelFilter::Warn)
         .parse_default_env()
         .init();
     run(cli)

@@ -362,7 +362,6 @@ fn run_daemon(state: &Path, group: Option<&str>) -> Result<(), CliError> {
     let _lock = StateLock::acquire(state)?;
     let mut m = Master::open(state)?;
     let daemon = Daemon::bind(state, group)?;
-    log::info!("master daemon listening on {}", daemon.path().display());
     eprintln!("master daemon listening on {}", daemon.path().display());
     daemon.serve_forever(&mut m)?;
     Ok(())

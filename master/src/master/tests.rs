@@ -180,13 +180,14 @@ fn conflicting_pin_names_packages_and_constraints() {
     );
     assert!(text.contains("base, libnet, routing"), "{text}");
     assert!(
-        text.contains("base =1.0.0 is required by pinned for this node"),
+        text.contains("routing 3.0.0 depends on libnet >=2.0.0, <3.0.0,"),
         "{text}"
     );
     assert!(
-        text.contains("routing ^3 is required by class linecards"),
+        text.contains("base =1.0.0: pinned for this node by the operator"),
         "{text}"
     );
+    assert!(text.contains("routing ^3: class linecards"), "{text}");
     assert_eq!(fixture::state_dump(&m), before);
 
     // A compatible pin is accepted and shows up in explain; the solver picks libnet 1.x.

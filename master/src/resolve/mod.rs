@@ -211,10 +211,15 @@ fn solve(
                 .cloned()
                 .collect();
             pkgs.sort();
-            let mut report = DefaultStringReporter::report(&tree);
+            let mut report = tidy_report(
+                &DefaultStringReporter::report(&tree),
+                &format!("{root} 0.0.0"),
+                &root,
+            );
+            report.push_str("\nconstraints on these packages in this plan:");
             for (n, r) in reqs {
                 if pkgs.contains(n) {
-                    report.push_str(&format!("\n  {n} {} is required by {}", r.text, r.rule));
+                    report.push_str(&format!("\n  {n} {}: {}", r.text, r.rule));
                 }
             }
             Err(ResolveError::Conflict {
@@ -229,6 +234,30 @@ fn solve(
             report: other.to_string(),
         }),
     }
+}
+
+/// Makes pubgrub's report read like our requirements: the synthetic root loses its
+/// version, and upper bounds lose the `-0` that keeps pre-releases out (`<2.0.0-0` →
+/// `<2.0.0`).
+fn tidy_report(report: &str, root_with_version: &str, root: &str) -> String {
+    let text = report.replace(root_with_version, root);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("-0") {
+        let mut after = rest[i + 2..].chars();
+        let continues = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-');
+        let is_bound = match after.next() {
+            Some('.') => !continues(after.next()),
+            c => !continues(c),
+        };
+        out.push_str(&rest[..i]);
+        if !is_bound {
+            out.push_str("-0");
+        }
+        rest = &rest[i + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The builds a card of `arch` can use from `manifest`, plus pinned builds from `extra`.
@@ -695,4 +724,19 @@ pub fn check_release(m: &Manifest) -> Result<(), ResolveError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_is_tidied() {
+        let r =
+            "Because root 0.0.0 depends on a >=1.0.0, <2.0.0-0 and b 1.0.0-0.1 needs c <3.0.0-0.";
+        assert_eq!(
+            tidy_report(r, "root 0.0.0", "root"),
+            "Because root depends on a >=1.0.0, <2.0.0 and b 1.0.0-0.1 needs c <3.0.0."
+        );
+    }
 }
