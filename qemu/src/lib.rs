@@ -5,7 +5,7 @@
 //! Modules: [`kernel`] (apt acquisition and cache), [`vmlinux`] (PVH extraction),
 //! [`backplane`] (netns, bridge, taps, loss, raw test ports), [`card`] (one VM: console
 //! log, waits, power cut/cycle), [`flash`] (nandsim and block2mtd parameters),
-//! [`hostbin`] (host tools for test images), [`cmd`].
+//! [`hostbin`] (host tools for test images), [`shelf`] (cards on a backplane), [`cmd`].
 //! docs/lab.md explains the lab and how to add a scenario.
 
 pub mod backplane;
@@ -14,8 +14,10 @@ pub mod cmd;
 pub mod flash;
 pub mod hostbin;
 pub mod kernel;
+pub mod shelf;
 pub mod vmlinux;
 
 pub use backplane::{Backplane, RawPort};
 pub use card::{Card, CardConfig, Nic, NicModel, Pattern};
 pub use kernel::Kernel;
+pub use shelf::Shelf;

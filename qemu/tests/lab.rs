@@ -6,9 +6,12 @@
 //! dependencies) loads on the real kernel.
 //!
 //! `card_receives_backplane_frames` (SHELFBOOT_TIER_QEMU=1 and SHELFBOOT_TIER_NETNS=1): a
-//! card VM on a backplane tap receives 0x88B5 broadcasts sent from an AF_PACKET socket on
-//! the master port; the guest reports its eth0 counters, which must account for exactly
-//! our frames (IPv6 is off on both sides, so nothing else moves).
+//! two-card shelf; both card VMs receive the 0x88B5 broadcasts sent from an AF_PACKET
+//! socket on the master port; each guest reports its eth0 counters, which must account for
+//! exactly our frames (IPv6 is off on both sides, so nothing else moves).
+//!
+//! `block2mtd_flash_survives_power_cut` (SHELFBOOT_TIER_QEMU=1): flash on a disk image
+//! keeps a UBI volume across a SIGKILL and a new boot.
 
 #[cfg(test)]
 mod tests {
@@ -17,9 +20,10 @@ mod tests {
 
     use shelfboot_mkinitramfs::build::{self, BuildSpec, ModuleSpec};
     use shelfboot_mkinitramfs::compress::Compression;
-    use shelfboot_qemu::backplane::{self, Backplane};
-    use shelfboot_qemu::card::{Card, CardConfig, Nic, NicModel};
+    use shelfboot_qemu::backplane;
+    use shelfboot_qemu::card::{Card, CardConfig};
     use shelfboot_qemu::flash::{Block2mtd, Nandsim};
+    use shelfboot_qemu::shelf::{Shelf, card_mac};
     use shelfboot_qemu::{hostbin, kernel};
 
     fn gated(vars: &[&str]) -> bool {
@@ -225,25 +229,31 @@ poweroff -f
             &[],
             Compression::None,
         );
-        let bp = Backplane::new(1).unwrap();
         let logs = log_dir("card_receives_backplane_frames");
-        let mut cfg = CardConfig::new("net0", &k.vmlinux, &initramfs, &logs);
-        cfg.append = "quiet ipv6.disable=1".into();
-        let mac = [0x52, 0x54, 0, 0, 0, 1];
-        cfg.nic = Some(Nic {
-            netns: bp.netns().to_string(),
-            tap: bp.tap(0).unwrap(),
-            mac,
-            model: NicModel::VirtioNet,
-        });
-        let mut card = Card::start(cfg).unwrap();
-        let up = card
-            .wait_for("LAB: eth0 up", Duration::from_secs(60))
+        // Two cards: a broadcast must reach every tap of the bridge.
+        let mut shelf = Shelf::start(2, |i| {
+            let mut cfg = CardConfig::new(&format!("net{i}"), &k.vmlinux, &initramfs, &logs);
+            cfg.append = "quiet ipv6.disable=1".into();
+            cfg
+        })
+        .unwrap();
+        let ups = shelf
+            .wait_all("LAB: eth0 up", Duration::from_secs(90))
             .unwrap();
-        assert!(up.line.ends_with("52:54:00:00:00:01"), "{}", up.line);
+        for (i, up) in ups.iter().enumerate() {
+            assert!(
+                up.line.ends_with(&backplane::mac_string(&card_mac(i))),
+                "{}",
+                up.line
+            );
+        }
+        let bp = shelf.backplane();
         let port = bp.raw_port(backplane::MASTER_IF).unwrap();
-        let tap = bp.tap(0).unwrap();
-        let tap_before = bp.counter(&tap, "tx_packets").unwrap();
+        let taps: Vec<String> = (0..2).map(|i| bp.tap(i).unwrap()).collect();
+        let before: Vec<u64> = taps
+            .iter()
+            .map(|t| bp.counter(t, "tx_packets").unwrap())
+            .collect();
         for i in 0..FRAMES {
             let payload = vec![u8::try_from(i).unwrap(); FRAME_LEN - 14];
             port.send(&backplane::ethernet_frame(
@@ -255,28 +265,28 @@ poweroff -f
             .unwrap();
             std::thread::sleep(Duration::from_millis(20));
         }
-        let rx = card.wait_for("LAB: rx", Duration::from_secs(40)).unwrap();
-        assert_eq!(
-            rx.line,
-            format!(
+        let rx = shelf.wait_all("LAB: rx", Duration::from_secs(40)).unwrap();
+        for (i, m) in rx.iter().enumerate() {
+            let expected = format!(
                 "LAB: rx {FRAMES} packets {} bytes",
                 FRAMES * FRAME_LEN as u64
-            ),
-            "console:\n{}",
-            card.console()
-        );
-        let tap_after = bp.counter(&tap, "tx_packets").unwrap();
-        assert_eq!(
-            tap_after - tap_before,
-            FRAMES,
-            "frames the bridge handed to the card's tap"
-        );
-        assert!(card.wait_exit(Duration::from_secs(30)).unwrap().success());
-        drop(card);
-        drop(bp);
+            );
+            assert_eq!(m.line, expected, "card {i}");
+        }
+        let bp = shelf.backplane();
+        for (tap, b) in taps.iter().zip(before) {
+            let after = bp.counter(tap, "tx_packets").unwrap();
+            assert_eq!(after - b, FRAMES, "frames the bridge handed to {tap}");
+        }
+        for card in shelf.cards() {
+            assert!(card.wait_exit(Duration::from_secs(30)).unwrap().success());
+        }
+        drop(port);
+        drop(shelf);
         eprintln!(
-            "measured: boot to eth0 up {:.2} s, test total {:.2} s",
-            up.elapsed.as_secs_f64(),
+            "measured: two cards, boot to eth0 up {:.2} / {:.2} s, test total {:.2} s",
+            ups[0].elapsed.as_secs_f64(),
+            ups[1].elapsed.as_secs_f64(),
             t0.elapsed().as_secs_f64()
         );
     }
