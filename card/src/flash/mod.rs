@@ -20,6 +20,8 @@ pub mod store;
 pub mod volumes;
 
 #[cfg(test)]
+mod boot_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
