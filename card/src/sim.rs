@@ -194,6 +194,13 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
         &cfg.iface,
         SocketConfig {
             ethertype: cfg.ethertype,
+            // One process plays many cards and stalls while they hash and write flash:
+            // a deep receive ring (32 MiB) rides that out instead of dropping frames.
+            rx_ring: shelfboot_netio::RingGeometry {
+                block_nr: 512,
+                ..shelfboot_netio::RingGeometry::RX_DEFAULT
+            },
+            rcvbuf: Some(32 << 20),
             ..SocketConfig::default()
         },
     )

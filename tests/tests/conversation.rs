@@ -107,6 +107,12 @@ fn sixteen_cards_of_three_types_share_one_session_per_artifact() {
     let distinct: std::collections::BTreeSet<&str> =
         st.sessions.iter().map(|s| s.artifact.as_str()).collect();
     assert_eq!(distinct.len(), 8, "{:#?}", st.sessions);
+    for r in &reports {
+        eprintln!(
+            "{} {}: nacks {} dropped data {} fetches {}",
+            r.mac, r.card_type, r.counters.nacks, r.counters.dropped_data, r.counters.fetches
+        );
+    }
     for s in &st.sessions {
         let limit = s.size + s.size * 15 / 100;
         assert!(

@@ -363,14 +363,16 @@ impl<V: Volumes> Agent<V> {
         if let Some(g) = cur.group {
             self.outputs.push(Output::LeaveGroup(g));
         }
-        // The receiver's last Progress (Verifying) tells the master we are done.
-        if let Some(mut rx) = cur.receiver {
-            let mut msgs = Vec::new();
-            rx.poll(self.since_start(now), &mut msgs);
-            for m in msgs {
-                self.send(master, &m);
-            }
-        }
+        // Tell the session at once that we hold every byte (the receiver's own final
+        // reports may not be due yet, and it is dropped here).
+        let done = Message::Progress(Progress {
+            stage: Stage::Verifying,
+            artifact: Some(cur.artifact.sha256),
+            done: cur.artifact.size,
+            total: cur.artifact.size,
+        });
+        self.send(master, &done);
+        self.send(master, &done);
         if let Err(e) = self.store.finish(&cur.artifact) {
             return self.flash_refused(now, master, &e);
         }

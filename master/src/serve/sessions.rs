@@ -136,6 +136,13 @@ impl Sessions {
             }
             existed = true;
             let was_member = s.sender.members().any(|(m, _)| m == card);
+            // Share a session only while joining costs nothing extra: its first pass has
+            // not gone past what the card holds (join window, or a resume), or the card is
+            // already in it (a re-Fetch after a stall). Anyone else would need the passed
+            // part repaired for them alone: they get their own (catch-up) session.
+            if !was_member && s.sender.position() > fetch.have_slices {
+                continue;
+            }
             if let Admission::Joined(j) = s.sender.join(card, fetch.have_slices, now) {
                 if !was_member {
                     s.stats.members += 1;

@@ -120,7 +120,7 @@ impl Fixture {
     /// simulation process keeps up without kernel drops).
     pub fn serve_config(&self, iface: &str) -> ServeConfig {
         let mut c = ServeConfig::new(iface, &self.state);
-        c.max_rate = 10_000_000;
+        c.max_rate = 6_000_000;
         c.join_window = Duration::from_millis(300);
         c
     }
