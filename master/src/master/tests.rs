@@ -514,3 +514,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn shipped_example_packs_and_resolves() {
+    // master/testdata/shelf is the example the README and docs/master.md use.
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/shelf/system.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let packed = pack::prepare(&spec).unwrap();
+    resolve::check_release(&packed.manifest).unwrap();
+    let out = dir.path().join("release.img");
+    pack::write_image(&packed, &fixture::vendor_key(), &out).unwrap();
+    let mut m = fixture::master(dir.path());
+    m.import_file(&out, true, &mut |_, _| {}).unwrap();
+    fixture::add_nodes(&mut m);
+    let n3 = m.plan(&mac(N3)).unwrap();
+    assert_eq!(
+        summary(&n3),
+        [
+            "shelf-os@1.0.0 linecards aarch64 boot lc-kernel 6.1.0",
+            "base 1.1.0",
+            "bgpd 1.0.0",
+            "libnet 2.0.0",
+            "routing 3.0.0"
+        ]
+    );
+    assert_eq!(n3.cmdline, "console=ttyAMA0 quiet");
+    let n2 = m.plan(&mac(N2)).unwrap();
+    assert!(n2.packages.iter().any(|p| p.name == "debug-tools"));
+    assert_eq!(summary(&m.plan(&mac(N4)).unwrap())[2], "fabric-mgr 1.0.0");
+}
