@@ -1,0 +1,1 @@
+//! shelfboot benchmarks: shelfboot against TFTP, HTTP, udpcast and uftp on one namespace backplane.
