@@ -62,7 +62,8 @@ pub struct SocketConfig {
     pub rx_ring: RingGeometry,
     /// How long the kernel may hold a partly filled V3 RX block (latency bound).
     pub rx_block_timeout_ms: u32,
-    /// Upper bound on how long `send_batch` waits for the kernel to take frames.
+    /// How long `send_batch` waits for the kernel to take *any* frame before it gives up
+    /// and returns a short count (also the TX ring socket's SO_SNDTIMEO).
     pub send_timeout: Duration,
     /// Drop received multicast frames (not broadcast) to groups we have not joined.
     pub filter_multicast: bool,

@@ -432,15 +432,15 @@ impl PacketSocket {
     }
 
     /// Send every frame in `frames` (complete Ethernet frames, header included) on the
-    /// configured TX path. Waits while the kernel pushes back, up to
-    /// `config.send_timeout` in total; returns how many frames the kernel took, which is
-    /// less than `frames.len()` only if that time ran out. On the ring path the kernel
+    /// configured TX path. Waits while the kernel pushes back (a slow or shaped link);
+    /// gives up when the kernel has taken nothing for about `config.send_timeout`, and
+    /// returns how many frames it took, which is less than `frames.len()` only then. On the ring path the kernel
     /// has picked up every frame when this returns (it blocks briefly if the socket
     /// buffer was full, so nothing is left waiting in the ring for a next call), though
     /// they may still be on their way out; [`flush`](Self::flush) waits for that too.
     pub fn send_batch(&mut self, frames: &[&[u8]]) -> Result<usize> {
         self.check_frames(frames)?;
-        let deadline = Instant::now() + self.config.send_timeout;
+        let mut deadline = Instant::now() + self.config.send_timeout;
         let mut done = 0usize;
         while done < frames.len() {
             let mut ring_full = false;
@@ -517,6 +517,7 @@ impl PacketSocket {
                 Ok(n) if n > 0 => {
                     done += n;
                     self.stats.sent += n as u64;
+                    deadline = Instant::now() + self.config.send_timeout;
                 }
                 // ENOBUFS: a qdisc (e.g. a full tbf) dropped the frame and the socket
                 // buffer is not what is full, so POLLOUT would return at once: back off.
