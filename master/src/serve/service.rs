@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr};
 use shelfboot_proto::msg::{
-    self, Advertise, ErrorMsg, ErrorReason, Heartbeat, Message, PlanBody, Solicit, Stage,
-    Verdict,
+    self, Advertise, ErrorMsg, ErrorReason, Heartbeat, Message, PlanBody, Solicit, Stage, Verdict,
 };
 use shelfboot_proto::sign::SigningKey;
 
@@ -68,6 +67,10 @@ pub struct Service<S: Store> {
     pending: HashMap<MacAddr, Pending>,
     /// Artifacts of each card's last plan (to check its Fetches).
     plans: HashMap<MacAddr, Plan>,
+    /// The answer (a signed Plan or an Error frame) to each card's last served Solicit, by
+    /// nonce: a repeated Solicit (the card's retry crossed our answer) gets the same
+    /// frame again at no cost, so a discovery storm does not multiply the work.
+    answered: HashMap<MacAddr, (msg::Nonce, Vec<u8>)>,
     /// Last node state recorded per card (avoid a database write per Progress).
     states: HashMap<MacAddr, NodeState>,
     sessions: Sessions,
@@ -101,7 +104,8 @@ impl<S: Store> Service<S> {
         now: Instant,
     ) -> Self {
         let pk = key.public_key().to_bytes();
-        let master_id = u64::from_be_bytes([pk[0], pk[1], pk[2], pk[3], pk[4], pk[5], pk[6], pk[7]]);
+        let master_id =
+            u64::from_be_bytes([pk[0], pk[1], pk[2], pk[3], pk[4], pk[5], pk[6], pk[7]]);
         let mut sessions = Sessions::new(&cfg, mac, master_id);
         // Transfer ids differ between runs, so a card never takes a new session's frames
         // for an old one's.
@@ -117,6 +121,7 @@ impl<S: Store> Service<S> {
             queue: VecDeque::new(),
             pending: HashMap::new(),
             plans: HashMap::new(),
+            answered: HashMap::new(),
             states: HashMap::new(),
             sessions,
             next_heartbeat: now,
@@ -127,10 +132,7 @@ impl<S: Store> Service<S> {
             },
             out: Vec::new(),
         };
-        let adv = Message::Advertise(Advertise {
-            master_id,
-            epoch,
-        });
+        let adv = Message::Advertise(Advertise { master_id, epoch });
         s.send(MacAddr::BROADCAST, 0, &adv);
         s
     }
@@ -225,7 +227,10 @@ impl<S: Store> Service<S> {
                             }
                             Err(e) => {
                                 self.stats.fetches_refused += 1;
-                                log::error!("master: cannot serve {src}: {}", crate::error_chain(&e).join(": "));
+                                log::error!(
+                                    "master: cannot serve {src}: {}",
+                                    crate::error_chain(&e).join(": ")
+                                );
                             }
                         }
                     }
@@ -294,13 +299,23 @@ impl<S: Store> Service<S> {
             self.stats.dropped_unexpected += 1;
             return;
         }
+        if let Some((nonce, frame)) = self.answered.get(&src)
+            && *nonce == s.nonce
+        {
+            self.stats.solicits_repeated += 1;
+            self.stats.frames_out += 1;
+            self.out.push(frame.clone());
+            return;
+        }
         let p = Pending { header, solicit: s };
         if self.pending.insert(src, p).is_some() {
             self.stats.solicits_coalesced += 1;
         } else {
             self.queue.push_back(src);
-            self.stats.solicit_queue_high_water =
-                self.stats.solicit_queue_high_water.max(self.queue.len() as u64);
+            self.stats.solicit_queue_high_water = self
+                .stats
+                .solicit_queue_high_water
+                .max(self.queue.len() as u64);
         }
     }
 
@@ -340,7 +355,10 @@ impl<S: Store> Service<S> {
             }
             Err(e) => {
                 self.stats.db_errors += 1;
-                log::error!("master: Solicit of {src}: {}", crate::error_chain(&e).join(": "));
+                log::error!(
+                    "master: Solicit of {src}: {}",
+                    crate::error_chain(&e).join(": ")
+                );
                 return;
             }
         };
@@ -362,7 +380,10 @@ impl<S: Store> Service<S> {
         };
         if let Err(e) = self.master.record_inventory(&mac, &inv) {
             self.stats.db_errors += 1;
-            log::error!("master: inventory of {src}: {}", crate::error_chain(&e).join(": "));
+            log::error!(
+                "master: inventory of {src}: {}",
+                crate::error_chain(&e).join(": ")
+            );
         }
         let verdict = if s.inventory_digest == Some(plan.digest.0) {
             self.stats.plans_continue += 1;
@@ -384,12 +405,19 @@ impl<S: Store> Service<S> {
         self.plans.insert(src, plan);
         match self.key.sign_plan(body) {
             Ok(signed) => self.send(src, p.header.session, &Message::Plan(signed)),
-            Err(e) => log::error!("master: signing the plan of {src}: {}", crate::error_chain(&e).join(": ")),
+            Err(e) => log::error!(
+                "master: signing the plan of {src}: {}",
+                crate::error_chain(&e).join(": ")
+            ),
         }
     }
 
     fn on_ready(&mut self, src: MacAddr, digest: [u8; 32], persisted: bool) {
-        let state = if persisted { NodeState::Ready } else { NodeState::Test };
+        let state = if persisted {
+            NodeState::Ready
+        } else {
+            NodeState::Test
+        };
         let Some(plan) = self.plans.get(&src) else {
             return self.set_state(src, state, None);
         };
@@ -421,7 +449,10 @@ impl<S: Store> Service<S> {
             && let Err(e) = self.master.record_inventory(&mac, &inv)
         {
             self.stats.db_errors += 1;
-            log::error!("master: inventory of {src}: {}", crate::error_chain(&e).join(": "));
+            log::error!(
+                "master: inventory of {src}: {}",
+                crate::error_chain(&e).join(": ")
+            );
         }
         self.set_state(src, state, None);
     }
@@ -442,7 +473,10 @@ impl<S: Store> Service<S> {
             }
             Err(e) => {
                 self.stats.db_errors += 1;
-                log::debug!("master: state of {src}: {}", crate::error_chain(&e).join(": "));
+                log::debug!(
+                    "master: state of {src}: {}",
+                    crate::error_chain(&e).join(": ")
+                );
             }
         }
     }
@@ -450,9 +484,18 @@ impl<S: Store> Service<S> {
     /// Time passes: serve queued Solicits, heartbeat. Returns control frames to send.
     pub fn tick(&mut self, now: Instant) -> Vec<Vec<u8>> {
         for _ in 0..self.cfg.solicit_budget {
-            let Some(src) = self.queue.pop_front() else { break };
+            let Some(src) = self.queue.pop_front() else {
+                break;
+            };
             if let Some(p) = self.pending.remove(&src) {
+                let nonce = p.solicit.nonce;
+                let before = self.out.len();
                 self.serve_solicit(src, p);
+                if self.out.len() > before
+                    && let Some(frame) = self.out.last()
+                {
+                    self.answered.insert(src, (nonce, frame.clone()));
+                }
             }
         }
         if now >= self.next_heartbeat {

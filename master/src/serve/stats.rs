@@ -67,6 +67,8 @@ pub struct ServeStats {
     pub solicits: u64,
     /// Solicits answered (Plan or Error).
     pub solicits_served: u64,
+    /// Solicits repeating one already answered (same nonce): the answer is re-sent.
+    pub solicits_repeated: u64,
     /// Solicits replaced in the queue by a newer one from the same card.
     pub solicits_coalesced: u64,
     /// Longest the Solicit queue ever was.
