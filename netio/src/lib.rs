@@ -7,6 +7,7 @@
 //! libc, nix, log and thiserror so that the card's PID-1 init can use it. All `unsafe`
 //! lives in the private `sys` module. See docs/netio.md.
 
+pub mod ceiling;
 pub mod config;
 pub mod io;
 pub mod lab;

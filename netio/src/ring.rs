@@ -603,4 +603,29 @@ mod tests {
         };
         assert!(jumbo.check(page, 9014).is_ok());
     }
+
+    proptest::proptest! {
+        /// Arbitrary block bytes (with plausible descriptor fields mixed in) never panic
+        /// the parser, and every frame it delivers lies inside the block.
+        #[test]
+        fn parse_block_is_total(
+            mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
+            num in 0u32..64,
+            first in 0u32..4200,
+            len in 0u32..5000,
+        ) {
+            if bytes.len() >= 24 {
+                bytes[BLK_NUM_PKTS..BLK_NUM_PKTS + 4].copy_from_slice(&num.to_ne_bytes());
+                bytes[BLK_FIRST_PKT..BLK_FIRST_PKT + 4].copy_from_slice(&first.to_ne_bytes());
+                bytes[BLK_LEN..BLK_LEN + 4].copy_from_slice(&len.to_ne_bytes());
+            }
+            let range = bytes.as_ptr_range();
+            let mut inside = true;
+            let _ = parse_block(&bytes, &mut |f| {
+                let r = f.data.as_ptr_range();
+                inside &= r.start >= range.start && r.end <= range.end;
+            });
+            proptest::prop_assert!(inside);
+        }
+    }
 }
