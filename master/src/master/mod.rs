@@ -49,11 +49,11 @@ pub enum MasterError {
         #[source]
         source: Box<ImportError>,
     },
-    #[error("key file")]
+    #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("database")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("blob directory")]
+    #[error(transparent)]
     Blob(#[from] BlobError),
     #[error("cannot make a plan for node {node}")]
     Plan {
@@ -512,51 +512,59 @@ impl<S: Store> Master<S> {
     }
 
     /// Resolves the plans of the cards an assignment would affect, with it in place.
+    /// Refuses (changing nothing) if a card that has a plan now would lose it, or if the
+    /// target card itself would have none.
     fn check_assignment(&self, a: &Assignment) -> Result<Vec<Plan>, MasterError> {
-        let (releases, packages, mut assignments) = self.catalog_parts()?;
+        let (releases, packages, old) = self.catalog_parts()?;
         if let Some(r) = &a.release
             && !releases.contains_key(r)
         {
             return Err(StoreError::UnknownRelease(r.to_string()).into());
         }
-        assignments.retain(|x| x.target != a.target);
-        assignments.push(a.clone());
-        let cat = Catalog {
+        let nodes = self.store.nodes()?;
+        if let Target::Node(m) = &a.target
+            && !nodes.iter().any(|n| &n.identity.mac == m)
+        {
+            return Err(StoreError::UnknownNode(m.clone()).into());
+        }
+        let mut new = old.clone();
+        new.retain(|x| x.target != a.target);
+        new.push(a.clone());
+        let before = Catalog {
             releases: &releases,
             packages: &packages,
-            assignments: &assignments,
+            assignments: &old,
+        };
+        let after = Catalog {
+            assignments: &new,
+            ..before
         };
         let mut plans = Vec::new();
-        for node in self.store.nodes()? {
-            let affected = match &a.target {
-                Target::Default => true,
-                Target::Node(m) => m == &node.identity.mac,
-                Target::Class(_) => true,
-            };
-            if !affected {
-                continue;
-            }
-            match resolve::resolve_node(&cat, &node) {
+        for node in &nodes {
+            let mac = &node.identity.mac;
+            let was = resolve::resolve_node(&before, node);
+            match resolve::resolve_node(&after, node) {
                 Ok(p) => {
-                    if matches!(&a.target, Target::Class(c) if &p.class != c) {
-                        continue;
+                    let affected = match &a.target {
+                        Target::Default => true,
+                        Target::Node(m) => m == mac,
+                        Target::Class(c) => {
+                            &p.class == c || was.as_ref().is_ok_and(|w| &w.class == c)
+                        }
+                    };
+                    if affected {
+                        plans.push(p);
                     }
-                    plans.push(p);
                 }
-                // Cards that had no plan before are not made worse by this assignment.
-                Err(e) if matches!(&a.target, Target::Node(_)) => {
+                Err(e) if was.is_ok() || a.target == Target::Node(mac.clone()) => {
                     return Err(MasterError::Plan {
-                        node: node.identity.mac.clone(),
+                        node: mac.clone(),
                         source: Box::new(e),
                     });
                 }
+                // A card that had no plan before is not made worse.
                 Err(_) => {}
             }
-        }
-        if let Target::Node(m) = &a.target
-            && plans.is_empty()
-        {
-            return Err(StoreError::UnknownNode(m.clone()).into());
         }
         Ok(plans)
     }

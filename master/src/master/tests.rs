@@ -190,6 +190,19 @@ fn conflicting_pin_names_packages_and_constraints() {
     assert!(text.contains("routing ^3: class linecards"), "{text}");
     assert_eq!(fixture::state_dump(&m), before);
 
+    // A class pin that one card of the class (aarch64) cannot satisfy is refused.
+    let pins = parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
+    let err = m
+        .assign(Target::Class("linecards".into()), None, pins, "assign")
+        .unwrap_err();
+    let text = crate::error_chain(&err).join("\n");
+    assert!(
+        text.contains("cannot make a plan for node 02:00:00:00:00:03"),
+        "{text}"
+    );
+    assert!(text.contains("not imported for arch aarch64"), "{text}");
+    assert_eq!(fixture::state_dump(&m), before);
+
     // A compatible pin is accepted and shows up in explain; the solver picks libnet 1.x.
     let pins = parse_pins(&["routing=2.5.0".to_owned()]).unwrap();
     m.assign(Target::Node(mac(N1)), None, pins, "assign")
@@ -419,6 +432,21 @@ fn gc_keeps_what_plans_and_assignments_reference() {
     let report = m.gc(1).unwrap();
     assert!(report.deleted_releases.is_empty());
     assert_eq!(report.removed_blobs, 0);
+
+    // Rolling the line cards back to a release without routing 3.1.0 is fine, but
+    // pinning the default to a release that does not exist is refused.
+    let err = m
+        .assign(
+            Target::Default,
+            Some(parse_release("shelf-os@9.9.9").unwrap()),
+            BTreeMap::new(),
+            "assign",
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown release shelf-os@9.9.9"),
+        "{err}"
+    );
 
     // Drop the rollback: 1.0.0 is now unreferenced and goes, with its unique blobs only.
     m.unassign(&Target::Class("fabric".into())).unwrap();
