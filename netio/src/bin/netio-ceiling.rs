@@ -7,15 +7,16 @@
 //! and losses per path as a table. Medians of `--runs` runs, with min and max.
 //!
 //! It is a measurement, not a protocol: no acknowledgements, no retransmission, no pacing
-//! beyond what the kernel's socket buffer and the tbf impose. Needs root.
+//! beyond what the kernel's socket buffer and the tbf impose. Needs root. The measurement
+//! itself is `shelfboot_netio::ceiling::run` (shared with the benchmark command); this
+//! binary parses arguments, builds the labs and prints the table.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use shelfboot_netio::Path;
+use shelfboot_netio::ceiling::{self, CeilingRun, FRAME_LEN};
 use shelfboot_netio::lab::{Lab, Tbf};
-use shelfboot_netio::{MacAddr, PacketSocket, Path, PathChoice, SocketConfig};
 
 const USAGE: &str = "\
 usage: netio-ceiling [--frames N] [--receivers 1,8] [--shape both|shaped|unshaped]
@@ -26,9 +27,6 @@ Blasts N max-size (MTU 1500 -> 1514-byte) frames per path to a multicast group j
 by every receiver, inside a throwaway network namespace, and prints a table. 'shaped'
 puts tbf 1 Gbit/s on the sender port (and turns PACKET_QDISC_BYPASS off, which would
 skip it); 'unshaped' uses qdisc bypass. Needs root.";
-
-const GROUP: MacAddr = MacAddr([0x03, 0x5b, 0, 0, 0, 0x01]);
-const FRAME_LEN: usize = 1514;
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -112,177 +110,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// One run's numbers.
-#[derive(Debug, Clone, Copy, Default)]
-struct Sample {
-    send_secs: f64,
-    /// Slowest receiver: seconds from the sender's start to its last frame.
-    last_rx_secs: f64,
-    /// Frames received, summed over receivers.
-    received: u64,
-    kernel_drops: u64,
-    /// CPU seconds of the sender and all receiver threads (softirq work is mostly
-    /// charged to whichever of them was running): robust to other load on the machine.
-    cpu_secs: f64,
-}
-
-#[derive(Debug, Default)]
-struct RxResult {
-    unique: u64,
-    last: Option<Instant>,
-    kernel_drops: u64,
-    cpu_secs: f64,
-}
-
-/// CPU time the calling thread has used, in seconds.
-fn thread_cpu() -> f64 {
-    use nix::time::{ClockId, clock_gettime};
-    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
-}
-
-fn frame(seq: u32, src: MacAddr) -> Vec<u8> {
-    let mut f = vec![0u8; FRAME_LEN];
-    f[..6].copy_from_slice(&GROUP.0);
-    f[6..12].copy_from_slice(&src.0);
-    f[12..14].copy_from_slice(&[0x88, 0xb5]);
-    f[14..18].copy_from_slice(&seq.to_be_bytes());
-    f
-}
-
-fn run_once(
-    lab: &Lab,
-    receivers: usize,
-    path: Path,
-    shaped: bool,
-    args: &Args,
-) -> Result<Sample, String> {
-    let n = args.frames;
-    let cfg = SocketConfig {
-        tx: PathChoice::Force(path),
-        rx: PathChoice::Force(path),
-        qdisc_bypass: !shaped,
-        batch: args.batch,
-        send_timeout: Duration::from_secs(5),
-        ..SocketConfig::default()
-    };
-    let barrier = Barrier::new(receivers + 1);
-    let sender_done = AtomicBool::new(false);
-    let start: Mutex<Option<Instant>> = Mutex::new(None);
-    let results: Arc<Mutex<Vec<Result<RxResult, String>>>> = Arc::new(Mutex::new(Vec::new()));
-    let mut send_result: Result<(f64, f64), String> = Err("sender did not run".into());
-    std::thread::scope(|s| {
-        for r in 0..receivers {
-            let (cfg, barrier, done, results) = (cfg.clone(), &barrier, &sender_done, &results);
-            s.spawn(move || {
-                let res = (|| -> Result<RxResult, String> {
-                    let ready = lab.enter().map_err(|e| e.to_string());
-                    let sock = ready.and_then(|()| {
-                        let mut sock =
-                            PacketSocket::open(&lab.port(r + 1), cfg).map_err(|e| e.to_string())?;
-                        sock.join(GROUP).map_err(|e| e.to_string())?;
-                        Ok(sock)
-                    });
-                    barrier.wait();
-                    let cpu0 = thread_cpu();
-                    let mut sock = sock?;
-                    let mut seen = vec![false; n as usize];
-                    let mut out = RxResult::default();
-                    let hard_end = Instant::now() + Duration::from_secs(120);
-                    let mut idle_since = Instant::now();
-                    while out.unique < u64::from(n) && Instant::now() < hard_end {
-                        let got = sock
-                            .recv_batch(
-                                &mut |f: &[u8], _| {
-                                    let seq = f
-                                        .get(14..18)
-                                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                                    if let Some(slot) = seq.and_then(|q| seen.get_mut(q as usize))
-                                        && !*slot
-                                    {
-                                        *slot = true;
-                                        out.unique += 1;
-                                    }
-                                },
-                                Duration::from_millis(20),
-                            )
-                            .map_err(|e| e.to_string())?;
-                        if got > 0 {
-                            out.last = Some(Instant::now());
-                            idle_since = Instant::now();
-                        } else if done.load(Ordering::Acquire)
-                            && idle_since.elapsed() > Duration::from_millis(300)
-                        {
-                            break;
-                        }
-                    }
-                    out.kernel_drops = sock.stats().map_err(|e| e.to_string())?.kernel_drops;
-                    out.cpu_secs = thread_cpu() - cpu0;
-                    Ok(out)
-                })();
-                if let Ok(mut v) = results.lock() {
-                    v.push(res);
-                }
-            });
-        }
-        let (barrier, done, start) = (&barrier, &sender_done, &start);
-        let sender = s.spawn(move || -> Result<(f64, f64), String> {
-            let ready = lab.enter().map_err(|e| e.to_string());
-            let sock = ready
-                .and_then(|()| PacketSocket::open(&lab.port(0), cfg).map_err(|e| e.to_string()));
-            let frames: Vec<Vec<u8>> = match &sock {
-                Ok(s) => (0..n).map(|q| frame(q, s.mac())).collect(),
-                Err(_) => Vec::new(),
-            };
-            barrier.wait();
-            let cpu0 = thread_cpu();
-            let mut sock = sock.inspect_err(|_| done.store(true, Ordering::Release))?;
-            std::thread::sleep(Duration::from_millis(50));
-            let t0 = Instant::now();
-            if let Ok(mut s) = start.lock() {
-                *s = Some(t0);
-            }
-            let mut sent = 0usize;
-            let result = (|| {
-                for chunk in frames.chunks(args.batch) {
-                    let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-                    let k = sock.send_batch(&refs).map_err(|e| e.to_string())?;
-                    sent += k;
-                    if k < refs.len() {
-                        return Err(format!("sender stalled after {sent} frames"));
-                    }
-                }
-                sock.flush().map_err(|e| e.to_string())
-            })();
-            let secs = t0.elapsed().as_secs_f64();
-            done.store(true, Ordering::Release);
-            result.map(|()| (secs, thread_cpu() - cpu0))
-        });
-        send_result = sender
-            .join()
-            .unwrap_or_else(|_| Err("sender panicked".into()));
-    });
-    let (send_secs, send_cpu) = send_result?;
-    let t0 = start.lock().ok().and_then(|s| *s).ok_or("no start time")?;
-    let mut sample = Sample {
-        send_secs,
-        cpu_secs: send_cpu,
-        ..Sample::default()
-    };
-    let results = std::mem::take(&mut *results.lock().map_err(|_| "receiver lock poisoned")?);
-    for r in results {
-        let r = r?;
-        sample.received += r.unique;
-        sample.kernel_drops += r.kernel_drops;
-        sample.cpu_secs += r.cpu_secs;
-        let last = r
-            .last
-            .map_or(0.0, |l| l.saturating_duration_since(t0).as_secs_f64());
-        sample.last_rx_secs = sample.last_rx_secs.max(last);
-    }
-    Ok(sample)
-}
-
 fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -345,7 +172,14 @@ fn measure(args: &Args) -> Result<bool, String> {
             for &path in &args.paths {
                 let mut samples = Vec::new();
                 for _ in 0..args.runs {
-                    match run_once(&lab, receivers, path, shaped, args) {
+                    let run = CeilingRun {
+                        receivers,
+                        frames: args.frames,
+                        path,
+                        shaped,
+                        batch: args.batch,
+                    };
+                    match ceiling::run(&lab, run) {
                         Ok(s) => samples.push(s),
                         Err(e) => {
                             eprintln!(
