@@ -438,4 +438,50 @@ mod netns {
         })
         .unwrap();
     }
+
+    #[test]
+    fn auto_picks_the_rings_and_falls_back_when_refused() {
+        if !lab::tier_enabled("auto_picks_the_rings_and_falls_back_when_refused") {
+            return;
+        }
+        let lab = Lab::new("auto", 2).unwrap();
+        lab.run(|| {
+            let s = PacketSocket::open("p0", SocketConfig::default()).unwrap();
+            assert_eq!((s.tx_path(), s.rx_path()), (Path::Ring, Path::Ring));
+            // geometry that cannot hold a 1514-byte frame: Auto falls back, Force refuses
+            let bad = shelfboot_netio::RingGeometry {
+                block_size: 4096,
+                block_nr: 4,
+                frame_size: 1024,
+            };
+            let auto = SocketConfig {
+                tx_ring: bad,
+                rx_ring: bad,
+                ..SocketConfig::default()
+            };
+            let mut a = PacketSocket::open("p0", auto.clone()).unwrap();
+            assert_eq!((a.tx_path(), a.rx_path()), (Path::Mmsg, Path::Mmsg));
+            let forced = SocketConfig {
+                tx: PathChoice::Force(Path::Ring),
+                ..auto.clone()
+            };
+            let err = PacketSocket::open("p0", forced).unwrap_err();
+            assert!(err.to_string().contains("p0"), "{err}");
+            let forced = SocketConfig {
+                rx: PathChoice::Force(Path::Ring),
+                ..auto
+            };
+            assert!(PacketSocket::open("p0", forced).is_err());
+            // and the fallback endpoint works
+            let mut b = PacketSocket::open("p1", SocketConfig::default()).unwrap();
+            let f = make_frame(b.mac(), a.mac(), 7, 1514);
+            assert_eq!(a.send_batch(&[&f]).unwrap(), 1);
+            let (got, _) = drain(&mut b, 1, Duration::from_secs(2));
+            assert_eq!(got.get(&7), Some(&f));
+            // an interface that does not exist is named in the error
+            let err = PacketSocket::open("nosuch0", SocketConfig::default()).unwrap_err();
+            assert!(err.to_string().contains("nosuch0"), "{err}");
+        })
+        .unwrap();
+    }
 }
