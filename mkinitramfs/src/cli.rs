@@ -35,7 +35,7 @@ pub enum Command {
         /// Kernel version (directory name under lib/modules).
         #[arg(long)]
         kver: Option<String>,
-        /// Module to include, with optional parameters: NAME[:PARAMS] (repeatable).
+        /// Module to include, with optional parameters: `NAME[:PARAMS]` (repeatable).
         #[arg(long = "module", value_name = "NAME[:PARAMS]")]
         modules: Vec<String>,
         /// Trust anchor (public key file) for /etc/shelfboot/trust/ (repeatable).

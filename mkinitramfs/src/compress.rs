@@ -14,7 +14,7 @@ pub enum Compression {
     /// gzip, level 6.
     #[default]
     Gzip,
-    /// zstd, level 10 (CONFIG_RD_ZSTD).
+    /// zstd, level 3 (zstd's default; CONFIG_RD_ZSTD).
     Zstd,
 }
 
@@ -58,7 +58,7 @@ pub fn compress(data: &[u8], c: Compression) -> Result<Vec<u8>, CompressError> {
             enc.finish().map_err(err)
         }
         Compression::Zstd => {
-            zstd::stream::encode_all(data, 10).map_err(|source| CompressError::Compress {
+            zstd::stream::encode_all(data, 3).map_err(|source| CompressError::Compress {
                 codec: "zstd",
                 source,
             })

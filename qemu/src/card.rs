@@ -264,6 +264,8 @@ pub struct Card {
     cursor: u64,
     started: Instant,
     boots: u32,
+    /// How QEMU ended by itself in this boot (None while running or after a power cut).
+    exited: Option<ExitStatus>,
 }
 
 /// A matched console line.
@@ -311,6 +313,7 @@ impl Card {
             cursor: 0,
             started: Instant::now(),
             boots: 0,
+            exited: None,
         };
         card.boot()?;
         Ok(card)
@@ -375,6 +378,7 @@ impl Card {
         self.cursor = start;
         self.started = Instant::now();
         self.boots += 1;
+        self.exited = None;
         Ok(())
     }
 
@@ -469,16 +473,21 @@ impl Card {
         match child.try_wait() {
             Ok(Some(status)) => {
                 self.child = None;
+                self.exited = Some(status);
                 Some(status)
             }
             _ => None,
         }
     }
 
-    /// Waits for QEMU to exit by itself (guest poweroff or panic) within `timeout`.
+    /// Waits for QEMU to exit by itself (guest poweroff or panic) within `timeout`; if it
+    /// already did during an earlier wait, returns that status at once.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, CardError> {
         let deadline = Instant::now() + timeout;
         loop {
+            if let Some(status) = self.exited {
+                return Ok(status);
+            }
             if self.child.is_none() {
                 return Err(CardError::Off {
                     card: self.cfg.name.clone(),
@@ -509,6 +518,7 @@ impl Card {
     /// Pulls the plug: SIGKILL to QEMU's process group, then reap it. Flash on a disk
     /// image keeps what reached the host file; nandsim contents are lost.
     pub fn power_cut(&mut self) {
+        self.exited = None;
         if let Some(mut child) = self.child.take() {
             let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
             if let Err(e) = killpg(pid, Signal::SIGKILL) {
@@ -599,6 +609,7 @@ mod tests {
             cursor: 0,
             started: Instant::now(),
             boots: 0,
+            exited: None,
         };
         let log = cfg.console_log();
         let script = format!(
@@ -638,5 +649,12 @@ mod tests {
             err.contains("QEMU exited") && err.contains("could not open tap0"),
             "{err}"
         );
+        // The exit seen by wait_for is still reported by wait_exit.
+        assert!(card.wait_exit(Duration::from_millis(10)).unwrap().success());
+        card.power_cut();
+        assert!(matches!(
+            card.wait_exit(Duration::from_millis(10)),
+            Err(CardError::Off { .. })
+        ));
     }
 }
