@@ -3,7 +3,9 @@
 //!
 //! The kernel prints kmsg lines on the console itself when their level is below the
 //! console loglevel (`/proc/sys/kernel/printk`, first field), so the logger only writes to
-//! the console what the kernel would *not* print: no duplicates, nothing lost. Before
+//! the console what the kernel would *not* print: no duplicates, nothing lost. That needs
+//! kmsg's rate limit off (`/proc/sys/kernel/printk_devkmsg` = on, set at attach); when it
+//! cannot be turned off, every line also goes to the console. Before
 //! devtmpfs is mounted (or when `/dev/kmsg` cannot be opened, e.g. in check mode) every
 //! line goes to the console. Not here: log files, rate limiting, remote logging.
 
@@ -70,7 +72,13 @@ pub fn attach_kernel(dev: &Path, proc: &Path) {
 impl KmsgLogger {
     fn attach(&self, dev: &Path, proc: &Path) {
         let file = OpenOptions::new().write(true).open(dev.join("kmsg")).ok();
-        let opened = file.is_some();
+        // /dev/kmsg rate-limits userspace writers by default (10 lines per 5 s) and drops
+        // the rest *while reporting success*: turn that off (as systemd does). If the
+        // command line locked it (printk.devkmsg=), print everything on the console.
+        let devkmsg = proc.join("sys/kernel/printk_devkmsg");
+        let unlimited = std::fs::write(&devkmsg, "on\n").is_ok()
+            || std::fs::read_to_string(&devkmsg).is_ok_and(|s| s.trim() == "on");
+        let opened = file.is_some() && unlimited;
         if let Ok(mut k) = self.kmsg.lock() {
             *k = file;
         }
