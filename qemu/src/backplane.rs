@@ -114,13 +114,15 @@ impl Backplane {
     pub fn new(cards: usize) -> Result<Self, BackplaneError> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let netns = format!("sbl{}_{n}", std::process::id());
-        let bp = Self { netns, cards: 0 };
-        bp.step(
-            "create the namespace",
-            Command::new("ip").args(["netns", "add", &bp.netns]),
-        )?;
+        cmd::run(Command::new("ip").args(["netns", "add", &netns])).map_err(|source| {
+            BackplaneError::Setup {
+                netns: netns.clone(),
+                step: "create the namespace".into(),
+                source,
+            }
+        })?;
         // From here on, Drop removes the namespace.
-        let mut bp = bp;
+        let mut bp = Self { netns, cards: 0 };
         bp.ip("bring lo up", &["link", "set", "lo", "up"])?;
         bp.step(
             "turn IPv6 off",
