@@ -21,7 +21,6 @@ pub mod pacing;
 pub mod receiver;
 pub mod sender;
 pub mod sim;
-
 pub mod source;
 
 pub use geometry::{ArtifactInfo, Geometry, GeometryError};
@@ -45,5 +44,3 @@ pub fn hex(bytes: &[u8]) -> String {
     }
     s
 }
-#[cfg(test)]
-mod sim_tests;

@@ -689,5 +689,4 @@ impl<W: ByteSink> Receiver<W> {
 }
 
 #[cfg(test)]
-#[path = "receiver_tests.rs"]
 mod tests;
