@@ -33,7 +33,7 @@ pub use sender::{
     Admission, ControlOutcome, DropCause, IgnoreReason, LaterReason, MemberState, MemberStatus,
     SendStep, Sender, SenderConfig, SenderError, SenderEvent, SenderStats,
 };
-pub use source::{BlockSource, ByteSink};
+pub use source::{BlockSource, ByteSink, ReadAhead};
 
 /// Lower-case hex of a digest, for error messages and logs.
 pub fn hex(bytes: &[u8]) -> String {
