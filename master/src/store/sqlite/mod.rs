@@ -1,0 +1,253 @@
+//! The embedded store: one SQLite file (`<state>/master.db`, WAL, foreign keys on).
+//!
+//! Split: [`packages`] (trust, releases, artifacts, gc) and [`nodes`] (cards, assignments,
+//! events) hold the operations; this file holds the connection, helpers and the dump.
+//!
+//! Every mutating operation is one transaction and records its event in the same
+//! transaction, so the history never disagrees with the state. Schema: `store/schema.sql`
+//! and docs/master.md.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Transaction, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+mod nodes;
+mod packages;
+
+use super::{
+    Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeIdentity, NodeRecord,
+    NodeState, PackageRecord, ReleaseInfo, Result, Store, StoreError, Target, TestMode, TrustedKey,
+};
+use crate::image::manifest::{HexDigest, Manifest, ReleaseId};
+use crate::policy::Mac;
+
+/// Schema version stored in `meta`.
+pub const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = include_str!("../schema.sql");
+
+pub(super) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sql { op, source }
+}
+
+pub(super) fn to_json<T: Serialize>(v: &T) -> String {
+    // Serializing our own plain data types to a String cannot fail (no maps with
+    // non-string keys, no I/O); fall back to "null" rather than panic.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+pub(super) fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|source| StoreError::Decode {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+/// SQLite implementation of [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens or creates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory().map_err(sql("open in-memory database"))?;
+        Self::init(conn)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("enable WAL"))?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(sql("enable foreign keys"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql("set synchronous"))?;
+        conn.execute_batch(SCHEMA).map_err(sql("create schema"))?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?1)",
+            params![SCHEMA_VERSION.to_string()],
+        )
+        .map_err(sql("write schema version"))?;
+        Ok(Self { conn })
+    }
+
+    pub(super) fn tx(&mut self) -> Result<Transaction<'_>> {
+        self.conn.transaction().map_err(sql("begin transaction"))
+    }
+}
+
+pub(super) fn event(
+    tx: &Connection,
+    now: i64,
+    node: Option<&Mac>,
+    kind: &str,
+    detail: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO events(at, node, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now, node.map(Mac::as_str), kind, detail],
+    )
+    .map(drop)
+    .map_err(sql("record event"))
+}
+
+impl Store for SqliteStore {
+    fn trust_key(&mut self, key: &TrustedKey) -> Result<bool> {
+        self.do_trust_key(key)
+    }
+
+    fn untrust_key(&mut self, key_id: &str, now: i64) -> Result<()> {
+        self.do_untrust_key(key_id, now)
+    }
+
+    fn trusted_keys(&self) -> Result<Vec<TrustedKey>> {
+        self.do_trusted_keys()
+    }
+
+    fn check_import(&self, manifest: &Manifest, sha: &HexDigest) -> Result<bool> {
+        self.do_check_import(manifest, sha)
+    }
+
+    fn import_release(&mut self, rel: &NewRelease<'_>) -> Result<ImportOutcome> {
+        self.do_import_release(rel)
+    }
+
+    fn releases(&self) -> Result<Vec<ReleaseInfo>> {
+        self.do_releases()
+    }
+
+    fn release_manifest(&self, id: &ReleaseId) -> Result<Option<Manifest>> {
+        self.do_release_manifest(id)
+    }
+
+    fn packages(&self) -> Result<Vec<PackageRecord>> {
+        self.do_packages()
+    }
+
+    fn boot_images(&self) -> Result<Vec<BootRecord>> {
+        self.do_boot_images()
+    }
+
+    fn delete_releases(&mut self, ids: &[ReleaseId], now: i64) -> Result<()> {
+        self.do_delete_releases(ids, now)
+    }
+
+    fn referenced_blobs(&self) -> Result<BTreeSet<HexDigest>> {
+        self.do_referenced_blobs()
+    }
+
+    fn record_identity(&mut self, id: &NodeIdentity, now: i64) -> Result<bool> {
+        self.do_record_identity(id, now)
+    }
+
+    fn set_node_class(&mut self, mac: &Mac, class: Option<&str>, now: i64) -> Result<()> {
+        self.do_set_node_class(mac, class, now)
+    }
+
+    fn record_state(
+        &mut self,
+        mac: &Mac,
+        state: NodeState,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        self.do_record_state(mac, state, reason, now)
+    }
+
+    fn record_inventory(&mut self, mac: &Mac, inv: &Inventory, now: i64) -> Result<()> {
+        self.do_record_inventory(mac, inv, now)
+    }
+
+    fn mark_absent(&mut self, mac: &Mac, now: i64) -> Result<()> {
+        self.do_mark_absent(mac, now)
+    }
+
+    fn set_test_mode(&mut self, mac: &Mac, test: Option<&TestMode>, now: i64) -> Result<()> {
+        self.do_set_test_mode(mac, test, now)
+    }
+
+    fn node(&self, mac: &Mac) -> Result<Option<NodeRecord>> {
+        self.do_node(mac)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.do_nodes()
+    }
+
+    fn set_assignment(&mut self, a: &Assignment, kind: &str, now: i64) -> Result<()> {
+        self.do_set_assignment(a, kind, now)
+    }
+
+    fn clear_assignment(&mut self, target: &Target, now: i64) -> Result<()> {
+        self.do_clear_assignment(target, now)
+    }
+
+    fn assignments(&self) -> Result<Vec<Assignment>> {
+        self.do_assignments()
+    }
+
+    fn events(&self, node: Option<&Mac>, limit: u32) -> Result<Vec<Event>> {
+        self.do_events(node, limit)
+    }
+
+    fn dump(&self) -> Result<String> {
+        let mut out = String::new();
+        let tables: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .map_err(sql("dump"))?;
+            stmt.query_map([], |r| r.get(0))
+                .map_err(sql("dump"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(sql("dump"))?
+        };
+        for t in tables {
+            let _ = writeln!(out, "## {t}");
+            let mut stmt = self
+                .conn
+                .prepare(&format!("SELECT * FROM \"{t}\""))
+                .map_err(sql("dump"))?;
+            let ncol = stmt.column_count();
+            let mut rows: Vec<String> = stmt
+                .query_map([], |r| {
+                    let mut line = String::new();
+                    for i in 0..ncol {
+                        let v = match r.get_ref(i)? {
+                            ValueRef::Null => "NULL".to_owned(),
+                            ValueRef::Integer(n) => n.to_string(),
+                            ValueRef::Real(f) => f.to_string(),
+                            ValueRef::Text(s) => format!("{:?}", String::from_utf8_lossy(s)),
+                            ValueRef::Blob(b) => hex::encode(b),
+                        };
+                        line.push_str(&v);
+                        line.push('|');
+                    }
+                    Ok(line)
+                })
+                .map_err(sql("dump"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(sql("dump"))?;
+            rows.sort();
+            for r in rows {
+                out.push_str(&r);
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+}

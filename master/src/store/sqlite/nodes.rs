@@ -1,0 +1,522 @@
+//! Node-database operations of the SQLite store: cards, assignments, history.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::packages::release_row_id;
+use super::{SqliteStore, event, from_json, sql, to_json};
+use crate::image::manifest::ReleaseId;
+use crate::policy::Mac;
+use crate::store::{
+    Assignment, Event, Inventory, NodeIdentity, NodeRecord, NodeState, Result, StoreError, Target,
+    TestMode,
+};
+
+const NODE_COLS: &str = "mac, card_type, arch, hw_rev, features, class, state, state_reason, \
+     inventory, test_mode, shelf, slot, present, last_seen, registered_at";
+
+/// A `nodes` row as read, before decoding.
+struct NodeRow {
+    text: [Option<String>; 10],
+    nums: [i64; 3],
+    last_seen: Option<i64>,
+    registered: i64,
+}
+
+fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
+    let mut text: [Option<String>; 10] = Default::default();
+    for (i, slot) in text.iter_mut().enumerate() {
+        *slot = r.get(i)?;
+    }
+    Ok(NodeRow {
+        text,
+        nums: [r.get(10)?, r.get(11)?, r.get(12)?],
+        last_seen: r.get(13)?,
+        registered: r.get(14)?,
+    })
+}
+
+fn decode_node(row: NodeRow) -> Result<NodeRecord> {
+    let [
+        mac,
+        card_type,
+        arch,
+        hw_rev,
+        features,
+        class,
+        state,
+        reason,
+        inventory,
+        test_mode,
+    ] = row.text;
+    let (nums, last_seen) = (row.nums, row.last_seen);
+    let mac_s = mac.unwrap_or_default();
+    let mac: Mac = mac_s.parse().map_err(|_| StoreError::Decode {
+        what: format!("node MAC '{mac_s}'"),
+        source: serde::de::Error::custom("bad MAC"),
+    })?;
+    let state_s = state.unwrap_or_default();
+    let state: NodeState = state_s.parse().map_err(|e: String| StoreError::Decode {
+        what: format!("state of node {mac}"),
+        source: serde::de::Error::custom(e),
+    })?;
+    let u32_of = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok(NodeRecord {
+        identity: NodeIdentity {
+            mac: mac.clone(),
+            card_type: card_type.unwrap_or_default(),
+            arch: arch.unwrap_or_default(),
+            shelf: u32_of(nums[0]),
+            slot: u32_of(nums[1]),
+            hw_rev: hw_rev.unwrap_or_default(),
+            features: from_json(
+                &format!("features of node {mac}"),
+                &features.unwrap_or_else(|| "[]".into()),
+            )?,
+        },
+        class,
+        present: nums[2] != 0,
+        last_seen,
+        state,
+        state_reason: reason,
+        inventory: inventory
+            .map(|s| from_json(&format!("inventory of node {mac}"), &s))
+            .transpose()?,
+        test_mode: test_mode
+            .map(|s| from_json(&format!("test mode of node {mac}"), &s))
+            .transpose()?,
+        registered_at: row.registered,
+    })
+}
+
+fn require_node(c: &Connection, mac: &Mac) -> Result<()> {
+    let n: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM nodes WHERE mac = ?1",
+            params![mac.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(sql("look up node"))?;
+    if n == 0 {
+        return Err(StoreError::UnknownNode(mac.clone()));
+    }
+    Ok(())
+}
+
+pub(super) fn upsert_assignment(
+    c: &Connection,
+    target: &Target,
+    release_id: Option<i64>,
+    pins: &BTreeMap<String, semver::Version>,
+    now: i64,
+) -> Result<()> {
+    let (k, n) = target.key();
+    c.execute(
+        "INSERT INTO assignments(target_kind, target, release_id, pins, set_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(target_kind, target) DO UPDATE SET release_id = excluded.release_id,
+           pins = excluded.pins, set_at = excluded.set_at",
+        params![k, n, release_id, to_json(pins), now],
+    )
+    .map(drop)
+    .map_err(sql("set assignment"))
+}
+
+impl SqliteStore {
+    pub(super) fn do_record_identity(&mut self, id: &NodeIdentity, now: i64) -> Result<bool> {
+        let tx = self.tx()?;
+        let existing: Option<(String, String, i64, i64)> = tx
+            .query_row(
+                "SELECT card_type, arch, shelf, slot FROM nodes WHERE mac = ?1",
+                params![id.mac.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(sql("look up node"))?;
+        let features = to_json(&id.features);
+        let new = existing.is_none();
+        if new {
+            tx.execute(
+                "INSERT INTO nodes(mac, card_type, arch, shelf, slot, hw_rev, features, present,
+                   last_seen, state, registered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, 'pristine', ?8)",
+                params![
+                    id.mac.as_str(),
+                    id.card_type,
+                    id.arch,
+                    id.shelf,
+                    id.slot,
+                    id.hw_rev,
+                    features,
+                    now
+                ],
+            )
+            .map_err(sql("insert node"))?;
+            let detail = format!(
+                "registered {} card ({}), shelf {} slot {}",
+                id.card_type, id.arch, id.shelf, id.slot
+            );
+            event(&tx, now, Some(&id.mac), "identity", &detail)?;
+        } else {
+            tx.execute(
+                "UPDATE nodes SET card_type = ?2, arch = ?3, shelf = ?4, slot = ?5, hw_rev = ?6,
+                   features = ?7, present = 1, last_seen = ?8 WHERE mac = ?1",
+                params![
+                    id.mac.as_str(),
+                    id.card_type,
+                    id.arch,
+                    id.shelf,
+                    id.slot,
+                    id.hw_rev,
+                    features,
+                    now
+                ],
+            )
+            .map_err(sql("update node"))?;
+            if let Some((ct, arch, shelf, slot)) = existing {
+                let moved = (ct.as_str(), arch.as_str(), shelf, slot)
+                    != (
+                        id.card_type.as_str(),
+                        id.arch.as_str(),
+                        i64::from(id.shelf),
+                        i64::from(id.slot),
+                    );
+                if moved {
+                    let detail = format!(
+                        "identity changed: {ct} ({arch}) shelf {shelf} slot {slot} -> {} ({}) shelf {} slot {}",
+                        id.card_type, id.arch, id.shelf, id.slot
+                    );
+                    event(&tx, now, Some(&id.mac), "identity", &detail)?;
+                }
+            }
+        }
+        tx.commit().map_err(sql("commit node"))?;
+        Ok(new)
+    }
+
+    pub(super) fn do_set_node_class(
+        &mut self,
+        mac: &Mac,
+        class: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.tx()?;
+        require_node(&tx, mac)?;
+        tx.execute(
+            "UPDATE nodes SET class = ?2 WHERE mac = ?1",
+            params![mac.as_str(), class],
+        )
+        .map_err(sql("set node class"))?;
+        let detail = match class {
+            Some(c) => format!("class forced to {c}"),
+            None => "class chosen by match rules".to_owned(),
+        };
+        event(&tx, now, Some(mac), "class", &detail)?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_record_state(
+        &mut self,
+        mac: &Mac,
+        state: NodeState,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.tx()?;
+        require_node(&tx, mac)?;
+        tx.execute(
+            "UPDATE nodes SET state = ?2, state_reason = ?3, last_seen = ?4, present = 1
+             WHERE mac = ?1",
+            params![mac.as_str(), state.as_str(), reason, now],
+        )
+        .map_err(sql("set node state"))?;
+        let detail = match reason {
+            Some(r) => format!("{state}: {r}"),
+            None => state.to_string(),
+        };
+        let kind = if state == NodeState::Failed {
+            "error"
+        } else {
+            "state"
+        };
+        event(&tx, now, Some(mac), kind, &detail)?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_record_inventory(
+        &mut self,
+        mac: &Mac,
+        inv: &Inventory,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.tx()?;
+        require_node(&tx, mac)?;
+        tx.execute(
+            "UPDATE nodes SET inventory = ?2, last_seen = ?3 WHERE mac = ?1",
+            params![mac.as_str(), to_json(inv), now],
+        )
+        .map_err(sql("set inventory"))?;
+        let detail = format!("inventory of {} artifacts", inv.items.len());
+        event(&tx, now, Some(mac), "inventory", &detail)?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_mark_absent(&mut self, mac: &Mac, now: i64) -> Result<()> {
+        let tx = self.tx()?;
+        require_node(&tx, mac)?;
+        tx.execute(
+            "UPDATE nodes SET present = 0 WHERE mac = ?1",
+            params![mac.as_str()],
+        )
+        .map_err(sql("mark absent"))?;
+        event(&tx, now, Some(mac), "absent", "not heard from")?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_set_test_mode(
+        &mut self,
+        mac: &Mac,
+        test: Option<&TestMode>,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.tx()?;
+        require_node(&tx, mac)?;
+        tx.execute(
+            "UPDATE nodes SET test_mode = ?2 WHERE mac = ?1",
+            params![mac.as_str(), test.map(to_json)],
+        )
+        .map_err(sql("set test mode"))?;
+        let detail = match test {
+            Some(t) => {
+                let pkgs: Vec<String> =
+                    t.packages.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                format!("test mode on: {}", pkgs.join(", "))
+            }
+            None => "test mode off".to_owned(),
+        };
+        event(&tx, now, Some(mac), "test-mode", &detail)?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_node(&self, mac: &Mac) -> Result<Option<NodeRecord>> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {NODE_COLS} FROM nodes WHERE mac = ?1"),
+                params![mac.as_str()],
+                node_from_row,
+            )
+            .optional()
+            .map_err(sql("load node"))?;
+        row.map(decode_node).transpose()
+    }
+
+    pub(super) fn do_nodes(&self) -> Result<Vec<NodeRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {NODE_COLS} FROM nodes ORDER BY shelf, slot, mac"
+            ))
+            .map_err(sql("list nodes"))?;
+        let rows = stmt
+            .query_map([], node_from_row)
+            .map_err(sql("list nodes"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql("list nodes"))?;
+        rows.into_iter().map(decode_node).collect()
+    }
+
+    pub(super) fn do_set_assignment(&mut self, a: &Assignment, kind: &str, now: i64) -> Result<()> {
+        let tx = self.tx()?;
+        let rid = match &a.release {
+            Some(r) => Some(
+                release_row_id(&tx, r)?.ok_or_else(|| StoreError::UnknownRelease(r.to_string()))?,
+            ),
+            None => None,
+        };
+        if let Target::Node(mac) = &a.target {
+            require_node(&tx, mac)?;
+        }
+        upsert_assignment(&tx, &a.target, rid, &a.pins, now)?;
+        let mut detail = format!("{} ->", a.target);
+        if let Some(r) = &a.release {
+            let _ = write!(detail, " release {r}");
+        }
+        for (n, v) in &a.pins {
+            let _ = write!(detail, " {n}={v}");
+        }
+        let node = match &a.target {
+            Target::Node(m) => Some(m),
+            _ => None,
+        };
+        event(&tx, now, node, kind, &detail)?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_clear_assignment(&mut self, target: &Target, now: i64) -> Result<()> {
+        let tx = self.tx()?;
+        let (k, n) = target.key();
+        tx.execute(
+            "DELETE FROM assignments WHERE target_kind = ?1 AND target = ?2",
+            params![k, n],
+        )
+        .map_err(sql("clear assignment"))?;
+        let node = match target {
+            Target::Node(m) => Some(m),
+            _ => None,
+        };
+        event(
+            &tx,
+            now,
+            node,
+            "assign",
+            &format!("{target}: assignment cleared"),
+        )?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_assignments(&self) -> Result<Vec<Assignment>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT a.target_kind, a.target, r.name, r.version, a.pins, a.set_at
+                 FROM assignments a LEFT JOIN releases r ON r.id = a.release_id
+                 ORDER BY a.target_kind, a.target",
+            )
+            .map_err(sql("list assignments"))?;
+        type Row = (String, String, Option<String>, Option<String>, String, i64);
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .map_err(sql("list assignments"))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql("list assignments"))?;
+        rows.into_iter()
+            .map(|(kind, name, rname, rver, pins, set_at)| {
+                let bad = |what: String| StoreError::Decode {
+                    what,
+                    source: serde::de::Error::custom("invalid value"),
+                };
+                let target = match kind.as_str() {
+                    "default" => Target::Default,
+                    "class" => Target::Class(name),
+                    _ => Target::Node(name.parse().map_err(|_| bad(format!("target {name}")))?),
+                };
+                let release = match (rname, rver) {
+                    (Some(n), Some(v)) => Some(ReleaseId {
+                        version: v.parse().map_err(|_| bad(format!("version {v}")))?,
+                        name: n,
+                    }),
+                    _ => None,
+                };
+                Ok(Assignment {
+                    target,
+                    release,
+                    pins: from_json("assignment pins", &pins)?,
+                    set_at,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn do_events(&self, node: Option<&Mac>, limit: u32) -> Result<Vec<Event>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, at, node, kind, detail FROM (
+                   SELECT * FROM events WHERE ?1 IS NULL OR node = ?1 ORDER BY id DESC LIMIT ?2
+                 ) ORDER BY id",
+            )
+            .map_err(sql("list events"))?;
+        let rows: Vec<(i64, i64, Option<String>, String, String)> = stmt
+            .query_map(params![node.map(Mac::as_str), limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(sql("list events"))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql("list events"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, at, node, kind, detail)| Event {
+                id,
+                at,
+                node: node.and_then(|n| n.parse().ok()),
+                kind,
+                detail,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Inventory, NodeIdentity, NodeState, Store, StoreError};
+
+    #[test]
+    fn backplane_calls_update_node_and_history() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        let mac: crate::policy::Mac = "02:00:00:00:00:07".parse().unwrap();
+        let mut id = NodeIdentity {
+            mac: mac.clone(),
+            card_type: "lc100".into(),
+            arch: "x86_64".into(),
+            shelf: 1,
+            slot: 7,
+            hw_rev: "B".into(),
+            features: vec!["bgp".into()],
+        };
+        assert!(s.record_identity(&id, 100).unwrap());
+        id.slot = 8;
+        assert!(!s.record_identity(&id, 110).unwrap());
+        s.record_state(&mac, NodeState::Fetching, None, 120)
+            .unwrap();
+        s.record_state(&mac, NodeState::Failed, Some("no space on mtd0"), 130)
+            .unwrap();
+        let inv = Inventory {
+            digest: None,
+            items: vec![],
+        };
+        s.record_inventory(&mac, &inv, 140).unwrap();
+        s.mark_absent(&mac, 150).unwrap();
+        let n = s.node(&mac).unwrap().unwrap();
+        assert_eq!(n.identity.slot, 8);
+        assert_eq!(n.state, NodeState::Failed);
+        assert_eq!(n.state_reason.as_deref(), Some("no space on mtd0"));
+        assert_eq!(n.inventory, Some(inv));
+        assert!(!n.present);
+        assert_eq!(n.last_seen, Some(140));
+        let kinds: Vec<String> = s
+            .events(Some(&mac), 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{} {}", e.kind, e.detail))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "identity registered lc100 card (x86_64), shelf 1 slot 7",
+                "identity identity changed: lc100 (x86_64) shelf 1 slot 7 -> lc100 (x86_64) shelf 1 slot 8",
+                "state fetching",
+                "error failed: no space on mtd0",
+                "inventory inventory of 0 artifacts",
+                "absent not heard from",
+            ]
+        );
+        let other: crate::policy::Mac = "02:00:00:00:00:08".parse().unwrap();
+        assert!(matches!(
+            s.record_state(&other, NodeState::Ready, None, 1),
+            Err(StoreError::UnknownNode(_))
+        ));
+    }
+}
