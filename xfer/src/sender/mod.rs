@@ -310,6 +310,14 @@ impl<S: BlockSource> Sender<S> {
         }
         let have = self.geo.slices_within(progress.done);
         let complete = progress.done >= self.artifact.size;
+        if let Some(m) = self.members.get_mut(&from)
+            && m.state.status == MemberStatus::Complete
+            && complete
+        {
+            // A repeated final report (cards send it more than once, as it may be lost).
+            m.state.last_heard = now;
+            return ControlOutcome::Accepted;
+        }
         let member = match self.active_member(from) {
             Ok(m) => m,
             Err(why) => return self.ignore(why),

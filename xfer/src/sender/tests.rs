@@ -173,6 +173,10 @@ fn completion_of_every_member_finishes_the_session() {
         Some(SenderEvent::Completed { member: mac(1) })
     );
     assert!(!tx.is_finished());
+    // The repeated final report is taken quietly: no second event, not counted as ignored.
+    tx.handle_progress(mac(1), &progress(&tx, size), now);
+    assert_eq!(tx.next_event(), None);
+    assert_eq!(tx.stats().ignored_control, 0);
     tx.handle_progress(mac(2), &progress(&tx, size), now);
     assert_eq!(
         tx.next_event(),
