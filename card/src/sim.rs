@@ -174,7 +174,12 @@ fn report_of(s: &Sim) -> CardReport {
         decision,
         validated_only,
         autonomous,
-        digest: s.agent.store().digest().map(hex::encode).unwrap_or_default(),
+        digest: s
+            .agent
+            .store()
+            .digest()
+            .map(hex::encode)
+            .unwrap_or_default(),
         progress: s.agent.fetch_progress(),
         error,
         counters: *s.agent.counters(),
@@ -227,12 +232,13 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
     let now = Instant::now();
     let mut sims = Vec::with_capacity(cfg.cards.len());
     for spec in &cfg.cards {
-        let vols = FileVolumes::open_or_format(&spec.dir, cfg.leb_size, cfg.total_lebs)
-            .map_err(|source| SimError::Flash {
+        let vols = FileVolumes::open_or_format(&spec.dir, cfg.leb_size, cfg.total_lebs).map_err(
+            |source| SimError::Flash {
                 mac: spec.mac,
                 dir: spec.dir.clone(),
                 source,
-            })?;
+            },
+        )?;
         let (store, _) =
             Store::open(vols, StoreConfig::default()).map_err(|source| SimError::Store {
                 mac: spec.mac,
@@ -285,10 +291,10 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
             break;
         }
         // Timers.
-        for i in 0..sims.len() {
-            if sims[i].agent.next_deadline().is_some_and(|d| d <= now) {
-                let outputs = sims[i].agent.tick(now);
-                dirty |= apply(&mut sims[i], outputs, &mut out, &mut group_refs, &mut sock);
+        for sim in &mut sims {
+            if sim.agent.next_deadline().is_some_and(|d| d <= now) {
+                let outputs = sim.agent.tick(now);
+                dirty |= apply(sim, outputs, &mut out, &mut group_refs, &mut sock);
             }
         }
         send_all(&mut sock, &mut out);
@@ -299,7 +305,9 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
             .iter()
             .filter_map(|s| s.agent.next_deadline())
             .min()
-            .map_or(Duration::from_millis(10), |d| d.saturating_duration_since(now))
+            .map_or(Duration::from_millis(10), |d| {
+                d.saturating_duration_since(now)
+            })
             .min(Duration::from_millis(10));
         for _ in 0..16 {
             let r = sock.recv_batch(&mut |f: &[u8], _src| frames.push(f.to_vec()), wait);

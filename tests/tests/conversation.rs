@@ -6,245 +6,274 @@
 
 mod conv;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
-use conv::{Fixture, assert_all_fetched, init_log, spawn_cards, spawn_master, stop_after};
-use shelfboot_master::master::Master;
-use shelfboot_master::serve::stats;
-use shelfboot_master::store::{NodeState, Store as _};
-use shelfboot_netio::lab::{self, Lab};
+    use super::conv::{
+        Fixture, assert_all_fetched, init_log, spawn_cards, spawn_master, stop_after,
+    };
+    use shelfboot_master::master::Master;
+    use shelfboot_master::serve::stats;
+    use shelfboot_master::store::{NodeState, Store as _};
+    use shelfboot_netio::lab::{self, Lab};
 
-const MIB: usize = 1 << 20;
+    const MIB: usize = 1 << 20;
 
-#[test]
-fn one_pristine_card_becomes_ready_with_identical_artifacts() {
-    if !lab::tier_enabled("one_pristine_card_becomes_ready_with_identical_artifacts") {
-        return;
-    }
-    init_log();
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = Fixture::new(tmp.path(), MIB / 2);
-    let lab = Lab::new("conv-one", 2).unwrap();
-    let cards = fx.cards(1);
-    let stop_m = Arc::new(AtomicBool::new(false));
-    let stop_c = Arc::new(AtomicBool::new(false));
-    let (reports, st) = std::thread::scope(|s| {
-        let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
-        let c = spawn_cards(
-            s,
-            &lab,
-            fx.sim_config("p1", cards.clone(), Duration::from_secs(30)),
-            stop_c.clone(),
-        );
-        let reports = c.join().unwrap();
-        stop_m.store(true, Ordering::Relaxed);
-        (reports, m.join().unwrap())
-    });
-    assert_all_fetched(&reports);
-    assert_eq!(fx.check_card(&cards[0]), 3, "boot image + base + routing");
-    assert_eq!(st.plans_fetch, 1);
-    assert!(reports[0].counters.dropped() == 0, "{:?}", reports[0].counters);
-    let m = Master::open(&fx.state).unwrap();
-    let node = m
-        .store()
-        .node(&cards[0].mac.to_string().parse().unwrap())
-        .unwrap()
-        .expect("card recorded");
-    assert_eq!(node.state, NodeState::Ready);
-    // A second boot of the same card only validates: Continue, no artifact byte.
-    let before = st.artifact_bytes;
-    let stop_m = Arc::new(AtomicBool::new(false));
-    let (reports, st) = std::thread::scope(|s| {
-        let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
-        let c = spawn_cards(
-            s,
-            &lab,
-            fx.sim_config("p1", cards.clone(), Duration::from_secs(20)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let reports = c.join().unwrap();
-        stop_m.store(true, Ordering::Relaxed);
-        (reports, m.join().unwrap())
-    });
-    assert!(before > 0);
-    assert!(reports[0].validated_only, "{:?}", reports[0]);
-    assert_eq!(st.artifact_bytes, 0);
-    assert_eq!(st.plans_continue, 1);
-    drop(stop_c);
-    let _ = stats::read(&fx.state).unwrap();
-}
-
-#[test]
-fn sixteen_cards_of_three_types_share_one_session_per_artifact() {
-    if !lab::tier_enabled("sixteen_cards_of_three_types_share_one_session_per_artifact") {
-        return;
-    }
-    init_log();
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = Fixture::new(tmp.path(), MIB / 2);
-    let lab = Lab::new("conv-16", 2).unwrap();
-    let cards = fx.cards(16);
-    let stop_m = Arc::new(AtomicBool::new(false));
-    let (reports, st) = std::thread::scope(|s| {
-        let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
-        let c = spawn_cards(
-            s,
-            &lab,
-            fx.sim_config("p1", cards.clone(), Duration::from_secs(60)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let reports = c.join().unwrap();
-        stop_m.store(true, Ordering::Relaxed);
-        (reports, m.join().unwrap())
-    });
-    assert_all_fetched(&reports);
-    for c in &cards {
-        fx.check_card(c);
-    }
-    // 3 boot images, base × 2 archs, routing × 2 archs, fabric-mgr × 1 arch = 8 artifacts.
-    let distinct: std::collections::BTreeSet<&str> =
-        st.sessions.iter().map(|s| s.artifact.as_str()).collect();
-    assert_eq!(distinct.len(), 8, "{:#?}", st.sessions);
-    for r in &reports {
-        eprintln!(
-            "{} {}: nacks {} dropped data {} fetches {}",
-            r.mac, r.card_type, r.counters.nacks, r.counters.dropped_data, r.counters.fetches
-        );
-    }
-    for s in &st.sessions {
-        let limit = s.size + s.size * 15 / 100;
-        assert!(
-            s.artifact_bytes() <= limit,
-            "session {} ({}) sent {} artifact bytes for a {}-byte artifact",
-            s.transfer,
-            s.name,
-            s.artifact_bytes(),
-            s.size
-        );
-    }
-    // Shared: far fewer sessions than card × artifact requests (16 cards × 3 = 48).
-    assert!(st.sessions.len() <= 16, "{} sessions: {:#?}", st.sessions.len(), st.sessions);
-    eprintln!(
-        "16 cards: {} sessions, {} artifact bytes, {} catch-up",
-        st.sessions.len(),
-        st.artifact_bytes,
-        st.catch_up_sessions
-    );
-}
-
-#[test]
-fn two_percent_loss_still_gives_correct_artifacts() {
-    if !lab::tier_enabled("two_percent_loss_still_gives_correct_artifacts") {
-        return;
-    }
-    init_log();
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = Fixture::new(tmp.path(), MIB / 2);
-    let lab = Lab::new("conv-loss", 2).unwrap();
-    lab.set_loss(2, Some(shelfboot_proto::DEFAULT_ETHERTYPE)).unwrap();
-    let cards = fx.cards(4);
-    let stop_m = Arc::new(AtomicBool::new(false));
-    let (reports, st) = std::thread::scope(|s| {
-        let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
-        let c = spawn_cards(
-            s,
-            &lab,
-            fx.sim_config("p1", cards.clone(), Duration::from_secs(90)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let reports = c.join().unwrap();
-        stop_m.store(true, Ordering::Relaxed);
-        (reports, m.join().unwrap())
-    });
-    let dropped = lab.loss_dropped().unwrap();
-    assert_all_fetched(&reports);
-    for c in &cards {
-        fx.check_card(c);
-    }
-    assert!(dropped > 0, "the loss rule dropped nothing");
-    let retransmitted: u64 = st.sessions.iter().map(|s| s.retransmit_bytes).sum();
-    assert!(retransmitted > 0, "loss but no repair");
-    eprintln!("2% loss: {dropped} frames dropped by nftables, {retransmitted} bytes repaired");
-}
-
-#[test]
-fn card_killed_mid_transfer_resumes_on_restart() {
-    if !lab::tier_enabled("card_killed_mid_transfer_resumes_on_restart") {
-        return;
-    }
-    init_log();
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = Fixture::new(tmp.path(), MIB);
-    let lab = Lab::new("conv-kill", 2).unwrap();
-    let cards = fx.cards(1);
-    let mut cfg = fx.serve_config("p0");
-    cfg.max_rate = 5_000_000;
-    let stop_m = Arc::new(AtomicBool::new(false));
-    let (first, second) = std::thread::scope(|s| {
-        let m = spawn_master(s, &lab, cfg.clone(), stop_m.clone());
+    #[test]
+    fn one_pristine_card_becomes_ready_with_identical_artifacts() {
+        if !lab::tier_enabled("one_pristine_card_becomes_ready_with_identical_artifacts") {
+            return;
+        }
+        init_log();
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = Fixture::new(tmp.path(), MIB / 2);
+        let lab = Lab::new("conv-one", 2).unwrap();
+        let cards = fx.cards(1);
+        let stop_m = Arc::new(AtomicBool::new(false));
         let stop_c = Arc::new(AtomicBool::new(false));
-        let c = spawn_cards(
-            s,
-            &lab,
-            fx.sim_config("p1", cards.clone(), Duration::from_secs(30)),
-            stop_c.clone(),
+        let (reports, st) = std::thread::scope(|s| {
+            let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
+            let c = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p1", cards.clone(), Duration::from_secs(30)),
+                stop_c.clone(),
+            );
+            let reports = c.join().unwrap();
+            stop_m.store(true, Ordering::Relaxed);
+            (reports, m.join().unwrap())
+        });
+        assert_all_fetched(&reports);
+        assert_eq!(fx.check_card(&cards[0]), 3, "boot image + base + routing");
+        assert_eq!(st.plans_fetch, 1);
+        assert!(
+            reports[0].counters.dropped() == 0,
+            "{:?}",
+            reports[0].counters
         );
-        stop_after(&stop_c, Duration::from_millis(1500));
-        let first = c.join().unwrap();
-        let c = spawn_cards(
-            s,
-            &lab,
-            fx.sim_config("p1", cards.clone(), Duration::from_secs(60)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let second = c.join().unwrap();
-        stop_m.store(true, Ordering::Relaxed);
-        m.join().unwrap();
-        (first, second)
-    });
-    assert!(first[0].decision.is_empty(), "killed before it finished: {:?}", first[0]);
-    assert!(first[0].counters.bytes_written > 0, "killed mid-transfer: {:?}", first[0]);
-    assert_all_fetched(&second);
-    fx.check_card(&cards[0]);
-}
-
-#[test]
-fn master_restarted_mid_transfer_cards_resume() {
-    if !lab::tier_enabled("master_restarted_mid_transfer_cards_resume") {
-        return;
+        let m = Master::open(&fx.state).unwrap();
+        let node = m
+            .store()
+            .node(&cards[0].mac.to_string().parse().unwrap())
+            .unwrap()
+            .expect("card recorded");
+        assert_eq!(node.state, NodeState::Ready);
+        // A second boot of the same card only validates: Continue, no artifact byte.
+        let before = st.artifact_bytes;
+        let stop_m = Arc::new(AtomicBool::new(false));
+        let (reports, st) = std::thread::scope(|s| {
+            let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
+            let c = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p1", cards.clone(), Duration::from_secs(20)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let reports = c.join().unwrap();
+            stop_m.store(true, Ordering::Relaxed);
+            (reports, m.join().unwrap())
+        });
+        assert!(before > 0);
+        assert!(reports[0].validated_only, "{:?}", reports[0]);
+        assert_eq!(st.artifact_bytes, 0);
+        assert_eq!(st.plans_continue, 1);
+        drop(stop_c);
+        let _ = stats::read(&fx.state).unwrap();
     }
-    init_log();
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = Fixture::new(tmp.path(), MIB);
-    let lab = Lab::new("conv-mrestart", 2).unwrap();
-    let cards = fx.cards(3);
-    let mut cfg = fx.serve_config("p0");
-    cfg.max_rate = 5_000_000;
-    let (reports, first, second) = std::thread::scope(|s| {
-        let c = spawn_cards(
-            s,
-            &lab,
-            fx.sim_config("p1", cards.clone(), Duration::from_secs(60)),
-            Arc::new(AtomicBool::new(false)),
+
+    #[test]
+    fn sixteen_cards_of_three_types_share_one_session_per_artifact() {
+        if !lab::tier_enabled("sixteen_cards_of_three_types_share_one_session_per_artifact") {
+            return;
+        }
+        init_log();
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = Fixture::new(tmp.path(), MIB / 2);
+        let lab = Lab::new("conv-16", 2).unwrap();
+        let cards = fx.cards(16);
+        let stop_m = Arc::new(AtomicBool::new(false));
+        let (reports, st) = std::thread::scope(|s| {
+            let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
+            let c = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p1", cards.clone(), Duration::from_secs(60)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let reports = c.join().unwrap();
+            stop_m.store(true, Ordering::Relaxed);
+            (reports, m.join().unwrap())
+        });
+        assert_all_fetched(&reports);
+        for c in &cards {
+            fx.check_card(c);
+        }
+        // 3 boot images, base × 2 archs, routing × 2 archs, fabric-mgr × 1 arch = 8 artifacts.
+        let distinct: std::collections::BTreeSet<&str> =
+            st.sessions.iter().map(|s| s.artifact.as_str()).collect();
+        assert_eq!(distinct.len(), 8, "{:#?}", st.sessions);
+        for r in &reports {
+            eprintln!(
+                "{} {}: nacks {} dropped data {} fetches {}",
+                r.mac, r.card_type, r.counters.nacks, r.counters.dropped_data, r.counters.fetches
+            );
+        }
+        for s in &st.sessions {
+            let limit = s.size + s.size * 15 / 100;
+            assert!(
+                s.artifact_bytes() <= limit,
+                "session {} ({}) sent {} artifact bytes for a {}-byte artifact",
+                s.transfer,
+                s.name,
+                s.artifact_bytes(),
+                s.size
+            );
+        }
+        // Shared: far fewer sessions than card × artifact requests (16 cards × 3 = 48).
+        assert!(
+            st.sessions.len() <= 16,
+            "{} sessions: {:#?}",
+            st.sessions.len(),
+            st.sessions
         );
-        let stop1 = Arc::new(AtomicBool::new(false));
-        let m1 = spawn_master(s, &lab, cfg.clone(), stop1.clone());
-        stop_after(&stop1, Duration::from_millis(1500));
-        let first = m1.join().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let stop2 = Arc::new(AtomicBool::new(false));
-        let m2 = spawn_master(s, &lab, cfg.clone(), stop2.clone());
-        let reports = c.join().unwrap();
-        stop2.store(true, Ordering::Relaxed);
-        (reports, first, m2.join().unwrap())
-    });
-    assert!(first.artifact_bytes > 0, "first master sent data before the restart");
-    assert!(second.epoch > first.epoch);
-    assert!(second.fetches > 0, "cards resumed with the new master: {second:?}");
-    assert_all_fetched(&reports);
-    for c in &cards {
-        fx.check_card(c);
+        eprintln!(
+            "16 cards: {} sessions, {} artifact bytes, {} catch-up",
+            st.sessions.len(),
+            st.artifact_bytes,
+            st.catch_up_sessions
+        );
+    }
+
+    #[test]
+    fn two_percent_loss_still_gives_correct_artifacts() {
+        if !lab::tier_enabled("two_percent_loss_still_gives_correct_artifacts") {
+            return;
+        }
+        init_log();
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = Fixture::new(tmp.path(), MIB / 2);
+        let lab = Lab::new("conv-loss", 2).unwrap();
+        lab.set_loss(2, Some(shelfboot_proto::DEFAULT_ETHERTYPE))
+            .unwrap();
+        let cards = fx.cards(4);
+        let stop_m = Arc::new(AtomicBool::new(false));
+        let (reports, st) = std::thread::scope(|s| {
+            let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
+            let c = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p1", cards.clone(), Duration::from_secs(90)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let reports = c.join().unwrap();
+            stop_m.store(true, Ordering::Relaxed);
+            (reports, m.join().unwrap())
+        });
+        let dropped = lab.loss_dropped().unwrap();
+        assert_all_fetched(&reports);
+        for c in &cards {
+            fx.check_card(c);
+        }
+        assert!(dropped > 0, "the loss rule dropped nothing");
+        let retransmitted: u64 = st.sessions.iter().map(|s| s.retransmit_bytes).sum();
+        assert!(retransmitted > 0, "loss but no repair");
+        eprintln!("2% loss: {dropped} frames dropped by nftables, {retransmitted} bytes repaired");
+    }
+
+    #[test]
+    fn card_killed_mid_transfer_resumes_on_restart() {
+        if !lab::tier_enabled("card_killed_mid_transfer_resumes_on_restart") {
+            return;
+        }
+        init_log();
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = Fixture::new(tmp.path(), MIB);
+        let lab = Lab::new("conv-kill", 2).unwrap();
+        let cards = fx.cards(1);
+        let mut cfg = fx.serve_config("p0");
+        cfg.max_rate = 5_000_000;
+        let stop_m = Arc::new(AtomicBool::new(false));
+        let (first, second) = std::thread::scope(|s| {
+            let m = spawn_master(s, &lab, cfg.clone(), stop_m.clone());
+            let stop_c = Arc::new(AtomicBool::new(false));
+            let c = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p1", cards.clone(), Duration::from_secs(30)),
+                stop_c.clone(),
+            );
+            stop_after(&stop_c, Duration::from_millis(1500));
+            let first = c.join().unwrap();
+            let c = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p1", cards.clone(), Duration::from_secs(60)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let second = c.join().unwrap();
+            stop_m.store(true, Ordering::Relaxed);
+            m.join().unwrap();
+            (first, second)
+        });
+        assert!(
+            first[0].decision.is_empty(),
+            "killed before it finished: {:?}",
+            first[0]
+        );
+        assert!(
+            first[0].counters.bytes_written > 0,
+            "killed mid-transfer: {:?}",
+            first[0]
+        );
+        assert_all_fetched(&second);
+        fx.check_card(&cards[0]);
+    }
+
+    #[test]
+    fn master_restarted_mid_transfer_cards_resume() {
+        if !lab::tier_enabled("master_restarted_mid_transfer_cards_resume") {
+            return;
+        }
+        init_log();
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = Fixture::new(tmp.path(), MIB);
+        let lab = Lab::new("conv-mrestart", 2).unwrap();
+        let cards = fx.cards(3);
+        let mut cfg = fx.serve_config("p0");
+        cfg.max_rate = 5_000_000;
+        let (reports, first, second) = std::thread::scope(|s| {
+            let c = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p1", cards.clone(), Duration::from_secs(60)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let stop1 = Arc::new(AtomicBool::new(false));
+            let m1 = spawn_master(s, &lab, cfg.clone(), stop1.clone());
+            stop_after(&stop1, Duration::from_millis(1500));
+            let first = m1.join().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let stop2 = Arc::new(AtomicBool::new(false));
+            let m2 = spawn_master(s, &lab, cfg.clone(), stop2.clone());
+            let reports = c.join().unwrap();
+            stop2.store(true, Ordering::Relaxed);
+            (reports, first, m2.join().unwrap())
+        });
+        assert!(
+            first.artifact_bytes > 0,
+            "first master sent data before the restart"
+        );
+        assert!(second.epoch > first.epoch);
+        assert!(
+            second.fetches > 0,
+            "cards resumed with the new master: {second:?}"
+        );
+        assert_all_fetched(&reports);
+        for c in &cards {
+            fx.check_card(c);
+        }
     }
 }

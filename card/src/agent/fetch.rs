@@ -71,7 +71,12 @@ pub(super) struct Fetching {
 }
 
 impl Fetching {
-    pub(super) fn new(master: MacAddr, plan: PlanBody, fetch: Vec<ArtifactRef>, now: Instant) -> Self {
+    pub(super) fn new(
+        master: MacAddr,
+        plan: PlanBody,
+        fetch: Vec<ArtifactRef>,
+        now: Instant,
+    ) -> Self {
         let total = fetch.iter().map(|a| a.size).sum();
         Self {
             master,
@@ -167,8 +172,12 @@ impl<V: Volumes> Agent<V> {
         let since = self.since_start(now);
         let started = self.started;
         let mac = self.mac();
-        let State::Fetch(f) = &mut self.state else { return };
-        let Some(cur) = f.current.as_mut() else { return };
+        let State::Fetch(f) = &mut self.state else {
+            return;
+        };
+        let Some(cur) = f.current.as_mut() else {
+            return;
+        };
         let mut msgs = Vec::new();
         let mut refetch = None;
         match cur.receiver.as_mut() {
@@ -181,7 +190,8 @@ impl<V: Volumes> Agent<V> {
             None => cur.poll_at = cur.fetch_at + timers.fetch_retry,
             Some(rx) => {
                 let wake = rx.poll(since, &mut msgs);
-                let stalled = now >= cur.last_data + timers.stall && now >= cur.fetch_at + timers.stall;
+                let stalled =
+                    now >= cur.last_data + timers.stall && now >= cur.fetch_at + timers.stall;
                 if stalled {
                     refetch = Some(rx.fetch());
                 }
@@ -228,7 +238,11 @@ impl<V: Volumes> Agent<V> {
             return;
         };
         let master = f.master;
-        let Some(cur) = f.current.as_mut().filter(|c| c.artifact.sha256 == join.artifact) else {
+        let Some(cur) = f
+            .current
+            .as_mut()
+            .filter(|c| c.artifact.sha256 == join.artifact)
+        else {
             self.counters.dropped_unexpected += 1;
             return;
         };
@@ -298,7 +312,11 @@ impl<V: Volumes> Agent<V> {
             self.counters.dropped_data += 1;
             return;
         };
-        let Some(rx) = cur.receiver.as_mut().filter(|rx| rx.transfer() == view.transfer()) else {
+        let Some(rx) = cur
+            .receiver
+            .as_mut()
+            .filter(|rx| rx.transfer() == view.transfer())
+        else {
             self.counters.dropped_data += 1;
             return;
         };
@@ -334,9 +352,13 @@ impl<V: Volumes> Agent<V> {
     /// Move the bytes the receiver delivered into the staging volume. False if the store
     /// failed (the failure is handled).
     fn drain_spool(&mut self, now: Instant) -> bool {
-        let Some(f) = self.fetching() else { return false };
+        let Some(f) = self.fetching() else {
+            return false;
+        };
         let master = f.master;
-        let Some(cur) = f.current.as_ref() else { return false };
+        let Some(cur) = f.current.as_ref() else {
+            return false;
+        };
         let bytes = cur.spool.take();
         if bytes.is_empty() {
             return true;

@@ -41,8 +41,7 @@ pub use counters::Counters;
 
 use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr, MessageType};
 use shelfboot_proto::msg::{
-    self, Action, Command, ErrorMsg, ErrorReason, Handoff, Message, Plan, PlanBody, Ready,
-    Solicit,
+    self, Action, Command, ErrorMsg, ErrorReason, Handoff, Message, Plan, PlanBody, Ready, Solicit,
 };
 use shelfboot_proto::sign::SignError;
 
@@ -247,7 +246,11 @@ impl<V: Volumes> Agent<V> {
     }
 
     fn autonomy_deadline(&self) -> Option<Instant> {
-        match (&self.state, self.cfg.timers.autonomy, self.store.inventory()) {
+        match (
+            &self.state,
+            self.cfg.timers.autonomy,
+            self.store.inventory(),
+        ) {
             (State::Discover { .. }, Some(t), Some(_)) => Some(self.started + t),
             _ => None,
         }
@@ -549,8 +552,12 @@ impl<V: Volumes> Agent<V> {
         let attempt = 16;
         let interval = self.backoff(attempt);
         self.cfg.nonce = self.next_nonce();
-        self.session =
-            u32::from_be_bytes([self.cfg.nonce[0], self.cfg.nonce[1], self.cfg.nonce[2], self.cfg.nonce[3]]);
+        self.session = u32::from_be_bytes([
+            self.cfg.nonce[0],
+            self.cfg.nonce[1],
+            self.cfg.nonce[2],
+            self.cfg.nonce[3],
+        ]);
         self.state = State::Discover {
             attempt,
             next: now + interval,
@@ -645,7 +652,13 @@ impl<V: Volumes> Agent<V> {
         self.last_command = Some(stamp);
         self.epoch = b.epoch;
         self.counters.commands += 1;
-        log::info!("card {}: command {:?} (epoch {}, serial {})", self.mac(), b.action, b.epoch, b.serial);
+        log::info!(
+            "card {}: command {:?} (epoch {}, serial {})",
+            self.mac(),
+            b.action,
+            b.epoch,
+            b.serial
+        );
         match b.action {
             Action::Reset | Action::WarmBoot => {
                 let phase = if b.action == Action::Reset {
@@ -662,7 +675,8 @@ impl<V: Volumes> Agent<V> {
                     self.outputs.push(Output::LeaveGroup(g));
                 }
                 self.state = State::Done;
-                self.outputs.push(Output::Decision(Decision::Reset { phase }));
+                self.outputs
+                    .push(Output::Decision(Decision::Reset { phase }));
             }
             Action::BurnNow => {
                 // Solicit again at once: the plan we get is fetched and committed.

@@ -102,7 +102,9 @@ fn config(args: &[String]) -> Result<(SimConfig, bool), String> {
         .map_err(|e| format!("reading trust anchor {}: {e}", anchor_path.display()))?;
     let anchor = TrustAnchor::from_bytes(&bytes)
         .map_err(|e| format!("trust anchor {}: {e}", anchor_path.display()))?;
-    let base_n = u64::from_be_bytes([0, 0, base.0[0], base.0[1], base.0[2], base.0[3], base.0[4], base.0[5]]);
+    let base_n = u64::from_be_bytes([
+        0, 0, base.0[0], base.0[1], base.0[2], base.0[3], base.0[4], base.0[5],
+    ]);
     let cards = (1..=cards)
         .map(|i| {
             let n = (base_n + i as u64).to_be_bytes();
@@ -177,7 +179,10 @@ fn main() -> ExitCode {
             } else if r.autonomous {
                 format!("{} (autonomous, no master)", r.decision)
             } else {
-                format!("{} (fetched {} bytes)", r.decision, r.counters.bytes_written)
+                format!(
+                    "{} (fetched {} bytes)",
+                    r.decision, r.counters.bytes_written
+                )
             };
             let digest = r.digest.get(..16).unwrap_or("pristine");
             println!(
@@ -185,11 +190,17 @@ fn main() -> ExitCode {
                 r.mac,
                 r.slot,
                 r.card_type,
-                r.error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
+                r.error
+                    .as_ref()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default()
             );
         }
     }
-    if reports.iter().all(|r| r.decision == "kexec" || r.decision == "switch_root") {
+    if reports
+        .iter()
+        .all(|r| r.decision == "kexec" || r.decision == "switch_root")
+    {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -164,10 +164,11 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
         ethertype: cfg.ethertype,
         ..SocketConfig::default()
     };
-    let mut sock = PacketSocket::open(&cfg.iface, sock_cfg).map_err(|source| ServeError::Socket {
-        iface: cfg.iface.clone(),
-        source,
-    })?;
+    let mut sock =
+        PacketSocket::open(&cfg.iface, sock_cfg).map_err(|source| ServeError::Socket {
+            iface: cfg.iface.clone(),
+            source,
+        })?;
     let mtu = sock.mtu();
     let block_size = shelfboot_proto::data::block_size_for_mtu(
         u16::try_from(mtu.min(u32::from(shelfboot_proto::MAX_MTU))).unwrap_or(1500),
@@ -215,7 +216,11 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
             wait,
         );
         if let Err(e) = r {
-            log::error!("master: receive on {}: {}", cfg.iface, crate::error_chain(&e).join(": "));
+            log::error!(
+                "master: receive on {}: {}",
+                cfg.iface,
+                crate::error_chain(&e).join(": ")
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         send_all(&mut sock, &out);
@@ -234,7 +239,11 @@ fn send_all(sock: &mut PacketSocket, frames: &[Vec<u8>]) {
     let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
     match sock.send_batch(&refs) {
         Ok(n) if n < refs.len() => {
-            log::warn!("master: {} of {} frames not sent (link busy)", refs.len() - n, refs.len());
+            log::warn!(
+                "master: {} of {} frames not sent (link busy)",
+                refs.len() - n,
+                refs.len()
+            );
         }
         Ok(_) => {}
         Err(e) => log::error!("master: send: {}", crate::error_chain(&e).join(": ")),

@@ -32,7 +32,9 @@ use crate::store::Store;
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// The artifact's blob file cannot be opened.
-    #[error("cannot open blob {path} of artifact {name}: re-import its release or run `master gc` checks")]
+    #[error(
+        "cannot open blob {path} of artifact {name}: re-import its release or run `master gc` checks"
+    )]
     Blob {
         name: String,
         path: PathBuf,
@@ -267,7 +269,10 @@ impl Sessions {
                             break;
                         }
                         Err(e) => {
-                            log::error!("master: session {t}: {}", crate::error_chain(&e).join(": "));
+                            log::error!(
+                                "master: session {t}: {}",
+                                crate::error_chain(&e).join(": ")
+                            );
                             done.push(*t);
                             break;
                         }

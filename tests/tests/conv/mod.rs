@@ -79,7 +79,8 @@ impl Fixture {
                 let file = format!("{name}-{arch}.sqfs");
                 let seed = 100 + (arch_i * 10 + i) as u64;
                 std::fs::write(files.join(&file), bytes(seed, units * unit)).unwrap();
-                let deps: Vec<String> = deps.iter().map(|(d, r)| format!("{d} = \"{r}\"")).collect();
+                let deps: Vec<String> =
+                    deps.iter().map(|(d, r)| format!("{d} = \"{r}\"")).collect();
                 toml.push_str(&format!(
                     "[[package]]\nname = \"{name}\"\nversion = \"1.0.0\"\narch = \"{arch}\"\n\
                      file = \"files/{file}\"\nprovides = []\ndepends = {{ {} }}\n\n",
@@ -176,7 +177,11 @@ impl Fixture {
         let plan = m
             .plan(&card.mac.to_string().parse().unwrap())
             .expect("card has a plan");
-        assert_eq!(inv.set.digest, plan.digest.0, "card {} holds its plan", card.mac);
+        assert_eq!(
+            inv.set.digest, plan.digest.0,
+            "card {} holds its plan",
+            card.mac
+        );
         for a in &inv.set.artifacts {
             let id = store.volume_id(&a.volume).unwrap().expect("volume exists");
             let want = std::fs::read(m.blobs().path(&a.artifact.sha256)).unwrap();
@@ -190,7 +195,12 @@ impl Fixture {
                 assert!(n > 0, "short volume {}", a.volume);
                 off += n;
             }
-            assert!(got == want, "card {} artifact {} differs from the blob", card.mac, a.volume);
+            assert!(
+                got == want,
+                "card {} artifact {} differs from the blob",
+                card.mac,
+                a.volume
+            );
         }
         inv.set.artifacts.len()
     }
