@@ -110,7 +110,7 @@ pub enum SenderError {
     },
 }
 
-/// What [`Sender::poll`] did.
+/// What [`Sender::poll`](super::Sender::poll) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendStep {
     /// A data frame of `len` bytes is in the buffer: send it to `link.dst`.
@@ -144,7 +144,7 @@ pub enum DropCause {
         /// Slices behind.
         behind: u32,
     },
-    /// The caller removed it ([`Sender::remove`]).
+    /// The caller removed it ([`Sender::remove`](super::Sender::remove)).
     Removed,
 }
 
@@ -174,7 +174,7 @@ pub struct MemberState {
     pub nacked_blocks: u64,
 }
 
-/// Something the caller must act on, from [`Sender::next_event`].
+/// Something the caller must act on, from [`Sender::next_event`](super::Sender::next_event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SenderEvent {
     /// `member` has every byte.
@@ -195,7 +195,7 @@ pub enum SenderEvent {
     Finished,
 }
 
-/// Answer to [`Sender::join`].
+/// Answer to [`Sender::join`](super::Sender::join).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// Admitted: send this Join to the card.
