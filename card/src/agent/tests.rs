@@ -1,1 +1,541 @@
-//! Unit tests of the agent against an in-memory flash and a scripted master.
+//! Unit tests of the agent against an in-memory flash ([`FakeVolumes`]) and a scripted
+//! master: plans signed here, data sent by a real xfer `Sender` from a `Vec<u8>`.
+
+// Test data generators narrow integers on purpose.
+#![allow(clippy::cast_possible_truncation)]
+
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use shelfboot_proto::frame::{Header, Link, MacAddr};
+use shelfboot_proto::msg::{
+    Action, Arch, ArtifactKind, ArtifactRef, BootPhase, CommandBody, ErrorReason, Handoff, Join,
+    Message, PlanBody, Solicit, Verdict, decode_frame, encode_message, set_digest,
+};
+use shelfboot_proto::sign::{SigningKey, TrustAnchor};
+use shelfboot_xfer::{Admission, ArtifactInfo, SendStep, Sender, SenderConfig};
+
+use super::rng::SplitMix;
+use super::*;
+use crate::flash::{FakeVolumes, StoreConfig};
+
+const CARD: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
+const MASTER: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xaa]);
+const ET: u16 = shelfboot_proto::DEFAULT_ETHERTYPE;
+
+fn key() -> SigningKey {
+    SigningKey::from_seed(&[1u8; 32])
+}
+
+fn config() -> AgentConfig {
+    AgentConfig {
+        identity: Identity {
+            mac: CARD,
+            card_type: "lc100".into(),
+            arch: Arch::X86_64,
+            shelf: 1,
+            slot: 1,
+            hw_rev: "A".into(),
+            features: vec![],
+        },
+        phase: BootPhase::PowerOn,
+        ethertype: ET,
+        anchor: TrustAnchor::new(vec![key().public_key()]),
+        nonce: [7u8; 16],
+        seed: 1,
+        timers: Timers::default(),
+    }
+}
+
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn artifact(kind: ArtifactKind, name: &str, data: &[u8]) -> ArtifactRef {
+    ArtifactRef {
+        kind,
+        name: name.into(),
+        version: "1.0".into(),
+        sha256: Sha256::digest(data).into(),
+        size: data.len() as u64,
+    }
+}
+
+/// The fixture set: a boot image and a package.
+fn set() -> (Vec<ArtifactRef>, Vec<Vec<u8>>) {
+    let data = vec![content(1, 40_000), content(2, 9_000)];
+    let refs = vec![
+        artifact(ArtifactKind::BootImage, "kernel", &data[0]),
+        artifact(ArtifactKind::Package, "base", &data[1]),
+    ];
+    (refs, data)
+}
+
+fn store(vols: &FakeVolumes) -> Store<FakeVolumes> {
+    Store::open(vols.clone(), StoreConfig::default()).unwrap().0
+}
+
+fn frames(outs: &[Output]) -> Vec<(Header, Message, MacAddr)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Send(f) => {
+                let (h, m) = decode_frame(f, ET).ok()?;
+                let dst = MacAddr(f[..6].try_into().ok()?);
+                Some((h, m, dst))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn solicit_of(outs: &[Output]) -> (Header, Solicit) {
+    frames(outs)
+        .into_iter()
+        .find_map(|(h, m, _)| match m {
+            Message::Solicit(s) => Some((h, s)),
+            _ => None,
+        })
+        .expect("a Solicit")
+}
+
+fn encode(dst: MacAddr, session: u32, m: &Message) -> Vec<u8> {
+    let link = Link {
+        dst,
+        src: MASTER,
+        ethertype: ET,
+    };
+    let mut buf = vec![0u8; shelfboot_proto::MAX_FRAME_LEN];
+    let n = encode_message(&mut buf, &link, session, 1, m).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn plan_frame(
+    k: &SigningKey,
+    h: &Header,
+    s: &Solicit,
+    refs: &[ArtifactRef],
+    verdict: Verdict,
+) -> Vec<u8> {
+    let body = PlanBody {
+        artifacts: refs.to_vec(),
+        cmdline: "console=ttyS0".into(),
+        persist: true,
+        verdict,
+        digest: set_digest(refs, "console=ttyS0"),
+        nonce: s.nonce,
+        epoch: 1,
+    };
+    encode(CARD, h.session, &Message::Plan(k.sign_plan(body).unwrap()))
+}
+
+fn decision(outs: &[Output]) -> Option<Decision> {
+    outs.iter().find_map(|o| match o {
+        Output::Decision(d) => Some(d.clone()),
+        _ => None,
+    })
+}
+
+/// Drives `agent` against a scripted master serving `refs`/`data` until it decides.
+/// Returns the decision and every message the card sent.
+fn serve(
+    agent: &mut Agent<FakeVolumes>,
+    t0: Instant,
+    refs: &[ArtifactRef],
+    data: &[Vec<u8>],
+    drop_every: usize,
+    initial: Vec<Output>,
+) -> (Decision, Vec<Message>) {
+    let mut pending = initial;
+    let mut now = t0;
+    let mut sent = Vec::new();
+    let mut sender: Option<Sender<Vec<u8>>> = None;
+    let mut buf = vec![0u8; shelfboot_proto::MAX_FRAME_LEN];
+    let mut inbox: Vec<Vec<u8>> = Vec::new();
+    let mut n = 0usize;
+    for _ in 0..200_000 {
+        let mut outs = std::mem::take(&mut pending);
+        outs.extend(agent.tick(now));
+        for f in inbox.drain(..) {
+            outs.extend(agent.handle_frame(now, &f));
+        }
+        if let Some(d) = decision(&outs) {
+            sent.extend(frames(&outs).into_iter().map(|(_, m, _)| m));
+            return (d, sent);
+        }
+        let origin = t0;
+        let since = now - origin;
+        for (h, m, _) in frames(&outs) {
+            match &m {
+                Message::Fetch(f) => {
+                    let i = refs.iter().position(|a| a.sha256 == f.artifact).unwrap();
+                    let rejoin = sender
+                        .as_ref()
+                        .is_some_and(|s| s.artifact().sha256 == f.artifact);
+                    if !rejoin {
+                        let link = Link {
+                            dst: MacAddr([0x03, 0x5b, 0, 0, 0, i as u8]),
+                            src: MASTER,
+                            ethertype: ET,
+                        };
+                        let mut cfg = SenderConfig::new(link, 1408);
+                        cfg.join_window = Duration::from_millis(1);
+                        let info = ArtifactInfo::from(&refs[i]);
+                        sender = Some(
+                            Sender::new(cfg, 100 + i as u32, info, data[i].clone(), since).unwrap(),
+                        );
+                    }
+                    let s = sender.as_mut().unwrap();
+                    if let Admission::Joined(j) = s.join(CARD, f.have_slices, since) {
+                        inbox.push(encode(CARD, h.session, &Message::Join(j)));
+                    }
+                }
+                Message::Nack(k) => {
+                    if let Some(s) = sender.as_mut() {
+                        s.handle_nack(CARD, k, since);
+                    }
+                }
+                Message::Progress(p) => {
+                    if let Some(s) = sender.as_mut() {
+                        s.handle_progress(CARD, p, since);
+                    }
+                }
+                _ => {}
+            }
+            sent.push(m);
+        }
+        if let Some(s) = sender.as_mut() {
+            for _ in 0..64 {
+                match s.poll(since, &mut buf).unwrap() {
+                    SendStep::Frame { len, .. } => {
+                        n += 1;
+                        if drop_every == 0 || !n.is_multiple_of(drop_every) {
+                            inbox.push(buf[..len].to_vec());
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        now += Duration::from_micros(500);
+    }
+    panic!("no decision; card counters {:?}", agent.counters());
+}
+
+fn pristine_to_ready(drop_every: usize) {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let outs = agent.tick(t0);
+    let (h, s) = solicit_of(&outs);
+    assert_eq!(s.inventory_digest, None, "pristine");
+    let (refs, data) = set();
+    let plan = plan_frame(&key(), &h, &s, &refs, Verdict::Fetch);
+    let outs = agent.handle_frame(t0, &plan);
+    assert_eq!(agent.phase(), Phase::Fetch);
+    assert!(
+        frames(&outs)
+            .iter()
+            .any(|(_, m, dst)| matches!(m, Message::Fetch(_)) && *dst == MASTER)
+    );
+    let (d, sent) = serve(&mut agent, t0, &refs, &data, drop_every, outs);
+    let Decision::Boot {
+        set,
+        handoff,
+        autonomous,
+        validated_only,
+    } = d
+    else {
+        panic!("expected a boot decision");
+    };
+    assert_eq!(handoff, Handoff::Kexec);
+    assert!(!autonomous && !validated_only);
+    assert_eq!(set.digest, set_digest(&refs, "console=ttyS0"));
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m, Message::Ready(r) if r.digest == set.digest))
+    );
+    if drop_every > 0 {
+        assert!(agent.counters().nacks > 0, "{:?}", agent.counters());
+    }
+    let mut st = agent.into_store();
+    assert!(
+        st.verify_set(&set).unwrap().is_empty(),
+        "every byte as sent"
+    );
+    assert_eq!(st.digest(), Some(set.digest));
+    // And the next Solicit reports the committed set.
+    let agent = Agent::new(config(), store(&vols), t0);
+    assert_eq!(agent.solicit().inventory_digest, Some(set.digest));
+}
+
+#[test]
+fn pristine_card_fetches_commits_and_decides_kexec() {
+    pristine_to_ready(0);
+}
+
+#[test]
+fn lost_data_frames_are_nacked_and_repaired() {
+    pristine_to_ready(7);
+}
+
+/// A store that holds the fixture set, committed.
+fn provisioned() -> FakeVolumes {
+    let vols = FakeVolumes::new(4096, 256);
+    let mut st = store(&vols);
+    let (refs, data) = set();
+    st.begin(&refs, "console=ttyS0").unwrap();
+    for (a, d) in refs.iter().zip(&data) {
+        st.stage(a, d.as_slice()).unwrap();
+    }
+    st.commit().unwrap();
+    vols
+}
+
+#[test]
+fn warm_boot_continue_validates_without_writing() {
+    let vols = provisioned();
+    let ops = vols.ops().len();
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let (refs, _) = set();
+    assert_eq!(s.inventory_digest, Some(set_digest(&refs, "console=ttyS0")));
+    let outs = agent.handle_frame(t0, &plan_frame(&key(), &h, &s, &refs, Verdict::Continue));
+    match decision(&outs) {
+        Some(Decision::Boot { validated_only, .. }) => assert!(validated_only),
+        other => panic!("expected a boot decision, got {other:?}"),
+    }
+    assert!(
+        frames(&outs)
+            .iter()
+            .any(|(_, m, d)| matches!(m, Message::Ready(_)) && *d == MASTER)
+    );
+    assert_eq!(vols.ops().len(), ops, "validation writes nothing");
+    // The Ready repeats, then the agent is done.
+    let mut now = t0;
+    for _ in 0..10 {
+        now += Duration::from_millis(150);
+        agent.tick(now);
+    }
+    assert_eq!(agent.phase(), Phase::Done);
+}
+
+#[test]
+fn forged_replayed_and_foreign_plans_are_dropped_and_never_written() {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let (refs, _) = set();
+    let rogue = SigningKey::from_seed(&[9u8; 32]);
+    agent.handle_frame(t0, &plan_frame(&rogue, &h, &s, &refs, Verdict::Fetch));
+    let mut old = s.clone();
+    old.nonce = [8u8; 16];
+    agent.handle_frame(t0, &plan_frame(&key(), &h, &old, &refs, Verdict::Fetch));
+    // Digest that does not match the contents, validly signed.
+    let mut body = PlanBody {
+        artifacts: refs.clone(),
+        cmdline: "x".into(),
+        persist: true,
+        verdict: Verdict::Fetch,
+        digest: [0u8; 32],
+        nonce: s.nonce,
+        epoch: 1,
+    };
+    agent.handle_frame(
+        t0,
+        &encode(
+            CARD,
+            h.session,
+            &Message::Plan(key().sign_plan(body.clone()).unwrap()),
+        ),
+    );
+    // Addressed to another card.
+    body.digest = set_digest(&refs, "x");
+    let other = MacAddr([2, 0, 0, 0, 0, 2]);
+    agent.handle_frame(
+        t0,
+        &encode(
+            other,
+            h.session,
+            &Message::Plan(key().sign_plan(body).unwrap()),
+        ),
+    );
+    // An unsolicited Join and a data frame.
+    let join = Join {
+        transfer: 5,
+        artifact: refs[0].sha256,
+        size: refs[0].size,
+        group: CARD,
+        block_size: 1408,
+        first_slice: 0,
+    };
+    agent.handle_frame(t0, &encode(CARD, h.session, &Message::Join(join)));
+    let c = *agent.counters();
+    assert_eq!(c.dropped_forged, 2, "{c:?}");
+    assert_eq!(c.dropped_replayed, 1, "{c:?}");
+    assert_eq!(c.dropped_not_for_us, 1, "{c:?}");
+    assert_eq!(c.dropped_unexpected, 1, "{c:?}");
+    assert_eq!(c.plans_accepted, 0);
+    assert_eq!(agent.phase(), Phase::Discover);
+    assert!(vols.ops().is_empty(), "nothing written: {:?}", vols.ops());
+}
+
+#[test]
+fn random_and_corrupted_frames_are_counted_never_acted_on() {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let (refs, _) = set();
+    let good = plan_frame(&key(), &h, &s, &refs, Verdict::Fetch);
+    let mut rng = SplitMix::new(99);
+    for i in 0..3000 {
+        let mut f = if i % 2 == 0 {
+            good.clone()
+        } else {
+            let len = (rng.next() % 1600) as usize;
+            (0..len).map(|_| rng.next() as u8).collect()
+        };
+        if i % 2 == 0 {
+            let at = 14 + (rng.next() as usize) % (f.len() - 14);
+            f[at] ^= 1 << (rng.next() % 8);
+        }
+        let outs = agent.handle_frame(t0, &f);
+        assert!(decision(&outs).is_none());
+    }
+    let c = *agent.counters();
+    assert_eq!(c.plans_accepted, 0, "{c:?}");
+    assert!(c.dropped_malformed > 1000, "{c:?}");
+    assert!(vols.ops().is_empty());
+    // The genuine plan still works afterwards.
+    agent.handle_frame(t0, &good);
+    assert_eq!(agent.phase(), Phase::Fetch);
+}
+
+#[test]
+fn no_space_is_reported_and_the_committed_set_stays() {
+    let vols = provisioned();
+    let before = store(&vols).inventory().cloned();
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let big = content(9, 2_000_000);
+    let refs = vec![artifact(ArtifactKind::BootImage, "huge", &big)];
+    let outs = agent.handle_frame(t0, &plan_frame(&key(), &h, &s, &refs, Verdict::Fetch));
+    let err = frames(&outs)
+        .into_iter()
+        .find_map(|(_, m, d)| match m {
+            Message::Error(e) if d == MASTER => Some(e),
+            _ => None,
+        })
+        .expect("an Error to the master");
+    assert!(matches!(err.reason, ErrorReason::NoSpace { needed, available } if needed > available));
+    assert_eq!(agent.phase(), Phase::Discover);
+    assert_eq!(agent.store().inventory().cloned(), before);
+    assert_eq!(
+        store(&vols).inventory().cloned(),
+        before,
+        "committed set untouched"
+    );
+}
+
+#[test]
+fn signed_commands_execute_once_forged_and_replayed_ones_do_not() {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    agent.tick(t0);
+    let body = CommandBody {
+        action: Action::Reset,
+        target: Some(CARD),
+        epoch: 1,
+        serial: 1,
+    };
+    let forged = SigningKey::from_seed(&[9u8; 32])
+        .sign_command(body.clone())
+        .unwrap();
+    assert!(
+        decision(&agent.handle_frame(t0, &encode(CARD, 0, &Message::Command(forged)))).is_none()
+    );
+    let other = CommandBody {
+        target: Some(MacAddr([2, 0, 0, 0, 0, 9])),
+        ..body.clone()
+    };
+    let other = key().sign_command(other).unwrap();
+    assert!(
+        decision(&agent.handle_frame(t0, &encode(MacAddr::BROADCAST, 0, &Message::Command(other))))
+            .is_none()
+    );
+    let cmd = Message::Command(key().sign_command(body).unwrap());
+    let outs = agent.handle_frame(t0, &encode(CARD, 0, &cmd));
+    assert_eq!(
+        decision(&outs),
+        Some(Decision::Reset {
+            phase: BootPhase::AfterReset
+        })
+    );
+    agent.handle_frame(t0, &encode(CARD, 0, &cmd));
+    let c = *agent.counters();
+    assert_eq!(
+        (
+            c.commands,
+            c.dropped_forged,
+            c.dropped_replayed,
+            c.dropped_not_for_us
+        ),
+        (1, 1, 1, 1)
+    );
+}
+
+#[test]
+fn solicits_back_off_exponentially_with_jitter_then_boot_autonomously() {
+    let vols = provisioned();
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let mut now = t0;
+    let mut times = Vec::new();
+    for _ in 0..40 {
+        let outs = agent.tick(now);
+        if let Some(d) = decision(&outs) {
+            assert!(
+                matches!(
+                    d,
+                    Decision::Boot {
+                        autonomous: true,
+                        ..
+                    }
+                ),
+                "{d:?}"
+            );
+            break;
+        }
+        if frames(&outs)
+            .iter()
+            .any(|(_, m, _)| matches!(m, Message::Solicit(_)))
+        {
+            times.push(now - t0);
+        }
+        now = agent.next_deadline().unwrap();
+    }
+    assert!(now - t0 >= Duration::from_secs(60), "autonomy after 60 s");
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let t = Timers::default();
+    for (i, g) in gaps.iter().enumerate() {
+        let base = t
+            .solicit_initial
+            .saturating_mul(1 << i.min(16))
+            .min(t.solicit_max);
+        assert!(
+            *g >= base.mul_f64(0.74) && *g <= base.mul_f64(1.26),
+            "gap {i}: {g:?} vs {base:?}"
+        );
+    }
+    assert!(
+        gaps.iter().any(|g| *g >= Duration::from_secs(5)),
+        "reached the cap: {gaps:?}"
+    );
+}
