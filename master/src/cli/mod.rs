@@ -436,3 +436,35 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "master",
+            "--state",
+            "/s",
+            "--json",
+            "assign",
+            "linecards",
+            "--package",
+            "a=1.0.0",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Some(Request::Assign { target, pins, .. }) = request_for(cli.command).unwrap() else {
+            panic!("not an assign request")
+        };
+        assert_eq!(
+            (target.as_str(), pins),
+            ("linecards", vec!["a=1.0.0".to_owned()])
+        );
+        assert!(Cli::try_parse_from(["master", "test-mode", "02:00:00:00:00:01"]).is_err());
+        assert!(Cli::try_parse_from(["master", "explain", "not-a-mac"]).is_err());
+    }
+}

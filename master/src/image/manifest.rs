@@ -140,6 +140,8 @@ pub enum ManifestError {
     },
     #[error("blob {0} is listed twice in the manifest")]
     DuplicateBlob(HexDigest),
+    #[error("blob {0} is listed in the manifest but no artifact uses it")]
+    UnusedBlob(HexDigest),
     #[error("{0} is defined twice in this release")]
     Duplicate(String),
     #[error("{what} refers to {kind} '{name}', which this release does not define")]
@@ -266,6 +268,15 @@ impl Manifest {
             check_reqs(&what, &o.packages)?;
             check_boot(&what, &o.boot)?;
         }
+        let used: BTreeSet<BlobRef> = self
+            .boot
+            .iter()
+            .map(|b| b.image)
+            .chain(self.packages.iter().map(|p| p.payload))
+            .collect();
+        if let Some(unused) = blobs.difference(&used).next() {
+            return Err(ManifestError::UnusedBlob(unused.sha256));
+        }
         class_ref("defaults", &self.defaults.class)?;
         check_reqs("defaults", &self.defaults.packages)?;
         check_boot("defaults", &self.defaults.boot)?;
@@ -275,5 +286,88 @@ impl Manifest {
     /// Total bytes of all blobs.
     pub fn blob_bytes(&self) -> u64 {
         self.blobs.iter().map(|b| b.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ClassSpec;
+
+    fn blob(n: u8) -> BlobRef {
+        BlobRef {
+            sha256: HexDigest([n; 32]),
+            size: u64::from(n),
+        }
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            release: ReleaseId {
+                name: "r".into(),
+                version: semver::Version::new(1, 0, 0),
+            },
+            blobs: vec![blob(1), blob(2)],
+            boot: vec![BootImage {
+                name: "k".into(),
+                version: semver::Version::new(1, 0, 0),
+                card_type: "lc".into(),
+                arch: "x86_64".into(),
+                image: blob(1),
+                cmdline: String::new(),
+            }],
+            packages: vec![Package {
+                name: "base".into(),
+                version: semver::Version::new(1, 0, 0),
+                arch: "x86_64".into(),
+                provides: vec![],
+                depends: BTreeMap::new(),
+                payload: blob(2),
+            }],
+            classes: vec![ClassSpec {
+                name: "c".into(),
+                rule: Default::default(),
+                boot: Some("k".into()),
+                packages: [("base".to_owned(), "^1".to_owned())].into(),
+                features: vec![],
+            }],
+            overrides: vec![],
+            defaults: Defaults::default(),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        manifest().validate().unwrap();
+        let check = |f: &dyn Fn(&mut Manifest), want: &str| {
+            let mut m = manifest();
+            f(&mut m);
+            let err = m.validate().unwrap_err();
+            let text = crate::error_chain(&err).join(": ");
+            assert!(text.contains(want), "'{text}' should contain '{want}'");
+        };
+        check(&|m| m.blobs.push(blob(3)), "no artifact uses it");
+        check(&|m| m.blobs.push(blob(1)), "listed twice");
+        check(&|m| m.blobs.truncate(1), "missing blob: package base 1.0.0");
+        check(&|m| m.packages.push(m.packages[0].clone()), "defined twice");
+        check(
+            &|m| m.classes[0].boot = Some("nope".into()),
+            "boot image 'nope'",
+        );
+        check(
+            &|m| {
+                m.classes[0].packages.insert("ghost".into(), "*".into());
+            },
+            "package 'ghost'",
+        );
+        check(
+            &|m| {
+                m.packages[0].depends.insert("x".into(), "not a req".into());
+            },
+            "'not a req' for x is not a semver requirement",
+        );
+        check(&|m| m.defaults.class = Some("nope".into()), "class 'nope'");
+        check(&|m| m.format = 2, "manifest format 2");
     }
 }
