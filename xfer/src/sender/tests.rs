@@ -341,3 +341,70 @@ fn read_errors_name_the_artifact_and_offset() {
         "{msg}"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Any sequence of joins, NACKs (any transfer, slice, bitmap) and Progress reports
+    /// (any position) from any MAC, at any times: never a panic, every frame is a valid
+    /// data frame of this transfer, repairs only for blocks already sent, queue bounded.
+    #[test]
+    fn any_control_sequence_is_safe(
+        len in 1usize..200_000,
+        ops in proptest::collection::vec(
+            (0u8..4, 0u8..6, proptest::prelude::any::<u32>(), proptest::prelude::any::<[u8; 16]>(), 0u64..3000),
+            1..200,
+        ),
+    ) {
+        let mut c = config();
+        c.max_repair_slices = 3;
+        let d: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let info = ArtifactInfo { name: "p 1".to_owned(), sha256: [1; 32], size: len as u64 };
+        let mut tx = Sender::new(c, 5, info, d, Duration::ZERO).unwrap();
+        let slices = tx.geometry().slices();
+        let mut now = Duration::ZERO;
+        let mut buf = vec![0; MAX_FRAME_LEN];
+        for (op, who, x, bits, dt) in ops {
+            now += Duration::from_micros(dt);
+            match op {
+                0 => {
+                    let _ = tx.join(mac(who), x % (slices + 2), now);
+                }
+                1 => {
+                    let n = Nack { transfer: if x % 7 == 0 { 6 } else { 5 }, slice: x % (slices + 2), missing: bits };
+                    let _ = tx.handle_nack(mac(who), &n, now);
+                }
+                2 => {
+                    let p = Progress {
+                        stage: Stage::Fetching,
+                        artifact: Some([1; 32]),
+                        done: u64::from(x) % (len as u64 + 10),
+                        total: len as u64,
+                    };
+                    let _ = tx.handle_progress(mac(who), &p, now);
+                }
+                _ => {
+                    let cursor = (tx.position(), tx.cur_block);
+                    for _ in 0..50 {
+                        match tx.poll(now, &mut buf).unwrap() {
+                            SendStep::Frame { len: n, retransmit } => {
+                                let f = Frame::decode(&buf[..n], DEFAULT_ETHERTYPE).unwrap();
+                                let v = DataView::from_frame(&f).unwrap();
+                                proptest::prop_assert_eq!(v.transfer(), 5);
+                                let h = v.header();
+                                proptest::prop_assert!(h.slice < slices);
+                                if retransmit {
+                                    proptest::prop_assert!((h.slice, h.block) < cursor);
+                                }
+                            }
+                            SendStep::Wait { until } => proptest::prop_assert!(until > now),
+                            SendStep::Done => break,
+                        }
+                    }
+                }
+            }
+            while tx.next_event().is_some() {}
+            proptest::prop_assert!(tx.stats().repair_queue_high_water <= 3);
+        }
+    }
+}
