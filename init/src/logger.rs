@@ -50,10 +50,7 @@ pub struct KmsgLogger {
     console_level: AtomicU8,
 }
 
-static LOGGER: KmsgLogger = KmsgLogger {
-    kmsg: Mutex::new(None),
-    console_level: AtomicU8::new(0),
-};
+static LOGGER: KmsgLogger = KmsgLogger::new();
 
 /// Installs the logger as the global `log` logger at `Debug`. Safe to call once; a second
 /// call is ignored.
@@ -70,6 +67,14 @@ pub fn attach_kernel(dev: &Path, proc: &Path) {
 }
 
 impl KmsgLogger {
+    /// A logger writing to the console only, until [`attach_kernel`].
+    pub const fn new() -> Self {
+        KmsgLogger {
+            kmsg: Mutex::new(None),
+            console_level: AtomicU8::new(0),
+        }
+    }
+
     fn attach(&self, dev: &Path, proc: &Path) {
         let file = OpenOptions::new().write(true).open(dev.join("kmsg")).ok();
         // /dev/kmsg rate-limits userspace writers by default (10 lines per 5 s) and drops
@@ -130,5 +135,44 @@ mod tests {
         assert_eq!(kmsg_line(Level::Info, "a\nb"), "<6>shelfboot-init: a | b\n");
         assert_eq!(syslog_level(Level::Warn), 4);
         assert_eq!(console_line(Level::Warn, "m"), "shelfboot-init: WARN  m\n");
+    }
+
+    #[test]
+    fn attach_lifts_the_rate_limit_and_writes_records_to_kmsg() {
+        let t = tempfile::tempdir().unwrap();
+        let (dev, proc) = (t.path().join("dev"), t.path().join("proc"));
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::create_dir_all(proc.join("sys/kernel")).unwrap();
+        std::fs::write(dev.join("kmsg"), "").unwrap();
+        std::fs::write(proc.join("sys/kernel/printk"), "4\t4\t1\t7\n").unwrap();
+        std::fs::write(proc.join("sys/kernel/printk_devkmsg"), "ratelimit\n").unwrap();
+        let l = KmsgLogger::new();
+        l.attach(&dev, &proc);
+        assert_eq!(
+            std::fs::read_to_string(proc.join("sys/kernel/printk_devkmsg")).unwrap(),
+            "on\n"
+        );
+        assert_eq!(l.console_level.load(Ordering::Relaxed), 4);
+        l.log(
+            &Record::builder()
+                .level(Level::Error)
+                .args(format_args!("boom"))
+                .build(),
+        );
+        l.log(
+            &Record::builder()
+                .level(Level::Info)
+                .args(format_args!("fine"))
+                .build(),
+        );
+        assert_eq!(
+            std::fs::read_to_string(dev.join("kmsg")).unwrap(),
+            "<3>shelfboot-init: boom\n<6>shelfboot-init: fine\n"
+        );
+        // Without a kmsg device everything goes to the console: level 0 means "kernel
+        // prints nothing of ours".
+        let l = KmsgLogger::new();
+        l.attach(&t.path().join("nodev"), &proc);
+        assert_eq!(l.console_level.load(Ordering::Relaxed), 0);
     }
 }
