@@ -52,6 +52,12 @@ pub struct KmsgLogger {
 
 static LOGGER: KmsgLogger = KmsgLogger::new();
 
+impl Default for KmsgLogger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Installs the logger as the global `log` logger at `Debug`. Safe to call once; a second
 /// call is ignored.
 pub fn install() {
