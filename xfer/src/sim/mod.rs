@@ -150,6 +150,12 @@ pub enum Disturbance {
         /// Down time.
         down: Duration,
     },
+    /// The master restarts: every session and every frame in flight is lost; it is down for
+    /// `down`, then answers the cards' new Fetches (with their resume points).
+    MasterRestart {
+        /// Down time.
+        down: Duration,
+    },
 }
 
 /// A fatal error of the engine inside the simulation.
@@ -250,6 +256,7 @@ pub struct Sim {
     cards: Vec<Card>,
     sessions: Vec<Session>,
     script: Vec<(Duration, Disturbance)>,
+    master_down_until: Option<Duration>,
     data: VecDeque<(Duration, usize, Vec<u8>)>,
     control: VecDeque<(Duration, usize, Message)>,
     sender_cpu: Duration,
@@ -313,6 +320,7 @@ impl Sim {
             cards,
             sessions: Vec::new(),
             script: Vec::new(),
+            master_down_until: None,
             data: VecDeque::new(),
             control: VecDeque::new(),
             sender_cpu: Duration::ZERO,

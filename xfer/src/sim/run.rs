@@ -66,7 +66,24 @@ impl Sim {
                     c.down_until = Some(now + down);
                     c.waiting = false;
                 }
+                Disturbance::MasterRestart { down } => {
+                    for s in &mut self.sessions {
+                        s.done = true;
+                    }
+                    self.data.clear();
+                    self.control.clear();
+                    self.master_down_until = Some(now + down);
+                    for c in &mut self.cards {
+                        if c.session.take().is_some() {
+                            // It notices the stall and asks the new master from where it is.
+                            c.waiting = true;
+                        }
+                    }
+                }
             }
+        }
+        if self.master_down_until.is_some_and(|t| t <= now) {
+            self.master_down_until = None;
         }
         for c in &mut self.cards {
             if c.down_until.is_some_and(|t| t <= now) {
@@ -93,6 +110,9 @@ impl Sim {
     /// Admits every card that has a Fetch outstanding: into the newest open session if it
     /// takes it, else into one new (catch-up) session started for all of them.
     fn admit_waiting(&mut self, now: Duration) -> Result<(), SimError> {
+        if self.master_down_until.is_some() {
+            return Ok(());
+        }
         let mut created = false;
         for i in 0..self.cards.len() {
             if !self.card_can_fetch(i) {
@@ -353,6 +373,7 @@ impl Sim {
             self.data.front().map(|d| d.0),
             self.control.front().map(|d| d.0),
             self.script.first().map(|d| d.0),
+            self.master_down_until,
         ]
         .into_iter()
         .chain(cards)
