@@ -2,133 +2,137 @@
 //! → node add → nodes → explain, first in-process, then through a running daemon.
 //! Uses the example release in `testdata/shelf`; no root needed.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+// Integration tests still live in a test module (workspace lint `tests_outside_test_module`).
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output};
+    use std::time::{Duration, Instant};
 
-fn master(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_master"))
-        .args(args)
-        .current_dir(dir)
-        .env("SHELFBOOT_STATE", dir.join("state"))
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run master")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = master(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "master {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn copy_example(dst: &Path) {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/shelf");
-    std::fs::create_dir_all(dst.join("files")).unwrap();
-    std::fs::copy(src.join("system.toml"), dst.join("system.toml")).unwrap();
-    for e in std::fs::read_dir(src.join("files")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join("files").join(e.file_name())).unwrap();
+    fn master(dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_master"))
+            .args(args)
+            .current_dir(dir)
+            .env("SHELFBOOT_STATE", dir.join("state"))
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run master")
     }
-}
 
-/// Kills the daemon child when the test ends, pass or fail.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    fn ok(dir: &Path, args: &[&str]) -> String {
+        let out = master(dir, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "master {args:?} failed: {stderr}");
+        String::from_utf8(out.stdout).expect("utf-8 output")
     }
-}
 
-#[test]
-fn operator_session_in_process_and_through_the_daemon() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    copy_example(dir);
-
-    let out = ok(dir, &["keygen", "-o", "vendor"]);
-    assert!(out.contains("vendor.key (secret, mode 0600)"), "{out}");
-    let out = ok(
-        dir,
-        &[
-            "pack",
-            "system.toml",
-            "--key",
-            "vendor.key",
-            "-o",
-            "release.img",
-        ],
-    );
-    assert!(
-        out.contains("release shelf-os@1.0.0, 4 boot images, 13 packages"),
-        "{out}"
-    );
-
-    // Not trusted yet: refused, exit code 1, error names the key.
-    let out = master(dir, &["import", "release.img"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("untrusted key"), "{err}");
-
-    ok(
-        dir,
-        &["trust", "add", "vendor.pub", "--comment", "test vendor"],
-    );
-    let out = ok(dir, &["import", "release.img"]);
-    assert!(out.contains("imported shelf-os@1.0.0"), "{out}");
-    ok(
-        dir,
-        &[
-            "node",
-            "add",
-            "--mac",
-            "02:00:00:00:00:03",
-            "--type",
-            "lc200",
-            "--arch",
-            "aarch64",
-            "--slot",
-            "3",
-            "--feature",
-            "bgp",
-        ],
-    );
-    let out = ok(dir, &["explain", "02:00:00:00:00:03"]);
-    assert!(out.contains("package bgpd 1.0.0 (aarch64)"), "{out}");
-    assert!(
-        out.contains("* provides feature bgp (requested by the card)"),
-        "{out}"
-    );
-
-    // Usage errors exit with 2.
-    assert_eq!(master(dir, &["explain", "nonsense"]).status.code(), Some(2));
-
-    // Now through a daemon: same answers, and a second writer is refused.
-    let child = Command::new(env!("CARGO_BIN_EXE_master"))
-        .args(["daemon"])
-        .env("SHELFBOOT_STATE", dir.join("state"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start daemon");
-    let _daemon = Daemon(child);
-    let sock = dir.join("state/control.sock");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
+    fn copy_example(dst: &Path) {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/shelf");
+        std::fs::create_dir_all(dst.join("files")).unwrap();
+        std::fs::copy(src.join("system.toml"), dst.join("system.toml")).unwrap();
+        for e in std::fs::read_dir(src.join("files")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dst.join("files").join(e.file_name())).unwrap();
+        }
     }
-    let json = ok(dir, &["nodes", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["reply"], "nodes");
-    assert_eq!(v["data"][0]["plan"]["class"], "linecards");
-    assert_eq!(v["data"][0]["plan"]["arch"], "aarch64");
-    let out = ok(dir, &["import", "release.img"]);
-    assert!(out.contains("already imported"), "{out}");
-    let out = master(dir, &["daemon"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("in use by another master process"), "{err}");
+
+    /// Kills the daemon child when the test ends, pass or fail.
+    struct Daemon(Child);
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn operator_session_in_process_and_through_the_daemon() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        copy_example(dir);
+
+        let out = ok(dir, &["keygen", "-o", "vendor"]);
+        assert!(out.contains("vendor.key (secret, mode 0600)"), "{out}");
+        let out = ok(
+            dir,
+            &[
+                "pack",
+                "system.toml",
+                "--key",
+                "vendor.key",
+                "-o",
+                "release.img",
+            ],
+        );
+        assert!(
+            out.contains("release shelf-os@1.0.0, 4 boot images, 13 packages"),
+            "{out}"
+        );
+
+        // Not trusted yet: refused, exit code 1, error names the key.
+        let out = master(dir, &["import", "release.img"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("untrusted key"), "{err}");
+
+        ok(
+            dir,
+            &["trust", "add", "vendor.pub", "--comment", "test vendor"],
+        );
+        let out = ok(dir, &["import", "release.img"]);
+        assert!(out.contains("imported shelf-os@1.0.0"), "{out}");
+        ok(
+            dir,
+            &[
+                "node",
+                "add",
+                "--mac",
+                "02:00:00:00:00:03",
+                "--type",
+                "lc200",
+                "--arch",
+                "aarch64",
+                "--slot",
+                "3",
+                "--feature",
+                "bgp",
+            ],
+        );
+        let out = ok(dir, &["explain", "02:00:00:00:00:03"]);
+        assert!(out.contains("package bgpd 1.0.0 (aarch64)"), "{out}");
+        assert!(
+            out.contains("* provides feature bgp (requested by the card)"),
+            "{out}"
+        );
+
+        // Usage errors exit with 2.
+        assert_eq!(master(dir, &["explain", "nonsense"]).status.code(), Some(2));
+
+        // Now through a daemon: same answers, and a second writer is refused.
+        let child = Command::new(env!("CARGO_BIN_EXE_master"))
+            .args(["daemon"])
+            .env("SHELFBOOT_STATE", dir.join("state"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start daemon");
+        let _daemon = Daemon(child);
+        let sock = dir.join("state/control.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let json = ok(dir, &["nodes", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["reply"], "nodes");
+        assert_eq!(v["data"][0]["plan"]["class"], "linecards");
+        assert_eq!(v["data"][0]["plan"]["arch"], "aarch64");
+        let out = ok(dir, &["import", "release.img"]);
+        assert!(out.contains("already imported"), "{out}");
+        let out = master(dir, &["daemon"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("in use by another master process"), "{err}");
+    }
 }
