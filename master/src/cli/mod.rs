@@ -139,6 +139,10 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Serve the backplane: signed plans, transfers, node states (docs/conversation.md).
+    Serve(crate::serve::cli::ServeArgs),
+    /// Counters of the running (or last) `master serve`.
+    Stats,
 }
 
 /// `master trust ...`
@@ -219,6 +223,8 @@ pub enum CliError {
     },
     #[error("cannot write output")]
     Output(#[source] std::io::Error),
+    #[error("backplane service")]
+    Serve(#[from] crate::serve::cli::ServeCliError),
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, CliError> {
@@ -354,7 +360,11 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         Command::History { node, limit } => Request::History { node, limit },
         Command::Explain { node } => Request::Explain { mac: node },
         Command::Gc { keep } => Request::Gc { keep },
-        Command::Keygen { .. } | Command::Pack { .. } | Command::Daemon { .. } => return Ok(None),
+        Command::Keygen { .. }
+        | Command::Pack { .. }
+        | Command::Daemon { .. }
+        | Command::Serve(_)
+        | Command::Stats => return Ok(None),
     }))
 }
 
@@ -399,6 +409,8 @@ fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
             ))
         }
         Command::Daemon { group } => return run_daemon(&cli.state, group.as_deref()),
+        Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a)?),
+        Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
         cmd => match request_for(cmd)? {
             Some(req) => run_request(&cli.state, req)?,
             None => Reply::Pong,

@@ -19,6 +19,7 @@
 //! This module does not resolve plans (the [`crate::master`] operations do) and does not
 //! implement the transfer engine (`shelfboot-xfer` does).
 
+pub mod cli;
 pub mod service;
 pub mod sessions;
 pub mod stats;
