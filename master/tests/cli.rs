@@ -116,7 +116,7 @@ mod tests {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start daemon");
-        let _daemon = Daemon(child);
+        let mut daemon = Daemon(child);
         let sock = dir.join("state/control.sock");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&sock).is_err() {
@@ -134,5 +134,21 @@ mod tests {
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("in use by another master process"), "{err}");
+
+        // SIGTERM stops the daemon cleanly: exit 0, socket removed, lock released.
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.0.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = daemon.0.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status:?}");
+        assert!(!sock.exists());
+        let out = ok(dir, &["releases"]);
+        assert!(out.contains("shelf-os@1.0.0"), "{out}");
     }
 }

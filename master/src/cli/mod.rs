@@ -373,7 +373,8 @@ fn run_daemon(state: &Path, group: Option<&str>) -> Result<(), CliError> {
     let mut m = Master::open(state)?;
     let daemon = Daemon::bind(state, group)?;
     eprintln!("master daemon listening on {}", daemon.path().display());
-    daemon.serve_forever(&mut m)?;
+    let sig = daemon.serve_until_signal(&mut m)?;
+    eprintln!("master daemon stopping on {sig}");
     Ok(())
 }
 

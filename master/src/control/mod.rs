@@ -27,6 +27,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::os::fd::AsFd;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{Gid, Group, Uid, chown, geteuid};
@@ -245,10 +250,43 @@ impl Daemon {
         }
     }
 
-    /// Serves until the process is stopped.
-    pub fn serve_forever(&self, master: &mut Master) -> Result<(), ControlError> {
+    /// Serves until SIGTERM or SIGINT arrives (read through a signalfd, so no handler
+    /// runs asynchronously), then returns the signal; dropping the daemon then removes
+    /// the socket. Blocks those signals in the calling thread.
+    pub fn serve_until_signal(&self, master: &mut Master) -> Result<Signal, ControlError> {
+        let sys = |source: nix::Error| ControlError::Io {
+            path: self.path.clone(),
+            source: source.into(),
+        };
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block().map_err(sys)?;
+        let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(sys)?;
+        self.set_nonblocking()?;
         loop {
-            self.serve_one(master)?;
+            let mut fds = [
+                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(sys(e)),
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            let (sock_ready, sig_ready) = (ready(&fds[0]), ready(&fds[1]));
+            if sig_ready && let Some(info) = sfd.read_signal().map_err(sys)? {
+                let sig = i32::try_from(info.ssi_signo)
+                    .ok()
+                    .and_then(|n| Signal::try_from(n).ok())
+                    .unwrap_or(Signal::SIGTERM);
+                return Ok(sig);
+            }
+            if sock_ready {
+                self.poll_once(master)?;
+            }
         }
     }
 
@@ -315,7 +353,7 @@ impl Daemon {
     }
 }
 
-impl std::os::fd::AsFd for Daemon {
+impl AsFd for Daemon {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.listener.as_fd()
     }
