@@ -76,6 +76,10 @@ impl SqliteStore {
             .map_err(sql("enable foreign keys"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql("set synchronous"))?;
+        // Another process holding a write transaction (e.g. a backplane service next to a
+        // CLI) makes us wait instead of failing at once.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql("set busy timeout"))?;
         conn.execute_batch(SCHEMA).map_err(sql("create schema"))?;
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?1)",
