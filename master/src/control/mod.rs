@@ -54,7 +54,7 @@ pub enum ControlError {
         source: io::Error,
     },
     #[error(
-        "state directory {0} is in use by another master process (a running daemon whose socket does not answer, or another CLI command); retry, or stop it"
+        "state directory {0} is in use by another master process (`master serve`, a daemon whose socket does not answer, or another CLI command); retry, or stop it"
     )]
     Busy(PathBuf),
     #[error("cannot listen on {path}")]
