@@ -101,6 +101,20 @@ fn poll_once_does_not_block() {
 }
 
 #[test]
+fn group_socket_is_0660_and_owned_by_the_group() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let gid = nix::unistd::getegid();
+    let group = nix::unistd::Group::from_gid(gid).unwrap().unwrap();
+    let daemon = Daemon::bind(dir.path(), Some(&group.name)).unwrap();
+    let meta = std::fs::metadata(daemon.path()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid.as_raw());
+    let err = Daemon::bind(dir.path(), Some("no-such-group-shelfboot")).unwrap_err();
+    assert!(err.to_string().contains("unknown group"), "{err}");
+}
+
+#[test]
 fn peer_policy() {
     let p = Policy {
         uid: Uid::from_raw(1000),
