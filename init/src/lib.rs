@@ -43,4 +43,5 @@ pub mod flow;
 pub mod handoff;
 pub mod net;
 pub mod pid1;
+pub mod provision;
 pub mod reaper;

@@ -188,6 +188,12 @@ fn ifreq_for(name: &str) -> Result<libc::ifreq, Errno> {
     Ok(req)
 }
 
+// glibc declares ioctl's request as c_ulong, musl as c_int (the static init links musl).
+#[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
+const IOCTL_GIFHWADDR: libc::Ioctl = libc::SIOCGIFHWADDR as libc::Ioctl;
+#[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
+const IOCTL_GIFMTU: libc::Ioctl = libc::SIOCGIFMTU as libc::Ioctl;
+
 /// MAC address of interface `name`, via `ioctl(SIOCGIFHWADDR)` on any socket of the
 /// interface's network namespace.
 pub(crate) fn interface_mac(fd: BorrowedFd<'_>, name: &str) -> Result<[u8; 6], Errno> {
@@ -196,7 +202,7 @@ pub(crate) fn interface_mac(fd: BorrowedFd<'_>, name: &str) -> Result<[u8; 6], E
     // `ifreq` we own, which lives across the call. nix has no safe wrapper for it (its
     // `ioctl_*!` macros generate unsafe functions too); reading /sys/class/net would show
     // the namespace sysfs was mounted in, not the socket's.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOCTL_GIFHWADDR, &mut req) };
     Errno::result(rc)?;
     // SAFETY: a successful SIOCGIFHWADDR initialised `ifru_hwaddr`.
     let data = unsafe { req.ifr_ifru.ifru_hwaddr }.sa_data;
@@ -212,7 +218,7 @@ pub(crate) fn interface_mtu(fd: BorrowedFd<'_>, name: &str) -> Result<u32, Errno
     let mut req = ifreq_for(name)?;
     // SAFETY: as in `interface_mac`: SIOCGIFMTU reads the name and writes `ifru_mtu` in an
     // `ifreq` we own for the duration of the call.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOCTL_GIFMTU, &mut req) };
     Errno::result(rc)?;
     // SAFETY: a successful SIOCGIFMTU initialised `ifru_mtu`.
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };

@@ -1,0 +1,479 @@
+//! The agent-backed [`Provisioner`]: card's sans-IO agent driven over a netio
+//! [`PacketSocket`] on the backplane link, with the card's UBI flash as its store.
+//!
+//! ```text
+//! trust anchor (/etc/shelfboot/trust/*) + nonce (/dev/urandom) + identity (config, link)
+//!   → second UbiVolumes on the attached UBI device → Store → Agent
+//!   → loop: tick at the agent's deadline, feed received frames, send, join/leave groups
+//!   → Decision::Boot → finish the Ready repeats → give the agent's store to the flow
+//! ```
+//!
+//! The flow's store is borrowed, the agent needs one by value: the agent gets its own
+//! [`UbiVolumes`] on the same UBI device, and when it has decided, its store (which saw
+//! the commit) replaces the flow's stale one. A stored image (`shelfboot.stored=1`) that a
+//! master validated marks its set Ready (resets the boot counter); so does a set without
+//! a boot image. A master that orders a reset restarts the conversation (bounded).
+//!
+//! Not here: test mode (RAM-only sets; refused with an error naming it), the protocol
+//! itself (card's agent), attaching UBI (crate::flash::attach).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shelfboot_card::agent::{Agent, AgentConfig, Decision, Identity, Output, Phase, Timers};
+use shelfboot_card::flash::{Store, StoreConfig, StoreError};
+use shelfboot_netio::{PacketSocket, SocketConfig, SocketError};
+use shelfboot_proto::frame::MacAddr;
+use shelfboot_proto::msg::{Arch, BootPhase};
+use shelfboot_proto::sign::{SignError, TrustAnchor};
+
+use crate::flash::UbiVolumes;
+use crate::flow::{ProvisionError, Provisioned, Provisioner, Session};
+use crate::sys::SysError;
+use crate::sys::sysfs::Sysfs;
+
+/// Where mkinitramfs puts the trust anchors.
+pub const TRUST_DIR: &str = "/etc/shelfboot/trust";
+/// Most resets a master may order in one boot before we stop listening to it.
+const MAX_RESETS: u32 = 8;
+/// Longest single wait for frames (the agent's deadlines are usually sooner).
+const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// Why the agent could not be started or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentRunError {
+    /// No trust anchor file could be read.
+    #[error("cannot read trust anchor {path}")]
+    ReadAnchor {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A trust anchor file is not 32-byte keys nor a `master keygen` `.pub` file.
+    #[error("trust anchor {path} holds no valid public key")]
+    BadAnchor {
+        /// The file.
+        path: PathBuf,
+        /// The cause, if the key bytes were rejected.
+        #[source]
+        source: Option<SignError>,
+    },
+    /// No key at all: nothing a master signs could be trusted.
+    #[error("no trust anchor in {dir}: rebuild the initramfs with --trust")]
+    NoAnchor {
+        /// The directory searched.
+        dir: PathBuf,
+    },
+    /// The nonce could not be drawn.
+    #[error("cannot read /dev/urandom for the boot nonce")]
+    Random(#[source] std::io::Error),
+    /// The backplane socket could not be opened.
+    #[error("cannot open the backplane socket on {iface}")]
+    Socket {
+        /// Interface.
+        iface: String,
+        /// The cause.
+        #[source]
+        source: SocketError,
+    },
+    /// The second handle on the UBI device could not be opened.
+    #[error("cannot open /dev/ubi{ubi} for the agent")]
+    Ubi {
+        /// UBI device number.
+        ubi: u32,
+        /// The cause.
+        #[source]
+        source: SysError,
+    },
+    /// The agent's store could not be opened.
+    #[error("cannot open the flash store of ubi{ubi} for the agent")]
+    Store {
+        /// UBI device number.
+        ubi: u32,
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
+    /// Receiving from the backplane failed.
+    #[error("receive on {iface} failed")]
+    Receive {
+        /// Interface.
+        iface: String,
+        /// The cause.
+        #[source]
+        source: SocketError,
+    },
+    /// Too many resets ordered in one boot.
+    #[error("the master ordered {MAX_RESETS} resets in this boot: booting what is committed")]
+    TooManyResets,
+}
+
+/// The provisioner that runs card's agent (see the module docs).
+#[derive(Debug)]
+pub struct AgentProvisioner {
+    /// Directory of trust anchor files.
+    pub trust_dir: PathBuf,
+    /// devtmpfs root (for `/dev/ubiN`).
+    pub dev: PathBuf,
+    /// sysfs root.
+    pub sys: PathBuf,
+}
+
+impl Default for AgentProvisioner {
+    fn default() -> Self {
+        Self {
+            trust_dir: TRUST_DIR.into(),
+            dev: "/dev".into(),
+            sys: "/sys".into(),
+        }
+    }
+}
+
+fn failed(what: &str, e: AgentRunError) -> ProvisionError {
+    ProvisionError {
+        what: what.to_string(),
+        source: Some(Box::new(e)),
+    }
+}
+
+impl Provisioner<UbiVolumes> for AgentProvisioner {
+    fn provision(
+        &mut self,
+        s: &mut Session<'_, UbiVolumes>,
+    ) -> Result<Provisioned, ProvisionError> {
+        let Some(link) = s.link else {
+            return Ok(Provisioned::NoMaster {
+                waited: Duration::ZERO,
+            });
+        };
+        let Some(store) = s.store.as_deref_mut() else {
+            return Err(ProvisionError {
+                what: "the flash is unusable, so no plan can be stored (see the flash error above)"
+                    .into(),
+                source: None,
+            });
+        };
+        let anchor = load_anchor(&self.trust_dir).map_err(|e| failed("no trust anchor", e))?;
+        let ubi = store.volumes_mut().ubi_num();
+        let cfg = s.config;
+        let mut sock = PacketSocket::open(
+            &link.name,
+            SocketConfig {
+                ethertype: cfg.ethertype,
+                ..SocketConfig::default()
+            },
+        )
+        .map_err(|source| {
+            failed(
+                "backplane",
+                AgentRunError::Socket {
+                    iface: link.name.clone(),
+                    source,
+                },
+            )
+        })?;
+        let identity = Identity {
+            mac: MacAddr(link.mac),
+            card_type: cfg.card.clone(),
+            arch: if cfg!(target_arch = "aarch64") {
+                Arch::Aarch64
+            } else {
+                Arch::X86_64
+            },
+            shelf: cfg.shelf.unwrap_or(0),
+            slot: cfg.slot.unwrap_or(0),
+            hw_rev: "unknown".into(),
+            features: cfg.features.clone(),
+        };
+        let started = Instant::now();
+        let mut phase = BootPhase::PowerOn;
+        for _ in 0..=MAX_RESETS {
+            let vols = UbiVolumes::open(ubi, &self.dev, Sysfs::new(&self.sys))
+                .map_err(|source| failed("flash", AgentRunError::Ubi { ubi, source }))?;
+            let scfg = StoreConfig {
+                max_attempts: cfg.maxtries,
+                ..StoreConfig::default()
+            };
+            let (astore, _) = Store::open(vols, scfg)
+                .map_err(|source| failed("flash", AgentRunError::Store { ubi, source }))?;
+            let mut nonce = [0u8; 16];
+            let mut seed = [0u8; 8];
+            random(&mut nonce)
+                .and_then(|()| random(&mut seed))
+                .map_err(|e| failed("nonce", e))?;
+            let acfg = AgentConfig {
+                identity: identity.clone(),
+                phase,
+                ethertype: cfg.ethertype,
+                anchor: anchor.clone(),
+                nonce,
+                seed: u64::from_be_bytes(seed),
+                timers: Timers {
+                    autonomy: Some(cfg.master_timeout),
+                    ..Timers::default()
+                },
+            };
+            log::info!(
+                "agent: soliciting a plan on {} as {} ({}, slot {}), phase {phase:?}",
+                link.name,
+                identity.mac,
+                identity.card_type,
+                identity.slot
+            );
+            let mut agent = Agent::new(acfg, astore, Instant::now());
+            let decision =
+                drive(&mut agent, &mut sock, &link.name).map_err(|e| failed("agent", e))?;
+            let c = *agent.counters();
+            log::info!("agent: counters {c:?}");
+            let mut fresh = agent.into_store();
+            match decision {
+                Decision::Reset { phase: p } => {
+                    log::info!("agent: the master ordered a reset ({p:?}): soliciting again");
+                    phase = p;
+                }
+                Decision::Boot {
+                    set,
+                    handoff,
+                    autonomous,
+                    validated_only,
+                } => {
+                    log::info!(
+                        "agent: decided {handoff:?} of set {} ({} artifacts), autonomous={autonomous}, validated_only={validated_only}",
+                        hex(&set.digest),
+                        set.artifacts.len()
+                    );
+                    if !autonomous && (cfg.stored || set.boot_image().is_none()) {
+                        match fresh.mark_ready() {
+                            Ok(()) => log::info!("agent: set marked ready on flash"),
+                            Err(e) => log::error!(
+                                "agent: marking the set ready failed: {}",
+                                crate::error_chain(&e)
+                            ),
+                        }
+                    }
+                    *store = fresh;
+                    return Ok(if autonomous {
+                        Provisioned::NoMaster {
+                            waited: started.elapsed(),
+                        }
+                    } else {
+                        Provisioned::Committed
+                    });
+                }
+            }
+        }
+        Err(failed("agent", AgentRunError::TooManyResets))
+    }
+}
+
+/// Runs the agent until it decided and finished its sends. Returns the decision.
+fn drive(
+    agent: &mut Agent<UbiVolumes>,
+    sock: &mut PacketSocket,
+    iface: &str,
+) -> Result<Decision, AgentRunError> {
+    let mut decision = None;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut last_progress = None;
+    loop {
+        let now = Instant::now();
+        if agent.next_deadline().is_some_and(|d| d <= now) {
+            let o = agent.tick(now);
+            apply(o, sock, &mut out, &mut decision);
+        }
+        send_all(sock, &mut out);
+        if let Some(p) = agent.fetch_progress()
+            && last_progress
+                .is_none_or(|(at, _): (Instant, u64)| at.elapsed() >= Duration::from_secs(2))
+        {
+            log::info!("agent: fetched {} of {} bytes", p.0, p.1);
+            last_progress = Some((Instant::now(), p.0));
+        }
+        if (agent.phase() == Phase::Done || agent.next_deadline().is_none())
+            && let Some(d) = decision.take()
+        {
+            return Ok(d);
+        }
+        let wait = agent
+            .next_deadline()
+            .map_or(MAX_WAIT, |d| d.saturating_duration_since(Instant::now()))
+            .min(MAX_WAIT);
+        let n = sock
+            .recv_batch(&mut |f: &[u8], _| frames.push(f.to_vec()), wait)
+            .map_err(|source| AgentRunError::Receive {
+                iface: iface.to_string(),
+                source,
+            })?;
+        if n == 0 {
+            continue;
+        }
+        for f in frames.drain(..) {
+            let o = agent.handle_frame(Instant::now(), &f);
+            apply(o, sock, &mut out, &mut decision);
+        }
+        send_all(sock, &mut out);
+    }
+}
+
+fn apply(
+    outputs: Vec<Output>,
+    sock: &mut PacketSocket,
+    out: &mut Vec<Vec<u8>>,
+    decision: &mut Option<Decision>,
+) {
+    for o in outputs {
+        match o {
+            Output::Send(f) => out.push(f),
+            Output::JoinGroup(g) => {
+                if let Err(e) = sock.join(shelfboot_netio::MacAddr(g.0)) {
+                    log::error!("agent: joining group {g}: {}", crate::error_chain(&e));
+                }
+            }
+            Output::LeaveGroup(g) => {
+                if let Err(e) = sock.leave(shelfboot_netio::MacAddr(g.0)) {
+                    log::warn!("agent: leaving group {g}: {}", crate::error_chain(&e));
+                }
+            }
+            Output::Decision(d) => *decision = Some(d),
+        }
+    }
+}
+
+fn send_all(sock: &mut PacketSocket, out: &mut Vec<Vec<u8>>) {
+    if out.is_empty() {
+        return;
+    }
+    let refs: Vec<&[u8]> = out.iter().map(Vec::as_slice).collect();
+    if let Err(e) = sock.send_batch(&refs) {
+        log::error!("agent: send: {}", crate::error_chain(&e));
+    }
+    out.clear();
+}
+
+fn random(buf: &mut [u8]) -> Result<(), AgentRunError> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(AgentRunError::Random)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// Parses one anchor file: concatenated raw 32-byte keys, or text lines `TAG HEX` (the
+/// `.pub` files of `master keygen`; the last word of each line is the key).
+pub fn parse_anchor(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, AgentRunError> {
+    let bad = |source| AgentRunError::BadAnchor {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && text.split_whitespace().count() > 0
+        && let Some(keys) = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().last().and_then(unhex))
+            .collect::<Option<Vec<Vec<u8>>>>()
+    {
+        let raw: Vec<u8> = keys.concat();
+        TrustAnchor::from_bytes(&raw).map_err(|e| bad(Some(e)))?;
+        return Ok(raw);
+    }
+    TrustAnchor::from_bytes(bytes).map_err(|e| bad(Some(e)))?;
+    if bytes.is_empty() {
+        return Err(bad(None));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// Reads every file in `dir` as trust anchor keys (sorted by name).
+pub fn load_anchor(dir: &Path) -> Result<TrustAnchor, AgentRunError> {
+    let read_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AgentRunError::ReadAnchor { path, source }
+    };
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    let mut raw = Vec::new();
+    for p in &names {
+        let bytes = std::fs::read(p).map_err(read_err(p))?;
+        raw.extend(parse_anchor(p, &bytes)?);
+    }
+    if raw.is_empty() {
+        return Err(AgentRunError::NoAnchor {
+            dir: dir.to_path_buf(),
+        });
+    }
+    TrustAnchor::from_bytes(&raw).map_err(|e| AgentRunError::BadAnchor {
+        path: dir.to_path_buf(),
+        source: Some(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> [u8; 32] {
+        shelfboot_proto::sign::SigningKey::from_seed(&[7; 32])
+            .public_key()
+            .to_bytes()
+    }
+
+    #[test]
+    fn anchor_files_raw_and_text_give_the_same_key() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a.bin"), key()).unwrap();
+        let one = load_anchor(t.path()).unwrap();
+        assert_eq!(one.to_bytes(), key().to_vec());
+        std::fs::write(
+            t.path().join("b.pub"),
+            format!("shelfboot-ed25519-public {}\n", hex(&key())),
+        )
+        .unwrap();
+        let two = load_anchor(t.path()).unwrap();
+        assert_eq!(two.keys().len(), 2);
+        assert_eq!(two.keys()[0], two.keys()[1]);
+    }
+
+    #[test]
+    fn empty_or_garbage_anchor_is_an_error_naming_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            load_anchor(t.path()),
+            Err(AgentRunError::NoAnchor { .. })
+        ));
+        std::fs::write(t.path().join("x.pub"), "key zz\n").unwrap();
+        let e = load_anchor(t.path()).unwrap_err();
+        assert!(e.to_string().contains("x.pub"), "{e}");
+        assert!(matches!(
+            load_anchor(&t.path().join("missing")),
+            Err(AgentRunError::ReadAnchor { .. })
+        ));
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(unhex(&hex(&key())).unwrap(), key().to_vec());
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}
