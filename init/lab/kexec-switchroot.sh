@@ -11,6 +11,11 @@
 #           execs the package's /sbin/init (busybox script) which prints LAB: lines and
 #           powers off.
 #
+#   SHELFBOOT_LAB_FLASH=zero  start from a zero-filled flash (pristine-format path)
+#   SHELFBOOT_LAB_MODE=ram    test mode: the package is booted from RAM via a loop device,
+#                             nothing is written to flash, no kexec
+#   SHELFBOOT_LAB_BIN=FILE    use this shelfboot-init-lab binary instead of building it
+#
 # Usage: init/lab/kexec-switchroot.sh [WORKDIR]   (exit 0 when every expected line appeared)
 # Skips (exit 0 with a message) unless SHELFBOOT_TIER_QEMU=1.
 set -euo pipefail
@@ -54,7 +59,7 @@ echo "# shelfboot load.list v1: IMAGE-PATH [PARAMS...], load in this order" > st
 for m in drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_pci_modern_dev.ko \
          drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko \
          drivers/mtd/mtd.ko drivers/mtd/devices/block2mtd.ko drivers/mtd/ubi/ubi.ko \
-         fs/squashfs/squashfs.ko fs/overlayfs/overlay.ko; do
+         drivers/block/loop.ko fs/squashfs/squashfs.ko fs/overlayfs/overlay.ko; do
     mkdir -p "stage/$(dirname $M/$m)"; cp "$KR/$M/$m" "stage/$M/$m"
     p=""; [ "$m" = drivers/mtd/devices/block2mtd.ko ] && p=" block2mtd=/dev/vda,128KiB"
     echo "$M/$m$p" >> stage/lib/modules/load.list
@@ -73,6 +78,8 @@ PY
 mkdir -p stage/lab/set && cp boot.img base.sqfs stage/lab/set/
 line() { echo "$1 $2 $(sha256sum "$3" | cut -d' ' -f1) $(stat -c %s "$3") $(basename "$3")"; }
 { line boot kernel boot.img; line pkg base base.sqfs; echo "cmdline $SETCMD"; } > stage/lab/set/manifest
+# SHELFBOOT_LAB_MODE=ram: test mode (packages from RAM through a loop device, flash untouched)
+RAM=0; [ "${SHELFBOOT_LAB_MODE:-}" = ram ] && RAM=1 && echo "mode ram" >> stage/lab/set/manifest
 (cd stage && find . | LC_ALL=C sort | cpio -o -H newc --quiet) > stage1.cpio
 # erased flash (0xFF) by default; SHELFBOOT_LAB_FLASH=zero gives a zero-filled "foreign"
 # device that UBI refuses, so init must take the pristine-format path (MEMERASE64).
@@ -88,10 +95,16 @@ timeout 240 qemu-system-x86_64 -accel tcg -m 512M -nodefaults -display none -ser
 rc=$?
 set -e
 fail=0
-for want in "attached mtd0 as ubi0" "lab: committed set" "booting committed set, attempt 1" \
-            "kexec: sync and reboot into the stored image" "stored          true" \
-            "switch_root: exec /sbin/init" "LAB: SWITCHED-ROOT-OK pid=1" \
-            "LAB: cmdline: .*shelfboot.stored=1" "LAB: root: overlay / overlay" "${EXTRA[@]}"; do
+WANT=("attached mtd0 as ubi0" "lab: committed set" "booting committed set, attempt 1"
+      "kexec: sync and reboot into the stored image" "stored          true"
+      "switch_root: exec /sbin/init" "LAB: SWITCHED-ROOT-OK pid=1"
+      "LAB: cmdline: .*shelfboot.stored=1" "LAB: root: overlay / overlay" "${EXTRA[@]}")
+if [ $RAM = 1 ]; then
+    WANT=("attached mtd0 as ubi0" "test mode: booting 1 packages from RAM; flash untouched"
+          "switch_root: exec /sbin/init" "LAB: SWITCHED-ROOT-OK pid=1" "LAB: root: overlay / overlay")
+    if grep -q "lab: committed set\|kexec:" console.log; then echo "FAIL test mode wrote flash or kexeced"; fail=1; fi
+fi
+for want in "${WANT[@]}"; do
     if grep -q -- "$want" console.log; then echo "ok   $want"; else echo "FAIL $want"; fail=1; fi
 done
 echo "qemu rc=$rc, console log: $W/console.log"

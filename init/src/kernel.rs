@@ -118,16 +118,19 @@ pub trait Kernel {
 }
 
 /// The real kernel.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Linux {
     /// Where device nodes live (`/dev`).
     pub dev: PathBuf,
+    /// Loop devices kept open until exec (AUTOCLEAR would detach them once closed).
+    loops: Vec<crate::sys::loopdev::LoopDevice>,
 }
 
 impl Default for Linux {
     fn default() -> Self {
         Linux {
             dev: PathBuf::from("/dev"),
+            loops: Vec::new(),
         }
     }
 }
@@ -233,7 +236,10 @@ impl Kernel for Linux {
     }
 
     fn loop_attach(&mut self, file: &Path) -> Result<PathBuf, SysError> {
-        crate::sys::loopdev::attach_read_only(&self.dev, file)
+        let lo = crate::sys::loopdev::attach_read_only(&self.dev, file)?;
+        let path = lo.path().to_path_buf();
+        self.loops.push(lo);
+        Ok(path)
     }
 
     fn kexec_load(&mut self, kernel: &Path, initrd: &Path, cmdline: &str) -> Result<(), SysError> {

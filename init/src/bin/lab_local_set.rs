@@ -11,6 +11,7 @@
 //! boot kernel <sha256 hex> <size> [file]
 //! pkg  base   <sha256 hex> <size> [file]
 //! cmdline console=ttyS0 quiet
+//! mode ram          (optional: test mode, boot the packages from RAM, flash untouched)
 //! ```
 //!
 //! A file is only needed when the artifact is not on flash yet. Without a manifest (the
@@ -42,10 +43,21 @@ fn plain(what: String) -> ProvisionError {
 
 type Entry = (ArtifactRef, Option<PathBuf>);
 
-fn parse(text: &str) -> Result<(Vec<Entry>, String), ProvisionError> {
+struct Manifest {
+    arts: Vec<Entry>,
+    cmdline: String,
+    ram: bool,
+}
+
+fn parse(text: &str) -> Result<Manifest, ProvisionError> {
     let mut arts = Vec::new();
     let mut cmdline = String::new();
+    let mut ram = false;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if line.trim() == "mode ram" {
+            ram = true;
+            continue;
+        }
         if let Some(c) = line.strip_prefix("cmdline ") {
             cmdline = c.trim().to_string();
             continue;
@@ -75,7 +87,7 @@ fn parse(text: &str) -> Result<(Vec<Entry>, String), ProvisionError> {
         };
         arts.push((r, f.get(4).map(|p| Path::new("/lab/set").join(p))));
     }
-    Ok((arts, cmdline))
+    Ok(Manifest { arts, cmdline, ram })
 }
 
 impl Provisioner<UbiVolumes> for LocalSet {
@@ -91,7 +103,19 @@ impl Provisioner<UbiVolumes> for LocalSet {
             }
             Err(e) => return Err(perr(format!("cannot read {MANIFEST}"), e)),
         };
-        let (arts, cmdline) = parse(&text)?;
+        let Manifest { arts, cmdline, ram } = parse(&text)?;
+        if ram {
+            // Test mode: the package files already live in RAM (the initramfs).
+            let packages = arts
+                .iter()
+                .filter(|(r, _)| r.kind == ArtifactKind::Package)
+                .map(|(r, f)| {
+                    f.clone()
+                        .ok_or_else(|| plain(format!("{} has no file", r.name)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Provisioned::TestSet { packages });
+        }
         let refs: Vec<ArtifactRef> = arts.iter().map(|(r, _)| r.clone()).collect();
         let store: &mut Store<UbiVolumes> = s
             .store

@@ -2,8 +2,10 @@
 //! read-only, auto-clearing loop device (`LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE`).
 //!
 //! Needs Linux ≥ 5.8 (LOOP_CONFIGURE) and the loop driver (built in or `loop.ko` in the
-//! load list). Not here: detaching (AUTOCLEAR frees the device at the last umount),
-//! offsets, encryption, partitions.
+//! load list). AUTOCLEAR detaches the device when its last user goes away, so the
+//! returned [`LoopDevice`] must stay alive until the filesystem on it is mounted (the
+//! mount then holds it; measured: closing it first makes the mount fail with EIO). Not
+//! here: explicit detaching, offsets, encryption, partitions.
 
 use std::fs::{File, OpenOptions};
 use std::mem::size_of;
@@ -53,8 +55,22 @@ mod ioctl {
     nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, LoopConfig);
 }
 
-/// Binds `file` to a free loop device, read-only, and returns `/dev/loopN` under `dev`.
-pub fn attach_read_only(dev: &Path, file: &Path) -> Result<PathBuf, SysError> {
+/// A configured loop device; keeps it bound while alive (see the module header).
+#[derive(Debug)]
+pub struct LoopDevice {
+    _file: File,
+    path: PathBuf,
+}
+
+impl LoopDevice {
+    /// `/dev/loopN`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Binds `file` to a free loop device, read-only, auto-clearing; see [`LoopDevice`].
+pub fn attach_read_only(dev: &Path, file: &Path) -> Result<LoopDevice, SysError> {
     let ctl_path = dev.join("loop-control");
     let ctl = File::open(&ctl_path)
         .map_err(|e| SysError::new(format!("open({}, O_RDONLY)", ctl_path.display()), e))?;
@@ -105,5 +121,8 @@ pub fn attach_read_only(dev: &Path, file: &Path) -> Result<PathBuf, SysError> {
     // 304-byte `struct loop_config` the kernel only reads; `backing` stays open for the
     // call (the kernel takes its own reference to the file).
     unsafe { ioctl::loop_configure(lo.as_raw_fd(), &cfg) }.map_err(|e| SysError::new(call(), e))?;
-    Ok(loop_path)
+    Ok(LoopDevice {
+        _file: lo,
+        path: loop_path,
+    })
 }
