@@ -11,9 +11,9 @@
 //!
 //! The [`Provisioner`] gets the configuration, the link and the store; it may fetch,
 //! stage and commit through the store (card's commit protocol) and tells the flow what to
-//! boot. The real one is the card agent of issue 4; until it lands, [`NoAgent`] says so on
-//! the console and reports "no master", which is exactly the autonomous path: boot the
-//! last committed set. Boot counting is card's `Store::begin_boot` (attempt counter,
+//! boot. The product's is [`crate::provision::AgentProvisioner`] (card's agent); a build
+//! without a master conversation uses [`NoAgent`], which says so on the console and
+//! reports "no master", which is exactly the autonomous path: boot the last committed set. Boot counting is card's `Store::begin_boot` (attempt counter,
 //! rollback after K boots without Ready), called once per boot cycle: not again in a
 //! kexec'd stored image (`shelfboot.stored=1`), which only validates. Marking the set
 //! Ready (`Store::mark_ready`) is the provisioner's job, after the master saw Ready.
@@ -88,8 +88,8 @@ pub trait Provisioner<V: Volumes> {
     fn provision(&mut self, s: &mut Session<'_, V>) -> Result<Provisioned, ProvisionError>;
 }
 
-/// The provisioner of a build without the card agent (issue 4): it does not talk to any
-/// master and says so; the flow then boots the committed set autonomously.
+/// The provisioner of a build without the card agent: it does not talk to any master and
+/// says so; the flow then boots the committed set autonomously.
 #[derive(Debug, Default)]
 pub struct NoAgent;
 
