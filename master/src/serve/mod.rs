@@ -258,3 +258,6 @@ fn write_stats<S: crate::store::Store>(cfg: &ServeConfig, svc: &Service<S>) {
         log::warn!("master: writing stats to {}: {e}", cfg.state.display());
     }
 }
+
+#[cfg(test)]
+mod tests;

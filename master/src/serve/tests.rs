@@ -1,0 +1,218 @@
+//! Pure tests of the service: frames in, frames out, against a real state directory with
+//! the master's fixture release (no sockets).
+
+use std::time::{Duration, Instant};
+
+use shelfboot_proto::frame::{Link, MacAddr};
+use shelfboot_proto::msg::{
+    Arch, BootPhase, ErrorReason, Fetch, Message, Solicit, Verdict, decode_frame, encode_message,
+};
+use shelfboot_proto::sign::{SigningKey, TrustAnchor};
+
+use super::{Service, ServiceConfig};
+use crate::master::fixture;
+
+const ET: u16 = shelfboot_proto::DEFAULT_ETHERTYPE;
+const ME: MacAddr = MacAddr([0x02, 0x5b, 0, 0, 0, 0xaa]);
+
+fn mac(s: &str) -> MacAddr {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).unwrap())
+        .collect();
+    MacAddr(v.try_into().unwrap())
+}
+
+fn service(dir: &std::path::Path, now: Instant) -> Service<crate::store::sqlite::SqliteStore> {
+    let mut m = fixture::master(dir);
+    let img = fixture::image(dir, "1.0.0", "", &fixture::vendor_key());
+    m.import_from(img.as_slice(), true, &mut |_, _| {}).unwrap();
+    let cfg = ServiceConfig {
+        ethertype: ET,
+        solicit_budget: 32,
+        heartbeat: Duration::from_secs(1),
+        block_size: 1408,
+        join_window: Duration::from_millis(300),
+        max_rate: 10_000_000,
+    };
+    Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 3, now)
+}
+
+fn solicit(card: MacAddr, card_type: &str, slot: u16, digest: Option<[u8; 32]>, n: u8) -> Vec<u8> {
+    let s = Solicit {
+        mac: card,
+        card_type: card_type.into(),
+        arch: Arch::X86_64,
+        shelf: 1,
+        slot,
+        hw_rev: "A".into(),
+        features: vec![],
+        phase: BootPhase::PowerOn,
+        inventory: vec![],
+        inventory_digest: digest,
+        nonce: [n; 16],
+    };
+    frame(card, MacAddr::BROADCAST, &Message::Solicit(s))
+}
+
+fn frame(src: MacAddr, dst: MacAddr, m: &Message) -> Vec<u8> {
+    let link = Link {
+        dst,
+        src,
+        ethertype: ET,
+    };
+    let mut buf = vec![0u8; shelfboot_proto::MAX_FRAME_LEN];
+    let n = encode_message(&mut buf, &link, 77, 1, m).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn messages(frames: &[Vec<u8>]) -> Vec<(MacAddr, Message)> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let (_, m) = decode_frame(f, ET).ok()?;
+            Some((MacAddr(f[..6].try_into().ok()?), m))
+        })
+        .collect()
+}
+
+#[test]
+fn plans_are_signed_continue_when_the_digest_matches_else_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    let card = mac(fixture::N1);
+    // Queued, not answered at once (only the start-up Advertise goes out).
+    let out = messages(&svc.handle_frame(t0, &solicit(card, "lc100", 1, None, 1)));
+    assert!(
+        out.iter().all(|(_, m)| matches!(m, Message::Advertise(_))),
+        "{out:?}"
+    );
+    let out = messages(&svc.tick(t0));
+    let plan = out
+        .iter()
+        .find_map(|(d, m)| match m {
+            Message::Plan(p) if *d == card => Some(p.clone()),
+            _ => None,
+        })
+        .expect("a plan to the card");
+    let anchor = TrustAnchor::new(vec![SigningKey::from_seed(&[5u8; 32]).public_key()]);
+    anchor.verify_plan(&plan, &[1u8; 16]).unwrap();
+    assert_eq!(plan.body.verdict, Verdict::Fetch);
+    assert_eq!(plan.body.epoch, 3);
+    // Same card, now holding the set: Continue.
+    svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plan.body.digest), 2));
+    let out = messages(&svc.tick(t0));
+    assert!(
+        out.iter()
+            .any(|(_, m)| matches!(m, Message::Plan(p) if p.body.verdict == Verdict::Continue))
+    );
+    let st = svc.stats();
+    assert_eq!((st.plans_fetch, st.plans_continue), (1, 1));
+}
+
+#[test]
+fn unknown_card_gets_an_error_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    let card = mac("02:00:00:00:00:77");
+    svc.handle_frame(t0, &solicit(card, "toaster", 40, None, 1));
+    let out = messages(&svc.tick(t0));
+    assert!(out.iter().any(|(d, m)| *d == card
+        && matches!(m, Message::Error(e) if e.reason == ErrorReason::UnknownCard)));
+    use crate::store::Store as _;
+    let node = svc
+        .master()
+        .store()
+        .node(&"02:00:00:00:00:77".parse().unwrap())
+        .unwrap();
+    assert!(node.is_some(), "the card is recorded as seen");
+    assert_eq!(svc.stats().unknown_cards, 1);
+}
+
+#[test]
+fn solicit_storm_is_served_fairly_and_repeats_cost_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    let cards: Vec<MacAddr> = (1..=40u8).map(|i| MacAddr([2, 0, 0, 1, 0, i])).collect();
+    for (i, c) in cards.iter().enumerate() {
+        let slot = u16::try_from(1 + i % 8).unwrap();
+        svc.handle_frame(t0, &solicit(*c, "lc100", slot, None, 1));
+        // A card that retries while queued keeps its place and is served once.
+        svc.handle_frame(t0, &solicit(*c, "lc100", slot, None, 1));
+    }
+    assert_eq!(svc.queued_solicits(), 40);
+    let first = messages(&svc.tick(t0));
+    let plans = |v: &[(MacAddr, Message)]| {
+        v.iter()
+            .filter(|(_, m)| matches!(m, Message::Plan(_)))
+            .count()
+    };
+    assert_eq!(plans(&first), 32, "one budget per tick");
+    let second = messages(&svc.tick(t0));
+    assert_eq!(plans(&second), 8);
+    // A repeat of an answered Solicit is answered from the cache.
+    let again = messages(&svc.handle_frame(t0, &solicit(cards[0], "lc100", 1, None, 1)));
+    assert_eq!(plans(&again), 1);
+    let st = svc.stats();
+    assert_eq!(
+        (
+            st.solicits_served,
+            st.solicits_coalesced,
+            st.solicits_repeated
+        ),
+        (40, 40, 1)
+    );
+}
+
+#[test]
+fn fetch_of_an_artifact_outside_the_plan_is_refused_inside_it_joins_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    let card = mac(fixture::N1);
+    svc.handle_frame(t0, &solicit(card, "lc100", 1, None, 1));
+    let plan = messages(&svc.tick(t0))
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Plan(p) => Some(p),
+            _ => None,
+        })
+        .unwrap();
+    let bad = Fetch {
+        artifact: [0x42; 32],
+        have_slices: 0,
+    };
+    assert!(messages(&svc.handle_frame(t0, &frame(card, ME, &Message::Fetch(bad)))).is_empty());
+    let good = Fetch {
+        artifact: plan.body.artifacts[0].sha256,
+        have_slices: 0,
+    };
+    let out = messages(&svc.handle_frame(t0, &frame(card, ME, &Message::Fetch(good.clone()))));
+    let join = out
+        .iter()
+        .find_map(|(_, m)| match m {
+            Message::Join(j) => Some(j.clone()),
+            _ => None,
+        })
+        .expect("a Join");
+    assert_eq!(
+        join.group.0[0], 0x03,
+        "locally administered multicast group"
+    );
+    // A second card within the join window shares the session.
+    let card2 = mac(fixture::N2);
+    svc.handle_frame(t0, &solicit(card2, "lc100", 2, None, 1));
+    svc.tick(t0);
+    let out = messages(&svc.handle_frame(t0, &frame(card2, ME, &Message::Fetch(good))));
+    assert!(
+        out.iter()
+            .any(|(_, m)| matches!(m, Message::Join(j) if j.transfer == join.transfer))
+    );
+    let st = svc.stats();
+    assert_eq!((st.fetches, st.fetches_refused, st.joins), (3, 1, 2));
+    assert_eq!(st.sessions.len(), 1);
+}
