@@ -13,7 +13,7 @@ mod tests {
     use std::time::Duration;
 
     use super::conv::{
-        Fixture, assert_all_fetched, init_log, spawn_cards, spawn_master, stop_after,
+        Fixture, assert_all_fetched, init_log, serial, spawn_cards, spawn_master, stop_after,
     };
     use shelfboot_master::master::Master;
     use shelfboot_master::serve::stats;
@@ -27,6 +27,7 @@ mod tests {
         if !lab::tier_enabled("one_pristine_card_becomes_ready_with_identical_artifacts") {
             return;
         }
+        let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
         let fx = Fixture::new(tmp.path(), MIB / 2);
@@ -89,6 +90,7 @@ mod tests {
         if !lab::tier_enabled("sixteen_cards_of_three_types_share_one_session_per_artifact") {
             return;
         }
+        let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
         let fx = Fixture::new(tmp.path(), MIB / 2);
@@ -152,6 +154,7 @@ mod tests {
         if !lab::tier_enabled("two_percent_loss_still_gives_correct_artifacts") {
             return;
         }
+        let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
         let fx = Fixture::new(tmp.path(), MIB / 2);
@@ -188,6 +191,7 @@ mod tests {
         if !lab::tier_enabled("card_killed_mid_transfer_resumes_on_restart") {
             return;
         }
+        let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
         let fx = Fixture::new(tmp.path(), MIB);
@@ -237,6 +241,7 @@ mod tests {
         if !lab::tier_enabled("master_restarted_mid_transfer_cards_resume") {
             return;
         }
+        let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
         let fx = Fixture::new(tmp.path(), MIB);

@@ -11,7 +11,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
-    use super::conv::{Fixture, init_log, spawn_cards, spawn_master};
+    use super::conv::{Fixture, init_log, serial, spawn_cards, spawn_master};
     use rand::{Rng, SeedableRng};
     use shelfboot_card::flash::{FileVolumes, Store, StoreConfig, Volumes};
     use shelfboot_master::master::Master;
@@ -145,6 +145,7 @@ mod tests {
         if !lab::tier_enabled("rogue_master_and_garbage_never_cause_a_write") {
             return;
         }
+        let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
         let fx = Fixture::new(tmp.path(), 4096);
@@ -182,6 +183,7 @@ mod tests {
         if !lab::tier_enabled("warm_boot_of_200_cards_moves_no_artifact_byte") {
             return;
         }
+        let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
         let fx = Fixture::new(tmp.path(), 4096);

@@ -253,3 +253,11 @@ pub fn assert_all_fetched(reports: &[CardReport]) {
 pub fn init_log() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
+
+/// Tests of one binary run one at a time (cargo runs them on parallel threads): they are
+/// CPU-bound simulations and the byte-count bounds assume the simulator keeps up.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
