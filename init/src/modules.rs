@@ -138,7 +138,13 @@ pub fn parse_list(
         }
         out.push(ModuleEntry {
             line,
-            path: base.join(rel),
+            // mkinitramfs writes paths relative to /lib/modules (`KVER/kernel/...`);
+            // hand-written lists (init/lab) are relative to the image root.
+            path: if rel.starts_with("lib/modules/") {
+                base.join(rel)
+            } else {
+                base.join("lib/modules").join(rel)
+            },
             params: params.to_string(),
         });
     }
@@ -252,6 +258,8 @@ lib/modules/6.1.0-56-amd64/kernel/drivers/mtd/devices/block2mtd.ko block2mtd=/de
     #[test]
     fn rejects_escaping_or_compressed_paths() {
         assert!(parse_list("a/x.ko.zst p=1", Path::new("L"), Path::new("/")).is_ok());
+        let mk = parse_list("6.1/kernel/a.ko", Path::new("L"), Path::new("/r")).unwrap();
+        assert_eq!(mk[0].path, Path::new("/r/lib/modules/6.1/kernel/a.ko"));
         for bad in ["../x.ko", "/abs/x.ko", "a/./b.ko", "a//b.ko", "x.o"] {
             let err = parse_list(bad, Path::new("L"), Path::new("/")).unwrap_err();
             assert!(err.to_string().starts_with("L line 1:"), "{err}");

@@ -246,7 +246,11 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                     );
                     if !autonomous && (cfg.stored || set.boot_image().is_none()) {
                         match fresh.mark_ready() {
-                            Ok(()) => log::info!("agent: set marked ready on flash"),
+                            Ok(()) => {
+                                // block2mtd and some MTD drivers buffer in the page cache.
+                                nix::unistd::sync();
+                                log::info!("agent: set marked ready on flash");
+                            }
                             Err(e) => log::error!(
                                 "agent: marking the set ready failed: {}",
                                 crate::error_chain(&e)

@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod flash;
 pub mod hostbin;
 pub mod kernel;
+pub mod release;
 pub mod shelf;
 pub mod vmlinux;
 

@@ -1,0 +1,333 @@
+//! The lab's sample release, made of real software: squashfs packages built with
+//! `mksquashfs` from Debian's busybox-static, and per-card-type boot images (the Debian
+//! bzImage + an initramfs with our init, its module load list and the master's plan
+//! anchor), plus the `system.toml` that `master pack` reads.
+//!
+//! ```text
+//! base 1.0.0       /bin/busybox, /sbin/init: start /etc/shelfboot/rc.d/*, print
+//!                  "SHELFBOOT-READY packages: ...", then idle
+//! heartbeat 1.0.0  depends base; rc.d/50-heartbeat prints "HEARTBEAT n" every 5 s
+//! diag 1.0.0       provides feature "diag"; rc.d/60-diag prints "DIAG up"
+//! boot "lab-kernel" per card type: SHBOOTIM(bzImage, initramfs, cmdline with the type)
+//! classes: every card gets heartbeat (and base); a card asking feature diag gets diag
+//! ```
+//!
+//! Packages are overlay layers (base at the bottom), so each package only ships its own
+//! files and its line in `/etc/shelfboot/packages/`. The same initramfs boots the card
+//! from QEMU (stage 1) and sits in the boot image a card kexecs (stage 2).
+//! Not here: signing, packing and importing (master), booting (crate::shelf).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shelfboot_mkinitramfs::build::{self, BuildSpec, ModuleSpec};
+use shelfboot_mkinitramfs::compress::Compression;
+
+use crate::cmd::{self, CmdError};
+use crate::flash::Block2mtd;
+use crate::kernel::Kernel;
+
+/// The console line a card prints when its package root is up.
+pub const READY_LINE: &str = "SHELFBOOT-READY packages:";
+/// The heartbeat service's console line prefix.
+pub const HEARTBEAT_LINE: &str = "HEARTBEAT ";
+/// Name of the boot image in the release.
+pub const BOOT_NAME: &str = "lab-kernel";
+/// Release version.
+pub const VERSION: &str = "1.0.0";
+/// Kernel arguments every lab card gets (stage 1 and stored images alike).
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 panic=-1 quiet ipv6.disable=1 shelfboot.carrier_timeout=5";
+
+/// What a release is built from.
+#[derive(Debug, Clone)]
+pub struct ReleaseSpec {
+    /// Card types that get a boot image.
+    pub card_types: Vec<String>,
+    /// The static init binary (PID 1 of the initramfs).
+    pub init: PathBuf,
+    /// Trust anchor file for the initramfs (the master's `plan.anchor`).
+    pub anchor: PathBuf,
+    /// Seconds a card waits for a master before booting its committed set alone.
+    pub master_timeout_s: u32,
+}
+
+/// A built release.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// Directory holding `system.toml` and `files/`.
+    pub dir: PathBuf,
+    /// The `system.toml` for `master pack`.
+    pub system_toml: PathBuf,
+    /// The initramfs QEMU boots (same bytes as in every boot image).
+    pub initramfs: PathBuf,
+    /// Sizes of the artifacts, by file name (for reports).
+    pub sizes: Vec<(String, u64)>,
+}
+
+/// Failures building the release.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// Writing a file of the release failed.
+    #[error("cannot write {path} of the lab release")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// mksquashfs failed (is squashfs-tools installed?).
+    #[error("building package {name} with mksquashfs failed (apt-get install squashfs-tools)")]
+    Squashfs {
+        /// Package.
+        name: String,
+        /// The cause.
+        #[source]
+        source: CmdError,
+    },
+    /// The initramfs could not be built.
+    #[error("building the lab initramfs failed")]
+    Initramfs(#[source] build::BuildError),
+    /// The boot image could not be assembled.
+    #[error("building the boot image for card type {card_type} failed")]
+    BootImage {
+        /// Card type.
+        card_type: String,
+        /// The cause.
+        #[source]
+        source: shelfboot_mkinitramfs::bootimage::BootImageError,
+    },
+    /// A host file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<(), ReleaseError> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(|source| ReleaseError::Write {
+            path: p.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::write(path, data).map_err(|source| ReleaseError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_exec(path: &Path, text: &str) -> Result<(), ReleaseError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
+        ReleaseError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// The base root's /sbin/init: starts the services of every layer, says Ready, idles.
+const BASE_INIT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin
+for s in /etc/shelfboot/rc.d/*; do [ -x "$s" ] && "$s" & done
+echo "SHELFBOOT-READY packages: $(cat /etc/shelfboot/packages/* | tr '\n' ' ')uptime $(cut -d' ' -f1 /proc/uptime)"
+while :; do sleep 3600; done
+"#;
+
+const HEARTBEAT: &str = r#"#!/bin/sh
+n=0
+while :; do n=$((n+1)); echo "HEARTBEAT $n"; sleep 5; done
+"#;
+
+const DIAG: &str = "#!/bin/sh\necho \"DIAG up\"\n";
+
+const BUSYBOX_APPLETS: &[&str] = &["sh", "cat", "echo", "sleep", "cut", "tr", "ls", "mount"];
+
+/// Builds one package tree into `out` with mksquashfs (fixed times, root-owned).
+fn squashfs(name: &str, tree: &Path, out: &Path) -> Result<(), ReleaseError> {
+    cmd::run(Command::new("mksquashfs").args([
+        tree.as_os_str(),
+        out.as_os_str(),
+        "-noappend".as_ref(),
+        "-quiet".as_ref(),
+        "-no-progress".as_ref(),
+        "-all-root".as_ref(),
+        "-comp".as_ref(),
+        "gzip".as_ref(),
+        "-mkfs-time".as_ref(),
+        "0".as_ref(),
+        "-all-time".as_ref(),
+        "0".as_ref(),
+    ]))
+    .map(|_| ())
+    .map_err(|source| ReleaseError::Squashfs {
+        name: name.into(),
+        source,
+    })
+}
+
+/// Writes package `name`'s tree under `dir/trees/` and returns its path.
+fn package_tree(name: &str, dir: &Path) -> Result<PathBuf, ReleaseError> {
+    let t = dir.join("trees").join(name);
+    let _ = std::fs::remove_dir_all(&t);
+    write(
+        &t.join("etc/shelfboot/packages").join(name),
+        format!("{name}-{VERSION}\n"),
+    )?;
+    match name {
+        "base" => {
+            let bin = t.join("bin");
+            std::fs::create_dir_all(&bin).map_err(|source| ReleaseError::Write {
+                path: bin.clone(),
+                source,
+            })?;
+            std::fs::copy("/bin/busybox", bin.join("busybox")).map_err(|source| {
+                ReleaseError::Read {
+                    path: "/bin/busybox".into(),
+                    source,
+                }
+            })?;
+            for a in BUSYBOX_APPLETS {
+                let link = t.join("bin").join(a);
+                std::os::unix::fs::symlink("busybox", &link)
+                    .map_err(|source| ReleaseError::Write { path: link, source })?;
+            }
+            write_exec(&t.join("sbin/init"), BASE_INIT)?;
+            for d in ["dev", "proc", "sys", "run", "tmp", "etc/shelfboot/rc.d"] {
+                std::fs::create_dir_all(t.join(d)).map_err(|source| ReleaseError::Write {
+                    path: t.join(d),
+                    source,
+                })?;
+            }
+        }
+        "heartbeat" => write_exec(&t.join("etc/shelfboot/rc.d/50-heartbeat"), HEARTBEAT)?,
+        _ => write_exec(&t.join("etc/shelfboot/rc.d/60-diag"), DIAG)?,
+    }
+    Ok(t)
+}
+
+/// The lab initramfs: our init, the modules for virtio-net, block2mtd flash, UBI,
+/// squashfs and overlayfs (with load.list), and the trust anchor.
+pub fn initramfs(k: &Kernel, init: &Path, anchor: &Path) -> Result<Vec<u8>, ReleaseError> {
+    let mut wanted: Vec<(String, String)> = vec![("virtio_net".into(), String::new())];
+    wanted.extend(Block2mtd::default().modules());
+    for m in ["ubi", "squashfs", "overlay"] {
+        wanted.push((m.into(), String::new()));
+    }
+    let spec = BuildSpec {
+        init: Some(init.to_path_buf()),
+        modules: Some(ModuleSpec {
+            root: k.root.clone(),
+            kver: k.version.clone(),
+            wanted,
+        }),
+        trust: vec![anchor.to_path_buf()],
+        compression: Compression::Gzip,
+        ..BuildSpec::default()
+    };
+    build::build(&spec)
+        .map(|b| b.archive)
+        .map_err(ReleaseError::Initramfs)
+}
+
+/// Kernel arguments of a stored image for `card_type` (the plan's command line).
+pub fn stored_cmdline(card_type: &str) -> String {
+    format!("{BASE_CMDLINE} shelfboot.card={card_type}")
+}
+
+/// Kernel arguments of a card's first (QEMU) boot: type, slot and features.
+pub fn card_append(card_type: &str, slot: u16, features: &[&str], master_timeout_s: u32) -> String {
+    let mut s = format!(
+        "quiet ipv6.disable=1 shelfboot.carrier_timeout=5 shelfboot.card={card_type} shelfboot.slot={slot} shelfboot.master_timeout={master_timeout_s}"
+    );
+    if !features.is_empty() {
+        s.push_str(&format!(" shelfboot.features={}", features.join(",")));
+    }
+    s
+}
+
+/// Builds the release into `dir` (see the module docs).
+pub fn build(k: &Kernel, spec: &ReleaseSpec, dir: &Path) -> Result<Release, ReleaseError> {
+    let files = dir.join("files");
+    let mut sizes = Vec::new();
+    let mut toml = format!("[release]\nname = \"lab-os\"\nversion = \"{VERSION}\"\n\n");
+    for (name, extra) in [
+        ("base", ""),
+        ("heartbeat", "depends = { base = \"^1\" }\n"),
+        (
+            "diag",
+            "provides = [\"diag\"]\ndepends = { base = \"^1\" }\n",
+        ),
+    ] {
+        let tree = package_tree(name, dir)?;
+        let file = format!("{name}-{VERSION}-x86_64.sqfs");
+        let out = files.join(&file);
+        std::fs::create_dir_all(&files).map_err(|source| ReleaseError::Write {
+            path: files.clone(),
+            source,
+        })?;
+        squashfs(name, &tree, &out)?;
+        sizes.push((file.clone(), std::fs::metadata(&out).map_or(0, |m| m.len())));
+        toml.push_str(&format!(
+            "[[package]]\nname = \"{name}\"\nversion = \"{VERSION}\"\narch = \"x86_64\"\nfile = \"files/{file}\"\n{extra}\n"
+        ));
+    }
+    let initrd = initramfs(k, &spec.init, &spec.anchor)?;
+    let initramfs_path = dir.join("initramfs.cpio.gz");
+    write(&initramfs_path, &initrd)?;
+    let kernel = std::fs::read(&k.bzimage).map_err(|source| ReleaseError::Read {
+        path: k.bzimage.clone(),
+        source,
+    })?;
+    for ct in &spec.card_types {
+        let cmdline = stored_cmdline(ct);
+        let img = shelfboot_mkinitramfs::bootimage::build(&kernel, &initrd, &cmdline).map_err(
+            |source| ReleaseError::BootImage {
+                card_type: ct.clone(),
+                source,
+            },
+        )?;
+        let file = format!("{BOOT_NAME}-{ct}.img");
+        write(&files.join(&file), &img)?;
+        sizes.push((file.clone(), img.len() as u64));
+        toml.push_str(&format!(
+            "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"x86_64\"\nimage = \"files/{file}\"\ncmdline = \"{cmdline}\"\n\n",
+            k.version.split('-').next().unwrap_or("6"),
+        ));
+    }
+    let types: Vec<String> = spec.card_types.iter().map(|t| format!("\"{t}\"")).collect();
+    toml.push_str(&format!(
+        "[[class]]\nname = \"lab\"\nmatch = {{ card_types = [{}] }}\nboot = \"{BOOT_NAME}\"\npackages = {{ heartbeat = \"^1\" }}\n\n[defaults]\npackages = {{ base = \"^1\" }}\n",
+        types.join(", ")
+    ));
+    let system_toml = dir.join("system.toml");
+    write(&system_toml, toml)?;
+    Ok(Release {
+        dir: dir.to_path_buf(),
+        system_toml,
+        initramfs: initramfs_path,
+        sizes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_append_names_type_slot_and_features() {
+        let a = card_append("lc100", 3, &["diag"], 20);
+        assert!(a.contains("shelfboot.card=lc100"), "{a}");
+        assert!(a.contains("shelfboot.slot=3"), "{a}");
+        assert!(a.contains("shelfboot.features=diag"), "{a}");
+        assert!(!card_append("fab10", 1, &[], 20).contains("features"));
+        assert!(stored_cmdline("fab10").ends_with("shelfboot.card=fab10"));
+    }
+}
