@@ -346,9 +346,10 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
         match prov.provision(&mut session) {
             Ok(p) => p,
             Err(e) => {
+                // The conversation failed before any master answered: autonomy.
                 log::error!("{}", crate::error_chain(&e));
                 Provisioned::NoMaster {
-                    waited: cfg.master_timeout,
+                    waited: Duration::ZERO,
                 }
             }
         }
