@@ -288,7 +288,13 @@ pub fn hand_off<V: Volumes>(
         };
         let vols = store.volumes_mut();
         let read = |off: u64, buf: &mut [u8]| vols.read(id, off, buf);
-        return FlowError::Handoff(handoff::kexec(k, paths, &boot.volume, read, &set.cmdline));
+        return FlowError::Handoff(handoff::kexec(
+            k,
+            paths,
+            &boot.volume,
+            read,
+            &crate::provision::carried_cmdline(cfg, &set.cmdline),
+        ));
     }
     let mut layers = Vec::new();
     for p in set.packages() {

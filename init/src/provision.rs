@@ -27,6 +27,7 @@ use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::{Arch, BootPhase};
 use shelfboot_proto::sign::{SignError, TrustAnchor};
 
+use crate::config::{Config, Source};
 use crate::flash::UbiVolumes;
 use crate::flow::{ProvisionError, Provisioned, Provisioner, Session};
 use crate::sys::SysError;
@@ -357,6 +358,42 @@ fn send_all(sock: &mut PacketSocket, out: &mut Vec<Vec<u8>>) {
     out.clear();
 }
 
+/// The command line a stored image is kexec'd with: the plan's, plus this card's own
+/// keys the plan cannot know (type from the command line, shelf, slot, features,
+/// interface, master timeout), each unless the plan sets it already.
+pub fn carried_cmdline(cfg: &Config, plan: &str) -> String {
+    let mut keys: Vec<(&str, String)> = Vec::new();
+    if cfg.card_source == Source::Cmdline {
+        keys.push(("card", cfg.card.clone()));
+    }
+    if let Some(s) = cfg.shelf {
+        keys.push(("shelf", s.to_string()));
+    }
+    if let Some(s) = cfg.slot {
+        keys.push(("slot", s.to_string()));
+    }
+    if !cfg.features.is_empty() {
+        keys.push(("features", cfg.features.join(",")));
+    }
+    if let Some(i) = &cfg.iface {
+        keys.push(("iface", i.clone()));
+    }
+    if cfg.master_timeout != Config::default().master_timeout {
+        keys.push((
+            "master_timeout",
+            format!("{}ms", cfg.master_timeout.as_millis()),
+        ));
+    }
+    let mut out = plan.trim().to_string();
+    for (k, v) in keys {
+        let prefix = format!("shelfboot.{k}=");
+        if !plan.split_whitespace().any(|w| w.starts_with(&prefix)) {
+            out.push_str(&format!(" {prefix}{v}"));
+        }
+    }
+    out
+}
+
 fn random(buf: &mut [u8]) -> Result<(), AgentRunError> {
     use std::io::Read as _;
     std::fs::File::open("/dev/urandom")
@@ -472,6 +509,32 @@ mod tests {
             load_anchor(&t.path().join("missing")),
             Err(AgentRunError::ReadAnchor { .. })
         ));
+    }
+
+    #[test]
+    fn stored_cmdline_carries_the_card_identity_but_not_over_the_plan() {
+        let cfg = Config {
+            card: "lc100".into(),
+            card_source: Source::Cmdline,
+            slot: Some(3),
+            features: vec!["diag".into(), "x".into()],
+            ..Config::default()
+        };
+        let t = Config {
+            master_timeout: Duration::from_secs(60),
+            ..cfg.clone()
+        };
+        assert!(carried_cmdline(&t, "").ends_with(" shelfboot.master_timeout=60000ms"));
+        let c = carried_cmdline(&cfg, "console=ttyS0 shelfboot.slot=9");
+        assert_eq!(
+            c,
+            "console=ttyS0 shelfboot.slot=9 shelfboot.card=lc100 shelfboot.features=diag,x"
+        );
+        let dmi = Config {
+            card_source: Source::Dmi,
+            ..cfg
+        };
+        assert!(!carried_cmdline(&dmi, "").contains("shelfboot.card="));
     }
 
     #[test]
