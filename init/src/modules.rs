@@ -2,9 +2,9 @@
 //!
 //! The list is `/lib/modules/load.list`, written by shelfboot-mkinitramfs
 //! (`render_load_list`; format in `docs/init.md`): one module per line, its path relative
-//! to the image root (`lib/modules/<kver>/kernel/...`), then after one space optional
-//! parameters exactly as for `insmod` (`key=value ...`); `#` starts a comment line; blank
-//! lines are skipped. The
+//! to `/lib/modules` (`<kver>/kernel/...`; a path starting with `lib/modules/` is taken as
+//! relative to the image root), then after one space optional parameters exactly as for
+//! `insmod` (`key=value ...`); `#` starts a comment line; blank lines are skipped. The
 //! order is the load order: mkinitramfs resolves `modules.dep` (plus the known soft
 //! dependencies, e.g. zstd before ubifs) and writes dependencies first. init does no
 //! resolution of its own. A parameter value naming a device node (`/dev/...`, up to the
