@@ -15,6 +15,7 @@ pub mod flash;
 pub mod hostbin;
 pub mod kernel;
 pub mod release;
+pub mod scenario;
 pub mod shelf;
 pub mod vmlinux;
 

@@ -1,5 +1,7 @@
-//! `shelfboot-lab`: get the lab kernel, or boot one card by hand with its console on
-//! stdout. Scenarios live in tests; see docs/lab.md.
+//! `shelfboot-lab`: get the lab kernel, boot one card by hand with its console on
+//! stdout, or run the shelf demo. Scenarios live in tests; see docs/lab.md.
+
+mod demo;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +26,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Boot a small shelf from erased flash with live progress, then warm-boot it, and
+    /// print a table (cleans up after itself, also on Ctrl-C).
+    Demo {
+        /// Number of cards (types alternate lc100/fab10; every third asks feature diag).
+        #[arg(long, default_value_t = 3)]
+        cards: usize,
+        /// Keep the work directory (consoles, flash images, master state).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Acquire (or find cached) the Debian kernel and print its paths.
     Kernel {
         /// Ask apt for the current version even if one is cached.
@@ -58,6 +70,16 @@ enum Cmd {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Cmd::Demo { cards, keep } => {
+            let work = std::env::temp_dir().join(format!("shelfboot-demo-{}", std::process::id()));
+            let r = demo::run(cards, &work, &mut std::io::stdout());
+            if keep {
+                eprintln!("shelfboot-lab: work directory kept: {}", work.display());
+            } else if let Err(e) = std::fs::remove_dir_all(&work) {
+                eprintln!("shelfboot-lab: cannot remove {}: {e}", work.display());
+            }
+            r
+        }
         Cmd::Kernel { refresh } => {
             let started = Instant::now();
             let k = kernel::acquire(&kernel::cache_dir(), refresh)

@@ -13,22 +13,17 @@
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
     use shelfboot_master::master::Master;
-    use shelfboot_master::serve::{self, ServeConfig, ServeStats};
     use shelfboot_master::store::NodeState;
-    use shelfboot_qemu::backplane::MASTER_IF;
-    use shelfboot_qemu::card::{CardConfig, create_erased_image};
-    use shelfboot_qemu::release::{self, ReleaseSpec};
+    use shelfboot_qemu::kernel;
+    use shelfboot_qemu::release;
+    use shelfboot_qemu::scenario::{self, card_features, card_type};
     use shelfboot_qemu::shelf::{Shelf, card_mac};
-    use shelfboot_qemu::{Backplane, kernel};
-
-    const TYPES: [&str; 2] = ["lc100", "fab10"];
-    const FLASH: u64 = 64 << 20;
 
     fn gated() -> bool {
         if std::env::var("SHELFBOOT_TIER_QEMU").as_deref() == Ok("1") {
@@ -38,50 +33,6 @@ mod tests {
             "skipped: needs root, QEMU and the Debian kernel; run with SHELFBOOT_TIER_QEMU=1"
         );
         false
-    }
-
-    fn init_binary() -> PathBuf {
-        if let Ok(p) = std::env::var("SHELFBOOT_INIT_BIN") {
-            return p.into();
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "shelfboot-init",
-                "--profile",
-                "init-release",
-                "--target",
-                "x86_64-unknown-linux-musl",
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "building the static init failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
-            |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-            PathBuf::from,
-        );
-        target.join("x86_64-unknown-linux-musl/init-release/shelfboot-init")
-    }
-
-    /// Runs `master serve` on the backplane's master port until `stop`.
-    fn spawn_master(
-        bp: &Backplane,
-        state: &Path,
-        stop: Arc<AtomicBool>,
-    ) -> std::thread::JoinHandle<ServeStats> {
-        let ns = std::fs::File::open(format!("/run/netns/{}", bp.netns())).unwrap();
-        let cfg = ServeConfig::new(MASTER_IF, state);
-        std::thread::spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            serve::run(&cfg, &stop).unwrap()
-        })
-    }
-
-    fn card_type(i: usize) -> &'static str {
-        TYPES[i % TYPES.len()]
     }
 
     #[test]
@@ -102,51 +53,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&logs);
         std::fs::create_dir_all(&logs).unwrap();
 
-        // Master state: vendor key trusted, plan key (its anchor goes into the initramfs).
-        let state = dir.join("state");
-        let (secret, public, _) = shelfboot_master::keys::keygen(&dir.join("vendor")).unwrap();
-        let mut m = Master::open(&state).unwrap();
-        m.trust_add(&public, "lab vendor").unwrap();
-        serve::load_key(&ServeConfig::new(MASTER_IF, &state)).unwrap();
-        let rel = release::build(
-            &k,
-            &ReleaseSpec {
-                card_types: TYPES.iter().map(|t| t.to_string()).collect(),
-                init: init_binary(),
-                anchor: state.join("plan.anchor"),
-                master_timeout_s: 60,
-            },
-            &dir.join("release"),
-        )
-        .unwrap();
-        eprintln!("release: {:?}", rel.sizes);
-        let key = shelfboot_master::keys::read_signing_key(&secret).unwrap();
-        let packed = shelfboot_master::image::pack::prepare(&rel.system_toml).unwrap();
-        let image = dir.join("release.img");
-        shelfboot_master::image::pack::write_image(&packed, &key, &image).unwrap();
-        m.import_file(&image, true, &mut |_, _| {}).unwrap();
-        drop(m);
+        let init = scenario::init_binary().unwrap();
+        let lab = scenario::prepare(&k, dir, &init).unwrap();
+        eprintln!("release: {:?}", lab.release.sizes);
         eprintln!(
             "release built and imported in {:.1} s",
             t0.elapsed().as_secs_f64()
         );
+        let state = lab.state.clone();
 
         // Pristine boot.
-        let configure = |i: usize| {
-            let disk = dir.join(format!("flash-{i}.img"));
-            if !disk.exists() {
-                create_erased_image(&disk, FLASH).unwrap();
-            }
-            let feats: &[&str] = if i % 3 == 2 { &["diag"] } else { &[] };
-            let mut c = CardConfig::new(&format!("card{i}"), &k.vmlinux, &rel.initramfs, &logs);
-            c.append = release::card_append(card_type(i), u16::try_from(i + 1).unwrap(), feats, 60);
-            c.disk = Some(disk);
-            c
-        };
+        let configure = |i: usize| scenario::card_config(&lab, i, &logs).unwrap();
         let t1 = Instant::now();
         let mut shelf = Shelf::start(n, configure).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let master = spawn_master(shelf.backplane(), &state, stop.clone());
+        let master = scenario::spawn_master(shelf.backplane(), &state, stop.clone()).unwrap();
         let ready = shelf
             .wait_all(
                 release::READY_LINE,
@@ -166,7 +87,12 @@ mod tests {
                 "{}",
                 r.line
             );
-            assert_eq!(r.line.contains("diag-1.0.0"), i % 3 == 2, "{}", r.line);
+            assert_eq!(
+                r.line.contains("diag-1.0.0"),
+                !card_features(i).is_empty(),
+                "{}",
+                r.line
+            );
         }
         shelf
             .wait_all(release::HEARTBEAT_LINE, Duration::from_secs(20))
@@ -174,7 +100,7 @@ mod tests {
         // Let the Ready repeats of the stored image reach the master, then stop it.
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::Relaxed);
-        let s1 = master.join().unwrap();
+        let s1 = master.join().unwrap().unwrap();
         eprintln!(
             "pristine: {n} cards Ready in {:.1} s; master: {} artifact bytes, {} fetch / {} continue plans, {} ready",
             pristine.as_secs_f64(),
@@ -199,7 +125,7 @@ mod tests {
 
         // Warm power cycle: validation only.
         let stop = Arc::new(AtomicBool::new(false));
-        let master = spawn_master(shelf.backplane(), &state, stop.clone());
+        let master = scenario::spawn_master(shelf.backplane(), &state, stop.clone()).unwrap();
         let t2 = Instant::now();
         shelf.power_cycle_all().unwrap();
         let ready = shelf
@@ -211,7 +137,7 @@ mod tests {
         }
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::Relaxed);
-        let s2 = master.join().unwrap();
+        let s2 = master.join().unwrap().unwrap();
         eprintln!(
             "warm: {n} cards Ready in {:.1} s; master: {} artifact bytes, {} fetch / {} continue plans; total {:.1} s",
             warm.as_secs_f64(),

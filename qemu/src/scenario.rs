@@ -1,0 +1,316 @@
+//! End-to-end building blocks shared by the QEMU scenario tests and `shelfboot-lab demo`:
+//! a master state with the lab release imported, `master serve` on the backplane's master
+//! port (a thread inside the namespace), card configurations, and a console parser that
+//! says where a card is in its boot.
+//!
+//! ```text
+//! prepare: vendor key → Master::open + trust → plan key (plan.anchor) → release::build
+//!          (anchor baked into the initramfs) → pack (signed) → import
+//! spawn_master: setns(backplane) → serve::run until stop → ServeStats
+//! ```
+//!
+//! Not here: booting (crate::shelf), assertions (the tests), the live display (main.rs).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+
+use shelfboot_master::master::Master;
+use shelfboot_master::serve::{self, ServeConfig, ServeStats};
+
+use crate::backplane::{Backplane, MASTER_IF};
+use crate::card::{CardConfig, create_erased_image};
+use crate::kernel::Kernel;
+use crate::release::{self, Release, ReleaseSpec};
+
+/// Card types of the lab release.
+pub const TYPES: [&str; 2] = ["lc100", "fab10"];
+/// Flash size of a lab card (block2mtd over a raw image).
+pub const FLASH: u64 = 64 << 20;
+/// Seconds a card waits for a master before booting alone.
+pub const MASTER_TIMEOUT_S: u32 = 60;
+
+/// A failed scenario step.
+#[derive(Debug, thiserror::Error)]
+#[error("lab scenario step failed: {step}")]
+pub struct ScenarioError {
+    /// What was being done.
+    pub step: String,
+    /// The cause.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn step<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> ScenarioError {
+    let step = what.into();
+    move |e| ScenarioError {
+        step,
+        source: Box::new(e),
+    }
+}
+
+/// A master state with the lab release imported.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    /// The Debian kernel.
+    pub kernel: Kernel,
+    /// Work directory.
+    pub dir: PathBuf,
+    /// Master state directory.
+    pub state: PathBuf,
+    /// The release.
+    pub release: Release,
+}
+
+/// The static init: `SHELFBOOT_INIT_BIN`, else built with cargo (init-release, musl).
+pub fn init_binary() -> Result<PathBuf, ScenarioError> {
+    if let Ok(p) = std::env::var("SHELFBOOT_INIT_BIN") {
+        return Ok(p.into());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = std::process::Command::new(cargo);
+    c.args([
+        "build",
+        "-q",
+        "-p",
+        "shelfboot-init",
+        "--profile",
+        "init-release",
+        "--target",
+        "x86_64-unknown-linux-musl",
+    ]);
+    crate::cmd::run(&mut c).map_err(step(
+        "build the static init (cargo build -p shelfboot-init)",
+    ))?;
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    Ok(target.join("x86_64-unknown-linux-musl/init-release/shelfboot-init"))
+}
+
+/// Builds the release into `dir` and imports it into a fresh master state `dir/state`.
+pub fn prepare(kernel: &Kernel, dir: &Path, init: &Path) -> Result<Lab, ScenarioError> {
+    let state = dir.join("state");
+    let (secret, public, _) = shelfboot_master::keys::keygen(&dir.join("vendor"))
+        .map_err(step("generate the vendor key"))?;
+    let mut m = Master::open(&state).map_err(step(format!("open {}", state.display())))?;
+    m.trust_add(&public, "lab vendor")
+        .map_err(step("trust the vendor key"))?;
+    serve::load_key(&ServeConfig::new(MASTER_IF, &state))
+        .map_err(step("create the plan-signing key"))?;
+    let rel = release::build(
+        kernel,
+        &ReleaseSpec {
+            card_types: TYPES.iter().map(|t| t.to_string()).collect(),
+            init: init.to_path_buf(),
+            anchor: state.join("plan.anchor"),
+            master_timeout_s: MASTER_TIMEOUT_S,
+        },
+        &dir.join("release"),
+    )
+    .map_err(step("build the lab release"))?;
+    let key =
+        shelfboot_master::keys::read_signing_key(&secret).map_err(step("read the vendor key"))?;
+    let packed = shelfboot_master::image::pack::prepare(&rel.system_toml)
+        .map_err(step(format!("pack {}", rel.system_toml.display())))?;
+    let image = dir.join("release.img");
+    shelfboot_master::image::pack::write_image(&packed, &key, &image)
+        .map_err(step("write the release image"))?;
+    m.import_file(&image, true, &mut |_, _| {})
+        .map_err(step("import the release"))?;
+    Ok(Lab {
+        kernel: kernel.clone(),
+        dir: dir.to_path_buf(),
+        state,
+        release: rel,
+    })
+}
+
+/// Type of card `i` (alternating).
+pub fn card_type(i: usize) -> &'static str {
+    TYPES[i % TYPES.len()]
+}
+
+/// Features card `i` asks for: every third card asks `diag`.
+pub fn card_features(i: usize) -> &'static [&'static str] {
+    if i % 3 == 2 { &["diag"] } else { &[] }
+}
+
+/// Configuration of card `i` (its flash image is created erased if missing).
+pub fn card_config(lab: &Lab, i: usize, logs: &Path) -> Result<CardConfig, ScenarioError> {
+    let disk = lab.dir.join(format!("flash-{i}.img"));
+    if !disk.exists() {
+        create_erased_image(&disk, FLASH)
+            .map_err(step(format!("create flash image {}", disk.display())))?;
+    }
+    let mut c = CardConfig::new(
+        &format!("card{i}"),
+        &lab.kernel.vmlinux,
+        &lab.release.initramfs,
+        logs,
+    );
+    c.append = release::card_append(
+        card_type(i),
+        u16::try_from(i + 1).unwrap_or(u16::MAX),
+        card_features(i),
+        MASTER_TIMEOUT_S,
+    );
+    c.disk = Some(disk);
+    Ok(c)
+}
+
+/// Runs `master serve` on the backplane's master port until `stop`.
+pub fn spawn_master(
+    bp: &Backplane,
+    state: &Path,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<Result<ServeStats, String>>, ScenarioError> {
+    let path = format!("/run/netns/{}", bp.netns());
+    let ns = std::fs::File::open(&path).map_err(step(format!("open {path}")))?;
+    let cfg = ServeConfig::new(MASTER_IF, state);
+    Ok(std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("entering the backplane namespace: {e}"))?;
+        serve::run(&cfg, &stop).map_err(|e| {
+            let mut s = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(c) = cur {
+                s.push_str(&format!(": {c}"));
+                cur = c.source();
+            }
+            s
+        })
+    }))
+}
+
+/// Where a card is in its boot, judged from its console (the last matching line wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// Kernel booting (nothing from init yet).
+    Kernel,
+    /// init runs (modules, link, flash).
+    Init,
+    /// Soliciting a plan.
+    Soliciting,
+    /// Fetching: (bytes done, bytes in total).
+    Fetching(u64, u64),
+    /// kexec into the stored image.
+    Kexec,
+    /// The stored image validates with the master.
+    Validating,
+    /// switch_root into the packages.
+    SwitchRoot,
+    /// Ready, with the package list.
+    Ready(String),
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Kernel => write!(f, "kernel booting"),
+            Stage::Init => write!(f, "init: modules, link, flash"),
+            Stage::Soliciting => write!(f, "asking the master for a plan"),
+            Stage::Fetching(d, t) => write!(
+                f,
+                "fetching {:.1} of {:.1} MB",
+                *d as f64 / 1e6,
+                *t as f64 / 1e6
+            ),
+            Stage::Kexec => write!(f, "committed; kexec into the stored image"),
+            Stage::Validating => write!(f, "stored image: validating with the master"),
+            Stage::SwitchRoot => write!(f, "switch_root into the packages"),
+            Stage::Ready(p) => write!(f, "READY ({p})"),
+        }
+    }
+}
+
+/// The stage shown by a console text (one boot's worth).
+pub fn stage_of(console: &str) -> Stage {
+    let mut st = Stage::Kernel;
+    let mut stored = false;
+    for l in console.lines() {
+        if let Some(rest) = l.split(release::READY_LINE).nth(1) {
+            let pk = rest.split(" uptime").next().unwrap_or("").trim();
+            st = Stage::Ready(pk.to_string());
+        } else if l.contains("starting as PID 1") {
+            st = Stage::Init;
+        } else if l.contains("config: stored") {
+            stored = l.trim_end().ends_with("true");
+        } else if l.contains("agent: soliciting") {
+            st = if stored {
+                Stage::Validating
+            } else {
+                Stage::Soliciting
+            };
+        } else if let Some((d, t)) = fetched(l) {
+            st = Stage::Fetching(d, t);
+        } else if l.contains("kexec: sync and reboot") {
+            st = Stage::Kexec;
+        } else if l.contains("switch_root: exec") {
+            st = Stage::SwitchRoot;
+        }
+    }
+    st
+}
+
+/// Parses `agent: fetched D of T bytes`.
+pub fn fetched(line: &str) -> Option<(u64, u64)> {
+    let rest = line.split("agent: fetched ").nth(1)?;
+    let mut w = rest.split_whitespace();
+    let d = w.next()?.parse().ok()?;
+    let _of = w.next()?;
+    let t = w.next()?.parse().ok()?;
+    Some((d, t))
+}
+
+/// Bytes card's plan needed fetched in this console (0 if it only validated).
+pub fn bytes_to_fetch(console: &str) -> u64 {
+    console
+        .lines()
+        .filter_map(fetched)
+        .map(|(_, t)| t)
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_follow_the_console() {
+        let mut c = String::from("[ 1.0] Linux\n");
+        assert_eq!(stage_of(&c), Stage::Kernel);
+        c.push_str("shelfboot-init: INFO  shelfboot-init 0.1.0 starting as PID 1\n");
+        c.push_str("shelfboot-init: INFO  config: stored          false\n");
+        assert_eq!(stage_of(&c), Stage::Init);
+        c.push_str("shelfboot-init: INFO  agent: soliciting a plan on eth0\n");
+        assert_eq!(stage_of(&c), Stage::Soliciting);
+        c.push_str("shelfboot-init: INFO  agent: fetched 5 of 10 bytes\n");
+        assert_eq!(stage_of(&c), Stage::Fetching(5, 10));
+        c.push_str("shelfboot-init: INFO  kexec: sync and reboot into the stored image\n");
+        assert_eq!(stage_of(&c), Stage::Kexec);
+        c.push_str("shelfboot-init: INFO  config: stored          true\n");
+        c.push_str("shelfboot-init: INFO  agent: soliciting a plan on eth0\n");
+        assert_eq!(stage_of(&c), Stage::Validating);
+        c.push_str("SHELFBOOT-READY packages: base-1.0.0 heartbeat-1.0.0 uptime 8.5\n");
+        assert_eq!(
+            stage_of(&c),
+            Stage::Ready("base-1.0.0 heartbeat-1.0.0".into())
+        );
+        assert_eq!(bytes_to_fetch(&c), 10);
+        assert_eq!(bytes_to_fetch("nothing"), 0);
+    }
+
+    #[test]
+    fn every_third_card_asks_diag_and_types_alternate() {
+        assert_eq!(card_type(0), "lc100");
+        assert_eq!(card_type(1), "fab10");
+        assert!(card_features(2).contains(&"diag"));
+        assert!(card_features(0).is_empty());
+    }
+}
