@@ -15,6 +15,8 @@ mod tests {
     use super::conv::{
         Fixture, assert_all_fetched, init_log, serial, spawn_cards, spawn_master, stop_after,
     };
+    use shelfboot_master::cli;
+    use shelfboot_master::control::{self, Reply, Request, StateLock};
     use shelfboot_master::master::Master;
     use shelfboot_master::serve::stats;
     use shelfboot_master::store::{NodeState, Store as _};
@@ -83,6 +85,67 @@ mod tests {
         assert_eq!(st.plans_continue, 1);
         drop(stop_c);
         let _ = stats::read(&fx.state).unwrap();
+    }
+
+    #[test]
+    fn operator_cli_works_while_serving() {
+        if !lab::tier_enabled("operator_cli_works_while_serving") {
+            return;
+        }
+        let _serial = serial();
+        init_log();
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = Fixture::new(tmp.path(), 64 * 1024);
+        let lab = Lab::new("conv-cli", 2).unwrap();
+        let cards = fx.cards(1);
+        let mac: shelfboot_master::policy::Mac = cards[0].mac.to_string().parse().unwrap();
+        // Hold the state lock as `master serve` does: a CLI request can then only be
+        // answered through the control socket of the serving master, not in-process.
+        let _lock = StateLock::acquire(&fx.state).unwrap();
+        let stop_m = Arc::new(AtomicBool::new(false));
+        let (nodes, history, st) = std::thread::scope(|s| {
+            let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
+            let c = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p1", cards.clone(), Duration::from_secs(30)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let reports = c.join().unwrap();
+            assert_all_fetched(&reports);
+            // The master still serves the backplane; the operator asks it.
+            let nodes = cli::run_request(&fx.state, Request::Nodes);
+            let history = cli::run_request(
+                &fx.state,
+                Request::History {
+                    node: Some(mac.clone()),
+                    limit: 50,
+                },
+            );
+            stop_m.store(true, Ordering::Relaxed);
+            (nodes, history, m.join().unwrap())
+        });
+        let Reply::Nodes(nodes) = nodes.unwrap() else {
+            panic!("not a node list")
+        };
+        assert_eq!(nodes.len(), 1, "{nodes:?}");
+        assert_eq!(nodes[0].node.identity.mac, mac);
+        assert_eq!(nodes[0].node.state, NodeState::Ready);
+        assert_eq!(nodes[0].in_sync, Some(true));
+        let Reply::History(events) = history.unwrap() else {
+            panic!("not a history")
+        };
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == "state" && e.detail == "ready"),
+            "{events:?}"
+        );
+        assert_eq!(st.control_requests, 2, "{st:?}");
+        assert!(
+            !control::socket_path(&fx.state).exists(),
+            "serve removes its control socket at exit"
+        );
     }
 
     #[test]

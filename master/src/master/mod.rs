@@ -634,6 +634,17 @@ impl<S: Store> Master<S> {
         Ok(self.store.record_inventory(mac, inv, now())?)
     }
 
+    /// Groups the following backplane writes into one transaction (see
+    /// [`crate::store::Store::begin_batch`]).
+    pub fn begin_batch(&mut self) -> Result<(), MasterError> {
+        Ok(self.store.begin_batch()?)
+    }
+
+    /// Commits the writes grouped since [`Master::begin_batch`].
+    pub fn end_batch(&mut self) -> Result<(), MasterError> {
+        Ok(self.store.end_batch()?)
+    }
+
     /// A card has not been heard from.
     pub fn mark_absent(&mut self, mac: &Mac) -> Result<(), MasterError> {
         Ok(self.store.mark_absent(mac, now())?)

@@ -3,7 +3,8 @@
 //!
 //! `serve` holds the state lock for its whole run (like `master daemon`), blocks SIGINT and
 //! SIGTERM in every thread and waits for them in one thread, which sets the stop flag: the
-//! service writes its final stats and exits 0. It does not daemonize.
+//! service writes its final stats and exits 0. It does not daemonize. It serves the
+//! control socket like `master daemon`, so the operator CLI works while it runs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub struct ServeArgs {
     /// Join window of a new transfer session, in milliseconds.
     #[arg(long, default_value_t = 300)]
     pub join_window_ms: u64,
+    /// Also allow this group on the control socket (mode 0660), as `master daemon --group`.
+    #[arg(long)]
+    pub group: Option<String>,
     /// Stop after this many seconds (default: until SIGINT/SIGTERM).
     #[arg(long)]
     pub for_secs: Option<u64>,
@@ -83,6 +87,7 @@ pub fn serve(state: &Path, args: &ServeArgs) -> Result<(), ServeCliError> {
     }
     let mut cfg = ServeConfig::new(&args.iface, state);
     cfg.key = args.key.clone();
+    cfg.control_group = args.group.clone();
     cfg.max_rate = args.max_rate_mbs.saturating_mul(1_000_000);
     cfg.join_window = Duration::from_millis(args.join_window_ms);
     let st = super::run(&cfg, &stop)?;

@@ -3,13 +3,22 @@
 //! report in the node database, and heartbeats with its epoch.
 //!
 //! ```text
+//!   poll(backplane, control.sock) ≤ 20 ms
+//!        │
 //!   recv_batch ──> Service::handle_frame ──> replies (Plan, Join, Error)
 //!        ^              │ queue Solicits (fair, one per card)
 //!        │              v
-//!   wait ≤ 20 ms   Service::tick ──> Plans (≤ budget per tick), Heartbeat
+//!        │         Service::tick ──> Plans (≤ budget per tick), Heartbeat
 //!        │         Service::poll_data ──> data frames (xfer Senders, paced)
-//!        └──────── send_batch  ·  every second: STATE/serve-stats.json
+//!        │         send_batch  ·  every second: STATE/serve-stats.json
+//!        └──────── control.sock readable: Daemon::poll_once(Service::master_mut)
 //! ```
+//!
+//! While it serves, `master serve` also answers the operator CLI on `STATE/control.sock`
+//! exactly as `master daemon` does (same [`crate::control::Daemon`], same `Master`), so
+//! `master nodes`, `assign`, `test-mode` … work against a serving master. One request is
+//! handled at a time inside the loop: a slow request (an import) pauses the backplane for
+//! its duration; cards retry.
 //!
 //! Files in the state directory: `plan.key`/`plan.pub` (the plan-signing key, made on
 //! first start unless `--key` names one), `plan.anchor` (the public key as a card trust
@@ -24,10 +33,12 @@ pub mod service;
 pub mod sessions;
 pub mod stats;
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use shelfboot_netio::{PacketSocket, SocketConfig};
 use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::sign::SigningKey;
@@ -35,6 +46,7 @@ use shelfboot_proto::sign::SigningKey;
 pub use service::{Service, ServiceConfig};
 pub use stats::{ServeStats, SessionStats};
 
+use crate::control::Daemon;
 use crate::master::{Master, MasterError};
 
 /// Settings of `master serve`.
@@ -56,6 +68,10 @@ pub struct ServeConfig {
     pub join_window: Duration,
     /// Rate ceiling per session, bytes per second.
     pub max_rate: u64,
+    /// Serve the operator control socket `STATE/control.sock` too.
+    pub control: bool,
+    /// Also allow this group on the control socket (mode 0660), as `master daemon --group`.
+    pub control_group: Option<String>,
 }
 
 impl ServeConfig {
@@ -70,6 +86,8 @@ impl ServeConfig {
             heartbeat: Duration::from_secs(1),
             join_window: Duration::from_millis(300),
             max_rate: 125_000_000,
+            control: true,
+            control_group: None,
         }
     }
 }
@@ -100,6 +118,18 @@ pub enum ServeError {
         iface: String,
         #[source]
         source: shelfboot_netio::SocketError,
+    },
+    #[error("control socket in {path}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: crate::control::ControlError,
+    },
+    #[error("waiting on {iface} and the control socket")]
+    Poll {
+        iface: String,
+        #[source]
+        source: nix::Error,
     },
     #[error("interface {iface} has MTU {mtu}, outside what the protocol supports")]
     Mtu {
@@ -194,12 +224,26 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
         "master: serving {} ({mac}, MTU {mtu}, block {block_size}) epoch {epoch}",
         cfg.iface
     );
+    let control = if cfg.control {
+        let ctl_err = |source| ServeError::Control {
+            path: cfg.state.clone(),
+            source,
+        };
+        let d = Daemon::bind(&cfg.state, cfg.control_group.as_deref()).map_err(ctl_err)?;
+        d.set_nonblocking().map_err(ctl_err)?;
+        log::info!("master: control socket {}", d.path().display());
+        Some(d)
+    } else {
+        None
+    };
     let mut next_stats = now;
     let mut out: Vec<Vec<u8>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        svc.begin_batch();
         out.extend(svc.tick(now));
         let wake = svc.poll_data(now, 256, &mut out);
+        svc.commit();
         send_all(&mut sock, &out);
         out.clear();
         if now >= next_stats {
@@ -209,28 +253,68 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
         let wait = wake
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(20));
-        let r = sock.recv_batch(
-            &mut |frame: &[u8], _src| {
-                let replies = svc.handle_frame(Instant::now(), frame);
-                out.extend(replies);
-            },
-            wait,
-        );
-        if let Err(e) = r {
-            log::error!(
-                "master: receive on {}: {}",
-                cfg.iface,
-                crate::error_chain(&e).join(": ")
+        let (frames_ready, control_ready) = wait_ready(&sock, control.as_ref(), wait, cfg)?;
+        if frames_ready {
+            svc.begin_batch();
+            let r = sock.recv_batch(
+                &mut |frame: &[u8], _src| {
+                    let replies = svc.handle_frame(Instant::now(), frame);
+                    out.extend(replies);
+                },
+                Duration::ZERO,
             );
-            std::thread::sleep(Duration::from_millis(10));
+            if let Err(e) = r {
+                log::error!(
+                    "master: receive on {}: {}",
+                    cfg.iface,
+                    crate::error_chain(&e).join(": ")
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            svc.commit();
+            send_all(&mut sock, &out);
+            out.clear();
         }
-        send_all(&mut sock, &out);
-        out.clear();
+        if control_ready && let Some(d) = &control {
+            // Errors of one client are logged by the daemon; an accept failure is logged
+            // here and the loop goes on serving cards.
+            if let Err(e) = d.poll_once(svc.master_mut()) {
+                log::warn!(
+                    "master: control socket: {}",
+                    crate::error_chain(&e).join(": ")
+                );
+            }
+        }
     }
+    drop(control);
     write_stats(cfg, &svc);
-    let mut st = svc.stats();
-    st.iface = cfg.iface.clone();
-    Ok(st)
+    Ok(stats_now(cfg, &svc))
+}
+
+/// Waits up to `wait` for a frame on the backplane or a client on the control socket.
+fn wait_ready(
+    sock: &PacketSocket,
+    control: Option<&Daemon>,
+    wait: Duration,
+    cfg: &ServeConfig,
+) -> Result<(bool, bool), ServeError> {
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = vec![PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    if let Some(d) = control {
+        fds.push(PollFd::new(d.as_fd(), PollFlags::POLLIN));
+    }
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(_) => {}
+        Err(nix::Error::EINTR) => return Ok((false, false)),
+        Err(source) => {
+            return Err(ServeError::Poll {
+                iface: cfg.iface.clone(),
+                source,
+            });
+        }
+    }
+    let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+    Ok((ready(&fds[0]), fds.get(1).is_some_and(ready)))
 }
 
 fn send_all(sock: &mut PacketSocket, frames: &[Vec<u8>]) {
@@ -251,9 +335,19 @@ fn send_all(sock: &mut PacketSocket, frames: &[Vec<u8>]) {
     }
 }
 
-fn write_stats<S: crate::store::Store>(cfg: &ServeConfig, svc: &Service<S>) {
+/// The counters with the interface name and this thread's CPU time filled in.
+fn stats_now<S: crate::store::Store>(cfg: &ServeConfig, svc: &Service<S>) -> ServeStats {
     let mut st = svc.stats();
     st.iface = cfg.iface.clone();
+    if let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID) {
+        let ms = i128::from(t.tv_sec()) * 1000 + i128::from(t.tv_nsec()) / 1_000_000;
+        st.cpu_ms = u64::try_from(ms).unwrap_or(0);
+    }
+    st
+}
+
+fn write_stats<S: crate::store::Store>(cfg: &ServeConfig, svc: &Service<S>) {
+    let st = stats_now(cfg, svc);
     if let Err(e) = stats::write(&cfg.state, &st) {
         log::warn!("master: writing stats to {}: {e}", cfg.state.display());
     }

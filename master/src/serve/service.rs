@@ -151,6 +151,33 @@ impl<S: Store> Service<S> {
         &self.master
     }
 
+    /// Groups the node-database writes of what is handled until [`Service::commit`] into
+    /// one transaction (one fsync per loop iteration instead of one per card report).
+    pub fn begin_batch(&mut self) {
+        if let Err(e) = self.master.begin_batch() {
+            self.stats.db_errors += 1;
+            log::error!("master: {}", crate::error_chain(&e).join(": "));
+        }
+    }
+
+    /// Commits the writes grouped since [`Service::begin_batch`]. Call it before sending
+    /// the replies, so that nothing a card is told rests on an uncommitted write.
+    pub fn commit(&mut self) {
+        if let Err(e) = self.master.end_batch() {
+            self.stats.db_errors += 1;
+            log::error!("master: {}", crate::error_chain(&e).join(": "));
+        }
+    }
+
+    /// The master state, for an operator request on the control socket. The request may
+    /// change assignments, test mode or node states behind the service's back, so the
+    /// caches of what each card last reported are dropped (the next report is written).
+    pub fn master_mut(&mut self) -> &mut Master<S> {
+        self.states.clear();
+        self.stats.control_requests += 1;
+        &mut self.master
+    }
+
     fn since(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.origin)
     }

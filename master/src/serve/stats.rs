@@ -103,6 +103,12 @@ pub struct ServeStats {
     pub db_errors: u64,
     /// Artifact bytes sent by all sessions (first pass + repairs).
     pub artifact_bytes: u64,
+    /// Operator requests served on the control socket.
+    #[serde(default)]
+    pub control_requests: u64,
+    /// CPU time of the serve loop's thread so far, in milliseconds.
+    #[serde(default)]
+    pub cpu_ms: u64,
     /// Every session of this run, oldest first.
     pub sessions: Vec<SessionStats>,
 }

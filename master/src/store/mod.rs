@@ -135,6 +135,20 @@ pub trait Store {
     /// Events, newest last; optionally for one card only; at most `limit`.
     fn events(&self, node: Option<&Mac>, limit: u32) -> Result<Vec<Event>>;
 
+    // ---- batching ----
+    /// Groups the following operations into one transaction until [`Store::end_batch`]
+    /// (the backplane service: one commit, one fsync, per loop iteration instead of one
+    /// per card report). Each operation stays atomic on its own inside the batch. A no-op
+    /// when a batch is already open, and for stores that do not batch.
+    fn begin_batch(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Commits the batch opened by [`Store::begin_batch`]; a no-op when none is open. On
+    /// failure the batch's writes are rolled back and lost.
+    fn end_batch(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// A complete, deterministic text dump of every table (tests compare these).
     fn dump(&self) -> Result<String>;
 }

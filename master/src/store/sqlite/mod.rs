@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, Savepoint, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -51,6 +51,8 @@ pub(super) fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> Result<T> {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    /// A batch transaction is open ([`Store::begin_batch`]).
+    batch: bool,
 }
 
 impl SqliteStore {
@@ -86,11 +88,14 @@ impl SqliteStore {
             params![SCHEMA_VERSION.to_string()],
         )
         .map_err(sql("write schema version"))?;
-        Ok(Self { conn })
+        Ok(Self { conn, batch: false })
     }
 
-    pub(super) fn tx(&mut self) -> Result<Transaction<'_>> {
-        self.conn.transaction().map_err(sql("begin transaction"))
+    /// One operation's transaction: a savepoint, so that it nests inside a batch (where
+    /// its commit is a RELEASE and the batch's COMMIT makes it durable) and is a
+    /// transaction of its own outside one. Dropped without commit, it rolls back.
+    pub(super) fn tx(&mut self) -> Result<Savepoint<'_>> {
+        self.conn.savepoint().map_err(sql("begin transaction"))
     }
 }
 
@@ -206,6 +211,32 @@ impl Store for SqliteStore {
 
     fn events(&self, node: Option<&Mac>, limit: u32) -> Result<Vec<Event>> {
         self.do_events(node, limit)
+    }
+
+    fn begin_batch(&mut self) -> Result<()> {
+        if !self.batch {
+            self.conn
+                .execute_batch("BEGIN DEFERRED")
+                .map_err(sql("begin batch"))?;
+            self.batch = true;
+        }
+        Ok(())
+    }
+
+    fn end_batch(&mut self) -> Result<()> {
+        if !self.batch {
+            return Ok(());
+        }
+        self.batch = false;
+        if let Err(source) = self.conn.execute_batch("COMMIT") {
+            // Leave no transaction open behind a failed commit: its writes are lost.
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(StoreError::Sql {
+                op: "commit batch",
+                source,
+            });
+        }
+        Ok(())
     }
 
     fn dump(&self) -> Result<String> {

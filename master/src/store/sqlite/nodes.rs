@@ -160,9 +160,14 @@ impl SqliteStore {
             );
             event(&tx, now, Some(&id.mac), "identity", &detail)?;
         } else {
+            // Rewrites the row only if something differs (a warm boot in the same second
+            // changes nothing, so no page is written).
             tx.execute(
                 "UPDATE nodes SET card_type = ?2, arch = ?3, shelf = ?4, slot = ?5, hw_rev = ?6,
-                   features = ?7, present = 1, last_seen = ?8 WHERE mac = ?1",
+                   features = ?7, present = 1, last_seen = ?8 WHERE mac = ?1
+                   AND (card_type IS NOT ?2 OR arch IS NOT ?3 OR shelf IS NOT ?4
+                     OR slot IS NOT ?5 OR hw_rev IS NOT ?6 OR features IS NOT ?7
+                     OR present IS NOT 1 OR last_seen IS NOT ?8)",
                 params![
                     id.mac.as_str(),
                     id.card_type,
@@ -226,12 +231,20 @@ impl SqliteStore {
     ) -> Result<()> {
         let tx = self.tx()?;
         require_node(&tx, mac)?;
-        tx.execute(
-            "UPDATE nodes SET state = ?2, state_reason = ?3, last_seen = ?4, present = 1
-             WHERE mac = ?1",
-            params![mac.as_str(), state.as_str(), reason, now],
-        )
-        .map_err(sql("set node state"))?;
+        // A state the card already has (without a failure reason) is not written again:
+        // no row change, no event. Failures are always recorded (each is history).
+        let changed = tx
+            .execute(
+                "UPDATE nodes SET state = ?2, state_reason = ?3, last_seen = ?4, present = 1
+                 WHERE mac = ?1
+                   AND (?3 IS NOT NULL OR state IS NOT ?2 OR state_reason IS NOT NULL
+                     OR present IS NOT 1)",
+                params![mac.as_str(), state.as_str(), reason, now],
+            )
+            .map_err(sql("set node state"))?;
+        if changed == 0 {
+            return Ok(());
+        }
         let detail = match reason {
             Some(r) => format!("{state}: {r}"),
             None => state.to_string(),
@@ -253,11 +266,18 @@ impl SqliteStore {
     ) -> Result<()> {
         let tx = self.tx()?;
         require_node(&tx, mac)?;
-        tx.execute(
-            "UPDATE nodes SET inventory = ?2, last_seen = ?3 WHERE mac = ?1",
-            params![mac.as_str(), to_json(inv), now],
-        )
-        .map_err(sql("set inventory"))?;
+        // The same inventory again (every warm boot, every repeated Ready) is not written:
+        // no row change, no event.
+        let changed = tx
+            .execute(
+                "UPDATE nodes SET inventory = ?2, last_seen = ?3 WHERE mac = ?1
+                   AND inventory IS NOT ?2",
+                params![mac.as_str(), to_json(inv), now],
+            )
+            .map_err(sql("set inventory"))?;
+        if changed == 0 {
+            return Ok(());
+        }
         let detail = format!("inventory of {} artifacts", inv.items.len());
         event(&tx, now, Some(mac), "inventory", &detail)?;
         tx.commit().map_err(sql("commit"))
