@@ -216,3 +216,111 @@ fn fetch_of_an_artifact_outside_the_plan_is_refused_inside_it_joins_a_session() 
     assert_eq!((st.fetches, st.fetches_refused, st.joins), (3, 1, 2));
     assert_eq!(st.sessions.len(), 1);
 }
+
+/// One boot of `cards`: every card solicits (reporting `held` as its inventory), is
+/// served, and sends Ready three times (as the agent does). Returns each card's plan.
+fn boot_round(
+    svc: &mut Service<crate::store::sqlite::SqliteStore>,
+    cards: &[MacAddr],
+    held: Option<&shelfboot_proto::msg::PlanBody>,
+    nonce: u8,
+    t0: Instant,
+) -> Vec<shelfboot_proto::msg::PlanBody> {
+    svc.begin_batch();
+    for (i, c) in cards.iter().enumerate() {
+        let slot = u16::try_from(1 + i % 8).unwrap();
+        let s = Solicit {
+            mac: *c,
+            card_type: "lc100".into(),
+            arch: Arch::X86_64,
+            shelf: 1,
+            slot,
+            hw_rev: "A".into(),
+            features: vec![],
+            phase: BootPhase::WarmBoot,
+            inventory: held.map(|p| p.artifacts.clone()).unwrap_or_default(),
+            inventory_digest: held.map(|p| p.digest),
+            nonce: [nonce; 16],
+        };
+        svc.handle_frame(t0, &frame(*c, MacAddr::BROADCAST, &Message::Solicit(s)));
+    }
+    let mut plans = Vec::new();
+    while svc.queued_solicits() > 0 {
+        for (_, m) in messages(&svc.tick(t0)) {
+            if let Message::Plan(p) = m {
+                plans.push(p.body);
+            }
+        }
+    }
+    for (c, p) in cards.iter().zip(&plans) {
+        let ready = shelfboot_proto::msg::Ready {
+            digest: p.digest,
+            persisted: true,
+            handoff: shelfboot_proto::msg::Handoff::Kexec,
+        };
+        for _ in 0..3 {
+            svc.handle_frame(t0, &frame(*c, ME, &Message::Ready(ready.clone())));
+        }
+    }
+    svc.commit();
+    plans
+}
+
+#[test]
+fn warm_boot_writes_nothing_to_the_node_database() {
+    use crate::store::{NodeState, Store as _};
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    let cards: Vec<MacAddr> = (1..=100u8).map(|i| MacAddr([2, 0, 0, 2, 0, i])).collect();
+    // First boot: pristine cards are registered, fetch, and become ready.
+    let plans = boot_round(&mut svc, &cards, None, 1, t0);
+    assert_eq!(plans.len(), cards.len());
+    assert!(plans.iter().all(|p| p.verdict == Verdict::Fetch));
+    type Svc = Service<crate::store::sqlite::SqliteStore>;
+    let events = |svc: &Svc| svc.master().store().events(None, 100_000).unwrap().len();
+    let after_first = events(&svc);
+    assert!(after_first >= 3 * cards.len(), "identity, inventory, state");
+    // Every row but the "last seen" time, which a warm boot does refresh.
+    let nodes = |svc: &Svc| {
+        let mut v = svc.master().store().nodes().unwrap();
+        v.iter_mut().for_each(|n| n.last_seen = None);
+        v
+    };
+    let before = nodes(&svc);
+    // A restarted master (empty caches) and a warm boot of every card holding its plan.
+    drop(svc);
+    let m = crate::master::Master::open(&dir.path().join("state")).unwrap();
+    let cfg = ServiceConfig {
+        ethertype: ET,
+        solicit_budget: 32,
+        heartbeat: Duration::from_secs(1),
+        block_size: 1408,
+        join_window: Duration::from_millis(300),
+        max_rate: 10_000_000,
+    };
+    let mut svc = Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 4, t0);
+    let started = std::time::Instant::now();
+    let warm = boot_round(&mut svc, &cards, Some(&plans[0]), 2, t0);
+    eprintln!(
+        "warm round of {} cards: {:?}",
+        cards.len(),
+        started.elapsed()
+    );
+    assert!(warm.iter().all(|p| p.verdict == Verdict::Continue));
+    assert_eq!(svc.stats().plans_continue, cards.len() as u64);
+    assert_eq!(svc.stats().db_errors, 0);
+    assert_eq!(
+        events(&svc),
+        after_first,
+        "no event for an unchanged report"
+    );
+    assert!(nodes(&svc) == before, "a node row changed on a warm boot");
+    let node = svc
+        .master()
+        .store()
+        .node(&cards[0].to_string().parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(node.state, NodeState::Ready);
+}
