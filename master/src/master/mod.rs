@@ -129,6 +129,14 @@ type CatalogParts = (
     Vec<Assignment>,
 );
 
+/// What plans are resolved against (releases with their manifests, package builds,
+/// assignments), read once. The backplane service keeps one between operator requests, so
+/// that a Solicit costs one node lookup and one resolution, not a re-read and re-parse of
+/// every manifest. It is stale after any operation that imports, assigns, rolls back or
+/// collects garbage: read a new one then.
+#[derive(Debug, Clone)]
+pub struct CatalogSnapshot(CatalogParts);
+
 /// Result of an import.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportReport {
@@ -358,15 +366,25 @@ impl<S: Store> Master<S> {
 
     /// The plan of one card.
     pub fn plan(&self, mac: &Mac) -> Result<Plan, MasterError> {
+        self.plan_in(&self.catalog()?, mac)
+    }
+
+    /// Reads the catalog plans are resolved against (see [`CatalogSnapshot`]).
+    pub fn catalog(&self) -> Result<CatalogSnapshot, MasterError> {
+        Ok(CatalogSnapshot(self.catalog_parts()?))
+    }
+
+    /// The plan of one card against a catalog read earlier by [`Master::catalog`].
+    pub fn plan_in(&self, catalog: &CatalogSnapshot, mac: &Mac) -> Result<Plan, MasterError> {
         let node = self
             .store
             .node(mac)?
             .ok_or_else(|| StoreError::UnknownNode(mac.clone()))?;
-        let (releases, packages, assignments) = self.catalog_parts()?;
+        let (releases, packages, assignments) = &catalog.0;
         let cat = Catalog {
-            releases: &releases,
-            packages: &packages,
-            assignments: &assignments,
+            releases,
+            packages,
+            assignments,
         };
         resolve::resolve_node(&cat, &node).map_err(|source| MasterError::Plan {
             node: mac.clone(),
@@ -615,6 +633,16 @@ impl<S: Store> Master<S> {
     pub fn record_solicit(&mut self, id: &NodeIdentity) -> Result<Plan, MasterError> {
         self.store.record_identity(id, now())?;
         self.plan(&id.mac)
+    }
+
+    /// [`Master::record_solicit`] against a catalog read earlier.
+    pub fn record_solicit_in(
+        &mut self,
+        catalog: &CatalogSnapshot,
+        id: &NodeIdentity,
+    ) -> Result<Plan, MasterError> {
+        self.store.record_identity(id, now())?;
+        self.plan_in(catalog, &id.mac)
     }
 
     /// A card changed state (Progress, Ready, entering test mode).

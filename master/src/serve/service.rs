@@ -26,7 +26,7 @@ use shelfboot_proto::sign::SigningKey;
 
 use super::sessions::Sessions;
 use super::stats::ServeStats;
-use crate::master::{Master, MasterError};
+use crate::master::{CatalogSnapshot, Master, MasterError};
 use crate::policy::Mac;
 use crate::resolve::Plan;
 use crate::store::{Inventory, InventoryItem, NodeIdentity, NodeState, Store};
@@ -73,6 +73,9 @@ pub struct Service<S: Store> {
     answered: HashMap<MacAddr, (msg::Nonce, Vec<u8>)>,
     /// Last node state recorded per card (avoid a database write per Progress).
     states: HashMap<MacAddr, NodeState>,
+    /// The catalog plans are resolved against, read at the first Solicit and again after
+    /// every operator request (nothing else changes it: serve holds the state lock).
+    catalog: Option<CatalogSnapshot>,
     sessions: Sessions,
     next_heartbeat: Instant,
     sequence: u32,
@@ -123,6 +126,7 @@ impl<S: Store> Service<S> {
             plans: HashMap::new(),
             answered: HashMap::new(),
             states: HashMap::new(),
+            catalog: None,
             sessions,
             next_heartbeat: now,
             sequence: 0,
@@ -174,6 +178,7 @@ impl<S: Store> Service<S> {
     /// caches of what each card last reported are dropped (the next report is written).
     pub fn master_mut(&mut self) -> &mut Master<S> {
         self.states.clear();
+        self.catalog = None;
         self.stats.control_requests += 1;
         &mut self.master
     }
@@ -363,7 +368,21 @@ impl<S: Store> Service<S> {
             hw_rev: s.hw_rev.clone(),
             features: s.features.clone(),
         };
-        let plan = match self.master.record_solicit(&id) {
+        if self.catalog.is_none() {
+            match self.master.catalog() {
+                Ok(c) => self.catalog = Some(c),
+                Err(e) => {
+                    self.stats.db_errors += 1;
+                    log::error!(
+                        "master: reading the catalog for {src}: {}",
+                        crate::error_chain(&e).join(": ")
+                    );
+                    return;
+                }
+            }
+        }
+        let Some(catalog) = &self.catalog else { return };
+        let plan = match self.master.record_solicit_in(catalog, &id) {
             Ok(plan) => plan,
             Err(MasterError::Plan { source, .. }) => {
                 self.stats.unknown_cards += 1;
