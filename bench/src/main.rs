@@ -1,0 +1,325 @@
+//! `shelfboot-bench`: runs the benchmark scenarios and prints a table, saves JSON and an
+//! SVG chart under `bench/results/`. The hidden `serve-child` and `card-child`
+//! subcommands are the master and simulated-card processes it starts inside the
+//! namespaces. Needs root. See docs/benchmarks.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use shelfboot_bench::backplane::Backplane;
+use shelfboot_bench::peers::Peer;
+use shelfboot_bench::proc::loadavg;
+use shelfboot_bench::report::{self, Report};
+use shelfboot_bench::scenarios::{self, Plan};
+use shelfboot_bench::shelfboot::{self, CardChild};
+
+/// Benchmarks shelfboot against TFTP, HTTP, udpcast and uftp on a namespace backplane.
+#[derive(Debug, Parser)]
+#[command(name = "shelfboot-bench", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    child: Option<Child>,
+    /// Artifact size in MiB.
+    #[arg(long, default_value_t = 256)]
+    size: u64,
+    /// Runs per figure (median, min, max).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Smoke test: 8 MiB, 1 run, 1 and 8 cards, shaped only, 200 warm cards, 64 MiB RSS.
+    #[arg(long)]
+    quick: bool,
+    /// Links: shaped (tbf 1 Gbit/s on the master port), unshaped, or both.
+    #[arg(long, default_value = "both")]
+    links: String,
+    /// Card counts of the transfer scenarios (1 is always included).
+    #[arg(long, default_value = "8,16", value_delimiter = ',')]
+    cards: Vec<usize>,
+    /// Peers: shelfboot,uftp,http,udpcast,tftp.
+    #[arg(
+        long,
+        default_value = "shelfboot,uftp,http,udpcast,tftp",
+        value_delimiter = ','
+    )]
+    peers: Vec<String>,
+    /// Loss percentage of the loss scenario (8 cards, shaped link); 0 skips it.
+    #[arg(long, default_value_t = 1)]
+    loss: u8,
+    /// Simulated cards of the warm-boot scenario; 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    warm_cards: usize,
+    /// Artifact of the card-RSS scenario in MiB; 0 skips it.
+    #[arg(long, default_value_t = 1024)]
+    rss_size: u64,
+    /// Where results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Scratch directory (artifacts, received copies, logs); emptied at the end.
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Keep the scratch directory (logs of every child) for inspection.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Child {
+    /// (internal) the master service inside the master namespace.
+    #[command(hide = true)]
+    ServeChild {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        stop_file: PathBuf,
+        #[arg(long)]
+        stats_out: PathBuf,
+    },
+    /// (internal) simulated cards inside a card namespace.
+    #[command(hide = true)]
+    CardChild {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        anchor: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        base_mac: String,
+        #[arg(long, default_value_t = 1)]
+        cards: usize,
+        #[arg(long)]
+        warm: bool,
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        timeout: u64,
+        #[arg(long)]
+        sha256: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let res = match &cli.child {
+        Some(c) => child(c),
+        None => bench(&cli),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shelfboot-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn child(c: &Child) -> anyhow::Result<()> {
+    match c {
+        Child::ServeChild {
+            state,
+            iface,
+            stop_file,
+            stats_out,
+        } => Ok(shelfboot::serve_child(state, iface, stop_file, stats_out)?),
+        Child::CardChild {
+            iface,
+            anchor,
+            dir,
+            base_mac,
+            cards,
+            warm,
+            size,
+            timeout,
+            sha256,
+            out,
+        } => {
+            let base_mac = shelfboot::parse_mac(base_mac)
+                .with_context(|| format!("--base-mac {base_mac:?} is not a MAC address"))?;
+            let rep = shelfboot::card_child(&CardChild {
+                iface: iface.clone(),
+                anchor: anchor.clone(),
+                dir: dir.clone(),
+                base_mac,
+                cards: *cards,
+                warm: *warm,
+                size: *size,
+                timeout: Duration::from_secs(*timeout),
+                sha256: sha256.clone(),
+            })?;
+            std::fs::write(out, serde_json::to_vec_pretty(&rep)?)
+                .with_context(|| format!("writing the card report {}", out.display()))?;
+            Ok(())
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn utc_stamp() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y%m%dT%H%M%SZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown-time".into())
+}
+
+fn bench(cli: &Cli) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "shelfboot-bench needs root (network namespaces, AF_PACKET); run it with sudo"
+    );
+    let quick = cli.quick;
+    let size = if quick { 8 } else { cli.size }.max(1) << 20;
+    let runs = if quick { 1 } else { cli.runs.max(1) };
+    let mut cards = vec![1];
+    cards.extend(cli.cards.iter().copied().filter(|&c| c > 1 && c <= 64));
+    if quick {
+        cards.retain(|&c| c <= 8);
+    }
+    cards.dedup();
+    let shaped = match (quick, cli.links.as_str()) {
+        (true, _) | (_, "shaped") => vec![true],
+        (_, "unshaped") => vec![false],
+        (_, "both") => vec![true, false],
+        (_, other) => anyhow::bail!("--links {other:?}: want shaped, unshaped or both"),
+    };
+    let peers = cli
+        .peers
+        .iter()
+        .map(|s| Peer::parse(s).with_context(|| format!("--peers: unknown peer {s:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let work = cli
+        .work
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("sbbench-{}", std::process::id())));
+    let plan = Plan {
+        size,
+        runs,
+        shaped,
+        cards: cards.clone(),
+        peers: peers.clone(),
+        loss_percent: cli.loss,
+        warm_cards: if quick {
+            cli.warm_cards.min(200)
+        } else {
+            cli.warm_cards
+        },
+        rss_size: if quick {
+            cli.rss_size.min(64)
+        } else {
+            cli.rss_size
+        } << 20,
+        work: work.clone(),
+        exe: std::env::current_exe().context("finding this program's path")?,
+    };
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    let srv = work.join("srv");
+    std::fs::create_dir_all(&srv).with_context(|| format!("creating {}", srv.display()))?;
+    let art = srv.join("artifact.bin");
+    eprintln!(
+        "writing the {} MiB artifact to {}",
+        size >> 20,
+        art.display()
+    );
+    scenarios::write_artifact(&art, size, 42)
+        .with_context(|| format!("writing {}", art.display()))?;
+    let sha = shelfboot::file_sha(&art).with_context(|| format!("hashing {}", art.display()))?;
+    let load_before = loadavg();
+    let started_utc = utc_stamp();
+    let mut rows = Vec::new();
+    let mut notes = vec![
+        "the machine is shared with other engineers' builds and tests: throughput figures are \
+         noisy; compare ratios within a run"
+            .to_owned(),
+        "ceiling = netio::ceiling (ring path, whole 1514-byte frames, no acks) in a netio Lab \
+         with the same bridge/veth/tbf shape, built fresh for each measurement"
+            .to_owned(),
+    ];
+    let (shelf, shelf_why) = if peers.contains(&Peer::Shelfboot) {
+        let dir = work.join("shelf");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        match shelfboot::prepare(&dir, &art, size) {
+            Ok(s) => (Some(s), String::new()),
+            Err(e) => {
+                let why = chain(&e);
+                eprintln!("shelfboot is not available: {why}");
+                (None, why)
+            }
+        }
+    } else {
+        (None, "not selected".into())
+    };
+    {
+        let max_cards = cards.iter().copied().max().unwrap_or(1).max(8);
+        let bp = Backplane::new(max_cards).context("building the backplane")?;
+        scenarios::transfers(
+            &plan,
+            &bp,
+            &srv,
+            &sha,
+            shelf.as_ref(),
+            &shelf_why,
+            &mut rows,
+        )
+        .context("transfer scenarios")?;
+        if plan.warm_cards > 0
+            && let Err(e) = scenarios::warm_boot(&plan, &bp, &mut rows)
+        {
+            notes.push(format!("warm boot not measured: {e}"));
+        }
+        if plan.rss_size > 0
+            && let Err(e) = scenarios::card_rss(&plan, &bp, &mut rows)
+        {
+            notes.push(format!("card RSS not measured: {e}"));
+        }
+    }
+    notes.push("items 6 (UBI writer vs ubiupdatevol) and 7 (boot path) need the QEMU lab: not yet measured".into());
+    let report = Report {
+        started_utc: started_utc.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        artifact_bytes: size,
+        runs,
+        quick,
+        load_before,
+        load_after: loadavg(),
+        host: format!(
+            "{} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        rows,
+        notes,
+    };
+    print!("{}", report::table(&report));
+    let base = cli.out.join(&started_utc);
+    let json = base.with_extension("json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let svg = base.with_extension("svg");
+    std::fs::write(&svg, report::svg(&report))
+        .with_context(|| format!("writing {}", svg.display()))?;
+    eprintln!("saved {} and {}", json.display(), svg.display());
+    if !cli.keep {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}

@@ -1,0 +1,446 @@
+//! One transfer of the artifact from the master namespace to N card namespaces, by one
+//! peer: TFTP (tftpd-hpa + curl, blksize 1468), HTTP (busybox httpd + curl), udpcast
+//! (udp-sender/udp-receiver, defaults), uftp (`uftp -R 950000 -b 1436` + uftpd), or
+//! shelfboot (`serve-child` + one `card-child` per card).
+//!
+//! Every server runs inside the master's namespace, every client inside its card's; no
+//! process touches the host network. Each transfer has a deadline: a client still
+//! running then is killed and the transfer is reported as hung. Each received file's
+//! sha256 is checked after the clock stops. This module measures one transfer; medians
+//! and ratios are `scenarios`' job.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::backplane::{Backplane, BackplaneError};
+use crate::proc::{Ended, Proc, ProcError, wait_all};
+use crate::shelfboot::{CardChildReport, ShelfState, file_sha, mono};
+
+/// The contenders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Peer {
+    Tftp,
+    Http,
+    Udpcast,
+    Uftp,
+    Shelfboot,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 5] = [
+        Peer::Shelfboot,
+        Peer::Uftp,
+        Peer::Http,
+        Peer::Udpcast,
+        Peer::Tftp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Tftp => "tftp",
+            Peer::Http => "http",
+            Peer::Udpcast => "udpcast",
+            Peer::Uftp => "uftp",
+            Peer::Shelfboot => "shelfboot",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Peer> {
+        Peer::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// Failures of the harness (not of a peer: those are outcomes).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("backplane")]
+    Backplane(#[from] BackplaneError),
+    #[error("child process")]
+    Proc(#[from] ProcError),
+    #[error("preparing {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How one transfer went.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// "ok", "hung" or "failed".
+    pub status: &'static str,
+    /// Why, when not ok.
+    pub detail: String,
+    /// Seconds from the start until the last card had the whole artifact.
+    pub last_secs: f64,
+    /// Seconds until each card was done (cards that finished).
+    pub card_secs: Vec<f64>,
+    /// Bytes the master's interface sent during the transfer (headers included).
+    pub master_tx_bytes: u64,
+    /// Cards whose received artifact has the right sha256.
+    pub verified: usize,
+    /// Retransmitted bytes as the peer itself counts them (shelfboot only).
+    pub own_retransmit_bytes: Option<u64>,
+}
+
+/// What a transfer needs.
+#[derive(Debug)]
+pub struct Env<'a> {
+    pub bp: &'a Backplane,
+    /// Scratch directory for this transfer (created and emptied here).
+    pub work: PathBuf,
+    /// Directory served by TFTP/HTTP, holding `artifact.bin`.
+    pub srv: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub shelf: Option<&'a ShelfState>,
+    pub exe: PathBuf,
+    pub timeout: Duration,
+}
+
+const ART: &str = "artifact.bin";
+/// udpcast's rendezvous group. Its default (224.0.0.1, all-hosts) never connected sender
+/// and receiver across our veths (both wait forever); any ordinary group works.
+const RDV: &str = "239.1.1.1";
+
+fn mkdir(p: &Path) -> Result<(), PeerError> {
+    std::fs::create_dir_all(p).map_err(|source| PeerError::Io {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+/// Moves the artifact to `cards` cards with `peer`; cleans up the received copies.
+pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerError> {
+    let _ = std::fs::remove_dir_all(&env.work);
+    mkdir(&env.work)?;
+    let logs = env.work.join("logs");
+    mkdir(&logs)?;
+    let ns = env.bp.master_ns();
+    let tx0 = env.bp.master_tx_bytes()?;
+    let log = |name: String| logs.join(name);
+    let outs: Vec<PathBuf> = (1..=cards)
+        .map(|i| env.work.join(format!("c{i}")))
+        .collect();
+    for o in &outs {
+        mkdir(o)?;
+    }
+    let mut servers: Vec<Proc> = Vec::new();
+    let mut clients: Vec<Proc> = Vec::new();
+    let mut sender: Option<Proc> = None;
+    let settle = Duration::from_millis(300);
+    let t0_mono;
+    match peer {
+        Peer::Tftp | Peer::Http => {
+            let srv = env.srv.display().to_string();
+            let argv: Vec<&str> = if peer == Peer::Tftp {
+                vec![
+                    "in.tftpd",
+                    "-L",
+                    "-s",
+                    "-u",
+                    "root",
+                    "-a",
+                    "10.77.0.1:69",
+                    &srv,
+                ]
+            } else {
+                vec!["busybox", "httpd", "-f", "-p", "10.77.0.1:8080", "-h", &srv]
+            };
+            servers.push(Proc::spawn(&ns, &argv, &log("server.log".into()))?);
+            std::thread::sleep(settle);
+            t0_mono = mono();
+            for (i, o) in outs.iter().enumerate() {
+                let out = o.join(ART).display().to_string();
+                let url = if peer == Peer::Tftp {
+                    format!("tftp://10.77.0.1/{ART}")
+                } else {
+                    format!("http://10.77.0.1:8080/{ART}")
+                };
+                let mut argv = vec!["curl", "-sS", "--fail", "-o", &out];
+                if peer == Peer::Tftp {
+                    argv.extend(["--tftp-blksize", "1468"]);
+                }
+                argv.push(&url);
+                clients.push(Proc::spawn(
+                    &env.bp.card_ns(i + 1),
+                    &argv,
+                    &log(format!("c{}.log", i + 1)),
+                )?);
+            }
+        }
+        Peer::Udpcast => {
+            for (i, o) in outs.iter().enumerate() {
+                let out = o.join(ART).display().to_string();
+                let argv = [
+                    "udp-receiver",
+                    "--interface",
+                    "eth0",
+                    "--nokbd",
+                    "--mcast-rdv-address",
+                    RDV,
+                    "--file",
+                    &out,
+                ];
+                clients.push(Proc::spawn(
+                    &env.bp.card_ns(i + 1),
+                    &argv,
+                    &log(format!("c{}.log", i + 1)),
+                )?);
+            }
+            std::thread::sleep(settle);
+            t0_mono = mono();
+            let file = env.srv.join(ART).display().to_string();
+            let n = cards.to_string();
+            let argv = [
+                "udp-sender",
+                "--interface",
+                "eth0",
+                "--nokbd",
+                "--min-receivers",
+                &n,
+                "--mcast-rdv-address",
+                RDV,
+                "--file",
+                &file,
+            ];
+            sender = Some(Proc::spawn(&ns, &argv, &log("sender.log".into()))?);
+        }
+        Peer::Uftp => {
+            for (i, o) in outs.iter().enumerate() {
+                let out = o.display().to_string();
+                let uid = format!("0x{:08x}", i + 1);
+                let argv = [
+                    "uftpd", "-d", "-x", "1", "-I", "eth0", "-D", &out, "-U", &uid,
+                ];
+                servers.push(Proc::spawn(
+                    &env.bp.card_ns(i + 1),
+                    &argv,
+                    &log(format!("c{}.log", i + 1)),
+                )?);
+            }
+            std::thread::sleep(settle);
+            t0_mono = mono();
+            let hosts: Vec<String> = (1..=cards).map(|i| format!("0x{i:08x}")).collect();
+            let hosts = hosts.join(",");
+            let argv = [
+                "uftp", "-x", "1", "-I", "eth0", "-R", "950000", "-b", "1436", "-H", &hosts, ART,
+            ];
+            sender = Some(Proc::spawn_in(
+                &ns,
+                &argv,
+                &log("sender.log".into()),
+                Some(&env.srv),
+            )?);
+        }
+        Peer::Shelfboot => {
+            return shelfboot(env, cards, tx0, &outs, &logs);
+        }
+    }
+    let deadline = Instant::now() + env.timeout;
+    let mut ended = wait_all(&mut clients, deadline)?;
+    if let Some(s) = sender.as_mut() {
+        let e = s.wait_until(deadline)?;
+        if peer == Peer::Uftp {
+            // uftpd never exits: the sender's end is every card's end.
+            ended = vec![e; cards];
+        } else if let Ended::Hung(_) | Ended::Failed(_) = e {
+            ended.push(e);
+        }
+    }
+    for s in servers.iter_mut() {
+        s.kill();
+    }
+    let tx1 = env.bp.master_tx_bytes()?;
+    let elapsed = mono() - t0_mono;
+    let mut outcome = judge(&ended, elapsed, tx1.saturating_sub(tx0));
+    for o in &outs {
+        if file_sha(&o.join(ART)).is_ok_and(|s| s == env.sha256) {
+            outcome.verified += 1;
+        }
+    }
+    check_verified(&mut outcome, cards);
+    for o in &outs {
+        let _ = std::fs::remove_dir_all(o);
+    }
+    Ok(outcome)
+}
+
+fn judge(ended: &[Ended], elapsed: f64, tx: u64) -> Outcome {
+    let mut o = Outcome {
+        status: "ok",
+        detail: String::new(),
+        last_secs: 0.0,
+        card_secs: Vec::new(),
+        master_tx_bytes: tx,
+        verified: 0,
+        own_retransmit_bytes: None,
+    };
+    for e in ended {
+        match e {
+            Ended::Ok(d) => o.card_secs.push(d.as_secs_f64()),
+            Ended::Hung(d) => {
+                o.status = "hung";
+                o.detail = format!("still running after {:.1} s, killed", d.as_secs_f64());
+            }
+            Ended::Failed(msg) if o.status == "ok" => {
+                o.status = "failed";
+                o.detail = msg.clone();
+            }
+            Ended::Failed(_) => {}
+        }
+    }
+    o.last_secs = o.card_secs.iter().copied().fold(0.0, f64::max);
+    if o.status != "ok" {
+        o.last_secs = elapsed;
+    }
+    o
+}
+
+fn check_verified(o: &mut Outcome, cards: usize) {
+    if o.status == "ok" && o.verified != cards {
+        o.status = "failed";
+        o.detail = format!("only {} of {cards} copies had the right sha256", o.verified);
+    }
+}
+
+fn shelfboot(
+    env: &Env,
+    cards: usize,
+    tx0: u64,
+    outs: &[PathBuf],
+    logs: &Path,
+) -> Result<Outcome, PeerError> {
+    let Some(st) = env.shelf else {
+        return Ok(Outcome {
+            status: "failed",
+            detail: "no shelfboot state was prepared".into(),
+            last_secs: 0.0,
+            card_secs: vec![],
+            master_tx_bytes: 0,
+            verified: 0,
+            own_retransmit_bytes: None,
+        });
+    };
+    let exe = env.exe.display().to_string();
+    let stop = env.work.join("stop");
+    let stats = env.work.join("serve-stats.json");
+    let (state, stop_s, stats_s) = (
+        st.state.display().to_string(),
+        stop.display().to_string(),
+        stats.display().to_string(),
+    );
+    let mut master = Proc::spawn(
+        &env.bp.master_ns(),
+        &[
+            &exe,
+            "serve-child",
+            "--state",
+            &state,
+            "--iface",
+            "eth0",
+            "--stop-file",
+            &stop_s,
+            "--stats-out",
+            &stats_s,
+        ],
+        &logs.join("master.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = mono();
+    let mut clients = Vec::new();
+    let (anchor, size, timeout) = (
+        st.anchor.display().to_string(),
+        st.size.to_string(),
+        env.timeout.as_secs().to_string(),
+    );
+    for (i, o) in outs.iter().enumerate() {
+        let (dir, rep) = (
+            o.display().to_string(),
+            o.join("report.json").display().to_string(),
+        );
+        let mac = Backplane::card_mac(i + 1);
+        clients.push(Proc::spawn(
+            &env.bp.card_ns(i + 1),
+            &[
+                &exe,
+                "card-child",
+                "--iface",
+                "eth0",
+                "--anchor",
+                &anchor,
+                "--dir",
+                &dir,
+                "--base-mac",
+                &mac,
+                "--cards",
+                "1",
+                "--size",
+                &size,
+                "--timeout",
+                &timeout,
+                "--sha256",
+                &env.sha256,
+                "--out",
+                &rep,
+            ],
+            &logs.join(format!("c{}.log", i + 1)),
+        )?);
+    }
+    let ended = wait_all(
+        &mut clients,
+        Instant::now() + env.timeout + Duration::from_secs(5),
+    )?;
+    let elapsed = mono() - t0;
+    let _ = std::fs::write(&stop, b"stop");
+    let _ = master.wait_until(Instant::now() + Duration::from_secs(10))?;
+    let tx1 = env.bp.master_tx_bytes()?;
+    let mut o = judge(&ended, elapsed, tx1.saturating_sub(tx0));
+    o.card_secs.clear();
+    for (i, out) in outs.iter().enumerate() {
+        let rep: Option<CardChildReport> = std::fs::read(out.join("report.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        match rep {
+            Some(r) => {
+                o.verified += r.verified;
+                if r.booted == 1 {
+                    o.card_secs.push(r.done_mono - t0);
+                } else if o.status == "ok" {
+                    o.status = "failed";
+                    o.detail = format!("card {}: {}", i + 1, r.problems.join("; "));
+                }
+            }
+            None if o.status == "ok" => {
+                o.status = "failed";
+                o.detail = format!("card {} wrote no report; see {}", i + 1, logs.display());
+            }
+            None => {}
+        }
+    }
+    if o.status == "ok" {
+        o.last_secs = o.card_secs.iter().copied().fold(0.0, f64::max);
+    }
+    let sv: Option<serde_json::Value> = std::fs::read(&stats)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    o.own_retransmit_bytes = sv.as_ref().and_then(|v| {
+        v.get("sessions")?
+            .as_array()?
+            .iter()
+            .map(|s| {
+                s.get("retransmit_bytes")
+                    .and_then(serde_json::Value::as_u64)
+            })
+            .sum::<Option<u64>>()
+    });
+    check_verified(&mut o, cards);
+    for out in outs {
+        let _ = std::fs::remove_dir_all(out);
+    }
+    Ok(o)
+}
