@@ -120,7 +120,8 @@ pub fn print_stats(
         let mut t = format!(
             "epoch {} on {}: {} frames in, {} out; Solicits {} (served {}, coalesced {}, repeats {}); \
              plans Continue {} Fetch {}; unknown cards {}; Ready {}; card errors {}\n\
-             dropped: malformed {}, not for us {}, unexpected {}; artifact bytes {}\n",
+             dropped: malformed {}, not for us {}, unexpected {}; artifact bytes {}; \
+             control requests {}; CPU {} ms\n",
             st.epoch,
             st.iface,
             st.frames_in,
@@ -137,7 +138,9 @@ pub fn print_stats(
             st.dropped_malformed,
             st.dropped_not_for_us,
             st.dropped_unexpected,
-            st.artifact_bytes
+            st.artifact_bytes,
+            st.control_requests,
+            st.cpu_ms
         );
         for s in &st.sessions {
             t.push_str(&format!(

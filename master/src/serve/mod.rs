@@ -253,36 +253,37 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
         let wait = wake
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(20));
-        let (frames_ready, control_ready) = wait_ready(&sock, control.as_ref(), wait, cfg)?;
-        if frames_ready {
-            svc.begin_batch();
-            let r = sock.recv_batch(
-                &mut |frame: &[u8], _src| {
-                    let replies = svc.handle_frame(Instant::now(), frame);
-                    out.extend(replies);
-                },
-                Duration::ZERO,
+        let control_ready = wait_ready(&sock, control.as_ref(), wait, cfg)?;
+        // Received frames are taken whatever the poll said: a ring block may be waiting
+        // already (recv_batch knows without a syscall); with none this is one poll(0).
+        svc.begin_batch();
+        let r = sock.recv_batch(
+            &mut |frame: &[u8], _src| {
+                let replies = svc.handle_frame(Instant::now(), frame);
+                out.extend(replies);
+            },
+            Duration::ZERO,
+        );
+        if let Err(e) = r {
+            log::error!(
+                "master: receive on {}: {}",
+                cfg.iface,
+                crate::error_chain(&e).join(": ")
             );
-            if let Err(e) = r {
-                log::error!(
-                    "master: receive on {}: {}",
-                    cfg.iface,
-                    crate::error_chain(&e).join(": ")
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            svc.commit();
-            send_all(&mut sock, &out);
-            out.clear();
+            std::thread::sleep(Duration::from_millis(10));
         }
+        svc.commit();
+        send_all(&mut sock, &out);
+        out.clear();
         if control_ready && let Some(d) = &control {
             // Errors of one client are logged by the daemon; an accept failure is logged
             // here and the loop goes on serving cards.
-            if let Err(e) = d.poll_once(svc.master_mut()) {
-                log::warn!(
+            match d.poll_once(svc.master_mut()) {
+                Ok(served) => svc.count_control_request(served),
+                Err(e) => log::warn!(
                     "master: control socket: {}",
                     crate::error_chain(&e).join(": ")
-                );
+                ),
             }
         }
     }
@@ -292,12 +293,13 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
 }
 
 /// Waits up to `wait` for a frame on the backplane or a client on the control socket.
+/// Returns whether a control client is waiting.
 fn wait_ready(
     sock: &PacketSocket,
     control: Option<&Daemon>,
     wait: Duration,
     cfg: &ServeConfig,
-) -> Result<(bool, bool), ServeError> {
+) -> Result<bool, ServeError> {
     let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
     let mut fds = vec![PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
     if let Some(d) = control {
@@ -305,7 +307,7 @@ fn wait_ready(
     }
     match poll(&mut fds, PollTimeout::from(ms)) {
         Ok(_) => {}
-        Err(nix::Error::EINTR) => return Ok((false, false)),
+        Err(nix::Error::EINTR) => return Ok(false),
         Err(source) => {
             return Err(ServeError::Poll {
                 iface: cfg.iface.clone(),
@@ -314,7 +316,7 @@ fn wait_ready(
         }
     }
     let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-    Ok((ready(&fds[0]), fds.get(1).is_some_and(ready)))
+    Ok(fds.get(1).is_some_and(ready))
 }
 
 fn send_all(sock: &mut PacketSocket, frames: &[Vec<u8>]) {

@@ -179,8 +179,12 @@ impl<S: Store> Service<S> {
     pub fn master_mut(&mut self) -> &mut Master<S> {
         self.states.clear();
         self.catalog = None;
-        self.stats.control_requests += 1;
         &mut self.master
+    }
+
+    /// Counts an operator request served on the control socket (if `served`).
+    pub fn count_control_request(&mut self, served: bool) {
+        self.stats.control_requests += u64::from(served);
     }
 
     fn since(&self, now: Instant) -> Duration {
