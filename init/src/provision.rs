@@ -163,6 +163,13 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
             &link.name,
             SocketConfig {
                 ethertype: cfg.ethertype,
+                // The same thread hashes and writes flash between receives: a deep ring
+                // (16 MiB) rides out a slow UBI write instead of dropping the stream.
+                rx_ring: shelfboot_netio::RingGeometry {
+                    block_nr: 256,
+                    ..shelfboot_netio::RingGeometry::RX_DEFAULT
+                },
+                rcvbuf: Some(8 << 20),
                 ..SocketConfig::default()
             },
         )
