@@ -1,5 +1,5 @@
 //! shelfboot card agent: the sans-IO boot conversation and the flash trait, shared by init and simulated cards.
 
-pub mod flash;
 pub mod agent;
+pub mod flash;
 pub mod sim;
