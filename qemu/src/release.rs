@@ -48,8 +48,6 @@ pub struct ReleaseSpec {
     pub init: PathBuf,
     /// Trust anchor file for the initramfs (the master's `plan.anchor`).
     pub anchor: PathBuf,
-    /// Seconds a card waits for a master before booting its committed set alone.
-    pub master_timeout_s: u32,
 }
 
 /// A built release.

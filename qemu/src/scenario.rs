@@ -108,7 +108,6 @@ pub fn prepare(kernel: &Kernel, dir: &Path, init: &Path) -> Result<Lab, Scenario
             card_types: TYPES.iter().map(|t| t.to_string()).collect(),
             init: init.to_path_buf(),
             anchor: state.join("plan.anchor"),
-            master_timeout_s: MASTER_TIMEOUT_S,
         },
         &dir.join("release"),
     )
