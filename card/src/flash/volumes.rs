@@ -8,7 +8,7 @@
 //! |---------------------|--------------------------------------------------------------------|
 //! | [`Volumes::geometry`] | sysfs `/sys/class/ubi/ubiN/{eraseblock_size,total_eraseblocks,avail_eraseblocks,bad_peb_count,reserved_for_bad,max_vol_count}` |
 //! | [`Volumes::list`]   | sysfs `/sys/class/ubi/ubiN/ubiN_M/{name,reserved_ebs,data_bytes,upd_marker}` |
-//! | [`Volumes::create`] | `UBI_IOCMKVOL` on `/dev/ubiN` (dynamic volume, `UBI_VOL_NUM_AUTO`, alignment 1) |
+//! | [`Volumes::create`] | `UBI_IOCMKVOL` on `/dev/ubiN` (`UBI_VOL_NUM_AUTO`, alignment 1; init makes static volumes) |
 //! | [`Volumes::update`] | `UBI_IOCVOLUP` on `/dev/ubiN_M`, then plain `write(2)`s            |
 //! | [`Volumes::read`]   | `pread(2)` on `/dev/ubiN_M`                                        |
 //! | [`Volumes::rename`] | ONE `UBI_IOCRNVOL` on `/dev/ubiN` (`struct ubi_rnvol_req`)          |
@@ -28,7 +28,10 @@
 //! - **Size.** `UBI_IOCMKVOL` reserves whole LEBs: `bytes` is rounded up to the LEB size;
 //!   `bytes` must be > 0. [`VolumeInfo::reserved_bytes`] is the rounded size.
 //! - **Dynamic volumes have no length.** `data_bytes` of a dynamic volume is its reserved
-//!   size; bytes past the last update read as 0xFF. Lengths live in the inventory.
+//!   size; bytes past the last update read as 0xFF. Lengths live in the inventory, so the
+//!   store works with either volume type. init's `UbiVolumes` creates *static* volumes
+//!   (exact `data_bytes`, data CRC-checked by UBI on every read); the fakes model the
+//!   harder dynamic case.
 //! - **Update marker.** `UBI_IOCVOLUP(n)` sets the volume's update marker and wipes it; the
 //!   marker is cleared only when the n-th byte has been written. An update interrupted by a
 //!   power cut (or a writer dropped early) leaves the marker set: the volume survives
@@ -64,8 +67,7 @@ pub struct VolumeInfo {
     pub name: String,
     /// Reserved size: whole LEBs × LEB size (`reserved_ebs` × `usable_eb_size`).
     pub reserved_bytes: u64,
-    /// What sysfs `data_bytes` says. For a *dynamic* volume (the only kind the store
-    /// creates) UBI reports the reserved size here, not the length of the last update, and
+    /// What sysfs `data_bytes` says. For a *dynamic* volume UBI reports the reserved size here, not the length of the last update, and
     /// reads past the written bytes return erased flash (0xFF), not end-of-file: the store
     /// takes artifact lengths from its inventory, never from this field.
     pub data_bytes: u64,
@@ -333,7 +335,8 @@ pub trait Volumes {
     /// All volumes on the device, in id order (sysfs).
     fn list(&mut self) -> Result<Vec<VolumeInfo>, VolumeError>;
 
-    /// `UBI_IOCMKVOL`: create an empty dynamic volume `name` reserving `bytes` (rounded up to
+    /// `UBI_IOCMKVOL`: create an empty volume `name` (static or dynamic: the store relies
+    /// on neither) reserving `bytes` (rounded up to
     /// whole LEBs; `bytes` > 0), with an automatically chosen id. Fails with
     /// [`VolumeErrorKind::Exists`] if the name is taken, [`VolumeErrorKind::NoSpace`] if not
     /// enough LEBs or table slots are free.
