@@ -414,19 +414,7 @@ impl<S: Store> Service<S> {
         };
         let inv = Inventory {
             digest: s.inventory_digest.map(crate::image::manifest::HexDigest),
-            items: s
-                .inventory
-                .iter()
-                .map(|a| InventoryItem {
-                    kind: match a.kind {
-                        msg::ArtifactKind::BootImage => "boot".into(),
-                        msg::ArtifactKind::Package => "package".into(),
-                    },
-                    name: a.name.clone(),
-                    version: a.version.clone(),
-                    sha256: crate::image::manifest::HexDigest(a.sha256),
-                })
-                .collect(),
+            items: inventory_items(&s.inventory),
         };
         if let Err(e) = self.master.record_inventory(&mac, &inv) {
             self.stats.db_errors += 1;
@@ -480,19 +468,7 @@ impl<S: Store> Service<S> {
         }
         let inv = Inventory {
             digest: Some(crate::image::manifest::HexDigest(digest)),
-            items: plan
-                .artifact_refs()
-                .iter()
-                .map(|a| InventoryItem {
-                    kind: match a.kind {
-                        msg::ArtifactKind::BootImage => "boot".into(),
-                        msg::ArtifactKind::Package => "package".into(),
-                    },
-                    name: a.name.clone(),
-                    version: a.version.clone(),
-                    sha256: crate::image::manifest::HexDigest(a.sha256),
-                })
-                .collect(),
+            items: inventory_items(&plan.artifact_refs()),
         };
         if plan.digest.0 == digest
             && let Some(mac) = mac_of(src)
@@ -598,4 +574,19 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(cut);
     }
     s
+}
+
+/// The node database's record of a set of artifacts (what a card reports or was planned).
+fn inventory_items(refs: &[msg::ArtifactRef]) -> Vec<InventoryItem> {
+    refs.iter()
+        .map(|a| InventoryItem {
+            kind: match a.kind {
+                msg::ArtifactKind::BootImage => "boot".into(),
+                msg::ArtifactKind::Package => "package".into(),
+            },
+            name: a.name.clone(),
+            version: a.version.clone(),
+            sha256: crate::image::manifest::HexDigest(a.sha256),
+        })
+        .collect()
 }
