@@ -13,6 +13,17 @@ mod netns {
 
     const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
+    /// One test of this file at a time. The kernel's per-CPU receive backlog
+    /// (`net.core.netdev_max_backlog`) is shared by every namespace, so a test that floods
+    /// its bridge (drops, shaping, loss) makes another test's veths drop frames: the
+    /// exact-count tests then fail for a reason that is not theirs. Serialising costs a
+    /// few seconds.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Frame `seq` to `dst`: header, 4-byte sequence number, then a pattern that depends on
     /// both, `len` bytes in all.
     fn make_frame(dst: MacAddr, src: MacAddr, seq: u32, len: usize) -> Vec<u8> {
@@ -76,6 +87,7 @@ mod netns {
         if !lab::tier_enabled("frames_arrive_intact_through_every_path") {
             return;
         }
+        let _serial = serial();
         let lab = Lab::new("paths", 2).unwrap();
         lab.run(|| {
             for tx in Path::ALL {
@@ -126,6 +138,7 @@ mod netns {
         if !lab::tier_enabled("oversized_and_runt_frames_are_refused") {
             return;
         }
+        let _serial = serial();
         let lab = Lab::new("sizes", 1).unwrap();
         lab.run(|| {
             for tx in Path::ALL {
@@ -147,6 +160,7 @@ mod netns {
         if !lab::tier_enabled("multicast_membership_filters_as_expected") {
             return;
         }
+        let _serial = serial();
         let lab = Lab::new("mcast", 3).unwrap();
         let group = MacAddr([0x03, 0x5b, 0, 0, 0, 0x42]);
         lab.run(|| {
@@ -208,6 +222,7 @@ mod netns {
         if !lab::tier_enabled("loss_rule_drops_about_n_percent") {
             return;
         }
+        let _serial = serial();
         let lab = Lab::new("loss", 2).unwrap();
         lab.set_loss(10, Some(0x88b5)).unwrap();
         let n = 2000u32;
@@ -254,6 +269,7 @@ mod netns {
         if !lab::tier_enabled("tbf_shapes_the_sender_port_unless_bypassed") {
             return;
         }
+        let _serial = serial();
         let lab = Lab::new("tbf", 2).unwrap();
         // 20 Mbit/s: 400 frames of 1514 bytes (~4.8 Mbit) take >= ~0.24 s
         let tbf = Tbf {
@@ -307,6 +323,7 @@ mod netns {
         if !lab::tier_enabled("a_batch_larger_than_the_tx_ring_goes_out_whole") {
             return;
         }
+        let _serial = serial();
         let lab = Lab::new("bigbatch", 2).unwrap();
         lab.run(|| {
             let mut a = PacketSocket::open("p0", config(Path::Ring, Path::Ring)).unwrap();
@@ -334,6 +351,7 @@ mod netns {
         if !lab::tier_enabled("statistics_count_drops_when_the_receiver_falls_behind") {
             return;
         }
+        let _serial = serial();
         let lab = Lab::new("drops", 2).unwrap();
         lab.run(|| {
             for rx in [Path::Plain, Path::Ring] {
@@ -382,6 +400,7 @@ mod netns {
         if !lab::tier_enabled("the_lab_is_isolated_and_removed_even_after_a_panic") {
             return;
         }
+        let _serial = serial();
         let name = std::sync::Mutex::new(String::new());
         let outcome = std::panic::catch_unwind(|| {
             let lab = Lab::new("panic", 1).unwrap();
@@ -407,6 +426,7 @@ mod netns {
         if !lab::tier_enabled("ring_frames_never_wait_for_a_next_call") {
             return;
         }
+        let _serial = serial();
         let lab = Lab::new("ringtail", 2).unwrap();
         // A slow link and a tiny socket buffer: the kernel can take only a few frames per
         // non-blocking send(); the rest must still go out without another call. (The
@@ -444,6 +464,7 @@ mod netns {
         if !lab::tier_enabled("auto_picks_the_rings_and_falls_back_when_refused") {
             return;
         }
+        let _serial = serial();
         let lab = Lab::new("auto", 2).unwrap();
         lab.run(|| {
             let s = PacketSocket::open("p0", SocketConfig::default()).unwrap();
