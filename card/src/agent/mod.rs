@@ -23,6 +23,14 @@
 //! verified (sha256 against the signed plan) by the store before it can be committed.
 //! Everything else is counted in [`Counters`] and dropped; nothing here panics on input.
 //!
+//! Test mode (a plan with `persist = false`): the plan is applied to a RAM store the
+//! caller provides ([`Agent::with_ram_store`], a [`FileVolumes`] directory on tmpfs,
+//! bounded by free RAM): fetched, verified and committed there exactly as on flash, and the
+//! decision says `persisted: false`. The flash store sees no operation at all (no volume
+//! created, renamed or removed; inventory and boot counter unchanged). Without a RAM store
+//! such a plan is refused with an Error and nothing is written. Solicit always reports
+//! the flash inventory, and autonomy always boots the flash set.
+//!
 //! This module does not open sockets, read clocks, draw random numbers, kexec or
 //! switch_root: the caller does, from the outputs.
 
@@ -30,6 +38,7 @@ mod config;
 mod counters;
 mod fetch;
 mod rng;
+mod stores;
 
 #[cfg(test)]
 mod tests;
@@ -46,9 +55,10 @@ use shelfboot_proto::msg::{
 use shelfboot_proto::sign::SignError;
 
 use crate::flash::inventory::SetRecord;
-use crate::flash::{Store, StoreError, Volumes};
+use crate::flash::{FileVolumes, Store, StoreError, VolumeErrorKind, Volumes};
 use fetch::Fetching;
 use rng::SplitMix;
+use stores::{Medium, Stores};
 
 /// What the agent asks its caller to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +86,9 @@ pub enum Decision {
         autonomous: bool,
         /// True if nothing was fetched (a warm boot that only validated).
         validated_only: bool,
+        /// False for a test-mode set: it is in the RAM store
+        /// ([`Agent::into_stores`]), flash was not touched.
+        persisted: bool,
     },
     /// A signed command ordered a reset: restart the conversation with this phase.
     Reset {
@@ -128,7 +141,7 @@ enum State {
 /// One card's boot conversation. See the module docs.
 pub struct Agent<V: Volumes> {
     cfg: AgentConfig,
-    store: Store<V>,
+    store: Stores<V>,
     state: State,
     started: Instant,
     session: u32,
@@ -164,7 +177,7 @@ impl<V: Volumes> Agent<V> {
         let rng = SplitMix::new(cfg.seed ^ u64::from(session));
         Self {
             cfg,
-            store,
+            store: Stores::new(store),
             state: State::Discover {
                 attempt: 0,
                 next: now,
@@ -192,14 +205,33 @@ impl<V: Volumes> Agent<V> {
         &self.counters
     }
 
-    /// The flash store.
-    pub fn store(&self) -> &Store<V> {
-        &self.store
+    /// Give the agent a RAM store for test-mode plans (`persist = false`): a
+    /// [`FileVolumes`] directory on tmpfs, its capacity bounded by the caller (free RAM).
+    /// Without one, such plans are refused.
+    #[must_use]
+    pub fn with_ram_store(mut self, ram: Store<FileVolumes>) -> Self {
+        self.store.ram = Some(ram);
+        self
     }
 
-    /// Give the store back (after the decision, to boot from it).
+    /// The flash store.
+    pub fn store(&self) -> &Store<V> {
+        &self.store.flash
+    }
+
+    /// The RAM store, if one was given.
+    pub fn ram_store(&self) -> Option<&Store<FileVolumes>> {
+        self.store.ram.as_ref()
+    }
+
+    /// Give the flash store back (after the decision, to boot from it).
     pub fn into_store(self) -> Store<V> {
-        self.store
+        self.store.flash
+    }
+
+    /// Give both stores back: flash, and the RAM store holding a test-mode set.
+    pub fn into_stores(self) -> (Store<V>, Option<Store<FileVolumes>>) {
+        (self.store.flash, self.store.ram)
     }
 
     /// Where the conversation is.
@@ -482,37 +514,50 @@ impl<V: Volumes> Agent<V> {
         self.apply_plan(now, src, plan.body);
     }
 
-    /// A verified plan: validate (Continue) or start fetching.
+    /// A verified plan: validate (Continue) or start fetching, on flash or (test mode) in
+    /// the RAM store.
     fn apply_plan(&mut self, now: Instant, master: MacAddr, plan: PlanBody) {
-        if !plan.persist {
-            // RAM-only test mode needs a RAM store beside the flash one; this agent
-            // stages into flash only, so it must not touch flash for such a plan.
+        let medium = if plan.persist {
+            Medium::Flash
+        } else {
+            Medium::Ram
+        };
+        if !self.store.select(medium) {
+            // No RAM store: a test-mode set has nowhere to go but flash, which it must
+            // not touch.
             self.send_error(
                 master,
                 ErrorReason::Malformed,
-                "test-mode (persist = false) plans are not supported by this card agent; flash untouched".into(),
+                "test-mode (persist = false) plan refused: this card has no RAM store; flash untouched".into(),
             );
             self.back_to_discovery(now);
             return;
         }
-        let check = match self.store.check(&plan.artifacts, &plan.cmdline) {
-            Ok(c) => c,
+        let intact = match self.store.holds(&plan.artifacts, &plan.cmdline) {
+            Ok(h) => h,
             Err(e) => return self.flash_refused(now, master, &e),
         };
-        let intact = match self.store.inventory().map(|i| i.set.clone()) {
-            Some(set) if check.up_to_date => match self.store.missing_volumes(&set) {
-                Ok(missing) => missing.is_empty(),
-                Err(e) => return self.flash_refused(now, master, &e),
-            },
-            _ => false,
-        };
         if intact {
-            log::info!("card {}: flash matches the plan: validated", self.mac());
+            match medium {
+                Medium::Flash => {
+                    log::info!("card {}: flash matches the plan: validated", self.mac())
+                }
+                Medium::Ram => log::info!(
+                    "card {}: the RAM store holds the test-mode plan: validated",
+                    self.mac()
+                ),
+            }
             return self.become_ready(now, master, true);
         }
+        if medium == Medium::Ram {
+            log::info!(
+                "card {}: test-mode plan: fetching into RAM, flash untouched",
+                self.mac()
+            );
+        }
         match self.store.begin(&plan.artifacts, &plan.cmdline) {
-            Ok(check) => {
-                let f = Fetching::new(master, plan, check.fetch, now);
+            Ok(fetch) => {
+                let f = Fetching::new(master, plan, fetch, now);
                 self.state = State::Fetch(Box::new(f));
                 self.fetch_tick(now);
             }
@@ -528,6 +573,13 @@ impl<V: Volumes> Agent<V> {
                 needed: *needed,
                 available: *available,
             },
+            // tmpfs (the RAM store) full in the middle of a write.
+            StoreError::Volume { source, .. } if source.kind == VolumeErrorKind::NoSpace => {
+                ErrorReason::NoSpace {
+                    needed: 0,
+                    available: 0,
+                }
+            }
             StoreError::BadBlocks { bad_pebs, .. } => ErrorReason::BadBlocks {
                 count: u32::try_from(*bad_pebs).unwrap_or(u32::MAX),
             },
@@ -576,16 +628,18 @@ impl<V: Volumes> Agent<V> {
         n
     }
 
-    /// The committed set is the plan's set: send Ready and decide the hand-off.
+    /// The committed set (of the active store) is the plan's set: send Ready and decide
+    /// the hand-off.
     fn become_ready(&mut self, now: Instant, master: MacAddr, validated_only: bool) {
-        let Some(inv) = self.store.inventory() else {
+        let Some(inv) = self.store.active_inventory() else {
             return self.back_to_discovery(now);
         };
         let set = inv.set.clone();
         let handoff = handoff_of(&set);
+        let persisted = self.store.active() == Medium::Flash;
         let ready = Message::Ready(Ready {
             digest: set.digest,
-            persisted: true,
+            persisted,
             handoff,
         });
         let before = self.outputs.len();
@@ -609,6 +663,7 @@ impl<V: Volumes> Agent<V> {
             handoff,
             autonomous: false,
             validated_only,
+            persisted,
         }));
     }
 
@@ -630,6 +685,7 @@ impl<V: Volumes> Agent<V> {
             handoff,
             autonomous: true,
             validated_only: false,
+            persisted: true,
         }));
     }
 

@@ -119,10 +119,21 @@ fn plan_frame(
     refs: &[ArtifactRef],
     verdict: Verdict,
 ) -> Vec<u8> {
+    plan_frame_persist(k, h, s, refs, verdict, true)
+}
+
+fn plan_frame_persist(
+    k: &SigningKey,
+    h: &Header,
+    s: &Solicit,
+    refs: &[ArtifactRef],
+    verdict: Verdict,
+    persist: bool,
+) -> Vec<u8> {
     let body = PlanBody {
         artifacts: refs.to_vec(),
         cmdline: "console=ttyS0".into(),
-        persist: true,
+        persist,
         verdict,
         digest: set_digest(refs, "console=ttyS0"),
         nonce: s.nonce,
@@ -246,12 +257,13 @@ fn pristine_to_ready(drop_every: usize) {
         handoff,
         autonomous,
         validated_only,
+        persisted,
     } = d
     else {
         panic!("expected a boot decision");
     };
     assert_eq!(handoff, Handoff::Kexec);
-    assert!(!autonomous && !validated_only);
+    assert!(!autonomous && !validated_only && persisted);
     assert_eq!(set.digest, set_digest(&refs, "console=ttyS0"));
     assert!(
         sent.iter()
@@ -538,4 +550,192 @@ fn solicits_back_off_exponentially_with_jitter_then_boot_autonomously() {
         gaps.iter().any(|g| *g >= Duration::from_secs(5)),
         "reached the cap: {gaps:?}"
     );
+}
+
+/// The test-mode set: the fixture's boot image and base plus a test package.
+fn test_set() -> (Vec<ArtifactRef>, Vec<Vec<u8>>) {
+    let (mut refs, mut data) = set();
+    let t = content(5, 7_000);
+    refs.push(artifact(ArtifactKind::Package, "testpkg", &t));
+    data.push(t);
+    (refs, data)
+}
+
+/// A RAM store (FileVolumes in a temporary directory) of `lebs` LEBs of 4 KiB.
+fn ram(dir: &std::path::Path, lebs: u64) -> Store<FileVolumes> {
+    let v = FileVolumes::open_or_format(dir, 4096, lebs).unwrap();
+    Store::open(v, StoreConfig::default()).unwrap().0
+}
+
+fn ready_of(outs: &[Message]) -> Option<&Ready> {
+    outs.iter().find_map(|m| match m {
+        Message::Ready(r) => Some(r),
+        _ => None,
+    })
+}
+
+#[test]
+fn test_mode_plan_goes_to_ram_and_flash_sees_no_operation() {
+    let vols = provisioned();
+    let flash_before = store(&vols).inventory().cloned().unwrap();
+    let ops = vols.ops().len();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0).with_ram_store(ram(dir.path(), 64));
+    let (h, s) = solicit_of(&agent.tick(t0));
+    assert_eq!(
+        s.inventory_digest,
+        Some(flash_before.set.digest),
+        "Solicit reports the flash set"
+    );
+    let (refs, data) = test_set();
+    let plan = plan_frame_persist(&key(), &h, &s, &refs, Verdict::Fetch, false);
+    let outs = agent.handle_frame(t0, &plan);
+    assert_eq!(agent.phase(), Phase::Fetch);
+    let (d, sent) = serve(&mut agent, t0, &refs, &data, 0, outs);
+    let Decision::Boot {
+        set,
+        handoff,
+        autonomous,
+        validated_only,
+        persisted,
+    } = d
+    else {
+        panic!("expected a boot decision, got {d:?}");
+    };
+    assert!(!persisted && !autonomous && !validated_only);
+    assert_eq!(handoff, Handoff::Kexec);
+    assert_eq!(set.digest, set_digest(&refs, "console=ttyS0"));
+    let r = ready_of(&sent).expect("Ready sent");
+    assert!(!r.persisted, "Ready says RAM-only");
+    assert_eq!(r.digest, set.digest);
+    // Flash: not one create, update, write, rename or remove; same inventory, counter.
+    assert_eq!(
+        vols.ops().len(),
+        ops,
+        "flash touched: {:?}",
+        &vols.ops()[ops..]
+    );
+    assert_eq!(agent.store().inventory(), Some(&flash_before));
+    assert_eq!(store(&vols).inventory(), Some(&flash_before));
+    // RAM: the set, byte for byte, one file per artifact (what init loop-mounts).
+    let (_, ram_store) = agent.into_stores();
+    let mut ram_store = ram_store.unwrap();
+    assert!(ram_store.verify_set(&set).unwrap().is_empty());
+    let files = FileVolumes::open(dir.path()).unwrap();
+    for ((_, id), d) in ram_store.resolve(&set).unwrap().iter().zip(&data) {
+        assert_eq!(&std::fs::read(files.blob_path(*id).unwrap()).unwrap(), d);
+    }
+    drop(ram_store);
+
+    // The same RAM directory seen again (a kexec'd test image carries it): the same
+    // test plan only validates, nothing is fetched, flash still untouched.
+    let mut agent = Agent::new(config(), store(&vols), t0).with_ram_store(ram(dir.path(), 64));
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let outs = agent.handle_frame(
+        t0,
+        &plan_frame_persist(&key(), &h, &s, &refs, Verdict::Fetch, false),
+    );
+    let sent: Vec<Message> = frames(&outs).into_iter().map(|(_, m, _)| m).collect();
+    assert!(!sent.iter().any(|m| matches!(m, Message::Fetch(_))));
+    assert!(!ready_of(&sent).unwrap().persisted);
+    assert!(matches!(
+        decision(&outs),
+        Some(Decision::Boot {
+            validated_only: true,
+            persisted: false,
+            ..
+        })
+    ));
+    assert_eq!(vols.ops().len(), ops);
+
+    // Test mode left on the master: the next plan is the flash set again (Continue).
+    let mut agent = Agent::new(config(), store(&vols), t0).with_ram_store(ram(dir.path(), 64));
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let (flash_refs, _) = super::tests::set();
+    let outs = agent.handle_frame(
+        t0,
+        &plan_frame(&key(), &h, &s, &flash_refs, Verdict::Continue),
+    );
+    assert!(matches!(
+        decision(&outs),
+        Some(Decision::Boot {
+            validated_only: true,
+            persisted: true,
+            ..
+        })
+    ));
+    assert!(
+        ready_of(
+            &frames(&outs)
+                .into_iter()
+                .map(|(_, m, _)| m)
+                .collect::<Vec<_>>()
+        )
+        .unwrap()
+        .persisted
+    );
+    assert_eq!(vols.ops().len(), ops);
+}
+
+#[test]
+fn test_mode_plan_too_big_for_ram_is_no_space_and_flash_untouched() {
+    let vols = provisioned();
+    let flash_before = store(&vols).inventory().cloned();
+    let ops = vols.ops().len();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    // 8 LEBs of 4 KiB: the 40 kB boot image alone does not fit.
+    let mut agent = Agent::new(config(), store(&vols), t0).with_ram_store(ram(dir.path(), 8));
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let (refs, _) = test_set();
+    let outs = agent.handle_frame(
+        t0,
+        &plan_frame_persist(&key(), &h, &s, &refs, Verdict::Fetch, false),
+    );
+    let err = frames(&outs)
+        .into_iter()
+        .find_map(|(_, m, d)| match m {
+            Message::Error(e) if d == MASTER => Some(e),
+            _ => None,
+        })
+        .expect("an Error to the master");
+    assert!(
+        matches!(err.reason, ErrorReason::NoSpace { needed, available } if needed > available),
+        "{err:?}"
+    );
+    assert!(
+        !frames(&outs)
+            .iter()
+            .any(|(_, m, _)| matches!(m, Message::Fetch(_)))
+    );
+    assert_eq!(agent.phase(), Phase::Discover);
+    assert_eq!(
+        vols.ops().len(),
+        ops,
+        "flash touched: {:?}",
+        &vols.ops()[ops..]
+    );
+    assert_eq!(store(&vols).inventory().cloned(), flash_before);
+}
+
+#[test]
+fn test_mode_plan_without_ram_store_is_refused_without_writing() {
+    let vols = provisioned();
+    let ops = vols.ops().len();
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let (refs, _) = test_set();
+    let outs = agent.handle_frame(
+        t0,
+        &plan_frame_persist(&key(), &h, &s, &refs, Verdict::Fetch, false),
+    );
+    assert!(frames(&outs).iter().any(
+        |(_, m, d)| matches!(m, Message::Error(e) if e.detail.contains("no RAM store"))
+            && *d == MASTER
+    ));
+    assert!(decision(&outs).is_none());
+    assert_eq!(agent.phase(), Phase::Discover);
+    assert_eq!(vols.ops().len(), ops);
 }

@@ -1,0 +1,176 @@
+//! The agent's two stores: the card's flash, and the optional RAM store of test mode.
+//!
+//! A plan with `persist = true` is staged and committed on flash; a plan with
+//! `persist = false` (test mode) goes to the RAM store only: a [`FileVolumes`] directory
+//! on tmpfs whose capacity the caller bounded by the free RAM, so "no space" there is the
+//! same structured [`StoreError::NoSpace`] as on flash. While a RAM plan is active, no
+//! operation reaches the flash store: no volume is created, written, renamed or removed
+//! and the inventory stays as it was (the boot counter included).
+//!
+//! The staging operations ([`Stores::start`] .. [`Stores::commit`]) go to the store of the
+//! plan being applied, chosen by [`Stores::select`]. This module does not decide anything:
+//! the agent does.
+
+use crate::flash::artifact::ArtifactRef;
+use crate::flash::{FileVolumes, Inventory, Store, StoreError, Volumes};
+
+/// Which store a plan is applied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Medium {
+    /// The card's flash (persist = true).
+    Flash,
+    /// The tmpfs RAM store (persist = false, test mode).
+    Ram,
+}
+
+/// The flash store and the optional RAM store, with the one being staged into.
+pub(super) struct Stores<V: Volumes> {
+    pub(super) flash: Store<V>,
+    pub(super) ram: Option<Store<FileVolumes>>,
+    active: Medium,
+}
+
+impl<V: Volumes> Stores<V> {
+    pub(super) fn new(flash: Store<V>) -> Self {
+        Self {
+            flash,
+            ram: None,
+            active: Medium::Flash,
+        }
+    }
+
+    /// Apply the next plan to `m`. False if that store is absent (no RAM store).
+    pub(super) fn select(&mut self, m: Medium) -> bool {
+        if m == Medium::Ram && self.ram.is_none() {
+            return false;
+        }
+        self.active = m;
+        true
+    }
+
+    /// The store plans are applied to now.
+    pub(super) fn active(&self) -> Medium {
+        self.active
+    }
+
+    /// The inventory of the active store.
+    pub(super) fn active_inventory(&self) -> Option<&Inventory> {
+        match (self.active, &self.ram) {
+            (Medium::Ram, Some(r)) => r.inventory(),
+            _ => self.flash.inventory(),
+        }
+    }
+
+    /// The flash inventory (what Solicit reports and autonomy boots).
+    pub(super) fn inventory(&self) -> Option<&Inventory> {
+        self.flash.inventory()
+    }
+
+    /// The flash inventory digest (what Solicit reports).
+    pub(super) fn digest(&self) -> Option<shelfboot_proto::msg::Digest> {
+        self.flash.digest()
+    }
+
+    /// Runs `f` on the active store.
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn StagingStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match (self.active, &mut self.ram) {
+            (Medium::Ram, Some(r)) => f(r),
+            _ => f(&mut self.flash),
+        }
+    }
+
+    /// See [`Store::start`], on the active store.
+    pub(super) fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
+        self.with(|s| s.start(a))
+    }
+
+    /// See [`Store::write`], on the active store.
+    pub(super) fn write(&mut self, a: &ArtifactRef, bytes: &[u8]) -> Result<(), StoreError> {
+        self.with(|s| s.write(a, bytes))
+    }
+
+    /// See [`Store::finish`], on the active store.
+    pub(super) fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
+        self.with(|s| s.finish(a))
+    }
+
+    /// See [`Store::abort`], on the active store.
+    pub(super) fn abort(&mut self) -> Result<(), StoreError> {
+        self.with(|s| s.abort())
+    }
+
+    /// See [`Store::commit`], on the active store.
+    pub(super) fn commit(&mut self) -> Result<Inventory, StoreError> {
+        self.with(|s| s.commit())
+    }
+
+    /// See [`Store::check`], [`Store::missing_volumes`]: is the plan's set the active
+    /// store's committed set, every volume present? Writes nothing.
+    pub(super) fn holds(
+        &mut self,
+        artifacts: &[ArtifactRef],
+        cmdline: &str,
+    ) -> Result<bool, StoreError> {
+        self.with(|s| s.holds(artifacts, cmdline))
+    }
+
+    /// See [`Store::begin`], on the active store: what must be fetched.
+    pub(super) fn begin(
+        &mut self,
+        artifacts: &[ArtifactRef],
+        cmdline: &str,
+    ) -> Result<Vec<ArtifactRef>, StoreError> {
+        self.with(|s| s.begin(artifacts, cmdline))
+    }
+}
+
+/// The staging operations of a [`Store`], object-safe so that the flash and the RAM store
+/// (different [`Volumes`]) share one code path.
+trait StagingStore {
+    fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError>;
+    fn write(&mut self, a: &ArtifactRef, bytes: &[u8]) -> Result<(), StoreError>;
+    fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError>;
+    fn abort(&mut self) -> Result<(), StoreError>;
+    fn commit(&mut self) -> Result<Inventory, StoreError>;
+    fn holds(&mut self, artifacts: &[ArtifactRef], cmdline: &str) -> Result<bool, StoreError>;
+    fn begin(
+        &mut self,
+        artifacts: &[ArtifactRef],
+        cmdline: &str,
+    ) -> Result<Vec<ArtifactRef>, StoreError>;
+}
+
+impl<V: Volumes> StagingStore for Store<V> {
+    fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
+        Store::start(self, a)
+    }
+    fn write(&mut self, a: &ArtifactRef, bytes: &[u8]) -> Result<(), StoreError> {
+        Store::write(self, a, bytes)
+    }
+    fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
+        Store::finish(self, a)
+    }
+    fn abort(&mut self) -> Result<(), StoreError> {
+        Store::abort(self)
+    }
+    fn commit(&mut self) -> Result<Inventory, StoreError> {
+        Store::commit(self)
+    }
+    fn holds(&mut self, artifacts: &[ArtifactRef], cmdline: &str) -> Result<bool, StoreError> {
+        let check = self.check(artifacts, cmdline)?;
+        match self.inventory().map(|i| i.set.clone()) {
+            Some(set) if check.up_to_date => Ok(self.missing_volumes(&set)?.is_empty()),
+            _ => Ok(false),
+        }
+    }
+    fn begin(
+        &mut self,
+        artifacts: &[ArtifactRef],
+        cmdline: &str,
+    ) -> Result<Vec<ArtifactRef>, StoreError> {
+        Store::begin(self, artifacts, cmdline).map(|c| c.fetch)
+    }
+}
