@@ -315,6 +315,181 @@ pub fn build(k: &Kernel, spec: &ReleaseSpec, dir: &Path) -> Result<Release, Rele
     })
 }
 
+/// What a release derived from a built one changes (see [`derive`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    /// Release version, e.g. `1.1.0`.
+    pub version: String,
+    /// New version of the `heartbeat` package (its files change: the version line and a
+    /// `HEARTBEAT v<version>` banner), or `None` to keep heartbeat 1.0.0.
+    pub heartbeat: Option<String>,
+    /// Size of an extra package `bulk` 1.0.0 (incompressible bytes, depends base ^1) that
+    /// the class gives every card; 0 = no such package.
+    pub bulk_bytes: u64,
+}
+
+/// Writes the heartbeat tree of `version` (banner + the usual loop) and returns it.
+fn heartbeat_tree(version: &str, dir: &Path) -> Result<PathBuf, ReleaseError> {
+    let t = dir.join("trees").join(format!("heartbeat-{version}"));
+    let _ = std::fs::remove_dir_all(&t);
+    write(
+        &t.join("etc/shelfboot/packages/heartbeat"),
+        format!("heartbeat-{version}\n"),
+    )?;
+    let script = HEARTBEAT.replacen(
+        "n=0\n",
+        &format!("echo \"HEARTBEAT v{version} starting\"\nn=0\n"),
+        1,
+    );
+    write_exec(&t.join("etc/shelfboot/rc.d/50-heartbeat"), &script)?;
+    Ok(t)
+}
+
+/// Writes the bulk tree: `size` pseudo-random (incompressible) bytes in /opt/bulk/data.
+fn bulk_tree(size: u64, dir: &Path) -> Result<PathBuf, ReleaseError> {
+    let t = dir.join("trees").join("bulk");
+    let _ = std::fs::remove_dir_all(&t);
+    write(&t.join("etc/shelfboot/packages/bulk"), "bulk-1.0.0\n")?;
+    write(&t.join("opt/bulk/data"), noise(size))?;
+    Ok(t)
+}
+
+/// `size` bytes of a fixed xorshift stream (the same bytes every build).
+fn noise(size: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let n = usize::try_from(size).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// The `system.toml` of a derived release: the base release's boot images and base
+/// package (same files, so the same artifacts and blobs), heartbeat as given, the
+/// optional bulk package, the same class and defaults.
+fn derived_toml(
+    kernel_version: &str,
+    card_types: &[String],
+    d: &Derived,
+    heartbeat_file: &str,
+    heartbeat_version: &str,
+) -> String {
+    let mut toml = format!(
+        "[release]\nname = \"lab-os\"\nversion = \"{}\"\n\n",
+        d.version
+    );
+    toml.push_str(&format!(
+        "[[package]]\nname = \"base\"\nversion = \"{VERSION}\"\narch = \"x86_64\"\nfile = \"files/base-{VERSION}-x86_64.sqfs\"\n\n"
+    ));
+    toml.push_str(&format!(
+        "[[package]]\nname = \"heartbeat\"\nversion = \"{heartbeat_version}\"\narch = \"x86_64\"\nfile = \"{heartbeat_file}\"\ndepends = {{ base = \"^1\" }}\n\n"
+    ));
+    toml.push_str(&format!(
+        "[[package]]\nname = \"diag\"\nversion = \"{VERSION}\"\narch = \"x86_64\"\nfile = \"files/diag-{VERSION}-x86_64.sqfs\"\nprovides = [\"diag\"]\ndepends = {{ base = \"^1\" }}\n\n"
+    ));
+    let mut class_packages = "heartbeat = \"^1\"".to_string();
+    if d.bulk_bytes > 0 {
+        toml.push_str("[[package]]\nname = \"bulk\"\nversion = \"1.0.0\"\narch = \"x86_64\"\nfile = \"files/bulk-1.0.0-x86_64.sqfs\"\ndepends = { base = \"^1\" }\n\n");
+        class_packages.push_str(", bulk = \"^1\"");
+    }
+    for ct in card_types {
+        toml.push_str(&format!(
+            "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"x86_64\"\nimage = \"files/{BOOT_NAME}-{ct}.img\"\ncmdline = \"{}\"\n\n",
+            kernel_version.split('-').next().unwrap_or("6"),
+            stored_cmdline(ct),
+        ));
+    }
+    let types: Vec<String> = card_types.iter().map(|t| format!("\"{t}\"")).collect();
+    toml.push_str(&format!(
+        "[[class]]\nname = \"lab\"\nmatch = {{ card_types = [{}] }}\nboot = \"{BOOT_NAME}\"\npackages = {{ {class_packages} }}\n\n[defaults]\npackages = {{ base = \"^1\" }}\n",
+        types.join(", ")
+    ));
+    toml
+}
+
+/// A later release built beside `base` (which [`build`] made for `card_types`): only
+/// what `d` names is new (squashfs of the new heartbeat, the bulk package); boot images,
+/// base and diag are the base release's files, so importing it stores only the new
+/// blobs and a card fetches only the changed artifacts. Written to `base.dir/<version>.toml`
+/// (paths inside are relative to `base.dir`).
+pub fn derive(
+    k: &Kernel,
+    base: &Release,
+    card_types: &[String],
+    d: &Derived,
+) -> Result<Release, ReleaseError> {
+    let dir = &base.dir;
+    let files = dir.join("files");
+    let mut sizes = Vec::new();
+    let (hb_file, hb_version) = match &d.heartbeat {
+        Some(v) => {
+            let tree = heartbeat_tree(v, dir)?;
+            let file = format!("heartbeat-{v}-x86_64.sqfs");
+            let out = files.join(&file);
+            squashfs("heartbeat", &tree, &out)?;
+            sizes.push((file.clone(), std::fs::metadata(&out).map_or(0, |m| m.len())));
+            (format!("files/{file}"), v.clone())
+        }
+        None => (
+            format!("files/heartbeat-{VERSION}-x86_64.sqfs"),
+            VERSION.to_string(),
+        ),
+    };
+    if d.bulk_bytes > 0 {
+        let tree = bulk_tree(d.bulk_bytes, dir)?;
+        let file = "bulk-1.0.0-x86_64.sqfs".to_string();
+        let out = files.join(&file);
+        squashfs("bulk", &tree, &out)?;
+        sizes.push((file, std::fs::metadata(&out).map_or(0, |m| m.len())));
+    }
+    let system_toml = dir.join(format!("{}.toml", d.version));
+    write(
+        &system_toml,
+        derived_toml(&k.version, card_types, d, &hb_file, &hb_version),
+    )?;
+    Ok(Release {
+        dir: dir.clone(),
+        system_toml,
+        initramfs: base.initramfs.clone(),
+        sizes,
+    })
+}
+
+/// The lab initramfs with other flash modules in place of block2mtd (e.g. nandsim with
+/// its fault-injection parameters, [`crate::flash::Nandsim::params`]); gzip, like
+/// [`initramfs`].
+pub fn initramfs_with_flash(
+    k: &Kernel,
+    init: &Path,
+    anchor: &Path,
+    flash_modules: Vec<(String, String)>,
+) -> Result<Vec<u8>, ReleaseError> {
+    let mut wanted: Vec<(String, String)> = vec![("virtio_net".into(), String::new())];
+    wanted.extend(flash_modules);
+    for m in ["ubi", "squashfs", "overlay"] {
+        wanted.push((m.into(), String::new()));
+    }
+    let spec = BuildSpec {
+        init: Some(init.to_path_buf()),
+        modules: Some(ModuleSpec {
+            root: k.root.clone(),
+            kver: k.version.clone(),
+            wanted,
+        }),
+        trust: vec![anchor.to_path_buf()],
+        compression: Compression::Gzip,
+        ..BuildSpec::default()
+    };
+    build::build(&spec)
+        .map(|b| b.archive)
+        .map_err(ReleaseError::Initramfs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,5 +502,40 @@ mod tests {
         assert!(a.contains("shelfboot.features=diag"), "{a}");
         assert!(!card_append("fab10", 1, &[], 20).contains("features"));
         assert!(stored_cmdline("fab10").ends_with("shelfboot.card=fab10"));
+    }
+
+    #[test]
+    fn derived_release_reuses_the_base_files_and_adds_only_what_changed() {
+        let types = vec!["lc100".to_string(), "fab10".to_string()];
+        let d = Derived {
+            version: "1.1.0".into(),
+            heartbeat: Some("1.1.0".into()),
+            bulk_bytes: 0,
+        };
+        let t = derived_toml(
+            "6.1.0-56-amd64",
+            &types,
+            &d,
+            "files/heartbeat-1.1.0-x86_64.sqfs",
+            "1.1.0",
+        );
+        assert!(t.contains("version = \"1.1.0\"\n"), "{t}");
+        assert!(t.contains("file = \"files/base-1.0.0-x86_64.sqfs\""), "{t}");
+        assert!(
+            t.contains("file = \"files/heartbeat-1.1.0-x86_64.sqfs\""),
+            "{t}"
+        );
+        assert!(t.contains("image = \"files/lab-kernel-fab10.img\""), "{t}");
+        assert!(t.contains(&stored_cmdline("lc100")), "{t}");
+        assert!(!t.contains("bulk"), "{t}");
+        let big = Derived { bulk_bytes: 5, ..d };
+        let t = derived_toml("6.1.0-56-amd64", &types, &big, "f", "1.0.0");
+        assert!(t.contains("heartbeat = \"^1\", bulk = \"^1\""), "{t}");
+        let n = noise(1000);
+        assert_eq!(n.len(), 1000);
+        assert_eq!(n, noise(1000));
+        // Incompressible enough: no byte value dominates.
+        let zeros = n.iter().filter(|&&b| b == 0).count();
+        assert!(zeros < 20, "{zeros}");
     }
 }

@@ -276,6 +276,58 @@ pub fn bytes_to_fetch(console: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Builds release `d` beside the lab's release ([`release::derive`]), packs it with the
+/// lab's vendor key and imports it as the default release: through the control socket
+/// when a master serves (as an operator would), else in-process.
+pub fn import_derived(lab: &Lab, d: &release::Derived) -> Result<Release, ScenarioError> {
+    let types: Vec<String> = TYPES.iter().map(|t| t.to_string()).collect();
+    let rel = release::derive(&lab.kernel, &lab.release, &types, d)
+        .map_err(step(format!("build release {}", d.version)))?;
+    let key = shelfboot_master::keys::read_signing_key(&lab.dir.join("vendor.key"))
+        .map_err(step("read the vendor key"))?;
+    let packed = shelfboot_master::image::pack::prepare(&rel.system_toml)
+        .map_err(step(format!("pack {}", rel.system_toml.display())))?;
+    let image = lab.dir.join(format!("release-{}.img", d.version));
+    shelfboot_master::image::pack::write_image(&packed, &key, &image)
+        .map_err(step(format!("write {}", image.display())))?;
+    shelfboot_master::cli::run_request(
+        &lab.state,
+        shelfboot_master::control::Request::Import {
+            path: image.clone(),
+            activate: true,
+        },
+    )
+    .map_err(step(format!("import {}", image.display())))?;
+    Ok(rel)
+}
+
+/// The `master` CLI binary: `SHELFBOOT_MASTER_BIN`, else built with cargo (debug).
+pub fn master_binary() -> Result<PathBuf, ScenarioError> {
+    if let Ok(p) = std::env::var("SHELFBOOT_MASTER_BIN") {
+        return Ok(p.into());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = std::process::Command::new(cargo);
+    c.args(["build", "-q", "-p", "shelfboot-master", "--bin", "master"]);
+    crate::cmd::run(&mut c).map_err(step(
+        "build the master CLI (cargo build -p shelfboot-master --bin master)",
+    ))?;
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    Ok(target.join("debug/master"))
+}
+
+/// Runs the operator CLI, `master --state STATE ARGS...`, and returns what it printed.
+/// With a master serving, the CLI goes through its control socket.
+pub fn master_cli(state: &Path, args: &[&str]) -> Result<String, ScenarioError> {
+    let bin = master_binary()?;
+    let mut c = std::process::Command::new(&bin);
+    c.arg("--state").arg(state).args(args);
+    crate::cmd::run(&mut c).map_err(step(format!("master {}", args.join(" "))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
