@@ -6,7 +6,8 @@
 //!   → link up (rtnetlink) → attach UBI (format if pristine) → open card's Store
 //!   → Provisioner (the master conversation, issue 4)          ← the seam
 //!   → hand-off: kexec the committed boot image, or switch_root into its packages,
-//!               or switch_root into test-mode packages in tmpfs
+//!               or (test mode) kexec the test set's boot image from RAM carrying the RAM
+//!               store, or switch_root into test-mode packages in tmpfs
 //! ```
 //!
 //! The [`Provisioner`] gets the configuration, the link and the store; it may fetch,
@@ -22,7 +23,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shelfboot_card::flash::{BootDecision, Store, StoreConfig, StoreError, Volumes};
+use shelfboot_card::flash::artifact::ArtifactKind;
+use shelfboot_card::flash::{BootDecision, Inventory, Store, StoreConfig, StoreError, Volumes};
 
 use crate::config::{Config, ConfigError};
 use crate::flash::UbiVolumes;
@@ -43,12 +45,26 @@ pub enum Provisioned {
     TestSet {
         /// Package files in tmpfs.
         packages: Vec<PathBuf>,
+        /// The test set's boot image, if it has one: kexec'd (`shelfboot.test=1`) unless
+        /// this init already runs it.
+        boot: Option<TestBoot>,
     },
     /// No master answered within `shelfboot.master_timeout`.
     NoMaster {
         /// How long the provisioner waited.
         waited: Duration,
     },
+}
+
+/// A test set's boot image in the RAM store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestBoot {
+    /// The boot-image container file (in the RAM store's directory).
+    pub image: PathBuf,
+    /// The set's command line (the plan's).
+    pub cmdline: String,
+    /// The RAM store directory, carried in the next kernel's initramfs.
+    pub ram_dir: PathBuf,
 }
 
 /// What a provisioner works with.
@@ -209,6 +225,7 @@ pub fn open_store(
             if let Some(d) = &report.inventory_damaged {
                 log::warn!("flash: one inventory copy was damaged ({d}); the other one was used");
             }
+            log::info!("flash: {}", describe_inventory(store.inventory()));
             Some((ubi, store))
         }
         Err(e) => {
@@ -216,6 +233,38 @@ pub fn open_store(
             None
         }
     }
+}
+
+/// One line saying what the flash holds, for the console: the committed set (digest,
+/// generation, boot attempts, each artifact as kind, name, version) and the previous set's
+/// digest; `nothing committed` for a pristine store. The QEMU power-cut scenario reads it.
+pub fn describe_inventory(inv: Option<&Inventory>) -> String {
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let Some(inv) = inv else {
+        return "nothing committed".into();
+    };
+    let arts: Vec<String> = inv
+        .set
+        .artifacts
+        .iter()
+        .map(|s| {
+            let kind = match s.artifact.kind {
+                ArtifactKind::BootImage => "boot",
+                ArtifactKind::Package => "package",
+            };
+            format!("{kind} {} {}", s.artifact.name, s.artifact.version)
+        })
+        .collect();
+    format!(
+        "committed set {} (generation {}, {} boot attempts since Ready): {}; previous set {}",
+        hex(&inv.set.digest),
+        inv.generation,
+        inv.attempts,
+        arts.join(", "),
+        inv.previous
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |p| hex(&p.digest)),
+    )
 }
 
 /// Boots what `provisioned` says: the only way out of this function is an error.
@@ -227,7 +276,22 @@ pub fn hand_off<V: Volumes>(
     provisioned: Provisioned,
 ) -> FlowError {
     match provisioned {
-        Provisioned::TestSet { packages } => {
+        Provisioned::TestSet { packages, boot } => {
+            match boot {
+                Some(b) if !cfg.test => {
+                    log::info!(
+                        "test mode: kexec into the test set's boot image from RAM; flash untouched"
+                    );
+                    let cmdline = crate::provision::carried_cmdline(cfg, &b.cmdline);
+                    return FlowError::Handoff(handoff::kexec_test(
+                        k, paths, &b.image, &cmdline, &b.ram_dir,
+                    ));
+                }
+                Some(_) => log::info!(
+                    "test mode: this is the test set's boot image (shelfboot.test=1): no second kexec"
+                ),
+                None => {}
+            }
             log::info!(
                 "test mode: booting {} packages from RAM; flash untouched",
                 packages.len()
@@ -427,6 +491,25 @@ mod tests {
     }
 
     #[test]
+    fn inventory_line_names_every_artifact_of_the_committed_set() {
+        assert_eq!(describe_inventory(None), "nothing committed");
+        let (_, s) = committed();
+        let inv = s.inventory().unwrap();
+        let line = describe_inventory(Some(inv));
+        let digest: String = inv.set.digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            line.starts_with(&format!("committed set {digest} (generation ")),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "boot attempts since Ready): boot kernel 1, package base 1, package app 1; previous set none"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn committed_boot_image_is_counted_then_kexeced_with_the_marker() {
         let (_dev, mut store) = committed();
         let t = tempfile::tempdir().unwrap();
@@ -560,6 +643,7 @@ mod tests {
             Some((0, &mut store)),
             Provisioned::TestSet {
                 packages: packages.clone(),
+                boot: None,
             },
         );
         assert!(
@@ -605,5 +689,107 @@ mod tests {
             }
         );
         assert_eq!(dev.ops().len(), before);
+    }
+
+    /// A test set in a RAM store: a boot image and two packages, as files.
+    fn ram_set(dir: &std::path::Path) -> TestBoot {
+        let boot = shelfboot_mkinitramfs::bootimage::build(b"bz-test", b"initrd-test", "quiet")
+            .unwrap();
+        std::fs::create_dir_all(dir.join("ram/blobs")).unwrap();
+        std::fs::write(dir.join("ram/table"), b"table").unwrap();
+        std::fs::write(dir.join("ram/blobs/v0-0"), &boot).unwrap();
+        TestBoot {
+            image: dir.join("ram/blobs/v0-0"),
+            cmdline: "console=ttyS0 quiet".into(),
+            ram_dir: dir.join("ram"),
+        }
+    }
+
+    #[test]
+    fn test_set_with_a_boot_image_is_kexeced_from_ram_carrying_the_store() {
+        let (dev, mut store) = committed();
+        let before = dev.ops().len();
+        let inv_before = store.inventory().cloned();
+        let t = tempfile::tempdir().unwrap();
+        let boot = ram_set(t.path());
+        let paths = Paths {
+            stage: t.path().join("stage"),
+            ..Paths::default()
+        };
+        std::fs::create_dir_all(t.path().join("stage/kexec")).unwrap();
+        let mut k = Recorder::default();
+        let c = Config {
+            slot: Some(4),
+            ..Config::default()
+        };
+        let err = hand_off(
+            &mut k,
+            &paths,
+            &c,
+            Some((0, &mut store)),
+            Provisioned::TestSet {
+                packages: vec![t.path().join("ram/blobs/v1-0")],
+                boot: Some(boot),
+            },
+        );
+        assert!(
+            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+            "{err}"
+        );
+        let dir = t.path().join("stage/kexec");
+        assert_eq!(
+            k.calls[1..],
+            [
+                Call::KexecLoad(
+                    dir.join("kernel"),
+                    dir.join("initramfs"),
+                    "console=ttyS0 quiet shelfboot.slot=4 shelfboot.test=1".into()
+                ),
+                Call::Leave(Leave::Kexec),
+            ]
+        );
+        let initrd = std::fs::read(dir.join("initramfs")).unwrap();
+        assert!(initrd.starts_with(b"initrd-test"), "image's initramfs first");
+        let carried = String::from_utf8_lossy(&initrd[11..]).to_string();
+        assert!(carried.contains("shelfboot-test/ram/table"), "{carried}");
+        assert!(carried.contains("shelfboot-test/ram/blobs/v0-0"), "{carried}");
+        assert_eq!(dev.ops().len(), before, "flash untouched");
+        assert_eq!(store.inventory().cloned(), inv_before, "boot counter untouched");
+    }
+
+    #[test]
+    fn kexeced_test_image_switches_root_into_ram_packages_without_counting() {
+        let (dev, mut store) = committed();
+        let before = dev.ops().len();
+        let t = tempfile::tempdir().unwrap();
+        let boot = ram_set(t.path());
+        let mut k = Recorder {
+            existing: vec!["/newroot/sbin/init".into()],
+            ..Recorder::default()
+        };
+        let c = Config {
+            test: true,
+            ..Config::default()
+        };
+        let pkgs = vec![PathBuf::from("/shelfboot-test/ram/blobs/v1-0")];
+        let err = hand_off(
+            &mut k,
+            &Paths::default(),
+            &c,
+            Some((0, &mut store)),
+            Provisioned::TestSet {
+                packages: pkgs.clone(),
+                boot: Some(boot),
+            },
+        );
+        assert!(
+            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+            "{err}"
+        );
+        assert!(!k.calls.iter().any(|c| matches!(c, Call::KexecLoad(..))));
+        assert!(k.calls.contains(&Call::LoopAttach(pkgs[0].clone())));
+        assert!(matches!(k.calls.last(), Some(Call::ExecInit(..))));
+        assert_eq!(dev.ops().len(), before);
+        assert_eq!(store.inventory().unwrap().attempts, 0);
     }
 }
