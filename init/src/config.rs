@@ -73,6 +73,9 @@ pub struct Config {
     pub carrier_timeout: Duration,
     /// We run a kexec'd stored image: validate only.
     pub stored: bool,
+    /// We run a test-mode boot image kexec'd from RAM (`shelfboot.test=1`): use the RAM
+    /// store carried in the initramfs, validate only, never kexec again, never count.
+    pub test: bool,
     /// Boots of a new set that may fail to reach Ready before rolling back.
     pub maxtries: u32,
     /// Erase an MTD device that carries no UBI header at all before attaching.
@@ -95,6 +98,7 @@ impl Default for Config {
             master_timeout: Duration::from_secs(30),
             carrier_timeout: Duration::from_secs(10),
             stored: false,
+            test: false,
             maxtries: 3,
             format_pristine: true,
             unknown_keys: Vec::new(),
@@ -319,6 +323,7 @@ impl Config {
                     c.carrier_timeout = parse_duration(&key, need(&key, v, "a duration")?)?;
                 }
                 "stored" => c.stored = parse_bool(&key, v)?,
+                "test" => c.test = parse_bool(&key, v)?,
                 "format" => c.format_pristine = parse_bool(&key, v)?,
                 "maxtries" => {
                     const EXPECTED: &str = "a number of tries from 1 to 100";
@@ -377,6 +382,7 @@ impl fmt::Display for Config {
         writeln!(f, "master_timeout  {:?}", self.master_timeout)?;
         writeln!(f, "carrier_timeout {:?}", self.carrier_timeout)?;
         writeln!(f, "stored          {}", self.stored)?;
+        writeln!(f, "test            {}", self.test)?;
         writeln!(f, "maxtries        {}", self.maxtries)?;
         writeln!(f, "format pristine {}", self.format_pristine)?;
         if !self.unknown_keys.is_empty() {
@@ -400,10 +406,11 @@ mod tests {
             "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet shelfboot.iface=eth1 shelfboot.card=lc-48x10g \
              shelfboot.slot=7 shelfboot.shelf=0x2 shelfboot.features=bgp,mpls shelfboot.mtd=3 \
              shelfboot.ethertype=0x88b6 shelfboot.master_timeout=500ms shelfboot.stored=1 \
-             shelfboot.maxtries=5 shelfboot.future=x",
+             shelfboot.maxtries=5 shelfboot.test=1 shelfboot.future=x",
             &Hardware::default(),
         )
         .unwrap();
+        assert!(c.test);
         assert_eq!(c.iface.as_deref(), Some("eth1"));
         assert_eq!(
             (c.card.as_str(), c.card_source),
@@ -432,6 +439,7 @@ mod tests {
         );
         assert_eq!(c.ethertype, DEFAULT_ETHERTYPE);
         assert_eq!(c.mtd, MtdSelector::Number(0));
+        assert!(!c.test);
         assert!(!c.stored);
         let hw = Hardware {
             dmi: Some("Standard PC (i440FX + PIIX, 1996)".into()),
@@ -464,6 +472,7 @@ mod tests {
             ("shelfboot.master_timeout=5h", "shelfboot.master_timeout"),
             ("shelfboot.maxtries=0", "shelfboot.maxtries"),
             ("shelfboot.stored=maybe", "shelfboot.stored"),
+            ("shelfboot.test=2", "shelfboot.test"),
             ("shelfboot.iface=", "shelfboot.iface"),
         ] {
             let err = Config::parse(line, &Hardware::default()).unwrap_err();

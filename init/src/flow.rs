@@ -693,8 +693,8 @@ mod tests {
 
     /// A test set in a RAM store: a boot image and two packages, as files.
     fn ram_set(dir: &std::path::Path) -> TestBoot {
-        let boot = shelfboot_mkinitramfs::bootimage::build(b"bz-test", b"initrd-test", "quiet")
-            .unwrap();
+        let boot =
+            shelfboot_mkinitramfs::bootimage::build(b"bz-test", b"initrd-test", "quiet").unwrap();
         std::fs::create_dir_all(dir.join("ram/blobs")).unwrap();
         std::fs::write(dir.join("ram/table"), b"table").unwrap();
         std::fs::write(dir.join("ram/blobs/v0-0"), &boot).unwrap();
@@ -749,12 +749,22 @@ mod tests {
             ]
         );
         let initrd = std::fs::read(dir.join("initramfs")).unwrap();
-        assert!(initrd.starts_with(b"initrd-test"), "image's initramfs first");
+        assert!(
+            initrd.starts_with(b"initrd-test"),
+            "image's initramfs first"
+        );
         let carried = String::from_utf8_lossy(&initrd[11..]).to_string();
         assert!(carried.contains("shelfboot-test/ram/table"), "{carried}");
-        assert!(carried.contains("shelfboot-test/ram/blobs/v0-0"), "{carried}");
+        assert!(
+            carried.contains("shelfboot-test/ram/blobs/v0-0"),
+            "{carried}"
+        );
         assert_eq!(dev.ops().len(), before, "flash untouched");
-        assert_eq!(store.inventory().cloned(), inv_before, "boot counter untouched");
+        assert_eq!(
+            store.inventory().cloned(),
+            inv_before,
+            "boot counter untouched"
+        );
     }
 
     #[test]

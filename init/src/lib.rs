@@ -44,4 +44,5 @@ pub mod handoff;
 pub mod net;
 pub mod pid1;
 pub mod provision;
+pub mod ram;
 pub mod reaper;

@@ -14,14 +14,21 @@
 //! master validated marks its set Ready (resets the boot counter); so does a set without
 //! a boot image. A master that orders a reset restarts the conversation (bounded).
 //!
-//! Not here: test mode (RAM-only sets; refused with an error naming it), the protocol
-//! itself (card's agent), attaching UBI (crate::flash::attach).
+//! Test mode: the agent also gets a RAM store ([`crate::ram`]: fresh on tmpfs, or the
+//! one a kexec'd test image finds carried in its initramfs). A `persist = false` plan is
+//! fetched there; its decision becomes [`Provisioned::TestSet`] with the package files
+//! and the boot image file of the RAM store. Flash is neither written nor marked Ready,
+//! and the boot counter is left alone. Without a RAM store (no memory to spare) the agent
+//! refuses such plans with an error to the master.
+//!
+//! Not here: the protocol itself (card's agent), attaching UBI (crate::flash::attach).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shelfboot_card::agent::{Agent, AgentConfig, Decision, Identity, Output, Phase, Timers};
-use shelfboot_card::flash::{Store, StoreConfig, StoreError};
+use shelfboot_card::flash::artifact::ArtifactKind;
+use shelfboot_card::flash::{FileVolumes, SetRecord, Store, StoreConfig, StoreError};
 use shelfboot_netio::{PacketSocket, SocketConfig, SocketError};
 use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::{Arch, BootPhase};
@@ -29,7 +36,7 @@ use shelfboot_proto::sign::{SignError, TrustAnchor};
 
 use crate::config::{Config, Source};
 use crate::flash::UbiVolumes;
-use crate::flow::{ProvisionError, Provisioned, Provisioner, Session};
+use crate::flow::{ProvisionError, Provisioned, Provisioner, Session, TestBoot};
 use crate::sys::SysError;
 use crate::sys::sysfs::Sysfs;
 
@@ -106,6 +113,17 @@ pub enum AgentRunError {
         #[source]
         source: SocketError,
     },
+    /// A test-mode decision without a RAM store (cannot happen: the agent refuses such
+    /// plans without one).
+    #[error("the agent decided a test-mode boot but has no RAM store")]
+    NoRamStore,
+    /// The RAM store does not hold the set the agent committed there.
+    #[error("the test-mode set in the RAM store cannot be resolved to files")]
+    RamSet {
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
     /// Too many resets ordered in one boot.
     #[error("the master ordered {MAX_RESETS} resets in this boot: booting what is committed")]
     TooManyResets,
@@ -120,6 +138,12 @@ pub struct AgentProvisioner {
     pub dev: PathBuf,
     /// sysfs root.
     pub sys: PathBuf,
+    /// procfs root (`meminfo` bounds the RAM store).
+    pub proc: PathBuf,
+    /// Where a fresh RAM store for test mode is made (tmpfs).
+    pub ram_dir: PathBuf,
+    /// Where a kexec'd test image finds the RAM store carried in its initramfs.
+    pub carried_dir: PathBuf,
 }
 
 impl Default for AgentProvisioner {
@@ -128,6 +152,9 @@ impl Default for AgentProvisioner {
             trust_dir: TRUST_DIR.into(),
             dev: "/dev".into(),
             sys: "/sys".into(),
+            proc: "/proc".into(),
+            ram_dir: crate::ram::RAM_DIR.into(),
+            carried_dir: crate::ram::CARRIED_DIR.into(),
         }
     }
 }
@@ -231,11 +258,18 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                 identity.slot
             );
             let mut agent = Agent::new(acfg, astore, Instant::now());
+            match crate::ram::open(&self.carried_dir, &self.ram_dir, &self.proc) {
+                Ok(ram) => agent = agent.with_ram_store(ram),
+                Err(e) => log::warn!(
+                    "agent: no RAM store, test-mode plans will be refused: {}",
+                    crate::error_chain(&e)
+                ),
+            }
             let decision =
                 drive(&mut agent, &mut sock, &link.name).map_err(|e| failed("agent", e))?;
             let c = *agent.counters();
             log::info!("agent: counters {c:?}");
-            let mut fresh = agent.into_store();
+            let (mut fresh, ram) = agent.into_stores();
             match decision {
                 Decision::Reset { phase: p } => {
                     log::info!("agent: the master ordered a reset ({p:?}): soliciting again");
@@ -244,8 +278,25 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                 Decision::Boot {
                     set,
                     handoff,
+                    validated_only,
+                    persisted: false,
+                    ..
+                } => {
+                    log::info!(
+                        "agent: test mode: {handoff:?} of RAM set {} ({} artifacts), validated_only={validated_only}; flash untouched",
+                        hex(&set.digest),
+                        set.artifacts.len()
+                    );
+                    *store = fresh;
+                    return test_set(ram, &set, &self.carried_dir, &self.ram_dir)
+                        .map_err(|e| failed("test mode", e));
+                }
+                Decision::Boot {
+                    set,
+                    handoff,
                     autonomous,
                     validated_only,
+                    persisted: true,
                 } => {
                     log::info!(
                         "agent: decided {handoff:?} of set {} ({} artifacts), autonomous={autonomous}, validated_only={validated_only}",
@@ -278,6 +329,49 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
         }
         Err(failed("agent", AgentRunError::TooManyResets))
     }
+}
+
+/// The hand-off of a test set the agent committed in `ram`: its package files (plan
+/// order) and boot image file.
+fn test_set(
+    ram: Option<Store<FileVolumes>>,
+    set: &SetRecord,
+    carried: &Path,
+    fresh: &Path,
+) -> Result<Provisioned, AgentRunError> {
+    let mut ram = ram.ok_or(AgentRunError::NoRamStore)?;
+    let resolved = ram
+        .resolve(set)
+        .map_err(|source| AgentRunError::RamSet { source })?;
+    let mut packages = Vec::new();
+    let mut image = None;
+    for (a, id) in resolved {
+        let path = ram
+            .volumes_mut()
+            .blob_path(id)
+            .ok_or_else(|| AgentRunError::RamSet {
+                source: StoreError::SetDamaged {
+                    missing: vec![a.volume.clone()],
+                },
+            })?;
+        match a.artifact.kind {
+            ArtifactKind::BootImage => image = Some(path),
+            ArtifactKind::Package => packages.push(path),
+        }
+    }
+    let ram_dir = if carried.join("table").exists() {
+        carried
+    } else {
+        fresh
+    };
+    Ok(Provisioned::TestSet {
+        packages,
+        boot: image.map(|image| TestBoot {
+            image,
+            cmdline: set.cmdline.clone(),
+            ram_dir: ram_dir.to_path_buf(),
+        }),
+    })
 }
 
 /// Runs the agent until it decided and finished its sends. Returns the decision.

@@ -114,7 +114,10 @@ impl Provisioner<UbiVolumes> for LocalSet {
                         .ok_or_else(|| plain(format!("{} has no file", r.name)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            return Ok(Provisioned::TestSet { packages });
+            return Ok(Provisioned::TestSet {
+                packages,
+                boot: None,
+            });
         }
         let refs: Vec<ArtifactRef> = arts.iter().map(|(r, _)| r.clone()).collect();
         let store: &mut Store<UbiVolumes> = s

@@ -14,9 +14,16 @@
 //! only); `/newroot` is moved over `/`, chrooted into, and `/sbin/init` is exec'd with a
 //! scrubbed environment. The new init's presence is checked before anything irreversible.
 //!
+//! **Test mode** ([`kexec_test`]): a test set's boot image is a file in the RAM store; it
+//! is staged the same way, the RAM store directory is appended to the initramfs as a cpio
+//! member ([`carry`]) so the next kernel has the test set without a second download, and
+//! the command line gets `shelfboot.test=1` instead of the stored marker: that init only
+//! validates (with the carried RAM store), never kexecs again and never counts a boot.
+//!
 //! Not here: choosing between the two (see [`crate::flow`]), and writing flash.
 
 pub mod bootimage;
+pub mod carry;
 pub mod clean;
 pub mod exec;
 
@@ -30,6 +37,8 @@ use crate::sys::power::Leave;
 
 /// The marker appended to a stored image's command line.
 pub const STORED_MARKER: &str = "shelfboot.stored=1";
+/// The marker appended to a test-mode boot image's command line (kexec'd from RAM).
+pub const TEST_MARKER: &str = "shelfboot.test=1";
 /// The environment the next init gets.
 pub const INIT_ENV: &[(&str, &str)] = &[
     (
@@ -109,6 +118,18 @@ pub enum HandoffError {
     /// The boot image could not be copied out of flash.
     #[error("cannot stage the boot image for kexec")]
     Stage(#[source] bootimage::BootImageError),
+    /// The test-mode boot image file in RAM could not be opened.
+    #[error("cannot open the test-mode boot image {path}")]
+    OpenImage {
+        /// The file in the RAM store.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The RAM store could not be appended to the initramfs of the next kernel.
+    #[error("cannot carry the RAM store across kexec")]
+    Carry(#[source] carry::CarryError),
     /// kexec_file_load refused the image.
     #[error("cannot load the boot image for kexec (kernel {kernel})")]
     KexecLoad {
@@ -163,11 +184,17 @@ pub enum HandoffError {
 
 /// `base` with any `shelfboot.stored=` removed and [`STORED_MARKER`] appended.
 pub fn stored_cmdline(base: &str) -> String {
+    marked_cmdline(base, STORED_MARKER)
+}
+
+/// `base` with any `shelfboot.stored=` and `shelfboot.test=` removed and `marker`
+/// appended.
+pub fn marked_cmdline(base: &str, marker: &str) -> String {
     let mut parts: Vec<&str> = base
         .split_whitespace()
-        .filter(|p| !p.starts_with("shelfboot.stored="))
+        .filter(|p| !p.starts_with("shelfboot.stored=") && !p.starts_with("shelfboot.test="))
         .collect();
-    parts.push(STORED_MARKER);
+    parts.push(marker);
     parts.join(" ")
 }
 
@@ -190,6 +217,46 @@ pub fn kexec<E>(
 where
     E: std::error::Error + Send + Sync + 'static,
 {
+    kexec_marked(k, paths, volume, read_at, cmdline, STORED_MARKER, None)
+}
+
+/// Test mode: stages the boot image file `image` (in the RAM store), appends the RAM
+/// store directory `carry` to its initramfs (unpacked at [`crate::ram::CARRIED_DIR`]),
+/// loads it with `cmdline` plus [`TEST_MARKER`] and reboots into it. Flash is not read.
+pub fn kexec_test(
+    k: &mut dyn Kernel,
+    paths: &Paths,
+    image: &Path,
+    cmdline: &str,
+    carry: &Path,
+) -> HandoffError {
+    use std::os::unix::fs::FileExt as _;
+    let f = match std::fs::File::open(image) {
+        Ok(f) => f,
+        Err(source) => {
+            return HandoffError::OpenImage {
+                path: image.to_path_buf(),
+                source,
+            };
+        }
+    };
+    let name = image.display().to_string();
+    let read = |off: u64, buf: &mut [u8]| f.read_at(buf, off);
+    kexec_marked(k, paths, &name, read, cmdline, TEST_MARKER, Some(carry))
+}
+
+fn kexec_marked<E>(
+    k: &mut dyn Kernel,
+    paths: &Paths,
+    volume: &str,
+    read_at: impl FnMut(u64, &mut [u8]) -> Result<usize, E>,
+    cmdline: &str,
+    marker: &str,
+    carry: Option<&Path>,
+) -> HandoffError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     let dir = paths.stage.join("kexec");
     if let Err(e) = mkdir(k, &dir) {
         return e;
@@ -203,7 +270,17 @@ where
     } else {
         cmdline
     };
-    let cmd = stored_cmdline(base);
+    let cmd = marked_cmdline(base, marker);
+    if let Some(src) = carry {
+        match carry::append_dir(&x.initramfs, src, crate::ram::CARRIED_DIR) {
+            Ok(n) => log::info!(
+                "kexec: RAM store {} carried in the initramfs ({n} bytes) to {}",
+                src.display(),
+                crate::ram::CARRIED_DIR
+            ),
+            Err(e) => return HandoffError::Carry(e),
+        }
+    }
     log::info!("kexec: loading {} with command line {cmd:?}", volume);
     if let Err(source) = k.kexec_load(&x.kernel, &x.initramfs, &cmd) {
         return HandoffError::KexecLoad {
@@ -211,7 +288,11 @@ where
             source,
         };
     }
-    log::info!("kexec: sync and reboot into the stored image");
+    if carry.is_some() {
+        log::info!("kexec: sync and reboot into the test-mode image");
+    } else {
+        log::info!("kexec: sync and reboot into the stored image");
+    }
     HandoffError::Final(k.leave(Leave::Kexec))
 }
 
