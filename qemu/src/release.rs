@@ -36,8 +36,10 @@ pub const BOOT_NAME: &str = "lab-kernel";
 /// Release version.
 pub const VERSION: &str = "1.0.0";
 /// Kernel arguments every lab card gets (stage 1 and stored images alike).
+/// `no_timer_check`: on a loaded TCG host the kernel's IO-APIC timer check can fail and
+/// panic ("IO-APIC + timer doesn't work!", seen in `flashfaults.rs`).
 pub const BASE_CMDLINE: &str =
-    "console=ttyS0 panic=-1 quiet ipv6.disable=1 shelfboot.carrier_timeout=5";
+    "console=ttyS0 panic=-1 quiet no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5";
 
 /// What a release is built from.
 #[derive(Debug, Clone)]
@@ -243,7 +245,7 @@ pub fn stored_cmdline(card_type: &str) -> String {
 /// Kernel arguments of a card's first (QEMU) boot: type, slot and features.
 pub fn card_append(card_type: &str, slot: u16, features: &[&str], master_timeout_s: u32) -> String {
     let mut s = format!(
-        "quiet ipv6.disable=1 shelfboot.carrier_timeout=5 shelfboot.card={card_type} shelfboot.slot={slot} shelfboot.master_timeout={master_timeout_s}"
+        "quiet no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5 shelfboot.card={card_type} shelfboot.slot={slot} shelfboot.master_timeout={master_timeout_s}"
     );
     if !features.is_empty() {
         s.push_str(&format!(" shelfboot.features={}", features.join(",")));
