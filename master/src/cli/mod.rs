@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::control::{self, Client, ControlError, Daemon, Reply, Request, StateLock};
 use crate::image::pack;
 use crate::keys;
-use crate::master::{Master, MasterError};
+use crate::master::{FleetAction, Master, MasterError};
 use crate::policy::Mac;
 use crate::store::NodeIdentity;
 
@@ -133,6 +133,12 @@ pub enum Command {
         #[arg(long)]
         keep: u32,
     },
+    /// Prepare now: every card (or one) fetches and commits its plan (needs `master serve`).
+    Prepare { node: Option<Mac> },
+    /// System-wide warm boot: every card (or one) resets and only validates (needs `master serve`).
+    WarmBoot { node: Option<Mac> },
+    /// Reset a card (or every card): it solicits again and burns what its plan lacks (needs `master serve`).
+    Reset { node: Option<Mac> },
     /// Run the daemon: hold the state and answer the control socket.
     Daemon {
         /// Also allow this group on the control socket (mode 0660).
@@ -360,6 +366,18 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         Command::History { node, limit } => Request::History { node, limit },
         Command::Explain { node } => Request::Explain { mac: node },
         Command::Gc { keep } => Request::Gc { keep },
+        Command::Prepare { node } => Request::Fleet {
+            action: FleetAction::Prepare,
+            target: node,
+        },
+        Command::WarmBoot { node } => Request::Fleet {
+            action: FleetAction::WarmBoot,
+            target: node,
+        },
+        Command::Reset { node } => Request::Fleet {
+            action: FleetAction::Reset,
+            target: node,
+        },
         Command::Keygen { .. }
         | Command::Pack { .. }
         | Command::Daemon { .. }

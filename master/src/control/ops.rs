@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::master::{
-    ClassView, GcReport, ImportReport, Master, MasterError, NodeView, parse_pins, parse_release,
+    ClassView, FleetAction, FleetOrder, GcReport, ImportReport, Master, MasterError, NodeView,
+    parse_pins, parse_release,
 };
 use crate::policy::{self, Mac};
 use crate::resolve::Plan;
@@ -72,6 +73,11 @@ pub enum Request {
     Gc {
         keep: u32,
     },
+    /// A fleet action for `master serve` to send (one card or all).
+    Fleet {
+        action: FleetAction,
+        target: Option<Mac>,
+    },
 }
 
 impl Request {
@@ -96,6 +102,7 @@ impl Request {
             Self::TrustList => "trust-list",
             Self::Import { .. } => "import",
             Self::Gc { .. } => "gc",
+            Self::Fleet { .. } => "fleet",
         }
     }
 }
@@ -215,5 +222,24 @@ pub fn execute(
             Reply::Imported(m.import_file(&path, activate, progress)?)
         }
         Request::Gc { keep } => Reply::Gc(m.gc(usize::try_from(keep).unwrap_or(usize::MAX))?),
+        Request::Fleet { action, target } => {
+            m.order(FleetOrder {
+                action,
+                target: target.clone(),
+            })?;
+            let command = match action {
+                FleetAction::Prepare => "BurnNow",
+                FleetAction::WarmBoot => "WarmBoot",
+                FleetAction::Reset => "Reset",
+            };
+            Reply::Done(match target {
+                Some(mac) => format!(
+                    "{action}: master serve sends the signed Command {command} to card {mac} now"
+                ),
+                None => format!(
+                    "{action}: master serve broadcasts the signed Command {command} to every card now"
+                ),
+            })
+        }
     })
 }

@@ -73,6 +73,41 @@ pub enum MasterError {
     },
     #[error("gc would remove blob {0} that a current plan needs; refusing (this is a bug)")]
     GcWouldBreakPlan(HexDigest),
+    #[error(
+        "cannot order {0}: no `master serve` runs on this state directory (fleet actions go out over the backplane; start `master serve` and retry)"
+    )]
+    NotServing(FleetAction),
+}
+
+/// A fleet action the operator orders; `master serve` sends it as a signed Command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FleetAction {
+    /// "Prepare now": every card (or one) fetches and commits its plan (Command BurnNow).
+    Prepare,
+    /// System-wide warm boot: cards reset and only validate (Command WarmBoot).
+    WarmBoot,
+    /// Reset: cards reset and solicit as after a master-ordered reset (Command Reset).
+    Reset,
+}
+
+impl std::fmt::Display for FleetAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FleetAction::Prepare => "prepare",
+            FleetAction::WarmBoot => "warm-boot",
+            FleetAction::Reset => "reset",
+        })
+    }
+}
+
+/// An ordered fleet action, waiting for the serve loop to send it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetOrder {
+    /// What to do.
+    pub action: FleetAction,
+    /// One card, or every card on the backplane.
+    pub target: Option<Mac>,
 }
 
 /// Why an import failed.
@@ -182,6 +217,10 @@ pub struct GcReport {
 pub struct Master<S: Store = SqliteStore> {
     store: S,
     blobs: BlobDir,
+    /// True while `master serve` owns this master (fleet orders can go out).
+    serving: bool,
+    /// Fleet orders not yet taken by the serve loop.
+    orders: Vec<FleetOrder>,
 }
 
 impl Master<SqliteStore> {
@@ -193,14 +232,46 @@ impl Master<SqliteStore> {
         })?;
         let store = SqliteStore::open(&state.join("master.db"))?;
         let blobs = BlobDir::open(&state.join("blobs"))?;
-        Ok(Self { store, blobs })
+        Ok(Self::with_store(store, blobs))
     }
 }
 
 impl<S: Store> Master<S> {
     /// A master over any store and blob directory.
     pub fn with_store(store: S, blobs: BlobDir) -> Self {
-        Self { store, blobs }
+        Self {
+            store,
+            blobs,
+            serving: false,
+            orders: Vec::new(),
+        }
+    }
+
+    /// `master serve` says it owns this master: fleet orders are accepted from now on.
+    pub fn set_serving(&mut self, serving: bool) {
+        self.serving = serving;
+        if !serving {
+            self.orders.clear();
+        }
+    }
+
+    /// Queues a fleet action for the serve loop. Without a serving master nothing could
+    /// send it: refused with [`MasterError::NotServing`]. A target must be a known card.
+    pub fn order(&mut self, order: FleetOrder) -> Result<(), MasterError> {
+        if !self.serving {
+            return Err(MasterError::NotServing(order.action));
+        }
+        if let Some(mac) = &order.target {
+            // The plan lookup names an unknown card in its error.
+            self.plan(mac)?;
+        }
+        self.orders.push(order);
+        Ok(())
+    }
+
+    /// The queued fleet orders, oldest first (the serve loop sends them).
+    pub fn take_orders(&mut self) -> Vec<FleetOrder> {
+        std::mem::take(&mut self.orders)
     }
 
     /// The store (read-only).

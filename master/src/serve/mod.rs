@@ -220,6 +220,7 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
     };
     let now = Instant::now();
     let mut svc = Service::new(scfg, master, key, mac, epoch, now);
+    svc.master_mut().set_serving(true);
     log::info!(
         "master: serving {} ({mac}, MTU {mtu}, block {block_size}) epoch {epoch}",
         cfg.iface
@@ -285,6 +286,13 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
                     crate::error_chain(&e).join(": ")
                 ),
             }
+            // Fleet orders of that request go out now (the first copy at once).
+            for order in svc.master_mut().take_orders() {
+                svc.command(Instant::now(), &order);
+            }
+            out.extend(svc.tick(Instant::now()));
+            send_all(&mut sock, &out);
+            out.clear();
         }
     }
     drop(control);

@@ -12,6 +12,10 @@
 //! - **Fetch**, **Nack** and transfer **Progress** go to [`super::sessions`].
 //! - **Progress** (overall), **Error** and **Ready** update the node database.
 //! - **Advertise** at start and **Heartbeat** every `heartbeat` carry our epoch.
+//! - **Command**: a fleet order of the operator ([`Service::command`]) is signed with the
+//!   plan key, (epoch, serial) stamped, and sent [`COMMAND_COPIES`] times
+//!   [`COMMAND_SPACING`] apart (cards execute a serial once; the copies ride out a lost
+//!   frame).
 //!
 //! This module does not open sockets or read the clock (see [`super::run`]).
 
@@ -20,13 +24,14 @@ use std::time::{Duration, Instant};
 
 use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr};
 use shelfboot_proto::msg::{
-    self, Advertise, ErrorMsg, ErrorReason, Heartbeat, Message, PlanBody, Solicit, Stage, Verdict,
+    self, Action, Advertise, CommandBody, ErrorMsg, ErrorReason, Heartbeat, Message, PlanBody,
+    Solicit, Stage, Verdict,
 };
 use shelfboot_proto::sign::SigningKey;
 
 use super::sessions::Sessions;
 use super::stats::ServeStats;
-use crate::master::{CatalogSnapshot, Master, MasterError};
+use crate::master::{CatalogSnapshot, FleetAction, FleetOrder, Master, MasterError};
 use crate::policy::Mac;
 use crate::resolve::Plan;
 use crate::store::{Inventory, InventoryItem, NodeIdentity, NodeState, Store};
@@ -47,6 +52,11 @@ pub struct ServiceConfig {
     /// Rate ceiling of a session, frame bytes per second.
     pub max_rate: u64,
 }
+
+/// Copies of each fleet Command (the card executes a serial once).
+pub const COMMAND_COPIES: u32 = 3;
+/// Time between two copies of a fleet Command.
+pub const COMMAND_SPACING: Duration = Duration::from_millis(200);
 
 /// A queued Solicit.
 struct Pending {
@@ -81,6 +91,10 @@ pub struct Service<S: Store> {
     sequence: u32,
     stats: ServeStats,
     out: Vec<Vec<u8>>,
+    /// Serial of the last fleet Command of this epoch.
+    command_serial: u64,
+    /// Copies of fleet Commands still to send: (when, frame, copies left).
+    command_copies: Vec<(Instant, Vec<u8>, u32)>,
 }
 
 impl<S: Store> std::fmt::Debug for Service<S> {
@@ -94,6 +108,16 @@ impl<S: Store> std::fmt::Debug for Service<S> {
 
 fn mac_of(m: MacAddr) -> Option<Mac> {
     m.to_string().parse().ok()
+}
+
+/// The wire form of a normalized MAC (`aa:bb:cc:dd:ee:ff`).
+fn mac_addr_of(m: &Mac) -> Option<MacAddr> {
+    let mut b = [0u8; 6];
+    let mut parts = m.as_str().split(':');
+    for x in &mut b {
+        *x = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    Some(MacAddr(b))
 }
 
 impl<S: Store> Service<S> {
@@ -135,6 +159,8 @@ impl<S: Store> Service<S> {
                 ..ServeStats::default()
             },
             out: Vec::new(),
+            command_serial: 0,
+            command_copies: Vec::new(),
         };
         let adv = Message::Advertise(Advertise { master_id, epoch });
         s.send(MacAddr::BROADCAST, 0, &adv);
@@ -470,10 +496,7 @@ impl<S: Store> Service<S> {
             digest: Some(crate::image::manifest::HexDigest(digest)),
             items: inventory_items(&plan.artifact_refs()),
         };
-        // A test-mode set (persisted = false) lives in the card's RAM: its flash, and so
-        // the inventory the node database records, is what its Solicit reported.
-        if persisted
-            && plan.digest.0 == digest
+        if plan.digest.0 == digest
             && let Some(mac) = mac_of(src)
             && let Err(e) = self.master.record_inventory(&mac, &inv)
         {
@@ -510,8 +533,60 @@ impl<S: Store> Service<S> {
         }
     }
 
+    /// Sends a fleet order as a signed Command: to its target card, or broadcast. The
+    /// first copy goes out with the next frames returned; the rest from [`Service::tick`].
+    pub fn command(&mut self, now: Instant, order: &FleetOrder) {
+        self.command_serial += 1;
+        let action = match order.action {
+            FleetAction::Prepare => Action::BurnNow,
+            FleetAction::WarmBoot => Action::WarmBoot,
+            FleetAction::Reset => Action::Reset,
+        };
+        let target = order.target.as_ref().and_then(mac_addr_of);
+        let body = CommandBody {
+            action,
+            target,
+            epoch: self.epoch,
+            serial: self.command_serial,
+        };
+        let signed = match self.key.sign_command(body) {
+            Ok(c) => c,
+            Err(e) => {
+                return log::error!(
+                    "master: signing the {} command: {}",
+                    order.action,
+                    crate::error_chain(&e).join(": ")
+                );
+            }
+        };
+        let dst = target.unwrap_or(MacAddr::BROADCAST);
+        let before = self.out.len();
+        self.send(dst, 0, &Message::Command(signed));
+        if let Some(frame) = self.out.get(before).cloned() {
+            self.stats.commands_sent += 1;
+            log::info!(
+                "master: {} ordered: Command {action:?} serial {} (epoch {}) to {dst}",
+                order.action,
+                self.command_serial,
+                self.epoch
+            );
+            self.command_copies
+                .push((now + COMMAND_SPACING, frame, COMMAND_COPIES - 1));
+        }
+    }
+
     /// Time passes: serve queued Solicits, heartbeat. Returns control frames to send.
     pub fn tick(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        for (at, frame, left) in &mut self.command_copies {
+            if now >= *at && *left > 0 {
+                *left -= 1;
+                *at = now + COMMAND_SPACING;
+                self.stats.commands_sent += 1;
+                self.stats.frames_out += 1;
+                self.out.push(frame.clone());
+            }
+        }
+        self.command_copies.retain(|(_, _, left)| *left > 0);
         for _ in 0..self.cfg.solicit_budget {
             let Some(src) = self.queue.pop_front() else {
                 break;

@@ -91,6 +91,9 @@ pub struct ServeStats {
     pub ready: u64,
     /// Error messages received from cards.
     pub card_errors: u64,
+    /// Signed fleet Commands sent (each copy counted; [`super::service::COMMAND_COPIES`] per order).
+    #[serde(default)]
+    pub commands_sent: u64,
     /// Heartbeats sent.
     pub heartbeats: u64,
     /// Frames dropped: did not decode.

@@ -267,65 +267,6 @@ fn boot_round(
 }
 
 #[test]
-fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
-    use crate::store::{NodeState, Store as _};
-    let dir = tempfile::tempdir().unwrap();
-    let t0 = Instant::now();
-    let mut svc = service(dir.path(), t0);
-    let card = MacAddr([2, 0, 0, 3, 0, 1]);
-    let plans = boot_round(&mut svc, &[card], None, 1, t0);
-    let m: crate::policy::Mac = card.to_string().parse().unwrap();
-    let node = |svc: &Service<crate::store::sqlite::SqliteStore>| {
-        svc.master().store().node(&m).unwrap().unwrap()
-    };
-    let flash = node(&svc).inventory;
-    assert_eq!(
-        flash.as_ref().and_then(|i| i.digest.as_ref()).map(|d| d.0),
-        Some(plans[0].digest)
-    );
-    let pins = crate::master::parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
-    svc.master_mut().test_mode(&m, Some(pins)).unwrap();
-    // The next boot: the card still holds its flash set; the plan is RAM-only.
-    svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plans[0].digest), 9));
-    let plan = messages(&svc.tick(t0))
-        .into_iter()
-        .find_map(|(_, m)| match m {
-            Message::Plan(p) => Some(p.body),
-            _ => None,
-        })
-        .expect("a plan");
-    assert!(!plan.persist);
-    assert_eq!(plan.verdict, Verdict::Fetch);
-    assert!(plan.artifacts.iter().any(|a| a.name == "debug-tools"));
-    let ready = shelfboot_proto::msg::Ready {
-        digest: plan.digest,
-        persisted: false,
-        handoff: shelfboot_proto::msg::Handoff::Kexec,
-    };
-    svc.handle_frame(t0, &frame(card, ME, &Message::Ready(ready)));
-    svc.commit();
-    let n = node(&svc);
-    assert_eq!(n.state, NodeState::Test);
-    assert_eq!(
-        n.inventory.and_then(|i| i.digest).map(|d| d.0),
-        Some(plans[0].digest),
-        "the RAM-only set is not recorded as the flash inventory"
-    );
-    // Test mode left: the flash set is the plan again, validated with Continue.
-    svc.master_mut().test_mode(&m, None).unwrap();
-    svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plans[0].digest), 10));
-    let plan = messages(&svc.tick(t0))
-        .into_iter()
-        .find_map(|(_, m)| match m {
-            Message::Plan(p) => Some(p.body),
-            _ => None,
-        })
-        .expect("a plan");
-    assert!(plan.persist);
-    assert_eq!(plan.verdict, Verdict::Continue);
-}
-
-#[test]
 fn warm_boot_writes_nothing_to_the_node_database() {
     use crate::store::{NodeState, Store as _};
     let dir = tempfile::tempdir().unwrap();
@@ -382,4 +323,109 @@ fn warm_boot_writes_nothing_to_the_node_database() {
         .unwrap()
         .unwrap();
     assert_eq!(node.state, NodeState::Ready);
+}
+
+#[test]
+fn fleet_orders_go_out_as_signed_commands_three_copies_each() {
+    use crate::control::{Reply, Request, execute};
+    use crate::master::{FleetAction, MasterError};
+    use shelfboot_proto::msg::Action;
+
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let mut svc = service(dir.path(), t);
+    fixture::add_nodes(svc.master_mut());
+    let key = SigningKey::from_seed(&[5u8; 32]);
+    let anchor = TrustAnchor::new(vec![key.public_key()]);
+    let order = |action, target: Option<&str>| Request::Fleet {
+        action,
+        target: target.map(|m| m.parse().unwrap()),
+    };
+
+    // Not serving (as a CLI in-process or `master daemon` would be): refused, nothing queued.
+    let err = execute(
+        svc.master_mut(),
+        order(FleetAction::Prepare, None),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, MasterError::NotServing(FleetAction::Prepare)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("master serve"), "{err}");
+    assert!(svc.master_mut().take_orders().is_empty());
+
+    svc.master_mut().set_serving(true);
+    // An unknown card is refused by name.
+    let err = execute(
+        svc.master_mut(),
+        order(FleetAction::Reset, Some("02:00:00:00:99:99")),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(format!("{err}").contains("02:00:00:00:99:99"), "{err}");
+    let reply = execute(
+        svc.master_mut(),
+        order(FleetAction::Prepare, None),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(
+        matches!(&reply, Reply::Done(t) if t.contains("BurnNow") && t.contains("every card")),
+        "{reply:?}"
+    );
+    execute(
+        svc.master_mut(),
+        order(FleetAction::WarmBoot, Some(fixture::N2)),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let _ = svc.tick(t); // advertise, heartbeat
+    for o in svc.master_mut().take_orders() {
+        svc.command(t, &o);
+    }
+    assert!(svc.master_mut().take_orders().is_empty());
+    let mut seen = Vec::new();
+    for ms in [0u64, 100, 200, 400, 600, 800] {
+        for (dst, m) in messages(&svc.tick(t + Duration::from_millis(ms))) {
+            if let Message::Command(c) = m {
+                anchor.verify_command(&c).unwrap();
+                seen.push((ms, dst, c.body));
+            }
+        }
+    }
+    let burn: Vec<_> = seen
+        .iter()
+        .filter(|s| s.2.action == Action::BurnNow)
+        .collect();
+    let warm: Vec<_> = seen
+        .iter()
+        .filter(|s| s.2.action == Action::WarmBoot)
+        .collect();
+    assert_eq!(burn.len(), 3, "{seen:?}");
+    assert_eq!(warm.len(), 3, "{seen:?}");
+    assert!(
+        burn.iter()
+            .all(|s| s.1 == MacAddr::BROADCAST && s.2.target.is_none())
+    );
+    assert!(burn.iter().all(|s| s.2.serial == 1 && s.2.epoch == 3));
+    assert!(
+        warm.iter()
+            .all(|s| s.1 == mac(fixture::N2) && s.2.target == Some(mac(fixture::N2)))
+    );
+    assert!(warm.iter().all(|s| s.2.serial == 2));
+    // Copies are spaced, not a burst.
+    assert_eq!(burn[0].0, 0);
+    assert!(burn[1].0 >= 200 && burn[2].0 >= 400, "{seen:?}");
+    assert_eq!(svc.stats().commands_sent, 6);
+    // Stopping serving drops what was not taken.
+    execute(
+        svc.master_mut(),
+        order(FleetAction::Reset, None),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    svc.master_mut().set_serving(false);
+    assert!(svc.master_mut().take_orders().is_empty());
 }
