@@ -496,7 +496,10 @@ impl<S: Store> Service<S> {
             digest: Some(crate::image::manifest::HexDigest(digest)),
             items: inventory_items(&plan.artifact_refs()),
         };
-        if plan.digest.0 == digest
+        // A test-mode set (persisted = false) lives in the card's RAM: its flash, and so
+        // the inventory the node database records, is what its Solicit reported.
+        if persisted
+            && plan.digest.0 == digest
             && let Some(mac) = mac_of(src)
             && let Err(e) = self.master.record_inventory(&mac, &inv)
         {

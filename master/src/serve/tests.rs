@@ -267,6 +267,65 @@ fn boot_round(
 }
 
 #[test]
+fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
+    use crate::store::{NodeState, Store as _};
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    let card = MacAddr([2, 0, 0, 3, 0, 1]);
+    let plans = boot_round(&mut svc, &[card], None, 1, t0);
+    let m: crate::policy::Mac = card.to_string().parse().unwrap();
+    let node = |svc: &Service<crate::store::sqlite::SqliteStore>| {
+        svc.master().store().node(&m).unwrap().unwrap()
+    };
+    let flash = node(&svc).inventory;
+    assert_eq!(
+        flash.as_ref().and_then(|i| i.digest.as_ref()).map(|d| d.0),
+        Some(plans[0].digest)
+    );
+    let pins = crate::master::parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
+    svc.master_mut().test_mode(&m, Some(pins)).unwrap();
+    // The next boot: the card still holds its flash set; the plan is RAM-only.
+    svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plans[0].digest), 9));
+    let plan = messages(&svc.tick(t0))
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Plan(p) => Some(p.body),
+            _ => None,
+        })
+        .expect("a plan");
+    assert!(!plan.persist);
+    assert_eq!(plan.verdict, Verdict::Fetch);
+    assert!(plan.artifacts.iter().any(|a| a.name == "debug-tools"));
+    let ready = shelfboot_proto::msg::Ready {
+        digest: plan.digest,
+        persisted: false,
+        handoff: shelfboot_proto::msg::Handoff::Kexec,
+    };
+    svc.handle_frame(t0, &frame(card, ME, &Message::Ready(ready)));
+    svc.commit();
+    let n = node(&svc);
+    assert_eq!(n.state, NodeState::Test);
+    assert_eq!(
+        n.inventory.and_then(|i| i.digest).map(|d| d.0),
+        Some(plans[0].digest),
+        "the RAM-only set is not recorded as the flash inventory"
+    );
+    // Test mode left: the flash set is the plan again, validated with Continue.
+    svc.master_mut().test_mode(&m, None).unwrap();
+    svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plans[0].digest), 10));
+    let plan = messages(&svc.tick(t0))
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Plan(p) => Some(p.body),
+            _ => None,
+        })
+        .expect("a plan");
+    assert!(plan.persist);
+    assert_eq!(plan.verdict, Verdict::Continue);
+}
+
+#[test]
 fn warm_boot_writes_nothing_to_the_node_database() {
     use crate::store::{NodeState, Store as _};
     let dir = tempfile::tempdir().unwrap();
