@@ -1,0 +1,277 @@
+//! Tier-3 flash-fault scenarios (issue 6): real init, real UBI, `master serve` in the
+//! backplane namespace, the lab release (as in `e2e.rs`).
+//!
+//! * `nand_with_bad_blocks_installs` (SHELFBOOT_TIER_QEMU=1): one card whose flash is a
+//!   32 MiB nandsim chip with three factory-bad eraseblocks (`badblocks=`) installs the
+//!   whole set from erased NAND and is Ready. UBI reports the bad PEBs at attach (kernel
+//!   log at `loglevel=6`) and writes around them. nandsim keeps its data in guest RAM, so
+//!   a kexec would find it empty: the card boots with `shelfboot.stored=1` (the
+//!   stored-image mode), in which init fetches, commits and switch_roots into the
+//!   packages without kexec.
+//! * `flash_too_small_keeps_the_committed_set` (SHELFBOOT_TIER_QEMU=1): one card with a
+//!   16 MiB block2mtd flash installs release 1.0 (10.5 MB) and is Ready; then release 1.1
+//!   adds an 8 MiB `bulk` package that does not fit beside it. After a power cycle the
+//!   card reports NoSpace to the master (no artifact byte moves, nothing is written), keeps
+//!   its committed set, boots it on its own when no usable plan comes
+//!   (`shelfboot.master_timeout`), and `master nodes` shows `failed (NoSpace ...)`.
+//!
+//! The init binary: SHELFBOOT_INIT_BIN, else built here with cargo (init-release, musl).
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use shelfboot_master::master::Master;
+    use shelfboot_master::store::NodeState;
+    use shelfboot_qemu::card::{CardConfig, create_erased_image};
+    use shelfboot_qemu::flash::Nandsim;
+    use shelfboot_qemu::kernel;
+    use shelfboot_qemu::release::{self, Derived};
+    use shelfboot_qemu::scenario;
+    use shelfboot_qemu::shelf::{Shelf, card_mac};
+
+    fn gated() -> bool {
+        if std::env::var("SHELFBOOT_TIER_QEMU").as_deref() == Ok("1") {
+            return true;
+        }
+        eprintln!(
+            "skipped: needs root, QEMU and the Debian kernel; run with SHELFBOOT_TIER_QEMU=1"
+        );
+        false
+    }
+
+    fn logs(name: &str) -> std::path::PathBuf {
+        let logs = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("lab-logs")
+            .join(name);
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs).unwrap();
+        logs
+    }
+
+    fn node(state: &Path, i: usize) -> shelfboot_master::master::NodeView {
+        let m = Master::open(state).unwrap();
+        let mac = shelfboot_qemu::backplane::mac_string(&card_mac(i));
+        m.nodes()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.node.identity.mac.to_string() == mac)
+            .unwrap_or_else(|| panic!("card{i} {mac} is not in the node DB"))
+    }
+
+    #[test]
+    fn nand_with_bad_blocks_installs() {
+        if !gated() {
+            return;
+        }
+        let _ = env_logger::builder().is_test(true).try_init();
+        let t0 = Instant::now();
+        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = logs("flashfaults-nand");
+        let init = scenario::init_binary().unwrap();
+        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let nand = Nandsim {
+            overridesize: Some(8),
+            badblocks: vec![3, 17, 90],
+            ..Nandsim::default()
+        };
+        let initrd = release::initramfs_with_flash(
+            &k,
+            &init,
+            &lab.state.join("plan.anchor"),
+            vec![("nandsim".into(), nand.params())],
+        )
+        .unwrap();
+        let initrd_path = tmp.path().join("nand-initramfs.cpio.gz");
+        std::fs::write(&initrd_path, initrd).unwrap();
+        let mut cfg = CardConfig::new("card0", &k.vmlinux, &initrd_path, &logs);
+        cfg.append = format!(
+            "{} shelfboot.stored=1 loglevel=6",
+            release::card_append(scenario::card_type(0), 1, &[], scenario::MASTER_TIMEOUT_S)
+        );
+        cfg.memory_mib = nand.memory_mib() + 64;
+
+        let t1 = Instant::now();
+        let mut shelf = Shelf::start(1, |_| cfg.clone()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let master = scenario::spawn_master(shelf.backplane(), &lab.state, stop.clone()).unwrap();
+        let r = shelf
+            .wait_all(release::READY_LINE, Duration::from_secs(240))
+            .unwrap();
+        let ready = t1.elapsed();
+        eprintln!(
+            "NAND card Ready after {:.1} s: {}",
+            ready.as_secs_f64(),
+            r[0].line
+        );
+        assert!(
+            r[0].line.contains("base-1.0.0") && r[0].line.contains("heartbeat-1.0.0"),
+            "{}",
+            r[0].line
+        );
+        let console = shelf.card(0).unwrap().console();
+        // UBI found the three factory-bad blocks and attached around them.
+        let attach = console
+            .lines()
+            .find(|l| l.contains("bad PEBs:"))
+            .unwrap_or_else(|| panic!("no UBI attach report on the console"));
+        eprintln!("UBI: {attach}");
+        assert!(attach.contains("bad PEBs: 3"), "{attach}");
+        assert!(console.contains("mtd0"), "the NAND is the flash init uses");
+        let to_fetch = scenario::bytes_to_fetch(&console);
+        assert!(
+            to_fetch > 10_000_000,
+            "the whole set was written: {to_fetch}"
+        );
+        assert!(console.contains("set marked ready on flash"));
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        let s = master.join().unwrap().unwrap();
+        eprintln!(
+            "NAND: Ready in {:.1} s, {to_fetch} bytes written to NAND; master {} artifact bytes; total {:.1} s",
+            ready.as_secs_f64(),
+            s.artifact_bytes,
+            t0.elapsed().as_secs_f64()
+        );
+        let v = node(&lab.state, 0);
+        assert_eq!(v.node.state, NodeState::Ready, "{:?}", v.node);
+        assert_eq!(v.in_sync, Some(true));
+        drop(shelf);
+    }
+
+    #[test]
+    fn flash_too_small_keeps_the_committed_set() {
+        if !gated() {
+            return;
+        }
+        let _ = env_logger::builder().is_test(true).try_init();
+        let t0 = Instant::now();
+        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = logs("flashfaults-nospace");
+        let init = scenario::init_binary().unwrap();
+        let master_bin = scenario::master_binary().unwrap();
+        eprintln!("master CLI: {}", master_bin.display());
+        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        // 16 MiB: release 1.0 (10.5 MB) fits, 1.0 + 8 MiB more does not.
+        create_erased_image(&lab.dir.join("flash-0.img"), 16 << 20).unwrap();
+        let mut cfg = scenario::card_config(&lab, 0, &logs).unwrap();
+        // No usable plan within 15 s: boot the committed set alone.
+        cfg.append = release::card_append(scenario::card_type(0), 1, &[], 15);
+
+        let mut shelf = Shelf::start(1, |_| cfg.clone()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let master = scenario::spawn_master(shelf.backplane(), &lab.state, stop.clone()).unwrap();
+        let r = shelf
+            .wait_all(release::READY_LINE, Duration::from_secs(240))
+            .unwrap();
+        eprintln!(
+            "1.0 Ready after {:.1} s: {}",
+            r[0].elapsed.as_secs_f64(),
+            r[0].line
+        );
+        // Let the stored image's Ready repeats reach the master.
+        std::thread::sleep(Duration::from_secs(2));
+        scenario::import_derived(
+            &lab,
+            &Derived {
+                version: "1.1.0".into(),
+                heartbeat: None,
+                bulk_bytes: 8 << 20,
+            },
+        )
+        .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        master.join().unwrap().unwrap();
+        let before = node(&lab.state, 0);
+        assert_eq!(before.node.state, NodeState::Ready, "{:?}", before.node);
+        let committed = before.node.inventory.clone().and_then(|i| i.digest);
+        assert!(committed.is_some(), "{:?}", before.node);
+        assert_eq!(before.in_sync, Some(false), "1.1 is planned, 1.0 installed");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let master = scenario::spawn_master(shelf.backplane(), &lab.state, stop.clone()).unwrap();
+        let t1 = Instant::now();
+        shelf.power_cycle_all().unwrap();
+        let card = shelf.card(0).unwrap();
+        let refused = card
+            .wait_for("not enough flash", Duration::from_secs(120))
+            .unwrap();
+        eprintln!(
+            "refused after {:.1} s: {}",
+            refused.elapsed.as_secs_f64(),
+            refused.line
+        );
+        let alone = card
+            .wait_for(
+                "booting the last committed set on my own",
+                Duration::from_secs(150),
+            )
+            .unwrap();
+        eprintln!("autonomous after {:.1} s", alone.elapsed.as_secs_f64());
+        let r = card
+            .wait_for(release::READY_LINE, Duration::from_secs(120))
+            .unwrap();
+        let total = t1.elapsed();
+        eprintln!(
+            "Ready on the old set after {:.1} s: {}",
+            total.as_secs_f64(),
+            r.line
+        );
+        assert!(
+            r.line.contains("base-1.0.0") && r.line.contains("heartbeat-1.0.0"),
+            "{}",
+            r.line
+        );
+        assert!(!r.line.contains("bulk"), "{}", r.line);
+        let console = card.console();
+        assert!(
+            !console.contains("agent: fetched"),
+            "nothing was fetched for a plan that cannot fit"
+        );
+
+        // The operator's view while the master still serves (through its socket).
+        let table = scenario::master_cli(&lab.state, &["nodes"]).unwrap();
+        eprintln!("master nodes:\n{table}");
+        let mac = shelfboot_qemu::backplane::mac_string(&card_mac(0));
+        let row = table
+            .lines()
+            .find(|l| l.contains(&mac))
+            .unwrap_or_else(|| panic!("no row for {mac}"));
+        assert!(row.contains("failed (NoSpace"), "{row}");
+        assert!(row.contains("not enough flash"), "{row}");
+        stop.store(true, Ordering::Relaxed);
+        let s = master.join().unwrap().unwrap();
+        eprintln!(
+            "no space: refused, kept and booted the old set in {:.1} s; master {} artifact bytes, {} card errors, {} fetch plans; total {:.1} s",
+            total.as_secs_f64(),
+            s.artifact_bytes,
+            s.card_errors,
+            s.plans_fetch,
+            t0.elapsed().as_secs_f64()
+        );
+        assert_eq!(s.artifact_bytes, 0, "a plan that cannot fit moves no byte");
+        assert!(s.card_errors >= 1);
+        let after = node(&lab.state, 0);
+        assert_eq!(after.node.state, NodeState::Failed, "{:?}", after.node);
+        assert!(
+            after
+                .node
+                .state_reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("NoSpace")),
+            "{:?}",
+            after.node
+        );
+        assert_eq!(
+            after.node.inventory.and_then(|i| i.digest),
+            committed,
+            "the card's flash still holds the committed 1.0 set"
+        );
+        drop(shelf);
+    }
+}
