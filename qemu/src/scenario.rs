@@ -328,6 +328,125 @@ pub fn master_cli(state: &Path, args: &[&str]) -> Result<String, ScenarioError> 
     crate::cmd::run(&mut c).map_err(step(format!("master {}", args.join(" "))))
 }
 
+/// What init says the flash holds when it opens the store (init's
+/// `flow::describe_inventory`): `flash: committed set D (generation G, A boot attempts
+/// since Ready): boot NAME VER, package NAME VER, ...; previous set P|none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlashInventory {
+    /// Set digest (hex).
+    pub digest: String,
+    /// Inventory generation.
+    pub generation: u64,
+    /// Boots of the set since it was committed or last Ready.
+    pub attempts: u32,
+    /// `KIND NAME VERSION` per artifact (`boot lab-kernel 6.1.0`, `package base 1.0.0`).
+    pub artifacts: Vec<String>,
+    /// Digest of the previous set kept for rollback.
+    pub previous: Option<String>,
+}
+
+/// Console pattern of init's inventory line for a card with a committed set.
+pub const INVENTORY_PATTERN: &str = r"flash: committed set [0-9a-f]{64} \(generation \d+, \d+ boot attempts since Ready\): .*; previous set (none|[0-9a-f]{64})\s*$";
+
+/// Parses init's inventory line (see [`FlashInventory`]); `None` for any other line,
+/// including `flash: nothing committed`.
+pub fn flash_inventory(line: &str) -> Option<FlashInventory> {
+    let rest = line.split("flash: committed set ").nth(1)?;
+    let (digest, rest) = rest.split_once(" (generation ")?;
+    let (generation, rest) = rest.split_once(", ")?;
+    let (attempts, rest) = rest.split_once(" boot attempts since Ready): ")?;
+    let (arts, prev) = rest.rsplit_once("; previous set ")?;
+    let prev = prev.trim();
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(FlashInventory {
+        digest: digest.to_string(),
+        generation: generation.parse().ok()?,
+        attempts: attempts.parse().ok()?,
+        artifacts: arts.split(", ").map(str::to_string).collect(),
+        previous: (prev != "none").then(|| prev.to_string()),
+    })
+}
+
+/// The last inventory line in a console text.
+pub fn last_flash_inventory(console: &str) -> Option<FlashInventory> {
+    console.lines().rev().find_map(flash_inventory)
+}
+
+/// The package list of a Ready line (`base-1.0.0 heartbeat-1.0.0`), `None` for other lines.
+pub fn ready_packages(line: &str) -> Option<String> {
+    let rest = line.split(release::READY_LINE).nth(1)?;
+    Some(
+        rest.split(" uptime")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+    )
+}
+
+/// `master serve` that a scenario stops and starts again around operator changes made
+/// with the `Master` library (serve reads its catalog once, so a change made beside a
+/// running serve would not be seen). Dropping it stops the serve thread.
+#[derive(Debug)]
+pub struct MasterRun {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<ServeStats, String>>>,
+}
+
+impl MasterRun {
+    /// Starts `master serve` on the backplane's master port.
+    pub fn start(bp: &Backplane, state: &Path) -> Result<Self, ScenarioError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = spawn_master(bp, state, stop.clone())?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the serve thread and returns its counters (`None` if it was not running).
+    pub fn stop(&mut self) -> Result<Option<ServeStats>, ScenarioError> {
+        let Some(h) = self.handle.take() else {
+            return Ok(None);
+        };
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match h.join() {
+            Ok(Ok(stats)) => Ok(Some(stats)),
+            Ok(Err(e)) => Err(ScenarioError {
+                step: "master serve".into(),
+                source: Box::new(std::io::Error::other(e)),
+            }),
+            Err(_) => Err(ScenarioError {
+                step: "master serve".into(),
+                source: Box::new(std::io::Error::other("the serve thread panicked")),
+            }),
+        }
+    }
+
+    /// Stops it if running, then starts a fresh serve (which reads the catalog again).
+    pub fn restart(&mut self, bp: &Backplane, state: &Path) -> Result<(), ScenarioError> {
+        self.stop()?;
+        *self = Self::start(bp, state)?;
+        Ok(())
+    }
+
+    /// True while the serve thread runs.
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+}
+
+impl Drop for MasterRun {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +482,51 @@ mod tests {
         assert_eq!(card_type(1), "fab10");
         assert!(card_features(2).contains(&"diag"));
         assert!(card_features(0).is_empty());
+    }
+
+    #[test]
+    fn inventory_and_ready_lines_parse() {
+        let d = "ab".repeat(32);
+        let p = "cd".repeat(32);
+        let line = format!(
+            "shelfboot-init: INFO  flash: committed set {d} (generation 7, 2 boot attempts since Ready): boot lab-kernel 6.1.0, package base 1.0.0, package heartbeat 1.1.0; previous set {p}"
+        );
+        assert!(
+            regex::Regex::new(INVENTORY_PATTERN)
+                .unwrap()
+                .is_match(&line)
+        );
+        let inv = flash_inventory(&line).unwrap();
+        assert_eq!(inv.digest, d);
+        assert_eq!(inv.generation, 7);
+        assert_eq!(inv.attempts, 2);
+        assert_eq!(
+            inv.artifacts,
+            [
+                "boot lab-kernel 6.1.0",
+                "package base 1.0.0",
+                "package heartbeat 1.1.0"
+            ]
+        );
+        assert_eq!(inv.previous.as_deref(), Some(p.as_str()));
+        let none = line.replace(&format!("previous set {p}"), "previous set none");
+        assert_eq!(flash_inventory(&none).unwrap().previous, None);
+        // The card's commit line is not the inventory line.
+        let commit = format!("flash: committed set {d} (generation 1, 3 artifacts)");
+        assert_eq!(flash_inventory(&commit), None);
+        assert!(
+            !regex::Regex::new(INVENTORY_PATTERN)
+                .unwrap()
+                .is_match(&commit)
+        );
+        assert_eq!(flash_inventory("flash: nothing committed"), None);
+        let console = format!("{line}\nx\n{none}\n");
+        assert_eq!(last_flash_inventory(&console).unwrap().previous, None);
+        assert_eq!(
+            ready_packages("SHELFBOOT-READY packages: base-1.0.0 heartbeat-1.0.0 uptime 9.1")
+                .as_deref(),
+            Some("base-1.0.0 heartbeat-1.0.0")
+        );
+        assert_eq!(ready_packages("HEARTBEAT 1"), None);
     }
 }
