@@ -454,7 +454,12 @@ impl<S: Store> Service<S> {
             Verdict::Continue
         } else {
             self.stats.plans_fetch += 1;
-            self.set_state(src, NodeState::Fetching, None);
+            // A card that reported a failure (NoSpace, say) and asks again keeps its
+            // failure and reason until it actually moves (Progress, Ready): otherwise
+            // `master nodes` would say "fetching" for a card that cannot fetch.
+            if self.states.get(&src) != Some(&NodeState::Failed) {
+                self.set_state(src, NodeState::Fetching, None);
+            }
             Verdict::Fetch
         };
         let body = PlanBody {

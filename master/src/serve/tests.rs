@@ -488,3 +488,65 @@ fn fleet_orders_go_out_as_signed_commands_three_copies_each() {
     svc.master_mut().set_serving(false);
     assert!(svc.master_mut().take_orders().is_empty());
 }
+
+#[test]
+fn a_card_that_cannot_fit_its_plan_stays_failed_with_the_reason_when_it_asks_again() {
+    use crate::store::{NodeState, Store as _};
+    use shelfboot_proto::msg::{ErrorMsg, Progress, Stage};
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    let card = mac(fixture::N1);
+    let m: crate::policy::Mac = fixture::N1.parse().unwrap();
+    let state = |svc: &Service<crate::store::sqlite::SqliteStore>| {
+        let n = svc.master().store().node(&m).unwrap().unwrap();
+        (n.state, n.state_reason)
+    };
+    let ask = |svc: &mut Service<crate::store::sqlite::SqliteStore>, n: u8| {
+        svc.begin_batch();
+        svc.handle_frame(t0, &solicit(card, "lc100", 1, None, n));
+        let verdict = messages(&svc.tick(t0))
+            .into_iter()
+            .find_map(|(_, m)| match m {
+                Message::Plan(p) => Some(p.body.verdict),
+                _ => None,
+            });
+        svc.commit();
+        verdict
+    };
+    assert_eq!(ask(&mut svc, 1), Some(Verdict::Fetch));
+    assert_eq!(state(&svc).0, NodeState::Fetching);
+    let no_space = ErrorMsg {
+        reason: ErrorReason::NoSpace {
+            needed: 9,
+            available: 4,
+        },
+        detail: "not enough flash".into(),
+    };
+    svc.begin_batch();
+    svc.handle_frame(t0, &frame(card, ME, &Message::Error(no_space)));
+    svc.commit();
+    let failed = state(&svc);
+    assert_eq!(failed.0, NodeState::Failed);
+    assert!(
+        failed
+            .1
+            .as_deref()
+            .is_some_and(|r| r.starts_with("NoSpace")),
+        "{failed:?}"
+    );
+    // It asks again (new nonce, same flash): same plan, and the node still says why.
+    assert_eq!(ask(&mut svc, 2), Some(Verdict::Fetch));
+    assert_eq!(state(&svc), failed);
+    // Once it actually fetches, the node says so.
+    let p = Progress {
+        stage: Stage::Fetching,
+        artifact: None,
+        done: 1,
+        total: 9,
+    };
+    svc.begin_batch();
+    svc.handle_frame(t0, &frame(card, ME, &Message::Progress(p)));
+    svc.commit();
+    assert_eq!(state(&svc), (NodeState::Fetching, None));
+}
