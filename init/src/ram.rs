@@ -11,7 +11,9 @@
 //! (card's `StoreError::NoSpace`) before any byte is fetched. Half of what is free is kept
 //! back because a test set with a boot image is copied once more into `/run` to be
 //! kexec'd (kernel + initramfs with this directory appended), and the running system
-//! needs memory too. Nothing here touches flash.
+//! needs memory too. A carried store is re-hashed before use (it went through the
+//! kernel's cpio unpacking); one that does not verify is ignored (logged) and an empty
+//! store is made instead, so the agent fetches the set again. Nothing here touches flash.
 //!
 //! Not here: the fetch (card's agent), the hand-off ([`crate::handoff`]).
 
@@ -99,11 +101,19 @@ pub fn budget_lebs(tmpfs_free: u64, mem_available: u64) -> u64 {
 /// free space of `fresh`'s filesystem and `proc/meminfo`.
 pub fn open(carried: &Path, fresh: &Path, proc: &Path) -> Result<Store<FileVolumes>, RamError> {
     if carried.join("table").exists() {
-        log::info!(
-            "test mode: using the RAM store carried over the kexec in {}",
-            carried.display()
-        );
-        return open_dir(carried, || FileVolumes::open(carried));
+        match open_dir(carried, || FileVolumes::open(carried)).and_then(|s| verified(s, carried)) {
+            Ok(s) => {
+                log::info!(
+                    "test mode: using the RAM store carried over the kexec in {} (re-hashed)",
+                    carried.display()
+                );
+                return Ok(s);
+            }
+            Err(e) => log::error!(
+                "test mode: the carried RAM store is unusable, starting an empty one: {}",
+                crate::error_chain(&e)
+            ),
+        }
     }
     std::fs::create_dir_all(fresh).map_err(|e| RamError::Volumes {
         dir: fresh.to_path_buf(),
@@ -143,6 +153,25 @@ pub fn open(carried: &Path, fresh: &Path, proc: &Path) -> Result<Store<FileVolum
     open_dir(fresh, || FileVolumes::open_or_format(fresh, RAM_LEB, lebs))
 }
 
+/// `s` if every volume of its committed set still hashes to the set's digests (a carried
+/// store went through the kernel's cpio unpacking).
+fn verified(mut s: Store<FileVolumes>, dir: &Path) -> Result<Store<FileVolumes>, RamError> {
+    let Some(set) = s.inventory().map(|i| i.set.clone()) else {
+        return Ok(s);
+    };
+    match s.verify_set(&set) {
+        Ok(bad) if bad.is_empty() => Ok(s),
+        Ok(bad) => Err(RamError::Store {
+            dir: dir.to_path_buf(),
+            source: StoreError::SetDamaged { missing: bad },
+        }),
+        Err(source) => Err(RamError::Store {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 fn open_dir(
     dir: &Path,
     vols: impl FnOnce() -> Result<FileVolumes, VolumeError>,
@@ -162,6 +191,7 @@ fn open_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest as _;
 
     #[test]
     fn mem_available_is_read_in_bytes() {
@@ -193,11 +223,36 @@ mod tests {
         assert!(g.total_lebs <= 8, "{g:?}");
         assert!(s.inventory().is_none());
         drop(s);
-        // A carried store (same format) is opened, not reformatted.
+        // A carried store (same format, a committed set) is opened, not reformatted.
+        let mut s = open(&carried, &fresh, &proc).unwrap();
+        let data = vec![9u8; 70_000];
+        let a = shelfboot_card::flash::artifact::ArtifactRef {
+            kind: shelfboot_card::flash::artifact::ArtifactKind::Package,
+            name: "testpkg".into(),
+            version: "1".into(),
+            sha256: sha2::Sha256::digest(&data).into(),
+            size: data.len() as u64,
+        };
+        s.begin(std::slice::from_ref(&a), "").unwrap();
+        s.stage(&a, data.as_slice()).unwrap();
+        let digest = s.commit().unwrap().set.digest;
+        drop(s);
         std::fs::rename(&fresh, &carried).unwrap();
         let s = open(&carried, &t.path().join("elsewhere"), &proc).unwrap();
-        assert_eq!(s.geometry().leb_size, RAM_LEB);
+        assert_eq!(s.digest(), Some(digest));
         assert!(!t.path().join("elsewhere").exists());
+        drop(s);
+        // A carried blob that does not hash right: an empty fresh store instead.
+        for f in std::fs::read_dir(carried.join("blobs")).unwrap() {
+            let p = f.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            b[100] ^= 1;
+            std::fs::write(&p, b).unwrap();
+        }
+        let s = open(&carried, &t.path().join("fresh2"), &proc).unwrap();
+        assert_eq!(s.digest(), None);
+        assert!(t.path().join("fresh2/table").exists());
+        drop(s);
         // No memory to spare: a named error, nothing formatted.
         std::fs::write(proc.join("meminfo"), "MemAvailable: 64 kB\n").unwrap();
         let e = open(&t.path().join("none"), &t.path().join("small"), &proc).unwrap_err();
