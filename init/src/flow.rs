@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shelfboot_card::flash::artifact::ArtifactKind;
-use shelfboot_card::flash::{BootDecision, Inventory, Store, StoreConfig, StoreError, Volumes};
+use shelfboot_card::flash::{
+    BootDecision, Inventory, SetRecord, Store, StoreConfig, StoreError, Volumes,
+};
 
 use crate::config::{Config, ConfigError};
 use crate::flash::UbiVolumes;
@@ -267,6 +269,18 @@ pub fn describe_inventory(inv: Option<&Inventory>) -> String {
     )
 }
 
+/// The committed set if its last boot reached Ready (attempt counter 0) and all its
+/// volumes are there; `None` otherwise (then `begin_boot` counts, or rolls back a damaged
+/// set). A set committed and cut before its first `begin_boot` also shows 0: a window of
+/// about a second in which a set that never booted is taken as proven.
+fn proven_set<V: Volumes>(store: &mut Store<V>) -> Option<SetRecord> {
+    let set = store.inventory().filter(|i| i.attempts == 0)?.set.clone();
+    match store.missing_volumes(&set) {
+        Ok(missing) if missing.is_empty() => Some(set),
+        _ => None,
+    }
+}
+
 /// Boots what `provisioned` says: the only way out of this function is an error.
 pub fn hand_off<V: Volumes>(
     k: &mut dyn Kernel,
@@ -275,6 +289,7 @@ pub fn hand_off<V: Volumes>(
     flash: Option<(u32, &mut Store<V>)>,
     provisioned: Provisioned,
 ) -> FlowError {
+    let autonomous = matches!(provisioned, Provisioned::NoMaster { .. });
     match provisioned {
         Provisioned::TestSet { packages, boot } => {
             match boot {
@@ -315,6 +330,14 @@ pub fn hand_off<V: Volumes>(
             Some(inv) => inv.set.clone(),
             None => return FlowError::NothingToBoot,
         }
+    } else if let Some(set) = autonomous.then(|| proven_set(store)).flatten() {
+        // Without a master nothing can mark Ready, so counting these boots would roll a
+        // proven set back after `maxtries` master-less power cycles (found by the QEMU
+        // autonomy scenario). A set whose last boot reached Ready is booted uncounted.
+        log::info!(
+            "the committed set reached Ready on its last boot: this boot without a master is not counted"
+        );
+        set
     } else {
         match store.begin_boot() {
             Ok(d) => {
@@ -524,9 +547,7 @@ mod tests {
             &paths,
             &cfg(false),
             Some((0, &mut store)),
-            Provisioned::NoMaster {
-                waited: Duration::from_secs(30),
-            },
+            Provisioned::Committed,
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -551,6 +572,96 @@ mod tests {
             1,
             "boot counted before the kexec"
         );
+    }
+
+    /// Found by the QEMU autonomy scenario: every master-less boot was counted, so a card
+    /// whose master stayed away for `maxtries` power cycles rolled its proven set back to
+    /// the previous one (or, without one, booted it calling it failed).
+    #[test]
+    fn master_less_boots_of_a_proven_set_are_not_counted_and_never_roll_back() {
+        let (_dev, mut store) = committed();
+        let first = store.inventory().unwrap().set.digest;
+        // A second set on top (the first becomes the previous set, a rollback target)...
+        let boot = shelfboot_mkinitramfs::bootimage::build(
+            b"bzImage-bytes-2",
+            b"cpio-bytes-2",
+            "console=ttyS0",
+        )
+        .unwrap();
+        let arts = [
+            (art(ArtifactKind::BootImage, "kernel", &boot), boot.clone()),
+            (
+                art(ArtifactKind::Package, "base", b"squashfs-base"),
+                b"squashfs-base".to_vec(),
+            ),
+        ];
+        let refs: Vec<ArtifactRef> = arts.iter().map(|(r, _)| r.clone()).collect();
+        store.begin(&refs, "console=ttyS0 quiet").unwrap();
+        // Only the new boot image is fetched: base is on flash already.
+        store.stage(&arts[0].0, arts[0].1.as_slice()).unwrap();
+        store.commit().unwrap();
+        // ...booted once with the master and Ready.
+        store.begin_boot().unwrap();
+        store.mark_ready().unwrap();
+        let second = store.inventory().unwrap().set.digest;
+        assert_eq!(
+            store.inventory().unwrap().previous.as_ref().unwrap().digest,
+            first
+        );
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            stage: t.path().into(),
+            ..Paths::default()
+        };
+        let dir = t.path().join("kexec");
+        let no_master = || Provisioned::NoMaster {
+            waited: Duration::from_secs(30),
+        };
+        for boot_no in 1..=cfg(false).maxtries + 2 {
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut k = Recorder::default();
+            let err = hand_off(
+                &mut k,
+                &paths,
+                &cfg(false),
+                Some((0, &mut store)),
+                no_master(),
+            );
+            assert!(
+                matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+                "{err}"
+            );
+            assert!(
+                k.calls.contains(&Call::Leave(Leave::Kexec)),
+                "{:?}",
+                k.calls
+            );
+            assert_eq!(
+                std::fs::read(dir.join("initramfs")).unwrap(),
+                b"cpio-bytes-2"
+            );
+            let inv = store.inventory().unwrap();
+            assert_eq!(
+                inv.set.digest, second,
+                "boot {boot_no} without a master rolled back"
+            );
+            assert_eq!(
+                inv.attempts, 0,
+                "boot {boot_no} without a master was counted"
+            );
+        }
+        // A set that has not reached Ready since its last boot is still counted.
+        store.begin_boot().unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut k = Recorder::default();
+        hand_off(
+            &mut k,
+            &paths,
+            &cfg(false),
+            Some((0, &mut store)),
+            no_master(),
+        );
+        assert_eq!(store.inventory().unwrap().attempts, 2);
     }
 
     #[test]
