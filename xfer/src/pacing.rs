@@ -65,6 +65,21 @@ impl TokenBucket {
         now + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 
+    /// Like [`ready_at`](Self::ready_at), but once the bucket is empty it waits until
+    /// `batch` bytes of credit (at most `burst`) have built up again. A caller that sleeps
+    /// until then wakes once per batch and hands the kernel a whole batch with one call,
+    /// instead of waking (or spinning) for every frame; the long-run rate is the same.
+    pub fn ready_for_batch(&mut self, now: Duration, batch: u64) -> Duration {
+        self.refill(now);
+        if self.tokens > 0 {
+            return now;
+        }
+        let want = i128::from(batch.min(self.burst).max(1)) * NANOS;
+        let need = u128::try_from(want - self.tokens).unwrap_or(u128::MAX);
+        let ns = need.div_ceil(u128::from(self.rate));
+        now + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+
     /// Charges `bytes` (call after sending a frame).
     pub fn consume(&mut self, bytes: u64, now: Duration) {
         self.refill(now);
@@ -181,6 +196,37 @@ mod tests {
         b.consume(3_000, t);
         let ready = b.ready_at(t);
         assert!(ready >= t + Duration::from_secs(1) && ready <= t + Duration::from_secs(1) + MS);
+    }
+
+    #[test]
+    fn batched_waits_keep_the_rate_and_fill_batches() {
+        let mut b = TokenBucket::new(1_000_000, 10_000, Duration::ZERO);
+        let mut now = Duration::ZERO;
+        let (mut sent, mut wakes) = (0u64, 0u32);
+        while now < Duration::from_secs(1) {
+            let at = b.ready_for_batch(now, 5_000);
+            if at > now {
+                wakes += 1;
+                now = at;
+                continue;
+            }
+            if now >= Duration::from_secs(1) {
+                break;
+            }
+            b.consume(1000, now);
+            sent += 1000;
+        }
+        // Same long-run rate as frame-by-frame waits (burst + 1 MB/s), within a batch ...
+        assert!((1_004_000..=1_011_000).contains(&sent), "sent {sent}");
+        // ... but one wake per 5 frames, not one per frame.
+        assert!((195..=205).contains(&wakes), "{wakes} wakes");
+        // A batch larger than the bucket waits for a full bucket only.
+        let mut b = TokenBucket::new(1_000, 2_000, Duration::ZERO);
+        b.consume(2_000, Duration::ZERO);
+        assert_eq!(
+            b.ready_for_batch(Duration::ZERO, 1 << 30),
+            Duration::from_secs(2)
+        );
     }
 
     fn limits() -> RateLimits {

@@ -70,6 +70,10 @@ pub struct Sender<S> {
     interval_sent: u64,
     sequence: u32,
     scratch: Vec<u8>,
+    /// The first pass's current slice, read with one `read_at` when the pass enters it
+    /// (one read per slice instead of one per block); `None` until then.
+    slice_cache: Option<u32>,
+    slice_buf: Vec<u8>,
     stats: SenderStats,
 }
 
@@ -118,6 +122,8 @@ impl<S: BlockSource> Sender<S> {
             interval_sent: 0,
             sequence: 0,
             scratch: vec![0; usize::from(cfg.block_size)],
+            slice_cache: None,
+            slice_buf: Vec::new(),
             cfg,
             transfer,
             artifact,
@@ -259,6 +265,15 @@ impl<S: BlockSource> Sender<S> {
         if self.drop_if_lagging(from) {
             return ControlOutcome::MemberDropped;
         }
+        // Blocks of this slice repaired within the holdoff: one pass over the ring.
+        let mut recent = SliceBitmap::default();
+        for (at, s, bits) in &self.recent {
+            if *s == nack.slice && *at + self.cfg.repair_holdoff > now {
+                for (d, b) in recent.0.iter_mut().zip(bits.0) {
+                    *d |= b;
+                }
+            }
+        }
         let mut queue = SliceBitmap::default();
         let mut missing = 0;
         for b in wanted.missing() {
@@ -266,10 +281,7 @@ impl<S: BlockSource> Sender<S> {
                 continue;
             }
             missing += 1;
-            let recently = self.recent.iter().any(|(at, s, bits)| {
-                *s == nack.slice && bits.is_missing(b) && *at + self.cfg.repair_holdoff > now
-            });
-            if recently {
+            if recent.is_missing(b) {
                 self.stats.holdoff_suppressed += 1;
             } else {
                 queue.set(b, true);
@@ -488,7 +500,7 @@ impl<S: BlockSource> Sender<S> {
                 until: self.next_deadline(now),
             });
         };
-        let ready = self.bucket.ready_at(now);
+        let ready = self.bucket.ready_for_batch(now, self.cfg.batch);
         if ready > now {
             return Ok(SendStep::Wait { until: ready });
         }
@@ -522,16 +534,43 @@ impl<S: BlockSource> Sender<S> {
     ) -> Result<usize, SenderError> {
         let offset = self.geo.block_offset(slice, block);
         let len = self.geo.block_len(slice, block).unwrap_or(0);
-        let data = &mut self.scratch[..len];
-        self.source
-            .read_at(offset, data)
-            .map_err(|source| SenderError::Read {
-                transfer: self.transfer,
-                artifact: self.artifact.name.clone(),
+        let read_err = |offset, len| {
+            let (transfer, artifact) = (self.transfer, self.artifact.name.clone());
+            move |source| SenderError::Read {
+                transfer,
+                artifact,
                 offset,
                 len,
                 source,
-            })?;
+            }
+        };
+        if !retransmit && self.slice_cache != Some(slice) {
+            // The first pass enters a new slice: read all of it at once.
+            let start = self.geo.slice_start(slice);
+            let slice_len = usize::try_from(self.geo.slice_len(slice)).unwrap_or(0);
+            self.slice_cache = None;
+            self.slice_buf.resize(slice_len, 0);
+            self.source
+                .read_at(start, &mut self.slice_buf)
+                .map_err(read_err(start, slice_len))?;
+            self.slice_cache = Some(slice);
+        }
+        let cached = (self.slice_cache == Some(slice))
+            .then(|| {
+                let from = usize::try_from(offset - self.geo.slice_start(slice)).ok()?;
+                self.slice_buf.get(from..from.checked_add(len)?)
+            })
+            .flatten();
+        let data: &[u8] = match cached {
+            Some(d) => d,
+            None => {
+                let d = &mut self.scratch[..len];
+                self.source
+                    .read_at(offset, d)
+                    .map_err(read_err(offset, len))?;
+                d
+            }
+        };
         let encode_err = |source| SenderError::Encode {
             transfer: self.transfer,
             artifact: self.artifact.name.clone(),

@@ -155,6 +155,9 @@ fn small_bounds(seed: u64) -> SimConfig {
     cfg.sender.max_lag_bytes = 2 * MIB as u64;
     cfg.sender.late_join_bytes = 512 * 1024;
     cfg.sender.silence_timeout = 300 * MS;
+    // At 20 MB/s the default 256 KiB burst is 13 ms of data ahead of a 1 MiB window,
+    // which these tight lag bounds (2 MiB) do not leave room for.
+    cfg.sender.burst = 64 * 1024;
     cfg.receiver.window_bytes = MIB as u64;
     cfg
 }
