@@ -308,7 +308,9 @@ fn wait_ready(
     wait: Duration,
     cfg: &ServeConfig,
 ) -> Result<bool, ServeError> {
-    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    // Rounded up: a wait of less than a millisecond (the pacer asks for one batch at a
+    // time) must sleep, not spin with poll(0) and send one frame per iteration.
+    let ms = u16::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
     let mut fds = vec![PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
     if let Some(d) = control {
         fds.push(PollFd::new(d.as_fd(), PollFlags::POLLIN));
