@@ -9,9 +9,13 @@
 //! exist at any time, so memory never exceeds `window_bytes` ([`ReceiverStats::buffered_high_water`]).
 //!
 //! NACK policy: an incomplete slice in the window is NACKed once the sender has moved past
-//! it (a data frame of a later slice arrived), or once no data frame arrived for
-//! `idle_nack` (the tail was lost, or the sender waits for us); never more than once per
-//! `nack_retry` per slice, at most `max_nacks_per_poll` per poll.
+//! it (a data frame of a later slice arrived, or the Join said its first pass is already
+//! past it), or once no data frame arrived for `idle_nack` (the tail was lost, or the
+//! sender waits for us); at most `max_nacks_per_poll` per poll. A slice is NACKed again
+//! no sooner than `nack_retry` later, and that interval doubles (up to 32 ×) for every
+//! NACK that brought none of its blocks: a card that is slower than the repairs (its
+//! queue holds them, unread) or cut off does not ask for the same blocks every 30 ms, each
+//! ask costing a full resend. A block of the slice arriving resets the interval.
 //!
 //! Resume: a receiver may start with `delivered` bytes already in the sink and a hasher
 //! that absorbed exactly those bytes ([`Resume`]); it then only writes what follows.
@@ -35,7 +39,8 @@ use crate::source::ByteSink;
 pub struct ReceiverConfig {
     /// Most bytes of slice buffers held at once. Default 4 MiB. Must hold one slice.
     pub window_bytes: u64,
-    /// A slice is NACKed again no sooner than this. Default 30 ms.
+    /// A slice is NACKed again no sooner than this (doubled, up to 32 ×, for every NACK
+    /// of it that brought none of its blocks). Default 30 ms.
     pub nack_retry: Duration,
     /// With no data frame for this long, incomplete slices are NACKed. Default 50 ms.
     pub idle_nack: Duration,
@@ -236,8 +241,22 @@ struct Slot {
     slice: Option<u32>,
     missing: SliceBitmap,
     nacked_at: Option<Duration>,
+    /// NACKs of this slice since a block of it last arrived (the retry backoff).
+    unanswered: u32,
     buf: Option<Vec<u8>>,
 }
+
+impl Slot {
+    /// When this slice may be NACKed again: `retry` after the last NACK, doubled for
+    /// every NACK that brought none of its blocks, at most [`NACK_BACKOFF_MAX`] times.
+    fn retry_at(&self, retry: Duration) -> Option<Duration> {
+        let factor = 1u32 << self.unanswered.saturating_sub(1).min(NACK_BACKOFF_MAX);
+        self.nacked_at.map(|t| t + retry * factor)
+    }
+}
+
+/// Most doublings of a slice's NACK retry interval (30 ms × 2⁵ = 960 ms by default).
+const NACK_BACKOFF_MAX: u32 = 5;
 
 /// One artifact being received (card side). See the module docs.
 #[derive(Debug)]
@@ -360,9 +379,14 @@ impl<W: ByteSink> Receiver<W> {
         }
         for slot in &mut self.slots {
             slot.nacked_at = None;
+            slot.unanswered = 0;
         }
         self.transfer = join.transfer;
-        self.highest_seen = None;
+        // A session whose first pass is already past our next slice (a re-Fetch into a
+        // running session, a late join) will not send those slices again by itself: count
+        // them as passed, so they are NACKed at the next poll. Without this a receiver
+        // that saw no frame of the session after its Join never NACKed at all.
+        self.highest_seen = (join.first_slice > self.next).then_some(join.first_slice);
         self.last_data = now;
         if self.state == ReceiverState::Receiving {
             self.deliver()?;
@@ -445,6 +469,7 @@ impl<W: ByteSink> Receiver<W> {
                 slice: Some(s),
                 missing,
                 nacked_at: None,
+                unanswered: 0,
                 buf: None,
             };
         }
@@ -527,6 +552,7 @@ impl<W: ByteSink> Receiver<W> {
         };
         dst.copy_from_slice(data);
         slot.missing.set(hdr.block, false);
+        slot.unanswered = 0;
         let complete = slot.missing.count() == 0;
         self.stats.accepted += 1;
         self.stats.buffered_bytes += allocated;
@@ -645,10 +671,10 @@ impl<W: ByteSink> Receiver<W> {
                     wake = wake.min(self.last_data + self.cfg.idle_nack);
                 }
                 for slot in &self.slots {
-                    if let (Some(_), Some(t)) = (slot.slice, slot.nacked_at)
+                    if let (Some(_), Some(t)) = (slot.slice, slot.retry_at(self.cfg.nack_retry))
                         && slot.missing.count() > 0
                     {
-                        wake = wake.min(t + self.cfg.nack_retry);
+                        wake = wake.min(t);
                     }
                 }
                 Some(wake.max(now + Duration::from_micros(1)))
@@ -672,10 +698,11 @@ impl<W: ByteSink> Receiver<W> {
             let idx = self.slot(s);
             let slot = &mut self.slots[idx];
             let count = slot.missing.count();
-            if count == 0 || slot.nacked_at.is_some_and(|t| now < t + retry) {
+            if count == 0 || slot.retry_at(retry).is_some_and(|t| now < t) {
                 continue;
             }
             slot.nacked_at = Some(now);
+            slot.unanswered = slot.unanswered.saturating_add(1);
             out.push(Message::Nack(Nack {
                 transfer,
                 slice: s,

@@ -231,17 +231,32 @@ fn nacks_when_the_sender_moved_on_and_when_idle() {
     out.clear();
     rx.poll(2 * MS + retry, &mut out);
     assert_eq!(nacks(&out), vec![(0, vec![3, 77])]);
-    // Idle: slices 1 (127 blocks missing) and 2 (all missing) are NACKed too.
+    // Idle: slices 1 (127 blocks missing) and 2 (all missing) are NACKed too; slice 0
+    // not yet: its second NACK brought none of its blocks, so its retry time doubled.
     out.clear();
     rx.poll(2 * MS + idle + retry, &mut out);
     let n = nacks(&out);
-    assert_eq!(n.len(), 3, "{n:?}");
-    assert_eq!(n[1].1.len(), 127);
-    assert_eq!(n[2].1.len(), 128);
+    assert_eq!(n.len(), 2, "{n:?}");
+    assert_eq!((n[0].0, n[0].1.len()), (1, 127));
+    assert_eq!((n[1].0, n[1].1.len()), (2, 128));
+    out.clear();
+    let wake = rx.poll(2 * MS + retry + 2 * retry - MS, &mut out).unwrap();
+    assert!(nacks(&out).is_empty(), "{out:?}");
+    assert!(wake <= 2 * MS + 3 * retry, "wake {wake:?}");
+    out.clear();
+    rx.poll(2 * MS + 3 * retry, &mut out);
+    assert_eq!(
+        nacks(&out),
+        vec![(0, vec![3, 77])],
+        "backed off, not given up"
+    );
+    // A block of slice 0 arriving resets its interval.
+    feed(&mut rx, &payload(&d, 0, 3, BS), 1, 2 * MS + 3 * retry);
+    out.clear();
+    rx.poll(2 * MS + 4 * retry, &mut out);
+    assert!(nacks(&out).iter().any(|n| *n == (0, vec![77])), "{out:?}");
     // Repairs complete it.
-    for (s, b) in [(0, 3), (0, 77)] {
-        feed(&mut rx, &payload(&d, s, b, BS), 1, 100 * MS);
-    }
+    feed(&mut rx, &payload(&d, 0, 77, BS), 1, 100 * MS);
     for s in 1..3 {
         for b in 0..128 {
             feed(&mut rx, &payload(&d, s, b, BS), 1, 100 * MS);
@@ -251,6 +266,57 @@ fn nacks_when_the_sender_moved_on_and_when_idle() {
     out.clear();
     rx.poll(100 * MS, &mut out);
     assert!(matches!(&out[..], [Message::Progress(p)] if p.done == p.total));
+}
+
+/// A Join into a session whose first pass is already past us (a re-Fetch after a stall,
+/// a late join): no frame of the session may ever come by itself, so the passed slices are
+/// NACKed at once, and the rest of the window once idle. A Join within the join window
+/// (first pass not started) NACKs nothing before data arrives.
+#[test]
+fn join_past_the_first_pass_nacks_without_any_frame() {
+    let d = data(3 * 128 * 128);
+    let i = info(&d);
+    let c = cfg(3);
+    let idle = c.idle_nack;
+    let fresh = |first_slice| {
+        let j = Join {
+            first_slice,
+            ..join(&i, 1, BS)
+        };
+        Receiver::new(c.clone(), i.clone(), &j, Resume::fresh(), Vec::new(), MS).unwrap()
+    };
+    let mut out = Vec::new();
+    let mut waiting = fresh(0);
+    waiting.poll(MS + idle, &mut out);
+    assert!(nacks(&out).is_empty(), "{out:?}");
+    let mut late = fresh(2);
+    out.clear();
+    late.poll(MS, &mut out);
+    let n = nacks(&out);
+    assert_eq!(
+        n.iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![0, 1],
+        "{n:?}"
+    );
+    assert!(n.iter().all(|x| x.1.len() == 128));
+    // Slice 2 (not sent yet when we joined) once nothing arrived for idle_nack.
+    out.clear();
+    late.poll(MS + idle, &mut out);
+    assert_eq!(nacks(&out).last().map(|x| x.0), Some(2), "{out:?}");
+    // The same through set_session (the card re-Fetched into its running session).
+    let mut rejoined = fresh(0);
+    rejoined
+        .set_session(
+            &Join {
+                first_slice: 3,
+                ..join(&i, 1, BS)
+            },
+            2 * MS,
+        )
+        .unwrap();
+    out.clear();
+    rejoined.poll(2 * MS, &mut out);
+    assert_eq!(nacks(&out).len(), 3, "{out:?}");
 }
 
 #[test]
