@@ -4,11 +4,22 @@
 //! receiver and again, read back, by the store); when all are staged, commit atomically
 //! and go Ready.
 //!
-//! Artifacts are fetched one at a time, in plan order. A transfer that stalls (no data for
-//! `timers.stall`) is asked for again from its resume point (`Fetch.have_slices`): that is
-//! how a card survives a master restart or being moved to a catch-up session. After
-//! `timers.fetch_attempts` unanswered Fetches the staging is aborted and the card solicits
-//! again. This module does not decode frames (the agent does) or verify plans.
+//! Artifacts are fetched one at a time, in plan order. A transfer that stops progressing
+//! (no new block stored for `timers.stall`) is asked for again from its resume point
+//! (`Fetch.have_slices`): that is how a card survives a master restart, being moved to a
+//! catch-up session, or a session that forgot it.
+//!
+//! Recovery is bounded by construction (docs/transfer.md, "Stalls"): only a newly stored
+//! block counts as progress (not a Join, not a duplicate frame), so every Fetch that is
+//! not followed by progress counts as an attempt; the wait before the next one doubles
+//! (`stall` or `fetch_retry`, × 1, 2, 4, then 4), and after `timers.fetch_attempts`
+//! attempts without progress the staging is aborted and the card solicits again. A card
+//! therefore never waits on one transfer without progress for more than about
+//! `fetch_attempts` × 4 × `stall`. When the agent itself did not run for a while (blocked
+//! in a flash write, or a descheduled VM) the frames that came meanwhile are read before a
+//! stall is judged: the stall clock restarts once per progress.
+//!
+//! This module does not decode frames (the agent does) or verify plans.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -51,12 +62,43 @@ struct Current {
     receiver: Option<Receiver<Spool>>,
     spool: Spool,
     group: Option<MacAddr>,
-    /// When the last Fetch went out, and how many went unanswered in a row.
-    fetch_at: Instant,
+    /// Fetches sent since the last progress (a newly stored block).
     attempts: u32,
+    /// Start of the current wait for progress: the last progress, Fetch, Join, or the
+    /// agent's return from a long block.
+    waiting_since: Instant,
+    /// When the agent last ran for this transfer (a tick or a data frame).
+    seen_at: Instant,
+    /// The stall clock was restarted after the agent did not run for a while (at most once
+    /// per progress, so a card that keeps stalling still re-Fetches).
+    forgiven: bool,
     /// When the receiver wants to be polled again.
     poll_at: Instant,
-    last_data: Instant,
+}
+
+impl Current {
+    /// How long to wait for progress after the current attempt: `base` × 1, 2, 4, 4, ...
+    fn patience(&self, base: Duration) -> Duration {
+        base * (1u32 << self.attempts.saturating_sub(1).min(2))
+    }
+
+    /// The agent runs for this transfer at `now`. If it had not run for more than half
+    /// `stall` (it was blocked, so frames may be waiting to be read), the stall clock
+    /// restarts, once per progress.
+    fn wake(&mut self, now: Instant, stall: Duration) {
+        if now.saturating_duration_since(self.seen_at) > stall / 2 && !self.forgiven {
+            self.forgiven = true;
+            self.waiting_since = self.waiting_since.max(now);
+        }
+        self.seen_at = now;
+    }
+
+    /// A new block was stored.
+    fn progressed(&mut self, now: Instant) {
+        self.attempts = 0;
+        self.forgiven = false;
+        self.waiting_since = now;
+    }
 }
 
 /// State of the Fetch phase.
@@ -157,10 +199,11 @@ impl<V: Volumes> Agent<V> {
                 receiver: None,
                 spool: Spool::default(),
                 group: None,
-                fetch_at: now,
                 attempts: 1,
+                waiting_since: now,
+                seen_at: now,
+                forgiven: false,
                 poll_at: now + timers.fetch_retry,
-                last_data: now,
             });
             self.counters.fetches += 1;
             let m = Message::Fetch(Fetch {
@@ -178,24 +221,31 @@ impl<V: Volumes> Agent<V> {
         let Some(cur) = f.current.as_mut() else {
             return;
         };
+        cur.wake(now, timers.stall);
         let mut msgs = Vec::new();
         let mut refetch = None;
+        let retry_at = cur.waiting_since + cur.patience(timers.fetch_retry);
+        let stall_at = cur.waiting_since + cur.patience(timers.stall);
         match cur.receiver.as_mut() {
-            None if now >= cur.fetch_at + timers.fetch_retry => {
-                refetch = Some(Fetch {
-                    artifact: cur.artifact.sha256,
-                    have_slices: 0,
-                });
+            None => {
+                // No Join yet: ask again.
+                if now >= retry_at {
+                    refetch = Some(Fetch {
+                        artifact: cur.artifact.sha256,
+                        have_slices: 0,
+                    });
+                } else {
+                    cur.poll_at = retry_at;
+                }
             }
-            None => cur.poll_at = cur.fetch_at + timers.fetch_retry,
             Some(rx) => {
                 let wake = rx.poll(since, &mut msgs);
-                let stalled =
-                    now >= cur.last_data + timers.stall && now >= cur.fetch_at + timers.stall;
-                if stalled {
+                // No new block for the patience: the session is not serving us (we were
+                // dropped, the master restarted, or it forgot us): ask again from where we
+                // stand.
+                if now >= stall_at {
                     refetch = Some(rx.fetch());
                 }
-                let stall_at = cur.last_data.max(cur.fetch_at) + timers.stall;
                 cur.poll_at = match wake {
                     Some(w) => (started + w).min(stall_at),
                     None => stall_at,
@@ -205,11 +255,11 @@ impl<V: Volumes> Agent<V> {
         }
         if let Some(fetch) = refetch {
             cur.attempts += 1;
-            cur.fetch_at = now;
+            cur.waiting_since = now;
             cur.poll_at = now + timers.fetch_retry.min(timers.stall);
             if cur.attempts > timers.fetch_attempts {
                 log::warn!(
-                    "card {mac}: master {master} stopped answering for artifact {} after {} Fetches: soliciting again",
+                    "card {mac}: no progress on artifact {} from master {master} after {} Fetches: soliciting again",
                     cur.artifact.name,
                     timers.fetch_attempts
                 );
@@ -276,9 +326,10 @@ impl<V: Volumes> Agent<V> {
         if join.group.is_group() && join.group != MacAddr::BROADCAST {
             cur.group = Some(join.group);
         }
-        cur.attempts = 0;
-        cur.last_data = now;
-        cur.fetch_at = now;
+        // A Join is not progress (a session may admit us and never serve us): only a
+        // stored block resets the attempts. It starts a new wait.
+        cur.seen_at = now;
+        cur.waiting_since = cur.waiting_since.max(now);
         cur.poll_at = now;
         let new = cur.group;
         if old != new {
@@ -312,24 +363,26 @@ impl<V: Volumes> Agent<V> {
             self.counters.dropped_data += 1;
             return;
         };
-        let Some(rx) = cur
-            .receiver
-            .as_mut()
-            .filter(|rx| rx.transfer() == view.transfer())
-        else {
-            self.counters.dropped_data += 1;
-            return;
-        };
-        if src != master {
+        if src != master
+            || cur
+                .receiver
+                .as_ref()
+                .is_none_or(|rx| rx.transfer() != view.transfer())
+        {
             self.counters.dropped_data += 1;
             return;
         }
-        cur.last_data = now;
-        cur.attempts = 0;
+        cur.wake(now, self.cfg.timers.stall);
+        let Some(rx) = cur.receiver.as_mut() else {
+            return;
+        };
         let outcome = rx.on_data(&view, since);
         match outcome {
-            Ok(DataOutcome::Accepted) => self.counters.data_blocks += 1,
-            Ok(DataOutcome::Completed) => self.counters.data_blocks += 1,
+            Ok(DataOutcome::Accepted | DataOutcome::Completed) => {
+                cur.progressed(now);
+                self.counters.data_blocks += 1;
+            }
+            // A duplicate or out-of-window frame is no progress for us.
             Ok(DataOutcome::Dropped(_)) => self.counters.dropped_data += 1,
             Err(e) => return self.transfer_failed(now, master, e),
         }
