@@ -2,12 +2,20 @@
 //! reading the blob file with positional reads (never loading it whole), sending to a
 //! locally administered group MAC.
 //!
-//! A card's Fetch joins the live session of that artifact if the sender admits it (within
-//! the join window, or close enough behind the first pass to repair by NACK); otherwise
-//! (session finished, card too far behind, card dropped from it for lagging or silence)
-//! a new session starts for it, counted as a catch-up session. Cards that ask within the
-//! same join window therefore share one session: each artifact crosses the wire once per
-//! session, not once per card.
+//! A card's Fetch joins the live session of that artifact while that costs nothing extra
+//! (its first pass has not gone past the card's resume point); otherwise (session
+//! finished or past the card, card dropped from it for lagging or silence) a new session
+//! starts for it, counted as a catch-up session. Cards that ask within the same join window
+//! therefore share one session: each artifact crosses the wire once per session, not once
+//! per card.
+//!
+//! A Fetch from a card that is already an active member is a re-Fetch: it saw no progress
+//! for its stall time. It is admitted again; its Join carries the first pass's position,
+//! so the card NACKs what it lacks at once and the session repairs exactly that (merged
+//! with the others' NACKs). If the same card re-Fetches again without having gained a
+//! slice, the session is not serving it: it is removed and gets a fresh session from its
+//! resume point. So a card in a live session is never left without data for more than
+//! two of its stall periods.
 //!
 //! This module does not check that a card may have an artifact (the service does) and
 //! does not touch the node database.
@@ -20,7 +28,7 @@ use std::time::Duration;
 use shelfboot_proto::frame::{Link, MacAddr};
 use shelfboot_proto::msg::{ArtifactRef, Fetch, Join, Nack, Progress};
 use shelfboot_xfer::{
-    Admission, ArtifactInfo, SendStep, Sender, SenderConfig, SenderError, SenderEvent,
+    Admission, ArtifactInfo, MemberStatus, SendStep, Sender, SenderConfig, SenderError, SenderEvent,
 };
 
 use super::service::ServiceConfig;
@@ -57,6 +65,8 @@ struct Session {
     sender: Sender<File>,
     stats: SessionStats,
     wake: Duration,
+    /// Slices each member held at its last re-Fetch into this session.
+    refetched: BTreeMap<MacAddr, u32>,
 }
 
 /// All sessions of one service run.
@@ -137,13 +147,32 @@ impl Sessions {
                 continue;
             }
             existed = true;
-            let was_member = s.sender.members().any(|(m, _)| m == card);
+            let status = s
+                .sender
+                .members()
+                .find_map(|(m, st)| (m == card).then_some(st.status));
+            let was_member = status.is_some();
             // Share a session only while joining costs nothing extra: its first pass has
             // not gone past what the card holds (join window, or a resume), or the card is
             // already in it (a re-Fetch after a stall). Anyone else would need the passed
             // part repaired for them alone: they get their own (catch-up) session.
             if !was_member && s.sender.position() > fetch.have_slices {
                 continue;
+            }
+            if status == Some(MemberStatus::Active) {
+                let before = s.refetched.insert(card, fetch.have_slices);
+                if before.is_some_and(|b| fetch.have_slices <= b) {
+                    // Twice without gaining a slice: this session is not serving the card.
+                    log::info!(
+                        "master: session {}: {card} re-fetched twice at slice {} without progress: moved to a new session",
+                        s.sender.transfer(),
+                        fetch.have_slices
+                    );
+                    s.sender.remove(card, now);
+                    s.stats.dropped += 1;
+                    s.wake = now;
+                    continue;
+                }
             }
             if let Admission::Joined(j) = s.sender.join(card, fetch.have_slices, now) {
                 if !was_member {
@@ -201,6 +230,7 @@ impl Sessions {
                 sender,
                 stats,
                 wake: now,
+                refetched: BTreeMap::new(),
             },
         );
         Ok(join)
