@@ -53,6 +53,8 @@ pub struct Sender<S> {
     geo: Geometry,
     source: S,
     start_at: Duration,
+    /// When the last member joined before the first pass (see `SenderConfig::join_quiet`).
+    last_join: Option<Duration>,
     started: bool,
     finished: bool,
     /// First-pass position: next block to send for the first time.
@@ -102,6 +104,7 @@ impl<S: BlockSource> Sender<S> {
         let rate = RateControl::new(cfg.rate);
         Ok(Sender {
             start_at: now + cfg.join_window,
+            last_join: None,
             started: false,
             finished: false,
             cur_slice: 0,
@@ -188,6 +191,9 @@ impl<S: BlockSource> Sender<S> {
         let behind = self.cur_slice.saturating_sub(have);
         if self.started && behind > self.late_join_slices {
             return Admission::Later(LaterReason::TooFarBehind { behind });
+        }
+        if !self.started {
+            self.last_join = Some(now);
         }
         let state = MemberState {
             status: MemberStatus::Active,
@@ -393,7 +399,7 @@ impl<S: BlockSource> Sender<S> {
         if self.finished {
             return;
         }
-        if !self.started && now >= self.start_at {
+        if !self.started && now >= self.first_pass_at() {
             self.started = true;
             self.cur_slice = self
                 .members
@@ -458,6 +464,15 @@ impl<S: BlockSource> Sender<S> {
         self.check_finished();
     }
 
+    /// When the first pass starts: the end of the join window, or `join_quiet` after the
+    /// last join if that is sooner.
+    fn first_pass_at(&self) -> Duration {
+        match self.last_join {
+            Some(t) => self.start_at.min(t.saturating_add(self.cfg.join_quiet)),
+            None => self.start_at,
+        }
+    }
+
     /// The next block to send: the lowest queued repair, else the first-pass block.
     fn peek(&self) -> Option<(u32, u16, bool)> {
         if let Some((s, bits)) = self.repairs.first_key_value()
@@ -492,7 +507,7 @@ impl<S: BlockSource> Sender<S> {
         }
         if !self.started {
             return Ok(SendStep::Wait {
-                until: self.start_at,
+                until: self.first_pass_at(),
             });
         }
         let Some((slice, block, retransmit)) = self.peek() else {

@@ -114,6 +114,54 @@ fn waits_for_the_join_window_then_sends_in_slice_order() {
 }
 
 #[test]
+fn first_pass_starts_when_joins_go_quiet_but_never_after_the_window() {
+    let mut c = config();
+    c.join_window = 300 * MS;
+    c.join_quiet = 50 * MS;
+    c.silence_timeout = Duration::from_secs(10);
+    let info = ArtifactInfo {
+        name: "pkg 2".to_owned(),
+        sha256: [7; 32],
+        size: 3 * SLICE,
+    };
+    let mut buf = vec![0; MAX_FRAME_LEN];
+    let data = vec![0u8; 3 * SLICE as usize];
+    // A lone card: 50 ms after its join, not 300 ms after the session was made.
+    let mut tx = Sender::new(c.clone(), 5, info.clone(), data.clone(), Duration::ZERO).unwrap();
+    tx.join(mac(1), 0, 10 * MS);
+    assert_eq!(
+        tx.poll(20 * MS, &mut buf).unwrap(),
+        SendStep::Wait { until: 60 * MS }
+    );
+    // Each join within the quiet time pushes the start back ...
+    tx.join(mac(2), 0, 40 * MS);
+    assert_eq!(
+        tx.poll(60 * MS, &mut buf).unwrap(),
+        SendStep::Wait { until: 90 * MS }
+    );
+    assert!(matches!(
+        tx.poll(90 * MS, &mut buf).unwrap(),
+        SendStep::Frame { .. }
+    ));
+    // ... but never past the join window.
+    let mut tx = Sender::new(c, 5, info, data, Duration::ZERO).unwrap();
+    for (i, t) in (0..300u32).step_by(40).enumerate() {
+        assert!(matches!(
+            tx.join(mac(1 + i as u8), 0, t * MS),
+            Admission::Joined(_)
+        ));
+    }
+    assert_eq!(
+        tx.poll(290 * MS, &mut buf).unwrap(),
+        SendStep::Wait { until: 300 * MS }
+    );
+    assert!(matches!(
+        tx.poll(300 * MS, &mut buf).unwrap(),
+        SendStep::Frame { .. }
+    ));
+}
+
+#[test]
 fn nack_repairs_exactly_the_missing_blocks_before_new_data() {
     let mut tx = sender(4 * SLICE as usize);
     tx.join(mac(1), 0, Duration::ZERO);

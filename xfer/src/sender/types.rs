@@ -34,6 +34,12 @@ pub struct SenderConfig {
     /// Time from creation until the first data frame; cards joining within it share the
     /// first pass. Default 200 ms.
     pub join_window: Duration,
+    /// The first pass starts before the end of the join window once this long has passed
+    /// since the last card joined: cards that ask together (a shelf powered on at once)
+    /// arrive within a few milliseconds of each other, and a lone card should not wait
+    /// the whole window. Default 100 ms; `Duration::MAX` (or anything ≥ `join_window`)
+    /// always waits the full window.
+    pub join_quiet: Duration,
     /// After the window, a card is still admitted if its resume point is at most this many
     /// bytes behind the first pass (it repairs the gap by NACK). Default 8 MiB.
     pub late_join_bytes: u64,
@@ -71,6 +77,7 @@ impl SenderConfig {
             burst: 256 * 1024,
             batch: 64 * 1024,
             join_window: Duration::from_millis(200),
+            join_quiet: Duration::from_millis(100),
             late_join_bytes: 8 << 20,
             max_lag_bytes: 32 << 20,
             silence_timeout: Duration::from_secs(2),

@@ -261,7 +261,9 @@ fn card_down_too_long_resumes_in_a_catch_up_session() {
 #[test]
 fn late_joiner_within_the_lag_shares_the_session() {
     let data = artifact(4 * MIB, 71);
-    let cfg = small_bounds(71);
+    let mut cfg = small_bounds(71);
+    // The whole 200 ms window, so that the pass is 10 ms old when the third card comes.
+    cfg.sender.join_quiet = cfg.sender.join_window;
     let window = cfg.receiver.window_bytes;
     let mut specs = cards(3, 0.0);
     specs[2].start_at = 210 * MS;
