@@ -8,6 +8,9 @@
 //!                  "SHELFBOOT-READY packages: ...", then idle
 //! heartbeat 1.0.0  depends base; rc.d/50-heartbeat prints "HEARTBEAT n" every 5 s
 //! diag 1.0.0       provides feature "diag"; rc.d/60-diag prints "DIAG up"
+//! testpkg 1.0.0    depends base; in no class: only a test-mode trial (`master test-mode
+//!                  MAC --package testpkg=1.0.0`) runs it; rc.d/70-testpkg prints
+//!                  "TESTPKG-RUNNING from a test-mode trial"
 //! boot "lab-kernel" per card type: SHBOOTIM(bzImage, initramfs, cmdline with the type)
 //! classes: every card gets heartbeat (and base); a card asking feature diag gets diag
 //! ```
@@ -31,6 +34,8 @@ use crate::kernel::Kernel;
 pub const READY_LINE: &str = "SHELFBOOT-READY packages:";
 /// The heartbeat service's console line prefix.
 pub const HEARTBEAT_LINE: &str = "HEARTBEAT ";
+/// The console line of the test-mode package `testpkg` when it runs.
+pub const TESTPKG_LINE: &str = "TESTPKG-RUNNING";
 /// Name of the boot image in the release.
 pub const BOOT_NAME: &str = "lab-kernel";
 /// Release version.
@@ -148,6 +153,8 @@ while :; do n=$((n+1)); echo "HEARTBEAT $n"; sleep 5; done
 
 const DIAG: &str = "#!/bin/sh\necho \"DIAG up\"\n";
 
+const TESTPKG: &str = "#!/bin/sh\necho \"TESTPKG-RUNNING from a test-mode trial\"\n";
+
 const BUSYBOX_APPLETS: &[&str] = &["sh", "cat", "echo", "sleep", "cut", "tr", "ls", "mount"];
 
 /// Builds one package tree into `out` with mksquashfs (fixed times, root-owned).
@@ -208,17 +215,19 @@ fn package_tree(name: &str, dir: &Path) -> Result<PathBuf, ReleaseError> {
             }
         }
         "heartbeat" => write_exec(&t.join("etc/shelfboot/rc.d/50-heartbeat"), HEARTBEAT)?,
+        "testpkg" => write_exec(&t.join("etc/shelfboot/rc.d/70-testpkg"), TESTPKG)?,
         _ => write_exec(&t.join("etc/shelfboot/rc.d/60-diag"), DIAG)?,
     }
     Ok(t)
 }
 
 /// The lab initramfs: our init, the modules for virtio-net, block2mtd flash, UBI,
-/// squashfs and overlayfs (with load.list), and the trust anchor.
+/// squashfs, overlayfs and loop (test-mode packages in RAM) with load.list, and the trust
+/// anchor.
 pub fn initramfs(k: &Kernel, init: &Path, anchor: &Path) -> Result<Vec<u8>, ReleaseError> {
     let mut wanted: Vec<(String, String)> = vec![("virtio_net".into(), String::new())];
     wanted.extend(Block2mtd::default().modules());
-    for m in ["ubi", "squashfs", "overlay"] {
+    for m in ["ubi", "squashfs", "overlay", "loop"] {
         wanted.push((m.into(), String::new()));
     }
     let spec = BuildSpec {
@@ -265,6 +274,7 @@ pub fn build(k: &Kernel, spec: &ReleaseSpec, dir: &Path) -> Result<Release, Rele
             "diag",
             "provides = [\"diag\"]\ndepends = { base = \"^1\" }\n",
         ),
+        ("testpkg", "depends = { base = \"^1\" }\n"),
     ] {
         let tree = package_tree(name, dir)?;
         let file = format!("{name}-{VERSION}-x86_64.sqfs");
