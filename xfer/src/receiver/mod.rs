@@ -9,9 +9,9 @@
 //! exist at any time, so memory never exceeds `window_bytes` ([`ReceiverStats::buffered_high_water`]).
 //!
 //! NACK policy: an incomplete slice in the window is NACKed once the sender has moved past
-//! it (a data frame of a later slice arrived, or the Join said its first pass is already
-//! past it), or once no data frame arrived for `idle_nack` (the tail was lost, or the
-//! sender waits for us); at most `max_nacks_per_poll` per poll. A slice is NACKed again
+//! it (a data frame of a later slice arrived), or once no data frame arrived for
+//! `idle_nack` (the tail was lost, the sender waits for us, or the Join said its first
+//! pass is already past us and nothing came since); at most `max_nacks_per_poll` per poll. A slice is NACKed again
 //! no sooner than `nack_retry` later, and that interval doubles (up to 32 ×) for every
 //! NACK that brought none of its blocks: a card that is slower than the repairs (its
 //! queue holds them, unread) or cut off does not ask for the same blocks every 30 ms, each
@@ -273,6 +273,8 @@ pub struct Receiver<W> {
     slots: Vec<Slot>,
     pool: Vec<Vec<u8>>,
     highest_seen: Option<u32>,
+    /// The last Join said the session's first pass was already past our next slice.
+    joined_behind: bool,
     last_data: Duration,
     last_progress: Option<(Duration, u64)>,
     final_left: u32,
@@ -315,6 +317,7 @@ impl<W: ByteSink> Receiver<W> {
             slots: Vec::new(),
             pool: Vec::new(),
             highest_seen: None,
+            joined_behind: false,
             last_data: now,
             last_progress: None,
             final_left: 0,
@@ -383,10 +386,12 @@ impl<W: ByteSink> Receiver<W> {
         }
         self.transfer = join.transfer;
         // A session whose first pass is already past our next slice (a re-Fetch into a
-        // running session, a late join) will not send those slices again by itself: count
-        // them as passed, so they are NACKed at the next poll. Without this a receiver
-        // that saw no frame of the session after its Join never NACKed at all.
-        self.highest_seen = (join.first_slice > self.next).then_some(join.first_slice);
+        // running session, a late join) may never send us a frame by itself: if none comes
+        // within `idle_nack`, the window is NACKed. Without this a receiver that saw no
+        // frame of the session after its Join never NACKed at all. Not at once: a slow
+        // card may still hold that pass, unread, in its queue.
+        self.highest_seen = None;
+        self.joined_behind = join.first_slice > self.next;
         self.last_data = now;
         if self.state == ReceiverState::Receiving {
             self.deliver()?;
@@ -667,7 +672,7 @@ impl<W: ByteSink> Receiver<W> {
                     self.progress(now, Stage::Fetching, out);
                 }
                 let mut wake = self.last_progress.map_or(now, |(t, _)| t + interval);
-                if self.highest_seen.is_some() {
+                if self.highest_seen.is_some() || self.joined_behind {
                     wake = wake.min(self.last_data + self.cfg.idle_nack);
                 }
                 for slot in &self.slots {
@@ -683,10 +688,13 @@ impl<W: ByteSink> Receiver<W> {
     }
 
     fn nacks(&mut self, now: Duration, out: &mut Vec<Message>) {
-        let Some(highest) = self.highest_seen else {
-            return;
-        };
         let idle = now.saturating_sub(self.last_data) >= self.cfg.idle_nack;
+        let highest = match self.highest_seen {
+            Some(h) => h,
+            // Nothing since a Join into a session already past us: everything is due.
+            None if self.joined_behind && idle => self.geo.slices(),
+            None => return,
+        };
         let end = self.next.saturating_add(self.window).min(self.geo.slices());
         let mut sent = 0;
         for s in self.next..end {
