@@ -457,7 +457,20 @@ impl<S: Store> Service<S> {
             // A card that reported a failure (NoSpace, say) and asks again keeps its
             // failure and reason until it actually moves (Progress, Ready): otherwise
             // `master nodes` would say "fetching" for a card that cannot fetch.
-            if self.states.get(&src) != Some(&NodeState::Failed) {
+            // The cache is empty after an operator request or a restart: ask the database.
+            let last = match self.states.get(&src) {
+                Some(st) => Some(*st),
+                None => self
+                    .master
+                    .store()
+                    .node(&mac)
+                    .ok()
+                    .flatten()
+                    .map(|n| n.state),
+            };
+            if last == Some(NodeState::Failed) {
+                self.states.insert(src, NodeState::Failed);
+            } else {
                 self.set_state(src, NodeState::Fetching, None);
             }
             Verdict::Fetch

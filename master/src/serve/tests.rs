@@ -538,6 +538,10 @@ fn a_card_that_cannot_fit_its_plan_stays_failed_with_the_reason_when_it_asks_aga
     // It asks again (new nonce, same flash): same plan, and the node still says why.
     assert_eq!(ask(&mut svc, 2), Some(Verdict::Fetch));
     assert_eq!(state(&svc), failed);
+    // Also after an operator request dropped the service's caches.
+    let _ = svc.master_mut();
+    assert_eq!(ask(&mut svc, 3), Some(Verdict::Fetch));
+    assert_eq!(state(&svc), failed);
     // Once it actually fetches, the node says so.
     let p = Progress {
         stage: Stage::Fetching,
