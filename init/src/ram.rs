@@ -180,7 +180,11 @@ fn open_dir(
         dir: dir.to_path_buf(),
         source,
     })?;
-    Store::open(v, StoreConfig::default())
+    let cfg = StoreConfig {
+        label: "RAM store",
+        ..StoreConfig::default()
+    };
+    Store::open(v, cfg)
         .map(|(s, _)| s)
         .map_err(|source| RamError::Store {
             dir: dir.to_path_buf(),

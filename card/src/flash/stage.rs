@@ -91,7 +91,8 @@ impl<V: Volumes> Store<V> {
             match candidate {
                 Some(a) if keep => {
                     log::info!(
-                        "flash: resuming with {} {} already staged",
+                        "{}: resuming with {} {} already staged",
+                        self.cfg.label,
                         a.name,
                         a.version
                     );
@@ -136,7 +137,10 @@ impl<V: Volumes> Store<V> {
         let Some(prev) = &inv.previous else {
             return Ok(());
         };
-        log::warn!("flash: dropping the previous set to make room; no local rollback");
+        log::warn!(
+            "{}: dropping the previous set to make room; no local rollback",
+            self.cfg.label
+        );
         for s in &prev.artifacts {
             if inv.set.uses(&s.volume) || next.uses(&s.volume) {
                 continue;
@@ -391,7 +395,8 @@ impl<V: Volumes> Store<V> {
             )
         })?;
         log::info!(
-            "flash: committed set {} (generation {}, {} artifacts)",
+            "{}: committed set {} (generation {}, {} artifacts)",
+            self.cfg.label,
             hex::encode(inv.set.digest),
             inv.generation,
             inv.set.artifacts.len()

@@ -40,6 +40,9 @@ pub struct StoreConfig {
     pub max_bad_pebs: u64,
     /// Read every staged artifact back and re-hash it before it may be committed.
     pub verify_readback: bool,
+    /// What the store is called in log lines: `flash`, or e.g. `RAM store` for the
+    /// test-mode store on tmpfs (so a console never says "flash" for RAM).
+    pub label: &'static str,
 }
 
 impl Default for StoreConfig {
@@ -48,6 +51,7 @@ impl Default for StoreConfig {
             max_attempts: 3,
             max_bad_pebs: 64,
             verify_readback: true,
+            label: "flash",
         }
     }
 }
@@ -240,7 +244,10 @@ impl<V: Volumes> Store<V> {
             if let Some(prev) = &inv.previous {
                 let missing = store.missing_volumes(prev)?;
                 if !missing.is_empty() {
-                    log::warn!("flash: previous set incomplete ({missing:?}); dropping it");
+                    log::warn!(
+                        "{}: previous set incomplete ({missing:?}); dropping it",
+                        store.cfg.label
+                    );
                     healed.previous = None;
                 }
             }
@@ -328,7 +335,7 @@ impl<V: Volumes> Store<V> {
                 self.vols
                     .remove(v.id)
                     .during(|| format!("removing leftover volume \"{}\"", v.name))?;
-                log::info!("flash: removed leftover volume \"{}\"", v.name);
+                log::info!("{}: removed leftover volume \"{}\"", self.cfg.label, v.name);
                 removed.push(v.name);
             }
         }
