@@ -8,10 +8,13 @@
 //! 1 master serving   erased flash → fetch, commit, kexec, validate, mark Ready → Ready 1.0
 //! 2 master stopped   init prints the committed set (the one of boot 1, Ready-marked: 0
 //!                    attempts) → nobody answers for 5 s → "no master answered …
-//!                    booting the last committed set on my own" → attempt 1 → kexec →
+//!                    booting the last committed set on my own" → not counted (the set
+//!                    reached Ready on its last boot; counting master-less boots would
+//!                    roll it back after maxtries power cycles) → kexec →
 //!                    the stored image waits 5 s again, says the same, switch_root →
 //!                    Ready with exactly the committed packages; nothing fetched
-//! 3 master serving   Continue plans only, "flash matches the plan: validated" in both
+//! 3 master serving   inventory still 0 attempts → Continue → counted (attempt 1) →
+//!                    Continue plans only, "flash matches the plan: validated" in both
 //!                    stages, "set marked ready on flash", Ready; the master moved 0
 //!                    artifact bytes and sent no Fetch plan
 //! ```
@@ -108,8 +111,11 @@ mod tests {
         .unwrap();
         let said = card.wait_for(alone.clone(), STEP).unwrap();
         let waited = said.elapsed;
-        card.wait_for("booting committed set, attempt 1 of", STEP)
-            .unwrap();
+        card.wait_for(
+            "the committed set reached Ready on its last boot: this boot without a master is not counted",
+            STEP,
+        )
+        .unwrap();
         card.wait_for("kexec: sync and reboot", STEP).unwrap();
         card.wait_for(Regex::new(r"config: stored\s+true").unwrap(), STEP)
             .unwrap();
@@ -129,6 +135,10 @@ mod tests {
             console.contains("autonomous=true"),
             "the agent decided autonomously"
         );
+        assert!(
+            !console.contains("booting committed set, attempt"),
+            "a master-less boot of a set that reached Ready is not counted"
+        );
         let alone_t = t2.elapsed();
         eprintln!(
             "autonomy: master absent: \"no master answered\" {:.1} s after power-on, Ready after {:.1} s: {}",
@@ -146,10 +156,12 @@ mod tests {
         let inv = scenario::flash_inventory(&inv.line).unwrap();
         assert_eq!(inv.digest, committed.digest);
         assert_eq!(
-            inv.attempts, 1,
-            "the autonomous boot was counted (Ready is only marked with a master)"
+            inv.attempts, 0,
+            "the master-less boot was not counted: the set had reached Ready"
         );
         card.wait_for("flash matches the plan: validated", STEP)
+            .unwrap();
+        card.wait_for("booting committed set, attempt 1 of", STEP)
             .unwrap();
         card.wait_for(Regex::new(r"config: stored\s+true").unwrap(), STEP)
             .unwrap();
