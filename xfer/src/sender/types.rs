@@ -22,9 +22,11 @@ pub struct SenderConfig {
     /// ceiling, 5 MB/s floor, +5 MB/s per clean interval, back off above 5 % loss, at most
     /// halve per interval.
     pub rate: RateLimits,
-    /// Token bucket depth in bytes (how many frames may go back to back). Default 256 KiB:
-    /// the depth of the 1 Gbit/s tbf the benchmark shapes the link with, so a burst passes
-    /// it without queueing, and about 2 ms of catch-up after the caller was not scheduled.
+    /// Token bucket depth in bytes (how many frames may go back to back). Default 2 MiB:
+    /// 16 ms of catch-up at 125 MB/s after the caller was not scheduled for a while (on a
+    /// loaded 2-core host a sleeping sender often waits 10-20 ms for a CPU; with a 256 KiB
+    /// bucket it then ran at a fifth of the rate). The long-run rate stays exact; a shaper
+    /// in the path must queue one burst (the benchmark's 1 Gbit/s tbf holds 2.75 MB).
     pub burst: u64,
     /// Once the bucket is empty, [`SendStep::Wait`] asks the caller to come back when this
     /// many bytes of credit have built up (at most `burst`), so that it wakes once per batch
@@ -74,7 +76,7 @@ impl SenderConfig {
                 loss_threshold: 0.05,
                 min_factor: 0.5,
             },
-            burst: 256 * 1024,
+            burst: 2 << 20,
             batch: 64 * 1024,
             join_window: Duration::from_millis(200),
             join_quiet: Duration::from_millis(100),
