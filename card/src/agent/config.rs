@@ -56,6 +56,9 @@ pub struct Timers {
     pub ready_repeats: u32,
     /// Spacing of the Ready repeats.
     pub ready_spacing: Duration,
+    /// Longest hold after a BurnNow ("prepare"): with the set committed and Ready sent,
+    /// the card waits this long for the master's WarmBoot, then hands off on its own.
+    pub hold: Duration,
 }
 
 impl Default for Timers {
@@ -71,6 +74,7 @@ impl Default for Timers {
             progress: Duration::from_secs(1),
             ready_repeats: 3,
             ready_spacing: Duration::from_millis(100),
+            hold: Duration::from_secs(600),
         }
     }
 }

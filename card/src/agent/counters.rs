@@ -45,6 +45,11 @@ pub struct Counters {
     pub master_errors: u64,
     /// Error messages sent to the master.
     pub errors_sent: u64,
+    /// Holds entered (a BurnNow, then the set committed or validated: Ready sent, waiting
+    /// for the master's WarmBoot).
+    pub holds: u64,
+    /// Holds that ended without a WarmBoot (the hold timer ran out: handed off alone).
+    pub hold_timeouts: u64,
 }
 
 impl Counters {

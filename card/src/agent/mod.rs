@@ -6,6 +6,10 @@
 //!     |  |                                 |                               |
 //!     |  +---(Error sent / master lost)----+                         Handoff(decision)
 //!     +--(no plan for `autonomy`, committed set on flash)--> Handoff(autonomous)
+//!
+//!  after a BurnNow ("prepare"), Ready does not hand off but holds:
+//!  ... --> Held --(verified WarmBoot)--> Reset(WarmBoot): solicit again, validate, boot
+//!            \----(no WarmBoot within `hold`)--> Handoff (logged)
 //! ```
 //!
 //! Inputs are events: [`Agent::handle_frame`] (a received Ethernet frame) and
@@ -107,6 +111,9 @@ pub enum Phase {
     Fetch,
     /// Ready sent (repeats may be pending); decision emitted.
     Ready,
+    /// Ready sent after a BurnNow: holding, waiting for the master's WarmBoot (no decision
+    /// yet; it comes with the WarmBoot, a Reset, or at the end of the hold).
+    Held,
     /// Finished (decision emitted, nothing more to send).
     Done,
 }
@@ -135,6 +142,14 @@ enum State {
         left: u32,
         next: Instant,
     },
+    Held {
+        frame: Vec<u8>,
+        left: u32,
+        next: Instant,
+        /// The hold ends here: hand off with `decision`.
+        until: Instant,
+        decision: Box<Decision>,
+    },
     Done,
 }
 
@@ -152,6 +167,8 @@ pub struct Agent<V: Volumes> {
     epoch: u64,
     /// (epoch, serial) of the last executed command.
     last_command: Option<(u64, u64)>,
+    /// A BurnNow was heard: after Ready, hold for the master's WarmBoot.
+    hold: bool,
     /// Last structured error a master sent us (for reports).
     last_master_error: Option<ErrorMsg>,
     /// Last structured error we sent (for reports).
@@ -189,6 +206,7 @@ impl<V: Volumes> Agent<V> {
             counters: Counters::default(),
             epoch: 0,
             last_command: None,
+            hold: false,
             last_master_error: None,
             last_error_sent: None,
             outputs: Vec::new(),
@@ -212,6 +230,28 @@ impl<V: Volumes> Agent<V> {
     pub fn with_ram_store(mut self, ram: Store<FileVolumes>) -> Self {
         self.store.ram = Some(ram);
         self
+    }
+
+    /// Carry the (epoch, serial) of the last command executed in this boot into a
+    /// restarted conversation (after a [`Decision::Reset`]): the command's remaining
+    /// copies, and any replay of it, are then not executed a second time.
+    #[must_use]
+    pub fn with_last_command(mut self, stamp: Option<(u64, u64)>) -> Self {
+        if let Some(s) = stamp {
+            self.last_command = Some(s);
+            self.epoch = self.epoch.max(s.0);
+        }
+        self
+    }
+
+    /// (epoch, serial) of the last command executed (see [`Agent::with_last_command`]).
+    pub fn last_command(&self) -> Option<(u64, u64)> {
+        self.last_command
+    }
+
+    /// True once a BurnNow was heard: Ready holds for the master's WarmBoot.
+    pub fn holding_ordered(&self) -> bool {
+        self.hold
     }
 
     /// The flash store.
@@ -240,6 +280,7 @@ impl<V: Volumes> Agent<V> {
             State::Discover { .. } => Phase::Discover,
             State::Fetch(_) => Phase::Fetch,
             State::Ready { .. } => Phase::Ready,
+            State::Held { .. } => Phase::Held,
             State::Done => Phase::Done,
         }
     }
@@ -269,6 +310,13 @@ impl<V: Volumes> Agent<V> {
             State::Discover { next, .. } => Some(*next),
             State::Fetch(f) => Some(f.deadline()),
             State::Ready { next, .. } => Some(*next),
+            State::Held {
+                left, next, until, ..
+            } => Some(if *left > 0 {
+                (*next).min(*until)
+            } else {
+                *until
+            }),
             State::Done => None,
         };
         match (own, autonomy) {
@@ -316,6 +364,27 @@ impl<V: Volumes> Agent<V> {
                 if finished {
                     self.state = State::Done;
                 }
+            }
+            State::Held { until, .. } if now >= *until => {
+                let waited = self.cfg.timers.hold;
+                if let State::Held { decision, .. } =
+                    std::mem::replace(&mut self.state, State::Done)
+                {
+                    self.counters.hold_timeouts += 1;
+                    log::warn!(
+                        "card {}: no warm boot from the master within {waited:?} of holding: handing off on our own",
+                        self.mac()
+                    );
+                    self.outputs.push(Output::Decision(*decision));
+                }
+            }
+            State::Held {
+                frame, left, next, ..
+            } if *left > 0 && now >= *next => {
+                let f = frame.clone();
+                *left -= 1;
+                *next = now + self.cfg.timers.ready_spacing;
+                self.emit_frame(f);
             }
             _ => {}
         }
@@ -649,6 +718,30 @@ impl<V: Volumes> Agent<V> {
             _ => Vec::new(),
         };
         let left = self.cfg.timers.ready_repeats.saturating_sub(1);
+        let decision = Decision::Boot {
+            set,
+            handoff,
+            autonomous: false,
+            validated_only,
+            persisted,
+        };
+        if self.hold {
+            // "Prepare": the set is in place; the master boots the whole system at once.
+            self.counters.holds += 1;
+            log::info!(
+                "card {}: set committed; holding for the master's warm boot (up to {} s)",
+                self.mac(),
+                self.cfg.timers.hold.as_secs()
+            );
+            self.state = State::Held {
+                left: if frame.is_empty() { 0 } else { left },
+                frame,
+                next: now + self.cfg.timers.ready_spacing,
+                until: now + self.cfg.timers.hold,
+                decision: Box::new(decision),
+            };
+            return;
+        }
         self.state = if left == 0 || frame.is_empty() {
             State::Done
         } else {
@@ -658,13 +751,7 @@ impl<V: Volumes> Agent<V> {
                 next: now + self.cfg.timers.ready_spacing,
             }
         };
-        self.outputs.push(Output::Decision(Decision::Boot {
-            set,
-            handoff,
-            autonomous: false,
-            validated_only,
-            persisted,
-        }));
+        self.outputs.push(Output::Decision(decision));
     }
 
     fn boot_autonomously(&mut self) {
@@ -735,9 +822,17 @@ impl<V: Volumes> Agent<V> {
                     .push(Output::Decision(Decision::Reset { phase }));
             }
             Action::BurnNow => {
-                // Solicit again at once: the plan we get is fetched and committed.
-                if let State::Discover { next, .. } = &mut self.state {
-                    *next = now;
+                // Burn this boot's set, report Ready and hold for the WarmBoot. Still
+                // discovering: solicit again at once (unless a BurnNow already did).
+                let first = !self.hold;
+                self.hold = true;
+                match &mut self.state {
+                    State::Discover { next, .. } if first => *next = now,
+                    State::Ready { .. } | State::Done => log::warn!(
+                        "card {}: BurnNow after this boot's hand-off was decided: not holding",
+                        self.mac()
+                    ),
+                    _ => {}
                 }
             }
             Action::EnterTestMode | Action::LeaveTestMode => {

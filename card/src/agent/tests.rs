@@ -739,3 +739,134 @@ fn test_mode_plan_without_ram_store_is_refused_without_writing() {
     assert_eq!(agent.phase(), Phase::Discover);
     assert_eq!(vols.ops().len(), ops);
 }
+
+fn command_frame(k: &SigningKey, action: Action, target: Option<MacAddr>, serial: u64) -> Vec<u8> {
+    let body = CommandBody {
+        action,
+        target,
+        epoch: 1,
+        serial,
+    };
+    let dst = target.unwrap_or(MacAddr::BROADCAST);
+    encode(dst, 0, &Message::Command(k.sign_command(body).unwrap()))
+}
+
+fn readies(outs: &[Output]) -> usize {
+    frames(outs)
+        .iter()
+        .filter(|(_, m, d)| matches!(m, Message::Ready(_)) && *d == MASTER)
+        .count()
+}
+
+#[test]
+fn burn_now_then_fetch_commits_reports_ready_and_holds_until_the_hold_timer() {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.timers.hold = Duration::from_secs(20);
+    let mut agent = Agent::new(cfg, store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    // The master answers a prepare-pending card with a unicast BurnNow, then the plan.
+    let outs = agent.handle_frame(t0, &command_frame(&key(), Action::BurnNow, Some(CARD), 1));
+    assert!(decision(&outs).is_none() && agent.holding_ordered());
+    let (refs, data) = set();
+    let outs = agent.handle_frame(t0, &plan_frame(&key(), &h, &s, &refs, Verdict::Fetch));
+    assert_eq!(agent.phase(), Phase::Fetch);
+    let (d, sent) = serve(&mut agent, t0, &refs, &data, 0, outs);
+    // The only decision is the hold timer's: Ready went out long before it.
+    assert!(matches!(
+        d,
+        Decision::Boot {
+            autonomous: false,
+            validated_only: false,
+            persisted: true,
+            ..
+        }
+    ));
+    let c = *agent.counters();
+    assert_eq!((c.holds, c.hold_timeouts), (1, 1), "{c:?}");
+    let ready = sent
+        .iter()
+        .filter(
+            |m| matches!(m, Message::Ready(r) if r.digest == set_digest(&refs, "console=ttyS0")),
+        )
+        .count();
+    assert_eq!(ready, 3, "Ready and its repeats before the hold ended");
+    assert_eq!(agent.phase(), Phase::Done);
+    assert_eq!(
+        agent.into_store().digest(),
+        Some(set_digest(&refs, "console=ttyS0"))
+    );
+}
+
+#[test]
+fn held_card_waits_for_a_verified_warm_boot_and_ignores_forged_and_replayed_ones() {
+    let vols = provisioned();
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    // A broadcast BurnNow (`master prepare`) while discovering: solicit again at once.
+    agent.handle_frame(t0, &command_frame(&key(), Action::BurnNow, None, 1));
+    let again = agent.tick(t0);
+    assert_eq!(solicit_of(&again).1.nonce, s.nonce);
+    let (refs, _) = set();
+    let outs = agent.handle_frame(t0, &plan_frame(&key(), &h, &s, &refs, Verdict::Continue));
+    assert_eq!(readies(&outs), 1);
+    assert!(decision(&outs).is_none(), "no hand-off while held");
+    assert_eq!(agent.phase(), Phase::Held);
+    // The Ready repeats go out; then the card just listens, for minutes.
+    let mut now = t0;
+    let mut repeats = 0;
+    for _ in 0..300 {
+        now += Duration::from_secs(1);
+        let outs = agent.tick(now);
+        repeats += readies(&outs);
+        assert!(decision(&outs).is_none());
+    }
+    assert_eq!(repeats, 2);
+    assert_eq!(agent.phase(), Phase::Held);
+    // Forged, foreign, replayed (the BurnNow's serial) WarmBoots change nothing.
+    let forged = command_frame(
+        &SigningKey::from_seed(&[9u8; 32]),
+        Action::WarmBoot,
+        None,
+        2,
+    );
+    assert!(decision(&agent.handle_frame(now, &forged)).is_none());
+    let foreign = command_frame(
+        &key(),
+        Action::WarmBoot,
+        Some(MacAddr([2, 0, 0, 0, 0, 9])),
+        2,
+    );
+    assert!(decision(&agent.handle_frame(now, &foreign)).is_none());
+    let replayed = command_frame(&key(), Action::WarmBoot, None, 1);
+    assert!(decision(&agent.handle_frame(now, &replayed)).is_none());
+    assert_eq!(agent.phase(), Phase::Held);
+    let c = *agent.counters();
+    assert_eq!(
+        (c.dropped_forged, c.dropped_not_for_us, c.dropped_replayed),
+        (1, 1, 1)
+    );
+    // The master's warm boot: restart the conversation in phase WarmBoot.
+    let warm = command_frame(&key(), Action::WarmBoot, None, 2);
+    let outs = agent.handle_frame(now, &warm);
+    assert_eq!(
+        decision(&outs),
+        Some(Decision::Reset {
+            phase: BootPhase::WarmBoot
+        })
+    );
+    assert_eq!(agent.phase(), Phase::Done);
+    // The restarted conversation carries the stamp: the WarmBoot's other copies (and
+    // replays) do not reset it again.
+    let stamp = agent.last_command();
+    assert_eq!(stamp, Some((1, 2)));
+    let mut cfg = config();
+    cfg.phase = BootPhase::WarmBoot;
+    let mut next = Agent::new(cfg, store(&vols), now).with_last_command(stamp);
+    next.tick(now);
+    assert!(decision(&next.handle_frame(now, &warm)).is_none());
+    assert_eq!(next.counters().dropped_replayed, 1);
+    assert!(!next.holding_ordered());
+}
