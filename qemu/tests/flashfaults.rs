@@ -12,8 +12,11 @@
 //!   16 MiB block2mtd flash installs release 1.0 (10.5 MB) and is Ready; then release 1.1
 //!   adds an 8 MiB `bulk` package that does not fit beside it. After a power cycle the
 //!   card reports NoSpace to the master (no artifact byte moves, nothing is written), keeps
-//!   its committed set, boots it on its own when no usable plan comes
-//!   (`shelfboot.master_timeout`), and `master nodes` shows `failed (NoSpace ...)`.
+//!   its committed set and boots it on its own when no usable plan comes
+//!   (`shelfboot.master_timeout`); the stored image is refused the same way, and
+//!   `master nodes` shows `failed (NoSpace ...)`. The operator rolls the class back to 1.0
+//!   and orders `master prepare`: the card, still in its init's conversation, executes
+//!   the signed BurnNow, validates its kept set and is Ready; the node is ready again.
 //!
 //! The init binary: SHELFBOOT_INIT_BIN, else built here with cargo (init-release, musl).
 
@@ -160,8 +163,8 @@ mod tests {
         // 16 MiB: release 1.0 (10.5 MB) fits, 1.0 + 8 MiB more does not.
         create_erased_image(&lab.dir.join("flash-0.img"), 16 << 20).unwrap();
         let mut cfg = scenario::card_config(&lab, 0, &logs).unwrap();
-        // No usable plan within 15 s: boot the committed set alone.
-        cfg.append = release::card_append(scenario::card_type(0), 1, &[], 15);
+        // No usable plan within 25 s: boot the committed set alone.
+        cfg.append = release::card_append(scenario::card_type(0), 1, &[], 25);
 
         let mut shelf = Shelf::start(1, |_| cfg.clone()).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -198,6 +201,7 @@ mod tests {
         let t1 = Instant::now();
         shelf.power_cycle_all().unwrap();
         let card = shelf.card(0).unwrap();
+        // Stage 1 (power on): refused, then the committed set boots without a usable plan.
         let refused = card
             .wait_for("not enough flash", Duration::from_secs(120))
             .unwrap();
@@ -213,12 +217,55 @@ mod tests {
             )
             .unwrap();
         eprintln!("autonomous after {:.1} s", alone.elapsed.as_secs_f64());
+        card.wait_for("kexec: sync and reboot", Duration::from_secs(60))
+            .unwrap();
+        // Stage 2 (the stored 1.0 image): refused again, and now the operator looks.
+        let again = card
+            .wait_for("not enough flash", Duration::from_secs(150))
+            .unwrap();
+        eprintln!(
+            "stored image refused after {:.1} s",
+            again.elapsed.as_secs_f64()
+        );
+        let mac = shelfboot_qemu::backplane::mac_string(&card_mac(0));
+        let table = scenario::master_cli(&lab.state, &["nodes"]).unwrap();
+        eprintln!("master nodes:\n{table}");
+        let row = table
+            .lines()
+            .find(|l| l.contains(&mac))
+            .unwrap_or_else(|| panic!("no row for {mac}"));
+        assert!(row.contains("failed (NoSpace"), "{row}");
+        assert!(row.contains("not enough flash"), "{row}");
+        {
+            let v = node(&lab.state, 0);
+            assert_eq!(v.node.state, NodeState::Failed, "{:?}", v.node);
+            assert_eq!(
+                v.node.inventory.and_then(|i| i.digest),
+                committed,
+                "the card's flash still holds the committed 1.0 set"
+            );
+        }
+        // The operator fixes the cause (back to 1.0 for the class) and orders "prepare
+        // now": the card, still in its init's conversation, hears the signed BurnNow,
+        // asks at once instead of at its longest backoff, and validates.
+        let out =
+            scenario::master_cli(&lab.state, &["rollback", "lab", "--to", "lab-os@1.0.0"]).unwrap();
+        eprintln!("master rollback: {}", out.trim());
+        let out = scenario::master_cli(&lab.state, &["prepare"]).unwrap();
+        eprintln!("master prepare: {}", out.trim());
+        assert!(out.contains("BurnNow"), "{out}");
+        let heard = card
+            .wait_for("command BurnNow", Duration::from_secs(30))
+            .unwrap();
+        eprintln!("BurnNow heard after {:.1} s", heard.elapsed.as_secs_f64());
+        card.wait_for("flash matches the plan: validated", Duration::from_secs(30))
+            .unwrap();
         let r = card
             .wait_for(release::READY_LINE, Duration::from_secs(120))
             .unwrap();
         let total = t1.elapsed();
         eprintln!(
-            "Ready on the old set after {:.1} s: {}",
+            "Ready on the kept set after {:.1} s: {}",
             total.as_secs_f64(),
             r.line
         );
@@ -233,45 +280,32 @@ mod tests {
             !console.contains("agent: fetched"),
             "nothing was fetched for a plan that cannot fit"
         );
-
-        // The operator's view while the master still serves (through its socket).
-        let table = scenario::master_cli(&lab.state, &["nodes"]).unwrap();
-        eprintln!("master nodes:\n{table}");
-        let mac = shelfboot_qemu::backplane::mac_string(&card_mac(0));
-        let row = table
-            .lines()
-            .find(|l| l.contains(&mac))
-            .unwrap_or_else(|| panic!("no row for {mac}"));
-        assert!(row.contains("failed (NoSpace"), "{row}");
-        assert!(row.contains("not enough flash"), "{row}");
+        assert_eq!(
+            console.matches("on my own").count(),
+            1,
+            "only the power-on stage booted without a usable plan"
+        );
+        std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::Relaxed);
         let s = master.join().unwrap().unwrap();
         eprintln!(
-            "no space: refused, kept and booted the old set in {:.1} s; master {} artifact bytes, {} card errors, {} fetch plans; total {:.1} s",
+            "no space: refused, kept, booted alone, recovered by rollback + prepare in {:.1} s; master {} artifact bytes, {} card errors, {} fetch / {} continue plans, {} command copies; total {:.1} s",
             total.as_secs_f64(),
             s.artifact_bytes,
             s.card_errors,
             s.plans_fetch,
+            s.plans_continue,
+            s.commands_sent,
             t0.elapsed().as_secs_f64()
         );
         assert_eq!(s.artifact_bytes, 0, "a plan that cannot fit moves no byte");
-        assert!(s.card_errors >= 1);
+        assert!(s.card_errors >= 2, "both stages reported NoSpace");
+        assert_eq!(s.commands_sent, 3, "one order, three copies");
+        assert!(s.plans_continue >= 1);
         let after = node(&lab.state, 0);
-        assert_eq!(after.node.state, NodeState::Failed, "{:?}", after.node);
-        assert!(
-            after
-                .node
-                .state_reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with("NoSpace")),
-            "{:?}",
-            after.node
-        );
-        assert_eq!(
-            after.node.inventory.and_then(|i| i.digest),
-            committed,
-            "the card's flash still holds the committed 1.0 set"
-        );
+        assert_eq!(after.node.state, NodeState::Ready, "{:?}", after.node);
+        assert_eq!(after.in_sync, Some(true), "{:?}", after.node);
+        assert_eq!(after.node.inventory.and_then(|i| i.digest), committed);
         drop(shelf);
     }
 }
