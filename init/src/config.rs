@@ -71,6 +71,9 @@ pub struct Config {
     pub master_timeout: Duration,
     /// How long to wait for carrier on the backplane link.
     pub carrier_timeout: Duration,
+    /// After a master's BurnNow ("prepare"): longest wait for its warm boot, with the set
+    /// committed and Ready sent, before handing off alone (`shelfboot.hold=SECONDS`).
+    pub hold: Duration,
     /// We run a kexec'd stored image: validate only.
     pub stored: bool,
     /// We run a test-mode boot image kexec'd from RAM (`shelfboot.test=1`): use the RAM
@@ -97,6 +100,7 @@ impl Default for Config {
             ethertype: DEFAULT_ETHERTYPE,
             master_timeout: Duration::from_secs(30),
             carrier_timeout: Duration::from_secs(10),
+            hold: Duration::from_secs(600),
             stored: false,
             test: false,
             maxtries: 3,
@@ -322,6 +326,7 @@ impl Config {
                 "carrier_timeout" => {
                     c.carrier_timeout = parse_duration(&key, need(&key, v, "a duration")?)?;
                 }
+                "hold" => c.hold = parse_duration(&key, need(&key, v, "a duration")?)?,
                 "stored" => c.stored = parse_bool(&key, v)?,
                 "test" => c.test = parse_bool(&key, v)?,
                 "format" => c.format_pristine = parse_bool(&key, v)?,
@@ -381,6 +386,7 @@ impl fmt::Display for Config {
         writeln!(f, "ethertype       {:#06x}", self.ethertype)?;
         writeln!(f, "master_timeout  {:?}", self.master_timeout)?;
         writeln!(f, "carrier_timeout {:?}", self.carrier_timeout)?;
+        writeln!(f, "hold            {:?}", self.hold)?;
         writeln!(f, "stored          {}", self.stored)?;
         writeln!(f, "test            {}", self.test)?;
         writeln!(f, "maxtries        {}", self.maxtries)?;
@@ -406,7 +412,7 @@ mod tests {
             "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet shelfboot.iface=eth1 shelfboot.card=lc-48x10g \
              shelfboot.slot=7 shelfboot.shelf=0x2 shelfboot.features=bgp,mpls shelfboot.mtd=3 \
              shelfboot.ethertype=0x88b6 shelfboot.master_timeout=500ms shelfboot.stored=1 \
-             shelfboot.maxtries=5 shelfboot.test=1 shelfboot.future=x",
+             shelfboot.hold=90 shelfboot.maxtries=5 shelfboot.test=1 shelfboot.future=x",
             &Hardware::default(),
         )
         .unwrap();
@@ -421,6 +427,7 @@ mod tests {
         assert_eq!(c.mtd, MtdSelector::Number(3));
         assert_eq!(c.ethertype, 0x88b6);
         assert_eq!(c.master_timeout, Duration::from_millis(500));
+        assert_eq!(c.hold, Duration::from_secs(90));
         assert!(c.stored);
         assert_eq!(c.maxtries, 5);
         assert_eq!(c.unknown_keys, ["shelfboot.future"]);

@@ -12,7 +12,15 @@
 //! [`UbiVolumes`] on the same UBI device, and when it has decided, its store (which saw
 //! the commit) replaces the flow's stale one. A stored image (`shelfboot.stored=1`) that a
 //! master validated marks its set Ready (resets the boot counter); so does a set without
-//! a boot image. A master that orders a reset restarts the conversation (bounded).
+//! a boot image. A master that orders a reset restarts the conversation (bounded); the
+//! executed command's stamp is carried, so its other copies do not reset us again.
+//!
+//! "Prepare" (a master's BurnNow): the agent commits (or validates) its set, sends Ready
+//! and holds, so this loop keeps driving it: the console says
+//! `SHELFBOOT: set committed; holding for the master's warm boot (up to N s)`; the
+//! master's WarmBoot restarts the conversation in phase WarmBoot (the console says
+//! `SHELFBOOT: warm boot ordered by the master`), which only validates and hands off.
+//! Without a WarmBoot within `shelfboot.hold` the agent hands off on its own.
 //!
 //! Test mode: the agent also gets a RAM store ([`crate::ram`]: fresh on tmpfs, or the
 //! one a kexec'd test image finds carried in its initramfs). A `persist = false` plan is
@@ -224,6 +232,7 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
         };
         let started = Instant::now();
         let mut phase = BootPhase::PowerOn;
+        let mut last_command = None;
         for _ in 0..=MAX_RESETS {
             let vols = UbiVolumes::open(ubi, &self.dev, Sysfs::new(&self.sys))
                 .map_err(|source| failed("flash", AgentRunError::Ubi { ubi, source }))?;
@@ -247,6 +256,7 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                 seed: u64::from_be_bytes(seed),
                 timers: Timers {
                     autonomy: Some(cfg.master_timeout),
+                    hold: cfg.hold,
                     ..Timers::default()
                 },
             };
@@ -257,7 +267,8 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                 identity.card_type,
                 identity.slot
             );
-            let mut agent = Agent::new(acfg, astore, Instant::now());
+            let mut agent =
+                Agent::new(acfg, astore, Instant::now()).with_last_command(last_command);
             match crate::ram::open(&self.carried_dir, &self.ram_dir, &self.proc) {
                 Ok(ram) => agent = agent.with_ram_store(ram),
                 Err(e) => log::warn!(
@@ -265,13 +276,19 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                     crate::error_chain(&e)
                 ),
             }
-            let decision =
-                drive(&mut agent, &mut sock, &link.name).map_err(|e| failed("agent", e))?;
+            let decision = drive(&mut agent, &mut sock, &link.name, cfg.hold)
+                .map_err(|e| failed("agent", e))?;
             let c = *agent.counters();
             log::info!("agent: counters {c:?}");
+            last_command = agent.last_command();
             let (mut fresh, ram) = agent.into_stores();
             match decision {
                 Decision::Reset { phase: p } => {
+                    if p == BootPhase::WarmBoot {
+                        log::info!(
+                            "SHELFBOOT: warm boot ordered by the master: soliciting again to validate the committed set"
+                        );
+                    }
                     log::info!("agent: the master ordered a reset ({p:?}): soliciting again");
                     phase = p;
                 }
@@ -374,32 +391,33 @@ fn test_set(
     })
 }
 
-/// Runs the agent until it decided and finished its sends. Returns the decision.
+/// Runs the agent until it decided and finished its sends (a held agent is driven until
+/// the master's WarmBoot or the end of its hold). Returns the decision.
 fn drive(
     agent: &mut Agent<UbiVolumes>,
     sock: &mut PacketSocket,
     iface: &str,
+    hold: Duration,
 ) -> Result<Decision, AgentRunError> {
     let mut decision = None;
     let mut out: Vec<Vec<u8>> = Vec::new();
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut last_progress = None;
-    let mut first_sent = false;
+    let mut held = false;
     loop {
         let now = Instant::now();
         if agent.next_deadline().is_some_and(|d| d <= now) {
             let o = agent.tick(now);
             apply(o, sock, &mut out, &mut decision);
         }
-        if !first_sent && !out.is_empty() {
-            first_sent = true;
-            send_all(sock, &mut out);
+        send_all(sock, &mut out);
+        if !held && agent.phase() == Phase::Held {
+            held = true;
             log::info!(
-                "agent: first Solicit sent (monotonic {:.6} s)",
-                crate::pid1::monotonic_secs()
+                "SHELFBOOT: set committed; holding for the master's warm boot (up to {} s)",
+                hold.as_secs()
             );
         }
-        send_all(sock, &mut out);
         if let Some(p) = agent.fetch_progress()
             && last_progress
                 .is_none_or(|(at, _): (Instant, u64)| at.elapsed() >= Duration::from_secs(2))
