@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shelfboot_bench::backplane::Backplane;
+use shelfboot_bench::lab::{self, LabPlan};
 use shelfboot_bench::peers::Peer;
+use shelfboot_bench::plot;
 use shelfboot_bench::proc::loadavg;
 use shelfboot_bench::report::{self, Report};
 use shelfboot_bench::scenarios::{self, Plan};
@@ -28,7 +30,8 @@ struct Cli {
     /// Runs per figure (median, min, max).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Smoke test: 8 MiB, 1 run, 1 and 8 cards, shaped only, 200 warm cards, 64 MiB RSS.
+    /// Smoke test: 8 MiB, 1 run, 1 and 8 cards, shaped only, 200 warm cards, 64 MiB RSS,
+    /// one QEMU run with a 16 MiB flash file.
     #[arg(long)]
     quick: bool,
     /// Links: shaped (tbf 1 Gbit/s on the master port), unshaped, or both.
@@ -53,6 +56,20 @@ struct Cli {
     /// Artifact of the card-RSS scenario in MiB; 0 skips it.
     #[arg(long, default_value_t = 1024)]
     rss_size: u64,
+    /// Runs of the QEMU scenarios (boot path: full boots; flash: rounds in one boot); 0
+    /// skips both.
+    #[arg(long, default_value_t = 3)]
+    qemu_runs: usize,
+    /// Size of the file the flash scenario writes to nandsim, MiB.
+    #[arg(long, default_value_t = 32)]
+    flash_size: u64,
+    /// Scenarios to run: transfers (items 1-3), warm, rss, flash, boot.
+    #[arg(
+        long,
+        default_value = "transfers,warm,rss,flash,boot",
+        value_delimiter = ','
+    )]
+    only: Vec<String>,
     /// Where results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -105,7 +122,9 @@ enum Child {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_micros()
+        .init();
     let cli = Cli::parse();
     let res = match &cli.child {
         Some(c) => child(c),
@@ -269,31 +288,75 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
     } else {
         (None, "not selected".into())
     };
-    {
+    let only = |s: &str| cli.only.iter().any(|o| o == s);
+    for o in &cli.only {
+        anyhow::ensure!(
+            ["transfers", "warm", "rss", "flash", "boot"].contains(&o.as_str()),
+            "--only {o:?}: want transfers, warm, rss, flash or boot"
+        );
+    }
+    if only("transfers") || only("warm") || only("rss") {
         let max_cards = cards.iter().copied().max().unwrap_or(1).max(8);
         let bp = Backplane::new(max_cards).context("building the backplane")?;
-        scenarios::transfers(
-            &plan,
-            &bp,
-            &srv,
-            &sha,
-            shelf.as_ref(),
-            &shelf_why,
-            &mut rows,
-        )
-        .context("transfer scenarios")?;
-        if plan.warm_cards > 0
+        if only("transfers") {
+            scenarios::transfers(
+                &plan,
+                &bp,
+                &srv,
+                &sha,
+                shelf.as_ref(),
+                &shelf_why,
+                &mut rows,
+            )
+            .context("transfer scenarios")?;
+        }
+        if only("warm")
+            && plan.warm_cards > 0
             && let Err(e) = scenarios::warm_boot(&plan, &bp, &mut rows)
         {
             notes.push(format!("warm boot not measured: {e}"));
         }
-        if plan.rss_size > 0
+        if only("rss")
+            && plan.rss_size > 0
             && let Err(e) = scenarios::card_rss(&plan, &bp, &mut rows)
         {
             notes.push(format!("card RSS not measured: {e}"));
         }
     }
-    notes.push("items 6 (UBI writer vs ubiupdatevol) and 7 (boot path) need the QEMU lab: not yet measured".into());
+    let qemu_runs = if quick {
+        cli.qemu_runs.min(1)
+    } else {
+        cli.qemu_runs
+    };
+    if qemu_runs > 0 && (only("flash") || only("boot")) {
+        let lp = LabPlan {
+            runs: qemu_runs,
+            flash_rounds: if quick { 3 } else { qemu_runs.max(5) },
+            flash_bytes: if quick {
+                cli.flash_size.min(16)
+            } else {
+                cli.flash_size
+            }
+            .max(1)
+                << 20,
+            work: work.join("lab"),
+        };
+        match lab::lab_kernel() {
+            Err(e) => notes.push(format!("QEMU scenarios not run: {}", chain(&e))),
+            Ok(k) => {
+                if only("flash")
+                    && let Err(e) = lab::flash(&lp, &k, &mut rows)
+                {
+                    notes.push(format!("flash (item 6) not measured: {}", chain(&e)));
+                }
+                if only("boot")
+                    && let Err(e) = lab::boot_path(&lp, &k, &mut rows)
+                {
+                    notes.push(format!("boot path (item 7) not measured: {}", chain(&e)));
+                }
+            }
+        }
+    }
     let report = Report {
         started_utc: started_utc.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -318,6 +381,17 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
     std::fs::write(&svg, report::svg(&report))
         .with_context(|| format!("writing {}", svg.display()))?;
     eprintln!("saved {} and {}", json.display(), svg.display());
+    let bars = plot::bars(&report.rows);
+    if !bars.is_empty() {
+        let tsvg = cli.out.join(format!("{started_utc}-targets.svg"));
+        let title = format!(
+            "shelfboot issue 7 items 4-7 vs targets, {} ({} run(s), load {} / {})",
+            started_utc, runs, report.load_before, report.load_after
+        );
+        std::fs::write(&tsvg, plot::svg(&title, &bars))
+            .with_context(|| format!("writing {}", tsvg.display()))?;
+        eprintln!("saved {}", tsvg.display());
+    }
     if !cli.keep {
         let _ = std::fs::remove_dir_all(&work);
     }

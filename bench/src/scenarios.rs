@@ -427,7 +427,10 @@ pub fn warm_boot(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), St
     );
     bp.shape_master(Some(Tbf::GIGABIT))
         .map_err(|e| format!("{e:#}"))?;
-    let (mut wall, mut cpu, mut bytes, mut bad) = (vec![], vec![], vec![], vec![]);
+    let (mut wall, mut proc_wall, mut cpu, mut card_cpu, mut bytes, mut bad) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    // The master's Solicit counters: repeats mean cards re-sent before their answer.
+    let mut counters: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for run in 0..p.runs {
         eprintln!(
             "warm boot of {} cards, run {}/{}",
@@ -452,7 +455,12 @@ pub fn warm_boot(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), St
         let stats = stop_master(&mut m, &work);
         match res {
             Ok((rep, t0, _)) if rep.validated_only == p.warm_cards => {
-                wall.push(rep.done_mono - t0);
+                // Until every card decided (Continue received, validated), counted from
+                // the moment all cards solicit; the process wall adds exec, opening
+                // every card's flash store and the cards' Ready repeats.
+                wall.push(rep.last_decided_s.unwrap_or(f64::NAN));
+                proc_wall.push(rep.done_mono - t0);
+                card_cpu.extend(rep.cpu_s);
                 if let (Some(a), Some(b)) = (cpu0, cpu1) {
                     cpu.push(b - a);
                 }
@@ -461,6 +469,11 @@ pub fn warm_boot(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), St
                     .and_then(|s| s.get("artifact_bytes")?.as_u64())
                     .unwrap_or(u64::MAX);
                 bytes.push(ab as f64);
+                for k in ["solicits", "solicits_repeated", "solicit_queue_high_water"] {
+                    if let Some(v) = stats.as_ref().and_then(|s| s.get(k)?.as_u64()) {
+                        counters.entry(k).or_default().push(v as f64);
+                    }
+                }
             }
             Ok((rep, _, _)) => bad.push(format!(
                 "{} of {} validated only ({})",
@@ -488,6 +501,17 @@ pub fn warm_boot(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), St
     };
     if let Some(f) = Fig::of(&cpu) {
         r.extra.insert("master_cpu_s".into(), f);
+    }
+    if let Some(f) = Fig::of(&proc_wall) {
+        r.extra.insert("card_process_wall_s".into(), f);
+    }
+    if let Some(f) = Fig::of(&card_cpu) {
+        r.extra.insert("card_process_cpu_s".into(), f);
+    }
+    for (k, v) in counters {
+        if let Some(f) = Fig::of(&v) {
+            r.extra.insert(format!("master_{k}"), f);
+        }
     }
     if let Some(f) = Fig::of(&bytes) {
         r.extra.insert("artifact_bytes".into(), f);
@@ -522,7 +546,16 @@ pub fn card_rss(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), Str
         Some(&sha),
         &work.join("card.log"),
     );
-    let _ = stop_master(&mut m, &work);
+    let stats = stop_master(&mut m, &work);
+    // Repairs the master sent: a receive ring too small for the card shows up here.
+    let retransmit: Option<f64> = stats.as_ref().and_then(|s| {
+        let v = s.get("sessions")?.as_array()?;
+        Some(
+            v.iter()
+                .filter_map(|x| x.get("retransmit_bytes")?.as_u64())
+                .sum::<u64>() as f64,
+        )
+    });
     let mut r = Row {
         scenario: format!("card RSS, {} MiB", p.rss_size >> 20),
         link: "1gbit-tbf".into(),
@@ -538,6 +571,9 @@ pub fn card_rss(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), Str
             let secs = rep.done_mono - t0;
             r.time_s = Fig::of(&[secs]);
             r.mbps_per_card = Fig::of(&[p.rss_size as f64 / secs / 1e6]);
+            if let Some(f) = retransmit.and_then(|b| Fig::of(&[b / 1e6])) {
+                r.extra.insert("own_retransmit_MB".into(), f);
+            }
             r.extra.insert(
                 "vm_hwm_MiB".into(),
                 Fig::of(&[rep.vm_hwm_kib as f64 / 1024.0]).unwrap_or(Fig {

@@ -280,6 +280,13 @@ pub struct CardChildReport {
     pub vm_hwm_kib: u64,
     /// Per-card problems.
     pub problems: Vec<String>,
+    /// Seconds from the start of the conversations (all stores open, every card
+    /// solicits) until the last card decided (sim's `decided_after_s`).
+    #[serde(default)]
+    pub last_decided_s: Option<f64>,
+    /// CPU seconds (user + system) of this process when the simulation returned.
+    #[serde(default)]
+    pub cpu_s: Option<f64>,
 }
 
 /// CLOCK_MONOTONIC now, in seconds (the same clock in every process).
@@ -359,6 +366,7 @@ pub fn card_child(c: &CardChild) -> Result<CardChildReport, ShelfError> {
     let mut out = CardChildReport {
         done_mono: mono(),
         vm_hwm_kib: vm_hwm_kib(),
+        cpu_s: crate::proc::cpu_secs(std::process::id()),
         ..CardChildReport::default()
     };
     for r in &reports {
@@ -372,6 +380,9 @@ pub fn card_child(c: &CardChild) -> Result<CardChildReport, ShelfError> {
             ));
         }
         out.validated_only += usize::from(r.validated_only);
+        if let Some(d) = r.decided_after_s {
+            out.last_decided_s = Some(out.last_decided_s.map_or(d, |x: f64| x.max(d)));
+        }
         out.bytes_written += r.counters.bytes_written;
     }
     if let Some(want) = &c.sha256 {

@@ -95,6 +95,9 @@ pub struct CardReport {
     pub error: Option<String>,
     /// Agent counters.
     pub counters: Counters,
+    /// Seconds from the start of the conversations (every card solicits at once, once
+    /// all flash stores are open) to this card's decision; `None` while undecided.
+    pub decided_after_s: Option<f64>,
 }
 
 /// Failures of the simulation itself (not of a card's conversation).
@@ -141,6 +144,9 @@ struct Sim {
     spec: SimCard,
     decision: Option<Decision>,
     groups: Vec<MacAddr>,
+    /// Start of the conversations, and when the decision came.
+    started: Instant,
+    decided_at: Option<Instant>,
 }
 
 fn report_of(s: &Sim) -> CardReport {
@@ -183,6 +189,9 @@ fn report_of(s: &Sim) -> CardReport {
         progress: s.agent.fetch_progress(),
         error,
         counters: *s.agent.counters(),
+        decided_after_s: s
+            .decided_at
+            .map(|d| d.saturating_duration_since(s.started).as_secs_f64()),
     }
 }
 
@@ -190,6 +199,12 @@ fn random_bytes(buf: &mut [u8]) -> Result<(), SimError> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(buf))
         .map_err(SimError::Random)
+}
+
+/// Receive-ring blocks (64 KiB each) for a simulator playing `cards` cards: 64 per card
+/// (4 MiB), at most 512 (32 MiB).
+fn sim_ring_blocks(cards: usize) -> u32 {
+    u32::try_from(cards.saturating_mul(64)).map_or(512, |b| b.clamp(64, 512))
 }
 
 /// Run the cards until each has decided and finished sending, `timeout` passes, or `stop`
@@ -200,9 +215,11 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
         SocketConfig {
             ethertype: cfg.ethertype,
             // One process plays many cards and stalls while they hash and write flash:
-            // a deep receive ring (32 MiB) rides that out instead of dropping frames.
+            // a receive ring of 4 MiB per card, at most 32 MiB, rides that out instead
+            // of dropping frames. The ring is mapped memory that every frame touches,
+            // so it is most of a one-card process's RSS (docs/benchmarks.md, card RSS).
             rx_ring: shelfboot_netio::RingGeometry {
-                block_nr: 512,
+                block_nr: sim_ring_blocks(cfg.cards.len()),
                 ..shelfboot_netio::RingGeometry::RX_DEFAULT
             },
             rcvbuf: Some(32 << 20),
@@ -271,7 +288,13 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
             spec: spec.clone(),
             decision: None,
             groups: Vec::new(),
+            started: now,
+            decided_at: None,
         });
+    }
+    let started = Instant::now();
+    for s in &mut sims {
+        s.started = started;
     }
     let by_mac: HashMap<MacAddr, usize> = sims
         .iter()
@@ -412,6 +435,7 @@ fn apply(
             Output::Decision(d) => {
                 log::info!("simcard: card {} decided {d:?}", s.spec.mac);
                 s.decision = Some(d);
+                s.decided_at.get_or_insert_with(Instant::now);
                 changed = true;
             }
         }
@@ -428,4 +452,18 @@ fn send_all(sock: &mut PacketSocket, out: &mut Vec<Vec<u8>>) {
         log::error!("simcard: send: {e}");
     }
     out.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_4_mib_per_card_capped_at_32() {
+        assert_eq!(sim_ring_blocks(0), 64);
+        assert_eq!(sim_ring_blocks(1), 64);
+        assert_eq!(sim_ring_blocks(3), 192);
+        assert_eq!(sim_ring_blocks(8), 512);
+        assert_eq!(sim_ring_blocks(1000), 512);
+    }
 }
