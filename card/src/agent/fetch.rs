@@ -15,9 +15,9 @@
 //! (`stall` or `fetch_retry`, × 1, 2, 4, then 4), and after `timers.fetch_attempts`
 //! attempts without progress the staging is aborted and the card solicits again. A card
 //! therefore never waits on one transfer without progress for more than about
-//! `fetch_attempts` × 4 × `stall`. When the agent itself did not run for a while (blocked
-//! in a flash write, or a descheduled VM) the frames that came meanwhile are read before a
-//! stall is judged: the stall clock restarts once per progress.
+//! `fetch_attempts` × 4 × `stall` of its own running time. When the agent itself did not
+//! run for a while (blocked in a flash write, or a descheduled VM) the frames that came
+//! meanwhile are read before a stall is judged: the stall clock restarts.
 //!
 //! This module does not decode frames (the agent does) or verify plans.
 
@@ -69,9 +69,6 @@ struct Current {
     waiting_since: Instant,
     /// When the agent last ran for this transfer (a tick or a data frame).
     seen_at: Instant,
-    /// The stall clock was restarted after the agent did not run for a while (at most once
-    /// per progress, so a card that keeps stalling still re-Fetches).
-    forgiven: bool,
     /// When the receiver wants to be polled again.
     poll_at: Instant,
 }
@@ -83,11 +80,12 @@ impl Current {
     }
 
     /// The agent runs for this transfer at `now`. If it had not run for more than half
-    /// `stall` (it was blocked, so frames may be waiting to be read), the stall clock
-    /// restarts, once per progress.
+    /// `stall` (it was blocked in a flash write or descheduled, so frames may be waiting
+    /// to be read), the stall clock restarts: only time the agent runs counts as waiting.
+    /// The agent ticks at least every Progress interval (100 ms) while it runs, so a
+    /// longer gap is always its own.
     fn wake(&mut self, now: Instant, stall: Duration) {
-        if now.saturating_duration_since(self.seen_at) > stall / 2 && !self.forgiven {
-            self.forgiven = true;
+        if now.saturating_duration_since(self.seen_at) > stall / 2 {
             self.waiting_since = self.waiting_since.max(now);
         }
         self.seen_at = now;
@@ -96,7 +94,6 @@ impl Current {
     /// A new block was stored.
     fn progressed(&mut self, now: Instant) {
         self.attempts = 0;
-        self.forgiven = false;
         self.waiting_since = now;
     }
 }
@@ -202,7 +199,6 @@ impl<V: Volumes> Agent<V> {
                 attempts: 1,
                 waiting_since: now,
                 seen_at: now,
-                forgiven: false,
                 poll_at: now + timers.fetch_retry,
             });
             self.counters.fetches += 1;
