@@ -257,6 +257,8 @@ impl<S: Store> Master<S> {
 
     /// Queues a fleet action for the serve loop. Without a serving master nothing could
     /// send it: refused with [`MasterError::NotServing`]. A target must be a known card.
+    /// A prepare also marks the card (or every known card) "prepare pending": the serve
+    /// loop answers its next Solicit with a BurnNow before the plan, until it is Ready.
     pub fn order(&mut self, order: FleetOrder) -> Result<(), MasterError> {
         if !self.serving {
             return Err(MasterError::NotServing(order.action));
@@ -265,8 +267,22 @@ impl<S: Store> Master<S> {
             // The plan lookup names an unknown card in its error.
             self.plan(mac)?;
         }
+        if order.action == FleetAction::Prepare {
+            self.store.mark_prepare(order.target.as_ref(), now())?;
+        }
         self.orders.push(order);
         Ok(())
+    }
+
+    /// True if the card is marked "prepare pending" (see [`Master::order`]).
+    pub fn prepare_pending(&self, mac: &Mac) -> Result<bool, MasterError> {
+        Ok(self.store.prepare_pending(mac)?)
+    }
+
+    /// A card reported Ready: if it was marked "prepare pending", the mark is cleared and
+    /// the card recorded `ready` ("prepared, holding for warm boot"); returns true then.
+    pub fn record_prepared(&mut self, mac: &Mac) -> Result<bool, MasterError> {
+        Ok(self.store.record_prepared(mac, now())?)
     }
 
     /// The queued fleet orders, oldest first (the serve loop sends them).

@@ -16,6 +16,9 @@
 //!   plan key, (epoch, serial) stamped, and sent [`COMMAND_COPIES`] times
 //!   [`COMMAND_SPACING`] apart (cards execute a serial once; the copies ride out a lost
 //!   frame).
+//! - **Prepare**: a card marked "prepare pending" (`master prepare`) gets a signed unicast
+//!   BurnNow before its plan (it burns or validates, reports Ready and holds); its Ready
+//!   clears the mark and records it `ready` ("prepared, holding for warm boot").
 //!
 //! This module does not open sockets or read the clock (see [`super::run`]).
 
@@ -485,6 +488,18 @@ impl<S: Store> Service<S> {
             epoch: self.epoch,
         };
         self.plans.insert(src, plan);
+        if self.master.prepare_pending(&mac).unwrap_or_else(|e| {
+            self.stats.db_errors += 1;
+            log::error!(
+                "master: prepare mark of {src}: {}",
+                crate::error_chain(&e).join(": ")
+            );
+            false
+        }) {
+            // `master prepare`: burn (or validate) and hold for the warm boot, whatever
+            // the verdict. The BurnNow goes first, so the card holds before it acts.
+            self.burn_now(src, p.header.session);
+        }
         match self.key.sign_plan(body) {
             Ok(signed) => self.send(src, p.header.session, &Message::Plan(signed)),
             Err(e) => log::error!(
@@ -500,6 +515,23 @@ impl<S: Store> Service<S> {
         } else {
             NodeState::Test
         };
+        // `master prepare`: the card holds now; `master nodes` says so.
+        if persisted && let Some(mac) = mac_of(src) {
+            match self.master.record_prepared(&mac) {
+                Ok(true) => {
+                    log::info!("master: {src} prepared, holding for the warm boot");
+                    self.states.insert(src, state);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.stats.db_errors += 1;
+                    log::error!(
+                        "master: prepare mark of {src}: {}",
+                        crate::error_chain(&e).join(": ")
+                    );
+                }
+            }
+        }
         let Some(plan) = self.plans.get(&src) else {
             return self.set_state(src, state, None);
         };
@@ -593,6 +625,31 @@ impl<S: Store> Service<S> {
             );
             self.command_copies
                 .push((now + COMMAND_SPACING, frame, COMMAND_COPIES - 1));
+        }
+    }
+
+    /// A signed unicast BurnNow to a card marked "prepare pending", sent with its plan.
+    fn burn_now(&mut self, card: MacAddr, session: u32) {
+        self.command_serial += 1;
+        let body = CommandBody {
+            action: Action::BurnNow,
+            target: Some(card),
+            epoch: self.epoch,
+            serial: self.command_serial,
+        };
+        match self.key.sign_command(body) {
+            Ok(c) => {
+                self.stats.commands_sent += 1;
+                log::info!(
+                    "master: {card} is to prepare: BurnNow serial {} before its plan",
+                    self.command_serial
+                );
+                self.send(card, session, &Message::Command(c));
+            }
+            Err(e) => log::error!(
+                "master: signing the BurnNow of {card}: {}",
+                crate::error_chain(&e).join(": ")
+            ),
         }
     }
 

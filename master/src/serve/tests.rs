@@ -554,3 +554,100 @@ fn a_card_that_cannot_fit_its_plan_stays_failed_with_the_reason_when_it_asks_aga
     svc.commit();
     assert_eq!(state(&svc), (NodeState::Fetching, None));
 }
+
+#[test]
+fn a_prepare_pending_card_gets_burn_now_before_its_plan_and_ready_clears_the_mark() {
+    use crate::control::{Request, execute};
+    use crate::master::FleetAction;
+    use crate::store::{NodeState, Store as _};
+    use shelfboot_proto::msg::{Action, Handoff, Ready};
+
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let mut svc = service(dir.path(), t);
+    fixture::add_nodes(svc.master_mut());
+    svc.master_mut().set_serving(true);
+    let anchor = TrustAnchor::new(vec![SigningKey::from_seed(&[5u8; 32]).public_key()]);
+    let n1 = mac(fixture::N1);
+    let n1m: crate::policy::Mac = fixture::N1.parse().unwrap();
+    let n2m: crate::policy::Mac = fixture::N2.parse().unwrap();
+    // `master prepare N1`: only N1 is marked.
+    execute(
+        svc.master_mut(),
+        Request::Fleet {
+            action: FleetAction::Prepare,
+            target: Some(n1m.clone()),
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(svc.master().prepare_pending(&n1m).unwrap());
+    assert!(!svc.master().prepare_pending(&n2m).unwrap());
+    let _ = svc.tick(t);
+
+    let answer = |svc: &mut Service<_>, card: MacAddr, slot: u16, n: u8| {
+        svc.handle_frame(t, &solicit(card, "lc100", slot, None, n));
+        messages(&svc.tick(t))
+            .into_iter()
+            .filter(|(d, _)| *d == card)
+            .map(|(_, m)| m)
+            .collect::<Vec<_>>()
+    };
+    // The marked card: a signed BurnNow to it, then its plan (Fetch: it is pristine).
+    let got = answer(&mut svc, n1, 1, 1);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let Message::Command(c) = &got[0] else {
+        panic!("BurnNow first, got {got:?}")
+    };
+    anchor.verify_command(c).unwrap();
+    assert_eq!((c.body.action, c.body.target), (Action::BurnNow, Some(n1)));
+    let Message::Plan(plan) = &got[1] else {
+        panic!("then the plan, got {got:?}")
+    };
+    // An unmarked card gets its plan alone.
+    let other = answer(&mut svc, mac(fixture::N2), 2, 2);
+    assert!(matches!(other.as_slice(), [Message::Plan(_)]), "{other:?}");
+
+    // Ready (and its repeats) clears the mark: the card is ready, held.
+    let ready = Message::Ready(Ready {
+        digest: plan.body.digest,
+        persisted: true,
+        handoff: Handoff::Kexec,
+    });
+    for _ in 0..3 {
+        svc.handle_frame(t, &frame(n1, ME, &ready));
+    }
+    assert!(!svc.master().prepare_pending(&n1m).unwrap());
+    let node = svc.master().store().node(&n1m).unwrap().unwrap();
+    assert_eq!(node.state, NodeState::Ready);
+    assert_eq!(
+        node.state_reason.as_deref(),
+        Some("prepared, holding for warm boot")
+    );
+    let events = svc.master().store().events(Some(&n1m), 50).unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "prepared").count(),
+        1,
+        "{events:?}"
+    );
+    // Its next Solicit (the warm boot) gets the plan alone.
+    let again = answer(&mut svc, n1, 1, 3);
+    assert!(matches!(again.as_slice(), [Message::Plan(_)]), "{again:?}");
+
+    // `master prepare` (all): every known card is marked.
+    execute(
+        svc.master_mut(),
+        Request::Fleet {
+            action: FleetAction::Prepare,
+            target: None,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    for n in [fixture::N1, fixture::N2, fixture::N3, fixture::N4] {
+        assert!(
+            svc.master().prepare_pending(&n.parse().unwrap()).unwrap(),
+            "{n}"
+        );
+    }
+}

@@ -120,6 +120,14 @@ pub trait Store {
     fn mark_absent(&mut self, mac: &Mac, now: i64) -> Result<()>;
     /// Enters (`Some`) or leaves (`None`) test mode.
     fn set_test_mode(&mut self, mac: &Mac, test: Option<&TestMode>, now: i64) -> Result<()>;
+    /// Marks one card, or every known card, "prepare pending" (`master prepare`): each
+    /// is told to burn and hold at its next Solicit. Returns the cards marked.
+    fn mark_prepare(&mut self, mac: Option<&Mac>, now: i64) -> Result<Vec<Mac>>;
+    /// True if the card has a prepare mark.
+    fn prepare_pending(&self, mac: &Mac) -> Result<bool>;
+    /// The marked card reported Ready: clears the mark and records it `ready` with the
+    /// reason "prepared, holding for warm boot". False (nothing written) without a mark.
+    fn record_prepared(&mut self, mac: &Mac, now: i64) -> Result<bool>;
     /// One card.
     fn node(&self, mac: &Mac) -> Result<Option<NodeRecord>>;
     /// All cards, by shelf, slot, MAC.

@@ -81,3 +81,9 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_node ON events (node, id);
+-- Cards ordered to prepare (`master prepare`): answered with a BurnNow before their plan
+-- until they report Ready. A table of its own, so older databases get it on open.
+CREATE TABLE IF NOT EXISTS prepare_pending (
+    mac        TEXT PRIMARY KEY REFERENCES nodes (mac) ON DELETE CASCADE,
+    ordered_at INTEGER NOT NULL
+);

@@ -189,6 +189,18 @@ impl Store for SqliteStore {
         self.do_set_test_mode(mac, test, now)
     }
 
+    fn mark_prepare(&mut self, mac: Option<&Mac>, now: i64) -> Result<Vec<Mac>> {
+        self.do_mark_prepare(mac, now)
+    }
+
+    fn prepare_pending(&self, mac: &Mac) -> Result<bool> {
+        self.do_prepare_pending(mac)
+    }
+
+    fn record_prepared(&mut self, mac: &Mac, now: i64) -> Result<bool> {
+        self.do_record_prepared(mac, now)
+    }
+
     fn node(&self, mac: &Mac) -> Result<Option<NodeRecord>> {
         self.do_node(mac)
     }

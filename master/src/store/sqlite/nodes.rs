@@ -17,6 +17,9 @@ use crate::store::{
 const NODE_COLS: &str = "mac, card_type, arch, hw_rev, features, class, state, state_reason, \
      inventory, test_mode, shelf, slot, present, last_seen, registered_at";
 
+/// State reason of a card that reported Ready after `master prepare`.
+pub const PREPARED: &str = "prepared, holding for warm boot";
+
 /// A `nodes` row as read, before decoding.
 struct NodeRow {
     text: [Option<String>; 10],
@@ -318,6 +321,78 @@ impl SqliteStore {
         };
         event(&tx, now, Some(mac), "test-mode", &detail)?;
         tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_mark_prepare(&mut self, mac: Option<&Mac>, now: i64) -> Result<Vec<Mac>> {
+        let tx = self.tx()?;
+        let macs: Vec<Mac> = match mac {
+            Some(m) => {
+                require_node(&tx, m)?;
+                vec![m.clone()]
+            }
+            None => {
+                let mut stmt = tx
+                    .prepare("SELECT mac FROM nodes ORDER BY shelf, slot, mac")
+                    .map_err(sql("list nodes to prepare"))?;
+                let rows = stmt
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .map_err(sql("list nodes to prepare"))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .map_err(sql("list nodes to prepare"))?;
+                rows.iter().filter_map(|s| s.parse().ok()).collect()
+            }
+        };
+        for m in &macs {
+            tx.execute(
+                "INSERT INTO prepare_pending(mac, ordered_at) VALUES (?1, ?2)
+                 ON CONFLICT(mac) DO UPDATE SET ordered_at = ?2",
+                params![m.as_str(), now],
+            )
+            .map_err(sql("mark prepare pending"))?;
+            event(
+                &tx,
+                now,
+                Some(m),
+                "prepare",
+                "prepare ordered: burn the set at the next boot, report Ready, hold for the warm boot",
+            )?;
+        }
+        tx.commit().map_err(sql("commit"))?;
+        Ok(macs)
+    }
+
+    pub(super) fn do_prepare_pending(&self, mac: &Mac) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM prepare_pending WHERE mac = ?1",
+                params![mac.as_str()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(sql("look up prepare mark"))
+    }
+
+    pub(super) fn do_record_prepared(&mut self, mac: &Mac, now: i64) -> Result<bool> {
+        let tx = self.tx()?;
+        let cleared = tx
+            .execute(
+                "DELETE FROM prepare_pending WHERE mac = ?1",
+                params![mac.as_str()],
+            )
+            .map_err(sql("clear prepare mark"))?;
+        if cleared == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "UPDATE nodes SET state = 'ready', state_reason = ?2, last_seen = ?3, present = 1
+             WHERE mac = ?1",
+            params![mac.as_str(), PREPARED, now],
+        )
+        .map_err(sql("set node state"))?;
+        event(&tx, now, Some(mac), "prepared", PREPARED)?;
+        tx.commit().map_err(sql("commit"))?;
+        Ok(true)
     }
 
     pub(super) fn do_node(&self, mac: &Mac) -> Result<Option<NodeRecord>> {
