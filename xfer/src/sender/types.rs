@@ -19,8 +19,10 @@ pub struct SenderConfig {
     /// Block size (from `data::block_size_for_mtu`).
     pub block_size: u16,
     /// Rate ceiling/floor and AIMD steps (frame bytes per second). Default: 125 MB/s
-    /// ceiling, 5 MB/s floor, +5 MB/s per clean interval, back off above 5 % loss, at most
-    /// halve per interval.
+    /// ceiling, 5 MB/s floor, +15 MB/s per clean interval (a halved rate is back at the
+    /// ceiling in about 0.2 s: a burst of loss from a receiver that was not scheduled for a
+    /// while must not cost a second at half rate), back off above 5 % loss, at most halve
+    /// per interval.
     pub rate: RateLimits,
     /// Token bucket depth in bytes (how many frames may go back to back). Default 2 MiB:
     /// 16 ms of catch-up at 125 MB/s after the caller was not scheduled for a while (on a
@@ -72,7 +74,7 @@ impl SenderConfig {
             rate: RateLimits {
                 max_rate: 125_000_000,
                 min_rate: 5_000_000,
-                increase: 5_000_000,
+                increase: 15_000_000,
                 loss_threshold: 0.05,
                 min_factor: 0.5,
             },
