@@ -484,8 +484,12 @@ pub fn warm_boot(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), St
             Err(e) => bad.push(e),
         }
     }
+    let budget = std::env::var(shelfboot::SOLICIT_BUDGET_ENV).ok();
     let mut r = Row {
-        scenario: format!("warm boot, {} cards", p.warm_cards),
+        scenario: match &budget {
+            Some(b) => format!("warm boot, {} cards, solicit budget {b}", p.warm_cards),
+            None => format!("warm boot, {} cards", p.warm_cards),
+        },
         link: "1gbit-tbf".into(),
         peer: "shelfboot".into(),
         cards: p.warm_cards,

@@ -229,6 +229,10 @@ pub fn burn_warm(st: &ShelfState, dir: &Path, base: MacAddr, n: usize) -> Result
     Ok(())
 }
 
+/// Environment variable that overrides the master's Solicits-per-tick budget in
+/// `serve-child` (an experiment knob; reported in the warm-boot row when set).
+pub const SOLICIT_BUDGET_ENV: &str = "SHELFBOOT_BENCH_SOLICIT_BUDGET";
+
 /// `serve-child`: runs the master service on `iface` until `stop_file` exists, then
 /// writes its statistics (JSON) to `stats_out`.
 pub fn serve_child(
@@ -237,7 +241,15 @@ pub fn serve_child(
     stop_file: &Path,
     stats_out: &Path,
 ) -> Result<(), ShelfError> {
-    let cfg = ServeConfig::new(iface, state);
+    let mut cfg = ServeConfig::new(iface, state);
+    // Experiments only (docs/benchmarks.md, item 4): the product default otherwise.
+    if let Some(b) = std::env::var(SOLICIT_BUDGET_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        log::warn!("serve-child: solicit budget {b} per tick (from {SOLICIT_BUDGET_ENV})");
+        cfg.solicit_budget = b;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (stop, f) = (stop.clone(), stop_file.to_path_buf());
