@@ -16,7 +16,8 @@
 //!   (`shelfboot.master_timeout`); the stored image is refused the same way, and
 //!   `master nodes` shows `failed (NoSpace ...)`. The operator rolls the class back to 1.0
 //!   and orders `master prepare`: the card, still in its init's conversation, executes
-//!   the signed BurnNow, validates its kept set and is Ready; the node is ready again.
+//!   the signed BurnNow, validates its kept set, holds, and after `master warm-boot` is
+//!   Ready; the node is ready again.
 //!
 //! The init binary: SHELFBOOT_INIT_BIN, else built here with cargo (init-release, musl).
 
@@ -260,6 +261,15 @@ mod tests {
         eprintln!("BurnNow heard after {:.1} s", heard.elapsed.as_secs_f64());
         card.wait_for("flash matches the plan: validated", Duration::from_secs(30))
             .unwrap();
+        // A prepared card holds after Ready until the master's warm boot
+        // (docs/conversation.md, "Hold").
+        card.wait_for(
+            "holding for the master's warm boot",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let out = scenario::master_cli(&lab.state, &["warm-boot"]).unwrap();
+        eprintln!("master warm-boot: {}", out.trim());
         let r = card
             .wait_for(release::READY_LINE, Duration::from_secs(120))
             .unwrap();
