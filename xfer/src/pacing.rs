@@ -45,6 +45,13 @@ impl TokenBucket {
         self.rate = rate.max(1);
     }
 
+    /// Changes the depth; tokens earned until `now` are kept up to the new depth.
+    pub fn set_burst(&mut self, burst: u64, now: Duration) {
+        self.refill(now);
+        self.burst = burst;
+        self.tokens = self.tokens.min(i128::from(burst) * NANOS);
+    }
+
     fn refill(&mut self, now: Duration) {
         let dt = now.saturating_sub(self.last);
         self.last = self.last.max(now);

@@ -79,6 +79,18 @@ pub struct Sender<S> {
     stats: SenderStats,
 }
 
+/// The bucket holds at most this much time of sending at the current rate (and at most
+/// `cfg.burst` bytes, and at least one batch).
+const BURST_TIME_MS: u64 = 16;
+
+/// Token bucket depth at `rate`: `BURST_TIME_MS` worth, within `[batch, burst]`. A slow
+/// session (a 5 MB/s cap, or after a back-off) must not send a large part of its artifact
+/// in one burst.
+fn bucket_depth(cfg: &SenderConfig, rate: u64) -> u64 {
+    let floor = cfg.batch.min(cfg.burst).max(1);
+    (rate.saturating_mul(BURST_TIME_MS) / 1000).clamp(floor, cfg.burst.max(floor))
+}
+
 /// Most entries in the recent-repairs ring (bounds memory whatever the holdoff).
 const RECENT_CAP: usize = 4096;
 
@@ -115,7 +127,7 @@ impl<S: BlockSource> Sender<S> {
             recent: VecDeque::new(),
             members: BTreeMap::new(),
             events: VecDeque::new(),
-            bucket: TokenBucket::new(rate.rate(), cfg.burst, now),
+            bucket: TokenBucket::new(rate.rate(), bucket_depth(&cfg, rate.rate()), now),
             stats: SenderStats {
                 rate: rate.rate(),
                 ..SenderStats::default()
@@ -433,6 +445,7 @@ impl<S: BlockSource> Sender<S> {
                 self.stats.rate_decreases += self.rate.decreases() - before;
                 self.stats.rate = rate;
                 self.bucket.set_rate(rate, now);
+                self.bucket.set_burst(bucket_depth(&self.cfg, rate), now);
                 self.interval_sent = 0;
                 self.members
                     .values_mut()

@@ -24,11 +24,13 @@ pub struct SenderConfig {
     /// while must not cost a second at half rate), back off above 5 % loss, at most halve
     /// per interval.
     pub rate: RateLimits,
-    /// Token bucket depth in bytes (how many frames may go back to back). Default 2 MiB:
-    /// 16 ms of catch-up at 125 MB/s after the caller was not scheduled for a while (on a
-    /// loaded 2-core host a sleeping sender often waits 10-20 ms for a CPU; with a 256 KiB
-    /// bucket it then ran at a fifth of the rate). The long-run rate stays exact; a shaper
-    /// in the path must queue one burst (the benchmark's 1 Gbit/s tbf holds 2.75 MB).
+    /// Token bucket depth in bytes (how many frames may go back to back), at most: the
+    /// bucket holds 16 ms of sending at the current rate, at least one `batch`, at most
+    /// this. Default 512 KiB (4 ms at 125 MB/s; 350 full frames): catch-up after the
+    /// caller was not scheduled for a while (on a loaded 2-core host a sleeping sender
+    /// often wakes 10-20 ms late), while a burst stays well inside a veth's backlog queue
+    /// (`netdev_max_backlog`, 1000 frames: a 2 MiB burst on an unshaped veth lost frames
+    /// there) and a tbf's queue. The long-run rate stays exact.
     pub burst: u64,
     /// Once the bucket is empty, [`SendStep::Wait`] asks the caller to come back when this
     /// many bytes of credit have built up (at most `burst`), so that it wakes once per batch
@@ -78,7 +80,7 @@ impl SenderConfig {
                 loss_threshold: 0.05,
                 min_factor: 0.5,
             },
-            burst: 2 << 20,
+            burst: 512 * 1024,
             batch: 64 * 1024,
             join_window: Duration::from_millis(200),
             join_quiet: Duration::from_millis(100),
