@@ -447,7 +447,7 @@ mod tests {
     /// Slow cards, like TCG guests writing flash: every card blocks for 120 ms after
     /// every 256 KiB it writes, and its 256-frame queue drops what does not fit meanwhile.
     /// Everything is repaired by NACK or re-Fetch; the master must stay within 3 × each
-    /// artifact once per session (measured 2.2 ×: the cards take in about a third of
+    /// artifact once per session (measured 1.7-2.2 ×: the cards take in a fraction of
     /// what the session sends while they are blocked).
     #[test]
     fn slow_cards_finish_without_excess_bytes() {
@@ -485,7 +485,7 @@ mod tests {
     /// 1024-frame queue while the master sends at 6 MB/s, and blocks for 600 ms after
     /// every MiB it writes. Their NACKs and re-Fetches must not make the master resend
     /// much of what sits unread in their queues: within 3 × each artifact once per
-    /// session (measured 1.6 ×; 3.6 × with xfer's 10 ms repair holdoff).
+    /// session (measured 1.6 ×).
     #[test]
     fn backlogged_cards_finish_without_excess_bytes() {
         let tmp = tempfile::tempdir().unwrap();

@@ -36,14 +36,6 @@ use super::stats::SessionStats;
 use crate::master::Master;
 use crate::store::Store;
 
-/// A block repaired this recently is not repaired again for another NACK. Longer than
-/// xfer's 10 ms default: a card slower than the session (a TCG guest writing flash, its
-/// socket ring holding the repairs unread) NACKs the same blocks again before it has read
-/// their repair, and each such NACK cost a full resend (`tests/tests/stall.rs`, backlogged
-/// cards: 24.7 MB sent for 6.8 MB of sessions with 10 ms, 16.0 MB with 100 ms). A repair
-/// that was really lost is asked for again by the card's backed-off NACK retry.
-const REPAIR_HOLDOFF: Duration = Duration::from_millis(100);
-
 /// The rate floor of a session (frame bytes per second). The rate only falls toward it
 /// while the median member loses more than 5 % of what is sent. Below xfer's 5 MB/s
 /// default: a session whose only member drains ~0.5-2 MB/s (a TCG guest writing flash) sent
@@ -51,13 +43,6 @@ const REPAIR_HOLDOFF: Duration = Duration::from_millis(100);
 /// dropped, NACKed and sent again (53.7 MB for one 9.5 MB boot image in the 3-card QEMU
 /// shelf).
 const MIN_RATE: u64 = 500_000;
-
-/// A member silent this long is dropped from its session. Longer than xfer's 2 s default:
-/// a TCG guest blocked in a flash write is silent for 2 s and more, then comes back, and
-/// dropping it had it start a catch-up session from its last whole slice (the 3-card QEMU
-/// shelf logged 3-5 such drops per run). A card that really left is dropped 5 s later;
-/// the session's other members are not slowed meanwhile.
-const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a Fetch could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -222,9 +207,7 @@ impl Sessions {
         };
         let mut cfg = SenderConfig::new(link, self.block_size);
         cfg.join_window = self.join_window;
-        cfg.repair_holdoff = REPAIR_HOLDOFF;
         cfg.rate.min_rate = MIN_RATE;
-        cfg.silence_timeout = SILENCE_TIMEOUT;
         cfg.rate.max_rate = self.max_rate.max(cfg.rate.min_rate);
         cfg.rate.min_rate = cfg.rate.min_rate.min(cfg.rate.max_rate);
         let mut sender = Sender::new(cfg, transfer, ArtifactInfo::from(artifact), file, now)
