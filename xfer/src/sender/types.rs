@@ -26,11 +26,11 @@ pub struct SenderConfig {
     pub rate: RateLimits,
     /// Token bucket depth in bytes (how many frames may go back to back), at most: the
     /// bucket holds 16 ms of sending at the current rate, at least one `batch`, at most
-    /// this. Default 512 KiB (4 ms at 125 MB/s; 350 full frames): catch-up after the
-    /// caller was not scheduled for a while (on a loaded 2-core host a sleeping sender
-    /// often wakes 10-20 ms late), while a burst stays well inside a veth's backlog queue
-    /// (`netdev_max_backlog`, 1000 frames: a 2 MiB burst on an unshaped veth lost frames
-    /// there) and a tbf's queue. The long-run rate stays exact.
+    /// this. Default 256 KiB (2 ms at 125 MB/s, 180 full frames; more than the 1 ms the
+    /// serve loop sleeps per batch): some catch-up after the caller was not scheduled for
+    /// a while, while a burst stays well inside a veth's backlog queue and what a card
+    /// absorbs (2 MiB overflowed an unshaped veth in the 16-card conversation test, and
+    /// 512 KiB made the one-card test's card drop and NACK). The long-run rate stays exact.
     pub burst: u64,
     /// Once the bucket is empty, [`SendStep::Wait`] asks the caller to come back when this
     /// many bytes of credit have built up (at most `burst`), so that it wakes once per batch
@@ -80,7 +80,7 @@ impl SenderConfig {
                 loss_threshold: 0.05,
                 min_factor: 0.5,
             },
-            burst: 512 * 1024,
+            burst: 256 * 1024,
             batch: 64 * 1024,
             join_window: Duration::from_millis(200),
             join_quiet: Duration::from_millis(100),
