@@ -36,14 +36,6 @@ use super::stats::SessionStats;
 use crate::master::Master;
 use crate::store::Store;
 
-/// The rate floor of a session (frame bytes per second). The rate only falls toward it
-/// while the median member loses more than 5 % of what is sent. Below xfer's 5 MB/s
-/// default: a session whose only member drains ~0.5-2 MB/s (a TCG guest writing flash) sent
-/// at least 5 MB/s for its whole duration, and everything above what the card took in was
-/// dropped, NACKed and sent again (53.7 MB for one 9.5 MB boot image in the 3-card QEMU
-/// shelf).
-const MIN_RATE: u64 = 500_000;
-
 /// Why a Fetch could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -207,7 +199,6 @@ impl Sessions {
         };
         let mut cfg = SenderConfig::new(link, self.block_size);
         cfg.join_window = self.join_window;
-        cfg.rate.min_rate = MIN_RATE;
         cfg.rate.max_rate = self.max_rate.max(cfg.rate.min_rate);
         cfg.rate.min_rate = cfg.rate.min_rate.min(cfg.rate.max_rate);
         let mut sender = Sender::new(cfg, transfer, ArtifactInfo::from(artifact), file, now)
