@@ -60,7 +60,8 @@ pub struct ServeConfig {
     pub key: Option<PathBuf>,
     /// EtherType.
     pub ethertype: u16,
-    /// Solicits answered per loop iteration at most.
+    /// Solicits answered per loop iteration at most while a transfer runs (with none
+    /// running, every queued Solicit is answered at once).
     pub solicit_budget: usize,
     /// Heartbeat interval.
     pub heartbeat: Duration,

@@ -3,8 +3,10 @@
 //! handled frame), time passed in as an argument.
 //!
 //! - **Solicit** is queued, one entry per card (a newer Solicit replaces the queued one and
-//!   keeps its place), and served round-robin, at most `solicit_budget` per tick, so that a
-//!   discovery storm of hundreds of cards is served fairly while transfers keep flowing.
+//!   keeps its place), and served round-robin: at most `solicit_budget` per tick while a
+//!   transfer runs, every queued one when none does (a warm boot of the whole shelf), so
+//!   that a discovery storm of hundreds of cards is served fairly while transfers keep
+//!   flowing.
 //!   Serving one costs constant work whatever the fleet size: record the identity and
 //!   inventory, resolve the plan, sign it. Verdict Continue if the card's inventory
 //!   digest equals the plan digest (no artifact byte moves), else Fetch. A card without a
@@ -665,7 +667,15 @@ impl<S: Store> Service<S> {
             }
         }
         self.command_copies.retain(|(_, _, left)| *left > 0);
-        for _ in 0..self.cfg.solicit_budget {
+        // The budget keeps Solicits from delaying a running transfer's frames; with no
+        // session sending (a warm boot of the whole shelf) every queued Solicit is
+        // answered now, so 1000 cards do not wait 1000/budget loop turns.
+        let budget = if self.sessions.is_idle() {
+            self.queue.len().max(self.cfg.solicit_budget)
+        } else {
+            self.cfg.solicit_budget
+        };
+        for _ in 0..budget {
             let Some(src) = self.queue.pop_front() else {
                 break;
             };

@@ -116,6 +116,12 @@ impl Sessions {
     }
 
     /// Set the first transfer id (the service derives it from its epoch).
+    /// True when no session is sending: the loop has nothing to pace, so Solicits need
+    /// not wait for a data budget.
+    pub(super) fn is_idle(&self) -> bool {
+        self.live.is_empty()
+    }
+
     pub(super) fn set_first_transfer(&mut self, t: u32) {
         self.next_transfer = t.max(1);
     }

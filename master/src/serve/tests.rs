@@ -151,12 +151,36 @@ fn solicit_storm_is_served_fairly_and_repeats_cost_nothing() {
             .filter(|(_, m)| matches!(m, Message::Plan(_)))
             .count()
     };
-    assert_eq!(plans(&first), 32, "one budget per tick");
-    let second = messages(&svc.tick(t0));
-    assert_eq!(plans(&second), 8);
+    assert_eq!(
+        plans(&first),
+        40,
+        "no transfer runs: every queued Solicit at once"
+    );
     // A repeat of an answered Solicit is answered from the cache.
     let again = messages(&svc.handle_frame(t0, &solicit(cards[0], "lc100", 1, None, 1)));
     assert_eq!(plans(&again), 1);
+    // While a transfer runs, Solicits are served one budget per tick.
+    let plan = first
+        .iter()
+        .find_map(|(d, m)| match m {
+            Message::Plan(p) if *d == cards[0] => Some(p.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let fetch = Fetch {
+        artifact: plan.body.artifacts[0].sha256,
+        have_slices: 0,
+    };
+    svc.handle_frame(t0, &frame(cards[0], ME, &Message::Fetch(fetch)));
+    let more: Vec<MacAddr> = (1..=40u8).map(|i| MacAddr([2, 0, 0, 2, 0, i])).collect();
+    for (i, c) in more.iter().enumerate() {
+        let slot = u16::try_from(1 + i % 8).unwrap();
+        svc.handle_frame(t0, &solicit(*c, "lc100", slot, None, 1));
+    }
+    let second = messages(&svc.tick(t0));
+    assert_eq!(plans(&second), 32, "one budget per tick during a transfer");
+    let third = messages(&svc.tick(t0));
+    assert_eq!(plans(&third), 8);
     let st = svc.stats();
     assert_eq!(
         (
@@ -164,7 +188,7 @@ fn solicit_storm_is_served_fairly_and_repeats_cost_nothing() {
             st.solicits_coalesced,
             st.solicits_repeated
         ),
-        (40, 40, 1)
+        (80, 40, 1)
     );
 }
 
