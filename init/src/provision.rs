@@ -404,11 +404,20 @@ fn drive(
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut last_progress = None;
     let mut held = false;
+    let mut first_sent = false;
     loop {
         let now = Instant::now();
         if agent.next_deadline().is_some_and(|d| d <= now) {
             let o = agent.tick(now);
             apply(o, sock, &mut out, &mut decision);
+        }
+        if !first_sent && !out.is_empty() {
+            first_sent = true;
+            send_all(sock, &mut out);
+            log::info!(
+                "agent: first Solicit sent (monotonic {:.6} s)",
+                crate::pid1::monotonic_secs()
+            );
         }
         send_all(sock, &mut out);
         if !held && agent.phase() == Phase::Held {
