@@ -102,7 +102,8 @@ pub enum Command {
     },
     /// List assignments.
     Assignments,
-    /// Run exact package versions RAM-only on one card (gone on reboot), or stop.
+    /// Run exact package versions RAM-only on one card (the copy lives in its RAM only;
+    /// test mode stays on until `--off`), or stop.
     TestMode {
         node: Mac,
         /// NAME=VERSION (repeatable).
