@@ -52,11 +52,11 @@ mod tests {
         assert_all_fetched(&reports);
         assert_eq!(fx.check_card(&cards[0]), 3, "boot image + base + routing");
         assert_eq!(st.plans_fetch, 1);
-        assert!(
-            reports[0].counters.dropped() == 0,
-            "{:?}",
-            reports[0].counters
-        );
+        // Nothing malformed, forged, replayed or unexpected. Data frames are left out: a
+        // repair of an artifact the card finished a moment ago can still arrive, timing
+        // that depends on the host's load, and the card rightly drops it.
+        let c = &reports[0].counters;
+        assert_eq!(c.dropped() - c.dropped_data, 0, "{:?}", reports[0].counters);
         let m = Master::open(&fx.state).unwrap();
         let node = m
             .store()
