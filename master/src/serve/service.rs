@@ -88,6 +88,9 @@ pub struct Service<S: Store> {
     answered: HashMap<MacAddr, (msg::Nonce, Vec<u8>)>,
     /// Last node state recorded per card (avoid a database write per Progress).
     states: HashMap<MacAddr, NodeState>,
+    /// Cards recorded "prepared, holding": their next boot's Ready is written (it clears
+    /// that reason) even though the cached state is already ready.
+    prepared: std::collections::HashSet<MacAddr>,
     /// The catalog plans are resolved against, read at the first Solicit and again after
     /// every operator request (nothing else changes it: serve holds the state lock).
     catalog: Option<CatalogSnapshot>,
@@ -155,6 +158,7 @@ impl<S: Store> Service<S> {
             plans: HashMap::new(),
             answered: HashMap::new(),
             states: HashMap::new(),
+            prepared: std::collections::HashSet::new(),
             catalog: None,
             sessions,
             next_heartbeat: now,
@@ -391,6 +395,9 @@ impl<S: Store> Service<S> {
         self.stats.solicits_served += 1;
         let s = &p.solicit;
         let Some(mac) = mac_of(src) else { return };
+        if self.prepared.remove(&src) {
+            self.states.remove(&src);
+        }
         let id = NodeIdentity {
             mac: mac.clone(),
             card_type: s.card_type.clone(),
@@ -523,6 +530,7 @@ impl<S: Store> Service<S> {
                 Ok(true) => {
                     log::info!("master: {src} prepared, holding for the warm boot");
                     self.states.insert(src, state);
+                    self.prepared.insert(src);
                 }
                 Ok(false) => {}
                 Err(e) => {

@@ -654,9 +654,21 @@ fn a_prepare_pending_card_gets_burn_now_before_its_plan_and_ready_clears_the_mar
         1,
         "{events:?}"
     );
-    // Its next Solicit (the warm boot) gets the plan alone.
-    let again = answer(&mut svc, n1, 1, 3);
-    assert!(matches!(again.as_slice(), [Message::Plan(_)]), "{again:?}");
+    // Its next Solicit (the warm boot) gets the plan alone; its Ready then clears the
+    // "prepared, holding" reason.
+    svc.handle_frame(t, &solicit(n1, "lc100", 1, Some(plan.body.digest), 3));
+    let again: Vec<_> = messages(&svc.tick(t))
+        .into_iter()
+        .filter(|(d, _)| *d == n1)
+        .map(|(_, m)| m)
+        .collect();
+    assert!(
+        matches!(again.as_slice(), [Message::Plan(p)] if p.body.verdict == shelfboot_proto::msg::Verdict::Continue),
+        "{again:?}"
+    );
+    svc.handle_frame(t, &frame(n1, ME, &ready));
+    let node = svc.master().store().node(&n1m).unwrap().unwrap();
+    assert_eq!((node.state, node.state_reason), (NodeState::Ready, None));
 
     // `master prepare` (all): every known card is marked.
     execute(
