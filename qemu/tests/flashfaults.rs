@@ -310,7 +310,13 @@ mod tests {
         );
         assert_eq!(s.artifact_bytes, 0, "a plan that cannot fit moves no byte");
         assert!(s.card_errors >= 2, "both stages reported NoSpace");
-        assert_eq!(s.commands_sent, 3, "one order, three copies");
+        // prepare and warm-boot, three copies each, plus the BurnNow sent with the
+        // prepared card's plan (none if its Solicit repeated an answered nonce).
+        assert!(
+            (6..=7).contains(&s.commands_sent),
+            "two orders, three copies each (+1): {}",
+            s.commands_sent
+        );
         assert!(s.plans_continue >= 1);
         let after = node(&lab.state, 0);
         assert_eq!(after.node.state, NodeState::Ready, "{:?}", after.node);
