@@ -164,8 +164,10 @@ mod tests {
         // 16 MiB: release 1.0 (10.5 MB) fits, 1.0 + 8 MiB more does not.
         create_erased_image(&lab.dir.join("flash-0.img"), 16 << 20).unwrap();
         let mut cfg = scenario::card_config(&lab, 0, &logs).unwrap();
-        // No usable plan within 25 s: boot the committed set alone.
-        cfg.append = release::card_append(scenario::card_type(0), 1, &[], 25);
+        // No usable plan within 60 s: boot the committed set alone. Long enough that, in
+        // the stored image's stage, the operator's `nodes`, `rollback` and `prepare` (three
+        // CLI runs, slow on a loaded host) reach the card while it still asks.
+        cfg.append = release::card_append(scenario::card_type(0), 1, &[], 60);
 
         let mut shelf = Shelf::start(1, |_| cfg.clone()).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
