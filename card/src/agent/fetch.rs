@@ -79,13 +79,14 @@ impl Current {
         base * (1u32 << self.attempts.saturating_sub(1).min(2))
     }
 
-    /// The agent runs for this transfer at `now`. If it had not run for more than half
-    /// `stall` (it was blocked in a flash write or descheduled, so frames may be waiting
-    /// to be read), the stall clock restarts: only time the agent runs counts as waiting.
-    /// The agent ticks at least every Progress interval (100 ms) while it runs, so a
-    /// longer gap is always its own.
+    /// The agent runs for this transfer at `now`. If it runs more than half `stall` after
+    /// the wake-up it asked for (`poll_at`: it was blocked in a flash write or
+    /// descheduled, so frames may be waiting to be read), the stall clock restarts: only
+    /// time the agent runs counts as waiting. A planned sleep until `poll_at` is not a
+    /// gap: measuring from the last run instead restarted the clock at every planned
+    /// retry, and a card whose Fetch or Join was lost never asked again.
     fn wake(&mut self, now: Instant, stall: Duration) {
-        if now.saturating_duration_since(self.seen_at) > stall / 2 {
+        if now.saturating_duration_since(self.poll_at) > stall / 2 {
             self.waiting_since = self.waiting_since.max(now);
         }
         self.seen_at = now;

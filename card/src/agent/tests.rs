@@ -307,6 +307,61 @@ fn provisioned() -> FakeVolumes {
 }
 
 #[test]
+fn a_fetch_that_gets_no_join_is_asked_again_on_schedule() {
+    // The master never answers the Fetch (it or its Join was lost): driven only at its
+    // own deadlines, the card must Fetch again with backoff and, after
+    // `fetch_attempts`, solicit again. Regression: the agent took its own planned sleep
+    // for a block and restarted its clock at every retry, so it never asked again.
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let (refs, _) = set();
+    let mut fetches =
+        frames(&agent.handle_frame(t0, &plan_frame(&key(), &h, &s, &refs, Verdict::Fetch)))
+            .iter()
+            .filter(|(_, m, _)| matches!(m, Message::Fetch(_)))
+            .count();
+    let mut now = t0;
+    let mut solicited_again = false;
+    for _ in 0..10_000 {
+        let Some(next) = agent.next_deadline() else {
+            break;
+        };
+        now = next.max(now);
+        if now > t0 + Duration::from_secs(60) {
+            break;
+        }
+        let outs = agent.tick(now);
+        for (_, m, _) in frames(&outs) {
+            match m {
+                Message::Fetch(_) => fetches += 1,
+                Message::Solicit(_) => solicited_again = true,
+                _ => {}
+            }
+        }
+        if solicited_again {
+            break;
+        }
+    }
+    let attempts = Timers::default().fetch_attempts as usize;
+    assert!(
+        fetches >= attempts,
+        "{fetches} Fetches in {:?} without a Join",
+        now - t0
+    );
+    assert!(
+        solicited_again,
+        "no Solicit after {fetches} unanswered Fetches"
+    );
+    assert!(
+        now - t0 < Duration::from_secs(30),
+        "took {:?} to give up",
+        now - t0
+    );
+}
+
+#[test]
 fn warm_boot_continue_validates_without_writing() {
     let vols = provisioned();
     let ops = vols.ops().len();
