@@ -40,11 +40,23 @@ pub const TESTPKG_LINE: &str = "TESTPKG-RUNNING";
 pub const BOOT_NAME: &str = "lab-kernel";
 /// Release version.
 pub const VERSION: &str = "1.0.0";
+/// How much of the kernel's own log a lab card prints on its console (stage 1 and stored
+/// images alike): `loglevel=6` shows notices and worse (the banner, the command line,
+/// UBI attach, warnings, errors, oopses, panics, hung tasks, RCU stalls) but not the
+/// info chatter, and init's own INFO lines keep their `shelfboot-init: INFO` form (init
+/// prints them itself: init/src/logger.rs). `earlycon` prints from the first
+/// instructions of the kernel on COM1, before the ttyS0 console exists, so a card whose
+/// kexec'd kernel hangs or dies early still says how far it got. (`quiet`, used before,
+/// is loglevel 4: a card whose stored kernel hung early printed nothing at all.)
+pub const CONSOLE_LOG: &str = "loglevel=6 earlycon=uart8250,io,0x3f8,115200";
 /// Kernel arguments every lab card gets (stage 1 and stored images alike).
 /// `no_timer_check`: on a loaded TCG host the kernel's IO-APIC timer check can fail and
 /// panic ("IO-APIC + timer doesn't work!", seen in `flashfaults.rs`).
-pub const BASE_CMDLINE: &str =
-    "console=ttyS0 panic=-1 quiet no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5";
+pub const BASE_CMDLINE: &str = concat!(
+    "console=ttyS0 panic=-1 ",
+    "loglevel=6 earlycon=uart8250,io,0x3f8,115200",
+    " no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5"
+);
 
 /// What a release is built from.
 #[derive(Debug, Clone)]
@@ -254,7 +266,7 @@ pub fn stored_cmdline(card_type: &str) -> String {
 /// Kernel arguments of a card's first (QEMU) boot: type, slot and features.
 pub fn card_append(card_type: &str, slot: u16, features: &[&str], master_timeout_s: u32) -> String {
     let mut s = format!(
-        "quiet no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5 shelfboot.card={card_type} shelfboot.slot={slot} shelfboot.master_timeout={master_timeout_s}"
+        "{CONSOLE_LOG} no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5 shelfboot.card={card_type} shelfboot.slot={slot} shelfboot.master_timeout={master_timeout_s}"
     );
     if !features.is_empty() {
         s.push_str(&format!(" shelfboot.features={}", features.join(",")));
@@ -514,6 +526,11 @@ mod tests {
         assert!(a.contains("shelfboot.features=diag"), "{a}");
         assert!(!card_append("fab10", 1, &[], 20).contains("features"));
         assert!(stored_cmdline("fab10").ends_with("shelfboot.card=fab10"));
+        // The kernel's own log stays on the console (a silent card shows why).
+        for c in [a, stored_cmdline("lc100")] {
+            assert!(!c.split_whitespace().any(|w| w == "quiet"), "{c}");
+            assert!(c.contains(CONSOLE_LOG), "{c}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod tests {
     use shelfboot_qemu::card::{Card, CardConfig};
     use shelfboot_qemu::flash::{Block2mtd, Nandsim};
     use shelfboot_qemu::shelf::{Shelf, card_mac};
-    use shelfboot_qemu::{hostbin, kernel};
+    use shelfboot_qemu::{hostbin, kernel, release};
 
     fn gated(vars: &[&str]) -> bool {
         let missing: Vec<&str> = vars
@@ -155,7 +155,7 @@ poweroff -f
         );
         let logs = log_dir("boots_nandsim_ubi_from_load_list");
         let mut cfg = CardConfig::new("nand0", &k.vmlinux, &initramfs, &logs);
-        cfg.append = "quiet".into();
+        cfg.append = release::CONSOLE_LOG.into();
         let mut card = Card::start(cfg).unwrap();
         let first = card
             .wait_for("LAB: init started", Duration::from_secs(60))
@@ -233,7 +233,7 @@ poweroff -f
         // Two cards: a broadcast must reach every tap of the bridge.
         let mut shelf = Shelf::start(2, |i| {
             let mut cfg = CardConfig::new(&format!("net{i}"), &k.vmlinux, &initramfs, &logs);
-            cfg.append = "quiet ipv6.disable=1".into();
+            cfg.append = format!("{} ipv6.disable=1", release::CONSOLE_LOG);
             cfg
         })
         .unwrap();
@@ -335,7 +335,7 @@ sleep 600
         shelfboot_qemu::card::create_erased_image(&disk, 16 << 20).unwrap();
         let logs = log_dir("block2mtd_flash_survives_power_cut");
         let mut cfg = CardConfig::new("b2m0", &k.vmlinux, &initramfs, &logs);
-        cfg.append = "quiet".into();
+        cfg.append = release::CONSOLE_LOG.into();
         cfg.disk = Some(disk);
         let mut card = Card::start(cfg).unwrap();
         card.wait_for("LAB: wrote volume lab", Duration::from_secs(90))
