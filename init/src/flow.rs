@@ -28,14 +28,15 @@ use shelfboot_card::flash::{
     BootDecision, Inventory, SetRecord, Store, StoreConfig, StoreError, Volumes,
 };
 
+use crate::boottime;
 use crate::config::{Config, ConfigError};
 use crate::flash::UbiVolumes;
 use crate::flash::attach::{self, AttachError};
 use crate::handoff::{self, HandoffError, Layer, Paths};
 use crate::kernel::Kernel;
-use crate::modules::{self, ModuleError};
+use crate::modules::{self, ModuleEntry, ModuleError};
 use crate::mounts::{self, MountError};
-use crate::net::Link;
+use crate::net::{self, Link, LinkJob};
 use crate::sys::sysfs::Sysfs;
 
 /// What the provisioner decided.
@@ -175,21 +176,59 @@ impl Default for Roots {
     }
 }
 
-/// Loads the modules; a missing list is a warning (a kernel with everything built in).
-pub fn load_modules(k: &mut dyn Kernel, roots: &Roots) -> Result<(), FlowError> {
-    match modules::load_all(k, &roots.load_list, &roots.root) {
-        Ok(n) => {
-            log::info!("{n} modules loaded");
-            Ok(())
+/// Reads the module list and loads what the boot path needs, calling `progress` before
+/// the first load and after each one; returns the modules deferred to the hand-off
+/// ([`modules::split_deferred`]). A missing list is a warning (everything built in).
+pub fn load_modules(
+    k: &mut dyn Kernel,
+    roots: &Roots,
+    progress: &mut dyn FnMut(),
+) -> Result<Vec<ModuleEntry>, FlowError> {
+    let text = match std::fs::read_to_string(&roots.load_list) {
+        Ok(t) => t,
+        Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
+            log::warn!(
+                "no module list at {}: loading no modules",
+                roots.load_list.display()
+            );
+            progress();
+            return Ok(Vec::new());
         }
-        Err(ModuleError::ReadList { path, source })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            log::warn!("no module list at {}: loading no modules", path.display());
-            Ok(())
+        Err(source) => {
+            return Err(FlowError::Modules(ModuleError::ReadList {
+                path: roots.load_list.clone(),
+                source,
+            }));
         }
-        Err(e) => Err(FlowError::Modules(e)),
+    };
+    let entries =
+        modules::parse_list(&text, &roots.load_list, &roots.root).map_err(FlowError::Modules)?;
+    let (now, later) = modules::split_deferred(entries);
+    let n = modules::load_entries_then(k, &now, progress).map_err(FlowError::Modules)?;
+    log::info!(
+        "{n} modules loaded; {} wait for the hand-off{}",
+        later.len(),
+        later
+            .iter()
+            .filter_map(|e| e.path.file_name())
+            .fold(String::new(), |acc, f| format!(
+                "{acc}{} {}",
+                if acc.is_empty() { ":" } else { "," },
+                f.to_string_lossy()
+            ))
+    );
+    Ok(later)
+}
+
+/// Loads the modules [`load_modules`] deferred, right before a switch_root needs them.
+fn load_deferred(k: &mut dyn Kernel, deferred: &[ModuleEntry]) -> Result<(), FlowError> {
+    if deferred.is_empty() {
+        return Ok(());
     }
+    let t = boottime::now();
+    modules::load_entries(k, deferred).map_err(FlowError::Modules)?;
+    boottime::step("hand-off modules", t);
+    Ok(())
 }
 
 /// Attaches the flash and opens the store; failures are logged and give `None` (the card
@@ -199,6 +238,7 @@ pub fn open_store(
     roots: &Roots,
     cfg: &Config,
 ) -> Option<(u32, Store<UbiVolumes>)> {
+    let t = boottime::now();
     let sysfs = Sysfs::new(&roots.sys);
     let opened = attach::resolve_mtd(&sysfs, &cfg.mtd)
         .and_then(|mtd| attach::attach(k, &sysfs, mtd, cfg.format_pristine))
@@ -208,6 +248,7 @@ pub fn open_store(
                 .map(|v| (ubi, v))
                 .map_err(|e| crate::error_chain(&e))
         });
+    boottime::step("flash attach", t);
     let (ubi, vols) = match opened {
         Ok(x) => x,
         Err(e) => {
@@ -215,11 +256,14 @@ pub fn open_store(
             return None;
         }
     };
+    let t = boottime::now();
     let scfg = StoreConfig {
         max_attempts: cfg.maxtries,
         ..StoreConfig::default()
     };
-    match Store::open(vols, scfg) {
+    let opened = Store::open(vols, scfg);
+    boottime::step("inventory", t);
+    match opened {
         Ok((store, report)) => {
             for v in &report.removed {
                 log::info!("flash: removed leftover volume {v}");
@@ -288,6 +332,7 @@ pub fn hand_off<V: Volumes>(
     cfg: &Config,
     flash: Option<(u32, &mut Store<V>)>,
     provisioned: Provisioned,
+    deferred: &[ModuleEntry],
 ) -> FlowError {
     let autonomous = matches!(provisioned, Provisioned::NoMaster { .. });
     match provisioned {
@@ -312,6 +357,9 @@ pub fn hand_off<V: Volumes>(
                 packages.len()
             );
             let layers: Vec<Layer> = packages.into_iter().map(Layer::File).collect();
+            if let Err(e) = load_deferred(k, deferred) {
+                return e;
+            }
             return FlowError::Handoff(handoff::switch_root(k, paths, &layers));
         }
         Provisioned::NoMaster { waited } => {
@@ -394,19 +442,28 @@ pub fn hand_off<V: Volumes>(
             Err(e) => return e,
         }
     }
+    if let Err(e) = load_deferred(k, deferred) {
+        return e;
+    }
     FlowError::Handoff(handoff::switch_root(k, paths, &layers))
 }
 
 /// The whole PID-1 flow on the real system; returns only when no hand-off happened.
 pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolumes>) -> FlowError {
+    let t = boottime::now();
     if let Err(e) = mounts::mount_all(k, mounts::MOUNTS, &roots.root) {
         return FlowError::Mounts(e);
     }
     crate::logger::attach_kernel(&roots.dev, &roots.proc);
+    boottime::step("mounts", t);
+    // The agent's nonce needs an initialized CRNG: start waiting for it now.
+    crate::entropy::start(&roots.dev.join("urandom"));
+    let t = boottime::now();
     let cfg = match Config::load(&roots.cmdline, &roots.sys, &roots.proc) {
         Ok(c) => c,
         Err(e) => return FlowError::Config(e),
     };
+    boottime::step("config", t);
     for line in cfg.to_string().lines() {
         log::info!("config: {line}");
     }
@@ -416,10 +473,24 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
             cfg.unknown_keys.join(" ")
         );
     }
-    if let Err(e) = load_modules(k, roots) {
-        return e;
-    }
-    let link = match crate::net::bring_up(cfg.iface.as_deref(), cfg.carrier_timeout) {
+    // The link comes up on its own thread as soon as the NIC exists (the NIC driver is
+    // loaded first when it is listed first), while the flash modules load and UBI
+    // attaches.
+    let t = boottime::now();
+    let mut link_job = None;
+    let deferred = match load_modules(k, roots, &mut || {
+        if link_job.is_none() && net::present(&roots.sys, cfg.iface.as_deref()) {
+            link_job = Some(LinkJob::start(cfg.iface.clone(), cfg.carrier_timeout));
+        }
+    }) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    boottime::step("modules", t);
+    let link_job =
+        link_job.unwrap_or_else(|| LinkJob::start(cfg.iface.clone(), cfg.carrier_timeout));
+    let mut flash = open_store(k, roots, &cfg);
+    let link = match link_job.wait() {
         Ok(l) => Some(l),
         Err(e) => {
             log::error!(
@@ -429,7 +500,6 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
             None
         }
     };
-    let mut flash = open_store(k, roots, &cfg);
     let provisioned = {
         let mut session = Session {
             config: &cfg,
@@ -454,6 +524,7 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
         &cfg,
         flash.as_mut().map(|(u, s)| (*u, s)),
         provisioned,
+        &deferred,
     )
 }
 
@@ -473,6 +544,14 @@ mod tests {
             version: "1".into(),
             sha256: Sha256::digest(data).into(),
             size: data.len() as u64,
+        }
+    }
+
+    fn deferred_squashfs() -> ModuleEntry {
+        ModuleEntry {
+            line: 9,
+            path: "/lib/modules/6.1.0-56-amd64/kernel/fs/squashfs/squashfs.ko".into(),
+            params: String::new(),
         }
     }
 
@@ -548,6 +627,8 @@ mod tests {
             &cfg(false),
             Some((0, &mut store)),
             Provisioned::Committed,
+            // A kexec needs no filesystem module: the deferred ones are never loaded.
+            &[deferred_squashfs()],
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -626,6 +707,7 @@ mod tests {
                 &cfg(false),
                 Some((0, &mut store)),
                 no_master(),
+                &[],
             );
             assert!(
                 matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -660,6 +742,7 @@ mod tests {
             &cfg(false),
             Some((0, &mut store)),
             no_master(),
+            &[],
         );
         assert_eq!(store.inventory().unwrap().attempts, 2);
     }
@@ -677,9 +760,10 @@ mod tests {
             .volume
             .clone();
         let base = store.volume_id(&name).unwrap().unwrap();
+        let squashfs = deferred_squashfs();
         let mut k = Recorder {
             ubi_num: 0,
-            existing: vec!["/newroot/sbin/init".into()],
+            existing: vec!["/newroot/sbin/init".into(), squashfs.path.clone()],
             ..Recorder::default()
         };
         let err = hand_off(
@@ -688,10 +772,16 @@ mod tests {
             &cfg(true),
             Some((2, &mut store)),
             Provisioned::Committed,
+            std::slice::from_ref(&squashfs),
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),
             "{err}"
+        );
+        assert_eq!(
+            k.calls[0],
+            Call::LoadModule(squashfs.path.clone(), String::new()),
+            "modules deferred to the hand-off load before the switch_root"
         );
         let blocks: Vec<&Call> = k
             .calls
@@ -720,6 +810,7 @@ mod tests {
             &cfg(false),
             Some((0, &mut store)),
             Provisioned::Committed,
+            &[],
         );
         assert!(matches!(err, FlowError::NothingToBoot), "{err}");
         let err = hand_off::<FakeVolumes>(
@@ -730,6 +821,7 @@ mod tests {
             Provisioned::NoMaster {
                 waited: Duration::ZERO,
             },
+            &[],
         );
         assert!(matches!(err, FlowError::NothingToBoot), "{err}");
         assert!(k.calls.is_empty());
@@ -756,6 +848,7 @@ mod tests {
                 packages: packages.clone(),
                 boot: None,
             },
+            &[],
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -842,6 +935,7 @@ mod tests {
                 packages: vec![t.path().join("ram/blobs/v1-0")],
                 boot: Some(boot),
             },
+            &[],
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -902,6 +996,7 @@ mod tests {
                 packages: pkgs.clone(),
                 boot: Some(boot),
             },
+            &[],
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),

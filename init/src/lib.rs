@@ -37,7 +37,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+pub mod boottime;
 pub mod check;
+pub mod entropy;
 pub mod flash;
 pub mod flow;
 pub mod handoff;

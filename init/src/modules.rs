@@ -16,7 +16,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::kernel::{Kernel, ModuleLoad};
 use crate::sys::SysError;
@@ -173,9 +173,44 @@ pub fn load_all(k: &mut dyn Kernel, list_path: &Path, root: &Path) -> Result<usi
     load_entries(k, &entries)
 }
 
+/// Whether a module is only needed at the hand-off (switch_root), not before the first
+/// Solicit: filesystems (`kernel/fs/...`: squashfs, overlay) and the loop driver
+/// (test-mode packages in tmpfs).
+pub fn handoff_only(e: &ModuleEntry) -> bool {
+    let p = e.path.to_string_lossy();
+    let file = p.rsplit('/').next().unwrap_or("");
+    p.contains("/kernel/fs/")
+        || file == "loop.ko"
+        || COMPRESSED.iter().any(|c| file == format!("loop{c}"))
+}
+
+/// Splits the list into what the boot path needs now and what can wait for the
+/// hand-off: the longest *suffix* of [`handoff_only`] modules. Only a suffix, because
+/// the list is in dependency order: a later module may need an earlier one, never the
+/// reverse, so loading a suffix later never breaks a dependency.
+pub fn split_deferred(mut entries: Vec<ModuleEntry>) -> (Vec<ModuleEntry>, Vec<ModuleEntry>) {
+    let keep = entries
+        .iter()
+        .rposition(|e| !handoff_only(e))
+        .map_or(0, |i| i + 1);
+    let deferred = entries.split_off(keep);
+    (entries, deferred)
+}
+
 /// Loads already parsed entries in order.
 pub fn load_entries(k: &mut dyn Kernel, entries: &[ModuleEntry]) -> Result<usize, ModuleError> {
+    load_entries_then(k, entries, &mut || {})
+}
+
+/// Loads already parsed entries in order, calling `progress` before the first and after
+/// each load (the flow starts the link there as soon as the NIC exists).
+pub fn load_entries_then(
+    k: &mut dyn Kernel,
+    entries: &[ModuleEntry],
+    progress: &mut dyn FnMut(),
+) -> Result<usize, ModuleError> {
     let mut loaded = 0;
+    progress();
     for e in entries {
         if !k.exists(&e.path) {
             return Err(ModuleError::Missing {
@@ -183,17 +218,25 @@ pub fn load_entries(k: &mut dyn Kernel, entries: &[ModuleEntry]) -> Result<usize
                 line: e.line,
             });
         }
+        let t = Instant::now();
         for dev in devices_in_params(&e.params) {
             wait_for(k, &dev, DEVICE_WAIT).map_err(|waited| ModuleError::DeviceTimeout {
                 module: e.path.clone(),
                 device: dev.clone(),
                 waited,
             })?;
+            log::info!("{} present after {:?}", dev.display(), t.elapsed());
         }
+        let t = Instant::now();
         match k.load_module(&e.path, &e.params) {
             Ok(ModuleLoad::Loaded) => {
                 loaded += 1;
-                log::info!("loaded module {} {}", e.path.display(), e.params);
+                log::info!(
+                    "loaded module {} {} ({} ms)",
+                    e.path.display(),
+                    e.params,
+                    t.elapsed().as_millis()
+                );
             }
             Ok(ModuleLoad::AlreadyLoaded) => {
                 log::info!("module {} already loaded", e.path.display());
@@ -206,6 +249,7 @@ pub fn load_entries(k: &mut dyn Kernel, entries: &[ModuleEntry]) -> Result<usize
                 });
             }
         }
+        progress();
     }
     Ok(loaded)
 }
@@ -287,6 +331,53 @@ lib/modules/6.1.0-56-amd64/kernel/drivers/mtd/devices/block2mtd.ko block2mtd=/de
                 Call::LoadModule(e[2].path.clone(), "block2mtd=/dev/vda,128KiB".into()),
             ]
         );
+    }
+
+    fn entry(rel: &str) -> ModuleEntry {
+        ModuleEntry {
+            line: 1,
+            path: Path::new("/lib/modules/6.1.0-56-amd64").join(rel),
+            params: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_suffix_of_filesystems_and_loop_waits_for_the_hand_off() {
+        let list: Vec<ModuleEntry> = [
+            "kernel/drivers/net/virtio_net.ko",
+            "kernel/fs/mbcache.ko",
+            "kernel/drivers/mtd/ubi/ubi.ko",
+            "kernel/fs/squashfs/squashfs.ko",
+            "kernel/fs/overlayfs/overlay.ko",
+            "kernel/drivers/block/loop.ko",
+        ]
+        .iter()
+        .map(|r| entry(r))
+        .collect();
+        let (now, later) = split_deferred(list.clone());
+        assert_eq!(now, list[..3], "a filesystem before ubi stays where it is");
+        assert_eq!(later, list[3..]);
+        let (now, later) = split_deferred(list[..3].to_vec());
+        assert_eq!((now.len(), later.len()), (3, 0));
+        let (now, later) = split_deferred(vec![entry("kernel/drivers/block/loop.ko.xz")]);
+        assert_eq!((now.len(), later.len()), (0, 1));
+        assert!(!handoff_only(&entry("kernel/drivers/block/loopback_x.ko")));
+    }
+
+    #[test]
+    fn progress_runs_before_the_first_and_after_each_load() {
+        let e = entries();
+        let mut k = Recorder {
+            existing: e
+                .iter()
+                .map(|e| e.path.clone())
+                .chain([PathBuf::from("/dev/vda")])
+                .collect(),
+            ..Recorder::default()
+        };
+        let mut progress = 0;
+        load_entries_then(&mut k, &e, &mut || progress += 1).unwrap();
+        assert_eq!(progress, e.len() + 1);
     }
 
     #[test]

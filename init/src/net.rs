@@ -4,8 +4,10 @@
 //! and dropped before it returns, so the rest of init stays synchronous. Selection is a
 //! pure function ([`choose`]): the configured interface if `shelfboot.iface=` is set,
 //! else the first (lowest ifindex) non-loopback link with carrier. Every candidate is set
-//! up first, because most drivers only report carrier once up (e1000 under QEMU TCG
-//! needs ~2 s after up). Not here: addresses or routes (the protocol is raw Ethernet),
+//! up as soon as a dump shows it (the flow starts this on its own thread as soon as a NIC
+//! exists, [`present`], while other modules still load), because most drivers only report
+//! carrier once up (e1000 under QEMU TCG needs ~2 s after up); carrier is polled every
+//! 10 ms. Not here: addresses or routes (the protocol is raw Ethernet),
 //! the packet socket (see the card agent), VLANs.
 
 use std::time::{Duration, Instant};
@@ -13,7 +15,9 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkMessage};
 
-const POLL: Duration = Duration::from_millis(100);
+/// Carrier poll interval: one RTM_GETLINK dump; virtio-net has carrier at once, e1000
+/// under TCG after ~2 s, so a short interval costs little and wastes no boot time.
+const POLL: Duration = Duration::from_millis(10);
 
 /// The chosen link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +68,9 @@ pub enum NetError {
         /// What exists.
         present: String,
     },
+    /// The link thread died (a panic; release builds abort instead).
+    #[error("the link bring-up thread died")]
+    Thread,
     /// No usable link got carrier in time.
     #[error(
         "no link with carrier after {waited:?} (candidates: {candidates}); check the backplane cable/bridge or set shelfboot.iface="
@@ -125,6 +132,58 @@ fn names(links: &[&LinkState]) -> String {
         .join(", ")
 }
 
+/// Whether a link [`bring_up`] could use exists yet: `want` (shelfboot.iface) or any
+/// interface but `lo` in `sys/class/net`. The flow starts the link as soon as this holds,
+/// while the remaining modules load.
+pub fn present(sys: &std::path::Path, want: Option<&str>) -> bool {
+    let Ok(dir) = std::fs::read_dir(sys.join("class/net")) else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let n = e.file_name();
+        match want {
+            Some(w) => n == w,
+            None => n != "lo",
+        }
+    })
+}
+
+/// [`bring_up`] running on its own thread (records the `link` boot step), so the flow
+/// can load the flash modules and attach UBI meanwhile.
+#[derive(Debug)]
+pub struct LinkJob(Result<std::thread::JoinHandle<Result<Link, NetError>>, Result<Link, NetError>>);
+
+impl LinkJob {
+    /// Starts [`bring_up`] on a thread (inline if no thread can be spawned).
+    pub fn start(want: Option<String>, timeout: Duration) -> Self {
+        let timed = move |want: Option<&str>| {
+            let t = crate::boottime::now();
+            let r = bring_up(want, timeout);
+            crate::boottime::step("link", t);
+            r
+        };
+        let w = want.clone();
+        match std::thread::Builder::new()
+            .name("link".into())
+            .spawn(move || timed(w.as_deref()))
+        {
+            Ok(h) => LinkJob(Ok(h)),
+            Err(e) => {
+                log::warn!("cannot start the link thread ({e}): bringing the link up inline");
+                LinkJob(Err(timed(want.as_deref())))
+            }
+        }
+    }
+
+    /// Waits for the result.
+    pub fn wait(self) -> Result<Link, NetError> {
+        match self.0 {
+            Ok(h) => h.join().unwrap_or(Err(NetError::Thread)),
+            Err(r) => r,
+        }
+    }
+}
+
 /// Brings the backplane link up and waits up to `timeout` for carrier.
 pub fn bring_up(want: Option<&str>, timeout: Duration) -> Result<Link, NetError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -154,56 +213,78 @@ async fn list(handle: &mut rtnetlink::Handle) -> Result<Vec<LinkState>, NetError
 async fn bring_up_async(want: Option<&str>, timeout: Duration) -> Result<Link, NetError> {
     let (conn, mut handle, _) = rtnetlink::new_connection().map_err(NetError::Runtime)?;
     let conn_task = tokio::spawn(conn);
+    let result = wait_for_carrier(&mut handle, want, timeout).await;
+    conn_task.abort();
+    result
+}
+
+async fn wait_for_carrier(
+    handle: &mut rtnetlink::Handle,
+    want: Option<&str>,
+    timeout: Duration,
+) -> Result<Link, NetError> {
     let start = Instant::now();
-    let links = list(&mut handle).await?;
-    let cands: Vec<LinkState> = candidates(&links, want).into_iter().cloned().collect();
-    if let Some(name) = want
-        && cands.is_empty()
-    {
-        conn_task.abort();
-        return Err(NetError::NoSuchLink {
-            name: name.to_string(),
-            present: names(&links.iter().collect::<Vec<_>>()),
-        });
-    }
-    for l in &cands {
-        handle
-            .link()
-            .set(l.index)
-            .up()
-            .execute()
-            .await
-            .map_err(|source| NetError::Netlink {
-                what: format!("RTM_NEWLINK {} up", l.name),
-                source: Box::new(source),
-            })?;
-        log::info!("link {} (ifindex {}) set up", l.name, l.index);
-    }
-    let result = loop {
-        let links = list(&mut handle).await?;
+    let mut set_up: Vec<(u32, String)> = Vec::new();
+    loop {
+        let links = list(handle).await?;
+        if let Some(name) = want
+            && set_up.is_empty()
+            && candidates(&links, want).is_empty()
+        {
+            return Err(NetError::NoSuchLink {
+                name: name.to_string(),
+                present: names(&links.iter().collect::<Vec<_>>()),
+            });
+        }
+        // Candidates are set up as they appear: the flow starts this while later NIC
+        // modules may still be loading, and most drivers report carrier only once up.
+        let before = set_up.len();
+        for l in candidates(&links, want) {
+            if set_up.iter().any(|(i, _)| *i == l.index) {
+                continue;
+            }
+            handle
+                .link()
+                .set(l.index)
+                .up()
+                .execute()
+                .await
+                .map_err(|source| NetError::Netlink {
+                    what: format!("RTM_NEWLINK {} up", l.name),
+                    source: Box::new(source),
+                })?;
+            log::info!("link {} (ifindex {}) set up", l.name, l.index);
+            set_up.push((l.index, l.name.clone()));
+        }
+        if set_up.len() > before {
+            // Judge carrier on a fresh dump, taken after the set-up.
+            continue;
+        }
         if let Some(l) = choose(&links, want) {
-            let mac = l.mac.unwrap_or_default();
             log::info!(
                 "backplane link {} has carrier after {:?}",
                 l.name,
                 start.elapsed()
             );
-            break Ok(Link {
+            return Ok(Link {
                 name: l.name.clone(),
                 index: l.index,
-                mac,
+                mac: l.mac.unwrap_or_default(),
             });
         }
         if start.elapsed() >= timeout {
-            break Err(NetError::NoCarrier {
+            let tried: Vec<&str> = set_up.iter().map(|(_, n)| n.as_str()).collect();
+            return Err(NetError::NoCarrier {
                 waited: start.elapsed(),
-                candidates: names(&cands.iter().collect::<Vec<_>>()),
+                candidates: if tried.is_empty() {
+                    "none".into()
+                } else {
+                    tried.join(", ")
+                },
             });
         }
         tokio::time::sleep(POLL).await;
-    };
-    conn_task.abort();
-    result
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +321,19 @@ mod tests {
             "loopback never a candidate"
         );
         assert!(candidates(&links, Some("wlan0")).is_empty());
+    }
+
+    #[test]
+    fn present_sees_the_named_link_or_any_but_loopback() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(!present(t.path(), None), "no sysfs class yet");
+        let net = t.path().join("class/net");
+        std::fs::create_dir_all(net.join("lo")).unwrap();
+        assert!(!present(t.path(), None), "loopback only");
+        std::fs::create_dir_all(net.join("eth0")).unwrap();
+        assert!(present(t.path(), None));
+        assert!(present(t.path(), Some("eth0")));
+        assert!(!present(t.path(), Some("eth1")));
     }
 
     #[test]

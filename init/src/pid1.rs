@@ -83,12 +83,13 @@ pub fn monotonic_secs() -> f64 {
 
 /// Entry point when running as PID 1.
 pub fn main(prov: &mut dyn Provisioner<UbiVolumes>) -> ! {
+    let started = crate::boottime::start();
     crate::logger::install();
     install_panic_hook();
     log::info!(
         "shelfboot-init {} starting as PID 1 (monotonic {:.6} s)",
         env!("CARGO_PKG_VERSION"),
-        monotonic_secs()
+        started.as_secs_f64()
     );
     let reaper = match Reaper::new() {
         Ok(r) => Some(r),

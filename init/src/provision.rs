@@ -191,6 +191,7 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                 source: None,
             });
         };
+        let t = crate::boottime::now();
         let anchor = load_anchor(&self.trust_dir).map_err(|e| failed("no trust anchor", e))?;
         let ubi = store.volumes_mut().ubi_num();
         let cfg = s.config;
@@ -230,6 +231,8 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
             hw_rev: "unknown".into(),
             features: cfg.features.clone(),
         };
+        crate::boottime::step("socket", t);
+        let mut setup = Some(crate::boottime::now());
         let started = Instant::now();
         let mut phase = BootPhase::PowerOn;
         let mut last_command = None;
@@ -275,6 +278,9 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                     "agent: no RAM store, test-mode plans will be refused: {}",
                     crate::error_chain(&e)
                 ),
+            }
+            if let Some(t) = setup.take() {
+                crate::boottime::step("agent store", t);
             }
             let decision = drive(&mut agent, &mut sock, &link.name, cfg.hold)
                 .map_err(|e| failed("agent", e))?;
@@ -418,6 +424,7 @@ fn drive(
                 "agent: first Solicit sent (monotonic {:.6} s)",
                 crate::pid1::monotonic_secs()
             );
+            crate::boottime::first_solicit();
         }
         send_all(sock, &mut out);
         if !held && agent.phase() == Phase::Held {
@@ -532,10 +539,8 @@ pub fn carried_cmdline(cfg: &Config, plan: &str) -> String {
 }
 
 fn random(buf: &mut [u8]) -> Result<(), AgentRunError> {
-    use std::io::Read as _;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .map_err(AgentRunError::Random)
+    // Drawn early in the background by the flow (crate::entropy), else /dev/urandom.
+    crate::entropy::fill(buf).map_err(AgentRunError::Random)
 }
 
 fn hex(b: &[u8]) -> String {

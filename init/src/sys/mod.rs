@@ -2,10 +2,10 @@
 //!
 //! What is here: the UBI and MTD ioctls (`ubi`, `mtd`), `kexec_file_load` and the
 //! reboot/power-off calls (`power`), resetting a signal disposition before `exec`
-//! (`signal`) and the UBI sysfs reader (`sysfs`, safe code kept next to the ioctls it
-//! complements). Every raw call is wrapped the same way: it returns
-//! `Result<_, SysError>` whose message is the call with its arguments, and whose source is
-//! the errno.
+//! (`signal`), blocking `getrandom` (`random`) and the UBI sysfs reader (`sysfs`, safe
+//! code kept next to the ioctls it complements). Every raw call is wrapped the same way:
+//! it returns `Result<_, SysError>` whose message is the call with its arguments, and
+//! whose source is the errno.
 //!
 //! What is not here: anything nix already wraps safely (mount, umount2, chroot,
 //! finit_module, reboot, signalfd, waitpid). Those are called directly by the safe
@@ -13,12 +13,13 @@
 //! device to attach, when to format, what to kexec is decided above.
 //!
 //! Why unsafe at all: nix has ioctl *macros* but no UBI/MTD wrappers, no
-//! `kexec_file_load`, and `signal(2)` is `unsafe fn` in nix because installing a handler is
-//! unsound in general (we only ever install `SIG_DFL`).
+//! `kexec_file_load` nor `getrandom`, and `signal(2)` is `unsafe fn` in nix because
+//! installing a handler is unsound in general (we only ever install `SIG_DFL`).
 
 pub mod loopdev;
 pub mod mtd;
 pub mod power;
+pub mod random;
 pub mod signal;
 pub mod sysfs;
 pub mod ubi;
