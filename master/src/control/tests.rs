@@ -1,8 +1,14 @@
 //! Control socket tests: a daemon thread and a client on a temporary state directory.
 
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use nix::unistd::{Gid, Uid};
 
 use super::*;
+use crate::master::Master;
 use crate::master::fixture;
 
 #[test]
@@ -98,6 +104,87 @@ fn poll_once_does_not_block() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(client.join().unwrap().unwrap(), Reply::Pong);
+}
+
+/// Polls the daemon until `done` or 10 s pass.
+fn poll_until(daemon: &Daemon, master: &mut Master, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "daemon never got there");
+        daemon.poll_once(master).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn read_reply(mut stream: &UnixStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn a_silent_client_does_not_hold_up_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut master = fixture::master(dir.path());
+    let daemon = Daemon::bind(&state, None)
+        .unwrap()
+        .with_client_timeout(Duration::from_millis(300));
+    daemon.set_nonblocking().unwrap();
+    // Connects and sends half a request, then nothing.
+    let silent = UnixStream::connect(daemon.path()).unwrap();
+    (&silent).write_all(b"{\"pi").unwrap();
+    poll_until(&daemon, &mut master, || daemon.pending() == 1);
+    // A whole request sent in two pieces from another client is served meanwhile.
+    let st = state.clone();
+    let client = std::thread::spawn(move || {
+        Client::connect(&st)
+            .unwrap()
+            .call(&Request::Ping, &mut |_, _| {})
+    });
+    let mut served = false;
+    poll_until(&daemon, &mut master, || {
+        served |= client.is_finished();
+        served
+    });
+    assert_eq!(client.join().unwrap().unwrap(), Reply::Pong);
+    assert_eq!(daemon.pending(), 1, "the silent client is still waiting");
+    // Past its timeout the silent one is told why and dropped.
+    std::thread::sleep(Duration::from_millis(350));
+    daemon.poll_once(&mut master).unwrap();
+    assert_eq!(daemon.pending(), 0);
+    let reply = read_reply(&silent);
+    assert!(reply.contains("no request line within 300 ms"), "{reply}");
+}
+
+#[test]
+fn pending_clients_are_bounded_and_bad_lines_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut master = fixture::master(dir.path());
+    let daemon = Daemon::bind(&state, None).unwrap();
+    daemon.set_nonblocking().unwrap();
+    let mut waiting: Vec<UnixStream> = (0..MAX_PENDING)
+        .map(|_| UnixStream::connect(daemon.path()).unwrap())
+        .collect();
+    poll_until(&daemon, &mut master, || daemon.pending() == MAX_PENDING);
+    let extra = UnixStream::connect(daemon.path()).unwrap();
+    daemon.poll_once(&mut master).unwrap();
+    let reply = read_reply(&extra);
+    assert!(reply.contains("busy"), "{reply}");
+    // A client that closes before a whole line is dropped quietly; a malformed line
+    // gets an error line.
+    drop(waiting.remove(0));
+    poll_until(&daemon, &mut master, || daemon.pending() == MAX_PENDING - 1);
+    let bad = UnixStream::connect(daemon.path()).unwrap();
+    (&bad).write_all(b"not json\n").unwrap();
+    daemon.poll_once(&mut master).unwrap();
+    assert_eq!(daemon.pending(), MAX_PENDING - 1);
+    let reply = read_reply(&bad);
+    assert!(reply.contains("malformed control request"), "{reply}");
 }
 
 #[test]
