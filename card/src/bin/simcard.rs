@@ -27,13 +27,11 @@ const USAGE: &str = "usage: simcard --iface IF --anchor FILE --dir DIR [--cards 
 [--types TYPE:ARCH,...] [--base-mac MAC] [--features F,...] [--phase on|warm|reset] \
 [--timeout SECS] [--leb BYTES] [--lebs N] [--report FILE] [--json]";
 
-fn parse_mac(s: &str) -> Option<MacAddr> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).ok())
-        .collect::<Option<_>>()?;
-    let arr: [u8; 6] = parts.try_into().ok()?;
-    Some(MacAddr(arr))
+/// The netio parser (six hex octets), as the protocol crate's address type.
+fn parse_mac(s: &str) -> Result<MacAddr, String> {
+    s.parse::<shelfboot_netio::MacAddr>()
+        .map(|m| MacAddr(m.0))
+        .map_err(|e| format!("--base-mac: {e}"))
 }
 
 fn parse_arch(s: &str) -> Option<Arch> {
@@ -77,7 +75,7 @@ fn config(args: &[String]) -> Result<(SimConfig, bool), String> {
                     })
                     .collect::<Result<_, _>>()?;
             }
-            "--base-mac" => base = parse_mac(&val()?).ok_or("--base-mac: not a MAC")?,
+            "--base-mac" => base = parse_mac(&val()?)?,
             "--features" => features = val()?.split(',').map(str::to_owned).collect(),
             "--phase" => {
                 phase = match val()?.as_str() {
