@@ -639,11 +639,12 @@ fn mmsg_tx(batch: usize) -> Tx {
     }
 }
 
+/// A socket timeout as a `timeval`, capped at one day (built from microseconds, so no
+/// `time_t`, whose width musl is changing, appears here).
 fn timeval(d: Duration) -> nix::sys::time::TimeVal {
-    nix::sys::time::TimeVal::new(
-        libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-        libc::suseconds_t::from(d.subsec_micros()),
-    )
+    use nix::sys::time::TimeValLike;
+    let capped = d.min(Duration::from_secs(86_400));
+    nix::sys::time::TimeVal::microseconds(i64::try_from(capped.as_micros()).unwrap_or(0))
 }
 
 /// SO_RCVBUF/SO_SNDBUF, trying the FORCE variants first (root may exceed rmem_max).
