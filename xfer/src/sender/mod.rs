@@ -11,6 +11,13 @@
 //! point: the caller starts a catch-up session for them later. The session finishes when
 //! every member completed or was dropped.
 //!
+//! Flow control: the first pass never runs `flow_window` (the receivers' window) or more
+//! past the slowest active member's reported position, so a card that stores more slowly
+//! than the session could send is sent what it can hold, not everything to be dropped and
+//! repaired. A member that holds the pass back for `flow_hold` in total while the median
+//! member could take more is dropped to catch-up, where it is alone and paced by its own
+//! reports.
+//!
 //! Memory: per member a few counters, per queued repair slice one 16-byte bitmap (the queue
 //! is capped), a short ring of recent repairs, one block of scratch. Never the artifact.
 //!
@@ -42,6 +49,9 @@ struct Member {
     state: MemberState,
     /// Missing blocks it reported in the current rate interval.
     interval_missing: u64,
+    /// Flow control fairness: when and at which first-pass slice it was first seen holding
+    /// the pass back since it was last level with the median member (`None`: it is not).
+    holding_since: Option<(Duration, u32)>,
 }
 
 /// One transfer session (master side). See the module docs.
@@ -62,6 +72,10 @@ pub struct Sender<S> {
     cur_block: u16,
     max_lag_slices: u32,
     late_join_slices: u32,
+    /// Flow control window in slices (`u32::MAX`: off).
+    window_slices: u32,
+    /// When the first pass was last seen stopped by flow control (`None`: it is not).
+    flow_stopped_at: Option<Duration>,
     repairs: BTreeMap<u32, SliceBitmap>,
     recent: VecDeque<(Duration, u32, SliceBitmap)>,
     members: BTreeMap<MacAddr, Member>,
@@ -123,6 +137,11 @@ impl<S: BlockSource> Sender<S> {
             cur_block: 0,
             max_lag_slices: slices(cfg.max_lag_bytes).max(1),
             late_join_slices: slices(cfg.late_join_bytes),
+            window_slices: match cfg.flow_window {
+                0 => u32::MAX,
+                w => slices(w).max(1),
+            },
+            flow_stopped_at: None,
             repairs: BTreeMap::new(),
             recent: VecDeque::new(),
             members: BTreeMap::new(),
@@ -219,6 +238,7 @@ impl<S: BlockSource> Sender<S> {
             Member {
                 state,
                 interval_missing: 0,
+                holding_since: None,
             },
         );
         Admission::Joined(Join {
@@ -361,6 +381,12 @@ impl<S: BlockSource> Sender<S> {
             self.check_finished();
             return ControlOutcome::Accepted;
         }
+        if self.median_have().is_some_and(|median| have >= median)
+            && let Some(m) = self.members.get_mut(&from)
+        {
+            // Level with the group again: whatever held it back (flow control) has passed.
+            m.holding_since = None;
+        }
         if self.drop_if_lagging(from) {
             return ControlOutcome::MemberDropped;
         }
@@ -496,6 +522,81 @@ impl<S: BlockSource> Sender<S> {
         (self.cur_slice < self.geo.slices()).then_some((self.cur_slice, self.cur_block, false))
     }
 
+    /// The (upper) median of the active members' positions; `None` without members.
+    fn median_have(&self) -> Option<u32> {
+        let mut have: Vec<u32> = self
+            .members
+            .values()
+            .filter(|m| m.state.status == MemberStatus::Active)
+            .map(|m| m.state.have_slices)
+            .collect();
+        have.sort_unstable();
+        have.get(have.len() / 2).copied()
+    }
+
+    /// The first slice the first pass may not send yet: the slowest active member's
+    /// position plus the window (`u32::MAX` without members or with flow control off).
+    pub fn flow_limit(&self) -> u32 {
+        self.members
+            .values()
+            .filter(|m| m.state.status == MemberStatus::Active)
+            .map(|m| m.state.have_slices.saturating_add(self.window_slices))
+            .min()
+            .unwrap_or(u32::MAX)
+    }
+
+    /// The first pass is stopped by flow control at `now`: counts the stop, and drops the
+    /// members that hold it back while the median member is ahead of them and have kept it
+    /// below the rate floor for longer than `flow_hold` (see `SenderConfig::flow_hold`).
+    /// True if it dropped one (the limit moved).
+    fn flow_stopped(&mut self, now: Duration) -> bool {
+        match self.flow_stopped_at {
+            Some(t) => self.stats.flow_blocked += now.saturating_sub(t),
+            None => self.stats.flow_stops += 1,
+        }
+        self.flow_stopped_at = Some(now);
+        let active = self
+            .members
+            .values()
+            .filter(|m| m.state.status == MemberStatus::Active)
+            .count();
+        let Some(median) = self.median_have() else {
+            return false;
+        };
+        if active < 2 {
+            return false;
+        }
+        let (cur, window, hold) = (self.cur_slice, self.window_slices, self.cfg.flow_hold);
+        let (slice_bytes, floor) = (self.geo.slice_bytes(), self.cfg.rate.min_rate);
+        let mut drops = Vec::new();
+        for (mac, m) in &mut self.members {
+            let have = m.state.have_slices;
+            if m.state.status != MemberStatus::Active {
+                continue;
+            }
+            if have.saturating_add(window) > cur || have >= median {
+                m.holding_since = None;
+                continue;
+            }
+            let (since, at) = *m.holding_since.get_or_insert((now, cur));
+            let held = now.saturating_sub(since);
+            if held <= hold {
+                continue;
+            }
+            let sent = u64::from(cur.saturating_sub(at)).saturating_mul(slice_bytes);
+            let rate = u64::try_from(u128::from(sent) * 1_000_000 / held.as_micros().max(1))
+                .unwrap_or(u64::MAX);
+            if rate < floor {
+                drops.push((*mac, DropCause::Slow { held, rate }));
+            }
+        }
+        let dropped = !drops.is_empty();
+        for (mac, cause) in drops {
+            self.drop_member(mac, cause);
+        }
+        dropped
+    }
+
     /// The earliest time something must be checked when nothing is queued.
     fn next_deadline(&self, now: Duration) -> Duration {
         let silence = self
@@ -528,6 +629,20 @@ impl<S: BlockSource> Sender<S> {
                 until: self.next_deadline(now),
             });
         };
+        if !retransmit {
+            if slice >= self.flow_limit() && !(self.flow_stopped(now) && slice < self.flow_limit())
+            {
+                // Wait for a report (the caller polls again when one arrives) or the next
+                // timeout check.
+                if self.finished {
+                    return Ok(SendStep::Done);
+                }
+                return Ok(SendStep::Wait {
+                    until: self.next_deadline(now),
+                });
+            }
+            self.flow_stopped_at = None;
+        }
         let ready = self.bucket.ready_for_batch(now, self.cfg.batch);
         if ready > now {
             return Ok(SendStep::Wait { until: ready });

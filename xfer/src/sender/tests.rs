@@ -1,5 +1,6 @@
 //! Sender tests: join window, slice order, NACK repairs (exactly the missing blocks, before
-//! new data, once per holdoff), completion, silence and lag drops, late joins, pacing.
+//! new data, once per holdoff), completion, silence and lag drops, late joins, pacing,
+//! flow control (window past the slowest member, slow members dropped, lone ones kept).
 
 // Test data generators cut integers to bytes on purpose.
 #![allow(clippy::cast_possible_truncation)]
@@ -459,4 +460,105 @@ proptest::proptest! {
             proptest::prop_assert!(tx.stats().repair_queue_high_water <= 3);
         }
     }
+}
+
+/// Polls at `now` once: `Some((slice, block, retransmit))` if a frame went.
+fn try_next(tx: &mut Sender<Vec<u8>>, now: Duration) -> Option<(u32, u16, bool)> {
+    let mut buf = vec![0; MAX_FRAME_LEN];
+    match tx.poll(now, &mut buf).unwrap() {
+        SendStep::Frame { len, retransmit } => {
+            let f = Frame::decode(&buf[..len], DEFAULT_ETHERTYPE).unwrap();
+            let h = DataView::from_frame(&f).unwrap().header();
+            Some((h.slice, h.block, retransmit))
+        }
+        SendStep::Wait { .. } | SendStep::Done => None,
+    }
+}
+
+/// A sender of `slices` slices with a flow window of two slices, no pacing limit to speak of.
+fn flow_sender(slices: u64, hold: Duration) -> Sender<Vec<u8>> {
+    let len = (slices * SLICE) as usize;
+    let d: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    let info = ArtifactInfo {
+        name: "pkg 2".to_owned(),
+        sha256: [7; 32],
+        size: len as u64,
+    };
+    let mut c = config();
+    c.flow_window = 2 * SLICE;
+    c.flow_hold = hold;
+    c.max_lag_bytes = 100 * SLICE;
+    c.silence_timeout = Duration::from_secs(10);
+    c.burst = 1 << 30;
+    Sender::new(c, 5, info, d, Duration::ZERO).unwrap()
+}
+
+#[test]
+fn first_pass_stops_a_window_past_the_slowest_member_but_repairs_go() {
+    let mut tx = flow_sender(6, Duration::from_secs(1));
+    let _ = tx.join(mac(1), 0, Duration::ZERO);
+    let now = 20 * MS;
+    let mut sent = Vec::new();
+    while let Some(f) = try_next(&mut tx, now) {
+        sent.push(f);
+        assert!(sent.len() <= 256, "ran past the window");
+    }
+    assert_eq!(sent.len(), 256, "two slices, then the window is full");
+    assert_eq!(tx.flow_limit(), 2);
+    assert_eq!(tx.stats().flow_stops, 1);
+    // A repair is not held back by the window.
+    tx.handle_nack(mac(1), &nack(1, &[7]), now);
+    assert_eq!(try_next(&mut tx, now), Some((1, 7, true)));
+    assert_eq!(try_next(&mut tx, now), None);
+    // The member reports one slice stored: one more slice may go, and no more.
+    tx.handle_progress(mac(1), &progress(&tx, SLICE), now + MS);
+    let mut more = 0;
+    while let Some((s, _, r)) = try_next(&mut tx, now + MS) {
+        assert_eq!((s, r), (2, false));
+        more += 1;
+    }
+    assert_eq!(more, 128);
+}
+
+#[test]
+fn a_member_that_keeps_the_pass_under_the_floor_is_dropped_but_a_lone_one_never() {
+    // Two members: mac 2 stores everything at once, mac 1 nothing.
+    let mut tx = flow_sender(8, 100 * MS);
+    let _ = tx.join(mac(1), 0, Duration::ZERO);
+    let _ = tx.join(mac(2), 0, Duration::ZERO);
+    let mut now = 20 * MS;
+    let mut dropped = None;
+    while now < Duration::from_secs(1) && dropped.is_none() {
+        while try_next(&mut tx, now).is_some() {}
+        let done = u64::from(tx.position()) * SLICE;
+        tx.handle_progress(mac(2), &progress(&tx, done), now);
+        tx.handle_progress(mac(1), &progress(&tx, 0), now);
+        while try_next(&mut tx, now).is_some() {}
+        while let Some(ev) = tx.next_event() {
+            if let SenderEvent::Dropped { member, cause, .. } = ev {
+                dropped = Some((member, cause, now));
+            }
+        }
+        now += 10 * MS;
+    }
+    let (member, cause, at) = dropped.expect("the slow member was never dropped");
+    assert_eq!(member, mac(1));
+    assert!(matches!(cause, DropCause::Slow { rate, .. } if rate < 5_000_000));
+    assert!(at > 100 * MS && at < 300 * MS, "dropped at {at:?}");
+    // Then the pass runs on for the fast member.
+    while try_next(&mut tx, now).is_some() {}
+    assert!(tx.position() > 2);
+
+    // Alone, the same member is only flow-controlled, never dropped for it.
+    let mut tx = flow_sender(8, 100 * MS);
+    let _ = tx.join(mac(1), 0, Duration::ZERO);
+    let mut now = 20 * MS;
+    while now < Duration::from_secs(2) {
+        while try_next(&mut tx, now).is_some() {}
+        tx.handle_progress(mac(1), &progress(&tx, 0), now);
+        now += 10 * MS;
+    }
+    assert_eq!(tx.next_event(), None);
+    assert_eq!(tx.position(), 2);
+    assert_eq!(tx.members().next().unwrap().1.status, MemberStatus::Active);
 }

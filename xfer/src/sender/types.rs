@@ -65,6 +65,22 @@ pub struct SenderConfig {
     /// Most slices with queued repairs; NACKs for further slices are ignored (their
     /// senders NACK again). Default 1024 (16 KiB of bitmaps).
     pub max_repair_slices: usize,
+    /// Flow control: the receivers' window in bytes (`ReceiverConfig::window_bytes`). The
+    /// first pass never sends a slice `window_bytes / slice_bytes` or more slices past the
+    /// position (whole slices delivered, from its Progress, lowered by its NACKs) of the
+    /// slowest active member: what a card that stores more slowly than the session sends
+    /// (a TCG guest writing flash, a descheduled process) cannot hold is not sent, rather
+    /// than dropped, NACKed and sent again. Repairs are never held back. Default 4 MiB (the
+    /// receiver's default); 0 turns flow control off.
+    pub flow_window: u64,
+    /// Fairness of flow control: a member that holds the first pass back (it lacks the
+    /// window) while the median member is ahead of it, and has kept the first pass below
+    /// `rate.min_rate` for longer than this since it was last level with the median, is
+    /// dropped to catch-up ([`DropCause::Slow`]): one slow card (a TCG guest writing flash)
+    /// must not hold back the shelf, while a card a little slower than the others, or one
+    /// descheduled for a moment, stays in the shared pass (dropping it would send its rest
+    /// once more). A session of one member never drops it for this. Default 1 s.
+    pub flow_hold: Duration,
 }
 
 impl SenderConfig {
@@ -90,6 +106,8 @@ impl SenderConfig {
             adjust_interval: Duration::from_millis(50),
             repair_holdoff: Duration::from_millis(10),
             max_repair_slices: 1024,
+            flow_window: 4 << 20,
+            flow_hold: Duration::from_secs(1),
         }
     }
 }
@@ -164,6 +182,14 @@ pub enum DropCause {
     Lagging {
         /// Slices behind.
         behind: u32,
+    },
+    /// It held the first pass below the rate floor (flow control) for `held` while the
+    /// median member was ahead of it.
+    Slow {
+        /// Time since it was last level with the median member.
+        held: Duration,
+        /// First-pass rate over that time, bytes/s.
+        rate: u64,
     },
     /// The caller removed it ([`Sender::remove`](super::Sender::remove)).
     Removed,
@@ -294,4 +320,8 @@ pub struct SenderStats {
     pub rate_decreases: u64,
     /// Current rate, bytes/s.
     pub rate: u64,
+    /// Times the first pass stopped because a member lacked window (flow control).
+    pub flow_stops: u64,
+    /// Time the first pass spent stopped by flow control (with nothing to repair).
+    pub flow_blocked: Duration,
 }

@@ -5,7 +5,9 @@
 //! The backplane has a constant one-way latency, independent Bernoulli loss per receiver
 //! for data frames (and optionally for control messages), no reordering and no bandwidth
 //! limit besides the sender's own pacing; a receiver may have a processing capacity
-//! (bytes/s) past which it drops frames (a slow card). Data frames are encoded by the
+//! (bytes/s) past which it drops frames (a slow card), or, with a receive ring, queues them
+//! in a ring of bounded size that it drains at that capacity and drops only what overflows
+//! the ring (a card blocked in flash writes behind its socket ring). Data frames are encoded by the
 //! sender and decoded by every receiver (CRC included); control messages are passed as
 //! values. The harness plays the master's part: it admits cards, and starts a catch-up
 //! session for cards a session dropped (at once, with all cards waiting).
@@ -97,8 +99,13 @@ pub struct CardSpec {
     pub loss: f64,
     /// When it sends its Fetch.
     pub start_at: Duration,
-    /// Most bytes/s it can take in (frames past it are dropped); `None`: unlimited.
+    /// Most bytes/s it can take in (frames past it are dropped, or queued with `ring`);
+    /// `None`: unlimited.
     pub capacity: Option<u64>,
+    /// With `capacity`: frames wait in a receive ring of this many frame bytes and are
+    /// taken in at `capacity`; only frames that do not fit in the ring are dropped.
+    /// `None`: no ring, frames past `capacity` are dropped at once.
+    pub ring: Option<u64>,
     /// Keep the received bytes (else only count them).
     pub keep_bytes: bool,
 }
@@ -109,6 +116,7 @@ impl Default for CardSpec {
             loss: 0.0,
             start_at: Duration::ZERO,
             capacity: None,
+            ring: None,
             keep_bytes: true,
         }
     }
@@ -195,6 +203,10 @@ pub struct CardReport {
     pub stats: ReceiverStats,
     /// Most slice buffer bytes over all its receiver instances.
     pub buffered_high_water: u64,
+    /// Frames dropped because its receive ring was full.
+    pub ring_drops: u64,
+    /// Most frame bytes its receive ring ever held.
+    pub ring_high_water: u64,
     /// Its sink.
     pub sink: Option<SimSink>,
 }
@@ -245,6 +257,11 @@ struct Card {
     high_water: u64,
     budget: f64,
     budget_at: Duration,
+    /// Receive ring (with `spec.ring`): frames waiting to be taken in, and their bytes.
+    ring: VecDeque<Vec<u8>>,
+    ring_bytes: u64,
+    ring_drops: u64,
+    ring_high_water: u64,
 }
 
 /// A simulation: build with [`Sim::new`], add [`Sim::disturb`]ances, then [`Sim::run`].
@@ -310,6 +327,10 @@ impl Sim {
                 high_water: 0,
                 budget: 0.0,
                 budget_at: Duration::ZERO,
+                ring: VecDeque::new(),
+                ring_bytes: 0,
+                ring_drops: 0,
+                ring_high_water: 0,
             })
             .collect();
         Sim {

@@ -9,7 +9,7 @@ use shelfboot_proto::data::DataView;
 use shelfboot_proto::frame::Frame;
 use shelfboot_proto::msg::{Join, Message};
 
-use super::{CardReport, Disturbance, Session, Sim, SimError, SimReport, SimSink};
+use super::{Card, CardReport, Disturbance, Session, Sim, SimError, SimReport, SimSink};
 use crate::receiver::{DataOutcome, Receiver, ReceiverState, Resume};
 use crate::sender::{Admission, SendStep, Sender, SenderEvent, SenderStats};
 
@@ -63,6 +63,8 @@ impl Sim {
                         c.parked_sink = Some(sink);
                     }
                     c.session = None;
+                    c.ring.clear();
+                    c.ring_bytes = 0;
                     c.down_until = Some(now + down);
                     c.waiting = false;
                 }
@@ -215,39 +217,54 @@ impl Sim {
                 break;
             };
             for (i, c) in self.cards.iter_mut().enumerate() {
-                if c.session != Some(s) || c.muted || c.down_until.is_some() {
+                if c.session != Some(s) || c.muted || c.down_until.is_some() || c.rx.is_none() {
                     continue;
                 }
-                let Some(rx) = c.rx.as_mut() else { continue };
                 if self.rng.chance(c.spec.loss) {
                     continue;
                 }
                 if let Some(cap) = c.spec.capacity {
-                    let dt = now.saturating_sub(c.budget_at).as_secs_f64();
-                    c.budget = (c.budget + dt * cap as f64).min(65536.0);
-                    c.budget_at = now;
+                    let len = frame.len() as u64;
+                    if let Some(ring) = c.spec.ring {
+                        // Queued in the ring, taken in at `cap` by `drain_rings`.
+                        if c.ring_bytes + len > ring {
+                            c.ring_drops += 1;
+                        } else {
+                            c.ring_bytes += len;
+                            c.ring_high_water = c.ring_high_water.max(c.ring_bytes);
+                            c.ring.push_back(frame.clone());
+                        }
+                        continue;
+                    }
+                    refill(c, cap, now);
                     if c.budget < frame.len() as f64 {
                         continue;
                     }
                     c.budget -= frame.len() as f64;
                 }
-                let t0 = Instant::now();
-                let outcome = match Frame::decode(&frame, ethertype) {
-                    Ok(f) => match DataView::from_frame(&f) {
-                        Ok(view) => Some(rx.on_data(&view, now)),
-                        Err(_) => None,
-                    },
-                    Err(_) => None,
-                };
-                self.receiver_cpu += t0.elapsed();
-                match outcome {
-                    Some(Err(source)) => return Err(SimError::Receiver { card: i, source }),
-                    Some(Ok(DataOutcome::Completed)) => {
-                        c.completed_at.get_or_insert(now);
-                    }
-                    _ => {}
+                take_in(c, i, &frame, ethertype, now, &mut self.receiver_cpu)?;
+            }
+        }
+        self.drain_rings(now)
+    }
+
+    /// Cards with a receive ring take in what their capacity allows by `now`.
+    fn drain_rings(&mut self, now: Duration) -> Result<(), SimError> {
+        let ethertype = self.cfg.sender.link.ethertype;
+        for (i, c) in self.cards.iter_mut().enumerate() {
+            if c.ring.is_empty() || c.muted || c.down_until.is_some() {
+                continue;
+            }
+            refill(c, c.spec.capacity.unwrap_or(u64::MAX), now);
+            while let Some(len) = c.ring.front().map(Vec::len) {
+                if c.budget < len as f64 {
+                    break;
                 }
-                c.poll_now = true;
+                c.budget -= len as f64;
+                c.ring_bytes -= len as u64;
+                if let Some(frame) = c.ring.pop_front() {
+                    take_in(c, i, &frame, ethertype, now, &mut self.receiver_cpu)?;
+                }
             }
         }
         Ok(())
@@ -305,7 +322,13 @@ impl Sim {
             }
             let Some(rx) = c.rx.as_mut() else { continue };
             let t0 = Instant::now();
-            c.wake = rx.poll(now, &mut msgs).unwrap_or(NEVER);
+            // Like the card agent (card/src/agent/fetch.rs), a timer wakes the receiver at
+            // most once per millisecond: once `idle_nack` has passed without data (a first
+            // pass held back by flow control) the receiver asks for `now + 1 µs`, which
+            // would otherwise step the simulation by microseconds.
+            c.wake = rx
+                .poll(now, &mut msgs)
+                .map_or(NEVER, |t| t.max(now + Duration::from_millis(1)));
             self.receiver_cpu += t0.elapsed();
             c.poll_now = false;
             for m in msgs.drain(..) {
@@ -360,6 +383,7 @@ impl Sim {
             let active = c.rx.is_some() && !c.muted && c.down_until.is_none();
             [
                 active.then_some(c.wake),
+                active.then(|| ring_ready(c)).flatten(),
                 (!c.joined).then_some(c.spec.start_at),
                 c.down_until,
             ]
@@ -400,6 +424,8 @@ impl Sim {
                 .repair_queue_high_water
                 .max(st.repair_queue_high_water);
             sender.rate_decreases += st.rate_decreases;
+            sender.flow_stops += st.flow_stops;
+            sender.flow_blocked += st.flow_blocked;
         }
         let first_session = self
             .sessions
@@ -420,6 +446,8 @@ impl Sim {
                     delivered: c.rx.as_ref().map_or(0, |rx| rx.delivered()),
                     sessions: c.sessions,
                     buffered_high_water: c.high_water.max(stats.buffered_high_water),
+                    ring_drops: c.ring_drops,
+                    ring_high_water: c.ring_high_water,
                     stats,
                     sink: c.rx.map(|rx| rx.into_sink()).or(c.parked_sink),
                 }
@@ -437,4 +465,52 @@ impl Sim {
             receiver_cpu: self.receiver_cpu,
         }
     }
+}
+
+/// Adds the capacity credit a card gained since it was last refilled (at most 64 KiB).
+fn refill(c: &mut Card, cap: u64, now: Duration) {
+    let dt = now.saturating_sub(c.budget_at).as_secs_f64();
+    c.budget = (c.budget + dt * cap as f64).min(65536.0);
+    c.budget_at = now;
+}
+
+/// When card `c` can take in the head of its ring (`None`: empty ring or no capacity).
+fn ring_ready(c: &Card) -> Option<Duration> {
+    let len = c.ring.front()?.len() as f64;
+    let cap = c.spec.capacity? as f64;
+    let need = (len - c.budget).max(0.0);
+    // One nanosecond late, so that float rounding never leaves it a hair short then.
+    Some(c.budget_at + Duration::from_secs_f64(need / cap.max(1.0)) + Duration::from_nanos(1))
+}
+
+/// Card `i` takes in one data frame (decode, CRC, receiver).
+fn take_in(
+    c: &mut Card,
+    i: usize,
+    frame: &[u8],
+    ethertype: u16,
+    now: Duration,
+    cpu: &mut Duration,
+) -> Result<(), SimError> {
+    let Some(rx) = c.rx.as_mut() else {
+        return Ok(());
+    };
+    let t0 = Instant::now();
+    let outcome = match Frame::decode(frame, ethertype) {
+        Ok(f) => match DataView::from_frame(&f) {
+            Ok(view) => Some(rx.on_data(&view, now)),
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
+    *cpu += t0.elapsed();
+    match outcome {
+        Some(Err(source)) => return Err(SimError::Receiver { card: i, source }),
+        Some(Ok(DataOutcome::Completed)) => {
+            c.completed_at.get_or_insert(now);
+        }
+        _ => {}
+    }
+    c.poll_now = true;
+    Ok(())
 }

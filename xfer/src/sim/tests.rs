@@ -1,6 +1,6 @@
 //! Deterministic simulations of whole sessions (see [`crate::sim`]): lossless and lossy
 //! broadcast to 1..16 cards, slow and silent cards moved to catch-up, restarts resumed,
-//! receive windows bounded.
+//! receive windows bounded, slow cards behind a receive ring flow-controlled.
 
 use std::time::Duration;
 
@@ -159,6 +159,11 @@ fn small_bounds(seed: u64) -> SimConfig {
     // which these tight lag bounds (2 MiB) do not leave room for.
     cfg.sender.burst = 64 * 1024;
     cfg.receiver.window_bytes = MIB as u64;
+    cfg.sender.flow_window = MIB as u64;
+    // Scaled down like the other bounds: a card that keeps the pass under the floor for
+    // 150 ms goes to catch-up.
+    cfg.sender.rate.min_rate = 5_000_000;
+    cfg.sender.flow_hold = 150 * MS;
     cfg
 }
 
@@ -326,5 +331,174 @@ fn master_restart_mid_transfer_resumes_every_card() {
     );
     for c in &report.cards {
         assert!(c.completed_at.unwrap() > 800 * MS);
+    }
+}
+
+/// Master bytes of a report (first pass plus repairs, every session) per artifact byte.
+fn sent_ratio(report: &SimReport, len: usize) -> f64 {
+    (report.sender.data_bytes + report.sender.retransmit_bytes) as f64 / len as f64
+}
+
+/// The default session (125 MB/s, 5 MB/s floor, 1 s flow hold) with every window scaled
+/// down 4 × (1 MiB receive window, flow window to match) so that a few MiB exercise flow
+/// control.
+fn flow_config(seed: u64) -> SimConfig {
+    let mut cfg = config(seed);
+    cfg.receiver.window_bytes = MIB as u64;
+    cfg.sender.flow_window = MIB as u64;
+    cfg
+}
+
+/// A card with a 2 MiB receive ring (twice its window) that takes in `capacity` bytes/s.
+fn ring_card(capacity: u64) -> CardSpec {
+    CardSpec {
+        capacity: Some(capacity),
+        ring: Some(2 * MIB as u64),
+        ..CardSpec::default()
+    }
+}
+
+/// A card far slower than the session's rate floor (a TCG guest writing flash: 2 MB/s)
+/// behind a receive ring. With flow control the session sends it the artifact about once;
+/// without (flow_window 0) the same card is sent it several times over, which is what the
+/// benchmark and the QEMU lab measured (docs/transfer.md, "Flow control").
+#[test]
+fn slow_card_behind_a_ring_is_sent_the_artifact_about_once() {
+    let data = artifact(4 * MIB + 333, 51);
+    let mut ratios = Vec::new();
+    for flow_window in [MIB as u64, 0] {
+        let mut cfg = flow_config(51);
+        cfg.sender.flow_window = flow_window;
+        let window = cfg.receiver.window_bytes;
+        let report = Sim::new(cfg, data.clone(), vec![ring_card(2_000_000)])
+            .run()
+            .unwrap();
+        assert_all_identical(&report, &data, window);
+        let card = &report.cards[0];
+        eprintln!(
+            "flow window {flow_window}: {:.3} x sent, {} sessions, done at {:?}, ring drops {}, ring high water {}, flow stops {} ({:?}), {} steps",
+            sent_ratio(&report, data.len()),
+            report.sessions,
+            card.completed_at,
+            card.ring_drops,
+            card.ring_high_water,
+            report.sender.flow_stops,
+            report.sender.flow_blocked,
+            report.steps,
+        );
+        ratios.push(sent_ratio(&report, data.len()));
+        if flow_window > 0 {
+            assert_eq!(report.sessions, 1, "a session of one never drops its card");
+            assert_eq!(card.ring_drops, 0, "the ring never overflows");
+            assert!(report.sender.flow_stops > 0, "flow control never engaged");
+            // 4 MiB at 2 MB/s is 2.1 s: it finishes about as fast as it can store.
+            assert!(card.completed_at.unwrap() < Duration::from_secs(3));
+        }
+    }
+    assert!(ratios[0] <= 1.1, "with flow control: {:.3} x", ratios[0]);
+    assert!(
+        ratios[1] > 1.5,
+        "the model lost its slow card: {:.3} x",
+        ratios[1]
+    );
+}
+
+/// One card far below the rate floor among five fast ones: it holds the shared pass back
+/// for about `flow_hold` (1 s), then goes to a catch-up session of its own, where flow
+/// control sends it the rest about once. The fast cards finish long before it.
+#[test]
+fn slow_card_does_not_hold_back_fast_ones() {
+    let data = artifact(4 * MIB, 52);
+    let cfg = flow_config(52);
+    let window = cfg.receiver.window_bytes;
+    let hold = cfg.sender.flow_hold;
+    let mut specs = cards(6, 0.0);
+    specs[3] = ring_card(1_000_000);
+    let report = Sim::new(cfg, data.clone(), specs).run().unwrap();
+    assert_all_identical(&report, &data, window);
+    let slow = &report.cards[3];
+    let first = report.first_session.data_bytes + report.first_session.retransmit_bytes;
+    let catch_up = report.sender.data_bytes + report.sender.retransmit_bytes - first;
+    eprintln!(
+        "slow card: done at {:?}, {} sessions, ring drops {}; fast done by {:?}; first session {first}, catch-up {catch_up} bytes; {} steps",
+        slow.completed_at,
+        slow.sessions,
+        slow.ring_drops,
+        report
+            .cards
+            .iter()
+            .filter_map(|c| c.completed_at)
+            .filter(|t| Some(*t) != slow.completed_at)
+            .max(),
+        report.steps,
+    );
+    assert_eq!(slow.sessions, 2, "moved to one catch-up session");
+    for (i, c) in report.cards.iter().enumerate().filter(|(i, _)| *i != 3) {
+        assert_eq!(c.sessions, 1, "card {i}");
+        // The join window, then the slow card holds the pass for `hold` plus up to one
+        // timeout check, then the rest at line rate (35 ms).
+        let at = c.completed_at.unwrap();
+        assert!(
+            at < 300 * MS + hold + 300 * MS,
+            "card {i} completed at {at:?}"
+        );
+        assert!(at < slow.completed_at.unwrap());
+    }
+    assert!(first as f64 <= 1.05 * data.len() as f64, "first session");
+    // The catch-up session sends the slow card what it lacked, about once.
+    assert!(
+        catch_up as f64 <= 1.1 * data.len() as f64,
+        "catch-up session"
+    );
+    assert!(slow.ring_drops == 0 || report.sessions == 2);
+}
+
+/// Cards a little slower than each other (6-9 MB/s, all above the rate floor) stay in one
+/// flow-controlled session for longer than `flow_hold`: the group goes at the slowest
+/// one's pace and each block crosses the wire once. Dropping the slowest would send it its
+/// rest a second time.
+#[test]
+fn cards_of_similar_speed_share_one_flow_controlled_pass() {
+    let data = artifact(8 * MIB, 53);
+    let cfg = flow_config(53);
+    let window = cfg.receiver.window_bytes;
+    let cfg_hold = cfg.sender.flow_hold;
+    let specs: Vec<CardSpec> = (0..4u64)
+        .map(|i| ring_card(6_000_000 + i * 1_000_000))
+        .collect();
+    let report = Sim::new(cfg, data.clone(), specs).run().unwrap();
+    eprintln!(
+        "similar cards: {:.3} x, {} sessions, done {:?}, flow stops {}, ring drops {:?}, {} steps",
+        sent_ratio(&report, data.len()),
+        report.sessions,
+        report
+            .cards
+            .iter()
+            .map(|c| c.completed_at)
+            .collect::<Vec<_>>(),
+        report.sender.flow_stops,
+        report
+            .cards
+            .iter()
+            .map(|c| c.ring_drops)
+            .collect::<Vec<_>>(),
+        report.steps,
+    );
+    assert_all_identical(&report, &data, window);
+    assert_eq!(report.sessions, 1);
+    let last = report
+        .cards
+        .iter()
+        .filter_map(|c| c.completed_at)
+        .max()
+        .unwrap();
+    assert!(
+        last > 300 * MS + cfg_hold,
+        "the pass was shorter than the hold: {last:?}"
+    );
+    assert!(report.sender.flow_stops > 0, "flow control never engaged");
+    assert!(sent_ratio(&report, data.len()) <= 1.05);
+    for c in &report.cards {
+        assert_eq!(c.ring_drops, 0);
     }
 }
