@@ -6,8 +6,11 @@
 //!
 //! QEMU runs in its own process group; [`Card::power_cut`] and `Drop` SIGKILL the whole
 //! group, so no VM outlives a failed test. Every wait has a deadline. Consecutive
-//! [`Card::wait_for`] calls match lines in order. What it does not do: KVM, graphics, a
-//! QEMU monitor, or guest-initiated reset (`-no-reboot`: a guest reboot or panic exits).
+//! [`Card::wait_for`] calls match lines in order. When a wait times out, the card's QEMU
+//! monitor (a unix socket beside the console log, read-only use: [`crate::monitor`])
+//! says where the CPU is; that goes into the error and `NAME.qemu.log`. What it does not
+//! do: KVM, graphics, or guest-initiated reset (`-no-reboot`: a guest reboot or panic
+//! exits).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -82,6 +85,14 @@ impl CardConfig {
         self.log_dir.join(format!("{}.console.log", self.name))
     }
 
+    /// Path of the QEMU monitor socket, `None` when the log directory's path is too long
+    /// for a unix socket or has a comma (QEMU's option separator).
+    pub fn monitor_socket(&self) -> Option<PathBuf> {
+        let p = self.log_dir.join(format!("{}.monitor", self.name));
+        let text = p.to_string_lossy();
+        (text.len() <= crate::monitor::MAX_SOCKET_PATH && !text.contains(',')).then_some(p)
+    }
+
     /// The full command line (program first).
     pub fn command(&self) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
@@ -120,6 +131,10 @@ impl CardConfig {
             ]
             .map(String::from),
         );
+        if let Some(m) = self.monitor_socket() {
+            a.push("-monitor".into());
+            a.push(format!("unix:{},server=on,wait=off", m.display()));
+        }
         if let Some(disk) = &self.disk {
             a.push("-drive".into());
             a.push(format!("file={},format=raw,if=virtio", disk.display()));
@@ -213,7 +228,7 @@ pub enum CardError {
     },
     /// The pattern did not show up in time.
     #[error(
-        "card {card}: no console line matching {pattern} within {secs:.1} s (console {log}); last lines:\n{tail}"
+        "card {card}: no console line matching {pattern} within {secs:.1} s (console {log}); CPU then: {cpu}; last lines:\n{tail}"
     )]
     Timeout {
         /// Card name.
@@ -224,6 +239,10 @@ pub enum CardError {
         secs: f64,
         /// Console log path.
         log: PathBuf,
+        /// Where the VM's CPU was at the timeout (its `RIP=` line; the full dump is in
+        /// `NAME.qemu.log`), or why that could not be asked. (Boxed: keeps the error
+        /// small.)
+        cpu: Box<str>,
         /// Last console lines.
         tail: String,
     },
@@ -355,6 +374,10 @@ impl Card {
             .append(true)
             .open(&qemu_log)
             .map_err(self.file_err("open", &qemu_log))?;
+        if let Some(m) = self.cfg.monitor_socket() {
+            // A socket left by an earlier boot: QEMU would fail to bind.
+            let _ = fs::remove_file(m);
+        }
         let argv = self.cfg.command();
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
@@ -412,6 +435,41 @@ impl Card {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// Asks the monitor where the CPU is (registers and the next instructions), appends
+    /// the answer to `NAME.qemu.log` and returns its `RIP=` line (or why it has none).
+    fn cpu_state(&self, waiting_for: &str) -> Box<str> {
+        let Some(sock) = self.cfg.monitor_socket() else {
+            return "unknown (no monitor socket: log directory path too long)".into();
+        };
+        let t = Duration::from_secs(5);
+        let regs = match crate::monitor::query(&sock, "info registers", t) {
+            Ok(r) => r,
+            Err(e) => return format!("unknown ({e})").into(),
+        };
+        let code = crate::monitor::query(&sock, "x/12i $pc", t).unwrap_or_else(|e| e.to_string());
+        let dump = format!(
+            "--- card {} boot {}: CPU at the timeout of the wait for {waiting_for} ({:.1} s into the boot)\n{regs}\n{code}\n",
+            self.cfg.name,
+            self.boots,
+            self.started.elapsed().as_secs_f64()
+        );
+        let qlog = self.qemu_log();
+        if let Err(e) = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&qlog)
+            .and_then(|mut f| f.write_all(dump.as_bytes()))
+        {
+            log::warn!(
+                "card {}: cannot append the CPU dump to {}: {e}",
+                self.cfg.name,
+                qlog.display()
+            );
+        }
+        let rip = crate::monitor::rip_line(&regs).unwrap_or("no RIP in the dump");
+        format!("{rip} (registers and code in {})", qlog.display()).into()
+    }
+
     fn tail(&self, n: usize) -> String {
         let text = self.console();
         let lines: Vec<&str> = text.lines().collect();
@@ -461,6 +519,7 @@ impl Card {
                     pattern: pattern.to_string(),
                     secs: timeout.as_secs_f64(),
                     log: self.cfg.console_log(),
+                    cpu: self.cpu_state(&pattern.to_string()),
                     tail: self.tail(30),
                 });
             }
@@ -502,6 +561,7 @@ impl Card {
                     pattern: "QEMU exit".into(),
                     secs: timeout.as_secs_f64(),
                     log: self.cfg.console_log(),
+                    cpu: self.cpu_state("QEMU exit"),
                     tail: self.tail(30),
                 });
             }
@@ -576,6 +636,16 @@ mod tests {
         assert!(a.contains("-drive file=/f.img,format=raw,if=virtio"));
         assert!(a.contains("-netdev tap,id=n0,ifname=tap0,script=no,downscript=no"));
         assert!(a.contains("-device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01"));
+        assert!(
+            a.contains("-monitor unix:/logs/c0.monitor,server=on,wait=off"),
+            "{a}"
+        );
+        // No monitor where a unix socket cannot live (path too long) or QEMU would split it.
+        for dir in [format!("/{}", "d".repeat(120)), "/a,b".to_string()] {
+            c.log_dir = PathBuf::from(dir);
+            assert_eq!(c.monitor_socket(), None);
+            assert!(!c.command().join(" ").contains("-monitor"));
+        }
     }
 
     #[test]

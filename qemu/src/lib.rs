@@ -5,7 +5,8 @@
 //! Modules: [`kernel`] (apt acquisition and cache), [`vmlinux`] (PVH extraction),
 //! [`backplane`] (netns, bridge, taps, loss, raw test ports), [`card`] (one VM: console
 //! log, waits, power cut/cycle), [`flash`] (nandsim and block2mtd parameters),
-//! [`hostbin`] (host tools for test images), [`shelf`] (cards on a backplane), [`cmd`].
+//! [`hostbin`] (host tools for test images), [`shelf`] (cards on a backplane), [`monitor`]
+//! (where a timed-out VM's CPU is), [`cmd`].
 //! docs/lab.md explains the lab and how to add a scenario.
 
 pub mod backplane;
@@ -14,6 +15,7 @@ pub mod cmd;
 pub mod flash;
 pub mod hostbin;
 pub mod kernel;
+pub mod monitor;
 pub mod release;
 pub mod scenario;
 pub mod shelf;

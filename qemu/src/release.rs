@@ -44,17 +44,18 @@ pub const VERSION: &str = "1.0.0";
 /// images alike): `loglevel=6` shows notices and worse (the banner, the command line,
 /// UBI attach, warnings, errors, oopses, panics, hung tasks, RCU stalls) but not the
 /// info chatter, and init's own INFO lines keep their `shelfboot-init: INFO` form (init
-/// prints them itself: init/src/logger.rs). `earlycon` prints from the first
-/// instructions of the kernel on COM1, before the ttyS0 console exists, so a card whose
-/// kexec'd kernel hangs or dies early still says how far it got. (`quiet`, used before,
-/// is loglevel 4: a card whose stored kernel hung early printed nothing at all.)
-pub const CONSOLE_LOG: &str = "loglevel=6 earlycon=uart8250,io,0x3f8,115200";
+/// prints them itself: init/src/logger.rs). `earlyprintk=serial` prints on COM1 before
+/// the ttyS0 console exists, and the bzImage decompressor of a kexec'd image prints its
+/// errors there too, so a card whose stored kernel hangs or dies early still says how
+/// far it got. (`quiet`, used before, is loglevel 4 with no early console: a card whose
+/// stored kernel hung early printed nothing at all.)
+pub const CONSOLE_LOG: &str = "loglevel=6 earlyprintk=serial,ttyS0,115200";
 /// Kernel arguments every lab card gets (stage 1 and stored images alike).
 /// `no_timer_check`: on a loaded TCG host the kernel's IO-APIC timer check can fail and
 /// panic ("IO-APIC + timer doesn't work!", seen in `flashfaults.rs`).
 pub const BASE_CMDLINE: &str = concat!(
     "console=ttyS0 panic=-1 ",
-    "loglevel=6 earlycon=uart8250,io,0x3f8,115200",
+    "loglevel=6 earlyprintk=serial,ttyS0,115200",
     " no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5"
 );
 
