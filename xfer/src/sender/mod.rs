@@ -14,9 +14,9 @@
 //! Flow control: the first pass never runs `flow_window` (the receivers' window) or more
 //! past the slowest active member's reported position, so a card that stores more slowly
 //! than the session could send is sent what it can hold, not everything to be dropped and
-//! repaired. A member that holds the pass back for `flow_hold` in total while the median
-//! member could take more is dropped to catch-up, where it is alone and paced by its own
-//! reports.
+//! repaired. A member that holds the pass back while the median member is ahead of it, and
+//! has kept the pass under the rate floor for `flow_hold`, is dropped to catch-up, where it
+//! is alone and paced by its own reports; a session of one is never split.
 //!
 //! Memory: per member a few counters, per queued repair slice one 16-byte bitmap (the queue
 //! is capped), a short ring of recent repairs, one block of scratch. Never the artifact.

@@ -79,7 +79,10 @@ pub struct SenderConfig {
     /// dropped to catch-up ([`DropCause::Slow`]): one slow card (a TCG guest writing flash)
     /// must not hold back the shelf, while a card a little slower than the others, or one
     /// descheduled for a moment, stays in the shared pass (dropping it would send its rest
-    /// once more). A session of one member never drops it for this. Default 1 s.
+    /// once more). A session of one member never drops it for this. Default 750 ms: the
+    /// fast cards it holds see no new block meanwhile, and a card that re-Fetches twice
+    /// without progress (after 400 ms, then 800 ms more) is moved to a session of its own
+    /// by `master serve`; the slow card must be gone well before that.
     pub flow_hold: Duration,
 }
 
@@ -107,7 +110,7 @@ impl SenderConfig {
             repair_holdoff: Duration::from_millis(10),
             max_repair_slices: 1024,
             flow_window: 4 << 20,
-            flow_hold: Duration::from_secs(1),
+            flow_hold: Duration::from_millis(750),
         }
     }
 }

@@ -339,7 +339,7 @@ fn sent_ratio(report: &SimReport, len: usize) -> f64 {
     (report.sender.data_bytes + report.sender.retransmit_bytes) as f64 / len as f64
 }
 
-/// The default session (125 MB/s, 5 MB/s floor, 1 s flow hold) with every window scaled
+/// The default session (125 MB/s, 5 MB/s floor, 750 ms flow hold) with every window scaled
 /// down 4 × (1 MiB receive window, flow window to match) so that a few MiB exercise flow
 /// control.
 fn flow_config(seed: u64) -> SimConfig {
@@ -404,7 +404,7 @@ fn slow_card_behind_a_ring_is_sent_the_artifact_about_once() {
 }
 
 /// One card far below the rate floor among five fast ones: it holds the shared pass back
-/// for about `flow_hold` (1 s), then goes to a catch-up session of its own, where flow
+/// for about `flow_hold` (750 ms), then goes to a catch-up session of its own, where flow
 /// control sends it the rest about once. The fast cards finish long before it.
 #[test]
 fn slow_card_does_not_hold_back_fast_ones() {
