@@ -303,7 +303,7 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
         .collect();
     let deadline = now + cfg.timeout;
     let mut group_refs: HashMap<MacAddr, usize> = HashMap::new();
-    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut changes: Vec<GroupChange> = Vec::new();
     let mut out: Vec<Vec<u8>> = Vec::new();
     let mut dirty = true;
     let mut next_report = now;
@@ -317,13 +317,16 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
         for sim in &mut sims {
             if sim.agent.next_deadline().is_some_and(|d| d <= now) {
                 let outputs = sim.agent.tick(now);
-                dirty |= apply(sim, outputs, &mut out, &mut group_refs, &mut sock);
+                dirty |= apply(sim, outputs, &mut out, &mut changes);
             }
         }
+        sync_groups(&mut sock, &mut group_refs, &mut changes);
         send_all(&mut sock, &mut out);
         // Frames: drain what the socket holds (bounded) before the next timers, each
         // frame stamped when it is handled, so that a card busy with flash does not
-        // mistake queued frames for silence (and NACK what is merely unread).
+        // mistake queued frames for silence (and NACK what is merely unread). Frames are
+        // handed to the agents straight from the receive ring (no copy, no allocation);
+        // group changes they cause are applied after the batch.
         let mut wait = sims
             .iter()
             .filter_map(|s| s.agent.next_deadline())
@@ -333,7 +336,12 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
             })
             .min(Duration::from_millis(10));
         for _ in 0..16 {
-            let r = sock.recv_batch(&mut |f: &[u8], _src| frames.push(f.to_vec()), wait);
+            let mut deliver = |f: &[u8], _src| {
+                dirty |= dispatch(&mut sims, &by_mac, f, &mut out, &mut changes);
+            };
+            let r = sock.recv_batch(&mut deliver, wait);
+            sync_groups(&mut sock, &mut group_refs, &mut changes);
+            send_all(&mut sock, &mut out);
             match r {
                 Ok(0) => break,
                 Ok(_) => {}
@@ -344,28 +352,6 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
                 }
             }
             wait = Duration::ZERO;
-            for f in frames.drain(..) {
-                let now = Instant::now();
-                let Some(dst) = f.get(..6) else { continue };
-                let mut d = [0u8; 6];
-                d.copy_from_slice(dst);
-                let dst = MacAddr(d);
-                if dst == MacAddr::BROADCAST {
-                    for s in &mut sims {
-                        let o = s.agent.handle_frame(now, &f);
-                        dirty |= apply(s, o, &mut out, &mut group_refs, &mut sock);
-                    }
-                } else if dst.is_group() {
-                    for s in sims.iter_mut().filter(|s| s.groups.contains(&dst)) {
-                        let o = s.agent.handle_frame(now, &f);
-                        dirty |= apply(s, o, &mut out, &mut group_refs, &mut sock);
-                    }
-                } else if let Some(&i) = by_mac.get(&dst) {
-                    let o = sims[i].agent.handle_frame(now, &f);
-                    dirty |= apply(&mut sims[i], o, &mut out, &mut group_refs, &mut sock);
-                }
-            }
-            send_all(&mut sock, &mut out);
         }
         let now = Instant::now();
         send_all(&mut sock, &mut out);
@@ -383,6 +369,38 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
     Ok(sims.iter().map(report_of).collect())
 }
 
+/// Hand one received frame to the cards it is addressed to. Returns whether a card's
+/// reportable state changed.
+fn dispatch(
+    sims: &mut [Sim],
+    by_mac: &HashMap<MacAddr, usize>,
+    f: &[u8],
+    out: &mut Vec<Vec<u8>>,
+    changes: &mut Vec<GroupChange>,
+) -> bool {
+    let now = Instant::now();
+    let Some(dst) = f.get(..6) else { return false };
+    let mut d = [0u8; 6];
+    d.copy_from_slice(dst);
+    let dst = MacAddr(d);
+    let mut dirty = false;
+    if dst == MacAddr::BROADCAST {
+        for s in sims.iter_mut() {
+            let o = s.agent.handle_frame(now, f);
+            dirty |= apply(s, o, out, changes);
+        }
+    } else if dst.is_group() {
+        for s in sims.iter_mut().filter(|s| s.groups.contains(&dst)) {
+            let o = s.agent.handle_frame(now, f);
+            dirty |= apply(s, o, out, changes);
+        }
+    } else if let Some(s) = by_mac.get(&dst).and_then(|&i| sims.get_mut(i)) {
+        let o = s.agent.handle_frame(now, f);
+        dirty |= apply(s, o, out, changes);
+    }
+    dirty
+}
+
 fn write_report(path: &PathBuf, sims: &[Sim]) -> Result<(), SimError> {
     let reports: Vec<CardReport> = sims.iter().map(report_of).collect();
     let text = serde_json::to_vec_pretty(&reports).map_err(|e| SimError::Report {
@@ -398,13 +416,17 @@ fn write_report(path: &PathBuf, sims: &[Sim]) -> Result<(), SimError> {
         })
 }
 
-/// Carry out one card's outputs. Returns whether its reportable state changed.
+/// A card joined (true) or left (false) a multicast group; the socket follows in
+/// [`sync_groups`].
+type GroupChange = (bool, MacAddr);
+
+/// Carry out one card's outputs (frames to `out`, group changes to `changes`). Returns
+/// whether its reportable state changed.
 fn apply(
     s: &mut Sim,
     outputs: Vec<Output>,
     out: &mut Vec<Vec<u8>>,
-    group_refs: &mut HashMap<MacAddr, usize>,
-    sock: &mut PacketSocket,
+    changes: &mut Vec<GroupChange>,
 ) -> bool {
     let mut changed = false;
     for o in outputs {
@@ -412,25 +434,11 @@ fn apply(
             Output::Send(f) => out.push(f),
             Output::JoinGroup(g) => {
                 s.groups.push(g);
-                let n = group_refs.entry(g).or_insert(0);
-                *n += 1;
-                if *n == 1
-                    && let Err(e) = sock.join(shelfboot_netio::MacAddr(g.0))
-                {
-                    log::error!("simcard: joining group {g}: {e}");
-                }
+                changes.push((true, g));
             }
             Output::LeaveGroup(g) => {
                 s.groups.retain(|x| *x != g);
-                if let Some(n) = group_refs.get_mut(&g) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        group_refs.remove(&g);
-                        if let Err(e) = sock.leave(shelfboot_netio::MacAddr(g.0)) {
-                            log::warn!("simcard: leaving group {g}: {e}");
-                        }
-                    }
-                }
+                changes.push((false, g));
             }
             Output::Decision(d) => {
                 log::info!("simcard: card {} decided {d:?}", s.spec.mac);
@@ -441,6 +449,33 @@ fn apply(
         }
     }
     changed || !out.is_empty()
+}
+
+/// Join or leave groups on the socket as the cards' membership counts cross zero.
+fn sync_groups(
+    sock: &mut PacketSocket,
+    group_refs: &mut HashMap<MacAddr, usize>,
+    changes: &mut Vec<GroupChange>,
+) {
+    for (join, g) in changes.drain(..) {
+        if join {
+            let n = group_refs.entry(g).or_insert(0);
+            *n += 1;
+            if *n == 1
+                && let Err(e) = sock.join(shelfboot_netio::MacAddr(g.0))
+            {
+                log::error!("simcard: joining group {g}: {e}");
+            }
+        } else if let Some(n) = group_refs.get_mut(&g) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                group_refs.remove(&g);
+                if let Err(e) = sock.leave(shelfboot_netio::MacAddr(g.0)) {
+                    log::warn!("simcard: leaving group {g}: {e}");
+                }
+            }
+        }
+    }
 }
 
 fn send_all(sock: &mut PacketSocket, out: &mut Vec<Vec<u8>>) {

@@ -38,8 +38,18 @@ use shelfboot_xfer::{
 use super::{Agent, Output, State, error_chain};
 use crate::flash::Volumes;
 
+/// Bytes gathered before they go to the store in one write: a few slices, so that the
+/// store sees large writes (one syscall per ~256 KiB on files and UBI) instead of one per
+/// slice.
+const SPOOL_FLUSH: usize = 256 * 1024;
+/// Writes to the store are whole multiples of this (a multiple of every page size), except
+/// the artifact's last one.
+const SPOOL_ALIGN: usize = 64 * 1024;
+
 /// The receiver's sink: bytes delivered in order, drained into the store by the agent
-/// after every call into the receiver (at most one receive window at a time).
+/// after every call into the receiver, in aligned chunks of at least [`SPOOL_FLUSH`]
+/// bytes (all of them when the artifact is complete). The buffer is kept and reused, so
+/// it costs at most `SPOOL_FLUSH` + one slice of memory and no allocation per slice.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Spool(Rc<RefCell<Vec<u8>>>);
 
@@ -51,8 +61,34 @@ impl shelfboot_xfer::ByteSink for Spool {
 }
 
 impl Spool {
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.borrow_mut())
+    /// How many bytes of `pending` to write now: everything with `all`, else the aligned
+    /// prefix once at least [`SPOOL_FLUSH`] bytes are pending, else none.
+    fn due(pending: usize, all: bool) -> usize {
+        if all {
+            pending
+        } else if pending >= SPOOL_FLUSH {
+            pending - pending % SPOOL_ALIGN
+        } else {
+            0
+        }
+    }
+
+    /// Hand the bytes due (see [`Self::due`]) to `write`; they leave the spool only if it
+    /// succeeds. Returns how many were written.
+    fn drain_with<E>(
+        &self,
+        all: bool,
+        write: impl FnOnce(&[u8]) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut buf = self.0.borrow_mut();
+        let n = Self::due(buf.len(), all);
+        if n == 0 {
+            return Ok(0);
+        }
+        write(&buf[..n])?;
+        // Moves the unaligned rest (less than SPOOL_ALIGN) to the front; capacity stays.
+        buf.drain(..n);
+        Ok(n)
     }
 }
 
@@ -337,7 +373,7 @@ impl<V: Volumes> Agent<V> {
                 self.outputs.push(Output::JoinGroup(g));
             }
         }
-        self.drain_spool(now);
+        self.drain_spool(now, false);
     }
 
     /// A data frame addressed to us or a group we joined.
@@ -374,6 +410,8 @@ impl<V: Volumes> Agent<V> {
             return;
         };
         let outcome = rx.on_data(&view, since);
+        // Progress by bytes is due now: the sender's flow control waits for it.
+        let report = rx.report_due();
         match outcome {
             Ok(DataOutcome::Accepted | DataOutcome::Completed) => {
                 cur.progressed(now);
@@ -384,7 +422,7 @@ impl<V: Volumes> Agent<V> {
             Err(e) => return self.transfer_failed(now, master, e),
         }
         let due = cur.poll_at;
-        if !self.drain_spool(now) {
+        if !self.drain_spool(now, false) {
             return;
         }
         let complete = self
@@ -394,29 +432,28 @@ impl<V: Volumes> Agent<V> {
             .is_some_and(|rx| rx.state() == ReceiverState::Complete);
         if complete {
             self.finish_current(now);
-        } else if now >= due {
+        } else if now >= due || report {
             self.fetch_tick(now);
         }
     }
 
-    /// Move the bytes the receiver delivered into the staging volume. False if the store
-    /// failed (the failure is handled).
-    fn drain_spool(&mut self, now: Instant) -> bool {
-        let Some(f) = self.fetching() else {
+    /// Move the bytes the receiver delivered into the staging volume: the aligned chunks
+    /// that are due, or with `all` everything (before the artifact is finished). False if
+    /// the store failed (the failure is handled).
+    fn drain_spool(&mut self, now: Instant, all: bool) -> bool {
+        let State::Fetch(f) = &self.state else {
             return false;
         };
         let master = f.master;
         let Some(cur) = f.current.as_ref() else {
             return false;
         };
-        let bytes = cur.spool.take();
-        if bytes.is_empty() {
-            return true;
-        }
-        let artifact = cur.artifact.clone();
-        match self.store.write(&artifact, &bytes) {
-            Ok(()) => {
-                self.counters.bytes_written += bytes.len() as u64;
+        let spool = cur.spool.clone();
+        let artifact = &cur.artifact;
+        let store = &mut self.store;
+        match spool.drain_with(all, |bytes| store.write(artifact, bytes)) {
+            Ok(n) => {
+                self.counters.bytes_written += n as u64;
                 true
             }
             Err(e) => {
@@ -428,6 +465,9 @@ impl<V: Volumes> Agent<V> {
 
     /// The receiver verified the artifact: finish its staging volume, go on.
     fn finish_current(&mut self, now: Instant) {
+        if !self.drain_spool(now, true) {
+            return;
+        }
         let Some(f) = self.fetching() else { return };
         let master = f.master;
         let Some(cur) = f.current.take() else { return };
@@ -506,5 +546,59 @@ impl<V: Volumes> Agent<V> {
             }
             Err(e) => self.flash_refused(now, master, &e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shelfboot_xfer::ByteSink as _;
+
+    #[test]
+    fn spool_writes_aligned_chunks_and_keeps_the_rest() {
+        let mut spool = Spool::default();
+        let slice: Vec<u8> = (0..90_112u32)
+            .map(|i| u8::try_from(i % 253).unwrap())
+            .collect();
+        let mut stored: Vec<u8> = Vec::new();
+        let mut sent = Vec::new();
+        let mut writes = Vec::new();
+        for _ in 0..7 {
+            spool.write(&slice).unwrap();
+            sent.extend_from_slice(&slice);
+            let n = spool
+                .drain_with(false, |b| {
+                    writes.push(b.len());
+                    stored.extend_from_slice(b);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            assert!(n == 0 || (n >= SPOOL_FLUSH && n % SPOOL_ALIGN == 0), "{n}");
+        }
+        assert!(writes.len() >= 2, "{writes:?}");
+        // Nothing is written twice or lost: the rest goes with the final flush.
+        assert!(spool.0.borrow().len() < SPOOL_FLUSH);
+        spool
+            .drain_with(true, |b| {
+                stored.extend_from_slice(b);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(stored, sent);
+        assert!(spool.0.borrow().is_empty());
+    }
+
+    #[test]
+    fn spool_keeps_bytes_the_store_refused() {
+        let mut spool = Spool::default();
+        spool.write(&vec![5u8; SPOOL_FLUSH + 10]).unwrap();
+        assert_eq!(
+            spool.drain_with(false, |_| Err("flash full")),
+            Err("flash full")
+        );
+        assert_eq!(spool.0.borrow().len(), SPOOL_FLUSH + 10);
+        assert_eq!(Spool::due(10, false), 0);
+        assert_eq!(Spool::due(10, true), 10);
+        assert_eq!(Spool::due(SPOOL_FLUSH + 10, false), SPOOL_FLUSH);
     }
 }

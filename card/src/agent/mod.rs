@@ -45,6 +45,8 @@ mod rng;
 mod stores;
 
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 mod tests;
 
 use std::time::{Duration, Instant};

@@ -19,15 +19,15 @@ use super::rng::SplitMix;
 use super::*;
 use crate::flash::{FakeVolumes, StoreConfig};
 
-const CARD: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
-const MASTER: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xaa]);
-const ET: u16 = shelfboot_proto::DEFAULT_ETHERTYPE;
+pub(super) const CARD: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
+pub(super) const MASTER: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xaa]);
+pub(super) const ET: u16 = shelfboot_proto::DEFAULT_ETHERTYPE;
 
-fn key() -> SigningKey {
+pub(super) fn key() -> SigningKey {
     SigningKey::from_seed(&[1u8; 32])
 }
 
-fn config() -> AgentConfig {
+pub(super) fn config() -> AgentConfig {
     AgentConfig {
         identity: Identity {
             mac: CARD,
@@ -47,13 +47,13 @@ fn config() -> AgentConfig {
     }
 }
 
-fn content(seed: u8, len: usize) -> Vec<u8> {
+pub(super) fn content(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
-fn artifact(kind: ArtifactKind, name: &str, data: &[u8]) -> ArtifactRef {
+pub(super) fn artifact(kind: ArtifactKind, name: &str, data: &[u8]) -> ArtifactRef {
     ArtifactRef {
         kind,
         name: name.into(),
@@ -73,11 +73,11 @@ fn set() -> (Vec<ArtifactRef>, Vec<Vec<u8>>) {
     (refs, data)
 }
 
-fn store(vols: &FakeVolumes) -> Store<FakeVolumes> {
+pub(super) fn store(vols: &FakeVolumes) -> Store<FakeVolumes> {
     Store::open(vols.clone(), StoreConfig::default()).unwrap().0
 }
 
-fn frames(outs: &[Output]) -> Vec<(Header, Message, MacAddr)> {
+pub(super) fn frames(outs: &[Output]) -> Vec<(Header, Message, MacAddr)> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Send(f) => {
@@ -90,7 +90,7 @@ fn frames(outs: &[Output]) -> Vec<(Header, Message, MacAddr)> {
         .collect()
 }
 
-fn solicit_of(outs: &[Output]) -> (Header, Solicit) {
+pub(super) fn solicit_of(outs: &[Output]) -> (Header, Solicit) {
     frames(outs)
         .into_iter()
         .find_map(|(h, m, _)| match m {
@@ -100,7 +100,7 @@ fn solicit_of(outs: &[Output]) -> (Header, Solicit) {
         .expect("a Solicit")
 }
 
-fn encode(dst: MacAddr, session: u32, m: &Message) -> Vec<u8> {
+pub(super) fn encode(dst: MacAddr, session: u32, m: &Message) -> Vec<u8> {
     let link = Link {
         dst,
         src: MASTER,
@@ -112,7 +112,7 @@ fn encode(dst: MacAddr, session: u32, m: &Message) -> Vec<u8> {
     buf
 }
 
-fn plan_frame(
+pub(super) fn plan_frame(
     k: &SigningKey,
     h: &Header,
     s: &Solicit,

@@ -503,7 +503,7 @@ impl VolumeWriter for FileWriter {
 mod tests {
     use super::*;
     use crate::flash::artifact::{ArtifactKind, ArtifactRef};
-    use crate::flash::{Store, StoreConfig};
+    use crate::flash::{Store, StoreConfig, StoreError};
     use sha2::{Digest as _, Sha256};
 
     fn art(name: &str, version: &str, data: &[u8]) -> ArtifactRef {
@@ -557,6 +557,67 @@ mod tests {
         assert!(v.read(b, 0, &mut buf).is_err());
         assert_eq!(fs::read(v.blob_path(a).unwrap()).unwrap(), b"abcdef");
         assert_eq!(fs::read_dir(tmp.path().join(BLOBS)).unwrap().count(), 1);
+    }
+
+    /// The store hashes each artifact once, over what it reads back from the volume (the
+    /// receiver hashed the stream): a block that changed on "flash" after it was written
+    /// is still caught before the artifact can be committed.
+    #[test]
+    fn corrupted_stored_block_is_caught_by_the_single_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let k: Vec<u8> = (0..300_000u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        let set = [art("kernel", "1", &k)];
+        let dev = FileVolumes::format(tmp.path(), 4096, 256).unwrap();
+        let (mut s, _) = Store::open(dev.clone(), StoreConfig::default()).unwrap();
+        s.begin(&set, "quiet").unwrap();
+        s.start(&set[0]).unwrap();
+        s.write(&set[0], &k[..131_072]).unwrap();
+        // A stored block goes bad (media error) while the rest streams in.
+        let blob = fs::read_dir(tmp.path().join(BLOBS))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .next()
+            .unwrap();
+        let mut on_flash = fs::read(&blob).unwrap();
+        assert_eq!(on_flash.len(), 131_072);
+        on_flash[70_000] ^= 0x40;
+        fs::write(&blob, &on_flash).unwrap();
+        s.write(&set[0], &k[131_072..]).unwrap();
+        match s.finish(&set[0]) {
+            Err(StoreError::DigestMismatch { what, .. }) => assert_eq!(what, "as read back"),
+            other => panic!("a corrupted stored block went unnoticed: {other:?}"),
+        }
+        assert!(matches!(s.commit(), Err(StoreError::Incomplete { .. })));
+        // Streamed again, intact: staged and committed.
+        s.stage(&set[0], &k[..]).unwrap();
+        let inv = s.commit().unwrap();
+        assert!(s.verify_set(&inv.set).unwrap().is_empty());
+    }
+
+    /// Without read-back the store hashes the bytes as written instead: a wrong stream is
+    /// refused either way.
+    #[test]
+    fn without_readback_the_stream_is_hashed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let k = vec![7u8; 5000];
+        let set = [art("kernel", "1", &k)];
+        let dev = FileVolumes::format(tmp.path(), 1024, 32).unwrap();
+        let cfg = StoreConfig {
+            verify_readback: false,
+            ..StoreConfig::default()
+        };
+        let (mut s, _) = Store::open(dev, cfg).unwrap();
+        s.begin(&set, "quiet").unwrap();
+        let mut wrong = k.clone();
+        wrong[4999] ^= 1;
+        match s.stage(&set[0], &wrong[..]) {
+            Err(StoreError::DigestMismatch { what, .. }) => assert_eq!(what, "as written"),
+            other => panic!("a wrong stream was staged: {other:?}"),
+        }
+        s.stage(&set[0], &k[..]).unwrap();
+        s.commit().unwrap();
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! Transactions: streaming artifacts into staging volumes and the atomic commit.
 //!
 //! [`Store::begin`] opens a transaction for a set; each artifact to fetch is then streamed
-//! with [`Store::start`], [`Store::write`] (sequential, as bytes arrive; sha256 computed on
-//! the way; the declared size enforced) and [`Store::finish`] (size and digest checked,
-//! update completed, volume read back and re-hashed). Several artifacts may be open at
-//! once. [`Store::commit`] renames all staged volumes and the new inventory in one
+//! with [`Store::start`], [`Store::write`] (sequential, as bytes arrive; the declared size
+//! enforced) and [`Store::finish`] (size checked, update completed, sha256 checked). Several
+//! artifacts may be open at once.
+//!
+//! sha256 is computed once per artifact here: with `verify_readback` (the default) over
+//! the bytes read back from the volume after the update, which covers both what arrived
+//! and what the flash holds, so nothing is hashed while writing (the receiver that feeds
+//! the store already hashed the stream once); without it, over the bytes as written.
+//!
+//! [`Store::commit`] renames all staged volumes and the new inventory in one
 //! `UBI_IOCRNVOL`; [`Store::abort`] removes the staging volumes.
 //!
 //! The transaction holds writers (for UBI, open file descriptors) but no borrow of the
@@ -26,7 +32,8 @@ pub(crate) enum Entry<W> {
     Writing {
         id: VolumeId,
         writer: W,
-        hasher: Sha256,
+        /// Hash of the bytes as written; only without read-back (which hashes instead).
+        hasher: Option<Sha256>,
         written: u64,
     },
     Staged {
@@ -192,11 +199,12 @@ impl<V: Volumes> Store<V> {
         }
         let id = self.vols.create(&staging, a.size.max(1)).during(during)?;
         let writer = self.vols.update(id, a.size).during(during)?;
+        let hasher = (!self.cfg.verify_readback).then(Sha256::new);
         let (_, _, entry) = self.entry(a)?;
         *entry = Entry::Writing {
             id,
             writer,
-            hasher: Sha256::new(),
+            hasher,
             written: 0,
         };
         Ok(())
@@ -236,7 +244,9 @@ impl<V: Volumes> Store<V> {
             *entry = Entry::Pending;
             return Err(StoreError::Volume { during, source: e });
         }
-        hasher.update(buf);
+        if let Some(h) = hasher {
+            h.update(buf);
+        }
         *written += buf.len() as u64;
         Ok(())
     }
@@ -251,8 +261,9 @@ impl<V: Volumes> Store<V> {
         })
     }
 
-    /// Finish artifact `a`: check size and sha256, complete the update, read it back and
-    /// re-hash it. On any failure after the size check (digest mismatch, flash error) the
+    /// Finish artifact `a`: check size, complete the update, then check sha256 of the
+    /// volume read back (or, without `verify_readback`, of the bytes as written). On any
+    /// failure after the size check (digest mismatch, flash error) the
     /// artifact goes back to "not started" and can be started again.
     pub fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
         let verify = self.cfg.verify_readback;
@@ -280,12 +291,13 @@ impl<V: Volumes> Store<V> {
         };
         let during = || format!("finishing artifact {} in \"{staging}\"", art.name);
         writer.finish().during(during)?;
-        let mut actual: Digest = hasher.finalize().into();
-        let mut what = "as written";
-        if actual == art.sha256 && verify {
-            actual = hash_volume(&mut self.vols, id, &staging, art.size)?;
-            what = "as read back";
-        }
+        let (actual, what): (Digest, _) = match hasher {
+            Some(h) if !verify => (h.finalize().into(), "as written"),
+            _ => (
+                hash_volume(&mut self.vols, id, &staging, art.size)?,
+                "as read back",
+            ),
+        };
         if actual != art.sha256 {
             self.vols.remove(id).during(during)?;
             return Err(StoreError::DigestMismatch {

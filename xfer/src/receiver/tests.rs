@@ -352,6 +352,49 @@ fn progress_reports_position_and_doubles_as_heartbeat() {
 }
 
 #[test]
+fn progress_by_bytes_is_due_at_once_not_at_the_next_timed_poll() {
+    let d = data(8 * 128 * 128);
+    let i = info(&d);
+    let c = ReceiverConfig {
+        progress_bytes: 2 * 128 * 128,
+        ..cfg(4)
+    };
+    let mut rx = Receiver::new(
+        c,
+        i.clone(),
+        &join(&i, 1, BS),
+        Resume::fresh(),
+        Vec::new(),
+        MS,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let wake = rx.poll(MS, &mut out).unwrap();
+    assert_eq!(out.len(), 1, "first report: {out:?}");
+    out.clear();
+    // One slice delivered: not yet a step.
+    for b in 0..128 {
+        feed(&mut rx, &payload(&d, 0, b, BS), 1, 2 * MS);
+    }
+    assert!(!rx.report_due());
+    // The second slice completes the step, long before the timed wake-up.
+    for b in 0..128 {
+        feed(&mut rx, &payload(&d, 1, b, BS), 1, 3 * MS);
+        if b < 127 {
+            assert!(!rx.report_due(), "block {b}");
+        }
+    }
+    assert!(rx.report_due());
+    assert!(3 * MS < wake);
+    rx.poll(3 * MS, &mut out);
+    assert!(
+        matches!(&out[..], [Message::Progress(p)] if p.done == 2 * 128 * 128),
+        "{out:?}"
+    );
+    assert!(!rx.report_due());
+}
+
+#[test]
 fn digest_mismatch_names_artifact_and_both_digests() {
     let d = data(1000);
     let mut i = info(&d);
