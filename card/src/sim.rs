@@ -201,10 +201,22 @@ fn random_bytes(buf: &mut [u8]) -> Result<(), SimError> {
         .map_err(SimError::Random)
 }
 
-/// Receive-ring blocks (64 KiB each) for a simulator playing `cards` cards: 64 per card
-/// (4 MiB), at most 512 (32 MiB).
+/// Receive-ring blocks (64 KiB each) per simulated card: enough for a whole receiver
+/// window of data frames. The sender's flow control never runs more than that window
+/// (`ReceiverConfig::window_bytes`, 4 MiB) past what the card reported, so a card whose
+/// ring holds the window loses no first-pass frame however long it is not scheduled;
+/// with 64 blocks (4 MiB of ring for ~3.6 MB of payload) it did, and the repairs then
+/// filled the receiver's window buffers too (docs/benchmarks.md, "Card receive path").
+/// A full-size data frame takes 1600 bytes of a V3 block (header, address, frame, padding),
+/// 40 frames of 1408 payload bytes per 64 KiB block: 74 blocks hold the window; 88 (5.5 MiB)
+/// leave room for blocks the retire timer hands over part-filled and for control frames.
+pub(crate) const RING_BLOCKS_PER_CARD: u32 = 88;
+
+/// Receive-ring blocks for a simulator playing `cards` cards: [`RING_BLOCKS_PER_CARD`]
+/// each, at most 512 (32 MiB).
 fn sim_ring_blocks(cards: usize) -> u32 {
-    u32::try_from(cards.saturating_mul(64)).map_or(512, |b| b.clamp(64, 512))
+    u32::try_from(cards.saturating_mul(RING_BLOCKS_PER_CARD as usize))
+        .map_or(512, |b| b.clamp(RING_BLOCKS_PER_CARD, 512))
 }
 
 /// Run the cards until each has decided and finished sending, `timeout` passes, or `stop`
@@ -215,9 +227,10 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
         SocketConfig {
             ethertype: cfg.ethertype,
             // One process plays many cards and stalls while they hash and write flash:
-            // a receive ring of 4 MiB per card, at most 32 MiB, rides that out instead
-            // of dropping frames. The ring is mapped memory that every frame touches,
-            // so it is most of a one-card process's RSS (docs/benchmarks.md, card RSS).
+            // a receive ring that holds each card's receiver window (5.5 MiB per card,
+            // at most 32 MiB) rides that out instead of dropping frames. The ring is
+            // mapped memory, all of it resident from the start: it is the largest part
+            // of a one-card process's RSS (docs/benchmarks.md, card RSS).
             rx_ring: shelfboot_netio::RingGeometry {
                 block_nr: sim_ring_blocks(cfg.cards.len()),
                 ..shelfboot_netio::RingGeometry::RX_DEFAULT
@@ -494,11 +507,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ring_is_4_mib_per_card_capped_at_32() {
-        assert_eq!(sim_ring_blocks(0), 64);
-        assert_eq!(sim_ring_blocks(1), 64);
-        assert_eq!(sim_ring_blocks(3), 192);
+    fn ring_holds_a_receiver_window_per_card_capped_at_32_mib() {
+        assert_eq!(sim_ring_blocks(0), 88);
+        assert_eq!(sim_ring_blocks(1), 88);
+        assert_eq!(sim_ring_blocks(3), 264);
         assert_eq!(sim_ring_blocks(8), 512);
         assert_eq!(sim_ring_blocks(1000), 512);
+        // The window's data frames fit one card's ring, with room to spare.
+        let window = shelfboot_xfer::ReceiverConfig::default().window_bytes;
+        let block = u64::from(shelfboot_netio::RingGeometry::RX_DEFAULT.block_size);
+        let frames_per_block = (block - 48) / 1600;
+        let payload = frames_per_block * 1408;
+        let needed = window.div_ceil(payload);
+        assert!(
+            u64::from(RING_BLOCKS_PER_CARD) >= needed + needed / 10,
+            "{needed} blocks needed"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The Fetch phase of the agent: for each artifact the flash lacks, ask the master
 //! (Fetch), join the transfer it announces (Join), drive an xfer [`Receiver`] whose bytes
-//! go, in order, into the store's staging writer, then finish (sha256 checked by the
-//! receiver and again, read back, by the store); when all are staged, commit atomically
+//! go, in order, into the store's staging writer, then finish (sha256 checked once: by the
+//! store over the volume read back, which covers the stream too; by the receiver over the
+//! stream only if the store does not read back); when all are staged, commit atomically
 //! and go Ready.
 //!
 //! Artifacts are fetched one at a time, in plan order. A transfer that stops progressing
@@ -315,6 +316,12 @@ impl<V: Volumes> Agent<V> {
     /// A Join from a master.
     pub(super) fn on_join(&mut self, now: Instant, src: MacAddr, join: Join) {
         let since = self.since_start(now);
+        // The store hashes what it reads back against the plan: the stream need not be
+        // hashed on the way as well (one sha256 pass per artifact, not two).
+        let rx_cfg = ReceiverConfig {
+            verify_digest: !self.store.verifies_readback(),
+            ..ReceiverConfig::default()
+        };
         let mac = self.mac();
         let Some(f) = self.fetching() else {
             self.counters.dropped_unexpected += 1;
@@ -339,7 +346,7 @@ impl<V: Volumes> Agent<V> {
         let result = match cur.receiver.as_mut() {
             Some(rx) => rx.set_session(&join, since),
             None => Receiver::new(
-                ReceiverConfig::default(),
+                rx_cfg,
                 ArtifactInfo::from(&cur.artifact),
                 &join,
                 Resume::fresh(),

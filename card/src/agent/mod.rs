@@ -654,6 +654,27 @@ impl<V: Volumes> Agent<V> {
             StoreError::BadBlocks { bad_pebs, .. } => ErrorReason::BadBlocks {
                 count: u32::try_from(*bad_pebs).unwrap_or(u32::MAX),
             },
+            // The bytes (as read back) are not the planned artifact: what the receiver's
+            // own check would have said when it hashes the stream.
+            StoreError::DigestMismatch {
+                name,
+                expected,
+                actual,
+                ..
+            } => {
+                let digest = |h: &str| {
+                    let mut d = [0u8; 32];
+                    if hex::decode_to_slice(h, &mut d).is_err() {
+                        d = [0; 32];
+                    }
+                    d
+                };
+                ErrorReason::VerificationFailed {
+                    artifact: name.clone(),
+                    expected: digest(expected),
+                    got: digest(actual),
+                }
+            }
             _ => ErrorReason::Malformed,
         };
         let detail = error_chain(e);

@@ -82,6 +82,11 @@ impl<V: Volumes> Stores<V> {
         }
     }
 
+    /// See [`Store::verifies_readback`], of the active store.
+    pub(super) fn verifies_readback(&mut self) -> bool {
+        self.with(|s| Ok(s.verifies_readback())).unwrap_or(false)
+    }
+
     /// See [`Store::start`], on the active store.
     pub(super) fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
         self.with(|s| s.start(a))
@@ -130,6 +135,7 @@ impl<V: Volumes> Stores<V> {
 /// The staging operations of a [`Store`], object-safe so that the flash and the RAM store
 /// (different [`Volumes`]) share one code path.
 trait StagingStore {
+    fn verifies_readback(&self) -> bool;
     fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError>;
     fn write(&mut self, a: &ArtifactRef, bytes: &[u8]) -> Result<(), StoreError>;
     fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError>;
@@ -144,6 +150,9 @@ trait StagingStore {
 }
 
 impl<V: Volumes> StagingStore for Store<V> {
+    fn verifies_readback(&self) -> bool {
+        Store::verifies_readback(self)
+    }
     fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
         Store::start(self, a)
     }

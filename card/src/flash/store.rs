@@ -352,6 +352,12 @@ impl<V: Volumes> Store<V> {
         self.inventory.as_ref().map(|i| i.set.digest)
     }
 
+    /// Does [`Store::finish`] hash each artifact as read back from the volume (and so
+    /// check the stream too)? Then whoever feeds the store need not hash the stream.
+    pub fn verifies_readback(&self) -> bool {
+        self.cfg.verify_readback
+    }
+
     /// The device geometry read at open.
     pub fn geometry(&self) -> Geometry {
         self.geo

@@ -1,7 +1,8 @@
 //! The card side of one artifact transfer: accepts data frames of its transfer id, keeps a
 //! bounded window of slices buffered out of order, delivers bytes strictly in order to a
 //! [`ByteSink`] while hashing them, says which blocks are missing (NACK bitmaps) and how far
-//! it is (Progress), and verifies size and sha256 at the end.
+//! it is (Progress), and verifies size and sha256 at the end (unless the sink verifies the
+//! sha256 itself: [`ReceiverConfig::verify_digest`]).
 //!
 //! Window: slices `[next, next + W)` where `next` is the first slice not yet delivered and
 //! `W = window_bytes / slice_bytes`. Blocks of later slices are dropped (counted) and fetched
@@ -58,6 +59,12 @@ pub struct ReceiverConfig {
     pub final_reports: u32,
     /// Most NACKs produced by one poll. Default 32.
     pub max_nacks_per_poll: usize,
+    /// Hash the delivered bytes and check them against the artifact's sha256 at the end.
+    /// Default true. Turn it off only when the sink itself verifies the sha256 of what it
+    /// holds before anything can use it (the card's store hashes each staged volume as
+    /// read back): the stream is then hashed once, not twice. Without it, completion
+    /// means every byte was delivered, not that they are the artifact.
+    pub verify_digest: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -70,6 +77,7 @@ impl Default for ReceiverConfig {
             progress_bytes: 512 << 10,
             final_reports: 3,
             max_nacks_per_poll: 32,
+            verify_digest: true,
         }
     }
 }
@@ -620,7 +628,9 @@ impl<W: ByteSink> Receiver<W> {
                         source,
                     }
                 })?;
-                self.hasher.update(bytes);
+                if self.cfg.verify_digest {
+                    self.hasher.update(bytes);
+                }
             }
             if let Some(b) = buf {
                 self.pool.push(b);
@@ -634,10 +644,14 @@ impl<W: ByteSink> Receiver<W> {
     }
 
     fn finish(&mut self) -> Result<(), ReceiverError> {
-        let actual: [u8; 32] = self.hasher.clone().finalize().into();
         self.pool.clear();
         self.slots.iter_mut().for_each(|s| *s = Slot::default());
         self.stats.buffered_bytes = 0;
+        let actual: [u8; 32] = if self.cfg.verify_digest {
+            self.hasher.clone().finalize().into()
+        } else {
+            self.artifact.sha256
+        };
         if actual != self.artifact.sha256 {
             self.state = ReceiverState::Failed;
             return Err(ReceiverError::DigestMismatch {

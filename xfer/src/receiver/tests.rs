@@ -394,6 +394,36 @@ fn progress_by_bytes_is_due_at_once_not_at_the_next_timed_poll() {
     assert!(!rx.report_due());
 }
 
+/// Without `verify_digest` (the sink checks the sha256 of what it holds) the stream is
+/// not hashed: a transfer whose bytes are not the artifact completes, and it is the
+/// sink's check that must refuse it.
+#[test]
+fn without_verify_digest_the_sink_is_trusted_to_check() {
+    let d = data(1000);
+    let mut i = info(&d);
+    i.sha256[0] ^= 1;
+    let c = ReceiverConfig {
+        verify_digest: false,
+        ..cfg(1)
+    };
+    let mut rx = Receiver::new(
+        c,
+        i.clone(),
+        &join(&i, 1, BS),
+        Resume::fresh(),
+        Vec::new(),
+        MS,
+    )
+    .unwrap();
+    let mut last = DataOutcome::Accepted;
+    for b in 0..8 {
+        last = feed(&mut rx, &payload(&d, 0, b, BS), 1, MS);
+    }
+    assert_eq!(last, DataOutcome::Completed);
+    assert_eq!(rx.state(), ReceiverState::Complete);
+    assert_eq!(rx.into_sink(), d);
+}
+
 #[test]
 fn digest_mismatch_names_artifact_and_both_digests() {
     let d = data(1000);
