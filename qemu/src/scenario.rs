@@ -9,6 +9,10 @@
 //! spawn_master: setns(backplane) → serve::run until stop → ServeStats
 //! ```
 //!
+//! It also holds what every QEMU test file needs around a scenario: the tier gate
+//! ([`qemu_tier`], [`tiers_enabled`]), an emptied console-log directory
+//! ([`fresh_log_dir`]) and a card's record in the node DB ([`node_view`]).
+//!
 //! Not here: booting (crate::shelf), assertions (the tests), the live display (main.rs).
 
 use std::path::{Path, PathBuf};
@@ -16,13 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
-use shelfboot_master::master::Master;
+use shelfboot_master::master::{Master, NodeView};
 use shelfboot_master::serve::{self, ServeConfig, ServeStats};
 
 use crate::backplane::{Backplane, MASTER_IF};
 use crate::card::{CardConfig, create_erased_image};
 use crate::kernel::Kernel;
 use crate::release::{self, Release, ReleaseSpec};
+use crate::shelf::card_mac;
 
 /// Card types of the lab release.
 pub const TYPES: [&str; 2] = ["lc100", "fab10"];
@@ -50,6 +55,65 @@ fn step<E: std::error::Error + Send + Sync + 'static>(
         step,
         source: Box::new(e),
     }
+}
+
+/// The variable that turns the QEMU tier on (`.ci/run` sets it).
+pub const QEMU_TIER: &str = "SHELFBOOT_TIER_QEMU";
+
+/// True when every variable in `vars` is `1`. Otherwise says on stderr that the test was
+/// skipped and how to run it, and returns false: the test then returns at once.
+pub fn tiers_enabled(vars: &[&str]) -> bool {
+    if vars.iter().all(|v| std::env::var(v).as_deref() == Ok("1")) {
+        return true;
+    }
+    let set: Vec<String> = vars.iter().map(|v| format!("{v}=1")).collect();
+    eprintln!(
+        "skipped: needs root, QEMU and the Debian kernel; run with {} (as .ci/run does)",
+        set.join(" ")
+    );
+    false
+}
+
+/// The gate of a QEMU scenario test: [`tiers_enabled`] for [`QEMU_TIER`].
+pub fn qemu_tier() -> bool {
+    tiers_enabled(&[QEMU_TIER])
+}
+
+/// An emptied directory `base/lab-logs/name` for a test's console logs (tests pass
+/// `env!("CARGO_TARGET_TMPDIR")` as `base`, so the logs outlive the run).
+pub fn fresh_log_dir(base: &Path, name: &str) -> Result<PathBuf, ScenarioError> {
+    let dir = base.join("lab-logs").join(name);
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(step(format!("empty the log directory {}", dir.display()))(
+            e,
+        ));
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(step(format!("create the log directory {}", dir.display())))?;
+    Ok(dir)
+}
+
+/// The node DB's view of the card with backplane MAC `mac` (`52:54:00:5b:00:01`).
+pub fn node_by_mac(state: &Path, mac: &str) -> Result<NodeView, ScenarioError> {
+    let what = || format!("find card {mac} in the node DB of {}", state.display());
+    let m = Master::open(state).map_err(step(what()))?;
+    m.nodes()
+        .map_err(step(what()))?
+        .into_iter()
+        .find(|v| v.node.identity.mac.to_string() == mac)
+        .ok_or_else(|| ScenarioError {
+            step: what(),
+            source: Box::new(std::io::Error::other(
+                "no such node: the card never reached this master",
+            )),
+        })
+}
+
+/// The node DB's view of card `i` of a shelf (MAC [`card_mac`]).
+pub fn node_view(state: &Path, i: usize) -> Result<NodeView, ScenarioError> {
+    node_by_mac(state, &crate::backplane::mac_string(&card_mac(i)))
 }
 
 /// A master state with the lab release imported.
@@ -474,6 +538,22 @@ mod tests {
         );
         assert_eq!(bytes_to_fetch(&c), 10);
         assert_eq!(bytes_to_fetch("nothing"), 0);
+    }
+
+    #[test]
+    fn tier_gate_log_dir_and_node_lookup() {
+        assert!(tiers_enabled(&[]));
+        assert!(!tiers_enabled(&["SHELFBOOT_TIER_NEVER_SET_BY_ANYONE"]));
+        let d = tempfile::tempdir().unwrap();
+        let logs = fresh_log_dir(d.path(), "t").unwrap();
+        assert_eq!(logs, d.path().join("lab-logs/t"));
+        std::fs::write(logs.join("old.console.log"), "x").unwrap();
+        let again = fresh_log_dir(d.path(), "t").unwrap();
+        assert_eq!(std::fs::read_dir(&again).unwrap().count(), 0);
+        let state = d.path().join("state");
+        Master::open(&state).unwrap();
+        let e = node_view(&state, 0).unwrap_err().to_string();
+        assert!(e.contains("52:54:00:5b:00:01"), "{e}");
     }
 
     #[test]

@@ -37,28 +37,17 @@ mod tests {
     /// Deadline for one milestone (generous: the 2-core host is shared).
     const STEP: Duration = Duration::from_secs(240);
 
-    fn gated() -> bool {
-        if std::env::var("SHELFBOOT_TIER_QEMU").as_deref() == Ok("1") {
-            return true;
-        }
-        eprintln!(
-            "skipped: needs root, QEMU and the Debian kernel; run with SHELFBOOT_TIER_QEMU=1"
-        );
-        false
-    }
-
     #[test]
     fn master_absent_card_boots_its_committed_set() {
-        if !gated() {
+        if !scenario::qemu_tier() {
             return;
         }
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-logs/autonomy");
-        let _ = std::fs::remove_dir_all(&logs);
-        std::fs::create_dir_all(&logs).unwrap();
+        let logs =
+            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "autonomy").unwrap();
         let init = scenario::init_binary().unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         let state = lab.state.clone();

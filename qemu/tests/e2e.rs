@@ -18,26 +18,15 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
-    use shelfboot_master::master::Master;
     use shelfboot_master::store::NodeState;
     use shelfboot_qemu::kernel;
     use shelfboot_qemu::release;
     use shelfboot_qemu::scenario::{self, card_features, card_type};
-    use shelfboot_qemu::shelf::{Shelf, card_mac};
-
-    fn gated() -> bool {
-        if std::env::var("SHELFBOOT_TIER_QEMU").as_deref() == Ok("1") {
-            return true;
-        }
-        eprintln!(
-            "skipped: needs root, QEMU and the Debian kernel; run with SHELFBOOT_TIER_QEMU=1"
-        );
-        false
-    }
+    use shelfboot_qemu::shelf::Shelf;
 
     #[test]
     fn pristine_then_warm() {
-        if !gated() {
+        if !scenario::qemu_tier() {
             return;
         }
         let _ = env_logger::builder().is_test(true).try_init();
@@ -49,9 +38,7 @@ mod tests {
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-logs/e2e");
-        let _ = std::fs::remove_dir_all(&logs);
-        std::fs::create_dir_all(&logs).unwrap();
+        let logs = scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "e2e").unwrap();
 
         let init = scenario::init_binary().unwrap();
         let lab = scenario::prepare(&k, dir, &init).unwrap();
@@ -110,17 +97,9 @@ mod tests {
             s1.ready
         );
         assert!(s1.artifact_bytes > 0);
-        {
-            let m = Master::open(&state).unwrap();
-            let nodes = m.nodes().unwrap();
-            for i in 0..n {
-                let mac = shelfboot_qemu::backplane::mac_string(&card_mac(i));
-                let v = nodes
-                    .iter()
-                    .find(|v| v.node.identity.mac.to_string() == mac)
-                    .unwrap_or_else(|| panic!("card{i} {mac} is not in the node DB"));
-                assert_eq!(v.node.state, NodeState::Ready, "card{i}: {:?}", v.node);
-            }
+        for i in 0..n {
+            let v = scenario::node_view(&state, i).unwrap();
+            assert_eq!(v.node.state, NodeState::Ready, "card{i}: {:?}", v.node);
         }
 
         // Warm power cycle: validation only.

@@ -28,7 +28,6 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
-    use shelfboot_master::master::Master;
     use shelfboot_master::store::NodeState;
     use shelfboot_qemu::card::{CardConfig, create_erased_image};
     use shelfboot_qemu::flash::Nandsim;
@@ -37,45 +36,18 @@ mod tests {
     use shelfboot_qemu::scenario;
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
-    fn gated() -> bool {
-        if std::env::var("SHELFBOOT_TIER_QEMU").as_deref() == Ok("1") {
-            return true;
-        }
-        eprintln!(
-            "skipped: needs root, QEMU and the Debian kernel; run with SHELFBOOT_TIER_QEMU=1"
-        );
-        false
-    }
-
-    fn logs(name: &str) -> std::path::PathBuf {
-        let logs = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("lab-logs")
-            .join(name);
-        let _ = std::fs::remove_dir_all(&logs);
-        std::fs::create_dir_all(&logs).unwrap();
-        logs
-    }
-
-    fn node(state: &Path, i: usize) -> shelfboot_master::master::NodeView {
-        let m = Master::open(state).unwrap();
-        let mac = shelfboot_qemu::backplane::mac_string(&card_mac(i));
-        m.nodes()
-            .unwrap()
-            .into_iter()
-            .find(|v| v.node.identity.mac.to_string() == mac)
-            .unwrap_or_else(|| panic!("card{i} {mac} is not in the node DB"))
-    }
-
     #[test]
     fn nand_with_bad_blocks_installs() {
-        if !gated() {
+        if !scenario::qemu_tier() {
             return;
         }
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let logs = logs("flashfaults-nand");
+        let logs =
+            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "flashfaults-nand")
+                .unwrap();
         let init = scenario::init_binary().unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         let nand = Nandsim {
@@ -141,7 +113,7 @@ mod tests {
             s.artifact_bytes,
             t0.elapsed().as_secs_f64()
         );
-        let v = node(&lab.state, 0);
+        let v = scenario::node_view(&lab.state, 0).unwrap();
         assert_eq!(v.node.state, NodeState::Ready, "{:?}", v.node);
         assert_eq!(v.in_sync, Some(true));
         drop(shelf);
@@ -149,14 +121,18 @@ mod tests {
 
     #[test]
     fn flash_too_small_keeps_the_committed_set() {
-        if !gated() {
+        if !scenario::qemu_tier() {
             return;
         }
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let logs = logs("flashfaults-nospace");
+        let logs = scenario::fresh_log_dir(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            "flashfaults-nospace",
+        )
+        .unwrap();
         let init = scenario::init_binary().unwrap();
         let master_bin = scenario::master_binary().unwrap();
         eprintln!("master CLI: {}", master_bin.display());
@@ -193,7 +169,7 @@ mod tests {
         .unwrap();
         stop.store(true, Ordering::Relaxed);
         master.join().unwrap().unwrap();
-        let before = node(&lab.state, 0);
+        let before = scenario::node_view(&lab.state, 0).unwrap();
         assert_eq!(before.node.state, NodeState::Ready, "{:?}", before.node);
         let committed = before.node.inventory.clone().and_then(|i| i.digest);
         assert!(committed.is_some(), "{:?}", before.node);
@@ -240,7 +216,7 @@ mod tests {
         assert!(row.contains("failed (NoSpace"), "{row}");
         assert!(row.contains("not enough flash"), "{row}");
         {
-            let v = node(&lab.state, 0);
+            let v = scenario::node_view(&lab.state, 0).unwrap();
             assert_eq!(v.node.state, NodeState::Failed, "{:?}", v.node);
             assert_eq!(
                 v.node.inventory.and_then(|i| i.digest),
@@ -320,7 +296,7 @@ mod tests {
             s.commands_sent
         );
         assert!(s.plans_continue >= 1);
-        let after = node(&lab.state, 0);
+        let after = scenario::node_view(&lab.state, 0).unwrap();
         assert_eq!(after.node.state, NodeState::Ready, "{:?}", after.node);
         assert_eq!(after.in_sync, Some(true), "{:?}", after.node);
         assert_eq!(after.node.inventory.and_then(|i| i.digest), committed);

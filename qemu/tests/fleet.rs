@@ -34,25 +34,6 @@ mod tests {
     use shelfboot_qemu::scenario;
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
-    fn gated() -> bool {
-        if std::env::var("SHELFBOOT_TIER_QEMU").as_deref() == Ok("1") {
-            return true;
-        }
-        eprintln!(
-            "skipped: needs root, QEMU and the Debian kernel; run with SHELFBOOT_TIER_QEMU=1"
-        );
-        false
-    }
-
-    fn logs(name: &str) -> std::path::PathBuf {
-        let logs = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("lab-logs")
-            .join(name);
-        let _ = std::fs::remove_dir_all(&logs);
-        std::fs::create_dir_all(&logs).unwrap();
-        logs
-    }
-
     fn size_of(rel: &release::Release, file: &str) -> u64 {
         rel.sizes
             .iter()
@@ -63,14 +44,15 @@ mod tests {
 
     #[test]
     fn update_fetches_only_what_changed() {
-        if !gated() {
+        if !scenario::qemu_tier() {
             return;
         }
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let logs = logs("fleet-update");
+        let logs = scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-update")
+            .unwrap();
         let init = scenario::init_binary().unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         let state = lab.state.clone();
@@ -217,14 +199,15 @@ mod tests {
         use shelfboot_master::master::FleetAction;
         use shelfboot_master::store::{NodeIdentity, Store as _};
 
-        if !gated() {
+        if !scenario::qemu_tier() {
             return;
         }
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let logs = logs("fleet-prepare");
+        let logs = scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-prepare")
+            .unwrap();
         let init = scenario::init_binary().unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         let state = lab.state.clone();

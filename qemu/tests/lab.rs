@@ -24,35 +24,7 @@ mod tests {
     use shelfboot_qemu::card::{Card, CardConfig};
     use shelfboot_qemu::flash::{Block2mtd, Nandsim};
     use shelfboot_qemu::shelf::{Shelf, card_mac};
-    use shelfboot_qemu::{hostbin, kernel, release};
-
-    fn gated(vars: &[&str]) -> bool {
-        let missing: Vec<&str> = vars
-            .iter()
-            .copied()
-            .filter(|v| std::env::var(v).as_deref() != Ok("1"))
-            .collect();
-        if missing.is_empty() {
-            return true;
-        }
-        eprintln!(
-            "skipped: needs root, QEMU and the Debian kernel; run with {} (as .ci/run does)",
-            vars.iter()
-                .map(|v| format!("{v}=1"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        false
-    }
-
-    fn log_dir(test: &str) -> PathBuf {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("lab-logs")
-            .join(test);
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use shelfboot_qemu::{hostbin, kernel, release, scenario};
 
     /// Builds a busybox initramfs with `init_script` as /init and the wanted modules.
     fn busybox_initramfs(
@@ -122,7 +94,7 @@ echo "LAB: modules loaded $n"
 
     #[test]
     fn boots_nandsim_ubi_from_load_list() {
-        if !gated(&["SHELFBOOT_TIER_QEMU"]) {
+        if !scenario::qemu_tier() {
             return;
         }
         let t0 = Instant::now();
@@ -153,7 +125,11 @@ poweroff -f
             &["/usr/sbin/ubiattach"],
             Compression::Zstd,
         );
-        let logs = log_dir("boots_nandsim_ubi_from_load_list");
+        let logs = scenario::fresh_log_dir(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            "boots_nandsim_ubi_from_load_list",
+        )
+        .unwrap();
         let mut cfg = CardConfig::new("nand0", &k.vmlinux, &initramfs, &logs);
         cfg.append = release::CONSOLE_LOG.into();
         let mut card = Card::start(cfg).unwrap();
@@ -199,7 +175,7 @@ poweroff -f
 
     #[test]
     fn card_receives_backplane_frames() {
-        if !gated(&["SHELFBOOT_TIER_QEMU", "SHELFBOOT_TIER_NETNS"]) {
+        if !scenario::tiers_enabled(&[scenario::QEMU_TIER, "SHELFBOOT_TIER_NETNS"]) {
             return;
         }
         const FRAMES: u64 = 20;
@@ -229,7 +205,11 @@ poweroff -f
             &[],
             Compression::None,
         );
-        let logs = log_dir("card_receives_backplane_frames");
+        let logs = scenario::fresh_log_dir(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            "card_receives_backplane_frames",
+        )
+        .unwrap();
         // Two cards: a broadcast must reach every tap of the bridge.
         let mut shelf = Shelf::start(2, |i| {
             let mut cfg = CardConfig::new(&format!("net{i}"), &k.vmlinux, &initramfs, &logs);
@@ -296,7 +276,7 @@ poweroff -f
     /// finds the volume and reads the token back from flash.
     #[test]
     fn block2mtd_flash_survives_power_cut() {
-        if !gated(&["SHELFBOOT_TIER_QEMU"]) {
+        if !scenario::qemu_tier() {
             return;
         }
         let t0 = Instant::now();
@@ -333,7 +313,11 @@ sleep 600
         );
         let disk = tmp.path().join("flash.img");
         shelfboot_qemu::card::create_erased_image(&disk, 16 << 20).unwrap();
-        let logs = log_dir("block2mtd_flash_survives_power_cut");
+        let logs = scenario::fresh_log_dir(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            "block2mtd_flash_survives_power_cut",
+        )
+        .unwrap();
         let mut cfg = CardConfig::new("b2m0", &k.vmlinux, &initramfs, &logs);
         cfg.append = release::CONSOLE_LOG.into();
         cfg.disk = Some(disk);

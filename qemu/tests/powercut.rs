@@ -63,16 +63,6 @@ mod tests {
     /// Deadline for Ready after a power-on.
     const READY: Duration = Duration::from_secs(360);
 
-    fn gated() -> bool {
-        if std::env::var("SHELFBOOT_TIER_QEMU").as_deref() == Ok("1") {
-            return true;
-        }
-        eprintln!(
-            "skipped: needs root, QEMU and the Debian kernel; run with SHELFBOOT_TIER_QEMU=1"
-        );
-        false
-    }
-
     /// SplitMix64: small, seedable, the same sequence on every machine.
     struct Rng(u64);
 
@@ -255,7 +245,7 @@ mod tests {
 
     #[test]
     fn power_cut_during_download_and_commit() {
-        if !gated() {
+        if !scenario::qemu_tier() {
             return;
         }
         let _ = env_logger::builder().is_test(true).try_init();
@@ -272,9 +262,8 @@ mod tests {
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-logs/powercut");
-        let _ = std::fs::remove_dir_all(&logs);
-        std::fs::create_dir_all(&logs).unwrap();
+        let logs =
+            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "powercut").unwrap();
 
         let init = scenario::init_binary().unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();

@@ -28,23 +28,12 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use shelfboot_master::control::Request;
-    use shelfboot_master::master::Master;
     use shelfboot_master::store::NodeState;
     use shelfboot_qemu::card::Card;
     use shelfboot_qemu::kernel;
     use shelfboot_qemu::release;
-    use shelfboot_qemu::scenario::{self, Lab};
+    use shelfboot_qemu::scenario;
     use shelfboot_qemu::shelf::{Shelf, card_mac};
-
-    fn gated() -> bool {
-        if std::env::var("SHELFBOOT_TIER_QEMU").as_deref() == Ok("1") {
-            return true;
-        }
-        eprintln!(
-            "skipped: needs root, QEMU and the Debian kernel; run with SHELFBOOT_TIER_QEMU=1"
-        );
-        false
-    }
 
     const FLASH_PEBS: u64 = scenario::FLASH / (128 << 10);
 
@@ -140,16 +129,6 @@ mod tests {
             .count()
     }
 
-    fn node_state(lab: &Lab, mac: &str) -> NodeState {
-        let m = Master::open(&lab.state).unwrap();
-        let nodes = m.nodes().unwrap();
-        let v = nodes
-            .iter()
-            .find(|v| v.node.identity.mac.to_string() == mac)
-            .unwrap_or_else(|| panic!("{mac} is not in the node DB"));
-        v.node.state
-    }
-
     /// Waits until the console of the current boot contains `text`.
     fn wait_console(card: &mut Card, text: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -164,7 +143,7 @@ mod tests {
 
     #[test]
     fn test_mode_runs_from_ram_and_leaves_flash_unchanged() {
-        if !gated() {
+        if !scenario::qemu_tier() {
             return;
         }
         let _ = env_logger::builder().is_test(true).try_init();
@@ -172,9 +151,8 @@ mod tests {
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-logs/testmode");
-        let _ = std::fs::remove_dir_all(&logs);
-        std::fs::create_dir_all(&logs).unwrap();
+        let logs =
+            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "testmode").unwrap();
         let init = scenario::init_binary().unwrap();
         let lab = scenario::prepare(&k, dir, &init).unwrap();
         let flash = lab.dir.join("flash-0.img");
@@ -264,7 +242,10 @@ mod tests {
         assert_eq!(test_lines[0].digest, committed.digest);
         assert_eq!(test_lines[0].artifacts, committed.artifacts);
         std::thread::sleep(Duration::from_secs(2));
-        assert_eq!(node_state(&lab, &mac), NodeState::Test);
+        assert_eq!(
+            scenario::node_by_mac(&lab.state, &mac).unwrap().node.state,
+            NodeState::Test
+        );
         card.power_cut();
         let (before, after) = (ubi_contents(&flash_before), ubi_contents(&flash));
         let changed: Vec<String> = before
@@ -353,7 +334,10 @@ mod tests {
         );
         assert_eq!(s.artifact_bytes, 0, "the committed set only validates");
         assert_eq!(s.plans_fetch, 0);
-        assert_eq!(node_state(&lab, &mac), NodeState::Ready);
+        assert_eq!(
+            scenario::node_by_mac(&lab.state, &mac).unwrap().node.state,
+            NodeState::Ready
+        );
         drop(shelf);
     }
 }
