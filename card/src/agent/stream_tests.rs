@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use shelfboot_proto::frame::Link;
-use shelfboot_proto::msg::{ArtifactKind, ErrorReason, Message, Stage, Verdict};
+use shelfboot_proto::msg::{ArtifactKind, Message, Stage, Verdict};
 use shelfboot_xfer::{Admission, ArtifactInfo, SendStep, Sender, SenderConfig};
 
 use super::tests::{
