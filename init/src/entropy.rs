@@ -102,6 +102,14 @@ pub fn start(urandom: &Path) {
     }
     let p = Prefetch::spawn(move || {
         let t = crate::boottime::now();
+        // The jitter loop below is always runnable: at nice 0 it would take half the
+        // only CPU of a small card from the module loads (measured: they slowed ~2x).
+        if let Err(e) = crate::sys::random::lowest_priority_for_this_thread() {
+            log::warn!(
+                "entropy thread keeps its priority: {}",
+                crate::error_chain(&e)
+            );
+        }
         // Starts the kernel's jitter-entropy loop now (Linux >= 5.18) instead of after
         // getrandom's passive one-second wait; the byte itself is not used.
         let _ = std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut [0u8; 1]));

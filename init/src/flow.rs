@@ -456,6 +456,7 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
     }
     crate::logger::attach_kernel(&roots.dev, &roots.proc);
     boottime::step("mounts", t);
+    boottime::cpu_baseline();
     // The agent's nonce needs an initialized CRNG: start waiting for it now.
     crate::entropy::start(&roots.dev.join("urandom"));
     let t = boottime::now();

@@ -28,7 +28,8 @@ pub const COMPRESSED: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz"];
 pub const LOAD_LIST: &str = "/lib/modules/load.list";
 /// How long to wait for a device node named in a parameter.
 pub const DEVICE_WAIT: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(50);
+/// Device-node poll interval (an `exists` check; the disk is usually there at once).
+const POLL: Duration = Duration::from_millis(5);
 
 /// One line of the load list.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,6 +31,21 @@ pub fn getrandom(buf: &mut [u8]) -> Result<(), SysError> {
     Ok(())
 }
 
+/// Lowers the calling *thread's* scheduling priority to nice 19 (Linux keeps the nice
+/// value per thread: `setpriority(PRIO_PROCESS, 0, ..)` applies to the caller only). The
+/// entropy thread's jitter loop then runs in the time the boot thread leaves idle.
+pub fn lowest_priority_for_this_thread() -> Result<(), SysError> {
+    // SAFETY: plain integer arguments, no memory is passed; failure is reported by -1.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if r != 0 {
+        return Err(SysError::new(
+            "setpriority(PRIO_PROCESS, 0, 19)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
