@@ -128,6 +128,60 @@ pub fn parse_flash(console: &str) -> Vec<(String, usize, f64)> {
     out
 }
 
+/// init's `boot timing:` summary lines (one per init that reached its first Solicit,
+/// in console order) as `(name, seconds)` pairs: each step (`modules`, `link`,
+/// `flash attach`, `inventory`, ...), then `first Solicit`, `kernel to /init` and, when
+/// printed, `init CPU user` / `init CPU system` (format: `init/src/boottime.rs`).
+pub fn parse_step_timings(console: &str) -> Vec<Vec<(String, f64)>> {
+    let one = |line: &str| -> Option<Vec<(String, f64)>> {
+        let rest = line.split("boot timing: ").nth(1)?;
+        let (steps, tail) = rest.split_once("; first Solicit at ")?;
+        let mut out = Vec::new();
+        for part in steps.split(", ").filter(|p| !p.is_empty()) {
+            let part = part.trim_end_matches(" (parallel)");
+            let (name, n) = part.strip_suffix(" ms")?.rsplit_once(' ')?;
+            out.push((name.to_owned(), n.parse::<f64>().ok()? / 1e3));
+        }
+        let mut fields = tail.split("; ");
+        let first = fields.next()?.strip_suffix(" ms after /init")?;
+        out.push(("first Solicit".into(), first.parse::<f64>().ok()? / 1e3));
+        for f in fields {
+            let f = f.trim();
+            if let Some(k) = f.strip_prefix("kernel start to /init ") {
+                let k = k.strip_suffix(" ms")?;
+                out.push(("kernel to /init".into(), k.parse::<f64>().ok()? / 1e3));
+            } else if let Some(c) = f.strip_prefix("init CPU user ") {
+                let (u, sys) = c.split_once(" ms, system ")?;
+                out.push(("init CPU user".into(), u.parse::<f64>().ok()? / 1e3));
+                let sys = sys.strip_suffix(" ms")?;
+                out.push(("init CPU system".into(), sys.parse::<f64>().ok()? / 1e3));
+            }
+        }
+        Some(out)
+    };
+    console.lines().filter_map(one).collect()
+}
+
+/// Adds the first init's step timings of each console as `step_<name>_s` extras.
+fn step_extras(row: &mut Row, consoles: &[Vec<(String, f64)>]) {
+    let mut by: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for steps in consoles {
+        for (name, secs) in steps {
+            by.entry(format!(
+                "step_{}_s",
+                name.replace('/', "").replace(' ', "_")
+            ))
+            .or_default()
+            .push(*secs);
+        }
+    }
+    for (k, v) in by {
+        if let Some(f) = Fig::of(&v) {
+            row.extra.insert(k, f);
+        }
+    }
+}
+
 /// Guest CLOCK_MONOTONIC stamps `(init start, first Solicit)` of each boot in a console
 /// (a stamp pair per init that reached its first Solicit; kexec'd stages included).
 pub fn parse_stamps(console: &str) -> Vec<(f64, f64)> {
@@ -286,6 +340,7 @@ pub fn boot_path(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), Lab
     std::fs::create_dir_all(&logs).map_err(step(format!("create {}", logs.display())))?;
     let (mut pristine, mut warm, mut first_pristine, mut first_warm, mut kernel_to_init) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut steps_pristine, mut steps_warm) = (vec![], vec![]);
     let mut problems = Vec::new();
     for run in 0..p.runs {
         eprintln!("boot path, run {}/{}", run + 1, p.runs);
@@ -302,6 +357,8 @@ pub fn boot_path(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), Lab
                     first_warm.push(f - s);
                     kernel_to_init.push(*s);
                 }
+                steps_pristine.extend(r.pristine_steps.into_iter().next());
+                steps_warm.extend(r.warm_steps.into_iter().next());
                 if r.warm_artifact_bytes != 0 {
                     problems.push(format!(
                         "run {run}: warm boot moved {} artifact bytes",
@@ -334,8 +391,11 @@ pub fn boot_path(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), Lab
     if let Some(f) = Fig::of(&kernel_to_init) {
         first.extra.insert("kernel_start_to_init_s".into(), f);
     }
+    step_extras(&mut first, &steps_pristine);
     rows.push(first);
-    rows.push(row("/init to first Solicit (warm boot)", &first_warm));
+    let mut first = row("/init to first Solicit (warm boot)", &first_warm);
+    step_extras(&mut first, &steps_warm);
+    rows.push(first);
     Ok(())
 }
 
@@ -355,6 +415,8 @@ struct BootRun {
     warm_s: f64,
     pristine_stamps: Vec<(f64, f64)>,
     warm_stamps: Vec<(f64, f64)>,
+    pristine_steps: Vec<Vec<(String, f64)>>,
+    warm_steps: Vec<Vec<(String, f64)>>,
     warm_artifact_bytes: u64,
 }
 
@@ -414,6 +476,8 @@ fn boot_run(lab: &scenario::Lab, logs: &Path, run: usize) -> Result<BootRun, Lab
         warm_s: warm.first().map_or(f64::NAN, |m| m.elapsed.as_secs_f64()),
         pristine_stamps: parse_stamps(&pristine_console),
         warm_stamps: parse_stamps(&warm_console),
+        pristine_steps: parse_step_timings(&pristine_console),
+        warm_steps: parse_step_timings(&warm_console),
         warm_artifact_bytes,
     })
 }
@@ -440,6 +504,29 @@ mod tests {
                 ("ubiupdatevol".to_owned(), 0, 1.2)
             ]
         );
+    }
+
+    #[test]
+    fn step_timing_lines_parse_and_become_extras() {
+        let c = "shelfboot-init: INFO  boot timing: mounts 17 ms, entropy 1488 ms (parallel), \
+                 modules 1879 ms (parallel), flash attach 279 ms; first Solicit at 2597 ms after \
+                 /init; kernel start to /init 5394 ms; init CPU user 150 ms, system 2100 ms\n\
+                 shelfboot-init: INFO  boot timing: modules 700 ms; first Solicit at 900 ms after \
+                 /init; kernel start to /init 5000 ms\n\
+                 shelfboot-init: INFO  boot timing: garbage\n";
+        let t = parse_step_timings(c);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0][0], ("mounts".to_owned(), 0.017));
+        assert_eq!(t[0][3], ("flash attach".to_owned(), 0.279));
+        assert_eq!(t[0][4], ("first Solicit".to_owned(), 2.597));
+        assert_eq!(t[0][7], ("init CPU system".to_owned(), 2.1));
+        assert_eq!(t[1].len(), 3);
+        let mut row = Row::default();
+        step_extras(&mut row, &t);
+        assert_eq!(row.extra["step_modules_s"].n, 2);
+        assert!((row.extra["step_modules_s"].median - 1.2895).abs() < 1e-9);
+        assert_eq!(row.extra["step_kernel_to_init_s"].n, 2);
+        assert_eq!(row.extra["step_flash_attach_s"].n, 1);
     }
 
     #[test]

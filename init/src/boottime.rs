@@ -5,17 +5,19 @@
 //! start, so the numbers line up with the kernel's own `[   1.234]` stamps. Each step
 //! that finishes logs one line, `boot step: NAME N ms (at +S ms)` (S: when it started,
 //! after `/init` started), and the first Solicit logs one summary line that the benchmark
-//! (`bench/src/lab.rs`) and the QEMU scenarios parse:
+//! parses (`bench/src/lab.rs`, `parse_step_timings`; [`parse_summary`] here):
 //!
 //! ```text
-//! boot timing: mounts 17 ms, entropy 6 ms (parallel), config 14 ms (parallel), modules 591 ms,
-//!   link 255 ms (parallel), flash attach 196 ms, inventory 104 ms, socket 121 ms,
-//!   agent store 77 ms; first Solicit at 1212 ms after /init; kernel start to /init 3888 ms;
-//!   init CPU user 90 ms, system 700 ms
+//! boot timing: mounts 16 ms, config 9 ms, entropy 1869 ms (parallel), modules 1155 ms
+//!   (parallel), link 228 ms (parallel), flash attach 236 ms (parallel), inventory 101 ms
+//!   (parallel), socket 98 ms (parallel), agent store 285 ms (parallel); first Solicit at
+//!   1948 ms after /init; kernel start to /init 3056 ms; init CPU user 150 ms, system 1650 ms
 //! ```
 //!
-//! (one line on the console). `(parallel)` marks a step that overlapped the step before
-//! it, so the step times then add up to more than the total. The recorder is a process
+//! (one line on the console). `(parallel)` marks a step that started before an earlier
+//! step ended (the entropy and link threads), so step times then add up to more than the
+//! total. `init CPU` is PID 1's CPU time (all threads) from the mounts to the Solicit:
+//! user = init's own code, system = the kernel working in init's calls. The recorder is a process
 //! global (PID 1 is one process; the link thread and the agent record into it), written
 //! a handful of times per boot. Not here: what the steps do ([`crate::flow`]), the
 //! Solicit itself (the agent, [`crate::provision`]).
