@@ -504,7 +504,7 @@ fn send_all(sock: &mut PacketSocket, out: &mut Vec<Vec<u8>>) {
 
 /// The command line a stored image is kexec'd with: the plan's, plus this card's own
 /// keys the plan cannot know (type from the command line, shelf, slot, features,
-/// interface, master timeout), each unless the plan sets it already.
+/// interface, master timeout, prepare hold), each unless the plan sets it already.
 pub fn carried_cmdline(cfg: &Config, plan: &str) -> String {
     let mut keys: Vec<(&str, String)> = Vec::new();
     if cfg.card_source == Source::Cmdline {
@@ -527,6 +527,9 @@ pub fn carried_cmdline(cfg: &Config, plan: &str) -> String {
             "master_timeout",
             format!("{}ms", cfg.master_timeout.as_millis()),
         ));
+    }
+    if cfg.hold != Config::default().hold {
+        keys.push(("hold", format!("{}ms", cfg.hold.as_millis())));
     }
     let mut out = plan.trim().to_string();
     for (k, v) in keys {
@@ -667,6 +670,12 @@ mod tests {
             ..cfg.clone()
         };
         assert!(carried_cmdline(&t, "").ends_with(" shelfboot.master_timeout=60000ms"));
+        let h = Config {
+            hold: Duration::from_secs(90),
+            ..cfg.clone()
+        };
+        assert!(carried_cmdline(&h, "").ends_with(" shelfboot.hold=90000ms"));
+        assert!(!carried_cmdline(&h, "shelfboot.hold=5").contains("90000ms"));
         let c = carried_cmdline(&cfg, "console=ttyS0 shelfboot.slot=9");
         assert_eq!(
             c,
