@@ -2,12 +2,15 @@
 //! reading the blob file with positional reads (never loading it whole), sending to a
 //! locally administered group MAC.
 //!
-//! A card's Fetch joins the live session of that artifact while that costs nothing extra
-//! (its first pass has not gone past the card's resume point); otherwise (session
-//! finished or past the card, card dropped from it for lagging or silence) a new session
-//! starts for it, counted as a catch-up session. Cards that ask within the same join window
-//! therefore share one session: each artifact crosses the wire once per session, not once
-//! per card.
+//! A card's Fetch joins the live session of that artifact while that costs little: its
+//! first pass has not gone past the card's resume point, or by at most the sender's
+//! `late_join_bytes` (8 MiB), which the card gets by NACK, merged with everyone's repairs.
+//! Otherwise (session finished or too far past the card, card dropped from it for lagging,
+//! slowness or silence) a new session starts for it, counted as a catch-up session. Cards
+//! that ask within the same join window, or a little after it (a Plan or Fetch lost and
+//! asked again), therefore share one session: each artifact crosses the wire once per
+//! session, not once per card. (Before late joins, one card whose Fetch came 0.1-0.4 s
+//! late at 1 % loss got a whole pass of its own: 2.3 × the artifact for 8 cards.)
 //!
 //! A Fetch from a card that is already an active member is a re-Fetch: it saw no progress
 //! for its stall time. It is admitted again; its Join carries the first pass's position,
@@ -16,6 +19,12 @@
 //! slice, the session is not serving it: it is removed and gets a fresh session from its
 //! resume point. So a card in a live session is never left without data for more than
 //! two of its stall periods.
+//!
+//! Each session's sender keeps its first pass within the cards' receive window of the
+//! slowest member's reported position (xfer flow control); every Progress or Nack wakes the
+//! session at once, so the pass resumes one report after the card stored a slice. A member
+//! the sender drops for holding the pass under its rate floor (`DropCause::Slow`) re-Fetches
+//! when it stalls and gets a catch-up session of its own, like any dropped card.
 //!
 //! This module does not check that a card may have an artifact (the service does) and
 //! does not touch the node database.
@@ -158,13 +167,10 @@ impl Sessions {
                 .members()
                 .find_map(|(m, st)| (m == card).then_some(st.status));
             let was_member = status.is_some();
-            // Share a session only while joining costs nothing extra: its first pass has
-            // not gone past what the card holds (join window, or a resume), or the card is
-            // already in it (a re-Fetch after a stall). Anyone else would need the passed
-            // part repaired for them alone: they get their own (catch-up) session.
-            if !was_member && s.sender.position() > fetch.have_slices {
-                continue;
-            }
+            // A non-member is admitted by the sender's own rule: before the first pass, or
+            // at most `late_join_bytes` behind it (the gap comes by NACK; flow control holds
+            // the pass until the card is within its window). Further behind, or dropped from
+            // this session before: its own (catch-up) session below.
             if status == Some(MemberStatus::Active) {
                 let before = s.refetched.insert(card, fetch.have_slices);
                 if before.is_some_and(|b| fetch.have_slices <= b) {
@@ -335,10 +341,13 @@ impl Sessions {
                 fill(&mut s.stats, &s.sender);
                 s.stats.finished = true;
                 log::info!(
-                    "master: session {t} ({}) finished: {} artifact bytes for {} card(s)",
+                    "master: session {t} ({}) finished: {} artifact bytes for {} card(s), {} NACKs, flow control stopped it {} times for {} ms",
                     s.stats.name,
                     s.stats.artifact_bytes(),
-                    s.stats.members
+                    s.stats.members,
+                    s.stats.nacks,
+                    s.stats.flow_stops,
+                    s.stats.flow_blocked_ms
                 );
                 self.finished.push(s.stats);
             }
@@ -353,4 +362,6 @@ fn fill(st: &mut SessionStats, sender: &Sender<File>) {
     st.retransmit_bytes = x.retransmit_bytes;
     st.frames = x.frames;
     st.nacks = x.nacks;
+    st.flow_stops = x.flow_stops;
+    st.flow_blocked_ms = u64::try_from(x.flow_blocked.as_millis()).unwrap_or(u64::MAX);
 }

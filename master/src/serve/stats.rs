@@ -41,6 +41,12 @@ pub struct SessionStats {
     pub frames: u64,
     /// NACKs accepted.
     pub nacks: u64,
+    /// Times the first pass stopped because a member lacked receive window (flow control).
+    #[serde(default)]
+    pub flow_stops: u64,
+    /// Milliseconds the first pass spent stopped by flow control.
+    #[serde(default)]
+    pub flow_blocked_ms: u64,
     /// Finished (every member completed or was dropped).
     pub finished: bool,
 }
