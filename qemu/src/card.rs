@@ -85,12 +85,26 @@ impl CardConfig {
         self.log_dir.join(format!("{}.console.log", self.name))
     }
 
-    /// Path of the QEMU monitor socket, `None` when the log directory's path is too long
-    /// for a unix socket or has a comma (QEMU's option separator).
+    /// Path of the QEMU monitor socket: `NAME.monitor` beside the console log, or, when
+    /// that path is too long for a unix socket, `shelfboot-HASH.monitor` (of the log path)
+    /// in the temporary directory; `None` if neither fits (too long, or a comma: QEMU's
+    /// option separator).
     pub fn monitor_socket(&self) -> Option<PathBuf> {
-        let p = self.log_dir.join(format!("{}.monitor", self.name));
-        let text = p.to_string_lossy();
-        (text.len() <= crate::monitor::MAX_SOCKET_PATH && !text.contains(',')).then_some(p)
+        let fits = |p: &Path| {
+            let t = p.to_string_lossy();
+            t.len() <= crate::monitor::MAX_SOCKET_PATH && !t.contains(',')
+        };
+        let beside = self.log_dir.join(format!("{}.monitor", self.name));
+        if fits(&beside) {
+            return Some(beside);
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&beside, &mut h);
+        let short = std::env::temp_dir().join(format!(
+            "shelfboot-{:016x}.monitor",
+            std::hash::Hasher::finish(&h)
+        ));
+        fits(&short).then_some(short)
     }
 
     /// The full command line (program first).
@@ -439,7 +453,7 @@ impl Card {
     /// the answer to `NAME.qemu.log` and returns its `RIP=` line (or why it has none).
     fn cpu_state(&self, waiting_for: &str) -> Box<str> {
         let Some(sock) = self.cfg.monitor_socket() else {
-            return "unknown (no monitor socket: log directory path too long)".into();
+            return "unknown (no monitor socket: no short enough path without a comma)".into();
         };
         let t = Duration::from_secs(5);
         let regs = match crate::monitor::query(&sock, "info registers", t) {
@@ -586,6 +600,10 @@ impl Card {
             }
             let _ = child.kill();
             let _ = child.wait();
+            if let Some(m) = self.cfg.monitor_socket() {
+                // QEMU killed with SIGKILL leaves its socket behind.
+                let _ = fs::remove_file(m);
+            }
         }
     }
 
@@ -640,11 +658,25 @@ mod tests {
             a.contains("-monitor unix:/logs/c0.monitor,server=on,wait=off"),
             "{a}"
         );
-        // No monitor where a unix socket cannot live (path too long) or QEMU would split it.
-        for dir in [format!("/{}", "d".repeat(120)), "/a,b".to_string()] {
-            c.log_dir = PathBuf::from(dir);
-            assert_eq!(c.monitor_socket(), None);
-            assert!(!c.command().join(" ").contains("-monitor"));
+        // A log directory too long for a unix socket: a short one in the temp directory,
+        // one per log path; none where QEMU would split the path at a comma.
+        c.log_dir = PathBuf::from(format!("/{}", "d".repeat(120)));
+        let short = c.monitor_socket().unwrap();
+        assert!(
+            short.starts_with(std::env::temp_dir()),
+            "{}",
+            short.display()
+        );
+        assert!(short.to_string_lossy().len() <= crate::monitor::MAX_SOCKET_PATH);
+        c.log_dir = PathBuf::from(format!("/{}", "e".repeat(120)));
+        assert_ne!(c.monitor_socket().unwrap(), short);
+        c.log_dir = PathBuf::from("/a,b");
+        if !std::env::temp_dir().to_string_lossy().contains(',') {
+            assert!(
+                c.monitor_socket()
+                    .unwrap()
+                    .starts_with(std::env::temp_dir())
+            );
         }
     }
 

@@ -273,7 +273,8 @@ poweroff -f
 
     /// block2mtd over a 0xFF-filled disk image survives a power cut: boot 1 creates a
     /// UBI volume, writes a token, syncs and is killed (SIGKILL, no poweroff); boot 2
-    /// finds the volume and reads the token back from flash.
+    /// finds the volume and reads the token back from flash. Then a wait that times out
+    /// reports the CPU state from the QEMU monitor.
     #[test]
     fn block2mtd_flash_survives_power_cut() {
         if !scenario::qemu_tier() {
@@ -334,6 +335,18 @@ sleep 600
             !card.console().contains("FAILED"),
             "console:\n{}",
             card.console()
+        );
+        // A wait that times out says where the (idle, running) VM's CPU is: the RIP line
+        // in the error, registers and code appended to the card's QEMU log.
+        let err = card
+            .wait_for("LAB: never printed", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CPU then: RIP="), "{err}");
+        let qlog = std::fs::read_to_string(logs.join("b2m0.qemu.log")).unwrap();
+        assert!(
+            qlog.contains("CPU at the timeout of the wait for") && qlog.contains("CR3="),
+            "{qlog}"
         );
         card.power_cut();
         assert!(!card.is_running());
