@@ -160,6 +160,9 @@ fn small_bounds(seed: u64) -> SimConfig {
     cfg.sender.burst = 64 * 1024;
     cfg.receiver.window_bytes = MIB as u64;
     cfg.sender.flow_window = MIB as u64;
+    // Progress every half window, as the defaults (2 MiB of 4 MiB): a step past the window
+    // would leave flow control only the 100 ms timed reports.
+    cfg.receiver.progress_bytes = cfg.receiver.window_bytes / 2;
     // Scaled down like the other bounds: a card that keeps the pass under the floor for
     // 150 ms goes to catch-up.
     cfg.sender.rate.min_rate = 5_000_000;
@@ -346,6 +349,7 @@ fn flow_config(seed: u64) -> SimConfig {
     let mut cfg = config(seed);
     cfg.receiver.window_bytes = MIB as u64;
     cfg.sender.flow_window = MIB as u64;
+    cfg.receiver.progress_bytes = cfg.receiver.window_bytes / 2;
     cfg
 }
 
