@@ -702,8 +702,13 @@ impl<W: ByteSink> Receiver<W> {
                     self.progress(now, Stage::Fetching, out);
                 }
                 let mut wake = self.last_progress.map_or(now, |(t, _)| t + interval);
-                if self.highest_seen.is_some() || self.joined_behind {
-                    wake = wake.min(self.last_data + self.cfg.idle_nack);
+                // The idle NACK is due once, at `last_data + idle_nack`; after it the
+                // NACKed slices' own retry times (below) say when to ask again. Taking the
+                // past idle instant as the wake time made an idle receiver ask to be polled
+                // every microsecond.
+                let idle_at = self.last_data + self.cfg.idle_nack;
+                if (self.highest_seen.is_some() || self.joined_behind) && idle_at > now {
+                    wake = wake.min(idle_at);
                 }
                 for slot in &self.slots {
                     if let (Some(_), Some(t)) = (slot.slice, slot.retry_at(self.cfg.nack_retry))

@@ -296,7 +296,9 @@ fn join_past_the_first_pass_nacks_without_any_frame() {
     assert!(nacks(&out).is_empty(), "not before idle_nack: {out:?}");
     assert!(wake <= MS + idle, "wake {wake:?}");
     out.clear();
-    late.poll(MS + idle, &mut out);
+    let wake = late.poll(MS + idle, &mut out).unwrap();
+    // Idle and NACKed: the next wake is a retry time, not "poll me again at once".
+    assert!(wake >= MS + idle + c.nack_retry / 2, "wake {wake:?}");
     let n = nacks(&out);
     assert_eq!(
         n.iter().map(|x| x.0).collect::<Vec<_>>(),
