@@ -486,7 +486,9 @@ mod tests {
     /// every MiB it writes. Their NACKs and re-Fetches must not make the master resend
     /// much of what sits unread in their queues: within 5 × each artifact once per
     /// session. Measured 4.0 × (1.6 × with a 0.5 MB/s rate floor, which broke the 16-card
-    /// netns bound); flow control for single-member sessions is the open fix (docs/lab.md).
+    /// netns bound). Sender flow control (docs/transfer.md) does not lower it here: this
+    /// queue (1024 frames, 1.4 MB) is smaller than the 4 MiB flow window, so it still
+    /// overflows; a real card's ring holds a window (the simulator's 5.5 MiB).
     #[test]
     fn backlogged_cards_finish_without_excess_bytes() {
         let tmp = tempfile::tempdir().unwrap();
