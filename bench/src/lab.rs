@@ -131,35 +131,19 @@ pub fn parse_flash(console: &str) -> Vec<(String, usize, f64)> {
 /// init's `boot timing:` summary lines (one per init that reached its first Solicit,
 /// in console order) as `(name, seconds)` pairs: each step (`modules`, `link`,
 /// `flash attach`, `inventory`, ...), then `first Solicit`, `kernel to /init` and, when
-/// printed, `init CPU user` / `init CPU system` (format: `init/src/boottime.rs`).
+/// printed, `init CPU user` / `init CPU system`: init's own parser
+/// (`shelfboot_init::boottime::parse_summary`), in seconds.
 pub fn parse_step_timings(console: &str) -> Vec<Vec<(String, f64)>> {
-    let one = |line: &str| -> Option<Vec<(String, f64)>> {
-        let rest = line.split("boot timing: ").nth(1)?;
-        let (steps, tail) = rest.split_once("; first Solicit at ")?;
-        let mut out = Vec::new();
-        for part in steps.split(", ").filter(|p| !p.is_empty()) {
-            let part = part.trim_end_matches(" (parallel)");
-            let (name, n) = part.strip_suffix(" ms")?.rsplit_once(' ')?;
-            out.push((name.to_owned(), n.parse::<f64>().ok()? / 1e3));
-        }
-        let mut fields = tail.split("; ");
-        let first = fields.next()?.strip_suffix(" ms after /init")?;
-        out.push(("first Solicit".into(), first.parse::<f64>().ok()? / 1e3));
-        for f in fields {
-            let f = f.trim();
-            if let Some(k) = f.strip_prefix("kernel start to /init ") {
-                let k = k.strip_suffix(" ms")?;
-                out.push(("kernel to /init".into(), k.parse::<f64>().ok()? / 1e3));
-            } else if let Some(c) = f.strip_prefix("init CPU user ") {
-                let (u, sys) = c.split_once(" ms, system ")?;
-                out.push(("init CPU user".into(), u.parse::<f64>().ok()? / 1e3));
-                let sys = sys.strip_suffix(" ms")?;
-                out.push(("init CPU system".into(), sys.parse::<f64>().ok()? / 1e3));
-            }
-        }
-        Some(out)
-    };
-    console.lines().filter_map(one).collect()
+    console
+        .lines()
+        .filter_map(shelfboot_init::boottime::parse_summary)
+        .map(|steps| {
+            steps
+                .into_iter()
+                .map(|(name, ms)| (name, ms as f64 / 1e3))
+                .collect()
+        })
+        .collect()
 }
 
 /// Adds the first init's step timings of each console as `step_<name>_s` extras.
