@@ -21,7 +21,6 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::{MAX_FRAME_LEN, MAX_PAYLOAD_LEN, version};
@@ -57,48 +56,7 @@ pub const FRAME_OVERHEAD: usize = PAYLOAD_OFF + CRC_LEN;
 /// Minimum Ethernet frame length without FCS; shorter frames are zero-padded to it.
 pub const MIN_ETH_FRAME_LEN: usize = 60;
 
-/// A MAC address. CBOR: a 6-byte string.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// ff:ff:ff:ff:ff:ff.
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-
-    /// Whether this is a group (multicast or broadcast) address.
-    pub const fn is_group(&self) -> bool {
-        self.0[0] & 1 == 1
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde_bytes::serialize(&self.0, s)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde_bytes::deserialize::<[u8; 6], D>(d).map(MacAddr)
-    }
-}
+pub use crate::id::MacAddr;
 
 /// Message types (the byte at [`MSG_TYPE_OFF`]). Only ever appended; see [`crate::version`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -5,6 +5,7 @@
 //! value or an error, never a panic (fuzzed by `fuzz/`, see `docs/protocol.md`).
 //!
 //! Layers, outermost first:
+//! - [`id`]: the shared identities: [`id::MacAddr`], [`id::Arch`], [`id::Digest`].
 //! - [`frame`]: the Ethernet view, our versioned header and the CRC-32 trailer.
 //! - [`msg`]: control messages (CBOR bodies) and the shared [`msg::set_digest`].
 //! - [`data`]: data frames (fixed binary header, no CBOR), slices and NACK bitmaps.
@@ -18,6 +19,7 @@
 pub mod data;
 pub mod describe;
 pub mod frame;
+pub mod id;
 pub mod msg;
 pub mod samples;
 pub mod sign;

@@ -17,16 +17,7 @@ use crate::sign::Signature;
 /// A card's per-boot random nonce; a plan is only valid with the nonce of its Solicit.
 pub type Nonce = [u8; 16];
 
-/// Processor architecture. CBOR: text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Arch {
-    /// x86-64.
-    #[serde(rename = "x86_64")]
-    X86_64,
-    /// 64-bit ARM.
-    #[serde(rename = "aarch64")]
-    Aarch64,
-}
+pub use crate::id::Arch;
 
 /// Why the card is soliciting. CBOR: text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
