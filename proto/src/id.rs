@@ -222,13 +222,9 @@ impl AsRef<[u8]> for Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut buf = [0u8; 64];
-        for (i, b) in self.0.iter().enumerate() {
-            buf[2 * i] = HEX[usize::from(b >> 4)];
-            buf[2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
-        // The buffer holds only ASCII hex digits.
+        hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
+        // `encode_to_slice` writes only ASCII hex digits.
         f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
@@ -251,29 +247,11 @@ impl FromStr for Digest {
     type Err = ParseDigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseDigestError {
-            input: s.to_owned(),
-        };
-        let text = s.as_bytes();
-        if text.len() != 2 * Self::LEN {
-            return Err(err());
-        }
         let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-            let hi = hex_value(pair[0]).ok_or_else(err)?;
-            let lo = hex_value(pair[1]).ok_or_else(err)?;
-            *byte = hi << 4 | lo;
-        }
+        hex::decode_to_slice(s, &mut out).map_err(|_| ParseDigestError {
+            input: s.to_owned(),
+        })?;
         Ok(Digest(out))
-    }
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 
