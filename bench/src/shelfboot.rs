@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use shelfboot_card::agent::Timers;
 use shelfboot_card::flash::{FileVolumes, Store, StoreConfig, Volumes as _};
 use shelfboot_card::sim::{self, SimCard, SimConfig};
-use shelfboot_master::master::Master;
+use shelfboot_master::state::Master;
 use shelfboot_master::serve::{self, ServeConfig};
 use shelfboot_master::store::NodeIdentity;
 use shelfboot_proto::frame::MacAddr;

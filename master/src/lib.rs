@@ -13,10 +13,10 @@ pub mod cli;
 pub mod control;
 pub mod image;
 pub mod keys;
-pub mod master;
 pub mod policy;
 pub mod resolve;
 pub mod serve;
+pub mod state;
 pub mod store;
 
 /// The messages of an error and its `source()` chain, outermost first.

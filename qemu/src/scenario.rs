@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
-use shelfboot_master::master::{Master, NodeView};
+use shelfboot_master::state::{Master, NodeView};
 use shelfboot_master::serve::{self, ServeConfig, ServeStats};
 
 use crate::backplane::{Backplane, MASTER_IF};

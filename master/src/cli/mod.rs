@@ -13,11 +13,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::control::{self, Client, ControlError, Daemon, Reply, Request, StateLock};
+use crate::control::{self, Access, Backplane, ControlError, Daemon, Reply, Request, StateLock};
 use crate::image::pack;
 use crate::keys;
-use crate::master::{FleetAction, Master, MasterError};
 use crate::policy::Mac;
+use crate::state::{FleetAction, Master, MasterError};
 use crate::store::NodeIdentity;
 
 /// shelfboot master: package and node databases, composite images, plans.
@@ -279,29 +279,48 @@ impl Progress {
     }
 }
 
-/// Sends a request to the daemon, or runs it in-process under the state lock.
+/// Sends a request to the state's owner (a daemon or `master serve`), or runs it
+/// in-process as the owner; waits up to [`control::OWNER_WAIT`] for an owner that is
+/// starting or stopping (see [`control::reach`]).
 pub fn run_request(state: &Path, req: Request) -> Result<Reply, CliError> {
     let mut progress = Progress::new();
-    let result = match Client::connect(state) {
-        Some(client) => {
-            log::debug!(
-                "using the daemon at {}",
-                control::socket_path(state).display()
-            );
-            client
-                .call(&req, &mut |d, t| progress.update(d, t))
-                .map_err(CliError::from)
-        }
-        None => (|| {
-            let _lock = StateLock::acquire(state)?;
-            let mut m = Master::open(state)?;
-            Ok(control::execute(&mut m, req, &mut |d, t| {
-                progress.update(d, t)
-            })?)
-        })(),
-    };
+    let result = request_owner(state, req, &mut progress);
     progress.finish();
     result
+}
+
+fn request_owner(state: &Path, req: Request, progress: &mut Progress) -> Result<Reply, CliError> {
+    let deadline = std::time::Instant::now() + control::OWNER_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match control::reach(state, left)? {
+            Access::Owner(client) => {
+                log::debug!(
+                    "using the daemon at {}",
+                    control::socket_path(state).display()
+                );
+                match client.call(&req, &mut |d, t| progress.update(d, t)) {
+                    Err(e @ ControlError::Unanswered { .. })
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        log::info!(
+                            "{}; asking the next owner",
+                            crate::error_chain(&e).join(": ")
+                        );
+                        std::thread::sleep(control::OWNER_POLL);
+                    }
+                    r => return Ok(r?),
+                }
+            }
+            Access::Owned(_lock) => {
+                let mut m = Master::open(state)?;
+                let outcome = control::execute(&mut m, req, Backplane::Unserved, &mut |d, t| {
+                    progress.update(d, t)
+                })?;
+                return Ok(outcome.reply);
+            }
+        }
+    }
 }
 
 /// The control request for a state command; `None` for the commands that run locally
@@ -388,7 +407,7 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
 }
 
 fn run_daemon(state: &Path, group: Option<&str>) -> Result<(), CliError> {
-    let _lock = StateLock::acquire(state)?;
+    let _lock = StateLock::acquire_waiting(state, control::OWNER_WAIT)?;
     let mut m = Master::open(state)?;
     let daemon = Daemon::bind(state, group)?;
     eprintln!("master daemon listening on {}", daemon.path().display());

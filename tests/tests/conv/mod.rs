@@ -13,7 +13,7 @@ use std::time::Duration;
 use shelfboot_card::agent::Timers;
 use shelfboot_card::flash::{FileVolumes, Store, StoreConfig, Volumes};
 use shelfboot_card::sim::{CardReport, SimCard, SimConfig};
-use shelfboot_master::master::Master;
+use shelfboot_master::state::Master;
 use shelfboot_master::serve::{self, ServeConfig, ServeStats};
 use shelfboot_netio::lab::Lab;
 use shelfboot_proto::frame::MacAddr;

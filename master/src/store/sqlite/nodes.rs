@@ -1,11 +1,10 @@
 //! Node-database operations of the SQLite store: cards, assignments, history.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::packages::release_row_id;
+use super::rows::{release_row_id, upsert_assignment};
 use super::{SqliteStore, event, from_json, sql, to_json};
 use crate::image::manifest::ReleaseId;
 use crate::policy::Mac;
@@ -106,25 +105,6 @@ fn require_node(c: &Connection, mac: &Mac) -> Result<()> {
         return Err(StoreError::UnknownNode(mac.clone()));
     }
     Ok(())
-}
-
-pub(super) fn upsert_assignment(
-    c: &Connection,
-    target: &Target,
-    release_id: Option<i64>,
-    pins: &BTreeMap<String, semver::Version>,
-    now: i64,
-) -> Result<()> {
-    let (k, n) = target.key();
-    c.execute(
-        "INSERT INTO assignments(target_kind, target, release_id, pins, set_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(target_kind, target) DO UPDATE SET release_id = excluded.release_id,
-           pins = excluded.pins, set_at = excluded.set_at",
-        params![k, n, release_id, to_json(pins), now],
-    )
-    .map(drop)
-    .map_err(sql("set assignment"))
 }
 
 impl SqliteStore {
