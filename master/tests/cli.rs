@@ -151,4 +151,86 @@ mod tests {
         let out = ok(dir, &["releases"]);
         assert!(out.contains("shelf-os@1.0.0"), "{out}");
     }
+
+    /// One CLI process with its output captured.
+    fn spawn_cli(dir: &Path, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_master"))
+            .args(args)
+            .current_dir(dir)
+            .env("SHELFBOOT_STATE", dir.join("state"))
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start a CLI")
+    }
+
+    /// CLI requests issued at the moment a daemon starts, and at the moment it stops, all
+    /// succeed: the CLI waits for (or talks to) the one owner of the state, never finds it
+    /// "in use" or its database locked. Bounded: 6 rounds of 8 requests, under 2 minutes.
+    #[test]
+    fn requests_issued_while_a_daemon_starts_and_stops_all_succeed() {
+        const CARD: &str = "02:00:00:00:00:07";
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        ok(
+            dir,
+            &[
+                "node", "add", "--mac", CARD, "--type", "lc100", "--arch", "x86_64", "--slot", "7",
+            ],
+        );
+        let requests: [&[&str]; 4] = [
+            &["test-mode", CARD, "--off"],
+            &["nodes", "--json"],
+            &["node", "class", CARD, "--auto"],
+            &["history", "--limit", "5"],
+        ];
+        let began = Instant::now();
+        let mut answered = 0;
+        for round in 0..6 {
+            let child = Command::new(env!("CARGO_BIN_EXE_master"))
+                .args(["daemon"])
+                .env("SHELFBOOT_STATE", dir.join("state"))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start daemon");
+            let mut daemon = Daemon(child);
+            // At once, while the daemon takes the lock and binds its socket.
+            let mut clis: Vec<Child> = requests.iter().map(|r| spawn_cli(dir, r)).collect();
+            // Let the daemon come up and serve some, then stop it with requests in flight.
+            std::thread::sleep(Duration::from_millis(20 * round));
+            clis.extend(requests.iter().map(|r| spawn_cli(dir, r)));
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.0.id()).unwrap());
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            for cli in clis {
+                let out = cli.wait_with_output().unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    out.status.success(),
+                    "round {round}: a CLI request failed: {stderr}"
+                );
+                answered += 1;
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while daemon.0.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(120),
+                "round {round} took too long"
+            );
+        }
+        assert_eq!(answered, 48);
+        // Every test-mode request reached the state: one event each.
+        let history = ok(dir, &["history", "--limit", "1000", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&history).unwrap();
+        let test_mode = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "test-mode")
+            .count();
+        assert_eq!(test_mode, 12, "{history}");
+    }
 }

@@ -17,8 +17,8 @@ mod tests {
     };
     use shelfboot_master::cli;
     use shelfboot_master::control::{self, Reply, Request};
-    use shelfboot_master::state::Master;
     use shelfboot_master::serve::stats;
+    use shelfboot_master::state::Master;
     use shelfboot_master::store::{NodeState, Store as _};
     use shelfboot_netio::lab::{self, Lab};
 

@@ -74,8 +74,8 @@ pub enum ControlError {
         source: io::Error,
     },
     #[error(
-        "state directory {path} is held by a master process that did not answer on its control socket within {} s (a master starting or stopping, or a CLI command running in-process); retry, or find the holder with `fuser {path}/lock`",
-        waited.as_secs()
+        "state directory {path} is held by a master process that did not answer on its control socket within {:.0} s (a master starting or stopping, or a CLI command running in-process); retry, or find the holder with `fuser {path}/lock`",
+        waited.as_secs_f64()
     )]
     OwnerSilent { path: PathBuf, waited: Duration },
     #[error("unknown group '{0}' for the control socket")]
