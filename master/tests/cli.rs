@@ -233,4 +233,36 @@ mod tests {
             .count();
         assert_eq!(test_mode, 12, "{history}");
     }
+
+    /// `master decode`: a sample frame as hex is dumped (exit 0); bad hex and a truncated
+    /// frame are errors (exit 1) that say which frame and why; no hex is a usage error.
+    #[test]
+    fn decode_dumps_frames_and_names_bad_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let frames = shelfboot_proto::samples::every_frame();
+        let whole = hex::encode(&frames[0]);
+        let out = ok(dir, &["decode", &whole]);
+        assert!(out.starts_with("ethernet: "), "{out}");
+        assert!(out.contains("(CRC ok)"), "{out}");
+        assert!(out.contains("(valid; signatures not checked)"), "{out}");
+
+        let out = master(dir, &["decode", "zz"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("frame 1 is not hex"), "{err}");
+
+        let cut = hex::encode(&frames[0][..30]);
+        let out = master(dir, &["decode", &whole, &cut]);
+        assert_eq!(out.status.code(), Some(1));
+        let dump = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            dump.contains("frame 2:") && dump.contains("rejected"),
+            "{dump}"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("frame 2 (30 bytes) does not decode"), "{err}");
+
+        assert_eq!(master(dir, &["decode"]).status.code(), Some(2));
+    }
 }

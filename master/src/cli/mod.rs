@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 the operation failed (the error chain is printed), 2 usage
 //! error (from clap).
 
+pub mod decode;
 mod output;
 
 use std::io::IsTerminal;
@@ -150,6 +151,14 @@ pub enum Command {
     Serve(crate::serve::cli::ServeArgs),
     /// Counters of the running (or last) `master serve`.
     Stats,
+    /// Dump shelfboot frames given as hex (one frame per argument; whitespace and colons
+    /// between bytes are allowed): Ethernet, header, data header or message and its CBOR
+    /// body. Signatures are not checked. Exits 1 if a frame does not decode.
+    Decode {
+        /// The frame's bytes, Ethernet header first, as hex.
+        #[arg(required = true, value_name = "HEX")]
+        frames: Vec<String>,
+    },
 }
 
 /// `master trust ...`
@@ -232,6 +241,8 @@ pub enum CliError {
     Output(#[source] std::io::Error),
     #[error("backplane service")]
     Serve(#[from] crate::serve::cli::ServeCliError),
+    #[error(transparent)]
+    Decode(#[from] decode::DecodeError),
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, CliError> {
@@ -324,7 +335,7 @@ fn request_owner(state: &Path, req: Request, progress: &mut Progress) -> Result<
 }
 
 /// The control request for a state command; `None` for the commands that run locally
-/// without state (keygen, pack, daemon).
+/// without state or run on their own (keygen, pack, daemon, serve, stats, decode).
 fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
     Ok(Some(match cmd {
         Command::Trust { action } => match action {
@@ -402,7 +413,8 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         | Command::Pack { .. }
         | Command::Daemon { .. }
         | Command::Serve(_)
-        | Command::Stats => return Ok(None),
+        | Command::Stats
+        | Command::Decode { .. } => return Ok(None),
     }))
 }
 
@@ -450,6 +462,7 @@ fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
         Command::Daemon { group } => return run_daemon(&cli.state, group.as_deref()),
         Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a)?),
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
+        Command::Decode { frames } => return Ok(decode::run(&frames, out)?),
         cmd => match request_for(cmd)? {
             Some(req) => run_request(&cli.state, req)?,
             None => Reply::Pong,
