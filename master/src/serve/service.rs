@@ -1,4 +1,4 @@
-//! The master's side of the boot conversation, sans-IO: frames in
+//! The master's side of the boot conversation: frames in
 //! ([`Service::handle_frame`]), frames out ([`Service::tick`] and the reply of each
 //! handled frame), time passed in as an argument.
 //!
@@ -22,7 +22,10 @@
 //!   BurnNow before its plan (it burns or validates, reports Ready and holds); its Ready
 //!   clears the mark and records it `ready` ("prepared, holding for warm boot").
 //!
-//! This module does not open sockets or read the clock (see [`super::run`]).
+//! This module does not open sockets or read a clock of its own (see [`super::run`]):
+//! monotonic time is the `now` argument; the node database is the state's [`Store`] and
+//! its timestamps come from the state's [`crate::state::Clock`], both given with the
+//! [`Master`]; the transfer sessions read blob files ([`super::sessions`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
