@@ -4,19 +4,20 @@
 //! Layout: [`blobs`] (content-addressed files), [`keys`] (vendor keys), [`policy`] (classes,
 //! overrides, defaults), [`image`] (composite format, manifest, pack), [`store`] (the
 //! databases behind the [`store::Store`] trait, SQLite implementation), [`resolve`] (plan
-//! resolution with pubgrub), [`master`] (the operations the CLI and the daemon run, and the
-//! calls the backplane service will make), [`control`] (the control socket and state lock),
-//! [`cli`] (clap definitions and output), [`serve`] (the backplane service, issue 4).
+//! resolution with pubgrub), [`state`] (the master's state and its operations: what the
+//! CLI, the daemon and the backplane service run), [`control`] (the control socket, the
+//! state lock and who owns the state), [`cli`] (clap definitions, output, `decode`),
+//! [`serve`] (the backplane service).
 
 pub mod blobs;
 pub mod cli;
 pub mod control;
 pub mod image;
 pub mod keys;
-pub mod master;
 pub mod policy;
 pub mod resolve;
 pub mod serve;
+pub mod state;
 pub mod store;
 
 /// The messages of an error and its `source()` chain, outermost first.

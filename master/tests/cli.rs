@@ -151,4 +151,118 @@ mod tests {
         let out = ok(dir, &["releases"]);
         assert!(out.contains("shelf-os@1.0.0"), "{out}");
     }
+
+    /// One CLI process with its output captured.
+    fn spawn_cli(dir: &Path, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_master"))
+            .args(args)
+            .current_dir(dir)
+            .env("SHELFBOOT_STATE", dir.join("state"))
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start a CLI")
+    }
+
+    /// CLI requests issued at the moment a daemon starts, and at the moment it stops, all
+    /// succeed: the CLI waits for (or talks to) the one owner of the state, never finds it
+    /// "in use" or its database locked. Bounded: 6 rounds of 8 requests, under 2 minutes.
+    #[test]
+    fn requests_issued_while_a_daemon_starts_and_stops_all_succeed() {
+        const CARD: &str = "02:00:00:00:00:07";
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        ok(
+            dir,
+            &[
+                "node", "add", "--mac", CARD, "--type", "lc100", "--arch", "x86_64", "--slot", "7",
+            ],
+        );
+        let requests: [&[&str]; 4] = [
+            &["test-mode", CARD, "--off"],
+            &["nodes", "--json"],
+            &["node", "class", CARD, "--auto"],
+            &["history", "--limit", "5"],
+        ];
+        let began = Instant::now();
+        let mut answered = 0;
+        for round in 0..6 {
+            let child = Command::new(env!("CARGO_BIN_EXE_master"))
+                .args(["daemon"])
+                .env("SHELFBOOT_STATE", dir.join("state"))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start daemon");
+            let mut daemon = Daemon(child);
+            // At once, while the daemon takes the lock and binds its socket.
+            let mut clis: Vec<Child> = requests.iter().map(|r| spawn_cli(dir, r)).collect();
+            // Let the daemon come up and serve some, then stop it with requests in flight.
+            std::thread::sleep(Duration::from_millis(20 * round));
+            clis.extend(requests.iter().map(|r| spawn_cli(dir, r)));
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.0.id()).unwrap());
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            for cli in clis {
+                let out = cli.wait_with_output().unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    out.status.success(),
+                    "round {round}: a CLI request failed: {stderr}"
+                );
+                answered += 1;
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while daemon.0.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(120),
+                "round {round} took too long"
+            );
+        }
+        assert_eq!(answered, 48);
+        // Every test-mode request reached the state: one event each.
+        let history = ok(dir, &["history", "--limit", "1000", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&history).unwrap();
+        let test_mode = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "test-mode")
+            .count();
+        assert_eq!(test_mode, 12, "{history}");
+    }
+
+    /// `master decode`: a sample frame as hex is dumped (exit 0); bad hex and a truncated
+    /// frame are errors (exit 1) that say which frame and why; no hex is a usage error.
+    #[test]
+    fn decode_dumps_frames_and_names_bad_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let frames = shelfboot_proto::samples::every_frame();
+        let whole = hex::encode(&frames[0]);
+        let out = ok(dir, &["decode", &whole]);
+        assert!(out.starts_with("ethernet: "), "{out}");
+        assert!(out.contains("(CRC ok)"), "{out}");
+        assert!(out.contains("(valid; signatures not checked)"), "{out}");
+
+        let out = master(dir, &["decode", "zz"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("frame 1 is not hex"), "{err}");
+
+        let cut = hex::encode(&frames[0][..30]);
+        let out = master(dir, &["decode", &whole, &cut]);
+        assert_eq!(out.status.code(), Some(1));
+        let dump = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            dump.contains("frame 2:") && dump.contains("rejected"),
+            "{dump}"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("frame 2 (30 bytes) does not decode"), "{err}");
+
+        assert_eq!(master(dir, &["decode"]).status.code(), Some(2));
+    }
 }

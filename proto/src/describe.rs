@@ -7,9 +7,36 @@
 use std::fmt::Write as _;
 
 use crate::DEFAULT_ETHERTYPE;
-use crate::data::DataView;
-use crate::frame::{EthernetView, Frame, MessageType};
-use crate::msg::decode_message;
+use crate::data::{DataError, DataView};
+use crate::frame::{EthernetView, Frame, FrameError, MessageType};
+use crate::msg::{MsgError, decode_message};
+
+/// Why [`check_frame`] rejects a frame (the "rejected" line of [`describe_frame`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// The Ethernet header, our header or the CRC trailer.
+    #[error("the frame itself is not valid")]
+    Frame(#[source] FrameError),
+    /// The data frame header or its slice.
+    #[error("the data frame is not valid")]
+    Data(#[source] DataError),
+    /// The control message body.
+    #[error("the control message is not valid")]
+    Message(#[source] MsgError),
+}
+
+/// Checks `bytes` the way [`describe_frame`] reads them (with the frame's own EtherType):
+/// the frame, then its data header or its control message. Signatures are not checked.
+pub fn check_frame(bytes: &[u8]) -> Result<(), Rejection> {
+    let eth = EthernetView::from_bytes(bytes).map_err(Rejection::Frame)?;
+    let frame = Frame::decode(bytes, eth.ethertype()).map_err(Rejection::Frame)?;
+    if frame.header().msg_type == MessageType::Data {
+        DataView::from_frame(&frame).map_err(Rejection::Data)?;
+    } else {
+        decode_message(&frame).map_err(Rejection::Message)?;
+    }
+    Ok(())
+}
 
 /// Describes `bytes` (one Ethernet frame without FCS) on several lines.
 pub fn describe_frame(bytes: &[u8]) -> String {
@@ -153,6 +180,16 @@ fn push_chain(out: &mut String, what: &str, e: &dyn std::error::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_frame_accepts_every_sample_and_rejects_a_truncated_one() {
+        for f in crate::samples::every_frame() {
+            check_frame(&f).unwrap();
+            let cut = f.get(..f.len() / 2).unwrap();
+            assert!(check_frame(cut).is_err(), "{}", describe_frame(cut));
+        }
+        assert!(matches!(check_frame(&[0u8; 5]), Err(Rejection::Frame(_))));
+    }
     use crate::frame::{Header, Link, MacAddr, encode_frame};
     use crate::msg::{Heartbeat, Message, encode_message};
 

@@ -10,7 +10,7 @@
 //! - [`msg`]: control messages (CBOR bodies) and the shared [`msg::set_digest`].
 //! - [`data`]: data frames (fixed binary header, no CBOR), slices and NACK bitmaps.
 //! - [`sign`]: Ed25519 signatures over plans, commands and manifests; the trust anchor.
-//! - [`describe`]: a human-readable dump of a frame, for `master decode HEX`.
+//! - [`describe`]: a human-readable dump of a frame and its check, for `master decode HEX`.
 //! - [`samples`]: deterministic example messages and frames (tests, fuzz seeds, docs).
 //!
 //! It does not choose addresses, retransmit, time out or resolve plans: that is the
@@ -24,7 +24,7 @@ pub mod msg;
 pub mod samples;
 pub mod sign;
 
-pub use describe::describe_frame;
+pub use describe::{Rejection, check_frame, describe_frame};
 
 /// Protocol versions. The rule, from `docs/protocol.md`:
 ///

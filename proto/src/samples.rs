@@ -7,7 +7,6 @@
 use crate::data::{DataHeader, encode_data_frame};
 use crate::frame::{Header, Link, MacAddr, MessageType};
 use crate::msg::*;
-use crate::sign::Signature;
 use crate::{DEFAULT_ETHERTYPE, MAX_FRAME_LEN};
 
 /// An artifact of 4096 bytes, version 1.0, whose sha256 is `fill` repeated.

@@ -21,15 +21,13 @@
 use std::fmt;
 
 use ed25519_dalek::Signer as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::Serialize;
 use thiserror::Error;
 
-use crate::msg::{Command, CommandBody, Digest, Nonce, Plan, PlanBody, set_digest};
+use crate::msg::{Command, CommandBody, Digest, Nonce, Plan, PlanBody, Signature, set_digest};
 
 /// Length of a public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
-/// Length of a signature.
-pub const SIGNATURE_LEN: usize = 64;
 
 /// What a signature is for; selects the domain tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,34 +107,6 @@ pub enum SignError {
 
 fn hex32(d: &Digest) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An Ed25519 signature. CBOR: a 64-byte string.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Signature(pub [u8; SIGNATURE_LEN]);
-
-impl fmt::Debug for Signature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature({}…)", hex32(&array32(&self.0)))
-    }
-}
-
-fn array32(b: &[u8; 64]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&b[..32]);
-    out
-}
-
-impl Serialize for Signature {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde_bytes::serialize(&self.0, s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Signature {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde_bytes::deserialize::<[u8; SIGNATURE_LEN], D>(d).map(Signature)
-    }
 }
 
 /// A signing key (master side). Its Debug output never shows the secret.

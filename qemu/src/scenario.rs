@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
-use shelfboot_master::master::{Master, NodeView};
 use shelfboot_master::serve::{self, ServeConfig, ServeStats};
+use shelfboot_master::state::{Master, NodeView};
 
 use crate::backplane::{Backplane, MASTER_IF};
 use crate::card::{CardConfig, create_erased_image};

@@ -27,7 +27,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
-    use shelfboot_master::master::Master;
+    use shelfboot_master::state::Master;
     use shelfboot_master::store::NodeState;
     use shelfboot_qemu::kernel;
     use shelfboot_qemu::release::{self, Derived};
@@ -176,7 +176,7 @@ mod tests {
 
     /// Sends a fleet order through the control socket, retrying while the serve run that
     /// was just started has not bound it yet.
-    fn order(state: &Path, action: shelfboot_master::master::FleetAction) -> String {
+    fn order(state: &Path, action: shelfboot_master::state::FleetAction) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let req = shelfboot_master::control::Request::Fleet {
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn prepare_all_then_system_warm_boot() {
-        use shelfboot_master::master::FleetAction;
+        use shelfboot_master::state::FleetAction;
         use shelfboot_master::store::{NodeIdentity, Store as _};
 
         if !scenario::qemu_tier() {

@@ -46,8 +46,8 @@ mod tests {
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use regex::Regex;
-    use shelfboot_master::master::{Master, parse_release};
     use shelfboot_master::resolve::Plan;
+    use shelfboot_master::state::{Master, parse_release};
     use shelfboot_master::store::Target;
     use shelfboot_qemu::card::{Card, Pattern};
     use shelfboot_qemu::kernel;

@@ -16,9 +16,9 @@ mod tests {
         Fixture, assert_all_fetched, init_log, serial, spawn_cards, spawn_master, stop_after,
     };
     use shelfboot_master::cli;
-    use shelfboot_master::control::{self, Reply, Request, StateLock};
-    use shelfboot_master::master::Master;
+    use shelfboot_master::control::{self, Reply, Request};
     use shelfboot_master::serve::stats;
+    use shelfboot_master::state::Master;
     use shelfboot_master::store::{NodeState, Store as _};
     use shelfboot_netio::lab::{self, Lab};
 
@@ -99,9 +99,8 @@ mod tests {
         let lab = Lab::new("conv-cli", 2).unwrap();
         let cards = fx.cards(1);
         let mac: shelfboot_master::policy::Mac = cards[0].mac.to_string().parse().unwrap();
-        // Hold the state lock as `master serve` does: a CLI request can then only be
+        // `serve::run` owns the state (it holds the state lock): a CLI request can only be
         // answered through the control socket of the serving master, not in-process.
-        let _lock = StateLock::acquire(&fx.state).unwrap();
         let stop_m = Arc::new(AtomicBool::new(false));
         let (nodes, history, st) = std::thread::scope(|s| {
             let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());

@@ -14,7 +14,7 @@ mod tests {
     use super::conv::{Fixture, init_log, serial, spawn_cards, spawn_master};
     use rand::{Rng, SeedableRng};
     use shelfboot_card::flash::{FileVolumes, Store, StoreConfig, Volumes};
-    use shelfboot_master::master::Master;
+    use shelfboot_master::state::Master;
     use shelfboot_master::store::NodeIdentity;
     use shelfboot_netio::lab::{self, Lab};
     use shelfboot_netio::{PacketSocket, SocketConfig};

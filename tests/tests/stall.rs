@@ -21,8 +21,8 @@ mod tests {
     use super::conv::Fixture;
     use shelfboot_card::agent::{Agent, AgentConfig, Decision, Identity, Output, Phase, Timers};
     use shelfboot_card::flash::{FakeVolumes, Store, StoreConfig};
-    use shelfboot_master::master::Master;
     use shelfboot_master::serve::{self, ServeConfig, ServeStats, Service, ServiceConfig};
+    use shelfboot_master::state::Master;
     use shelfboot_master::store::sqlite::SqliteStore;
     use shelfboot_proto::frame::MacAddr;
     use shelfboot_proto::msg::{Arch, BootPhase};

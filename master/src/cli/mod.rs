@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 the operation failed (the error chain is printed), 2 usage
 //! error (from clap).
 
+pub mod decode;
 mod output;
 
 use std::io::IsTerminal;
@@ -13,11 +14,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::control::{self, Client, ControlError, Daemon, Reply, Request, StateLock};
+use crate::control::{self, Access, Backplane, ControlError, Daemon, Reply, Request, StateLock};
 use crate::image::pack;
 use crate::keys;
-use crate::master::{FleetAction, Master, MasterError};
 use crate::policy::Mac;
+use crate::state::{FleetAction, Master, MasterError};
 use crate::store::NodeIdentity;
 
 /// shelfboot master: package and node databases, composite images, plans.
@@ -150,6 +151,14 @@ pub enum Command {
     Serve(crate::serve::cli::ServeArgs),
     /// Counters of the running (or last) `master serve`.
     Stats,
+    /// Dump shelfboot frames given as hex (one frame per argument; whitespace and colons
+    /// between bytes are allowed): Ethernet, header, data header or message and its CBOR
+    /// body. Signatures are not checked. Exits 1 if a frame does not decode.
+    Decode {
+        /// The frame's bytes, Ethernet header first, as hex.
+        #[arg(required = true, value_name = "HEX")]
+        frames: Vec<String>,
+    },
 }
 
 /// `master trust ...`
@@ -232,6 +241,8 @@ pub enum CliError {
     Output(#[source] std::io::Error),
     #[error("backplane service")]
     Serve(#[from] crate::serve::cli::ServeCliError),
+    #[error(transparent)]
+    Decode(#[from] decode::DecodeError),
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, CliError> {
@@ -279,33 +290,52 @@ impl Progress {
     }
 }
 
-/// Sends a request to the daemon, or runs it in-process under the state lock.
+/// Sends a request to the state's owner (a daemon or `master serve`), or runs it
+/// in-process as the owner; waits up to [`control::OWNER_WAIT`] for an owner that is
+/// starting or stopping (see [`control::reach`]).
 pub fn run_request(state: &Path, req: Request) -> Result<Reply, CliError> {
     let mut progress = Progress::new();
-    let result = match Client::connect(state) {
-        Some(client) => {
-            log::debug!(
-                "using the daemon at {}",
-                control::socket_path(state).display()
-            );
-            client
-                .call(&req, &mut |d, t| progress.update(d, t))
-                .map_err(CliError::from)
-        }
-        None => (|| {
-            let _lock = StateLock::acquire(state)?;
-            let mut m = Master::open(state)?;
-            Ok(control::execute(&mut m, req, &mut |d, t| {
-                progress.update(d, t)
-            })?)
-        })(),
-    };
+    let result = request_owner(state, req, &mut progress);
     progress.finish();
     result
 }
 
+fn request_owner(state: &Path, req: Request, progress: &mut Progress) -> Result<Reply, CliError> {
+    let deadline = std::time::Instant::now() + control::OWNER_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match control::reach(state, left)? {
+            Access::Owner(client) => {
+                log::debug!(
+                    "using the daemon at {}",
+                    control::socket_path(state).display()
+                );
+                match client.call(&req, &mut |d, t| progress.update(d, t)) {
+                    Err(e @ ControlError::Unanswered { .. })
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        log::info!(
+                            "{}; asking the next owner",
+                            crate::error_chain(&e).join(": ")
+                        );
+                        std::thread::sleep(control::OWNER_POLL);
+                    }
+                    r => return Ok(r?),
+                }
+            }
+            Access::Owned(_lock) => {
+                let mut m = Master::open(state)?;
+                let outcome = control::execute(&mut m, req, Backplane::Unserved, &mut |d, t| {
+                    progress.update(d, t)
+                })?;
+                return Ok(outcome.reply);
+            }
+        }
+    }
+}
+
 /// The control request for a state command; `None` for the commands that run locally
-/// without state (keygen, pack, daemon).
+/// without state or run on their own (keygen, pack, daemon, serve, stats, decode).
 fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
     Ok(Some(match cmd {
         Command::Trust { action } => match action {
@@ -383,12 +413,13 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         | Command::Pack { .. }
         | Command::Daemon { .. }
         | Command::Serve(_)
-        | Command::Stats => return Ok(None),
+        | Command::Stats
+        | Command::Decode { .. } => return Ok(None),
     }))
 }
 
 fn run_daemon(state: &Path, group: Option<&str>) -> Result<(), CliError> {
-    let _lock = StateLock::acquire(state)?;
+    let _lock = StateLock::acquire_waiting(state, control::OWNER_WAIT)?;
     let mut m = Master::open(state)?;
     let daemon = Daemon::bind(state, group)?;
     eprintln!("master daemon listening on {}", daemon.path().display());
@@ -431,6 +462,7 @@ fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
         Command::Daemon { group } => return run_daemon(&cli.state, group.as_deref()),
         Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a)?),
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
+        Command::Decode { frames } => return Ok(decode::run(&frames, out)?),
         cmd => match request_for(cmd)? {
             Some(req) => run_request(&cli.state, req)?,
             None => Reply::Pong,

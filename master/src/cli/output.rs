@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::control::Reply;
-use crate::master::NodeView;
 use crate::resolve::Plan;
+use crate::state::NodeView;
 
 /// Formats rows as left-aligned columns separated by two spaces.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {

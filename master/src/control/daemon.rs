@@ -34,14 +34,25 @@ use nix::sys::socket::{UnixCredentials, getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{Gid, Group, Uid, chown, geteuid};
 
-use super::{CLIENT_TIMEOUT, ControlError, Line, MAX_REQUEST, Request, execute, socket_path};
-use crate::master::Master;
+use super::{
+    Backplane, CLIENT_TIMEOUT, ControlError, Line, MAX_REQUEST, Request, execute, socket_path,
+};
+use crate::state::{FleetOrder, Master};
 
 /// Connections with an incomplete request line the event-loop daemon keeps at once; a
 /// client beyond that is told the daemon is busy.
 pub const MAX_PENDING: usize = 16;
 /// How long writing one reply line may block on a client that does not read.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one [`Daemon::poll_once`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// Requests executed (whether they succeeded or not).
+    pub executed: u32,
+    /// Fleet orders those requests made, oldest first, for the caller to send.
+    pub orders: Vec<FleetOrder>,
+}
 
 /// Who may talk to the daemon.
 #[derive(Debug, Clone, Copy)]
@@ -190,8 +201,13 @@ impl Daemon {
 
     /// Accepts every waiting client, reads what the pending ones sent, and executes each
     /// request that is complete. Never waits for a client (after
-    /// [`Daemon::set_nonblocking`]). Returns whether a request was executed.
-    pub fn poll_once(&self, master: &mut Master) -> Result<bool, ControlError> {
+    /// [`Daemon::set_nonblocking`]). Returns how many requests were executed and the fleet
+    /// orders they made (only with [`Backplane::Served`]).
+    pub fn poll_once(
+        &self,
+        master: &mut Master,
+        backplane: Backplane,
+    ) -> Result<Polled, ControlError> {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -206,7 +222,7 @@ impl Daemon {
         let now = Instant::now();
         let waiting = std::mem::take(&mut *self.pending.borrow_mut());
         let mut kept = Vec::with_capacity(waiting.len());
-        let mut served = false;
+        let mut polled = Polled::default();
         for mut p in waiting {
             let state = read_available(&mut p.stream, &mut p.buf);
             if !matches!(state, Ok(ReadState::Waiting))
@@ -216,8 +232,10 @@ impl Daemon {
             }
             let result = match state {
                 Ok(ReadState::Line(line)) => {
-                    served = true;
-                    self.answer(p.stream, p.cred, &line, master)
+                    polled.executed += 1;
+                    let (order, written) = self.answer(p.stream, p.cred, &line, master, backplane);
+                    polled.orders.extend(order);
+                    written
                 }
                 Ok(ReadState::Waiting)
                     if now.saturating_duration_since(p.since) < self.client_timeout =>
@@ -250,7 +268,7 @@ impl Daemon {
         // Requests executed above may not add pending clients (only `admit` does), so
         // the survivors are put back as they were.
         self.pending.borrow_mut().extend(kept);
-        Ok(served)
+        Ok(polled)
     }
 
     /// Checks a new client's credentials and queues it for its request line.
@@ -309,6 +327,8 @@ impl Daemon {
         ))
     }
 
+    /// Serves one client in blocking mode. Nothing sends fleet orders here: they are
+    /// refused.
     fn handle_blocking(&self, stream: UnixStream, master: &mut Master) -> Result<(), ControlError> {
         let cred = getsockopt(&stream, PeerCredentials).map_err(|e| self.io_err(e.into()))?;
         if let Some(msg) = self.refusal(&cred) {
@@ -321,23 +341,33 @@ impl Daemon {
         BufReader::new((&stream).take(MAX_REQUEST))
             .read_until(b'\n', &mut line)
             .map_err(|e| self.io_err(e))?;
-        self.answer(stream, cred, &line, master)
-            .map_err(|e| self.io_err(e))
+        let (_, written) = self.answer(stream, cred, &line, master, Backplane::Unserved);
+        written.map_err(|e| self.io_err(e))
     }
 
     /// Parses and executes one request line and writes the progress and reply lines.
+    /// Returns the fleet order the request made (it stands even if the client is gone) and
+    /// how writing the reply went.
     fn answer(
         &self,
         stream: UnixStream,
         cred: UnixCredentials,
         line: &[u8],
         master: &mut Master,
-    ) -> io::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        backplane: Backplane,
+    ) -> (Option<FleetOrder>, io::Result<()>) {
+        let blocking = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)));
+        if let Err(e) = blocking {
+            return (None, Err(e));
+        }
         let req: Request = match serde_json::from_slice(line) {
             Ok(r) => r,
-            Err(e) => return refuse(&stream, &format!("malformed control request: {e}")),
+            Err(e) => {
+                let msg = format!("malformed control request: {e}");
+                return (None, refuse(&stream, &msg));
+            }
         };
         log::info!("control request from uid {}: {}", cred.uid(), req.name());
         let mut progress_out = &stream;
@@ -350,16 +380,15 @@ impl Daemon {
                 let _ = write_line(&mut progress_out, &Line::Progress([done, total]));
             }
         };
-        let result = execute(master, req, &mut progress);
-        let line = match result {
-            Ok(reply) => Line::Ok(Box::new(reply)),
+        let (order, line) = match execute(master, req, backplane, &mut progress) {
+            Ok(outcome) => (outcome.order, Line::Ok(Box::new(outcome.reply))),
             Err(e) => {
                 let chain = crate::error_chain(&e);
                 log::error!("control request failed: {}", chain.join(": "));
-                Line::Error(chain)
+                (None, Line::Error(chain))
             }
         };
-        write_line(&mut &stream, &line)
+        (order, write_line(&mut &stream, &line))
     }
 
     /// Serves until SIGTERM or SIGINT arrives (read through a signalfd, so no handler
@@ -399,7 +428,7 @@ impl Daemon {
                     .unwrap_or(Signal::SIGTERM);
                 return Ok(sig);
             }
-            self.poll_once(master)?;
+            self.poll_once(master, Backplane::Unserved)?;
         }
     }
 }

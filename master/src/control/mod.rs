@@ -5,9 +5,19 @@
 //!   socket then owned by that group). Every connection's peer is checked with
 //!   `SO_PEERCRED`: root, the daemon's own uid, or (with `--group`) a peer whose primary
 //!   gid is that group; anyone else gets an error reply and a warning in the log.
-//! * A CLI command first tries the socket; if no daemon answers it takes the same lock
-//!   itself (non-blocking) and runs the operation in-process. The daemon and a CLI, or
-//!   two CLIs, therefore never write the state concurrently.
+//! * The state has one owner at a time: whoever holds the lock. `master daemon` and
+//!   `master serve` hold it for their whole life and bind the socket after taking it (and
+//!   remove it before letting go), so a daemon without a socket is starting or stopping.
+//! * A CLI command ([`reach`]) first tries the socket; if no daemon answers it takes the
+//!   lock itself and runs the operation in-process. If the lock is held and nothing
+//!   answers (a master starting or stopping, or another CLI running in-process), it
+//!   retries both every [`OWNER_POLL`], for at most [`OWNER_WAIT`], then fails saying so.
+//!   A request the owner closed unanswered (it stopped before reading it) is sent again
+//!   the same way. The daemon and a CLI, or two CLIs, therefore never write the state
+//!   concurrently, and a CLI command issued while a master starts or stops waits for it.
+//! * A starting daemon waits for the lock the same way ([`StateLock::acquire_waiting`]),
+//!   except that a holder answering on the socket (a running daemon or `master serve`)
+//!   is refused at once.
 //! * Protocol: one JSON [`Request`] line from the client; the daemon answers with zero or
 //!   more `{"progress":[done,total]}` lines and then one `{"ok":<Reply>}` or
 //!   `{"error":["message","cause",...]}` line, and closes. Requests are at most 1 MiB and
@@ -15,22 +25,22 @@
 //!   client still sending its request does not hold up the others (see [`daemon`]).
 //!
 //! This module does not format output (see [`crate::cli`]) and does not serve the
-//! backplane (issue 4).
+//! backplane (see [`crate::serve`]).
 
 mod daemon;
 mod ops;
 
 #[cfg(test)]
 use daemon::Policy;
-pub use daemon::{Daemon, MAX_PENDING, WRITE_TIMEOUT};
+pub use daemon::{Daemon, MAX_PENDING, Polled, WRITE_TIMEOUT};
 
-pub use ops::{Reply, Request, execute};
+pub use ops::{Backplane, Outcome, Reply, Request, execute};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +48,11 @@ use serde::{Deserialize, Serialize};
 pub const MAX_REQUEST: u64 = 1 << 20;
 /// How long the daemon waits for a client's request.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a CLI command, or a starting daemon, waits for a state owner that does not
+/// answer on the control socket (starting, stopping, or a CLI command in-process).
+pub const OWNER_WAIT: Duration = Duration::from_secs(30);
+/// How often the socket and the lock are tried again while waiting.
+pub const OWNER_POLL: Duration = Duration::from_millis(20);
 
 /// Errors of the control channel and the state lock.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +73,11 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "state directory {path} is held by a master process that did not answer on its control socket within {:.0} s (a master starting or stopping, or a CLI command running in-process); retry, or find the holder with `fuser {path}/lock`",
+        waited.as_secs_f64()
+    )]
+    OwnerSilent { path: PathBuf, waited: Duration },
     #[error("unknown group '{0}' for the control socket")]
     UnknownGroup(String),
     #[error("cannot set owner/mode of {path}")]
@@ -76,6 +96,14 @@ pub enum ControlError {
     BadReply(#[source] serde_json::Error),
     #[error("the master daemon closed the connection without a reply (see its log)")]
     NoReply,
+    #[error(
+        "the master at {path} closed the connection before reading the request (it was stopping)"
+    )]
+    Unanswered {
+        path: PathBuf,
+        #[source]
+        source: Option<io::Error>,
+    },
     #[error("{}", .0.first().map(String::as_str).unwrap_or("master daemon reported an error"))]
     Remote(Vec<String>),
 }
@@ -107,6 +135,59 @@ impl StateLock {
             Ok(()) => Ok(Self { _file: file }),
             Err(fs::TryLockError::WouldBlock) => Err(ControlError::Busy(state.to_path_buf())),
             Err(fs::TryLockError::Error(source)) => Err(ControlError::LockFile { path, source }),
+        }
+    }
+
+    /// Takes the lock, waiting up to `wait` while it is held by a process that does not
+    /// answer on the control socket (a master starting or stopping, a CLI command running
+    /// in-process). A holder that answers is a running daemon or `master serve`: refused at
+    /// once with [`ControlError::Busy`].
+    pub fn acquire_waiting(state: &Path, wait: Duration) -> Result<Self, ControlError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Self::acquire(state) {
+                Err(ControlError::Busy(path)) => {
+                    if Client::connect(state).is_some() {
+                        return Err(ControlError::Busy(path));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(ControlError::OwnerSilent { path, waited: wait });
+                    }
+                    std::thread::sleep(OWNER_POLL);
+                }
+                taken => return taken,
+            }
+        }
+    }
+}
+
+/// How a CLI command reaches the state.
+#[derive(Debug)]
+pub enum Access {
+    /// Through the owner's control socket.
+    Owner(Client),
+    /// In-process: this process owns the state while it holds the lock.
+    Owned(StateLock),
+}
+
+/// Finds the state's owner on the control socket, or becomes the owner, waiting up to
+/// `wait` while the lock is held by a process that does not answer (see the module
+/// docs). Fails with [`ControlError::OwnerSilent`] after that.
+pub fn reach(state: &Path, wait: Duration) -> Result<Access, ControlError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(client) = Client::connect(state) {
+            return Ok(Access::Owner(client));
+        }
+        match StateLock::acquire(state) {
+            Ok(lock) => return Ok(Access::Owned(lock)),
+            Err(ControlError::Busy(path)) => {
+                if Instant::now() >= deadline {
+                    return Err(ControlError::OwnerSilent { path, waited: wait });
+                }
+                std::thread::sleep(OWNER_POLL);
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -143,6 +224,11 @@ impl Client {
     }
 
     /// Sends one request and waits for the reply, reporting progress lines.
+    ///
+    /// A connection closed before any line came back is [`ControlError::Unanswered`]. An
+    /// owner stops only between requests (the daemon and the serve loop look at their stop
+    /// signal between two polls of the socket), so a stopping owner never executed it:
+    /// the request may be sent again to the next owner.
     pub fn call(
         self,
         req: &Request,
@@ -152,19 +238,45 @@ impl Client {
             path: self.path.clone(),
             source,
         };
+        let unanswered = |source: Option<io::Error>| ControlError::Unanswered {
+            path: self.path.clone(),
+            source,
+        };
+        let closed = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            )
+        };
         let mut text = serde_json::to_string(req).map_err(ControlError::BadReply)?;
         text.push('\n');
-        (&self.stream).write_all(text.as_bytes()).map_err(io_err)?;
+        if let Err(e) = (&self.stream).write_all(text.as_bytes()) {
+            return Err(if closed(&e) {
+                unanswered(Some(e))
+            } else {
+                io_err(e)
+            });
+        }
         let reader = BufReader::new(&self.stream);
+        let mut answered = false;
         for line in reader.lines() {
-            let line = line.map_err(io_err)?;
+            let line = match line {
+                Ok(l) => l,
+                Err(e) if !answered && closed(&e) => return Err(unanswered(Some(e))),
+                Err(e) => return Err(io_err(e)),
+            };
+            answered = true;
             match serde_json::from_str::<Line>(&line).map_err(ControlError::BadReply)? {
                 Line::Progress([d, t]) => progress(d, t),
                 Line::Ok(reply) => return Ok(*reply),
                 Line::Error(chain) => return Err(ControlError::Remote(chain)),
             }
         }
-        Err(ControlError::NoReply)
+        Err(if answered {
+            ControlError::NoReply
+        } else {
+            unanswered(None)
+        })
     }
 }
 

@@ -1,17 +1,21 @@
 //! Control requests and replies, and [`execute`], which runs one request against the
-//! state. The same function serves the daemon's socket and the CLI's in-process mode, so
-//! both behave identically.
+//! state. The same function serves the daemon's socket, `master serve`'s socket and the
+//! CLI's in-process mode, so all behave identically.
+//!
+//! A request's effect beyond the state (a fleet order to send over the backplane) is
+//! returned to the caller in its [`Outcome`]; nothing waits in shared state for someone
+//! to pick it up.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::master::{
+use crate::policy::{self, Mac};
+use crate::resolve::Plan;
+use crate::state::{
     ClassView, FleetAction, FleetOrder, GcReport, ImportReport, Master, MasterError, NodeView,
     parse_pins, parse_release,
 };
-use crate::policy::{self, Mac};
-use crate::resolve::Plan;
 use crate::store::{
     Assignment, BootRecord, Event, NodeIdentity, PackageRecord, ReleaseInfo, Target, TrustedKey,
 };
@@ -151,13 +155,34 @@ pub fn parse_target(s: &str) -> Result<Target, MasterError> {
     Ok(Target::Class(s.to_owned()))
 }
 
+/// Whether a backplane service runs on this state and can send fleet orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backplane {
+    /// `master serve` executes the request: it sends the fleet orders it returns.
+    Served,
+    /// The CLI in-process or `master daemon`: nothing could send a fleet order.
+    Unserved,
+}
+
+/// What executing a request produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The answer for the client.
+    pub reply: Reply,
+    /// A fleet order the caller (the serve loop) is to send now; only with
+    /// [`Backplane::Served`].
+    pub order: Option<FleetOrder>,
+}
+
 /// Runs one request.
 pub fn execute(
     m: &mut Master,
     req: Request,
+    backplane: Backplane,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<Reply, MasterError> {
-    Ok(match req {
+) -> Result<Outcome, MasterError> {
+    let mut order = None;
+    let reply = match req {
         Request::Ping => Reply::Pong,
         Request::Nodes => Reply::Nodes(m.nodes()?),
         Request::Packages => Reply::Packages {
@@ -223,23 +248,27 @@ pub fn execute(
         }
         Request::Gc { keep } => Reply::Gc(m.gc(usize::try_from(keep).unwrap_or(usize::MAX))?),
         Request::Fleet { action, target } => {
-            m.order(FleetOrder {
-                action,
-                target: target.clone(),
-            })?;
+            if backplane == Backplane::Unserved {
+                return Err(MasterError::NotServing(action));
+            }
+            let o = FleetOrder { action, target };
+            m.order(&o)?;
             let command = match action {
                 FleetAction::Prepare => "BurnNow",
                 FleetAction::WarmBoot => "WarmBoot",
                 FleetAction::Reset => "Reset",
             };
-            Reply::Done(match target {
+            let text = match &o.target {
                 Some(mac) => format!(
                     "{action}: master serve sends the signed Command {command} to card {mac} now"
                 ),
                 None => format!(
                     "{action}: master serve broadcasts the signed Command {command} to every card now"
                 ),
-            })
+            };
+            order = Some(o);
+            Reply::Done(text)
         }
-    })
+    };
+    Ok(Outcome { reply, order })
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use nix::unistd::{Gid, Uid};
 
 use super::*;
-use crate::master::Master;
-use crate::master::fixture;
+use crate::state::Master;
+use crate::state::fixture;
 
 #[test]
 fn lock_is_exclusive() {
@@ -89,14 +89,25 @@ fn poll_once_does_not_block() {
     let mut master = fixture::master(dir.path());
     let daemon = Daemon::bind(&state, None).unwrap();
     daemon.set_nonblocking().unwrap();
-    assert!(!daemon.poll_once(&mut master).unwrap());
+    assert_eq!(
+        daemon
+            .poll_once(&mut master, Backplane::Unserved)
+            .unwrap()
+            .executed,
+        0
+    );
     let client = std::thread::spawn(move || {
         Client::connect(&state)
             .unwrap()
             .call(&Request::Ping, &mut |_, _| {})
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !daemon.poll_once(&mut master).unwrap() {
+    while daemon
+        .poll_once(&mut master, Backplane::Unserved)
+        .unwrap()
+        .executed
+        == 0
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "client never connected"
@@ -111,7 +122,7 @@ fn poll_until(daemon: &Daemon, master: &mut Master, mut done: impl FnMut() -> bo
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
         assert!(Instant::now() < deadline, "daemon never got there");
-        daemon.poll_once(master).unwrap();
+        daemon.poll_once(master, Backplane::Unserved).unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -154,7 +165,7 @@ fn a_silent_client_does_not_hold_up_the_next() {
     assert_eq!(daemon.pending(), 1, "the silent client is still waiting");
     // Past its timeout the silent one is told why and dropped.
     std::thread::sleep(Duration::from_millis(350));
-    daemon.poll_once(&mut master).unwrap();
+    daemon.poll_once(&mut master, Backplane::Unserved).unwrap();
     assert_eq!(daemon.pending(), 0);
     let reply = read_reply(&silent);
     assert!(reply.contains("no request line within 300 ms"), "{reply}");
@@ -172,7 +183,7 @@ fn pending_clients_are_bounded_and_bad_lines_answered() {
         .collect();
     poll_until(&daemon, &mut master, || daemon.pending() == MAX_PENDING);
     let extra = UnixStream::connect(daemon.path()).unwrap();
-    daemon.poll_once(&mut master).unwrap();
+    daemon.poll_once(&mut master, Backplane::Unserved).unwrap();
     let reply = read_reply(&extra);
     assert!(reply.contains("busy"), "{reply}");
     // A client that closes before a whole line is dropped quietly; a malformed line
@@ -181,7 +192,7 @@ fn pending_clients_are_bounded_and_bad_lines_answered() {
     poll_until(&daemon, &mut master, || daemon.pending() == MAX_PENDING - 1);
     let bad = UnixStream::connect(daemon.path()).unwrap();
     (&bad).write_all(b"not json\n").unwrap();
-    daemon.poll_once(&mut master).unwrap();
+    daemon.poll_once(&mut master, Backplane::Unserved).unwrap();
     assert_eq!(daemon.pending(), MAX_PENDING - 1);
     let reply = read_reply(&bad);
     assert!(reply.contains("malformed control request"), "{reply}");

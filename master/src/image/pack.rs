@@ -7,7 +7,7 @@
 //!
 //! This does not check dependency satisfiability: `import` does, with the solver, and
 //! `pack` runs the same check before writing so a vendor learns it first (see
-//! [`crate::master::check_release`]).
+//! [`crate::state::check_release`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};

@@ -1,7 +1,7 @@
 //! The `master serve` and `master stats` subcommands: argument types and the code that
 //! runs them (the dispatch in [`crate::cli`] only calls in here).
 //!
-//! `serve` holds the state lock for its whole run (like `master daemon`), blocks SIGINT and
+//! `serve` owns the state for its whole run (like `master daemon`, see [`super::run`]), blocks SIGINT and
 //! SIGTERM in every thread and waits for them in one thread, which sets the stop flag: the
 //! service writes its final stats and exits 0. It does not daemonize. It serves the
 //! control socket like `master daemon`, so the operator CLI works while it runs.
@@ -14,7 +14,6 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 
 use super::{ServeConfig, ServeError, stats};
-use crate::control::StateLock;
 
 /// `master serve` arguments.
 #[derive(Debug, clap::Args)]
@@ -43,12 +42,6 @@ pub struct ServeArgs {
 /// Failures of the serve subcommands.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeCliError {
-    #[error("the master state in {path} is in use (a daemon or another serve holds the lock)")]
-    Lock {
-        path: std::path::PathBuf,
-        #[source]
-        source: crate::control::ControlError,
-    },
     #[error("blocking SIGINT/SIGTERM to stop cleanly")]
     Signals(#[source] nix::Error),
     #[error("master serve")]
@@ -63,10 +56,6 @@ pub enum ServeCliError {
 
 /// Runs `master serve` until SIGINT/SIGTERM (or `--for-secs`).
 pub fn serve(state: &Path, args: &ServeArgs) -> Result<(), ServeCliError> {
-    let _lock = StateLock::acquire(state).map_err(|source| ServeCliError::Lock {
-        path: state.to_path_buf(),
-        source,
-    })?;
     let mut sigs = SigSet::empty();
     sigs.add(Signal::SIGINT);
     sigs.add(Signal::SIGTERM);

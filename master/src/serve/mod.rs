@@ -12,6 +12,7 @@
 //!        │         Service::poll_data ──> data frames (xfer Senders, paced)
 //!        │         send_batch  ·  every second: STATE/serve-stats.json
 //!        └──────── control.sock readable: Daemon::poll_once(Service::master_mut)
+//!                       └── fleet orders it returns: Service::command
 //! ```
 //!
 //! While it serves, `master serve` also answers the operator CLI on `STATE/control.sock`
@@ -25,10 +26,11 @@
 //! anchor: 32 raw bytes), `serve.epoch` (bumped at every start), `serve-stats.json`.
 //! See `docs/conversation.md`.
 //!
-//! This module does not resolve plans (the [`crate::master`] operations do) and does not
+//! This module does not resolve plans (the [`crate::state`] operations do) and does not
 //! implement the transfer engine (`shelfboot-xfer` does).
 
 pub mod cli;
+pub mod config;
 pub mod service;
 pub mod sessions;
 pub mod stats;
@@ -43,11 +45,12 @@ use shelfboot_netio::{PacketSocket, SocketConfig};
 use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::sign::SigningKey;
 
-pub use service::{Service, ServiceConfig};
+pub use config::ServiceConfig;
+pub use service::Service;
 pub use stats::{ServeStats, SessionStats};
 
-use crate::control::Daemon;
-use crate::master::{Master, MasterError};
+use crate::control::{self, Backplane, Daemon, StateLock};
+use crate::state::{Master, MasterError};
 
 /// Settings of `master serve`.
 #[derive(Debug, Clone)]
@@ -96,6 +99,12 @@ impl ServeConfig {
 /// Failures of `master serve`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("the master state in {path} is in use (a daemon or another serve owns it)")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: crate::control::ControlError,
+    },
     #[error("opening the master state in {path}")]
     State {
         path: PathBuf,
@@ -185,7 +194,19 @@ pub fn next_epoch(state: &Path) -> Result<u64, ServeError> {
 
 /// Runs the service on `cfg.iface` until `stop` is set. Writes the stats file about once
 /// a second and at exit.
+///
+/// It owns the state while it runs: it takes the state lock first (waiting up to
+/// [`control::OWNER_WAIT`] for a CLI command running in-process, or a master stopping),
+/// binds the control socket last, removes the socket before it closes the database, and
+/// lets go of the lock last. A CLI command issued meanwhile waits for it (see
+/// [`crate::control`]).
 pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeError> {
+    let _owner = StateLock::acquire_waiting(&cfg.state, control::OWNER_WAIT).map_err(|source| {
+        ServeError::Lock {
+            path: cfg.state.clone(),
+            source,
+        }
+    })?;
     let master = Master::open(&cfg.state).map_err(|source| ServeError::State {
         path: cfg.state.clone(),
         source,
@@ -221,7 +242,6 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
     };
     let now = Instant::now();
     let mut svc = Service::new(scfg, master, key, mac, epoch, now);
-    svc.master_mut().set_serving(true);
     log::info!(
         "master: serving {} ({mac}, MTU {mtu}, block {block_size}) epoch {epoch}",
         cfg.iface
@@ -280,16 +300,18 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
         if control_ready && let Some(d) = &control {
             // Errors of one client are logged by the daemon; an accept failure is logged
             // here and the loop goes on serving cards.
-            match d.poll_once(svc.master_mut()) {
-                Ok(served) => svc.count_control_request(served),
+            match d.poll_once(svc.master_mut(), Backplane::Served) {
+                Ok(polled) => {
+                    svc.count_control_requests(polled.executed);
+                    // Fleet orders of those requests go out now (the first copy at once).
+                    for order in &polled.orders {
+                        svc.command(Instant::now(), order);
+                    }
+                }
                 Err(e) => log::warn!(
                     "master: control socket: {}",
                     crate::error_chain(&e).join(": ")
                 ),
-            }
-            // Fleet orders of that request go out now (the first copy at once).
-            for order in svc.master_mut().take_orders() {
-                svc.command(Instant::now(), &order);
             }
             out.extend(svc.tick(Instant::now()));
             send_all(&mut sock, &out);

@@ -1,4 +1,4 @@
-//! The master's side of the boot conversation, sans-IO: frames in
+//! The master's side of the boot conversation: frames in
 //! ([`Service::handle_frame`]), frames out ([`Service::tick`] and the reply of each
 //! handled frame), time passed in as an argument.
 //!
@@ -22,7 +22,10 @@
 //!   BurnNow before its plan (it burns or validates, reports Ready and holds); its Ready
 //!   clears the mark and records it `ready` ("prepared, holding for warm boot").
 //!
-//! This module does not open sockets or read the clock (see [`super::run`]).
+//! This module does not open sockets or read a clock of its own (see [`super::run`]):
+//! monotonic time is the `now` argument; the node database is the state's [`Store`] and
+//! its timestamps come from the state's [`crate::state::Clock`], both given with the
+//! [`Master`]; the transfer sessions read blob files ([`super::sessions`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -34,29 +37,13 @@ use shelfboot_proto::msg::{
 };
 use shelfboot_proto::sign::SigningKey;
 
+use super::config::ServiceConfig;
 use super::sessions::Sessions;
 use super::stats::ServeStats;
-use crate::master::{CatalogSnapshot, FleetAction, FleetOrder, Master, MasterError};
 use crate::policy::Mac;
 use crate::resolve::Plan;
+use crate::state::{CatalogSnapshot, FleetAction, FleetOrder, Master, MasterError};
 use crate::store::{Inventory, InventoryItem, NodeIdentity, NodeState, Store};
-
-/// Tunables of the service.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    /// Our EtherType.
-    pub ethertype: u16,
-    /// Solicits answered per tick at most.
-    pub solicit_budget: usize,
-    /// Heartbeat interval.
-    pub heartbeat: Duration,
-    /// Block size of transfer sessions (from the link MTU).
-    pub block_size: u16,
-    /// Join window of a new session.
-    pub join_window: Duration,
-    /// Rate ceiling of a session, frame bytes per second.
-    pub max_rate: u64,
-}
 
 /// Copies of each fleet Command (the card executes a serial once).
 pub const COMMAND_COPIES: u32 = 3;
@@ -217,8 +204,8 @@ impl<S: Store> Service<S> {
         &mut self.master
     }
 
-    /// Counts an operator request served on the control socket (if `served`).
-    pub fn count_control_request(&mut self, served: bool) {
+    /// Counts operator requests served on the control socket.
+    pub fn count_control_requests(&mut self, served: u32) {
         self.stats.control_requests += u64::from(served);
     }
 
@@ -290,7 +277,9 @@ impl<S: Store> Service<S> {
                 match allowed {
                     Some(a) => {
                         let session = frame.header().session;
-                        let joins = self.sessions.on_fetch(src, &a, &f, since, &self.master);
+                        let joins = self
+                            .sessions
+                            .on_fetch(src, &a, &f, since, self.master.blobs());
                         match joins {
                             Ok(join) => {
                                 self.stats.joins += 1;

@@ -40,10 +40,9 @@ use shelfboot_xfer::{
     Admission, ArtifactInfo, MemberStatus, SendStep, Sender, SenderConfig, SenderError, SenderEvent,
 };
 
-use super::service::ServiceConfig;
+use super::config::ServiceConfig;
 use super::stats::SessionStats;
-use crate::master::Master;
-use crate::store::Store;
+use crate::blobs::BlobDir;
 
 /// Why a Fetch could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -148,13 +147,13 @@ impl Sessions {
     }
 
     /// A card's Fetch of `artifact`: the Join to send it.
-    pub(super) fn on_fetch<S: Store>(
+    pub(super) fn on_fetch(
         &mut self,
         card: MacAddr,
         artifact: &ArtifactRef,
         fetch: &Fetch,
         now: Duration,
-        master: &Master<S>,
+        blobs: &BlobDir,
     ) -> Result<Join, SessionError> {
         let mut existed = false;
         for s in self.live.values_mut() {
@@ -196,7 +195,7 @@ impl Sessions {
         }
         let transfer = self.next_transfer;
         self.next_transfer = self.next_transfer.wrapping_add(1).max(1);
-        let path = master.blobs().path(&artifact.sha256);
+        let path = blobs.path(&artifact.sha256);
         let name = format!("{} {}", artifact.name, artifact.version);
         let file = File::open(&path).map_err(|source| SessionError::Blob {
             name: name.clone(),

@@ -10,7 +10,7 @@ use shelfboot_proto::msg::{
 use shelfboot_proto::sign::{SigningKey, TrustAnchor};
 
 use super::{Service, ServiceConfig};
-use crate::master::fixture;
+use crate::state::fixture;
 
 const ET: u16 = shelfboot_proto::DEFAULT_ETHERTYPE;
 const ME: MacAddr = MacAddr([0x02, 0x5b, 0, 0, 0, 0xaa]);
@@ -307,7 +307,7 @@ fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
         flash.as_ref().and_then(|i| i.digest.as_ref()).map(|d| d.0),
         Some(plans[0].digest)
     );
-    let pins = crate::master::parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
+    let pins = crate::state::parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
     svc.master_mut().test_mode(&m, Some(pins)).unwrap();
     // The next boot: the card still holds its flash set; the plan is RAM-only.
     svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plans[0].digest), 9));
@@ -373,7 +373,7 @@ fn warm_boot_writes_nothing_to_the_node_database() {
     let before = nodes(&svc);
     // A restarted master (empty caches) and a warm boot of every card holding its plan.
     drop(svc);
-    let m = crate::master::Master::open(&dir.path().join("state")).unwrap();
+    let m = crate::state::Master::open(&dir.path().join("state")).unwrap();
     let cfg = ServiceConfig {
         ethertype: ET,
         solicit_budget: 32,
@@ -410,8 +410,8 @@ fn warm_boot_writes_nothing_to_the_node_database() {
 
 #[test]
 fn fleet_orders_go_out_as_signed_commands_three_copies_each() {
-    use crate::control::{Reply, Request, execute};
-    use crate::master::{FleetAction, MasterError};
+    use crate::control::{Backplane, Reply, Request, execute};
+    use crate::state::{FleetAction, FleetOrder, MasterError};
     use shelfboot_proto::msg::Action;
 
     let dir = tempfile::tempdir().unwrap();
@@ -425,10 +425,11 @@ fn fleet_orders_go_out_as_signed_commands_three_copies_each() {
         target: target.map(|m| m.parse().unwrap()),
     };
 
-    // Not serving (as a CLI in-process or `master daemon` would be): refused, nothing queued.
+    // Not serving (as a CLI in-process or `master daemon` would be): refused, no order.
     let err = execute(
         svc.master_mut(),
         order(FleetAction::Prepare, None),
+        Backplane::Unserved,
         &mut |_, _| {},
     )
     .unwrap_err();
@@ -437,38 +438,46 @@ fn fleet_orders_go_out_as_signed_commands_three_copies_each() {
         "{err}"
     );
     assert!(err.to_string().contains("master serve"), "{err}");
-    assert!(svc.master_mut().take_orders().is_empty());
 
-    svc.master_mut().set_serving(true);
     // An unknown card is refused by name.
     let err = execute(
         svc.master_mut(),
         order(FleetAction::Reset, Some("02:00:00:00:99:99")),
+        Backplane::Served,
         &mut |_, _| {},
     )
     .unwrap_err();
     assert!(format!("{err}").contains("02:00:00:00:99:99"), "{err}");
-    let reply = execute(
+    let prepare = execute(
         svc.master_mut(),
         order(FleetAction::Prepare, None),
+        Backplane::Served,
         &mut |_, _| {},
     )
     .unwrap();
     assert!(
-        matches!(&reply, Reply::Done(t) if t.contains("BurnNow") && t.contains("every card")),
-        "{reply:?}"
+        matches!(&prepare.reply, Reply::Done(t) if t.contains("BurnNow") && t.contains("every card")),
+        "{prepare:?}"
     );
-    execute(
+    // The request returns its order to the caller, exactly as asked.
+    assert_eq!(
+        prepare.order,
+        Some(FleetOrder {
+            action: FleetAction::Prepare,
+            target: None
+        })
+    );
+    let warm = execute(
         svc.master_mut(),
         order(FleetAction::WarmBoot, Some(fixture::N2)),
+        Backplane::Served,
         &mut |_, _| {},
     )
     .unwrap();
     let _ = svc.tick(t); // advertise, heartbeat
-    for o in svc.master_mut().take_orders() {
-        svc.command(t, &o);
+    for o in prepare.order.iter().chain(warm.order.iter()) {
+        svc.command(t, o);
     }
-    assert!(svc.master_mut().take_orders().is_empty());
     let mut seen = Vec::new();
     for ms in [0u64, 100, 200, 400, 600, 800] {
         for (dst, m) in messages(&svc.tick(t + Duration::from_millis(ms))) {
@@ -502,15 +511,6 @@ fn fleet_orders_go_out_as_signed_commands_three_copies_each() {
     assert_eq!(burn[0].0, 0);
     assert!(burn[1].0 >= 200 && burn[2].0 >= 400, "{seen:?}");
     assert_eq!(svc.stats().commands_sent, 6);
-    // Stopping serving drops what was not taken.
-    execute(
-        svc.master_mut(),
-        order(FleetAction::Reset, None),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    svc.master_mut().set_serving(false);
-    assert!(svc.master_mut().take_orders().is_empty());
 }
 
 #[test]
@@ -581,8 +581,8 @@ fn a_card_that_cannot_fit_its_plan_stays_failed_with_the_reason_when_it_asks_aga
 
 #[test]
 fn a_prepare_pending_card_gets_burn_now_before_its_plan_and_ready_clears_the_mark() {
-    use crate::control::{Request, execute};
-    use crate::master::FleetAction;
+    use crate::control::{Backplane, Request, execute};
+    use crate::state::FleetAction;
     use crate::store::{NodeState, Store as _};
     use shelfboot_proto::msg::{Action, Handoff, Ready};
 
@@ -590,7 +590,6 @@ fn a_prepare_pending_card_gets_burn_now_before_its_plan_and_ready_clears_the_mar
     let t = Instant::now();
     let mut svc = service(dir.path(), t);
     fixture::add_nodes(svc.master_mut());
-    svc.master_mut().set_serving(true);
     let anchor = TrustAnchor::new(vec![SigningKey::from_seed(&[5u8; 32]).public_key()]);
     let n1 = mac(fixture::N1);
     let n1m: crate::policy::Mac = fixture::N1.parse().unwrap();
@@ -602,6 +601,7 @@ fn a_prepare_pending_card_gets_burn_now_before_its_plan_and_ready_clears_the_mar
             action: FleetAction::Prepare,
             target: Some(n1m.clone()),
         },
+        Backplane::Served,
         &mut |_, _| {},
     )
     .unwrap();
@@ -677,6 +677,7 @@ fn a_prepare_pending_card_gets_burn_now_before_its_plan_and_ready_clears_the_mar
             action: FleetAction::Prepare,
             target: None,
         },
+        Backplane::Served,
         &mut |_, _| {},
     )
     .unwrap();
@@ -686,4 +687,47 @@ fn a_prepare_pending_card_gets_burn_now_before_its_plan_and_ready_clears_the_mar
             "{n}"
         );
     }
+}
+
+#[test]
+fn the_service_stamps_records_with_the_clock_and_writes_only_through_the_store_it_is_given() {
+    use crate::blobs::BlobDir;
+    use crate::state::{FixedClock, Master};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NodeState, Store as _};
+
+    // An in-memory store and a clock at a fixed time: the service reaches nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
+    let blobs = BlobDir::open(&dir.path().join("blobs")).unwrap();
+    let m = Master::with_store(store, blobs).with_clock(FixedClock(1_234_567));
+    let cfg = ServiceConfig {
+        ethertype: ET,
+        solicit_budget: 32,
+        heartbeat: Duration::from_secs(1),
+        block_size: 1408,
+        join_window: Duration::from_millis(300),
+        max_rate: 10_000_000,
+    };
+    let t = Instant::now();
+    let mut svc = Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 3, t);
+    let card = mac(fixture::N1);
+    svc.begin_batch();
+    svc.handle_frame(t, &solicit(card, "lc100", 1, None, 1));
+    let replies = messages(&svc.tick(t));
+    svc.commit();
+    // No release: the card is told it has no plan, and recorded as seen, at the clock's time.
+    assert!(
+        replies
+            .iter()
+            .any(|(d, m)| *d == card && matches!(m, Message::Error(_))),
+        "{replies:?}"
+    );
+    let node_mac: crate::policy::Mac = fixture::N1.parse().unwrap();
+    let node = svc.master().store().node(&node_mac).unwrap().unwrap();
+    assert_eq!(node.state, NodeState::Pristine);
+    let events = svc.master().store().events(Some(&node_mac), 10).unwrap();
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|e| e.at == 1_234_567), "{events:?}");
+    assert!(!dir.path().join("state").exists());
 }

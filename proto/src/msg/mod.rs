@@ -12,9 +12,11 @@
 //! answer to a valid message (that is the card's and the master's state machines).
 
 mod artifact;
+mod signature;
 mod types;
 
 pub use artifact::{ArtifactKind, ArtifactRef, Digest, SET_DIGEST_DOMAIN, set_digest};
+pub use signature::{SIGNATURE_LEN, Signature};
 pub use types::{
     Action, Advertise, Arch, BootPhase, Command, CommandBody, ErrorMsg, ErrorReason, Fetch,
     Handoff, Heartbeat, Join, Nack, Nonce, Plan, PlanBody, Progress, Ready, Solicit, Stage,

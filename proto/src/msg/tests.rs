@@ -4,7 +4,6 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::frame::{Flags, MacAddr};
-use crate::sign::Signature;
 use crate::{DEFAULT_ETHERTYPE, MAX_FRAME_LEN};
 
 fn link() -> Link {

@@ -10,9 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::artifact::{ArtifactRef, Digest};
+use super::signature::Signature;
 use crate::data::NACK_BITMAP_LEN;
 use crate::frame::MacAddr;
-use crate::sign::Signature;
 
 /// A card's per-boot random nonce; a plan is only valid with the nonce of its Solicit.
 pub type Nonce = [u8; 16];

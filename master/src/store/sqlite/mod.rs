@@ -1,7 +1,8 @@
 //! The embedded store: one SQLite file (`<state>/master.db`, WAL, foreign keys on).
 //!
 //! Split: [`packages`] (trust, releases, artifacts, gc) and [`nodes`] (cards, assignments,
-//! events) hold the operations; this file holds the connection, helpers and the dump.
+//! events) hold the operations, [`rows`] the row helpers both use; this file holds the
+//! connection, transactions, helpers and the dump.
 //!
 //! Every mutating operation is one transaction and records its event in the same
 //! transaction, so the history never disagrees with the state. Schema: `store/schema.sql`
@@ -12,12 +13,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, Savepoint, params};
+use rusqlite::{Connection, Savepoint, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod nodes;
 mod packages;
+mod rows;
 
 use super::{
     Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeIdentity, NodeRecord,
@@ -25,6 +27,9 @@ use super::{
 };
 use crate::image::manifest::{HexDigest, Manifest, ReleaseId};
 use crate::policy::Mac;
+
+/// How long a statement waits for another connection's write lock before it fails.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Schema version stored in `meta`.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -78,9 +83,10 @@ impl SqliteStore {
             .map_err(sql("enable foreign keys"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql("set synchronous"))?;
-        // Another process holding a write transaction (e.g. a backplane service next to a
-        // CLI) makes us wait instead of failing at once.
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        // Another connection holding the write lock (a test or tool reading the state next
+        // to its owner, which writes) makes us wait up to this long instead of failing at
+        // once. Every write transaction begins IMMEDIATE, so it waits here too.
+        conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(sql("set busy timeout"))?;
         conn.execute_batch(SCHEMA).map_err(sql("create schema"))?;
         conn.execute(
@@ -91,11 +97,56 @@ impl SqliteStore {
         Ok(Self { conn, batch: false })
     }
 
-    /// One operation's transaction: a savepoint, so that it nests inside a batch (where
-    /// its commit is a RELEASE and the batch's COMMIT makes it durable) and is a
-    /// transaction of its own outside one. Dropped without commit, it rolls back.
-    pub(super) fn tx(&mut self) -> Result<Savepoint<'_>> {
-        self.conn.savepoint().map_err(sql("begin transaction"))
+    /// One operation's transaction. Inside a batch it is a savepoint (its commit is a
+    /// RELEASE and the batch's COMMIT makes it durable); outside one it is a transaction
+    /// of its own, begun IMMEDIATE. Dropped without commit, it rolls back.
+    pub(super) fn tx(&mut self) -> Result<Tx<'_>> {
+        if self.batch {
+            return self
+                .conn
+                .savepoint()
+                .map(Tx::Nested)
+                .map_err(sql("begin savepoint"));
+        }
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map(Tx::Outer)
+            .map_err(sql("begin transaction"))
+    }
+}
+
+/// A write transaction ([`SqliteStore::tx`]).
+///
+/// Every write transaction takes the write lock when it begins (`BEGIN IMMEDIATE`), not
+/// at its first write: a transaction that read first and then found another connection
+/// writing would fail at once with "database is locked" (SQLite cannot wait there without
+/// risking a deadlock), whereas one that waits for the lock at BEGIN waits up to the
+/// busy timeout.
+pub(super) enum Tx<'c> {
+    /// A transaction of its own.
+    Outer(Transaction<'c>),
+    /// A savepoint inside the open batch.
+    Nested(Savepoint<'c>),
+}
+
+impl Tx<'_> {
+    /// Commits (or releases the savepoint).
+    pub(super) fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            Tx::Outer(t) => t.commit(),
+            Tx::Nested(s) => s.commit(),
+        }
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Tx::Outer(t) => t,
+            Tx::Nested(s) => s,
+        }
     }
 }
 
@@ -228,7 +279,7 @@ impl Store for SqliteStore {
     fn begin_batch(&mut self) -> Result<()> {
         if !self.batch {
             self.conn
-                .execute_batch("BEGIN DEFERRED")
+                .execute_batch("BEGIN IMMEDIATE")
                 .map_err(sql("begin batch"))?;
             self.batch = true;
         }

@@ -1,11 +1,10 @@
 //! Node-database operations of the SQLite store: cards, assignments, history.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::packages::release_row_id;
+use super::rows::{release_row_id, upsert_assignment};
 use super::{SqliteStore, event, from_json, sql, to_json};
 use crate::image::manifest::ReleaseId;
 use crate::policy::Mac;
@@ -106,25 +105,6 @@ fn require_node(c: &Connection, mac: &Mac) -> Result<()> {
         return Err(StoreError::UnknownNode(mac.clone()));
     }
     Ok(())
-}
-
-pub(super) fn upsert_assignment(
-    c: &Connection,
-    target: &Target,
-    release_id: Option<i64>,
-    pins: &BTreeMap<String, semver::Version>,
-    now: i64,
-) -> Result<()> {
-    let (k, n) = target.key();
-    c.execute(
-        "INSERT INTO assignments(target_kind, target, release_id, pins, set_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(target_kind, target) DO UPDATE SET release_id = excluded.release_id,
-           pins = excluded.pins, set_at = excluded.set_at",
-        params![k, n, release_id, to_json(pins), now],
-    )
-    .map(drop)
-    .map_err(sql("set assignment"))
 }
 
 impl SqliteStore {
@@ -557,6 +537,50 @@ impl SqliteStore {
 mod tests {
     use crate::store::sqlite::SqliteStore;
     use crate::store::{Inventory, NodeIdentity, NodeState, Store, StoreError};
+
+    /// A write that reads first (set test mode looks the node up, then updates it) while
+    /// another connection holds the write lock waits for it instead of failing with
+    /// "database is locked": write transactions take the lock when they begin.
+    #[test]
+    fn a_write_waits_for_another_connections_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.db");
+        let mut owner = SqliteStore::open(&path).unwrap();
+        let id = NodeIdentity {
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            card_type: "lc100".into(),
+            arch: "x86_64".into(),
+            shelf: 1,
+            slot: 1,
+            hw_rev: "A".into(),
+            features: vec![],
+        };
+        owner.record_identity(&id, 1).unwrap();
+        let mut other = SqliteStore::open(&path).unwrap();
+        // The owner's batch holds the write lock (a write inside it) for a while.
+        owner.begin_batch().unwrap();
+        owner
+            .record_state(&id.mac, NodeState::Fetching, None, 2)
+            .unwrap();
+        let (started, go) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            started.send(()).unwrap();
+            let t0 = std::time::Instant::now();
+            let r = other.set_test_mode(&id.mac, None, 3);
+            (r, t0.elapsed())
+        });
+        go.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        owner.end_batch().unwrap();
+        let (r, waited) = writer.join().unwrap();
+        r.unwrap();
+        assert!(
+            waited >= std::time::Duration::from_millis(200),
+            "{waited:?}"
+        );
+        let events = owner.events(None, 10).unwrap();
+        assert!(events.iter().any(|e| e.kind == "test-mode"), "{events:?}");
+    }
 
     #[test]
     fn backplane_calls_update_node_and_history() {

@@ -4,23 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::nodes::upsert_assignment;
+use super::rows::upsert_assignment;
 use super::{SqliteStore, event, from_json, sql, to_json};
 use crate::image::manifest::{BlobRef, HexDigest, Manifest, ReleaseId};
 use crate::store::{
     BootRecord, ImportOutcome, NewRelease, PackageRecord, ReleaseInfo, Result, StoreError, Target,
     TrustedKey,
 };
-
-pub(super) fn release_row_id(c: &Connection, id: &ReleaseId) -> Result<Option<i64>> {
-    c.query_row(
-        "SELECT id FROM releases WHERE name = ?1 AND version = ?2",
-        params![id.name, id.version.to_string()],
-        |r| r.get(0),
-    )
-    .optional()
-    .map_err(sql("look up release"))
-}
 
 /// One artifact of a manifest, flattened to its table key and content.
 struct ArtifactRow {

@@ -8,8 +8,11 @@ use shelfboot_proto::msg::set_digest;
 use super::fixture::{self, N1, N2, N3, N4};
 use super::*;
 use crate::image::manifest::{BlobRef, BootImage, MANIFEST_FORMAT, Package};
+use crate::image::manifest::{HexDigest, Manifest, ReleaseId};
 use crate::image::pack;
-use crate::policy::Defaults;
+use crate::policy::{Defaults, Mac};
+use crate::resolve::{self, Plan};
+use crate::store::{ImportOutcome, Store, Target};
 
 fn mac(s: &str) -> Mac {
     s.parse().unwrap()
@@ -32,15 +35,11 @@ fn import(m: &mut Master, bytes: &[u8]) -> Result<ImportReport, ImportError> {
     m.import_from(bytes, true, &mut |_, _| {})
 }
 
-fn chain(e: &ImportError) -> String {
-    crate::error_chain(e).join(": ")
-}
-
 /// Imports `bytes`, expects failure mentioning `expect`, and checks nothing changed.
 fn assert_rejected(m: &mut Master, bytes: &[u8], expect: &str) -> String {
     let before = fixture::state_dump(m);
     let err = import(m, bytes).expect_err("import must fail");
-    let text = chain(&err);
+    let text = crate::error_chain(&err).join(": ");
     assert!(
         text.contains(expect),
         "error '{text}' should mention '{expect}'"
@@ -385,9 +384,11 @@ fn truncation_at_every_offset_fails_cleanly() {
     for cut in 0..img.len() {
         let err = import(&mut m, &img[..cut]).expect_err("truncated import must fail");
         assert!(
-            chain(&err).contains("image is truncated"),
+            crate::error_chain(&err)
+                .join(": ")
+                .contains("image is truncated"),
             "cut {cut}: {}",
-            chain(&err)
+            crate::error_chain(&err).join(": ")
         );
         assert_eq!(
             fixture::state_dump(&m),

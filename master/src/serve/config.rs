@@ -1,0 +1,20 @@
+//! The tunables of the backplane service, read by the service and its transfer sessions.
+
+use std::time::Duration;
+
+/// Tunables of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Our EtherType.
+    pub ethertype: u16,
+    /// Solicits answered per tick at most.
+    pub solicit_budget: usize,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Block size of transfer sessions (from the link MTU).
+    pub block_size: u16,
+    /// Join window of a new session.
+    pub join_window: Duration,
+    /// Rate ceiling of a session, frame bytes per second.
+    pub max_rate: u64,
+}
