@@ -206,7 +206,6 @@ enum Line {
     Error(Vec<String>),
 }
 
-/// Who may talk to the daemon.
 /// A connection to a running daemon.
 #[derive(Debug)]
 pub struct Client {
