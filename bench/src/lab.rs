@@ -1,4 +1,4 @@
-//! The benchmark's QEMU scenarios (issue 7 items 6 and 7), on the QEMU lab
+//! The benchmark's QEMU scenarios (flash write speed and the boot path), on the QEMU lab
 //! (`shelfboot_qemu`: the Debian kernel, TCG, docs/lab.md):
 //!
 //! 6. **flash**: one boot of `shelfboot-flash-bench` (init's flow with a provisioner that

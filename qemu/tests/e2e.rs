@@ -25,10 +25,9 @@ mod tests {
     use shelfboot_qemu::shelf::Shelf;
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn pristine_then_warm() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let _ = env_logger::builder().is_test(true).try_init();
         let n: usize = std::env::var("SHELFBOOT_E2E_CARDS")
             .ok()

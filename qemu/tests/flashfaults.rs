@@ -1,4 +1,4 @@
-//! Tier-3 flash-fault scenarios (issue 6): real init, real UBI, `master serve` in the
+//! Tier-3 flash-fault scenarios: real init, real UBI, `master serve` in the
 //! backplane namespace, the lab release (as in `e2e.rs`).
 //!
 //! * `nand_with_bad_blocks_installs` (SHELFBOOT_TIER_QEMU=1): one card whose flash is a
@@ -37,10 +37,9 @@ mod tests {
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn nand_with_bad_blocks_installs() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
@@ -120,10 +119,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn flash_too_small_keeps_the_committed_set() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();

@@ -1,4 +1,4 @@
-//! Tier-3 fleet scenarios (issue 6) on the lab release and `master serve` in the backplane
+//! Tier-3 fleet scenarios on the lab release and `master serve` in the backplane
 //! namespace, as in `e2e.rs`.
 //!
 //! `update_fetches_only_what_changed` (SHELFBOOT_TIER_QEMU=1): one card installs release
@@ -43,10 +43,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn update_fetches_only_what_changed() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
@@ -195,13 +194,12 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn prepare_all_then_system_warm_boot() {
         use shelfboot_master::master::FleetAction;
         use shelfboot_master::store::{NodeIdentity, Store as _};
 
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();

@@ -93,10 +93,9 @@ echo "LAB: modules loaded $n"
 "#;
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn boots_nandsim_ubi_from_load_list() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -174,10 +173,9 @@ poweroff -f
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn card_receives_backplane_frames() {
-        if !scenario::tiers_enabled(&[scenario::QEMU_TIER, "SHELFBOOT_TIER_NETNS"]) {
-            return;
-        }
+        tier::require(&[Tier::Qemu, Tier::Netns]);
         const FRAMES: u64 = 20;
         const FRAME_LEN: usize = 1000;
         let t0 = Instant::now();
@@ -276,10 +274,9 @@ poweroff -f
     /// finds the volume and reads the token back from flash. Then a wait that times out
     /// reports the CPU state from the QEMU monitor.
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn block2mtd_flash_survives_power_cut() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! Tier-3 power-cut scenario (issue 6): power is cut at random points while a card
+//! Tier-3 power-cut scenario: power is cut at random points while a card
 //! downloads and commits a new set, and every time the card then holds, and boots, a whole
 //! old set or a whole new set: never a mix, never nothing.
 //!
@@ -244,10 +244,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn power_cut_during_download_and_commit() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let _ = env_logger::builder().is_test(true).try_init();
         let seed = env_u64("SHELFBOOT_POWERCUT_SEED").unwrap_or_else(|| {
             SystemTime::now()

@@ -142,10 +142,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn test_mode_runs_from_ram_and_leaves_flash_unchanged() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();

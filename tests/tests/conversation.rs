@@ -25,10 +25,9 @@ mod tests {
     const MIB: usize = 1 << 20;
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn one_pristine_card_becomes_ready_with_identical_artifacts() {
-        if !lab::tier_enabled("one_pristine_card_becomes_ready_with_identical_artifacts") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -88,10 +87,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn operator_cli_works_while_serving() {
-        if !lab::tier_enabled("operator_cli_works_while_serving") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -149,10 +147,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn sixteen_cards_of_three_types_share_one_session_per_artifact() {
-        if !lab::tier_enabled("sixteen_cards_of_three_types_share_one_session_per_artifact") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -217,10 +214,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn two_percent_loss_still_gives_correct_artifacts() {
-        if !lab::tier_enabled("two_percent_loss_still_gives_correct_artifacts") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -254,10 +250,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn card_killed_mid_transfer_resumes_on_restart() {
-        if !lab::tier_enabled("card_killed_mid_transfer_resumes_on_restart") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -304,10 +299,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn master_restarted_mid_transfer_cards_resume() {
-        if !lab::tier_enabled("master_restarted_mid_transfer_cards_resume") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();

@@ -141,10 +141,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn rogue_master_and_garbage_never_cause_a_write() {
-        if !lab::tier_enabled("rogue_master_and_garbage_never_cause_a_write") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -179,10 +178,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn warm_boot_of_200_cards_moves_no_artifact_byte() {
-        if !lab::tier_enabled("warm_boot_of_200_cards_moves_no_artifact_byte") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
