@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use shelfboot_netio::Path as IoPath;
 use crate::ceiling::{self, CeilingRun, FRAME_LEN};
+use shelfboot_netio::Path as IoPath;
 use shelfboot_testkit::netns::{Lab, Tbf};
 
 use crate::backplane::Backplane;

@@ -8,9 +8,9 @@ mod netns {
     use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
 
+    use shelfboot_netio::{FrameIo, MacAddr, PacketSocket, Path, PathChoice, SocketConfig};
     use shelfboot_testkit::netns::{Lab, Tbf, multicast_groups};
     use shelfboot_testkit::tier::{self, Tier};
-    use shelfboot_netio::{FrameIo, MacAddr, PacketSocket, Path, PathChoice, SocketConfig};
 
     const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 

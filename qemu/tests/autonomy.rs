@@ -27,8 +27,8 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use regex::Regex;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::scenario::{self, MasterRun};
     use shelfboot_qemu::shelf::Shelf;
 
@@ -40,14 +40,13 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn master_absent_card_boots_its_committed_set() {
-        tier::require(&[Tier::Qemu]);
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs =
-            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "autonomy").unwrap();
-        let init = scenario::init_binary().unwrap();
+        let Prelude {
+            t0,
+            kernel: k,
+            work: tmp,
+            logs,
+            init,
+        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "autonomy").unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         let state = lab.state.clone();
         let inventory = || -> Regex { Regex::new(scenario::INVENTORY_PATTERN).unwrap() };

@@ -19,27 +19,26 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use shelfboot_master::store::NodeState;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::scenario::{self, card_features, card_type};
     use shelfboot_qemu::shelf::Shelf;
 
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn pristine_then_warm() {
-        tier::require(&[Tier::Qemu]);
-        let _ = env_logger::builder().is_test(true).try_init();
         let n: usize = std::env::var("SHELFBOOT_E2E_CARDS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(3);
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
+        let Prelude {
+            t0,
+            kernel: k,
+            work: tmp,
+            logs,
+            init,
+        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "e2e").unwrap();
         let dir = tmp.path();
-        let logs = scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "e2e").unwrap();
-
-        let init = scenario::init_binary().unwrap();
         let lab = scenario::prepare(&k, dir, &init).unwrap();
         eprintln!("release: {:?}", lab.release.sizes);
         eprintln!(

@@ -31,23 +31,21 @@ mod tests {
     use shelfboot_master::store::NodeState;
     use shelfboot_qemu::card::{CardConfig, create_erased_image};
     use shelfboot_qemu::flash::Nandsim;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release::{self, Derived};
     use shelfboot_qemu::scenario;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn nand_with_bad_blocks_installs() {
-        tier::require(&[Tier::Qemu]);
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs =
-            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "flashfaults-nand")
-                .unwrap();
-        let init = scenario::init_binary().unwrap();
+        let Prelude {
+            t0,
+            kernel: k,
+            work: tmp,
+            logs,
+            init,
+        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "flashfaults-nand").unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         let nand = Nandsim {
             overridesize: Some(8),
@@ -121,17 +119,17 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn flash_too_small_keeps_the_committed_set() {
-        tier::require(&[Tier::Qemu]);
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs = scenario::fresh_log_dir(
+        let Prelude {
+            t0,
+            kernel: k,
+            work: tmp,
+            logs,
+            init,
+        } = Prelude::start(
             Path::new(env!("CARGO_TARGET_TMPDIR")),
             "flashfaults-nospace",
         )
         .unwrap();
-        let init = scenario::init_binary().unwrap();
         let master_bin = scenario::master_binary().unwrap();
         eprintln!("master CLI: {}", master_bin.display());
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();

@@ -29,9 +29,9 @@ mod tests {
 
     use shelfboot_master::master::Master;
     use shelfboot_master::store::NodeState;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release::{self, Derived};
     use shelfboot_qemu::scenario;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
     fn size_of(rel: &release::Release, file: &str) -> u64 {
@@ -45,14 +45,13 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn update_fetches_only_what_changed() {
-        tier::require(&[Tier::Qemu]);
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs = scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-update")
-            .unwrap();
-        let init = scenario::init_binary().unwrap();
+        let Prelude {
+            t0,
+            kernel: k,
+            work: tmp,
+            logs,
+            init,
+        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-update").unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         let state = lab.state.clone();
         let base_size = size_of(&lab.release, "base-1.0.0-x86_64.sqfs");
@@ -199,14 +198,13 @@ mod tests {
         use shelfboot_master::master::FleetAction;
         use shelfboot_master::store::{NodeIdentity, Store as _};
 
-        tier::require(&[Tier::Qemu]);
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs = scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-prepare")
-            .unwrap();
-        let init = scenario::init_binary().unwrap();
+        let Prelude {
+            t0,
+            kernel: k,
+            work: tmp,
+            logs,
+            init,
+        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-prepare").unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         let state = lab.state.clone();
         const CARDS: usize = 2;

@@ -25,6 +25,7 @@ mod tests {
     use shelfboot_qemu::flash::{Block2mtd, Nandsim};
     use shelfboot_qemu::shelf::{Shelf, card_mac};
     use shelfboot_qemu::{hostbin, kernel, release, scenario};
+    use shelfboot_testkit::tier::{self, Tier};
 
     /// Builds a busybox initramfs with `init_script` as /init and the wanted modules.
     fn busybox_initramfs(

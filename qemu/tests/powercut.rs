@@ -50,8 +50,8 @@ mod tests {
     use shelfboot_master::resolve::Plan;
     use shelfboot_master::store::Target;
     use shelfboot_qemu::card::{Card, Pattern};
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release::{self, Derived};
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::scenario::{self, FlashInventory, MasterRun};
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
@@ -246,8 +246,6 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn power_cut_during_download_and_commit() {
-        tier::require(&[Tier::Qemu]);
-        let _ = env_logger::builder().is_test(true).try_init();
         let seed = env_u64("SHELFBOOT_POWERCUT_SEED").unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -258,13 +256,13 @@ mod tests {
             "powercut: seed {seed:#x}, {trials} trials (replay: SHELFBOOT_POWERCUT_SEED={seed:#x})"
         );
         let mut rng = Rng(seed);
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs =
-            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "powercut").unwrap();
-
-        let init = scenario::init_binary().unwrap();
+        let Prelude {
+            t0,
+            kernel: k,
+            work: tmp,
+            logs,
+            init,
+        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "powercut").unwrap();
         let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         let state = lab.state.clone();
         for d in [

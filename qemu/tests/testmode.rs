@@ -30,9 +30,9 @@ mod tests {
     use shelfboot_master::control::Request;
     use shelfboot_master::store::NodeState;
     use shelfboot_qemu::card::Card;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release;
     use shelfboot_qemu::scenario;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
     const FLASH_PEBS: u64 = scenario::FLASH / (128 << 10);
@@ -144,15 +144,14 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn test_mode_runs_from_ram_and_leaves_flash_unchanged() {
-        tier::require(&[Tier::Qemu]);
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
+        let Prelude {
+            t0,
+            kernel: k,
+            work: tmp,
+            logs,
+            init,
+        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "testmode").unwrap();
         let dir = tmp.path();
-        let logs =
-            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "testmode").unwrap();
-        let init = scenario::init_binary().unwrap();
         let lab = scenario::prepare(&k, dir, &init).unwrap();
         let flash = lab.dir.join("flash-0.img");
         let mac = shelfboot_qemu::backplane::mac_string(&card_mac(0));

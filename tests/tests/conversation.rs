@@ -1,7 +1,8 @@
 //! The provisioning conversation end to end in network namespaces: `master serve` and
 //! simulated cards (card agents over file-backed flash) over AF_PACKET on a bridge.
-//! Each test builds and removes its own namespace (netio `Lab`); traffic stays inside.
-//! Gated by `SHELFBOOT_TIER_NETNS=1` (root). Port 0 is the master, port 1 the cards,
+//! Each test builds and removes its own namespace (the test kit's `Lab`); traffic stays
+//! inside. Network-namespace tier: `#[ignore]`d with the reason, run by `./dev test` as
+//! root (docs/testing.md). Port 0 is the master, port 1 the cards,
 //! port 2 a rogue where a test needs one.
 
 mod conv;
@@ -20,7 +21,8 @@ mod tests {
     use shelfboot_master::master::Master;
     use shelfboot_master::serve::stats;
     use shelfboot_master::store::{NodeState, Store as _};
-    use shelfboot_netio::lab::{self, Lab};
+    use shelfboot_testkit::netns::Lab;
+    use shelfboot_testkit::tier::{self, Tier};
 
     const MIB: usize = 1 << 20;
 

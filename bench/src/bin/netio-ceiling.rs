@@ -14,8 +14,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shelfboot_netio::Path;
 use shelfboot_bench::ceiling::{self, CeilingRun, FRAME_LEN};
+use shelfboot_netio::Path;
 use shelfboot_testkit::netns::{Lab, Tbf};
 
 const USAGE: &str = "\
