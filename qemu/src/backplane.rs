@@ -48,9 +48,9 @@ pub enum BackplaneError {
         netns: String,
         /// What was being done.
         step: String,
-        /// The fixture's failure.
+        /// The fixture's failure (boxed: it carries a command line and its stderr).
         #[source]
-        source: NetnsError,
+        source: Box<NetnsError>,
     },
     /// A raw socket operation failed.
     #[error("raw port {ifname} in {netns}: {op} failed")]
@@ -89,7 +89,7 @@ impl Backplane {
         let ns = Netns::new("backplane").map_err(|source| BackplaneError::Setup {
             netns: String::new(),
             step: "create the namespace".into(),
-            source,
+            source: Box::new(source),
         })?;
         // From here on, dropping `ns` removes the namespace.
         let bp = Self { ns, cards };
@@ -137,7 +137,7 @@ impl Backplane {
         r.map_err(|source| BackplaneError::Setup {
             netns: self.netns().to_owned(),
             step: step.to_owned(),
-            source,
+            source: Box::new(source),
         })
     }
 

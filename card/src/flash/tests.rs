@@ -9,6 +9,7 @@
 
 // Test data sizes are tiny; truncating casts cannot bite here.
 #![allow(clippy::cast_possible_truncation)]
+
 use shelfboot_proto::samples::artifact_of;
 
 use super::artifact::{ArtifactKind, ArtifactRef, Digest, set_digest};
