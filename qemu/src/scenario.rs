@@ -10,7 +10,8 @@
 //! ```
 //!
 //! It also holds what every QEMU test file needs around a scenario: the prelude
-//! ([`Prelude::start`]: tier gate, logging, kernel, work and log directories, init), an
+//! ([`Prelude::start`]: tier gate, logging, kernel, work and log directories, init, the
+//! prepared release), an
 //! emptied console-log directory ([`fresh_log_dir`]) and a card's record in the node DB
 //! ([`node_view`]).
 //!
@@ -63,41 +64,46 @@ fn step<E: std::error::Error + Send + Sync + 'static>(
 /// What every QEMU scenario test sets up before its first boot, in one call: the QEMU
 /// tier is required (a missing prerequisite fails the test, see
 /// `shelfboot_testkit::tier`), test logging is on, the clock starts, the Debian kernel is
-/// at hand, a work directory exists (removed on drop), the console-log directory
-/// `lab-logs/<name>` is empty and the static init is built. Tests destructure it and go on
-/// explicitly (usually with [`prepare`]).
+/// at hand, a work directory exists (removed when the prelude's `work` drops: keep it
+/// bound), the console-log directory `lab-logs/<name>` is empty, the static init is built,
+/// and the lab release is built and imported into a fresh master state ([`prepare`]).
+/// Tests destructure it and go on explicitly.
 #[derive(Debug)]
 pub struct Prelude {
     /// When the test started.
     pub t0: Instant,
     /// The Debian kernel.
     pub kernel: Kernel,
-    /// The test's work directory.
+    /// The test's work directory (holds the release and the master state).
     pub work: tempfile::TempDir,
     /// Emptied console-log directory ([`fresh_log_dir`]).
     pub logs: PathBuf,
     /// The static init ([`init_binary`]).
     pub init: PathBuf,
+    /// The master state with the lab release imported.
+    pub lab: Lab,
 }
 
 impl Prelude {
     /// Runs the prelude; `logs_base` is the test's `env!("CARGO_TARGET_TMPDIR")` (so the
     /// logs outlive the run) and `name` names its log directory.
-    pub fn start(logs_base: &Path, name: &str) -> Result<Prelude, ScenarioError> {
+    pub fn start(logs_base: impl AsRef<Path>, name: &str) -> Result<Prelude, ScenarioError> {
         tier::require(&[Tier::Qemu]);
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
         let kernel = crate::kernel::acquire(&crate::kernel::cache_dir(), false)
             .map_err(step("acquire the Debian kernel"))?;
         let work = tempfile::tempdir().map_err(step("create the work directory"))?;
-        let logs = fresh_log_dir(logs_base, name)?;
+        let logs = fresh_log_dir(logs_base.as_ref(), name)?;
         let init = init_binary()?;
+        let lab = prepare(&kernel, work.path(), &init)?;
         Ok(Prelude {
             t0,
             kernel,
             work,
             logs,
             init,
+            lab,
         })
     }
 }

@@ -23,7 +23,6 @@
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::time::{Duration, Instant};
 
     use regex::Regex;
@@ -40,14 +39,8 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn master_absent_card_boots_its_committed_set() {
-        let Prelude {
-            t0,
-            kernel: k,
-            work: tmp,
-            logs,
-            init,
-        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "autonomy").unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "autonomy").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         let inventory = || -> Regex { Regex::new(scenario::INVENTORY_PATTERN).unwrap() };
 

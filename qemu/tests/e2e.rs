@@ -13,7 +13,6 @@
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
@@ -31,15 +30,8 @@ mod tests {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(3);
-        let Prelude {
-            t0,
-            kernel: k,
-            work: tmp,
-            logs,
-            init,
-        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "e2e").unwrap();
-        let dir = tmp.path();
-        let lab = scenario::prepare(&k, dir, &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "e2e").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         eprintln!("release: {:?}", lab.release.sizes);
         eprintln!(
             "release built and imported in {:.1} s",

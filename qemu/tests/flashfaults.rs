@@ -23,7 +23,6 @@
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
@@ -39,14 +38,9 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn nand_with_bad_blocks_installs() {
-        let Prelude {
-            t0,
-            kernel: k,
-            work: tmp,
-            logs,
-            init,
-        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "flashfaults-nand").unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "flashfaults-nand").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
+        let (k, tmp, init) = (p.kernel.clone(), &p.work, p.init.clone());
         let nand = Nandsim {
             overridesize: Some(8),
             badblocks: vec![3, 17, 90],
@@ -119,20 +113,10 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn flash_too_small_keeps_the_committed_set() {
-        let Prelude {
-            t0,
-            kernel: k,
-            work: tmp,
-            logs,
-            init,
-        } = Prelude::start(
-            Path::new(env!("CARGO_TARGET_TMPDIR")),
-            "flashfaults-nospace",
-        )
-        .unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "flashfaults-nospace").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let master_bin = scenario::master_binary().unwrap();
         eprintln!("master CLI: {}", master_bin.display());
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         // 16 MiB: release 1.0 (10.5 MB) fits, 1.0 + 8 MiB more does not.
         create_erased_image(&lab.dir.join("flash-0.img"), 16 << 20).unwrap();
         let mut cfg = scenario::card_config(&lab, 0, &logs).unwrap();

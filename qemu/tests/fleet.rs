@@ -45,14 +45,8 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn update_fetches_only_what_changed() {
-        let Prelude {
-            t0,
-            kernel: k,
-            work: tmp,
-            logs,
-            init,
-        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-update").unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "fleet-update").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         let base_size = size_of(&lab.release, "base-1.0.0-x86_64.sqfs");
 
@@ -198,14 +192,8 @@ mod tests {
         use shelfboot_master::master::FleetAction;
         use shelfboot_master::store::{NodeIdentity, Store as _};
 
-        let Prelude {
-            t0,
-            kernel: k,
-            work: tmp,
-            logs,
-            init,
-        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-prepare").unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "fleet-prepare").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         const CARDS: usize = 2;
         let macs: Vec<String> = (0..CARDS)

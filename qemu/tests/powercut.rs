@@ -256,14 +256,8 @@ mod tests {
             "powercut: seed {seed:#x}, {trials} trials (replay: SHELFBOOT_POWERCUT_SEED={seed:#x})"
         );
         let mut rng = Rng(seed);
-        let Prelude {
-            t0,
-            kernel: k,
-            work: tmp,
-            logs,
-            init,
-        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "powercut").unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "powercut").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         for d in [
             Derived {

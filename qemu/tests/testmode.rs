@@ -144,15 +144,8 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn test_mode_runs_from_ram_and_leaves_flash_unchanged() {
-        let Prelude {
-            t0,
-            kernel: k,
-            work: tmp,
-            logs,
-            init,
-        } = Prelude::start(Path::new(env!("CARGO_TARGET_TMPDIR")), "testmode").unwrap();
-        let dir = tmp.path();
-        let lab = scenario::prepare(&k, dir, &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "testmode").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let flash = lab.dir.join("flash-0.img");
         let mac = shelfboot_qemu::backplane::mac_string(&card_mac(0));
         eprintln!(
