@@ -350,7 +350,7 @@ pub fn boot_path(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), Lab
                     ));
                 }
             }
-            Err(e) => problems.push(format!("run {run}: {}", chain(&e))),
+            Err(e) => problems.push(format!("run {run}: {}", shelfboot_init::error_chain(&e))),
         }
     }
     let status = if problems.is_empty() {
@@ -381,17 +381,6 @@ pub fn boot_path(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), Lab
     step_extras(&mut first, &steps_warm);
     rows.push(first);
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 struct BootRun {

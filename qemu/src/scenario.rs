@@ -267,15 +267,7 @@ pub fn spawn_master(
     Ok(std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("entering the backplane namespace: {e}"))?;
-        serve::run(&cfg, &stop).map_err(|e| {
-            let mut s = e.to_string();
-            let mut cur = std::error::Error::source(&e);
-            while let Some(c) = cur {
-                s.push_str(&format!(": {c}"));
-                cur = c.source();
-            }
-            s
-        })
+        serve::run(&cfg, &stop).map_err(|e| shelfboot_master::error_chain(&e).join(": "))
     }))
 }
 
