@@ -1,7 +1,7 @@
 //! Tier-3 autonomy scenario: with no master on the backplane, a card boots its
 //! last committed set on its own, and validates with the master again once it is back.
 //!
-//! `master_absent_card_boots_its_committed_set` (SHELFBOOT_TIER_QEMU=1): one card (lc100,
+//! `master_absent_card_boots_its_committed_set` (QEMU tier): one card (lc100,
 //! block2mtd flash, `shelfboot.master_timeout=5`) in three boots:
 //!
 //! ```text

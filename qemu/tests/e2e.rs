@@ -2,7 +2,7 @@
 //! master state, `master serve` (the library, on a thread inside the backplane namespace)
 //! on the master veth, and cards booting our static init with block2mtd flash.
 //!
-//! `pristine_then_warm` (SHELFBOOT_TIER_QEMU=1): SHELFBOOT_E2E_CARDS cards (default 3;
+//! `pristine_then_warm` (QEMU tier): SHELFBOOT_E2E_CARDS cards (default 3;
 //! types lc100/fab10 alternating, every third card asks feature `diag`) boot from erased
 //! flash: each commits its set, kexecs into its stored boot image, validates, switch_roots
 //! into its packages and prints the Ready line; the node DB says ready. Then every card is

@@ -1,14 +1,14 @@
 //! Tier-3 flash-fault scenarios: real init, real UBI, `master serve` in the
 //! backplane namespace, the lab release (as in `e2e.rs`).
 //!
-//! * `nand_with_bad_blocks_installs` (SHELFBOOT_TIER_QEMU=1): one card whose flash is a
+//! * `nand_with_bad_blocks_installs` (QEMU tier): one card whose flash is a
 //!   32 MiB nandsim chip with three factory-bad eraseblocks (`badblocks=`) installs the
 //!   whole set from erased NAND and is Ready. UBI reports the bad PEBs at attach (kernel
 //!   log at `loglevel=6`) and writes around them. nandsim keeps its data in guest RAM, so
 //!   a kexec would find it empty: the card boots with `shelfboot.stored=1` (the
 //!   stored-image mode), in which init fetches, commits and switch_roots into the
 //!   packages without kexec.
-//! * `flash_too_small_keeps_the_committed_set` (SHELFBOOT_TIER_QEMU=1): one card with a
+//! * `flash_too_small_keeps_the_committed_set` (QEMU tier): one card with a
 //!   16 MiB block2mtd flash installs release 1.0 (10.5 MB) and is Ready; then release 1.1
 //!   adds an 8 MiB `bulk` package that does not fit beside it. After a power cycle the
 //!   card reports NoSpace to the master (no artifact byte moves, nothing is written), keeps

@@ -1,7 +1,7 @@
 //! Tier-3 fleet scenarios on the lab release and `master serve` in the backplane
 //! namespace, as in `e2e.rs`.
 //!
-//! `update_fetches_only_what_changed` (SHELFBOOT_TIER_QEMU=1): one card installs release
+//! `update_fetches_only_what_changed` (QEMU tier): one card installs release
 //! 1.0 from erased flash and is Ready; release 1.1 (only `heartbeat` changes: 1.1.0 with
 //! new files; boot images and base are the same files, so the same artifacts) is imported
 //! through the serving master's control socket; the card is power-cycled. It fetches only
@@ -10,7 +10,7 @@
 //! commits, kexecs the (unchanged) stored boot image, validates and is Ready with
 //! heartbeat 1.1.0 on the same base 1.0.0.
 //!
-//! `prepare_all_then_system_warm_boot` (SHELFBOOT_TIER_QEMU=1): two pristine cards are
+//! `prepare_all_then_system_warm_boot` (QEMU tier): two pristine cards are
 //! registered, `master prepare` (through the serving master's control socket) marks both,
 //! then they power on (the chassis reset). Each gets a BurnNow before its plan, fetches,
 //! commits, prints the hold line and holds; the node database shows both `ready`

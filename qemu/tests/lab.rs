@@ -1,16 +1,16 @@
 //! Tier-3 lab tests: the real Debian kernel boots an initramfs built by our mkinitramfs.
 //!
-//! `boots_nandsim_ubi_from_load_list` (SHELFBOOT_TIER_QEMU=1): busybox-static as /bin/busybox,
+//! `boots_nandsim_ubi_from_load_list` (QEMU tier): busybox-static as /bin/busybox,
 //! a shell /init that insmods every line of /lib/modules/load.list, then ubiattach on
 //! nandsim. It proves the resolved order (nandsim, ubi, ubifs with its undeclared zstd
 //! dependencies) loads on the real kernel.
 //!
-//! `card_receives_backplane_frames` (SHELFBOOT_TIER_QEMU=1 and SHELFBOOT_TIER_NETNS=1): a
+//! `card_receives_backplane_frames` (QEMU and netns tiers): a
 //! two-card shelf; both card VMs receive the 0x88B5 broadcasts sent from an AF_PACKET
 //! socket on the master port; each guest reports its eth0 counters, which must account for
 //! exactly our frames (IPv6 is off on both sides, so nothing else moves).
 //!
-//! `block2mtd_flash_survives_power_cut` (SHELFBOOT_TIER_QEMU=1): flash on a disk image
+//! `block2mtd_flash_survives_power_cut` (QEMU tier): flash on a disk image
 //! keeps a UBI volume across a SIGKILL and a new boot.
 
 #[cfg(test)]

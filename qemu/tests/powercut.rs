@@ -2,7 +2,7 @@
 //! downloads and commits a new set, and every time the card then holds, and boots, a whole
 //! old set or a whole new set: never a mix, never nothing.
 //!
-//! `power_cut_during_download_and_commit` (SHELFBOOT_TIER_QEMU=1): one card (lc100,
+//! `power_cut_during_download_and_commit` (QEMU tier): one card (lc100,
 //! block2mtd flash on a raw image that persists across power cycles). Three releases are
 //! imported: 1.0 (the lab release), 1.1 (heartbeat 1.1.0 plus an incompressible `bulk`
 //! package, so there is something to download) and 1.2 (heartbeat 1.2.0). The card

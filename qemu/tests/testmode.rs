@@ -1,4 +1,4 @@
-//! Tier-3 test-mode scenario (SHELFBOOT_TIER_QEMU=1): one lc100 card with block2mtd
+//! Tier-3 test-mode scenario (QEMU tier): one lc100 card with block2mtd
 //! flash and `master serve` on the backplane.
 //!
 //! 1. pristine boot: commit, kexec, validate, Ready (base, heartbeat). Power off; the
