@@ -1,4 +1,4 @@
-//! The benchmark's QEMU scenarios (issue 7 items 6 and 7), on the QEMU lab
+//! The benchmark's QEMU scenarios (flash write speed and the boot path), on the QEMU lab
 //! (`shelfboot_qemu`: the Debian kernel, TCG, docs/lab.md):
 //!
 //! 6. **flash**: one boot of `shelfboot-flash-bench` (init's flow with a provisioner that
@@ -350,7 +350,7 @@ pub fn boot_path(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), Lab
                     ));
                 }
             }
-            Err(e) => problems.push(format!("run {run}: {}", chain(&e))),
+            Err(e) => problems.push(format!("run {run}: {}", shelfboot_init::error_chain(&e))),
         }
     }
     let status = if problems.is_empty() {
@@ -381,17 +381,6 @@ pub fn boot_path(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), Lab
     step_extras(&mut first, &steps_warm);
     rows.push(first);
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 struct BootRun {

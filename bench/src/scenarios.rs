@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::ceiling::{self, CeilingRun, FRAME_LEN};
 use shelfboot_netio::Path as IoPath;
-use shelfboot_netio::ceiling::{self, CeilingRun, FRAME_LEN};
-use shelfboot_netio::lab::{Lab, Tbf};
+use shelfboot_testkit::netns::{Lab, Tbf};
 
 use crate::backplane::Backplane;
 use crate::peers::{Env, Outcome, Peer, transfer};

@@ -354,13 +354,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn real_netlink_in_a_namespace() {
-        if std::env::var_os("SHELFBOOT_TIER_NETNS").is_none() {
-            eprintln!(
-                "skipped: needs root and a network namespace; run with SHELFBOOT_TIER_NETNS=1"
-            );
-            return;
-        }
+        shelfboot_testkit::tier::require(&[shelfboot_testkit::tier::Tier::Netns]);
         // In a fresh namespace only `lo` exists: the named lookup must fail clearly.
         let err = std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();

@@ -1,19 +1,17 @@
-//! shelfboot backplane I/O: AF_PACKET endpoints with batched send/receive paths, a
-//! token-bucket pacer, network-namespace fixtures for tests and benchmarks, and an
+//! shelfboot backplane I/O: AF_PACKET endpoints with batched send/receive paths, and an
 //! in-memory backplane behind the same [`FrameIo`] trait for pure tests.
 //!
 //! This crate moves opaque Ethernet frames; it knows nothing of shelfboot's frame
 //! formats or messages (that is `shelfboot-proto`). It is synchronous and depends only on
 //! libc, nix, log and thiserror so that the card's PID-1 init can use it. All `unsafe`
-//! lives in the private `sys` module. See docs/netio.md.
+//! lives in the private `sys` module. Not here: pacing (the transfer engine paces), the
+//! network-namespace test fixture (`shelfboot-testkit`), the AF_PACKET ceiling
+//! measurement (`shelfboot-bench`). See docs/netio.md.
 
-pub mod ceiling;
 pub mod config;
 pub mod io;
-pub mod lab;
 pub mod mac;
 pub mod mem;
-pub mod pacer;
 pub mod ring;
 mod rx;
 pub mod socket;
@@ -24,6 +22,5 @@ mod sys;
 pub use config::{DEFAULT_ETHERTYPE, ETH_HEADER_LEN, Path, PathChoice, SocketConfig, SocketStats};
 pub use io::FrameIo;
 pub use mac::MacAddr;
-pub use pacer::{Clock, MonotonicClock, Pacer, PacerError};
 pub use ring::{RingError, RingGeometry};
 pub use socket::{PacketSocket, SocketError};

@@ -9,7 +9,7 @@
 //! bypass, buffer sizing, kernel drop statistics, and a user-space multicast filter
 //! (virtual NICs such as veth deliver every multicast frame whatever the membership).
 //!
-//! Not here: frame formats, addressing policy, pacing decisions (see [`crate::Pacer`]),
+//! Not here: frame formats, addressing policy, pacing decisions (the transfer engine paces),
 //! interface configuration (link up, MTU changes).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

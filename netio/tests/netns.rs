@@ -1,6 +1,6 @@
 //! Network-namespace tier: real AF_PACKET traffic through a bridge inside throwaway
 //! namespaces. Each test builds its own `Lab` (deleted on drop, also on panic) and sends
-//! only inside it. Gated: runs only with SHELFBOOT_TIER_NETNS=1, as root.
+//! only inside it. Tier tests: `#[ignore]`d with their reason; `./dev test` runs them as root.
 
 // In a test module to satisfy the workspace's `tests_outside_test_module` lint.
 #[cfg(test)]
@@ -8,8 +8,9 @@ mod netns {
     use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
 
-    use shelfboot_netio::lab::{self, Lab, Tbf};
     use shelfboot_netio::{FrameIo, MacAddr, PacketSocket, Path, PathChoice, SocketConfig};
+    use shelfboot_testkit::netns::{Lab, Tbf, multicast_groups};
+    use shelfboot_testkit::tier::{self, Tier};
 
     const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
@@ -83,10 +84,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn frames_arrive_intact_through_every_path() {
-        if !lab::tier_enabled("frames_arrive_intact_through_every_path") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let lab = Lab::new("paths", 2).unwrap();
         lab.run(|| {
@@ -134,10 +134,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn oversized_and_runt_frames_are_refused() {
-        if !lab::tier_enabled("oversized_and_runt_frames_are_refused") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let lab = Lab::new("sizes", 1).unwrap();
         lab.run(|| {
@@ -156,10 +155,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn multicast_membership_filters_as_expected() {
-        if !lab::tier_enabled("multicast_membership_filters_as_expected") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let lab = Lab::new("mcast", 3).unwrap();
         let group = MacAddr([0x03, 0x5b, 0, 0, 0, 0x42]);
@@ -177,8 +175,8 @@ mod netns {
                 "joined a unicast MAC"
             );
             member.join(group).unwrap();
-            assert!(lab::multicast_groups("p1").unwrap().contains(&group));
-            assert!(!lab::multicast_groups("p2").unwrap().contains(&group));
+            assert!(multicast_groups("p1").unwrap().contains(&group));
+            assert!(!multicast_groups("p2").unwrap().contains(&group));
 
             let send = |tx: &mut PacketSocket, base: u32, n: u32| {
                 let frames: Vec<Vec<u8>> = (base..base + n)
@@ -206,7 +204,7 @@ mod netns {
             assert_eq!(drain(&mut member, 1, Duration::from_secs(2)).0.len(), 1);
 
             member.leave(group).unwrap();
-            assert!(!lab::multicast_groups("p1").unwrap().contains(&group));
+            assert!(!multicast_groups("p1").unwrap().contains(&group));
             send(&mut tx, 100, 20);
             assert!(
                 drain(&mut member, 20, Duration::from_millis(200))
@@ -218,10 +216,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn loss_rule_drops_about_n_percent() {
-        if !lab::tier_enabled("loss_rule_drops_about_n_percent") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let lab = Lab::new("loss", 2).unwrap();
         lab.set_loss(10, Some(0x88b5)).unwrap();
@@ -265,10 +262,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn tbf_shapes_the_sender_port_unless_bypassed() {
-        if !lab::tier_enabled("tbf_shapes_the_sender_port_unless_bypassed") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let lab = Lab::new("tbf", 2).unwrap();
         // 20 Mbit/s: 400 frames of 1514 bytes (~4.8 Mbit) take >= ~0.24 s
@@ -319,10 +315,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn a_batch_larger_than_the_tx_ring_goes_out_whole() {
-        if !lab::tier_enabled("a_batch_larger_than_the_tx_ring_goes_out_whole") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let lab = Lab::new("bigbatch", 2).unwrap();
         lab.run(|| {
@@ -347,10 +342,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn statistics_count_drops_when_the_receiver_falls_behind() {
-        if !lab::tier_enabled("statistics_count_drops_when_the_receiver_falls_behind") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let lab = Lab::new("drops", 2).unwrap();
         lab.run(|| {
@@ -409,10 +403,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn the_lab_is_isolated_and_removed_even_after_a_panic() {
-        if !lab::tier_enabled("the_lab_is_isolated_and_removed_even_after_a_panic") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let name = std::sync::Mutex::new(String::new());
         let outcome = std::panic::catch_unwind(|| {
@@ -435,10 +428,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn ring_frames_never_wait_for_a_next_call() {
-        if !lab::tier_enabled("ring_frames_never_wait_for_a_next_call") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let lab = Lab::new("ringtail", 2).unwrap();
         // A slow link and a tiny socket buffer: the kernel can take only a few frames per
@@ -473,10 +465,9 @@ mod netns {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn auto_picks_the_rings_and_falls_back_when_refused() {
-        if !lab::tier_enabled("auto_picks_the_rings_and_falls_back_when_refused") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         let lab = Lab::new("auto", 2).unwrap();
         lab.run(|| {

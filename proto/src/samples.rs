@@ -1,8 +1,11 @@
-//! Deterministic example values: one control message of every type and one data frame.
+//! Deterministic example values: one control message of every type and one data frame,
+//! and the artifact references that unit tests across the crates build theirs from.
 //!
 //! Used by the unit tests, the fuzz seed corpus (`examples/fuzz_seeds.rs`) and the examples
 //! in `docs/protocol.md`. The golden tests do NOT use these: they spell their values out, so
 //! that editing a sample cannot silently move a pinned encoding.
+
+use sha2::{Digest as _, Sha256};
 
 use crate::data::{DataHeader, encode_data_frame};
 use crate::frame::{Header, Link, MacAddr, MessageType};
@@ -17,6 +20,17 @@ pub fn artifact(kind: ArtifactKind, name: &str, fill: u8) -> ArtifactRef {
         version: "1.0".into(),
         sha256: [fill; 32],
         size: 4096,
+    }
+}
+
+/// An artifact whose sha256 and size are those of `data`, for tests that store or hash
+/// the bytes.
+pub fn artifact_of(kind: ArtifactKind, name: &str, version: &str, data: &[u8]) -> ArtifactRef {
+    ArtifactRef {
+        version: version.into(),
+        sha256: Sha256::digest(data).into(),
+        size: u64::try_from(data.len()).unwrap_or(u64::MAX),
+        ..artifact(kind, name, 0)
     }
 }
 

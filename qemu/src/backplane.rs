@@ -4,7 +4,7 @@
 //! the namespace deletes its bridge, taps and veths.
 //!
 //! ```text
-//!   netns sblPID_N
+//!   netns sb-backplane-PID-N-T
 //!   +-----------------------------------------------+
 //!   |  mst0 (master port, 02:00:00:00:00:fe)         |
 //!   |    | veth                                      |
@@ -16,22 +16,20 @@
 //!   card 0 QEMU   card 1 QEMU (virtio-net on the tap)
 //! ```
 //!
-//! Also: an optional nftables rule dropping a percentage of frames of one EtherType on the
-//! bridge, running a closure inside the namespace, and [`RawPort`], a minimal AF_PACKET
-//! port for tests. What it does not do: IP, rate shaping (`tc tbf` can be added), or
-//! rootless operation (needs root for netns and taps).
+//! A topology over the test kit's namespace fixture (`shelfboot_testkit::netns::Netns`:
+//! creating, entering and deleting the namespace, commands inside it, the nftables loss
+//! rule, interface counters). The lab binary (`shelfboot-lab demo`) builds one at run time,
+//! which is why this crate depends on the kit as a normal dependency. Also here:
+//! [`RawPort`], a minimal AF_PACKET port for tests. What it does not do: IP, rate shaping
+//! (the fixture can add `tc tbf`), or rootless operation (needs root for netns and taps).
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, sockopt};
 use nix::sys::time::TimeVal;
-
-use crate::cmd::{self, CmdError};
+use shelfboot_testkit::netns::{Netns, NetnsError};
 
 /// Name of the master's port inside the namespace.
 pub const MASTER_IF: &str = "mst0";
@@ -39,32 +37,20 @@ pub const MASTER_IF: &str = "mst0";
 pub const MASTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 /// Name of the bridge.
 pub const BRIDGE: &str = "br0";
-const LOSS_TABLE: &str = "shelfboot_loss";
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Errors of the backplane.
 #[derive(Debug, thiserror::Error)]
 pub enum BackplaneError {
-    /// An `ip`, `nft` or `sysctl` step failed.
+    /// A namespace step (`ip`, `nft`, `sysctl`, entering it, reading a counter) failed.
     #[error("backplane {netns}: {step} failed; the lab needs root and /dev/net/tun")]
     Setup {
-        /// The namespace.
+        /// The namespace (empty if it was never created).
         netns: String,
         /// What was being done.
         step: String,
-        /// The command failure.
+        /// The fixture's failure (boxed: it carries a command line and its stderr).
         #[source]
-        source: CmdError,
-    },
-    /// Entering the namespace failed.
-    #[error("cannot enter network namespace {netns}")]
-    Enter {
-        /// The namespace.
-        netns: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+        source: Box<NetnsError>,
     },
     /// A raw socket operation failed.
     #[error("raw port {ifname} in {netns}: {op} failed")]
@@ -79,18 +65,6 @@ pub enum BackplaneError {
         #[source]
         source: nix::Error,
     },
-    /// An interface counter is not a number.
-    #[error("counter {name} of {ifname} in {netns} reads {value:?}, not a number")]
-    Counter {
-        /// The namespace.
-        netns: String,
-        /// The interface.
-        ifname: String,
-        /// The counter.
-        name: String,
-        /// What was read.
-        value: String,
-    },
     /// The interface has no link-layer address entry.
     #[error("interface {ifname} not found in network namespace {netns}")]
     NoInterface {
@@ -104,73 +78,44 @@ pub enum BackplaneError {
 /// A private namespace with a bridge, a master port and `cards` taps.
 #[derive(Debug)]
 pub struct Backplane {
-    netns: String,
+    ns: Netns,
     cards: usize,
 }
 
 impl Backplane {
-    /// Creates the namespace `sbl<pid>_<n>`, the bridge, the master veth and taps
+    /// Creates the namespace `sb-backplane-...`, the bridge, the master veth and taps
     /// `tap0..tap{cards-1}`, all up, IPv6 off (so nothing but our traffic moves).
     pub fn new(cards: usize) -> Result<Self, BackplaneError> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let netns = format!("sbl{}_{n}", std::process::id());
-        cmd::run(Command::new("ip").args(["netns", "add", &netns])).map_err(|source| {
-            BackplaneError::Setup {
-                netns: netns.clone(),
-                step: "create the namespace".into(),
-                source,
-            }
+        let ns = Netns::new("backplane").map_err(|source| BackplaneError::Setup {
+            netns: String::new(),
+            step: "create the namespace".into(),
+            source: Box::new(source),
         })?;
-        // From here on, Drop removes the namespace.
-        let mut bp = Self { netns, cards: 0 };
-        bp.ip("bring lo up", &["link", "set", "lo", "up"])?;
-        bp.step(
-            "turn IPv6 off",
-            bp.exec("sysctl").args([
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ]),
-        )?;
-        bp.ip(
-            "create the bridge",
-            &["link", "add", BRIDGE, "type", "bridge"],
-        )?;
-        bp.ip("bring the bridge up", &["link", "set", BRIDGE, "up"])?;
-        let peer = format!("{MASTER_IF}br");
-        bp.ip(
-            "create the master veth",
-            &[
-                "link", "add", MASTER_IF, "type", "veth", "peer", "name", &peer,
-            ],
-        )?;
-        bp.ip(
-            "attach the master veth",
-            &["link", "set", &peer, "master", BRIDGE, "up"],
-        )?;
+        // From here on, dropping `ns` removes the namespace.
+        let bp = Self { ns, cards };
+        bp.step("create the bridge", bp.ns.add_bridge(BRIDGE, true))?;
         let mac = mac_string(&MASTER_MAC);
-        bp.ip(
-            "bring the master port up",
-            &["link", "set", MASTER_IF, "address", &mac, "up"],
-        )?;
+        let mut batch = format!(
+            "link add {MASTER_IF} type veth peer name {MASTER_IF}br\n\
+             link set {MASTER_IF}br master {BRIDGE} up\n\
+             link set {MASTER_IF} address {mac} up\n"
+        );
         for i in 0..cards {
             let tap = tap_name(i);
-            bp.ip(
-                "create a tap",
-                &["tuntap", "add", "dev", &tap, "mode", "tap"],
-            )?;
-            bp.ip(
-                "attach a tap",
-                &["link", "set", &tap, "master", BRIDGE, "up"],
-            )?;
-            bp.cards = i + 1;
+            batch.push_str(&format!(
+                "tuntap add dev {tap} mode tap\nlink set {tap} master {BRIDGE} up\n"
+            ));
         }
+        bp.step(
+            "create the master veth and the taps",
+            bp.ns.ip_batch(&batch),
+        )?;
         Ok(bp)
     }
 
     /// The namespace name (for `ip netns exec`).
     pub fn netns(&self) -> &str {
-        &self.netns
+        self.ns.name()
     }
 
     /// Number of taps.
@@ -185,113 +130,46 @@ impl Backplane {
 
     /// A command that runs `program` inside the namespace.
     pub fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns, program]);
-        c
+        self.ns.command(program)
     }
 
-    fn step(&self, step: &str, cmd: &mut Command) -> Result<String, BackplaneError> {
-        cmd::run(cmd).map_err(|source| BackplaneError::Setup {
-            netns: self.netns.clone(),
-            step: step.to_string(),
-            source,
+    fn step<T>(&self, step: &str, r: Result<T, NetnsError>) -> Result<T, BackplaneError> {
+        r.map_err(|source| BackplaneError::Setup {
+            netns: self.netns().to_owned(),
+            step: step.to_owned(),
+            source: Box::new(source),
         })
     }
 
-    fn ip(&self, step: &str, args: &[&str]) -> Result<String, BackplaneError> {
-        self.step(
-            step,
-            Command::new("ip").args(["-n", &self.netns]).args(args),
-        )
+    #[cfg(test)]
+    fn ip(&self, step: &str, args: &[&str]) -> Result<(), BackplaneError> {
+        self.step(step, self.ns.ip_batch(&format!("{}\n", args.join(" "))))
     }
 
     /// Drops `percent` % of the frames of `ethertype` forwarded by the bridge (nftables
-    /// bridge family, `numgen random`). 0 removes the rule.
+    /// bridge family, `numgen random`; every one at 100). 0 removes the rule.
     pub fn set_loss(&self, ethertype: u16, percent: u8) -> Result<(), BackplaneError> {
-        let _ = self.step(
-            "remove the loss table",
-            self.exec("nft")
-                .args(["delete", "table", "bridge", LOSS_TABLE]),
-        );
-        if percent == 0 {
-            return Ok(());
-        }
-        let et = format!("0x{ethertype:04x}");
-        let pct = percent.to_string();
         self.step(
-            "add the loss table",
-            self.exec("nft")
-                .args(["add", "table", "bridge", LOSS_TABLE]),
-        )?;
-        self.step(
-            "add the loss chain",
-            self.exec("nft").args([
-                "add",
-                "chain",
-                "bridge",
-                LOSS_TABLE,
-                "forward",
-                "{ type filter hook forward priority 0; policy accept; }",
-            ]),
-        )?;
-        let mut rule = vec![
-            "add", "rule", "bridge", LOSS_TABLE, "forward", "ether", "type", &et,
-        ];
-        if percent < 100 {
-            // numgen yields 0..=99; "lt N" drops N %.
-            rule.extend(["numgen", "random", "mod", "100", "lt", &pct]);
-        }
-        rule.push("drop");
-        self.step("add the loss rule", self.exec("nft").args(&rule))
-            .map(|_| ())
+            "set the loss rule",
+            self.ns.set_loss(percent, Some(ethertype)),
+        )
     }
 
     /// Runs `f` on a thread that has entered the namespace; sockets it opens stay in it.
+    /// A panic in `f` is resumed on the caller's thread.
     pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, BackplaneError> {
-        let path = format!("/run/netns/{}", self.netns);
-        let enter = |source| BackplaneError::Enter {
-            netns: self.netns.clone(),
-            source,
-        };
-        let file = File::open(&path).map_err(enter)?;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
-        })
-        .map_err(enter)
+        self.step("enter the namespace", self.ns.run(f))
     }
 
     /// Opens a raw port on `ifname` inside the namespace.
     pub fn raw_port(&self, ifname: &str) -> Result<RawPort, BackplaneError> {
-        let netns = self.netns.clone();
+        let netns = self.netns().to_owned();
         self.in_netns(|| RawPort::open(&netns, ifname))?
     }
 
     /// Reads an interface counter (`/sys/class/net/IF/statistics/NAME`) in the namespace.
     pub fn counter(&self, ifname: &str, name: &str) -> Result<u64, BackplaneError> {
-        let out = self.step(
-            "read a counter",
-            self.exec("cat")
-                .arg(format!("/sys/class/net/{ifname}/statistics/{name}")),
-        )?;
-        out.trim().parse().map_err(|_| BackplaneError::Counter {
-            netns: self.netns.clone(),
-            ifname: ifname.to_string(),
-            name: name.to_string(),
-            value: out.trim().to_string(),
-        })
-    }
-}
-
-impl Drop for Backplane {
-    fn drop(&mut self) {
-        if let Err(e) = cmd::run(Command::new("ip").args(["netns", "del", &self.netns])) {
-            log::error!("backplane {}: cannot delete the namespace: {e}", self.netns);
-        }
+        self.step("read a counter", self.ns.counter(ifname, name))
     }
 }
 
@@ -413,6 +291,8 @@ pub fn ethernet_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]
 
 #[cfg(test)]
 mod tests {
+    use shelfboot_testkit::tier::{self, Tier};
+
     use super::*;
 
     #[test]
@@ -424,21 +304,12 @@ mod tests {
         assert_eq!(tap_name(3), "tap3");
     }
 
-    fn gated() -> bool {
-        if std::env::var("SHELFBOOT_TIER_NETNS").as_deref() != Ok("1") {
-            eprintln!("skipped: needs root; run with SHELFBOOT_TIER_NETNS=1 (as .ci/run does)");
-            return false;
-        }
-        true
-    }
-
     /// Frames cross the bridge between two ports, loss rules apply, and the namespace
     /// is gone after drop.
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn bridge_carries_frames_and_is_removed() {
-        if !gated() {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let bp = Backplane::new(1).unwrap();
         let ns = bp.netns().to_string();
         // A second veth on the bridge stands in for a card.

@@ -9,9 +9,11 @@
 //! spawn_master: setns(backplane) → serve::run until stop → ServeStats
 //! ```
 //!
-//! It also holds what every QEMU test file needs around a scenario: the tier gate
-//! ([`qemu_tier`], [`tiers_enabled`]), an emptied console-log directory
-//! ([`fresh_log_dir`]) and a card's record in the node DB ([`node_view`]).
+//! It also holds what every QEMU test file needs around a scenario: the prelude
+//! ([`Prelude::start`]: tier gate, logging, kernel, work and log directories, init, the
+//! prepared release), an
+//! emptied console-log directory ([`fresh_log_dir`]) and a card's record in the node DB
+//! ([`node_view`]).
 //!
 //! Not here: booting (crate::shelf), assertions (the tests), the live display (main.rs).
 
@@ -19,9 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use shelfboot_master::serve::{self, ServeConfig, ServeStats};
 use shelfboot_master::state::{Master, NodeView};
+use shelfboot_testkit::tier::{self, Tier};
 
 use crate::backplane::{Backplane, MASTER_IF};
 use crate::card::{CardConfig, create_erased_image};
@@ -57,26 +61,51 @@ fn step<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-/// The variable that turns the QEMU tier on (`.ci/run` sets it).
-pub const QEMU_TIER: &str = "SHELFBOOT_TIER_QEMU";
-
-/// True when every variable in `vars` is `1`. Otherwise says on stderr that the test was
-/// skipped and how to run it, and returns false: the test then returns at once.
-pub fn tiers_enabled(vars: &[&str]) -> bool {
-    if vars.iter().all(|v| std::env::var(v).as_deref() == Ok("1")) {
-        return true;
-    }
-    let set: Vec<String> = vars.iter().map(|v| format!("{v}=1")).collect();
-    eprintln!(
-        "skipped: needs root, QEMU and the Debian kernel; run with {} (as .ci/run does)",
-        set.join(" ")
-    );
-    false
+/// What every QEMU scenario test sets up before its first boot, in one call: the QEMU
+/// tier is required (a missing prerequisite fails the test, see
+/// `shelfboot_testkit::tier`), test logging is on, the clock starts, the Debian kernel is
+/// at hand, a work directory exists (removed when the prelude's `work` drops: keep it
+/// bound), the console-log directory `lab-logs/<name>` is empty, the static init is built,
+/// and the lab release is built and imported into a fresh master state ([`prepare`]).
+/// Tests destructure it and go on explicitly.
+#[derive(Debug)]
+pub struct Prelude {
+    /// When the test started.
+    pub t0: Instant,
+    /// The Debian kernel.
+    pub kernel: Kernel,
+    /// The test's work directory (holds the release and the master state).
+    pub work: tempfile::TempDir,
+    /// Emptied console-log directory ([`fresh_log_dir`]).
+    pub logs: PathBuf,
+    /// The static init ([`init_binary`]).
+    pub init: PathBuf,
+    /// The master state with the lab release imported.
+    pub lab: Lab,
 }
 
-/// The gate of a QEMU scenario test: [`tiers_enabled`] for [`QEMU_TIER`].
-pub fn qemu_tier() -> bool {
-    tiers_enabled(&[QEMU_TIER])
+impl Prelude {
+    /// Runs the prelude; `logs_base` is the test's `env!("CARGO_TARGET_TMPDIR")` (so the
+    /// logs outlive the run) and `name` names its log directory.
+    pub fn start(logs_base: impl AsRef<Path>, name: &str) -> Result<Prelude, ScenarioError> {
+        tier::require(&[Tier::Qemu]);
+        let _ = env_logger::builder().is_test(true).try_init();
+        let t0 = Instant::now();
+        let kernel = crate::kernel::acquire(&crate::kernel::cache_dir(), false)
+            .map_err(step("acquire the Debian kernel"))?;
+        let work = tempfile::tempdir().map_err(step("create the work directory"))?;
+        let logs = fresh_log_dir(logs_base.as_ref(), name)?;
+        let init = init_binary()?;
+        let lab = prepare(&kernel, work.path(), &init)?;
+        Ok(Prelude {
+            t0,
+            kernel,
+            work,
+            logs,
+            init,
+            lab,
+        })
+    }
 }
 
 /// An emptied directory `base/lab-logs/name` for a test's console logs (tests pass
@@ -238,15 +267,7 @@ pub fn spawn_master(
     Ok(std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("entering the backplane namespace: {e}"))?;
-        serve::run(&cfg, &stop).map_err(|e| {
-            let mut s = e.to_string();
-            let mut cur = std::error::Error::source(&e);
-            while let Some(c) = cur {
-                s.push_str(&format!(": {c}"));
-                cur = c.source();
-            }
-            s
-        })
+        serve::run(&cfg, &stop).map_err(|e| shelfboot_master::error_chain(&e).join(": "))
     }))
 }
 
@@ -541,9 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn tier_gate_log_dir_and_node_lookup() {
-        assert!(tiers_enabled(&[]));
-        assert!(!tiers_enabled(&["SHELFBOOT_TIER_NEVER_SET_BY_ANYONE"]));
+    fn log_dir_and_node_lookup() {
         let d = tempfile::tempdir().unwrap();
         let logs = fresh_log_dir(d.path(), "t").unwrap();
         assert_eq!(logs, d.path().join("lab-logs/t"));

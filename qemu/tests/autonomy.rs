@@ -1,7 +1,7 @@
-//! Tier-3 autonomy scenario (issue 6): with no master on the backplane, a card boots its
+//! Tier-3 autonomy scenario: with no master on the backplane, a card boots its
 //! last committed set on its own, and validates with the master again once it is back.
 //!
-//! `master_absent_card_boots_its_committed_set` (SHELFBOOT_TIER_QEMU=1): one card (lc100,
+//! `master_absent_card_boots_its_committed_set` (QEMU tier): one card (lc100,
 //! block2mtd flash, `shelfboot.master_timeout=5`) in three boots:
 //!
 //! ```text
@@ -23,12 +23,11 @@
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::time::{Duration, Instant};
 
     use regex::Regex;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::scenario::{self, MasterRun};
     use shelfboot_qemu::shelf::Shelf;
 
@@ -38,18 +37,10 @@ mod tests {
     const STEP: Duration = Duration::from_secs(240);
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn master_absent_card_boots_its_committed_set() {
-        if !scenario::qemu_tier() {
-            return;
-        }
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs =
-            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "autonomy").unwrap();
-        let init = scenario::init_binary().unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "autonomy").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         let inventory = || -> Regex { Regex::new(scenario::INVENTORY_PATTERN).unwrap() };
 

@@ -2,7 +2,7 @@
 //! master state, `master serve` (the library, on a thread inside the backplane namespace)
 //! on the master veth, and cards booting our static init with block2mtd flash.
 //!
-//! `pristine_then_warm` (SHELFBOOT_TIER_QEMU=1): SHELFBOOT_E2E_CARDS cards (default 3;
+//! `pristine_then_warm` (QEMU tier): SHELFBOOT_E2E_CARDS cards (default 3;
 //! types lc100/fab10 alternating, every third card asks feature `diag`) boot from erased
 //! flash: each commits its set, kexecs into its stored boot image, validates, switch_roots
 //! into its packages and prints the Ready line; the node DB says ready. Then every card is
@@ -13,35 +13,25 @@
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
     use shelfboot_master::store::NodeState;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::scenario::{self, card_features, card_type};
     use shelfboot_qemu::shelf::Shelf;
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn pristine_then_warm() {
-        if !scenario::qemu_tier() {
-            return;
-        }
-        let _ = env_logger::builder().is_test(true).try_init();
         let n: usize = std::env::var("SHELFBOOT_E2E_CARDS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(3);
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let logs = scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "e2e").unwrap();
-
-        let init = scenario::init_binary().unwrap();
-        let lab = scenario::prepare(&k, dir, &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "e2e").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         eprintln!("release: {:?}", lab.release.sizes);
         eprintln!(
             "release built and imported in {:.1} s",

@@ -1,14 +1,14 @@
-//! Tier-3 flash-fault scenarios (issue 6): real init, real UBI, `master serve` in the
+//! Tier-3 flash-fault scenarios: real init, real UBI, `master serve` in the
 //! backplane namespace, the lab release (as in `e2e.rs`).
 //!
-//! * `nand_with_bad_blocks_installs` (SHELFBOOT_TIER_QEMU=1): one card whose flash is a
+//! * `nand_with_bad_blocks_installs` (QEMU tier): one card whose flash is a
 //!   32 MiB nandsim chip with three factory-bad eraseblocks (`badblocks=`) installs the
 //!   whole set from erased NAND and is Ready. UBI reports the bad PEBs at attach (kernel
 //!   log at `loglevel=6`) and writes around them. nandsim keeps its data in guest RAM, so
 //!   a kexec would find it empty: the card boots with `shelfboot.stored=1` (the
 //!   stored-image mode), in which init fetches, commits and switch_roots into the
 //!   packages without kexec.
-//! * `flash_too_small_keeps_the_committed_set` (SHELFBOOT_TIER_QEMU=1): one card with a
+//! * `flash_too_small_keeps_the_committed_set` (QEMU tier): one card with a
 //!   16 MiB block2mtd flash installs release 1.0 (10.5 MB) and is Ready; then release 1.1
 //!   adds an 8 MiB `bulk` package that does not fit beside it. After a power cycle the
 //!   card reports NoSpace to the master (no artifact byte moves, nothing is written), keeps
@@ -23,7 +23,6 @@
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
@@ -31,25 +30,17 @@ mod tests {
     use shelfboot_master::store::NodeState;
     use shelfboot_qemu::card::{CardConfig, create_erased_image};
     use shelfboot_qemu::flash::Nandsim;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release::{self, Derived};
     use shelfboot_qemu::scenario;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn nand_with_bad_blocks_installs() {
-        if !scenario::qemu_tier() {
-            return;
-        }
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs =
-            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "flashfaults-nand")
-                .unwrap();
-        let init = scenario::init_binary().unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "flashfaults-nand").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
+        let (k, tmp, init) = (p.kernel.clone(), &p.work, p.init.clone());
         let nand = Nandsim {
             overridesize: Some(8),
             badblocks: vec![3, 17, 90],
@@ -120,23 +111,12 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn flash_too_small_keeps_the_committed_set() {
-        if !scenario::qemu_tier() {
-            return;
-        }
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs = scenario::fresh_log_dir(
-            Path::new(env!("CARGO_TARGET_TMPDIR")),
-            "flashfaults-nospace",
-        )
-        .unwrap();
-        let init = scenario::init_binary().unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "flashfaults-nospace").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let master_bin = scenario::master_binary().unwrap();
         eprintln!("master CLI: {}", master_bin.display());
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
         // 16 MiB: release 1.0 (10.5 MB) fits, 1.0 + 8 MiB more does not.
         create_erased_image(&lab.dir.join("flash-0.img"), 16 << 20).unwrap();
         let mut cfg = scenario::card_config(&lab, 0, &logs).unwrap();

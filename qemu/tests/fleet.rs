@@ -1,7 +1,7 @@
-//! Tier-3 fleet scenarios (issue 6) on the lab release and `master serve` in the backplane
+//! Tier-3 fleet scenarios on the lab release and `master serve` in the backplane
 //! namespace, as in `e2e.rs`.
 //!
-//! `update_fetches_only_what_changed` (SHELFBOOT_TIER_QEMU=1): one card installs release
+//! `update_fetches_only_what_changed` (QEMU tier): one card installs release
 //! 1.0 from erased flash and is Ready; release 1.1 (only `heartbeat` changes: 1.1.0 with
 //! new files; boot images and base are the same files, so the same artifacts) is imported
 //! through the serving master's control socket; the card is power-cycled. It fetches only
@@ -10,7 +10,7 @@
 //! commits, kexecs the (unchanged) stored boot image, validates and is Ready with
 //! heartbeat 1.1.0 on the same base 1.0.0.
 //!
-//! `prepare_all_then_system_warm_boot` (SHELFBOOT_TIER_QEMU=1): two pristine cards are
+//! `prepare_all_then_system_warm_boot` (QEMU tier): two pristine cards are
 //! registered, `master prepare` (through the serving master's control socket) marks both,
 //! then they power on (the chassis reset). Each gets a BurnNow before its plan, fetches,
 //! commits, prints the hold line and holds; the node database shows both `ready`
@@ -29,9 +29,9 @@ mod tests {
 
     use shelfboot_master::state::Master;
     use shelfboot_master::store::NodeState;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release::{self, Derived};
     use shelfboot_qemu::scenario;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
     fn size_of(rel: &release::Release, file: &str) -> u64 {
@@ -43,18 +43,10 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn update_fetches_only_what_changed() {
-        if !scenario::qemu_tier() {
-            return;
-        }
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs = scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-update")
-            .unwrap();
-        let init = scenario::init_binary().unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "fleet-update").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         let base_size = size_of(&lab.release, "base-1.0.0-x86_64.sqfs");
 
@@ -195,21 +187,13 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn prepare_all_then_system_warm_boot() {
         use shelfboot_master::state::FleetAction;
         use shelfboot_master::store::{NodeIdentity, Store as _};
 
-        if !scenario::qemu_tier() {
-            return;
-        }
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs = scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "fleet-prepare")
-            .unwrap();
-        let init = scenario::init_binary().unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "fleet-prepare").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         const CARDS: usize = 2;
         let macs: Vec<String> = (0..CARDS)

@@ -1,16 +1,16 @@
 //! Tier-3 lab tests: the real Debian kernel boots an initramfs built by our mkinitramfs.
 //!
-//! `boots_nandsim_ubi_from_load_list` (SHELFBOOT_TIER_QEMU=1): busybox-static as /bin/busybox,
+//! `boots_nandsim_ubi_from_load_list` (QEMU tier): busybox-static as /bin/busybox,
 //! a shell /init that insmods every line of /lib/modules/load.list, then ubiattach on
 //! nandsim. It proves the resolved order (nandsim, ubi, ubifs with its undeclared zstd
 //! dependencies) loads on the real kernel.
 //!
-//! `card_receives_backplane_frames` (SHELFBOOT_TIER_QEMU=1 and SHELFBOOT_TIER_NETNS=1): a
+//! `card_receives_backplane_frames` (QEMU and netns tiers): a
 //! two-card shelf; both card VMs receive the 0x88B5 broadcasts sent from an AF_PACKET
 //! socket on the master port; each guest reports its eth0 counters, which must account for
 //! exactly our frames (IPv6 is off on both sides, so nothing else moves).
 //!
-//! `block2mtd_flash_survives_power_cut` (SHELFBOOT_TIER_QEMU=1): flash on a disk image
+//! `block2mtd_flash_survives_power_cut` (QEMU tier): flash on a disk image
 //! keeps a UBI volume across a SIGKILL and a new boot.
 
 #[cfg(test)]
@@ -25,6 +25,7 @@ mod tests {
     use shelfboot_qemu::flash::{Block2mtd, Nandsim};
     use shelfboot_qemu::shelf::{Shelf, card_mac};
     use shelfboot_qemu::{hostbin, kernel, release, scenario};
+    use shelfboot_testkit::tier::{self, Tier};
 
     /// Builds a busybox initramfs with `init_script` as /init and the wanted modules.
     fn busybox_initramfs(
@@ -93,10 +94,9 @@ echo "LAB: modules loaded $n"
 "#;
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn boots_nandsim_ubi_from_load_list() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -174,10 +174,9 @@ poweroff -f
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn card_receives_backplane_frames() {
-        if !scenario::tiers_enabled(&[scenario::QEMU_TIER, "SHELFBOOT_TIER_NETNS"]) {
-            return;
-        }
+        tier::require(&[Tier::Qemu, Tier::Netns]);
         const FRAMES: u64 = 20;
         const FRAME_LEN: usize = 1000;
         let t0 = Instant::now();
@@ -276,10 +275,9 @@ poweroff -f
     /// finds the volume and reads the token back from flash. Then a wait that times out
     /// reports the CPU state from the QEMU monitor.
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn block2mtd_flash_survives_power_cut() {
-        if !scenario::qemu_tier() {
-            return;
-        }
+        tier::require(&[Tier::Qemu]);
         let t0 = Instant::now();
         let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
         let tmp = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
-//! Tier-3 power-cut scenario (issue 6): power is cut at random points while a card
+//! Tier-3 power-cut scenario: power is cut at random points while a card
 //! downloads and commits a new set, and every time the card then holds, and boots, a whole
 //! old set or a whole new set: never a mix, never nothing.
 //!
-//! `power_cut_during_download_and_commit` (SHELFBOOT_TIER_QEMU=1): one card (lc100,
+//! `power_cut_during_download_and_commit` (QEMU tier): one card (lc100,
 //! block2mtd flash on a raw image that persists across power cycles). Three releases are
 //! imported: 1.0 (the lab release), 1.1 (heartbeat 1.1.0 plus an incompressible `bulk`
 //! package, so there is something to download) and 1.2 (heartbeat 1.2.0). The card
@@ -50,8 +50,8 @@ mod tests {
     use shelfboot_master::state::{Master, parse_release};
     use shelfboot_master::store::Target;
     use shelfboot_qemu::card::{Card, Pattern};
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release::{self, Derived};
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::scenario::{self, FlashInventory, MasterRun};
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
@@ -244,11 +244,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn power_cut_during_download_and_commit() {
-        if !scenario::qemu_tier() {
-            return;
-        }
-        let _ = env_logger::builder().is_test(true).try_init();
         let seed = env_u64("SHELFBOOT_POWERCUT_SEED").unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -259,14 +256,8 @@ mod tests {
             "powercut: seed {seed:#x}, {trials} trials (replay: SHELFBOOT_POWERCUT_SEED={seed:#x})"
         );
         let mut rng = Rng(seed);
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let logs =
-            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "powercut").unwrap();
-
-        let init = scenario::init_binary().unwrap();
-        let lab = scenario::prepare(&k, tmp.path(), &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "powercut").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         for d in [
             Derived {

@@ -1,4 +1,4 @@
-//! Tier-3 test-mode scenario (SHELFBOOT_TIER_QEMU=1): one lc100 card with block2mtd
+//! Tier-3 test-mode scenario (QEMU tier): one lc100 card with block2mtd
 //! flash and `master serve` on the backplane.
 //!
 //! 1. pristine boot: commit, kexec, validate, Ready (base, heartbeat). Power off; the
@@ -30,9 +30,9 @@ mod tests {
     use shelfboot_master::control::Request;
     use shelfboot_master::store::NodeState;
     use shelfboot_qemu::card::Card;
-    use shelfboot_qemu::kernel;
     use shelfboot_qemu::release;
     use shelfboot_qemu::scenario;
+    use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
     const FLASH_PEBS: u64 = scenario::FLASH / (128 << 10);
@@ -142,19 +142,10 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn test_mode_runs_from_ram_and_leaves_flash_unchanged() {
-        if !scenario::qemu_tier() {
-            return;
-        }
-        let _ = env_logger::builder().is_test(true).try_init();
-        let t0 = Instant::now();
-        let k = kernel::acquire(&kernel::cache_dir(), false).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let logs =
-            scenario::fresh_log_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "testmode").unwrap();
-        let init = scenario::init_binary().unwrap();
-        let lab = scenario::prepare(&k, dir, &init).unwrap();
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "testmode").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let flash = lab.dir.join("flash-0.img");
         let mac = shelfboot_qemu::backplane::mac_string(&card_mac(0));
         eprintln!(

@@ -1,7 +1,8 @@
 //! The provisioning conversation end to end in network namespaces: `master serve` and
 //! simulated cards (card agents over file-backed flash) over AF_PACKET on a bridge.
-//! Each test builds and removes its own namespace (netio `Lab`); traffic stays inside.
-//! Gated by `SHELFBOOT_TIER_NETNS=1` (root). Port 0 is the master, port 1 the cards,
+//! Each test builds and removes its own namespace (the test kit's `Lab`); traffic stays
+//! inside. Network-namespace tier: `#[ignore]`d with the reason, run by `./dev test` as
+//! root (docs/testing.md). Port 0 is the master, port 1 the cards,
 //! port 2 a rogue where a test needs one.
 
 mod conv;
@@ -20,15 +21,15 @@ mod tests {
     use shelfboot_master::serve::stats;
     use shelfboot_master::state::Master;
     use shelfboot_master::store::{NodeState, Store as _};
-    use shelfboot_netio::lab::{self, Lab};
+    use shelfboot_testkit::netns::Lab;
+    use shelfboot_testkit::tier::{self, Tier};
 
     const MIB: usize = 1 << 20;
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn one_pristine_card_becomes_ready_with_identical_artifacts() {
-        if !lab::tier_enabled("one_pristine_card_becomes_ready_with_identical_artifacts") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -88,10 +89,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn operator_cli_works_while_serving() {
-        if !lab::tier_enabled("operator_cli_works_while_serving") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -148,10 +148,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn sixteen_cards_of_three_types_share_one_session_per_artifact() {
-        if !lab::tier_enabled("sixteen_cards_of_three_types_share_one_session_per_artifact") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -216,10 +215,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn two_percent_loss_still_gives_correct_artifacts() {
-        if !lab::tier_enabled("two_percent_loss_still_gives_correct_artifacts") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -253,10 +251,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn card_killed_mid_transfer_resumes_on_restart() {
-        if !lab::tier_enabled("card_killed_mid_transfer_resumes_on_restart") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -303,10 +300,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn master_restarted_mid_transfer_cards_resume() {
-        if !lab::tier_enabled("master_restarted_mid_transfer_cards_resume") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();

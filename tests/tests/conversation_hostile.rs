@@ -1,7 +1,7 @@
 //! The conversation under hostile frames and at scale, in network namespaces (see
 //! `conversation.rs` for the layout): a rogue master and garbage never cause a flash
-//! write; a warm boot of 200 simulated cards moves no artifact byte. Gated by
-//! `SHELFBOOT_TIER_NETNS=1` (root).
+//! write; a warm boot of 200 simulated cards moves no artifact byte. Network-namespace
+//! tier: `#[ignore]`d with the reason, run by `./dev test` as root (docs/testing.md).
 
 mod conv;
 
@@ -16,7 +16,6 @@ mod tests {
     use shelfboot_card::flash::{FileVolumes, Store, StoreConfig, Volumes};
     use shelfboot_master::state::Master;
     use shelfboot_master::store::NodeIdentity;
-    use shelfboot_netio::lab::{self, Lab};
     use shelfboot_netio::{PacketSocket, SocketConfig};
     use shelfboot_proto::data::{DataHeader, encode_data_frame};
     use shelfboot_proto::frame::{Header, Link, MacAddr, MessageType};
@@ -25,6 +24,8 @@ mod tests {
         Verdict, set_digest,
     };
     use shelfboot_proto::sign::SigningKey;
+    use shelfboot_testkit::netns::Lab;
+    use shelfboot_testkit::tier::{self, Tier};
 
     /// A rogue on `iface` for `run_for`: answers every Solicit with well-formed plans signed by
     /// an untrusted key (nonce and session right), sends Joins, data, an untrusted Reset
@@ -141,10 +142,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn rogue_master_and_garbage_never_cause_a_write() {
-        if !lab::tier_enabled("rogue_master_and_garbage_never_cause_a_write") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
@@ -179,10 +179,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
     fn warm_boot_of_200_cards_moves_no_artifact_byte() {
-        if !lab::tier_enabled("warm_boot_of_200_cards_moves_no_artifact_byte") {
-            return;
-        }
+        tier::require(&[Tier::Netns]);
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();

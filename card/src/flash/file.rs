@@ -502,23 +502,10 @@ impl VolumeWriter for FileWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flash::artifact::{ArtifactKind, ArtifactRef};
+    use crate::flash::artifact::ArtifactKind::{BootImage, Package};
+    use crate::flash::artifact::ArtifactRef;
     use crate::flash::{Store, StoreConfig, StoreError};
-    use sha2::{Digest as _, Sha256};
-
-    fn art(name: &str, version: &str, data: &[u8]) -> ArtifactRef {
-        ArtifactRef {
-            kind: if name == "kernel" {
-                ArtifactKind::BootImage
-            } else {
-                ArtifactKind::Package
-            },
-            name: name.into(),
-            version: version.into(),
-            sha256: Sha256::digest(data).into(),
-            size: data.len() as u64,
-        }
-    }
+    use shelfboot_proto::samples::artifact_of;
 
     #[test]
     fn volume_semantics_persist_across_reopen() {
@@ -568,7 +555,7 @@ mod tests {
         let k: Vec<u8> = (0..300_000u32)
             .map(|i| u8::try_from(i % 251).unwrap())
             .collect();
-        let set = [art("kernel", "1", &k)];
+        let set = [artifact_of(BootImage, "kernel", "1", &k)];
         let dev = FileVolumes::format(tmp.path(), 4096, 256).unwrap();
         let (mut s, _) = Store::open(dev.clone(), StoreConfig::default()).unwrap();
         s.begin(&set, "quiet").unwrap();
@@ -602,7 +589,7 @@ mod tests {
     fn without_readback_the_stream_is_hashed() {
         let tmp = tempfile::tempdir().unwrap();
         let k = vec![7u8; 5000];
-        let set = [art("kernel", "1", &k)];
+        let set = [artifact_of(BootImage, "kernel", "1", &k)];
         let dev = FileVolumes::format(tmp.path(), 1024, 32).unwrap();
         let cfg = StoreConfig {
             verify_readback: false,
@@ -625,7 +612,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let k1 = vec![1u8; 3000];
         let p1 = vec![2u8; 500];
-        let set1 = [art("kernel", "1", &k1), art("base", "1", &p1)];
+        let set1 = [
+            artifact_of(BootImage, "kernel", "1", &k1),
+            artifact_of(Package, "base", "1", &p1),
+        ];
         let dev = FileVolumes::format(tmp.path(), 1024, 32).unwrap();
         let (mut s, _) = Store::open(dev, StoreConfig::default()).unwrap();
         s.begin(&set1, "quiet").unwrap();
@@ -634,7 +624,10 @@ mod tests {
         let inv = s.commit().unwrap();
         // A second plan, interrupted mid-stream (the process dies: the store is dropped).
         let k2 = vec![3u8; 2000];
-        let set2 = [art("kernel", "2", &k2), art("base", "1", &p1)];
+        let set2 = [
+            artifact_of(BootImage, "kernel", "2", &k2),
+            artifact_of(Package, "base", "1", &p1),
+        ];
         s.begin(&set2, "quiet").unwrap();
         s.start(&set2[0]).unwrap();
         s.write(&set2[0], &k2[..100]).unwrap();
@@ -664,7 +657,7 @@ mod tests {
         // The card's flash holds a committed set and a leftover of an interrupted run.
         let flash = FakeVolumes::new(1024, 64);
         let k1 = vec![1u8; 1500];
-        let set1 = [art("kernel", "1", &k1)];
+        let set1 = [artifact_of(BootImage, "kernel", "1", &k1)];
         let (mut s, _) = Store::open(flash.clone(), StoreConfig::default()).unwrap();
         s.begin(&set1, "").unwrap();
         s.stage(&set1[0], &k1[..]).unwrap();
@@ -678,7 +671,10 @@ mod tests {
         let (mut r, _) = Store::open(ram.clone(), StoreConfig::default()).unwrap();
         let k2 = vec![2u8; 3000];
         let p2 = vec![3u8; 700];
-        let set2 = [art("kernel", "2", &k2), art("base", "2", &p2)];
+        let set2 = [
+            artifact_of(BootImage, "kernel", "2", &k2),
+            artifact_of(Package, "base", "2", &p2),
+        ];
         let check = r.begin(&set2, "quiet").unwrap();
         assert_eq!(
             check.fetch.len(),
@@ -705,7 +701,7 @@ mod tests {
             on_flash
         );
         // Too big for RAM: the same structured error as on flash.
-        let huge = [art("kernel", "3", &vec![0u8; 20 * 1024])];
+        let huge = [artifact_of(BootImage, "kernel", "3", &vec![0u8; 20 * 1024])];
         r.abort().unwrap();
         assert!(matches!(
             r.begin(&huge, ""),
@@ -730,8 +726,14 @@ mod tests {
         let k1 = vec![1u8; 3000];
         let p1 = vec![2u8; 1500];
         let k2 = vec![3u8; 2500];
-        let set1 = [art("kernel", "1", &k1), art("base", "1", &p1)];
-        let set2 = [art("kernel", "2", &k2), art("base", "1", &p1)];
+        let set1 = [
+            artifact_of(BootImage, "kernel", "1", &k1),
+            artifact_of(Package, "base", "1", &p1),
+        ];
+        let set2 = [
+            artifact_of(BootImage, "kernel", "2", &k2),
+            artifact_of(Package, "base", "1", &p1),
+        ];
         let install = |dev: FileVolumes, set: &[ArtifactRef], data: &[&[u8]]| {
             let (mut s, _) = Store::open(dev, StoreConfig::default())?;
             let check = s.begin(set, "")?;

@@ -318,28 +318,21 @@ pub fn decode(volume: &[u8], leb_size: u64) -> Result<Decoded, InventoryError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use shelfboot_proto::samples::artifact;
 
-    fn art(kind: ArtifactKind, name: &str, fill: u8) -> ArtifactRef {
-        ArtifactRef {
-            kind,
-            name: name.into(),
-            version: "1.0".into(),
-            sha256: [fill; 32],
-            size: 1000 + u64::from(fill),
-        }
-    }
+    use super::*;
 
     pub(crate) fn sample() -> Inventory {
         let set = SetRecord::new(
             &[
-                art(ArtifactKind::BootImage, "kernel", 1),
-                art(ArtifactKind::Package, "base", 2),
+                artifact(ArtifactKind::BootImage, "kernel", 1),
+                artifact(ArtifactKind::Package, "base", 2),
             ],
             "console=ttyS0",
         )
         .unwrap();
-        let previous = SetRecord::new(&[art(ArtifactKind::BootImage, "kernel", 3)], "").unwrap();
+        let previous =
+            SetRecord::new(&[artifact(ArtifactKind::BootImage, "kernel", 3)], "").unwrap();
         Inventory {
             generation: 7,
             set,
@@ -400,7 +393,7 @@ mod tests {
 
     #[test]
     fn duplicate_artifacts_are_rejected() {
-        let a = art(ArtifactKind::Package, "base", 2);
+        let a = artifact(ArtifactKind::Package, "base", 2);
         assert!(matches!(
             SetRecord::new(&[a.clone(), a], ""),
             Err(InventoryError::Duplicate { .. })

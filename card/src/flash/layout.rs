@@ -145,21 +145,13 @@ pub fn classify(name: &str) -> VolumeClass {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use shelfboot_proto::samples::artifact;
 
-    fn art(kind: ArtifactKind, name: &str) -> ArtifactRef {
-        ArtifactRef {
-            kind,
-            name: name.into(),
-            version: "1".into(),
-            sha256: [0xab; 32],
-            size: 1,
-        }
-    }
+    use super::*;
 
     #[test]
     fn names_round_trip_through_classify() {
-        let v = artifact_volume(&art(ArtifactKind::Package, "routing-2.x")).unwrap();
+        let v = artifact_volume(&artifact(ArtifactKind::Package, "routing-2.x", 0xab)).unwrap();
         assert_eq!(v, format!("sb.pkg.routing-2.x.{}", "ab".repeat(16)));
         assert_eq!(classify(&v), VolumeClass::Artifact);
         let s = staging_of(&v);
@@ -175,9 +167,16 @@ mod tests {
     #[test]
     fn longest_names_fit_ubi() {
         let long = "n".repeat(MAX_ARTIFACT_NAME);
-        let v = artifact_volume(&art(ArtifactKind::BootImage, &long)).unwrap();
+        let v = artifact_volume(&artifact(ArtifactKind::BootImage, &long, 0xab)).unwrap();
         assert!(staging_of(&v).len() <= UBI_MAX_VOLUME_NAME);
-        assert!(artifact_volume(&art(ArtifactKind::BootImage, &format!("{long}n"))).is_err());
+        assert!(
+            artifact_volume(&artifact(
+                ArtifactKind::BootImage,
+                &format!("{long}n"),
+                0xab
+            ))
+            .is_err()
+        );
         for bad in ["", ".hidden", "a/b", "a b", "ü"] {
             assert!(check_artifact_name(bad).is_err(), "{bad:?}");
         }

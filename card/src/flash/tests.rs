@@ -10,7 +10,7 @@
 // Test data sizes are tiny; truncating casts cannot bite here.
 #![allow(clippy::cast_possible_truncation)]
 
-use sha2::{Digest as _, Sha256};
+use shelfboot_proto::samples::artifact_of;
 
 use super::artifact::{ArtifactKind, ArtifactRef, Digest, set_digest};
 use super::fake::{FakeOp, FakeVolumes};
@@ -30,13 +30,7 @@ pub(super) fn art(kind: ArtifactKind, name: &str, version: &str, len: usize) -> 
     let seed = name.len() as u8 ^ version.bytes().fold(0u8, |a, b| a.wrapping_mul(31) ^ b);
     let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
     Art {
-        r: ArtifactRef {
-            kind,
-            name: name.into(),
-            version: version.into(),
-            sha256: Sha256::digest(&data).into(),
-            size: len as u64,
-        },
+        r: artifact_of(kind, name, version, &data),
         data,
     }
 }

@@ -111,22 +111,25 @@ fn len_u64(n: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn art(kind: ArtifactKind, name: &str, version: &str, fill: u8, size: u64) -> ArtifactRef {
-        ArtifactRef {
-            kind,
-            name: name.to_owned(),
-            version: version.to_owned(),
-            sha256: [fill; 32],
-            size,
-        }
-    }
+    use crate::samples::artifact;
 
     fn sample() -> Vec<ArtifactRef> {
         vec![
-            art(ArtifactKind::BootImage, "kernel", "6.1.0", 0x11, 8_000_000),
-            art(ArtifactKind::Package, "routing", "2.3.1", 0x22, 1_200_000),
-            art(ArtifactKind::Package, "base", "1.0", 0x33, 20_000_000),
+            ArtifactRef {
+                version: "6.1.0".into(),
+                size: 8_000_000,
+                ..artifact(ArtifactKind::BootImage, "kernel", 0x11)
+            },
+            ArtifactRef {
+                version: "2.3.1".into(),
+                size: 1_200_000,
+                ..artifact(ArtifactKind::Package, "routing", 0x22)
+            },
+            ArtifactRef {
+                version: "1.0".into(),
+                size: 20_000_000,
+                ..artifact(ArtifactKind::Package, "base", 0x33)
+            },
         ]
     }
 
@@ -165,8 +168,16 @@ mod tests {
     #[test]
     fn set_digest_is_length_prefixed() {
         // Moving bytes between name and version must change the digest.
-        let a = [art(ArtifactKind::Package, "ab", "c", 0, 1)];
-        let b = [art(ArtifactKind::Package, "a", "bc", 0, 1)];
+        let a = [ArtifactRef {
+            version: "c".into(),
+            size: 1,
+            ..artifact(ArtifactKind::Package, "ab", 0)
+        }];
+        let b = [ArtifactRef {
+            version: "bc".into(),
+            size: 1,
+            ..artifact(ArtifactKind::Package, "a", 0)
+        }];
         assert_ne!(set_digest(&a, ""), set_digest(&b, ""));
     }
 

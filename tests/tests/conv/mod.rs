@@ -1,6 +1,6 @@
 //! Shared fixture of the conversation tests: a master state directory with a signed
 //! release of 3 card types imported, the master service and simulated cards run in
-//! threads inside a netio [`Lab`] namespace, and checks against the master's blobs.
+//! threads inside a test-kit [`Lab`] namespace, and checks against the master's blobs.
 
 #![allow(dead_code)]
 
@@ -15,10 +15,10 @@ use shelfboot_card::flash::{FileVolumes, Store, StoreConfig, Volumes};
 use shelfboot_card::sim::{CardReport, SimCard, SimConfig};
 use shelfboot_master::serve::{self, ServeConfig, ServeStats};
 use shelfboot_master::state::Master;
-use shelfboot_netio::lab::Lab;
 use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::{Arch, BootPhase};
 use shelfboot_proto::sign::TrustAnchor;
+use shelfboot_testkit::netns::Lab;
 
 /// Card types of the fixture release: (type, arch, boot image name).
 pub const TYPES: [(&str, Arch, &str); 3] = [

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::lab::Lab;
-use crate::{MacAddr, PacketSocket, Path, PathChoice, SocketConfig};
+use shelfboot_netio::{MacAddr, PacketSocket, Path, PathChoice, SocketConfig};
+use shelfboot_testkit::netns::Lab;
 
 /// The group every receiver joins.
 pub const GROUP: MacAddr = MacAddr([0x03, 0x5b, 0, 0, 0, 0x01]);

@@ -8,15 +8,15 @@
 //!
 //! It is a measurement, not a protocol: no acknowledgements, no retransmission, no pacing
 //! beyond what the kernel's socket buffer and the tbf impose. Needs root. The measurement
-//! itself is `shelfboot_netio::ceiling::run` (shared with the benchmark command); this
+//! itself is `shelfboot_bench::ceiling::run` (shared with the benchmark command); this
 //! binary parses arguments, builds the labs and prints the table.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
+use shelfboot_bench::ceiling::{self, CeilingRun, FRAME_LEN};
 use shelfboot_netio::Path;
-use shelfboot_netio::ceiling::{self, CeilingRun, FRAME_LEN};
-use shelfboot_netio::lab::{Lab, Tbf};
+use shelfboot_testkit::netns::{Lab, Tbf};
 
 const USAGE: &str = "\
 usage: netio-ceiling [--frames N] [--receivers 1,8] [--shape both|shaped|unshaped]

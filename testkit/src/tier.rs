@@ -1,0 +1,196 @@
+//! The gate of the root-only test tiers.
+//!
+//! A tier test is marked `#[ignore = "tier: ..."]` with one of the reasons below and starts
+//! with [`require`]. Plain `cargo test` then reports it as *ignored*, with the reason,
+//! never as a silent `ok`. Running ignored tests (`cargo test -- --ignored` or
+//! `--include-ignored`, which `./dev test` does when the machine can run the tiers) is
+//! asking for the tier: if something the tier needs is missing, [`require`] panics with
+//! the list, so the test fails and says what to install or how to run it.
+//!
+//! ```text
+//! #[test]
+//! #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
+//! fn frames_cross_the_bridge() {
+//!     tier::require(&[Tier::Netns]);
+//!     ...
+//! }
+//! ```
+//!
+//! The reasons are literals (attributes take no constants); keep them as written here so
+//! that `grep 'tier: '` finds every tier test:
+//!
+//! - `tier: network namespaces (root, iproute2, nftables); ./dev test runs it`
+//! - `tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it`
+//!
+//! What this does not check: whether the Debian kernel can be downloaded or a build
+//! succeeds; those steps fail on their own with their own errors.
+
+use std::path::Path;
+
+/// A test tier beyond the pure tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Network namespaces, veths, bridges, AF_PACKET: root, `ip`, `tc`, `nft`.
+    Netns,
+    /// Card VMs under QEMU on a tap backplane: root, `/dev/net/tun`, `qemu-system-x86_64`.
+    Qemu,
+}
+
+impl Tier {
+    /// Short name, as in the failure message.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Netns => "network-namespace",
+            Tier::Qemu => "QEMU",
+        }
+    }
+}
+
+/// What the machine offers, as far as the tiers care. Read once by [`Host::probe`];
+/// [`Host::missing`] is pure so that the rules are tested without root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Effective user id.
+    pub euid: u32,
+    /// `/dev/net/tun` exists.
+    pub tun: bool,
+    /// Programs found on `PATH` (of those the tiers need).
+    pub programs: Vec<&'static str>,
+}
+
+/// Programs a tier needs on `PATH`, each with the Debian package that has it.
+fn programs(tier: Tier) -> &'static [(&'static str, &'static str)] {
+    match tier {
+        Tier::Netns => &[("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")],
+        Tier::Qemu => &[
+            ("ip", "iproute2"),
+            ("nft", "nftables"),
+            ("qemu-system-x86_64", "qemu-system-x86"),
+        ],
+    }
+}
+
+impl Host {
+    /// Looks at this machine: euid, `/dev/net/tun`, and the tiers' programs on `PATH`.
+    pub fn probe() -> Host {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let on_path = |prog: &str| std::env::split_paths(&path).any(|d| d.join(prog).is_file());
+        let mut found = Vec::new();
+        for tier in [Tier::Netns, Tier::Qemu] {
+            for (prog, _) in programs(tier) {
+                if !found.contains(prog) && on_path(prog) {
+                    found.push(*prog);
+                }
+            }
+        }
+        Host {
+            euid: nix::unistd::geteuid().as_raw(),
+            tun: Path::new("/dev/net/tun").exists(),
+            programs: found,
+        }
+    }
+
+    /// What `tiers` need that this host lacks, one human-readable item each; empty when
+    /// they can run.
+    pub fn missing(&self, tiers: &[Tier]) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.euid != 0 {
+            out.push(format!("root (running as uid {})", self.euid));
+        }
+        if tiers.contains(&Tier::Qemu) && !self.tun {
+            out.push("/dev/net/tun (the QEMU backplane's taps)".to_owned());
+        }
+        for &tier in tiers {
+            for (prog, package) in programs(tier) {
+                let item = format!("`{prog}` on PATH (Debian package {package})");
+                if !self.programs.contains(prog) && !out.contains(&item) {
+                    out.push(item);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Fails the calling test unless this host can run every tier in `tiers`. Call it first in
+/// every `#[ignore = "tier: ..."]` test: the test runs only when ignored tests were asked
+/// for, so a missing prerequisite is a failure, not a skip.
+pub fn require(tiers: &[Tier]) {
+    if let Err(msg) = check(&Host::probe(), tiers) {
+        panic!("{msg}");
+    }
+}
+
+/// The decision of [`require`] for `host`: the failure message when something is missing.
+pub fn check(host: &Host, tiers: &[Tier]) -> Result<(), String> {
+    let missing = host.missing(tiers);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = tiers.iter().map(|t| t.name()).collect();
+    Err(format!(
+        "the {} tier was asked for (ignored tests included) but cannot run here; missing: {}. \
+         Run as root after `./dev setup`, or leave out `--ignored`/`--include-ignored` \
+         (plain `cargo test` lists tier tests as ignored)",
+        names.join(" and "),
+        missing.join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(euid: u32, tun: bool, programs: &[&'static str]) -> Host {
+        Host {
+            euid,
+            tun,
+            programs: programs.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_complete_root_host_runs_both_tiers() {
+        let h = host(0, true, &["ip", "tc", "nft", "qemu-system-x86_64"]);
+        assert_eq!(check(&h, &[Tier::Netns, Tier::Qemu]), Ok(()));
+        assert_eq!(check(&h, &[]), Ok(()));
+    }
+
+    #[test]
+    fn not_root_is_missing_and_named() {
+        let h = host(1000, true, &["ip", "tc", "nft", "qemu-system-x86_64"]);
+        let e = check(&h, &[Tier::Netns]).unwrap_err();
+        assert!(e.contains("network-namespace tier"), "{e}");
+        assert!(e.contains("root (running as uid 1000)"), "{e}");
+        assert_eq!(h.missing(&[Tier::Netns]).len(), 1);
+    }
+
+    #[test]
+    fn qemu_needs_tun_and_qemu_but_netns_does_not() {
+        let h = host(0, false, &["ip", "tc", "nft"]);
+        assert_eq!(check(&h, &[Tier::Netns]), Ok(()));
+        let m = h.missing(&[Tier::Qemu]);
+        assert_eq!(
+            m,
+            [
+                "/dev/net/tun (the QEMU backplane's taps)",
+                "`qemu-system-x86_64` on PATH (Debian package qemu-system-x86)"
+            ]
+        );
+        let e = check(&h, &[Tier::Qemu, Tier::Netns]).unwrap_err();
+        assert!(e.contains("QEMU and network-namespace tier"), "{e}");
+    }
+
+    #[test]
+    fn a_program_needed_by_two_tiers_is_listed_once() {
+        let h = host(0, true, &["tc", "qemu-system-x86_64"]);
+        let m = h.missing(&[Tier::Netns, Tier::Qemu]);
+        assert_eq!(
+            m,
+            [
+                "`ip` on PATH (Debian package iproute2)",
+                "`nft` on PATH (Debian package nftables)"
+            ]
+        );
+    }
+}
