@@ -59,10 +59,6 @@ pub fn utc(secs: i64) -> String {
     )
 }
 
-fn short(d: &impl ToString) -> String {
-    d.to_string().chars().take(12).collect()
-}
-
 fn node_row(v: &NodeView) -> Vec<String> {
     let id = &v.node.identity;
     let installed = v
@@ -70,7 +66,7 @@ fn node_row(v: &NodeView) -> Vec<String> {
         .inventory
         .as_ref()
         .and_then(|i| i.digest)
-        .map(|d| short(&d))
+        .map(|d| d.short())
         .unwrap_or_else(|| "-".into());
     let (class, planned) = match (&v.plan, &v.plan_error) {
         (Some(p), _) => (
@@ -78,7 +74,7 @@ fn node_row(v: &NodeView) -> Vec<String> {
             format!(
                 "{} {}{}",
                 p.release,
-                short(&p.digest),
+                p.digest.short(),
                 if p.persist { "" } else { " (test, RAM)" }
             ),
         ),
@@ -149,7 +145,7 @@ fn plans_text(plans: &[Plan]) -> String {
                 p.node.to_string(),
                 p.class.clone(),
                 p.release.to_string(),
-                short(&p.digest),
+                p.digest.short(),
                 pkgs.join(" "),
             ]
         })

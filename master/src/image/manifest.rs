@@ -10,51 +10,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use shelfboot_proto::id::Digest;
 
-use crate::blobs::Sha256Digest;
 use crate::policy::{self, ClassSpec, Defaults, OverrideSpec, PolicyError};
 
 /// Manifest format version (inside the JSON; the container has its own).
 pub const MANIFEST_FORMAT: u32 = 1;
 
-/// A sha256 digest that serializes as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct HexDigest(pub Sha256Digest);
-
-impl TryFrom<String> for HexDigest {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(&s, &mut out)
-            .map_err(|_| format!("'{s}' is not a sha256 (64 hex digits)"))?;
-        Ok(Self(out))
-    }
-}
-
-impl From<HexDigest> for String {
-    fn from(d: HexDigest) -> String {
-        hex::encode(d.0)
-    }
-}
-
-impl fmt::Display for HexDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for HexDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")
-    }
-}
-
 /// A blob by digest and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobRef {
-    pub sha256: HexDigest,
+    pub sha256: Digest,
     pub size: u64,
 }
 
@@ -135,13 +102,13 @@ pub enum ManifestError {
     )]
     MissingBlob {
         what: String,
-        sha256: HexDigest,
+        sha256: Digest,
         size: u64,
     },
     #[error("blob {0} is listed twice in the manifest")]
-    DuplicateBlob(HexDigest),
+    DuplicateBlob(Digest),
     #[error("blob {0} is listed in the manifest but no artifact uses it")]
-    UnusedBlob(HexDigest),
+    UnusedBlob(Digest),
     #[error("{0} is defined twice in this release")]
     Duplicate(String),
     #[error("{what} refers to {kind} '{name}', which this release does not define")]
@@ -296,7 +263,7 @@ mod tests {
 
     fn blob(n: u8) -> BlobRef {
         BlobRef {
-            sha256: HexDigest([n; 32]),
+            sha256: Digest([n; 32]),
             size: u64::from(n),
         }
     }

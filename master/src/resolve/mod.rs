@@ -32,10 +32,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use pubgrub::{DefaultStringReporter, OfflineDependencyProvider, PubGrubError, Reporter};
 use semver::Version;
 
-use crate::image::manifest::{BootImage, HexDigest, Manifest, Package, ReleaseId};
+use crate::image::manifest::{BootImage, Manifest, Package, ReleaseId};
 use crate::policy::{CardFacts, ClassSpec, Mac, OverrideSpec, PolicyError, parse_req};
 use crate::store::{Assignment, NodeRecord, PackageRecord, Target};
 use ranges::{UnsupportedReq, VersionRanges, req_to_ranges};
+use shelfboot_proto::id::Digest;
 
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -625,7 +626,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         cmdline: b.cmdline.clone(),
         packages,
         persist: test.is_none(),
-        digest: HexDigest([0; 32]),
+        digest: Digest([0; 32]),
         explain,
     };
     plan.digest = plan.compute_digest();

@@ -31,6 +31,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr};
+use shelfboot_proto::id::Digest;
 use shelfboot_proto::msg::{
     self, Action, Advertise, CommandBody, ErrorMsg, ErrorReason, Heartbeat, Message, PlanBody,
     Solicit, Stage, Verdict,
@@ -298,7 +299,7 @@ impl<S: Store> Service<S> {
                         self.stats.fetches_refused += 1;
                         log::warn!(
                             "master: {src} asked for artifact {} that is not in its plan: refused",
-                            hex::encode(f.artifact)
+                            Digest(f.artifact)
                         );
                     }
                 }
@@ -440,7 +441,7 @@ impl<S: Store> Service<S> {
             }
         };
         let inv = Inventory {
-            digest: s.inventory_digest.map(crate::image::manifest::HexDigest),
+            digest: s.inventory_digest.map(Digest),
             items: inventory_items(&s.inventory),
         };
         if let Err(e) = self.master.record_inventory(&mac, &inv) {
@@ -537,12 +538,12 @@ impl<S: Store> Service<S> {
         if plan.digest.0 != digest {
             log::warn!(
                 "master: {src} is ready with set {} but its plan is {}",
-                hex::encode(digest),
+                Digest(digest),
                 plan.digest
             );
         }
         let inv = Inventory {
-            digest: Some(crate::image::manifest::HexDigest(digest)),
+            digest: Some(Digest(digest)),
             items: inventory_items(&plan.artifact_refs()),
         };
         // A test-mode set (persisted = false) lives in the card's RAM: its flash, and so
@@ -749,7 +750,7 @@ fn inventory_items(refs: &[msg::ArtifactRef]) -> Vec<InventoryItem> {
             },
             name: a.name.clone(),
             version: a.version.clone(),
-            sha256: crate::image::manifest::HexDigest(a.sha256),
+            sha256: Digest(a.sha256),
         })
         .collect()
 }

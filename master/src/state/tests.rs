@@ -8,11 +8,12 @@ use shelfboot_proto::msg::set_digest;
 use super::fixture::{self, N1, N2, N3, N4};
 use super::*;
 use crate::image::manifest::{BlobRef, BootImage, MANIFEST_FORMAT, Package};
-use crate::image::manifest::{HexDigest, Manifest, ReleaseId};
+use crate::image::manifest::{Manifest, ReleaseId};
 use crate::image::pack;
 use crate::policy::{Defaults, Mac};
 use crate::resolve::{self, Plan};
 use crate::store::{ImportOutcome, Store, Target};
+use shelfboot_proto::id::Digest;
 
 fn mac(s: &str) -> Mac {
     s.parse().unwrap()
@@ -333,7 +334,7 @@ fn truncation_at_every_offset_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let key = fixture::vendor_key();
     let blob = |b: &[u8]| BlobRef {
-        sha256: HexDigest(crate::blobs::sha256(b)),
+        sha256: Digest::of(b),
         size: b.len() as u64,
     };
     let (k, p1, p2) = (&b"kern"[..], &b"base!"[..], &b"app"[..]);
@@ -376,7 +377,7 @@ fn truncation_at_every_offset_fails_cleanly() {
     };
     let blobs: BTreeMap<_, _> = [k, p1, p2]
         .iter()
-        .map(|b| (HexDigest(crate::blobs::sha256(b)), b.to_vec()))
+        .map(|b| (Digest::of(b), b.to_vec()))
         .collect();
     let img = pack::write_image_bytes(&manifest, &blobs, &key).unwrap();
     let mut m = fixture::master(dir.path());
@@ -460,7 +461,7 @@ fn gc_keeps_what_plans_and_assignments_reference() {
     for node in [N1, N2, N3, N4] {
         let plan = m.plan(&mac(node)).unwrap();
         for b in plan.blobs() {
-            assert!(m.blobs().contains(&b.sha256.0), "{node} lost a blob");
+            assert!(m.blobs().contains(&b.sha256), "{node} lost a blob");
         }
     }
     let history = m.history(None, 100).unwrap();
@@ -472,7 +473,7 @@ fn gc_keeps_what_plans_and_assignments_reference() {
     );
 }
 
-fn arb_release() -> impl Strategy<Value = (Manifest, BTreeMap<HexDigest, Vec<u8>>)> {
+fn arb_release() -> impl Strategy<Value = (Manifest, BTreeMap<Digest, Vec<u8>>)> {
     let pkg = (
         prop::sample::select(vec!["a", "b", "c"]),
         0u64..3,
@@ -491,7 +492,7 @@ fn arb_release() -> impl Strategy<Value = (Manifest, BTreeMap<HexDigest, Vec<u8>
             {
                 continue;
             }
-            let d = HexDigest(crate::blobs::sha256(&bytes));
+            let d = Digest::of(&bytes);
             packages.push(Package {
                 name: name.into(),
                 version,

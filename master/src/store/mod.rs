@@ -16,8 +16,9 @@ pub use types::*;
 
 use std::collections::BTreeSet;
 
-use crate::image::manifest::{HexDigest, Manifest, ReleaseId};
+use crate::image::manifest::{Manifest, ReleaseId};
 use crate::policy::Mac;
+use shelfboot_proto::id::Digest;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +83,7 @@ pub trait Store {
     // ---- package database ----
     /// Checks, without writing, whether importing would clash with what is stored.
     /// Returns `true` if this exact release is already imported (re-import is a no-op).
-    fn check_import(&self, manifest: &Manifest, manifest_sha256: &HexDigest) -> Result<bool>;
+    fn check_import(&self, manifest: &Manifest, manifest_sha256: &Digest) -> Result<bool>;
     /// Records a release, its artifacts and blobs in one transaction (all or nothing).
     /// Blobs must already be in the blob directory. Re-importing the identical release
     /// changes nothing.
@@ -98,7 +99,7 @@ pub trait Store {
     /// Removes releases and every artifact no remaining release or pin references.
     fn delete_releases(&mut self, ids: &[ReleaseId], now: i64) -> Result<()>;
     /// Every blob digest a stored artifact uses.
-    fn referenced_blobs(&self) -> Result<BTreeSet<HexDigest>>;
+    fn referenced_blobs(&self) -> Result<BTreeSet<Digest>>;
 
     // ---- node database ----
     /// Registers or updates a card's identity (a Solicit, or `master node add`) and marks

@@ -7,8 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::manifest::{BlobRef, HexDigest, Manifest, ReleaseId};
+use crate::image::manifest::{BlobRef, Manifest, ReleaseId};
 use crate::policy::Mac;
+use shelfboot_proto::id::Digest;
 
 /// A trusted vendor key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +25,7 @@ pub struct TrustedKey {
 #[derive(Debug)]
 pub struct NewRelease<'a> {
     pub manifest: &'a Manifest,
-    pub manifest_sha256: HexDigest,
+    pub manifest_sha256: Digest,
     pub signer_key_id: String,
     pub now: i64,
     /// Also make it the default release for cards without another assignment.
@@ -42,7 +43,7 @@ pub enum ImportOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseInfo {
     pub release: ReleaseId,
-    pub manifest_sha256: String,
+    pub manifest_sha256: Digest,
     pub signer: String,
     pub imported_at: i64,
     pub boot_images: u32,
@@ -141,14 +142,14 @@ pub struct InventoryItem {
     pub kind: String,
     pub name: String,
     pub version: String,
-    pub sha256: HexDigest,
+    pub sha256: Digest,
 }
 
 /// What a card reported its flash holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     /// The card's inventory digest (compared with the plan digest).
-    pub digest: Option<HexDigest>,
+    pub digest: Option<Digest>,
     pub items: Vec<InventoryItem>,
 }
 

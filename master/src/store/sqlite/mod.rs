@@ -25,8 +25,9 @@ use super::{
     Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeIdentity, NodeRecord,
     NodeState, PackageRecord, ReleaseInfo, Result, Store, StoreError, Target, TestMode, TrustedKey,
 };
-use crate::image::manifest::{HexDigest, Manifest, ReleaseId};
+use crate::image::manifest::{Manifest, ReleaseId};
 use crate::policy::Mac;
+use shelfboot_proto::id::Digest;
 
 /// How long a statement waits for another connection's write lock before it fails.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -178,7 +179,7 @@ impl Store for SqliteStore {
         self.do_trusted_keys()
     }
 
-    fn check_import(&self, manifest: &Manifest, sha: &HexDigest) -> Result<bool> {
+    fn check_import(&self, manifest: &Manifest, sha: &Digest) -> Result<bool> {
         self.do_check_import(manifest, sha)
     }
 
@@ -206,7 +207,7 @@ impl Store for SqliteStore {
         self.do_delete_releases(ids, now)
     }
 
-    fn referenced_blobs(&self) -> Result<BTreeSet<HexDigest>> {
+    fn referenced_blobs(&self) -> Result<BTreeSet<Digest>> {
         self.do_referenced_blobs()
     }
 

@@ -6,11 +6,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::upsert_assignment;
 use super::{SqliteStore, event, from_json, sql, to_json};
-use crate::image::manifest::{BlobRef, HexDigest, Manifest, ReleaseId};
+use crate::image::manifest::{BlobRef, Manifest, ReleaseId};
 use crate::store::{
     BootRecord, ImportOutcome, NewRelease, PackageRecord, ReleaseInfo, Result, StoreError, Target,
     TrustedKey,
 };
+use shelfboot_proto::id::Digest;
 
 /// One artifact of a manifest, flattened to its table key and content.
 struct ArtifactRow {
@@ -52,7 +53,7 @@ fn artifact_rows(m: &Manifest) -> Vec<ArtifactRow> {
 }
 
 /// Checks for clashes; Ok(true) if this exact release is already stored.
-fn check_clashes(c: &Connection, m: &Manifest, sha: &HexDigest) -> Result<bool> {
+fn check_clashes(c: &Connection, m: &Manifest, sha: &Digest) -> Result<bool> {
     let existing: Option<String> = c
         .query_row(
             "SELECT manifest_sha256 FROM releases WHERE name = ?1 AND version = ?2",
@@ -198,7 +199,7 @@ impl SqliteStore {
             .map_err(sql("list keys"))
     }
 
-    pub(super) fn do_check_import(&self, manifest: &Manifest, sha: &HexDigest) -> Result<bool> {
+    pub(super) fn do_check_import(&self, manifest: &Manifest, sha: &Digest) -> Result<bool> {
         check_clashes(&self.conn, manifest, sha)
     }
 
@@ -311,8 +312,12 @@ impl SqliteStore {
         rows.into_iter()
             .map(|(sha, signer, at, json)| {
                 let m: Manifest = from_json("release manifest", &json)?;
+                let manifest_sha256 = sha.parse::<Digest>().map_err(|e| StoreError::Decode {
+                    what: format!("manifest sha256 of release {}", m.release),
+                    source: serde::de::Error::custom(e),
+                })?;
                 Ok(ReleaseInfo {
-                    manifest_sha256: sha,
+                    manifest_sha256,
                     signer,
                     imported_at: at,
                     boot_images: u32::try_from(m.boot.len()).unwrap_or(u32::MAX),
@@ -436,7 +441,7 @@ impl SqliteStore {
         tx.commit().map_err(sql("commit gc"))
     }
 
-    pub(super) fn do_referenced_blobs(&self) -> Result<BTreeSet<HexDigest>> {
+    pub(super) fn do_referenced_blobs(&self) -> Result<BTreeSet<Digest>> {
         let mut stmt = self
             .conn
             .prepare("SELECT DISTINCT sha256 FROM artifact_blobs")
@@ -448,7 +453,7 @@ impl SqliteStore {
             .map_err(sql("list referenced blobs"))?;
         rows.into_iter()
             .map(|s| {
-                HexDigest::try_from(s).map_err(|e| StoreError::Decode {
+                s.parse::<Digest>().map_err(|e| StoreError::Decode {
                     what: "blob digest".into(),
                     source: serde::de::Error::custom(e),
                 })
