@@ -60,7 +60,7 @@ mod tests {
         let m = Master::open(&fx.state).unwrap();
         let node = m
             .store()
-            .node(&cards[0].mac.to_string().parse().unwrap())
+            .node(&cards[0].mac)
             .unwrap()
             .expect("card recorded");
         assert_eq!(node.state, NodeState::Ready);
@@ -98,7 +98,7 @@ mod tests {
         let fx = Fixture::new(tmp.path(), 64 * 1024);
         let lab = Lab::new("conv-cli", 2).unwrap();
         let cards = fx.cards(1);
-        let mac: shelfboot_master::policy::Mac = cards[0].mac.to_string().parse().unwrap();
+        let mac = cards[0].mac;
         // `serve::run` owns the state (it holds the state lock): a CLI request can only be
         // answered through the control socket of the serving master, not in-process.
         let stop_m = Arc::new(AtomicBool::new(false));

@@ -228,7 +228,7 @@ impl Manifest {
         let mut macs = BTreeSet::new();
         for o in &self.overrides {
             let what = format!("override for {}", o.mac);
-            if !macs.insert(o.mac.clone()) {
+            if !macs.insert(o.mac) {
                 return Err(ManifestError::Duplicate(what));
             }
             class_ref(&what, &o.class)?;

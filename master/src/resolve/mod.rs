@@ -33,10 +33,11 @@ use pubgrub::{DefaultStringReporter, OfflineDependencyProvider, PubGrubError, Re
 use semver::Version;
 
 use crate::image::manifest::{BootImage, Manifest, Package, ReleaseId};
-use crate::policy::{CardFacts, ClassSpec, Mac, OverrideSpec, PolicyError, parse_req};
+use crate::policy::{CardFacts, ClassSpec, OverrideSpec, PolicyError, parse_req};
 use crate::store::{Assignment, NodeRecord, PackageRecord, Target};
 use ranges::{UnsupportedReq, VersionRanges, req_to_ranges};
 use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::MacAddr;
 
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +45,7 @@ pub enum ResolveError {
     #[error(
         "node {0} has no release: import one (it becomes the default) or `master assign --node`"
     )]
-    NoRelease(Mac),
+    NoRelease(MacAddr),
     #[error("{by} names release {release}, which is not imported")]
     UnknownRelease { release: String, by: String },
     #[error("{by} puts the card in class {class}, which release {release} does not define")]
@@ -57,7 +58,7 @@ pub enum ResolveError {
         "no class of release {release} matches node {node} (card type {card_type}, slot {slot}) and the release has no default class"
     )]
     NoClass {
-        node: Mac,
+        node: MacAddr,
         release: String,
         card_type: String,
         slot: u32,
@@ -418,7 +419,7 @@ fn choose_class<'m>(
         );
     }
     Err(ResolveError::NoClass {
-        node: id.mac.clone(),
+        node: id.mac,
         release: m.release.to_string(),
         card_type: id.card_type.clone(),
         slot: id.slot,
@@ -456,7 +457,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
     let id = &node.identity;
     let mac = &id.mac;
     let mut explain = Vec::new();
-    let node_asg = cat.assignment(&Target::Node(mac.clone()));
+    let node_asg = cat.assignment(&Target::Node(*mac));
 
     // 1 + 2: release and class.
     let (mut release, mut release_rule) = match node_asg.and_then(|a| a.release.clone()) {
@@ -466,7 +467,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
             .and_then(|a| a.release.clone())
         {
             Some(r) => (r, "default release".to_owned()),
-            None => return Err(ResolveError::NoRelease(mac.clone())),
+            None => return Err(ResolveError::NoRelease(*mac)),
         },
     };
     let mut m = cat.manifest(&release, &release_rule)?;
@@ -618,7 +619,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         });
     }
     let mut plan = Plan {
-        node: mac.clone(),
+        node: *mac,
         release: release.clone(),
         class: class.name.clone(),
         arch: arch.to_owned(),

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use shelfboot_proto::msg::{ArtifactKind, ArtifactRef, set_digest};
 
 use crate::image::manifest::{BlobRef, ReleaseId};
-use crate::policy::Mac;
 use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::MacAddr;
 
 /// One artifact in a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +49,7 @@ pub struct Reason {
 /// A card's plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
-    pub node: Mac,
+    pub node: MacAddr,
     pub release: ReleaseId,
     pub class: String,
     pub arch: String,

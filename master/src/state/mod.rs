@@ -29,11 +29,11 @@ use std::path::{Path, PathBuf};
 use crate::blobs::{BlobDir, BlobError};
 use crate::image::manifest::ReleaseId;
 use crate::keys::KeyError;
-use crate::policy::Mac;
 use crate::resolve::ResolveError;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::MacAddr;
 
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use fleet::{FleetAction, FleetOrder};
@@ -70,7 +70,7 @@ pub enum MasterError {
     Blob(#[from] BlobError),
     #[error("cannot make a plan for node {node}")]
     Plan {
-        node: Mac,
+        node: MacAddr,
         #[source]
         source: Box<ResolveError>,
     },

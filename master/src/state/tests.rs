@@ -10,12 +10,13 @@ use super::*;
 use crate::image::manifest::{BlobRef, BootImage, MANIFEST_FORMAT, Package};
 use crate::image::manifest::{Manifest, ReleaseId};
 use crate::image::pack;
-use crate::policy::{Defaults, Mac};
+use crate::policy::Defaults;
 use crate::resolve::{self, Plan};
 use crate::store::{ImportOutcome, Store, Target};
 use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::MacAddr;
 
-fn mac(s: &str) -> Mac {
+fn mac(s: &str) -> MacAddr {
     s.parse().unwrap()
 }
 

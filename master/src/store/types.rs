@@ -8,8 +8,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::image::manifest::{BlobRef, Manifest, ReleaseId};
-use crate::policy::Mac;
 use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::MacAddr;
 
 /// A trusted vendor key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,7 +126,7 @@ impl FromStr for NodeState {
 /// Who a card is (from a Solicit or `master node add`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeIdentity {
-    pub mac: Mac,
+    pub mac: MacAddr,
     pub card_type: String,
     pub arch: String,
     pub shelf: u32,
@@ -183,7 +183,7 @@ pub enum Target {
     /// Every card without a class or node assignment.
     Default,
     Class(String),
-    Node(Mac),
+    Node(MacAddr),
 }
 
 impl Target {
@@ -222,7 +222,7 @@ pub struct Assignment {
 pub struct Event {
     pub id: i64,
     pub at: i64,
-    pub node: Option<Mac>,
+    pub node: Option<MacAddr>,
     pub kind: String,
     pub detail: String,
 }
