@@ -176,8 +176,8 @@ mod tests {
             fx.check_card(c);
         }
         // 3 boot images, base × 2 archs, routing × 2 archs, fabric-mgr × 1 arch = 8 artifacts.
-        let distinct: std::collections::BTreeSet<&str> =
-            st.sessions.iter().map(|s| s.artifact.as_str()).collect();
+        let distinct: std::collections::BTreeSet<_> =
+            st.sessions.iter().map(|s| s.artifact).collect();
         assert_eq!(distinct.len(), 8, "{:#?}", st.sessions);
         for r in &reports {
             eprintln!(

@@ -216,7 +216,8 @@ mod tests {
             let refs = plan.artifact_refs();
             store.begin(&refs, &plan.cmdline).unwrap();
             for a in &refs {
-                let f = std::fs::File::open(m.blobs().path(&a.sha256)).unwrap();
+                let f = std::fs::File::open(m.blobs().path(&shelfboot_proto::id::Digest(a.sha256)))
+                    .unwrap();
                 store.stage(a, f).unwrap();
             }
             store.commit().unwrap();

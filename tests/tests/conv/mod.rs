@@ -164,7 +164,7 @@ impl Fixture {
     /// Blob bytes of the master for `sha`.
     pub fn blob(&self, sha: &[u8; 32]) -> Vec<u8> {
         let m = Master::open(&self.state).unwrap();
-        std::fs::read(m.blobs().path(sha)).unwrap()
+        std::fs::read(m.blobs().path(&shelfboot_proto::id::Digest(*sha))).unwrap()
     }
 
     /// Checks that `card`'s committed flash holds its plan's artifacts, each byte-identical
@@ -184,7 +184,11 @@ impl Fixture {
         );
         for a in &inv.set.artifacts {
             let id = store.volume_id(&a.volume).unwrap().expect("volume exists");
-            let want = std::fs::read(m.blobs().path(&a.artifact.sha256)).unwrap();
+            let want = std::fs::read(
+                m.blobs()
+                    .path(&shelfboot_proto::id::Digest(a.artifact.sha256)),
+            )
+            .unwrap();
             let mut got = vec![0u8; want.len()];
             let mut off = 0;
             while off < got.len() {
