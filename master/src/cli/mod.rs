@@ -19,7 +19,7 @@ use crate::image::pack;
 use crate::keys;
 use crate::state::{FleetAction, Master, MasterError};
 use crate::store::NodeIdentity;
-use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, MacAddr};
 
 /// shelfboot master: package and node databases, composite images, plans.
 #[derive(Debug, Parser)]
@@ -199,7 +199,7 @@ pub struct NodeAddArgs {
     #[arg(long = "type")]
     pub card_type: String,
     #[arg(long)]
-    pub arch: String,
+    pub arch: Arch,
     #[arg(long, default_value_t = 1)]
     pub shelf: u32,
     #[arg(long)]

@@ -94,7 +94,7 @@ fn node_row(v: &NodeView) -> Vec<String> {
         format!("{}/{}", id.shelf, id.slot),
         id.mac.to_string(),
         id.card_type.clone(),
-        id.arch.clone(),
+        id.arch.to_string(),
         class,
         state,
         if v.node.present { "yes" } else { "no" }.into(),
@@ -191,7 +191,7 @@ pub fn render(reply: &Reply) -> String {
                     vec![
                         p.name.clone(),
                         p.version.to_string(),
-                        p.arch.clone(),
+                        p.arch.to_string(),
                         p.provides.join(","),
                         deps.join(", "),
                         p.payload.size.to_string(),
@@ -206,7 +206,7 @@ pub fn render(reply: &Reply) -> String {
                         b.name.clone(),
                         b.version.to_string(),
                         b.card_type.clone(),
-                        b.arch.clone(),
+                        b.arch.to_string(),
                         b.image.size.to_string(),
                         b.releases.join(" "),
                     ]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::{Arch, Digest};
 
 use crate::policy::{self, ClassSpec, Defaults, OverrideSpec, PolicyError};
 
@@ -48,7 +48,7 @@ pub struct BootImage {
     pub name: String,
     pub version: semver::Version,
     pub card_type: String,
-    pub arch: String,
+    pub arch: Arch,
     pub image: BlobRef,
     #[serde(default)]
     pub cmdline: String,
@@ -60,7 +60,7 @@ pub struct BootImage {
 pub struct Package {
     pub name: String,
     pub version: semver::Version,
-    pub arch: String,
+    pub arch: Arch,
     #[serde(default)]
     pub provides: Vec<String>,
     /// Package name → semver requirement.
@@ -151,11 +151,11 @@ impl Manifest {
                 "boot image {} {} for {}/{}",
                 b.name, b.version, b.card_type, b.arch
             );
-            for n in [&b.name, &b.card_type, &b.arch] {
+            for n in [&b.name, &b.card_type] {
                 policy::check_name(n).map_err(policy(what.clone()))?;
             }
             need(what.clone(), &b.image)?;
-            if !seen.insert(("boot", b.name.clone(), b.card_type.clone(), b.arch.clone())) {
+            if !seen.insert(("boot", b.name.clone(), b.card_type.clone(), b.arch)) {
                 return Err(ManifestError::Duplicate(format!(
                     "boot image {} for {}/{}",
                     b.name, b.card_type, b.arch
@@ -167,7 +167,6 @@ impl Manifest {
         for p in &self.packages {
             let what = format!("package {} {} ({})", p.name, p.version, p.arch);
             policy::check_name(&p.name).map_err(policy(what.clone()))?;
-            policy::check_name(&p.arch).map_err(policy(what.clone()))?;
             for f in &p.provides {
                 policy::check_name(f).map_err(policy(what.clone()))?;
             }
@@ -176,12 +175,7 @@ impl Manifest {
                 policy::parse_req(dep, req).map_err(policy(what.clone()))?;
             }
             need(what.clone(), &p.payload)?;
-            if !seen.insert((
-                "package",
-                p.name.clone(),
-                p.version.to_string(),
-                p.arch.clone(),
-            )) {
+            if !seen.insert(("package", p.name.clone(), p.version.to_string(), p.arch)) {
                 return Err(ManifestError::Duplicate(what));
             }
             pkg_names.insert(p.name.as_str());
@@ -280,14 +274,14 @@ mod tests {
                 name: "k".into(),
                 version: semver::Version::new(1, 0, 0),
                 card_type: "lc".into(),
-                arch: "x86_64".into(),
+                arch: Arch::X86_64,
                 image: blob(1),
                 cmdline: String::new(),
             }],
             packages: vec![Package {
                 name: "base".into(),
                 version: semver::Version::new(1, 0, 0),
-                arch: "x86_64".into(),
+                arch: Arch::X86_64,
                 provides: vec![],
                 depends: BTreeMap::new(),
                 payload: blob(2),

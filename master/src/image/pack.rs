@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::{Arch, Digest};
 
 use super::format::{self, ImageError};
 use super::manifest::{
@@ -49,7 +49,7 @@ pub struct BootSpec {
     pub name: String,
     pub version: semver::Version,
     pub card_type: String,
-    pub arch: String,
+    pub arch: Arch,
     /// The boot image file (kernel + initramfs container built by mkinitramfs).
     pub image: PathBuf,
     #[serde(default)]
@@ -62,7 +62,7 @@ pub struct BootSpec {
 pub struct PackageSpec {
     pub name: String,
     pub version: semver::Version,
-    pub arch: String,
+    pub arch: Arch,
     #[serde(default)]
     pub provides: Vec<String>,
     #[serde(default)]

@@ -36,8 +36,8 @@ use crate::image::manifest::{BootImage, Manifest, Package, ReleaseId};
 use crate::policy::{CardFacts, ClassSpec, OverrideSpec, PolicyError, parse_req};
 use crate::store::{Assignment, NodeRecord, PackageRecord, Target};
 use ranges::{UnsupportedReq, VersionRanges, req_to_ranges};
-use shelfboot_proto::id::Digest;
 use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, Digest};
 
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ pub enum ResolveError {
     #[error("package {package} ({rule}) has no build for arch {arch} in release {release}")]
     NoBuildForArch {
         package: String,
-        arch: String,
+        arch: Arch,
         release: String,
         rule: String,
     },
@@ -74,7 +74,7 @@ pub enum ResolveError {
     PinNotImported {
         package: String,
         version: Version,
-        arch: String,
+        arch: Arch,
         by: String,
     },
     #[error(
@@ -82,7 +82,7 @@ pub enum ResolveError {
     )]
     NoFeatureProvider {
         feature: String,
-        arch: String,
+        arch: Arch,
         release: String,
         by: String,
     },
@@ -99,7 +99,7 @@ pub enum ResolveError {
         release: String,
         named: String,
         card_type: String,
-        arch: String,
+        arch: Arch,
     },
     #[error(
         "release {release} has several boot images ({names}) for card type {card_type} on arch {arch}; name one with `boot =` in the class"
@@ -108,7 +108,7 @@ pub enum ResolveError {
         release: String,
         names: String,
         card_type: String,
-        arch: String,
+        arch: Arch,
     },
     #[error("in {what}")]
     Requirement {
@@ -265,7 +265,7 @@ fn tidy_report(report: &str, root_with_version: &str, root: &str) -> String {
 }
 
 /// The builds a card of `arch` can use from `manifest`, plus pinned builds from `extra`.
-fn universe(manifest: &Manifest, arch: &str, extra: &[Package]) -> Vec<Package> {
+fn universe(manifest: &Manifest, arch: Arch, extra: &[Package]) -> Vec<Package> {
     let mut seen = BTreeSet::new();
     manifest
         .packages
@@ -282,7 +282,7 @@ fn add_features(
     features: &BTreeMap<String, String>,
     universe: &[Package],
     reqs: &mut BTreeMap<String, Req>,
-    arch: &str,
+    arch: Arch,
     release: &ReleaseId,
 ) -> Result<Vec<Reason>, ResolveError> {
     let mut out = Vec::new();
@@ -302,7 +302,7 @@ fn add_features(
         let Some(first) = providers.first() else {
             return Err(ResolveError::NoFeatureProvider {
                 feature: feature.clone(),
-                arch: arch.to_owned(),
+                arch,
                 release: release.to_string(),
                 by: by.clone(),
             });
@@ -329,14 +329,14 @@ fn add_features(
 fn check_arch(
     reqs: &BTreeMap<String, Req>,
     universe: &[Package],
-    arch: &str,
+    arch: Arch,
     release: &ReleaseId,
 ) -> Result<(), ResolveError> {
     for (name, r) in reqs {
         if !universe.iter().any(|p| &p.name == name) {
             return Err(ResolveError::NoBuildForArch {
                 package: name.clone(),
-                arch: arch.to_owned(),
+                arch,
                 release: release.to_string(),
                 rule: format!("{} {}", r.text, r.rule),
             });
@@ -349,7 +349,7 @@ fn choose_boot<'m>(
     m: &'m Manifest,
     named: Option<&str>,
     card_type: &str,
-    arch: &str,
+    arch: Arch,
 ) -> Result<&'m BootImage, ResolveError> {
     let cands: Vec<&BootImage> = m
         .boot
@@ -363,7 +363,7 @@ fn choose_boot<'m>(
             release: m.release.to_string(),
             named: named.map(|n| format!(" named {n}")).unwrap_or_default(),
             card_type: card_type.to_owned(),
-            arch: arch.to_owned(),
+            arch,
         }),
         many => Err(ResolveError::AmbiguousBootImage {
             release: m.release.to_string(),
@@ -373,7 +373,7 @@ fn choose_boot<'m>(
                 .collect::<Vec<_>>()
                 .join(", "),
             card_type: card_type.to_owned(),
-            arch: arch.to_owned(),
+            arch,
         }),
     }
 }
@@ -430,7 +430,7 @@ fn pinned_build(
     cat: &Catalog<'_>,
     name: &str,
     version: &Version,
-    arch: &str,
+    arch: Arch,
     by: &str,
 ) -> Result<Package, ResolveError> {
     cat.packages
@@ -439,7 +439,7 @@ fn pinned_build(
         .map(|p| Package {
             name: p.name.clone(),
             version: p.version.clone(),
-            arch: p.arch.clone(),
+            arch: p.arch,
             provides: p.provides.clone(),
             depends: p.depends.clone(),
             payload: p.payload,
@@ -447,7 +447,7 @@ fn pinned_build(
         .ok_or_else(|| ResolveError::PinNotImported {
             package: name.to_owned(),
             version: version.clone(),
-            arch: arch.to_owned(),
+            arch,
             by: by.to_owned(),
         })
 }
@@ -519,7 +519,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         }
     }
     let mut extra = Vec::new();
-    let arch = id.arch.as_str();
+    let arch = id.arch;
     let mut pins: Vec<(&BTreeMap<String, Version>, String)> = Vec::new();
     if let Some(a) = cat.assignment(&Target::Class(class.name.clone())) {
         pins.push((
@@ -584,7 +584,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
             kind: "package".into(),
             name: name.clone(),
             version: version.clone(),
-            arch: arch.to_owned(),
+            arch,
             blob: p.payload,
             rule,
         });
@@ -608,7 +608,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         kind: "boot".into(),
         name: b.name.clone(),
         version: b.version.clone(),
-        arch: arch.to_owned(),
+        arch,
         blob: b.image,
         rule: boot_rule,
     };
@@ -622,7 +622,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         node: *mac,
         release: release.clone(),
         class: class.name.clone(),
-        arch: arch.to_owned(),
+        arch,
         boot,
         cmdline: b.cmdline.clone(),
         packages,

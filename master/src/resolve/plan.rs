@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use shelfboot_proto::msg::{ArtifactKind, ArtifactRef, set_digest};
 
 use crate::image::manifest::{BlobRef, ReleaseId};
-use shelfboot_proto::id::Digest;
 use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, Digest};
 
 /// One artifact in a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,7 +16,7 @@ pub struct PlannedArtifact {
     pub kind: String,
     pub name: String,
     pub version: semver::Version,
-    pub arch: String,
+    pub arch: Arch,
     pub blob: BlobRef,
     /// Which rule chose it.
     pub rule: String,
@@ -52,7 +52,7 @@ pub struct Plan {
     pub node: MacAddr,
     pub release: ReleaseId,
     pub class: String,
-    pub arch: String,
+    pub arch: Arch,
     pub boot: PlannedArtifact,
     pub cmdline: String,
     /// Sorted by name.

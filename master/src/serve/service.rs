@@ -375,10 +375,7 @@ impl<S: Store> Service<S> {
         let id = NodeIdentity {
             mac: src,
             card_type: s.card_type.clone(),
-            arch: match s.arch {
-                msg::Arch::X86_64 => "x86_64".into(),
-                msg::Arch::Aarch64 => "aarch64".into(),
-            },
+            arch: s.arch,
             shelf: u32::from(s.shelf),
             slot: u32::from(s.slot),
             hw_rev: s.hw_rev.clone(),

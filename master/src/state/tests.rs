@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use shelfboot_proto::id::{Arch, Digest, MacAddr};
 use shelfboot_proto::msg::set_digest;
 
 use super::fixture::{self, N1, N2, N3, N4};
@@ -13,8 +14,6 @@ use crate::image::pack;
 use crate::policy::Defaults;
 use crate::resolve::{self, Plan};
 use crate::store::{ImportOutcome, Store, Target};
-use shelfboot_proto::id::Digest;
-use shelfboot_proto::id::MacAddr;
 
 fn mac(s: &str) -> MacAddr {
     s.parse().unwrap()
@@ -247,6 +246,38 @@ fn test_mode_is_ram_only_and_listed() {
 }
 
 #[test]
+fn an_unknown_arch_is_refused_naming_the_file_and_the_accepted_values() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    std::fs::write(dir.path().join("files/armpkg"), "arm payload").unwrap();
+    let extra = "[[package]]\nname = \"armpkg\"\nversion = \"1.0.0\"\narch = \"armv7\"\n\
+                 file = \"files/armpkg\"\n";
+    let spec = fixture::write_spec(dir.path(), "1.0.0", extra);
+    let err = pack::prepare(&spec).unwrap_err();
+    let text = crate::error_chain(&err).join(": ");
+    assert!(text.contains(&spec.display().to_string()), "{text}");
+    for want in ["armv7", "x86_64", "aarch64"] {
+        assert!(text.contains(want), "{want} missing from: {text}");
+    }
+
+    // A manifest naming an unknown arch does not parse either.
+    let good = pack::prepare(&fixture::write_spec(dir.path(), "1.0.0", "")).unwrap();
+    let json = serde_json::to_string(&good.manifest).unwrap();
+    assert!(json.contains(r#""arch":"aarch64""#), "{json}");
+    let bad = json.replacen(r#""arch":"aarch64""#, r#""arch":"armv7""#, 1);
+    let err = serde_json::from_str::<Manifest>(&bad)
+        .unwrap_err()
+        .to_string();
+    for want in ["armv7", "x86_64", "aarch64"] {
+        assert!(err.contains(want), "{want} missing from: {err}");
+    }
+    assert_eq!(
+        serde_json::from_str::<Manifest>(&json).unwrap(),
+        good.manifest
+    );
+}
+
+#[test]
 fn bad_images_are_rejected_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let key = fixture::vendor_key();
@@ -350,7 +381,7 @@ fn truncation_at_every_offset_fails_cleanly() {
             name: "k".into(),
             version: "1.0.0".parse().unwrap(),
             card_type: "lc".into(),
-            arch: "x86_64".into(),
+            arch: Arch::X86_64,
             image: blob(k),
             cmdline: String::new(),
         }],
@@ -358,7 +389,7 @@ fn truncation_at_every_offset_fails_cleanly() {
             Package {
                 name: "base".into(),
                 version: "1.0.0".parse().unwrap(),
-                arch: "x86_64".into(),
+                arch: Arch::X86_64,
                 provides: vec![],
                 depends: BTreeMap::new(),
                 payload: blob(p1),
@@ -366,7 +397,7 @@ fn truncation_at_every_offset_fails_cleanly() {
             Package {
                 name: "app".into(),
                 version: "1.0.0".parse().unwrap(),
-                arch: "x86_64".into(),
+                arch: Arch::X86_64,
                 provides: vec![],
                 depends: [("base".to_owned(), "^1".to_owned())].into(),
                 payload: blob(p2),
@@ -489,7 +520,7 @@ fn arb_release() -> impl Strategy<Value = (Manifest, BTreeMap<Digest, Vec<u8>>)>
             let version = semver::Version::new(major, minor, 0);
             if packages
                 .iter()
-                .any(|p| p.name == name && p.version == version && p.arch == arch)
+                .any(|p| p.name == name && p.version == version && p.arch.as_str() == arch)
             {
                 continue;
             }
@@ -497,7 +528,7 @@ fn arb_release() -> impl Strategy<Value = (Manifest, BTreeMap<Digest, Vec<u8>>)>
             packages.push(Package {
                 name: name.into(),
                 version,
-                arch: arch.into(),
+                arch: arch.parse().unwrap(),
                 provides: vec![],
                 depends: BTreeMap::new(),
                 payload: BlobRef {

@@ -17,8 +17,8 @@ pub use types::*;
 use std::collections::BTreeSet;
 
 use crate::image::manifest::{Manifest, ReleaseId};
-use shelfboot_proto::id::Digest;
 use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, Digest};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub enum StoreError {
         what: &'static str,
         name: String,
         version: String,
-        arch: String,
+        arch: Arch,
     },
 }
 

@@ -8,8 +8,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::image::manifest::{BlobRef, Manifest, ReleaseId};
-use shelfboot_proto::id::Digest;
 use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, Digest};
 
 /// A trusted vendor key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ pub struct ReleaseInfo {
 pub struct PackageRecord {
     pub name: String,
     pub version: semver::Version,
-    pub arch: String,
+    pub arch: Arch,
     pub provides: Vec<String>,
     pub depends: BTreeMap<String, String>,
     pub payload: BlobRef,
@@ -70,7 +70,7 @@ pub struct BootRecord {
     pub name: String,
     pub version: semver::Version,
     pub card_type: String,
-    pub arch: String,
+    pub arch: Arch,
     pub image: BlobRef,
     pub cmdline: String,
     pub releases: Vec<String>,
@@ -128,7 +128,7 @@ impl FromStr for NodeState {
 pub struct NodeIdentity {
     pub mac: MacAddr,
     pub card_type: String,
-    pub arch: String,
+    pub arch: Arch,
     pub shelf: u32,
     pub slot: u32,
     pub hw_rev: String,

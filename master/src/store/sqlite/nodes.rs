@@ -11,7 +11,7 @@ use crate::store::{
     Assignment, Event, Inventory, NodeIdentity, NodeRecord, NodeState, Result, StoreError, Target,
     TestMode,
 };
-use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, MacAddr};
 
 const NODE_COLS: &str = "mac, card_type, arch, hw_rev, features, class, state, state_reason, \
      inventory, test_mode, shelf, slot, present, last_seen, registered_at";
@@ -64,12 +64,17 @@ fn decode_node(row: NodeRow) -> Result<NodeRecord> {
         what: format!("state of node {mac}"),
         source: serde::de::Error::custom(e),
     })?;
+    let arch_s = arch.unwrap_or_default();
+    let arch: Arch = arch_s.parse().map_err(|e| StoreError::Decode {
+        what: format!("arch '{arch_s}' of node {mac}"),
+        source: serde::de::Error::custom(e),
+    })?;
     let u32_of = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
     Ok(NodeRecord {
         identity: NodeIdentity {
             mac,
             card_type: card_type.unwrap_or_default(),
-            arch: arch.unwrap_or_default(),
+            arch,
             shelf: u32_of(nums[0]),
             slot: u32_of(nums[1]),
             hw_rev: hw_rev.unwrap_or_default(),
@@ -128,7 +133,7 @@ impl SqliteStore {
                 params![
                     id.mac.to_string(),
                     id.card_type,
-                    id.arch,
+                    id.arch.as_str(),
                     id.shelf,
                     id.slot,
                     id.hw_rev,
@@ -154,7 +159,7 @@ impl SqliteStore {
                 params![
                     id.mac.to_string(),
                     id.card_type,
-                    id.arch,
+                    id.arch.as_str(),
                     id.shelf,
                     id.slot,
                     id.hw_rev,
@@ -553,7 +558,7 @@ mod tests {
         let id = NodeIdentity {
             mac: "02:00:00:00:00:01".parse().unwrap(),
             card_type: "lc100".into(),
-            arch: "x86_64".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
             shelf: 1,
             slot: 1,
             hw_rev: "A".into(),
@@ -593,7 +598,7 @@ mod tests {
         let mut id = NodeIdentity {
             mac,
             card_type: "lc100".into(),
-            arch: "x86_64".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
             shelf: 1,
             slot: 7,
             hw_rev: "B".into(),

@@ -11,14 +11,14 @@ use crate::store::{
     BootRecord, ImportOutcome, NewRelease, PackageRecord, ReleaseInfo, Result, StoreError, Target,
     TrustedKey,
 };
-use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::{Arch, Digest};
 
 /// One artifact of a manifest, flattened to its table key and content.
 struct ArtifactRow {
     kind: &'static str,
     name: String,
     version: String,
-    arch: String,
+    arch: Arch,
     card_type: String,
     content: String,
     blobs: Vec<(&'static str, BlobRef)>,
@@ -30,7 +30,7 @@ fn artifact_rows(m: &Manifest) -> Vec<ArtifactRow> {
         kind: "boot",
         name: b.name.clone(),
         version: b.version.to_string(),
-        arch: b.arch.clone(),
+        arch: b.arch,
         card_type: b.card_type.clone(),
         content: to_json(b),
         blobs: vec![("image", b.image)],
@@ -43,7 +43,7 @@ fn artifact_rows(m: &Manifest) -> Vec<ArtifactRow> {
         kind: "package",
         name: p.name.clone(),
         version: p.version.to_string(),
-        arch: p.arch.clone(),
+        arch: p.arch,
         card_type: String::new(),
         content: to_json(p),
         blobs: vec![("payload", p.payload)],
@@ -79,7 +79,13 @@ fn check_clashes(c: &Connection, m: &Manifest, sha: &Digest) -> Result<bool> {
     for row in artifact_rows(m) {
         let found: Option<(String, Option<String>)> = stmt
             .query_row(
-                params![row.kind, row.name, row.version, row.arch, row.card_type],
+                params![
+                    row.kind,
+                    row.name,
+                    row.version,
+                    row.arch.as_str(),
+                    row.card_type
+                ],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
@@ -238,7 +244,7 @@ impl SqliteStore {
                     row.kind,
                     row.name,
                     row.version,
-                    row.arch,
+                    row.arch.as_str(),
                     row.card_type,
                     row.content
                 ],
@@ -248,7 +254,13 @@ impl SqliteStore {
                 .query_row(
                     "SELECT id FROM artifacts WHERE kind = ?1 AND name = ?2 AND version = ?3
                        AND arch = ?4 AND card_type = ?5",
-                    params![row.kind, row.name, row.version, row.arch, row.card_type],
+                    params![
+                        row.kind,
+                        row.name,
+                        row.version,
+                        row.arch.as_str(),
+                        row.card_type
+                    ],
                     |r| r.get(0),
                 )
                 .map_err(sql("look up artifact"))?;
