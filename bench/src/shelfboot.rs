@@ -202,7 +202,7 @@ pub fn burn_warm(st: &ShelfState, dir: &Path, base: MacAddr, n: usize) -> Result
         let id = NodeIdentity {
             mac: mmac,
             card_type: CARD_TYPE.into(),
-            arch: "x86_64".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
             shelf: 1,
             slot: u32::try_from(i + 1).unwrap_or(u32::MAX),
             hw_rev: "sim".into(),

@@ -117,7 +117,7 @@ mod tests {
             let history = cli::run_request(
                 &fx.state,
                 Request::History {
-                    node: Some(mac.clone()),
+                    node: Some(mac),
                     limit: 50,
                 },
             );

@@ -192,16 +192,11 @@ mod tests {
         // Factory state: every card's flash already holds its plan (burned from the blobs).
         let mut m = Master::open(&fx.state).unwrap();
         for c in &cards {
-            let arch = match c.arch {
-                msg::Arch::X86_64 => "x86_64",
-                msg::Arch::Aarch64 => "aarch64",
-            };
-            let mac = c.mac.to_string().parse().unwrap();
             m.add_node(
                 &NodeIdentity {
-                    mac,
+                    mac: c.mac,
                     card_type: c.card_type.clone(),
-                    arch: arch.into(),
+                    arch: c.arch,
                     shelf: u32::from(c.shelf),
                     slot: u32::from(c.slot),
                     hw_rev: "sim".into(),
@@ -210,7 +205,7 @@ mod tests {
                 None,
             )
             .unwrap();
-            let plan = m.plan(&c.mac.to_string().parse().unwrap()).unwrap();
+            let plan = m.plan(&c.mac).unwrap();
             let vols = FileVolumes::open_or_format(&c.dir, 64 * 1024, 1024).unwrap();
             let (mut store, _) = Store::open(vols, StoreConfig::default()).unwrap();
             let refs = plan.artifact_refs();

@@ -174,9 +174,7 @@ impl Fixture {
         let (mut store, _) = Store::open(vols, StoreConfig::default()).unwrap();
         let inv = store.inventory().cloned().expect("card committed a set");
         let m = Master::open(&self.state).unwrap();
-        let plan = m
-            .plan(&card.mac.to_string().parse().unwrap())
-            .expect("card has a plan");
+        let plan = m.plan(&card.mac).expect("card has a plan");
         assert_eq!(
             inv.set.digest, plan.digest.0,
             "card {} holds its plan",
