@@ -22,7 +22,7 @@ pub enum PolicyError {
     Name(String),
 }
 
-/// Checks a package, class, card-type, arch or feature name.
+/// Checks a package, class, card-type or feature name.
 pub fn check_name(name: &str) -> Result<(), PolicyError> {
     let ok = !name.is_empty()
         && name.len() <= 64
