@@ -202,7 +202,7 @@ pub fn burn_warm(st: &ShelfState, dir: &Path, base: MacAddr, n: usize) -> Result
         let id = NodeIdentity {
             mac: mmac,
             card_type: CARD_TYPE.into(),
-            arch: "x86_64".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
             shelf: 1,
             slot: u32::try_from(i + 1).unwrap_or(u32::MAX),
             hw_rev: "sim".into(),
@@ -220,7 +220,7 @@ pub fn burn_warm(st: &ShelfState, dir: &Path, base: MacAddr, n: usize) -> Result
             .begin(&refs, &plan.cmdline)
             .map_err(|e| fl("begin")(e.into()))?;
         for a in &refs {
-            let f = std::fs::File::open(m.blobs().path(&a.sha256))
+            let f = std::fs::File::open(m.blobs().path(&shelfboot_proto::id::Digest(a.sha256)))
                 .map_err(|e| fl("open blob")(e.into()))?;
             store.stage(a, f).map_err(|e| fl("stage")(e.into()))?;
         }

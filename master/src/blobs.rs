@@ -11,10 +11,8 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
-/// A sha256 digest.
-pub type Sha256Digest = [u8; 32];
+use sha2::{Digest as _, Sha256};
+use shelfboot_proto::id::Digest;
 
 /// Errors of the blob directory.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +31,7 @@ pub enum BlobError {
     },
     #[error("reading blob {sha256} from the image failed")]
     ReadSource {
-        sha256: String,
+        sha256: Digest,
         #[source]
         source: io::Error,
     },
@@ -41,15 +39,15 @@ pub enum BlobError {
         "image is truncated: blob {sha256} should be {expected} bytes but the image ends after {got}"
     )]
     Truncated {
-        sha256: String,
+        sha256: Digest,
         expected: u64,
         got: u64,
     },
     #[error("blob is corrupt: manifest says sha256 {expected}, the bytes hash to {actual}")]
-    HashMismatch { expected: String, actual: String },
+    HashMismatch { expected: Digest, actual: Digest },
     #[error("cannot move blob {sha256} into place at {path}")]
     Rename {
-        sha256: String,
+        sha256: Digest,
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -103,13 +101,13 @@ impl BlobDir {
     }
 
     /// Path where the blob with this digest lives (whether or not it exists).
-    pub fn path(&self, sha: &Sha256Digest) -> PathBuf {
-        let h = hex::encode(sha);
+    pub fn path(&self, sha: &Digest) -> PathBuf {
+        let h = sha.to_string();
         self.root.join("sha256").join(&h[..2]).join(&h[2..])
     }
 
     /// Whether the blob is stored.
-    pub fn contains(&self, sha: &Sha256Digest) -> bool {
+    pub fn contains(&self, sha: &Digest) -> bool {
         self.path(sha).is_file()
     }
 
@@ -118,12 +116,11 @@ impl BlobDir {
     /// is left at the blob's path (the temp file is removed).
     pub fn put(
         &self,
-        sha: &Sha256Digest,
+        sha: &Digest,
         size: u64,
         src: &mut impl Read,
         progress: &mut dyn FnMut(u64),
     ) -> Result<PutOutcome, BlobError> {
-        let hex_sha = hex::encode(sha);
         if self.contains(sha) {
             copy_verified(sha, size, src, &mut io::sink(), progress)?;
             return Ok(PutOutcome::AlreadyPresent);
@@ -131,7 +128,7 @@ impl BlobDir {
         let tmp = self
             .root
             .join("tmp")
-            .join(format!("{hex_sha}.{}", std::process::id()));
+            .join(format!("{sha}.{}", std::process::id()));
         let result = (|| {
             let mut file = File::create(&tmp).map_err(|source| BlobError::WriteTemp {
                 path: tmp.clone(),
@@ -149,7 +146,7 @@ impl BlobDir {
                 source,
             })?;
             fs::rename(&tmp, &dest).map_err(|source| BlobError::Rename {
-                sha256: hex_sha.clone(),
+                sha256: *sha,
                 path: dest.clone(),
                 source,
             })?;
@@ -157,7 +154,7 @@ impl BlobDir {
             File::open(&parent)
                 .and_then(|d| d.sync_all())
                 .map_err(|source| BlobError::Rename {
-                    sha256: hex_sha.clone(),
+                    sha256: *sha,
                     path: dest,
                     source,
                 })
@@ -174,7 +171,7 @@ impl BlobDir {
     }
 
     /// Removes a stored blob (missing is not an error).
-    pub fn remove(&self, sha: &Sha256Digest) -> Result<(), BlobError> {
+    pub fn remove(&self, sha: &Digest) -> Result<(), BlobError> {
         let path = self.path(sha);
         match fs::remove_file(&path) {
             Ok(()) => {
@@ -190,7 +187,7 @@ impl BlobDir {
     }
 
     /// Every stored blob digest, sorted.
-    pub fn list(&self) -> Result<Vec<Sha256Digest>, BlobError> {
+    pub fn list(&self) -> Result<Vec<Digest>, BlobError> {
         let mut out = Vec::new();
         let top = self.root.join("sha256");
         let list_err = |path: &Path| {
@@ -209,8 +206,7 @@ impl BlobDir {
             for entry in fs::read_dir(&shard).map_err(list_err(&shard))? {
                 let entry = entry.map_err(list_err(&shard))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let mut sha = [0u8; 32];
-                if hex::decode_to_slice(format!("{prefix}{name}"), &mut sha).is_ok() {
+                if let Ok(sha) = format!("{prefix}{name}").parse::<Digest>() {
                     out.push(sha);
                 }
             }
@@ -242,13 +238,12 @@ impl BlobDir {
 
 /// Copies exactly `size` bytes from `src` to `dst`, hashing them, and checks the digest.
 fn copy_verified(
-    sha: &Sha256Digest,
+    sha: &Digest,
     size: u64,
     src: &mut impl Read,
     dst: &mut impl Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), BlobError> {
-    let hex_sha = hex::encode(sha);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut done: u64 = 0;
@@ -257,7 +252,7 @@ fn copy_verified(
         let n = match src.read(&mut buf[..want]) {
             Ok(0) => {
                 return Err(BlobError::Truncated {
-                    sha256: hex_sha,
+                    sha256: *sha,
                     expected: size,
                     got: done,
                 });
@@ -266,7 +261,7 @@ fn copy_verified(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => {
                 return Err(BlobError::ReadSource {
-                    sha256: hex_sha,
+                    sha256: *sha,
                     source,
                 });
             }
@@ -274,25 +269,20 @@ fn copy_verified(
         hasher.update(&buf[..n]);
         dst.write_all(&buf[..n])
             .map_err(|source| BlobError::WriteTemp {
-                path: PathBuf::from(format!("<blob {hex_sha}>")),
+                path: PathBuf::from(format!("<blob {sha}>")),
                 source,
             })?;
         done += n as u64;
         progress(n as u64);
     }
-    let actual: Sha256Digest = hasher.finalize().into();
+    let actual = Digest(hasher.finalize().into());
     if &actual != sha {
         return Err(BlobError::HashMismatch {
-            expected: hex_sha,
-            actual: hex::encode(actual),
+            expected: *sha,
+            actual,
         });
     }
     Ok(())
-}
-
-/// sha256 of a byte slice.
-pub fn sha256(data: &[u8]) -> Sha256Digest {
-    Sha256::digest(data).into()
 }
 
 #[cfg(test)]
@@ -304,7 +294,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobDir::open(dir.path()).unwrap();
         let data = b"hello blob";
-        let sha = sha256(data);
+        let sha = Digest::of(data);
         let mut seen = 0;
         let out = blobs
             .put(&sha, data.len() as u64, &mut &data[..], &mut |n| seen += n)
@@ -323,7 +313,7 @@ mod tests {
     fn bad_hash_and_truncation_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobDir::open(dir.path()).unwrap();
-        let sha = sha256(b"expected");
+        let sha = Digest::of(b"expected");
         let err = blobs.put(&sha, 8, &mut &b"xxxxxxxx"[..], &mut |_| {});
         assert!(matches!(err, Err(BlobError::HashMismatch { .. })));
         let err = blobs.put(&sha, 8, &mut &b"expe"[..], &mut |_| {});

@@ -12,6 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use shelfboot_proto::id::Digest;
 
 const SECRET_TAG: &str = "shelfboot-ed25519-secret";
 const PUBLIC_TAG: &str = "shelfboot-ed25519-public";
@@ -49,8 +50,9 @@ pub enum KeyError {
 
 /// The short id of a public key: first 16 hex digits of sha256(key).
 pub fn key_id(key: &VerifyingKey) -> String {
-    let digest = crate::blobs::sha256(key.as_bytes());
-    hex::encode(&digest[..8])
+    let mut id = Digest::of(key.as_bytes()).to_string();
+    id.truncate(16);
+    id
 }
 
 /// Generates a key pair and writes `<prefix>.key` (0600) and `<prefix>.pub`.

@@ -9,21 +9,20 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use shelfboot_proto::id::MacAddr;
 
-/// Errors in policy text (slot ranges, MAC addresses, requirements, names).
+/// Errors in policy text (slot ranges, requirements, names).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
     #[error("slot range '{0}' is not 'N' or 'N-M' with N <= M")]
     SlotRange(String),
-    #[error("MAC address '{0}' is not six ':'-separated hex bytes")]
-    Mac(String),
     #[error("version requirement '{req}' for {name} is not a semver requirement")]
     Requirement { name: String, req: String },
     #[error("name '{0}' must be 1-64 characters of [A-Za-z0-9._+-]")]
     Name(String),
 }
 
-/// Checks a package, class, card-type, arch or feature name.
+/// Checks a package, class, card-type or feature name.
 pub fn check_name(name: &str) -> Result<(), PolicyError> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -43,53 +42,6 @@ pub fn parse_req(name: &str, req: &str) -> Result<semver::VersionReq, PolicyErro
         name: name.to_owned(),
         req: req.to_owned(),
     })
-}
-
-/// A normalized MAC address (`aa:bb:cc:dd:ee:ff`, lowercase).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Mac(String);
-
-impl Mac {
-    /// The normalized text form.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for Mac {
-    type Err = PolicyError;
-    fn from_str(s: &str) -> Result<Self, PolicyError> {
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        let ok = parts.len() == 6
-            && parts
-                .iter()
-                .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
-        if ok {
-            Ok(Self(parts.join(":").to_ascii_lowercase()))
-        } else {
-            Err(PolicyError::Mac(s.to_owned()))
-        }
-    }
-}
-
-impl TryFrom<String> for Mac {
-    type Error = PolicyError;
-    fn try_from(s: String) -> Result<Self, PolicyError> {
-        s.parse()
-    }
-}
-
-impl From<Mac> for String {
-    fn from(m: Mac) -> String {
-        m.0
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// An inclusive slot range, written `"3"` or `"1-8"`.
@@ -223,7 +175,7 @@ pub struct ClassSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverrideSpec {
-    pub mac: Mac,
+    pub mac: MacAddr,
     /// Put the card in this class instead of the first matching one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
@@ -263,10 +215,10 @@ mod tests {
         assert!("8-1".parse::<SlotRange>().is_err());
         assert!("x".parse::<SlotRange>().is_err());
         assert_eq!(
-            "02-AA-00-00-00-01".parse::<Mac>().unwrap().as_str(),
+            "02-AA-00-00-00-01".parse::<MacAddr>().unwrap().to_string(),
             "02:aa:00:00:00:01"
         );
-        assert!("02:aa:00:00:00".parse::<Mac>().is_err());
+        assert!("02:aa:00:00:00".parse::<MacAddr>().is_err());
         assert!(check_name("bgp-d_1.0").is_ok());
         assert!(check_name("a b").is_err());
     }

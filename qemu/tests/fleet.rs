@@ -207,7 +207,7 @@ mod tests {
                 let id = NodeIdentity {
                     mac: mac.parse().unwrap(),
                     card_type: scenario::card_type(i).into(),
-                    arch: "x86_64".into(),
+                    arch: "x86_64".parse().unwrap(),
                     shelf: 0,
                     slot: u32::try_from(i + 1).unwrap(),
                     hw_rev: "unknown".into(),

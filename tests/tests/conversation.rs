@@ -61,7 +61,7 @@ mod tests {
         let m = Master::open(&fx.state).unwrap();
         let node = m
             .store()
-            .node(&cards[0].mac.to_string().parse().unwrap())
+            .node(&cards[0].mac)
             .unwrap()
             .expect("card recorded");
         assert_eq!(node.state, NodeState::Ready);
@@ -98,7 +98,7 @@ mod tests {
         let fx = Fixture::new(tmp.path(), 64 * 1024);
         let lab = Lab::new("conv-cli", 2).unwrap();
         let cards = fx.cards(1);
-        let mac: shelfboot_master::policy::Mac = cards[0].mac.to_string().parse().unwrap();
+        let mac = cards[0].mac;
         // `serve::run` owns the state (it holds the state lock): a CLI request can only be
         // answered through the control socket of the serving master, not in-process.
         let stop_m = Arc::new(AtomicBool::new(false));
@@ -117,7 +117,7 @@ mod tests {
             let history = cli::run_request(
                 &fx.state,
                 Request::History {
-                    node: Some(mac.clone()),
+                    node: Some(mac),
                     limit: 50,
                 },
             );
@@ -175,8 +175,8 @@ mod tests {
             fx.check_card(c);
         }
         // 3 boot images, base × 2 archs, routing × 2 archs, fabric-mgr × 1 arch = 8 artifacts.
-        let distinct: std::collections::BTreeSet<&str> =
-            st.sessions.iter().map(|s| s.artifact.as_str()).collect();
+        let distinct: std::collections::BTreeSet<_> =
+            st.sessions.iter().map(|s| s.artifact).collect();
         assert_eq!(distinct.len(), 8, "{:#?}", st.sessions);
         for r in &reports {
             eprintln!(

@@ -191,16 +191,11 @@ mod tests {
         // Factory state: every card's flash already holds its plan (burned from the blobs).
         let mut m = Master::open(&fx.state).unwrap();
         for c in &cards {
-            let arch = match c.arch {
-                msg::Arch::X86_64 => "x86_64",
-                msg::Arch::Aarch64 => "aarch64",
-            };
-            let mac = c.mac.to_string().parse().unwrap();
             m.add_node(
                 &NodeIdentity {
-                    mac,
+                    mac: c.mac,
                     card_type: c.card_type.clone(),
-                    arch: arch.into(),
+                    arch: c.arch,
                     shelf: u32::from(c.shelf),
                     slot: u32::from(c.slot),
                     hw_rev: "sim".into(),
@@ -209,13 +204,14 @@ mod tests {
                 None,
             )
             .unwrap();
-            let plan = m.plan(&c.mac.to_string().parse().unwrap()).unwrap();
+            let plan = m.plan(&c.mac).unwrap();
             let vols = FileVolumes::open_or_format(&c.dir, 64 * 1024, 1024).unwrap();
             let (mut store, _) = Store::open(vols, StoreConfig::default()).unwrap();
             let refs = plan.artifact_refs();
             store.begin(&refs, &plan.cmdline).unwrap();
             for a in &refs {
-                let f = std::fs::File::open(m.blobs().path(&a.sha256)).unwrap();
+                let f = std::fs::File::open(m.blobs().path(&shelfboot_proto::id::Digest(a.sha256)))
+                    .unwrap();
                 store.stage(a, f).unwrap();
             }
             store.commit().unwrap();

@@ -299,7 +299,7 @@ mod tests {
         let mut seen = HashSet::new();
         st.sessions
             .iter()
-            .filter(|s| seen.insert(s.artifact.clone()))
+            .filter(|s| seen.insert(s.artifact))
             .map(|s| s.size)
             .sum()
     }

@@ -17,9 +17,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::control::{self, Access, Backplane, ControlError, Daemon, Reply, Request, StateLock};
 use crate::image::pack;
 use crate::keys;
-use crate::policy::Mac;
 use crate::state::{FleetAction, Master, MasterError};
 use crate::store::NodeIdentity;
+use shelfboot_proto::id::{Arch, MacAddr};
 
 /// shelfboot master: package and node databases, composite images, plans.
 #[derive(Debug, Parser)]
@@ -106,7 +106,7 @@ pub enum Command {
     /// Run exact package versions RAM-only on one card (the copy lives in its RAM only;
     /// test mode stays on until `--off`), or stop.
     TestMode {
-        node: Mac,
+        node: MacAddr,
         /// NAME=VERSION (repeatable).
         #[arg(long = "package", required_unless_present = "off")]
         packages: Vec<String>,
@@ -124,23 +124,23 @@ pub enum Command {
     /// Show the event history.
     History {
         #[arg(long)]
-        node: Option<Mac>,
+        node: Option<MacAddr>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Show a card's plan and which rule chose each part of it.
-    Explain { node: Mac },
+    Explain { node: MacAddr },
     /// Delete releases beyond the N newest that nothing references, and unused blobs.
     Gc {
         #[arg(long)]
         keep: u32,
     },
     /// Prepare now: every card (or one) fetches and commits its plan (needs `master serve`).
-    Prepare { node: Option<Mac> },
+    Prepare { node: Option<MacAddr> },
     /// System-wide warm boot: every card (or one) resets and only validates (needs `master serve`).
-    WarmBoot { node: Option<Mac> },
+    WarmBoot { node: Option<MacAddr> },
     /// Reset a card (or every card): it solicits again and burns what its plan lacks (needs `master serve`).
-    Reset { node: Option<Mac> },
+    Reset { node: Option<MacAddr> },
     /// Run the daemon: hold the state and answer the control socket.
     Daemon {
         /// Also allow this group on the control socket (mode 0660).
@@ -183,7 +183,7 @@ pub enum NodeCmd {
     Add(NodeAddArgs),
     /// Force a card into a class, or `--auto` to use the match rules again.
     Class {
-        node: Mac,
+        node: MacAddr,
         #[arg(required_unless_present = "auto")]
         class: Option<String>,
         #[arg(long, conflicts_with = "class")]
@@ -195,11 +195,11 @@ pub enum NodeCmd {
 #[derive(Debug, Args)]
 pub struct NodeAddArgs {
     #[arg(long)]
-    pub mac: Mac,
+    pub mac: MacAddr,
     #[arg(long = "type")]
     pub card_type: String,
     #[arg(long)]
-    pub arch: String,
+    pub arch: Arch,
     #[arg(long, default_value_t = 1)]
     pub shelf: u32,
     #[arg(long)]

@@ -59,10 +59,6 @@ pub fn utc(secs: i64) -> String {
     )
 }
 
-fn short(d: &impl ToString) -> String {
-    d.to_string().chars().take(12).collect()
-}
-
 fn node_row(v: &NodeView) -> Vec<String> {
     let id = &v.node.identity;
     let installed = v
@@ -70,7 +66,7 @@ fn node_row(v: &NodeView) -> Vec<String> {
         .inventory
         .as_ref()
         .and_then(|i| i.digest)
-        .map(|d| short(&d))
+        .map(|d| d.short())
         .unwrap_or_else(|| "-".into());
     let (class, planned) = match (&v.plan, &v.plan_error) {
         (Some(p), _) => (
@@ -78,7 +74,7 @@ fn node_row(v: &NodeView) -> Vec<String> {
             format!(
                 "{} {}{}",
                 p.release,
-                short(&p.digest),
+                p.digest.short(),
                 if p.persist { "" } else { " (test, RAM)" }
             ),
         ),
@@ -98,7 +94,7 @@ fn node_row(v: &NodeView) -> Vec<String> {
         format!("{}/{}", id.shelf, id.slot),
         id.mac.to_string(),
         id.card_type.clone(),
-        id.arch.clone(),
+        id.arch.to_string(),
         class,
         state,
         if v.node.present { "yes" } else { "no" }.into(),
@@ -149,7 +145,7 @@ fn plans_text(plans: &[Plan]) -> String {
                 p.node.to_string(),
                 p.class.clone(),
                 p.release.to_string(),
-                short(&p.digest),
+                p.digest.short(),
                 pkgs.join(" "),
             ]
         })
@@ -195,7 +191,7 @@ pub fn render(reply: &Reply) -> String {
                     vec![
                         p.name.clone(),
                         p.version.to_string(),
-                        p.arch.clone(),
+                        p.arch.to_string(),
                         p.provides.join(","),
                         deps.join(", "),
                         p.payload.size.to_string(),
@@ -210,7 +206,7 @@ pub fn render(reply: &Reply) -> String {
                         b.name.clone(),
                         b.version.to_string(),
                         b.card_type.clone(),
-                        b.arch.clone(),
+                        b.arch.to_string(),
                         b.image.size.to_string(),
                         b.releases.join(" "),
                     ]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{self, Mac};
+use crate::policy;
 use crate::resolve::Plan;
 use crate::state::{
     ClassView, FleetAction, FleetOrder, GcReport, ImportReport, Master, MasterError, NodeView,
@@ -19,6 +19,7 @@ use crate::state::{
 use crate::store::{
     Assignment, BootRecord, Event, NodeIdentity, PackageRecord, ReleaseInfo, Target, TrustedKey,
 };
+use shelfboot_proto::id::MacAddr;
 
 /// One operation. Paths must be absolute (the daemon has its own working directory).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +38,7 @@ pub enum Request {
         class: Option<String>,
     },
     NodeClass {
-        mac: Mac,
+        mac: MacAddr,
         class: Option<String>,
     },
     Assign {
@@ -47,7 +48,7 @@ pub enum Request {
         clear: bool,
     },
     TestMode {
-        mac: Mac,
+        mac: MacAddr,
         packages: Vec<String>,
         off: bool,
     },
@@ -56,11 +57,11 @@ pub enum Request {
         to: String,
     },
     History {
-        node: Option<Mac>,
+        node: Option<MacAddr>,
         limit: u32,
     },
     Explain {
-        mac: Mac,
+        mac: MacAddr,
     },
     TrustAdd {
         path: PathBuf,
@@ -80,7 +81,7 @@ pub enum Request {
     /// A fleet action for `master serve` to send (one card or all).
     Fleet {
         action: FleetAction,
-        target: Option<Mac>,
+        target: Option<MacAddr>,
     },
 }
 
@@ -125,7 +126,7 @@ pub enum Reply {
     Classes(Vec<ClassView>),
     Assignments(Vec<Assignment>),
     NodeAdded {
-        mac: Mac,
+        mac: MacAddr,
         new: bool,
     },
     Done(String),
@@ -145,7 +146,7 @@ pub fn parse_target(s: &str) -> Result<Target, MasterError> {
     if s == "default" {
         return Ok(Target::Default);
     }
-    if let Ok(mac) = s.parse::<Mac>() {
+    if let Ok(mac) = s.parse::<MacAddr>() {
         return Ok(Target::Node(mac));
     }
     policy::check_name(s).map_err(|source| MasterError::Target {

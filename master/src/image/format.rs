@@ -20,6 +20,7 @@
 use std::io::{self, Read, Write};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use shelfboot_proto::id::Digest;
 
 use super::manifest::{Manifest, ManifestError};
 
@@ -129,7 +130,7 @@ fn read_full(src: &mut impl Read, buf: &mut [u8]) -> Result<usize, ImageError> {
 pub struct VerifiedImage<R> {
     pub manifest: Manifest,
     /// sha256 of the manifest bytes: the release's identity for re-import checks.
-    pub manifest_sha256: [u8; 32],
+    pub manifest_sha256: Digest,
     pub signer: VerifyingKey,
     src: R,
 }
@@ -197,7 +198,7 @@ impl<R: Read> VerifiedImage<R> {
         manifest.validate().map_err(ImageError::Manifest)?;
         Ok(Self {
             manifest,
-            manifest_sha256: crate::blobs::sha256(&json),
+            manifest_sha256: Digest::of(&json),
             signer,
             src,
         })

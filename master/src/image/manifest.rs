@@ -10,51 +10,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use shelfboot_proto::id::{Arch, Digest};
 
-use crate::blobs::Sha256Digest;
 use crate::policy::{self, ClassSpec, Defaults, OverrideSpec, PolicyError};
 
 /// Manifest format version (inside the JSON; the container has its own).
 pub const MANIFEST_FORMAT: u32 = 1;
 
-/// A sha256 digest that serializes as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct HexDigest(pub Sha256Digest);
-
-impl TryFrom<String> for HexDigest {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(&s, &mut out)
-            .map_err(|_| format!("'{s}' is not a sha256 (64 hex digits)"))?;
-        Ok(Self(out))
-    }
-}
-
-impl From<HexDigest> for String {
-    fn from(d: HexDigest) -> String {
-        hex::encode(d.0)
-    }
-}
-
-impl fmt::Display for HexDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for HexDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")
-    }
-}
-
 /// A blob by digest and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobRef {
-    pub sha256: HexDigest,
+    pub sha256: Digest,
     pub size: u64,
 }
 
@@ -81,7 +48,7 @@ pub struct BootImage {
     pub name: String,
     pub version: semver::Version,
     pub card_type: String,
-    pub arch: String,
+    pub arch: Arch,
     pub image: BlobRef,
     #[serde(default)]
     pub cmdline: String,
@@ -93,7 +60,7 @@ pub struct BootImage {
 pub struct Package {
     pub name: String,
     pub version: semver::Version,
-    pub arch: String,
+    pub arch: Arch,
     #[serde(default)]
     pub provides: Vec<String>,
     /// Package name → semver requirement.
@@ -135,13 +102,13 @@ pub enum ManifestError {
     )]
     MissingBlob {
         what: String,
-        sha256: HexDigest,
+        sha256: Digest,
         size: u64,
     },
     #[error("blob {0} is listed twice in the manifest")]
-    DuplicateBlob(HexDigest),
+    DuplicateBlob(Digest),
     #[error("blob {0} is listed in the manifest but no artifact uses it")]
-    UnusedBlob(HexDigest),
+    UnusedBlob(Digest),
     #[error("{0} is defined twice in this release")]
     Duplicate(String),
     #[error("{what} refers to {kind} '{name}', which this release does not define")]
@@ -184,11 +151,11 @@ impl Manifest {
                 "boot image {} {} for {}/{}",
                 b.name, b.version, b.card_type, b.arch
             );
-            for n in [&b.name, &b.card_type, &b.arch] {
+            for n in [&b.name, &b.card_type] {
                 policy::check_name(n).map_err(policy(what.clone()))?;
             }
             need(what.clone(), &b.image)?;
-            if !seen.insert(("boot", b.name.clone(), b.card_type.clone(), b.arch.clone())) {
+            if !seen.insert(("boot", b.name.clone(), b.card_type.clone(), b.arch)) {
                 return Err(ManifestError::Duplicate(format!(
                     "boot image {} for {}/{}",
                     b.name, b.card_type, b.arch
@@ -200,7 +167,6 @@ impl Manifest {
         for p in &self.packages {
             let what = format!("package {} {} ({})", p.name, p.version, p.arch);
             policy::check_name(&p.name).map_err(policy(what.clone()))?;
-            policy::check_name(&p.arch).map_err(policy(what.clone()))?;
             for f in &p.provides {
                 policy::check_name(f).map_err(policy(what.clone()))?;
             }
@@ -209,12 +175,7 @@ impl Manifest {
                 policy::parse_req(dep, req).map_err(policy(what.clone()))?;
             }
             need(what.clone(), &p.payload)?;
-            if !seen.insert((
-                "package",
-                p.name.clone(),
-                p.version.to_string(),
-                p.arch.clone(),
-            )) {
+            if !seen.insert(("package", p.name.clone(), p.version.to_string(), p.arch)) {
                 return Err(ManifestError::Duplicate(what));
             }
             pkg_names.insert(p.name.as_str());
@@ -261,7 +222,7 @@ impl Manifest {
         let mut macs = BTreeSet::new();
         for o in &self.overrides {
             let what = format!("override for {}", o.mac);
-            if !macs.insert(o.mac.clone()) {
+            if !macs.insert(o.mac) {
                 return Err(ManifestError::Duplicate(what));
             }
             class_ref(&what, &o.class)?;
@@ -296,7 +257,7 @@ mod tests {
 
     fn blob(n: u8) -> BlobRef {
         BlobRef {
-            sha256: HexDigest([n; 32]),
+            sha256: Digest([n; 32]),
             size: u64::from(n),
         }
     }
@@ -313,14 +274,14 @@ mod tests {
                 name: "k".into(),
                 version: semver::Version::new(1, 0, 0),
                 card_type: "lc".into(),
-                arch: "x86_64".into(),
+                arch: Arch::X86_64,
                 image: blob(1),
                 cmdline: String::new(),
             }],
             packages: vec![Package {
                 name: "base".into(),
                 version: semver::Version::new(1, 0, 0),
-                arch: "x86_64".into(),
+                arch: Arch::X86_64,
                 provides: vec![],
                 depends: BTreeMap::new(),
                 payload: blob(2),

@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
+use shelfboot_proto::id::{Arch, Digest};
 
 use super::format::{self, ImageError};
 use super::manifest::{
-    BlobRef, BootImage, HexDigest, MANIFEST_FORMAT, Manifest, ManifestError, Package, ReleaseId,
+    BlobRef, BootImage, MANIFEST_FORMAT, Manifest, ManifestError, Package, ReleaseId,
 };
 use crate::policy::{ClassSpec, Defaults, OverrideSpec};
 
@@ -48,7 +49,7 @@ pub struct BootSpec {
     pub name: String,
     pub version: semver::Version,
     pub card_type: String,
-    pub arch: String,
+    pub arch: Arch,
     /// The boot image file (kernel + initramfs container built by mkinitramfs).
     pub image: PathBuf,
     #[serde(default)]
@@ -61,7 +62,7 @@ pub struct BootSpec {
 pub struct PackageSpec {
     pub name: String,
     pub version: semver::Version,
-    pub arch: String,
+    pub arch: Arch,
     #[serde(default)]
     pub provides: Vec<String>,
     #[serde(default)]
@@ -114,7 +115,7 @@ pub enum PackError {
 #[derive(Debug)]
 pub struct PackedRelease {
     pub manifest: Manifest,
-    pub sources: BTreeMap<HexDigest, PathBuf>,
+    pub sources: BTreeMap<Digest, PathBuf>,
 }
 
 fn hash_file(path: &Path) -> Result<BlobRef, PackError> {
@@ -135,7 +136,7 @@ fn hash_file(path: &Path) -> Result<BlobRef, PackError> {
         size += n as u64;
     }
     Ok(BlobRef {
-        sha256: HexDigest(hasher.finalize().into()),
+        sha256: Digest(hasher.finalize().into()),
         size,
     })
 }
@@ -271,7 +272,7 @@ pub fn write_image(
 /// Writes an image from a manifest and in-memory blobs (tests and tools).
 pub fn write_image_bytes(
     manifest: &Manifest,
-    blobs: &BTreeMap<HexDigest, Vec<u8>>,
+    blobs: &BTreeMap<Digest, Vec<u8>>,
     key: &SigningKey,
 ) -> Result<Vec<u8>, ImageError> {
     let mut out = Vec::new();

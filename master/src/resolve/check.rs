@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use shelfboot_proto::id::Arch;
+
 use super::{ResolveError, add_features, check_arch, pin, req, solve, universe};
 use crate::image::manifest::Manifest;
 
@@ -19,9 +21,9 @@ type CheckGroup<'m> = (
 /// within the release for its arch, and every class (and override) resolves for every
 /// arch the release builds all its required packages for.
 pub fn check_release(m: &Manifest) -> Result<(), ResolveError> {
-    let archs: BTreeSet<&str> = m.packages.iter().map(|p| p.arch.as_str()).collect();
+    let archs: BTreeSet<Arch> = m.packages.iter().map(|p| p.arch).collect();
     for p in &m.packages {
-        let uni = universe(m, &p.arch, &[]);
+        let uni = universe(m, p.arch, &[]);
         let mut reqs = BTreeMap::new();
         reqs.insert(
             p.name.clone(),
@@ -65,7 +67,7 @@ pub fn check_release(m: &Manifest) -> Result<(), ResolveError> {
         groups.push((format!("override for {}", o.mac), srcs, feats));
     }
     for (subject, srcs, feats) in groups {
-        for arch in &archs {
+        for &arch in &archs {
             let uni = universe(m, arch, &[]);
             let mut reqs = BTreeMap::new();
             for (map, rule) in &srcs {

@@ -32,10 +32,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use pubgrub::{DefaultStringReporter, OfflineDependencyProvider, PubGrubError, Reporter};
 use semver::Version;
 
-use crate::image::manifest::{BootImage, HexDigest, Manifest, Package, ReleaseId};
-use crate::policy::{CardFacts, ClassSpec, Mac, OverrideSpec, PolicyError, parse_req};
+use crate::image::manifest::{BootImage, Manifest, Package, ReleaseId};
+use crate::policy::{CardFacts, ClassSpec, OverrideSpec, PolicyError, parse_req};
 use crate::store::{Assignment, NodeRecord, PackageRecord, Target};
 use ranges::{UnsupportedReq, VersionRanges, req_to_ranges};
+use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, Digest};
 
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +45,7 @@ pub enum ResolveError {
     #[error(
         "node {0} has no release: import one (it becomes the default) or `master assign --node`"
     )]
-    NoRelease(Mac),
+    NoRelease(MacAddr),
     #[error("{by} names release {release}, which is not imported")]
     UnknownRelease { release: String, by: String },
     #[error("{by} puts the card in class {class}, which release {release} does not define")]
@@ -56,7 +58,7 @@ pub enum ResolveError {
         "no class of release {release} matches node {node} (card type {card_type}, slot {slot}) and the release has no default class"
     )]
     NoClass {
-        node: Mac,
+        node: MacAddr,
         release: String,
         card_type: String,
         slot: u32,
@@ -64,7 +66,7 @@ pub enum ResolveError {
     #[error("package {package} ({rule}) has no build for arch {arch} in release {release}")]
     NoBuildForArch {
         package: String,
-        arch: String,
+        arch: Arch,
         release: String,
         rule: String,
     },
@@ -72,7 +74,7 @@ pub enum ResolveError {
     PinNotImported {
         package: String,
         version: Version,
-        arch: String,
+        arch: Arch,
         by: String,
     },
     #[error(
@@ -80,7 +82,7 @@ pub enum ResolveError {
     )]
     NoFeatureProvider {
         feature: String,
-        arch: String,
+        arch: Arch,
         release: String,
         by: String,
     },
@@ -97,7 +99,7 @@ pub enum ResolveError {
         release: String,
         named: String,
         card_type: String,
-        arch: String,
+        arch: Arch,
     },
     #[error(
         "release {release} has several boot images ({names}) for card type {card_type} on arch {arch}; name one with `boot =` in the class"
@@ -106,7 +108,7 @@ pub enum ResolveError {
         release: String,
         names: String,
         card_type: String,
-        arch: String,
+        arch: Arch,
     },
     #[error("in {what}")]
     Requirement {
@@ -263,7 +265,7 @@ fn tidy_report(report: &str, root_with_version: &str, root: &str) -> String {
 }
 
 /// The builds a card of `arch` can use from `manifest`, plus pinned builds from `extra`.
-fn universe(manifest: &Manifest, arch: &str, extra: &[Package]) -> Vec<Package> {
+fn universe(manifest: &Manifest, arch: Arch, extra: &[Package]) -> Vec<Package> {
     let mut seen = BTreeSet::new();
     manifest
         .packages
@@ -280,7 +282,7 @@ fn add_features(
     features: &BTreeMap<String, String>,
     universe: &[Package],
     reqs: &mut BTreeMap<String, Req>,
-    arch: &str,
+    arch: Arch,
     release: &ReleaseId,
 ) -> Result<Vec<Reason>, ResolveError> {
     let mut out = Vec::new();
@@ -300,7 +302,7 @@ fn add_features(
         let Some(first) = providers.first() else {
             return Err(ResolveError::NoFeatureProvider {
                 feature: feature.clone(),
-                arch: arch.to_owned(),
+                arch,
                 release: release.to_string(),
                 by: by.clone(),
             });
@@ -327,14 +329,14 @@ fn add_features(
 fn check_arch(
     reqs: &BTreeMap<String, Req>,
     universe: &[Package],
-    arch: &str,
+    arch: Arch,
     release: &ReleaseId,
 ) -> Result<(), ResolveError> {
     for (name, r) in reqs {
         if !universe.iter().any(|p| &p.name == name) {
             return Err(ResolveError::NoBuildForArch {
                 package: name.clone(),
-                arch: arch.to_owned(),
+                arch,
                 release: release.to_string(),
                 rule: format!("{} {}", r.text, r.rule),
             });
@@ -347,7 +349,7 @@ fn choose_boot<'m>(
     m: &'m Manifest,
     named: Option<&str>,
     card_type: &str,
-    arch: &str,
+    arch: Arch,
 ) -> Result<&'m BootImage, ResolveError> {
     let cands: Vec<&BootImage> = m
         .boot
@@ -361,7 +363,7 @@ fn choose_boot<'m>(
             release: m.release.to_string(),
             named: named.map(|n| format!(" named {n}")).unwrap_or_default(),
             card_type: card_type.to_owned(),
-            arch: arch.to_owned(),
+            arch,
         }),
         many => Err(ResolveError::AmbiguousBootImage {
             release: m.release.to_string(),
@@ -371,7 +373,7 @@ fn choose_boot<'m>(
                 .collect::<Vec<_>>()
                 .join(", "),
             card_type: card_type.to_owned(),
-            arch: arch.to_owned(),
+            arch,
         }),
     }
 }
@@ -417,7 +419,7 @@ fn choose_class<'m>(
         );
     }
     Err(ResolveError::NoClass {
-        node: id.mac.clone(),
+        node: id.mac,
         release: m.release.to_string(),
         card_type: id.card_type.clone(),
         slot: id.slot,
@@ -428,7 +430,7 @@ fn pinned_build(
     cat: &Catalog<'_>,
     name: &str,
     version: &Version,
-    arch: &str,
+    arch: Arch,
     by: &str,
 ) -> Result<Package, ResolveError> {
     cat.packages
@@ -437,7 +439,7 @@ fn pinned_build(
         .map(|p| Package {
             name: p.name.clone(),
             version: p.version.clone(),
-            arch: p.arch.clone(),
+            arch: p.arch,
             provides: p.provides.clone(),
             depends: p.depends.clone(),
             payload: p.payload,
@@ -445,7 +447,7 @@ fn pinned_build(
         .ok_or_else(|| ResolveError::PinNotImported {
             package: name.to_owned(),
             version: version.clone(),
-            arch: arch.to_owned(),
+            arch,
             by: by.to_owned(),
         })
 }
@@ -455,7 +457,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
     let id = &node.identity;
     let mac = &id.mac;
     let mut explain = Vec::new();
-    let node_asg = cat.assignment(&Target::Node(mac.clone()));
+    let node_asg = cat.assignment(&Target::Node(*mac));
 
     // 1 + 2: release and class.
     let (mut release, mut release_rule) = match node_asg.and_then(|a| a.release.clone()) {
@@ -465,7 +467,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
             .and_then(|a| a.release.clone())
         {
             Some(r) => (r, "default release".to_owned()),
-            None => return Err(ResolveError::NoRelease(mac.clone())),
+            None => return Err(ResolveError::NoRelease(*mac)),
         },
     };
     let mut m = cat.manifest(&release, &release_rule)?;
@@ -517,7 +519,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         }
     }
     let mut extra = Vec::new();
-    let arch = id.arch.as_str();
+    let arch = id.arch;
     let mut pins: Vec<(&BTreeMap<String, Version>, String)> = Vec::new();
     if let Some(a) = cat.assignment(&Target::Class(class.name.clone())) {
         pins.push((
@@ -582,7 +584,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
             kind: "package".into(),
             name: name.clone(),
             version: version.clone(),
-            arch: arch.to_owned(),
+            arch,
             blob: p.payload,
             rule,
         });
@@ -606,7 +608,7 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         kind: "boot".into(),
         name: b.name.clone(),
         version: b.version.clone(),
-        arch: arch.to_owned(),
+        arch,
         blob: b.image,
         rule: boot_rule,
     };
@@ -617,15 +619,15 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         });
     }
     let mut plan = Plan {
-        node: mac.clone(),
+        node: *mac,
         release: release.clone(),
         class: class.name.clone(),
-        arch: arch.to_owned(),
+        arch,
         boot,
         cmdline: b.cmdline.clone(),
         packages,
         persist: test.is_none(),
-        digest: HexDigest([0; 32]),
+        digest: Digest([0; 32]),
         explain,
     };
     plan.digest = plan.compute_digest();

@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 use shelfboot_proto::msg::{ArtifactKind, ArtifactRef, set_digest};
 
-use crate::image::manifest::{BlobRef, HexDigest, ReleaseId};
-use crate::policy::Mac;
+use crate::image::manifest::{BlobRef, ReleaseId};
+use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, Digest};
 
 /// One artifact in a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,7 +16,7 @@ pub struct PlannedArtifact {
     pub kind: String,
     pub name: String,
     pub version: semver::Version,
-    pub arch: String,
+    pub arch: Arch,
     pub blob: BlobRef,
     /// Which rule chose it.
     pub rule: String,
@@ -48,10 +49,10 @@ pub struct Reason {
 /// A card's plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
-    pub node: Mac,
+    pub node: MacAddr,
     pub release: ReleaseId,
     pub class: String,
-    pub arch: String,
+    pub arch: Arch,
     pub boot: PlannedArtifact,
     pub cmdline: String,
     /// Sorted by name.
@@ -59,7 +60,7 @@ pub struct Plan {
     /// false in test mode: RAM only, gone on reboot.
     pub persist: bool,
     /// `set_digest(artifacts, cmdline)`.
-    pub digest: HexDigest,
+    pub digest: Digest,
     /// The decisions in order: release, class, boot image, packages.
     pub explain: Vec<Reason>,
 }
@@ -74,8 +75,8 @@ impl Plan {
     }
 
     /// Computes the digest from the artifacts and command line.
-    pub fn compute_digest(&self) -> HexDigest {
-        HexDigest(set_digest(&self.artifact_refs(), &self.cmdline))
+    pub fn compute_digest(&self) -> Digest {
+        Digest(set_digest(&self.artifact_refs(), &self.cmdline))
     }
 
     /// Every blob the plan references.

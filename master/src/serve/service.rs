@@ -31,6 +31,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr};
+use shelfboot_proto::id::Digest;
 use shelfboot_proto::msg::{
     self, Action, Advertise, CommandBody, ErrorMsg, ErrorReason, Heartbeat, Message, PlanBody,
     Solicit, Stage, Verdict,
@@ -40,7 +41,6 @@ use shelfboot_proto::sign::SigningKey;
 use super::config::ServiceConfig;
 use super::sessions::Sessions;
 use super::stats::ServeStats;
-use crate::policy::Mac;
 use crate::resolve::Plan;
 use crate::state::{CatalogSnapshot, FleetAction, FleetOrder, Master, MasterError};
 use crate::store::{Inventory, InventoryItem, NodeIdentity, NodeState, Store};
@@ -99,20 +99,6 @@ impl<S: Store> std::fmt::Debug for Service<S> {
             .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
-}
-
-fn mac_of(m: MacAddr) -> Option<Mac> {
-    m.to_string().parse().ok()
-}
-
-/// The wire form of a normalized MAC (`aa:bb:cc:dd:ee:ff`).
-fn mac_addr_of(m: &Mac) -> Option<MacAddr> {
-    let mut b = [0u8; 6];
-    let mut parts = m.as_str().split(':');
-    for x in &mut b {
-        *x = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    Some(MacAddr(b))
 }
 
 impl<S: Store> Service<S> {
@@ -298,7 +284,7 @@ impl<S: Store> Service<S> {
                         self.stats.fetches_refused += 1;
                         log::warn!(
                             "master: {src} asked for artifact {} that is not in its plan: refused",
-                            hex::encode(f.artifact)
+                            Digest(f.artifact)
                         );
                     }
                 }
@@ -342,7 +328,7 @@ impl<S: Store> Service<S> {
     fn entitled(&mut self, card: MacAddr, sha: &[u8; 32]) -> Option<msg::ArtifactRef> {
         if !self.plans.contains_key(&card) {
             // After a master restart a card resumes with Fetch without soliciting again.
-            let plan = mac_of(card).and_then(|m| self.master.plan(&m).ok())?;
+            let plan = self.master.plan(&card).ok()?;
             self.plans.insert(card, plan);
         }
         self.plans
@@ -383,17 +369,13 @@ impl<S: Store> Service<S> {
     fn serve_solicit(&mut self, src: MacAddr, p: Pending) {
         self.stats.solicits_served += 1;
         let s = &p.solicit;
-        let Some(mac) = mac_of(src) else { return };
         if self.prepared.remove(&src) {
             self.states.remove(&src);
         }
         let id = NodeIdentity {
-            mac: mac.clone(),
+            mac: src,
             card_type: s.card_type.clone(),
-            arch: match s.arch {
-                msg::Arch::X86_64 => "x86_64".into(),
-                msg::Arch::Aarch64 => "aarch64".into(),
-            },
+            arch: s.arch,
             shelf: u32::from(s.shelf),
             slot: u32::from(s.slot),
             hw_rev: s.hw_rev.clone(),
@@ -440,10 +422,10 @@ impl<S: Store> Service<S> {
             }
         };
         let inv = Inventory {
-            digest: s.inventory_digest.map(crate::image::manifest::HexDigest),
+            digest: s.inventory_digest.map(Digest),
             items: inventory_items(&s.inventory),
         };
-        if let Err(e) = self.master.record_inventory(&mac, &inv) {
+        if let Err(e) = self.master.record_inventory(&src, &inv) {
             self.stats.db_errors += 1;
             log::error!(
                 "master: inventory of {src}: {}",
@@ -464,7 +446,7 @@ impl<S: Store> Service<S> {
                 None => self
                     .master
                     .store()
-                    .node(&mac)
+                    .node(&src)
                     .ok()
                     .flatten()
                     .map(|n| n.state),
@@ -486,7 +468,7 @@ impl<S: Store> Service<S> {
             epoch: self.epoch,
         };
         self.plans.insert(src, plan);
-        if self.master.prepare_pending(&mac).unwrap_or_else(|e| {
+        if self.master.prepare_pending(&src).unwrap_or_else(|e| {
             self.stats.db_errors += 1;
             log::error!(
                 "master: prepare mark of {src}: {}",
@@ -514,8 +496,8 @@ impl<S: Store> Service<S> {
             NodeState::Test
         };
         // `master prepare`: the card holds now; `master nodes` says so.
-        if persisted && let Some(mac) = mac_of(src) {
-            match self.master.record_prepared(&mac) {
+        if persisted {
+            match self.master.record_prepared(&src) {
                 Ok(true) => {
                     log::info!("master: {src} prepared, holding for the warm boot");
                     self.states.insert(src, state);
@@ -537,20 +519,19 @@ impl<S: Store> Service<S> {
         if plan.digest.0 != digest {
             log::warn!(
                 "master: {src} is ready with set {} but its plan is {}",
-                hex::encode(digest),
+                Digest(digest),
                 plan.digest
             );
         }
         let inv = Inventory {
-            digest: Some(crate::image::manifest::HexDigest(digest)),
+            digest: Some(Digest(digest)),
             items: inventory_items(&plan.artifact_refs()),
         };
         // A test-mode set (persisted = false) lives in the card's RAM: its flash, and so
         // the inventory the node database records, is what its Solicit reported.
         if persisted
             && plan.digest.0 == digest
-            && let Some(mac) = mac_of(src)
-            && let Err(e) = self.master.record_inventory(&mac, &inv)
+            && let Err(e) = self.master.record_inventory(&src, &inv)
         {
             self.stats.db_errors += 1;
             log::error!(
@@ -566,10 +547,9 @@ impl<S: Store> Service<S> {
         if reason.is_none() && self.states.get(&src) == Some(&state) {
             return;
         }
-        let Some(mac) = mac_of(src) else { return };
         let r = match reason {
-            Some(text) => self.master.record_error(&mac, text),
-            None => self.master.record_state(&mac, state),
+            Some(text) => self.master.record_error(&src, text),
+            None => self.master.record_state(&src, state),
         };
         match r {
             Ok(()) => {
@@ -594,7 +574,7 @@ impl<S: Store> Service<S> {
             FleetAction::WarmBoot => Action::WarmBoot,
             FleetAction::Reset => Action::Reset,
         };
-        let target = order.target.as_ref().and_then(mac_addr_of);
+        let target = order.target;
         let body = CommandBody {
             action,
             target,
@@ -749,7 +729,7 @@ fn inventory_items(refs: &[msg::ArtifactRef]) -> Vec<InventoryItem> {
             },
             name: a.name.clone(),
             version: a.version.clone(),
-            sha256: crate::image::manifest::HexDigest(a.sha256),
+            sha256: Digest(a.sha256),
         })
         .collect()
 }

@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shelfboot_proto::frame::{Link, MacAddr};
+use shelfboot_proto::id::Digest;
 use shelfboot_proto::msg::{ArtifactRef, Fetch, Join, Nack, Progress};
 use shelfboot_xfer::{
     Admission, ArtifactInfo, MemberStatus, SendStep, Sender, SenderConfig, SenderError, SenderEvent,
@@ -195,7 +196,7 @@ impl Sessions {
         }
         let transfer = self.next_transfer;
         self.next_transfer = self.next_transfer.wrapping_add(1).max(1);
-        let path = blobs.path(&artifact.sha256);
+        let path = blobs.path(&Digest(artifact.sha256));
         let name = format!("{} {}", artifact.name, artifact.version);
         let file = File::open(&path).map_err(|source| SessionError::Blob {
             name: name.clone(),
@@ -227,7 +228,7 @@ impl Sessions {
         );
         let stats = SessionStats {
             transfer,
-            artifact: hex::encode(artifact.sha256),
+            artifact: Digest(artifact.sha256),
             name,
             size: artifact.size,
             group: group.to_string(),

@@ -8,6 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use shelfboot_proto::id::Digest;
 
 /// File name of the stats inside the state directory.
 pub const STATS_FILE: &str = "serve-stats.json";
@@ -17,8 +18,8 @@ pub const STATS_FILE: &str = "serve-stats.json";
 pub struct SessionStats {
     /// Transfer id.
     pub transfer: u32,
-    /// sha256 of the artifact (hex).
-    pub artifact: String,
+    /// sha256 of the artifact.
+    pub artifact: Digest,
     /// Artifact name and version.
     pub name: String,
     /// Artifact size in bytes.

@@ -298,9 +298,8 @@ fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
     let mut svc = service(dir.path(), t0);
     let card = MacAddr([2, 0, 0, 3, 0, 1]);
     let plans = boot_round(&mut svc, &[card], None, 1, t0);
-    let m: crate::policy::Mac = card.to_string().parse().unwrap();
     let node = |svc: &Service<crate::store::sqlite::SqliteStore>| {
-        svc.master().store().node(&m).unwrap().unwrap()
+        svc.master().store().node(&card).unwrap().unwrap()
     };
     let flash = node(&svc).inventory;
     assert_eq!(
@@ -308,7 +307,7 @@ fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
         Some(plans[0].digest)
     );
     let pins = crate::state::parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
-    svc.master_mut().test_mode(&m, Some(pins)).unwrap();
+    svc.master_mut().test_mode(&card, Some(pins)).unwrap();
     // The next boot: the card still holds its flash set; the plan is RAM-only.
     svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plans[0].digest), 9));
     let plan = messages(&svc.tick(t0))
@@ -336,7 +335,7 @@ fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
         "the RAM-only set is not recorded as the flash inventory"
     );
     // Test mode left: the flash set is the plan again, validated with Continue.
-    svc.master_mut().test_mode(&m, None).unwrap();
+    svc.master_mut().test_mode(&card, None).unwrap();
     svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plans[0].digest), 10));
     let plan = messages(&svc.tick(t0))
         .into_iter()
@@ -399,12 +398,7 @@ fn warm_boot_writes_nothing_to_the_node_database() {
         "no event for an unchanged report"
     );
     assert!(nodes(&svc) == before, "a node row changed on a warm boot");
-    let node = svc
-        .master()
-        .store()
-        .node(&cards[0].to_string().parse().unwrap())
-        .unwrap()
-        .unwrap();
+    let node = svc.master().store().node(&cards[0]).unwrap().unwrap();
     assert_eq!(node.state, NodeState::Ready);
 }
 
@@ -521,7 +515,7 @@ fn a_card_that_cannot_fit_its_plan_stays_failed_with_the_reason_when_it_asks_aga
     let t0 = Instant::now();
     let mut svc = service(dir.path(), t0);
     let card = mac(fixture::N1);
-    let m: crate::policy::Mac = fixture::N1.parse().unwrap();
+    let m: MacAddr = fixture::N1.parse().unwrap();
     let state = |svc: &Service<crate::store::sqlite::SqliteStore>| {
         let n = svc.master().store().node(&m).unwrap().unwrap();
         (n.state, n.state_reason)
@@ -592,14 +586,14 @@ fn a_prepare_pending_card_gets_burn_now_before_its_plan_and_ready_clears_the_mar
     fixture::add_nodes(svc.master_mut());
     let anchor = TrustAnchor::new(vec![SigningKey::from_seed(&[5u8; 32]).public_key()]);
     let n1 = mac(fixture::N1);
-    let n1m: crate::policy::Mac = fixture::N1.parse().unwrap();
-    let n2m: crate::policy::Mac = fixture::N2.parse().unwrap();
+    let n1m: MacAddr = fixture::N1.parse().unwrap();
+    let n2m: MacAddr = fixture::N2.parse().unwrap();
     // `master prepare N1`: only N1 is marked.
     execute(
         svc.master_mut(),
         Request::Fleet {
             action: FleetAction::Prepare,
-            target: Some(n1m.clone()),
+            target: Some(n1m),
         },
         Backplane::Served,
         &mut |_, _| {},
@@ -723,7 +717,7 @@ fn the_service_stamps_records_with_the_clock_and_writes_only_through_the_store_i
             .any(|(d, m)| *d == card && matches!(m, Message::Error(_))),
         "{replies:?}"
     );
-    let node_mac: crate::policy::Mac = fixture::N1.parse().unwrap();
+    let node_mac: MacAddr = fixture::N1.parse().unwrap();
     let node = svc.master().store().node(&node_mac).unwrap().unwrap();
     assert_eq!(node.state, NodeState::Pristine);
     let events = svc.master().store().events(Some(&node_mac), 10).unwrap();

@@ -54,7 +54,7 @@ impl<S: Store> Master<S> {
         if let Target::Node(m) = &a.target
             && !nodes.iter().any(|n| &n.identity.mac == m)
         {
-            return Err(StoreError::UnknownNode(m.clone()).into());
+            return Err(StoreError::UnknownNode(*m).into());
         }
         let mut new = old.clone();
         new.retain(|x| x.target != a.target);
@@ -85,9 +85,9 @@ impl<S: Store> Master<S> {
                         plans.push(p);
                     }
                 }
-                Err(e) if was.is_ok() || a.target == Target::Node(mac.clone()) => {
+                Err(e) if was.is_ok() || a.target == Target::Node(*mac) => {
                     return Err(MasterError::Plan {
-                        node: mac.clone(),
+                        node: *mac,
                         source: Box::new(e),
                     });
                 }

@@ -152,7 +152,7 @@ pub fn add_nodes(m: &mut Master) {
             &NodeIdentity {
                 mac: mac.parse().unwrap(),
                 card_type: ct.into(),
-                arch: arch.into(),
+                arch: arch.parse().unwrap(),
                 shelf: 1,
                 slot,
                 hw_rev: "A".into(),

@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Master, MasterError};
-use crate::policy::Mac;
 use crate::store::Store;
+use shelfboot_proto::id::MacAddr;
 
 /// A fleet action the operator orders; `master serve` sends it as a signed Command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ pub struct FleetOrder {
     /// What to do.
     pub action: FleetAction,
     /// One card, or every card on the backplane.
-    pub target: Option<Mac>,
+    pub target: Option<MacAddr>,
 }
 
 impl<S: Store> Master<S> {
@@ -60,13 +60,13 @@ impl<S: Store> Master<S> {
     }
 
     /// True if the card is marked "prepare pending" (see [`Master::order`]).
-    pub fn prepare_pending(&self, mac: &Mac) -> Result<bool, MasterError> {
+    pub fn prepare_pending(&self, mac: &MacAddr) -> Result<bool, MasterError> {
         Ok(self.store.prepare_pending(mac)?)
     }
 
     /// A card reported Ready: if it was marked "prepare pending", the mark is cleared and
     /// the card recorded `ready` ("prepared, holding for warm boot"); returns true then.
-    pub fn record_prepared(&mut self, mac: &Mac) -> Result<bool, MasterError> {
+    pub fn record_prepared(&mut self, mac: &MacAddr) -> Result<bool, MasterError> {
         Ok(self.store.record_prepared(mac, self.now())?)
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::{Master, MasterError};
-use crate::image::manifest::{HexDigest, ReleaseId};
+use crate::image::manifest::ReleaseId;
 use crate::resolve::Plan;
 use crate::store::Store;
 
@@ -53,7 +53,7 @@ impl<S: Store> Master<S> {
         }
         let mut removed = 0u32;
         for sha in self.blobs.list()? {
-            if !referenced.contains(&HexDigest(sha)) {
+            if !referenced.contains(&sha) {
                 self.blobs.remove(&sha)?;
                 removed += 1;
             }

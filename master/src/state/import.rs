@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{Master, MasterError};
 use crate::blobs::{BlobError, PutOutcome};
 use crate::image::format::{ImageError, VerifiedImage};
-use crate::image::manifest::{HexDigest, ReleaseId};
+use crate::image::manifest::ReleaseId;
 use crate::keys;
 use crate::resolve::{self, ResolveError};
 use crate::store::{ImportOutcome, NewRelease, Store, StoreError};
@@ -81,7 +81,7 @@ impl<S: Store> Master<S> {
         let mut image =
             VerifiedImage::open(src, |k: &VerifyingKey| trusted.contains(k.as_bytes()))?;
         let manifest = image.manifest.clone();
-        let sha = HexDigest(image.manifest_sha256);
+        let sha = image.manifest_sha256;
         let signer = keys::key_id(&image.signer);
         resolve::check_release(&manifest).map_err(|e| ImportError::Unsatisfiable(Box::new(e)))?;
         let already = self.store.check_import(&manifest, &sha)?;
@@ -94,7 +94,7 @@ impl<S: Store> Master<S> {
             for b in &manifest.blobs {
                 let out = self
                     .blobs
-                    .put(&b.sha256.0, b.size, image.blob_stream(), &mut |n| {
+                    .put(&b.sha256, b.size, image.blob_stream(), &mut |n| {
                         done += n;
                         progress(done, total);
                     })?;
@@ -126,7 +126,7 @@ impl<S: Store> Master<S> {
             }),
             Err(e) => {
                 for b in &new_blobs {
-                    if let Err(rm) = self.blobs.remove(&b.0) {
+                    if let Err(rm) = self.blobs.remove(b) {
                         log::warn!("cannot remove blob of failed import ({rm}); gc will");
                     }
                 }

@@ -27,12 +27,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::blobs::{BlobDir, BlobError};
-use crate::image::manifest::{HexDigest, ReleaseId};
+use crate::image::manifest::ReleaseId;
 use crate::keys::KeyError;
-use crate::policy::Mac;
 use crate::resolve::ResolveError;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
+use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::MacAddr;
 
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use fleet::{FleetAction, FleetOrder};
@@ -69,7 +70,7 @@ pub enum MasterError {
     Blob(#[from] BlobError),
     #[error("cannot make a plan for node {node}")]
     Plan {
-        node: Mac,
+        node: MacAddr,
         #[source]
         source: Box<ResolveError>,
     },
@@ -84,7 +85,7 @@ pub enum MasterError {
         source: crate::policy::PolicyError,
     },
     #[error("gc would remove blob {0} that a current plan needs; refusing (this is a bug)")]
-    GcWouldBreakPlan(HexDigest),
+    GcWouldBreakPlan(Digest),
     #[error(
         "cannot order {0}: no `master serve` runs on this state directory (fleet actions go out over the backplane; start `master serve` and retry)"
     )]

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use super::plans::CatalogSnapshot;
 use super::{Master, MasterError};
-use crate::policy::Mac;
 use crate::resolve::{self, Catalog, Plan};
 use crate::store::{Inventory, NodeIdentity, NodeRecord, NodeState, Store, StoreError, TestMode};
+use shelfboot_proto::id::MacAddr;
 
 impl<S: Store> Master<S> {
     /// Registers a card by hand (before the backplane has seen it).
@@ -26,7 +26,7 @@ impl<S: Store> Master<S> {
     }
 
     /// Forces (or un-forces) a card's class.
-    pub fn set_class(&mut self, mac: &Mac, class: Option<&str>) -> Result<(), MasterError> {
+    pub fn set_class(&mut self, mac: &MacAddr, class: Option<&str>) -> Result<(), MasterError> {
         Ok(self.store.set_node_class(mac, class, self.now())?)
     }
 
@@ -34,7 +34,7 @@ impl<S: Store> Master<S> {
     /// out (`None`).
     pub fn test_mode(
         &mut self,
-        mac: &Mac,
+        mac: &MacAddr,
         packages: Option<BTreeMap<String, semver::Version>>,
     ) -> Result<Option<Plan>, MasterError> {
         let t = self.now();
@@ -47,7 +47,7 @@ impl<S: Store> Master<S> {
                 let node = self
                     .store
                     .node(mac)?
-                    .ok_or_else(|| StoreError::UnknownNode(mac.clone()))?;
+                    .ok_or_else(|| StoreError::UnknownNode(*mac))?;
                 let test = TestMode { packages, since: t };
                 let (releases, pkgs, assignments) = self.catalog_parts()?;
                 let cat = Catalog {
@@ -61,7 +61,7 @@ impl<S: Store> Master<S> {
                 };
                 let plan =
                     resolve::resolve_node(&cat, &trial).map_err(|source| MasterError::Plan {
-                        node: mac.clone(),
+                        node: *mac,
                         source: Box::new(source),
                     })?;
                 self.store.set_test_mode(mac, Some(&test), t)?;
@@ -89,19 +89,19 @@ impl<S: Store> Master<S> {
     }
 
     /// A card changed state (Progress, Ready, entering test mode).
-    pub fn record_state(&mut self, mac: &Mac, state: NodeState) -> Result<(), MasterError> {
+    pub fn record_state(&mut self, mac: &MacAddr, state: NodeState) -> Result<(), MasterError> {
         Ok(self.store.record_state(mac, state, None, self.now())?)
     }
 
     /// A card reported an error; it is now `failed` with this reason.
-    pub fn record_error(&mut self, mac: &Mac, reason: &str) -> Result<(), MasterError> {
+    pub fn record_error(&mut self, mac: &MacAddr, reason: &str) -> Result<(), MasterError> {
         Ok(self
             .store
             .record_state(mac, NodeState::Failed, Some(reason), self.now())?)
     }
 
     /// A card reported its inventory.
-    pub fn record_inventory(&mut self, mac: &Mac, inv: &Inventory) -> Result<(), MasterError> {
+    pub fn record_inventory(&mut self, mac: &MacAddr, inv: &Inventory) -> Result<(), MasterError> {
         Ok(self.store.record_inventory(mac, inv, self.now())?)
     }
 
@@ -117,7 +117,7 @@ impl<S: Store> Master<S> {
     }
 
     /// A card has not been heard from.
-    pub fn mark_absent(&mut self, mac: &Mac) -> Result<(), MasterError> {
+    pub fn mark_absent(&mut self, mac: &MacAddr) -> Result<(), MasterError> {
         Ok(self.store.mark_absent(mac, self.now())?)
     }
 }

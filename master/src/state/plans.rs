@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Master, MasterError};
 use crate::image::manifest::{Manifest, ReleaseId};
-use crate::policy::Mac;
 use crate::resolve::{self, Catalog, Plan};
 use crate::store::{Assignment, NodeRecord, Store, StoreError, Target};
+use shelfboot_proto::id::MacAddr;
 
 /// Everything plan resolution reads, loaded once.
 pub(super) type CatalogParts = (
@@ -44,7 +44,7 @@ pub struct ClassView {
     pub class: crate::policy::ClassSpec,
     pub assignment: Option<Assignment>,
     /// Cards whose plan uses this class.
-    pub nodes: Vec<Mac>,
+    pub nodes: Vec<MacAddr>,
 }
 
 impl<S: Store> Master<S> {
@@ -75,7 +75,7 @@ impl<S: Store> Master<S> {
     }
 
     /// The plan of one card.
-    pub fn plan(&self, mac: &Mac) -> Result<Plan, MasterError> {
+    pub fn plan(&self, mac: &MacAddr) -> Result<Plan, MasterError> {
         self.plan_in(&self.catalog()?, mac)
     }
 
@@ -85,11 +85,11 @@ impl<S: Store> Master<S> {
     }
 
     /// The plan of one card against a catalog read earlier by [`Master::catalog`].
-    pub fn plan_in(&self, catalog: &CatalogSnapshot, mac: &Mac) -> Result<Plan, MasterError> {
+    pub fn plan_in(&self, catalog: &CatalogSnapshot, mac: &MacAddr) -> Result<Plan, MasterError> {
         let node = self
             .store
             .node(mac)?
-            .ok_or_else(|| StoreError::UnknownNode(mac.clone()))?;
+            .ok_or_else(|| StoreError::UnknownNode(*mac))?;
         let (releases, packages, assignments) = &catalog.0;
         let cat = Catalog {
             releases,
@@ -97,7 +97,7 @@ impl<S: Store> Master<S> {
             assignments,
         };
         resolve::resolve_node(&cat, &node).map_err(|source| MasterError::Plan {
-            node: mac.clone(),
+            node: *mac,
             source: Box::new(source),
         })
     }
@@ -167,7 +167,7 @@ impl<S: Store> Master<S> {
                             .as_ref()
                             .is_some_and(|p| p.class == c.name && p.release == release)
                     })
-                    .map(|v| v.node.identity.mac.clone())
+                    .map(|v| v.node.identity.mac)
                     .collect(),
                 class: c.clone(),
             })
@@ -177,7 +177,7 @@ impl<S: Store> Master<S> {
     /// History, newest last.
     pub fn history(
         &self,
-        node: Option<&Mac>,
+        node: Option<&MacAddr>,
         limit: u32,
     ) -> Result<Vec<crate::store::Event>, MasterError> {
         Ok(self.store.events(node, limit)?)

@@ -3,18 +3,19 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use shelfboot_proto::id::{Arch, Digest, MacAddr};
 use shelfboot_proto::msg::set_digest;
 
 use super::fixture::{self, N1, N2, N3, N4};
 use super::*;
 use crate::image::manifest::{BlobRef, BootImage, MANIFEST_FORMAT, Package};
-use crate::image::manifest::{HexDigest, Manifest, ReleaseId};
+use crate::image::manifest::{Manifest, ReleaseId};
 use crate::image::pack;
-use crate::policy::{Defaults, Mac};
+use crate::policy::Defaults;
 use crate::resolve::{self, Plan};
 use crate::store::{ImportOutcome, Store, Target};
 
-fn mac(s: &str) -> Mac {
+fn mac(s: &str) -> MacAddr {
     s.parse().unwrap()
 }
 
@@ -245,6 +246,38 @@ fn test_mode_is_ram_only_and_listed() {
 }
 
 #[test]
+fn an_unknown_arch_is_refused_naming_the_file_and_the_accepted_values() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    std::fs::write(dir.path().join("files/armpkg"), "arm payload").unwrap();
+    let extra = "[[package]]\nname = \"armpkg\"\nversion = \"1.0.0\"\narch = \"armv7\"\n\
+                 file = \"files/armpkg\"\n";
+    let spec = fixture::write_spec(dir.path(), "1.0.0", extra);
+    let err = pack::prepare(&spec).unwrap_err();
+    let text = crate::error_chain(&err).join(": ");
+    assert!(text.contains(&spec.display().to_string()), "{text}");
+    for want in ["armv7", "x86_64", "aarch64"] {
+        assert!(text.contains(want), "{want} missing from: {text}");
+    }
+
+    // A manifest naming an unknown arch does not parse either.
+    let good = pack::prepare(&fixture::write_spec(dir.path(), "1.0.0", "")).unwrap();
+    let json = serde_json::to_string(&good.manifest).unwrap();
+    assert!(json.contains(r#""arch":"aarch64""#), "{json}");
+    let bad = json.replacen(r#""arch":"aarch64""#, r#""arch":"armv7""#, 1);
+    let err = serde_json::from_str::<Manifest>(&bad)
+        .unwrap_err()
+        .to_string();
+    for want in ["armv7", "x86_64", "aarch64"] {
+        assert!(err.contains(want), "{want} missing from: {err}");
+    }
+    assert_eq!(
+        serde_json::from_str::<Manifest>(&json).unwrap(),
+        good.manifest
+    );
+}
+
+#[test]
 fn bad_images_are_rejected_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let key = fixture::vendor_key();
@@ -333,7 +366,7 @@ fn truncation_at_every_offset_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let key = fixture::vendor_key();
     let blob = |b: &[u8]| BlobRef {
-        sha256: HexDigest(crate::blobs::sha256(b)),
+        sha256: Digest::of(b),
         size: b.len() as u64,
     };
     let (k, p1, p2) = (&b"kern"[..], &b"base!"[..], &b"app"[..]);
@@ -348,7 +381,7 @@ fn truncation_at_every_offset_fails_cleanly() {
             name: "k".into(),
             version: "1.0.0".parse().unwrap(),
             card_type: "lc".into(),
-            arch: "x86_64".into(),
+            arch: Arch::X86_64,
             image: blob(k),
             cmdline: String::new(),
         }],
@@ -356,7 +389,7 @@ fn truncation_at_every_offset_fails_cleanly() {
             Package {
                 name: "base".into(),
                 version: "1.0.0".parse().unwrap(),
-                arch: "x86_64".into(),
+                arch: Arch::X86_64,
                 provides: vec![],
                 depends: BTreeMap::new(),
                 payload: blob(p1),
@@ -364,7 +397,7 @@ fn truncation_at_every_offset_fails_cleanly() {
             Package {
                 name: "app".into(),
                 version: "1.0.0".parse().unwrap(),
-                arch: "x86_64".into(),
+                arch: Arch::X86_64,
                 provides: vec![],
                 depends: [("base".to_owned(), "^1".to_owned())].into(),
                 payload: blob(p2),
@@ -376,7 +409,7 @@ fn truncation_at_every_offset_fails_cleanly() {
     };
     let blobs: BTreeMap<_, _> = [k, p1, p2]
         .iter()
-        .map(|b| (HexDigest(crate::blobs::sha256(b)), b.to_vec()))
+        .map(|b| (Digest::of(b), b.to_vec()))
         .collect();
     let img = pack::write_image_bytes(&manifest, &blobs, &key).unwrap();
     let mut m = fixture::master(dir.path());
@@ -460,7 +493,7 @@ fn gc_keeps_what_plans_and_assignments_reference() {
     for node in [N1, N2, N3, N4] {
         let plan = m.plan(&mac(node)).unwrap();
         for b in plan.blobs() {
-            assert!(m.blobs().contains(&b.sha256.0), "{node} lost a blob");
+            assert!(m.blobs().contains(&b.sha256), "{node} lost a blob");
         }
     }
     let history = m.history(None, 100).unwrap();
@@ -472,7 +505,7 @@ fn gc_keeps_what_plans_and_assignments_reference() {
     );
 }
 
-fn arb_release() -> impl Strategy<Value = (Manifest, BTreeMap<HexDigest, Vec<u8>>)> {
+fn arb_release() -> impl Strategy<Value = (Manifest, BTreeMap<Digest, Vec<u8>>)> {
     let pkg = (
         prop::sample::select(vec!["a", "b", "c"]),
         0u64..3,
@@ -487,15 +520,15 @@ fn arb_release() -> impl Strategy<Value = (Manifest, BTreeMap<HexDigest, Vec<u8>
             let version = semver::Version::new(major, minor, 0);
             if packages
                 .iter()
-                .any(|p| p.name == name && p.version == version && p.arch == arch)
+                .any(|p| p.name == name && p.version == version && p.arch.as_str() == arch)
             {
                 continue;
             }
-            let d = HexDigest(crate::blobs::sha256(&bytes));
+            let d = Digest::of(&bytes);
             packages.push(Package {
                 name: name.into(),
                 version,
-                arch: arch.into(),
+                arch: arch.parse().unwrap(),
                 provides: vec![],
                 depends: BTreeMap::new(),
                 payload: BlobRef {

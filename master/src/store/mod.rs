@@ -16,8 +16,9 @@ pub use types::*;
 
 use std::collections::BTreeSet;
 
-use crate::image::manifest::{HexDigest, Manifest, ReleaseId};
-use crate::policy::Mac;
+use crate::image::manifest::{Manifest, ReleaseId};
+use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, Digest};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +53,7 @@ pub enum StoreError {
     )]
     DuplicateRelease(ReleaseId),
     #[error("unknown node {0} (register it with `master node add` or let it boot)")]
-    UnknownNode(Mac),
+    UnknownNode(MacAddr),
     #[error("unknown release {0} (see `master releases`)")]
     UnknownRelease(String),
     #[error("unknown key {0} (see `master trust list`)")]
@@ -62,7 +63,7 @@ pub enum StoreError {
         what: &'static str,
         name: String,
         version: String,
-        arch: String,
+        arch: Arch,
     },
 }
 
@@ -82,7 +83,7 @@ pub trait Store {
     // ---- package database ----
     /// Checks, without writing, whether importing would clash with what is stored.
     /// Returns `true` if this exact release is already imported (re-import is a no-op).
-    fn check_import(&self, manifest: &Manifest, manifest_sha256: &HexDigest) -> Result<bool>;
+    fn check_import(&self, manifest: &Manifest, manifest_sha256: &Digest) -> Result<bool>;
     /// Records a release, its artifacts and blobs in one transaction (all or nothing).
     /// Blobs must already be in the blob directory. Re-importing the identical release
     /// changes nothing.
@@ -98,38 +99,38 @@ pub trait Store {
     /// Removes releases and every artifact no remaining release or pin references.
     fn delete_releases(&mut self, ids: &[ReleaseId], now: i64) -> Result<()>;
     /// Every blob digest a stored artifact uses.
-    fn referenced_blobs(&self) -> Result<BTreeSet<HexDigest>>;
+    fn referenced_blobs(&self) -> Result<BTreeSet<Digest>>;
 
     // ---- node database ----
     /// Registers or updates a card's identity (a Solicit, or `master node add`) and marks
     /// it present. Returns whether the card was new.
     fn record_identity(&mut self, id: &NodeIdentity, now: i64) -> Result<bool>;
     /// Forces a card into a class (`None`: first matching class).
-    fn set_node_class(&mut self, mac: &Mac, class: Option<&str>, now: i64) -> Result<()>;
+    fn set_node_class(&mut self, mac: &MacAddr, class: Option<&str>, now: i64) -> Result<()>;
     /// Records a state change, with the reason for failures.
     fn record_state(
         &mut self,
-        mac: &Mac,
+        mac: &MacAddr,
         state: NodeState,
         reason: Option<&str>,
         now: i64,
     ) -> Result<()>;
     /// Records the inventory a card reported.
-    fn record_inventory(&mut self, mac: &Mac, inv: &Inventory, now: i64) -> Result<()>;
+    fn record_inventory(&mut self, mac: &MacAddr, inv: &Inventory, now: i64) -> Result<()>;
     /// Marks a card absent (not heard from).
-    fn mark_absent(&mut self, mac: &Mac, now: i64) -> Result<()>;
+    fn mark_absent(&mut self, mac: &MacAddr, now: i64) -> Result<()>;
     /// Enters (`Some`) or leaves (`None`) test mode.
-    fn set_test_mode(&mut self, mac: &Mac, test: Option<&TestMode>, now: i64) -> Result<()>;
+    fn set_test_mode(&mut self, mac: &MacAddr, test: Option<&TestMode>, now: i64) -> Result<()>;
     /// Marks one card, or every known card, "prepare pending" (`master prepare`): each
     /// is told to burn and hold at its next Solicit. Returns the cards marked.
-    fn mark_prepare(&mut self, mac: Option<&Mac>, now: i64) -> Result<Vec<Mac>>;
+    fn mark_prepare(&mut self, mac: Option<&MacAddr>, now: i64) -> Result<Vec<MacAddr>>;
     /// True if the card has a prepare mark.
-    fn prepare_pending(&self, mac: &Mac) -> Result<bool>;
+    fn prepare_pending(&self, mac: &MacAddr) -> Result<bool>;
     /// The marked card reported Ready: clears the mark and records it `ready` with the
     /// reason "prepared, holding for warm boot". False (nothing written) without a mark.
-    fn record_prepared(&mut self, mac: &Mac, now: i64) -> Result<bool>;
+    fn record_prepared(&mut self, mac: &MacAddr, now: i64) -> Result<bool>;
     /// One card.
-    fn node(&self, mac: &Mac) -> Result<Option<NodeRecord>>;
+    fn node(&self, mac: &MacAddr) -> Result<Option<NodeRecord>>;
     /// All cards, by shelf, slot, MAC.
     fn nodes(&self) -> Result<Vec<NodeRecord>>;
 
@@ -141,7 +142,7 @@ pub trait Store {
     /// All assignments.
     fn assignments(&self) -> Result<Vec<Assignment>>;
     /// Events, newest last; optionally for one card only; at most `limit`.
-    fn events(&self, node: Option<&Mac>, limit: u32) -> Result<Vec<Event>>;
+    fn events(&self, node: Option<&MacAddr>, limit: u32) -> Result<Vec<Event>>;
 
     // ---- batching ----
     /// Groups the following operations into one transaction until [`Store::end_batch`]

@@ -7,8 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::manifest::{BlobRef, HexDigest, Manifest, ReleaseId};
-use crate::policy::Mac;
+use crate::image::manifest::{BlobRef, Manifest, ReleaseId};
+use shelfboot_proto::id::MacAddr;
+use shelfboot_proto::id::{Arch, Digest};
 
 /// A trusted vendor key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +25,7 @@ pub struct TrustedKey {
 #[derive(Debug)]
 pub struct NewRelease<'a> {
     pub manifest: &'a Manifest,
-    pub manifest_sha256: HexDigest,
+    pub manifest_sha256: Digest,
     pub signer_key_id: String,
     pub now: i64,
     /// Also make it the default release for cards without another assignment.
@@ -42,7 +43,7 @@ pub enum ImportOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseInfo {
     pub release: ReleaseId,
-    pub manifest_sha256: String,
+    pub manifest_sha256: Digest,
     pub signer: String,
     pub imported_at: i64,
     pub boot_images: u32,
@@ -55,7 +56,7 @@ pub struct ReleaseInfo {
 pub struct PackageRecord {
     pub name: String,
     pub version: semver::Version,
-    pub arch: String,
+    pub arch: Arch,
     pub provides: Vec<String>,
     pub depends: BTreeMap<String, String>,
     pub payload: BlobRef,
@@ -69,7 +70,7 @@ pub struct BootRecord {
     pub name: String,
     pub version: semver::Version,
     pub card_type: String,
-    pub arch: String,
+    pub arch: Arch,
     pub image: BlobRef,
     pub cmdline: String,
     pub releases: Vec<String>,
@@ -125,9 +126,9 @@ impl FromStr for NodeState {
 /// Who a card is (from a Solicit or `master node add`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeIdentity {
-    pub mac: Mac,
+    pub mac: MacAddr,
     pub card_type: String,
-    pub arch: String,
+    pub arch: Arch,
     pub shelf: u32,
     pub slot: u32,
     pub hw_rev: String,
@@ -141,14 +142,14 @@ pub struct InventoryItem {
     pub kind: String,
     pub name: String,
     pub version: String,
-    pub sha256: HexDigest,
+    pub sha256: Digest,
 }
 
 /// What a card reported its flash holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     /// The card's inventory digest (compared with the plan digest).
-    pub digest: Option<HexDigest>,
+    pub digest: Option<Digest>,
     pub items: Vec<InventoryItem>,
 }
 
@@ -182,7 +183,7 @@ pub enum Target {
     /// Every card without a class or node assignment.
     Default,
     Class(String),
-    Node(Mac),
+    Node(MacAddr),
 }
 
 impl Target {
@@ -221,7 +222,7 @@ pub struct Assignment {
 pub struct Event {
     pub id: i64,
     pub at: i64,
-    pub node: Option<Mac>,
+    pub node: Option<MacAddr>,
     pub kind: String,
     pub detail: String,
 }

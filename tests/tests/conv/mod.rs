@@ -164,7 +164,7 @@ impl Fixture {
     /// Blob bytes of the master for `sha`.
     pub fn blob(&self, sha: &[u8; 32]) -> Vec<u8> {
         let m = Master::open(&self.state).unwrap();
-        std::fs::read(m.blobs().path(sha)).unwrap()
+        std::fs::read(m.blobs().path(&shelfboot_proto::id::Digest(*sha))).unwrap()
     }
 
     /// Checks that `card`'s committed flash holds its plan's artifacts, each byte-identical
@@ -174,9 +174,7 @@ impl Fixture {
         let (mut store, _) = Store::open(vols, StoreConfig::default()).unwrap();
         let inv = store.inventory().cloned().expect("card committed a set");
         let m = Master::open(&self.state).unwrap();
-        let plan = m
-            .plan(&card.mac.to_string().parse().unwrap())
-            .expect("card has a plan");
+        let plan = m.plan(&card.mac).expect("card has a plan");
         assert_eq!(
             inv.set.digest, plan.digest.0,
             "card {} holds its plan",
@@ -184,7 +182,11 @@ impl Fixture {
         );
         for a in &inv.set.artifacts {
             let id = store.volume_id(&a.volume).unwrap().expect("volume exists");
-            let want = std::fs::read(m.blobs().path(&a.artifact.sha256)).unwrap();
+            let want = std::fs::read(
+                m.blobs()
+                    .path(&shelfboot_proto::id::Digest(a.artifact.sha256)),
+            )
+            .unwrap();
             let mut got = vec![0u8; want.len()];
             let mut off = 0;
             while off < got.len() {

@@ -25,8 +25,9 @@ use super::{
     Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeIdentity, NodeRecord,
     NodeState, PackageRecord, ReleaseInfo, Result, Store, StoreError, Target, TestMode, TrustedKey,
 };
-use crate::image::manifest::{HexDigest, Manifest, ReleaseId};
-use crate::policy::Mac;
+use crate::image::manifest::{Manifest, ReleaseId};
+use shelfboot_proto::id::Digest;
+use shelfboot_proto::id::MacAddr;
 
 /// How long a statement waits for another connection's write lock before it fails.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -153,13 +154,13 @@ impl std::ops::Deref for Tx<'_> {
 pub(super) fn event(
     tx: &Connection,
     now: i64,
-    node: Option<&Mac>,
+    node: Option<&MacAddr>,
     kind: &str,
     detail: &str,
 ) -> Result<()> {
     tx.execute(
         "INSERT INTO events(at, node, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-        params![now, node.map(Mac::as_str), kind, detail],
+        params![now, node.map(ToString::to_string), kind, detail],
     )
     .map(drop)
     .map_err(sql("record event"))
@@ -178,7 +179,7 @@ impl Store for SqliteStore {
         self.do_trusted_keys()
     }
 
-    fn check_import(&self, manifest: &Manifest, sha: &HexDigest) -> Result<bool> {
+    fn check_import(&self, manifest: &Manifest, sha: &Digest) -> Result<bool> {
         self.do_check_import(manifest, sha)
     }
 
@@ -206,7 +207,7 @@ impl Store for SqliteStore {
         self.do_delete_releases(ids, now)
     }
 
-    fn referenced_blobs(&self) -> Result<BTreeSet<HexDigest>> {
+    fn referenced_blobs(&self) -> Result<BTreeSet<Digest>> {
         self.do_referenced_blobs()
     }
 
@@ -214,13 +215,13 @@ impl Store for SqliteStore {
         self.do_record_identity(id, now)
     }
 
-    fn set_node_class(&mut self, mac: &Mac, class: Option<&str>, now: i64) -> Result<()> {
+    fn set_node_class(&mut self, mac: &MacAddr, class: Option<&str>, now: i64) -> Result<()> {
         self.do_set_node_class(mac, class, now)
     }
 
     fn record_state(
         &mut self,
-        mac: &Mac,
+        mac: &MacAddr,
         state: NodeState,
         reason: Option<&str>,
         now: i64,
@@ -228,31 +229,31 @@ impl Store for SqliteStore {
         self.do_record_state(mac, state, reason, now)
     }
 
-    fn record_inventory(&mut self, mac: &Mac, inv: &Inventory, now: i64) -> Result<()> {
+    fn record_inventory(&mut self, mac: &MacAddr, inv: &Inventory, now: i64) -> Result<()> {
         self.do_record_inventory(mac, inv, now)
     }
 
-    fn mark_absent(&mut self, mac: &Mac, now: i64) -> Result<()> {
+    fn mark_absent(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
         self.do_mark_absent(mac, now)
     }
 
-    fn set_test_mode(&mut self, mac: &Mac, test: Option<&TestMode>, now: i64) -> Result<()> {
+    fn set_test_mode(&mut self, mac: &MacAddr, test: Option<&TestMode>, now: i64) -> Result<()> {
         self.do_set_test_mode(mac, test, now)
     }
 
-    fn mark_prepare(&mut self, mac: Option<&Mac>, now: i64) -> Result<Vec<Mac>> {
+    fn mark_prepare(&mut self, mac: Option<&MacAddr>, now: i64) -> Result<Vec<MacAddr>> {
         self.do_mark_prepare(mac, now)
     }
 
-    fn prepare_pending(&self, mac: &Mac) -> Result<bool> {
+    fn prepare_pending(&self, mac: &MacAddr) -> Result<bool> {
         self.do_prepare_pending(mac)
     }
 
-    fn record_prepared(&mut self, mac: &Mac, now: i64) -> Result<bool> {
+    fn record_prepared(&mut self, mac: &MacAddr, now: i64) -> Result<bool> {
         self.do_record_prepared(mac, now)
     }
 
-    fn node(&self, mac: &Mac) -> Result<Option<NodeRecord>> {
+    fn node(&self, mac: &MacAddr) -> Result<Option<NodeRecord>> {
         self.do_node(mac)
     }
 
@@ -272,7 +273,7 @@ impl Store for SqliteStore {
         self.do_assignments()
     }
 
-    fn events(&self, node: Option<&Mac>, limit: u32) -> Result<Vec<Event>> {
+    fn events(&self, node: Option<&MacAddr>, limit: u32) -> Result<Vec<Event>> {
         self.do_events(node, limit)
     }
 

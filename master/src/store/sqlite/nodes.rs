@@ -7,11 +7,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::rows::{release_row_id, upsert_assignment};
 use super::{SqliteStore, event, from_json, sql, to_json};
 use crate::image::manifest::ReleaseId;
-use crate::policy::Mac;
 use crate::store::{
     Assignment, Event, Inventory, NodeIdentity, NodeRecord, NodeState, Result, StoreError, Target,
     TestMode,
 };
+use shelfboot_proto::id::{Arch, MacAddr};
 
 const NODE_COLS: &str = "mac, card_type, arch, hw_rev, features, class, state, state_reason, \
      inventory, test_mode, shelf, slot, present, last_seen, registered_at";
@@ -55,21 +55,26 @@ fn decode_node(row: NodeRow) -> Result<NodeRecord> {
     ] = row.text;
     let (nums, last_seen) = (row.nums, row.last_seen);
     let mac_s = mac.unwrap_or_default();
-    let mac: Mac = mac_s.parse().map_err(|_| StoreError::Decode {
+    let mac: MacAddr = mac_s.parse().map_err(|e| StoreError::Decode {
         what: format!("node MAC '{mac_s}'"),
-        source: serde::de::Error::custom("bad MAC"),
+        source: serde::de::Error::custom(e),
     })?;
     let state_s = state.unwrap_or_default();
     let state: NodeState = state_s.parse().map_err(|e: String| StoreError::Decode {
         what: format!("state of node {mac}"),
         source: serde::de::Error::custom(e),
     })?;
+    let arch_s = arch.unwrap_or_default();
+    let arch: Arch = arch_s.parse().map_err(|e| StoreError::Decode {
+        what: format!("arch '{arch_s}' of node {mac}"),
+        source: serde::de::Error::custom(e),
+    })?;
     let u32_of = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
     Ok(NodeRecord {
         identity: NodeIdentity {
-            mac: mac.clone(),
+            mac,
             card_type: card_type.unwrap_or_default(),
-            arch: arch.unwrap_or_default(),
+            arch,
             shelf: u32_of(nums[0]),
             slot: u32_of(nums[1]),
             hw_rev: hw_rev.unwrap_or_default(),
@@ -93,16 +98,16 @@ fn decode_node(row: NodeRow) -> Result<NodeRecord> {
     })
 }
 
-fn require_node(c: &Connection, mac: &Mac) -> Result<()> {
+fn require_node(c: &Connection, mac: &MacAddr) -> Result<()> {
     let n: i64 = c
         .query_row(
             "SELECT COUNT(*) FROM nodes WHERE mac = ?1",
-            params![mac.as_str()],
+            params![mac.to_string()],
             |r| r.get(0),
         )
         .map_err(sql("look up node"))?;
     if n == 0 {
-        return Err(StoreError::UnknownNode(mac.clone()));
+        return Err(StoreError::UnknownNode(*mac));
     }
     Ok(())
 }
@@ -113,7 +118,7 @@ impl SqliteStore {
         let existing: Option<(String, String, i64, i64)> = tx
             .query_row(
                 "SELECT card_type, arch, shelf, slot FROM nodes WHERE mac = ?1",
-                params![id.mac.as_str()],
+                params![id.mac.to_string()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
@@ -126,9 +131,9 @@ impl SqliteStore {
                    last_seen, state, registered_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, 'pristine', ?8)",
                 params![
-                    id.mac.as_str(),
+                    id.mac.to_string(),
                     id.card_type,
-                    id.arch,
+                    id.arch.as_str(),
                     id.shelf,
                     id.slot,
                     id.hw_rev,
@@ -152,9 +157,9 @@ impl SqliteStore {
                      OR slot IS NOT ?5 OR hw_rev IS NOT ?6 OR features IS NOT ?7
                      OR present IS NOT 1 OR last_seen IS NOT ?8)",
                 params![
-                    id.mac.as_str(),
+                    id.mac.to_string(),
                     id.card_type,
-                    id.arch,
+                    id.arch.as_str(),
                     id.shelf,
                     id.slot,
                     id.hw_rev,
@@ -186,7 +191,7 @@ impl SqliteStore {
 
     pub(super) fn do_set_node_class(
         &mut self,
-        mac: &Mac,
+        mac: &MacAddr,
         class: Option<&str>,
         now: i64,
     ) -> Result<()> {
@@ -194,7 +199,7 @@ impl SqliteStore {
         require_node(&tx, mac)?;
         tx.execute(
             "UPDATE nodes SET class = ?2 WHERE mac = ?1",
-            params![mac.as_str(), class],
+            params![mac.to_string(), class],
         )
         .map_err(sql("set node class"))?;
         let detail = match class {
@@ -207,7 +212,7 @@ impl SqliteStore {
 
     pub(super) fn do_record_state(
         &mut self,
-        mac: &Mac,
+        mac: &MacAddr,
         state: NodeState,
         reason: Option<&str>,
         now: i64,
@@ -222,7 +227,7 @@ impl SqliteStore {
                  WHERE mac = ?1
                    AND (?3 IS NOT NULL OR state IS NOT ?2 OR state_reason IS NOT NULL
                      OR present IS NOT 1)",
-                params![mac.as_str(), state.as_str(), reason, now],
+                params![mac.to_string(), state.as_str(), reason, now],
             )
             .map_err(sql("set node state"))?;
         if changed == 0 {
@@ -243,7 +248,7 @@ impl SqliteStore {
 
     pub(super) fn do_record_inventory(
         &mut self,
-        mac: &Mac,
+        mac: &MacAddr,
         inv: &Inventory,
         now: i64,
     ) -> Result<()> {
@@ -255,7 +260,7 @@ impl SqliteStore {
             .execute(
                 "UPDATE nodes SET inventory = ?2, last_seen = ?3 WHERE mac = ?1
                    AND inventory IS NOT ?2",
-                params![mac.as_str(), to_json(inv), now],
+                params![mac.to_string(), to_json(inv), now],
             )
             .map_err(sql("set inventory"))?;
         if changed == 0 {
@@ -266,12 +271,12 @@ impl SqliteStore {
         tx.commit().map_err(sql("commit"))
     }
 
-    pub(super) fn do_mark_absent(&mut self, mac: &Mac, now: i64) -> Result<()> {
+    pub(super) fn do_mark_absent(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
         let tx = self.tx()?;
         require_node(&tx, mac)?;
         tx.execute(
             "UPDATE nodes SET present = 0 WHERE mac = ?1",
-            params![mac.as_str()],
+            params![mac.to_string()],
         )
         .map_err(sql("mark absent"))?;
         event(&tx, now, Some(mac), "absent", "not heard from")?;
@@ -280,7 +285,7 @@ impl SqliteStore {
 
     pub(super) fn do_set_test_mode(
         &mut self,
-        mac: &Mac,
+        mac: &MacAddr,
         test: Option<&TestMode>,
         now: i64,
     ) -> Result<()> {
@@ -288,7 +293,7 @@ impl SqliteStore {
         require_node(&tx, mac)?;
         tx.execute(
             "UPDATE nodes SET test_mode = ?2 WHERE mac = ?1",
-            params![mac.as_str(), test.map(to_json)],
+            params![mac.to_string(), test.map(to_json)],
         )
         .map_err(sql("set test mode"))?;
         let detail = match test {
@@ -303,12 +308,16 @@ impl SqliteStore {
         tx.commit().map_err(sql("commit"))
     }
 
-    pub(super) fn do_mark_prepare(&mut self, mac: Option<&Mac>, now: i64) -> Result<Vec<Mac>> {
+    pub(super) fn do_mark_prepare(
+        &mut self,
+        mac: Option<&MacAddr>,
+        now: i64,
+    ) -> Result<Vec<MacAddr>> {
         let tx = self.tx()?;
-        let macs: Vec<Mac> = match mac {
+        let macs: Vec<MacAddr> = match mac {
             Some(m) => {
                 require_node(&tx, m)?;
-                vec![m.clone()]
+                vec![*m]
             }
             None => {
                 let mut stmt = tx
@@ -326,7 +335,7 @@ impl SqliteStore {
             tx.execute(
                 "INSERT INTO prepare_pending(mac, ordered_at) VALUES (?1, ?2)
                  ON CONFLICT(mac) DO UPDATE SET ordered_at = ?2",
-                params![m.as_str(), now],
+                params![m.to_string(), now],
             )
             .map_err(sql("mark prepare pending"))?;
             event(
@@ -341,11 +350,11 @@ impl SqliteStore {
         Ok(macs)
     }
 
-    pub(super) fn do_prepare_pending(&self, mac: &Mac) -> Result<bool> {
+    pub(super) fn do_prepare_pending(&self, mac: &MacAddr) -> Result<bool> {
         self.conn
             .query_row(
                 "SELECT 1 FROM prepare_pending WHERE mac = ?1",
-                params![mac.as_str()],
+                params![mac.to_string()],
                 |_| Ok(()),
             )
             .optional()
@@ -353,12 +362,12 @@ impl SqliteStore {
             .map_err(sql("look up prepare mark"))
     }
 
-    pub(super) fn do_record_prepared(&mut self, mac: &Mac, now: i64) -> Result<bool> {
+    pub(super) fn do_record_prepared(&mut self, mac: &MacAddr, now: i64) -> Result<bool> {
         let tx = self.tx()?;
         let cleared = tx
             .execute(
                 "DELETE FROM prepare_pending WHERE mac = ?1",
-                params![mac.as_str()],
+                params![mac.to_string()],
             )
             .map_err(sql("clear prepare mark"))?;
         if cleared == 0 {
@@ -367,7 +376,7 @@ impl SqliteStore {
         tx.execute(
             "UPDATE nodes SET state = 'ready', state_reason = ?2, last_seen = ?3, present = 1
              WHERE mac = ?1",
-            params![mac.as_str(), PREPARED, now],
+            params![mac.to_string(), PREPARED, now],
         )
         .map_err(sql("set node state"))?;
         event(&tx, now, Some(mac), "prepared", PREPARED)?;
@@ -375,12 +384,12 @@ impl SqliteStore {
         Ok(true)
     }
 
-    pub(super) fn do_node(&self, mac: &Mac) -> Result<Option<NodeRecord>> {
+    pub(super) fn do_node(&self, mac: &MacAddr) -> Result<Option<NodeRecord>> {
         let row = self
             .conn
             .query_row(
                 &format!("SELECT {NODE_COLS} FROM nodes WHERE mac = ?1"),
-                params![mac.as_str()],
+                params![mac.to_string()],
                 node_from_row,
             )
             .optional()
@@ -504,7 +513,7 @@ impl SqliteStore {
             .collect()
     }
 
-    pub(super) fn do_events(&self, node: Option<&Mac>, limit: u32) -> Result<Vec<Event>> {
+    pub(super) fn do_events(&self, node: Option<&MacAddr>, limit: u32) -> Result<Vec<Event>> {
         let mut stmt = self
             .conn
             .prepare(
@@ -514,7 +523,7 @@ impl SqliteStore {
             )
             .map_err(sql("list events"))?;
         let rows: Vec<(i64, i64, Option<String>, String, String)> = stmt
-            .query_map(params![node.map(Mac::as_str), limit], |r| {
+            .query_map(params![node.map(ToString::to_string), limit], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .map_err(sql("list events"))?
@@ -549,7 +558,7 @@ mod tests {
         let id = NodeIdentity {
             mac: "02:00:00:00:00:01".parse().unwrap(),
             card_type: "lc100".into(),
-            arch: "x86_64".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
             shelf: 1,
             slot: 1,
             hw_rev: "A".into(),
@@ -585,11 +594,11 @@ mod tests {
     #[test]
     fn backplane_calls_update_node_and_history() {
         let mut s = SqliteStore::open_in_memory().unwrap();
-        let mac: crate::policy::Mac = "02:00:00:00:00:07".parse().unwrap();
+        let mac: shelfboot_proto::id::MacAddr = "02:00:00:00:00:07".parse().unwrap();
         let mut id = NodeIdentity {
-            mac: mac.clone(),
+            mac,
             card_type: "lc100".into(),
-            arch: "x86_64".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
             shelf: 1,
             slot: 7,
             hw_rev: "B".into(),
@@ -632,7 +641,7 @@ mod tests {
                 "absent not heard from",
             ]
         );
-        let other: crate::policy::Mac = "02:00:00:00:00:08".parse().unwrap();
+        let other: shelfboot_proto::id::MacAddr = "02:00:00:00:00:08".parse().unwrap();
         assert!(matches!(
             s.record_state(&other, NodeState::Ready, None, 1),
             Err(StoreError::UnknownNode(_))

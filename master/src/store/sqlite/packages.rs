@@ -6,18 +6,19 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::upsert_assignment;
 use super::{SqliteStore, event, from_json, sql, to_json};
-use crate::image::manifest::{BlobRef, HexDigest, Manifest, ReleaseId};
+use crate::image::manifest::{BlobRef, Manifest, ReleaseId};
 use crate::store::{
     BootRecord, ImportOutcome, NewRelease, PackageRecord, ReleaseInfo, Result, StoreError, Target,
     TrustedKey,
 };
+use shelfboot_proto::id::{Arch, Digest};
 
 /// One artifact of a manifest, flattened to its table key and content.
 struct ArtifactRow {
     kind: &'static str,
     name: String,
     version: String,
-    arch: String,
+    arch: Arch,
     card_type: String,
     content: String,
     blobs: Vec<(&'static str, BlobRef)>,
@@ -29,7 +30,7 @@ fn artifact_rows(m: &Manifest) -> Vec<ArtifactRow> {
         kind: "boot",
         name: b.name.clone(),
         version: b.version.to_string(),
-        arch: b.arch.clone(),
+        arch: b.arch,
         card_type: b.card_type.clone(),
         content: to_json(b),
         blobs: vec![("image", b.image)],
@@ -42,7 +43,7 @@ fn artifact_rows(m: &Manifest) -> Vec<ArtifactRow> {
         kind: "package",
         name: p.name.clone(),
         version: p.version.to_string(),
-        arch: p.arch.clone(),
+        arch: p.arch,
         card_type: String::new(),
         content: to_json(p),
         blobs: vec![("payload", p.payload)],
@@ -52,7 +53,7 @@ fn artifact_rows(m: &Manifest) -> Vec<ArtifactRow> {
 }
 
 /// Checks for clashes; Ok(true) if this exact release is already stored.
-fn check_clashes(c: &Connection, m: &Manifest, sha: &HexDigest) -> Result<bool> {
+fn check_clashes(c: &Connection, m: &Manifest, sha: &Digest) -> Result<bool> {
     let existing: Option<String> = c
         .query_row(
             "SELECT manifest_sha256 FROM releases WHERE name = ?1 AND version = ?2",
@@ -78,7 +79,13 @@ fn check_clashes(c: &Connection, m: &Manifest, sha: &HexDigest) -> Result<bool> 
     for row in artifact_rows(m) {
         let found: Option<(String, Option<String>)> = stmt
             .query_row(
-                params![row.kind, row.name, row.version, row.arch, row.card_type],
+                params![
+                    row.kind,
+                    row.name,
+                    row.version,
+                    row.arch.as_str(),
+                    row.card_type
+                ],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
@@ -198,7 +205,7 @@ impl SqliteStore {
             .map_err(sql("list keys"))
     }
 
-    pub(super) fn do_check_import(&self, manifest: &Manifest, sha: &HexDigest) -> Result<bool> {
+    pub(super) fn do_check_import(&self, manifest: &Manifest, sha: &Digest) -> Result<bool> {
         check_clashes(&self.conn, manifest, sha)
     }
 
@@ -237,7 +244,7 @@ impl SqliteStore {
                     row.kind,
                     row.name,
                     row.version,
-                    row.arch,
+                    row.arch.as_str(),
                     row.card_type,
                     row.content
                 ],
@@ -247,7 +254,13 @@ impl SqliteStore {
                 .query_row(
                     "SELECT id FROM artifacts WHERE kind = ?1 AND name = ?2 AND version = ?3
                        AND arch = ?4 AND card_type = ?5",
-                    params![row.kind, row.name, row.version, row.arch, row.card_type],
+                    params![
+                        row.kind,
+                        row.name,
+                        row.version,
+                        row.arch.as_str(),
+                        row.card_type
+                    ],
                     |r| r.get(0),
                 )
                 .map_err(sql("look up artifact"))?;
@@ -311,8 +324,12 @@ impl SqliteStore {
         rows.into_iter()
             .map(|(sha, signer, at, json)| {
                 let m: Manifest = from_json("release manifest", &json)?;
+                let manifest_sha256 = sha.parse::<Digest>().map_err(|e| StoreError::Decode {
+                    what: format!("manifest sha256 of release {}", m.release),
+                    source: serde::de::Error::custom(e),
+                })?;
                 Ok(ReleaseInfo {
-                    manifest_sha256: sha,
+                    manifest_sha256,
                     signer,
                     imported_at: at,
                     boot_images: u32::try_from(m.boot.len()).unwrap_or(u32::MAX),
@@ -436,7 +453,7 @@ impl SqliteStore {
         tx.commit().map_err(sql("commit gc"))
     }
 
-    pub(super) fn do_referenced_blobs(&self) -> Result<BTreeSet<HexDigest>> {
+    pub(super) fn do_referenced_blobs(&self) -> Result<BTreeSet<Digest>> {
         let mut stmt = self
             .conn
             .prepare("SELECT DISTINCT sha256 FROM artifact_blobs")
@@ -448,7 +465,7 @@ impl SqliteStore {
             .map_err(sql("list referenced blobs"))?;
         rows.into_iter()
             .map(|s| {
-                HexDigest::try_from(s).map_err(|e| StoreError::Decode {
+                s.parse::<Digest>().map_err(|e| StoreError::Decode {
                     what: "blob digest".into(),
                     source: serde::de::Error::custom(e),
                 })
