@@ -402,7 +402,7 @@ fn dispatch(
             let o = s.agent.handle_frame(now, f);
             dirty |= apply(s, o, out, changes);
         }
-    } else if dst.is_group() {
+    } else if dst.is_multicast() {
         for s in sims.iter_mut().filter(|s| s.groups.contains(&dst)) {
             let o = s.agent.handle_frame(now, f);
             dirty |= apply(s, o, out, changes);

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::mac::MacAddr;
 use crate::socket::{PacketSocket, SocketError};
+use shelfboot_proto::id::MacAddr;
 
 /// Something that sends and receives whole Ethernet frames on one port.
 pub trait FrameIo {

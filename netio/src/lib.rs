@@ -2,15 +2,15 @@
 //! in-memory backplane behind the same [`FrameIo`] trait for pure tests.
 //!
 //! This crate moves opaque Ethernet frames; it knows nothing of shelfboot's frame
-//! formats or messages (that is `shelfboot-proto`). It is synchronous and depends only on
-//! libc, nix, log and thiserror so that the card's PID-1 init can use it. All `unsafe`
+//! formats or messages (that is `shelfboot-proto`, whose `MacAddr` it uses and re-exports).
+//! It is synchronous and depends only on that crate, libc, nix, log and thiserror so that
+//! the card's PID-1 init can use it. All `unsafe`
 //! lives in the private `sys` module. Not here: pacing (the transfer engine paces), the
 //! network-namespace test fixture (`shelfboot-testkit`), the AF_PACKET ceiling
 //! measurement (`shelfboot-bench`). See docs/netio.md.
 
 pub mod config;
 pub mod io;
-pub mod mac;
 pub mod mem;
 pub mod ring;
 mod rx;
@@ -21,6 +21,6 @@ mod sys;
 
 pub use config::{DEFAULT_ETHERTYPE, ETH_HEADER_LEN, Path, PathChoice, SocketConfig, SocketStats};
 pub use io::FrameIo;
-pub use mac::MacAddr;
 pub use ring::{RingError, RingGeometry};
+pub use shelfboot_proto::id::MacAddr;
 pub use socket::{PacketSocket, SocketError};

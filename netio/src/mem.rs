@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::ETH_HEADER_LEN;
 use crate::io::FrameIo;
-use crate::mac::MacAddr;
+use shelfboot_proto::id::MacAddr;
 
 /// Errors of the in-memory backplane.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

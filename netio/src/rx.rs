@@ -9,8 +9,8 @@ use nix::errno::Errno;
 use nix::sys::socket::{LinkAddr, MsgFlags, MultiHeaders, recvfrom, recvmmsg};
 
 use crate::config::{ETH_HEADER_LEN, Path};
-use crate::mac::MacAddr;
 use crate::ring::RxRing;
+use shelfboot_proto::id::MacAddr;
 
 /// Most recvmmsg or ring-block rounds per `receive` call, so one busy socket cannot keep
 /// its caller from other work.

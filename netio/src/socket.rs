@@ -24,10 +24,10 @@ use nix::sys::socket::{
 use std::io::IoSlice;
 
 use crate::config::{ETH_HEADER_LEN, Path, PathChoice, SocketConfig, SocketStats};
-use crate::mac::MacAddr;
 use crate::ring::{RingError, RxRing, TxRing};
 use crate::rx::{Filter, Rx};
 use crate::sys;
+use shelfboot_proto::id::MacAddr;
 
 /// Failures of a packet endpoint. Each names the interface.
 #[derive(Debug, thiserror::Error)]

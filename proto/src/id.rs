@@ -26,8 +26,8 @@ impl MacAddr {
     /// ff:ff:ff:ff:ff:ff.
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
 
-    /// Whether this is a group (multicast or broadcast) address.
-    pub const fn is_group(&self) -> bool {
+    /// Whether the group bit is set (a multicast or the broadcast address).
+    pub const fn is_multicast(&self) -> bool {
         self.0[0] & 1 == 1
     }
 
@@ -336,10 +336,10 @@ mod tests {
 
     #[test]
     fn mac_classification() {
-        assert!(MacAddr::BROADCAST.is_group() && MacAddr::BROADCAST.is_broadcast());
+        assert!(MacAddr::BROADCAST.is_multicast() && MacAddr::BROADCAST.is_broadcast());
         let group = MacAddr([0x03, 0, 0, 0, 0, 1]);
-        assert!(group.is_group() && group.is_local() && !group.is_broadcast());
-        assert!(!MacAddr([0x02, 0, 0, 0, 0, 1]).is_group());
+        assert!(group.is_multicast() && group.is_local() && !group.is_broadcast());
+        assert!(!MacAddr([0x02, 0, 0, 0, 0, 1]).is_multicast());
         let frame = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x88, 0xb5];
         assert_eq!(MacAddr::dst_of(&frame), Some(MacAddr([1, 2, 3, 4, 5, 6])));
         assert_eq!(

@@ -363,7 +363,7 @@ impl<V: Volumes> Agent<V> {
             return;
         }
         let old = cur.group.take();
-        if join.group.is_group() && join.group != MacAddr::BROADCAST {
+        if join.group.is_multicast() && join.group != MacAddr::BROADCAST {
             cur.group = Some(join.group);
         }
         // A Join is not progress (a session may admit us and never serve us): only a

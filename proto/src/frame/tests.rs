@@ -258,8 +258,8 @@ fn mac_display() {
         MacAddr([0xde, 0xad, 0, 1, 2, 0xff]).to_string(),
         "de:ad:00:01:02:ff"
     );
-    assert!(MacAddr::BROADCAST.is_group());
-    assert!(!MacAddr([2, 0, 0, 0, 0, 1]).is_group());
+    assert!(MacAddr::BROADCAST.is_multicast());
+    assert!(!MacAddr([2, 0, 0, 0, 0, 1]).is_multicast());
 }
 
 proptest! {
