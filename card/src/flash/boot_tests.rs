@@ -166,3 +166,141 @@ fn ready_and_explicit_rollback_survive_power_cut_at_every_step() {
         }
     }
 }
+
+mod choice {
+    //! The boot choice ([`crate::boot::choose`]) over a store with two sets.
+    use super::super::fake::FakeVolumes;
+    use super::super::store::{Store, StoreError};
+    use super::super::tests::{cfg, fresh, set_a, set_b};
+    use super::super::volumes::Volumes as _;
+    use super::super::{BootDecision, StoreConfig};
+    use crate::boot::{BootFacts, Counting, Target, choose, handoff_of};
+    use shelfboot_proto::msg::Handoff;
+
+    const POWER_ON: BootFacts = BootFacts {
+        stored: false,
+        autonomous: false,
+    };
+
+    fn open(dev: &FakeVolumes) -> Store<FakeVolumes> {
+        Store::open(dev.clone(), cfg()).unwrap().0
+    }
+
+    #[test]
+    fn a_set_with_a_boot_image_is_counted_then_kexeced() {
+        let dev = fresh(64, &[&set_a()]);
+        let mut s = open(&dev);
+        let c = choose(&mut s, POWER_ON).unwrap();
+        assert_eq!(c.set.digest, set_a().digest());
+        assert!(matches!(
+            c.counting,
+            Counting::Counted(BootDecision::Boot { attempt: 1, .. })
+        ));
+        assert!(
+            matches!(&c.target, Target::Kexec { volume, .. } if volume == &c.set.boot_image().unwrap().volume)
+        );
+        assert_eq!(c.handoff(), Handoff::Kexec);
+        assert_eq!(handoff_of(&c.set), Handoff::Kexec);
+        assert_eq!(open(&dev).inventory().unwrap().attempts, 1);
+    }
+
+    #[test]
+    fn a_stored_image_switches_root_into_the_packages_uncounted() {
+        let dev = fresh(64, &[&set_a()]);
+        let mut s = open(&dev);
+        let c = choose(
+            &mut s,
+            BootFacts {
+                stored: true,
+                autonomous: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.counting, Counting::Stored);
+        let Target::SwitchRoot { layers } = &c.target else {
+            panic!("{:?}", c.target)
+        };
+        let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
+        let want: Vec<&str> = c.set.packages().map(|p| p.volume.as_str()).collect();
+        assert_eq!(names, want, "packages in plan order, bottom first");
+        for (name, id) in layers {
+            assert_eq!(s.volume_id(name).unwrap(), Some(*id));
+        }
+        assert_eq!(c.handoff(), Handoff::SwitchRoot);
+        assert_eq!(open(&dev).inventory().unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn master_less_boots_count_only_sets_not_proven() {
+        let dev = fresh(64, &[&set_a(), &set_b()]);
+        let alone = BootFacts {
+            stored: false,
+            autonomous: true,
+        };
+        for _ in 0..4 {
+            let c = choose(&mut open(&dev), alone).unwrap();
+            assert_eq!(c.counting, Counting::Proven);
+            assert_eq!(
+                c.set.digest,
+                set_b().digest(),
+                "a proven set never rolls back"
+            );
+        }
+        assert_eq!(open(&dev).inventory().unwrap().attempts, 0);
+        // Booted once with a master but not Ready yet: counted, then rolled back.
+        choose(&mut open(&dev), POWER_ON).unwrap();
+        choose(&mut open(&dev), alone).unwrap();
+        let c = choose(&mut open(&dev), alone).unwrap();
+        assert!(
+            matches!(
+                c.counting,
+                Counting::Counted(BootDecision::RolledBack { .. })
+            ),
+            "{:?}",
+            c.counting
+        );
+        assert_eq!(c.set.digest, set_a().digest());
+    }
+
+    #[test]
+    fn nothing_committed_or_a_lost_volume_is_an_error_naming_it() {
+        let dev = FakeVolumes::new(super::super::tests::LEB, 64);
+        let mut s = Store::open(dev, StoreConfig::default()).unwrap().0;
+        for stored in [false, true] {
+            let e = choose(
+                &mut s,
+                BootFacts {
+                    stored,
+                    autonomous: false,
+                },
+            )
+            .unwrap_err();
+            assert!(matches!(e, StoreError::NothingCommitted), "{e}");
+        }
+        let dev = fresh(64, &[&set_a()]);
+        let mut s = open(&dev);
+        let pkg = s
+            .inventory()
+            .unwrap()
+            .set
+            .packages()
+            .next()
+            .unwrap()
+            .volume
+            .clone();
+        let id = s.volume_id(&pkg).unwrap().unwrap();
+        s.volumes_mut().remove(id).unwrap();
+        let e = choose(
+            &mut s,
+            BootFacts {
+                stored: true,
+                autonomous: false,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::SetDamaged { missing } if missing == &vec![pkg.clone()]),
+            "{e}"
+        );
+    }
+}
