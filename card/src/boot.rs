@@ -13,7 +13,6 @@
 //! [`handoff_of`] (what its Ready tells the master, and what `simcard` reports). The only
 //! effect of [`choose`] is the store's boot counter (and a rollback it implies). Not here:
 //! reading the volumes, kexec, switch_root (init does those with what [`BootChoice`] says).
-//! Its tests are with boot counting's, in `flash/boot_tests.rs`.
 
 use shelfboot_proto::msg::Handoff;
 
@@ -142,3 +141,7 @@ pub fn choose<V: Volumes>(
         target,
     })
 }
+
+#[cfg(test)]
+#[path = "boot_tests.rs"]
+mod tests;
