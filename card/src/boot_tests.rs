@@ -1,6 +1,5 @@
 //! The boot choice ([`super::choose`]) over a fake flash holding one or two sets.
 
-use sha2::{Digest as _, Sha256};
 use shelfboot_proto::msg::{ArtifactKind, ArtifactRef, Handoff};
 
 use super::{BootFacts, Counting, Target, choose, handoff_of};
@@ -8,8 +7,11 @@ use crate::flash::{BootDecision, FakeVolumes, Store, StoreConfig, StoreError, Vo
 
 const LEB: u64 = 1024;
 
+/// Artifacts with their contents, and the command line.
+type TestSet = (Vec<(ArtifactRef, Vec<u8>)>, String);
+
 /// A set of a boot image and two packages; `v` makes the contents and versions differ.
-fn set(v: u8) -> (Vec<(ArtifactRef, Vec<u8>)>, String) {
+fn set(v: u8) -> TestSet {
     let arts = [
         (ArtifactKind::BootImage, "kernel"),
         (ArtifactKind::Package, "base"),
@@ -18,14 +20,11 @@ fn set(v: u8) -> (Vec<(ArtifactRef, Vec<u8>)>, String) {
     .into_iter()
     .map(|(kind, name)| {
         let data: Vec<u8> = (0..2000u32)
-            .map(|i| (i as u8) ^ v ^ name.len() as u8)
+            .map(|i| i.to_le_bytes()[0] ^ v ^ name.as_bytes()[0])
             .collect();
         let r = ArtifactRef {
-            kind,
-            name: name.into(),
             version: v.to_string(),
-            sha256: Sha256::digest(&data).into(),
-            size: data.len() as u64,
+            ..shelfboot_proto::samples::artifact_of(kind, name, &data)
         };
         (r, data)
     })
@@ -33,16 +32,16 @@ fn set(v: u8) -> (Vec<(ArtifactRef, Vec<u8>)>, String) {
     (arts, format!("console=ttyS0 v{v}"))
 }
 
-fn digest(s: &(Vec<(ArtifactRef, Vec<u8>)>, String)) -> [u8; 32] {
+fn digest(s: &TestSet) -> [u8; 32] {
     let refs: Vec<ArtifactRef> = s.0.iter().map(|(r, _)| r.clone()).collect();
     shelfboot_proto::msg::set_digest(&refs, &s.1)
 }
 
-fn set_a() -> (Vec<(ArtifactRef, Vec<u8>)>, String) {
+fn set_a() -> TestSet {
     set(1)
 }
 
-fn set_b() -> (Vec<(ArtifactRef, Vec<u8>)>, String) {
+fn set_b() -> TestSet {
     set(2)
 }
 
@@ -54,7 +53,7 @@ fn cfg() -> StoreConfig {
 }
 
 /// A fake flash with `sets` committed in order (the last one current).
-fn fresh(total_lebs: u64, sets: &[&(Vec<(ArtifactRef, Vec<u8>)>, String)]) -> FakeVolumes {
+fn fresh(total_lebs: u64, sets: &[&TestSet]) -> FakeVolumes {
     let dev = FakeVolumes::new(LEB, total_lebs);
     for (arts, cmdline) in sets {
         let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();

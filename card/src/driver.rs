@@ -250,3 +250,138 @@ fn apply<V: Volumes, T>(
     }
     changed || !out.is_empty()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use shelfboot_proto::msg::{Arch, BootPhase, Message, decode_frame};
+    use shelfboot_proto::sign::{SigningKey, TrustAnchor};
+
+    use super::*;
+    use crate::agent::{AgentConfig, Identity, Timers};
+    use crate::flash::{FakeVolumes, Store, StoreConfig};
+
+    /// A port that delivers queued frames and records what is sent and joined.
+    #[derive(Debug, Default)]
+    struct Port {
+        incoming: VecDeque<Vec<u8>>,
+        sent: Vec<Vec<u8>>,
+        joined: Vec<MacAddr>,
+    }
+
+    impl FrameIo for Port {
+        type Error = std::io::Error;
+        fn mac(&self) -> shelfboot_netio::MacAddr {
+            shelfboot_netio::MacAddr([2, 0, 0, 0, 0, 0xee])
+        }
+        fn max_frame_len(&self) -> usize {
+            shelfboot_proto::MAX_FRAME_LEN
+        }
+        fn send_batch(&mut self, frames: &[&[u8]]) -> Result<usize, Self::Error> {
+            self.sent.extend(frames.iter().map(|f| f.to_vec()));
+            Ok(frames.len())
+        }
+        fn recv_batch(
+            &mut self,
+            out: &mut dyn FnMut(&[u8], shelfboot_netio::MacAddr),
+            _: Duration,
+        ) -> Result<usize, Self::Error> {
+            let n = self.incoming.len();
+            for f in self.incoming.drain(..) {
+                out(&f, shelfboot_netio::MacAddr([0; 6]));
+            }
+            Ok(n)
+        }
+        fn join(&mut self, g: shelfboot_netio::MacAddr) -> Result<(), Self::Error> {
+            self.joined.push(MacAddr(g.0));
+            Ok(())
+        }
+        fn leave(&mut self, g: shelfboot_netio::MacAddr) -> Result<(), Self::Error> {
+            self.joined.retain(|x| x.0 != g.0);
+            Ok(())
+        }
+    }
+
+    fn seat(last: u8) -> Seat<FakeVolumes> {
+        let cfg = AgentConfig {
+            identity: Identity {
+                mac: MacAddr([2, 0, 0, 0, 0, last]),
+                card_type: "lc100".into(),
+                arch: Arch::X86_64,
+                shelf: 1,
+                slot: u16::from(last),
+                hw_rev: "A".into(),
+                features: vec![],
+            },
+            phase: BootPhase::PowerOn,
+            ethertype: shelfboot_proto::DEFAULT_ETHERTYPE,
+            anchor: TrustAnchor::new(vec![SigningKey::from_seed(&[1; 32]).public_key()]),
+            nonce: [last; 16],
+            seed: u64::from(last),
+            timers: Timers::default(),
+        };
+        let (store, _) = Store::open(FakeVolumes::new(1024, 64), StoreConfig::default()).unwrap();
+        Seat::new(Agent::new(cfg, store, Instant::now()), ())
+    }
+
+    /// A frame of our EtherType to `dst` that no agent can act on (counted, dropped).
+    fn frame_to(dst: MacAddr) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
+        f[12..14].copy_from_slice(&shelfboot_proto::DEFAULT_ETHERTYPE.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn tick_sends_every_due_solicit_through_the_port_once() {
+        let mut port = Port::default();
+        let mut seats = [seat(1), seat(2)];
+        let mut d = Driver::new(&mut port);
+        assert!(d.tick(&mut seats), "frames sent count as a change");
+        assert_eq!(d.frames_sent(), 2);
+        assert!(!d.tick(&mut seats), "nothing due right after");
+        assert_eq!(d.frames_sent(), 2);
+        let macs: Vec<MacAddr> = port
+            .sent
+            .iter()
+            .map(|f| {
+                let (_, m) = decode_frame(f, shelfboot_proto::DEFAULT_ETHERTYPE).unwrap();
+                assert_eq!(&f[..6], &MacAddr::BROADCAST.0, "Solicit is broadcast");
+                match m {
+                    Message::Solicit(s) => s.mac,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(macs, [seats[0].agent.mac(), seats[1].agent.mac()]);
+    }
+
+    #[test]
+    fn frames_reach_the_agents_they_are_addressed_to_only() {
+        let mut port = Port::default();
+        let mut seats = [seat(1), seat(2)];
+        let a = seats[0].agent.mac();
+        port.incoming.push_back(frame_to(a));
+        port.incoming.push_back(frame_to(MacAddr::BROADCAST));
+        port.incoming
+            .push_back(frame_to(MacAddr([2, 0, 0, 0, 0, 9])));
+        port.incoming
+            .push_back(frame_to(MacAddr([1, 0, 0x5e, 0, 0, 7])));
+        let mut d = Driver::new(&mut port);
+        let (n, changed) = d.receive(&mut seats, Duration::ZERO).unwrap();
+        assert_eq!((n, changed), (4, false));
+        assert_eq!(
+            seats[0].agent.counters().frames_in,
+            2,
+            "its own and broadcast"
+        );
+        assert_eq!(seats[1].agent.counters().frames_in, 1, "broadcast only");
+        assert!(seats.iter().all(|s| s.decision.is_none()));
+        assert_eq!(
+            Driver::<Port>::wait(&seats, Instant::now(), Duration::from_millis(7)),
+            Duration::ZERO
+        );
+    }
+}

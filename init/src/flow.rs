@@ -515,20 +515,16 @@ mod tests {
     use super::*;
     use crate::kernel::fake::{Call, Recorder};
     use crate::sys::power::Leave;
-    use sha2::{Digest as _, Sha256};
     use shelfboot_card::flash::FakeVolumes;
     use shelfboot_card::flash::artifact::{ArtifactKind, ArtifactRef};
 
+    /// Version "1": the inventory line below names it.
     fn art(kind: ArtifactKind, name: &str, data: &[u8]) -> ArtifactRef {
         ArtifactRef {
-            kind,
-            name: name.into(),
             version: "1".into(),
-            sha256: Sha256::digest(data).into(),
-            size: data.len() as u64,
+            ..shelfboot_proto::samples::artifact_of(kind, name, data)
         }
     }
-
     fn deferred_squashfs() -> ModuleEntry {
         ModuleEntry {
             line: 9,

@@ -21,6 +21,19 @@ pub fn artifact(kind: ArtifactKind, name: &str, fill: u8) -> ArtifactRef {
     }
 }
 
+/// The artifact reference of `data`: version 1.0, its sha256 and length (for tests that
+/// stage real bytes, which the card's store verifies against the reference).
+pub fn artifact_of(kind: ArtifactKind, name: &str, data: &[u8]) -> ArtifactRef {
+    use sha2::Digest as _;
+    ArtifactRef {
+        kind,
+        name: name.into(),
+        version: "1.0".into(),
+        sha256: sha2::Sha256::digest(data).into(),
+        size: data.len() as u64,
+    }
+}
+
 /// One message of every type.
 pub fn every_message() -> Vec<Message> {
     let inv = vec![

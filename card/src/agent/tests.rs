@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use shelfboot_proto::frame::{Header, Link, MacAddr};
 use shelfboot_proto::msg::{
     Action, Arch, ArtifactKind, ArtifactRef, BootPhase, CommandBody, ErrorReason, Handoff, Join,
@@ -53,15 +52,7 @@ pub(super) fn content(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-pub(super) fn artifact(kind: ArtifactKind, name: &str, data: &[u8]) -> ArtifactRef {
-    ArtifactRef {
-        kind,
-        name: name.into(),
-        version: "1.0".into(),
-        sha256: Sha256::digest(data).into(),
-        size: data.len() as u64,
-    }
-}
+pub(super) use shelfboot_proto::samples::artifact_of as artifact;
 
 /// The fixture set: a boot image and a package.
 fn set() -> (Vec<ArtifactRef>, Vec<Vec<u8>>) {
