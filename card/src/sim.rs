@@ -8,10 +8,14 @@
 //! or the MAC differs. Each card's state is reported as [`CardReport`] (and written as
 //! JSON to `report` if set, whenever something changes).
 //!
-//! This module does not decide anything a card does (the [`crate::agent`] does); it only
-//! moves frames, keeps time and records outcomes. It is not used by init.
+//! This module does not decide anything a card does (the [`crate::agent`] does); the loop
+//! that moves frames and keeps time is [`crate::driver`]'s, the one init uses too; this
+//! module opens the flash of each card and the socket, and records outcomes. A card's
+//! hand-off in the report is the agent's, [`crate::boot::handoff_of`] its set: a
+//! simulated card does not boot, so it counts no boot ([`crate::boot::choose`] is not
+//! called; its flash would otherwise roll back after `max_attempts` runs that never
+//! reach Ready).
 
-use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +27,8 @@ use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::{Arch, BootPhase, Handoff};
 use shelfboot_proto::sign::TrustAnchor;
 
-use crate::agent::{Agent, AgentConfig, Counters, Decision, Identity, Output, Phase, Timers};
+use crate::agent::{Agent, AgentConfig, Counters, Decision, Identity, Phase, Timers};
+use crate::driver::{Driver, Seat};
 use crate::flash::{FileVolumes, Store, StoreConfig};
 
 /// One simulated card.
@@ -139,15 +144,8 @@ pub enum SimError {
     },
 }
 
-struct Sim {
-    agent: Agent<FileVolumes>,
-    spec: SimCard,
-    decision: Option<Decision>,
-    groups: Vec<MacAddr>,
-    /// Start of the conversations, and when the decision came.
-    started: Instant,
-    decided_at: Option<Instant>,
-}
+/// A simulated card's seat: its spec and the start of the conversations.
+type Sim = Seat<FileVolumes, (SimCard, Instant)>;
 
 fn report_of(s: &Sim) -> CardReport {
     let (decision, validated_only, autonomous) = match &s.decision {
@@ -173,9 +171,9 @@ fn report_of(s: &Sim) -> CardReport {
         .or(s.agent.last_master_error())
         .map(|e| format!("{:?}: {}", e.reason, e.detail));
     CardReport {
-        mac: s.spec.mac.to_string(),
-        slot: s.spec.slot,
-        card_type: s.spec.card_type.clone(),
+        mac: s.tag.0.mac.to_string(),
+        slot: s.tag.0.slot,
+        card_type: s.tag.0.card_type.clone(),
         phase: s.agent.phase(),
         decision,
         validated_only,
@@ -191,7 +189,7 @@ fn report_of(s: &Sim) -> CardReport {
         counters: *s.agent.counters(),
         decided_after_s: s
             .decided_at
-            .map(|d| d.saturating_duration_since(s.started).as_secs_f64()),
+            .map(|d| d.saturating_duration_since(s.tag.1).as_secs_f64()),
     }
 }
 
@@ -296,28 +294,14 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
             seed: u64::from_be_bytes(seed),
             timers: cfg.timers.clone(),
         };
-        sims.push(Sim {
-            agent: Agent::new(acfg, store, now),
-            spec: spec.clone(),
-            decision: None,
-            groups: Vec::new(),
-            started: now,
-            decided_at: None,
-        });
+        sims.push(Seat::new(Agent::new(acfg, store, now), (spec.clone(), now)));
     }
     let started = Instant::now();
     for s in &mut sims {
-        s.started = started;
+        s.tag.1 = started;
     }
-    let by_mac: HashMap<MacAddr, usize> = sims
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.spec.mac, i))
-        .collect();
     let deadline = now + cfg.timeout;
-    let mut group_refs: HashMap<MacAddr, usize> = HashMap::new();
-    let mut changes: Vec<GroupChange> = Vec::new();
-    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut driver = Driver::new(&mut sock);
     let mut dirty = true;
     let mut next_report = now;
     loop {
@@ -326,38 +310,16 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
         if all_done || now >= deadline || stop.load(Ordering::Relaxed) {
             break;
         }
-        // Timers.
-        for sim in &mut sims {
-            if sim.agent.next_deadline().is_some_and(|d| d <= now) {
-                let outputs = sim.agent.tick(now);
-                dirty |= apply(sim, outputs, &mut out, &mut changes);
-            }
-        }
-        sync_groups(&mut sock, &mut group_refs, &mut changes);
-        send_all(&mut sock, &mut out);
-        // Frames: drain what the socket holds (bounded) before the next timers, each
-        // frame stamped when it is handled, so that a card busy with flash does not
-        // mistake queued frames for silence (and NACK what is merely unread). Frames are
-        // handed to the agents straight from the receive ring (no copy, no allocation);
-        // group changes they cause are applied after the batch.
-        let mut wait = sims
-            .iter()
-            .filter_map(|s| s.agent.next_deadline())
-            .min()
-            .map_or(Duration::from_millis(10), |d| {
-                d.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(10));
+        dirty |= driver.tick(&mut sims);
+        // Frames: drain what the socket holds (bounded) before the next timers.
+        let mut wait = Driver::<PacketSocket>::wait(&sims, now, Duration::from_millis(10));
         for _ in 0..16 {
-            let mut deliver = |f: &[u8], _src| {
-                dirty |= dispatch(&mut sims, &by_mac, f, &mut out, &mut changes);
-            };
-            let r = sock.recv_batch(&mut deliver, wait);
-            sync_groups(&mut sock, &mut group_refs, &mut changes);
-            send_all(&mut sock, &mut out);
-            match r {
-                Ok(0) => break,
-                Ok(_) => {}
+            match driver.receive(&mut sims, wait) {
+                Ok((0, changed)) => {
+                    dirty |= changed;
+                    break;
+                }
+                Ok((_, changed)) => dirty |= changed,
                 Err(e) => {
                     log::error!("simcard: receive on {}: {e}", cfg.iface);
                     std::thread::sleep(Duration::from_millis(5));
@@ -367,7 +329,6 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
             wait = Duration::ZERO;
         }
         let now = Instant::now();
-        send_all(&mut sock, &mut out);
         if let Some(path) = &cfg.report
             && (dirty && now >= next_report)
         {
@@ -380,38 +341,6 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
         write_report(path, &sims)?;
     }
     Ok(sims.iter().map(report_of).collect())
-}
-
-/// Hand one received frame to the cards it is addressed to. Returns whether a card's
-/// reportable state changed.
-fn dispatch(
-    sims: &mut [Sim],
-    by_mac: &HashMap<MacAddr, usize>,
-    f: &[u8],
-    out: &mut Vec<Vec<u8>>,
-    changes: &mut Vec<GroupChange>,
-) -> bool {
-    let now = Instant::now();
-    let Some(dst) = f.get(..6) else { return false };
-    let mut d = [0u8; 6];
-    d.copy_from_slice(dst);
-    let dst = MacAddr(d);
-    let mut dirty = false;
-    if dst == MacAddr::BROADCAST {
-        for s in sims.iter_mut() {
-            let o = s.agent.handle_frame(now, f);
-            dirty |= apply(s, o, out, changes);
-        }
-    } else if dst.is_multicast() {
-        for s in sims.iter_mut().filter(|s| s.groups.contains(&dst)) {
-            let o = s.agent.handle_frame(now, f);
-            dirty |= apply(s, o, out, changes);
-        }
-    } else if let Some(s) = by_mac.get(&dst).and_then(|&i| sims.get_mut(i)) {
-        let o = s.agent.handle_frame(now, f);
-        dirty |= apply(s, o, out, changes);
-    }
-    dirty
 }
 
 fn write_report(path: &PathBuf, sims: &[Sim]) -> Result<(), SimError> {
@@ -427,79 +356,6 @@ fn write_report(path: &PathBuf, sims: &[Sim]) -> Result<(), SimError> {
             path: path.clone(),
             source,
         })
-}
-
-/// A card joined (true) or left (false) a multicast group; the socket follows in
-/// [`sync_groups`].
-type GroupChange = (bool, MacAddr);
-
-/// Carry out one card's outputs (frames to `out`, group changes to `changes`). Returns
-/// whether its reportable state changed.
-fn apply(
-    s: &mut Sim,
-    outputs: Vec<Output>,
-    out: &mut Vec<Vec<u8>>,
-    changes: &mut Vec<GroupChange>,
-) -> bool {
-    let mut changed = false;
-    for o in outputs {
-        match o {
-            Output::Send(f) => out.push(f),
-            Output::JoinGroup(g) => {
-                s.groups.push(g);
-                changes.push((true, g));
-            }
-            Output::LeaveGroup(g) => {
-                s.groups.retain(|x| *x != g);
-                changes.push((false, g));
-            }
-            Output::Decision(d) => {
-                log::info!("simcard: card {} decided {d:?}", s.spec.mac);
-                s.decision = Some(d);
-                s.decided_at.get_or_insert_with(Instant::now);
-                changed = true;
-            }
-        }
-    }
-    changed || !out.is_empty()
-}
-
-/// Join or leave groups on the socket as the cards' membership counts cross zero.
-fn sync_groups(
-    sock: &mut PacketSocket,
-    group_refs: &mut HashMap<MacAddr, usize>,
-    changes: &mut Vec<GroupChange>,
-) {
-    for (join, g) in changes.drain(..) {
-        if join {
-            let n = group_refs.entry(g).or_insert(0);
-            *n += 1;
-            if *n == 1
-                && let Err(e) = sock.join(shelfboot_netio::MacAddr(g.0))
-            {
-                log::error!("simcard: joining group {g}: {e}");
-            }
-        } else if let Some(n) = group_refs.get_mut(&g) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                group_refs.remove(&g);
-                if let Err(e) = sock.leave(shelfboot_netio::MacAddr(g.0)) {
-                    log::warn!("simcard: leaving group {g}: {e}");
-                }
-            }
-        }
-    }
-}
-
-fn send_all(sock: &mut PacketSocket, out: &mut Vec<Vec<u8>>) {
-    if out.is_empty() {
-        return;
-    }
-    let refs: Vec<&[u8]> = out.iter().map(Vec::as_slice).collect();
-    if let Err(e) = sock.send_batch(&refs) {
-        log::error!("simcard: send: {e}");
-    }
-    out.clear();
 }
 
 #[cfg(test)]

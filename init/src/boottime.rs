@@ -228,6 +228,13 @@ pub fn parse_summary(line: &str) -> Option<Vec<(String, u64)>> {
     Some(out)
 }
 
+/// CLOCK_MONOTONIC in seconds: in a guest it counts from kernel start, so the stamps
+/// logged at start and at the first Solicit time the boot path (docs/benchmarks.md).
+pub fn monotonic_secs() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,6 +268,46 @@ impl Hardware {
 }
 
 impl Config {
+    /// The command line a stored image is kexec'd with: the plan's, plus this card's own
+    /// keys the plan cannot know (type from the command line, shelf, slot, features,
+    /// interface, master timeout, prepare hold), each unless the plan sets it already.
+    pub fn carried_cmdline(&self, plan: &str) -> String {
+        let cfg = self;
+        let mut keys: Vec<(&str, String)> = Vec::new();
+        if cfg.card_source == Source::Cmdline {
+            keys.push(("card", cfg.card.clone()));
+        }
+        if let Some(s) = cfg.shelf {
+            keys.push(("shelf", s.to_string()));
+        }
+        if let Some(s) = cfg.slot {
+            keys.push(("slot", s.to_string()));
+        }
+        if !cfg.features.is_empty() {
+            keys.push(("features", cfg.features.join(",")));
+        }
+        if let Some(i) = &cfg.iface {
+            keys.push(("iface", i.clone()));
+        }
+        if cfg.master_timeout != Config::default().master_timeout {
+            keys.push((
+                "master_timeout",
+                format!("{}ms", cfg.master_timeout.as_millis()),
+            ));
+        }
+        if cfg.hold != Config::default().hold {
+            keys.push(("hold", format!("{}ms", cfg.hold.as_millis())));
+        }
+        let mut out = plan.trim().to_string();
+        for (k, v) in keys {
+            let prefix = format!("shelfboot.{k}=");
+            if !plan.split_whitespace().any(|w| w.starts_with(&prefix)) {
+                out.push_str(&format!(" {prefix}{v}"));
+            }
+        }
+        out
+    }
+
     /// Parses the command line text, filling gaps from `hw`.
     pub fn parse(cmdline: &str, hw: &Hardware) -> Result<Config, ConfigError> {
         let mut c = Config::default();
@@ -405,6 +445,41 @@ impl fmt::Display for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_cmdline_carries_the_card_identity_but_not_over_the_plan() {
+        let cfg = Config {
+            card: "lc100".into(),
+            card_source: Source::Cmdline,
+            slot: Some(3),
+            features: vec!["diag".into(), "x".into()],
+            ..Config::default()
+        };
+        let t = Config {
+            master_timeout: Duration::from_secs(60),
+            ..cfg.clone()
+        };
+        assert!(
+            t.carried_cmdline("")
+                .ends_with(" shelfboot.master_timeout=60000ms")
+        );
+        let h = Config {
+            hold: Duration::from_secs(90),
+            ..cfg.clone()
+        };
+        assert!(h.carried_cmdline("").ends_with(" shelfboot.hold=90000ms"));
+        assert!(!h.carried_cmdline("shelfboot.hold=5").contains("90000ms"));
+        let c = cfg.carried_cmdline("console=ttyS0 shelfboot.slot=9");
+        assert_eq!(
+            c,
+            "console=ttyS0 shelfboot.slot=9 shelfboot.card=lc100 shelfboot.features=diag,x"
+        );
+        let dmi = Config {
+            card_source: Source::Dmi,
+            ..cfg
+        };
+        assert!(!dmi.carried_cmdline("").contains("shelfboot.card="));
+    }
 
     #[test]
     fn full_cmdline_parses_into_typed_fields() {

@@ -4,25 +4,28 @@
 //! ```text
 //! mount table → logger on /dev/kmsg → config (/proc/cmdline) → modules (load.list)
 //!   → link up (rtnetlink) → attach UBI (format if pristine) → open card's Store
-//!   → Provisioner (the master conversation, issue 4)          ← the seam
+//!   → Provisioner (the master conversation: card's agent)     ← the seam
 //!   → hand-off: kexec the committed boot image, or switch_root into its packages,
 //!               or (test mode) kexec the test set's boot image from RAM carrying the RAM
 //!               store, or switch_root into test-mode packages in tmpfs
 //! ```
 //!
-//! The [`Provisioner`] gets the configuration, the link and the store; it may fetch,
-//! stage and commit through the store (card's commit protocol) and tells the flow what to
-//! boot. The product's is [`crate::provision::AgentProvisioner`] (card's agent); a build
+//! The [`Session`] owns the flash store for the whole boot. The [`Provisioner`] gets the
+//! session (configuration, link, store); it may lend the store to card's agent, which
+//! fetches, stages and commits through it (card's commit protocol), and it returns what
+//! the agent decided. The product's is [`crate::provision::AgentProvisioner`]; a build
 //! without a master conversation uses [`NoAgent`], which says so on the console and
-//! reports "no master", which is exactly the autonomous path: boot the last committed set. Boot counting is card's `Store::begin_boot` (attempt counter,
-//! rollback after K boots without Ready), called once per boot cycle: not again in a
-//! kexec'd stored image (`shelfboot.stored=1`), which only validates. Marking the set
-//! Ready (`Store::mark_ready`) is the provisioner's job, after the master saw Ready.
-//! Not here: PID-1 process duties (see [`crate::pid1`]).
+//! reports "no master", which is exactly the autonomous path: boot the last committed
+//! set. What is booted from flash (proven set, stored flag, boot counting with rollback
+//! after K boots without Ready, kexec or switch_root) is card's one boot choice,
+//! [`shelfboot_card::boot::choose`], called once per boot cycle right before the
+//! hand-off. Marking the set Ready (`Store::mark_ready`) is the provisioner's job, after
+//! the master saw Ready. Not here: PID-1 process duties (see [`crate::pid1`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shelfboot_card::boot::{self, BootFacts, Counting, Target};
 use shelfboot_card::flash::artifact::ArtifactKind;
 use shelfboot_card::flash::{
     BootDecision, Inventory, SetRecord, Store, StoreConfig, StoreError, Volumes,
@@ -42,8 +45,12 @@ use crate::sys::sysfs::Sysfs;
 /// What the provisioner decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provisioned {
-    /// Boot the committed set (the master said Continue, or a new set was just committed).
-    Committed,
+    /// Boot the committed set: a master validated it (Continue) or it was just fetched
+    /// and committed. `set` is the set the agent decided on.
+    Committed {
+        /// The agent's set (what flash held when it decided).
+        set: SetRecord,
+    },
     /// Test mode: boot these squashfs packages kept in tmpfs (bottom first); flash untouched.
     TestSet {
         /// Package files in tmpfs.
@@ -70,14 +77,16 @@ pub struct TestBoot {
     pub ram_dir: PathBuf,
 }
 
-/// What a provisioner works with.
+/// What a provisioner works with. The session owns the flash store: a provisioner lends
+/// it to the agent and puts it back (with whatever the agent committed) before it
+/// returns; the hand-off boots from it.
 pub struct Session<'a, V: Volumes> {
     /// The configuration.
     pub config: &'a Config,
     /// The backplane link, if it came up.
     pub link: Option<&'a Link>,
     /// The flash store, if the flash could be opened.
-    pub store: Option<&'a mut Store<V>>,
+    pub store: Option<Store<V>>,
 }
 
 impl<V: Volumes> std::fmt::Debug for Session<'_, V> {
@@ -115,7 +124,7 @@ pub struct NoAgent;
 impl<V: Volumes> Provisioner<V> for NoAgent {
     fn provision(&mut self, _: &mut Session<'_, V>) -> Result<Provisioned, ProvisionError> {
         log::warn!(
-            "this init has no master conversation (card agent, issue 4): not contacting any master"
+            "this init has no master conversation (no card agent): not contacting any master"
         );
         Ok(Provisioned::NoMaster {
             waited: Duration::ZERO,
@@ -285,7 +294,6 @@ pub fn open_store(
 /// generation, boot attempts, each artifact as kind, name, version) and the previous set's
 /// digest; `nothing committed` for a pristine store. The QEMU power-cut scenario reads it.
 pub fn describe_inventory(inv: Option<&Inventory>) -> String {
-    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let Some(inv) = inv else {
         return "nothing committed".into();
     };
@@ -313,18 +321,6 @@ pub fn describe_inventory(inv: Option<&Inventory>) -> String {
     )
 }
 
-/// The committed set if its last boot reached Ready (attempt counter 0) and all its
-/// volumes are there; `None` otherwise (then `begin_boot` counts, or rolls back a damaged
-/// set). A set committed and cut before its first `begin_boot` also shows 0: a window of
-/// about a second in which a set that never booted is taken as proven.
-fn proven_set<V: Volumes>(store: &mut Store<V>) -> Option<SetRecord> {
-    let set = store.inventory().filter(|i| i.attempts == 0)?.set.clone();
-    match store.missing_volumes(&set) {
-        Ok(missing) if missing.is_empty() => Some(set),
-        _ => None,
-    }
-}
-
 /// Boots what `provisioned` says: the only way out of this function is an error.
 pub fn hand_off<V: Volumes>(
     k: &mut dyn Kernel,
@@ -334,15 +330,14 @@ pub fn hand_off<V: Volumes>(
     provisioned: Provisioned,
     deferred: &[ModuleEntry],
 ) -> FlowError {
-    let autonomous = matches!(provisioned, Provisioned::NoMaster { .. });
-    match provisioned {
+    let decided = match provisioned {
         Provisioned::TestSet { packages, boot } => {
             match boot {
                 Some(b) if !cfg.test => {
                     log::info!(
                         "test mode: kexec into the test set's boot image from RAM; flash untouched"
                     );
-                    let cmdline = crate::provision::carried_cmdline(cfg, &b.cmdline);
+                    let cmdline = cfg.carried_cmdline(&b.cmdline);
                     return FlowError::Handoff(handoff::kexec_test(
                         k, paths, &b.image, &cmdline, &b.ram_dir,
                     ));
@@ -366,86 +361,77 @@ pub fn hand_off<V: Volumes>(
             log::warn!(
                 "no master answered (waited {waited:?}): booting the last committed set on my own"
             );
+            None
         }
-        Provisioned::Committed => {}
-    }
+        Provisioned::Committed { set } => Some(set.digest),
+    };
     let Some((ubi, store)) = flash else {
         return FlowError::NothingToBoot;
     };
-    let set = if cfg.stored {
+    let facts = BootFacts {
+        stored: cfg.stored,
+        autonomous: decided.is_none(),
+    };
+    let choice = match boot::choose(store, facts) {
+        Ok(c) => c,
+        Err(StoreError::NothingCommitted) => return FlowError::NothingToBoot,
+        Err(e) => return FlowError::Store(e),
+    };
+    match &choice.counting {
         // Counted before the kexec that started this image: validate, do not count again.
-        match store.inventory() {
-            Some(inv) => inv.set.clone(),
-            None => return FlowError::NothingToBoot,
-        }
-    } else if let Some(set) = autonomous.then(|| proven_set(store)).flatten() {
-        // Without a master nothing can mark Ready, so counting these boots would roll a
-        // proven set back after `maxtries` master-less power cycles (found by the QEMU
-        // autonomy scenario). A set whose last boot reached Ready is booted uncounted.
-        log::info!(
+        Counting::Stored => {}
+        Counting::Proven => log::info!(
             "the committed set reached Ready on its last boot: this boot without a master is not counted"
+        ),
+        Counting::Counted(BootDecision::Boot { attempt, .. }) => log::info!(
+            "booting committed set, attempt {attempt} of {}",
+            cfg.maxtries
+        ),
+        Counting::Counted(BootDecision::RolledBack { reason, .. }) => {
+            log::warn!("committed set rolled back ({reason:?}): booting the previous set")
+        }
+        Counting::Counted(BootDecision::Exhausted { attempt, .. }) => {
+            log::warn!("set failed {attempt} boots and there is no previous set: booting it anyway")
+        }
+    }
+    if let Some(d) = decided.filter(|d| *d != choice.set.digest) {
+        log::warn!(
+            "the agent decided set {}, flash boots set {}",
+            hex(&d),
+            hex(&choice.set.digest)
         );
-        set
-    } else {
-        match store.begin_boot() {
-            Ok(d) => {
-                match &d {
-                    BootDecision::Boot { attempt, .. } => log::info!(
-                        "booting committed set, attempt {attempt} of {}",
-                        cfg.maxtries
-                    ),
-                    BootDecision::RolledBack { reason, .. } => log::warn!(
-                        "committed set rolled back ({reason:?}): booting the previous set"
-                    ),
-                    BootDecision::Exhausted { attempt, .. } => log::warn!(
-                        "set failed {attempt} boots and there is no previous set: booting it anyway"
-                    ),
-                }
-                d.set().clone()
+    }
+    match choice.target {
+        Target::Kexec { volume, id } => {
+            let vols = store.volumes_mut();
+            let read = |off: u64, buf: &mut [u8]| vols.read(id, off, buf);
+            FlowError::Handoff(handoff::kexec(
+                k,
+                paths,
+                &volume,
+                read,
+                &cfg.carried_cmdline(&choice.set.cmdline),
+            ))
+        }
+        Target::SwitchRoot { layers } => {
+            let layers: Vec<Layer> = layers
+                .into_iter()
+                .map(|(name, id)| Layer::Ubi {
+                    ubi,
+                    vol: id.0,
+                    name,
+                })
+                .collect();
+            if let Err(e) = load_deferred(k, deferred) {
+                return e;
             }
-            Err(StoreError::NothingCommitted) => return FlowError::NothingToBoot,
-            Err(e) => return FlowError::Store(e),
-        }
-    };
-    let id_of = |store: &mut Store<V>, name: &str| match store.volume_id(name) {
-        Ok(Some(id)) => Ok(id),
-        Ok(None) => Err(FlowError::Store(StoreError::SetDamaged {
-            missing: vec![name.to_string()],
-        })),
-        Err(e) => Err(FlowError::Store(e)),
-    };
-    if let Some(boot) = set.boot_image()
-        && !cfg.stored
-    {
-        let id = match id_of(store, &boot.volume) {
-            Ok(id) => id,
-            Err(e) => return e,
-        };
-        let vols = store.volumes_mut();
-        let read = |off: u64, buf: &mut [u8]| vols.read(id, off, buf);
-        return FlowError::Handoff(handoff::kexec(
-            k,
-            paths,
-            &boot.volume,
-            read,
-            &crate::provision::carried_cmdline(cfg, &set.cmdline),
-        ));
-    }
-    let mut layers = Vec::new();
-    for p in set.packages() {
-        match id_of(store, &p.volume) {
-            Ok(id) => layers.push(Layer::Ubi {
-                ubi,
-                vol: id.0,
-                name: p.volume.clone(),
-            }),
-            Err(e) => return e,
+            FlowError::Handoff(handoff::switch_root(k, paths, &layers))
         }
     }
-    if let Err(e) = load_deferred(k, deferred) {
-        return e;
-    }
-    FlowError::Handoff(handoff::switch_root(k, paths, &layers))
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The whole PID-1 flow on the real system; returns only when no hand-off happened.
@@ -490,7 +476,10 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
     boottime::step("modules", t);
     let link_job =
         link_job.unwrap_or_else(|| LinkJob::start(cfg.iface.clone(), cfg.carrier_timeout));
-    let mut flash = open_store(k, roots, &cfg);
+    let (ubi, store) = match open_store(k, roots, &cfg) {
+        Some((u, s)) => (Some(u), Some(s)),
+        None => (None, None),
+    };
     let link = match link_job.wait() {
         Ok(l) => Some(l),
         Err(e) => {
@@ -501,32 +490,24 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
             None
         }
     };
-    let provisioned = {
-        let mut session = Session {
-            config: &cfg,
-            link: link.as_ref(),
-            store: flash.as_mut().map(|(_, s)| s),
-        };
-        match prov.provision(&mut session) {
-            Ok(p) => p,
-            Err(e) => {
-                // The conversation failed before any master answered: autonomy.
-                log::error!("{}", crate::error_chain(&e));
-                Provisioned::NoMaster {
-                    waited: Duration::ZERO,
-                }
+    let mut session = Session {
+        config: &cfg,
+        link: link.as_ref(),
+        store,
+    };
+    let provisioned = match prov.provision(&mut session) {
+        Ok(p) => p,
+        Err(e) => {
+            // The conversation failed before any master answered: autonomy.
+            log::error!("{}", crate::error_chain(&e));
+            Provisioned::NoMaster {
+                waited: Duration::ZERO,
             }
         }
     };
     let paths = Paths::default();
-    hand_off(
-        k,
-        &paths,
-        &cfg,
-        flash.as_mut().map(|(u, s)| (*u, s)),
-        provisioned,
-        &deferred,
-    )
+    let flash = ubi.zip(session.store.as_mut());
+    hand_off(k, &paths, &cfg, flash, provisioned, &deferred)
 }
 
 #[cfg(test)]
@@ -534,20 +515,13 @@ mod tests {
     use super::*;
     use crate::kernel::fake::{Call, Recorder};
     use crate::sys::power::Leave;
-    use sha2::{Digest as _, Sha256};
     use shelfboot_card::flash::FakeVolumes;
     use shelfboot_card::flash::artifact::{ArtifactKind, ArtifactRef};
 
+    /// Version "1": the inventory line below names it.
     fn art(kind: ArtifactKind, name: &str, data: &[u8]) -> ArtifactRef {
-        ArtifactRef {
-            kind,
-            name: name.into(),
-            version: "1".into(),
-            sha256: Sha256::digest(data).into(),
-            size: data.len() as u64,
-        }
+        shelfboot_proto::samples::artifact_of(kind, name, "1", data)
     }
-
     fn deferred_squashfs() -> ModuleEntry {
         ModuleEntry {
             line: 9,
@@ -622,12 +596,13 @@ mod tests {
         };
         std::fs::create_dir_all(t.path().join("kexec")).unwrap();
         let mut k = Recorder::default();
+        let decided = store.inventory().unwrap().set.clone();
         let err = hand_off(
             &mut k,
             &paths,
             &cfg(false),
             Some((0, &mut store)),
-            Provisioned::Committed,
+            Provisioned::Committed { set: decided },
             // A kexec needs no filesystem module: the deferred ones are never loaded.
             &[deferred_squashfs()],
         );
@@ -767,12 +742,13 @@ mod tests {
             existing: vec!["/newroot/sbin/init".into(), squashfs.path.clone()],
             ..Recorder::default()
         };
+        let decided = store.inventory().unwrap().set.clone();
         let err = hand_off(
             &mut k,
             &Paths::default(),
             &cfg(true),
             Some((2, &mut store)),
-            Provisioned::Committed,
+            Provisioned::Committed { set: decided },
             std::slice::from_ref(&squashfs),
         );
         assert!(
@@ -805,12 +781,14 @@ mod tests {
         let (mut store, _) =
             Store::open(FakeVolumes::new(4096, 64), StoreConfig::default()).unwrap();
         let mut k = Recorder::default();
+        // The agent's set, which this flash does not hold.
+        let decided = committed().1.inventory().unwrap().set.clone();
         let err = hand_off(
             &mut k,
             &Paths::default(),
             &cfg(false),
             Some((0, &mut store)),
-            Provisioned::Committed,
+            Provisioned::Committed { set: decided },
             &[],
         );
         assert!(matches!(err, FlowError::NothingToBoot), "{err}");
@@ -878,13 +856,13 @@ mod tests {
 
     #[test]
     fn no_agent_reports_no_master_without_touching_anything() {
-        let (dev, mut store) = committed();
+        let (dev, store) = committed();
         let before = dev.ops().len();
         let c = Config::default();
         let mut s = Session {
             config: &c,
             link: None,
-            store: Some(&mut store),
+            store: Some(store),
         };
         let p = Provisioner::<FakeVolumes>::provision(&mut NoAgent, &mut s).unwrap();
         assert_eq!(

@@ -4,8 +4,8 @@
 //! Each method is one *operation* of the boot flow (mount this, load that module, attach
 //! that MTD device, kexec this image), not one syscall, so that the fake stays small and
 //! the tests read like the boot log. [`Linux`] forwards to nix's safe wrappers and to
-//! [`crate::sys`]; [`fake::Recorder`] records every call in order and can be told to fail
-//! a given one. Not here: UBI volume I/O (that is card's `Volumes` trait, implemented by
+//! [`crate::sys`] (and to [`clean`] and [`exec`], the two last steps of a switch_root);
+//! [`fake::Recorder`] records every call in order and can be told to fail a given one. Not here: UBI volume I/O (that is card's `Volumes` trait, implemented by
 //! [`crate::flash::UbiVolumes`]) and the link (see [`crate::net`]).
 
 use std::ffi::CString;
@@ -16,6 +16,13 @@ use nix::mount::MsFlags;
 
 use crate::sys::SysError;
 use crate::sys::power::Leave;
+
+pub mod clean;
+pub mod exec;
+
+/// Suffixes of modules the kernel decompresses itself (`MODULE_INIT_COMPRESSED_FILE`,
+/// needs CONFIG_MODULE_DECOMPRESS).
+pub const COMPRESSED: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz"];
 
 /// One mount(2) call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +174,7 @@ impl Kernel for Linux {
             CString::new(params).map_err(|_| SysError::new(call(), nix::errno::Errno::EINVAL))?;
         // MODULE_INIT_COMPRESSED_FILE (4): the kernel decompresses .ko.xz/.zst/.gz itself.
         let name = path.to_string_lossy();
-        let flags = if crate::modules::COMPRESSED.iter().any(|s| name.ends_with(s)) {
+        let flags = if COMPRESSED.iter().any(|s| name.ends_with(s)) {
             nix::kmod::ModuleInitFlags::from_bits_retain(4)
         } else {
             nix::kmod::ModuleInitFlags::empty()
@@ -253,7 +260,7 @@ impl Kernel for Linux {
     }
 
     fn clean_initramfs(&mut self) -> usize {
-        crate::handoff::clean::remove_tree_same_dev(Path::new("/"))
+        clean::remove_tree_same_dev(Path::new("/"))
     }
 
     fn enter_root(&mut self, new_root: &Path) -> Result<(), SysError> {
@@ -272,7 +279,7 @@ impl Kernel for Linux {
     }
 
     fn exec_init(&mut self, init: &Path, env: &[(&str, &str)]) -> SysError {
-        crate::handoff::exec::exec_clean(init, env)
+        exec::exec_clean(init, env)
     }
 
     fn leave(&mut self, how: Leave) -> SysError {

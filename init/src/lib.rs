@@ -4,7 +4,7 @@
 //! configuration from the kernel command line ([`config`]), load the kernel modules listed
 //! by mkinitramfs ([`modules`]), bring the backplane link up ([`net`]), attach the UBI
 //! flash and open card's store ([`flash`]), let a [`flow::Provisioner`] talk to the master
-//! (the card agent of issue 4 plugs in there), then hand off ([`handoff`]): kexec into the
+//! (the card agent plugs in there), then hand off ([`handoff`]): kexec into the
 //! committed boot image or switch_root into the committed packages. Every kernel
 //! interaction goes through the [`kernel::Kernel`] trait so that the whole sequence is unit
 //! tested against a recording fake; the only `unsafe` code is in [`sys`].

@@ -18,12 +18,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use crate::kernel::COMPRESSED;
 use crate::kernel::{Kernel, ModuleLoad};
 use crate::sys::SysError;
 
-/// Suffixes of modules the kernel decompresses itself (`MODULE_INIT_COMPRESSED_FILE`,
-/// needs CONFIG_MODULE_DECOMPRESS).
-pub const COMPRESSED: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz"];
 /// Default location of the list inside the initramfs.
 pub const LOAD_LIST: &str = "/lib/modules/load.list";
 /// How long to wait for a device node named in a parameter.

@@ -74,13 +74,6 @@ pub fn last_resort(k: &mut dyn Kernel, mut reaper: Option<Reaper>, err: &FlowErr
     sleep_forever()
 }
 
-/// CLOCK_MONOTONIC in seconds: in a guest it counts from kernel start, so the stamps
-/// logged at start and at the first Solicit time the boot path (docs/benchmarks.md).
-pub fn monotonic_secs() -> f64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
-}
-
 /// Entry point when running as PID 1.
 pub fn main(prov: &mut dyn Provisioner<UbiVolumes>) -> ! {
     let started = crate::boottime::start();

@@ -1,16 +1,19 @@
-//! The agent-backed [`Provisioner`]: card's sans-IO agent driven over a netio
-//! [`PacketSocket`] on the backplane link, with the card's UBI flash as its store.
+//! The agent-backed [`Provisioner`]: card's sans-IO agent driven by card's driver over a
+//! netio [`PacketSocket`] on the backplane link, with the session's flash store (the
+//! card's UBI volumes) as its store.
 //!
 //! ```text
 //! trust anchor (/etc/shelfboot/trust/*) + nonce (/dev/urandom) + identity (config, link)
-//!   → second UbiVolumes on the attached UBI device → Store → Agent
-//!   → loop: tick at the agent's deadline, feed received frames, send, join/leave groups
-//!   → Decision::Boot → finish the Ready repeats → give the agent's store to the flow
+//!   → the session's Store, lent to the Agent
+//!   → card's driver: tick at the agent's deadline, feed received frames, send,
+//!     join/leave groups
+//!   → Decision::Boot → finish the Ready repeats → the store back to the session,
+//!     the decision to the flow
 //! ```
 //!
-//! The flow's store is borrowed, the agent needs one by value: the agent gets its own
-//! [`UbiVolumes`] on the same UBI device, and when it has decided, its store (which saw
-//! the commit) replaces the flow's stale one. A stored image (`shelfboot.stored=1`) that a
+//! The session owns the flash store; the agent takes it by value for one conversation
+//! and gives it back (with what it committed) when it has decided, or when the
+//! conversation fails, so the flow can still boot the committed set. A stored image (`shelfboot.stored=1`) that a
 //! master validated marks its set Ready (resets the boot counter); so does a set without
 //! a boot image. A master that orders a reset restarts the conversation (bounded); the
 //! executed command's stamp is carried, so its other copies do not reset us again.
@@ -29,24 +32,22 @@
 //! and the boot counter is left alone. Without a RAM store (no memory to spare) the agent
 //! refuses such plans with an error to the master.
 //!
-//! Not here: the protocol itself (card's agent), attaching UBI (crate::flash::attach).
+//! Not here: the protocol itself (card's agent), the frame loop (card's driver), what is
+//! booted (card's boot choice, called by the flow), attaching UBI (crate::flash::attach).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use shelfboot_card::agent::{Agent, AgentConfig, Decision, Identity, Output, Phase, Timers};
+use shelfboot_card::agent::{Agent, AgentConfig, Decision, Identity, Phase, Timers};
+use shelfboot_card::driver::{Driver, Seat};
 use shelfboot_card::flash::artifact::ArtifactKind;
-use shelfboot_card::flash::{FileVolumes, SetRecord, Store, StoreConfig, StoreError};
+use shelfboot_card::flash::{FileVolumes, SetRecord, Store, StoreError, Volumes};
 use shelfboot_netio::{PacketSocket, SocketConfig, SocketError};
 use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::{Arch, BootPhase};
 use shelfboot_proto::sign::{SignError, TrustAnchor};
 
-use crate::config::{Config, Source};
-use crate::flash::UbiVolumes;
 use crate::flow::{ProvisionError, Provisioned, Provisioner, Session, TestBoot};
-use crate::sys::SysError;
-use crate::sys::sysfs::Sysfs;
 
 /// Where mkinitramfs puts the trust anchors.
 pub const TRUST_DIR: &str = "/etc/shelfboot/trust";
@@ -94,24 +95,6 @@ pub enum AgentRunError {
         #[source]
         source: SocketError,
     },
-    /// The second handle on the UBI device could not be opened.
-    #[error("cannot open /dev/ubi{ubi} for the agent")]
-    Ubi {
-        /// UBI device number.
-        ubi: u32,
-        /// The cause.
-        #[source]
-        source: SysError,
-    },
-    /// The agent's store could not be opened.
-    #[error("cannot open the flash store of ubi{ubi} for the agent")]
-    Store {
-        /// UBI device number.
-        ubi: u32,
-        /// The cause.
-        #[source]
-        source: StoreError,
-    },
     /// Receiving from the backplane failed.
     #[error("receive on {iface} failed")]
     Receive {
@@ -142,10 +125,6 @@ pub enum AgentRunError {
 pub struct AgentProvisioner {
     /// Directory of trust anchor files.
     pub trust_dir: PathBuf,
-    /// devtmpfs root (for `/dev/ubiN`).
-    pub dev: PathBuf,
-    /// sysfs root.
-    pub sys: PathBuf,
     /// procfs root (`meminfo` bounds the RAM store).
     pub proc: PathBuf,
     /// Where a fresh RAM store for test mode is made (tmpfs).
@@ -158,8 +137,6 @@ impl Default for AgentProvisioner {
     fn default() -> Self {
         Self {
             trust_dir: TRUST_DIR.into(),
-            dev: "/dev".into(),
-            sys: "/sys".into(),
             proc: "/proc".into(),
             ram_dir: crate::ram::RAM_DIR.into(),
             carried_dir: crate::ram::CARRIED_DIR.into(),
@@ -174,26 +151,22 @@ fn failed(what: &str, e: AgentRunError) -> ProvisionError {
     }
 }
 
-impl Provisioner<UbiVolumes> for AgentProvisioner {
-    fn provision(
-        &mut self,
-        s: &mut Session<'_, UbiVolumes>,
-    ) -> Result<Provisioned, ProvisionError> {
+impl<V: Volumes> Provisioner<V> for AgentProvisioner {
+    fn provision(&mut self, s: &mut Session<'_, V>) -> Result<Provisioned, ProvisionError> {
         let Some(link) = s.link else {
             return Ok(Provisioned::NoMaster {
                 waited: Duration::ZERO,
             });
         };
-        let Some(store) = s.store.as_deref_mut() else {
+        if s.store.is_none() {
             return Err(ProvisionError {
                 what: "the flash is unusable, so no plan can be stored (see the flash error above)"
                     .into(),
                 source: None,
             });
-        };
+        }
         let t = crate::boottime::now();
         let anchor = load_anchor(&self.trust_dir).map_err(|e| failed("no trust anchor", e))?;
-        let ubi = store.volumes_mut().ubi_num();
         let cfg = s.config;
         let mut sock = PacketSocket::open(
             &link.name,
@@ -237,14 +210,6 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
         let mut phase = BootPhase::PowerOn;
         let mut last_command = None;
         for _ in 0..=MAX_RESETS {
-            let vols = UbiVolumes::open(ubi, &self.dev, Sysfs::new(&self.sys))
-                .map_err(|source| failed("flash", AgentRunError::Ubi { ubi, source }))?;
-            let scfg = StoreConfig {
-                max_attempts: cfg.maxtries,
-                ..StoreConfig::default()
-            };
-            let (astore, _) = Store::open(vols, scfg)
-                .map_err(|source| failed("flash", AgentRunError::Store { ubi, source }))?;
             let mut nonce = [0u8; 16];
             let mut seed = [0u8; 8];
             random(&mut nonce)
@@ -270,8 +235,13 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                 identity.card_type,
                 identity.slot
             );
-            let mut agent =
-                Agent::new(acfg, astore, Instant::now()).with_last_command(last_command);
+            let Some(store) = s.store.take() else {
+                return Err(ProvisionError {
+                    what: "the flash store was not given back by the previous conversation".into(),
+                    source: None,
+                });
+            };
+            let mut agent = Agent::new(acfg, store, Instant::now()).with_last_command(last_command);
             match crate::ram::open(&self.carried_dir, &self.ram_dir, &self.proc) {
                 Ok(ram) => agent = agent.with_ram_store(ram),
                 Err(e) => log::warn!(
@@ -282,12 +252,22 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
             if let Some(t) = setup.take() {
                 crate::boottime::step("agent store", t);
             }
-            let decision = drive(&mut agent, &mut sock, &link.name, cfg.hold)
-                .map_err(|e| failed("agent", e))?;
+            let mut seat = [Seat::new(agent, ())];
+            let decided = drive(&mut seat, &mut sock, &link.name, cfg.hold);
+            let [seat] = seat;
+            let agent = seat.into_agent();
             let c = *agent.counters();
             log::info!("agent: counters {c:?}");
             last_command = agent.last_command();
             let (mut fresh, ram) = agent.into_stores();
+            let decision = match decided {
+                Ok(d) => d,
+                Err(e) => {
+                    // The session keeps the store: the flow boots the committed set.
+                    s.store = Some(fresh);
+                    return Err(failed("agent", e));
+                }
+            };
             match decision {
                 Decision::Reset { phase: p } => {
                     if p == BootPhase::WarmBoot {
@@ -297,6 +277,7 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                     }
                     log::info!("agent: the master ordered a reset ({p:?}): soliciting again");
                     phase = p;
+                    s.store = Some(fresh);
                 }
                 Decision::Boot {
                     set,
@@ -310,7 +291,7 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                         hex(&set.digest),
                         set.artifacts.len()
                     );
-                    *store = fresh;
+                    s.store = Some(fresh);
                     return test_set(ram, &set, &self.carried_dir, &self.ram_dir)
                         .map_err(|e| failed("test mode", e));
                 }
@@ -339,13 +320,13 @@ impl Provisioner<UbiVolumes> for AgentProvisioner {
                             ),
                         }
                     }
-                    *store = fresh;
+                    s.store = Some(fresh);
                     return Ok(if autonomous {
                         Provisioned::NoMaster {
                             waited: started.elapsed(),
                         }
                     } else {
-                        Provisioned::Committed
+                        Provisioned::Committed { set }
                     });
                 }
             }
@@ -397,148 +378,57 @@ fn test_set(
     })
 }
 
-/// Runs the agent until it decided and finished its sends (a held agent is driven until
-/// the master's WarmBoot or the end of its hold). Returns the decision.
-fn drive(
-    agent: &mut Agent<UbiVolumes>,
+/// Runs the agent (card's driver over the backplane socket) until it decided and
+/// finished its sends (a held agent is driven until the master's WarmBoot or the end of
+/// its hold). Returns the decision.
+fn drive<V: Volumes>(
+    seat: &mut [Seat<V>; 1],
     sock: &mut PacketSocket,
     iface: &str,
     hold: Duration,
 ) -> Result<Decision, AgentRunError> {
-    let mut decision = None;
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut driver = Driver::new(sock);
     let mut last_progress = None;
     let mut held = false;
     let mut first_sent = false;
     loop {
-        let now = Instant::now();
-        if agent.next_deadline().is_some_and(|d| d <= now) {
-            let o = agent.tick(now);
-            apply(o, sock, &mut out, &mut decision);
-        }
-        if !first_sent && !out.is_empty() {
+        driver.tick(seat);
+        if !first_sent && driver.frames_sent() > 0 {
             first_sent = true;
-            send_all(sock, &mut out);
             log::info!(
                 "agent: first Solicit sent (monotonic {:.6} s)",
-                crate::pid1::monotonic_secs()
+                crate::boottime::monotonic_secs()
             );
             crate::boottime::first_solicit();
         }
-        send_all(sock, &mut out);
-        if !held && agent.phase() == Phase::Held {
+        let [s] = &mut *seat;
+        if !held && s.agent.phase() == Phase::Held {
             held = true;
             log::info!(
                 "SHELFBOOT: set committed; holding for the master's warm boot (up to {} s)",
                 hold.as_secs()
             );
         }
-        if let Some(p) = agent.fetch_progress()
+        if let Some(p) = s.agent.fetch_progress()
             && last_progress
                 .is_none_or(|(at, _): (Instant, u64)| at.elapsed() >= Duration::from_secs(2))
         {
             log::info!("agent: fetched {} of {} bytes", p.0, p.1);
             last_progress = Some((Instant::now(), p.0));
         }
-        if (agent.phase() == Phase::Done || agent.next_deadline().is_none())
-            && let Some(d) = decision.take()
+        if (s.agent.phase() == Phase::Done || s.agent.next_deadline().is_none())
+            && let Some(d) = s.decision.take()
         {
             return Ok(d);
         }
-        let wait = agent
-            .next_deadline()
-            .map_or(MAX_WAIT, |d| d.saturating_duration_since(Instant::now()))
-            .min(MAX_WAIT);
-        let n = sock
-            .recv_batch(&mut |f: &[u8], _| frames.push(f.to_vec()), wait)
+        let wait = Driver::<PacketSocket>::wait(&seat[..], Instant::now(), MAX_WAIT);
+        driver
+            .receive(seat, wait)
             .map_err(|source| AgentRunError::Receive {
                 iface: iface.to_string(),
                 source,
             })?;
-        if n == 0 {
-            continue;
-        }
-        for f in frames.drain(..) {
-            let o = agent.handle_frame(Instant::now(), &f);
-            apply(o, sock, &mut out, &mut decision);
-        }
-        send_all(sock, &mut out);
     }
-}
-
-fn apply(
-    outputs: Vec<Output>,
-    sock: &mut PacketSocket,
-    out: &mut Vec<Vec<u8>>,
-    decision: &mut Option<Decision>,
-) {
-    for o in outputs {
-        match o {
-            Output::Send(f) => out.push(f),
-            Output::JoinGroup(g) => {
-                if let Err(e) = sock.join(shelfboot_netio::MacAddr(g.0)) {
-                    log::error!("agent: joining group {g}: {}", crate::error_chain(&e));
-                }
-            }
-            Output::LeaveGroup(g) => {
-                if let Err(e) = sock.leave(shelfboot_netio::MacAddr(g.0)) {
-                    log::warn!("agent: leaving group {g}: {}", crate::error_chain(&e));
-                }
-            }
-            Output::Decision(d) => *decision = Some(d),
-        }
-    }
-}
-
-fn send_all(sock: &mut PacketSocket, out: &mut Vec<Vec<u8>>) {
-    if out.is_empty() {
-        return;
-    }
-    let refs: Vec<&[u8]> = out.iter().map(Vec::as_slice).collect();
-    if let Err(e) = sock.send_batch(&refs) {
-        log::error!("agent: send: {}", crate::error_chain(&e));
-    }
-    out.clear();
-}
-
-/// The command line a stored image is kexec'd with: the plan's, plus this card's own
-/// keys the plan cannot know (type from the command line, shelf, slot, features,
-/// interface, master timeout, prepare hold), each unless the plan sets it already.
-pub fn carried_cmdline(cfg: &Config, plan: &str) -> String {
-    let mut keys: Vec<(&str, String)> = Vec::new();
-    if cfg.card_source == Source::Cmdline {
-        keys.push(("card", cfg.card.clone()));
-    }
-    if let Some(s) = cfg.shelf {
-        keys.push(("shelf", s.to_string()));
-    }
-    if let Some(s) = cfg.slot {
-        keys.push(("slot", s.to_string()));
-    }
-    if !cfg.features.is_empty() {
-        keys.push(("features", cfg.features.join(",")));
-    }
-    if let Some(i) = &cfg.iface {
-        keys.push(("iface", i.clone()));
-    }
-    if cfg.master_timeout != Config::default().master_timeout {
-        keys.push((
-            "master_timeout",
-            format!("{}ms", cfg.master_timeout.as_millis()),
-        ));
-    }
-    if cfg.hold != Config::default().hold {
-        keys.push(("hold", format!("{}ms", cfg.hold.as_millis())));
-    }
-    let mut out = plan.trim().to_string();
-    for (k, v) in keys {
-        let prefix = format!("shelfboot.{k}=");
-        if !plan.split_whitespace().any(|w| w.starts_with(&prefix)) {
-            out.push_str(&format!(" {prefix}{v}"));
-        }
-    }
-    out
 }
 
 fn random(buf: &mut [u8]) -> Result<(), AgentRunError> {
@@ -654,38 +544,6 @@ mod tests {
             load_anchor(&t.path().join("missing")),
             Err(AgentRunError::ReadAnchor { .. })
         ));
-    }
-
-    #[test]
-    fn stored_cmdline_carries_the_card_identity_but_not_over_the_plan() {
-        let cfg = Config {
-            card: "lc100".into(),
-            card_source: Source::Cmdline,
-            slot: Some(3),
-            features: vec!["diag".into(), "x".into()],
-            ..Config::default()
-        };
-        let t = Config {
-            master_timeout: Duration::from_secs(60),
-            ..cfg.clone()
-        };
-        assert!(carried_cmdline(&t, "").ends_with(" shelfboot.master_timeout=60000ms"));
-        let h = Config {
-            hold: Duration::from_secs(90),
-            ..cfg.clone()
-        };
-        assert!(carried_cmdline(&h, "").ends_with(" shelfboot.hold=90000ms"));
-        assert!(!carried_cmdline(&h, "shelfboot.hold=5").contains("90000ms"));
-        let c = carried_cmdline(&cfg, "console=ttyS0 shelfboot.slot=9");
-        assert_eq!(
-            c,
-            "console=ttyS0 shelfboot.slot=9 shelfboot.card=lc100 shelfboot.features=diag,x"
-        );
-        let dmi = Config {
-            card_source: Source::Dmi,
-            ..cfg
-        };
-        assert!(!carried_cmdline(&dmi, "").contains("shelfboot.card="));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The newc ("070701") cpio format: a writer that produces byte-identical archives and a
-//! reader used by `mkinitramfs list` and by the tests.
+//! The newc ("070701") cpio format: one streaming writer that produces byte-identical
+//! archives (the image builder's, in memory, and init's, appending a directory to the
+//! next kernel's initramfs file) and a reader used by `mkinitramfs list` and by the tests.
 //!
 //! What it does: writes entries in the order given (the caller sorts; see `tree`), with
 //! 4-byte padding after each header+name and after each body, hard links as one inode
@@ -9,6 +10,7 @@
 //! device nodes (the card's init mounts devtmpfs), or compression (see `compress`).
 
 use std::fmt::Write as _;
+use std::io::{Read, Write};
 
 /// Magic of the newc format (no checksum).
 pub const MAGIC: &[u8; 6] = b"070701";
@@ -56,7 +58,23 @@ pub enum NewcError {
         /// Entry name.
         name: String,
         /// Its length.
-        len: usize,
+        len: u64,
+    },
+    /// Writing the archive failed (disk or tmpfs full?).
+    #[error("cannot write the cpio archive")]
+    Write {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Copying an entry's content into the archive failed.
+    #[error("cannot copy the content of cpio entry {name}")]
+    Copy {
+        /// Entry name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// A name contains a NUL byte or is empty.
     #[error("cpio entry name {name:?} is empty or contains NUL; fix the destination path")]
@@ -98,20 +116,113 @@ pub enum NewcError {
     },
 }
 
-/// Streaming newc writer into a byte vector.
-#[derive(Debug, Default)]
-pub struct Writer {
-    out: Vec<u8>,
+/// Streaming newc writer into any [`Write`]: a byte vector ([`Writer::new`], the image
+/// builder) or a file being appended to ([`Writer::append_to`], init carrying a directory
+/// across kexec). Bodies come from a slice ([`Writer::push`]) or are copied from a reader
+/// without being held whole ([`Writer::push_from`]).
+#[derive(Debug)]
+pub struct Writer<W = Vec<u8>> {
+    out: W,
+    /// Offset in `out` (bytes before this writer's first byte count: padding is absolute).
+    at: u64,
 }
 
-impl Writer {
-    /// An empty archive.
+impl Default for Writer<Vec<u8>> {
+    fn default() -> Self {
+        Self {
+            out: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Writer<Vec<u8>> {
+    /// An empty archive in memory.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Appends one entry; `body` is the file content or the symlink target.
+    /// Appends the trailer and returns the archive.
+    pub fn finish(mut self) -> Vec<u8> {
+        // The trailer name is valid and a vector accepts every write, so this cannot fail.
+        let _ = self.trailer();
+        self.out
+    }
+}
+
+impl<W: Write> Writer<W> {
+    /// A writer that appends a new archive member to `out`, which already holds `at`
+    /// bytes: zero padding first brings it to the 4-byte boundary an uncompressed member
+    /// must start on (the kernel skips zeros between members).
+    pub fn append_to(out: W, at: u64) -> Result<Self, NewcError> {
+        let mut w = Self { out, at };
+        w.pad()?;
+        Ok(w)
+    }
+
+    /// Bytes written to the output so far, counting the `at` it started from.
+    pub fn offset(&self) -> u64 {
+        self.at
+    }
+
+    /// Appends one entry; `body` is the file content or the symlink target. The header's
+    /// `filesize` is ignored: the body's length is written.
     pub fn push(&mut self, name: &str, header: &Header, body: &[u8]) -> Result<(), NewcError> {
+        self.put_header(name, header, body.len() as u64)?;
+        self.put(body)?;
+        self.pad()
+    }
+
+    /// Appends one regular-file entry whose `len` bytes of content are copied from `body`
+    /// (in chunks, never held whole). A body shorter than `len` is an error naming the
+    /// entry (the file changed while it was archived).
+    pub fn push_from(
+        &mut self,
+        name: &str,
+        header: &Header,
+        len: u64,
+        body: &mut dyn Read,
+    ) -> Result<(), NewcError> {
+        self.put_header(name, header, len)?;
+        let copied = std::io::copy(&mut body.take(len), &mut self.out).map_err(|source| {
+            NewcError::Copy {
+                name: name.into(),
+                source,
+            }
+        })?;
+        self.at += copied;
+        if copied != len {
+            return Err(NewcError::Copy {
+                name: name.into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{copied} of {len} bytes: it changed size while being archived"),
+                ),
+            });
+        }
+        self.pad()
+    }
+
+    /// Appends the `TRAILER!!!` entry that ends the archive member.
+    pub fn trailer(&mut self) -> Result<(), NewcError> {
+        let header = Header {
+            ino: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            mtime: 0,
+            filesize: 0,
+        };
+        self.push(TRAILER, &header, &[])
+    }
+
+    /// The output, to flush or sync it.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn put_header(&mut self, name: &str, header: &Header, len: u64) -> Result<(), NewcError> {
         if name.is_empty() || name.contains('\0') {
             return Err(NewcError::BadName { name: name.into() });
         }
@@ -119,8 +230,8 @@ impl Writer {
             name: name.into(),
             len,
         };
-        let filesize = u32::try_from(body.len()).map_err(|_| too_large(body.len()))?;
-        let namesize = u32::try_from(name.len() + 1).map_err(|_| too_large(name.len()))?;
+        let filesize = u32::try_from(len).map_err(|_| too_large(len))?;
+        let namesize = u32::try_from(name.len() + 1).map_err(|_| too_large(name.len() as u64))?;
         let mut h = String::with_capacity(HEADER_LEN);
         h.push_str("070701");
         for v in [
@@ -141,35 +252,23 @@ impl Writer {
             // Writing into a String cannot fail.
             let _ = write!(h, "{v:08x}");
         }
-        self.out.extend_from_slice(h.as_bytes());
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.push(0);
-        self.pad();
-        self.out.extend_from_slice(body);
-        self.pad();
+        self.put(h.as_bytes())?;
+        self.put(name.as_bytes())?;
+        self.put(&[0])?;
+        self.pad()
+    }
+
+    fn put(&mut self, b: &[u8]) -> Result<(), NewcError> {
+        self.out
+            .write_all(b)
+            .map_err(|source| NewcError::Write { source })?;
+        self.at += b.len() as u64;
         Ok(())
     }
 
-    /// Appends the trailer and returns the archive.
-    pub fn finish(mut self) -> Vec<u8> {
-        let header = Header {
-            ino: 0,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            mtime: 0,
-            filesize: 0,
-        };
-        // The trailer name is valid and empty, so push cannot fail.
-        let _ = self.push(TRAILER, &header, &[]);
-        self.out
-    }
-
-    fn pad(&mut self) {
-        while !self.out.len().is_multiple_of(4) {
-            self.out.push(0);
-        }
+    fn pad(&mut self) -> Result<(), NewcError> {
+        let n = usize::try_from((4 - self.at % 4) % 4).unwrap_or(0);
+        self.put(&[0u8; 3][..n])
     }
 }
 
@@ -345,6 +444,39 @@ mod tests {
             read(&out[..124]),
             Err(NewcError::NoTrailer { .. })
         ));
+    }
+
+    #[test]
+    fn appended_member_is_aligned_and_streams_its_bodies() {
+        let mut out = b"gzip-bytes".to_vec(); // 10 bytes: 2 of padding before the member
+        let start = out.len() as u64;
+        let mut w = Writer::append_to(&mut out, start).unwrap();
+        w.push("d", &hdr(1, S_IFDIR | 0o755, 0), b"").unwrap();
+        let body = vec![9u8; 70_000];
+        w.push_from(
+            "d/f",
+            &hdr(2, S_IFREG | 0o644, 0),
+            70_000,
+            &mut body.as_slice(),
+        )
+        .unwrap();
+        w.trailer().unwrap();
+        let end = w.offset();
+        assert_eq!(end, out.len() as u64);
+        assert_eq!(&out[..12], b"gzip-bytes\0\0");
+        let entries = read(&out[12..]).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].name, "d/f");
+        assert_eq!(entries[1].body, body);
+        // A body shorter than announced is an error naming the entry.
+        let mut w = Writer::new();
+        let err = w
+            .push_from("short", &hdr(1, S_IFREG, 0), 5, &mut &b"abc"[..])
+            .unwrap_err();
+        assert!(
+            matches!(err, NewcError::Copy { ref name, .. } if name == "short"),
+            "{err}"
+        );
     }
 
     #[test]

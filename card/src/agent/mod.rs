@@ -60,6 +60,7 @@ use shelfboot_proto::msg::{
 };
 use shelfboot_proto::sign::SignError;
 
+use crate::boot::handoff_of;
 use crate::flash::inventory::SetRecord;
 use crate::flash::{FileVolumes, Store, StoreError, VolumeErrorKind, Volumes};
 use fetch::Fetching;
@@ -863,15 +864,6 @@ impl<V: Volumes> Agent<V> {
                 // remember on the card beyond this boot.
             }
         }
-    }
-}
-
-/// kexec if the set has a boot image, else switch_root into its packages.
-fn handoff_of(set: &SetRecord) -> Handoff {
-    if set.boot_image().is_some() {
-        Handoff::Kexec
-    } else {
-        Handoff::SwitchRoot
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use shelfboot_proto::frame::{Header, Link, MacAddr};
 use shelfboot_proto::msg::{
     Action, Arch, ArtifactKind, ArtifactRef, BootPhase, CommandBody, ErrorReason, Handoff, Join,
@@ -53,14 +52,9 @@ pub(super) fn content(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A version-1.0 artifact reference of `data` (its real sha256 and length).
 pub(super) fn artifact(kind: ArtifactKind, name: &str, data: &[u8]) -> ArtifactRef {
-    ArtifactRef {
-        kind,
-        name: name.into(),
-        version: "1.0".into(),
-        sha256: Sha256::digest(data).into(),
-        size: data.len() as u64,
-    }
+    shelfboot_proto::samples::artifact_of(kind, name, "1.0", data)
 }
 
 /// The fixture set: a boot image and a package.

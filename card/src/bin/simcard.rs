@@ -10,141 +10,140 @@
 //!
 //! Card i (1-based) gets MAC base + i, slot i, the i-th type of `--types` (round robin)
 //! and flash in `DIR/card-<i>` (kept between runs: a second run is a warm boot). Exit
-//! status 0 when every card decided to boot, 1 otherwise, 2 on bad arguments.
+//! status 0 when every card decided to boot, 1 otherwise, 2 on bad arguments (clap's
+//! usage error, or an unreadable trust anchor). `--help` lists every flag.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use clap::Parser;
 use shelfboot_card::agent::Timers;
 use shelfboot_card::sim::{self, SimCard, SimConfig};
 use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::{Arch, BootPhase};
 use shelfboot_proto::sign::TrustAnchor;
 
-const USAGE: &str = "usage: simcard --iface IF --anchor FILE --dir DIR [--cards N] \
-[--types TYPE:ARCH,...] [--base-mac MAC] [--features F,...] [--phase on|warm|reset] \
-[--timeout SECS] [--leb BYTES] [--lebs N] [--report FILE] [--json]";
+/// Run N simulated cards (card agents with file-backed flash) on one interface, then print
+/// where each ended up.
+#[derive(Debug, Parser)]
+#[command(name = "simcard", version)]
+struct Args {
+    /// Interface the cards talk on (run as root in the namespace that has it).
+    #[arg(long, value_name = "IF")]
+    iface: String,
+    /// The master's trust anchor (STATE/plan.anchor).
+    #[arg(long, value_name = "FILE")]
+    anchor: PathBuf,
+    /// Directory of the cards' flash: card i in DIR/card-<i>, kept between runs.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Number of cards.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cards: usize,
+    /// Card types with their architecture, given round robin.
+    #[arg(long, value_name = "TYPE:ARCH,...", value_delimiter = ',', value_parser = parse_type,
+          default_value = "lc100:x86_64")]
+    types: Vec<(String, Arch)>,
+    /// Card i gets MAC base + i.
+    #[arg(long = "base-mac", value_name = "MAC", value_parser = parse_mac,
+          default_value = "02:5c:00:00:00:00")]
+    base_mac: MacAddr,
+    /// Features every card asks for.
+    #[arg(long, value_name = "F,...", value_delimiter = ',')]
+    features: Vec<String>,
+    /// Boot phase of the first Solicit: on, warm or reset.
+    #[arg(long, value_name = "on|warm|reset", value_parser = parse_phase, default_value = "on")]
+    phase: BootPhase,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+    /// Flash geometry of a fresh card: LEB size in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024)]
+    leb: u64,
+    /// Flash geometry of a fresh card: number of LEBs.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    lebs: u64,
+    /// Write the reports here (JSON) as they change.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Print the reports as JSON.
+    #[arg(long)]
+    json: bool,
+}
 
 /// The netio parser (six hex octets), as the protocol crate's address type.
 fn parse_mac(s: &str) -> Result<MacAddr, String> {
     s.parse::<shelfboot_netio::MacAddr>()
         .map(|m| MacAddr(m.0))
-        .map_err(|e| format!("--base-mac: {e}"))
+        .map_err(|e| e.to_string())
 }
 
-fn parse_arch(s: &str) -> Option<Arch> {
-    match s {
-        "x86_64" => Some(Arch::X86_64),
-        "aarch64" => Some(Arch::Aarch64),
-        _ => None,
+fn parse_type(t: &str) -> Result<(String, Arch), String> {
+    let (ty, ar) = t.split_once(':').unwrap_or((t, "x86_64"));
+    let arch = match ar {
+        "x86_64" => Arch::X86_64,
+        "aarch64" => Arch::Aarch64,
+        _ => return Err(format!("unknown arch {ar:?} (x86_64, aarch64)")),
+    };
+    Ok((ty.to_owned(), arch))
+}
+
+fn parse_phase(p: &str) -> Result<BootPhase, String> {
+    match p {
+        "on" => Ok(BootPhase::PowerOn),
+        "warm" => Ok(BootPhase::WarmBoot),
+        "reset" => Ok(BootPhase::AfterReset),
+        _ => Err(format!("unknown phase {p:?} (on, warm, reset)")),
     }
 }
 
-fn config(args: &[String]) -> Result<(SimConfig, bool), String> {
-    let mut iface = None;
-    let mut anchor = None;
-    let mut dir = None;
-    let mut cards = 1usize;
-    let mut types = vec![("lc100".to_owned(), Arch::X86_64)];
-    let mut base = MacAddr([0x02, 0x5c, 0, 0, 0, 0]);
-    let mut features = Vec::new();
-    let mut phase = BootPhase::PowerOn;
-    let mut timeout = 60u64;
-    let mut leb = 128 * 1024u64;
-    let mut lebs = 1024u64;
-    let mut report = None;
-    let mut json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--iface" => iface = Some(val()?),
-            "--anchor" => anchor = Some(PathBuf::from(val()?)),
-            "--dir" => dir = Some(PathBuf::from(val()?)),
-            "--cards" => cards = val()?.parse().map_err(|_| "--cards: not a number")?,
-            "--types" => {
-                types = val()?
-                    .split(',')
-                    .map(|t| {
-                        let (ty, ar) = t.split_once(':').unwrap_or((t, "x86_64"));
-                        parse_arch(ar)
-                            .map(|ar| (ty.to_owned(), ar))
-                            .ok_or(format!("--types: unknown arch {ar:?} (x86_64, aarch64)"))
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
-            "--base-mac" => base = parse_mac(&val()?)?,
-            "--features" => features = val()?.split(',').map(str::to_owned).collect(),
-            "--phase" => {
-                phase = match val()?.as_str() {
-                    "on" => BootPhase::PowerOn,
-                    "warm" => BootPhase::WarmBoot,
-                    "reset" => BootPhase::AfterReset,
-                    p => return Err(format!("--phase: unknown phase {p:?}")),
-                }
-            }
-            "--timeout" => timeout = val()?.parse().map_err(|_| "--timeout: not a number")?,
-            "--leb" => leb = val()?.parse().map_err(|_| "--leb: not a number")?,
-            "--lebs" => lebs = val()?.parse().map_err(|_| "--lebs: not a number")?,
-            "--report" => report = Some(PathBuf::from(val()?)),
-            "--json" => json = true,
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    let iface = iface.ok_or("--iface is required")?;
-    let anchor_path = anchor.ok_or("--anchor is required")?;
-    let dir = dir.ok_or("--dir is required")?;
-    let bytes = std::fs::read(&anchor_path)
-        .map_err(|e| format!("reading trust anchor {}: {e}", anchor_path.display()))?;
+fn config(a: &Args) -> Result<SimConfig, String> {
+    let bytes = std::fs::read(&a.anchor)
+        .map_err(|e| format!("reading trust anchor {}: {e}", a.anchor.display()))?;
     let anchor = TrustAnchor::from_bytes(&bytes)
-        .map_err(|e| format!("trust anchor {}: {e}", anchor_path.display()))?;
+        .map_err(|e| format!("trust anchor {}: {e}", a.anchor.display()))?;
+    let base = a.base_mac;
     let base_n = u64::from_be_bytes([
         0, 0, base.0[0], base.0[1], base.0[2], base.0[3], base.0[4], base.0[5],
     ]);
-    let cards = (1..=cards)
+    let cards = (1..=a.cards)
         .map(|i| {
             let n = (base_n + i as u64).to_be_bytes();
-            let (card_type, arch) = types[(i - 1) % types.len()].clone();
+            let (card_type, arch) = a.types[(i - 1) % a.types.len()].clone();
             SimCard {
                 mac: MacAddr([n[2], n[3], n[4], n[5], n[6], n[7]]),
                 card_type,
                 arch,
                 shelf: 1,
                 slot: u16::try_from(i).unwrap_or(u16::MAX),
-                features: features.clone(),
-                dir: dir.join(format!("card-{i}")),
+                features: a.features.clone(),
+                dir: a.dir.join(format!("card-{i}")),
             }
         })
         .collect();
-    Ok((
-        SimConfig {
-            iface,
-            ethertype: shelfboot_proto::DEFAULT_ETHERTYPE,
-            anchor,
-            cards,
-            leb_size: leb,
-            total_lebs: lebs,
-            phase,
-            timers: Timers::default(),
-            timeout: Duration::from_secs(timeout),
-            report,
-        },
-        json,
-    ))
+    Ok(SimConfig {
+        iface: a.iface.clone(),
+        ethertype: shelfboot_proto::DEFAULT_ETHERTYPE,
+        anchor,
+        cards,
+        leb_size: a.leb,
+        total_lebs: a.lebs,
+        phase: a.phase,
+        timers: Timers::default(),
+        timeout: Duration::from_secs(a.timeout),
+        report: a.report.clone(),
+    })
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let (cfg, json) = match config(&args) {
+    let args = Args::parse();
+    let json = args.json;
+    let cfg = match config(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("simcard: {e}\n{USAGE}");
+            eprintln!("simcard: {e}");
             return ExitCode::from(2);
         }
     };

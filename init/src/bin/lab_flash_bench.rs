@@ -1,6 +1,6 @@
 //! `shelfboot-flash-bench` (feature `lab`): a QEMU-lab PID 1 that times init's UBI writer
 //! against mtd-utils' `ubiupdatevol` writing the same file into the same kind of volume on
-//! the same flash, inside one boot (issue 7 item 6; driven by shelfboot-bench's `flash`
+//! the same flash, inside one boot (driven by shelfboot-bench's `flash`
 //! scenario, docs/benchmarks.md). It is never shipped and never talks to the network.
 //!
 //! It runs init's own flow (mounts, load.list modules, UBI attach of mtd0, card's Store
@@ -169,7 +169,7 @@ impl Provisioner<UbiVolumes> for FlashBench {
     ) -> Result<Provisioned, ProvisionError> {
         let store = s
             .store
-            .as_deref_mut()
+            .as_mut()
             .ok_or_else(|| plain("no flash store (is nandsim in load.list?)".into()))?;
         let size = std::fs::metadata(DATA)
             .map_err(|e| perr(format!("stat {DATA}"), e))?

@@ -3,7 +3,7 @@
 //! flash to hand-off: UBI attach, card's Store over `UbiVolumes` (create, update, read,
 //! one multi-volume rename), boot counting, kexec into the committed boot image and
 //! switch_root into the committed packages. It is NOT the product's provisioner (that is
-//! the card agent of issue 4) and never talks to the network.
+//! the card agent, [`shelfboot_init::provision::AgentProvisioner`]) and never talks to the network.
 //!
 //! `/lab/set/manifest`, one artifact per line, then the boot command line:
 //!
@@ -99,7 +99,7 @@ impl Provisioner<UbiVolumes> for LocalSet {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 log::info!("lab: no {MANIFEST}: booting what flash holds");
-                return Ok(Provisioned::Committed);
+                return committed(s.store.as_ref());
             }
             Err(e) => return Err(perr(format!("cannot read {MANIFEST}"), e)),
         };
@@ -122,14 +122,14 @@ impl Provisioner<UbiVolumes> for LocalSet {
         let refs: Vec<ArtifactRef> = arts.iter().map(|(r, _)| r.clone()).collect();
         let store: &mut Store<UbiVolumes> = s
             .store
-            .as_deref_mut()
+            .as_mut()
             .ok_or_else(|| plain("no flash store".into()))?;
         let check = store
             .check(&refs, &cmdline)
             .map_err(|e| perr("plan check".into(), e))?;
         if check.up_to_date {
             log::info!("lab: flash already holds the manifest's set: validate only");
-            return Ok(Provisioned::Committed);
+            return committed(Some(store));
         }
         let check = store
             .begin(&refs, &cmdline)
@@ -150,8 +150,19 @@ impl Provisioner<UbiVolumes> for LocalSet {
         }
         let inv = store.commit().map_err(|e| perr("commit".into(), e))?;
         log::info!("lab: committed set generation {}", inv.generation);
-        Ok(Provisioned::Committed)
+        Ok(Provisioned::Committed { set: inv.set })
     }
+}
+
+/// Boot the set flash holds (as a master's Continue would); nothing committed is an error,
+/// after which the flow finds nothing to boot.
+fn committed(store: Option<&Store<UbiVolumes>>) -> Result<Provisioned, ProvisionError> {
+    let inv = store
+        .and_then(Store::inventory)
+        .ok_or_else(|| plain("flash holds no committed set".into()))?;
+    Ok(Provisioned::Committed {
+        set: inv.set.clone(),
+    })
 }
 
 fn main() -> std::process::ExitCode {

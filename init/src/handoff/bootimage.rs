@@ -2,48 +2,38 @@
 //! regular files kexec_file_load needs.
 //!
 //! The container format is owned by `shelfboot-mkinitramfs` (`bootimage.rs`, documented
-//! in docs/lab.md); this is a mirror of its header parser (init must not link
-//! mkinitramfs: it pulls C compression libraries that do not cross-build for a static
-//! aarch64 target). A test cross-checks the mirror against mkinitramfs's builder. The
-//! sections are streamed in bounded chunks and their sha256 checked before the files are
-//! used. Not here: building images, signature checks (the image is an artifact of a
-//! signed, already verified set).
+//! in docs/lab.md): its header parser ([`parse_header`]) is the one used here, linked
+//! without mkinitramfs's default features (no C compression libraries, so the static
+//! init still cross-builds for aarch64). The sections are streamed in bounded chunks and
+//! their sha256 checked before the files are used. Not here: building images, signature
+//! checks (the image is an artifact of a signed, already verified set).
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use shelfboot_mkinitramfs::bootimage::{HEADER_LEN, parse_header};
 
-/// Container magic.
-pub const MAGIC: &[u8; 8] = b"SHBOOTIM";
-/// Header length.
-pub const HEADER_LEN: usize = 144;
-const MAX_CMDLINE: u32 = 4096;
 const CHUNK: usize = 64 * 1024;
-
-/// Parsed header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    /// Kernel length.
-    pub kernel_len: u64,
-    /// Initramfs length.
-    pub initramfs_len: u64,
-    /// Command-line length.
-    pub cmdline_len: u32,
-    sha: [[u8; 32]; 3],
-}
 
 /// Errors extracting a boot image.
 #[derive(Debug, thiserror::Error)]
 pub enum BootImageError {
-    /// Not a version-1 container.
-    #[error("volume {volume} does not hold a version-1 shelfboot boot image ({what})")]
-    Format {
+    /// The header is not that of a version-1 container.
+    #[error("volume {volume} does not hold a version-1 shelfboot boot image")]
+    Header {
         /// Volume name.
         volume: String,
-        /// What is wrong.
-        what: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: shelfboot_mkinitramfs::bootimage::BootImageError,
+    },
+    /// The command line is not UTF-8.
+    #[error("boot image volume {volume}: the command line is not UTF-8")]
+    Cmdline {
+        /// Volume name.
+        volume: String,
     },
     /// Reading the volume failed.
     #[error("cannot read {section} of boot image volume {volume}")]
@@ -85,56 +75,6 @@ pub enum BootImageError {
     },
 }
 
-fn le_u32(b: &[u8; HEADER_LEN], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8; HEADER_LEN], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
-}
-
-/// Parses the 144-byte header.
-pub fn parse_header(b: &[u8; HEADER_LEN], volume: &str) -> Result<Header, BootImageError> {
-    let bad = |what| BootImageError::Format {
-        volume: volume.to_string(),
-        what,
-    };
-    if b.get(..8) != Some(&MAGIC[..]) {
-        return Err(bad("no SHBOOTIM magic"));
-    }
-    if le_u32(b, 8) != 1 {
-        return Err(bad("unsupported version"));
-    }
-    if le_u32(b, 12) != 144 || le_u32(b, 36) != 0 || le_u64(b, 136) != 0 {
-        return Err(bad("malformed header"));
-    }
-    let mut sha = [[0u8; 32]; 3];
-    for (i, s) in sha.iter_mut().enumerate() {
-        if let Some(src) = b.get(104 - 32 * (2 - i)..136 - 32 * (2 - i)) {
-            s.copy_from_slice(src);
-        }
-    }
-    // order in the header: kernel @40, initramfs @72, cmdline @104
-    let h = Header {
-        kernel_len: le_u64(b, 16),
-        initramfs_len: le_u64(b, 24),
-        cmdline_len: le_u32(b, 32),
-        sha,
-    };
-    if h.cmdline_len > MAX_CMDLINE {
-        return Err(bad("command line longer than 4096 bytes"));
-    }
-    Ok(h)
-}
-
 /// What [`extract`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extracted {
@@ -158,7 +98,10 @@ where
 {
     let mut head = [0u8; HEADER_LEN];
     read_exact(volume, "header", &mut read_at, 0, &mut head)?;
-    let h = parse_header(&head, volume)?;
+    let h = parse_header(&head).map_err(|source| BootImageError::Header {
+        volume: volume.to_string(),
+        source,
+    })?;
     let mut cmd = vec![0u8; h.cmdline_len as usize];
     read_exact(
         volume,
@@ -167,17 +110,16 @@ where
         HEADER_LEN as u64,
         &mut cmd,
     )?;
-    if Sha256::digest(&cmd).as_slice() != h.sha[2] {
+    if Sha256::digest(&cmd).as_slice() != h.cmdline_sha256 {
         return Err(BootImageError::Digest {
             volume: volume.to_string(),
             section: "command line",
         });
     }
-    let cmdline = String::from_utf8(cmd).map_err(|_| BootImageError::Format {
+    let cmdline = String::from_utf8(cmd).map_err(|_| BootImageError::Cmdline {
         volume: volume.to_string(),
-        what: "command line is not UTF-8",
     })?;
-    let kernel_off = HEADER_LEN as u64 + u64::from(h.cmdline_len);
+    let kernel_off = h.kernel_offset();
     let kernel = dir.join("kernel");
     let initramfs = dir.join("initramfs");
     copy_section(
@@ -186,22 +128,18 @@ where
         &mut read_at,
         kernel_off,
         h.kernel_len,
-        &h.sha[0],
+        &h.kernel_sha256,
         &kernel,
     )?;
-    let initrd_off = kernel_off
-        .checked_add(h.kernel_len)
-        .ok_or(BootImageError::Format {
-            volume: volume.to_string(),
-            what: "section lengths overflow",
-        })?;
+    // parse_header refused lengths that overflow.
+    let initrd_off = h.initramfs_offset();
     copy_section(
         volume,
         "initramfs",
         &mut read_at,
         initrd_off,
         h.initramfs_len,
-        &h.sha[1],
+        &h.initramfs_sha256,
         &initramfs,
     )?;
     Ok(Extracted {
@@ -330,6 +268,7 @@ mod tests {
             "{err}"
         );
         let err = extract("sb.boot", reader(vec![0xFF; 4096]), t.path()).unwrap_err();
-        assert!(err.to_string().contains("magic"), "{err}");
+        let err = crate::error_chain(&err);
+        assert!(err.contains("magic"), "{err}");
     }
 }

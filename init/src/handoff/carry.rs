@@ -16,11 +16,12 @@
 //! Entries: directories before their contents, sorted names, mode 0755 for directories
 //! and 0644 for files, uid/gid 0, mtime 0, one link each, distinct inode numbers. Only
 //! directories and regular files are copied (anything else is an error naming it). File
-//! contents are streamed, never held whole. Not here: reading archives (the kernel does),
-//! compression.
+//! contents are streamed, never held whole. The newc format itself is written by
+//! mkinitramfs's streaming writer (`shelfboot_mkinitramfs::newc::Writer`), the same one
+//! that builds the images. Not here: reading archives (the kernel does), compression.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Why the directory could not be carried.
@@ -44,6 +45,15 @@ pub enum CarryError {
         #[source]
         source: io::Error,
     },
+    /// Writing the archive member into the initramfs failed (tmpfs full?).
+    #[error("cannot append the carried directory to {path}")]
+    Archive {
+        /// The initramfs file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: NewcError,
+    },
     /// Something other than a file or directory (symlink, device) is in the directory.
     #[error("{path} is neither a regular file nor a directory: not carried")]
     Unsupported {
@@ -58,63 +68,39 @@ pub enum CarryError {
     },
 }
 
-const S_IFDIR: u32 = 0o040_000;
-const S_IFREG: u32 = 0o100_000;
+use shelfboot_mkinitramfs::newc::{self, NewcError, S_IFDIR, S_IFREG};
 
-struct Writer<'a> {
-    out: File,
+/// Walks the directory into mkinitramfs's streaming newc writer.
+struct Carrier<'a> {
+    w: newc::Writer<File>,
     path: &'a Path,
     ino: u32,
-    written: u64,
 }
 
-impl Writer<'_> {
-    fn put(&mut self, b: &[u8]) -> Result<(), CarryError> {
-        self.out.write_all(b).map_err(|source| CarryError::Write {
+impl Carrier<'_> {
+    fn write_err(&self) -> impl Fn(NewcError) -> CarryError + '_ {
+        move |source| CarryError::Archive {
             path: self.path.to_path_buf(),
             source,
-        })?;
-        self.written += b.len() as u64;
-        Ok(())
-    }
-
-    fn pad(&mut self) -> Result<(), CarryError> {
-        let n = (4 - (self.written % 4)) % 4;
-        self.put(&[0u8; 3][..usize::try_from(n).unwrap_or(0)])
-    }
-
-    /// One newc header + name (+ padding).
-    fn header(&mut self, name: &str, mode: u32, size: u64) -> Result<(), CarryError> {
-        self.ino += 1;
-        let namesize = name.len() + 1;
-        let size32 = u32::try_from(size).map_err(|_| CarryError::Write {
-            path: self.path.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::FileTooLarge, "newc entries are < 4 GiB"),
-        })?;
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            size32,
-            0,
-            0,
-            0,
-            0,
-            u32::try_from(namesize).unwrap_or(u32::MAX),
-            0,
-        ];
-        let mut h = String::with_capacity(110);
-        h.push_str("070701");
-        for f in fields {
-            h.push_str(&format!("{f:08x}"));
         }
-        self.put(h.as_bytes())?;
-        self.put(name.as_bytes())?;
-        self.put(&[0])?;
-        self.pad()
+    }
+
+    fn header(&mut self, mode: u32) -> newc::Header {
+        self.ino += 1;
+        newc::Header {
+            ino: self.ino,
+            mode,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            mtime: 0,
+            filesize: 0,
+        }
+    }
+
+    fn empty_dir(&mut self, name: &str) -> Result<(), CarryError> {
+        let h = self.header(S_IFDIR | 0o755);
+        self.w.push(name, &h, &[]).map_err(self.write_err())
     }
 
     fn file(&mut self, name: &str, src: &Path) -> Result<(), CarryError> {
@@ -124,25 +110,24 @@ impl Writer<'_> {
         };
         let mut f = File::open(src).map_err(read)?;
         let len = f.metadata().map_err(read)?.len();
-        self.header(name, S_IFREG | 0o644, len)?;
-        let copied = io::copy(&mut (&mut f).take(len), &mut self.out).map_err(|source| {
-            CarryError::Write {
-                path: self.path.to_path_buf(),
-                source,
+        let h = self.header(S_IFREG | 0o644);
+        match self.w.push_from(name, &h, len, &mut f) {
+            Ok(()) => Ok(()),
+            // The source file shrank under us: a read problem, named by its path.
+            Err(NewcError::Copy { source, .. })
+                if source.kind() == io::ErrorKind::UnexpectedEof =>
+            {
+                Err(read(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{src:?} changed size while being carried ({source})"),
+                )))
             }
-        })?;
-        if copied != len {
-            return Err(read(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{src:?} changed size while being carried ({copied} of {len} bytes)"),
-            )));
+            Err(e) => Err(self.write_err()(e)),
         }
-        self.written += len;
-        self.pad()
     }
 
     fn dir(&mut self, name: &str, src: &Path) -> Result<(), CarryError> {
-        self.header(name, S_IFDIR | 0o755, 0)?;
+        self.empty_dir(name)?;
         let read = |source| CarryError::Read {
             path: src.to_path_buf(),
             source,
@@ -184,39 +169,34 @@ pub fn append_dir(initramfs: &Path, src: &Path, dest: &str) -> Result<u64, Carry
             dest: dest.to_string(),
         });
     }
+    let write = |source| CarryError::Write {
+        path: initramfs.to_path_buf(),
+        source,
+    };
     let out = OpenOptions::new()
         .append(true)
         .open(initramfs)
-        .map_err(|source| CarryError::Write {
-            path: initramfs.to_path_buf(),
-            source,
-        })?;
-    let start = out
-        .metadata()
-        .map_err(|source| CarryError::Write {
-            path: initramfs.to_path_buf(),
-            source,
-        })?
-        .len();
-    let mut w = Writer {
-        out,
-        path: initramfs,
-        ino: 0x5b00_0000,
-        written: start,
-    };
+        .map_err(write)?;
+    let start = out.metadata().map_err(write)?.len();
     // The next member must start on a 4-byte boundary; zeros are skipped by the kernel.
-    w.pad()?;
-    let parts: Vec<&str> = rel.split('/').collect();
-    for i in 1..parts.len() {
-        w.header(&parts[..i].join("/"), S_IFDIR | 0o755, 0)?;
-    }
-    w.dir(rel, src)?;
-    w.header("TRAILER!!!", 0, 0)?;
-    w.out.sync_all().map_err(|source| CarryError::Write {
+    let w = newc::Writer::append_to(out, start).map_err(|source| CarryError::Archive {
         path: initramfs.to_path_buf(),
         source,
     })?;
-    Ok(w.written - start)
+    let mut c = Carrier {
+        w,
+        path: initramfs,
+        ino: 0x5b00_0000,
+    };
+    let parts: Vec<&str> = rel.split('/').collect();
+    for i in 1..parts.len() {
+        c.empty_dir(&parts[..i].join("/"))?;
+    }
+    c.dir(rel, src)?;
+    c.w.trailer().map_err(c.write_err())?;
+    let end = c.w.offset();
+    c.w.into_inner().sync_all().map_err(write)?;
+    Ok(end - start)
 }
 
 #[cfg(test)]

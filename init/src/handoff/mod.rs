@@ -24,8 +24,6 @@
 
 pub mod bootimage;
 pub mod carry;
-pub mod clean;
-pub mod exec;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! Walks from directory fds (`openat`/`fstatat`/`unlinkat`), never following symlinks and
 //! never descending into another filesystem (st_dev differs: /dev, /proc, the new root,
 //! ...). Every failure is a warning: a leftover file costs RAM, not correctness. Not here:
-//! deciding when it is safe (only after every mount was moved out, see `super`).
+//! deciding when it is safe (only after every mount was moved out, see `crate::handoff`).
 
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;

@@ -4,7 +4,7 @@
 //! volume fds must not leak into the new system), the environment is replaced by a fixed
 //! minimal one, SIGPIPE goes back to SIG_DFL (Rust set it to ignore, and that survives
 //! exec) and the signal mask is emptied (init blocks SIGCHLD for its signalfd). Not here:
-//! choosing the init path or the root (see `super`).
+//! choosing the init path or the root (see `crate::handoff`).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
