@@ -4,7 +4,8 @@
 //!
 //! Hex digits may be separated by whitespace or colons (as copied from a capture tool).
 //! Every frame is dumped; a frame that does not decode makes the command fail after the
-//! dump, naming the frame and why.
+//! dump, naming the frame and why. With `--json` the dump is one JSON array, an object per
+//! frame (`frame`, `len`, `dump`, and `rejected` when it does not decode).
 
 use std::io::Write;
 
@@ -41,10 +42,20 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, hex::FromHexError> {
     hex::decode(digits)
 }
 
-/// Dumps every frame of `frames` (hex) to `out`, numbered from 1. Fails on the first
-/// argument that is not hex (before dumping anything), or after the dump if a frame does
-/// not decode.
-pub fn run(frames: &[String], out: &mut dyn Write) -> Result<(), DecodeError> {
+/// One frame's dump in `--json` form.
+#[derive(Debug, serde::Serialize)]
+struct JsonDump {
+    frame: usize,
+    len: usize,
+    dump: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected: Option<String>,
+}
+
+/// Dumps every frame of `frames` (hex) to `out`, numbered from 1, as text or (`json`) one
+/// JSON array. Fails on the first argument that is not hex (before dumping anything), or
+/// after the dump if a frame does not decode.
+pub fn run(frames: &[String], json: bool, out: &mut dyn Write) -> Result<(), DecodeError> {
     let bytes = frames
         .iter()
         .enumerate()
@@ -56,14 +67,26 @@ pub fn run(frames: &[String], out: &mut dyn Write) -> Result<(), DecodeError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut first_rejection = None;
+    let mut dumps = Vec::new();
     for (i, frame) in bytes.iter().enumerate() {
         let index = i + 1;
-        if bytes.len() > 1 {
-            writeln!(out, "frame {index}:").map_err(DecodeError::Output)?;
+        let dump = shelfboot_proto::describe_frame(frame);
+        let check = shelfboot_proto::check_frame(frame);
+        if json {
+            dumps.push(JsonDump {
+                frame: index,
+                len: frame.len(),
+                dump,
+                rejected: check.as_ref().err().map(ToString::to_string),
+            });
+        } else {
+            if bytes.len() > 1 {
+                writeln!(out, "frame {index}:").map_err(DecodeError::Output)?;
+            }
+            out.write_all(dump.as_bytes())
+                .map_err(DecodeError::Output)?;
         }
-        out.write_all(shelfboot_proto::describe_frame(frame).as_bytes())
-            .map_err(DecodeError::Output)?;
-        if let Err(source) = shelfboot_proto::check_frame(frame)
+        if let Err(source) = check
             && first_rejection.is_none()
         {
             first_rejection = Some(DecodeError::Rejected {
@@ -72,6 +95,11 @@ pub fn run(frames: &[String], out: &mut dyn Write) -> Result<(), DecodeError> {
                 source,
             });
         }
+    }
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &dumps)
+            .map_err(|e| DecodeError::Output(e.into()))?;
+        writeln!(out).map_err(DecodeError::Output)?;
     }
     first_rejection.map_or(Ok(()), Err)
 }
@@ -94,7 +122,7 @@ mod tests {
             .collect::<Vec<_>>()
             .join(":");
         let mut out = Vec::new();
-        run(&[spaced, hex_of(&frames[1])], &mut out).unwrap();
+        run(&[spaced, hex_of(&frames[1])], false, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("frame 1:\nethernet: "), "{text}");
         assert!(text.contains("frame 2:\n"), "{text}");
@@ -104,15 +132,15 @@ mod tests {
     #[test]
     fn bad_hex_and_truncated_frames_are_errors() {
         let mut out = Vec::new();
-        let err = run(&["0x12".into()], &mut out).unwrap_err();
+        let err = run(&["0x12".into()], false, &mut out).unwrap_err();
         assert!(matches!(err, DecodeError::Hex { index: 1, .. }), "{err}");
         assert!(out.is_empty());
-        let err = run(&["abc".into()], &mut out).unwrap_err();
+        let err = run(&["abc".into()], false, &mut out).unwrap_err();
         assert!(matches!(err, DecodeError::Hex { .. }), "{err}");
 
         let frame = &shelfboot_proto::samples::every_frame()[0];
         let cut = hex_of(frame.get(..30).unwrap());
-        let err = run(&[cut], &mut out).unwrap_err();
+        let err = run(std::slice::from_ref(&cut), false, &mut out).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -126,5 +154,22 @@ mod tests {
         );
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("rejected"), "{text}");
+
+        // The JSON form dumps both frames and names the rejection of the cut one.
+        let mut out = Vec::new();
+        let whole = hex_of(frame);
+        let err = run(&[whole, cut], true, &mut out).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Rejected { index: 2, .. }),
+            "{err}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let arr = v.as_array().unwrap();
+        assert_eq!(arr.len(), 2);
+        assert_eq!(arr[0]["frame"], 1);
+        assert!(arr[0].get("rejected").is_none(), "{v}");
+        assert!(arr[0]["dump"].as_str().unwrap().contains("(CRC ok)"), "{v}");
+        assert_eq!(arr[1]["len"], 30);
+        assert!(arr[1]["rejected"].as_str().is_some(), "{v}");
     }
 }

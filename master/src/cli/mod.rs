@@ -462,7 +462,7 @@ fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
         Command::Daemon { group } => return run_daemon(&cli.state, group.as_deref()),
         Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a)?),
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
-        Command::Decode { frames } => return Ok(decode::run(&frames, out)?),
+        Command::Decode { frames } => return Ok(decode::run(&frames, json, out)?),
         cmd => match request_for(cmd)? {
             Some(req) => run_request(&cli.state, req)?,
             None => Reply::Pong,
