@@ -350,7 +350,10 @@ pub fn boot_path(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), Lab
                     ));
                 }
             }
-            Err(e) => problems.push(format!("run {run}: {}", shelfboot_init::error_chain(&e))),
+            Err(e) => problems.push(format!(
+                "run {run}: {}",
+                shelfboot_proto::report::error_chain(&e)
+            )),
         }
     }
     let status = if problems.is_empty() {

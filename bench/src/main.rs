@@ -17,6 +17,7 @@ use shelfboot_bench::proc::loadavg;
 use shelfboot_bench::report::{self, Report};
 use shelfboot_bench::scenarios::{self, Plan};
 use shelfboot_bench::shelfboot::{self, CardChild};
+use shelfboot_proto::report::error_chain;
 
 /// Benchmarks shelfboot against TFTP, HTTP, udpcast and uftp on a namespace backplane.
 #[derive(Debug, Parser)]
@@ -179,18 +180,6 @@ fn child(c: &Child) -> anyhow::Result<()> {
     }
 }
 
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn utc_stamp() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y%m%dT%H%M%SZ"])
@@ -280,7 +269,7 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
         match shelfboot::prepare(&dir, &art, size) {
             Ok(s) => (Some(s), String::new()),
             Err(e) => {
-                let why = chain(&e);
+                let why = error_chain(&e);
                 eprintln!("shelfboot is not available: {why}");
                 (None, why)
             }
@@ -342,17 +331,20 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
             work: work.join("lab"),
         };
         match lab::lab_kernel() {
-            Err(e) => notes.push(format!("QEMU scenarios not run: {}", chain(&e))),
+            Err(e) => notes.push(format!("QEMU scenarios not run: {}", error_chain(&e))),
             Ok(k) => {
                 if only("flash")
                     && let Err(e) = lab::flash(&lp, &k, &mut rows)
                 {
-                    notes.push(format!("flash (item 6) not measured: {}", chain(&e)));
+                    notes.push(format!("flash (item 6) not measured: {}", error_chain(&e)));
                 }
                 if only("boot")
                     && let Err(e) = lab::boot_path(&lp, &k, &mut rows)
                 {
-                    notes.push(format!("boot path (item 7) not measured: {}", chain(&e)));
+                    notes.push(format!(
+                        "boot path (item 7) not measured: {}",
+                        error_chain(&e)
+                    ));
                 }
             }
         }

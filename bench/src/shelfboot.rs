@@ -24,7 +24,7 @@ use shelfboot_master::serve::{self, ServeConfig};
 use shelfboot_master::state::Master;
 use shelfboot_master::store::NodeIdentity;
 use shelfboot_proto::frame::MacAddr;
-use shelfboot_proto::msg::{Arch, BootPhase};
+use shelfboot_proto::msg::{Arch, BootPhase, Digest};
 use shelfboot_proto::sign::TrustAnchor;
 
 /// Card type of the benchmark release.
@@ -220,7 +220,7 @@ pub fn burn_warm(st: &ShelfState, dir: &Path, base: MacAddr, n: usize) -> Result
             .begin(&refs, &plan.cmdline)
             .map_err(|e| fl("begin")(e.into()))?;
         for a in &refs {
-            let f = std::fs::File::open(m.blobs().path(&shelfboot_proto::id::Digest(a.sha256)))
+            let f = std::fs::File::open(m.blobs().path(&a.sha256))
                 .map_err(|e| fl("open blob")(e.into()))?;
             store.stage(a, f).map_err(|e| fl("stage")(e.into()))?;
         }
@@ -438,7 +438,7 @@ fn boot_image_sha(dir: &Path) -> anyhow::Result<String> {
         h.update(&buf[..n]);
         off += n as u64;
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(Digest(h.finalize().into()).to_string())
 }
 
 /// sha256 (hex) of a file.
@@ -453,5 +453,5 @@ pub fn file_sha(path: &Path) -> std::io::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(Digest(h.finalize().into()).to_string())
 }

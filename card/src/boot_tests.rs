@@ -1,6 +1,6 @@
 //! The boot choice ([`super::choose`]) over a fake flash holding one or two sets.
 
-use shelfboot_proto::msg::{ArtifactKind, ArtifactRef, Handoff};
+use shelfboot_proto::msg::{ArtifactKind, ArtifactRef, Digest, Handoff};
 
 use super::{BootFacts, Counting, Target, choose, handoff_of};
 use crate::flash::{BootDecision, FakeVolumes, Store, StoreConfig, StoreError, Volumes as _};
@@ -29,7 +29,7 @@ fn set(v: u8) -> TestSet {
     (arts, format!("console=ttyS0 v{v}"))
 }
 
-fn digest(s: &TestSet) -> [u8; 32] {
+fn digest(s: &TestSet) -> Digest {
     let refs: Vec<ArtifactRef> = s.0.iter().map(|(r, _)| r.clone()).collect();
     shelfboot_proto::msg::set_digest(&refs, &s.1)
 }

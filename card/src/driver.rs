@@ -152,7 +152,10 @@ impl<'a, F: FrameIo> Driver<'a, F> {
         let refs: Vec<&[u8]> = self.out.iter().map(Vec::as_slice).collect();
         match self.io.send_batch(&refs) {
             Ok(n) => self.sent += n as u64,
-            Err(e) => log::error!("card driver: send: {}", crate::agent::error_chain(&e)),
+            Err(e) => log::error!(
+                "card driver: send: {}",
+                shelfboot_proto::report::error_chain(&e)
+            ),
         }
         self.out.clear();
     }
@@ -169,7 +172,7 @@ impl<'a, F: FrameIo> Driver<'a, F> {
                 {
                     log::error!(
                         "card driver: joining group {g}: {}",
-                        crate::agent::error_chain(&e)
+                        shelfboot_proto::report::error_chain(&e)
                     );
                 }
             } else if let Some(n) = self.group_refs.get_mut(&g) {
@@ -179,7 +182,7 @@ impl<'a, F: FrameIo> Driver<'a, F> {
                     if let Err(e) = self.io.leave(port_group) {
                         log::warn!(
                             "card driver: leaving group {g}: {}",
-                            crate::agent::error_chain(&e)
+                            shelfboot_proto::report::error_chain(&e)
                         );
                     }
                 }

@@ -182,7 +182,7 @@ fn report_of(s: &Sim) -> CardReport {
             .agent
             .store()
             .digest()
-            .map(hex::encode)
+            .map(|d| d.to_string())
             .unwrap_or_default(),
         progress: s.agent.fetch_progress(),
         error,

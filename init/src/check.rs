@@ -52,7 +52,7 @@ pub fn main(args: &[String], out: &mut dyn Write) -> u8 {
     let cfg = match Config::load(&cmdline, &sys, &proc) {
         Ok(c) => c,
         Err(e) => {
-            let _ = writeln!(out, "error: {}", crate::error_chain(&e));
+            let _ = writeln!(out, "error: {}", shelfboot_proto::report::error_chain(&e));
             return 1;
         }
     };
@@ -83,7 +83,7 @@ pub fn main(args: &[String], out: &mut dyn Write) -> u8 {
                 }
             }
             Err(e) => {
-                let _ = writeln!(out, "error: {}", crate::error_chain(&e));
+                let _ = writeln!(out, "error: {}", shelfboot_proto::report::error_chain(&e));
                 return 1;
             }
         }

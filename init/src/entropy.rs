@@ -107,14 +107,15 @@ pub fn start(urandom: &Path) {
         if let Err(e) = crate::sys::random::lowest_priority_for_this_thread() {
             log::warn!(
                 "entropy thread keeps its priority: {}",
-                crate::error_chain(&e)
+                shelfboot_proto::report::error_chain(&e)
             );
         }
         // Starts the kernel's jitter-entropy loop now (Linux >= 5.18) instead of after
         // getrandom's passive one-second wait; the byte itself is not used.
         let _ = std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut [0u8; 1]));
         let mut b = vec![0u8; PREFETCH];
-        let r = crate::sys::random::getrandom(&mut b).map_err(|e| crate::error_chain(&e));
+        let r = crate::sys::random::getrandom(&mut b)
+            .map_err(|e| shelfboot_proto::report::error_chain(&e));
         crate::boottime::step("entropy", t);
         r.map(|()| b)
     });

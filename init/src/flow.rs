@@ -251,11 +251,11 @@ pub fn open_store(
     let sysfs = Sysfs::new(&roots.sys);
     let opened = attach::resolve_mtd(&sysfs, &cfg.mtd)
         .and_then(|mtd| attach::attach(k, &sysfs, mtd, cfg.format_pristine))
-        .map_err(|e: AttachError| crate::error_chain(&e))
+        .map_err(|e: AttachError| shelfboot_proto::report::error_chain(&e))
         .and_then(|ubi| {
             UbiVolumes::open(ubi, &roots.dev, sysfs.clone())
                 .map(|v| (ubi, v))
-                .map_err(|e| crate::error_chain(&e))
+                .map_err(|e| shelfboot_proto::report::error_chain(&e))
         });
     boottime::step("flash attach", t);
     let (ubi, vols) = match opened {
@@ -284,7 +284,10 @@ pub fn open_store(
             Some((ubi, store))
         }
         Err(e) => {
-            log::error!("flash store unusable: {}", crate::error_chain(&e));
+            log::error!(
+                "flash store unusable: {}",
+                shelfboot_proto::report::error_chain(&e)
+            );
             None
         }
     }
@@ -311,13 +314,13 @@ pub fn describe_inventory(inv: Option<&Inventory>) -> String {
         .collect();
     format!(
         "committed set {} (generation {}, {} boot attempts since Ready): {}; previous set {}",
-        hex(&inv.set.digest),
+        inv.set.digest,
         inv.generation,
         inv.attempts,
         arts.join(", "),
         inv.previous
             .as_ref()
-            .map_or_else(|| "none".to_string(), |p| hex(&p.digest)),
+            .map_or_else(|| "none".to_string(), |p| p.digest.to_string()),
     )
 }
 
@@ -396,9 +399,8 @@ pub fn hand_off<V: Volumes>(
     }
     if let Some(d) = decided.filter(|d| *d != choice.set.digest) {
         log::warn!(
-            "the agent decided set {}, flash boots set {}",
-            hex(&d),
-            hex(&choice.set.digest)
+            "the agent decided set {d}, flash boots set {}",
+            choice.set.digest
         );
     }
     match choice.target {
@@ -428,10 +430,6 @@ pub fn hand_off<V: Volumes>(
             FlowError::Handoff(handoff::switch_root(k, paths, &layers))
         }
     }
-}
-
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The whole PID-1 flow on the real system; returns only when no hand-off happened.
@@ -485,7 +483,7 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
         Err(e) => {
             log::error!(
                 "backplane link unavailable, no master can be reached: {}",
-                crate::error_chain(&e)
+                shelfboot_proto::report::error_chain(&e)
             );
             None
         }
@@ -499,7 +497,7 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
         Ok(p) => p,
         Err(e) => {
             // The conversation failed before any master answered: autonomy.
-            log::error!("{}", crate::error_chain(&e));
+            log::error!("{}", shelfboot_proto::report::error_chain(&e));
             Provisioned::NoMaster {
                 waited: Duration::ZERO,
             }
@@ -573,7 +571,7 @@ mod tests {
         let (_, s) = committed();
         let inv = s.inventory().unwrap();
         let line = describe_inventory(Some(inv));
-        let digest: String = inv.set.digest.iter().map(|b| format!("{b:02x}")).collect();
+        let digest = hex::encode(inv.set.digest);
         assert!(
             line.starts_with(&format!("committed set {digest} (generation ")),
             "{line}"

@@ -25,18 +25,6 @@ pub mod logger;
 pub mod modules;
 pub mod mounts;
 
-/// Formats an error and its `source()` chain as `outer: cause: root cause` (one line for
-/// the serial console).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 pub mod boottime;
 pub mod check;
 pub mod entropy;

@@ -143,7 +143,10 @@ pub fn mount_all(
             }
             Err(e) if !spec.required => {
                 optional_failures += 1;
-                log::warn!("optional mount skipped: {}", crate::error_chain(&e));
+                log::warn!(
+                    "optional mount skipped: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
             }
             Err(source) => {
                 let target = req.target;

@@ -27,7 +27,7 @@ pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         log::error!("init panicked: {info}; syncing and rebooting");
         let err = crate::sys::power::sync_and_leave(Leave::Reboot);
-        log::error!("{}", crate::error_chain(&err));
+        log::error!("{}", shelfboot_proto::report::error_chain(&err));
         sleep_forever();
     }));
 }
@@ -55,7 +55,7 @@ fn idle(reaper: Option<&mut Reaper>, d: Duration) {
 
 /// What PID 1 does when the flow did not hand off.
 pub fn last_resort(k: &mut dyn Kernel, mut reaper: Option<Reaper>, err: &FlowError) -> ! {
-    log::error!("{}", crate::error_chain(err));
+    log::error!("{}", shelfboot_proto::report::error_chain(err));
     if matches!(err, FlowError::NothingToBoot) {
         log::error!("staying up without a system to boot; provision this card from a master");
         loop {
@@ -70,7 +70,10 @@ pub fn last_resort(k: &mut dyn Kernel, mut reaper: Option<Reaper>, err: &FlowErr
     log::error!("rebooting in {RETRY_DELAY:?} to try again");
     idle(reaper.as_mut(), RETRY_DELAY);
     let e = k.leave(Leave::Reboot);
-    log::error!("{}; sleeping forever", crate::error_chain(&e));
+    log::error!(
+        "{}; sleeping forever",
+        shelfboot_proto::report::error_chain(&e)
+    );
     sleep_forever()
 }
 
@@ -89,7 +92,7 @@ pub fn main(prov: &mut dyn Provisioner<UbiVolumes>) -> ! {
         Err(e) => {
             log::warn!(
                 "orphans will not be reaped promptly: {}",
-                crate::error_chain(&e)
+                shelfboot_proto::report::error_chain(&e)
             );
             None
         }

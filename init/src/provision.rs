@@ -246,7 +246,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                 Ok(ram) => agent = agent.with_ram_store(ram),
                 Err(e) => log::warn!(
                     "agent: no RAM store, test-mode plans will be refused: {}",
-                    crate::error_chain(&e)
+                    shelfboot_proto::report::error_chain(&e)
                 ),
             }
             if let Some(t) = setup.take() {
@@ -288,7 +288,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                 } => {
                     log::info!(
                         "agent: test mode: {handoff:?} of RAM set {} ({} artifacts), validated_only={validated_only}; flash untouched",
-                        hex(&set.digest),
+                        set.digest,
                         set.artifacts.len()
                     );
                     s.store = Some(fresh);
@@ -304,7 +304,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                 } => {
                     log::info!(
                         "agent: decided {handoff:?} of set {} ({} artifacts), autonomous={autonomous}, validated_only={validated_only}",
-                        hex(&set.digest),
+                        set.digest,
                         set.artifacts.len()
                     );
                     if !autonomous && (cfg.stored || set.boot_image().is_none()) {
@@ -316,7 +316,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                             }
                             Err(e) => log::error!(
                                 "agent: marking the set ready failed: {}",
-                                crate::error_chain(&e)
+                                shelfboot_proto::report::error_chain(&e)
                             ),
                         }
                     }
@@ -436,18 +436,9 @@ fn random(buf: &mut [u8]) -> Result<(), AgentRunError> {
     crate::entropy::fill(buf).map_err(AgentRunError::Random)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
+/// The bytes of a key file's hex field; `None` if it is not hex.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
+    hex::decode(s).ok()
 }
 
 /// Parses one anchor file: concatenated raw 32-byte keys, or text lines `TAG HEX` (the
@@ -522,7 +513,7 @@ mod tests {
         assert_eq!(one.to_bytes(), key().to_vec());
         std::fs::write(
             t.path().join("b.pub"),
-            format!("shelfboot-ed25519-public {}\n", hex(&key())),
+            format!("shelfboot-ed25519-public {}\n", hex::encode(key())),
         )
         .unwrap();
         let two = load_anchor(t.path()).unwrap();
@@ -548,7 +539,7 @@ mod tests {
 
     #[test]
     fn hex_round_trip() {
-        assert_eq!(unhex(&hex(&key())).unwrap(), key().to_vec());
+        assert_eq!(unhex(&hex::encode(key())).unwrap(), key().to_vec());
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
     }

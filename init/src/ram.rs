@@ -111,7 +111,7 @@ pub fn open(carried: &Path, fresh: &Path, proc: &Path) -> Result<Store<FileVolum
             }
             Err(e) => log::error!(
                 "test mode: the carried RAM store is unusable, starting an empty one: {}",
-                crate::error_chain(&e)
+                shelfboot_proto::report::error_chain(&e)
             ),
         }
     }
@@ -195,7 +195,6 @@ fn open_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::Digest as _;
 
     #[test]
     fn mem_available_is_read_in_bytes() {
@@ -234,7 +233,7 @@ mod tests {
             kind: shelfboot_card::flash::artifact::ArtifactKind::Package,
             name: "testpkg".into(),
             version: "1".into(),
-            sha256: sha2::Sha256::digest(&data).into(),
+            sha256: shelfboot_card::flash::artifact::Digest::of(&data),
             size: data.len() as u64,
         };
         s.begin(std::slice::from_ref(&a), "").unwrap();

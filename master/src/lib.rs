@@ -19,14 +19,3 @@ pub mod resolve;
 pub mod serve;
 pub mod state;
 pub mod store;
-
-/// The messages of an error and its `source()` chain, outermost first.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut out = vec![err.to_string()];
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push(e.to_string());
-        cur = e.source();
-    }
-    out
-}

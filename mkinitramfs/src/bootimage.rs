@@ -24,7 +24,7 @@
 //! checks every digest). What it does not do: signatures (the image is an artifact of a
 //! signed manifest; its digest is checked there) or any compression of its own.
 
-use sha2::{Digest, Sha256};
+use shelfboot_proto::id::Digest;
 
 /// Container magic.
 pub const MAGIC: &[u8; 8] = b"SHBOOTIM";
@@ -97,11 +97,11 @@ pub struct Header {
     /// Command-line length.
     pub cmdline_len: u32,
     /// sha256 of the kernel.
-    pub kernel_sha256: [u8; 32],
+    pub kernel_sha256: Digest,
     /// sha256 of the initramfs.
-    pub initramfs_sha256: [u8; 32],
+    pub initramfs_sha256: Digest,
     /// sha256 of the command line.
-    pub cmdline_sha256: [u8; 32],
+    pub cmdline_sha256: Digest,
 }
 
 impl Header {
@@ -150,10 +150,10 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn digest(b: &[u8], at: usize) -> [u8; 32] {
+fn digest(b: &[u8], at: usize) -> Digest {
     let mut a = [0u8; 32];
     a.copy_from_slice(&b[at..at + 32]);
-    a
+    Digest(a)
 }
 
 /// Parses and checks the first [`HEADER_LEN`] bytes (more are ignored).
@@ -228,7 +228,7 @@ pub fn parse(bytes: &[u8]) -> Result<BootImage<'_>, BootImageError> {
         ("kernel", kernel, &header.kernel_sha256),
         ("initramfs", initramfs, &header.initramfs_sha256),
     ] {
-        if Sha256::digest(data).as_slice() != want.as_slice() {
+        if Digest::of(data) != *want {
             return Err(BootImageError::Digest { section: name });
         }
     }
@@ -267,9 +267,9 @@ pub fn build(kernel: &[u8], initramfs: &[u8], cmdline: &str) -> Result<Vec<u8>, 
             .to_le_bytes(),
     );
     out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(kernel));
-    out.extend_from_slice(&Sha256::digest(initramfs));
-    out.extend_from_slice(&Sha256::digest(cmdline.as_bytes()));
+    out.extend_from_slice(Digest::of(kernel).as_bytes());
+    out.extend_from_slice(Digest::of(initramfs).as_bytes());
+    out.extend_from_slice(Digest::of(cmdline.as_bytes()).as_bytes());
     out.extend_from_slice(&0u64.to_le_bytes());
     debug_assert_eq!(out.len(), HEADER_LEN);
     out.extend_from_slice(cmdline.as_bytes());
@@ -304,13 +304,9 @@ mod tests {
         );
         // sha256("") as a fixed point.
         assert_eq!(
-            hex(&img[40..72]),
+            digest(&img, 40).to_string(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-    }
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     #[test]

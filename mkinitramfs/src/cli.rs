@@ -276,7 +276,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 path: file.clone(),
                 source,
             })?;
-            let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
             println!(
                 "boot image v{} ({} bytes), digests verified",
                 bootimage::VERSION,
@@ -285,12 +284,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!(
                 "kernel    {:>10} bytes  sha256 {}",
                 img.kernel.len(),
-                hex(&img.header.kernel_sha256)
+                img.header.kernel_sha256
             );
             println!(
                 "initramfs {:>10} bytes  sha256 {}",
                 img.initramfs.len(),
-                hex(&img.header.initramfs_sha256)
+                img.header.initramfs_sha256
             );
             println!("cmdline   {:?}", img.cmdline);
             Ok(())

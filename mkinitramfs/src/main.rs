@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use shelfboot_mkinitramfs::cli::{Cli, run};
+use shelfboot_proto::report::causes;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,10 +18,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("mkinitramfs: error: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
+            for cause in causes(&err).skip(1) {
                 eprintln!("  caused by: {cause}");
-                source = cause.source();
             }
             ExitCode::from(err.exit_code())
         }

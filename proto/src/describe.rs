@@ -127,9 +127,7 @@ fn diag(out: &mut String, v: &ciborium::Value) {
         }
         Value::Bytes(b) => {
             out.push_str("h'");
-            for byte in b {
-                let _ = write!(out, "{byte:02x}");
-            }
+            out.push_str(&hex::encode(b));
             out.push('\'');
         }
         Value::Text(t) => {
@@ -168,13 +166,7 @@ fn diag(out: &mut String, v: &ciborium::Value) {
 }
 
 fn push_chain(out: &mut String, what: &str, e: &dyn std::error::Error) {
-    let _ = write!(out, "{what}: {e}");
-    let mut src = e.source();
-    while let Some(s) = src {
-        let _ = write!(out, ": {s}");
-        src = s.source();
-    }
-    out.push('\n');
+    let _ = writeln!(out, "{what}: {}", crate::report::error_chain(e));
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`msg`]: control messages (CBOR bodies) and the shared [`msg::set_digest`].
 //! - [`data`]: data frames (fixed binary header, no CBOR), slices and NACK bitmaps.
 //! - [`sign`]: Ed25519 signatures over plans, commands and manifests; the trust anchor.
+//! - [`report`]: how an error and its causes print ([`report::error_chain`]), for every crate.
 //! - [`describe`]: a human-readable dump of a frame and its check, for `master decode HEX`.
 //! - [`samples`]: deterministic example messages and frames (tests, fuzz seeds, docs).
 //!
@@ -21,6 +22,7 @@ pub mod describe;
 pub mod frame;
 pub mod id;
 pub mod msg;
+pub mod report;
 pub mod samples;
 pub mod sign;
 

@@ -5,8 +5,6 @@
 //! in `docs/protocol.md`. The golden tests do NOT use these: they spell their values out, so
 //! that editing a sample cannot silently move a pinned encoding.
 
-use sha2::{Digest as _, Sha256};
-
 use crate::data::{DataHeader, encode_data_frame};
 use crate::frame::{Header, Link, MacAddr, MessageType};
 use crate::msg::*;
@@ -18,7 +16,7 @@ pub fn artifact(kind: ArtifactKind, name: &str, fill: u8) -> ArtifactRef {
         kind,
         name: name.into(),
         version: "1.0".into(),
-        sha256: [fill; 32],
+        sha256: Digest([fill; 32]),
         size: 4096,
     }
 }
@@ -28,7 +26,7 @@ pub fn artifact(kind: ArtifactKind, name: &str, fill: u8) -> ArtifactRef {
 pub fn artifact_of(kind: ArtifactKind, name: &str, version: &str, data: &[u8]) -> ArtifactRef {
     ArtifactRef {
         version: version.into(),
-        sha256: Sha256::digest(data).into(),
+        sha256: Digest::of(data),
         size: u64::try_from(data.len()).unwrap_or(u64::MAX),
         ..artifact(kind, name, 0)
     }
@@ -75,12 +73,12 @@ pub fn every_message() -> Vec<Message> {
             signature: Signature([9; 64]),
         }),
         Message::Fetch(Fetch {
-            artifact: [1; 32],
+            artifact: Digest([1; 32]),
             have_slices: 5,
         }),
         Message::Join(Join {
             transfer: 9,
-            artifact: [1; 32],
+            artifact: Digest([1; 32]),
             size: 1 << 20,
             group: MacAddr([1, 0, 0x5e, 0, 0, 9]),
             block_size: 1408,
@@ -98,7 +96,7 @@ pub fn every_message() -> Vec<Message> {
             total: 20,
         }),
         Message::Ready(Ready {
-            digest: [4; 32],
+            digest: Digest([4; 32]),
             persisted: true,
             handoff: Handoff::Kexec,
         }),

@@ -85,8 +85,8 @@ pub enum SignError {
     /// The plan's digest is not the set digest of its contents.
     #[error(
         "plan digest {} is not the set digest {} of its artifacts and command line: rejected (master bug)",
-        hex32(carried),
-        hex32(computed)
+        carried,
+        computed
     )]
     DigestMismatch { carried: Digest, computed: Digest },
     /// Bytes that are not a valid Ed25519 public key.
@@ -103,10 +103,6 @@ pub enum SignError {
         "trust anchor of {len} bytes is not a whole number of 32-byte public keys: rebuild the anchor"
     )]
     BadAnchorLength { len: usize },
-}
-
-fn hex32(d: &Digest) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A signing key (master side). Its Debug output never shows the secret.
@@ -163,7 +159,7 @@ pub struct PublicKey(ed25519_dalek::VerifyingKey);
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({})", hex32(self.0.as_bytes()))
+        write!(f, "PublicKey({})", hex::encode(self.0.as_bytes()))
     }
 }
 
@@ -311,7 +307,7 @@ mod tests {
             kind: ArtifactKind::BootImage,
             name: "kernel".into(),
             version: "1".into(),
-            sha256: [9; 32],
+            sha256: Digest([9; 32]),
             size: 10,
         }];
         PlanBody {
@@ -422,6 +418,6 @@ mod tests {
     fn debug_hides_secret() {
         let k = key(7);
         let dbg = format!("{k:?}");
-        assert!(!dbg.contains(&hex32(&k.seed())));
+        assert!(!dbg.contains(&hex::encode(k.seed())));
     }
 }

@@ -34,7 +34,7 @@ mod v1 {
             kind: ArtifactKind::BootImage,
             name: "kernel".into(),
             version: "6.1.0".into(),
-            sha256: [0x11; 32],
+            sha256: Digest([0x11; 32]),
             size: 8_000_000,
         }
     }
@@ -44,7 +44,7 @@ mod v1 {
             kind: ArtifactKind::Package,
             name: "base".into(),
             version: "1.0".into(),
-            sha256: [0x22; 32],
+            sha256: Digest([0x22; 32]),
             size: 20_000_000,
         }
     }
@@ -81,12 +81,12 @@ mod v1 {
     fn set_digest_v1() {
         check(
             "set_digest(empty)",
-            &set_digest(&[], ""),
+            set_digest(&[], "").as_bytes(),
             "d4ac3a8bdbb5789e6f44879958637ec1206de66b986d486c1a48bc456cca623a",
         );
         check(
             "set_digest(kernel, base)",
-            &set_digest(&[kernel(), base()], CMDLINE),
+            set_digest(&[kernel(), base()], CMDLINE).as_bytes(),
             "6f60aeae853a101159629859dca99be2ae81a342f8163203a893955a040d36ce",
         );
     }
@@ -266,7 +266,7 @@ mod v1 {
         check(
             "fetch",
             &body(Message::Fetch(Fetch {
-                artifact: [0x22; 32],
+                artifact: Digest([0x22; 32]),
                 have_slices: 3,
             })),
             "
@@ -278,7 +278,7 @@ mod v1 {
             "join",
             &body(Message::Join(Join {
                 transfer: 0x1000_0001,
-                artifact: [0x22; 32],
+                artifact: Digest([0x22; 32]),
                 size: 20_000_000,
                 group: MacAddr([0x03, 0x5b, 0, 0, 0, 0x01]),
                 block_size: 1408,
@@ -307,7 +307,7 @@ mod v1 {
             "progress",
             &body(Message::Progress(Progress {
                 stage: Stage::Fetching,
-                artifact: Some([0x22; 32]),
+                artifact: Some(Digest([0x22; 32])),
                 done: 1_000_000,
                 total: 20_000_000,
             })),
@@ -350,8 +350,8 @@ mod v1 {
                 "verification failed",
                 ErrorReason::VerificationFailed {
                     artifact: "base".into(),
-                    expected: [0x22; 32],
-                    got: [0x23; 32],
+                    expected: Digest([0x22; 32]),
+                    got: Digest([0x23; 32]),
                 },
                 "
                 a26172a1627666a3616e64626173656165582022222222222222222222222222

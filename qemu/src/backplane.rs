@@ -177,12 +177,9 @@ fn tap_name(i: usize) -> String {
     format!("tap{i}")
 }
 
-/// `aa:bb:...` form of a MAC address.
+/// `aa:bb:...` form of a MAC address (the protocol's `MacAddr` text form).
 pub fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    shelfboot_proto::id::MacAddr(*mac).to_string()
 }
 
 /// A bound AF_PACKET socket on one interface of a namespace, for tests: sends whole

@@ -267,7 +267,7 @@ pub fn spawn_master(
     Ok(std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("entering the backplane namespace: {e}"))?;
-        serve::run(&cfg, &stop).map_err(|e| shelfboot_master::error_chain(&e).join(": "))
+        serve::run(&cfg, &stop).map_err(|e| shelfboot_proto::report::error_chain(&e))
     }))
 }
 

@@ -62,7 +62,7 @@ mod tests {
                     kind: ArtifactKind::BootImage,
                     name: "evil".into(),
                     version: "6.6.6".into(),
-                    sha256: [0x66; 32],
+                    sha256: shelfboot_proto::msg::Digest([0x66; 32]),
                     size: 4096,
                 };
                 for verdict in [Verdict::Fetch, Verdict::Continue] {
@@ -83,7 +83,7 @@ mod tests {
                 }
                 let join = Message::Join(Join {
                     transfer: 7,
-                    artifact: [0x66; 32],
+                    artifact: shelfboot_proto::msg::Digest([0x66; 32]),
                     size: 4096,
                     group: s.mac,
                     block_size: 1408,
@@ -210,8 +210,7 @@ mod tests {
             let refs = plan.artifact_refs();
             store.begin(&refs, &plan.cmdline).unwrap();
             for a in &refs {
-                let f = std::fs::File::open(m.blobs().path(&shelfboot_proto::id::Digest(a.sha256)))
-                    .unwrap();
+                let f = std::fs::File::open(m.blobs().path(&a.sha256)).unwrap();
                 store.stage(a, f).unwrap();
             }
             store.commit().unwrap();

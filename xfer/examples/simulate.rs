@@ -20,13 +20,14 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use shelfboot_proto::DEFAULT_ETHERTYPE;
 use shelfboot_proto::MAX_FRAME_LEN;
 use shelfboot_proto::data::DataView;
 use shelfboot_proto::data::block_size_for_mtu;
 use shelfboot_proto::frame::Frame;
 use shelfboot_proto::frame::{Link, MacAddr};
+use shelfboot_proto::msg::Digest;
+use shelfboot_proto::report::error_chain;
 use shelfboot_xfer::sim::{CardSpec, Sim, SimConfig, SimRng, SimSink};
 use shelfboot_xfer::{
     Admission, ArtifactInfo, Receiver, ReceiverConfig, ReceiverState, Resume, SendStep, Sender,
@@ -97,7 +98,7 @@ fn engine_cpu(
 ) -> Result<(Duration, Duration), String> {
     let info = ArtifactInfo {
         name: "bench-artifact 1".to_owned(),
-        sha256: Sha256::digest(artifact).into(),
+        sha256: Digest::of(artifact),
         size: artifact.len() as u64,
     };
     let mut cfg = SenderConfig::new(link, block_size);
@@ -250,13 +251,7 @@ fn main() -> ExitCode {
     let report = match Sim::new(cfg, artifact, cards).run() {
         Ok(r) => r,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("simulate: {msg}");
+            eprintln!("simulate: {}", error_chain(&e));
             return ExitCode::FAILURE;
         }
     };

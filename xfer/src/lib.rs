@@ -34,13 +34,3 @@ pub use sender::{
     SendStep, Sender, SenderConfig, SenderError, SenderEvent, SenderStats,
 };
 pub use source::{BlockSource, ByteSink, ReadAhead};
-
-/// Lower-case hex of a digest, for error messages and logs.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}

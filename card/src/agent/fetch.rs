@@ -36,7 +36,9 @@ use shelfboot_xfer::{
     ArtifactInfo, DataOutcome, Receiver, ReceiverConfig, ReceiverError, ReceiverState, Resume,
 };
 
-use super::{Agent, Output, State, error_chain};
+use shelfboot_proto::report::error_chain;
+
+use super::{Agent, Output, State};
 use crate::flash::Volumes;
 
 /// Bytes gathered before they go to the store in one write: a few slices, so that the
@@ -508,14 +510,10 @@ impl<V: Volumes> Agent<V> {
     fn transfer_failed(&mut self, now: Instant, master: MacAddr, e: ReceiverError) {
         let reason = match (&e, self.fetching().and_then(|f| f.current.as_ref())) {
             (ReceiverError::DigestMismatch { actual, .. }, Some(cur)) => {
-                let mut got = [0u8; 32];
-                if hex::decode_to_slice(actual, &mut got).is_err() {
-                    got = [0; 32];
-                }
                 ErrorReason::VerificationFailed {
                     artifact: cur.artifact.name.clone(),
                     expected: cur.artifact.sha256,
-                    got,
+                    got: *actual,
                 }
             }
             _ => ErrorReason::Malformed,
@@ -546,8 +544,8 @@ impl<V: Volumes> Agent<V> {
                 log::error!(
                     "card {}: committed set {} is not the plan's {}",
                     self.mac(),
-                    hex::encode(inv.set.digest),
-                    hex::encode(digest)
+                    inv.set.digest,
+                    digest
                 );
                 self.back_to_discovery(now);
             }

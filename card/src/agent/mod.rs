@@ -58,6 +58,7 @@ use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr, MessageTy
 use shelfboot_proto::msg::{
     self, Action, Command, ErrorMsg, ErrorReason, Handoff, Message, Plan, PlanBody, Ready, Solicit,
 };
+use shelfboot_proto::report::error_chain;
 use shelfboot_proto::sign::SignError;
 
 use crate::boot::handoff_of;
@@ -578,7 +579,7 @@ impl<V: Volumes> Agent<V> {
         log::info!(
             "card {}: plan {} from {src} (epoch {}, {:?}, {} artifacts)",
             self.mac(),
-            hex::encode(plan.body.digest),
+            plan.body.digest,
             plan.body.epoch,
             plan.body.verdict,
             plan.body.artifacts.len()
@@ -662,20 +663,11 @@ impl<V: Volumes> Agent<V> {
                 expected,
                 actual,
                 ..
-            } => {
-                let digest = |h: &str| {
-                    let mut d = [0u8; 32];
-                    if hex::decode_to_slice(h, &mut d).is_err() {
-                        d = [0; 32];
-                    }
-                    d
-                };
-                ErrorReason::VerificationFailed {
-                    artifact: name.clone(),
-                    expected: digest(expected),
-                    got: digest(actual),
-                }
-            }
+            } => ErrorReason::VerificationFailed {
+                artifact: name.clone(),
+                expected: **expected,
+                got: **actual,
+            },
             _ => ErrorReason::Malformed,
         };
         let detail = error_chain(e);
@@ -787,7 +779,7 @@ impl<V: Volumes> Agent<V> {
             "card {}: no master answered within {:?}: booting the committed set {} on our own",
             self.mac(),
             self.cfg.timers.autonomy,
-            hex::encode(set.digest)
+            set.digest
         );
         let handoff = handoff_of(&set);
         self.state = State::Done;
@@ -865,16 +857,4 @@ impl<V: Volumes> Agent<V> {
             }
         }
     }
-}
-
-/// An error and its `source()` chain on one line, outermost first.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use shelfboot_proto::frame::{Header, Link, MacAddr};
 use shelfboot_proto::msg::{
-    Action, Arch, ArtifactKind, ArtifactRef, BootPhase, CommandBody, ErrorReason, Handoff, Join,
-    Message, PlanBody, Solicit, Verdict, decode_frame, encode_message, set_digest,
+    Action, Arch, ArtifactKind, ArtifactRef, BootPhase, CommandBody, Digest, ErrorReason, Handoff,
+    Join, Message, PlanBody, Solicit, Verdict, decode_frame, encode_message, set_digest,
 };
 use shelfboot_proto::sign::{SigningKey, TrustAnchor};
 use shelfboot_xfer::{Admission, ArtifactInfo, SendStep, Sender, SenderConfig};
@@ -402,7 +402,7 @@ fn forged_replayed_and_foreign_plans_are_dropped_and_never_written() {
         cmdline: "x".into(),
         persist: true,
         verdict: Verdict::Fetch,
-        digest: [0u8; 32],
+        digest: Digest([0u8; 32]),
         nonce: s.nonce,
         epoch: 1,
     };

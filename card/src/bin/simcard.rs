@@ -151,14 +151,7 @@ fn main() -> ExitCode {
     let reports = match sim::run(&cfg, &stop) {
         Ok(r) => r,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut cur = std::error::Error::source(&e);
-            while let Some(c) = cur {
-                msg.push_str(": ");
-                msg.push_str(&c.to_string());
-                cur = c.source();
-            }
-            eprintln!("simcard: {msg}");
+            eprintln!("simcard: {}", shelfboot_proto::report::error_chain(&e));
             return ExitCode::FAILURE;
         }
     };

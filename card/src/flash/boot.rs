@@ -92,8 +92,8 @@ impl<V: Volumes> Store<V> {
             let (set, from) = self.roll_back(&inv, 1)?;
             log::warn!(
                 "flash: set {} rolled back to {} ({reason:?})",
-                hex::encode(from),
-                hex::encode(set.digest)
+                from,
+                set.digest
             );
             return Ok(BootDecision::RolledBack { set, from, reason });
         }

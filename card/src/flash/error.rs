@@ -3,6 +3,7 @@
 //! the ioctl and the volume) as source. Errors of the lower layers stay in their modules
 //! ([`super::volumes::VolumeError`], [`super::inventory::InventoryError`]).
 
+use super::artifact::Digest;
 use super::inventory::InventoryError;
 use super::volumes::VolumeError;
 
@@ -111,10 +112,10 @@ pub enum StoreError {
         name: String,
         /// "as written" or "as read back".
         what: &'static str,
-        /// Planned, hex.
-        expected: String,
-        /// Actual, hex.
-        actual: String,
+        /// Planned (boxed, like `actual`, to keep every `StoreError` small).
+        expected: Box<Digest>,
+        /// Actual.
+        actual: Box<Digest>,
     },
     /// Commit with artifacts not yet staged.
     #[error("cannot commit: artifacts not staged: {missing:?}")]

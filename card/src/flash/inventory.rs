@@ -53,7 +53,7 @@ pub struct SetRecord {
     #[serde(rename = "c")]
     pub cmdline: String,
     /// `set_digest(artifacts, cmdline)`.
-    #[serde(rename = "d", with = "serde_bytes")]
+    #[serde(rename = "d")]
     pub digest: Digest,
 }
 
@@ -134,30 +134,8 @@ pub struct Inventory {
     #[serde(rename = "p", default)]
     pub previous: Option<SetRecord>,
     /// Digest of a set this card rolled back from, for reporting to the master.
-    #[serde(rename = "r", default, with = "opt_digest")]
+    #[serde(rename = "r", default)]
     pub rolled_back_from: Option<Digest>,
-}
-
-mod opt_digest {
-    use super::Digest;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Digest>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(serde_bytes::Bytes::new(d)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Digest>, D::Error> {
-        let v: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
-        match v {
-            None => Ok(None),
-            Some(b) => Digest::try_from(b.as_slice())
-                .map(Some)
-                .map_err(|_| serde::de::Error::invalid_length(b.len(), &"32 bytes")),
-        }
-    }
 }
 
 /// Why an inventory could not be built, encoded or decoded.
@@ -338,7 +316,7 @@ mod tests {
             set,
             attempts: 2,
             previous: Some(previous),
-            rolled_back_from: Some([9; 32]),
+            rolled_back_from: Some(Digest([9; 32])),
         }
     }
 
@@ -382,7 +360,7 @@ mod tests {
     #[test]
     fn rejects_forged_digest_and_wrong_volume() {
         let mut inv = sample();
-        inv.set.digest[0] ^= 1;
+        inv.set.digest.0[0] ^= 1;
         let e = decode(&encode(&inv, 64).unwrap(), 64).unwrap_err();
         assert!(e.to_string().contains("digest"), "{e}");
         let mut inv = sample();

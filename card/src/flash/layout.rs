@@ -90,7 +90,7 @@ pub fn check_artifact_name(name: &str) -> Result<(), BadArtifactName> {
 /// The committed volume name of an artifact: `sb.<boot|pkg>.<name>.<32 hex>`.
 pub fn artifact_volume(a: &ArtifactRef) -> Result<String, BadArtifactName> {
     check_artifact_name(&a.name)?;
-    let hex = hex::encode(&a.sha256[..DIGEST_HEX / 2]);
+    let hex = hex::encode(&a.sha256.as_bytes()[..DIGEST_HEX / 2]);
     Ok(format!("{PREFIX}{}.{}.{hex}", kind_tag(a.kind), a.name))
 }
 

@@ -292,7 +292,7 @@ impl<V: Volumes> Store<V> {
         let during = || format!("finishing artifact {} in \"{staging}\"", art.name);
         writer.finish().during(during)?;
         let (actual, what): (Digest, _) = match hasher {
-            Some(h) if !verify => (h.finalize().into(), "as written"),
+            Some(h) if !verify => (Digest(h.finalize().into()), "as written"),
             _ => (
                 hash_volume(&mut self.vols, id, &staging, art.size)?,
                 "as read back",
@@ -303,8 +303,8 @@ impl<V: Volumes> Store<V> {
             return Err(StoreError::DigestMismatch {
                 name: art.name,
                 what,
-                expected: hex::encode(art.sha256),
-                actual: hex::encode(actual),
+                expected: Box::new(art.sha256),
+                actual: Box::new(actual),
             });
         }
         let (_, _, entry) = self.entry(a)?;
@@ -409,7 +409,7 @@ impl<V: Volumes> Store<V> {
         log::info!(
             "{}: committed set {} (generation {}, {} artifacts)",
             self.cfg.label,
-            hex::encode(inv.set.digest),
+            inv.set.digest,
             inv.generation,
             inv.set.artifacts.len()
         );

@@ -143,7 +143,7 @@ pub(crate) fn hash_volume<V: Volumes>(
         h.update(&buf[..n]);
         off += n as u64;
     }
-    Ok(h.finalize().into())
+    Ok(Digest(h.finalize().into()))
 }
 
 /// Read and decode `sb.inventory`: (inventory or `None` if absent, damaged-copy note).

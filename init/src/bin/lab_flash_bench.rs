@@ -26,7 +26,7 @@ use std::io::Read as _;
 use std::path::Path;
 use std::time::Instant;
 
-use shelfboot_card::flash::artifact::{ArtifactKind, ArtifactRef};
+use shelfboot_card::flash::artifact::{ArtifactKind, ArtifactRef, Digest};
 use shelfboot_card::flash::{Store, VolumeWriter as _, Volumes as _};
 use shelfboot_init::flash::UbiVolumes;
 use shelfboot_init::flow::{ProvisionError, Provisioned, Provisioner, Session};
@@ -74,7 +74,7 @@ impl Method {
 
 struct Bench {
     size: u64,
-    sha256: [u8; 32],
+    sha256: Digest,
     chunk: usize,
 }
 
@@ -177,9 +177,9 @@ impl Provisioner<UbiVolumes> for FlashBench {
         let hexsum =
             std::fs::read_to_string(DATA_SHA).map_err(|e| perr(format!("read {DATA_SHA}"), e))?;
         let hexsum = hexsum.trim();
-        let raw = hex::decode(hexsum).map_err(|e| perr(format!("{DATA_SHA} is not hex"), e))?;
-        let sha256 = <[u8; 32]>::try_from(raw.as_slice())
-            .map_err(|_| plain(format!("{DATA_SHA} does not hold 32 bytes")))?;
+        let sha256: Digest = hexsum
+            .parse()
+            .map_err(|e| perr(format!("{DATA_SHA} does not hold a sha256"), e))?;
         let b = Bench {
             size,
             sha256,
@@ -218,7 +218,7 @@ impl Provisioner<UbiVolumes> for FlashBench {
                     Err(e) => log::error!(
                         "FLASHBENCH {} run {run} FAILED {}",
                         m.name(),
-                        shelfboot_init::error_chain(&e)
+                        shelfboot_proto::report::error_chain(&e)
                     ),
                 }
             }

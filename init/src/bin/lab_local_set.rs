@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use shelfboot_card::flash::Store;
-use shelfboot_card::flash::artifact::{ArtifactKind, ArtifactRef};
+use shelfboot_card::flash::artifact::{ArtifactKind, ArtifactRef, Digest};
 use shelfboot_init::flash::UbiVolumes;
 use shelfboot_init::flow::{ProvisionError, Provisioned, Provisioner, Session};
 
@@ -72,9 +72,9 @@ fn parse(text: &str) -> Result<Manifest, ProvisionError> {
             "pkg" => ArtifactKind::Package,
             _ => return Err(plain(format!("bad kind in {line:?}"))),
         };
-        let raw = hex::decode(hash).map_err(|e| perr(format!("bad sha256 in {line:?}"), e))?;
-        let sha256 = <[u8; 32]>::try_from(raw.as_slice())
-            .map_err(|_| plain(format!("sha256 in {line:?} is not 32 bytes")))?;
+        let sha256: Digest = hash
+            .parse()
+            .map_err(|e| perr(format!("bad sha256 in {line:?}"), e))?;
         let size = size
             .parse()
             .map_err(|e| perr(format!("bad size in {line:?}"), e))?;

@@ -126,7 +126,7 @@ pub fn attach(
         .count();
     log::warn!(
         "mtd{mtd} carries no UBI header ({}; {} blocks to erase, {bad} bad): formatting it as a pristine device",
-        crate::error_chain(&first),
+        shelfboot_proto::report::error_chain(&first),
         dirty.len()
     );
     if !dirty.is_empty() {

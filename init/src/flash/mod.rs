@@ -211,7 +211,7 @@ mod tests {
             ),
         );
         assert_eq!(e.kind, VolumeErrorKind::NoSpace);
-        let chain = crate::error_chain(&e);
+        let chain = shelfboot_proto::report::error_chain(&e);
         assert!(
             chain.contains("UBI_IOCMKVOL") && chain.contains("sb.new.p.base"),
             "{chain}"

@@ -12,8 +12,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use shelfboot_mkinitramfs::bootimage::{HEADER_LEN, parse_header};
+use shelfboot_proto::id::Digest;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -110,7 +111,7 @@ where
         HEADER_LEN as u64,
         &mut cmd,
     )?;
-    if Sha256::digest(&cmd).as_slice() != h.cmdline_sha256 {
+    if Digest::of(&cmd) != h.cmdline_sha256 {
         return Err(BootImageError::Digest {
             volume: volume.to_string(),
             section: "command line",
@@ -184,7 +185,7 @@ fn copy_section<E>(
     read_at: &mut impl FnMut(u64, &mut [u8]) -> Result<usize, E>,
     offset: u64,
     len: u64,
-    want: &[u8; 32],
+    want: &Digest,
     path: &Path,
 ) -> Result<(), BootImageError>
 where
@@ -207,7 +208,7 @@ where
         done += n as u64;
     }
     out.sync_all().map_err(werr)?;
-    if hasher.finalize().as_slice() != want {
+    if hasher.finalize().as_slice() != want.as_bytes() {
         return Err(BootImageError::Digest {
             volume: volume.to_string(),
             section,
@@ -268,7 +269,7 @@ mod tests {
             "{err}"
         );
         let err = extract("sb.boot", reader(vec![0xFF; 4096]), t.path()).unwrap_err();
-        let err = crate::error_chain(&err);
+        let err = shelfboot_proto::report::error_chain(&err);
         assert!(err.contains("magic"), "{err}");
     }
 }

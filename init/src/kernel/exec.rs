@@ -53,7 +53,7 @@ pub fn exec_clean(init: &Path, env: &[(&str, &str)]) -> SysError {
     }
     cloexec_all();
     if let Err(e) = crate::sys::signal::reset_sigpipe() {
-        log::warn!("{}", crate::error_chain(&e));
+        log::warn!("{}", shelfboot_proto::report::error_chain(&e));
     }
     if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
         log::warn!("cannot clear the signal mask before exec: {e}");

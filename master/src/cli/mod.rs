@@ -316,7 +316,7 @@ fn request_owner(state: &Path, req: Request, progress: &mut Progress) -> Result<
                     {
                         log::info!(
                             "{}; asking the next owner",
-                            crate::error_chain(&e).join(": ")
+                            shelfboot_proto::report::error_chain(&e)
                         );
                         std::thread::sleep(control::OWNER_POLL);
                     }
@@ -487,7 +487,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             let chain = match &e {
                 CliError::Control(ControlError::Remote(chain)) => chain.clone(),
-                _ => crate::error_chain(&e),
+                _ => shelfboot_proto::report::causes(&e)
+                    .map(|c| c.to_string())
+                    .collect(),
             };
             let mut lines = chain.into_iter();
             if let Some(first) = lines.next() {

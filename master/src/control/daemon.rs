@@ -185,7 +185,10 @@ impl Daemon {
     pub fn serve_one(&self, master: &mut Master) -> Result<(), ControlError> {
         let (stream, _) = self.listener.accept().map_err(|e| self.io_err(e))?;
         if let Err(e) = self.handle_blocking(stream, master) {
-            log::warn!("control client: {}", crate::error_chain(&e).join(": "));
+            log::warn!(
+                "control client: {}",
+                shelfboot_proto::report::error_chain(&e)
+            );
         }
         Ok(())
     }
@@ -212,7 +215,10 @@ impl Daemon {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if let Err(e) = self.admit(stream) {
-                        log::warn!("control client: {}", crate::error_chain(&e).join(": "));
+                        log::warn!(
+                            "control client: {}",
+                            shelfboot_proto::report::error_chain(&e)
+                        );
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -261,7 +267,7 @@ impl Daemon {
                 log::warn!(
                     "control client pid {}: {}",
                     p.cred.pid(),
-                    crate::error_chain(&self.io_err(e)).join(": ")
+                    shelfboot_proto::report::error_chain(&self.io_err(e))
                 );
             }
         }
@@ -383,8 +389,13 @@ impl Daemon {
         let (order, line) = match execute(master, req, backplane, &mut progress) {
             Ok(outcome) => (outcome.order, Line::Ok(Box::new(outcome.reply))),
             Err(e) => {
-                let chain = crate::error_chain(&e);
-                log::error!("control request failed: {}", chain.join(": "));
+                log::error!(
+                    "control request failed: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
+                let chain = shelfboot_proto::report::causes(&e)
+                    .map(|c| c.to_string())
+                    .collect();
                 (None, Line::Error(chain))
             }
         };

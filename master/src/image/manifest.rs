@@ -305,7 +305,7 @@ mod tests {
             let mut m = manifest();
             f(&mut m);
             let err = m.validate().unwrap_err();
-            let text = crate::error_chain(&err).join(": ");
+            let text = shelfboot_proto::report::error_chain(&err);
             assert!(text.contains(want), "'{text}' should contain '{want}'");
         };
         check(&|m| m.blobs.push(blob(3)), "no artifact uses it");

@@ -33,7 +33,7 @@ impl PlannedArtifact {
             },
             name: self.name.clone(),
             version: self.version.to_string(),
-            sha256: self.blob.sha256.0,
+            sha256: self.blob.sha256,
             size: self.blob.size,
         }
     }
@@ -76,7 +76,7 @@ impl Plan {
 
     /// Computes the digest from the artifacts and command line.
     pub fn compute_digest(&self) -> Digest {
-        Digest(set_digest(&self.artifact_refs(), &self.cmdline))
+        set_digest(&self.artifact_refs(), &self.cmdline)
     }
 
     /// Every blob the plan references.

@@ -290,7 +290,7 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
             log::error!(
                 "master: receive on {}: {}",
                 cfg.iface,
-                crate::error_chain(&e).join(": ")
+                shelfboot_proto::report::error_chain(&e)
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -310,7 +310,7 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
                 }
                 Err(e) => log::warn!(
                     "master: control socket: {}",
-                    crate::error_chain(&e).join(": ")
+                    shelfboot_proto::report::error_chain(&e)
                 ),
             }
             out.extend(svc.tick(Instant::now()));
@@ -366,7 +366,7 @@ fn send_all(sock: &mut PacketSocket, frames: &[Vec<u8>]) {
             );
         }
         Ok(_) => {}
-        Err(e) => log::error!("master: send: {}", crate::error_chain(&e).join(": ")),
+        Err(e) => log::error!("master: send: {}", shelfboot_proto::report::error_chain(&e)),
     }
 }
 

@@ -168,7 +168,7 @@ impl<S: Store> Service<S> {
     pub fn begin_batch(&mut self) {
         if let Err(e) = self.master.begin_batch() {
             self.stats.db_errors += 1;
-            log::error!("master: {}", crate::error_chain(&e).join(": "));
+            log::error!("master: {}", shelfboot_proto::report::error_chain(&e));
         }
     }
 
@@ -177,7 +177,7 @@ impl<S: Store> Service<S> {
     pub fn commit(&mut self) {
         if let Err(e) = self.master.end_batch() {
             self.stats.db_errors += 1;
-            log::error!("master: {}", crate::error_chain(&e).join(": "));
+            log::error!("master: {}", shelfboot_proto::report::error_chain(&e));
         }
     }
 
@@ -218,7 +218,7 @@ impl<S: Store> Service<S> {
             Err(e) => log::error!(
                 "master: encoding {} to {dst} failed: {}",
                 m.msg_type(),
-                crate::error_chain(&e).join(": ")
+                shelfboot_proto::report::error_chain(&e)
             ),
         }
     }
@@ -275,7 +275,7 @@ impl<S: Store> Service<S> {
                                 self.stats.fetches_refused += 1;
                                 log::error!(
                                     "master: cannot serve {src}: {}",
-                                    crate::error_chain(&e).join(": ")
+                                    shelfboot_proto::report::error_chain(&e)
                                 );
                             }
                         }
@@ -284,7 +284,7 @@ impl<S: Store> Service<S> {
                         self.stats.fetches_refused += 1;
                         log::warn!(
                             "master: {src} asked for artifact {} that is not in its plan: refused",
-                            Digest(f.artifact)
+                            f.artifact
                         );
                     }
                 }
@@ -325,7 +325,7 @@ impl<S: Store> Service<S> {
     }
 
     /// The artifact with sha256 `sha` if it is in the plan of `card`.
-    fn entitled(&mut self, card: MacAddr, sha: &[u8; 32]) -> Option<msg::ArtifactRef> {
+    fn entitled(&mut self, card: MacAddr, sha: &Digest) -> Option<msg::ArtifactRef> {
         if !self.plans.contains_key(&card) {
             // After a master restart a card resumes with Fetch without soliciting again.
             let plan = self.master.plan(&card).ok()?;
@@ -388,7 +388,7 @@ impl<S: Store> Service<S> {
                     self.stats.db_errors += 1;
                     log::error!(
                         "master: reading the catalog for {src}: {}",
-                        crate::error_chain(&e).join(": ")
+                        shelfboot_proto::report::error_chain(&e)
                     );
                     return;
                 }
@@ -403,7 +403,7 @@ impl<S: Store> Service<S> {
                     "no plan for card {src} ({} slot {}): {}",
                     s.card_type,
                     s.slot,
-                    crate::error_chain(&source).join(": ")
+                    shelfboot_proto::report::error_chain(&source)
                 );
                 log::warn!("master: {detail}");
                 let e = Message::Error(ErrorMsg {
@@ -416,23 +416,23 @@ impl<S: Store> Service<S> {
                 self.stats.db_errors += 1;
                 log::error!(
                     "master: Solicit of {src}: {}",
-                    crate::error_chain(&e).join(": ")
+                    shelfboot_proto::report::error_chain(&e)
                 );
                 return;
             }
         };
         let inv = Inventory {
-            digest: s.inventory_digest.map(Digest),
+            digest: s.inventory_digest,
             items: inventory_items(&s.inventory),
         };
         if let Err(e) = self.master.record_inventory(&src, &inv) {
             self.stats.db_errors += 1;
             log::error!(
                 "master: inventory of {src}: {}",
-                crate::error_chain(&e).join(": ")
+                shelfboot_proto::report::error_chain(&e)
             );
         }
-        let verdict = if s.inventory_digest == Some(plan.digest.0) {
+        let verdict = if s.inventory_digest == Some(plan.digest) {
             self.stats.plans_continue += 1;
             Verdict::Continue
         } else {
@@ -463,7 +463,7 @@ impl<S: Store> Service<S> {
             cmdline: plan.cmdline.clone(),
             persist: plan.persist,
             verdict,
-            digest: plan.digest.0,
+            digest: plan.digest,
             nonce: s.nonce,
             epoch: self.epoch,
         };
@@ -472,7 +472,7 @@ impl<S: Store> Service<S> {
             self.stats.db_errors += 1;
             log::error!(
                 "master: prepare mark of {src}: {}",
-                crate::error_chain(&e).join(": ")
+                shelfboot_proto::report::error_chain(&e)
             );
             false
         }) {
@@ -484,12 +484,12 @@ impl<S: Store> Service<S> {
             Ok(signed) => self.send(src, p.header.session, &Message::Plan(signed)),
             Err(e) => log::error!(
                 "master: signing the plan of {src}: {}",
-                crate::error_chain(&e).join(": ")
+                shelfboot_proto::report::error_chain(&e)
             ),
         }
     }
 
-    fn on_ready(&mut self, src: MacAddr, digest: [u8; 32], persisted: bool) {
+    fn on_ready(&mut self, src: MacAddr, digest: Digest, persisted: bool) {
         let state = if persisted {
             NodeState::Ready
         } else {
@@ -508,7 +508,7 @@ impl<S: Store> Service<S> {
                     self.stats.db_errors += 1;
                     log::error!(
                         "master: prepare mark of {src}: {}",
-                        crate::error_chain(&e).join(": ")
+                        shelfboot_proto::report::error_chain(&e)
                     );
                 }
             }
@@ -516,27 +516,26 @@ impl<S: Store> Service<S> {
         let Some(plan) = self.plans.get(&src) else {
             return self.set_state(src, state, None);
         };
-        if plan.digest.0 != digest {
+        if plan.digest != digest {
             log::warn!(
-                "master: {src} is ready with set {} but its plan is {}",
-                Digest(digest),
+                "master: {src} is ready with set {digest} but its plan is {}",
                 plan.digest
             );
         }
         let inv = Inventory {
-            digest: Some(Digest(digest)),
+            digest: Some(digest),
             items: inventory_items(&plan.artifact_refs()),
         };
         // A test-mode set (persisted = false) lives in the card's RAM: its flash, and so
         // the inventory the node database records, is what its Solicit reported.
         if persisted
-            && plan.digest.0 == digest
+            && plan.digest == digest
             && let Err(e) = self.master.record_inventory(&src, &inv)
         {
             self.stats.db_errors += 1;
             log::error!(
                 "master: inventory of {src}: {}",
-                crate::error_chain(&e).join(": ")
+                shelfboot_proto::report::error_chain(&e)
             );
         }
         self.set_state(src, state, None);
@@ -559,7 +558,7 @@ impl<S: Store> Service<S> {
                 self.stats.db_errors += 1;
                 log::debug!(
                     "master: state of {src}: {}",
-                    crate::error_chain(&e).join(": ")
+                    shelfboot_proto::report::error_chain(&e)
                 );
             }
         }
@@ -587,7 +586,7 @@ impl<S: Store> Service<S> {
                 return log::error!(
                     "master: signing the {} command: {}",
                     order.action,
-                    crate::error_chain(&e).join(": ")
+                    shelfboot_proto::report::error_chain(&e)
                 );
             }
         };
@@ -627,7 +626,7 @@ impl<S: Store> Service<S> {
             }
             Err(e) => log::error!(
                 "master: signing the BurnNow of {card}: {}",
-                crate::error_chain(&e).join(": ")
+                shelfboot_proto::report::error_chain(&e)
             ),
         }
     }
@@ -729,7 +728,7 @@ fn inventory_items(refs: &[msg::ArtifactRef]) -> Vec<InventoryItem> {
             },
             name: a.name.clone(),
             version: a.version.clone(),
-            sha256: Digest(a.sha256),
+            sha256: a.sha256,
         })
         .collect()
 }

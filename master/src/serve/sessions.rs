@@ -35,7 +35,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shelfboot_proto::frame::{Link, MacAddr};
-use shelfboot_proto::id::Digest;
 use shelfboot_proto::msg::{ArtifactRef, Fetch, Join, Nack, Progress};
 use shelfboot_xfer::{
     Admission, ArtifactInfo, MemberStatus, SendStep, Sender, SenderConfig, SenderError, SenderEvent,
@@ -196,7 +195,7 @@ impl Sessions {
         }
         let transfer = self.next_transfer;
         self.next_transfer = self.next_transfer.wrapping_add(1).max(1);
-        let path = blobs.path(&Digest(artifact.sha256));
+        let path = blobs.path(&artifact.sha256);
         let name = format!("{} {}", artifact.name, artifact.version);
         let file = File::open(&path).map_err(|source| SessionError::Blob {
             name: name.clone(),
@@ -228,7 +227,7 @@ impl Sessions {
         );
         let stats = SessionStats {
             transfer,
-            artifact: Digest(artifact.sha256),
+            artifact: artifact.sha256,
             name,
             size: artifact.size,
             group: group.to_string(),
@@ -313,7 +312,7 @@ impl Sessions {
                         Err(e) => {
                             log::error!(
                                 "master: session {t}: {}",
-                                crate::error_chain(&e).join(": ")
+                                shelfboot_proto::report::error_chain(&e)
                             );
                             done.push(*t);
                             break;

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use shelfboot_proto::frame::{Link, MacAddr};
 use shelfboot_proto::msg::{
-    Arch, BootPhase, ErrorReason, Fetch, Message, Solicit, Verdict, decode_frame, encode_message,
+    Arch, BootPhase, Digest, ErrorReason, Fetch, Message, Solicit, Verdict, decode_frame,
+    encode_message,
 };
 use shelfboot_proto::sign::{SigningKey, TrustAnchor};
 
@@ -38,7 +39,7 @@ fn service(dir: &std::path::Path, now: Instant) -> Service<crate::store::sqlite:
     Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 3, now)
 }
 
-fn solicit(card: MacAddr, card_type: &str, slot: u16, digest: Option<[u8; 32]>, n: u8) -> Vec<u8> {
+fn solicit(card: MacAddr, card_type: &str, slot: u16, digest: Option<Digest>, n: u8) -> Vec<u8> {
     let s = Solicit {
         mac: card,
         card_type: card_type.into(),
@@ -207,7 +208,7 @@ fn fetch_of_an_artifact_outside_the_plan_is_refused_inside_it_joins_a_session() 
         })
         .unwrap();
     let bad = Fetch {
-        artifact: [0x42; 32],
+        artifact: Digest([0x42; 32]),
         have_slices: 0,
     };
     assert!(messages(&svc.handle_frame(t0, &frame(card, ME, &Message::Fetch(bad)))).is_empty());
@@ -302,10 +303,7 @@ fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
         svc.master().store().node(&card).unwrap().unwrap()
     };
     let flash = node(&svc).inventory;
-    assert_eq!(
-        flash.as_ref().and_then(|i| i.digest.as_ref()).map(|d| d.0),
-        Some(plans[0].digest)
-    );
+    assert_eq!(flash.as_ref().and_then(|i| i.digest), Some(plans[0].digest));
     let pins = crate::state::parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
     svc.master_mut().test_mode(&card, Some(pins)).unwrap();
     // The next boot: the card still holds its flash set; the plan is RAM-only.
@@ -330,7 +328,7 @@ fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
     let n = node(&svc);
     assert_eq!(n.state, NodeState::Test);
     assert_eq!(
-        n.inventory.and_then(|i| i.digest).map(|d| d.0),
+        n.inventory.and_then(|i| i.digest),
         Some(plans[0].digest),
         "the RAM-only set is not recorded as the flash inventory"
     );

@@ -117,7 +117,7 @@ impl<S: Store> Master<S> {
             .map(|node| {
                 let (plan, plan_error) = match resolve::resolve_node(&cat, &node) {
                     Ok(p) => (Some(p), None),
-                    Err(e) => (None, Some(crate::error_chain(&e).join(": "))),
+                    Err(e) => (None, Some(shelfboot_proto::report::error_chain(&e))),
                 };
                 let in_sync = match (&plan, node.inventory.as_ref().and_then(|i| i.digest)) {
                     (Some(p), Some(d)) => Some(p.digest == d),

@@ -40,7 +40,7 @@ fn import(m: &mut Master, bytes: &[u8]) -> Result<ImportReport, ImportError> {
 fn assert_rejected(m: &mut Master, bytes: &[u8], expect: &str) -> String {
     let before = fixture::state_dump(m);
     let err = import(m, bytes).expect_err("import must fail");
-    let text = crate::error_chain(&err).join(": ");
+    let text = shelfboot_proto::report::error_chain(&err);
     assert!(
         text.contains(expect),
         "error '{text}' should mention '{expect}'"
@@ -118,7 +118,7 @@ fn fixture_imports_and_resolves_expected_plans() {
         }
         // The digest is proto's set digest, and resolution is deterministic.
         assert_eq!(
-            plan.digest.0,
+            plan.digest,
             set_digest(&plan.artifact_refs(), "console=ttyS0 quiet")
         );
         assert_eq!(m.plan(&mac(node)).unwrap(), plan);
@@ -173,7 +173,7 @@ fn conflicting_pin_names_packages_and_constraints() {
     let err = m
         .assign(Target::Node(mac(N1)), None, pins, "assign")
         .unwrap_err();
-    let text = crate::error_chain(&err).join("\n");
+    let text = chain_lines(&err).join("\n");
     assert!(
         text.contains("unsatisfiable dependency for node 02:00:00:00:00:01"),
         "{text}"
@@ -195,7 +195,7 @@ fn conflicting_pin_names_packages_and_constraints() {
     let err = m
         .assign(Target::Class("linecards".into()), None, pins, "assign")
         .unwrap_err();
-    let text = crate::error_chain(&err).join("\n");
+    let text = chain_lines(&err).join("\n");
     assert!(
         text.contains("cannot make a plan for node 02:00:00:00:00:03"),
         "{text}"
@@ -229,7 +229,7 @@ fn test_mode_is_ram_only_and_listed() {
     let pins = parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
     let err = m.test_mode(&mac(N3), Some(pins)).unwrap_err();
     assert!(
-        crate::error_chain(&err)
+        chain_lines(&err)
             .join(" ")
             .contains("not imported for arch aarch64")
     );
@@ -254,7 +254,7 @@ fn an_unknown_arch_is_refused_naming_the_file_and_the_accepted_values() {
                  file = \"files/armpkg\"\n";
     let spec = fixture::write_spec(dir.path(), "1.0.0", extra);
     let err = pack::prepare(&spec).unwrap_err();
-    let text = crate::error_chain(&err).join(": ");
+    let text = shelfboot_proto::report::error_chain(&err);
     assert!(text.contains(&spec.display().to_string()), "{text}");
     for want in ["armv7", "x86_64", "aarch64"] {
         assert!(text.contains(want), "{want} missing from: {text}");
@@ -417,11 +417,9 @@ fn truncation_at_every_offset_fails_cleanly() {
     for cut in 0..img.len() {
         let err = import(&mut m, &img[..cut]).expect_err("truncated import must fail");
         assert!(
-            crate::error_chain(&err)
-                .join(": ")
-                .contains("image is truncated"),
+            shelfboot_proto::report::error_chain(&err).contains("image is truncated"),
             "cut {cut}: {}",
-            crate::error_chain(&err).join(": ")
+            shelfboot_proto::report::error_chain(&err)
         );
         assert_eq!(
             fixture::state_dump(&m),
@@ -604,4 +602,11 @@ fn shipped_example_packs_and_resolves() {
     let n2 = m.plan(&mac(N2)).unwrap();
     assert!(n2.packages.iter().any(|p| p.name == "debug-tools"));
     assert_eq!(summary(&m.plan(&mac(N4)).unwrap())[2], "fabric-mgr 1.0.0");
+}
+
+/// The messages of `err` and its causes, outermost first.
+fn chain_lines(err: &dyn std::error::Error) -> Vec<String> {
+    shelfboot_proto::report::causes(err)
+        .map(|c| c.to_string())
+        .collect()
 }

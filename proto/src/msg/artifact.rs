@@ -12,8 +12,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-/// A sha256 digest.
-pub type Digest = [u8; 32];
+/// A sha256 digest: the one shared type, re-exported where the messages use it.
+pub use crate::id::Digest;
 
 /// What an artifact is for. CBOR: text `"b"` or `"p"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -54,7 +54,7 @@ pub struct ArtifactRef {
     #[serde(rename = "v")]
     pub version: String,
     /// sha256 of the artifact's bytes.
-    #[serde(rename = "h", with = "serde_bytes")]
+    #[serde(rename = "h")]
     pub sha256: Digest,
     /// Size of the artifact in bytes.
     #[serde(rename = "z")]
@@ -95,12 +95,12 @@ pub fn set_digest(artifacts: &[ArtifactRef], cmdline: &str) -> Digest {
         h.update(a.name.as_bytes());
         h.update(len_u64(a.version.len()).to_be_bytes());
         h.update(a.version.as_bytes());
-        h.update(a.sha256);
+        h.update(a.sha256.as_bytes());
         h.update(a.size.to_be_bytes());
     }
     h.update(len_u64(cmdline.len()).to_be_bytes());
     h.update(cmdline.as_bytes());
-    h.finalize().into()
+    Digest(h.finalize().into())
 }
 
 /// `usize` to `u64`; lossless on every platform Rust supports (usize is at most 64 bits).
@@ -152,7 +152,7 @@ mod tests {
             |a| a.kind = ArtifactKind::Package,
             |a| a.name.push('x'),
             |a| a.version.push('x'),
-            |a| a.sha256[31] ^= 1,
+            |a| a.sha256.0[31] ^= 1,
             |a| a.size += 1,
         ];
         for (i, edit) in edits.iter().enumerate() {

@@ -16,11 +16,7 @@ pub struct Signature(pub [u8; SIGNATURE_LEN]);
 impl fmt::Debug for Signature {
     /// The first 32 bytes in hex: enough to tell two signatures apart in a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Signature(")?;
-        for b in self.0.iter().take(32) {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str("…)")
+        write!(f, "Signature({}…)", hex::encode(&self.0[..32]))
     }
 }
 

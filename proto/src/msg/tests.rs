@@ -209,7 +209,7 @@ fn frame_version_from_the_future_gets_a_reply() {
 }
 
 fn arb_digest() -> impl Strategy<Value = Digest> {
-    any::<[u8; 32]>()
+    any::<[u8; 32]>().prop_map(Digest)
 }
 
 fn arb_artifact() -> impl Strategy<Value = ArtifactRef> {
@@ -502,7 +502,7 @@ fn realistic_artifacts() -> Vec<ArtifactRef> {
             },
             name: format!("package-name-{i:03}"),
             version: "10.20.300".into(),
-            sha256: [i; 32],
+            sha256: Digest([i; 32]),
             size: 200_000_000,
         })
         .collect()

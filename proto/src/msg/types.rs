@@ -68,12 +68,7 @@ pub struct Solicit {
     #[serde(rename = "inv")]
     pub inventory: Vec<ArtifactRef>,
     /// `id`: [`crate::msg::set_digest`] of the committed set; absent = pristine flash.
-    #[serde(
-        rename = "id",
-        with = "opt_digest",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "id", default, skip_serializing_if = "Option::is_none")]
     pub inventory_digest: Option<Digest>,
     /// `n`: fresh random nonce of this boot.
     #[serde(rename = "n", with = "serde_bytes")]
@@ -132,7 +127,7 @@ pub struct PlanBody {
     #[serde(rename = "v")]
     pub verdict: Verdict,
     /// `d`: [`crate::msg::set_digest`] of `artifacts` and `cmdline`.
-    #[serde(rename = "d", with = "serde_bytes")]
+    #[serde(rename = "d")]
     pub digest: Digest,
     /// `n`: the nonce of the Solicit this answers.
     #[serde(rename = "n", with = "serde_bytes")]
@@ -168,7 +163,7 @@ pub struct Plan {
 #[serde(deny_unknown_fields)]
 pub struct Fetch {
     /// `h`: sha256 of the artifact.
-    #[serde(rename = "h", with = "serde_bytes")]
+    #[serde(rename = "h")]
     pub artifact: Digest,
     /// `r`: slices 0..r are already received and verified (resume point).
     #[serde(rename = "r")]
@@ -183,7 +178,7 @@ pub struct Join {
     #[serde(rename = "t")]
     pub transfer: u32,
     /// `h`: sha256 of the artifact.
-    #[serde(rename = "h", with = "serde_bytes")]
+    #[serde(rename = "h")]
     pub artifact: Digest,
     /// `z`: artifact size in bytes.
     #[serde(rename = "z")]
@@ -239,12 +234,7 @@ pub struct Progress {
     #[serde(rename = "st")]
     pub stage: Stage,
     /// `h`: artifact concerned, if any.
-    #[serde(
-        rename = "h",
-        with = "opt_digest",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Digest>,
     /// `d`: bytes done.
     #[serde(rename = "d")]
@@ -270,7 +260,7 @@ pub enum Handoff {
 #[serde(deny_unknown_fields)]
 pub struct Ready {
     /// `d`: set digest of what the card is about to boot.
-    #[serde(rename = "d", with = "serde_bytes")]
+    #[serde(rename = "d")]
     pub digest: Digest,
     /// `p`: true = committed to flash, false = RAM only.
     #[serde(rename = "p")]
@@ -308,10 +298,10 @@ pub enum ErrorReason {
         #[serde(rename = "n")]
         artifact: String,
         /// Digest from the signed plan.
-        #[serde(rename = "e", with = "serde_bytes")]
+        #[serde(rename = "e")]
         expected: Digest,
         /// Digest of the received bytes.
-        #[serde(rename = "g", with = "serde_bytes")]
+        #[serde(rename = "g")]
         got: Digest,
     },
     /// `"uc"`: the master has no record of this card.
@@ -400,22 +390,4 @@ pub struct Command {
     /// `s`: Ed25519 signature (see [`crate::sign`]).
     #[serde(rename = "s")]
     pub signature: Signature,
-}
-
-/// serde for `Option<[u8; 32]>` as an optional 32-byte string.
-mod opt_digest {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use super::Digest;
-
-    pub fn serialize<S: Serializer>(v: &Option<Digest>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(d) => serde_bytes::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Digest>, D::Error> {
-        Option::<serde_bytes::ByteArray<32>>::deserialize(d).map(|o| o.map(|b| b.into_array()))
-    }
 }

@@ -16,7 +16,7 @@ use shelfboot_card::sim::{CardReport, SimCard, SimConfig};
 use shelfboot_master::serve::{self, ServeConfig, ServeStats};
 use shelfboot_master::state::Master;
 use shelfboot_proto::frame::MacAddr;
-use shelfboot_proto::msg::{Arch, BootPhase};
+use shelfboot_proto::msg::{Arch, BootPhase, Digest};
 use shelfboot_proto::sign::TrustAnchor;
 use shelfboot_testkit::netns::Lab;
 
@@ -162,9 +162,9 @@ impl Fixture {
     }
 
     /// Blob bytes of the master for `sha`.
-    pub fn blob(&self, sha: &[u8; 32]) -> Vec<u8> {
+    pub fn blob(&self, sha: &Digest) -> Vec<u8> {
         let m = Master::open(&self.state).unwrap();
-        std::fs::read(m.blobs().path(&shelfboot_proto::id::Digest(*sha))).unwrap()
+        std::fs::read(m.blobs().path(sha)).unwrap()
     }
 
     /// Checks that `card`'s committed flash holds its plan's artifacts, each byte-identical
@@ -176,17 +176,13 @@ impl Fixture {
         let m = Master::open(&self.state).unwrap();
         let plan = m.plan(&card.mac).expect("card has a plan");
         assert_eq!(
-            inv.set.digest, plan.digest.0,
+            inv.set.digest, plan.digest,
             "card {} holds its plan",
             card.mac
         );
         for a in &inv.set.artifacts {
             let id = store.volume_id(&a.volume).unwrap().expect("volume exists");
-            let want = std::fs::read(
-                m.blobs()
-                    .path(&shelfboot_proto::id::Digest(a.artifact.sha256)),
-            )
-            .unwrap();
+            let want = std::fs::read(m.blobs().path(&a.artifact.sha256)).unwrap();
             let mut got = vec![0u8; want.len()];
             let mut off = 0;
             while off < got.len() {

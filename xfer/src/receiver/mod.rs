@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use shelfboot_proto::data::{DataView, SliceBitmap};
-use shelfboot_proto::msg::{Fetch, Join, Message, Nack, Progress, Stage};
+use shelfboot_proto::msg::{Digest, Fetch, Join, Message, Nack, Progress, Stage};
 use thiserror::Error;
 
 use crate::geometry::{ArtifactInfo, Geometry, GeometryError};
-use crate::hex;
+
 use crate::source::ByteSink;
 
 /// Tunables of a receiver. [`ReceiverConfig::default`] gives the documented defaults.
@@ -140,8 +140,8 @@ pub enum ReceiverError {
     DigestMismatch {
         artifact: String,
         size: u64,
-        expected: String,
-        actual: String,
+        expected: Digest,
+        actual: Digest,
     },
 }
 
@@ -359,8 +359,8 @@ impl<W: ByteSink> Receiver<W> {
         if join.artifact != self.artifact.sha256 {
             return Err(mismatch(
                 "sha256",
-                hex(&self.artifact.sha256),
-                hex(&join.artifact),
+                self.artifact.sha256.to_string(),
+                join.artifact.to_string(),
             ));
         }
         if join.size != self.artifact.size {
@@ -649,8 +649,8 @@ impl<W: ByteSink> Receiver<W> {
         self.pool.clear();
         self.slots.iter_mut().for_each(|s| *s = Slot::default());
         self.stats.buffered_bytes = 0;
-        let actual: [u8; 32] = if self.cfg.verify_digest {
-            self.hasher.clone().finalize().into()
+        let actual = if self.cfg.verify_digest {
+            Digest(self.hasher.clone().finalize().into())
         } else {
             self.artifact.sha256
         };
@@ -659,8 +659,8 @@ impl<W: ByteSink> Receiver<W> {
             return Err(ReceiverError::DigestMismatch {
                 artifact: self.artifact.name.clone(),
                 size: self.artifact.size,
-                expected: hex(&self.artifact.sha256),
-                actual: hex(&actual),
+                expected: self.artifact.sha256,
+                actual,
             });
         }
         self.state = ReceiverState::Complete;

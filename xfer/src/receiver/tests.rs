@@ -25,7 +25,7 @@ fn data(len: usize) -> Vec<u8> {
 fn info(d: &[u8]) -> ArtifactInfo {
     ArtifactInfo {
         name: "test-pkg 1.0".to_owned(),
-        sha256: Sha256::digest(d).into(),
+        sha256: Digest::of(d),
         size: d.len() as u64,
     }
 }
@@ -403,7 +403,7 @@ fn progress_by_bytes_is_due_at_once_not_at_the_next_timed_poll() {
 fn without_verify_digest_the_sink_is_trusted_to_check() {
     let d = data(1000);
     let mut i = info(&d);
-    i.sha256[0] ^= 1;
+    i.sha256.0[0] ^= 1;
     let c = ReceiverConfig {
         verify_digest: false,
         ..cfg(1)
@@ -430,7 +430,7 @@ fn without_verify_digest_the_sink_is_trusted_to_check() {
 fn digest_mismatch_names_artifact_and_both_digests() {
     let d = data(1000);
     let mut i = info(&d);
-    i.sha256[0] ^= 1;
+    i.sha256.0[0] ^= 1;
     let mut rx = Receiver::new(
         cfg(1),
         i.clone(),
@@ -448,9 +448,9 @@ fn digest_mismatch_names_artifact_and_both_digests() {
             Err(e @ ReceiverError::DigestMismatch { .. }) => {
                 let msg = e.to_string();
                 assert!(msg.contains("test-pkg 1.0"), "{msg}");
-                assert!(msg.contains(&crate::hex(&i.sha256)), "{msg}");
-                let actual: [u8; 32] = Sha256::digest(&d).into();
-                assert!(msg.contains(&crate::hex(&actual)), "{msg}");
+                assert!(msg.contains(&i.sha256.to_string()), "{msg}");
+                let actual = Digest::of(&d);
+                assert!(msg.contains(&actual.to_string()), "{msg}");
             }
             other => panic!("block {b}: {other:?}"),
         }

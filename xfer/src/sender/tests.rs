@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shelfboot_proto::data::DataView;
 use shelfboot_proto::frame::{Flags, Frame, Link, MacAddr};
-use shelfboot_proto::msg::{Nack, Progress, Stage};
+use shelfboot_proto::msg::{Digest, Nack, Progress, Stage};
 use shelfboot_proto::{DEFAULT_ETHERTYPE, MAX_FRAME_LEN};
 
 use super::*;
@@ -40,7 +40,7 @@ fn sender(len: usize) -> Sender<Vec<u8>> {
     let d: Vec<u8> = (0..len).map(|i| i as u8).collect();
     let info = ArtifactInfo {
         name: "pkg 2".to_owned(),
-        sha256: [7; 32],
+        sha256: Digest([7; 32]),
         size: len as u64,
     };
     Sender::new(config(), 5, info, d, Duration::ZERO).unwrap()
@@ -122,7 +122,7 @@ fn first_pass_starts_when_joins_go_quiet_but_never_after_the_window() {
     c.silence_timeout = Duration::from_secs(10);
     let info = ArtifactInfo {
         name: "pkg 2".to_owned(),
-        sha256: [7; 32],
+        sha256: Digest([7; 32]),
         size: 3 * SLICE,
     };
     let mut buf = vec![0; MAX_FRAME_LEN];
@@ -333,7 +333,7 @@ fn foreign_control_messages_are_ignored() {
         ControlOutcome::Ignored(IgnoreReason::OutOfRange)
     );
     let mut p = progress(&tx, 0);
-    p.artifact = Some([0; 32]);
+    p.artifact = Some(Digest([0; 32]));
     assert_eq!(
         tx.handle_progress(mac(1), &p, MS),
         ControlOutcome::Ignored(IgnoreReason::WrongArtifact)
@@ -382,7 +382,7 @@ impl BlockSource for Broken {
 fn read_errors_name_the_artifact_and_offset() {
     let info = ArtifactInfo {
         name: "kernel 6.1".to_owned(),
-        sha256: [0; 32],
+        sha256: Digest([0; 32]),
         size: 1000,
     };
     let mut tx = Sender::new(config(), 1, info, Broken, Duration::ZERO).unwrap();
@@ -412,7 +412,7 @@ proptest::proptest! {
         let mut c = config();
         c.max_repair_slices = 3;
         let d: Vec<u8> = (0..len).map(|i| i as u8).collect();
-        let info = ArtifactInfo { name: "p 1".to_owned(), sha256: [1; 32], size: len as u64 };
+        let info = ArtifactInfo { name: "p 1".to_owned(), sha256: Digest([1; 32]), size: len as u64 };
         let mut tx = Sender::new(c, 5, info, d, Duration::ZERO).unwrap();
         let slices = tx.geometry().slices();
         let mut now = Duration::ZERO;
@@ -430,7 +430,7 @@ proptest::proptest! {
                 2 => {
                     let p = Progress {
                         stage: Stage::Fetching,
-                        artifact: Some([1; 32]),
+                        artifact: Some(Digest([1; 32])),
                         done: u64::from(x) % (len as u64 + 10),
                         total: len as u64,
                     };
@@ -481,7 +481,7 @@ fn flow_sender(slices: u64, hold: Duration) -> Sender<Vec<u8>> {
     let d: Vec<u8> = (0..len).map(|i| i as u8).collect();
     let info = ArtifactInfo {
         name: "pkg 2".to_owned(),
-        sha256: [7; 32],
+        sha256: Digest([7; 32]),
         size: len as u64,
     };
     let mut c = config();

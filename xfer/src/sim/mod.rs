@@ -19,10 +19,9 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
 use shelfboot_proto::MAX_FRAME_LEN;
 use shelfboot_proto::frame::MacAddr;
-use shelfboot_proto::msg::Message;
+use shelfboot_proto::msg::{Digest, Message};
 use thiserror::Error;
 
 use crate::geometry::ArtifactInfo;
@@ -294,7 +293,7 @@ impl std::fmt::Debug for Sim {
 impl Sim {
     /// A simulation of `cards` fetching `artifact`.
     pub fn new(cfg: SimConfig, artifact: Vec<u8>, cards: Vec<CardSpec>) -> Sim {
-        let sha256: [u8; 32] = Sha256::digest(&artifact).into();
+        let sha256 = Digest::of(&artifact);
         let info = ArtifactInfo {
             name: "sim-artifact 1".to_owned(),
             sha256,
