@@ -439,7 +439,8 @@ impl<V: Volumes> Agent<V> {
             | Message::Fetch(_)
             | Message::Nack(_)
             | Message::Progress(_)
-            | Message::Ready(_) => self.counters.dropped_unexpected += 1,
+            | Message::Ready(_)
+            | Message::Inventory(_) => self.counters.dropped_unexpected += 1,
         }
     }
 
@@ -486,6 +487,7 @@ impl<V: Volumes> Agent<V> {
                 .unwrap_or_default(),
             inventory_digest: self.store.digest(),
             nonce: self.cfg.nonce,
+            inventory_omitted: false,
         }
     }
 

@@ -319,7 +319,8 @@ impl<S: Store> Service<S> {
             | Message::Heartbeat(_)
             | Message::Plan(_)
             | Message::Join(_)
-            | Message::Command(_) => self.stats.dropped_unexpected += 1,
+            | Message::Command(_)
+            | Message::Inventory(_) => self.stats.dropped_unexpected += 1,
         }
         std::mem::take(&mut self.out)
     }
@@ -466,6 +467,8 @@ impl<S: Store> Service<S> {
             digest: plan.digest,
             nonce: s.nonce,
             epoch: self.epoch,
+            artifacts_omitted: false,
+            report_inventory: false,
         };
         self.plans.insert(src, plan);
         if self.master.prepare_pending(&src).unwrap_or_else(|e| {

@@ -52,6 +52,7 @@ fn solicit(card: MacAddr, card_type: &str, slot: u16, digest: Option<Digest>, n:
         inventory: vec![],
         inventory_digest: digest,
         nonce: [n; 16],
+        inventory_omitted: false,
     };
     frame(card, MacAddr::BROADCAST, &Message::Solicit(s))
 }
@@ -266,6 +267,7 @@ fn boot_round(
             inventory: held.map(|p| p.artifacts.clone()).unwrap_or_default(),
             inventory_digest: held.map(|p| p.digest),
             nonce: [nonce; 16],
+            inventory_omitted: false,
         };
         svc.handle_frame(t0, &frame(*c, MacAddr::BROADCAST, &Message::Solicit(s)));
     }
