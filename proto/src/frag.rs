@@ -144,7 +144,7 @@ pub fn parse(
             max: max_len,
         });
     }
-    if offset % FRAGMENT_DATA_LEN != 0 || offset >= total {
+    if !offset.is_multiple_of(FRAGMENT_DATA_LEN) || offset >= total {
         return Err(malformed(
             "offset is not a multiple of 1470 inside the message",
         ));

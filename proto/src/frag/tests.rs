@@ -1,6 +1,9 @@
 //! Fragment and reassembly tests: every split, duplicates, reorder, loss, inconsistent
 //! overlap, eviction, expiry, and the memory bound measured.
 
+// Test data generators narrow integers on purpose.
+#![allow(clippy::cast_possible_truncation)]
+
 use proptest::prelude::*;
 
 use super::*;
