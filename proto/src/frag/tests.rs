@@ -440,3 +440,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn describe_shows_a_fragment_and_check_accepts_it() {
+    let frames = frames_of(&big_plan(30), 1, 6);
+    let text = crate::describe_frame(&frames[1]);
+    assert!(
+        text.contains("fragment: message 6 bytes 1470..2940 of"),
+        "{text}"
+    );
+    crate::check_frame(&frames[1]).unwrap();
+}
