@@ -217,13 +217,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// A card's: two partial plans (this master's and a stale or second one), 128 KiB.
+    /// A card's: two partial plans (this master's and a stale or second one), 128.4 KiB.
     pub const CARD: Limits = Limits {
         max_message_len: MAX_MESSAGE_LEN,
         max_partials: 2,
         timeout: Duration::from_secs(3),
     };
-    /// The master's: 64 partial inventories at once, 4 MiB.
+    /// The master's: 64 partial inventories at once, 4.0 MiB.
     pub const MASTER: Limits = Limits {
         max_message_len: MAX_MESSAGE_LEN,
         max_partials: 64,
