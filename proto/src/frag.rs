@@ -163,6 +163,7 @@ pub fn encode_frames(
     header: &Header,
     msg: &Message,
 ) -> Result<Vec<Vec<u8>>, EncodeError> {
+    crate::msg::check_version(header.version, msg)?;
     let body = msg.encode_long_body()?;
     let msg_type = msg.msg_type();
     let header = Header {
@@ -301,7 +302,9 @@ pub struct Reassembled {
 impl Reassembled {
     /// Decodes the body (strictly, as one-frame bodies are).
     pub fn decode(&self) -> Result<Message, MsgError> {
-        Message::decode_long_body(self.header.msg_type, &self.body)
+        let msg = Message::decode_long_body(self.header.msg_type, &self.body)?;
+        crate::msg::check_version(self.header.version, &msg)?;
+        Ok(msg)
     }
 }
 

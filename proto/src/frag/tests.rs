@@ -451,3 +451,28 @@ fn describe_shows_a_fragment_and_check_accepts_it() {
     );
     crate::check_frame(&frames[1]).unwrap();
 }
+
+#[test]
+fn a_version_2_field_in_a_version_1_frame_is_rejected_both_ways() {
+    let msg = Message::Error(ErrorMsg {
+        reason: ErrorReason::MessageTooLarge {
+            len: 70_000,
+            max: 65_536,
+        },
+        detail: "plan".into(),
+    });
+    let h = Header::new(MessageType::Error, 1, 1).in_version(1);
+    assert!(matches!(
+        encode_frames(&link(1), &h, &msg),
+        Err(EncodeError::Msg(MsgError::Invalid { .. }))
+    ));
+    let mut buf = vec![0u8; crate::MAX_FRAME_LEN];
+    let body = msg.encode_body().unwrap();
+    let n = crate::frame::encode_frame(&mut buf, &link(1), &h, &body).unwrap();
+    assert!(matches!(
+        crate::msg::decode_frame(&buf[..n], DEFAULT_ETHERTYPE),
+        Err(MsgError::Invalid { .. })
+    ));
+    let v2 = frames_of(&msg, 1, 1);
+    assert!(crate::msg::decode_frame(&v2[0], DEFAULT_ETHERTYPE).is_ok());
+}

@@ -131,6 +131,20 @@ impl Message {
         }
     }
 
+    /// The oldest protocol version that can carry this message: 2 for the Inventory
+    /// message and for the fields and reasons version 2 added (`io`, `ao`, `ri`,
+    /// MessageTooLarge), 1 otherwise.
+    pub fn since_version(&self) -> u8 {
+        let v2 = match self {
+            Message::Inventory(_) => true,
+            Message::Solicit(s) => s.inventory_omitted,
+            Message::Plan(p) => p.body.artifacts_omitted || p.body.report_inventory,
+            Message::Error(e) => matches!(e.reason, ErrorReason::MessageTooLarge { .. }),
+            _ => false,
+        };
+        if v2 { version::FRAGMENTS } else { 1 }
+    }
+
     /// The canonical CBOR body of a one-frame message, capped at [`MAX_CONTROL_BODY_LEN`].
     pub fn encode_body(&self) -> Result<Vec<u8>, MsgError> {
         self.encode_body_capped(MAX_CONTROL_BODY_LEN)
@@ -323,7 +337,21 @@ pub fn decode_message(frame: &Frame<'_>) -> Result<Message, MsgError> {
             msg_type: h.msg_type,
         });
     }
-    Message::decode_body(h.msg_type, frame.payload())
+    let msg = Message::decode_body(h.msg_type, frame.payload())?;
+    check_version(h.version, &msg)?;
+    Ok(msg)
+}
+
+/// Rejects a message that uses what its frame's `version` does not have (a version-2 field
+/// in a version-1 frame).
+pub fn check_version(version: u8, msg: &Message) -> Result<(), MsgError> {
+    if msg.since_version() > version {
+        return Err(MsgError::Invalid {
+            msg_type: msg.msg_type(),
+            rule: "uses a field or reason of protocol version 2 in a version-1 frame",
+        });
+    }
+    Ok(())
 }
 
 /// Decodes a whole frame as a control message: [`Frame::decode`] then [`decode_message`].
