@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 
 use crate::DEFAULT_ETHERTYPE;
 use crate::data::{DataError, DataView};
-use crate::frame::{EthernetView, Frame, FrameError, MessageType};
+use crate::frag::{self, FragError};
+use crate::frame::{EthernetView, Flags, Frame, FrameError, MessageType};
 use crate::msg::{MsgError, decode_message};
 
 /// Why [`check_frame`] rejects a frame (the "rejected" line of [`describe_frame`]).
@@ -23,6 +24,9 @@ pub enum Rejection {
     /// The control message body.
     #[error("the control message is not valid")]
     Message(#[source] MsgError),
+    /// The fragment header of a piece of a larger control message.
+    #[error("the fragment is not valid")]
+    Fragment(#[source] FragError),
 }
 
 /// Checks `bytes` the way [`describe_frame`] reads them (with the frame's own EtherType):
@@ -32,6 +36,13 @@ pub fn check_frame(bytes: &[u8]) -> Result<(), Rejection> {
     let frame = Frame::decode(bytes, eth.ethertype()).map_err(Rejection::Frame)?;
     if frame.header().msg_type == MessageType::Data {
         DataView::from_frame(&frame).map_err(Rejection::Data)?;
+    } else if frame.header().flags.contains(Flags::FRAGMENT) {
+        frag::parse(
+            frame.header().msg_type,
+            frame.payload(),
+            crate::MAX_MESSAGE_LEN,
+        )
+        .map_err(Rejection::Fragment)?;
     } else {
         decode_message(&frame).map_err(Rejection::Message)?;
     }
@@ -95,6 +106,21 @@ pub fn describe_frame(bytes: &[u8]) -> String {
                 );
             }
             Err(e) => push_chain(&mut out, "data rejected", &e),
+        }
+    } else if h.flags.contains(Flags::FRAGMENT) {
+        match frag::parse(h.msg_type, frame.payload(), crate::MAX_MESSAGE_LEN) {
+            Ok((f, piece)) => {
+                let _ = writeln!(
+                    out,
+                    "fragment: message {} bytes {}..{} of {} (reassemble every fragment to decode the {})",
+                    f.msg_id,
+                    f.offset,
+                    u64::from(f.offset) + piece.len() as u64,
+                    f.total,
+                    h.msg_type
+                );
+            }
+            Err(e) => push_chain(&mut out, "fragment rejected", &e),
         }
     } else {
         match decode_message(&frame) {

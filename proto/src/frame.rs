@@ -84,13 +84,15 @@ pub enum MessageType {
     Error = 0x0a,
     /// Master → card(s): signed command.
     Command = 0x0b,
+    /// Card → master: the full flash inventory, when the master asks (version 2).
+    Inventory = 0x0c,
     /// Master → card(s): one block of artifact data ([`crate::data`]), no CBOR.
     Data = 0x40,
 }
 
 impl MessageType {
     /// Every message type, in wire order.
-    pub const ALL: [MessageType; 12] = [
+    pub const ALL: [MessageType; 13] = [
         MessageType::Solicit,
         MessageType::Advertise,
         MessageType::Heartbeat,
@@ -102,6 +104,7 @@ impl MessageType {
         MessageType::Ready,
         MessageType::Error,
         MessageType::Command,
+        MessageType::Inventory,
         MessageType::Data,
     ];
 
@@ -113,6 +116,15 @@ impl MessageType {
     /// Wire code.
     pub const fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The first protocol version that has this type; a frame of an older version that
+    /// carries it is rejected as [`FrameError::UnknownMessageType`].
+    pub const fn since_version(self) -> u8 {
+        match self {
+            MessageType::Inventory => version::FRAGMENTS,
+            _ => 1,
+        }
     }
 
     /// Whether the payload is a CBOR control message (everything except [`MessageType::Data`]).
@@ -138,11 +150,30 @@ impl Flags {
     pub const RETRANSMIT: Flags = Flags(1 << 0);
     /// Data: this is the last block of the artifact.
     pub const LAST: Flags = Flags(1 << 1);
-    const KNOWN: u16 = Flags::RETRANSMIT.0 | Flags::LAST.0;
+    /// Control (version 2): the payload is one fragment of a larger message
+    /// ([`crate::frag`]), not a whole CBOR body.
+    pub const FRAGMENT: Flags = Flags(1 << 2);
+    const KNOWN_V1: u16 = Flags::RETRANSMIT.0 | Flags::LAST.0;
+    const KNOWN: u16 = Flags::KNOWN_V1 | Flags::FRAGMENT.0;
 
     /// Flags from wire bits, `None` if an unknown bit is set.
     pub const fn from_bits(bits: u16) -> Option<Flags> {
         if bits & !Flags::KNOWN == 0 {
+            Some(Flags(bits))
+        } else {
+            None
+        }
+    }
+
+    /// Flags from the wire bits of a frame of protocol `version`, `None` if a bit is
+    /// unknown to that version (`FRAGMENT` is version 2's).
+    pub const fn from_bits_in(bits: u16, version: u8) -> Option<Flags> {
+        let known = if version >= version::FRAGMENTS {
+            Flags::KNOWN
+        } else {
+            Flags::KNOWN_V1
+        };
+        if bits & !known == 0 {
             Some(Flags(bits))
         } else {
             None
@@ -191,6 +222,12 @@ impl Header {
             session,
             sequence,
         }
+    }
+
+    /// The same header in protocol `version` (to answer a peer of an older version).
+    #[must_use]
+    pub const fn in_version(self, version: u8) -> Header {
+        Header { version, ..self }
     }
 }
 
@@ -386,9 +423,13 @@ impl<'a> Frame<'a> {
             return Err(FrameError::UnsupportedVersion { header: raw });
         }
         let msg_type = MessageType::from_code(raw.msg_type)
+            .filter(|t| t.since_version() <= raw.version)
             .ok_or(FrameError::UnknownMessageType { header: raw })?;
-        let flags =
-            Flags::from_bits(raw.flags).ok_or(FrameError::UnknownFlags { flags: raw.flags })?;
+        let flags = Flags::from_bits_in(raw.flags, raw.version)
+            .ok_or(FrameError::UnknownFlags { flags: raw.flags })?;
+        if flags.contains(Flags::FRAGMENT) && !msg_type.is_control() {
+            return Err(FrameError::UnknownFlags { flags: raw.flags });
+        }
         Ok(Frame {
             eth,
             header: Header {

@@ -8,6 +8,8 @@
 //! - [`id`]: the shared identities: [`id::MacAddr`], [`id::Arch`], [`id::Digest`].
 //! - [`frame`]: the Ethernet view, our versioned header and the CRC-32 trailer.
 //! - [`msg`]: control messages (CBOR bodies) and the shared [`msg::set_digest`].
+//! - [`frag`]: control messages larger than one frame: fragments and the bounded
+//!   [`frag::Reassembler`].
 //! - [`data`]: data frames (fixed binary header, no CBOR), slices and NACK bitmaps.
 //! - [`sign`]: Ed25519 signatures over plans, commands and manifests; the trust anchor.
 //! - [`report`]: how an error and its causes print ([`report::error_chain`]), for every crate.
@@ -19,6 +21,7 @@
 
 pub mod data;
 pub mod describe;
+pub mod frag;
 pub mod frame;
 pub mod id;
 pub mod msg;
@@ -45,7 +48,10 @@ pub mod version {
     /// Oldest protocol version this build decodes.
     pub const MIN: u8 = 1;
     /// Version this build encodes.
-    pub const CURRENT: u8 = 1;
+    pub const CURRENT: u8 = 2;
+    /// First version with fragmented control messages (the `FRAGMENT` flag), the
+    /// Inventory message and the digest-only Continue.
+    pub const FRAGMENTS: u8 = 2;
 
     /// Whether `v` is a version this build decodes.
     pub const fn is_supported(v: u8) -> bool {
@@ -61,8 +67,12 @@ pub const MIN_MTU: u16 = 1280;
 pub const MAX_FRAME_LEN: usize = frame::ETH_HDR_LEN + MAX_MTU as usize;
 /// Largest payload behind our header: a jumbo MTU minus our header and CRC trailer.
 pub const MAX_PAYLOAD_LEN: usize = MAX_MTU as usize - frame::PROTO_HDR_LEN - frame::CRC_LEN;
-/// Largest CBOR body of a control message. Control messages are broadcast before anyone
-/// knows the link MTU, so every one of them must fit a 1500-byte MTU frame.
+/// Largest CBOR body of a control message sent in one frame. Control messages are
+/// broadcast before anyone knows the link MTU, so every frame of them fits a 1500-byte MTU;
+/// a larger body is split into fragments ([`frag`], protocol version 2).
 pub const MAX_CONTROL_BODY_LEN: usize = 1500 - frame::PROTO_HDR_LEN - frame::CRC_LEN;
+/// Largest CBOR body of a control message of any size (reassembled from fragments): 64 KiB,
+/// room for a plan of about 400 artifacts with 64-byte names. Larger ones fail to encode.
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 /// Default EtherType (IEEE 802 local experimental 1); configurable per deployment.
 pub const DEFAULT_ETHERTYPE: u16 = 0x88B5;

@@ -51,6 +51,7 @@ pub fn every_message() -> Vec<Message> {
             inventory_digest: Some(set_digest(&inv, "")),
             inventory: inv.clone(),
             nonce: [3; 16],
+            inventory_omitted: false,
         }),
         Message::Advertise(Advertise {
             master_id: 1,
@@ -69,6 +70,8 @@ pub fn every_message() -> Vec<Message> {
                 verdict: Verdict::Continue,
                 nonce: [3; 16],
                 epoch: 2,
+                artifacts_omitted: false,
+                report_inventory: false,
             },
             signature: Signature([9; 64]),
         }),
@@ -115,6 +118,11 @@ pub fn every_message() -> Vec<Message> {
                 serial: 1,
             },
             signature: Signature([8; 64]),
+        }),
+        Message::Inventory(Inventory {
+            inventory: vec![artifact(ArtifactKind::Package, "base", 2)],
+            inventory_digest: Some(Digest([5; 32])),
+            nonce: [3; 16],
         }),
     ]
 }

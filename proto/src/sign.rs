@@ -241,7 +241,8 @@ impl TrustAnchor {
     }
 
     /// Accepts `plan` if it is signed by a trusted key, answers `nonce`, and its digest is
-    /// the set digest of its contents.
+    /// the set digest of its contents (a digest-only Continue, `artifacts_omitted`, carries no
+    /// contents: the caller must compare its digest with the committed set).
     pub fn verify_plan(&self, plan: &Plan, nonce: &Nonce) -> Result<(), SignError> {
         self.verify(
             Domain::Plan,
@@ -250,6 +251,10 @@ impl TrustAnchor {
         )?;
         if &plan.body.nonce != nonce {
             return Err(SignError::NonceMismatch);
+        }
+        if plan.body.artifacts_omitted {
+            // A digest-only Continue: the card compares the digest with its committed set.
+            return Ok(());
         }
         let computed = set_digest(&plan.body.artifacts, &plan.body.cmdline);
         if computed != plan.body.digest {
@@ -318,6 +323,8 @@ mod tests {
             verdict: Verdict::Fetch,
             nonce: [5; 16],
             epoch: 3,
+            artifacts_omitted: false,
+            report_inventory: false,
         }
     }
 

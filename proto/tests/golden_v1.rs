@@ -7,6 +7,10 @@
 //! a byte that moves here is a card that stops booting. A deliberate format change bumps
 //! `version::CURRENT` and adds `golden_v2.rs` next to this file (which stays, unchanged,
 //! for as long as version 1 is in `MIN..=CURRENT`).
+//!
+//! Since version 2 this build encodes version 2 by default, so the frames here are
+//! encoded with an explicit version-1 header (what the master sends a v1 card), and the
+//! v1 unsupported-version reply is built as a v1 peer builds it. No expected byte changed.
 
 #[cfg(test)]
 mod v1 {
@@ -65,13 +69,18 @@ mod v1 {
 
     #[test]
     fn constants() {
+        // Version 1 is still spoken (decoded, and encoded for v1 peers).
         assert_eq!(version::MIN, 1);
-        assert_eq!(version::CURRENT, 1);
+        assert!(version::is_supported(1));
         assert_eq!(DEFAULT_ETHERTYPE, 0x88b5);
         assert_eq!(BLOCKS_PER_SLICE, 128);
         assert_eq!(block_size_for_mtu(1500).unwrap(), 1408);
         assert_eq!(block_size_for_mtu(9000).unwrap(), 8960);
-        let codes: Vec<u8> = MessageType::ALL.iter().map(|t| t.code()).collect();
+        let codes: Vec<u8> = MessageType::ALL
+            .iter()
+            .filter(|t| t.since_version() <= 1)
+            .map(|t| t.code())
+            .collect();
         assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x40]);
         assert_eq!(Flags::RETRANSMIT.bits(), 1);
         assert_eq!(Flags::LAST.bits(), 2);
@@ -99,11 +108,10 @@ mod v1 {
             ethertype: DEFAULT_ETHERTYPE,
         };
         let mut buf = [0u8; MAX_FRAME_LEN];
-        let n = encode_message(
+        let n = encode_message_with_header(
             &mut buf,
             &link,
-            0x0102_0304,
-            0x0506_0708,
+            &Header::new(MessageType::Heartbeat, 0x0102_0304, 0x0506_0708).in_version(1),
             &Message::Heartbeat(Heartbeat {
                 master_id: 7,
                 epoch: 3,
@@ -130,7 +138,7 @@ mod v1 {
         let mut buf = [0u8; MAX_FRAME_LEN];
         let header = Header {
             flags: Flags::RETRANSMIT.with(Flags::LAST),
-            ..Header::new(MessageType::Data, 0x1000_0001, 42)
+            ..Header::new(MessageType::Data, 0x1000_0001, 42).in_version(1)
         };
         let n = encode_data_frame(
             &mut buf,
@@ -167,6 +175,7 @@ mod v1 {
                 inventory_digest: Some(set_digest(&inv, CMDLINE)),
                 inventory: inv,
                 nonce: NONCE,
+                inventory_omitted: false,
             })),
             "
             ab616d46020000000104626374676c632d31303067626172667838365f363462
@@ -193,6 +202,7 @@ mod v1 {
                 inventory: vec![],
                 inventory_digest: None,
                 nonce: NONCE,
+                inventory_omitted: false,
             })),
             "
             aa616d46020000000105626374676c632d313030676261726761617263683634
@@ -234,6 +244,8 @@ mod v1 {
                 verdict: Verdict::Fetch,
                 nonce: NONCE,
                 epoch: 3,
+                artifacts_omitted: false,
+                report_inventory: false,
             })
             .unwrap();
         TrustAnchor::new(vec![key().public_key()])
@@ -402,7 +414,13 @@ mod v1 {
             session: 9,
             sequence: 4,
         };
-        let (hdr, msg) = unsupported_version_reply(&raw);
+        // As a v1 peer builds it: version 1 header, it speaks 1..=1.
+        let (hdr, mut msg) = unsupported_version_reply(&raw);
+        let hdr = hdr.in_version(1);
+        if let Message::Error(e) = &mut msg {
+            e.reason = ErrorReason::UnsupportedVersion { min: 1, max: 1 };
+            e.detail = "protocol version 2 not supported; this peer speaks 1..=1".into();
+        }
         let link = Link {
             dst: MacAddr([0x02, 0, 0, 0, 0x01, 0x04]),
             src: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),

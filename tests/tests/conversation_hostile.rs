@@ -74,6 +74,8 @@ mod tests {
                         digest: set_digest(std::slice::from_ref(&art), "init=/evil"),
                         nonce: s.nonce,
                         epoch: 99,
+                        artifacts_omitted: false,
+                        report_inventory: false,
                     };
                     let plan = Message::Plan(key.sign_plan(body).unwrap());
                     let mut buf = vec![0u8; shelfboot_proto::MAX_FRAME_LEN];

@@ -45,6 +45,8 @@ mod rng;
 mod stores;
 
 #[cfg(test)]
+mod frag_tests;
+#[cfg(test)]
 mod stream_tests;
 #[cfg(test)]
 mod tests;
@@ -54,12 +56,15 @@ use std::time::{Duration, Instant};
 pub use config::{AgentConfig, Identity, Timers};
 pub use counters::Counters;
 
-use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr, MessageType};
+use shelfboot_proto::frag::{self, FragCounters, Reassembler};
+use shelfboot_proto::frame::{Flags, Frame, FrameError, Header, Link, MacAddr, MessageType};
 use shelfboot_proto::msg::{
-    self, Action, Command, ErrorMsg, ErrorReason, Handoff, Message, Plan, PlanBody, Ready, Solicit,
+    self, Action, Command, ErrorMsg, ErrorReason, Handoff, Inventory, Message, Plan, PlanBody,
+    Ready, Solicit,
 };
 use shelfboot_proto::report::error_chain;
 use shelfboot_proto::sign::SignError;
+use shelfboot_proto::version;
 
 use crate::boot::handoff_of;
 use crate::flash::inventory::SetRecord;
@@ -131,7 +136,7 @@ pub enum AgentError {
     Encode {
         what: &'static str,
         #[source]
-        source: msg::MsgError,
+        source: frag::EncodeError,
     },
 }
 
@@ -177,6 +182,11 @@ pub struct Agent<V: Volumes> {
     last_master_error: Option<ErrorMsg>,
     /// Last structured error we sent (for reports).
     last_error_sent: Option<ErrorMsg>,
+    /// Protocol version we speak: [`version::CURRENT`], or older after a master answered
+    /// that it speaks only that.
+    speak: u8,
+    /// Plans (and any other message) in fragments; two partial messages at most.
+    reasm: Reassembler,
     outputs: Vec<Output>,
 }
 
@@ -213,8 +223,21 @@ impl<V: Volumes> Agent<V> {
             hold: false,
             last_master_error: None,
             last_error_sent: None,
+            speak: version::CURRENT,
+            reasm: Reassembler::new(frag::Limits::CARD),
             outputs: Vec::new(),
         }
+    }
+
+    /// The protocol version this agent speaks now (lower than [`version::CURRENT`] after
+    /// falling back to an older master).
+    pub fn protocol_version(&self) -> u8 {
+        self.speak
+    }
+
+    /// Counters of the reassembly of fragmented messages (plans larger than one frame).
+    pub fn reassembly(&self) -> FragCounters {
+        self.reasm.counters()
     }
 
     /// Our MAC.
@@ -421,7 +444,20 @@ impl<V: Volumes> Agent<V> {
             self.on_data(now, frame);
             return;
         }
-        let message = match msg::decode_message(frame) {
+        let (header, decoded) = if frame.header().flags.contains(Flags::FRAGMENT) {
+            match self.reasm.push(now, frame) {
+                Ok(None) => return,
+                Ok(Some(whole)) => (whole.header, whole.decode()),
+                Err(e) => {
+                    log::debug!("card {}: dropped fragment from {src}: {e}", self.mac());
+                    self.counters.dropped_malformed += 1;
+                    return;
+                }
+            }
+        } else {
+            (frame.header(), msg::decode_message(frame))
+        };
+        let message = match decoded {
             Ok(m) => m,
             Err(e) => {
                 log::debug!("card {}: dropped control frame from {src}: {e}", self.mac());
@@ -430,16 +466,17 @@ impl<V: Volumes> Agent<V> {
             }
         };
         match message {
-            Message::Plan(p) => self.on_plan(now, src, frame.header(), p),
+            Message::Plan(p) => self.on_plan(now, src, header, p),
             Message::Join(j) => self.on_join(now, src, j),
             Message::Command(c) => self.on_command(now, c),
-            Message::Error(e) => self.on_master_error(src, e),
+            Message::Error(e) => self.on_master_error(now, src, e),
             Message::Advertise(_) | Message::Heartbeat(_) => {}
             Message::Solicit(_)
             | Message::Fetch(_)
             | Message::Nack(_)
             | Message::Progress(_)
-            | Message::Ready(_) => self.counters.dropped_unexpected += 1,
+            | Message::Ready(_)
+            | Message::Inventory(_) => self.counters.dropped_unexpected += 1,
         }
     }
 
@@ -486,13 +523,50 @@ impl<V: Volumes> Agent<V> {
                 .unwrap_or_default(),
             inventory_digest: self.store.digest(),
             nonce: self.cfg.nonce,
+            inventory_omitted: false,
         }
     }
 
+    /// Sends a Solicit, always one frame: when the inventory would not fit, it is left out
+    /// and the set digest stands for it (version 2 says so with `io`; the master asks for
+    /// the list when it needs it).
     fn send_solicit(&mut self) {
         self.counters.solicits += 1;
-        let m = Message::Solicit(self.solicit());
+        let mut s = self.solicit();
+        let full = Message::Solicit(s.clone());
+        let fits = full
+            .encode_long_body()
+            .is_ok_and(|b| b.len() <= shelfboot_proto::MAX_CONTROL_BODY_LEN);
+        let m = if fits {
+            full
+        } else {
+            s.inventory.clear();
+            s.inventory_omitted = self.speak >= version::FRAGMENTS;
+            Message::Solicit(s)
+        };
         self.send(MacAddr::BROADCAST, &m);
+    }
+
+    /// Sends our flash inventory to `master` (it asked, in its plan), fragmented if it
+    /// does not fit one frame. The frames go twice: a fragment lost once still arrives.
+    fn send_inventory(&mut self, master: MacAddr) {
+        let inv = Message::Inventory(Inventory {
+            inventory: self
+                .store
+                .inventory()
+                .map(|i| i.set.refs())
+                .unwrap_or_default(),
+            inventory_digest: self.store.digest(),
+            nonce: self.cfg.nonce,
+        });
+        let before = self.outputs.len();
+        self.send(master, &inv);
+        let copies: Vec<Output> = self.outputs[before..].to_vec();
+        for o in copies {
+            if let Output::Send(f) = o {
+                self.emit_frame(f);
+            }
+        }
     }
 
     /// Encode and queue `m` to `dst`.
@@ -503,12 +577,12 @@ impl<V: Volumes> Agent<V> {
             ethertype: self.cfg.ethertype,
         };
         self.sequence = self.sequence.wrapping_add(1);
-        let header = Header::new(m.msg_type(), self.session, self.sequence);
-        let mut buf = vec![0u8; shelfboot_proto::MAX_FRAME_LEN];
-        match msg::encode_message_with_header(&mut buf, &link, &header, m) {
-            Ok(n) => {
-                buf.truncate(n);
-                self.emit_frame(buf);
+        let header = Header::new(m.msg_type(), self.session, self.sequence).in_version(self.speak);
+        match frag::encode_frames(&link, &header, m) {
+            Ok(frames) => {
+                for f in frames {
+                    self.emit_frame(f);
+                }
             }
             Err(source) => {
                 let e = AgentError::Encode {
@@ -519,6 +593,7 @@ impl<V: Volumes> Agent<V> {
                         MessageType::Progress => "Progress",
                         MessageType::Ready => "Ready",
                         MessageType::Error => "Error",
+                        MessageType::Inventory => "Inventory",
                         _ => "control",
                     },
                     source,
@@ -542,14 +617,42 @@ impl<V: Volumes> Agent<V> {
         self.last_error_sent = Some(e);
     }
 
-    fn on_master_error(&mut self, src: MacAddr, e: ErrorMsg) {
+    fn on_master_error(&mut self, now: Instant, src: MacAddr, e: ErrorMsg) {
         self.counters.master_errors += 1;
-        log::warn!(
-            "card {}: master {src} reports {:?}: {}",
-            self.mac(),
-            e.reason,
-            e.detail
-        );
+        match e.reason {
+            ErrorReason::UnsupportedVersion { min, max }
+                if max < self.speak
+                    && version::is_supported(max)
+                    && matches!(self.state, State::Discover { .. }) =>
+            {
+                // An older master: speak its version (a set too large for one frame then
+                // goes without its inventory list; the master answers what it can).
+                log::error!(
+                    "card {}: master {src} speaks protocol versions {min}..={max} only, this card {}: falling back to version {max}",
+                    self.mac(),
+                    self.speak
+                );
+                self.speak = max;
+                self.counters.version_fallbacks += 1;
+                if let State::Discover { next, .. } = &mut self.state {
+                    *next = now;
+                }
+            }
+            ErrorReason::UnsupportedVersion { .. } | ErrorReason::MessageTooLarge { .. } => {
+                log::error!(
+                    "card {}: master {src} cannot deliver our plan ({:?}): {}",
+                    self.mac(),
+                    e.reason,
+                    e.detail
+                );
+            }
+            _ => log::warn!(
+                "card {}: master {src} reports {:?}: {}",
+                self.mac(),
+                e.reason,
+                e.detail
+            ),
+        }
         self.last_master_error = Some(e);
     }
 
@@ -576,6 +679,9 @@ impl<V: Volumes> Agent<V> {
         }
         self.counters.plans_accepted += 1;
         self.epoch = self.epoch.max(plan.body.epoch);
+        if plan.body.report_inventory {
+            self.send_inventory(src);
+        }
         log::info!(
             "card {}: plan {} from {src} (epoch {}, {:?}, {} artifacts)",
             self.mac(),
@@ -589,7 +695,7 @@ impl<V: Volumes> Agent<V> {
 
     /// A verified plan: validate (Continue) or start fetching, on flash or (test mode) in
     /// the RAM store.
-    fn apply_plan(&mut self, now: Instant, master: MacAddr, plan: PlanBody) {
+    fn apply_plan(&mut self, now: Instant, master: MacAddr, mut plan: PlanBody) {
         let medium = if plan.persist {
             Medium::Flash
         } else {
@@ -605,6 +711,29 @@ impl<V: Volumes> Agent<V> {
             );
             self.back_to_discovery(now);
             return;
+        }
+        if plan.artifacts_omitted {
+            // A digest-only Continue: the set is ours if the digest is our committed set's.
+            let ours = self.store.active_inventory().map(|i| i.set.clone());
+            match ours {
+                Some(set) if set.digest == plan.digest => {
+                    plan.artifacts = set.refs();
+                    plan.cmdline = set.cmdline;
+                }
+                other => {
+                    let have = other.map_or_else(|| "none".to_string(), |s| s.digest.to_string());
+                    self.send_error(
+                        master,
+                        ErrorReason::Malformed,
+                        format!(
+                            "digest-only Continue for set {}, but the committed set is {have}: soliciting again",
+                            plan.digest
+                        ),
+                    );
+                    self.back_to_discovery(now);
+                    return;
+                }
+            }
         }
         let intact = match self.store.holds(&plan.artifacts, &plan.cmdline) {
             Ok(h) => h,

@@ -132,6 +132,8 @@ fn plan_frame_persist(
         digest: set_digest(refs, "console=ttyS0"),
         nonce: s.nonce,
         epoch: 1,
+        artifacts_omitted: false,
+        report_inventory: false,
     };
     encode(CARD, h.session, &Message::Plan(k.sign_plan(body).unwrap()))
 }
@@ -405,6 +407,8 @@ fn forged_replayed_and_foreign_plans_are_dropped_and_never_written() {
         digest: Digest([0u8; 32]),
         nonce: s.nonce,
         epoch: 1,
+        artifacts_omitted: false,
+        report_inventory: false,
     };
     agent.handle_frame(
         t0,

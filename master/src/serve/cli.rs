@@ -131,6 +131,36 @@ pub fn print_stats(
             st.control_requests,
             st.cpu_ms
         );
+        let r = &st.reassembly;
+        t.push_str(&format!(
+            "large messages: {} sent in fragments, {} digest-only Continues, {} plans undeliverable,              {} inventories; reassembly: {} fragments, {} completed, {} duplicates, {} inconsistent,              {} malformed, {} too large, {} evicted, {} expired
+",
+            st.messages_fragmented,
+            st.plans_digest_only,
+            st.plans_undeliverable,
+            st.inventories,
+            r.fragments,
+            r.completed,
+            r.duplicates + r.late_duplicates,
+            r.inconsistent,
+            r.malformed,
+            r.too_large,
+            r.evicted,
+            r.expired
+        ));
+        let by_type = |m: &std::collections::BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        t.push_str(&format!(
+            "frames in by type: {}
+frames out by type: {}
+",
+            by_type(&st.frames_in_by_type),
+            by_type(&st.frames_out_by_type)
+        ));
         for s in &st.sessions {
             t.push_str(&format!(
                 "session {:>6} {:<22} {:>9} B to {} cards {:>2} (done {}, dropped {}){}: sent {} + {} repaired\n",

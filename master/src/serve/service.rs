@@ -30,13 +30,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use shelfboot_proto::frame::{Frame, FrameError, Header, Link, MacAddr};
+use shelfboot_proto::frag::{self, EncodeError, Reassembler};
+use shelfboot_proto::frame::{Flags, Frame, FrameError, Header, Link, MacAddr};
 use shelfboot_proto::id::Digest;
 use shelfboot_proto::msg::{
     self, Action, Advertise, CommandBody, ErrorMsg, ErrorReason, Heartbeat, Message, PlanBody,
     Solicit, Stage, Verdict,
 };
 use shelfboot_proto::sign::SigningKey;
+use shelfboot_proto::{MAX_CONTROL_BODY_LEN, version};
 
 use super::config::ServiceConfig;
 use super::sessions::Sessions;
@@ -69,10 +71,18 @@ pub struct Service<S: Store> {
     pending: HashMap<MacAddr, Pending>,
     /// Artifacts of each card's last plan (to check its Fetches).
     plans: HashMap<MacAddr, Plan>,
-    /// The answer (a signed Plan or an Error frame) to each card's last served Solicit, by
-    /// nonce: a repeated Solicit (the card's retry crossed our answer) gets the same
-    /// frame again at no cost, so a discovery storm does not multiply the work.
-    answered: HashMap<MacAddr, (msg::Nonce, Vec<u8>)>,
+    /// The answer (a signed Plan, in fragments if large, or an Error) to each card's last
+    /// served Solicit, by nonce: a repeated Solicit (the card's retry crossed our answer,
+    /// or a fragment was lost) gets the same frames again at no cost, so a discovery storm
+    /// does not multiply the work and a partial plan at the card completes.
+    answered: HashMap<MacAddr, (msg::Nonce, Vec<Vec<u8>>)>,
+    /// Frames of the answer [`Service::serve_solicit`] just sent (for `answered`).
+    answer: Vec<Vec<u8>>,
+    /// Protocol version each card spoke last (its frames' version byte): what we answer it
+    /// in.
+    versions: HashMap<MacAddr, u8>,
+    /// Messages cards send in fragments (inventories); bounded, see [`frag::Limits::MASTER`].
+    reasm: Reassembler,
     /// Last node state recorded per card (avoid a database write per Progress).
     states: HashMap<MacAddr, NodeState>,
     /// Cards recorded "prepared, holding": their next boot's Ready is written (it clears
@@ -130,6 +140,9 @@ impl<S: Store> Service<S> {
             pending: HashMap::new(),
             plans: HashMap::new(),
             answered: HashMap::new(),
+            answer: Vec::new(),
+            versions: HashMap::new(),
+            reasm: Reassembler::new(frag::Limits::MASTER),
             states: HashMap::new(),
             prepared: std::collections::HashSet::new(),
             catalog: None,
@@ -155,6 +168,7 @@ impl<S: Store> Service<S> {
         st.sessions = self.sessions.stats();
         st.artifact_bytes = st.sessions.iter().map(|s| s.artifact_bytes()).sum();
         st.catch_up_sessions = st.sessions.iter().filter(|s| s.catch_up).count() as u64;
+        st.reassembly = self.reasm.counters();
         st
     }
 
@@ -199,28 +213,54 @@ impl<S: Store> Service<S> {
         now.saturating_duration_since(self.origin)
     }
 
-    /// Encode `m` to `dst` with `session` echoed.
+    /// The protocol version to speak to `dst`: the card's own for unicast; for broadcast
+    /// the oldest spoken ([`version::MIN`]: those bodies are the same in every version, and
+    /// every card must hear them).
+    fn version_for(&self, dst: MacAddr) -> u8 {
+        if dst.is_multicast() {
+            version::MIN
+        } else {
+            self.versions.get(&dst).copied().unwrap_or(version::CURRENT)
+        }
+    }
+
+    /// Encode `m` to `dst` with `session` echoed (logs a failure).
     fn send(&mut self, dst: MacAddr, session: u32, m: &Message) {
+        if let Err(e) = self.try_send(dst, session, m) {
+            log::error!(
+                "master: encoding {} to {dst} failed: {}",
+                m.msg_type(),
+                shelfboot_proto::report::error_chain(&e)
+            );
+        }
+    }
+
+    /// Encode `m` to `dst` in the card's version, in fragments if it does not fit one
+    /// frame; queue the frames. Returns how many.
+    fn try_send(&mut self, dst: MacAddr, session: u32, m: &Message) -> Result<usize, EncodeError> {
         let link = Link {
             dst,
             src: self.mac,
             ethertype: self.cfg.ethertype,
         };
         self.sequence = self.sequence.wrapping_add(1);
-        let header = Header::new(m.msg_type(), session, self.sequence);
-        let mut buf = vec![0u8; shelfboot_proto::MAX_FRAME_LEN];
-        match msg::encode_message_with_header(&mut buf, &link, &header, m) {
-            Ok(n) => {
-                buf.truncate(n);
-                self.stats.frames_out += 1;
-                self.out.push(buf);
-            }
-            Err(e) => log::error!(
-                "master: encoding {} to {dst} failed: {}",
-                m.msg_type(),
-                shelfboot_proto::report::error_chain(&e)
-            ),
+        let header =
+            Header::new(m.msg_type(), session, self.sequence).in_version(self.version_for(dst));
+        let frames = frag::encode_frames(&link, &header, m)?;
+        let n = frames.len();
+        if n > 1 {
+            self.stats.messages_fragmented += 1;
         }
+        for f in frames {
+            self.push_out(f);
+        }
+        Ok(n)
+    }
+
+    /// Queue one frame to send, counted by type.
+    fn push_out(&mut self, frame: Vec<u8>) {
+        self.stats.count_out(&frame);
+        self.out.push(frame);
     }
 
     /// A frame arrived. Returns the frames to send now.
@@ -245,7 +285,22 @@ impl<S: Store> Service<S> {
             self.stats.dropped_not_for_us += 1;
             return Vec::new();
         }
-        let message = match msg::decode_message(&frame) {
+        self.stats.count_in(frame.header().msg_type);
+        self.versions.insert(link.src, frame.header().version);
+        let (header, decoded) = if frame.header().flags.contains(Flags::FRAGMENT) {
+            match self.reasm.push(now, &frame) {
+                Ok(None) => return std::mem::take(&mut self.out),
+                Ok(Some(whole)) => (whole.header, whole.decode()),
+                Err(e) => {
+                    log::debug!("master: dropped fragment from {}: {e}", link.src);
+                    self.stats.dropped_malformed += 1;
+                    return Vec::new();
+                }
+            }
+        } else {
+            (frame.header(), msg::decode_message(&frame))
+        };
+        let message = match decoded {
             Ok(m) => m,
             Err(e) => {
                 log::debug!("master: dropped frame from {}: {e}", link.src);
@@ -256,13 +311,13 @@ impl<S: Store> Service<S> {
         let src = link.src;
         let since = self.since(now);
         match message {
-            Message::Solicit(s) => self.on_solicit(src, frame.header(), s),
+            Message::Solicit(s) => self.on_solicit(src, header, s),
             Message::Fetch(f) => {
                 self.stats.fetches += 1;
                 let allowed = self.entitled(src, &f.artifact);
                 match allowed {
                     Some(a) => {
-                        let session = frame.header().session;
+                        let session = header.session;
                         let joins = self
                             .sessions
                             .on_fetch(src, &a, &f, since, self.master.blobs());
@@ -320,6 +375,20 @@ impl<S: Store> Service<S> {
             | Message::Plan(_)
             | Message::Join(_)
             | Message::Command(_) => self.stats.dropped_unexpected += 1,
+            Message::Inventory(i) => {
+                self.stats.inventories += 1;
+                let inv = Inventory {
+                    digest: i.inventory_digest,
+                    items: inventory_items(&i.inventory),
+                };
+                if let Err(e) = self.master.record_inventory(&src, &inv) {
+                    self.stats.db_errors += 1;
+                    log::error!(
+                        "master: inventory of {src}: {}",
+                        shelfboot_proto::report::error_chain(&e)
+                    );
+                }
+            }
         }
         std::mem::take(&mut self.out)
     }
@@ -349,8 +418,9 @@ impl<S: Store> Service<S> {
             && *nonce == s.nonce
         {
             self.stats.solicits_repeated += 1;
-            self.stats.frames_out += 1;
-            self.out.push(frame.clone());
+            for f in frame.clone() {
+                self.push_out(f);
+            }
             return;
         }
         let p = Pending { header, solicit: s };
@@ -410,7 +480,10 @@ impl<S: Store> Service<S> {
                     reason: ErrorReason::UnknownCard,
                     detail: truncate(detail, 400),
                 });
-                return self.send(src, p.header.session, &e);
+                let before = self.out.len();
+                self.send(src, p.header.session, &e);
+                self.answer = self.out[before..].to_vec();
+                return;
             }
             Err(e) => {
                 self.stats.db_errors += 1;
@@ -421,11 +494,36 @@ impl<S: Store> Service<S> {
                 return;
             }
         };
-        let inv = Inventory {
-            digest: s.inventory_digest,
-            items: inventory_items(&s.inventory),
+        let peer = self.versions.get(&src).copied().unwrap_or(version::CURRENT);
+        // The inventory: as reported; or, when the Solicit left the list out, the plan's
+        // items if the digest says it is the plan's set, the recorded items if the
+        // database already has that digest, else the card is asked for it.
+        let mut ask_inventory = false;
+        let inv = if !s.inventory_omitted {
+            Some(Inventory {
+                digest: s.inventory_digest,
+                items: inventory_items(&s.inventory),
+            })
+        } else if s.inventory_digest == Some(plan.digest) {
+            Some(Inventory {
+                digest: s.inventory_digest,
+                items: inventory_items(&plan.artifact_refs()),
+            })
+        } else {
+            let known = self
+                .master
+                .store()
+                .node(&src)
+                .ok()
+                .flatten()
+                .and_then(|n| n.inventory)
+                .is_some_and(|i| i.digest == s.inventory_digest);
+            ask_inventory = !known && s.inventory_digest.is_some();
+            None
         };
-        if let Err(e) = self.master.record_inventory(&src, &inv) {
+        if let Some(inv) = inv
+            && let Err(e) = self.master.record_inventory(&src, &inv)
+        {
             self.stats.db_errors += 1;
             log::error!(
                 "master: inventory of {src}: {}",
@@ -458,7 +556,7 @@ impl<S: Store> Service<S> {
             }
             Verdict::Fetch
         };
-        let body = PlanBody {
+        let mut body = PlanBody {
             artifacts: plan.artifact_refs(),
             cmdline: plan.cmdline.clone(),
             persist: plan.persist,
@@ -466,6 +564,8 @@ impl<S: Store> Service<S> {
             digest: plan.digest,
             nonce: s.nonce,
             epoch: self.epoch,
+            artifacts_omitted: false,
+            report_inventory: ask_inventory && peer >= version::FRAGMENTS,
         };
         self.plans.insert(src, plan);
         if self.master.prepare_pending(&src).unwrap_or_else(|e| {
@@ -480,13 +580,99 @@ impl<S: Store> Service<S> {
             // the verdict. The BurnNow goes first, so the card holds before it acts.
             self.burn_now(src, p.header.session);
         }
-        match self.key.sign_plan(body) {
-            Ok(signed) => self.send(src, p.header.session, &Message::Plan(signed)),
-            Err(e) => log::error!(
-                "master: signing the plan of {src}: {}",
-                shelfboot_proto::report::error_chain(&e)
-            ),
+        let whole_len = Message::Plan(msg::Plan {
+            body: body.clone(),
+            signature: msg::Signature([0; msg::SIGNATURE_LEN]),
+        })
+        .encode_long_body()
+        .map(|b| b.len());
+        if verdict == Verdict::Continue
+            && body.persist
+            && peer >= version::FRAGMENTS
+            && whole_len
+                .as_ref()
+                .map_or(true, |n| *n > MAX_CONTROL_BODY_LEN)
+        {
+            // The warm boot stays one frame: the digest stands for the set, the card
+            // checks it against its committed set.
+            self.stats.plans_digest_only += 1;
+            body.artifacts.clear();
+            body.cmdline.clear();
+            body.artifacts_omitted = true;
         }
+        let signed = match self.key.sign_plan(body) {
+            Ok(signed) => signed,
+            Err(e) => {
+                return log::error!(
+                    "master: signing the plan of {src}: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
+            }
+        };
+        let before = self.out.len();
+        match self.try_send(src, p.header.session, &Message::Plan(signed)) {
+            Ok(_) => self.answer = self.out[before..].to_vec(),
+            Err(e) => self.undeliverable(src, p.header.session, peer, &e),
+        }
+    }
+
+    /// The plan of `src` cannot go on the wire (over the message limit, or a version-1
+    /// card and a plan larger than one frame): tell the card (an Error it logs on its
+    /// console) and record the reason so that `master nodes` shows it.
+    fn undeliverable(&mut self, src: MacAddr, session: u32, peer: u8, e: &EncodeError) {
+        self.stats.plans_undeliverable += 1;
+        let (reason, detail) = match e {
+            EncodeError::NeedsFragments { len, .. } => (
+                ErrorReason::UnsupportedVersion {
+                    min: version::FRAGMENTS,
+                    max: version::CURRENT,
+                },
+                format!(
+                    "the plan of this card is {len} bytes, more than one frame ({MAX_CONTROL_BODY_LEN}); protocol version {peer} has no fragments: the card needs protocol version {} (update its initramfs)",
+                    version::FRAGMENTS
+                ),
+            ),
+            EncodeError::Msg(msg::MsgError::TooLarge { len, max, .. }) => (
+                ErrorReason::MessageTooLarge {
+                    len: *len as u64,
+                    max: *max as u64,
+                },
+                format!(
+                    "the plan of this card is {len} bytes, over the {max}-byte message limit: split the release (fewer or shorter-named packages for this class)"
+                ),
+            ),
+            EncodeError::Msg(other) => (
+                ErrorReason::Malformed,
+                format!(
+                    "the plan of this card cannot be encoded: {}",
+                    shelfboot_proto::report::error_chain(other)
+                ),
+            ),
+        };
+        // A version-1 card does not know MessageTooLarge: it gets UnsupportedVersion.
+        let reason = match reason {
+            ErrorReason::MessageTooLarge { .. } if peer < version::FRAGMENTS => {
+                ErrorReason::UnsupportedVersion {
+                    min: version::FRAGMENTS,
+                    max: version::CURRENT,
+                }
+            }
+            r => r,
+        };
+        log::error!("master: cannot deliver the plan of {src}: {detail}");
+        let text = format!("plan undeliverable: {detail}");
+        self.states.remove(&src);
+        self.set_state(src, NodeState::Failed, Some(&text));
+        let before = self.out.len();
+        self.send(
+            src,
+            session,
+            &Message::Error(ErrorMsg {
+                reason,
+                detail: truncate(detail, 400),
+            }),
+        );
+        self.answer = self.out[before..].to_vec();
     }
 
     fn on_ready(&mut self, src: MacAddr, digest: Digest, persisted: bool) {
@@ -638,8 +824,9 @@ impl<S: Store> Service<S> {
                 *left -= 1;
                 *at = now + COMMAND_SPACING;
                 self.stats.commands_sent += 1;
-                self.stats.frames_out += 1;
-                self.out.push(frame.clone());
+                let f = frame.clone();
+                self.stats.count_out(&f);
+                self.out.push(f);
             }
         }
         self.command_copies.retain(|(_, _, left)| *left > 0);
@@ -657,12 +844,11 @@ impl<S: Store> Service<S> {
             };
             if let Some(p) = self.pending.remove(&src) {
                 let nonce = p.solicit.nonce;
-                let before = self.out.len();
+                self.answer.clear();
                 self.serve_solicit(src, p);
-                if self.out.len() > before
-                    && let Some(frame) = self.out.last()
-                {
-                    self.answered.insert(src, (nonce, frame.clone()));
+                if !self.answer.is_empty() {
+                    let frames = std::mem::take(&mut self.answer);
+                    self.answered.insert(src, (nonce, frames));
                 }
             }
         }
@@ -689,7 +875,9 @@ impl<S: Store> Service<S> {
         let since = self.since(now);
         let before = out.len();
         let wake = self.sessions.poll(since, max, out);
-        self.stats.frames_out += (out.len() - before) as u64;
+        for f in &out[before..] {
+            self.stats.count_out(f);
+        }
         let next_control = if self.queue.is_empty() {
             self.next_heartbeat
         } else {

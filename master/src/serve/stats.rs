@@ -7,7 +7,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use shelfboot_proto::frag::FragCounters;
+use shelfboot_proto::frame::MessageType;
 use shelfboot_proto::id::Digest;
 
 /// File name of the stats inside the state directory.
@@ -119,8 +123,53 @@ pub struct ServeStats {
     /// CPU time of the serve loop's thread so far, in milliseconds.
     #[serde(default)]
     pub cpu_ms: u64,
+    /// Frames received for us that passed the frame check, by message type name
+    /// (fragments counted one by one).
+    #[serde(default)]
+    pub frames_in_by_type: BTreeMap<String, u64>,
+    /// Frames sent, by message type name (fragments and data frames one by one).
+    #[serde(default)]
+    pub frames_out_by_type: BTreeMap<String, u64>,
+    /// Messages sent in fragments (larger than one frame).
+    #[serde(default)]
+    pub messages_fragmented: u64,
+    /// Continues sent digest-only (the set would not fit one frame).
+    #[serde(default)]
+    pub plans_digest_only: u64,
+    /// Plans that could not be delivered (over the message limit, or a version-1 card
+    /// and a plan larger than one frame): the card got an Error, the node is failed.
+    #[serde(default)]
+    pub plans_undeliverable: u64,
+    /// Inventories received (the card's list, asked for in its plan).
+    #[serde(default)]
+    pub inventories: u64,
+    /// Reassembly of the fragments cards send.
+    #[serde(default)]
+    pub reassembly: FragCounters,
     /// Every session of this run, oldest first.
     pub sessions: Vec<SessionStats>,
+}
+
+impl ServeStats {
+    /// Counts one received frame of type `t`.
+    pub fn count_in(&mut self, t: MessageType) {
+        *self.frames_in_by_type.entry(type_name(t)).or_insert(0) += 1;
+    }
+
+    /// Counts one frame about to be sent (its type read from its header).
+    pub fn count_out(&mut self, frame: &[u8]) {
+        self.frames_out += 1;
+        let name = frame
+            .get(shelfboot_proto::frame::MSG_TYPE_OFF)
+            .and_then(|c| MessageType::from_code(*c))
+            .map_or_else(|| "unknown".to_string(), type_name);
+        *self.frames_out_by_type.entry(name).or_insert(0) += 1;
+    }
+}
+
+/// `Solicit`, `Plan`, ... (the key of the by-type counters).
+fn type_name(t: MessageType) -> String {
+    format!("{t:?}")
 }
 
 /// Path of the stats file in `state`.

@@ -52,6 +52,7 @@ fn solicit(card: MacAddr, card_type: &str, slot: u16, digest: Option<Digest>, n:
         inventory: vec![],
         inventory_digest: digest,
         nonce: [n; 16],
+        inventory_omitted: false,
     };
     frame(card, MacAddr::BROADCAST, &Message::Solicit(s))
 }
@@ -266,6 +267,7 @@ fn boot_round(
             inventory: held.map(|p| p.artifacts.clone()).unwrap_or_default(),
             inventory_digest: held.map(|p| p.digest),
             nonce: [nonce; 16],
+            inventory_omitted: false,
         };
         svc.handle_frame(t0, &frame(*c, MacAddr::BROADCAST, &Message::Solicit(s)));
     }
@@ -722,4 +724,304 @@ fn the_service_stamps_records_with_the_clock_and_writes_only_through_the_store_i
     assert!(!events.is_empty());
     assert!(events.iter().all(|e| e.at == 1_234_567), "{events:?}");
     assert!(!dir.path().join("state").exists());
+}
+
+/// Protocol version 2: plans larger than one frame, digest-only warm boots, inventories
+/// asked for, version-1 cards.
+mod v2 {
+    use shelfboot_proto::frag::{Limits, Reassembler, encode_frames};
+    use shelfboot_proto::frame::{Frame, Header, MessageType};
+    use shelfboot_proto::msg::{ArtifactRef, Inventory, Plan};
+
+    use super::*;
+    use crate::store::Store as _;
+
+    /// The card of the `bulk` class (lc100, slot 9).
+    const BULK: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x09]);
+
+    /// A service whose `bulk` class (lc100 in slots 9-16) takes `n` extra packages with
+    /// 64-byte names.
+    fn bulk_service(
+        dir: &std::path::Path,
+        now: Instant,
+        n: usize,
+    ) -> Service<crate::store::sqlite::SqliteStore> {
+        let files = dir.join("files");
+        std::fs::create_dir_all(&files).unwrap();
+        let mut toml = String::new();
+        let mut wanted = Vec::new();
+        for i in 0..n {
+            let name = format!("pkg-{i:0>60}");
+            std::fs::write(files.join(format!("{name}.sqfs")), format!("payload {i}")).unwrap();
+            toml.push_str(&format!(
+                "[[package]]\nname = \"{name}\"\nversion = \"1.0.0\"\narch = \"x86_64\"\nfile = \"files/{name}.sqfs\"\n\n"
+            ));
+            wanted.push(format!("\"{name}\" = \"*\""));
+        }
+        toml.push_str(&format!(
+            "[[class]]\nname = \"bulk\"\nmatch = {{ card_types = [\"lc100\"], slots = [\"9-16\"] }}\nboot = \"lc-kernel\"\npackages = {{ {} }}\n\n",
+            wanted.join(", ")
+        ));
+        let mut m = fixture::master(dir);
+        let img = fixture::image(dir, "1.0.0", &toml, &fixture::vendor_key());
+        m.import_from(img.as_slice(), true, &mut |_, _| {}).unwrap();
+        let cfg = ServiceConfig {
+            ethertype: ET,
+            solicit_budget: 32,
+            heartbeat: Duration::from_secs(1),
+            block_size: 1408,
+            join_window: Duration::from_millis(300),
+            max_rate: 10_000_000,
+        };
+        Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 3, now)
+    }
+
+    fn anchor() -> TrustAnchor {
+        TrustAnchor::new(vec![SigningKey::from_seed(&[5u8; 32]).public_key()])
+    }
+
+    /// A Solicit of `card` in protocol `version`; `omitted`: the list left out.
+    fn solicit_v(
+        card: MacAddr,
+        slot: u16,
+        digest: Option<Digest>,
+        n: u8,
+        version: u8,
+        omitted: bool,
+    ) -> Vec<u8> {
+        let s = Solicit {
+            mac: card,
+            card_type: "lc100".into(),
+            arch: Arch::X86_64,
+            shelf: 1,
+            slot,
+            hw_rev: "A".into(),
+            features: vec![],
+            phase: BootPhase::WarmBoot,
+            inventory: vec![],
+            inventory_digest: digest,
+            nonce: [n; 16],
+            inventory_omitted: omitted,
+        };
+        let link = Link {
+            dst: MacAddr::BROADCAST,
+            src: card,
+            ethertype: ET,
+        };
+        let h = Header::new(MessageType::Solicit, 77, u32::from(n)).in_version(version);
+        encode_frames(&link, &h, &Message::Solicit(s))
+            .unwrap()
+            .remove(0)
+    }
+
+    /// The frames to `card`, reassembled as a card does: (messages, frames, versions).
+    fn to_card(frames: &[Vec<u8>], card: MacAddr) -> (Vec<Message>, usize, Vec<u8>) {
+        let mut r = Reassembler::new(Limits::CARD);
+        let now = Instant::now();
+        let mut msgs = Vec::new();
+        let mut n = 0;
+        let mut versions = Vec::new();
+        for f in frames.iter().filter(|f| f[..6] == card.0) {
+            n += 1;
+            let fr = Frame::decode(f, ET).unwrap();
+            versions.push(fr.header().version);
+            if fr
+                .header()
+                .flags
+                .contains(shelfboot_proto::frame::Flags::FRAGMENT)
+            {
+                if let Some(m) = r.push(now, &fr).unwrap() {
+                    msgs.push(m.decode().unwrap());
+                }
+            } else {
+                msgs.push(shelfboot_proto::msg::decode_message(&fr).unwrap());
+            }
+        }
+        (msgs, n, versions)
+    }
+
+    fn plan_of(msgs: &[Message]) -> Plan {
+        msgs.iter()
+            .find_map(|m| match m {
+                Message::Plan(p) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("a plan")
+    }
+
+    #[test]
+    fn a_plan_of_60_packages_goes_in_fragments_and_verifies_after_reassembly() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut svc = bulk_service(dir.path(), t0, 60);
+        svc.handle_frame(t0, &solicit_v(BULK, 9, None, 1, 2, false));
+        let out = svc.tick(t0);
+        let (msgs, frames, versions) = to_card(&out, BULK);
+        assert!(frames > 3, "{frames} frames");
+        assert!(versions.iter().all(|v| *v == 2));
+        let plan = plan_of(&msgs);
+        assert!(
+            plan.body.artifacts.len() >= 62,
+            "{}",
+            plan.body.artifacts.len()
+        );
+        anchor().verify_plan(&plan, &[1; 16]).unwrap();
+        assert_eq!(plan.body.verdict, Verdict::Fetch);
+        let st = svc.stats();
+        assert_eq!(st.messages_fragmented, 1);
+        assert_eq!(
+            st.frames_out_by_type.get("Plan").copied(),
+            Some(frames as u64)
+        );
+        // The card's retry (a fragment was lost): the same frames again, at no cost.
+        let again = svc.handle_frame(t0, &solicit_v(BULK, 9, None, 1, 2, false));
+        let mine: Vec<&Vec<u8>> = out.iter().filter(|f| f[..6] == BULK.0).collect();
+        assert_eq!(again.iter().collect::<Vec<_>>(), mine);
+    }
+
+    #[test]
+    fn a_warm_boot_of_a_large_set_is_one_solicit_and_one_continue_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut svc = bulk_service(dir.path(), t0, 60);
+        svc.handle_frame(t0, &solicit_v(BULK, 9, None, 1, 2, false));
+        let plan = plan_of(&to_card(&svc.tick(t0), BULK).0);
+        let before = svc.stats();
+        // The card holds the set; its Solicit leaves the list out.
+        svc.handle_frame(t0, &solicit_v(BULK, 9, Some(plan.body.digest), 2, 2, true));
+        let out = svc.tick(t0);
+        let (msgs, frames, _) = to_card(&out, BULK);
+        assert_eq!(frames, 1, "one Continue frame");
+        let cont = plan_of(&msgs);
+        assert!(cont.body.artifacts_omitted && cont.body.artifacts.is_empty());
+        assert!(
+            !cont.body.report_inventory,
+            "the digest is the plan's: nothing to ask"
+        );
+        assert_eq!(cont.body.verdict, Verdict::Continue);
+        assert_eq!(cont.body.digest, plan.body.digest);
+        anchor().verify_plan(&cont, &[2; 16]).unwrap();
+        let st = svc.stats();
+        let d = |m: &std::collections::BTreeMap<String, u64>,
+                 b: &std::collections::BTreeMap<String, u64>,
+                 k: &str| {
+            m.get(k).copied().unwrap_or(0) - b.get(k).copied().unwrap_or(0)
+        };
+        assert_eq!(
+            d(&st.frames_in_by_type, &before.frames_in_by_type, "Solicit"),
+            1
+        );
+        assert_eq!(
+            d(&st.frames_out_by_type, &before.frames_out_by_type, "Plan"),
+            1
+        );
+        assert_eq!(st.plans_digest_only, 1);
+        // The node database knows the installed set: the plan's items.
+        let node = svc.master().store().node(&BULK).unwrap().unwrap();
+        let inv = node.inventory.unwrap();
+        assert_eq!(inv.digest, Some(plan.body.digest));
+        assert_eq!(inv.items.len(), plan.body.artifacts.len());
+    }
+
+    #[test]
+    fn an_unknown_digest_without_its_list_is_asked_for_and_the_inventory_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut svc = bulk_service(dir.path(), t0, 60);
+        let other = Digest([0x44; 32]);
+        svc.handle_frame(t0, &solicit_v(BULK, 9, Some(other), 1, 2, true));
+        let plan = plan_of(&to_card(&svc.tick(t0), BULK).0);
+        assert!(plan.body.report_inventory);
+        assert_eq!(plan.body.verdict, Verdict::Fetch);
+        // The card's answer: 50 artifacts, in fragments.
+        let items: Vec<ArtifactRef> = plan.body.artifacts[..50].to_vec();
+        let inv = Message::Inventory(Inventory {
+            inventory: items,
+            inventory_digest: Some(other),
+            nonce: [1; 16],
+        });
+        let link = Link {
+            dst: ME,
+            src: BULK,
+            ethertype: ET,
+        };
+        let frames =
+            encode_frames(&link, &Header::new(MessageType::Inventory, 77, 9), &inv).unwrap();
+        assert!(frames.len() > 1);
+        for f in frames.iter().rev() {
+            svc.handle_frame(t0, f);
+        }
+        let st = svc.stats();
+        assert_eq!(st.inventories, 1);
+        assert_eq!(st.reassembly.completed, 1);
+        let node = svc.master().store().node(&BULK).unwrap().unwrap();
+        let got = node.inventory.unwrap();
+        assert_eq!(got.digest, Some(other));
+        assert_eq!(got.items.len(), 50);
+    }
+
+    #[test]
+    fn a_version_1_card_is_served_in_version_1_while_its_plan_fits_one_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut svc = service(dir.path(), t0);
+        let card = mac(fixture::N1);
+        svc.handle_frame(t0, &solicit_v(card, 1, None, 1, 1, false));
+        let (msgs, frames, versions) = to_card(&svc.tick(t0), card);
+        assert_eq!(frames, 1);
+        assert_eq!(versions, [1]);
+        anchor().verify_plan(&plan_of(&msgs), &[1; 16]).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_card_with_a_plan_larger_than_one_frame_gets_an_error_and_is_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut svc = bulk_service(dir.path(), t0, 60);
+        svc.handle_frame(t0, &solicit_v(BULK, 9, None, 1, 1, false));
+        let (msgs, frames, versions) = to_card(&svc.tick(t0), BULK);
+        assert_eq!(
+            (frames, versions),
+            (1, vec![1]),
+            "one v1 frame a v1 card decodes"
+        );
+        let Message::Error(e) = &msgs[0] else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(e.reason, ErrorReason::UnsupportedVersion { min: 2, max: 2 });
+        assert!(
+            e.detail.contains("needs protocol version 2"),
+            "{}",
+            e.detail
+        );
+        let node = svc.master().store().node(&BULK).unwrap().unwrap();
+        assert_eq!(node.state, crate::store::NodeState::Failed);
+        let reason = node.state_reason.unwrap_or_default();
+        assert!(reason.contains("plan undeliverable"), "{reason}");
+        assert_eq!(svc.stats().plans_undeliverable, 1);
+    }
+
+    #[test]
+    fn a_plan_over_the_message_limit_is_an_error_to_the_card_and_the_node_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut svc = bulk_service(dir.path(), t0, 640);
+        svc.handle_frame(t0, &solicit_v(BULK, 9, None, 1, 2, false));
+        let (msgs, frames, _) = to_card(&svc.tick(t0), BULK);
+        assert_eq!(frames, 1);
+        let Message::Error(e) = &msgs[0] else {
+            panic!("{msgs:?}")
+        };
+        assert!(
+            matches!(e.reason, ErrorReason::MessageTooLarge { max: 65536, len } if len > 65536),
+            "{e:?}"
+        );
+        let node = svc.master().store().node(&BULK).unwrap().unwrap();
+        assert_eq!(node.state, crate::store::NodeState::Failed);
+        assert!(
+            node.state_reason
+                .unwrap_or_default()
+                .contains("65536-byte message limit")
+        );
+    }
 }

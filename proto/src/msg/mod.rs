@@ -19,8 +19,8 @@ pub use artifact::{ArtifactKind, ArtifactRef, Digest, SET_DIGEST_DOMAIN, set_dig
 pub use signature::{SIGNATURE_LEN, Signature};
 pub use types::{
     Action, Advertise, Arch, BootPhase, Command, CommandBody, ErrorMsg, ErrorReason, Fetch,
-    Handoff, Heartbeat, Join, Nack, Nonce, Plan, PlanBody, Progress, Ready, Solicit, Stage,
-    Verdict,
+    Handoff, Heartbeat, Inventory, Join, Nack, Nonce, Plan, PlanBody, Progress, Ready, Solicit,
+    Stage, Verdict,
 };
 
 use thiserror::Error;
@@ -28,7 +28,7 @@ use thiserror::Error;
 use crate::frame::{
     self, Frame, FrameError, Header, Link, MessageType, PAYLOAD_OFF, RawHeader, payload_area,
 };
-use crate::{MAX_CONTROL_BODY_LEN, version};
+use crate::{MAX_CONTROL_BODY_LEN, MAX_MESSAGE_LEN, version};
 
 /// A control message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +55,8 @@ pub enum Message {
     Error(ErrorMsg),
     /// See [`Command`].
     Command(Command),
+    /// See [`Inventory`] (version 2).
+    Inventory(Inventory),
 }
 
 /// Errors of the control message codec.
@@ -63,6 +65,9 @@ pub enum MsgError {
     /// The frame around the body was rejected.
     #[error("control frame rejected")]
     Frame(#[from] FrameError),
+    /// A fragment was handed to the one-frame decoder.
+    #[error("{msg_type} frame is a fragment: hand it to frag::Reassembler")]
+    Fragment { msg_type: MessageType },
     /// A data frame was handed to the control decoder.
     #[error("{msg_type} is not a control message: decode it with data::DataView")]
     NotControl { msg_type: MessageType },
@@ -122,11 +127,36 @@ impl Message {
             Message::Ready(_) => MessageType::Ready,
             Message::Error(_) => MessageType::Error,
             Message::Command(_) => MessageType::Command,
+            Message::Inventory(_) => MessageType::Inventory,
         }
     }
 
-    /// The canonical CBOR body, capped at [`MAX_CONTROL_BODY_LEN`].
+    /// The oldest protocol version that can carry this message: 2 for the Inventory
+    /// message and for the fields and reasons version 2 added (`io`, `ao`, `ri`,
+    /// MessageTooLarge), 1 otherwise.
+    pub fn since_version(&self) -> u8 {
+        let v2 = match self {
+            Message::Inventory(_) => true,
+            Message::Solicit(s) => s.inventory_omitted,
+            Message::Plan(p) => p.body.artifacts_omitted || p.body.report_inventory,
+            Message::Error(e) => matches!(e.reason, ErrorReason::MessageTooLarge { .. }),
+            _ => false,
+        };
+        if v2 { version::FRAGMENTS } else { 1 }
+    }
+
+    /// The canonical CBOR body of a one-frame message, capped at [`MAX_CONTROL_BODY_LEN`].
     pub fn encode_body(&self) -> Result<Vec<u8>, MsgError> {
+        self.encode_body_capped(MAX_CONTROL_BODY_LEN)
+    }
+
+    /// The canonical CBOR body of a message of any size, capped at [`MAX_MESSAGE_LEN`]
+    /// (sent in fragments when over [`MAX_CONTROL_BODY_LEN`], see [`crate::frag`]).
+    pub fn encode_long_body(&self) -> Result<Vec<u8>, MsgError> {
+        self.encode_body_capped(MAX_MESSAGE_LEN)
+    }
+
+    fn encode_body_capped(&self, max: usize) -> Result<Vec<u8>, MsgError> {
         let msg_type = self.msg_type();
         self.check_rules()?;
         let mut out = Vec::with_capacity(256);
@@ -142,25 +172,41 @@ impl Message {
             Message::Ready(m) => ciborium::into_writer(m, &mut out),
             Message::Error(m) => ciborium::into_writer(m, &mut out),
             Message::Command(m) => ciborium::into_writer(m, &mut out),
+            Message::Inventory(m) => ciborium::into_writer(m, &mut out),
         };
         res.map_err(|source| MsgError::Encode { msg_type, source })?;
-        if out.len() > MAX_CONTROL_BODY_LEN {
+        if out.len() > max {
             return Err(MsgError::TooLarge {
                 msg_type,
                 len: out.len(),
-                max: MAX_CONTROL_BODY_LEN,
+                max,
             });
         }
         Ok(out)
     }
 
-    /// Decodes the body of a `msg_type` frame. Strict: see the module header.
+    /// Decodes the body of a `msg_type` frame (one frame, at most
+    /// [`MAX_CONTROL_BODY_LEN`]). Strict: see the module header.
     pub fn decode_body(msg_type: MessageType, body: &[u8]) -> Result<Message, MsgError> {
-        if body.len() > MAX_CONTROL_BODY_LEN {
+        Message::decode_body_capped(msg_type, body, MAX_CONTROL_BODY_LEN)
+    }
+
+    /// Decodes a reassembled body (at most [`MAX_MESSAGE_LEN`]), as strictly as
+    /// [`Message::decode_body`].
+    pub fn decode_long_body(msg_type: MessageType, body: &[u8]) -> Result<Message, MsgError> {
+        Message::decode_body_capped(msg_type, body, MAX_MESSAGE_LEN)
+    }
+
+    fn decode_body_capped(
+        msg_type: MessageType,
+        body: &[u8],
+        max: usize,
+    ) -> Result<Message, MsgError> {
+        if body.len() > max {
             return Err(MsgError::TooLarge {
                 msg_type,
                 len: body.len(),
-                max: MAX_CONTROL_BODY_LEN,
+                max,
             });
         }
         let msg = match msg_type {
@@ -175,10 +221,11 @@ impl Message {
             MessageType::Ready => Message::Ready(cbor(msg_type, body)?),
             MessageType::Error => Message::Error(cbor(msg_type, body)?),
             MessageType::Command => Message::Command(cbor(msg_type, body)?),
+            MessageType::Inventory => Message::Inventory(cbor(msg_type, body)?),
             MessageType::Data => return Err(MsgError::NotControl { msg_type }),
         };
         msg.check_rules()?;
-        if msg.encode_body()? != body {
+        if msg.encode_body_capped(max)? != body {
             return Err(MsgError::NonCanonical { msg_type });
         }
         Ok(msg)
@@ -201,6 +248,25 @@ impl Message {
                 msg_type,
                 rule: "an inventory holds at most one boot image",
             }),
+            Message::Inventory(s) if boot_images(&s.inventory) > 1 => Err(MsgError::Invalid {
+                msg_type,
+                rule: "an inventory holds at most one boot image",
+            }),
+            Message::Solicit(s) if s.inventory_omitted && !s.inventory.is_empty() => {
+                Err(MsgError::Invalid {
+                    msg_type,
+                    rule: "a Solicit that omits its inventory carries no artifact",
+                })
+            }
+            Message::Plan(p)
+                if p.body.artifacts_omitted
+                    && (p.body.verdict != Verdict::Continue || !p.body.artifacts.is_empty()) =>
+            {
+                Err(MsgError::Invalid {
+                    msg_type,
+                    rule: "a digest-only plan is a Continue with no artifact",
+                })
+            }
             Message::Join(j) if j.block_size == 0 => Err(MsgError::Invalid {
                 msg_type,
                 rule: "block size must not be zero",
@@ -265,7 +331,27 @@ pub fn encode_message_with_header(
 
 /// Decodes the control message of a validated frame.
 pub fn decode_message(frame: &Frame<'_>) -> Result<Message, MsgError> {
-    Message::decode_body(frame.header().msg_type, frame.payload())
+    let h = frame.header();
+    if h.flags.contains(frame::Flags::FRAGMENT) {
+        return Err(MsgError::Fragment {
+            msg_type: h.msg_type,
+        });
+    }
+    let msg = Message::decode_body(h.msg_type, frame.payload())?;
+    check_version(h.version, &msg)?;
+    Ok(msg)
+}
+
+/// Rejects a message that uses what its frame's `version` does not have (a version-2 field
+/// in a version-1 frame).
+pub fn check_version(version: u8, msg: &Message) -> Result<(), MsgError> {
+    if msg.since_version() > version {
+        return Err(MsgError::Invalid {
+            msg_type: msg.msg_type(),
+            rule: "uses a field or reason of protocol version 2 in a version-1 frame",
+        });
+    }
+    Ok(())
 }
 
 /// Decodes a whole frame as a control message: [`Frame::decode`] then [`decode_message`].

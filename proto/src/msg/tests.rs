@@ -325,6 +325,7 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
                     inventory,
                     inventory_digest: d,
                     nonce,
+                    inventory_omitted: false,
                 })
             },
         );
@@ -353,6 +354,8 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
                         digest,
                         nonce,
                         epoch,
+                        artifacts_omitted: false,
+                        report_inventory: false,
                     },
                     signature,
                 })
@@ -523,6 +526,7 @@ fn a_solicit_with_16_realistic_artifacts_fits_one_frame() {
         inventory_digest: Some(set_digest(&inventory, "")),
         inventory,
         nonce: [0; 16],
+        inventory_omitted: false,
     });
     let len = msg.encode_body().unwrap().len();
     assert!(len <= MAX_CONTROL_BODY_LEN, "{len}");
@@ -539,6 +543,8 @@ fn a_plan_of_16_realistic_artifacts_fits_one_frame() {
         verdict: Verdict::Fetch,
         nonce: [0; 16],
         epoch: u64::MAX,
+        artifacts_omitted: false,
+        report_inventory: false,
     };
     let plan = Message::Plan(Plan {
         body: body.clone(),

@@ -73,6 +73,33 @@ pub struct Solicit {
     /// `n`: fresh random nonce of this boot.
     #[serde(rename = "n", with = "serde_bytes")]
     pub nonce: Nonce,
+    /// `io` (version 2): true = the inventory is left out (`inv` is empty) because it
+    /// does not fit one frame; `id` stands for it, and the master asks for the list with
+    /// [`PlanBody::report_inventory`] when it needs it. Absent = false.
+    #[serde(rename = "io", default, skip_serializing_if = "is_false")]
+    pub inventory_omitted: bool,
+}
+
+/// Whether `b` is false (optional flags are omitted when false).
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Card → master (version 2): the full flash inventory, sent when a plan asks for it
+/// ([`PlanBody::report_inventory`]), fragmented if it does not fit one frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    /// `inv`: artifacts committed on flash.
+    #[serde(rename = "inv")]
+    pub inventory: Vec<ArtifactRef>,
+    /// `id`: [`crate::msg::set_digest`] of the committed set; absent = pristine flash.
+    #[serde(rename = "id", default, skip_serializing_if = "Option::is_none")]
+    pub inventory_digest: Option<Digest>,
+    /// `n`: the nonce of the Solicit (and plan) this completes.
+    #[serde(rename = "n", with = "serde_bytes")]
+    pub nonce: Nonce,
 }
 
 /// Master → card / broadcast: "I serve this backplane".
@@ -135,6 +162,15 @@ pub struct PlanBody {
     /// `e`: master epoch.
     #[serde(rename = "e")]
     pub epoch: u64,
+    /// `ao` (version 2): true = a digest-only Continue: `a` is empty and `d` is the digest
+    /// of the card's committed set, which the card checks itself (the whole set would not
+    /// fit one frame, and the warm boot stays one frame each way). Absent = false.
+    #[serde(rename = "ao", default, skip_serializing_if = "is_false")]
+    pub artifacts_omitted: bool,
+    /// `ri` (version 2): true = the master does not know the card's inventory: send it in
+    /// an [`Inventory`] message. Absent = false.
+    #[serde(rename = "ri", default, skip_serializing_if = "is_false")]
+    pub report_inventory: bool,
 }
 
 impl PlanBody {
@@ -328,6 +364,17 @@ pub enum ErrorReason {
     /// `"bad"`: the body did not decode (detail says why).
     #[serde(rename = "bad")]
     Malformed,
+    /// `{"tl": {"n": len, "m": max}}` (version 2): the message the sender had for us (a
+    /// plan) is `len` bytes, over the `max`-byte message limit; it cannot be delivered.
+    #[serde(rename = "tl")]
+    MessageTooLarge {
+        /// Encoded length of the message.
+        #[serde(rename = "n")]
+        len: u64,
+        /// The limit.
+        #[serde(rename = "m")]
+        max: u64,
+    },
 }
 
 /// Either way: a structured error. CBOR: `{"r": reason, "t": detail}`.

@@ -53,6 +53,12 @@ impl Fixture {
     /// boot images 3 units, `base` (every card) 4 units, `routing` (line cards) 2 units,
     /// `fabric-mgr` (fabric cards) 1 unit.
     pub fn new(dir: &Path, unit: usize) -> Fixture {
+        Fixture::with_packages(dir, unit, 0)
+    }
+
+    /// Like [`Fixture::new`], plus `extra` small packages (2-6 KiB, names of 64 bytes) that
+    /// every card takes: a plan of 3 + `extra` artifacts.
+    pub fn with_packages(dir: &Path, unit: usize, extra: usize) -> Fixture {
         let files = dir.join("files");
         std::fs::create_dir_all(&files).unwrap();
         let mut toml = String::from("[release]\nname = \"shelf-os\"\nversion = \"1.0.0\"\n\n");
@@ -88,13 +94,32 @@ impl Fixture {
                 ));
             }
         }
-        toml.push_str(
-            "[[class]]\nname = \"linecards\"\nmatch = { card_types = [\"lc100\", \"lc200\"] }\n\
-             boot = \"lc-kernel\"\npackages = { routing = \"^1\" }\n\n\
-             [[class]]\nname = \"fabric\"\nmatch = { card_types = [\"fab10\"] }\n\
-             boot = \"fab-kernel\"\npackages = { fabric-mgr = \"^1\" }\n\n\
-             [defaults]\npackages = { base = \"^1\" }\n",
-        );
+        let mut defaults = vec!["base = \"^1\"".to_string()];
+        for i in 0..extra {
+            let name = format!("pkg-{i:0>60}");
+            defaults.push(format!("\"{name}\" = \"^1\""));
+            for (arch_i, arch) in ["x86_64", "aarch64"].iter().enumerate() {
+                let file = format!("{name}-{arch}.sqfs");
+                let len = 2048 + (i * 61 + arch_i * 17) % 4096;
+                std::fs::write(
+                    files.join(&file),
+                    bytes(1000 + (i * 2 + arch_i) as u64, len),
+                )
+                .unwrap();
+                toml.push_str(&format!(
+                    "[[package]]\nname = \"{name}\"\nversion = \"1.0.0\"\narch = \"{arch}\"\n\
+                     file = \"files/{file}\"\nprovides = []\ndepends = {{}}\n\n"
+                ));
+            }
+        }
+        toml.push_str(&format!(
+            "[[class]]\nname = \"linecards\"\nmatch = {{ card_types = [\"lc100\", \"lc200\"] }}\n\
+             boot = \"lc-kernel\"\npackages = {{ routing = \"^1\" }}\n\n\
+             [[class]]\nname = \"fabric\"\nmatch = {{ card_types = [\"fab10\"] }}\n\
+             boot = \"fab-kernel\"\npackages = {{ fabric-mgr = \"^1\" }}\n\n\
+             [defaults]\npackages = {{ {} }}\n",
+            defaults.join(", ")
+        ));
         let spec = dir.join("system.toml");
         std::fs::write(&spec, toml).unwrap();
         let (secret, public, _) = shelfboot_master::keys::keygen(&dir.join("vendor")).unwrap();

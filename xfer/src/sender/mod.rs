@@ -737,9 +737,12 @@ impl<S: BlockSource> Sender<S> {
         if offset + len as u64 == self.artifact.size {
             flags = flags.with(Flags::LAST);
         }
+        // The data frame layout is the same in every protocol version: data frames go in
+        // the oldest version spoken, so that every card of a session decodes them.
         let header = Header {
             flags,
             ..Header::new(MessageType::Data, self.transfer, self.sequence)
+                .in_version(shelfboot_proto::version::MIN)
         };
         self.sequence = self.sequence.wrapping_add(1);
         encode_data_frame(buf, &self.cfg.link, &header, &hdr, data).map_err(encode_err)
