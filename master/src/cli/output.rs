@@ -126,7 +126,24 @@ fn plan_text(p: &Plan) -> String {
         .map(|r| vec![r.subject.clone(), r.rule.clone()])
         .collect();
     out.push_str(&table(&["DECISION", "RULE"], &rows));
+    out.push_str(&wire_line(p));
     out
+}
+
+/// How the plan travels: one frame, fragments, or not at all (and why).
+fn wire_line(p: &Plan) -> String {
+    use shelfboot_proto::{MAX_CONTROL_BODY_LEN, frag::FRAGMENT_DATA_LEN};
+    match p.wire_len() {
+        Ok(n) if n <= MAX_CONTROL_BODY_LEN => format!("on the wire: {n} bytes, one frame\n"),
+        Ok(n) => format!(
+            "on the wire: {n} bytes in {} fragments (cards speaking protocol version 1 cannot take it)\n",
+            n.div_ceil(FRAGMENT_DATA_LEN)
+        ),
+        Err(e) => format!(
+            "on the wire: CANNOT BE DELIVERED: {}\n",
+            shelfboot_proto::report::error_chain(&e)
+        ),
+    }
 }
 
 fn plans_text(plans: &[Plan]) -> String {
@@ -363,16 +380,22 @@ pub fn render(reply: &Reply) -> String {
                 .collect();
             table(&["KEY ID", "ADDED (UTC)", "COMMENT"], &rows)
         }
-        Reply::Imported(r) => match r.outcome {
-            crate::store::ImportOutcome::Imported => format!(
-                "imported {} signed by {}: {} blobs stored, {} already present, {} bytes verified\n",
-                r.release, r.signer, r.blobs_stored, r.blobs_present, r.bytes
-            ),
-            crate::store::ImportOutcome::AlreadyPresent => format!(
-                "{} is already imported ({} bytes verified); nothing changed\n",
-                r.release, r.bytes
-            ),
-        },
+        Reply::Imported(r) => {
+            let mut text = match r.outcome {
+                crate::store::ImportOutcome::Imported => format!(
+                    "imported {} signed by {}: {} blobs stored, {} already present, {} bytes verified\n",
+                    r.release, r.signer, r.blobs_stored, r.blobs_present, r.bytes
+                ),
+                crate::store::ImportOutcome::AlreadyPresent => format!(
+                    "{} is already imported ({} bytes verified); nothing changed\n",
+                    r.release, r.bytes
+                ),
+            };
+            for f in &r.fragmented {
+                text.push_str(&format!("note: {f}\n"));
+            }
+            text
+        }
         Reply::Gc(g) => {
             let del: Vec<String> = g.deleted_releases.iter().map(ToString::to_string).collect();
             let kept: Vec<String> = g.kept_releases.iter().map(ToString::to_string).collect();
@@ -400,6 +423,49 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(utc(1_795_600_000), "2026-11-25 09:46:40");
+    }
+
+    #[test]
+    fn explain_says_how_the_plan_travels() {
+        use crate::resolve::PlannedArtifact;
+        use shelfboot_proto::id::{Arch, Digest};
+        let art = |kind: &str, name: String| PlannedArtifact {
+            kind: kind.into(),
+            name,
+            version: semver::Version::new(1, 0, 0),
+            arch: Arch::X86_64,
+            blob: crate::image::manifest::BlobRef {
+                sha256: Digest([7; 32]),
+                size: 4096,
+            },
+            rule: String::new(),
+        };
+        let plan = |n: usize| Plan {
+            node: "02:00:00:00:00:01".parse().unwrap(),
+            release: crate::state::parse_release("shelf-os@1.0.0").unwrap(),
+            class: "linecards".into(),
+            arch: Arch::X86_64,
+            boot: art("boot", "lc-kernel".into()),
+            cmdline: "console=ttyS0".into(),
+            packages: (0..n)
+                .map(|i| art("package", format!("pkg-{}-{i:03}", "x".repeat(56))))
+                .collect(),
+            persist: true,
+            digest: Digest([1; 32]),
+            explain: Vec::new(),
+        };
+        assert!(wire_line(&plan(3)).ends_with("bytes, one frame\n"));
+        let two = wire_line(&plan(30));
+        assert!(
+            two.contains(" fragments (cards speaking protocol version 1"),
+            "{two}"
+        );
+        let none = wire_line(&plan(600));
+        assert!(
+            none.starts_with("on the wire: CANNOT BE DELIVERED: "),
+            "{none}"
+        );
+        assert!(none.contains("65536"), "{none}");
     }
 
     #[test]

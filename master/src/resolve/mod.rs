@@ -21,10 +21,12 @@
 //! always give the same plan and digest.
 
 mod check;
+mod delivery;
 mod plan;
 pub mod ranges;
 
 pub use check::check_release;
+pub use delivery::{Fragmented, check_delivery};
 pub use plan::{Plan, PlannedArtifact, Reason};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,6 +48,23 @@ pub enum ResolveError {
         "node {0} has no release: import one (it becomes the default) or `master assign --node`"
     )]
     NoRelease(MacAddr),
+    #[error(
+        "class {class} ({card_type} on {arch}): a plan of {artifacts} artifacts is {len} bytes, over the {max}-byte limit of a plan on the wire: split the class, or use fewer or shorter-named packages"
+    )]
+    PlanTooLarge {
+        class: String,
+        card_type: String,
+        arch: Arch,
+        artifacts: usize,
+        len: usize,
+        max: usize,
+    },
+    #[error("class {class}: its plan cannot be encoded")]
+    PlanEncoding {
+        class: String,
+        #[source]
+        source: shelfboot_proto::msg::MsgError,
+    },
     #[error("{by} names release {release}, which is not imported")]
     UnknownRelease { release: String, by: String },
     #[error("{by} puts the card in class {class}, which release {release} does not define")]

@@ -79,6 +79,30 @@ impl Plan {
         set_digest(&self.artifact_refs(), &self.cmdline)
     }
 
+    /// Bytes of this plan's signed Plan message on the wire, at its largest (a Fetch
+    /// verdict with every artifact listed, the widest nonce and epoch), or the encoder's
+    /// refusal when it is over [`shelfboot_proto::MAX_MESSAGE_LEN`]. A plan over
+    /// [`shelfboot_proto::MAX_CONTROL_BODY_LEN`] goes in fragments, which a card whose
+    /// initramfs speaks only protocol version 1 cannot take.
+    pub fn wire_len(&self) -> Result<usize, shelfboot_proto::msg::MsgError> {
+        let body = shelfboot_proto::msg::PlanBody {
+            artifacts: self.artifact_refs(),
+            cmdline: self.cmdline.clone(),
+            persist: self.persist,
+            verdict: shelfboot_proto::msg::Verdict::Fetch,
+            digest: self.digest,
+            nonce: [0xff; 16],
+            epoch: u64::MAX,
+            artifacts_omitted: false,
+            report_inventory: false,
+        };
+        let msg = shelfboot_proto::msg::Message::Plan(shelfboot_proto::msg::Plan {
+            body,
+            signature: shelfboot_proto::msg::Signature([0xff; shelfboot_proto::msg::SIGNATURE_LEN]),
+        });
+        msg.encode_long_body().map(|b| b.len())
+    }
+
     /// Every blob the plan references.
     pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
         std::iter::once(&self.boot.blob).chain(self.packages.iter().map(|p| &p.blob))

@@ -739,8 +739,8 @@ mod v2 {
     /// The card of the `bulk` class (lc100, slot 9).
     const BULK: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x09]);
 
-    /// A service whose `bulk` class (lc100 in slots 9-16) takes `n` extra packages with
-    /// 64-byte names.
+    /// A service whose card `BULK` (class `bulk`: lc100 in slots 9-16) takes `n` extra
+    /// packages with 64-byte names.
     fn bulk_service(
         dir: &std::path::Path,
         now: Instant,
@@ -758,8 +758,11 @@ mod v2 {
             ));
             wanted.push(format!("\"{name}\" = \"*\""));
         }
+        // The packages come through a per-node override of the card, which the import's
+        // delivery check (classes only) leaves to serve: a plan over the message limit
+        // must still reach serve's own check.
         toml.push_str(&format!(
-            "[[class]]\nname = \"bulk\"\nmatch = {{ card_types = [\"lc100\"], slots = [\"9-16\"] }}\nboot = \"lc-kernel\"\npackages = {{ {} }}\n\n",
+            "[[class]]\nname = \"bulk\"\nmatch = {{ card_types = [\"lc100\"], slots = [\"9-16\"] }}\nboot = \"lc-kernel\"\n\n[[override]]\nmac = \"{BULK}\"\npackages = {{ {} }}\n\n",
             wanted.join(", ")
         ));
         let mut m = fixture::master(dir);

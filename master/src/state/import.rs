@@ -1,5 +1,6 @@
 //! Importing a composite image: verify its signature against the trusted keys, check its
-//! release resolves, store its blobs and its rows, all or nothing.
+//! release resolves and its plans fit on the wire, store its blobs and its rows, all or
+//! nothing.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -26,6 +27,8 @@ pub enum ImportError {
     Blob(#[from] BlobError),
     #[error("the release's dependencies cannot be satisfied")]
     Unsatisfiable(#[source] Box<ResolveError>),
+    #[error("the release cannot be served: a plan would not fit on the wire")]
+    Undeliverable(#[source] Box<ResolveError>),
     #[error("the release clashes with the database")]
     Store(#[from] StoreError),
 }
@@ -39,6 +42,9 @@ pub struct ImportReport {
     pub blobs_stored: u32,
     pub blobs_present: u32,
     pub bytes: u64,
+    /// Classes whose plans go in fragments (protocol version 2 cards only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fragmented: Vec<resolve::Fragmented>,
 }
 
 impl<S: Store> Master<S> {
@@ -84,6 +90,8 @@ impl<S: Store> Master<S> {
         let sha = image.manifest_sha256;
         let signer = keys::key_id(&image.signer);
         resolve::check_release(&manifest).map_err(|e| ImportError::Unsatisfiable(Box::new(e)))?;
+        let fragmented = resolve::check_delivery(&manifest)
+            .map_err(|e| ImportError::Undeliverable(Box::new(e)))?;
         let already = self.store.check_import(&manifest, &sha)?;
 
         let total = manifest.blob_bytes();
@@ -123,6 +131,7 @@ impl<S: Store> Master<S> {
                 blobs_stored: u32::try_from(new_blobs.len()).unwrap_or(u32::MAX),
                 blobs_present: present,
                 bytes: total,
+                fragmented,
             }),
             Err(e) => {
                 for b in &new_blobs {

@@ -610,3 +610,59 @@ fn chain_lines(err: &dyn std::error::Error) -> Vec<String> {
         .map(|c| c.to_string())
         .collect()
 }
+
+/// `count` x86_64 packages with 64-byte names and a class `bulk` (lc100, slots 20-24)
+/// that takes them all, as extra `system.toml`.
+fn bulk_class_toml(dir: &Path, count: usize) -> String {
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let mut toml = String::new();
+    let mut wanted = Vec::new();
+    for i in 0..count {
+        let name = format!("pkg-{}-{i:03}", "x".repeat(56));
+        assert_eq!(name.len(), 64);
+        let file = format!("{name}.sqfs");
+        std::fs::write(files.join(&file), format!("payload {i}")).unwrap();
+        toml.push_str(&format!(
+            "[[package]]\nname = \"{name}\"\nversion = \"1.0.0\"\narch = \"x86_64\"\nfile = \"files/{file}\"\n\n"
+        ));
+        wanted.push(format!("\"{name}\" = \"^1\""));
+    }
+    toml.push_str(&format!(
+        "[[class]]\nname = \"bulk\"\nmatch = {{ card_types = [\"lc100\"], slots = [\"20-24\"] }}\nboot = \"lc-kernel\"\npackages = {{ {} }}\n\n",
+        wanted.join(", ")
+    ));
+    toml
+}
+
+#[test]
+fn import_notes_classes_whose_plans_need_fragments() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = bulk_class_toml(dir.path(), 30);
+    let img = fixture::image(dir.path(), "1.0.0", &extra, &fixture::vendor_key());
+    let mut m = fixture::master(dir.path());
+    let report = import(&mut m, &img).unwrap();
+    // Only the bulk class is over one frame: 30 long names plus base and the kernel.
+    assert_eq!(report.fragmented.len(), 1, "{:#?}", report.fragmented);
+    let f = &report.fragmented[0];
+    assert_eq!((f.class.as_str(), f.card_type.as_str()), ("bulk", "lc100"));
+    assert_eq!(f.artifacts, 32);
+    assert!(f.bytes > shelfboot_proto::MAX_CONTROL_BODY_LEN, "{f}");
+    assert!(f.bytes <= shelfboot_proto::MAX_MESSAGE_LEN, "{f}");
+    assert!(f.to_string().contains("protocol version 1"), "{f}");
+}
+
+#[test]
+fn import_refuses_a_release_whose_plan_cannot_go_on_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    // 600 packages with 64-byte names: about 70 KB of plan, over the 64 KiB limit.
+    let extra = bulk_class_toml(dir.path(), 600);
+    let img = fixture::image(dir.path(), "1.0.0", &extra, &fixture::vendor_key());
+    let mut m = fixture::master(dir.path());
+    let text = assert_rejected(&mut m, &img, "cannot be served");
+    assert!(
+        text.contains("class bulk (lc100 on x86_64): a plan of 602 artifacts is")
+            && text.contains("over the 65536-byte limit"),
+        "{text}"
+    );
+}
