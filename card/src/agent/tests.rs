@@ -672,8 +672,10 @@ fn test_mode_plan_goes_to_ram_and_flash_sees_no_operation() {
     let mut ram_store = ram_store.unwrap();
     assert!(ram_store.verify_set(&set).unwrap().is_empty());
     let files = FileVolumes::open(dir.path()).unwrap();
-    for ((_, id), d) in ram_store.resolve(&set).unwrap().iter().zip(&data) {
-        assert_eq!(&std::fs::read(files.blob_path(*id).unwrap()).unwrap(), d);
+    for ((a, id), d) in ram_store.resolve(&set).unwrap().iter().zip(&data) {
+        let blob = std::fs::read(files.blob_path(*id).unwrap()).unwrap();
+        let at = a.offset as usize;
+        assert_eq!(&blob[at..at + d.len()], &d[..]);
     }
     drop(ram_store);
 

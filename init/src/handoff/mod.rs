@@ -87,15 +87,54 @@ pub enum Layer {
         /// Volume name (for messages).
         name: String,
     },
+    /// A package at `offset` (`size` bytes) of a segment volume `/dev/ubiN_M`: its
+    /// ubiblock device, then a read-only loop device limited to the package.
+    UbiExtent {
+        /// UBI device number.
+        ubi: u32,
+        /// Volume id.
+        vol: u32,
+        /// Volume name (for messages).
+        name: String,
+        /// First byte of the package in the volume.
+        offset: u64,
+        /// Bytes of the package.
+        size: u64,
+    },
     /// A test-mode package: a squashfs file in tmpfs.
     File(PathBuf),
+    /// A test-mode package at `offset` (`size` bytes) of a file in tmpfs (a RAM-store
+    /// segment): a loop device limited to the package.
+    FileExtent {
+        /// The file.
+        path: PathBuf,
+        /// First byte of the package.
+        offset: u64,
+        /// Bytes of the package.
+        size: u64,
+    },
 }
 
 impl std::fmt::Display for Layer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Layer::Ubi { ubi, vol, name } => write!(f, "volume {name} (/dev/ubi{ubi}_{vol})"),
+            Layer::UbiExtent {
+                ubi,
+                vol,
+                name,
+                offset,
+                size,
+            } => write!(
+                f,
+                "{size} bytes at {offset} of volume {name} (/dev/ubi{ubi}_{vol})"
+            ),
             Layer::File(p) => write!(f, "test-mode package {}", p.display()),
+            Layer::FileExtent { path, offset, size } => write!(
+                f,
+                "test-mode package: {size} bytes at {offset} of {}",
+                path.display()
+            ),
         }
     }
 }
@@ -225,6 +264,7 @@ pub fn kexec_test(
     k: &mut dyn Kernel,
     paths: &Paths,
     image: &Path,
+    range: Option<(u64, u64)>,
     cmdline: &str,
     carry: &Path,
 ) -> HandoffError {
@@ -240,7 +280,34 @@ pub fn kexec_test(
     };
     let name = image.display().to_string();
     let read = |off: u64, buf: &mut [u8]| f.read_at(buf, off);
-    kexec_marked(k, paths, &name, read, cmdline, TEST_MARKER, Some(carry))
+    match range {
+        Some((offset, size)) => kexec_marked(
+            k,
+            paths,
+            &name,
+            extent_reader(offset, size, read),
+            cmdline,
+            TEST_MARKER,
+            Some(carry),
+        ),
+        None => kexec_marked(k, paths, &name, read, cmdline, TEST_MARKER, Some(carry)),
+    }
+}
+
+/// Reads of `size` bytes at `offset` through `read_at`, as if they were a file of their
+/// own: end of file at `size`. How a boot image stored in a segment is read for kexec.
+pub fn extent_reader<E>(
+    offset: u64,
+    size: u64,
+    mut read_at: impl FnMut(u64, &mut [u8]) -> Result<usize, E>,
+) -> impl FnMut(u64, &mut [u8]) -> Result<usize, E> {
+    move |off: u64, buf: &mut [u8]| {
+        if off >= size {
+            return Ok(0);
+        }
+        let n = usize::try_from(size - off).unwrap_or(usize::MAX).min(buf.len());
+        read_at(offset + off, &mut buf[..n])
+    }
 }
 
 fn kexec_marked<E>(
@@ -350,7 +417,17 @@ fn assemble(k: &mut dyn Kernel, paths: &Paths, layers: &[Layer]) -> Result<(), H
     for (i, layer) in layers.iter().enumerate() {
         let dev = match layer {
             Layer::Ubi { ubi, vol, .. } => k.ubiblock_create(*ubi, *vol),
+            Layer::UbiExtent {
+                ubi,
+                vol,
+                offset,
+                size,
+                ..
+            } => k
+                .ubiblock_create(*ubi, *vol)
+                .and_then(|blk| k.loop_attach_range(&blk, *offset, *size)),
             Layer::File(p) => k.loop_attach(p),
+            Layer::FileExtent { path, offset, size } => k.loop_attach_range(path, *offset, *size),
         }
         .map_err(|source| HandoffError::BlockDevice {
             layer: layer.clone(),
