@@ -38,11 +38,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::handoff::Layer;
 use shelfboot_card::agent::{Agent, AgentConfig, Decision, Identity, Phase, Timers};
 use shelfboot_card::driver::{Driver, Seat};
 use shelfboot_card::flash::artifact::ArtifactKind;
 use shelfboot_card::flash::{FileVolumes, SetRecord, Store, StoreError, Volumes};
-use crate::handoff::Layer;
 use shelfboot_netio::{PacketSocket, SocketConfig, SocketError};
 use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::{Arch, BootPhase};

@@ -236,10 +236,7 @@ impl<V: Volumes> Agent<V> {
             // A torn earlier attempt left a prefix on flash: fetch only the rest.
             let resume = match self.store.written(&next) {
                 Ok(0) => Ok(Resume::fresh()),
-                Ok(held) => self
-                    .store
-                    .held_hasher(&next)
-                    .map(|h| Resume::new(held, h)),
+                Ok(held) => self.store.held_hasher(&next).map(|h| Resume::new(held, h)),
                 Err(e) => Err(e),
             };
             let resume = match resume {
@@ -248,8 +245,8 @@ impl<V: Volumes> Agent<V> {
             };
             // The session's block size is known only from its Join: estimate the slices
             // held at the standard MTU; the Join corrects it if needed.
-            let have_slices = block_size_for_mtu(1500)
-                .map_or(0, |bs| resume.have_slices(next.size, bs));
+            let have_slices =
+                block_size_for_mtu(1500).map_or(0, |bs| resume.have_slices(next.size, bs));
             if resume.delivered() > 0 {
                 log::info!(
                     "card {}: resuming {} {} after the {} of {} bytes already on flash",

@@ -61,7 +61,11 @@ fn damaged_set_rolls_back_at_once_and_explicit_rollback_works() {
     }
     let dev = fresh(64, &[&set_a(), &set_b()]);
     // B's own segment (its kernel is there; its base is in A's).
-    let victim = Store::inspect(&mut dev.clone()).unwrap().unwrap().set.artifacts[0]
+    let victim = Store::inspect(&mut dev.clone())
+        .unwrap()
+        .unwrap()
+        .set
+        .artifacts[0]
         .volume
         .clone();
     let mut d = dev.clone();

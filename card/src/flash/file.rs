@@ -368,7 +368,11 @@ impl Volumes for FileVolumes {
         let mut g = lock(&self.inner);
         let t = || VolumeTarget::id(id);
         let err = |k| VolumeError::new(VolumeOp::ChangeLeb, t(), k);
-        let e = g.table.get(id).cloned().ok_or_else(|| err(Kind::NotFound))?;
+        let e = g
+            .table
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(Kind::NotFound))?;
         let leb = g.table.leb_size;
         if !e.dynamic {
             return Err(err(Kind::ReadOnly));
@@ -386,7 +390,8 @@ impl Volumes for FileVolumes {
             .write(true)
             .open(g.blob(&e))
             .map_err(io)?;
-        blob.write_all_at(&full, u64::from(lnum) * leb).map_err(io)?;
+        blob.write_all_at(&full, u64::from(lnum) * leb)
+            .map_err(io)?;
         blob.sync_data().map_err(io)?;
         g.step(VolumeOp::ChangeLeb, &t)?;
         let map = OpenOptions::new()

@@ -117,13 +117,18 @@ pub fn staging_segment(id: &[u8; 32]) -> String {
 /// Whether `name` is a committed segment name.
 pub fn is_segment(name: &str) -> bool {
     name.strip_prefix(SEGMENT_PREFIX).is_some_and(|g| {
-        !g.is_empty() && g.len() <= 20 && g.bytes().all(|b| b.is_ascii_digit()) && !g.starts_with('0')
+        !g.is_empty()
+            && g.len() <= 20
+            && g.bytes().all(|b| b.is_ascii_digit())
+            && !g.starts_with('0')
     })
 }
 
 fn is_staging_segment(name: &str) -> bool {
     name.strip_prefix(STAGING_SEGMENT_PREFIX).is_some_and(|h| {
-        h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     })
 }
 

@@ -41,7 +41,9 @@ use super::volumes::{Rename, VolumeError, VolumeId, Volumes};
 pub(crate) enum Entry {
     /// Not being written; `held` bytes (whole LEBs) of it are on flash from an earlier
     /// attempt and writing resumes after them.
-    Pending { held: u64 },
+    Pending {
+        held: u64,
+    },
     Writing {
         /// Bytes received but not yet written (less than one LEB, or the tail).
         buf: Vec<u8>,
@@ -271,8 +273,7 @@ impl<V: Volumes> Store<V> {
         );
         let mut gone: Vec<&str> = Vec::new();
         for s in &prev.artifacts {
-            if inv.set.uses(&s.volume) || keep.contains(&s.volume) || gone.contains(&&*s.volume)
-            {
+            if inv.set.uses(&s.volume) || keep.contains(&s.volume) || gone.contains(&&*s.volume) {
                 continue;
             }
             if let Some(id) = self.volume_id(&s.volume)? {

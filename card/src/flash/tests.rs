@@ -165,7 +165,12 @@ pub(super) fn free_lebs(dev: &FakeVolumes) -> u64 {
 /// Run `scenario` with a power cut at every mutating op and mid every write; after each
 /// reboot, check consistency, then run `scenario` again without a cut: it must reach the
 /// same state (same set, same free space) as the uninterrupted run.
-fn exhaust(base: &FakeVolumes, old: Digest, new: Digest, scenario: impl Fn(&FakeVolumes)) {
+pub(super) fn exhaust(
+    base: &FakeVolumes,
+    old: Digest,
+    new: Digest,
+    scenario: impl Fn(&FakeVolumes),
+) {
     exhaust_from(base, old, new, scenario, |_| true);
 }
 

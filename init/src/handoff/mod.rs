@@ -305,7 +305,9 @@ pub fn extent_reader<E>(
         if off >= size {
             return Ok(0);
         }
-        let n = usize::try_from(size - off).unwrap_or(usize::MAX).min(buf.len());
+        let n = usize::try_from(size - off)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         read_at(offset + off, &mut buf[..n])
     }
 }

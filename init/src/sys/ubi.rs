@@ -392,7 +392,11 @@ impl UbiVolume {
             .map_err(|e| SysError::new(&call, e))?;
         self.file.write_all(data).map_err(|e| {
             SysError::new(
-                format!("write({}, {} bytes of LEB {lnum})", self.path.display(), data.len()),
+                format!(
+                    "write({}, {} bytes of LEB {lnum})",
+                    self.path.display(),
+                    data.len()
+                ),
                 e,
             )
         })
