@@ -292,3 +292,67 @@ fn a_torn_artifact_whose_prefix_went_bad_is_caught_by_the_whole_hash() {
     s.commit().unwrap();
     check_consistent(&dev.power_cycle(), &[big.digest()], "after refetch");
 }
+
+/// A card in the field: one static volume per artifact and a format-1 inventory (no
+/// offsets), as earlier versions wrote them. It opens, boots, and a new set reuses its
+/// volumes where the bytes are the same.
+#[test]
+fn a_format_one_card_with_one_volume_per_artifact_is_read_and_updated() {
+    use super::inventory::{self, Inventory, SetRecord};
+    let leb = 1024;
+    let mut dev = FakeVolumes::new(leb, 256);
+    let a = super::tests::set_a();
+    for x in &a.arts {
+        let name = layout::artifact_volume(&x.r).unwrap();
+        let id = dev.create(&name, x.r.size).unwrap();
+        let mut w = dev.update(id, x.r.size).unwrap();
+        super::volumes::VolumeWriter::write(&mut w, &x.data).unwrap();
+        super::volumes::VolumeWriter::finish(w).unwrap();
+    }
+    let inv = Inventory {
+        generation: 4,
+        set: SetRecord::new(&a.refs(), a.cmdline).unwrap(),
+        attempts: 0,
+        previous: None,
+        rolled_back_from: None,
+    };
+    let mut bytes = inventory::encode(&inv, leb).unwrap();
+    assert!(
+        !bytes.windows(2).any(|w| w == [0x61, b'o']),
+        "offset 0 is not encoded: format 1's shape"
+    );
+    let stride = bytes.len() / 2;
+    for copy in [0, stride] {
+        let c = &mut bytes[copy..copy + stride];
+        c[4..6].copy_from_slice(&1u16.to_be_bytes());
+        let len = u32::from_be_bytes([c[8], c[9], c[10], c[11]]) as usize;
+        let crc = crc32fast::hash(&c[..12 + len]);
+        c[12 + len..16 + len].copy_from_slice(&crc.to_be_bytes());
+    }
+    let id = dev.create(layout::INVENTORY, bytes.len() as u64).unwrap();
+    let mut w = dev.update(id, bytes.len() as u64).unwrap();
+    super::volumes::VolumeWriter::write(&mut w, &bytes).unwrap();
+    super::volumes::VolumeWriter::finish(w).unwrap();
+
+    let dev = dev.power_cycle();
+    let (mut s, report) = Store::open(dev.clone(), cfg()).unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(s.inventory(), Some(&inv));
+    assert!(s.verify_set(&inv.set).unwrap().is_empty());
+    // B shares base with A: base stays in its legacy volume, the rest goes to a segment.
+    let b = super::tests::set_b();
+    let check = s.begin(&b.refs(), b.cmdline).unwrap();
+    assert_eq!(check.present.len(), 1);
+    for x in &b.arts {
+        if check.fetch.contains(&x.r) {
+            s.stage(&x.r, &x.data[..]).unwrap();
+        }
+    }
+    let next = s.commit().unwrap();
+    let base = &next.set.artifacts[1];
+    assert_eq!(base.volume, layout::artifact_volume(&b.arts[1].r).unwrap());
+    assert_eq!(base.offset, 0);
+    assert!(layout::is_segment(&next.set.artifacts[0].volume));
+    assert_eq!(next.previous.as_ref(), Some(&inv.set));
+    check_consistent(&dev.power_cycle(), &[b.digest()], "after the update");
+}
