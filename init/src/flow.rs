@@ -834,7 +834,7 @@ mod tests {
             existing: vec!["/newroot/sbin/init".into()],
             ..Recorder::default()
         };
-        let packages = vec![
+        let packages = [
             PathBuf::from("/run/shelfboot/test/0.sqfs"),
             PathBuf::from("/run/shelfboot/test/1.sqfs"),
         ];
@@ -986,7 +986,7 @@ mod tests {
             test: true,
             ..Config::default()
         };
-        let pkgs = vec![PathBuf::from("/shelfboot-test/ram/blobs/v1-0")];
+        let pkgs = [PathBuf::from("/shelfboot-test/ram/blobs/v1-0")];
         let err = hand_off(
             &mut k,
             &Paths::default(),
