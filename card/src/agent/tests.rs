@@ -309,8 +309,10 @@ fn lost_data_frames_are_nacked_and_repaired() {
 /// after the restart, only for what follows the LEBs already on flash.
 #[test]
 fn a_card_killed_mid_artifact_resumes_where_it_was() {
-    let vols = FakeVolumes::new(4096, 256);
-    let data = vec![content(5, 400_000), content(6, 5000)];
+    let vols = FakeVolumes::new(4096, 1024);
+    // Large enough that the agent's spool (flushed every 256 KiB) writes most of it before
+    // the kill.
+    let data = vec![content(5, 2_000_000), content(6, 5000)];
     let refs = vec![
         artifact(ArtifactKind::BootImage, "kernel", &data[0]),
         artifact(ArtifactKind::Package, "base", &data[1]),
@@ -326,10 +328,14 @@ fn a_card_killed_mid_artifact_resumes_where_it_was() {
         let (d, sent, frames) = serve_until(&mut agent, t0, &refs, &data, 0, outs, stop);
         (d, sent, frames, agent.counters().bytes_written)
     };
-    // First attempt: killed once more than half of the kernel is on flash.
-    let (d, _, first_frames, first_bytes) = run(&vols, &|a| a.counters().bytes_written > size / 2);
+    // First attempt: killed once 80 % of the kernel is on flash.
+    let (d, _, first_frames, first_bytes) =
+        run(&vols, &|a| a.counters().bytes_written > size * 4 / 5);
     assert!(d.is_none());
-    assert!(first_bytes > size / 2 && first_bytes < size);
+    assert!(
+        first_bytes > size * 4 / 5 && first_bytes < size,
+        "{first_bytes} of {size}"
+    );
     let vols = vols.power_cycle();
     // Second attempt, after the restart: the same plan.
     let (d, sent, frames, bytes) = run(&vols, &|_| false);
@@ -350,11 +356,11 @@ fn a_card_killed_mid_artifact_resumes_where_it_was() {
     // Bytes written and data frames moved on the second attempt: the rest of the
     // kernel (plus the small package), far less than the kernel.
     assert!(
-        bytes < size / 2 + data[1].len() as u64 + 64 * 1024,
-        "second attempt wrote {bytes} of {size}"
+        bytes < size / 5,
+        "second attempt wrote {bytes} of a {size}-byte kernel"
     );
     assert!(
-        frames < first_frames,
+        frames * 4 < first_frames,
         "second attempt moved {frames} data frames, the first {first_frames}"
     );
     let mut st = store(&vols);

@@ -203,7 +203,7 @@ fn a_torn_large_artifact_resumes_after_its_written_lebs() {
         let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
         let check = s.begin(&big.refs(), big.cmdline).unwrap();
         assert!(check.fetch.contains(&a.r));
-        dev.cut_power_after(dev.ops().len() as u64 + 150);
+        dev.cut_power_after(dev.ops().len() as u64 + 230);
         let e = s.stage(&a.r, &a.data[..]).unwrap_err();
         assert!(matches!(e, StoreError::Volume { .. }), "{e}");
     }
@@ -218,7 +218,7 @@ fn a_torn_large_artifact_resumes_after_its_written_lebs() {
         .find(|(x, _)| *x == a.r)
         .map(|(_, h)| *h)
         .expect("the torn package is partial");
-    assert!(held >= 140 * leb && held % leb == 0, "held {held}");
+    assert!(held >= 220 * leb && held % leb == 0, "held {held}");
     s.start(&a.r).unwrap();
     assert_eq!(s.written(&a.r).unwrap(), held);
     let before = bytes_written(&dev);
@@ -232,7 +232,7 @@ fn a_torn_large_artifact_resumes_after_its_written_lebs() {
     s.commit().unwrap();
     let moved = bytes_written(&dev) - before;
     assert!(
-        moved < a.r.size / 2,
+        moved < a.r.size / 5,
         "second attempt stored {moved} bytes of a {} byte artifact",
         a.r.size
     );
