@@ -597,6 +597,67 @@ mod tests {
     }
 
     #[test]
+    fn packages_in_segments_mount_through_a_loop_device_limited_to_their_extent() {
+        let layers = [
+            Layer::UbiExtent {
+                ubi: 0,
+                vol: 3,
+                name: "sb.seg.9".into(),
+                offset: 126_976 * 4,
+                size: 70_000,
+            },
+            Layer::FileExtent {
+                path: "/run/shelfboot/ram/blobs/v1-0".into(),
+                offset: 4096,
+                size: 500,
+            },
+        ];
+        let mut k = Recorder {
+            existing: vec!["/newroot/sbin/init".into()],
+            ..Recorder::default()
+        };
+        let err = switch_root(&mut k, &Paths::default(), &layers);
+        assert!(matches!(err, HandoffError::Final(_)), "{err}");
+        let attach: Vec<&Call> = k
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Call::UbiblockCreate(..) | Call::LoopAttachRange(..)))
+            .collect();
+        assert_eq!(
+            attach,
+            [
+                &Call::UbiblockCreate(0, 3),
+                &Call::LoopAttachRange("/dev/ubiblock0_3".into(), 126_976 * 4, 70_000),
+                &Call::LoopAttachRange("/run/shelfboot/ram/blobs/v1-0".into(), 4096, 500),
+            ]
+        );
+        let m = mounts(&k);
+        assert_eq!(m[0].source, "/dev/loop0");
+        assert_eq!(m[0].fstype.as_deref(), Some("squashfs"));
+    }
+
+    #[test]
+    fn an_extent_reads_as_a_file_of_its_own() {
+        let volume: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let mut read = extent_reader(1000, 300, |off: u64, buf: &mut [u8]| {
+            let off = usize::try_from(off).unwrap();
+            let n = buf.len().min(volume.len().saturating_sub(off));
+            buf[..n].copy_from_slice(&volume[off..off + n]);
+            Ok::<usize, std::io::Error>(n)
+        });
+        let mut buf = [0u8; 200];
+        assert_eq!(read(0, &mut buf).unwrap(), 200);
+        assert_eq!(&buf[..], &volume[1000..1200]);
+        assert_eq!(
+            read(200, &mut buf).unwrap(),
+            100,
+            "ends at the extent's size"
+        );
+        assert_eq!(&buf[..100], &volume[1200..1300]);
+        assert_eq!(read(300, &mut buf).unwrap(), 0);
+    }
+
+    #[test]
     fn missing_init_stops_before_anything_irreversible() {
         let mut k = Recorder::default();
         let err = switch_root(
