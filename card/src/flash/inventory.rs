@@ -18,7 +18,7 @@
 //!
 //! Decoding checks magic, format, length, CRC, the CBOR, that every set's digest is the
 //! [`set_digest`] of its artifacts and command line, and that every location is a segment
-//! (`sb.seg.<n>`, any offset, no two artifacts of a set at the same place) or the legacy
+//! (`sb.seg.<n>`, any offset, no two different artifacts of a set at the same place) or the legacy
 //! volume the layout gives that artifact (offset 0). Format 1 (one volume per artifact,
 //! no offsets) is still read; format 2 adds the offset and is what this build writes.
 //! This module does no I/O.
@@ -129,10 +129,13 @@ impl SetRecord {
                     volume: b.volume.clone(),
                 });
             }
-            if self.artifacts[..i]
-                .iter()
-                .any(|o| o.volume == b.volume && o.offset == b.offset)
-            {
+            // Two artifacts at one place must be the same bytes (two names of one
+            // content may share an extent).
+            if self.artifacts[..i].iter().any(|o| {
+                o.volume == b.volume
+                    && o.offset == b.offset
+                    && (o.artifact.sha256, o.artifact.size) != (b.artifact.sha256, b.artifact.size)
+            }) {
                 return Err(InventoryError::Duplicate {
                     volume: format!("{} at offset {}", b.volume, b.offset),
                 });
@@ -393,6 +396,35 @@ mod tests {
         inv.set.artifacts[0].volume = "sb.inventory".into();
         let e = decode(&encode(&inv, 64).unwrap(), 64).unwrap_err();
         assert!(e.to_string().contains("not the volume"), "{e}");
+    }
+
+    #[test]
+    fn two_artifacts_share_a_place_only_if_they_are_the_same_bytes() {
+        let mut set = SetRecord::new(
+            &[
+                artifact(ArtifactKind::Package, "a", 2),
+                artifact(ArtifactKind::Package, "b", 2),
+                artifact(ArtifactKind::Package, "c", 3),
+            ],
+            "",
+        )
+        .unwrap();
+        for s in &mut set.artifacts {
+            s.volume = layout::segment(5);
+        }
+        let inv = |set: &SetRecord| Inventory {
+            generation: 1,
+            set: set.clone(),
+            attempts: 0,
+            previous: None,
+            rolled_back_from: None,
+        };
+        set.artifacts[2].offset = 4096;
+        // a and b: same bytes at offset 0.
+        assert!(decode(&encode(&inv(&set), 64).unwrap(), 64).is_ok());
+        set.artifacts[2].offset = 0;
+        let e = decode(&encode(&inv(&set), 64).unwrap(), 64).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
     }
 
     #[test]
