@@ -433,7 +433,9 @@ fn boot_image_sha(dir: &Path) -> anyhow::Result<String> {
     let (mut off, size) = (0u64, a.artifact.size);
     while off < size {
         let want = usize::try_from((size - off).min(buf.len() as u64)).unwrap_or(buf.len());
-        let n = store.volumes_mut().read(id, off, &mut buf[..want])?;
+        let n = store
+            .volumes_mut()
+            .read(id, a.offset + off, &mut buf[..want])?;
         anyhow::ensure!(n > 0, "volume {} short at {off}", a.volume);
         h.update(&buf[..n]);
         off += n as u64;

@@ -42,20 +42,41 @@ pub enum Counting {
     Counted(BootDecision),
 }
 
+/// Where one artifact's bytes are: `size` bytes at `offset` of volume `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The volume's name.
+    pub volume: String,
+    /// Its id.
+    pub id: VolumeId,
+    /// First byte of the artifact in the volume.
+    pub offset: u64,
+    /// The artifact's size.
+    pub size: u64,
+    /// The volume is a segment holding other artifacts too: a package must be mounted
+    /// through a loop device limited to `offset..offset + size`. Otherwise (a legacy
+    /// one-artifact volume) its ubiblock device is the package.
+    pub in_segment: bool,
+}
+
 /// Where the hand-off goes, with the volumes resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// kexec into the boot image in this volume.
+    /// kexec into the boot image at this place.
     Kexec {
         /// The boot image's volume name.
         volume: String,
         /// Its id.
         id: VolumeId,
+        /// First byte of the image in the volume.
+        offset: u64,
+        /// Bytes of the image.
+        size: u64,
     },
-    /// switch_root into these package volumes, bottom layer first.
+    /// switch_root into these packages, bottom layer first.
     SwitchRoot {
-        /// (volume name, id) of each package, in plan order.
-        layers: Vec<(String, VolumeId)>,
+        /// Each package, in plan order.
+        layers: Vec<Placed>,
     },
 }
 
@@ -127,11 +148,21 @@ pub fn choose<V: Volumes>(
         Some(boot) if !facts.stored => Target::Kexec {
             volume: boot.volume.clone(),
             id: id_of(&boot.volume)?,
+            offset: boot.offset,
+            size: boot.artifact.size,
         },
         _ => Target::SwitchRoot {
             layers: set
                 .packages()
-                .map(|p| id_of(&p.volume).map(|id| (p.volume.clone(), id)))
+                .map(|p| {
+                    id_of(&p.volume).map(|id| Placed {
+                        volume: p.volume.clone(),
+                        id,
+                        offset: p.offset,
+                        size: p.artifact.size,
+                        in_segment: crate::flash::layout::is_segment(&p.volume),
+                    })
+                })
                 .collect::<Result<_, _>>()?,
         },
     };

@@ -109,11 +109,19 @@ fn a_stored_image_switches_root_into_the_packages_uncounted() {
     let Target::SwitchRoot { layers } = &c.target else {
         panic!("{:?}", c.target)
     };
-    let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
-    let want: Vec<&str> = c.set.packages().map(|p| p.volume.as_str()).collect();
+    let names: Vec<(&str, u64, u64)> = layers
+        .iter()
+        .map(|l| (l.volume.as_str(), l.offset, l.size))
+        .collect();
+    let want: Vec<(&str, u64, u64)> = c
+        .set
+        .packages()
+        .map(|p| (p.volume.as_str(), p.offset, p.artifact.size))
+        .collect();
     assert_eq!(names, want, "packages in plan order, bottom first");
-    for (name, id) in layers {
-        assert_eq!(s.volume_id(name).unwrap(), Some(*id));
+    for l in layers {
+        assert_eq!(s.volume_id(&l.volume).unwrap(), Some(l.id));
+        assert!(l.in_segment, "new sets are written into segments");
     }
     assert_eq!(c.handoff(), Handoff::SwitchRoot);
     assert_eq!(open(&dev).inventory().unwrap().attempts, 0);

@@ -53,8 +53,8 @@ pub enum Provisioned {
     },
     /// Test mode: boot these squashfs packages kept in tmpfs (bottom first); flash untouched.
     TestSet {
-        /// Package files in tmpfs.
-        packages: Vec<PathBuf>,
+        /// Packages in tmpfs ([`Layer::File`] or [`Layer::FileExtent`]).
+        packages: Vec<Layer>,
         /// The test set's boot image, if it has one: kexec'd (`shelfboot.test=1`) unless
         /// this init already runs it.
         boot: Option<TestBoot>,
@@ -71,6 +71,9 @@ pub enum Provisioned {
 pub struct TestBoot {
     /// The boot-image container file (in the RAM store's directory).
     pub image: PathBuf,
+    /// (offset, size) of the image in `image`, if it is one artifact of a segment;
+    /// `None`: the whole file.
+    pub range: Option<(u64, u64)>,
     /// The set's command line (the plan's).
     pub cmdline: String,
     /// The RAM store directory, carried in the next kernel's initramfs.
@@ -342,7 +345,7 @@ pub fn hand_off<V: Volumes>(
                     );
                     let cmdline = cfg.carried_cmdline(&b.cmdline);
                     return FlowError::Handoff(handoff::kexec_test(
-                        k, paths, &b.image, &cmdline, &b.ram_dir,
+                        k, paths, &b.image, b.range, &cmdline, &b.ram_dir,
                     ));
                 }
                 Some(_) => log::info!(
@@ -354,7 +357,7 @@ pub fn hand_off<V: Volumes>(
                 "test mode: booting {} packages from RAM; flash untouched",
                 packages.len()
             );
-            let layers: Vec<Layer> = packages.into_iter().map(Layer::File).collect();
+            let layers = packages;
             if let Err(e) = load_deferred(k, deferred) {
                 return e;
             }
@@ -404,9 +407,16 @@ pub fn hand_off<V: Volumes>(
         );
     }
     match choice.target {
-        Target::Kexec { volume, id } => {
+        Target::Kexec {
+            volume,
+            id,
+            offset,
+            size,
+        } => {
             let vols = store.volumes_mut();
-            let read = |off: u64, buf: &mut [u8]| vols.read(id, off, buf);
+            let read = handoff::extent_reader(offset, size, |off: u64, buf: &mut [u8]| {
+                vols.read(id, off, buf)
+            });
             FlowError::Handoff(handoff::kexec(
                 k,
                 paths,
@@ -418,10 +428,22 @@ pub fn hand_off<V: Volumes>(
         Target::SwitchRoot { layers } => {
             let layers: Vec<Layer> = layers
                 .into_iter()
-                .map(|(name, id)| Layer::Ubi {
-                    ubi,
-                    vol: id.0,
-                    name,
+                .map(|p| {
+                    if p.in_segment {
+                        Layer::UbiExtent {
+                            ubi,
+                            vol: p.id.0,
+                            name: p.volume,
+                            offset: p.offset,
+                            size: p.size,
+                        }
+                    } else {
+                        Layer::Ubi {
+                            ubi,
+                            vol: p.id.0,
+                            name: p.volume,
+                        }
+                    }
                 })
                 .collect();
             if let Err(e) = load_deferred(k, deferred) {
@@ -812,7 +834,7 @@ mod tests {
             existing: vec!["/newroot/sbin/init".into()],
             ..Recorder::default()
         };
-        let packages = vec![
+        let packages = [
             PathBuf::from("/run/shelfboot/test/0.sqfs"),
             PathBuf::from("/run/shelfboot/test/1.sqfs"),
         ];
@@ -822,7 +844,7 @@ mod tests {
             &cfg(false),
             Some((0, &mut store)),
             Provisioned::TestSet {
-                packages: packages.clone(),
+                packages: packages.iter().cloned().map(Layer::File).collect(),
                 boot: None,
             },
             &[],
@@ -881,6 +903,7 @@ mod tests {
         std::fs::write(dir.join("ram/blobs/v0-0"), &boot).unwrap();
         TestBoot {
             image: dir.join("ram/blobs/v0-0"),
+            range: None,
             cmdline: "console=ttyS0 quiet".into(),
             ram_dir: dir.join("ram"),
         }
@@ -909,7 +932,7 @@ mod tests {
             &c,
             Some((0, &mut store)),
             Provisioned::TestSet {
-                packages: vec![t.path().join("ram/blobs/v1-0")],
+                packages: vec![Layer::File(t.path().join("ram/blobs/v1-0"))],
                 boot: Some(boot),
             },
             &[],
@@ -963,14 +986,14 @@ mod tests {
             test: true,
             ..Config::default()
         };
-        let pkgs = vec![PathBuf::from("/shelfboot-test/ram/blobs/v1-0")];
+        let pkgs = [PathBuf::from("/shelfboot-test/ram/blobs/v1-0")];
         let err = hand_off(
             &mut k,
             &Paths::default(),
             &c,
             Some((0, &mut store)),
             Provisioned::TestSet {
-                packages: pkgs.clone(),
+                packages: pkgs.iter().cloned().map(Layer::File).collect(),
                 boot: Some(boot),
             },
             &[],

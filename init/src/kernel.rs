@@ -110,6 +110,14 @@ pub trait Kernel {
     fn ubiblock_create(&mut self, ubi: u32, vol: u32) -> Result<PathBuf, SysError>;
     /// Read-only loop device over a file (test-mode packages in tmpfs); returns its path.
     fn loop_attach(&mut self, file: &Path) -> Result<PathBuf, SysError>;
+    /// Read-only loop device over `size` bytes of `file` (or block device) from `offset`:
+    /// a package stored in a segment; returns its path.
+    fn loop_attach_range(
+        &mut self,
+        file: &Path,
+        offset: u64,
+        size: u64,
+    ) -> Result<PathBuf, SysError>;
     /// kexec_file_load(kernel, initrd, cmdline).
     fn kexec_load(&mut self, kernel: &Path, initrd: &Path, cmdline: &str) -> Result<(), SysError>;
     /// Best-effort recursive removal of the initramfs contents (rootfs, `/`), not crossing
@@ -249,6 +257,18 @@ impl Kernel for Linux {
         Ok(path)
     }
 
+    fn loop_attach_range(
+        &mut self,
+        file: &Path,
+        offset: u64,
+        size: u64,
+    ) -> Result<PathBuf, SysError> {
+        let lo = crate::sys::loopdev::attach_range_read_only(&self.dev, file, offset, size)?;
+        let path = lo.path().to_path_buf();
+        self.loops.push(lo);
+        Ok(path)
+    }
+
     fn kexec_load(&mut self, kernel: &Path, initrd: &Path, cmdline: &str) -> Result<(), SysError> {
         let c = CString::new(cmdline).map_err(|_| {
             SysError::new(
@@ -317,6 +337,7 @@ pub mod fake {
         UbiblockCreate(u32, u32),
         /// Loop device over a file.
         LoopAttach(PathBuf),
+        LoopAttachRange(PathBuf, u64, u64),
         /// kexec_file_load(kernel, initrd, cmdline).
         KexecLoad(PathBuf, PathBuf, String),
         /// Remove initramfs contents.
@@ -409,6 +430,15 @@ pub mod fake {
         }
         fn loop_attach(&mut self, file: &Path) -> Result<PathBuf, SysError> {
             self.record(Call::LoopAttach(file.to_path_buf()))?;
+            Ok(PathBuf::from("/dev/loop0"))
+        }
+        fn loop_attach_range(
+            &mut self,
+            file: &Path,
+            offset: u64,
+            size: u64,
+        ) -> Result<PathBuf, SysError> {
+            self.record(Call::LoopAttachRange(file.to_path_buf(), offset, size))?;
             Ok(PathBuf::from("/dev/loop0"))
         }
         fn kexec_load(

@@ -38,6 +38,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::handoff::Layer;
 use shelfboot_card::agent::{Agent, AgentConfig, Decision, Identity, Phase, Timers};
 use shelfboot_card::driver::{Driver, Seat};
 use shelfboot_card::flash::artifact::ArtifactKind;
@@ -358,9 +359,18 @@ fn test_set(
                     missing: vec![a.volume.clone()],
                 },
             })?;
+        // A segment holds other artifacts too: hand off only this one's bytes.
+        let in_segment = shelfboot_card::flash::layout::is_segment(&a.volume);
         match a.artifact.kind {
-            ArtifactKind::BootImage => image = Some(path),
-            ArtifactKind::Package => packages.push(path),
+            ArtifactKind::BootImage => {
+                image = Some((path, in_segment.then_some((a.offset, a.artifact.size))));
+            }
+            ArtifactKind::Package if in_segment => packages.push(Layer::FileExtent {
+                path,
+                offset: a.offset,
+                size: a.artifact.size,
+            }),
+            ArtifactKind::Package => packages.push(Layer::File(path)),
         }
     }
     let ram_dir = if carried.join("table").exists() {
@@ -370,8 +380,9 @@ fn test_set(
     };
     Ok(Provisioned::TestSet {
         packages,
-        boot: image.map(|image| TestBoot {
+        boot: image.map(|(image, range)| TestBoot {
             image,
+            range,
             cmdline: set.cmdline.clone(),
             ram_dir: ram_dir.to_path_buf(),
         }),

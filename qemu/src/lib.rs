@@ -6,10 +6,12 @@
 //! [`backplane`] (netns, bridge, taps, loss, raw test ports), [`card`] (one VM: console
 //! log, waits, power cut/cycle), [`flash`] (nandsim and block2mtd parameters),
 //! [`hostbin`] (host tools for test images), [`shelf`] (cards on a backplane), [`monitor`]
-//! (where a timed-out VM's CPU is), [`cmd`].
+//! (where a timed-out VM's CPU is), [`cmd`], [`busybox`] (shell-init lab images; mtd-utils
+//! over a card's flash image).
 //! docs/lab.md explains the lab and how to add a scenario.
 
 pub mod backplane;
+pub mod busybox;
 pub mod card;
 pub mod cmd;
 pub mod flash;

@@ -496,7 +496,9 @@ pub fn initramfs_with_flash(
 ) -> Result<Vec<u8>, ReleaseError> {
     let mut wanted: Vec<(String, String)> = vec![("virtio_net".into(), String::new())];
     wanted.extend(flash_modules);
-    for m in ["ubi", "squashfs", "overlay"] {
+    // loop: packages stored in a segment are mounted through a loop device limited to
+    // their extent of the ubiblock device.
+    for m in ["ubi", "squashfs", "overlay", "loop"] {
         wanted.push((m.into(), String::new()));
     }
     let spec = BuildSpec {

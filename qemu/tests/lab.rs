@@ -18,16 +18,17 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
-    use shelfboot_mkinitramfs::build::{self, BuildSpec, ModuleSpec};
     use shelfboot_mkinitramfs::compress::Compression;
     use shelfboot_qemu::backplane;
     use shelfboot_qemu::card::{Card, CardConfig};
     use shelfboot_qemu::flash::{Block2mtd, Nandsim};
     use shelfboot_qemu::shelf::{Shelf, card_mac};
-    use shelfboot_qemu::{hostbin, kernel, release, scenario};
+    use shelfboot_qemu::{kernel, release, scenario};
     use shelfboot_testkit::tier::{self, Tier};
 
-    /// Builds a busybox initramfs with `init_script` as /init and the wanted modules.
+    use shelfboot_qemu::busybox::PRELUDE;
+
+    /// [`shelfboot_qemu::busybox::initramfs`], failing the test on error.
     fn busybox_initramfs(
         k: &kernel::Kernel,
         dir: &Path,
@@ -36,62 +37,9 @@ mod tests {
         tools: &[&str],
         compression: Compression,
     ) -> (PathBuf, usize, Duration) {
-        let init = dir.join("init.sh");
-        std::fs::write(&init, init_script).unwrap();
-        let mut add = vec![(PathBuf::from("/bin/busybox"), "/bin/busybox".to_string())];
-        let tools: Vec<&Path> = tools.iter().map(Path::new).collect();
-        add.extend(hostbin::all_with_libraries(&tools).unwrap());
-        let spec = BuildSpec {
-            init: Some(init),
-            modules: Some(ModuleSpec {
-                root: k.root.clone(),
-                kver: k.version.clone(),
-                wanted: modules
-                    .iter()
-                    .map(|(n, p)| (n.to_string(), p.to_string()))
-                    .collect(),
-            }),
-            add,
-            compression,
-            ..BuildSpec::default()
-        };
-        let started = Instant::now();
-        let built = build::build(&spec).unwrap();
-        let took = started.elapsed();
-        let out = dir.join("initramfs.cpio");
-        std::fs::write(&out, &built.archive).unwrap();
-        eprintln!(
-            "initramfs: {} entries, {} modules ({}), {} bytes {compression:?}, built in {:.2} s",
-            built.entries,
-            built.modules.len(),
-            built
-                .modules
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            built.archive.len(),
-            took.as_secs_f64()
-        );
-        (out, built.modules.len(), took)
+        shelfboot_qemu::busybox::initramfs(k, dir, init_script, modules, tools, compression)
+            .unwrap()
     }
-
-    const PRELUDE: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin:/usr/sbin:/usr/bin:/sbin
-mount -t devtmpfs dev /dev
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-echo "LAB: init started, uptime $(cut -d' ' -f1 /proc/uptime)"
-n=0
-while read -r path params; do
-  case "$path" in ''|'#'*) continue;; esac
-  dev=$(echo "$params" | grep -o '/dev/[a-z0-9]*' | head -n 1)
-  w=0; while [ -n "$dev" ] && [ ! -e "$dev" ] && [ $w -lt 50 ]; do sleep 0.1; w=$((w+1)); done
-  if insmod "/lib/modules/$path" $params; then n=$((n+1)); else echo "LAB: FAILED insmod $path $params"; fi
-done < /lib/modules/load.list
-echo "LAB: modules loaded $n"
-"#;
 
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]

@@ -30,6 +30,10 @@
 //! Every trial logs the seed, the cut point (kind, delay, last milestone before the cut),
 //! what the flash held, what booted, and the times. Replay with SHELFBOOT_POWERCUT_SEED=N
 //! (decimal or 0x hex), more trials with SHELFBOOT_POWERCUT_TRIALS=N (default 10).
+//! After the trials, a busybox VM with mtd-utils attaches a copy of the card's flash and
+//! runs `ubinfo -a`: it must succeed and list `sb.inventory` (static) and the `sb.seg.*`
+//! segments (dynamic).
+//!
 //! Consoles: `$CARGO_TARGET_TMPDIR/lab-logs/powercut/`.
 //!
 //! What this does not prove: block2mtd keeps writes in the guest page cache until a sync
@@ -500,5 +504,16 @@ mod tests {
             t0.elapsed().as_secs_f64()
         );
         drop(shelf);
+        // mtd-utils still reads what init wrote: `ubinfo -a` over the card's flash (its
+        // inventory, static; its segments, dynamic).
+        let image = lab.dir.join("flash-0.img");
+        let out = shelfboot_qemu::busybox::ubinfo_of_image(&p.kernel, p.work.path(), &image, &logs)
+            .unwrap();
+        eprintln!("powercut: ubinfo -a of the card's flash:\n{out}");
+        assert!(
+            out.contains("sb.inventory") && out.contains("sb.seg."),
+            "ubinfo -a does not list the store's volumes:\n{out}"
+        );
+        assert!(out.contains("dynamic") && out.contains("static"), "{out}");
     }
 }

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use shelfboot_proto::data::DataView;
+use shelfboot_proto::data::{DataView, block_size_for_mtu};
 use shelfboot_proto::frame::{Frame, MacAddr};
 use shelfboot_proto::msg::{
     ArtifactRef, ErrorReason, Fetch, Join, Message, PlanBody, Progress, Stage,
@@ -98,6 +98,9 @@ impl Spool {
 /// The artifact being fetched.
 struct Current {
     artifact: ArtifactRef,
+    /// What the store already holds of the artifact (a torn earlier attempt's prefix):
+    /// the receiver starts after it.
+    resume: Resume,
     receiver: Option<Receiver<Spool>>,
     spool: Spool,
     group: Option<MacAddr>,
@@ -230,9 +233,34 @@ impl<V: Volumes> Agent<V> {
             if let Err(e) = self.store.start(&next) {
                 return self.flash_refused(now, master, &e);
             }
+            // A torn earlier attempt left a prefix on flash: fetch only the rest.
+            let resume = match self.store.written(&next) {
+                Ok(0) => Ok(Resume::fresh()),
+                Ok(held) => self.store.held_hasher(&next).map(|h| Resume::new(held, h)),
+                Err(e) => Err(e),
+            };
+            let resume = match resume {
+                Ok(r) => r,
+                Err(e) => return self.flash_refused(now, master, &e),
+            };
+            // The session's block size is known only from its Join: estimate the slices
+            // held at the standard MTU; the Join corrects it if needed.
+            let have_slices =
+                block_size_for_mtu(1500).map_or(0, |bs| resume.have_slices(next.size, bs));
+            if resume.delivered() > 0 {
+                log::info!(
+                    "card {}: resuming {} {} after the {} of {} bytes already on flash",
+                    self.mac(),
+                    next.name,
+                    next.version,
+                    resume.delivered(),
+                    next.size
+                );
+            }
             let Some(f) = self.fetching() else { return };
             f.current = Some(Current {
                 artifact: next.clone(),
+                resume,
                 receiver: None,
                 spool: Spool::default(),
                 group: None,
@@ -244,7 +272,7 @@ impl<V: Volumes> Agent<V> {
             self.counters.fetches += 1;
             let m = Message::Fetch(Fetch {
                 artifact: next.sha256,
-                have_slices: 0,
+                have_slices,
             });
             return self.send(master, &m);
         }
@@ -268,7 +296,8 @@ impl<V: Volumes> Agent<V> {
                 if now >= retry_at {
                     refetch = Some(Fetch {
                         artifact: cur.artifact.sha256,
-                        have_slices: 0,
+                        have_slices: block_size_for_mtu(1500)
+                            .map_or(0, |bs| cur.resume.have_slices(cur.artifact.size, bs)),
                     });
                 } else {
                     cur.poll_at = retry_at;
@@ -299,9 +328,8 @@ impl<V: Volumes> Agent<V> {
                     cur.artifact.name,
                     timers.fetch_attempts
                 );
-                if let Err(e) = self.store.abort() {
-                    log::error!("card {mac}: {}", error_chain(&e));
-                }
+                // Keep what is on flash: the next plan from a master resumes it.
+                self.store.suspend();
                 return self.back_to_discovery(now);
             }
             self.counters.fetches += 1;
@@ -345,17 +373,25 @@ impl<V: Volumes> Agent<V> {
             self.counters.dropped_unexpected += 1;
             return;
         }
+        let mut correct = None;
         let result = match cur.receiver.as_mut() {
             Some(rx) => rx.set_session(&join, since),
             None => Receiver::new(
                 rx_cfg,
                 ArtifactInfo::from(&cur.artifact),
                 &join,
-                Resume::fresh(),
+                cur.resume.clone(),
                 cur.spool.clone(),
                 since,
             )
             .map(|rx| {
+                // Resuming: if the session's slices differ from the estimate in our
+                // Fetch, tell it exactly where we stand.
+                let estimate = block_size_for_mtu(1500)
+                    .map_or(0, |bs| cur.resume.have_slices(cur.artifact.size, bs));
+                if cur.resume.delivered() > 0 && rx.fetch().have_slices != estimate {
+                    correct = Some(rx.fetch());
+                }
                 cur.receiver = Some(rx);
             }),
         };
@@ -381,6 +417,10 @@ impl<V: Volumes> Agent<V> {
             if let Some(g) = new {
                 self.outputs.push(Output::JoinGroup(g));
             }
+        }
+        if let Some(fetch) = correct {
+            self.counters.fetches += 1;
+            self.send(master, &Message::Fetch(fetch));
         }
         self.drain_spool(now, false);
     }

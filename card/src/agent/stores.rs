@@ -102,9 +102,27 @@ impl<V: Volumes> Stores<V> {
         self.with(|s| s.finish(a))
     }
 
+    /// See [`Store::written`], on the active store.
+    pub(super) fn written(&mut self, a: &ArtifactRef) -> Result<u64, StoreError> {
+        self.with(|s| s.written(a))
+    }
+
+    /// See [`Store::held_hasher`], on the active store.
+    pub(super) fn held_hasher(&mut self, a: &ArtifactRef) -> Result<sha2::Sha256, StoreError> {
+        self.with(|s| s.held_hasher(a))
+    }
+
     /// See [`Store::abort`], on the active store.
     pub(super) fn abort(&mut self) -> Result<(), StoreError> {
         self.with(|s| s.abort())
+    }
+
+    /// See [`Store::suspend`], on the active store.
+    pub(super) fn suspend(&mut self) {
+        let _ = self.with(|s| {
+            s.suspend();
+            Ok(())
+        });
     }
 
     /// See [`Store::commit`], on the active store.
@@ -139,7 +157,10 @@ trait StagingStore {
     fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError>;
     fn write(&mut self, a: &ArtifactRef, bytes: &[u8]) -> Result<(), StoreError>;
     fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError>;
+    fn written(&mut self, a: &ArtifactRef) -> Result<u64, StoreError>;
+    fn held_hasher(&mut self, a: &ArtifactRef) -> Result<sha2::Sha256, StoreError>;
     fn abort(&mut self) -> Result<(), StoreError>;
+    fn suspend(&mut self);
     fn commit(&mut self) -> Result<Inventory, StoreError>;
     fn holds(&mut self, artifacts: &[ArtifactRef], cmdline: &str) -> Result<bool, StoreError>;
     fn begin(
@@ -162,8 +183,17 @@ impl<V: Volumes> StagingStore for Store<V> {
     fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
         Store::finish(self, a)
     }
+    fn written(&mut self, a: &ArtifactRef) -> Result<u64, StoreError> {
+        Store::written(self, a)
+    }
+    fn held_hasher(&mut self, a: &ArtifactRef) -> Result<sha2::Sha256, StoreError> {
+        Store::held_hasher(self, a)
+    }
     fn abort(&mut self) -> Result<(), StoreError> {
         Store::abort(self)
+    }
+    fn suspend(&mut self) {
+        Store::suspend(self);
     }
     fn commit(&mut self) -> Result<Inventory, StoreError> {
         Store::commit(self)

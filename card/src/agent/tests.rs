@@ -155,6 +155,21 @@ fn serve(
     drop_every: usize,
     initial: Vec<Output>,
 ) -> (Decision, Vec<Message>) {
+    let (d, sent, _) = serve_until(agent, t0, refs, data, drop_every, initial, |_| false);
+    (d.expect("stopped without a decision"), sent)
+}
+
+/// [`serve`], stopping early (no decision) once `stop` says so. Also returns the data
+/// frames the scripted master sent.
+fn serve_until(
+    agent: &mut Agent<FakeVolumes>,
+    t0: Instant,
+    refs: &[ArtifactRef],
+    data: &[Vec<u8>],
+    drop_every: usize,
+    initial: Vec<Output>,
+    stop: impl Fn(&Agent<FakeVolumes>) -> bool,
+) -> (Option<Decision>, Vec<Message>, usize) {
     let mut pending = initial;
     let mut now = t0;
     let mut sent = Vec::new();
@@ -170,7 +185,10 @@ fn serve(
         }
         if let Some(d) = decision(&outs) {
             sent.extend(frames(&outs).into_iter().map(|(_, m, _)| m));
-            return (d, sent);
+            return (Some(d), sent, n);
+        }
+        if stop(agent) {
+            return (None, sent, n);
         }
         let origin = t0;
         let since = now - origin;
@@ -287,6 +305,72 @@ fn pristine_card_fetches_commits_and_decides_kexec() {
 #[test]
 fn lost_data_frames_are_nacked_and_repaired() {
     pristine_to_ready(7);
+}
+
+/// A card killed in the middle of a large artifact (power cut: nothing is aborted) asks,
+/// after the restart, only for what follows the LEBs already on flash.
+#[test]
+fn a_card_killed_mid_artifact_resumes_where_it_was() {
+    let vols = FakeVolumes::new(4096, 1024);
+    // Large enough that the agent's spool (flushed every 256 KiB) writes most of it before
+    // the kill.
+    let data = vec![content(5, 2_000_000), content(6, 5000)];
+    let refs = vec![
+        artifact(ArtifactKind::BootImage, "kernel", &data[0]),
+        artifact(ArtifactKind::Package, "base", &data[1]),
+    ];
+    let size = refs[0].size;
+    let t0 = Instant::now();
+    let run = |vols: &FakeVolumes, stop: &dyn Fn(&Agent<FakeVolumes>) -> bool| {
+        let mut agent = Agent::new(config(), store(vols), t0);
+        let outs = agent.tick(t0);
+        let (h, s) = solicit_of(&outs);
+        let plan = plan_frame(&key(), &h, &s, &refs, Verdict::Fetch);
+        let outs = agent.handle_frame(t0, &plan);
+        let (d, sent, frames) = serve_until(&mut agent, t0, &refs, &data, 0, outs, stop);
+        (d, sent, frames, agent.counters().bytes_written)
+    };
+    // First attempt: killed once 80 % of the kernel is on flash.
+    let (d, _, first_frames, first_bytes) =
+        run(&vols, &|a| a.counters().bytes_written > size * 4 / 5);
+    assert!(d.is_none());
+    assert!(
+        first_bytes > size * 4 / 5 && first_bytes < size,
+        "{first_bytes} of {size}"
+    );
+    let vols = vols.power_cycle();
+    // Second attempt, after the restart: the same plan.
+    let (d, sent, frames, bytes) = run(&vols, &|_| false);
+    let Some(Decision::Boot { set, .. }) = d else {
+        panic!("expected a boot decision, got {d:?}")
+    };
+    let fetch = sent
+        .iter()
+        .find_map(|m| match m {
+            Message::Fetch(f) if f.artifact == refs[0].sha256 => Some(f.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        fetch.have_slices > 0,
+        "the Fetch asks for the rest: {fetch:?}"
+    );
+    // Bytes written and data frames moved on the second attempt: the rest of the
+    // kernel (plus the small package), far less than the kernel.
+    assert!(
+        bytes < size / 5,
+        "second attempt wrote {bytes} of a {size}-byte kernel"
+    );
+    assert!(
+        frames * 4 < first_frames,
+        "second attempt moved {frames} data frames, the first {first_frames}"
+    );
+    let mut st = store(&vols);
+    assert!(
+        st.verify_set(&set).unwrap().is_empty(),
+        "every byte as sent"
+    );
+    assert_eq!(st.digest(), Some(set.digest));
 }
 
 /// A store that holds the fixture set, committed.
@@ -676,8 +760,10 @@ fn test_mode_plan_goes_to_ram_and_flash_sees_no_operation() {
     let mut ram_store = ram_store.unwrap();
     assert!(ram_store.verify_set(&set).unwrap().is_empty());
     let files = FileVolumes::open(dir.path()).unwrap();
-    for ((_, id), d) in ram_store.resolve(&set).unwrap().iter().zip(&data) {
-        assert_eq!(&std::fs::read(files.blob_path(*id).unwrap()).unwrap(), d);
+    for ((a, id), d) in ram_store.resolve(&set).unwrap().iter().zip(&data) {
+        let blob = std::fs::read(files.blob_path(*id).unwrap()).unwrap();
+        let at = a.offset as usize;
+        assert_eq!(&blob[at..at + d.len()], &d[..]);
     }
     drop(ram_store);
 

@@ -6,7 +6,7 @@ use super::fake::FakeVolumes;
 use super::store::{Store, StoreError};
 use super::tests::{LEB, cfg, check_consistent, fresh, set_a, set_b};
 use super::volumes::Volumes as _;
-use super::{BootDecision, RollbackReason, layout};
+use super::{BootDecision, RollbackReason};
 
 #[test]
 fn boot_counting_rolls_back_after_k_failures_and_ready_resets() {
@@ -60,7 +60,14 @@ fn damaged_set_rolls_back_at_once_and_explicit_rollback_works() {
         assert!(matches!(s.rollback(), Err(StoreError::NoPrevious)));
     }
     let dev = fresh(64, &[&set_a(), &set_b()]);
-    let victim = layout::artifact_volume(&set_b().arts[0].r).unwrap();
+    // B's own segment (its kernel is there; its base is in A's).
+    let victim = Store::inspect(&mut dev.clone())
+        .unwrap()
+        .unwrap()
+        .set
+        .artifacts[0]
+        .volume
+        .clone();
     let mut d = dev.clone();
     let id = d
         .list()

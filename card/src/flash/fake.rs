@@ -4,12 +4,14 @@
 //! It enforces the same rules as the kernel (see [`super::volumes`]): LEB-rounded sizes
 //! and `ENOSPC`, unique names, dynamic-volume lengths (`data_bytes` is the reserved size,
 //! 0xFF past the written bytes), the update marker (cleared by the last announced byte), and
-//! atomic multi-volume rename that removes a replaced volume. A power cut is modelled as
+//! atomic multi-volume rename that removes a replaced volume, dynamic volumes whose LEBs
+//! are changed atomically one at a time (a cut during a LEB change leaves the old LEB). A
+//! power cut is modelled as
 //! "operation N never happens, nor does anything after it": configure it with
 //! [`FakeVolumes::cut_power_after`] or, to tear a write after some bytes,
 //! [`FakeVolumes::cut_power_mid_write`]. [`FakeVolumes::power_cycle`] then gives the device
 //! as it would attach after the reboot. Only mutating operations (create, update, write,
-//! rename, remove) count; reads and listings are free.
+//! rename, remove, LEB change) count; reads, listings and mapping queries are free.
 //!
 //! Uncorrectable read errors can be injected per LEB ([`FakeVolumes::fail_reads`]). It
 //! does not model open/busy volumes or bad blocks appearing during a write.
@@ -31,6 +33,17 @@ pub enum FakeOp {
         name: String,
         /// Requested bytes.
         bytes: u64,
+        /// A dynamic volume (written with LEB changes).
+        dynamic: bool,
+    },
+    /// `UBI_IOCEBCH` and its data.
+    ChangeLeb {
+        /// Volume.
+        id: VolumeId,
+        /// Logical eraseblock.
+        lnum: u32,
+        /// Bytes written into it.
+        len: usize,
     },
     /// `UBI_IOCVOLUP`.
     Update {
@@ -59,8 +72,12 @@ pub enum FakeOp {
 struct Vol {
     name: String,
     lebs: u64,
+    /// Static: the bytes of the last update. Dynamic: the whole volume (0xFF where
+    /// unmapped).
     data: Vec<u8>,
     update_marker: bool,
+    /// `Some(mapped LEBs)` for a dynamic volume.
+    mapped: Option<Vec<bool>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -220,6 +237,52 @@ impl FakeVolumes {
         lock(&self.state).bad_reads.push((name.to_owned(), leb));
     }
 
+    fn make(&mut self, name: &str, bytes: u64, dynamic: bool) -> Result<VolumeId, VolumeError> {
+        let mut s = lock(&self.state);
+        let t = || VolumeTarget::name(name);
+        let err = |k| VolumeError::new(VolumeOp::Create, t(), k);
+        s.alive(VolumeOp::Create, t())?;
+        check_name(name).map_err(err)?;
+        if bytes == 0 {
+            return Err(err(Kind::Invalid));
+        }
+        if s.vols.values().any(|v| v.name == name) {
+            return Err(err(Kind::Exists));
+        }
+        let lebs = bytes.div_ceil(s.leb_size);
+        if lebs > s.total_lebs.saturating_sub(s.used_lebs())
+            || s.vols.len() >= s.max_volumes as usize
+        {
+            return Err(err(Kind::NoSpace));
+        }
+        s.step(
+            FakeOp::Create {
+                name: name.into(),
+                bytes,
+                dynamic,
+            },
+            t(),
+            VolumeOp::Create,
+        )?;
+        let id = (0..).find(|i| !s.vols.contains_key(i)).unwrap_or(u32::MAX);
+        let leb = s.leb_size;
+        s.vols.insert(
+            id,
+            Vol {
+                name: name.into(),
+                lebs,
+                data: if dynamic {
+                    vec![0xFF; usize::try_from(lebs * leb).unwrap_or(0)]
+                } else {
+                    Vec::new()
+                },
+                update_marker: false,
+                mapped: dynamic.then(|| vec![false; usize::try_from(lebs).unwrap_or(0)]),
+            },
+        );
+        Ok(VolumeId(id))
+    }
+
     /// Flip one bit of a volume's data (simulates media corruption).
     pub fn corrupt(&self, name: &str, offset: usize) -> bool {
         let mut s = lock(&self.state);
@@ -266,42 +329,63 @@ impl Volumes for FakeVolumes {
     }
 
     fn create(&mut self, name: &str, bytes: u64) -> Result<VolumeId, VolumeError> {
+        self.make(name, bytes, false)
+    }
+
+    fn create_dynamic(&mut self, name: &str, bytes: u64) -> Result<VolumeId, VolumeError> {
+        self.make(name, bytes, true)
+    }
+
+    fn change_leb(&mut self, id: VolumeId, lnum: u32, data: &[u8]) -> Result<(), VolumeError> {
         let mut s = lock(&self.state);
-        let t = || VolumeTarget::name(name);
-        let err = |k| VolumeError::new(VolumeOp::Create, t(), k);
-        s.alive(VolumeOp::Create, t())?;
-        check_name(name).map_err(err)?;
-        if bytes == 0 {
+        let t = || VolumeTarget::id(id);
+        let err = |k| VolumeError::new(VolumeOp::ChangeLeb, t(), k);
+        s.alive(VolumeOp::ChangeLeb, t())?;
+        let leb = s.leb_size;
+        let v = s.vols.get(&id.0).ok_or_else(|| err(Kind::NotFound))?;
+        if v.mapped.is_none() {
+            return Err(err(Kind::ReadOnly));
+        }
+        if u64::from(lnum) >= v.lebs || data.len() as u64 > leb {
             return Err(err(Kind::Invalid));
         }
-        if s.vols.values().any(|v| v.name == name) {
-            return Err(err(Kind::Exists));
-        }
-        let lebs = bytes.div_ceil(s.leb_size);
-        if lebs > s.total_lebs.saturating_sub(s.used_lebs())
-            || s.vols.len() >= s.max_volumes as usize
-        {
-            return Err(err(Kind::NoSpace));
-        }
         s.step(
-            FakeOp::Create {
-                name: name.into(),
-                bytes,
+            FakeOp::ChangeLeb {
+                id,
+                lnum,
+                len: data.len(),
             },
             t(),
-            VolumeOp::Create,
+            VolumeOp::ChangeLeb,
         )?;
-        let id = (0..).find(|i| !s.vols.contains_key(i)).unwrap_or(u32::MAX);
-        s.vols.insert(
-            id,
-            Vol {
-                name: name.into(),
-                lebs,
-                data: Vec::new(),
-                update_marker: false,
-            },
-        );
-        Ok(VolumeId(id))
+        if let Some(v) = s.vols.get_mut(&id.0) {
+            let start = usize::try_from(u64::from(lnum) * leb).unwrap_or(usize::MAX);
+            let end = start + usize::try_from(leb).unwrap_or(0);
+            let dst = &mut v.data[start..end];
+            dst.fill(0xFF);
+            dst[..data.len()].copy_from_slice(data);
+            if let Some(m) = v.mapped.as_mut() {
+                m[lnum as usize] = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_mapped(&mut self, id: VolumeId, lnum: u32) -> Result<bool, VolumeError> {
+        let s = lock(&self.state);
+        let t = || VolumeTarget::id(id);
+        s.alive(VolumeOp::IsMapped, t())?;
+        let v = s
+            .vols
+            .get(&id.0)
+            .ok_or_else(|| VolumeError::new(VolumeOp::IsMapped, t(), Kind::NotFound))?;
+        if u64::from(lnum) >= v.lebs {
+            return Err(VolumeError::new(VolumeOp::IsMapped, t(), Kind::Invalid));
+        }
+        Ok(match &v.mapped {
+            Some(m) => m[lnum as usize],
+            None => (u64::from(lnum) * s.leb_size) < v.data.len() as u64,
+        })
     }
 
     fn update(&mut self, id: VolumeId, bytes: u64) -> Result<FakeWriter, VolumeError> {
@@ -319,6 +403,7 @@ impl Volumes for FakeVolumes {
         s.step(FakeOp::Update { id, bytes }, t(), VolumeOp::Update)?;
         if let Some(v) = s.vols.get_mut(&id.0) {
             v.data.clear();
+            v.mapped = None;
             v.update_marker = bytes > 0;
         }
         Ok(FakeWriter {
@@ -328,7 +413,6 @@ impl Volumes for FakeVolumes {
             written: 0,
         })
     }
-
     fn read(&mut self, id: VolumeId, offset: u64, buf: &mut [u8]) -> Result<usize, VolumeError> {
         let s = lock(&self.state);
         let t = || VolumeTarget::id(id);

@@ -1,7 +1,7 @@
 //! The inventory: what a card's flash holds, as stored in the `sb.inventory` volume.
 //!
 //! An [`Inventory`] records the committed set (every artifact with name, version, kind,
-//! sha256, size and the volume holding it, the boot command line and the set digest), a
+//! sha256, size and where it is: volume and offset, the boot command line and the set digest), a
 //! generation number, the boot-attempt counter, and the previous set for rollback.
 //!
 //! On flash it is CBOR framed with a header and a CRC-32, written **twice**, each copy
@@ -17,16 +17,23 @@
 //! ```
 //!
 //! Decoding checks magic, format, length, CRC, the CBOR, that every set's digest is the
-//! [`set_digest`] of its artifacts and command line, and that every volume name is the one
-//! the layout gives that artifact. This module does no I/O.
+//! [`set_digest`] of its artifacts and command line, and that every location is a segment
+//! (`sb.seg.<n>`, any offset, no two different artifacts of a set at the same place) or the legacy
+//! volume the layout gives that artifact (offset 0). Format 1 (one volume per artifact,
+//! no offsets) is still read; format 2 adds the offset and is what this build writes.
+//! This module does no I/O.
 
 use serde::{Deserialize, Serialize};
 
 use super::artifact::{ArtifactKind, ArtifactRef, Digest, set_digest};
-use super::layout::{BadArtifactName, artifact_volume};
+use super::layout::{self, BadArtifactName, artifact_volume};
 
 /// Current inventory format. Fields are only appended (optional, `serde(default)`).
-pub const FORMAT: u16 = 1;
+/// 2 added artifact offsets inside segments; an older build refuses it by this number
+/// rather than misreading a segment as a volume.
+pub const FORMAT: u16 = 2;
+/// Oldest format this build reads (1: one volume per artifact).
+pub const OLDEST_FORMAT: u16 = 1;
 const MAGIC: [u8; 4] = *b"SBIV";
 const HEADER: usize = 12;
 /// Largest payload accepted (bounds memory when reading a damaged volume).
@@ -41,6 +48,13 @@ pub struct StoredArtifact {
     /// The committed volume holding its bytes (see [`super::layout`]).
     #[serde(rename = "v")]
     pub volume: String,
+    /// Where its bytes start in `volume` (0 for a legacy one-artifact volume).
+    #[serde(rename = "o", default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A complete software set: artifacts, command line and their digest.
@@ -69,6 +83,7 @@ impl SetRecord {
             out.push(StoredArtifact {
                 artifact: a.clone(),
                 volume,
+                offset: 0,
             });
         }
         Ok(Self {
@@ -107,10 +122,22 @@ impl SetRecord {
         if fresh.digest != self.digest {
             return Err(InventoryError::DigestMismatch);
         }
-        for (a, b) in fresh.artifacts.iter().zip(&self.artifacts) {
-            if a.volume != b.volume {
+        for (i, (a, b)) in fresh.artifacts.iter().zip(&self.artifacts).enumerate() {
+            let legacy = a.volume == b.volume && b.offset == 0;
+            if !legacy && !layout::is_segment(&b.volume) {
                 return Err(InventoryError::WrongVolume {
                     volume: b.volume.clone(),
+                });
+            }
+            // Two artifacts at one place must be the same bytes (two names of one
+            // content may share an extent).
+            if self.artifacts[..i].iter().any(|o| {
+                o.volume == b.volume
+                    && o.offset == b.offset
+                    && (o.artifact.sha256, o.artifact.size) != (b.artifact.sha256, b.artifact.size)
+            }) {
+                return Err(InventoryError::Duplicate {
+                    volume: format!("{} at offset {}", b.volume, b.offset),
                 });
             }
         }
@@ -235,8 +262,10 @@ fn decode_copy(b: &[u8]) -> Result<Inventory, String> {
         return Err("bad magic".into());
     }
     let format = u16::from_be_bytes([b[4], b[5]]);
-    if format != FORMAT {
-        return Err(format!("format {format}, this build reads {FORMAT}"));
+    if !(OLDEST_FORMAT..=FORMAT).contains(&format) {
+        return Err(format!(
+            "format {format}, this build reads {OLDEST_FORMAT} to {FORMAT}"
+        ));
     }
     let len = u32::from_be_bytes([b[8], b[9], b[10], b[11]]) as usize;
     if len > MAX_PAYLOAD || HEADER + len + 4 > b.len() {
@@ -367,6 +396,35 @@ mod tests {
         inv.set.artifacts[0].volume = "sb.inventory".into();
         let e = decode(&encode(&inv, 64).unwrap(), 64).unwrap_err();
         assert!(e.to_string().contains("not the volume"), "{e}");
+    }
+
+    #[test]
+    fn two_artifacts_share_a_place_only_if_they_are_the_same_bytes() {
+        let mut set = SetRecord::new(
+            &[
+                artifact(ArtifactKind::Package, "a", 2),
+                artifact(ArtifactKind::Package, "b", 2),
+                artifact(ArtifactKind::Package, "c", 3),
+            ],
+            "",
+        )
+        .unwrap();
+        for s in &mut set.artifacts {
+            s.volume = layout::segment(5);
+        }
+        let inv = |set: &SetRecord| Inventory {
+            generation: 1,
+            set: set.clone(),
+            attempts: 0,
+            previous: None,
+            rolled_back_from: None,
+        };
+        set.artifacts[2].offset = 4096;
+        // a and b: same bytes at offset 0.
+        assert!(decode(&encode(&inv(&set), 64).unwrap(), 64).is_ok());
+        set.artifacts[2].offset = 0;
+        let e = decode(&encode(&inv(&set), 64).unwrap(), 64).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
     }
 
     #[test]

@@ -6,16 +6,18 @@
 //! | volume                              | holds                                          |
 //! |-------------------------------------|------------------------------------------------|
 //! | `sb.inventory`                      | the committed inventory (two copies, CRC-32)   |
-//! | `sb.boot.<name>.<sha256[..16] hex>` | a committed, verified boot image               |
-//! | `sb.pkg.<name>.<sha256[..16] hex>`  | a committed, verified package                  |
+//! | `sb.seg.<generation>`               | a committed segment: the artifacts one commit wrote, each at its own LEB-aligned extent (dynamic volume) |
+//! | `sb.new.seg.<16 hex>`               | the segment being written (not yet committed); the hex names the plan and its extents |
 //! | `sb.new.inventory`                  | the inventory being written (not yet committed)|
-//! | `sb.new.boot.…`, `sb.new.pkg.…`     | an artifact being streamed in (not yet committed) |
+//! | `sb.boot.<name>.<sha256[..16] hex>` | legacy: one committed boot image (written by earlier versions; still read) |
+//! | `sb.pkg.<name>.<sha256[..16] hex>`  | legacy: one committed package (still read)      |
+//! | `sb.new.boot.…`, `sb.new.pkg.…`     | legacy staging volume: garbage                  |
 //!
-//! Artifact volumes are named by content (128 bits of their sha256), not by role. A set is
-//! whatever the inventory lists, so an artifact shared by the current set, the previous set
-//! and a new plan is stored once and never re-downloaded; the previous set needs no
-//! `sb.old.*` copies, and a rollback is one inventory swap. A committed-name volume that
-//! no inventory lists is garbage and is removed; a `sb.new.*` volume is never part of a set.
+//! An artifact is found at (volume, offset, size), all three from the inventory; a legacy
+//! volume is the case offset 0. A set is whatever the inventory lists, so an artifact
+//! shared by the current set, the previous set and a new plan is stored once and never
+//! re-downloaded, and a rollback is one inventory swap. A segment or legacy volume that no
+//! inventory lists is garbage and is removed; a `sb.new.*` volume is never part of a set.
 //!
 //! This module does not create or rename anything; it only computes and parses names.
 
@@ -30,6 +32,10 @@ pub const INVENTORY: &str = "sb.inventory";
 pub const STAGING_INVENTORY: &str = "sb.new.inventory";
 /// Prefix of volumes being written.
 pub const STAGING_PREFIX: &str = "sb.new.";
+/// Prefix of committed segments (`sb.seg.<generation>`).
+pub const SEGMENT_PREFIX: &str = "sb.seg.";
+/// Prefix of the segment being written (`sb.new.seg.<16 hex>`).
+pub const STAGING_SEGMENT_PREFIX: &str = "sb.new.seg.";
 /// Longest artifact name the layout accepts (keeps every name within UBI's 127 bytes).
 pub const MAX_ARTIFACT_NAME: usize = 64;
 /// Hex digits of the sha256 kept in a volume name (128 bits).
@@ -55,8 +61,12 @@ pub enum VolumeClass {
     StagingInventory,
     /// A committed-name artifact volume.
     Artifact,
-    /// A `sb.new.` artifact volume; carries the committed name it will get.
+    /// A legacy `sb.new.` artifact volume; carries the committed name it would get.
     Staging(String),
+    /// A committed segment `sb.seg.<generation>`.
+    Segment,
+    /// The segment being written, `sb.new.seg.<16 hex>`.
+    StagingSegment,
     /// Starts with `sb.` but matches no rule: left over by another version; garbage.
     Unknown,
     /// Not ours; never touched.
@@ -94,6 +104,34 @@ pub fn artifact_volume(a: &ArtifactRef) -> Result<String, BadArtifactName> {
     Ok(format!("{PREFIX}{}.{}.{hex}", kind_tag(a.kind), a.name))
 }
 
+/// The committed name of the segment written by the commit of inventory `generation`.
+pub fn segment(generation: u64) -> String {
+    format!("{SEGMENT_PREFIX}{generation}")
+}
+
+/// The staging name of a segment, from the digest of what it will hold.
+pub fn staging_segment(id: &[u8; 32]) -> String {
+    format!("{STAGING_SEGMENT_PREFIX}{}", hex::encode(&id[..8]))
+}
+
+/// Whether `name` is a committed segment name.
+pub fn is_segment(name: &str) -> bool {
+    name.strip_prefix(SEGMENT_PREFIX).is_some_and(|g| {
+        !g.is_empty()
+            && g.len() <= 20
+            && g.bytes().all(|b| b.is_ascii_digit())
+            && !g.starts_with('0')
+    })
+}
+
+fn is_staging_segment(name: &str) -> bool {
+    name.strip_prefix(STAGING_SEGMENT_PREFIX).is_some_and(|h| {
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
+}
+
 /// The staging name of a committed volume name: `sb.X` becomes `sb.new.X`.
 pub fn staging_of(committed: &str) -> String {
     let rest = committed.strip_prefix(PREFIX).unwrap_or(committed);
@@ -127,6 +165,10 @@ pub fn classify(name: &str) -> VolumeClass {
         VolumeClass::Inventory
     } else if name == STAGING_INVENTORY {
         VolumeClass::StagingInventory
+    } else if is_segment(name) {
+        VolumeClass::Segment
+    } else if is_staging_segment(name) {
+        VolumeClass::StagingSegment
     } else if let Some(rest) = name.strip_prefix(STAGING_PREFIX) {
         let committed = format!("{PREFIX}{rest}");
         if is_artifact_name(&committed) {
@@ -162,6 +204,12 @@ mod tests {
         assert_eq!(classify("data"), VolumeClass::Foreign);
         assert_eq!(classify("sb.old.boot"), VolumeClass::Unknown);
         assert_eq!(classify("sb.pkg.x.ABAB"), VolumeClass::Unknown);
+        assert_eq!(classify(&segment(17)), VolumeClass::Segment);
+        assert_eq!(classify("sb.seg.017"), VolumeClass::Unknown);
+        assert_eq!(classify("sb.seg.x"), VolumeClass::Unknown);
+        let st = staging_segment(&[0xab; 32]);
+        assert_eq!(st, "sb.new.seg.abababababababab");
+        assert_eq!(classify(&st), VolumeClass::StagingSegment);
     }
 
     #[test]

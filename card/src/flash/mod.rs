@@ -24,6 +24,8 @@ mod boot_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod set_tests;
+#[cfg(test)]
 mod tests;
 
 pub use boot::{BootDecision, RollbackReason};

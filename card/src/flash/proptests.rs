@@ -135,8 +135,7 @@ proptest! {
             None => {
                 for v in s.volumes_mut().list().unwrap() {
                     prop_assert!(
-                        matches!(layout::classify(&v.name), layout::VolumeClass::Staging(_))
-                            && !v.update_marker,
+                        matches!(layout::classify(&v.name), layout::VolumeClass::StagingSegment),
                         "pristine card kept {v:?}"
                     );
                 }

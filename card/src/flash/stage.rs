@@ -1,21 +1,32 @@
-//! Transactions: streaming artifacts into staging volumes and the atomic commit.
+//! Transactions: streaming artifacts into one staging segment, and the atomic commit.
 //!
-//! [`Store::begin`] opens a transaction for a set; each artifact to fetch is then streamed
-//! with [`Store::start`], [`Store::write`] (sequential, as bytes arrive; the declared size
-//! enforced) and [`Store::finish`] (size checked, update completed, sha256 checked). Several
-//! artifacts may be open at once.
+//! [`Store::begin`] opens a transaction for a set. Everything it writes goes into ONE new
+//! *segment*: a dynamic volume `sb.new.seg.<16 hex>` in which each new artifact has its
+//! own extent starting at a LEB boundary (the plan of extents is [`super::store::Layout`]).
+//! Each artifact to fetch is then streamed with [`Store::start`], [`Store::write`]
+//! (sequential, as bytes arrive; the declared size enforced) and [`Store::finish`] (size
+//! checked, last LEB written, sha256 checked). Several artifacts may be open at once.
+//!
+//! Bytes are collected into a buffer of one LEB per open artifact and written with
+//! `UBI_IOCEBCH`, which replaces a LEB atomically: a power cut loses at most the LEB being
+//! changed. The staging segment survives restarts (and [`Store::suspend`]); `begin` of
+//! the same plan finds the mapped LEBs (`UBI_IOCEBISMAP`) of each extent and resumes each
+//! torn artifact after its written prefix ([`Store::written`] says where), re-hashes
+//! complete ones and adopts them. sha256 is always checked over the whole artifact before
+//! it may be committed.
 //!
 //! sha256 is computed once per artifact here: with `verify_readback` (the default) over
-//! the bytes read back from the volume after the update, which covers both what arrived
-//! and what the flash holds, so nothing is hashed while writing (the receiver that feeds
-//! the store already hashed the stream once); without it, over the bytes as written.
+//! the bytes read back from the segment after the last LEB, which covers both what arrived
+//! and what the flash holds; without it, over the bytes as written (a resumed prefix is
+//! re-read from flash into the hash first).
 //!
-//! [`Store::commit`] renames all staged volumes and the new inventory in one
-//! `UBI_IOCRNVOL`; [`Store::abort`] removes the staging volumes.
+//! Compaction copies (artifacts of old, sparsely used segments, see
+//! [`super::store::MAX_SEGMENTS`]) are copied from flash into the segment by `begin`.
 //!
-//! The transaction holds writers (for UBI, open file descriptors) but no borrow of the
-//! store, so a sans-IO agent can keep it open across network events. Nothing here is
-//! durable until `commit`; an interrupted transaction is garbage at the next open.
+//! [`Store::commit`] renames the segment to `sb.seg.<generation>` and the new inventory onto
+//! `sb.inventory` in ONE `UBI_IOCRNVOL` of two entries; [`Store::abort`] removes the staging
+//! volumes. The transaction holds no borrow of the store, so a sans-IO agent can keep it
+//! open across network events. Nothing here is durable until `commit`.
 
 use sha2::{Digest as _, Sha256};
 
@@ -23,45 +34,61 @@ use super::artifact::{ArtifactRef, Digest};
 use super::error::{Ctx, StoreError};
 use super::inventory::{Inventory, SetRecord};
 use super::layout;
-use super::store::{CHUNK, PlanCheck, Store, hash_volume};
-use super::volumes::{Rename, UBI_MAX_RNVOL, VolumeError, VolumeId, VolumeWriter, Volumes};
+use super::store::{CHUNK, PlanCheck, Store, hash_extent, hash_extent_into};
+use super::volumes::{Rename, VolumeError, VolumeId, Volumes};
 
 #[derive(Debug)]
-pub(crate) enum Entry<W> {
-    Pending,
+pub(crate) enum Entry {
+    /// Not being written; `held` bytes (whole LEBs) of it are on flash from an earlier
+    /// attempt and writing resumes after them.
+    Pending {
+        held: u64,
+    },
     Writing {
-        id: VolumeId,
-        writer: W,
+        /// Bytes received but not yet written (less than one LEB, or the tail).
+        buf: Vec<u8>,
+        /// Bytes received in all (on flash + in `buf`).
+        written: u64,
         /// Hash of the bytes as written; only without read-back (which hashes instead).
         hasher: Option<Sha256>,
-        written: u64,
     },
-    Staged {
-        id: VolumeId,
-    },
+    Staged,
 }
 
-impl<W> Entry<W> {
+impl Entry {
     fn state(&self) -> &'static str {
         match self {
-            Self::Pending => "not started",
+            Self::Pending { .. } => "not started",
             Self::Writing { .. } => "being written",
-            Self::Staged { .. } => "already staged",
+            Self::Staged => "already staged",
         }
     }
 }
 
 #[derive(Debug)]
-pub(crate) struct Txn<W> {
+pub(crate) struct Item {
+    pub(crate) artifact: ArtifactRef,
+    /// Offset of its extent in the segment (LEB-aligned).
+    pub(crate) offset: u64,
+    pub(crate) entry: Entry,
+}
+
+#[derive(Debug)]
+pub(crate) struct Txn {
+    /// The set, new extents located in the staging segment (renamed at commit).
     record: SetRecord,
-    /// (artifact, committed volume name, state), for artifacts to fetch.
-    fetch: Vec<(ArtifactRef, String, Entry<W>)>,
+    /// The staging segment: (id, name), if anything is written.
+    segment: Option<(VolumeId, String)>,
+    /// Artifacts written into the segment (fetched or copied), in segment order.
+    items: Vec<Item>,
 }
 
 impl<V: Volumes> Store<V> {
     /// Open a transaction for the set `artifacts` + `cmdline`: [`Self::check`] it, drop the
-    /// previous set if the check says so, adopt or remove leftover staging volumes, and
-    /// return what must be fetched (`fetch`) and what was resumed (`resumable`).
+    /// previous set if the check says so, remove leftover staging volumes of other plans,
+    /// create (or find again) the staging segment, adopt complete artifacts of an
+    /// interrupted run of the same plan (re-hashed), note how much of each torn one is on
+    /// flash (`partial`), copy the compaction copies, and return what must be fetched.
     pub fn begin(
         &mut self,
         artifacts: &[ArtifactRef],
@@ -70,74 +97,170 @@ impl<V: Volumes> Store<V> {
         if self.txn.is_some() {
             return Err(StoreError::TransactionOpen);
         }
-        let mut check = self.check(artifacts, cmdline)?;
-        let record = SetRecord::new(artifacts, cmdline).map_err(StoreError::Set)?;
+        let (mut check, lay) = self.check_layout(artifacts, cmdline)?;
         if check.drops_previous {
-            self.drop_previous(&record)?;
+            let keep: Vec<String> = lay
+                .record
+                .artifacts
+                .iter()
+                .map(|s| s.volume.clone())
+                .chain(lay.copies.iter().map(|c| c.source.0.clone()))
+                .collect();
+            self.drop_previous(&keep)?;
         }
-        // Leftover staging volumes: adopt the resumable ones whose bytes hash right,
-        // remove all others.
         let list = self
             .vols
             .list()
             .during(|| "listing leftover staging volumes".into())?;
-        let mut adopted: Vec<(ArtifactRef, VolumeId)> = Vec::new();
-        for v in list {
-            if !matches!(layout::classify(&v.name), layout::VolumeClass::Staging(_)) {
-                continue;
-            }
-            let candidate = check.resumable.iter().find(|a| {
-                layout::artifact_volume(a).is_ok_and(|n| layout::staging_of(&n) == v.name)
-            });
-            let keep = match candidate {
-                Some(a) if !v.update_marker => {
-                    hash_volume(&mut self.vols, v.id, &v.name, a.size)? == a.sha256
-                }
-                _ => false,
-            };
-            match candidate {
-                Some(a) if keep => {
-                    log::info!(
-                        "{}: resuming with {} {} already staged",
-                        self.cfg.label,
-                        a.name,
-                        a.version
-                    );
-                    adopted.push((a.clone(), v.id));
-                }
-                _ => self
-                    .vols
+        for v in &list {
+            let ours = v.name == lay.staging;
+            let staging = matches!(
+                layout::classify(&v.name),
+                layout::VolumeClass::Staging(_)
+                    | layout::VolumeClass::StagingSegment
+                    | layout::VolumeClass::StagingInventory
+            );
+            if staging && !ours {
+                self.vols
                     .remove(v.id)
-                    .during(|| format!("removing leftover staging volume \"{}\"", v.name))?,
+                    .during(|| format!("removing leftover staging volume \"{}\"", v.name))?;
             }
         }
-        let mut fetch = Vec::new();
+        let leb = self.geo.leb_size;
+        let segment = if lay.seg_lebs == 0 {
+            None
+        } else {
+            let id = match list.iter().find(|v| v.name == lay.staging) {
+                Some(v) => v.id,
+                None => self
+                    .vols
+                    .create_dynamic(&lay.staging, lay.seg_lebs * leb)
+                    .during(|| format!("creating the staging segment \"{}\"", lay.staging))?,
+            };
+            Some((id, lay.staging.clone()))
+        };
         check.fetch.clear();
         check.resumable.clear();
-        for s in &record.artifacts {
-            if check.present.contains(&s.artifact) {
-                continue;
-            }
-            let entry = match adopted.iter().find(|(a, _)| *a == s.artifact) {
-                Some((a, id)) => {
-                    check.resumable.push(a.clone());
-                    Entry::Staged { id: *id }
+        check.partial.clear();
+        let mut items = Vec::new();
+        for (a, offset) in &lay.fetch {
+            let entry = match &segment {
+                Some((id, name)) => {
+                    let held = self.held_prefix(*id, *offset, a.size)?;
+                    if held == a.size
+                        && hash_extent(&mut self.vols, *id, name, *offset, a.size)? == a.sha256
+                    {
+                        log::info!(
+                            "{}: resuming with {} {} already staged",
+                            self.cfg.label,
+                            a.name,
+                            a.version
+                        );
+                        check.resumable.push(a.clone());
+                        Entry::Staged
+                    } else {
+                        // A complete extent that does not hash right is written again.
+                        let held = if held == a.size { 0 } else { held };
+                        if held > 0 {
+                            log::info!(
+                                "{}: resuming {} {} after the {held} of {} bytes on flash",
+                                self.cfg.label,
+                                a.name,
+                                a.version,
+                                a.size
+                            );
+                            check.partial.push((a.clone(), held));
+                        }
+                        check.fetch.push(a.clone());
+                        Entry::Pending { held }
+                    }
                 }
-                None => {
-                    check.fetch.push(s.artifact.clone());
-                    Entry::Pending
-                }
+                None => Entry::Pending { held: 0 },
             };
-            fetch.push((s.artifact.clone(), s.volume.clone(), entry));
+            items.push(Item {
+                artifact: a.clone(),
+                offset: *offset,
+                entry,
+            });
         }
-        self.txn = Some(Txn { record, fetch });
+        if let Some((id, name)) = &segment {
+            for c in &lay.copies {
+                self.copy_into_segment(*id, name, c)?;
+                items.push(Item {
+                    artifact: c.artifact.clone(),
+                    offset: c.offset,
+                    entry: Entry::Staged,
+                });
+            }
+        }
+        self.txn = Some(Txn {
+            record: lay.record,
+            segment,
+            items,
+        });
         Ok(check)
     }
 
-    /// Free the volumes only the previous set uses (and `next` does not), then rewrite the
-    /// inventory without `previous`. A cut in between leaves a `previous` with missing
+    /// Copy a compaction copy from its old location into the segment (unless an earlier
+    /// run did already), then check its sha256 as read from the segment.
+    fn copy_into_segment(
+        &mut self,
+        seg: VolumeId,
+        seg_name: &str,
+        c: &super::store::Copy,
+    ) -> Result<(), StoreError> {
+        let a = &c.artifact;
+        if self.held_prefix(seg, c.offset, a.size)? == a.size
+            && hash_extent(&mut self.vols, seg, seg_name, c.offset, a.size)? == a.sha256
+        {
+            return Ok(());
+        }
+        let (src_name, src_off) = &c.source;
+        let during = || format!("copying {} from \"{src_name}\" into \"{seg_name}\"", a.name);
+        let src = self
+            .volume_id(src_name)?
+            .ok_or_else(|| StoreError::SetDamaged {
+                missing: vec![src_name.clone()],
+            })?;
+        let leb = self.geo.leb_size;
+        let mut buf = vec![0u8; usize::try_from(leb).unwrap_or(CHUNK)];
+        let mut done = 0u64;
+        while done < a.size {
+            let n = (a.size - done).min(leb);
+            let part = &mut buf[..usize::try_from(n).unwrap_or(0)];
+            let mut got = 0;
+            while got < part.len() {
+                let r = self
+                    .vols
+                    .read(src, src_off + done + got as u64, &mut part[got..])
+                    .during(during)?;
+                if r == 0 {
+                    return Err(StoreError::SetDamaged {
+                        missing: vec![src_name.clone()],
+                    });
+                }
+                got += r;
+            }
+            let lnum = u32::try_from((c.offset + done) / leb).unwrap_or(u32::MAX);
+            self.vols.change_leb(seg, lnum, part).during(during)?;
+            done += n;
+        }
+        let actual = hash_extent(&mut self.vols, seg, seg_name, c.offset, a.size)?;
+        if actual != a.sha256 {
+            return Err(StoreError::DigestMismatch {
+                name: a.name.clone(),
+                what: "as copied on flash",
+                expected: Box::new(a.sha256),
+                actual: Box::new(actual),
+            });
+        }
+        Ok(())
+    }
+
+    /// Free the volumes only the previous set uses (and `keep` does not name), then rewrite
+    /// the inventory without `previous`. A cut in between leaves a `previous` with missing
     /// volumes, which [`Store::open`] drops.
-    fn drop_previous(&mut self, next: &SetRecord) -> Result<(), StoreError> {
+    fn drop_previous(&mut self, keep: &[String]) -> Result<(), StoreError> {
         let Some(inv) = self.inventory.clone() else {
             return Ok(());
         };
@@ -148,8 +271,9 @@ impl<V: Volumes> Store<V> {
             "{}: dropping the previous set to make room; no local rollback",
             self.cfg.label
         );
+        let mut gone: Vec<&str> = Vec::new();
         for s in &prev.artifacts {
-            if inv.set.uses(&s.volume) || next.uses(&s.volume) {
+            if inv.set.uses(&s.volume) || keep.contains(&s.volume) || gone.contains(&&*s.volume) {
                 continue;
             }
             if let Some(id) = self.volume_id(&s.volume)? {
@@ -157,6 +281,7 @@ impl<V: Volumes> Store<V> {
                     .remove(id)
                     .during(|| format!("removing \"{}\" of the previous set", s.volume))?;
             }
+            gone.push(&s.volume);
         }
         let mut without = inv.clone();
         without.previous = None;
@@ -164,116 +289,143 @@ impl<V: Volumes> Store<V> {
         self.replace_inventory(&without)
     }
 
-    fn entry(
-        &mut self,
-        a: &ArtifactRef,
-    ) -> Result<&mut (ArtifactRef, String, Entry<V::Writer>), StoreError> {
-        let txn = self.txn.as_mut().ok_or(StoreError::NoTransaction)?;
-        txn.fetch
-            .iter_mut()
-            .find(|(x, _, _)| x == a)
-            .ok_or_else(|| StoreError::NotInPlan {
-                name: a.name.clone(),
-                version: a.version.clone(),
-            })
+    fn item(&mut self, a: &ArtifactRef) -> Result<(&mut Item, VolumeId, String), StoreError> {
+        find_item(&mut self.txn, a)
     }
 
-    /// Start streaming artifact `a`: create its `sb.new.*` volume and begin the update.
+    /// Start (or resume) streaming artifact `a` into its extent of the staging segment.
+    /// Afterwards [`Self::written`] is where the stream must continue: 0, or the bytes an
+    /// earlier attempt left on flash.
     pub fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
-        let (_, vol, entry) = self.entry(a)?;
-        if !matches!(entry, Entry::Pending) {
+        let verify = self.cfg.verify_readback;
+        let (item, seg, name) = self.item(a)?;
+        let Entry::Pending { held } = item.entry else {
             return Err(StoreError::WrongState {
                 name: a.name.clone(),
-                state: entry.state(),
+                state: item.entry.state(),
             });
-        }
-        let staging = layout::staging_of(vol);
-        let during = || {
-            format!(
-                "staging artifact {} {} into \"{staging}\"",
-                a.name, a.version
-            )
         };
-        if let Some(old) = self.volume_id(&staging)? {
-            self.vols.remove(old).during(during)?;
-        }
-        let id = self.vols.create(&staging, a.size.max(1)).during(during)?;
-        let writer = self.vols.update(id, a.size).during(during)?;
-        let hasher = (!self.cfg.verify_readback).then(Sha256::new);
-        let (_, _, entry) = self.entry(a)?;
-        *entry = Entry::Writing {
-            id,
-            writer,
+        let offset = item.offset;
+        let hasher = if verify {
+            None
+        } else {
+            // The resumed prefix is re-read from flash into the hash.
+            let mut h = Sha256::new();
+            hash_extent_into(&mut self.vols, seg, &name, offset, held, &mut h)?;
+            Some(h)
+        };
+        let (item, _, _) = self.item(a)?;
+        item.entry = Entry::Writing {
+            buf: Vec::new(),
+            written: held,
             hasher,
-            written: 0,
         };
         Ok(())
     }
 
-    /// Append the next bytes of artifact `a` (sequentially, as they arrive). If the volume
-    /// write fails, the artifact goes back to "not started": call [`Self::start`] again.
-    pub fn write(&mut self, a: &ArtifactRef, buf: &[u8]) -> Result<(), StoreError> {
-        let (art, vol, entry) = self.entry(a)?;
+    /// Write the whole LEBs in `a`'s buffer (with `all`, the tail too) into the segment.
+    fn flush(&mut self, a: &ArtifactRef, all: bool) -> Result<(), StoreError> {
+        let leb = self.geo.leb_size;
+        let Self { vols, txn, .. } = self;
+        let (item, seg, name) = find_item(txn, a)?;
+        let offset = item.offset;
+        let Entry::Writing { buf, written, .. } = &mut item.entry else {
+            return Ok(());
+        };
+        let leb_bytes = usize::try_from(leb).unwrap_or(usize::MAX);
+        let mut flushed = *written - buf.len() as u64;
+        let mut at = 0;
+        let mut result = Ok(());
+        while buf.len() - at >= leb_bytes || (all && at < buf.len()) {
+            let n = (buf.len() - at).min(leb_bytes);
+            let lnum = u32::try_from((offset + flushed) / leb).unwrap_or(u32::MAX);
+            if let Err(e) = vols.change_leb(seg, lnum, &buf[at..at + n]) {
+                result = Err((e, flushed));
+                break;
+            }
+            at += n;
+            flushed += n as u64;
+        }
+        buf.drain(..at);
+        match result {
+            Ok(()) => Ok(()),
+            Err((e, held)) => {
+                // The LEB holds its old content or the new one (atomic change); everything
+                // before it is on flash. Resume after the last LEB known written.
+                let during = format!(
+                    "writing artifact {} into \"{name}\"; start it again",
+                    a.name
+                );
+                item.entry = Entry::Pending { held };
+                Err(StoreError::Volume { during, source: e })
+            }
+        }
+    }
+
+    /// Append the next bytes of artifact `a` (sequentially, as they arrive). If a LEB
+    /// change fails, the artifact goes back to "not started": call [`Self::start`] again,
+    /// which resumes after the LEBs already written.
+    pub fn write(&mut self, a: &ArtifactRef, bytes: &[u8]) -> Result<(), StoreError> {
+        let (item, _, _) = self.item(a)?;
+        let size = item.artifact.size;
         let Entry::Writing {
-            writer,
-            hasher,
+            buf,
             written,
-            ..
-        } = entry
+            hasher,
+        } = &mut item.entry
         else {
             return Err(StoreError::WrongState {
                 name: a.name.clone(),
-                state: entry.state(),
+                state: item.entry.state(),
             });
         };
-        if *written + buf.len() as u64 > art.size {
+        if *written + bytes.len() as u64 > size {
             return Err(StoreError::TooLong {
-                name: art.name.clone(),
-                size: art.size,
-                offset: art.size.max(*written),
+                name: a.name.clone(),
+                size,
+                offset: size.max(*written),
             });
         }
-        if let Err(e) = writer.write(buf) {
-            // The volume may hold part of `buf`: this stream cannot continue. Drop the
-            // writer; `start` removes the partial volume and begins again.
-            let during = format!(
-                "writing artifact {} into \"{}\"; start it again",
-                a.name,
-                layout::staging_of(vol)
-            );
-            *entry = Entry::Pending;
-            return Err(StoreError::Volume { during, source: e });
-        }
+        buf.extend_from_slice(bytes);
+        *written += bytes.len() as u64;
         if let Some(h) = hasher {
-            h.update(buf);
+            h.update(bytes);
         }
-        *written += buf.len() as u64;
-        Ok(())
+        self.flush(a, false)
     }
 
-    /// Bytes of `a` written so far (the offset the next [`Self::write`] must start at).
+    /// Bytes of `a` held so far (the offset the next [`Self::write`] must start at).
     pub fn written(&mut self, a: &ArtifactRef) -> Result<u64, StoreError> {
-        let (art, _, entry) = self.entry(a)?;
-        Ok(match entry {
-            Entry::Pending => 0,
+        let (item, _, _) = self.item(a)?;
+        Ok(match &item.entry {
+            Entry::Pending { held } => *held,
             Entry::Writing { written, .. } => *written,
-            Entry::Staged { .. } => art.size,
+            Entry::Staged => item.artifact.size,
         })
     }
 
-    /// Finish artifact `a`: check size, complete the update, then check sha256 of the
-    /// volume read back (or, without `verify_readback`, of the bytes as written). On any
-    /// failure after the size check (digest mismatch, flash error) the
-    /// artifact goes back to "not started" and can be started again.
+    /// sha256 of the bytes of `a` already held (see [`Self::written`]), read back from
+    /// flash: what a receiver that resumes after them must start from.
+    pub fn held_hasher(&mut self, a: &ArtifactRef) -> Result<Sha256, StoreError> {
+        let held = self.written(a)?;
+        let (item, seg, name) = self.item(a)?;
+        let offset = item.offset;
+        let mut h = Sha256::new();
+        hash_extent_into(&mut self.vols, seg, &name, offset, held, &mut h)?;
+        Ok(h)
+    }
+
+    /// Finish artifact `a`: check size, write its last LEB, then check sha256 of the
+    /// extent read back (or, without `verify_readback`, of the bytes as written). On a
+    /// digest mismatch the artifact goes back to "not started" from byte 0.
     pub fn finish(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
         let verify = self.cfg.verify_readback;
-        let (art, vol, entry) = self.entry(a)?;
-        let art = art.clone();
-        let staging = layout::staging_of(vol);
-        let Entry::Writing { written, .. } = entry else {
+        let (item, _, _) = self.item(a)?;
+        let art = item.artifact.clone();
+        let Entry::Writing { written, .. } = &item.entry else {
             return Err(StoreError::WrongState {
                 name: a.name.clone(),
-                state: entry.state(),
+                state: item.entry.state(),
             });
         };
         if *written != art.size {
@@ -283,23 +435,22 @@ impl<V: Volumes> Store<V> {
                 got: *written,
             });
         }
-        let Entry::Writing {
-            id, writer, hasher, ..
-        } = std::mem::replace(entry, Entry::Pending)
+        self.flush(a, true)?;
+        let (item, seg, name) = self.item(a)?;
+        let offset = item.offset;
+        let Entry::Writing { hasher, .. } =
+            std::mem::replace(&mut item.entry, Entry::Pending { held: 0 })
         else {
             return Ok(());
         };
-        let during = || format!("finishing artifact {} in \"{staging}\"", art.name);
-        writer.finish().during(during)?;
         let (actual, what): (Digest, _) = match hasher {
             Some(h) if !verify => (Digest(h.finalize().into()), "as written"),
             _ => (
-                hash_volume(&mut self.vols, id, &staging, art.size)?,
+                hash_extent(&mut self.vols, seg, &name, offset, art.size)?,
                 "as read back",
             ),
         };
         if actual != art.sha256 {
-            self.vols.remove(id).during(during)?;
             return Err(StoreError::DigestMismatch {
                 name: art.name,
                 what,
@@ -307,18 +458,20 @@ impl<V: Volumes> Store<V> {
                 actual: Box::new(actual),
             });
         }
-        let (_, _, entry) = self.entry(a)?;
-        *entry = Entry::Staged { id };
+        let (item, _, _) = self.item(a)?;
+        item.entry = Entry::Staged;
         Ok(())
     }
 
     /// Stream a whole artifact from `reader` (start, write in 64 KiB chunks, finish).
+    /// A resumed artifact is read from `reader` after the bytes already held.
     pub fn stage(
         &mut self,
         a: &ArtifactRef,
         mut reader: impl std::io::Read,
     ) -> Result<(), StoreError> {
         self.start(a)?;
+        let mut skip = self.written(a)?;
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match reader.read(&mut buf) {
@@ -336,9 +489,20 @@ impl<V: Volumes> Store<V> {
                     });
                 }
             };
-            self.write(a, &buf[..n])?;
+            let drop = usize::try_from(skip).unwrap_or(usize::MAX).min(n);
+            skip -= drop as u64;
+            if drop < n {
+                self.write(a, &buf[drop..n])?;
+            }
         }
         self.finish(a)
+    }
+
+    /// End the transaction but keep what it wrote: the staging segment stays on flash, and
+    /// the next [`Self::begin`] of the same plan resumes it (another plan removes it). For
+    /// a card that loses its master mid-transfer and will ask again.
+    pub fn suspend(&mut self) {
+        self.txn = None;
     }
 
     /// Drop the transaction and remove its staging volumes.
@@ -350,33 +514,20 @@ impl<V: Volumes> Store<V> {
         Ok(())
     }
 
-    /// Commit the transaction: all staged volumes and the new inventory in one atomic
-    /// rename (more than 31 artifacts: the excess is renamed to committed names first,
-    /// where, unreferenced, it stays garbage until the final rename). Returns the new
-    /// inventory.
+    /// Commit the transaction: the staging segment (renamed to `sb.seg.<generation>`) and
+    /// the new inventory in one atomic rename of two entries. Returns the new inventory.
     pub fn commit(&mut self) -> Result<Inventory, StoreError> {
         let txn = self.txn.as_ref().ok_or(StoreError::NoTransaction)?;
         let missing: Vec<String> = txn
-            .fetch
+            .items
             .iter()
-            .filter(|(_, _, e)| !matches!(e, Entry::Staged { .. }))
-            .map(|(a, _, _)| a.name.clone())
+            .filter(|i| !matches!(i.entry, Entry::Staged))
+            .map(|i| i.artifact.name.clone())
             .collect();
         if !missing.is_empty() {
             return Err(StoreError::Incomplete { missing });
         }
-        let mut renames: Vec<Rename> = txn
-            .fetch
-            .iter()
-            .filter_map(|(_, vol, e)| match e {
-                Entry::Staged { id } => Some(Rename {
-                    id: *id,
-                    new_name: vol.clone(),
-                }),
-                _ => None,
-            })
-            .collect();
-        if renames.is_empty()
+        if txn.segment.is_none()
             && let Some(cur) = &self.inventory
             && cur.set.digest == txn.record.digest
         {
@@ -386,16 +537,21 @@ impl<V: Volumes> Store<V> {
             self.txn = None;
             return Ok(cur);
         }
-        let inv = self.next_inventory(txn.record.clone());
-        let inv_id = self.stage_inventory(&inv)?;
-        while renames.len() + 1 > UBI_MAX_RNVOL {
-            let batch: Vec<Rename> = renames
-                .drain(..UBI_MAX_RNVOL.min(renames.len() + 1 - UBI_MAX_RNVOL))
-                .collect();
-            self.vols
-                .rename(&batch)
-                .during(|| "renaming staged artifacts ahead of the commit".into())?;
+        let mut inv = self.next_inventory(txn.record.clone());
+        let mut renames = Vec::new();
+        if let Some((id, staging)) = &txn.segment {
+            let committed = layout::segment(inv.generation);
+            for s in &mut inv.set.artifacts {
+                if s.volume == *staging {
+                    s.volume.clone_from(&committed);
+                }
+            }
+            renames.push(Rename {
+                id: *id,
+                new_name: committed,
+            });
         }
+        let inv_id = self.stage_inventory(&inv)?;
         renames.push(Rename {
             id: inv_id,
             new_name: layout::INVENTORY.into(),
@@ -418,4 +574,22 @@ impl<V: Volumes> Store<V> {
         self.collect_garbage(false)?;
         Ok(inv)
     }
+}
+
+fn find_item<'t>(
+    txn: &'t mut Option<Txn>,
+    a: &ArtifactRef,
+) -> Result<(&'t mut Item, VolumeId, String), StoreError> {
+    let txn = txn.as_mut().ok_or(StoreError::NoTransaction)?;
+    let not_in_plan = || StoreError::NotInPlan {
+        name: a.name.clone(),
+        version: a.version.clone(),
+    };
+    let (seg, name) = txn.segment.clone().ok_or_else(not_in_plan)?;
+    let item = txn
+        .items
+        .iter_mut()
+        .find(|x| x.artifact == *a)
+        .ok_or_else(not_in_plan)?;
+    Ok((item, seg, name))
 }

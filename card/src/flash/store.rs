@@ -10,10 +10,11 @@
 //!    already on flash, how many LEBs the rest take, whether the previous set must make
 //!    room; it fails with a structured [`StoreError::NoSpace`] / [`StoreError::BadBlocks`].
 //! 3. [`Store::begin`] opens a transaction; [`Store::start`], [`Store::write`] and
-//!    [`Store::finish`] stream each missing artifact into its `sb.new.*` volume (sha256 while
-//!    writing, size enforced, read back and re-hashed at the end).
-//! 4. [`Store::commit`] writes `sb.new.inventory`, reads it back, then renames every staged
-//!    volume *and* the inventory in ONE `UBI_IOCRNVOL`. That rename is the commit point.
+//!    [`Store::finish`] stream each missing artifact into its extent of one staging segment
+//!    `sb.new.seg.*` (LEB by LEB, atomic LEB changes; size enforced, read back and re-hashed
+//!    at the end). A torn artifact resumes after its written LEBs.
+//! 4. [`Store::commit`] writes `sb.new.inventory`, reads it back, then renames the segment
+//!    *and* the inventory in ONE `UBI_IOCRNVOL`. That rename is the commit point.
 //!
 //! This file holds open, garbage collection, the plan check and inventory writes; the
 //! transaction (steps 3–4) is in [`super::stage`], boot counting and rollback in
@@ -29,6 +30,38 @@ use super::inventory::{self, Inventory, InventoryError, SetRecord};
 use super::layout::{self, VolumeClass};
 use super::stage::Txn;
 use super::volumes::{Geometry, Rename, VolumeId, VolumeInfo, VolumeWriter, Volumes};
+
+/// Most volumes (segments and legacy one-artifact volumes) one set may reference. A commit
+/// whose set would reference more copies the artifacts of its least-used ones (fewest
+/// bytes in the set) into its new segment, from flash. With the current and the previous
+/// set each within it, the store holds at most 2 × 32 = 64 such volumes, plus
+/// `sb.inventory`, `sb.new.inventory` and one staging segment: 67 of UBI's 128, whatever
+/// the number of artifacts or commits.
+pub const MAX_SEGMENTS: usize = 32;
+
+/// A compaction copy: an artifact copied on flash from `source` (volume, offset) into the
+/// new segment at `offset`.
+#[derive(Debug, Clone)]
+pub(crate) struct Copy {
+    pub(crate) artifact: ArtifactRef,
+    pub(crate) offset: u64,
+    pub(crate) source: (String, u64),
+}
+
+/// Where a plan's artifacts go: the set record with every location (new ones in the
+/// staging segment), and the segment's extents.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub(crate) record: SetRecord,
+    /// Artifacts to fetch (plan order) and their offsets in the segment.
+    pub(crate) fetch: Vec<(ArtifactRef, u64)>,
+    /// Artifacts copied from older volumes (after the fetched ones).
+    pub(crate) copies: Vec<Copy>,
+    /// LEBs of the segment (0: no segment is written).
+    pub(crate) seg_lebs: u64,
+    /// The staging segment's name.
+    pub(crate) staging: String,
+}
 
 /// Store policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +104,13 @@ pub struct PlanCheck {
     pub resumable: Vec<ArtifactRef>,
     /// Artifacts to fetch and stage, in plan order.
     pub fetch: Vec<ArtifactRef>,
+    /// Artifacts of `fetch` of which an interrupted transaction of the same plan left a
+    /// prefix on flash: (artifact, bytes held). Fetching resumes after them
+    /// ([`Store::written`] after [`Store::start`]).
+    pub partial: Vec<(ArtifactRef, u64)>,
+    /// Artifacts already on flash in sparsely used old volumes that the commit copies into
+    /// its new segment (from flash, not the network) to keep the volume count bounded.
+    pub copies: Vec<ArtifactRef>,
     /// Bytes (whole LEBs) the staging needs, inventory included.
     pub needed: u64,
     /// Bytes free now, counting leftover staging volumes that will be removed.
@@ -95,7 +135,7 @@ pub struct Store<V: Volumes> {
     pub(crate) cfg: StoreConfig,
     pub(crate) geo: Geometry,
     pub(crate) inventory: Option<Inventory>,
-    pub(crate) txn: Option<Txn<V::Writer>>,
+    pub(crate) txn: Option<Txn>,
 }
 
 pub(crate) const CHUNK: usize = 64 * 1024;
@@ -122,20 +162,34 @@ pub(crate) fn read_all<V: Volumes>(
     Ok(out)
 }
 
-/// sha256 of the first `len` bytes of volume `id` (named `name` in errors).
-pub(crate) fn hash_volume<V: Volumes>(
+/// sha256 of `len` bytes at `offset` of volume `id` (named `name` in errors).
+pub(crate) fn hash_extent<V: Volumes>(
     vols: &mut V,
     id: VolumeId,
     name: &str,
+    offset: u64,
     len: u64,
 ) -> Result<Digest, StoreError> {
     let mut h = Sha256::new();
+    hash_extent_into(vols, id, name, offset, len, &mut h)?;
+    Ok(Digest(h.finalize().into()))
+}
+
+/// Feed `len` bytes at `offset` of volume `id` into `h`.
+pub(crate) fn hash_extent_into<V: Volumes>(
+    vols: &mut V,
+    id: VolumeId,
+    name: &str,
+    offset: u64,
+    len: u64,
+    h: &mut Sha256,
+) -> Result<(), StoreError> {
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
     while off < len {
         let chunk = usize::try_from(len - off).unwrap_or(CHUNK).min(CHUNK);
         let n = vols
-            .read(id, off, &mut buf[..chunk])
+            .read(id, offset + off, &mut buf[..chunk])
             .during(|| format!("reading volume \"{name}\" to hash it"))?;
         if n == 0 {
             break;
@@ -143,7 +197,7 @@ pub(crate) fn hash_volume<V: Volumes>(
         h.update(&buf[..n]);
         off += n as u64;
     }
-    Ok(Digest(h.finalize().into()))
+    Ok(())
 }
 
 /// Read and decode `sb.inventory`: (inventory or `None` if absent, damaged-copy note).
@@ -303,8 +357,8 @@ impl<V: Volumes> Store<V> {
     }
 
     /// Remove `sb.*` volumes that the committed inventory does not reference, and staging
-    /// volumes — except, with `keep_resumable`, completely written staging artifacts (no
-    /// update marker), which the next [`Self::begin`] re-hashes and adopts or removes.
+    /// volumes — except, with `keep_resumable`, the staging segment, whose written LEBs
+    /// the next [`Self::begin`] of the same plan resumes from.
     /// Returns the removed names.
     pub(crate) fn collect_garbage(
         &mut self,
@@ -323,13 +377,13 @@ impl<V: Volumes> Store<V> {
             };
             let garbage = match layout::classify(&v.name) {
                 VolumeClass::Inventory | VolumeClass::Foreign => false,
-                VolumeClass::Artifact => !referenced(&v.name),
-                // A completely written artifact of an interrupted transaction may be
-                // adopted by the next one (after a re-hash); anything else goes.
-                VolumeClass::Staging(committed) => {
-                    !keep_resumable || v.update_marker || referenced(&committed)
+                VolumeClass::Artifact | VolumeClass::Segment => !referenced(&v.name),
+                // The segment of an interrupted transaction: the next begin of the same
+                // plan resumes it (another plan removes it).
+                VolumeClass::StagingSegment => !keep_resumable,
+                VolumeClass::Staging(_) | VolumeClass::StagingInventory | VolumeClass::Unknown => {
+                    true
                 }
-                VolumeClass::StagingInventory | VolumeClass::Unknown => true,
             };
             if garbage {
                 self.vols
@@ -398,7 +452,9 @@ impl<V: Volumes> Store<V> {
         let mut missing = Vec::new();
         for a in &set.artifacts {
             match list.iter().find(|v| {
-                v.name == a.volume && !v.update_marker && v.reserved_bytes >= a.artifact.size
+                v.name == a.volume
+                    && !v.update_marker
+                    && v.reserved_bytes >= a.offset + a.artifact.size
             }) {
                 Some(v) => out.push((a.clone(), v.id)),
                 None => missing.push(a.volume.clone()),
@@ -422,7 +478,9 @@ impl<V: Volumes> Store<V> {
             .iter()
             .filter(|a| {
                 !list.iter().any(|v| {
-                    v.name == a.volume && !v.update_marker && v.reserved_bytes >= a.artifact.size
+                    v.name == a.volume
+                        && !v.update_marker
+                        && v.reserved_bytes >= a.offset + a.artifact.size
                 })
             })
             .map(|a| a.volume.clone())
@@ -441,8 +499,13 @@ impl<V: Volumes> Store<V> {
             if let Some(info) = list
                 .iter()
                 .find(|v| v.name == a.volume && !bad.contains(&v.name))
-                && hash_volume(&mut self.vols, info.id, &info.name, a.artifact.size)?
-                    != a.artifact.sha256
+                && hash_extent(
+                    &mut self.vols,
+                    info.id,
+                    &info.name,
+                    a.offset,
+                    a.artifact.size,
+                )? != a.artifact.sha256
             {
                 bad.push(a.volume.clone());
             }
@@ -480,7 +543,41 @@ impl<V: Volumes> Store<V> {
         artifacts: &[ArtifactRef],
         cmdline: &str,
     ) -> Result<PlanCheck, StoreError> {
-        let record = SetRecord::new(artifacts, cmdline).map_err(StoreError::Set)?;
+        Ok(self.check_layout(artifacts, cmdline)?.0)
+    }
+
+    /// Bytes of the extent at `offset` (of `size` bytes) of volume `id` that are on flash:
+    /// its consecutive mapped LEBs from the first, capped at `size`.
+    pub(crate) fn held_prefix(
+        &mut self,
+        id: VolumeId,
+        offset: u64,
+        size: u64,
+    ) -> Result<u64, StoreError> {
+        let leb = self.geo.leb_size;
+        let first = offset / leb;
+        let mut held = 0;
+        for l in first..first + self.geo.lebs_for(size) {
+            let lnum = u32::try_from(l).unwrap_or(u32::MAX);
+            if !self
+                .vols
+                .is_mapped(id, lnum)
+                .during(|| format!("checking LEB {lnum} of the staging segment"))?
+            {
+                break;
+            }
+            held = (held + leb).min(size);
+        }
+        Ok(held)
+    }
+
+    /// [`Self::check`], also returning the layout `begin` follows.
+    pub(crate) fn check_layout(
+        &mut self,
+        artifacts: &[ArtifactRef],
+        cmdline: &str,
+    ) -> Result<(PlanCheck, Layout), StoreError> {
+        let mut record = SetRecord::new(artifacts, cmdline).map_err(StoreError::Set)?;
         let geo = self
             .vols
             .geometry()
@@ -496,56 +593,152 @@ impl<V: Volumes> Store<V> {
             .vols
             .list()
             .during(|| "listing volumes to check a plan".into())?;
-        let cur = self.inventory.as_ref();
-        let verified = |a: &ArtifactRef, vol: &str| {
-            cur.is_some_and(|inv| {
-                inv.set
-                    .artifacts
-                    .iter()
-                    .chain(inv.previous.iter().flat_map(|p| p.artifacts.iter()))
-                    .any(|s| {
-                        s.volume == vol
-                            && s.artifact.sha256 == a.sha256
-                            && s.artifact.size == a.size
-                    })
-            }) && list
-                .iter()
-                .any(|v| v.name == vol && !v.update_marker && v.reserved_bytes >= a.size)
+        let cur_inv = self.inventory.clone();
+        let cur = cur_inv.as_ref();
+        let intact = |vol: &str, end: u64| {
+            list.iter()
+                .any(|v| v.name == vol && !v.update_marker && v.reserved_bytes >= end)
         };
-        // Staging volumes left by an interrupted run: complete ones matching the plan may
-        // be resumed (begin re-hashes them); the others will be removed by begin.
-        let leftovers: Vec<&VolumeInfo> = list
+        // Where each artifact of the plan already is (current or previous set): same bytes
+        // (sha256 and size) in a segment, or in its own legacy volume.
+        let mut located: Vec<Option<(String, u64)>> = record
+            .artifacts
             .iter()
-            .filter(|v| matches!(layout::classify(&v.name), VolumeClass::Staging(_)))
+            .map(|s| {
+                cur.and_then(|inv| {
+                    inv.set
+                        .artifacts
+                        .iter()
+                        .chain(inv.previous.iter().flat_map(|p| p.artifacts.iter()))
+                        .find(|o| {
+                            o.artifact.sha256 == s.artifact.sha256
+                                && o.artifact.size == s.artifact.size
+                                && (layout::is_segment(&o.volume) || o.volume == s.volume)
+                                && intact(&o.volume, o.offset + o.artifact.size)
+                        })
+                        .map(|o| (o.volume.clone(), o.offset))
+                })
+            })
             .collect();
-        let mut present = Vec::new();
-        let mut resumable = Vec::new();
-        let mut fetch = Vec::new();
-        let mut fetch_lebs = 0;
-        let mut resumed_names = Vec::new();
-        for s in &record.artifacts {
-            let staging = layout::staging_of(&s.volume);
-            if verified(&s.artifact, &s.volume) {
-                present.push(s.artifact.clone());
-            } else if leftovers.iter().any(|v| {
-                v.name == staging && !v.update_marker && v.reserved_bytes >= s.artifact.size
-            }) {
-                resumable.push(s.artifact.clone());
-                resumed_names.push(staging);
-            } else {
-                fetch_lebs += geo.lebs_for(s.artifact.size);
-                fetch.push(s.artifact.clone());
+        // Compaction: keep the volumes this set references within MAX_SEGMENTS.
+        let mut copy_src: Vec<Option<(String, u64)>> = vec![None; located.len()];
+        let mut seg_needed = located.iter().any(Option::is_none);
+        let mut containers: std::collections::BTreeMap<String, u64> = Default::default();
+        for (l, s) in located.iter().zip(&record.artifacts) {
+            if let Some((v, _)) = l {
+                *containers.entry(v.clone()).or_default() += s.artifact.size;
             }
         }
-        let reclaim: Vec<&&VolumeInfo> = leftovers
+        while containers.len() + usize::from(seg_needed) > MAX_SEGMENTS {
+            let Some(victim) = containers
+                .iter()
+                .min_by_key(|(n, b)| (**b, (*n).clone()))
+                .map(|(n, _)| n.clone())
+            else {
+                break;
+            };
+            containers.remove(&victim);
+            for (l, c) in located.iter_mut().zip(copy_src.iter_mut()) {
+                if l.as_ref().is_some_and(|(v, _)| *v == victim) {
+                    *c = l.take();
+                }
+            }
+            seg_needed = true;
+        }
+        // Extents of the segment: fetched artifacts in plan order, then copies; each at a
+        // LEB boundary.
+        let mut next = 0u64;
+        let mut fetch_ext = Vec::new();
+        let mut copies = Vec::new();
+        let mut offsets = vec![0u64; located.len()];
+        for (i, s) in record.artifacts.iter().enumerate() {
+            if located[i].is_none() && copy_src[i].is_none() {
+                offsets[i] = next * geo.leb_size;
+                fetch_ext.push((s.artifact.clone(), offsets[i]));
+                next += geo.lebs_for(s.artifact.size);
+            }
+        }
+        for (i, s) in record.artifacts.iter().enumerate() {
+            if let Some(src) = &copy_src[i] {
+                offsets[i] = next * geo.leb_size;
+                copies.push(Copy {
+                    artifact: s.artifact.clone(),
+                    offset: offsets[i],
+                    source: src.clone(),
+                });
+                next += geo.lebs_for(s.artifact.size);
+            }
+        }
+        let seg_lebs = if seg_needed { next.max(1) } else { 0 };
+        // The staging segment is named by what it will hold, so that a restarted card
+        // finds its own partial segment again and never resumes into another layout.
+        let mut id = Sha256::new();
+        id.update(b"shelfboot segment\0");
+        id.update(record.digest.as_bytes());
+        id.update(geo.leb_size.to_be_bytes());
+        for (a, off) in &fetch_ext {
+            id.update(a.sha256.as_bytes());
+            id.update(a.size.to_be_bytes());
+            id.update(off.to_be_bytes());
+        }
+        for c in &copies {
+            id.update(b"copy");
+            id.update(c.artifact.sha256.as_bytes());
+            id.update(c.offset.to_be_bytes());
+        }
+        let staging = layout::staging_segment(&id.finalize().into());
+        for (i, s) in record.artifacts.iter_mut().enumerate() {
+            match &located[i] {
+                Some((v, o)) => {
+                    s.volume.clone_from(v);
+                    s.offset = *o;
+                }
+                None => {
+                    s.volume.clone_from(&staging);
+                    s.offset = offsets[i];
+                }
+            }
+        }
+        let existing = list.iter().find(|v| v.name == staging).cloned();
+        let mut present = Vec::new();
+        let mut resumable = Vec::new();
+        let mut partial = Vec::new();
+        let mut fetch = Vec::new();
+        for (i, s) in record.artifacts.iter().enumerate() {
+            if located[i].is_some() {
+                present.push(s.artifact.clone());
+            }
+        }
+        for (a, off) in &fetch_ext {
+            let held = match &existing {
+                Some(v) if seg_needed => self.held_prefix(v.id, *off, a.size)?,
+                _ => 0,
+            };
+            if held == a.size {
+                resumable.push(a.clone());
+            } else {
+                if held > 0 {
+                    partial.push((a.clone(), held));
+                }
+                fetch.push(a.clone());
+            }
+        }
+        // Staging volumes of other plans (or of older versions) that begin will remove.
+        let reclaim: Vec<&VolumeInfo> = list
             .iter()
-            .filter(|v| !resumed_names.contains(&v.name))
+            .filter(|v| {
+                v.name != staging
+                    && matches!(
+                        layout::classify(&v.name),
+                        VolumeClass::Staging(_)
+                            | VolumeClass::StagingSegment
+                            | VolumeClass::StagingInventory
+                    )
+            })
             .collect();
         let reclaim_lebs: u64 = reclaim.iter().map(|v| geo.lebs_for(v.reserved_bytes)).sum();
         let free_lebs = geo.free_lebs + reclaim_lebs;
-        let up_to_date = cur.is_some_and(|c| c.set.digest == record.digest)
-            && fetch.is_empty()
-            && resumable.is_empty();
+        let up_to_date = cur.is_some_and(|c| c.set.digest == record.digest) && !seg_needed;
         let digest = record.digest;
         // Room for the new inventory, and afterwards for rewriting it (boot counting)
         // while the current one still exists: the larger of the two.
@@ -553,18 +746,28 @@ impl<V: Volumes> Store<V> {
             .iter()
             .find(|v| v.name == layout::INVENTORY)
             .map_or(0, |v| geo.lebs_for(v.reserved_bytes));
+        let mut probe = record.clone();
+        for s in &mut probe.artifacts {
+            if s.volume == staging {
+                s.volume = layout::segment(u64::MAX);
+            }
+        }
         let inv_lebs = self
-            .inventory_lebs(&self.next_inventory(record.clone()))?
+            .inventory_lebs(&self.next_inventory(probe))?
             .max(cur_inv_lebs);
+        let seg_new = seg_needed && existing.is_none();
+        let seg_cost = if seg_new { seg_lebs } else { 0 };
         // An up-to-date plan writes nothing; otherwise the new inventory is staged too.
-        let needed_lebs = if up_to_date { 0 } else { fetch_lebs + inv_lebs };
-        // Volumes only the previous set uses (and the plan does not reuse) may be dropped.
+        let needed_lebs = if up_to_date { 0 } else { seg_cost + inv_lebs };
+        // Volumes only the previous set uses (and the plan does not reuse or copy from)
+        // may be dropped.
         let prev_only: Vec<&VolumeInfo> = list
             .iter()
             .filter(|v| {
                 cur.is_some_and(|c| {
                     c.previous.as_ref().is_some_and(|p| p.uses(&v.name)) && !c.set.uses(&v.name)
                 }) && !record.uses(&v.name)
+                    && !copies.iter().any(|c| c.source.0 == v.name)
             })
             .collect();
         let prev_lebs: u64 = prev_only
@@ -578,7 +781,7 @@ impl<V: Volumes> Store<V> {
                 available: (free_lebs + prev_lebs) * geo.leb_size,
             });
         }
-        let peak = (list.len() - reclaim.len()) as u64 + fetch.len() as u64 + 1
+        let peak = (list.len() - reclaim.len()) as u64 + u64::from(seg_new) + 1
             - if drops_previous {
                 prev_only.len() as u64
             } else {
@@ -590,16 +793,26 @@ impl<V: Volumes> Store<V> {
                 max: geo.max_volumes,
             });
         }
-        Ok(PlanCheck {
+        let check = PlanCheck {
             digest,
             up_to_date,
             present,
             resumable,
             fetch,
+            partial,
+            copies: copies.iter().map(|c| c.artifact.clone()).collect(),
             needed: needed_lebs * geo.leb_size,
             free: free_lebs * geo.leb_size,
             drops_previous,
-        })
+        };
+        let lay = Layout {
+            record,
+            fetch: fetch_ext,
+            copies,
+            seg_lebs,
+            staging,
+        };
+        Ok((check, lay))
     }
 
     /// Write `inv` into a fresh `sb.new.inventory` and read it back. Returns its id.

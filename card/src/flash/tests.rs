@@ -72,6 +72,18 @@ pub(super) fn set_b() -> Set {
     }
 }
 
+/// Shares nothing with set A.
+pub(super) fn disjoint_b() -> Set {
+    Set {
+        arts: vec![
+            art(ArtifactKind::BootImage, "kernel", "2", 3100),
+            art(ArtifactKind::Package, "base", "2", 2500),
+            art(ArtifactKind::Package, "app", "2", 900),
+        ],
+        cmdline: "console=ttyS0 quiet",
+    }
+}
+
 pub(super) fn cfg() -> StoreConfig {
     StoreConfig {
         max_attempts: 2,
@@ -79,16 +91,18 @@ pub(super) fn cfg() -> StoreConfig {
     }
 }
 
-/// Open, begin, stage what is missing (in two writes each), commit.
+/// Open, begin, stage what is missing (in two writes each, after what an interrupted run
+/// left on flash), commit.
 pub(super) fn install(dev: &FakeVolumes, set: &Set) -> Result<(), StoreError> {
     let (mut s, _) = Store::open(dev.clone(), cfg())?;
     let check = s.begin(&set.refs(), set.cmdline)?;
     for a in &set.arts {
         if check.fetch.contains(&a.r) {
             s.start(&a.r)?;
-            let mid = a.data.len() / 2;
-            s.write(&a.r, &a.data[..mid])?;
-            s.write(&a.r, &a.data[mid..])?;
+            let rest = &a.data[s.written(&a.r)? as usize..];
+            let mid = rest.len() / 2;
+            s.write(&a.r, &rest[..mid])?;
+            s.write(&a.r, &rest[mid..])?;
             s.finish(&a.r)?;
         }
     }
@@ -121,14 +135,8 @@ pub(super) fn check_consistent(dev: &FakeVolumes, allowed: &[Digest], ctx: &str)
     for v in s.volumes_mut().list().unwrap() {
         match layout::classify(&v.name) {
             layout::VolumeClass::Inventory => {}
-            // Kept for resumption only if completely written.
-            layout::VolumeClass::Staging(_) => {
-                assert!(
-                    !v.update_marker,
-                    "{ctx}: torn staging volume {} kept",
-                    v.name
-                )
-            }
+            // The staging segment is kept for resumption (LEBs changed atomically).
+            layout::VolumeClass::StagingSegment => {}
             _ => assert!(
                 inv.referenced().any(|r| r == v.name),
                 "{ctx}: unreferenced volume {} survived open",
@@ -139,6 +147,17 @@ pub(super) fn check_consistent(dev: &FakeVolumes, allowed: &[Digest], ctx: &str)
     inv.set.digest
 }
 
+/// The name of the staging segment on `dev` (there must be one).
+pub(super) fn staging_segment(dev: &FakeVolumes) -> String {
+    dev.clone()
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|v| layout::classify(&v.name) == layout::VolumeClass::StagingSegment)
+        .expect("a staging segment")
+        .name
+}
+
 pub(super) fn free_lebs(dev: &FakeVolumes) -> u64 {
     dev.clone().geometry().unwrap().free_lebs
 }
@@ -146,7 +165,12 @@ pub(super) fn free_lebs(dev: &FakeVolumes) -> u64 {
 /// Run `scenario` with a power cut at every mutating op and mid every write; after each
 /// reboot, check consistency, then run `scenario` again without a cut: it must reach the
 /// same state (same set, same free space) as the uninterrupted run.
-fn exhaust(base: &FakeVolumes, old: Digest, new: Digest, scenario: impl Fn(&FakeVolumes)) {
+pub(super) fn exhaust(
+    base: &FakeVolumes,
+    old: Digest,
+    new: Digest,
+    scenario: impl Fn(&FakeVolumes),
+) {
     exhaust_from(base, old, new, scenario, |_| true);
 }
 
@@ -228,11 +252,13 @@ fn first_install_survives_power_cut_at_every_step() {
         let (mut s, _) = Store::open(rebooted.clone(), cfg()).unwrap();
         match s.digest() {
             None => {
-                // Pristine: only complete staging volumes (kept for resumption) may remain.
+                // Pristine: only the staging segment (kept for resumption) may remain.
                 for v in s.volumes_mut().list().unwrap() {
                     assert!(
-                        matches!(layout::classify(&v.name), layout::VolumeClass::Staging(_))
-                            && !v.update_marker,
+                        matches!(
+                            layout::classify(&v.name),
+                            layout::VolumeClass::StagingSegment
+                        ),
                         "cut {n}: pristine card kept {v:?}"
                     );
                 }
@@ -257,18 +283,24 @@ fn first_install_survives_power_cut_at_every_step() {
 
 #[test]
 fn commit_dropping_previous_survives_power_cut_at_every_step() {
-    // 23 LEBs: A (3+3+1) + B-only (4+1) + inventory (2) leave 9 free; C needs 5+3+2 = 10,
-    // so the previous set's own volumes (kernel 1, app 1: 4 LEBs) must go first.
-    let (a, b) = (set_a(), set_b());
+    // A (previous) and B (current) share nothing, so A's segment is the previous set's
+    // alone; C shares B's base. The device is sized so that C fits only once A is dropped.
+    let (a, b) = (set_a(), disjoint_b());
     let c = Set {
         arts: vec![
             art(ArtifactKind::BootImage, "kernel", "3", 5000),
-            art(ArtifactKind::Package, "base", "1", 2500),
+            art(ArtifactKind::Package, "base", "2", 2500),
             art(ArtifactKind::Package, "app", "3", 3000),
         ],
         cmdline: "console=ttyS0",
     };
-    let base = fresh(23, &[&a, &b]);
+    let probe = fresh(200, &[&a, &b]);
+    let used = 200 - free_lebs(&probe);
+    let needed = {
+        let (mut s, _) = Store::open(probe.clone(), cfg()).unwrap();
+        s.check(&c.refs(), c.cmdline).unwrap().needed / LEB
+    };
+    let base = fresh(used + needed - 1, &[&a, &b]);
     {
         let (mut s, _) = Store::open(base.power_cycle(), cfg()).unwrap();
         let check = s.check(&c.refs(), c.cmdline).unwrap();
@@ -286,7 +318,7 @@ fn commit_dropping_previous_survives_power_cut_at_every_step() {
 }
 
 #[test]
-fn many_artifacts_commit_in_batches_and_survive_cuts() {
+fn many_artifacts_commit_in_one_rename_and_survive_cuts() {
     let mk = |v: &str| Set {
         arts: (0..40)
             .map(|i| art(ArtifactKind::Package, &format!("p{i}"), v, 10 + i))
@@ -304,11 +336,15 @@ fn many_artifacts_commit_in_batches_and_survive_cuts() {
     install(&probe, &mk("2")).unwrap();
     assert_eq!(
         renames_of(&probe),
-        2,
-        "40 staged + inventory = one batch of 9, then 32"
+        1,
+        "40 artifacts in one segment + inventory: one rename"
     );
+    let Some(FakeOp::Rename(r)) = probe.ops().last().cloned() else {
+        unreachable!()
+    };
+    assert_eq!(r.len(), 2, "segment and inventory");
     // Staging 40 artifacts is the same code as staging 2 (covered above): cut at every
-    // rename, remove and inventory step, where batching differs.
+    // rename, remove and inventory step.
     exhaust_from(
         &base,
         mk("1").digest(),
@@ -317,7 +353,7 @@ fn many_artifacts_commit_in_batches_and_survive_cuts() {
         |op| match op {
             FakeOp::Create { name, .. } => name == layout::STAGING_INVENTORY,
             FakeOp::Rename(_) | FakeOp::Remove { .. } => true,
-            FakeOp::Update { .. } | FakeOp::Write { .. } => false,
+            FakeOp::Update { .. } | FakeOp::Write { .. } | FakeOp::ChangeLeb { .. } => false,
         },
     );
 }
@@ -351,12 +387,13 @@ fn no_space_and_bad_blocks_touch_nothing() {
         dev.ops()
     );
     dev.set_bad_blocks(0, 20);
-    dev.set_max_volumes(5);
+    // A's segment + inventory, then a staging segment + staging inventory: 4.
+    dev.set_max_volumes(3);
     let mut small = set_a();
     small.arts[2] = art(ArtifactKind::Package, "app", "9", 10);
     assert!(matches!(
         s.begin(&small.refs(), small.cmdline),
-        Err(StoreError::TooManyVolumes { needed: 6, max: 5 })
+        Err(StoreError::TooManyVolumes { needed: 4, max: 3 })
     ));
     assert!(dev.ops().is_empty());
 }
@@ -428,7 +465,7 @@ fn readback_catches_corruption_on_flash() {
     s.start(&k.r).unwrap();
     s.write(&k.r, &k.data).unwrap();
     // The write "landed" differently than sent (media error): flip a bit before finish.
-    let staging = layout::staging_of(&layout::artifact_volume(&k.r).unwrap());
+    let staging = staging_segment(&dev);
     assert!(dev.corrupt(&staging, 100));
     match s.finish(&k.r) {
         Err(StoreError::DigestMismatch { what, .. }) => assert_eq!(what, "as read back"),
@@ -479,30 +516,30 @@ fn commit_and_boot_do_exactly_these_flash_operations() {
         .map(|o| match o {
             FakeOp::Create { name, .. } => format!(
                 "create {}",
-                name.split('.').take(4).collect::<Vec<_>>().join(".")
+                name.split('.').take(3).collect::<Vec<_>>().join(".")
             ),
             FakeOp::Update { .. } => "update".into(),
             FakeOp::Write { .. } => "write".into(),
+            FakeOp::ChangeLeb { .. } => "change leb".into(),
             FakeOp::Rename(r) => format!("rename x{}", r.len()),
             FakeOp::Remove { .. } => "remove".into(),
         })
         .collect();
+    // kernel 3100 bytes = 4 LEBs, app 900 bytes = 1 LEB, each LEB changed once.
     let expect = [
-        "create sb.new.boot.kernel",
-        "update",
-        "write",
-        "write",
-        "create sb.new.pkg.app",
-        "update",
-        "write",
-        "write",
+        "create sb.new.seg",
+        "change leb",
+        "change leb",
+        "change leb",
+        "change leb",
+        "change leb",
         "create sb.new.inventory",
         "update",
         "write",
-        "rename x3",
+        "rename x2",
     ];
     assert_eq!(kinds, expect);
-    // The one rename carries both staged artifacts and the inventory.
+    // The one rename carries the segment (both staged artifacts) and the inventory.
     let Some(FakeOp::Rename(r)) = dev.ops().last().cloned() else {
         unreachable!()
     };
@@ -535,16 +572,16 @@ fn restart_resumes_completely_staged_artifacts_after_a_rehash() {
             s.write(&app.r, &app.data[..100]).unwrap();
         } // the card restarts here
         let dev = dev.power_cycle();
-        let k_staging = layout::staging_of(&layout::artifact_volume(&kernel.r).unwrap());
+        let seg = staging_segment(&dev);
         if corrupt {
-            assert!(dev.corrupt(&k_staging, 7));
+            // The kernel is the segment's first extent.
+            assert!(dev.corrupt(&seg, 7));
         }
         let (mut s, report) = Store::open(dev.clone(), cfg()).unwrap();
-        let app_staging = layout::staging_of(&layout::artifact_volume(&app.r).unwrap());
-        assert_eq!(
-            report.removed,
-            vec![app_staging],
-            "torn volume removed, complete kept"
+        assert!(
+            report.removed.is_empty(),
+            "the staging segment is kept: {:?}",
+            report.removed
         );
         assert_eq!(s.digest(), Some(set_a().digest()));
         let check = s.check(&b.refs(), b.cmdline).unwrap();
@@ -593,10 +630,10 @@ fn a_failed_write_returns_the_artifact_to_not_started() {
     let k = &b.arts[0];
     s.begin(&b.refs(), b.cmdline).unwrap();
     s.start(&k.r).unwrap();
-    // The next write (op n) fails: simulate with a cut, then "restore power" by
+    // The next LEB change (op n) fails: simulate with a cut, then "restore power" by
     // reopening on a power-cycled device, which is what a real card would do.
     dev.cut_power_after(dev.ops().len() as u64);
-    let e = s.write(&k.r, &k.data[..10]).unwrap_err();
+    let e = s.write(&k.r, &k.data[..LEB as usize + 10]).unwrap_err();
     assert!(e.to_string().contains("start it again"), "{e}");
     assert_eq!(s.written(&k.r).unwrap(), 0);
     assert!(matches!(

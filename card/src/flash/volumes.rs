@@ -9,7 +9,10 @@
 //! | [`Volumes::geometry`] | sysfs `/sys/class/ubi/ubiN/{eraseblock_size,total_eraseblocks,avail_eraseblocks,bad_peb_count,reserved_for_bad,max_vol_count}` |
 //! | [`Volumes::list`]   | sysfs `/sys/class/ubi/ubiN/ubiN_M/{name,reserved_ebs,data_bytes,upd_marker}` |
 //! | [`Volumes::create`] | `UBI_IOCMKVOL` on `/dev/ubiN` (`UBI_VOL_NUM_AUTO`, alignment 1; init makes static volumes) |
+//! | [`Volumes::create_dynamic`] | `UBI_IOCMKVOL` with `UBI_DYNAMIC_VOLUME` (a segment, written LEB by LEB) |
 //! | [`Volumes::update`] | `UBI_IOCVOLUP` on `/dev/ubiN_M`, then plain `write(2)`s            |
+//! | [`Volumes::change_leb`] | `UBI_IOCEBCH` on `/dev/ubiN_M` (`struct ubi_leb_change_req`), then `write(2)` of the LEB |
+//! | [`Volumes::is_mapped`] | `UBI_IOCEBISMAP` on `/dev/ubiN_M`                               |
 //! | [`Volumes::read`]   | `pread(2)` on `/dev/ubiN_M`                                        |
 //! | [`Volumes::rename`] | ONE `UBI_IOCRNVOL` on `/dev/ubiN` (`struct ubi_rnvol_req`)          |
 //! | [`Volumes::remove`] | `UBI_IOCRMVOL` on `/dev/ubiN`                                      |
@@ -37,6 +40,12 @@
 //!   power cut (or a writer dropped early) leaves the marker set: the volume survives
 //!   reattach but every read fails with `EBADF` ("damaged volume, update marker is set")
 //!   until it is updated again or removed. [`VolumeInfo::update_marker`] reports it.
+//! - **Atomic LEB change.** `UBI_IOCEBCH` on a *dynamic* volume replaces one LEB: UBI
+//!   buffers the announced bytes, writes them to a fresh PEB, and only then switches the
+//!   LEB over (`ubi_eba_atomic_leb_change`). A power cut leaves the old content (or the LEB
+//!   unmapped, if it was) or the new content, never a mix. Bytes of the LEB past the
+//!   announced length read as 0xFF. An unmapped LEB reads as 0xFF and `UBI_IOCEBISMAP`
+//!   says 0; there is no update marker involved. A static volume refuses it.
 //!
 //! This module defines no policy (names, inventory, commit order): see [`super::store`].
 
@@ -130,6 +139,10 @@ pub enum VolumeOp {
     Finish,
     /// `pread(2)` of a volume.
     Read,
+    /// `UBI_IOCEBCH` + `write(2)`: atomic change of one LEB.
+    ChangeLeb,
+    /// `UBI_IOCEBISMAP`.
+    IsMapped,
     /// `UBI_IOCRNVOL`.
     Rename,
     /// `UBI_IOCRMVOL`.
@@ -146,6 +159,8 @@ impl fmt::Display for VolumeOp {
             Self::Write => "write to",
             Self::Finish => "finish update of",
             Self::Read => "read",
+            Self::ChangeLeb => "change a LEB (UBI_IOCEBCH) of",
+            Self::IsMapped => "query LEB mapping (UBI_IOCEBISMAP) of",
             Self::Rename => "rename (UBI_IOCRNVOL)",
             Self::Remove => "remove (UBI_IOCRMVOL)",
         })
@@ -341,6 +356,21 @@ pub trait Volumes {
     /// [`VolumeErrorKind::Exists`] if the name is taken, [`VolumeErrorKind::NoSpace`] if not
     /// enough LEBs or table slots are free.
     fn create(&mut self, name: &str, bytes: u64) -> Result<VolumeId, VolumeError>;
+
+    /// `UBI_IOCMKVOL` with `UBI_DYNAMIC_VOLUME`: create a volume `name` of `bytes` (rounded
+    /// up to whole LEBs) whose LEBs are all unmapped (read as 0xFF) and are written one by
+    /// one with [`Volumes::change_leb`]. Same errors as [`Volumes::create`].
+    fn create_dynamic(&mut self, name: &str, bytes: u64) -> Result<VolumeId, VolumeError>;
+
+    /// `UBI_IOCEBCH` then `write(2)` of `data`: atomically replace LEB `lnum` of the dynamic
+    /// volume `id` by `data` (at most one LEB; the rest of the LEB reads 0xFF). After a
+    /// power cut the LEB holds its old content or `data`, never a mix. A LEB past the
+    /// volume's end or more than a LEB of data is [`VolumeErrorKind::Invalid`].
+    fn change_leb(&mut self, id: VolumeId, lnum: u32, data: &[u8]) -> Result<(), VolumeError>;
+
+    /// `UBI_IOCEBISMAP`: whether LEB `lnum` of volume `id` is mapped (has been written
+    /// since the volume was created).
+    fn is_mapped(&mut self, id: VolumeId, lnum: u32) -> Result<bool, VolumeError>;
 
     /// `UBI_IOCVOLUP`: start replacing the whole content of volume `id` with exactly `bytes`
     /// bytes (≤ its reserved size). From this call on the update marker is set; it is

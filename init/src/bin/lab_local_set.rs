@@ -115,7 +115,10 @@ impl Provisioner<UbiVolumes> for LocalSet {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(Provisioned::TestSet {
-                packages,
+                packages: packages
+                    .into_iter()
+                    .map(shelfboot_init::handoff::Layer::File)
+                    .collect(),
                 boot: None,
             });
         }

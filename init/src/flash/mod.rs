@@ -13,8 +13,11 @@
 //! (0xFF), whereas the trait (and card's store, which hashes `data_bytes` bytes) expects
 //! `data_bytes` = bytes of the last completed update and end-of-file after it. A static
 //! volume gives exactly that, and UBI CRC-checks its data on every read as a bonus.
-//! Every artifact and inventory copy is written once and replaced by rename, which is what
-//! static volumes are for. Not here: MTD formatting details (see [`attach`]).
+//! Every legacy artifact volume and inventory copy is written once and replaced by rename,
+//! which is what static volumes are for. Segments (many artifacts, written LEB by LEB with
+//! `UBI_IOCEBCH` so that a cut transfer resumes) are the one kind created **dynamic**
+//! ([`Volumes::create_dynamic`]); the store takes their lengths from its inventory. Not
+//! here: MTD formatting details (see [`attach`]).
 
 pub mod attach;
 
@@ -122,6 +125,29 @@ impl Volumes for UbiVolumes {
             .mkvol(name, bytes, VolType::Static)
             .map(VolumeId)
             .map_err(|e| vol_err(VolumeOp::Create, VolumeTarget::name(name), e))
+    }
+
+    fn create_dynamic(&mut self, name: &str, bytes: u64) -> Result<VolumeId, VolumeError> {
+        self.device
+            .mkvol(name, bytes, VolType::Dynamic)
+            .map(VolumeId)
+            .map_err(|e| vol_err(VolumeOp::Create, VolumeTarget::name(name), e))
+    }
+
+    fn change_leb(&mut self, id: VolumeId, lnum: u32, data: &[u8]) -> Result<(), VolumeError> {
+        let target = || VolumeTarget::id(id);
+        let mut vol = UbiVolume::open_write(&self.volume_path(id))
+            .map_err(|e| vol_err(VolumeOp::ChangeLeb, target(), e))?;
+        vol.change_leb(lnum, data)
+            .map_err(|e| vol_err(VolumeOp::ChangeLeb, target(), e))
+    }
+
+    fn is_mapped(&mut self, id: VolumeId, lnum: u32) -> Result<bool, VolumeError> {
+        let target = || VolumeTarget::id(id);
+        let vol = UbiVolume::open_read(&self.volume_path(id))
+            .map_err(|e| vol_err(VolumeOp::IsMapped, target(), e))?;
+        vol.is_mapped(lnum)
+            .map_err(|e| vol_err(VolumeOp::IsMapped, target(), e))
     }
 
     fn update(&mut self, id: VolumeId, bytes: u64) -> Result<UbiWriter, VolumeError> {

@@ -87,15 +87,54 @@ pub enum Layer {
         /// Volume name (for messages).
         name: String,
     },
+    /// A package at `offset` (`size` bytes) of a segment volume `/dev/ubiN_M`: its
+    /// ubiblock device, then a read-only loop device limited to the package.
+    UbiExtent {
+        /// UBI device number.
+        ubi: u32,
+        /// Volume id.
+        vol: u32,
+        /// Volume name (for messages).
+        name: String,
+        /// First byte of the package in the volume.
+        offset: u64,
+        /// Bytes of the package.
+        size: u64,
+    },
     /// A test-mode package: a squashfs file in tmpfs.
     File(PathBuf),
+    /// A test-mode package at `offset` (`size` bytes) of a file in tmpfs (a RAM-store
+    /// segment): a loop device limited to the package.
+    FileExtent {
+        /// The file.
+        path: PathBuf,
+        /// First byte of the package.
+        offset: u64,
+        /// Bytes of the package.
+        size: u64,
+    },
 }
 
 impl std::fmt::Display for Layer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Layer::Ubi { ubi, vol, name } => write!(f, "volume {name} (/dev/ubi{ubi}_{vol})"),
+            Layer::UbiExtent {
+                ubi,
+                vol,
+                name,
+                offset,
+                size,
+            } => write!(
+                f,
+                "{size} bytes at {offset} of volume {name} (/dev/ubi{ubi}_{vol})"
+            ),
             Layer::File(p) => write!(f, "test-mode package {}", p.display()),
+            Layer::FileExtent { path, offset, size } => write!(
+                f,
+                "test-mode package: {size} bytes at {offset} of {}",
+                path.display()
+            ),
         }
     }
 }
@@ -225,6 +264,7 @@ pub fn kexec_test(
     k: &mut dyn Kernel,
     paths: &Paths,
     image: &Path,
+    range: Option<(u64, u64)>,
     cmdline: &str,
     carry: &Path,
 ) -> HandoffError {
@@ -240,7 +280,36 @@ pub fn kexec_test(
     };
     let name = image.display().to_string();
     let read = |off: u64, buf: &mut [u8]| f.read_at(buf, off);
-    kexec_marked(k, paths, &name, read, cmdline, TEST_MARKER, Some(carry))
+    match range {
+        Some((offset, size)) => kexec_marked(
+            k,
+            paths,
+            &name,
+            extent_reader(offset, size, read),
+            cmdline,
+            TEST_MARKER,
+            Some(carry),
+        ),
+        None => kexec_marked(k, paths, &name, read, cmdline, TEST_MARKER, Some(carry)),
+    }
+}
+
+/// Reads of `size` bytes at `offset` through `read_at`, as if they were a file of their
+/// own: end of file at `size`. How a boot image stored in a segment is read for kexec.
+pub fn extent_reader<E>(
+    offset: u64,
+    size: u64,
+    mut read_at: impl FnMut(u64, &mut [u8]) -> Result<usize, E>,
+) -> impl FnMut(u64, &mut [u8]) -> Result<usize, E> {
+    move |off: u64, buf: &mut [u8]| {
+        if off >= size {
+            return Ok(0);
+        }
+        let n = usize::try_from(size - off)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        read_at(offset + off, &mut buf[..n])
+    }
 }
 
 fn kexec_marked<E>(
@@ -350,7 +419,17 @@ fn assemble(k: &mut dyn Kernel, paths: &Paths, layers: &[Layer]) -> Result<(), H
     for (i, layer) in layers.iter().enumerate() {
         let dev = match layer {
             Layer::Ubi { ubi, vol, .. } => k.ubiblock_create(*ubi, *vol),
+            Layer::UbiExtent {
+                ubi,
+                vol,
+                offset,
+                size,
+                ..
+            } => k
+                .ubiblock_create(*ubi, *vol)
+                .and_then(|blk| k.loop_attach_range(&blk, *offset, *size)),
             Layer::File(p) => k.loop_attach(p),
+            Layer::FileExtent { path, offset, size } => k.loop_attach_range(path, *offset, *size),
         }
         .map_err(|source| HandoffError::BlockDevice {
             layer: layer.clone(),
@@ -515,6 +594,67 @@ mod tests {
                     .iter()
                     .position(|c| *c == Call::UbiblockCreate(0, 7))
         );
+    }
+
+    #[test]
+    fn packages_in_segments_mount_through_a_loop_device_limited_to_their_extent() {
+        let layers = [
+            Layer::UbiExtent {
+                ubi: 0,
+                vol: 3,
+                name: "sb.seg.9".into(),
+                offset: 126_976 * 4,
+                size: 70_000,
+            },
+            Layer::FileExtent {
+                path: "/run/shelfboot/ram/blobs/v1-0".into(),
+                offset: 4096,
+                size: 500,
+            },
+        ];
+        let mut k = Recorder {
+            existing: vec!["/newroot/sbin/init".into()],
+            ..Recorder::default()
+        };
+        let err = switch_root(&mut k, &Paths::default(), &layers);
+        assert!(matches!(err, HandoffError::Final(_)), "{err}");
+        let attach: Vec<&Call> = k
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Call::UbiblockCreate(..) | Call::LoopAttachRange(..)))
+            .collect();
+        assert_eq!(
+            attach,
+            [
+                &Call::UbiblockCreate(0, 3),
+                &Call::LoopAttachRange("/dev/ubiblock0_3".into(), 126_976 * 4, 70_000),
+                &Call::LoopAttachRange("/run/shelfboot/ram/blobs/v1-0".into(), 4096, 500),
+            ]
+        );
+        let m = mounts(&k);
+        assert_eq!(m[0].source, "/dev/loop0");
+        assert_eq!(m[0].fstype.as_deref(), Some("squashfs"));
+    }
+
+    #[test]
+    fn an_extent_reads_as_a_file_of_its_own() {
+        let volume: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let mut read = extent_reader(1000, 300, |off: u64, buf: &mut [u8]| {
+            let off = usize::try_from(off).unwrap();
+            let n = buf.len().min(volume.len().saturating_sub(off));
+            buf[..n].copy_from_slice(&volume[off..off + n]);
+            Ok::<usize, std::io::Error>(n)
+        });
+        let mut buf = [0u8; 200];
+        assert_eq!(read(0, &mut buf).unwrap(), 200);
+        assert_eq!(&buf[..], &volume[1000..1200]);
+        assert_eq!(
+            read(200, &mut buf).unwrap(),
+            100,
+            "ends at the extent's size"
+        );
+        assert_eq!(&buf[..100], &volume[1200..1300]);
+        assert_eq!(read(300, &mut buf).unwrap(), 0);
     }
 
     #[test]

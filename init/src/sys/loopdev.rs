@@ -71,6 +71,17 @@ impl LoopDevice {
 
 /// Binds `file` to a free loop device, read-only, auto-clearing; see [`LoopDevice`].
 pub fn attach_read_only(dev: &Path, file: &Path) -> Result<LoopDevice, SysError> {
+    attach_range_read_only(dev, file, 0, 0)
+}
+
+/// Like [`attach_read_only`], but the loop device shows only `size` bytes of `file` from
+/// `offset` (`lo_offset`, `lo_sizelimit`; size 0 = to the end): one artifact of a segment.
+pub fn attach_range_read_only(
+    dev: &Path,
+    file: &Path,
+    offset: u64,
+    size: u64,
+) -> Result<LoopDevice, SysError> {
     let ctl_path = dev.join("loop-control");
     let ctl = File::open(&ctl_path)
         .map_err(|e| SysError::new(format!("open({}, O_RDONLY)", ctl_path.display()), e))?;
@@ -90,7 +101,7 @@ pub fn attach_read_only(dev: &Path, file: &Path) -> Result<LoopDevice, SysError>
         .map_err(|e| SysError::new(format!("open({}, O_RDONLY)", loop_path.display()), e))?;
     let call = || {
         format!(
-            "ioctl({}, LOOP_CONFIGURE, fd={}, READ_ONLY|AUTOCLEAR)",
+            "ioctl({}, LOOP_CONFIGURE, fd={}, offset={offset}, sizelimit={size}, READ_ONLY|AUTOCLEAR)",
             loop_path.display(),
             file.display()
         )
@@ -104,8 +115,8 @@ pub fn attach_read_only(dev: &Path, file: &Path) -> Result<LoopDevice, SysError>
             lo_device: 0,
             lo_inode: 0,
             lo_rdevice: 0,
-            lo_offset: 0,
-            lo_sizelimit: 0,
+            lo_offset: offset,
+            lo_sizelimit: size,
             lo_number: 0,
             lo_encrypt_type: 0,
             lo_encrypt_key_size: 0,

@@ -2,10 +2,11 @@
 //!
 //! [`UbiCtrl`] owns `/dev/ubi_ctrl` (attach/detach), [`UbiDevice`] owns `/dev/ubiN`
 //! (make, remove and atomically rename volumes), [`UbiVolume`] owns `/dev/ubiN_M` (whole
-//! volume update, reads, ubiblock creation). Callers only see safe methods; the
-//! `#[repr(C)]` request structs are hand-written from the UAPI header with compile-time
-//! size checks. Not here: resizing volumes, LEB-level ioctls (EBER/EBCH/EBMAP), fastmap
-//! options, volume properties. Policy (names, sizes, what to remove) is the caller's.
+//! volume update, atomic LEB change and the LEB mapping query, reads, ubiblock creation).
+//! Callers only see safe methods; the `#[repr(C)]` request structs are hand-written from
+//! the UAPI header with compile-time size checks. Not here: resizing volumes, LEB erase /
+//! map / unmap (EBER/EBMAP/EBUNMAP), fastmap options, volume properties. Policy (names,
+//! sizes, what to remove) is the caller's.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -88,6 +89,16 @@ struct RnvolReq {
     ents: [RnvolEnt; UBI_MAX_RNVOL],
 }
 
+/// `struct ubi_leb_change_req` (`__packed`, naturally aligned).
+#[repr(C)]
+#[derive(Debug)]
+struct LebChangeReq {
+    lnum: i32,
+    bytes: i32,
+    dtype: i8,
+    padding: [i8; 7],
+}
+
 /// `struct ubi_blkcreate_req`.
 #[repr(C)]
 #[derive(Debug)]
@@ -102,9 +113,12 @@ const _: () = assert!(size_of::<MkvolReq>() == 152);
 const _: () = assert!(size_of::<RnvolEnt>() == 136);
 const _: () = assert!(size_of::<RnvolReq>() == 16 + 32 * 136);
 const _: () = assert!(size_of::<BlkcreateReq>() == 128);
+const _: () = assert!(size_of::<LebChangeReq>() == 16);
+/// `UBI_LONGTERM`: the data type hint UBI passes to the flash for a LEB change.
+const UBI_LONGTERM: i8 = 1;
 
 mod ioctl {
-    use super::{AttachReq, BlkcreateReq, MkvolReq, RnvolReq};
+    use super::{AttachReq, BlkcreateReq, LebChangeReq, MkvolReq, RnvolReq};
     const UBI_IOC_MAGIC: u8 = b'o';
     const UBI_VOL_IOC_MAGIC: u8 = b'O';
     // UBI_IOCATT and UBI_IOCMKVOL are declared _IOW but the kernel writes the chosen
@@ -125,6 +139,20 @@ mod ioctl {
     nix::ioctl_write_ptr!(ubi_iocrnvol, UBI_IOC_MAGIC, 3, RnvolReq);
     nix::ioctl_write_ptr!(ubi_iocvolup, UBI_VOL_IOC_MAGIC, 0, i64);
     nix::ioctl_write_ptr!(ubi_iocvolcrblk, UBI_VOL_IOC_MAGIC, 7, BlkcreateReq);
+    // UBI_IOCEBCH is declared _IOW('O', 2, __s32) but the kernel copies a whole
+    // `struct ubi_leb_change_req` (16 bytes): keep the header's number, pass the struct.
+    nix::ioctl_write_ptr_bad!(
+        ubi_iocebch,
+        nix::request_code_write!(UBI_VOL_IOC_MAGIC, 2, std::mem::size_of::<i32>()),
+        LebChangeReq
+    );
+    // UBI_IOCEBISMAP is _IOR('O', 5, __s32), yet the kernel *reads* the LEB number from
+    // the pointer and answers 0/1 in the return value.
+    nix::ioctl_write_ptr_bad!(
+        ubi_iocebismap,
+        nix::request_code_read!(UBI_VOL_IOC_MAGIC, 5, std::mem::size_of::<i32>()),
+        i32
+    );
 }
 
 /// Copies a volume name into a fixed UAPI buffer; rejects empty, too long or NUL names.
@@ -342,6 +370,49 @@ impl UbiVolume {
         })
     }
 
+    /// `UBI_IOCEBCH` then `write(2)`: atomically replaces LEB `lnum` of this dynamic volume
+    /// by `data` (at most one LEB). UBI buffers the bytes and switches the LEB over only
+    /// once all arrived: after a power cut the LEB is old or new, never a mix. Needs the
+    /// volume opened for writing.
+    pub fn change_leb(&mut self, lnum: u32, data: &[u8]) -> Result<(), SysError> {
+        let call = format!(
+            "ioctl({}, UBI_IOCEBCH, lnum={lnum}, bytes={})",
+            self.path.display(),
+            data.len()
+        );
+        let req = LebChangeReq {
+            lnum: i32::try_from(lnum).map_err(|_| SysError::new(&call, Errno::EINVAL))?,
+            bytes: i32::try_from(data.len()).map_err(|_| SysError::new(&call, Errno::EINVAL))?,
+            dtype: UBI_LONGTERM,
+            padding: [0; 7],
+        };
+        // SAFETY: valid owned fd of a UBI volume opened read-write; `req` is a live, fully
+        // initialised 16-byte `struct ubi_leb_change_req` the kernel only reads.
+        unsafe { ioctl::ubi_iocebch(self.file.as_raw_fd(), &req) }
+            .map_err(|e| SysError::new(&call, e))?;
+        self.file.write_all(data).map_err(|e| {
+            SysError::new(
+                format!(
+                    "write({}, {} bytes of LEB {lnum})",
+                    self.path.display(),
+                    data.len()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// `UBI_IOCEBISMAP`: whether LEB `lnum` is mapped to a physical eraseblock.
+    pub fn is_mapped(&self, lnum: u32) -> Result<bool, SysError> {
+        let call = format!("ioctl({}, UBI_IOCEBISMAP, {lnum})", self.path.display());
+        let n = i32::try_from(lnum).map_err(|_| SysError::new(&call, Errno::EINVAL))?;
+        // SAFETY: valid owned fd; `n` is a live i32 the kernel only reads; the answer is
+        // the ioctl's return value.
+        let r = unsafe { ioctl::ubi_iocebismap(self.file.as_raw_fd(), &n) }
+            .map_err(|e| SysError::new(&call, e))?;
+        Ok(r == 1)
+    }
+
     /// `UBI_IOCVOLCRBLK`: creates the read-only block device `/dev/ubiblockN_M`.
     pub fn create_block(&self) -> Result<(), SysError> {
         let call = format!("ioctl({}, UBI_IOCVOLCRBLK)", self.path.display());
@@ -445,5 +516,17 @@ mod tests {
         assert_eq!(w(b'o', 0, 152), 0x4098_6f00, "UBI_IOCMKVOL");
         assert_eq!(w(b'o', 3, 4368), 0x5110_6f03, "UBI_IOCRNVOL");
         assert_eq!(w(b'O', 0, 8), 0x4008_4f00, "UBI_IOCVOLUP");
+        assert_eq!(w(b'O', 2, 4), 0x4004_4f02, "UBI_IOCEBCH");
+        assert_eq!(
+            nix::request_code_write!(b'O', 2, 4) as u32,
+            w(b'O', 2, 4),
+            "UBI_IOCEBCH"
+        );
+        // _IOR: dir 2.
+        assert_eq!(
+            nix::request_code_read!(b'O', 5, 4) as u32,
+            0x8004_4f05,
+            "UBI_IOCEBISMAP"
+        );
     }
 }

@@ -213,7 +213,7 @@ impl Fixture {
             while off < got.len() {
                 let n = store
                     .volumes_mut()
-                    .read(id, off as u64, &mut got[off..])
+                    .read(id, a.offset + off as u64, &mut got[off..])
                     .unwrap();
                 assert!(n > 0, "short volume {}", a.volume);
                 off += n;
