@@ -473,6 +473,58 @@ fn pinned_build(
 
 /// Resolves one card's plan.
 pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, ResolveError> {
+    resolve_node_with(cat, node, None)
+}
+
+/// Resolves one card's plan like [`resolve_node`], taking the solved part from `cache`
+/// when a card with the same release, class, arch, card type and features was resolved
+/// against the same catalog (and neither card has a per-node override, assignment or
+/// test mode). The release and class decisions are always this card's own.
+pub fn resolve_node_cached(
+    cat: &Catalog<'_>,
+    node: &NodeRecord,
+    cache: &PlanCache,
+) -> Result<Plan, ResolveError> {
+    resolve_node_with(cat, node, Some(cache))
+}
+
+/// What the solved part of a plan depends on besides the catalog, when nothing about the
+/// card's MAC does (see [`resolve_node_cached`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PlanKey {
+    release: ReleaseId,
+    class: String,
+    arch: Arch,
+    card_type: String,
+    features: Vec<String>,
+}
+
+/// Plans already resolved against one catalog snapshot, by [`PlanKey`]. A warm boot of a
+/// shelf resolves each (class, card type, arch, features) once, not once per card. It is
+/// valid only as long as the catalog it was filled from: keep it beside that catalog.
+#[derive(Debug, Clone, Default)]
+pub struct PlanCache(std::cell::RefCell<BTreeMap<PlanKey, Plan>>);
+
+impl PlanCache {
+    /// Entries at most: feature lists come from the cards, so the key space is theirs.
+    pub const MAX_ENTRIES: usize = 1024;
+
+    /// Plans held.
+    pub fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    /// Whether it holds no plan.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn resolve_node_with(
+    cat: &Catalog<'_>,
+    node: &NodeRecord,
+    cache: Option<&PlanCache>,
+) -> Result<Plan, ResolveError> {
     let id = &node.identity;
     let mac = &id.mac;
     let mut explain = Vec::new();
@@ -517,6 +569,25 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         subject: format!("class {}", class.name),
         rule: class_rule,
     });
+    let key = (ovr.is_none() && node_asg.is_none() && node.test_mode.is_none()).then(|| {
+        let mut features = id.features.clone();
+        features.sort();
+        PlanKey {
+            release: release.clone(),
+            class: class.name.clone(),
+            arch: id.arch,
+            card_type: id.card_type.clone(),
+            features,
+        }
+    });
+    if let (Some(cache), Some(k)) = (cache, &key)
+        && let Some(hit) = cache.0.borrow().get(k)
+    {
+        let mut plan = hit.clone();
+        plan.node = *mac;
+        plan.explain.splice(0..2, explain);
+        return Ok(plan);
+    }
 
     // 3: requirements, later sources replacing earlier ones by name.
     let mut reqs: BTreeMap<String, Req> = BTreeMap::new();
@@ -650,6 +721,12 @@ pub fn resolve_node(cat: &Catalog<'_>, node: &NodeRecord) -> Result<Plan, Resolv
         explain,
     };
     plan.digest = plan.compute_digest();
+    if let (Some(cache), Some(k)) = (cache, key) {
+        let mut c = cache.0.borrow_mut();
+        if c.len() < PlanCache::MAX_ENTRIES {
+            c.insert(k, plan.clone());
+        }
+    }
     Ok(plan)
 }
 

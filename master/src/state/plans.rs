@@ -24,8 +24,17 @@ pub(super) type CatalogParts = (
 /// that a Solicit costs one node lookup and one resolution, not a re-read and re-parse of
 /// every manifest. It is stale after any operation that imports, assigns, rolls back or
 /// collects garbage: read a new one then.
+/// The plans resolved against it are kept beside it ([`resolve::PlanCache`]), so cards
+/// of one class, type, arch and features cost one solve between two snapshots.
 #[derive(Debug, Clone)]
-pub struct CatalogSnapshot(CatalogParts);
+pub struct CatalogSnapshot(CatalogParts, resolve::PlanCache);
+
+impl CatalogSnapshot {
+    /// Plans solved against this snapshot and kept for cards alike.
+    pub fn cached_plans(&self) -> usize {
+        self.1.len()
+    }
+}
 
 /// A card with its plan, for `master nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +90,10 @@ impl<S: Store> Master<S> {
 
     /// Reads the catalog plans are resolved against (see [`CatalogSnapshot`]).
     pub fn catalog(&self) -> Result<CatalogSnapshot, MasterError> {
-        Ok(CatalogSnapshot(self.catalog_parts()?))
+        Ok(CatalogSnapshot(
+            self.catalog_parts()?,
+            resolve::PlanCache::default(),
+        ))
     }
 
     /// The plan of one card against a catalog read earlier by [`Master::catalog`].
@@ -96,7 +108,7 @@ impl<S: Store> Master<S> {
             packages,
             assignments,
         };
-        resolve::resolve_node(&cat, &node).map_err(|source| MasterError::Plan {
+        resolve::resolve_node_cached(&cat, &node, &catalog.1).map_err(|source| MasterError::Plan {
             node: *mac,
             source: Box::new(source),
         })

@@ -666,3 +666,45 @@ fn import_refuses_a_release_whose_plan_cannot_go_on_the_wire() {
         "{text}"
     );
 }
+
+#[test]
+fn cards_alike_share_one_solve_and_get_their_own_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixture::image(dir.path(), "1.0.0", "", &fixture::vendor_key());
+    let mut m = fixture::master(dir.path());
+    import(&mut m, &img).unwrap();
+    fixture::add_nodes(&mut m);
+    // A second lc100 like N1 in another slot, and N2 (same type, but a per-node override).
+    let n5: MacAddr = "02:00:00:00:00:05".parse().unwrap();
+    m.add_node(
+        &crate::store::NodeIdentity {
+            mac: n5,
+            card_type: "lc100".into(),
+            arch: Arch::X86_64,
+            shelf: 1,
+            slot: 5,
+            hw_rev: "A".into(),
+            features: vec![],
+        },
+        None,
+    )
+    .unwrap();
+    let cat = m.catalog().unwrap();
+    let p1 = m.plan_in(&cat, &mac(N1)).unwrap();
+    let p5 = m.plan_in(&cat, &n5).unwrap();
+    assert_eq!(cat.cached_plans(), 1, "N5 took N1's solve");
+    let p2 = m.plan_in(&cat, &mac(N2)).unwrap();
+    assert_eq!(
+        cat.cached_plans(),
+        1,
+        "a card with an override is solved on its own"
+    );
+    // Each equals the plan resolved without the cache, explain included (slot rules differ).
+    for (node, cached) in [(mac(N1), &p1), (n5, &p5), (mac(N2), &p2)] {
+        assert_eq!(cached, &m.plan(&node).unwrap(), "{node}");
+    }
+    assert_eq!(p5.node, n5);
+    assert!(p5.explain[1].rule.contains("slot 5"), "{:?}", p5.explain[1]);
+    assert_eq!(p1.digest, p5.digest);
+    assert_ne!(p2.digest, p1.digest, "the override adds debug-tools");
+}
