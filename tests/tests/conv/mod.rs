@@ -120,18 +120,38 @@ impl Fixture {
              [defaults]\npackages = {{ {} }}\n",
             defaults.join(", ")
         ));
-        let spec = dir.join("system.toml");
-        std::fs::write(&spec, toml).unwrap();
-        let (secret, public, _) = shelfboot_master::keys::keygen(&dir.join("vendor")).unwrap();
-        let key = shelfboot_master::keys::read_signing_key(&secret).unwrap();
-        let packed = shelfboot_master::image::pack::prepare(&spec).unwrap();
-        let image = dir.join("release.img");
-        shelfboot_master::image::pack::write_image(&packed, &key, &image).unwrap();
+        Fixture::from_toml(dir, &toml)
+    }
+
+    /// A master state directory under `dir` that trusts a new vendor key and has imported
+    /// the release `toml` describes (its files already under `dir`).
+    pub fn from_toml(dir: &Path, toml: &str) -> Fixture {
+        let (_, public, _) = shelfboot_master::keys::keygen(&dir.join("vendor")).unwrap();
         let state = dir.join("state");
         let mut m = Master::open(&state).unwrap();
         m.trust_add(&public, "test vendor").unwrap();
+        drop(m);
+        Fixture::import_toml_into(dir, &state, toml)
+    }
+
+    /// Packs `toml` (files under `self.dir`) with the fixture's vendor key and imports it;
+    /// it becomes the default release.
+    pub fn import_toml(&self, toml: &str) {
+        Fixture::import_toml_into(&self.dir, &self.state, toml);
+    }
+
+    fn import_toml_into(dir: &Path, state: &Path, toml: &str) -> Fixture {
+        let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
+        let spec = dir.join(format!("system-{n}.toml"));
+        std::fs::write(&spec, toml).unwrap();
+        let key = shelfboot_master::keys::read_signing_key(&dir.join("vendor.key")).unwrap();
+        let packed = shelfboot_master::image::pack::prepare(&spec).unwrap();
+        let image = dir.join(format!("release-{n}.img"));
+        shelfboot_master::image::pack::write_image(&packed, &key, &image).unwrap();
+        let mut m = Master::open(state).unwrap();
         m.import_file(&image, true, &mut |_, _| {}).unwrap();
         drop(m);
+        let state = state.to_path_buf();
         let cfg = ServeConfig::new("unused", &state);
         let key = serve::load_key(&cfg).unwrap();
         let anchor = TrustAnchor::new(vec![key.public_key()]);
