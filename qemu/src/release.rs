@@ -351,6 +351,16 @@ pub struct Derived {
     /// Size of an extra package `bulk` 1.0.0 (incompressible bytes, depends base ^1) that
     /// the class gives every card; 0 = no such package.
     pub bulk_bytes: u64,
+    /// Extra small packages `lab-pkg-NN` (version = the release's) that the class gives
+    /// every card: each ships only its line in `/etc/shelfboot/packages/`, so the Ready
+    /// line lists every one of them mounted. A release with 60 of them is a plan of 64+
+    /// artifacts: fragments on the wire, one segment on flash, 64+ overlay layers.
+    pub extra_packages: usize,
+}
+
+/// Name of extra package `i` of a derived release.
+pub fn extra_package_name(i: usize) -> String {
+    format!("lab-pkg-{i:02}")
 }
 
 /// Writes the heartbeat tree of `version` (banner + the usual loop) and returns it.
@@ -422,6 +432,14 @@ fn derived_toml(
         toml.push_str("[[package]]\nname = \"bulk\"\nversion = \"1.0.0\"\narch = \"x86_64\"\nfile = \"files/bulk-1.0.0-x86_64.sqfs\"\ndepends = { base = \"^1\" }\n\n");
         class_packages.push_str(", bulk = \"^1\"");
     }
+    for i in 0..d.extra_packages {
+        let name = extra_package_name(i);
+        let v = &d.version;
+        toml.push_str(&format!(
+            "[[package]]\nname = \"{name}\"\nversion = \"{v}\"\narch = \"x86_64\"\nfile = \"files/{name}-{v}-x86_64.sqfs\"\ndepends = {{ base = \"^1\" }}\n\n"
+        ));
+        class_packages.push_str(&format!(", {name} = \"={v}\""));
+    }
     for ct in card_types {
         toml.push_str(&format!(
             "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"x86_64\"\nimage = \"files/{BOOT_NAME}-{ct}.img\"\ncmdline = \"{}\"\n\n",
@@ -470,6 +488,19 @@ pub fn derive(
         let file = "bulk-1.0.0-x86_64.sqfs".to_string();
         let out = files.join(&file);
         squashfs("bulk", &tree, &out)?;
+        sizes.push((file, std::fs::metadata(&out).map_or(0, |m| m.len())));
+    }
+    for i in 0..d.extra_packages {
+        let name = extra_package_name(i);
+        let t = dir.join("trees").join(format!("{name}-{}", d.version));
+        let _ = std::fs::remove_dir_all(&t);
+        write(
+            &t.join("etc/shelfboot/packages").join(&name),
+            format!("{name}-{}\n", d.version),
+        )?;
+        let file = format!("{name}-{}-x86_64.sqfs", d.version);
+        let out = files.join(&file);
+        squashfs(&name, &t, &out)?;
         sizes.push((file, std::fs::metadata(&out).map_or(0, |m| m.len())));
     }
     let system_toml = dir.join(format!("{}.toml", d.version));
@@ -543,6 +574,7 @@ mod tests {
             version: "1.1.0".into(),
             heartbeat: Some("1.1.0".into()),
             bulk_bytes: 0,
+            extra_packages: 0,
         };
         let t = derived_toml(
             "6.1.0-56-amd64",
@@ -563,6 +595,19 @@ mod tests {
         let big = Derived { bulk_bytes: 5, ..d };
         let t = derived_toml("6.1.0-56-amd64", &types, &big, "f", "1.0.0");
         assert!(t.contains("heartbeat = \"^1\", bulk = \"^1\""), "{t}");
+        let many = Derived {
+            extra_packages: 3,
+            ..big
+        };
+        let t = derived_toml("6.1.0-56-amd64", &types, &many, "f", "1.0.0");
+        assert!(
+            t.contains("bulk = \"^1\", lab-pkg-00 = \"=1.1.0\", lab-pkg-01 = \"=1.1.0\", lab-pkg-02 = \"=1.1.0\" }"),
+            "{t}"
+        );
+        assert!(
+            t.contains("file = \"files/lab-pkg-02-1.1.0-x86_64.sqfs\""),
+            "{t}"
+        );
         let n = noise(1000);
         assert_eq!(n.len(), 1000);
         assert_eq!(n, noise(1000));

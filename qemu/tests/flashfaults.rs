@@ -144,6 +144,7 @@ mod tests {
                 version: "1.1.0".into(),
                 heartbeat: None,
                 bulk_bytes: 8 << 20,
+                extra_packages: 0,
             },
         )
         .unwrap();

@@ -76,6 +76,7 @@ mod tests {
                 version: "1.1.0".into(),
                 heartbeat: Some("1.1.0".into()),
                 bulk_bytes: 0,
+                extra_packages: 0,
             },
         )
         .unwrap();

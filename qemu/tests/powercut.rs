@@ -5,7 +5,9 @@
 //! `power_cut_during_download_and_commit` (QEMU tier): one card (lc100,
 //! block2mtd flash on a raw image that persists across power cycles). Three releases are
 //! imported: 1.0 (the lab release), 1.1 (heartbeat 1.1.0 plus an incompressible `bulk`
-//! package, so there is something to download) and 1.2 (heartbeat 1.2.0). The card
+//! package, so there is something to download) and 1.2 (heartbeat 1.2.0 plus 60 small
+//! packages `lab-pkg-NN`: a plan of 64 artifacts in fragments, one segment of 61 new
+//! artifacts, every package mounted in the Ready line). The card
 //! installs 1.0 from erased flash to Ready. Then each trial:
 //!
 //! ```text
@@ -59,6 +61,9 @@ mod tests {
     use shelfboot_qemu::scenario::{self, FlashInventory, MasterRun};
     use shelfboot_qemu::shelf::{Shelf, card_mac};
 
+    /// Small packages release 1.2 adds (`lab-pkg-00`…): its plan holds 64 artifacts, goes
+    /// in fragments, commits as one segment and mounts 63 overlay layers.
+    const EXTRA_PACKAGES: usize = 60;
     /// Seconds a card waits for a master before booting alone (short: every third check
     /// boot has no master, and each of its two stages waits this long).
     const MASTER_TIMEOUT_S: u32 = 6;
@@ -268,11 +273,13 @@ mod tests {
                 version: "1.1.0".into(),
                 heartbeat: Some("1.1.0".into()),
                 bulk_bytes: 3 << 20,
+                extra_packages: 0,
             },
             Derived {
                 version: "1.2.0".into(),
                 heartbeat: Some("1.2.0".into()),
                 bulk_bytes: 0,
+                extra_packages: EXTRA_PACKAGES,
             },
         ] {
             scenario::import_derived(&lab, &d).unwrap();
