@@ -516,15 +516,19 @@ impl<V: Volumes> Agent<V> {
             hw_rev: id.hw_rev.clone(),
             features: id.features.clone(),
             phase: self.cfg.phase,
-            inventory: self
-                .store
-                .inventory()
-                .map(|i| i.set.refs())
-                .unwrap_or_default(),
+            inventory: self.inventory_refs(),
             inventory_digest: self.store.digest(),
             nonce: self.cfg.nonce,
             inventory_omitted: false,
         }
+    }
+
+    /// The artifacts of the committed set, as the protocol names them (none when pristine).
+    fn inventory_refs(&self) -> Vec<shelfboot_proto::msg::ArtifactRef> {
+        self.store
+            .inventory()
+            .map(|i| i.set.refs())
+            .unwrap_or_default()
     }
 
     /// Sends a Solicit, always one frame: when the inventory would not fit, it is left out
@@ -551,11 +555,7 @@ impl<V: Volumes> Agent<V> {
     /// does not fit one frame. The frames go twice: a fragment lost once still arrives.
     fn send_inventory(&mut self, master: MacAddr) {
         let inv = Message::Inventory(Inventory {
-            inventory: self
-                .store
-                .inventory()
-                .map(|i| i.set.refs())
-                .unwrap_or_default(),
+            inventory: self.inventory_refs(),
             inventory_digest: self.store.digest(),
             nonce: self.cfg.nonce,
         });
