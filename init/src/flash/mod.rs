@@ -121,17 +121,23 @@ impl Volumes for UbiVolumes {
     }
 
     fn create(&mut self, name: &str, bytes: u64) -> Result<VolumeId, VolumeError> {
-        self.device
+        let id = self
+            .device
             .mkvol(name, bytes, VolType::Static)
             .map(VolumeId)
-            .map_err(|e| vol_err(VolumeOp::Create, VolumeTarget::name(name), e))
+            .map_err(|e| vol_err(VolumeOp::Create, VolumeTarget::name(name), e))?;
+        durable();
+        Ok(id)
     }
 
     fn create_dynamic(&mut self, name: &str, bytes: u64) -> Result<VolumeId, VolumeError> {
-        self.device
+        let id = self
+            .device
             .mkvol(name, bytes, VolType::Dynamic)
             .map(VolumeId)
-            .map_err(|e| vol_err(VolumeOp::Create, VolumeTarget::name(name), e))
+            .map_err(|e| vol_err(VolumeOp::Create, VolumeTarget::name(name), e))?;
+        durable();
+        Ok(id)
     }
 
     fn change_leb(&mut self, id: VolumeId, lnum: u32, data: &[u8]) -> Result<(), VolumeError> {
@@ -139,7 +145,9 @@ impl Volumes for UbiVolumes {
         let mut vol = UbiVolume::open_write(&self.volume_path(id))
             .map_err(|e| vol_err(VolumeOp::ChangeLeb, target(), e))?;
         vol.change_leb(lnum, data)
-            .map_err(|e| vol_err(VolumeOp::ChangeLeb, target(), e))
+            .map_err(|e| vol_err(VolumeOp::ChangeLeb, target(), e))?;
+        durable();
+        Ok(())
     }
 
     fn is_mapped(&mut self, id: VolumeId, lnum: u32) -> Result<bool, VolumeError> {
@@ -172,14 +180,33 @@ impl Volumes for UbiVolumes {
         let pairs: Vec<(u32, &str)> = ops.iter().map(|r| (r.id.0, r.new_name.as_str())).collect();
         self.device
             .rename(&pairs)
-            .map_err(|e| vol_err(VolumeOp::Rename, VolumeTarget::Renames(ops.to_vec()), e))
+            .map_err(|e| vol_err(VolumeOp::Rename, VolumeTarget::Renames(ops.to_vec()), e))?;
+        durable();
+        Ok(())
     }
 
     fn remove(&mut self, id: VolumeId) -> Result<(), VolumeError> {
         self.device
             .rmvol(id.0)
-            .map_err(|e| vol_err(VolumeOp::Remove, VolumeTarget::id(id), e))
+            .map_err(|e| vol_err(VolumeOp::Remove, VolumeTarget::id(id), e))?;
+        durable();
+        Ok(())
     }
+}
+
+/// Makes the UBI operation that just returned durable before the next one starts.
+///
+/// On raw NAND a UBI operation is on the chip when its ioctl returns, and UBI's own
+/// ordering (new copy of a LEB or of the volume table written before the old one is
+/// erased) keeps the device consistent across a power cut. An MTD emulated over a block
+/// device (block2mtd, the lab's flash) keeps those writes and erases in the page cache and
+/// writes them back in any order: a cut could keep an erase of the old volume-table copy
+/// and lose the write of the new one, and UBI then no longer attaches ("the layout volume
+/// was not found", seen in the lab's power-cut test). `sync(2)` after every volume-table
+/// change and every LEB change keeps UBI's order on such devices; on NAND it finds
+/// nothing to flush.
+fn durable() {
+    nix::unistd::sync();
 }
 
 /// A `UBI_IOCVOLUP` update in progress on a real volume.
