@@ -25,8 +25,17 @@ fn mac(s: &str) -> MacAddr {
 }
 
 fn service(dir: &std::path::Path, now: Instant) -> Service<crate::store::sqlite::SqliteStore> {
+    service_with(dir, now, "")
+}
+
+/// A service over the fixture release plus `extra_toml` (classes, packages, overrides).
+fn service_with(
+    dir: &std::path::Path,
+    now: Instant,
+    extra_toml: &str,
+) -> Service<crate::store::sqlite::SqliteStore> {
     let mut m = fixture::master(dir);
-    let img = fixture::image(dir, "1.0.0", "", &fixture::vendor_key());
+    let img = fixture::image(dir, "1.0.0", extra_toml, &fixture::vendor_key());
     m.import_from(img.as_slice(), true, &mut |_, _| {}).unwrap();
     let cfg = ServiceConfig {
         ethertype: ET,
@@ -765,18 +774,7 @@ mod v2 {
             "[[class]]\nname = \"bulk\"\nmatch = {{ card_types = [\"lc100\"], slots = [\"9-16\"] }}\nboot = \"lc-kernel\"\n\n[[override]]\nmac = \"{BULK}\"\npackages = {{ {} }}\n\n",
             wanted.join(", ")
         ));
-        let mut m = fixture::master(dir);
-        let img = fixture::image(dir, "1.0.0", &toml, &fixture::vendor_key());
-        m.import_from(img.as_slice(), true, &mut |_, _| {}).unwrap();
-        let cfg = ServiceConfig {
-            ethertype: ET,
-            solicit_budget: 32,
-            heartbeat: Duration::from_secs(1),
-            block_size: 1408,
-            join_window: Duration::from_millis(300),
-            max_rate: 10_000_000,
-        };
-        Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 3, now)
+        service_with(dir, now, &toml)
     }
 
     fn anchor() -> TrustAnchor {
