@@ -123,4 +123,18 @@ mod tests {
         assert!(c.rx_ring.check(4096, 1514).is_ok());
         assert_eq!(Path::ALL.map(Path::name), ["plain", "mmsg", "ring"]);
     }
+
+    #[test]
+    fn rings_fitted_to_a_jumbo_mtu_hold_its_frames_in_the_same_bytes() {
+        let c = SocketConfig::default();
+        for ring in [c.tx_ring, c.rx_ring] {
+            assert_eq!(ring.fitted(1514), ring, "a 1500 MTU changes nothing");
+            assert!(ring.check(4096, 9014).is_err());
+            let jumbo = ring.fitted(9014);
+            assert!(jumbo.check(4096, 9014).is_ok(), "{jumbo:?}");
+            assert!(jumbo.check(65536, 9014).is_ok(), "{jumbo:?}");
+            assert_eq!(jumbo.total_bytes(), ring.total_bytes());
+            assert_eq!(jumbo.frame_size, 16384);
+        }
+    }
 }

@@ -70,6 +70,27 @@ impl RingGeometry {
         frame_size: 2048,
     };
 
+    /// This geometry, made to hold frames of up to `max_frame` bytes (a jumbo MTU): when
+    /// its slots are too small, they grow to the next power of two that holds a header
+    /// and such a frame, blocks grow to hold at least one slot, and the ring keeps its
+    /// size in bytes (so as many bytes of frames are in flight, in fewer, larger frames).
+    /// A geometry that already holds such frames is returned unchanged.
+    pub fn fitted(self, max_frame: usize) -> RingGeometry {
+        let need = TX_DATA_OFFSET.max(V3_HDR_ALIGNED + 20) + max_frame;
+        if self.frame_size as usize >= need {
+            return self;
+        }
+        let frame_size = u32::try_from(need.next_power_of_two()).unwrap_or(u32::MAX);
+        let block_size = self.block_size.max(frame_size);
+        let total = u64::from(self.block_size) * u64::from(self.block_nr);
+        let block_nr = u32::try_from((total / u64::from(block_size)).max(1)).unwrap_or(u32::MAX);
+        RingGeometry {
+            block_size,
+            block_nr,
+            frame_size,
+        }
+    }
+
     pub fn frames_per_block(&self) -> u32 {
         self.block_size.checked_div(self.frame_size).unwrap_or(0)
     }

@@ -186,13 +186,20 @@ impl PacketSocket {
             .flatten()
             .and_then(|p| usize::try_from(p).ok())
             .unwrap_or(4096);
+        // Slots sized for this port's largest frame (jumbo MTUs need larger ones).
+        let rx_ring = config.rx_ring.fitted(max_frame);
+        let tx_ring = config.tx_ring.fitted(max_frame);
+        if rx_ring != config.rx_ring || tx_ring != config.tx_ring {
+            log::debug!(
+                "{ifname}: MTU {mtu}: rings fitted to {rx_ring:?} (RX) and {tx_ring:?} (TX)"
+            );
+        }
 
         // RX: the ring must be configured before bind so no frame lands in the queue.
         let rx = match config.rx {
-            PathChoice::Force(Path::Ring) => config
-                .rx_ring
+            PathChoice::Force(Path::Ring) => rx_ring
                 .check(page, max_frame)
-                .and_then(|()| RxRing::new(fd.as_fd(), config.rx_ring, config.rx_block_timeout_ms))
+                .and_then(|()| RxRing::new(fd.as_fd(), rx_ring, config.rx_block_timeout_ms))
                 .map(Rx::Ring)
                 .map_err(|source| SocketError::Ring {
                     ifname: name(),
@@ -201,9 +208,10 @@ impl PacketSocket {
                     source,
                 })?,
             PathChoice::Auto => {
-                match config.rx_ring.check(page, max_frame).and_then(|()| {
-                    RxRing::new(fd.as_fd(), config.rx_ring, config.rx_block_timeout_ms)
-                }) {
+                match rx_ring
+                    .check(page, max_frame)
+                    .and_then(|()| RxRing::new(fd.as_fd(), rx_ring, config.rx_block_timeout_ms))
+                {
                     Ok(r) => Rx::Ring(r),
                     Err(e) => {
                         log::info!("RX ring unavailable on {ifname} ({e}); using recvmmsg");
@@ -227,7 +235,7 @@ impl PacketSocket {
         }
 
         let ring_tx = || -> std::result::Result<TxRing, RingError> {
-            config.tx_ring.check(page, max_frame)?;
+            tx_ring.check(page, max_frame)?;
             let sock = |call| move |source| RingError::Socket { call, source };
             let tfd = socket(
                 AddressFamily::Packet,
@@ -245,7 +253,7 @@ impl PacketSocket {
             set_buffers(tfd.as_fd(), &config).map_err(|(call, source)| sock(call)(source))?;
             setsockopt(&tfd, sockopt::SendTimeout, &timeval(config.send_timeout))
                 .map_err(sock("setsockopt(SO_SNDTIMEO)"))?;
-            TxRing::new(tfd, config.tx_ring)
+            TxRing::new(tfd, tx_ring)
         };
         let tx = match config.tx {
             PathChoice::Force(Path::Ring) => {
