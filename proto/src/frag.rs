@@ -14,9 +14,15 @@
 //!                 +----------+--------------+-----------+------------------------------+
 //! ```
 //!
-//! Fragments sit on a fixed grid: `offset` is a multiple of [`FRAGMENT_DATA_LEN`] (1470)
-//! and each carries the whole cell (the last one the rest), so one message has exactly one
-//! set of fragments and an overlap can only be the same cell again. `total` is over
+//! Fragments sit on a fixed grid: `offset` is a multiple of the grid step and each carries
+//! the whole cell (the last one the rest), so one message has exactly one set of fragments
+//! and an overlap can only be the same cell again. There are two grids ([`Grid`]): the
+//! standard one, [`FRAGMENT_DATA_LEN`] (1470: a fragment fits a 1500-byte MTU), and the
+//! jumbo one, [`JUMBO_FRAGMENT_DATA_LEN`] (8970: it fits a 9000-byte MTU), used only where
+//! the sender knows both ends' ports take 9000-byte frames. A receiver takes either: a
+//! fragment's offset and length tell its grid without doubt (below 64 KiB no offset but 0
+//! is a multiple of both steps, and at offset 0 the two pieces differ in length), and every
+//! fragment of one message must be on the same grid. `total` is over
 //! [`MAX_CONTROL_BODY_LEN`] (a smaller message is never fragmented) and at most the
 //! receiver's limit. The encoder ([`encode_frames`]) uses the header's sequence number as
 //! the message id and puts the same header (session, sequence) on every fragment, so a
@@ -46,8 +52,53 @@ use crate::{MAX_CONTROL_BODY_LEN, MAX_MESSAGE_LEN, version};
 
 /// Length of the fragment header at the start of a fragment's payload.
 pub const FRAGMENT_HDR_LEN: usize = 12;
-/// Body bytes per fragment (the grid step): a fragment frame fits a 1500-byte MTU.
+/// Body bytes per fragment on the standard grid: a fragment frame fits a 1500-byte MTU.
 pub const FRAGMENT_DATA_LEN: usize = MAX_CONTROL_BODY_LEN - FRAGMENT_HDR_LEN;
+/// Body bytes per fragment on the jumbo grid: a fragment frame fits a 9000-byte MTU.
+pub const JUMBO_FRAGMENT_DATA_LEN: usize =
+    crate::MAX_MTU as usize - frame::PROTO_HDR_LEN - frame::CRC_LEN - FRAGMENT_HDR_LEN;
+
+/// The step of a message's fragment grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Grid {
+    /// [`FRAGMENT_DATA_LEN`]: every port of every backplane takes these frames.
+    #[default]
+    Standard,
+    /// [`JUMBO_FRAGMENT_DATA_LEN`]: only for a peer whose port, like ours, has a 9000-byte
+    /// MTU.
+    Jumbo,
+}
+
+impl Grid {
+    /// Body bytes per fragment.
+    pub const fn data_len(self) -> usize {
+        match self {
+            Grid::Standard => FRAGMENT_DATA_LEN,
+            Grid::Jumbo => JUMBO_FRAGMENT_DATA_LEN,
+        }
+    }
+
+    /// The grid for a path whose smallest port MTU is `mtu`: jumbo only at [`MAX_MTU`]
+    /// (9000); any smaller MTU gets the standard grid.
+    ///
+    /// [`MAX_MTU`]: crate::MAX_MTU
+    pub fn for_mtu(mtu: u32) -> Grid {
+        if mtu >= u32::from(crate::MAX_MTU) {
+            Grid::Jumbo
+        } else {
+            Grid::Standard
+        }
+    }
+
+    /// The grid a fragment at `offset` with a piece of `len` bytes of a `total`-byte
+    /// message lies on, if any.
+    fn of(offset: usize, len: usize, total: usize) -> Option<Grid> {
+        [Grid::Standard, Grid::Jumbo].into_iter().find(|g| {
+            let step = g.data_len();
+            offset.is_multiple_of(step) && offset < total && len == step.min(total - offset)
+        })
+    }
+}
 
 /// The fragment header, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +109,8 @@ pub struct FragmentHeader {
     pub total: u32,
     /// Where this piece goes.
     pub offset: u32,
+    /// The grid the piece lies on (from its offset and length).
+    pub grid: Grid,
 }
 
 /// Why a fragment was not taken.
@@ -125,13 +178,10 @@ pub fn parse(
     ) else {
         return Err(malformed("shorter than the 12-byte fragment header"));
     };
-    let h = FragmentHeader {
-        msg_id: u32::from_be_bytes(array_at(payload, 0)),
-        total: u32::from_be_bytes(array_at(payload, 4)),
-        offset: u32::from_be_bytes(array_at(payload, 8)),
-    };
-    let total = h.total as usize;
-    let offset = h.offset as usize;
+    let msg_id = u32::from_be_bytes(array_at(payload, 0));
+    let total_raw = u32::from_be_bytes(array_at(payload, 4));
+    let offset_raw = u32::from_be_bytes(array_at(payload, 8));
+    let (total, offset) = (total_raw as usize, offset_raw as usize);
     if total <= MAX_CONTROL_BODY_LEN {
         return Err(malformed(
             "total length fits one frame (such a message is never fragmented)",
@@ -144,21 +194,36 @@ pub fn parse(
             max: max_len,
         });
     }
-    if !offset.is_multiple_of(FRAGMENT_DATA_LEN) || offset >= total {
+    let Some(grid) = Grid::of(offset, data.len(), total) else {
         return Err(malformed(
-            "offset is not a multiple of 1470 inside the message",
+            "not on a fragment grid (offset a multiple of 1470 or 8970 inside the message, piece the whole cell or the rest)",
         ));
-    }
-    if data.len() != FRAGMENT_DATA_LEN.min(total - offset) {
-        return Err(malformed("piece length is not min(1470, total - offset)"));
-    }
+    };
+    let h = FragmentHeader {
+        msg_id,
+        total: total_raw,
+        offset: offset_raw,
+        grid,
+    };
     Ok((h, data))
 }
 
 /// Encodes `msg` for a peer speaking `header.version`: one frame if its body fits
-/// [`MAX_CONTROL_BODY_LEN`], else (version 2) its fragments, every one with `header`'s
-/// session and sequence, the `FRAGMENT` flag and the sequence as message id.
+/// [`MAX_CONTROL_BODY_LEN`], else (version 2) its fragments on the standard grid, every
+/// one with `header`'s session and sequence, the `FRAGMENT` flag and the sequence as
+/// message id.
 pub fn encode_frames(
+    link: &Link,
+    header: &Header,
+    msg: &Message,
+) -> Result<Vec<Vec<u8>>, EncodeError> {
+    encode_frames_on(Grid::Standard, link, header, msg)
+}
+
+/// [`encode_frames`] on `grid`: [`Grid::Jumbo`] only for a peer known to take 9000-byte
+/// frames (a message that fits one frame is the same one frame on either grid).
+pub fn encode_frames_on(
+    grid: Grid,
     link: &Link,
     header: &Header,
     msg: &Message,
@@ -189,10 +254,11 @@ pub fn encode_frames(
         ..header
     };
     let total = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let mut frames = Vec::with_capacity(body.len().div_ceil(FRAGMENT_DATA_LEN));
-    let mut payload = Vec::with_capacity(MAX_CONTROL_BODY_LEN);
-    for (i, piece) in body.chunks(FRAGMENT_DATA_LEN).enumerate() {
-        let offset = u32::try_from(i * FRAGMENT_DATA_LEN).unwrap_or(u32::MAX);
+    let step = grid.data_len();
+    let mut frames = Vec::with_capacity(body.len().div_ceil(step));
+    let mut payload = Vec::with_capacity(FRAGMENT_HDR_LEN + step);
+    for (i, piece) in body.chunks(step).enumerate() {
+        let offset = u32::try_from(i * step).unwrap_or(u32::MAX);
         payload.clear();
         payload.extend_from_slice(&header.sequence.to_be_bytes());
         payload.extend_from_slice(&total.to_be_bytes());
@@ -235,6 +301,7 @@ impl Limits {
     /// completed ones can take, in bytes (what [`Reassembler::memory_bytes`] never
     /// exceeds).
     pub const fn memory_bound(&self) -> usize {
+        // The standard grid has the more cells.
         let cells = self.max_message_len.div_ceil(FRAGMENT_DATA_LEN);
         self.max_partials * (self.max_message_len + cells + std::mem::size_of::<Partial>())
             + self.recent_cap() * std::mem::size_of::<Key>()
@@ -283,6 +350,7 @@ struct Partial {
     started: Instant,
     header: Header,
     dst: MacAddr,
+    grid: Grid,
     body: Vec<u8>,
     have: Vec<bool>,
     missing: usize,
@@ -417,12 +485,13 @@ impl Reassembler {
                     self.partials.remove(0);
                     self.counters.evicted += 1;
                 }
-                let cells = total.div_ceil(FRAGMENT_DATA_LEN);
+                let cells = total.div_ceil(fh.grid.data_len());
                 self.partials.push(Partial {
                     key,
                     started: now,
                     header,
                     dst: link.dst,
+                    grid: fh.grid,
                     body: vec![0u8; total],
                     have: vec![false; cells],
                     missing: cells,
@@ -441,6 +510,8 @@ impl Reassembler {
             Some("another total length")
         } else if p.header.session != header.session {
             Some("another session")
+        } else if p.grid != fh.grid {
+            Some("another fragment grid")
         } else {
             None
         };
@@ -449,7 +520,7 @@ impl Reassembler {
             self.counters.inconsistent += 1;
             return Err(inconsistent(what));
         }
-        let cell = fh.offset as usize / FRAGMENT_DATA_LEN;
+        let cell = fh.offset as usize / fh.grid.data_len();
         let range = fh.offset as usize..fh.offset as usize + data.len();
         if p.have.get(cell).copied().unwrap_or(false) {
             if p.body.get(range) == Some(data) {

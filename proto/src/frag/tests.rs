@@ -98,6 +98,87 @@ fn a_plan_of_200_artifacts_with_64_byte_names_is_fragmented_and_comes_back() {
 }
 
 #[test]
+fn a_jumbo_grid_plan_is_fewer_frames_that_fit_a_9000_byte_mtu_and_comes_back() {
+    let msg = big_plan(200);
+    let h = Header::new(msg.msg_type(), 0x55, 9);
+    let standard = encode_frames(&link(1), &h, &msg).unwrap();
+    let jumbo = encode_frames_on(Grid::Jumbo, &link(1), &h, &msg).unwrap();
+    let body = msg.encode_long_body().unwrap().len();
+    assert_eq!(jumbo.len(), body.div_ceil(JUMBO_FRAGMENT_DATA_LEN));
+    assert_eq!(standard.len(), body.div_ceil(FRAGMENT_DATA_LEN));
+    assert!(
+        jumbo.len() * 5 < standard.len(),
+        "{} vs {}",
+        jumbo.len(),
+        standard.len()
+    );
+    assert!(jumbo.iter().all(|f| f.len() <= crate::MAX_FRAME_LEN));
+    assert!(
+        jumbo[..jumbo.len() - 1]
+            .iter()
+            .all(|f| f.len() == crate::MAX_FRAME_LEN)
+    );
+    let mut r = Reassembler::new(Limits::CARD);
+    let now = Instant::now();
+    let mut got = None;
+    for f in jumbo.iter().rev() {
+        got = push(&mut r, now, f).unwrap().or(got);
+    }
+    assert_eq!(got.unwrap().decode().unwrap(), msg);
+    assert_eq!(r.counters().completed, 1);
+}
+
+#[test]
+fn one_message_on_two_grids_is_inconsistent_and_dropped() {
+    let msg = big_plan(200);
+    let h = Header::new(msg.msg_type(), 0x55, 9);
+    let standard = encode_frames(&link(1), &h, &msg).unwrap();
+    let jumbo = encode_frames_on(Grid::Jumbo, &link(1), &h, &msg).unwrap();
+    let mut r = Reassembler::new(Limits::CARD);
+    let now = Instant::now();
+    assert_eq!(push(&mut r, now, &jumbo[1]).unwrap(), None);
+    let e = push(&mut r, now, &standard[1]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FragError::Inconsistent {
+                what: "another fragment grid",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(r.partials(), 0);
+    assert_eq!(r.counters().inconsistent, 1);
+}
+
+#[test]
+fn the_grid_of_a_fragment_is_never_ambiguous() {
+    // Below the message limit no offset but 0 is on both grids, and at offset 0 the two
+    // pieces differ (a fragmented message is longer than one standard cell).
+    let both = FRAGMENT_DATA_LEN * JUMBO_FRAGMENT_DATA_LEN
+        / gcd(FRAGMENT_DATA_LEN, JUMBO_FRAGMENT_DATA_LEN);
+    assert!(both > MAX_MESSAGE_LEN, "{both}");
+    for total in [MAX_CONTROL_BODY_LEN + 1, 5000, 8970, 8971, MAX_MESSAGE_LEN] {
+        assert_eq!(Grid::of(0, FRAGMENT_DATA_LEN, total), Some(Grid::Standard));
+        assert_eq!(
+            Grid::of(0, JUMBO_FRAGMENT_DATA_LEN.min(total), total),
+            Some(Grid::Jumbo)
+        );
+    }
+    assert_eq!(Grid::of(1470, 100, 1570), Some(Grid::Standard));
+    assert_eq!(Grid::of(8970, 100, 9070), Some(Grid::Jumbo));
+    assert_eq!(Grid::of(2000, 100, 2100), None);
+    assert_eq!(Grid::for_mtu(1500), Grid::Standard);
+    assert_eq!(Grid::for_mtu(8999), Grid::Standard);
+    assert_eq!(Grid::for_mtu(9000), Grid::Jumbo);
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[test]
 fn a_message_that_fits_one_frame_is_one_plain_frame() {
     let msg = big_plan(2);
     let frames = frames_of(&msg, 1, 1);
@@ -397,18 +478,20 @@ proptest! {
         prop_assert!(r.memory_bytes() <= Limits::CARD.memory_bound());
     }
 
-    /// Every split point: a body of every length around the fragment grid round-trips.
+    /// Every split point on either grid: a body of every length around the grid
+    /// round-trips.
     #[test]
-    fn every_length_splits_and_joins(extra in 0usize..4000) {
+    fn every_length_splits_and_joins(extra in 0usize..20000, jumbo in any::<bool>()) {
+        let grid = if jumbo { Grid::Jumbo } else { Grid::Standard };
         let msg = Message::Error(ErrorMsg {
             reason: ErrorReason::Malformed,
             detail: "d".repeat(MAX_CONTROL_BODY_LEN - 10 + extra),
         });
-        let frames = frames_of(&msg, 3, 1);
+        let frames = encode_frames_on(grid, &link(3), &Header::new(msg.msg_type(), 0x55, 1), &msg).unwrap();
         let body_len = msg.encode_long_body().unwrap().len();
-        let expect = if body_len <= MAX_CONTROL_BODY_LEN { 1 } else { body_len.div_ceil(FRAGMENT_DATA_LEN) };
+        let expect = if body_len <= MAX_CONTROL_BODY_LEN { 1 } else { body_len.div_ceil(grid.data_len()) };
         prop_assert_eq!(frames.len(), expect);
-        if expect == 1 {
+        if body_len <= MAX_CONTROL_BODY_LEN {
             let (_, back) = crate::msg::decode_frame(&frames[0], DEFAULT_ETHERTYPE).unwrap();
             prop_assert_eq!(back, msg);
         } else {
