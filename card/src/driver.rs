@@ -319,6 +319,7 @@ mod tests {
             },
             phase: BootPhase::PowerOn,
             ethertype: shelfboot_proto::DEFAULT_ETHERTYPE,
+            link_mtu: shelfboot_proto::STANDARD_MTU,
             anchor: TrustAnchor::new(vec![SigningKey::from_seed(&[1; 32]).public_key()]),
             nonce: [last; 16],
             seed: u64::from(last),

@@ -242,6 +242,7 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
         source,
     })?;
     let own = MacAddr(sock.mac().0);
+    let link_mtu = shelfboot_proto::protocol_mtu(sock.mtu());
     if cfg.cards.iter().any(|c| c.mac != own) {
         let status = std::process::Command::new("ip")
             .args(["link", "set", &cfg.iface, "promisc", "on"])
@@ -289,6 +290,7 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
             },
             phase: cfg.phase,
             ethertype: cfg.ethertype,
+            link_mtu,
             anchor: cfg.anchor.clone(),
             nonce,
             seed: u64::from_be_bytes(seed),

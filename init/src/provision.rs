@@ -192,6 +192,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                 },
             )
         })?;
+        let link_mtu = shelfboot_proto::protocol_mtu(sock.mtu());
         let identity = Identity {
             mac: MacAddr(link.mac),
             card_type: cfg.card.clone(),
@@ -220,6 +221,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                 identity: identity.clone(),
                 phase,
                 ethertype: cfg.ethertype,
+                link_mtu,
                 anchor: anchor.clone(),
                 nonce,
                 seed: u64::from_be_bytes(seed),

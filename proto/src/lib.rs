@@ -63,13 +63,31 @@ pub mod version {
 pub const MAX_MTU: u16 = 9000;
 /// Smallest link MTU we support (IPv6's minimum; any real backplane is larger).
 pub const MIN_MTU: u16 = 1280;
+/// The MTU two ports both take: the smaller of the two, a port that did not say (`None`)
+/// taken at the standard 1500, and the result kept within [`MIN_MTU`]..=[`MAX_MTU`]. What
+/// the master uses for a card's fragment grid ([`frag::Grid::for_mtu`]) and data block
+/// size ([`data::block_size_for_mtu`]).
+pub fn common_mtu(a: Option<u16>, b: Option<u16>) -> u16 {
+    a.unwrap_or(STANDARD_MTU)
+        .min(b.unwrap_or(STANDARD_MTU))
+        .clamp(MIN_MTU, MAX_MTU)
+}
+/// A port's MTU as the protocol uses it: kept within [`MIN_MTU`]..=[`MAX_MTU`] (a larger
+/// port takes our largest frames; a smaller one is refused where the block size is
+/// chosen, [`data::block_size_for_mtu`]).
+pub fn protocol_mtu(port_mtu: u32) -> u16 {
+    u16::try_from(port_mtu.min(u32::from(MAX_MTU))).unwrap_or(MAX_MTU)
+}
+/// The Ethernet MTU every port is assumed to take unless it says otherwise.
+pub const STANDARD_MTU: u16 = 1500;
 /// Largest Ethernet frame (without FCS) we ever encode or accept: header + [`MAX_MTU`].
 pub const MAX_FRAME_LEN: usize = frame::ETH_HDR_LEN + MAX_MTU as usize;
 /// Largest payload behind our header: a jumbo MTU minus our header and CRC trailer.
 pub const MAX_PAYLOAD_LEN: usize = MAX_MTU as usize - frame::PROTO_HDR_LEN - frame::CRC_LEN;
 /// Largest CBOR body of a control message sent in one frame. Control messages are
-/// broadcast before anyone knows the link MTU, so every frame of them fits a 1500-byte MTU;
-/// a larger body is split into fragments ([`frag`], protocol version 2).
+/// broadcast before anyone knows the link MTU, so a one-frame message always fits a
+/// 1500-byte MTU; a larger body is split into fragments ([`frag`], protocol version 2),
+/// on the jumbo grid where both ports take 9000-byte frames.
 pub const MAX_CONTROL_BODY_LEN: usize = 1500 - frame::PROTO_HDR_LEN - frame::CRC_LEN;
 /// Largest CBOR body of a control message of any size (reassembled from fragments): 64 KiB,
 /// room for a plan of about 400 artifacts with 64-byte names. Larger ones fail to encode.

@@ -52,6 +52,7 @@ pub fn every_message() -> Vec<Message> {
             inventory: inv.clone(),
             nonce: [3; 16],
             inventory_omitted: false,
+            link_mtu: None,
         }),
         Message::Advertise(Advertise {
             master_id: 1,

@@ -176,6 +176,7 @@ mod v1 {
                 inventory: inv,
                 nonce: NONCE,
                 inventory_omitted: false,
+                link_mtu: None,
             })),
             "
             ab616d46020000000104626374676c632d31303067626172667838365f363462
@@ -203,6 +204,7 @@ mod v1 {
                 inventory_digest: None,
                 nonce: NONCE,
                 inventory_omitted: false,
+                link_mtu: None,
             })),
             "
             aa616d46020000000105626374676c632d313030676261726761617263683634

@@ -10,7 +10,8 @@
 #[cfg(test)]
 mod v2 {
     use shelfboot_proto::frag::{
-        FRAGMENT_DATA_LEN, FRAGMENT_HDR_LEN, Limits, Reassembler, encode_frames,
+        FRAGMENT_DATA_LEN, FRAGMENT_HDR_LEN, Grid, Limits, Reassembler, encode_frames,
+        encode_frames_on,
     };
     use shelfboot_proto::frame::{Flags, Frame, Header, Link, MacAddr, MessageType};
     use shelfboot_proto::msg::*;
@@ -174,6 +175,7 @@ mod v2 {
                 inventory_digest: Some(Digest([0x33; 32])),
                 nonce: NONCE,
                 inventory_omitted: true,
+                link_mtu: None,
             })),
             "
             ac616d46020000000104626374626c63626172667838365f3634627368016273
@@ -303,6 +305,36 @@ mod v2 {
                 .push(now, &Frame::decode(f, DEFAULT_ETHERTYPE).unwrap())
                 .unwrap();
         }
+        assert_eq!(got.unwrap().decode().unwrap(), msg);
+    }
+
+    /// The same Inventory on the jumbo grid: one fragment (offset 0, the whole body).
+    #[test]
+    fn jumbo_grid_fragment_v2() {
+        let msg = Message::Inventory(Inventory {
+            inventory: (1..=30).map(pkg).collect(),
+            inventory_digest: None,
+            nonce: NONCE,
+        });
+        let h = Header::new(MessageType::Inventory, 9, 0x77);
+        let frames = encode_frames_on(Grid::Jumbo, &link(), &h, &msg).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].len(), 14 + 14 + 12 + 0x0e2a + 4);
+        check(
+            "jumbo fragment head",
+            &frames[0][..40],
+            "
+            0200000001040200000000fe88b5020c000400000009000000770e3600000077
+            00000e2a00000000
+            ",
+        );
+        let mut r = Reassembler::new(Limits::CARD);
+        let got = r
+            .push(
+                std::time::Instant::now(),
+                &Frame::decode(&frames[0], DEFAULT_ETHERTYPE).unwrap(),
+            )
+            .unwrap();
         assert_eq!(got.unwrap().decode().unwrap(), msg);
     }
 

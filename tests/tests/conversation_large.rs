@@ -7,7 +7,12 @@
 //! A real-size release: 16 cards of 3 types take a release of 200 packages (1 KiB to
 //! 4 MiB, 66 MiB over both archs) at 1 % loss into their segment flash; a second release
 //! that changes 20 packages moves only those; a warm boot of all 16 is one Solicit and one
-//! Continue each. Network-namespace tier: `#[ignore]`d with the reason, run by
+//! Continue each.
+//!
+//! Jumbo frames: on a backplane whose master and card ports have a 9000-byte MTU, plans
+//! go on the jumbo fragment grid and data in 8960-byte blocks; a card on a 1500-byte port
+//! of the same bridge gets its own sessions of 1408-byte blocks and boots as well.
+//! Network-namespace tier: `#[ignore]`d with the reason, run by
 //! `./dev test` as root (docs/testing.md).
 
 mod conv;
@@ -108,6 +113,79 @@ mod tests {
         assert_eq!(st.plans_digest_only, n);
         assert_eq!(st.plans_continue, n);
         assert_eq!(st.artifact_bytes, 0);
+    }
+
+    #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
+    fn a_jumbo_backplane_moves_8960_byte_blocks_and_a_1500_byte_port_on_it_still_boots() {
+        tier::require(&[Tier::Netns]);
+        let _serial = serial();
+        init_log();
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = Fixture::with_packages(tmp.path(), 256 * 1024, 20);
+        let lab = Lab::new("conv-jumbo", 3).unwrap();
+        // The master (p0) and the first card port (p1) at 9000, both ends of each veth;
+        // p2 stays at 1500, so the bridge drops every jumbo frame towards it.
+        lab.ip_batch(
+            "link set p0 mtu 9000\nlink set p0b mtu 9000\nlink set p1 mtu 9000\nlink set p1b mtu 9000\n",
+        )
+        .unwrap();
+        let cards = fx.cards(4);
+        let (jumbo, standard) = cards.split_at(2);
+        let stop_m = Arc::new(AtomicBool::new(false));
+        let (reports, st) = std::thread::scope(|s| {
+            let m = spawn_master(s, &lab, fx.serve_config("p0"), stop_m.clone());
+            let a = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p1", jumbo.to_vec(), Duration::from_secs(90)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let b = spawn_cards(
+                s,
+                &lab,
+                fx.sim_config("p2", standard.to_vec(), Duration::from_secs(90)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let mut reports = a.join().unwrap();
+            reports.extend(b.join().unwrap());
+            stop_m.store(true, Ordering::Relaxed);
+            (reports, m.join().unwrap())
+        });
+        assert_all_fetched(&reports);
+        for c in &cards {
+            assert_eq!(fx.check_card(c), 23, "card {} artifacts", c.mac);
+        }
+        let bytes_in = |block: u16| -> u64 {
+            st.sessions
+                .iter()
+                .filter(|x| x.block_size == block)
+                .map(|x| x.artifact_bytes())
+                .sum()
+        };
+        let (big, small) = (bytes_in(8960), bytes_in(1408));
+        let other: Vec<u16> = st
+            .sessions
+            .iter()
+            .map(|x| x.block_size)
+            .filter(|b| ![8960, 1408].contains(b))
+            .collect();
+        assert!(other.is_empty(), "sessions of other block sizes: {other:?}");
+        assert!(
+            big > 0 && small > 0,
+            "jumbo {big} bytes, standard {small} bytes"
+        );
+        // Each port's cards take the whole release (about 2.9 MiB per card type) in its
+        // own block size: neither kind of session carried the other port's share alone.
+        assert!(
+            big >= 2_000_000 && small >= 2_000_000,
+            "jumbo {big}, standard {small}"
+        );
+        eprintln!(
+            "jumbo backplane: {} sessions, {big} bytes in 8960-byte blocks, {small} in 1408-byte blocks, {} Plan frames for 4 plans",
+            st.sessions.len(),
+            st.frames_out_by_type.get("Plan").copied().unwrap_or(0),
+        );
     }
 
     /// Packages of the real-size release.

@@ -89,7 +89,7 @@ mod tests {
                 ethertype: ET,
                 solicit_budget: 32,
                 heartbeat: Duration::from_secs(1),
-                block_size: 1408,
+                link_mtu: shelfboot_proto::STANDARD_MTU,
                 join_window: Duration::from_millis(300),
                 max_rate: 6_000_000,
             };
@@ -114,6 +114,7 @@ mod tests {
                         },
                         phase: BootPhase::PowerOn,
                         ethertype: ET,
+                        link_mtu: shelfboot_proto::STANDARD_MTU,
                         anchor: fx.anchor.clone(),
                         nonce: [n; 16],
                         seed: u64::from(n) * 7919,

@@ -88,6 +88,10 @@ pub struct AgentConfig {
     pub phase: BootPhase,
     /// Our EtherType ([`shelfboot_proto::DEFAULT_ETHERTYPE`] unless configured).
     pub ethertype: u16,
+    /// MTU of our backplane port ([`shelfboot_proto::STANDARD_MTU`] on most backplanes).
+    /// Said in the Solicit when it is not 1500, so the master sends jumbo frames only to
+    /// a card that takes them; a session whose blocks would not fit it is not joined.
+    pub link_mtu: u16,
     /// Keys whose signatures on plans and commands we accept.
     pub anchor: TrustAnchor,
     /// Fresh random nonce of this boot (a plan is accepted only if it echoes it).

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use shelfboot_proto::data::{DataView, block_size_for_mtu};
+use shelfboot_proto::data::DataView;
 use shelfboot_proto::frame::{Frame, MacAddr};
 use shelfboot_proto::msg::{
     ArtifactRef, ErrorReason, Fetch, Join, Message, PlanBody, Progress, Stage,
@@ -244,9 +244,12 @@ impl<V: Volumes> Agent<V> {
                 Err(e) => return self.flash_refused(now, master, &e),
             };
             // The session's block size is known only from its Join: estimate the slices
-            // held at the standard MTU; the Join corrects it if needed.
-            let have_slices =
-                block_size_for_mtu(1500).map_or(0, |bs| resume.have_slices(next.size, bs));
+            // held at our own port's block size. The master's blocks are never larger
+            // (it uses the MTU both ports take), so the estimate never claims more bytes
+            // than we hold; the Join corrects it if the blocks are smaller.
+            let have_slices = self
+                .own_block_size()
+                .map_or(0, |bs| resume.have_slices(next.size, bs));
             if resume.delivered() > 0 {
                 log::info!(
                     "card {}: resuming {} {} after the {} of {} bytes already on flash",
@@ -279,6 +282,7 @@ impl<V: Volumes> Agent<V> {
         let since = self.since_start(now);
         let started = self.started;
         let mac = self.mac();
+        let own_block = self.own_block_size();
         let State::Fetch(f) = &mut self.state else {
             return;
         };
@@ -296,7 +300,7 @@ impl<V: Volumes> Agent<V> {
                 if now >= retry_at {
                     refetch = Some(Fetch {
                         artifact: cur.artifact.sha256,
-                        have_slices: block_size_for_mtu(1500)
+                        have_slices: own_block
                             .map_or(0, |bs| cur.resume.have_slices(cur.artifact.size, bs)),
                     });
                 } else {
@@ -353,11 +357,23 @@ impl<V: Volumes> Agent<V> {
             ..ReceiverConfig::default()
         };
         let mac = self.mac();
+        let own_block = self.own_block_size();
+        let link_mtu = self.cfg.link_mtu;
         let Some(f) = self.fetching() else {
             self.counters.dropped_unexpected += 1;
             return;
         };
         let master = f.master;
+        if own_block.is_none_or(|bs| join.block_size > bs) {
+            // Its data frames would not fit our port: the NIC would drop every one.
+            log::warn!(
+                "card {mac}: ignored Join from {src}: session {} sends {}-byte blocks, larger than our port (MTU {link_mtu}) takes",
+                join.transfer,
+                join.block_size
+            );
+            self.counters.dropped_unexpected += 1;
+            return;
+        }
         let Some(cur) = f
             .current
             .as_mut()
@@ -387,8 +403,8 @@ impl<V: Volumes> Agent<V> {
             .map(|rx| {
                 // Resuming: if the session's slices differ from the estimate in our
                 // Fetch, tell it exactly where we stand.
-                let estimate = block_size_for_mtu(1500)
-                    .map_or(0, |bs| cur.resume.have_slices(cur.artifact.size, bs));
+                let estimate =
+                    own_block.map_or(0, |bs| cur.resume.have_slices(cur.artifact.size, bs));
                 if cur.resume.delivered() > 0 && rx.fetch().have_slices != estimate {
                     correct = Some(rx.fetch());
                 }

@@ -505,6 +505,12 @@ impl<V: Volumes> Agent<V> {
         Duration::from_micros(micros)
     }
 
+    /// The largest data block our port takes (`None`: its MTU is below the protocol's
+    /// minimum, so no session can serve us).
+    fn own_block_size(&self) -> Option<u16> {
+        shelfboot_proto::data::block_size_for_mtu(self.cfg.link_mtu).ok()
+    }
+
     fn solicit(&self) -> Solicit {
         let id = &self.cfg.identity;
         Solicit {
@@ -520,6 +526,10 @@ impl<V: Volumes> Agent<V> {
             inventory_digest: self.store.digest(),
             nonce: self.cfg.nonce,
             inventory_omitted: false,
+            // Said only when it is not the standard 1500, and only in version 2.
+            link_mtu: (self.cfg.link_mtu != shelfboot_proto::STANDARD_MTU
+                && self.speak >= version::FRAGMENTS)
+                .then_some(self.cfg.link_mtu),
         }
     }
 

@@ -39,6 +39,7 @@ pub(super) fn config() -> AgentConfig {
         },
         phase: BootPhase::PowerOn,
         ethertype: ET,
+        link_mtu: shelfboot_proto::STANDARD_MTU,
         anchor: TrustAnchor::new(vec![key().public_key()]),
         nonce: [7u8; 16],
         seed: 1,
@@ -384,6 +385,41 @@ fn provisioned() -> FakeVolumes {
     }
     st.commit().unwrap();
     vols
+}
+
+#[test]
+fn the_solicit_says_a_jumbo_port_mtu_and_a_join_too_large_for_the_port_is_ignored() {
+    let (refs, _) = set();
+    for (mtu, said) in [(1500, None), (9000, Some(9000)), (4000, Some(4000))] {
+        let vols = FakeVolumes::new(4096, 256);
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.link_mtu = mtu;
+        let mut agent = Agent::new(cfg, store(&vols), t0);
+        let (h, s) = solicit_of(&agent.tick(t0));
+        assert_eq!(s.link_mtu, said, "port MTU {mtu}");
+        let outs = agent.handle_frame(t0, &plan_frame(&key(), &h, &s, &refs, Verdict::Fetch));
+        let Some(Message::Fetch(f)) = frames(&outs)
+            .into_iter()
+            .map(|(_, m, _)| m)
+            .find(|m| matches!(m, Message::Fetch(_)))
+        else {
+            panic!("no Fetch at MTU {mtu}");
+        };
+        // A Join of 8960-byte blocks: only a 9000-MTU port takes its frames.
+        let join = Join {
+            transfer: 5,
+            artifact: f.artifact,
+            size: refs.iter().find(|a| a.sha256 == f.artifact).unwrap().size,
+            group: MacAddr([0x03, 0x5b, 0, 0, 0, 5]),
+            block_size: 8960,
+            first_slice: 0,
+        };
+        let before = agent.counters().dropped_unexpected;
+        agent.handle_frame(t0, &encode(CARD, h.session, &Message::Join(join)));
+        let dropped = agent.counters().dropped_unexpected - before;
+        assert_eq!(dropped, u64::from(mtu < 9000), "port MTU {mtu}");
+    }
 }
 
 #[test]

@@ -132,12 +132,14 @@ fn plan_text(p: &Plan) -> String {
 
 /// How the plan travels: one frame, fragments, or not at all (and why).
 fn wire_line(p: &Plan) -> String {
-    use shelfboot_proto::{MAX_CONTROL_BODY_LEN, frag::FRAGMENT_DATA_LEN};
+    use shelfboot_proto::MAX_CONTROL_BODY_LEN;
+    use shelfboot_proto::frag::{FRAGMENT_DATA_LEN, JUMBO_FRAGMENT_DATA_LEN};
     match p.wire_len() {
         Ok(n) if n <= MAX_CONTROL_BODY_LEN => format!("on the wire: {n} bytes, one frame\n"),
         Ok(n) => format!(
-            "on the wire: {n} bytes in {} fragments (cards speaking protocol version 1 cannot take it)\n",
-            n.div_ceil(FRAGMENT_DATA_LEN)
+            "on the wire: {n} bytes in {} fragments at a 1500-byte MTU, {} at 9000 (cards speaking protocol version 1 cannot take it)\n",
+            n.div_ceil(FRAGMENT_DATA_LEN),
+            n.div_ceil(JUMBO_FRAGMENT_DATA_LEN)
         ),
         Err(e) => format!(
             "on the wire: CANNOT BE DELIVERED: {}\n",
@@ -457,7 +459,9 @@ mod tests {
         assert!(wire_line(&plan(3)).ends_with("bytes, one frame\n"));
         let two = wire_line(&plan(30));
         assert!(
-            two.contains(" fragments (cards speaking protocol version 1"),
+            two.contains(
+                " fragments at a 1500-byte MTU, 1 at 9000 (cards speaking protocol version 1"
+            ),
             "{two}"
         );
         let none = wire_line(&plan(600));

@@ -11,8 +11,10 @@ pub struct ServiceConfig {
     pub solicit_budget: usize,
     /// Heartbeat interval.
     pub heartbeat: Duration,
-    /// Block size of transfer sessions (from the link MTU).
-    pub block_size: u16,
+    /// MTU of the master's backplane port ([`shelfboot_proto::protocol_mtu`]). A card's
+    /// fragments and sessions use the MTU both ports take
+    /// ([`shelfboot_proto::common_mtu`]).
+    pub link_mtu: u16,
     /// Join window of a new session.
     pub join_window: Duration,
     /// Rate ceiling of a session, frame bytes per second.

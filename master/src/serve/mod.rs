@@ -223,27 +223,26 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
             source,
         })?;
     let mtu = sock.mtu();
-    let block_size = shelfboot_proto::data::block_size_for_mtu(
-        u16::try_from(mtu.min(u32::from(shelfboot_proto::MAX_MTU))).unwrap_or(1500),
-    )
-    .map_err(|source| ServeError::Mtu {
-        iface: cfg.iface.clone(),
-        mtu,
-        source,
-    })?;
+    let link_mtu = shelfboot_proto::protocol_mtu(mtu);
+    let block_size =
+        shelfboot_proto::data::block_size_for_mtu(link_mtu).map_err(|source| ServeError::Mtu {
+            iface: cfg.iface.clone(),
+            mtu,
+            source,
+        })?;
     let mac = MacAddr(sock.mac().0);
     let scfg = ServiceConfig {
         ethertype: cfg.ethertype,
         solicit_budget: cfg.solicit_budget,
         heartbeat: cfg.heartbeat,
-        block_size,
+        link_mtu,
         join_window: cfg.join_window,
         max_rate: cfg.max_rate,
     };
     let now = Instant::now();
     let mut svc = Service::new(scfg, master, key, mac, epoch, now);
     log::info!(
-        "master: serving {} ({mac}, MTU {mtu}, block {block_size}) epoch {epoch}",
+        "master: serving {} ({mac}, MTU {mtu}, blocks of up to {block_size} bytes) epoch {epoch}",
         cfg.iface
     );
     let control = if cfg.control {

@@ -30,7 +30,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use shelfboot_proto::frag::{self, EncodeError, Reassembler};
+use shelfboot_proto::frag::{self, EncodeError, Grid, Reassembler};
 use shelfboot_proto::frame::{Flags, Frame, FrameError, Header, Link, MacAddr};
 use shelfboot_proto::id::Digest;
 use shelfboot_proto::msg::{
@@ -81,6 +81,8 @@ pub struct Service<S: Store> {
     /// Protocol version each card spoke last (its frames' version byte): what we answer it
     /// in.
     versions: HashMap<MacAddr, u8>,
+    /// The port MTU each card's last Solicit said (absent: 1500).
+    mtus: HashMap<MacAddr, u16>,
     /// Messages cards send in fragments (inventories); bounded, see [`frag::Limits::MASTER`].
     reasm: Reassembler,
     /// Last node state recorded per card (avoid a database write per Progress).
@@ -142,6 +144,7 @@ impl<S: Store> Service<S> {
             answered: HashMap::new(),
             answer: Vec::new(),
             versions: HashMap::new(),
+            mtus: HashMap::new(),
             reasm: Reassembler::new(frag::Limits::MASTER),
             states: HashMap::new(),
             prepared: std::collections::HashSet::new(),
@@ -224,6 +227,19 @@ impl<S: Store> Service<S> {
         }
     }
 
+    /// The fragment grid for `dst`: jumbo only to a card whose port, like ours, takes
+    /// 9000-byte frames; broadcasts on the standard grid.
+    fn grid_for(&self, dst: MacAddr) -> Grid {
+        if dst.is_multicast() {
+            return Grid::Standard;
+        }
+        let card = self.mtus.get(&dst).copied();
+        Grid::for_mtu(u32::from(shelfboot_proto::common_mtu(
+            Some(self.cfg.link_mtu),
+            card,
+        )))
+    }
+
     /// Encode `m` to `dst` with `session` echoed (logs a failure).
     fn send(&mut self, dst: MacAddr, session: u32, m: &Message) {
         if let Err(e) = self.try_send(dst, session, m) {
@@ -246,7 +262,7 @@ impl<S: Store> Service<S> {
         self.sequence = self.sequence.wrapping_add(1);
         let header =
             Header::new(m.msg_type(), session, self.sequence).in_version(self.version_for(dst));
-        let frames = frag::encode_frames(&link, &header, m)?;
+        let frames = frag::encode_frames_on(self.grid_for(dst), &link, &header, m)?;
         let n = frames.len();
         if n > 1 {
             self.stats.messages_fragmented += 1;
@@ -318,9 +334,10 @@ impl<S: Store> Service<S> {
                 match allowed {
                     Some(a) => {
                         let session = header.session;
-                        let joins = self
-                            .sessions
-                            .on_fetch(src, &a, &f, since, self.master.blobs());
+                        let mtu = self.mtus.get(&src).copied();
+                        let joins =
+                            self.sessions
+                                .on_fetch(src, mtu, &a, &f, since, self.master.blobs());
                         match joins {
                             Ok(join) => {
                                 self.stats.joins += 1;
@@ -414,6 +431,10 @@ impl<S: Store> Service<S> {
             self.stats.dropped_unexpected += 1;
             return;
         }
+        match s.link_mtu {
+            Some(mtu) => self.mtus.insert(src, mtu),
+            None => self.mtus.remove(&src),
+        };
         if let Some((nonce, frame)) = self.answered.get(&src)
             && *nonce == s.nonce
         {

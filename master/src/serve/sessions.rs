@@ -34,6 +34,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shelfboot_proto::data::block_size_for_mtu;
 use shelfboot_proto::frame::{Link, MacAddr};
 use shelfboot_proto::msg::{ArtifactRef, Fetch, Join, Nack, Progress};
 use shelfboot_xfer::{
@@ -64,6 +65,14 @@ pub enum SessionError {
         #[source]
         source: SenderError,
     },
+    /// The MTU both ports take has no block size (outside the protocol's range).
+    #[error("no data block size for card {card}: MTU {mtu}")]
+    Mtu {
+        card: MacAddr,
+        mtu: u16,
+        #[source]
+        source: shelfboot_proto::data::DataError,
+    },
     /// A fresh session did not admit the card (a bug).
     #[error("a fresh session for artifact {name} did not admit card {card}")]
     NotAdmitted { name: String, card: MacAddr },
@@ -71,6 +80,8 @@ pub enum SessionError {
 
 struct Session {
     sender: Sender<File>,
+    /// Its data block size: only a card whose port takes such frames joins it.
+    block_size: u16,
     stats: SessionStats,
     wake: Duration,
     /// Slices each member held at its last re-Fetch into this session.
@@ -80,7 +91,7 @@ struct Session {
 /// All sessions of one service run.
 pub struct Sessions {
     ethertype: u16,
-    block_size: u16,
+    link_mtu: u16,
     join_window: Duration,
     max_rate: u64,
     mac: MacAddr,
@@ -112,7 +123,7 @@ impl Sessions {
         let first = u32::try_from(seed & 0xffff).unwrap_or(0) << 16 | 1;
         Self {
             ethertype: cfg.ethertype,
-            block_size: cfg.block_size,
+            link_mtu: cfg.link_mtu,
             join_window: cfg.join_window,
             max_rate: cfg.max_rate,
             mac,
@@ -146,18 +157,25 @@ impl Sessions {
         all
     }
 
-    /// A card's Fetch of `artifact`: the Join to send it.
+    /// A card's Fetch of `artifact`: the Join to send it. `card_mtu` is what the card's
+    /// Solicit said of its port (`None`: 1500, or not heard since this master started);
+    /// the card joins only a session whose blocks fit the MTU both ports take, and a new
+    /// session for it uses that MTU's block size.
     pub(super) fn on_fetch(
         &mut self,
         card: MacAddr,
+        card_mtu: Option<u16>,
         artifact: &ArtifactRef,
         fetch: &Fetch,
         now: Duration,
         blobs: &BlobDir,
     ) -> Result<Join, SessionError> {
+        let mtu = shelfboot_proto::common_mtu(Some(self.link_mtu), card_mtu);
+        let block_size =
+            block_size_for_mtu(mtu).map_err(|source| SessionError::Mtu { card, mtu, source })?;
         let mut existed = false;
         for s in self.live.values_mut() {
-            if s.sender.artifact().sha256 != artifact.sha256 {
+            if s.sender.artifact().sha256 != artifact.sha256 || s.block_size > block_size {
                 continue;
             }
             existed = true;
@@ -208,7 +226,7 @@ impl Sessions {
             src: self.mac,
             ethertype: self.ethertype,
         };
-        let mut cfg = SenderConfig::new(link, self.block_size);
+        let mut cfg = SenderConfig::new(link, block_size);
         cfg.join_window = self.join_window;
         cfg.rate.max_rate = self.max_rate.max(cfg.rate.min_rate);
         cfg.rate.min_rate = cfg.rate.min_rate.min(cfg.rate.max_rate);
@@ -221,7 +239,7 @@ impl Sessions {
             return Err(SessionError::NotAdmitted { name, card });
         };
         log::info!(
-            "master: session {transfer} for {name} ({} bytes) to {group}{}",
+            "master: session {transfer} for {name} ({} bytes, {block_size}-byte blocks) to {group}{}",
             artifact.size,
             if existed { " (catch-up)" } else { "" }
         );
@@ -231,6 +249,7 @@ impl Sessions {
             name,
             size: artifact.size,
             group: group.to_string(),
+            block_size,
             catch_up: existed,
             members: 1,
             ..SessionStats::default()
@@ -239,6 +258,7 @@ impl Sessions {
             transfer,
             Session {
                 sender,
+                block_size,
                 stats,
                 wake: now,
                 refetched: BTreeMap::new(),

@@ -30,6 +30,9 @@ pub struct SessionStats {
     pub size: u64,
     /// Destination MAC of the data frames.
     pub group: String,
+    /// Data block size (from the MTU the master's and the members' ports take).
+    #[serde(default)]
+    pub block_size: u16,
     /// A catch-up session (started for cards dropped from, or too late for, another).
     pub catch_up: bool,
     /// Cards admitted.

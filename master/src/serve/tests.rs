@@ -34,6 +34,16 @@ fn service_with(
     now: Instant,
     extra_toml: &str,
 ) -> Service<crate::store::sqlite::SqliteStore> {
+    service_on(dir, now, extra_toml, shelfboot_proto::STANDARD_MTU)
+}
+
+/// [`service_with`] on a port of MTU `link_mtu`.
+fn service_on(
+    dir: &std::path::Path,
+    now: Instant,
+    extra_toml: &str,
+    link_mtu: u16,
+) -> Service<crate::store::sqlite::SqliteStore> {
     let mut m = fixture::master(dir);
     let img = fixture::image(dir, "1.0.0", extra_toml, &fixture::vendor_key());
     m.import_from(img.as_slice(), true, &mut |_, _| {}).unwrap();
@@ -41,7 +51,7 @@ fn service_with(
         ethertype: ET,
         solicit_budget: 32,
         heartbeat: Duration::from_secs(1),
-        block_size: 1408,
+        link_mtu,
         join_window: Duration::from_millis(300),
         max_rate: 10_000_000,
     };
@@ -62,6 +72,7 @@ fn solicit(card: MacAddr, card_type: &str, slot: u16, digest: Option<Digest>, n:
         inventory_digest: digest,
         nonce: [n; 16],
         inventory_omitted: false,
+        link_mtu: None,
     };
     frame(card, MacAddr::BROADCAST, &Message::Solicit(s))
 }
@@ -277,6 +288,7 @@ fn boot_round(
             inventory_digest: held.map(|p| p.digest),
             nonce: [nonce; 16],
             inventory_omitted: false,
+            link_mtu: None,
         };
         svc.handle_frame(t0, &frame(*c, MacAddr::BROADCAST, &Message::Solicit(s)));
     }
@@ -386,7 +398,7 @@ fn warm_boot_writes_nothing_to_the_node_database() {
         ethertype: ET,
         solicit_budget: 32,
         heartbeat: Duration::from_secs(1),
-        block_size: 1408,
+        link_mtu: shelfboot_proto::STANDARD_MTU,
         join_window: Duration::from_millis(300),
         max_rate: 10_000_000,
     };
@@ -708,7 +720,7 @@ fn the_service_stamps_records_with_the_clock_and_writes_only_through_the_store_i
         ethertype: ET,
         solicit_budget: 32,
         heartbeat: Duration::from_secs(1),
-        block_size: 1408,
+        link_mtu: shelfboot_proto::STANDARD_MTU,
         join_window: Duration::from_millis(300),
         max_rate: 10_000_000,
     };
@@ -738,7 +750,7 @@ fn the_service_stamps_records_with_the_clock_and_writes_only_through_the_store_i
 /// Protocol version 2: plans larger than one frame, digest-only warm boots, inventories
 /// asked for, version-1 cards.
 mod v2 {
-    use shelfboot_proto::frag::{Limits, Reassembler, encode_frames};
+    use shelfboot_proto::frag::{Grid, Limits, Reassembler, encode_frames};
     use shelfboot_proto::frame::{Frame, Header, MessageType};
     use shelfboot_proto::msg::{ArtifactRef, Inventory, Plan};
 
@@ -754,6 +766,16 @@ mod v2 {
         dir: &std::path::Path,
         now: Instant,
         n: usize,
+    ) -> Service<crate::store::sqlite::SqliteStore> {
+        bulk_service_on(dir, now, n, shelfboot_proto::STANDARD_MTU)
+    }
+
+    /// [`bulk_service`] on a port of MTU `link_mtu`.
+    fn bulk_service_on(
+        dir: &std::path::Path,
+        now: Instant,
+        n: usize,
+        link_mtu: u16,
     ) -> Service<crate::store::sqlite::SqliteStore> {
         let files = dir.join("files");
         std::fs::create_dir_all(&files).unwrap();
@@ -774,7 +796,7 @@ mod v2 {
             "[[class]]\nname = \"bulk\"\nmatch = {{ card_types = [\"lc100\"], slots = [\"9-16\"] }}\nboot = \"lc-kernel\"\n\n[[override]]\nmac = \"{BULK}\"\npackages = {{ {} }}\n\n",
             wanted.join(", ")
         ));
-        service_with(dir, now, &toml)
+        service_on(dir, now, &toml, link_mtu)
     }
 
     fn anchor() -> TrustAnchor {
@@ -803,6 +825,7 @@ mod v2 {
             inventory_digest: digest,
             nonce: [n; 16],
             inventory_omitted: omitted,
+            link_mtu: None,
         };
         let link = Link {
             dst: MacAddr::BROADCAST,
@@ -878,6 +901,120 @@ mod v2 {
         let again = svc.handle_frame(t0, &solicit_v(BULK, 9, None, 1, 2, false));
         let mine: Vec<&Vec<u8>> = out.iter().filter(|f| f[..6] == BULK.0).collect();
         assert_eq!(again.iter().collect::<Vec<_>>(), mine);
+    }
+
+    /// A Solicit of a `bulk`-class card saying its port's MTU (`None`: 1500).
+    fn solicit_mtu(card: MacAddr, slot: u16, mtu: Option<u16>, n: u8) -> Vec<u8> {
+        let s = Solicit {
+            mac: card,
+            card_type: "lc100".into(),
+            arch: Arch::X86_64,
+            shelf: 1,
+            slot,
+            hw_rev: "A".into(),
+            features: vec![],
+            phase: BootPhase::PowerOn,
+            inventory: vec![],
+            inventory_digest: None,
+            nonce: [n; 16],
+            inventory_omitted: false,
+            link_mtu: mtu,
+        };
+        let link = Link {
+            dst: MacAddr::BROADCAST,
+            src: card,
+            ethertype: ET,
+        };
+        encode_frames(
+            &link,
+            &Header::new(MessageType::Solicit, 77, 1),
+            &Message::Solicit(s),
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    #[test]
+    fn the_plan_goes_on_the_jumbo_grid_only_when_both_ports_take_9000() {
+        for (master_mtu, card_mtu, jumbo) in [
+            (9000, Some(9000), true),
+            (1500, Some(9000), false),
+            (9000, None, false),
+            (9000, Some(4000), false),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let t0 = Instant::now();
+            let mut svc = bulk_service_on(dir.path(), t0, 60, master_mtu);
+            svc.handle_frame(t0, &solicit_mtu(BULK, 9, card_mtu, 1));
+            let out = svc.tick(t0);
+            let (msgs, frames, _) = to_card(&out, BULK);
+            let plan = plan_of(&msgs);
+            anchor().verify_plan(&plan, &[1; 16]).unwrap();
+            let body = Message::Plan(plan).encode_long_body().unwrap().len();
+            let grid = if jumbo { Grid::Jumbo } else { Grid::Standard };
+            let case = format!("master {master_mtu}, card {card_mtu:?}");
+            assert_eq!(frames, body.div_ceil(grid.data_len()), "{case}");
+            let longest = out
+                .iter()
+                .filter(|f| f[..6] == BULK.0)
+                .map(Vec::len)
+                .max()
+                .unwrap();
+            assert_eq!(longest > 1514, jumbo, "{case}: longest frame {longest}");
+        }
+    }
+
+    #[test]
+    fn a_session_uses_the_mtu_both_ports_take_and_a_smaller_port_gets_its_own() {
+        const OTHER: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x0a]);
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut svc = bulk_service_on(dir.path(), t0, 3, 9000);
+        let mut joins = Vec::new();
+        for (n, card, slot, mtu) in [
+            (1, BULK, 9, Some(9000)),
+            (2, OTHER, 10, None),
+            (3, BULK, 9, Some(9000)),
+        ] {
+            svc.handle_frame(t0, &solicit_mtu(card, slot, mtu, n));
+            let plan = plan_of(&to_card(&svc.tick(t0), card).0);
+            let boot = plan
+                .body
+                .artifacts
+                .iter()
+                .find(|a| a.kind == shelfboot_proto::msg::ArtifactKind::BootImage)
+                .unwrap()
+                .sha256;
+            let link = Link {
+                dst: ME,
+                src: card,
+                ethertype: ET,
+            };
+            let fetch = Message::Fetch(shelfboot_proto::msg::Fetch {
+                artifact: boot,
+                have_slices: 0,
+            });
+            let f = encode_frames(&link, &Header::new(MessageType::Fetch, 77, 2), &fetch).unwrap();
+            let out = svc.handle_frame(t0, &f[0]);
+            let join = to_card(&out, card)
+                .0
+                .into_iter()
+                .find_map(|m| match m {
+                    Message::Join(j) => Some(j),
+                    _ => None,
+                })
+                .expect("a Join");
+            joins.push(join);
+        }
+        assert_eq!(joins[0].block_size, 8960, "both ports at 9000");
+        assert_eq!(joins[1].block_size, 1408, "a 1500 port");
+        assert_ne!(joins[1].transfer, joins[0].transfer, "its own session");
+        assert_eq!(
+            joins[2].transfer, joins[0].transfer,
+            "the jumbo card rejoins its own"
+        );
+        let blocks: Vec<u16> = svc.stats().sessions.iter().map(|s| s.block_size).collect();
+        assert_eq!(blocks, [8960, 1408]);
     }
 
     #[test]

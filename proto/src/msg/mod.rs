@@ -132,12 +132,12 @@ impl Message {
     }
 
     /// The oldest protocol version that can carry this message: 2 for the Inventory
-    /// message and for the fields and reasons version 2 added (`io`, `ao`, `ri`,
+    /// message and for the fields and reasons version 2 added (`io`, `mt`, `ao`, `ri`,
     /// MessageTooLarge), 1 otherwise.
     pub fn since_version(&self) -> u8 {
         let v2 = match self {
             Message::Inventory(_) => true,
-            Message::Solicit(s) => s.inventory_omitted,
+            Message::Solicit(s) => s.inventory_omitted || s.link_mtu.is_some(),
             Message::Plan(p) => p.body.artifacts_omitted || p.body.report_inventory,
             Message::Error(e) => matches!(e.reason, ErrorReason::MessageTooLarge { .. }),
             _ => false,

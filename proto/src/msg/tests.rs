@@ -326,6 +326,7 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
                     inventory_digest: d,
                     nonce,
                     inventory_omitted: false,
+                    link_mtu: None,
                 })
             },
         );
@@ -527,6 +528,7 @@ fn a_solicit_with_16_realistic_artifacts_fits_one_frame() {
         inventory,
         nonce: [0; 16],
         inventory_omitted: false,
+        link_mtu: None,
     });
     let len = msg.encode_body().unwrap().len();
     assert!(len <= MAX_CONTROL_BODY_LEN, "{len}");

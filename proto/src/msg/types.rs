@@ -78,6 +78,11 @@ pub struct Solicit {
     /// [`PlanBody::report_inventory`] when it needs it. Absent = false.
     #[serde(rename = "io", default, skip_serializing_if = "is_false")]
     pub inventory_omitted: bool,
+    /// `mt` (version 2): the MTU of the card's backplane port, when it is not 1500. The
+    /// master sends this card jumbo-grid fragments and data blocks only up to the MTU
+    /// both ports take ([`crate::common_mtu`]). Absent = 1500.
+    #[serde(rename = "mt", default, skip_serializing_if = "Option::is_none")]
+    pub link_mtu: Option<u16>,
 }
 
 /// Whether `b` is false (optional flags are omitted when false).
