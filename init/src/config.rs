@@ -67,6 +67,9 @@ pub struct Config {
     pub mtd: MtdSelector,
     /// EtherType of the backplane protocol.
     pub ethertype: u16,
+    /// MTU set on the backplane link when it is brought up (`shelfboot.mtu=`, for a
+    /// jumbo-frame backplane); `None` leaves the link's own (1500 on most NICs).
+    pub mtu: Option<u16>,
     /// How long to wait for a master before booting the committed set alone.
     pub master_timeout: Duration,
     /// How long to wait for carrier on the backplane link.
@@ -98,6 +101,7 @@ impl Default for Config {
             features: Vec::new(),
             mtd: MtdSelector::Number(0),
             ethertype: DEFAULT_ETHERTYPE,
+            mtu: None,
             master_timeout: Duration::from_secs(30),
             carrier_timeout: Duration::from_secs(10),
             hold: Duration::from_secs(600),
@@ -289,6 +293,9 @@ impl Config {
         if let Some(i) = &cfg.iface {
             keys.push(("iface", i.clone()));
         }
+        if let Some(m) = cfg.mtu {
+            keys.push(("mtu", m.to_string()));
+        }
         if cfg.master_timeout != Config::default().master_timeout {
             keys.push((
                 "master_timeout",
@@ -360,6 +367,18 @@ impl Config {
                     }
                     c.ethertype = e;
                 }
+                "mtu" => {
+                    const EXPECTED: &str = "an MTU from 1280 to 9000";
+                    let s = need(&key, v, EXPECTED)?;
+                    c.mtu = Some(
+                        s.parse()
+                            .ok()
+                            .filter(|m| {
+                                (shelfboot_proto::MIN_MTU..=shelfboot_proto::MAX_MTU).contains(m)
+                            })
+                            .ok_or_else(|| bad(&key, s, EXPECTED))?,
+                    );
+                }
                 "master_timeout" => {
                     c.master_timeout = parse_duration(&key, need(&key, v, "a duration")?)?;
                 }
@@ -424,6 +443,12 @@ impl fmt::Display for Config {
         writeln!(f, "features        {}", self.features.join(","))?;
         writeln!(f, "flash           {}", self.mtd)?;
         writeln!(f, "ethertype       {:#06x}", self.ethertype)?;
+        writeln!(
+            f,
+            "mtu             {}",
+            self.mtu
+                .map_or_else(|| "(the link's own)".to_string(), |m| m.to_string())
+        )?;
         writeln!(f, "master_timeout  {:?}", self.master_timeout)?;
         writeln!(f, "carrier_timeout {:?}", self.carrier_timeout)?;
         writeln!(f, "hold            {:?}", self.hold)?;
@@ -469,6 +494,11 @@ mod tests {
         };
         assert!(h.carried_cmdline("").ends_with(" shelfboot.hold=90000ms"));
         assert!(!h.carried_cmdline("shelfboot.hold=5").contains("90000ms"));
+        let j = Config {
+            mtu: Some(9000),
+            ..cfg.clone()
+        };
+        assert!(j.carried_cmdline("").contains(" shelfboot.mtu=9000"));
         let c = cfg.carried_cmdline("console=ttyS0 shelfboot.slot=9");
         assert_eq!(
             c,
@@ -487,7 +517,8 @@ mod tests {
             "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet shelfboot.iface=eth1 shelfboot.card=lc-48x10g \
              shelfboot.slot=7 shelfboot.shelf=0x2 shelfboot.features=bgp,mpls shelfboot.mtd=3 \
              shelfboot.ethertype=0x88b6 shelfboot.master_timeout=500ms shelfboot.stored=1 \
-             shelfboot.hold=90 shelfboot.maxtries=5 shelfboot.test=1 shelfboot.future=x",
+             shelfboot.hold=90 shelfboot.maxtries=5 shelfboot.test=1 shelfboot.mtu=9000 \
+             shelfboot.future=x",
             &Hardware::default(),
         )
         .unwrap();
@@ -501,6 +532,7 @@ mod tests {
         assert_eq!(c.features, ["bgp", "mpls"]);
         assert_eq!(c.mtd, MtdSelector::Number(3));
         assert_eq!(c.ethertype, 0x88b6);
+        assert_eq!(c.mtu, Some(9000));
         assert_eq!(c.master_timeout, Duration::from_millis(500));
         assert_eq!(c.hold, Duration::from_secs(90));
         assert!(c.stored);
@@ -551,6 +583,9 @@ mod tests {
             ("shelfboot.slot=seven", "shelfboot.slot"),
             ("shelfboot.ethertype=0x0800x", "shelfboot.ethertype"),
             ("shelfboot.ethertype=0x0100", "shelfboot.ethertype"),
+            ("shelfboot.mtu=9001", "shelfboot.mtu"),
+            ("shelfboot.mtu=1279", "shelfboot.mtu"),
+            ("shelfboot.mtu=jumbo", "shelfboot.mtu"),
             ("shelfboot.master_timeout=5h", "shelfboot.master_timeout"),
             ("shelfboot.maxtries=0", "shelfboot.maxtries"),
             ("shelfboot.stored=maybe", "shelfboot.stored"),

@@ -487,7 +487,11 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
     let mut link_job = None;
     let deferred = match load_modules(k, roots, &mut || {
         if link_job.is_none() && net::present(&roots.sys, cfg.iface.as_deref()) {
-            link_job = Some(LinkJob::start(cfg.iface.clone(), cfg.carrier_timeout));
+            link_job = Some(LinkJob::start(
+                cfg.iface.clone(),
+                cfg.mtu,
+                cfg.carrier_timeout,
+            ));
         }
     }) {
         Ok(d) => d,
@@ -495,7 +499,7 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
     };
     boottime::step("modules", t);
     let link_job =
-        link_job.unwrap_or_else(|| LinkJob::start(cfg.iface.clone(), cfg.carrier_timeout));
+        link_job.unwrap_or_else(|| LinkJob::start(cfg.iface.clone(), cfg.mtu, cfg.carrier_timeout));
     let (ubi, store) = match open_store(k, roots, &cfg) {
         Some((u, s)) => (Some(u), Some(s)),
         None => (None, None),

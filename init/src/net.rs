@@ -155,10 +155,10 @@ pub struct LinkJob(Result<std::thread::JoinHandle<Result<Link, NetError>>, Resul
 
 impl LinkJob {
     /// Starts [`bring_up`] on a thread (inline if no thread can be spawned).
-    pub fn start(want: Option<String>, timeout: Duration) -> Self {
+    pub fn start(want: Option<String>, mtu: Option<u16>, timeout: Duration) -> Self {
         let timed = move |want: Option<&str>| {
             let t = crate::boottime::now();
-            let r = bring_up(want, timeout);
+            let r = bring_up(want, mtu, timeout);
             crate::boottime::step("link", t);
             r
         };
@@ -184,13 +184,14 @@ impl LinkJob {
     }
 }
 
-/// Brings the backplane link up and waits up to `timeout` for carrier.
-pub fn bring_up(want: Option<&str>, timeout: Duration) -> Result<Link, NetError> {
+/// Brings the backplane link up (with MTU `mtu` if given) and waits up to `timeout` for
+/// carrier.
+pub fn bring_up(want: Option<&str>, mtu: Option<u16>, timeout: Duration) -> Result<Link, NetError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(NetError::Runtime)?;
-    let result = rt.block_on(bring_up_async(want, timeout));
+    let result = rt.block_on(bring_up_async(want, mtu, timeout));
     drop(rt);
     result
 }
@@ -210,10 +211,14 @@ async fn list(handle: &mut rtnetlink::Handle) -> Result<Vec<LinkState>, NetError
     Ok(msgs.iter().map(state).collect())
 }
 
-async fn bring_up_async(want: Option<&str>, timeout: Duration) -> Result<Link, NetError> {
+async fn bring_up_async(
+    want: Option<&str>,
+    mtu: Option<u16>,
+    timeout: Duration,
+) -> Result<Link, NetError> {
     let (conn, mut handle, _) = rtnetlink::new_connection().map_err(NetError::Runtime)?;
     let conn_task = tokio::spawn(conn);
-    let result = wait_for_carrier(&mut handle, want, timeout).await;
+    let result = wait_for_carrier(&mut handle, want, mtu, timeout).await;
     conn_task.abort();
     result
 }
@@ -221,6 +226,7 @@ async fn bring_up_async(want: Option<&str>, timeout: Duration) -> Result<Link, N
 async fn wait_for_carrier(
     handle: &mut rtnetlink::Handle,
     want: Option<&str>,
+    mtu: Option<u16>,
     timeout: Duration,
 ) -> Result<Link, NetError> {
     let start = Instant::now();
@@ -243,17 +249,24 @@ async fn wait_for_carrier(
             if set_up.iter().any(|(i, _)| *i == l.index) {
                 continue;
             }
-            handle
-                .link()
-                .set(l.index)
-                .up()
-                .execute()
-                .await
-                .map_err(|source| NetError::Netlink {
-                    what: format!("RTM_NEWLINK {} up", l.name),
-                    source: Box::new(source),
-                })?;
-            log::info!("link {} (ifindex {}) set up", l.name, l.index);
+            let mut req = handle.link().set(l.index).up();
+            if let Some(m) = mtu {
+                req = req.mtu(u32::from(m));
+            }
+            req.execute().await.map_err(|source| NetError::Netlink {
+                what: match mtu {
+                    Some(m) => format!(
+                        "RTM_NEWLINK {} up, MTU {m} (shelfboot.mtu: does the NIC take it?)",
+                        l.name
+                    ),
+                    None => format!("RTM_NEWLINK {} up", l.name),
+                },
+                source: Box::new(source),
+            })?;
+            match mtu {
+                Some(m) => log::info!("link {} (ifindex {}) set up, MTU {m}", l.name, l.index),
+                None => log::info!("link {} (ifindex {}) set up", l.name, l.index),
+            }
             set_up.push((l.index, l.name.clone()));
         }
         if set_up.len() > before {
@@ -360,7 +373,7 @@ mod tests {
         // In a fresh namespace only `lo` exists: the named lookup must fail clearly.
         let err = std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            bring_up(Some("nonexistent0"), Duration::from_millis(300))
+            bring_up(Some("nonexistent0"), None, Duration::from_millis(300))
         })
         .join()
         .unwrap()
