@@ -14,7 +14,9 @@
 //! target = the release that is neither the committed set nor the kept previous set
 //!          (so every trial downloads and commits something; rotation 1.0→1.1→1.2→1.0…)
 //! stop master, Master::assign/rollback(default → target), start master, power cycle
-//! cut kind = trial % 5, delay from the seeded RNG:
+//! cut kind: when the target is 1.2 (the 60-package commit), download and commit-window
+//!   alternately, until at least three such cuts (more trials than asked if the rotation
+//!   needs them, at most 6); otherwise trial % 5. Delay from the seeded RNG:
 //!   download      plan line + U(0, stage time seen so far)
 //!   commit-window last "staged" line + U(0, staged→commit gap seen so far): the rename
 //!   after-commit  card's "committed set" line + U(0, 1.5 s): begin_boot, kexec load
@@ -107,6 +109,11 @@ mod tests {
         Kexec,
         Validate,
     }
+
+    /// Cuts during the 60-package release's download and commit the test makes at least.
+    const BIG_CUTS: usize = 3;
+    /// Cut kinds while the 60-package release downloads and commits, in turn.
+    const BIG_CUT_KINDS: [Cut; 2] = [Cut::Download, Cut::CommitWindow];
 
     const CUTS: [Cut; 5] = [
         Cut::Download,
@@ -360,7 +367,15 @@ mod tests {
         let mut summary = Vec::new();
         let ready_re = || Pattern::from(release::READY_LINE);
         let stored_re = Pattern::from(Regex::new(r"config: stored\s+true").unwrap());
-        for i in 0..trials {
+        // Release 1.2's index in `rels` (the 60-package one).
+        const BIG: usize = 2;
+        let mut big_cuts = 0usize;
+        let mut i = 0usize;
+        while i < trials || big_cuts < BIG_CUTS {
+            assert!(
+                i < trials + 6,
+                "{big_cuts} cuts during release 1.2's commit after {i} trials: the rotation never reaches it"
+            );
             let tt = Instant::now();
             let target = (0..3).find(|&r| r != cur && Some(r) != prev).unwrap_or(0);
             if !chained {
@@ -370,7 +385,13 @@ mod tests {
                 shelf.card(0).unwrap().power_cycle().unwrap();
             }
             let card = shelf.card(0).unwrap();
-            let kind = CUTS[i % CUTS.len()];
+            let kind = if target == BIG {
+                big_cuts += 1;
+                BIG_CUT_KINDS[(big_cuts - 1) % BIG_CUT_KINDS.len()]
+            } else {
+                CUTS[i % CUTS.len()]
+            };
+            let last = i + 1 >= trials && big_cuts >= BIG_CUTS;
             let frac = rng.unit();
             let t = &rels[target];
             let plan = card
@@ -472,7 +493,7 @@ mod tests {
                 cur = which(&last, &rels, &[0, 1, 2]);
                 prev = digest_release(&last.previous, &rels);
                 chained = false;
-            } else if held == target || i + 1 == trials {
+            } else if held == target || last {
                 let rd = card.wait_for(ready_re(), READY).unwrap();
                 assert_eq!(
                     scenario::ready_packages(&rd.line).as_deref(),
@@ -504,10 +525,11 @@ mod tests {
             if !alone && !chained {
                 master.stop().unwrap();
             }
+            i += 1;
         }
         master.stop().unwrap();
         eprintln!(
-            "powercut: {trials} trials, seed {seed:#x}, whole test {:.1} s",
+            "powercut: {i} trials ({big_cuts} during release 1.2's download and commit), seed {seed:#x}, whole test {:.1} s",
             t0.elapsed().as_secs_f64()
         );
         drop(shelf);
