@@ -12,6 +12,7 @@ pub mod lab;
 pub mod peers;
 pub mod plot;
 pub mod proc;
+pub mod release;
 pub mod report;
 pub mod scenarios;
 pub mod shelfboot;
