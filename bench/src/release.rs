@@ -52,6 +52,8 @@ struct Step {
     stats: Option<serde_json::Value>,
     /// Each card's committed set digest as its process verified it (`None`: did not).
     digests: Vec<Option<String>>,
+    /// Artifacts the card processes read back from flash and found intact, all cards.
+    artifacts_verified: usize,
     /// Why the step failed, empty if every card booted and verified.
     problems: Vec<String>,
 }
@@ -150,10 +152,8 @@ fn step(
             continue;
         };
         if r.booted != 1 {
-            s.problems.push(format!(
-                "card {i} did not boot: {}",
-                r.problems.join("; ")
-            ));
+            s.problems
+                .push(format!("card {i} did not boot: {}", r.problems.join("; ")));
         } else {
             s.card_secs.push(r.done_mono - t0);
         }
@@ -161,6 +161,7 @@ fn step(
             s.problems.push(format!("card {i}: {why}"));
         }
         s.digests.push(r.set_digests.first().cloned().flatten());
+        s.artifacts_verified += r.artifacts_verified;
     }
     Ok(s)
 }
@@ -246,21 +247,38 @@ impl Figures {
         let need_bytes: u64 = need.values().sum();
         self.time
             .push(s.card_secs.iter().copied().fold(0.0, f64::max));
+        self.extra
+            .entry("first_card_s")
+            .or_default()
+            .push(s.card_secs.iter().copied().fold(f64::INFINITY, f64::min));
         let per: Vec<f64> = s
             .card_secs
             .iter()
             .zip(per_card)
             .map(|(t, b)| *b as f64 / t / 1e6)
             .collect();
-        self.mbps.push(per.iter().sum::<f64>() / per.len().max(1) as f64);
+        self.mbps
+            .push(per.iter().sum::<f64>() / per.len().max(1) as f64);
         self.ratio.push(s.master_tx as f64 / need_bytes as f64);
         let mut put = |k: &'static str, v: f64| self.extra.entry(k).or_default().push(v);
         put("need_MB", need_bytes as f64 / 1e6);
         put("artifacts", need.len() as f64);
+        put("card_artifacts_verified", s.artifacts_verified as f64);
         if let Some(st) = &s.stats {
             let sessions = st.get("sessions").and_then(|v| v.as_array());
             if let Some(v) = sessions {
                 put("sessions", v.len() as f64);
+                let count = |k: &str| -> u64 { v.iter().filter_map(|x| x.get(k)?.as_u64()).sum() };
+                // Cards per session: how many cards took each artifact's one pass.
+                put(
+                    "members_per_session",
+                    count("members") as f64 / v.len().max(1) as f64,
+                );
+                let catch_up = v
+                    .iter()
+                    .filter(|x| x.get("catch_up").and_then(|c| c.as_bool()) == Some(true))
+                    .count();
+                put("catch_up_sessions", catch_up as f64);
                 let retr: u64 = v
                     .iter()
                     .filter_map(|x| x.get("retransmit_bytes")?.as_u64())
@@ -348,8 +366,8 @@ pub fn release(
     let (mut first, mut update) = (Figures::default(), Figures::default());
     for run in 0..p.runs {
         let dir = work.join(format!("run-{run}"));
-        let st = shelfboot::release_state(&dir.join("state"), &images)
-            .map_err(|e| error_chain(&e))?;
+        let st =
+            shelfboot::release_state(&dir.join("state"), &images).map_err(|e| error_chain(&e))?;
         eprintln!("release to {CARDS} cards, run {}/{}", run + 1, p.runs);
         let s1 = step(p, bp, &st, &dir.join("first"), limit)?;
         let plans1 = plans(&st);
@@ -478,6 +496,9 @@ mod tests {
         let a2 = plan(art("k", 1, 100), vec![art("p", 2, 10), art("q", 9, 25)]);
         let b2 = plan(art("k2", 4, 50), vec![art("p", 2, 10), art("q", 9, 25)]);
         let ch = changed(&[a, b], &[a2, b2]);
-        assert_eq!(ch.into_iter().collect::<Vec<_>>(), vec![(Digest([9; 32]), 25)]);
+        assert_eq!(
+            ch.into_iter().collect::<Vec<_>>(),
+            vec![(Digest([9; 32]), 25)]
+        );
     }
 }

@@ -138,8 +138,7 @@ fn pack(dir: &Path, spec: &Path, secret: &Path, image: &Path) -> Result<(), Shel
     };
     let key = shelfboot_master::keys::read_signing_key(secret)
         .map_err(|e| rel("reading the vendor key")(e.into()))?;
-    let packed =
-        shelfboot_master::image::pack::prepare(spec).map_err(|e| rel("pack")(e.into()))?;
+    let packed = shelfboot_master::image::pack::prepare(spec).map_err(|e| rel("pack")(e.into()))?;
     shelfboot_master::image::pack::write_image(&packed, &key, image)
         .map_err(|e| rel("write image")(e.into()))?;
     Ok(())
@@ -148,7 +147,12 @@ fn pack(dir: &Path, spec: &Path, secret: &Path, image: &Path) -> Result<(), Shel
 /// A new master state directory `state` that trusts the vendor key `public` and has
 /// imported `image` as its default release, with the plan-signing key generated
 /// (`STATE/plan.anchor` is the cards' trust anchor). `size` is what a card must hold.
-fn new_state(state: &Path, public: &Path, image: &Path, size: u64) -> Result<ShelfState, ShelfError> {
+fn new_state(
+    state: &Path,
+    public: &Path,
+    image: &Path,
+    size: u64,
+) -> Result<ShelfState, ShelfError> {
     let rel = |step: &'static str| {
         let dir = state.to_path_buf();
         move |e: anyhow::Error| ShelfError::Release {
@@ -326,13 +330,12 @@ pub struct ReleaseImages {
 /// Writes the files of `shape`'s release and its update under `dir` and packs both
 /// with a new vendor key.
 pub fn release_images(dir: &Path, shape: &ReleaseShape) -> Result<ReleaseImages, ShelfError> {
-    let (secret, public, _) = shelfboot_master::keys::keygen(&dir.join("vendor")).map_err(|e| {
-        ShelfError::Release {
+    let (secret, public, _) =
+        shelfboot_master::keys::keygen(&dir.join("vendor")).map_err(|e| ShelfError::Release {
             dir: dir.to_path_buf(),
             step: "keygen",
             source: e.into(),
-        }
-    })?;
+        })?;
     let mut images = Vec::new();
     for (version, update) in [("1.0.0", false), ("1.1.0", true)] {
         let toml = shape
@@ -692,7 +695,12 @@ fn verify_set(dir: &Path) -> anyhow::Result<(Digest, usize)> {
         .inventory()
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no committed set in {}", dir.display()))?;
-    let refs: Vec<_> = inv.set.artifacts.iter().map(|a| a.artifact.clone()).collect();
+    let refs: Vec<_> = inv
+        .set
+        .artifacts
+        .iter()
+        .map(|a| a.artifact.clone())
+        .collect();
     let digest = set_digest(&refs, &inv.set.cmdline);
     anyhow::ensure!(
         digest == inv.set.digest,
