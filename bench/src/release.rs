@@ -369,9 +369,8 @@ pub fn release(
         let st =
             shelfboot::release_state(&dir.join("state"), &images).map_err(|e| error_chain(&e))?;
         eprintln!("release to {CARDS} cards, run {}/{}", run + 1, p.runs);
-        let s1 = step(p, bp, &st, &dir.join("first"), limit)?;
+        let mut s1 = step(p, bp, &st, &dir.join("first"), limit)?;
         let plans1 = plans(&st);
-        let mut s1 = s1;
         match &plans1 {
             Ok(pl) => s1.problems.extend(check_digests(&s1, pl)),
             Err(e) => s1.problems.push(e.clone()),
@@ -382,6 +381,7 @@ pub fn release(
             s1.card_secs.iter().copied().fold(0.0, f64::max),
             s1.problems.join("; ")
         );
+        // A failed run's directory (logs, flash, state) is left for `--keep`.
         let Ok(plans1) = plans1 else {
             first.failed.push(s1.problems.join("; "));
             update.failed.push("the release step failed".into());
@@ -390,7 +390,6 @@ pub fn release(
         first.add(&s1, &needed(&plans1), &per_card(&plans1));
         if !s1.problems.is_empty() {
             update.failed.push("the release step failed".into());
-            let _ = std::fs::remove_dir_all(&dir);
             continue;
         }
         shelfboot::import_update(&st, &images).map_err(|e| error_chain(&e))?;
@@ -405,7 +404,7 @@ pub fn release(
             let _ = std::fs::remove_file(to.join("report.json"));
         }
         let mut s2 = step(p, bp, &st, &dir2, limit)?;
-        match plans(&st) {
+        let ok = match plans(&st) {
             Ok(plans2) => {
                 s2.problems.extend(check_digests(&s2, &plans2));
                 let ch = changed(&plans1, &plans2);
@@ -422,14 +421,23 @@ pub fn release(
                     s2.problems.join("; ")
                 );
                 update.add(&s2, &ch, &per);
+                s2.problems.is_empty()
             }
-            Err(e) => update.failed.push(e),
+            Err(e) => {
+                update.failed.push(e);
+                false
+            }
+        };
+        if !ok {
+            continue;
         }
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             eprintln!("release: could not remove {}: {e}", dir.display());
         }
     }
-    let _ = std::fs::remove_dir_all(&work);
+    if first.failed.is_empty() && update.failed.is_empty() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     let n_changed = shape.changed.len();
     rows.push(first.row(
         format!(
@@ -500,5 +508,39 @@ mod tests {
             ch.into_iter().collect::<Vec<_>>(),
             vec![(Digest([9; 32]), 25)]
         );
+    }
+
+    #[test]
+    fn a_card_whose_set_is_not_its_plan_fails_the_run_and_a_good_run_gives_the_ratio() {
+        let a = plan(art("k", 1, 100), vec![art("p", 2, 900)]);
+        let b = plan(art("k", 1, 100), vec![art("q", 3, 1000)]);
+        let good = Step {
+            card_secs: vec![1.0, 2.0],
+            master_tx: 4000,
+            digests: vec![Some(a.digest.to_string()), Some(b.digest.to_string())],
+            ..Step::default()
+        };
+        let plans = [a.clone(), b.clone()];
+        assert!(check_digests(&good, &plans).is_empty());
+        let mut bad = Step {
+            digests: vec![Some(b.digest.to_string()), None],
+            ..Step::default()
+        };
+        bad.problems = check_digests(&bad, &plans);
+        assert_eq!(bad.problems.len(), 2, "{:?}", bad.problems);
+        let mut f = Figures::default();
+        f.add(&good, &needed(&plans), &per_card(&plans));
+        f.add(&bad, &needed(&plans), &per_card(&plans));
+        let r = f.row("release".into(), 2);
+        assert_eq!(r.runs_ok, 1);
+        assert!(
+            r.status
+                .starts_with("failed in 1 of 2 runs: card 1: committed set"),
+            "{}",
+            r.status
+        );
+        // 4000 bytes sent for 100 + 900 + 1000 needed; the slower card sets the time.
+        assert_eq!(r.master_bytes_ratio.unwrap().median, 2.0);
+        assert_eq!(r.time_s.unwrap().median, 2.0);
     }
 }

@@ -336,8 +336,7 @@ pub fn release_images(dir: &Path, shape: &ReleaseShape) -> Result<ReleaseImages,
             step: "keygen",
             source: e.into(),
         })?;
-    let mut images = Vec::new();
-    for (version, update) in [("1.0.0", false), ("1.1.0", true)] {
+    let image = |version: &str, update: bool| -> Result<PathBuf, ShelfError> {
         let toml = shape
             .write_files(dir, version, update)
             .map_err(|source| ShelfError::Write {
@@ -348,11 +347,12 @@ pub fn release_images(dir: &Path, shape: &ReleaseShape) -> Result<ReleaseImages,
         write(&spec, toml.as_bytes())?;
         let image = dir.join(format!("release-{version}.img"));
         pack(dir, &spec, &secret, &image)?;
-        images.push(image);
-    }
+        Ok(image)
+    };
+    let first = image("1.0.0", false)?;
+    let update = image("1.1.0", true)?;
+    // The images hold every artifact; the files are not needed any more.
     let _ = std::fs::remove_dir_all(dir.join("files"));
-    let update = images.pop().unwrap_or_default();
-    let first = images.pop().unwrap_or_default();
     Ok(ReleaseImages {
         public,
         first,
