@@ -1,7 +1,8 @@
 //! shelfboot benchmarks: shelfboot against TFTP, HTTP, udpcast and uftp on one namespace
 //! backplane, next to the raw AF_PACKET ceiling (`ceiling`, also printed per I/O path by the
-//! `netio-ceiling` binary), and the QEMU-lab flash and boot-path measurements (`lab`). The
-//! binary `shelfboot-bench` wires these modules; see docs/benchmarks.md.
+//! `netio-ceiling` binary), a 200-package release to 16 simulated cards (`release`), and
+//! the QEMU-lab flash and boot-path measurements (`lab`). The binary `shelfboot-bench`
+//! wires these modules; see docs/benchmarks.md.
 //!
 //! This is a measurement command, not a test suite: it asserts nothing about the
 //! numbers, it reports them (and hangs and failures) as they are.
@@ -12,6 +13,7 @@ pub mod lab;
 pub mod peers;
 pub mod plot;
 pub mod proc;
+pub mod release;
 pub mod report;
 pub mod scenarios;
 pub mod shelfboot;

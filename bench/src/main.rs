@@ -14,9 +14,10 @@ use shelfboot_bench::lab::{self, LabPlan};
 use shelfboot_bench::peers::Peer;
 use shelfboot_bench::plot;
 use shelfboot_bench::proc::loadavg;
+use shelfboot_bench::release;
 use shelfboot_bench::report::{self, Report};
 use shelfboot_bench::scenarios::{self, Plan};
-use shelfboot_bench::shelfboot::{self, CardChild};
+use shelfboot_bench::shelfboot::{self, CardChild, ReleaseShape};
 use shelfboot_proto::report::error_chain;
 
 /// Benchmarks shelfboot against TFTP, HTTP, udpcast and uftp on a namespace backplane.
@@ -32,7 +33,8 @@ struct Cli {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Smoke test: 8 MiB, 1 run, 1 and 8 cards, shaped only, 200 warm cards, 64 MiB RSS,
-    /// one QEMU run with a 16 MiB flash file.
+    /// a release of 40 packages (5.5 MB) instead of 200, one QEMU run with a 16 MiB flash
+    /// file.
     #[arg(long)]
     quick: bool,
     /// Links: shaped (tbf 1 Gbit/s on the master port), unshaped, or both.
@@ -64,10 +66,11 @@ struct Cli {
     /// Size of the file the flash scenario writes to nandsim, MiB.
     #[arg(long, default_value_t = 32)]
     flash_size: u64,
-    /// Scenarios to run: transfers (items 1-3), warm, rss, flash, boot.
+    /// Scenarios to run: transfers (items 1-3), warm, rss, flash, boot, release (200
+    /// packages to 16 cards, then an update of 20; --quick: 40 smaller packages).
     #[arg(
         long,
-        default_value = "transfers,warm,rss,flash,boot",
+        default_value = "transfers,warm,rss,flash,boot,release",
         value_delimiter = ','
     )]
     only: Vec<String>,
@@ -117,6 +120,12 @@ enum Child {
         timeout: u64,
         #[arg(long)]
         sha256: Option<String>,
+        #[arg(long, default_value = shelfboot::CARD_TYPE)]
+        card_type: String,
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
+        #[arg(long)]
+        verify_set: bool,
         #[arg(long)]
         out: PathBuf,
     },
@@ -158,10 +167,16 @@ fn child(c: &Child) -> anyhow::Result<()> {
             size,
             timeout,
             sha256,
+            card_type,
+            arch,
+            verify_set,
             out,
         } => {
             let base_mac = shelfboot::parse_mac(base_mac)
                 .with_context(|| format!("--base-mac {base_mac:?} is not a MAC address"))?;
+            let arch = arch
+                .parse()
+                .with_context(|| format!("--arch {arch:?}: want x86_64 or aarch64"))?;
             let rep = shelfboot::card_child(&CardChild {
                 iface: iface.clone(),
                 anchor: anchor.clone(),
@@ -172,6 +187,9 @@ fn child(c: &Child) -> anyhow::Result<()> {
                 size: *size,
                 timeout: Duration::from_secs(*timeout),
                 sha256: sha256.clone(),
+                card_type: card_type.clone(),
+                arch,
+                verify_set: *verify_set,
             })?;
             std::fs::write(out, serde_json::to_vec_pretty(&rep)?)
                 .with_context(|| format!("writing the card report {}", out.display()))?;
@@ -242,15 +260,27 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let srv = work.join("srv");
     std::fs::create_dir_all(&srv).with_context(|| format!("creating {}", srv.display()))?;
+    let only = |s: &str| cli.only.iter().any(|o| o == s);
+    for o in &cli.only {
+        anyhow::ensure!(
+            ["transfers", "warm", "rss", "flash", "boot", "release"].contains(&o.as_str()),
+            "--only {o:?}: want transfers, warm, rss, flash, boot or release"
+        );
+    }
+    // The transfer artifact (and its master state) only for the transfer scenarios.
     let art = srv.join("artifact.bin");
-    eprintln!(
-        "writing the {} MiB artifact to {}",
-        size >> 20,
-        art.display()
-    );
-    scenarios::write_artifact(&art, size, 42)
-        .with_context(|| format!("writing {}", art.display()))?;
-    let sha = shelfboot::file_sha(&art).with_context(|| format!("hashing {}", art.display()))?;
+    let sha = if only("transfers") {
+        eprintln!(
+            "writing the {} MiB artifact to {}",
+            size >> 20,
+            art.display()
+        );
+        scenarios::write_artifact(&art, size, 42)
+            .with_context(|| format!("writing {}", art.display()))?;
+        shelfboot::file_sha(&art).with_context(|| format!("hashing {}", art.display()))?
+    } else {
+        String::new()
+    };
     let load_before = loadavg();
     let started_utc = utc_stamp();
     let mut rows = Vec::new();
@@ -262,7 +292,9 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
          with the same bridge/veth/tbf shape, built fresh for each measurement"
             .to_owned(),
     ];
-    let (shelf, shelf_why) = if peers.contains(&Peer::Shelfboot) {
+    let (shelf, shelf_why) = if !only("transfers") {
+        (None, "the transfer scenarios were not selected".into())
+    } else if peers.contains(&Peer::Shelfboot) {
         let dir = work.join("shelf");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -277,15 +309,11 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
     } else {
         (None, "not selected".into())
     };
-    let only = |s: &str| cli.only.iter().any(|o| o == s);
-    for o in &cli.only {
-        anyhow::ensure!(
-            ["transfers", "warm", "rss", "flash", "boot"].contains(&o.as_str()),
-            "--only {o:?}: want transfers, warm, rss, flash or boot"
-        );
-    }
-    if only("transfers") || only("warm") || only("rss") {
-        let max_cards = cards.iter().copied().max().unwrap_or(1).max(8);
+    if only("transfers") || only("warm") || only("rss") || only("release") {
+        let mut max_cards = cards.iter().copied().max().unwrap_or(1).max(8);
+        if only("release") {
+            max_cards = max_cards.max(release::CARDS);
+        }
         let bp = Backplane::new(max_cards).context("building the backplane")?;
         if only("transfers") {
             scenarios::transfers(
@@ -310,6 +338,31 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
             && let Err(e) = scenarios::card_rss(&plan, &bp, &mut rows)
         {
             notes.push(format!("card RSS not measured: {e}"));
+        }
+        if only("release") {
+            let (shape, label) = if quick {
+                (
+                    ReleaseShape::QUICK,
+                    format!(
+                        " (quick: {:.1} MB in both archs, not the 200-package release)",
+                        ReleaseShape::QUICK.release_bytes() as f64 / 1e6
+                    ),
+                )
+            } else {
+                (ReleaseShape::FULL, String::new())
+            };
+            match release::release(&plan, &bp, &shape, &label, &mut rows) {
+                Ok(()) => notes.push(
+                    "release rows: master bytes / artifact = everything the master's eth0 sent \
+                     (data, plans in fragments, control, headers) / the bytes of one copy of \
+                     every distinct artifact at least one card's plan holds (update: of every \
+                     artifact of a card's new plan that card's old plan lacked); \
+                     artifact_bytes_ratio is the master's own count of artifact bytes sent over \
+                     the same; MB/s per card = that card's own plan bytes / its time"
+                        .into(),
+                ),
+                Err(e) => notes.push(format!("release not measured: {e}")),
+            }
         }
     }
     let qemu_runs = if quick {

@@ -46,7 +46,7 @@ fn link_name(shaped: bool) -> &'static str {
 }
 
 /// Deadline of one transfer: generous for the slowest peer at 2 MB/s per card.
-fn timeout(size: u64, cards: usize) -> Duration {
+pub(crate) fn timeout(size: u64, cards: usize) -> Duration {
     let per_card = size as f64 / 2e6;
     Duration::from_secs_f64(20.0 + per_card * (1.0 + cards as f64 / 8.0))
 }
@@ -308,7 +308,7 @@ fn scale(f: Fig, k: f64) -> Fig {
     }
 }
 
-fn start_master(
+pub(crate) fn start_master(
     p: &Plan,
     bp: &Backplane,
     st: &ShelfState,
@@ -332,7 +332,7 @@ fn start_master(
     Ok(m)
 }
 
-fn stop_master(m: &mut Proc, work: &Path) -> Option<serde_json::Value> {
+pub(crate) fn stop_master(m: &mut Proc, work: &Path) -> Option<serde_json::Value> {
     let _ = std::fs::write(work.join("stop"), b"stop");
     let _ = m.wait_until(Instant::now() + Duration::from_secs(10));
     let _ = std::fs::remove_file(work.join("stop"));

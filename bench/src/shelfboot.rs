@@ -1,6 +1,7 @@
 //! shelfboot in the benchmark: a master state directory whose release holds the
-//! benchmark artifact as the boot image of card type `bench`, and the two child
-//! processes the benchmark starts inside the namespaces: `serve-child` (the real
+//! benchmark artifact as the boot image of card type `bench`, or a multi-package release
+//! of three card types ([`ReleaseShape`], built and signed with the master's own `pack`
+//! and `import`), and the two child processes the benchmark starts inside the namespaces: `serve-child` (the real
 //! `master serve` service, `shelfboot_master::serve::run`) and `card-child` (the real
 //! simulated-card runner, `shelfboot_card::sim::run`, with file-backed flash).
 //!
@@ -9,7 +10,9 @@
 //! (`/proc/PID/stat`) and the card's peak RSS (`VmHWM`) without the harness in them.
 //! This module does not judge the results; `scenarios` does.
 
+use std::fmt::Write as _;
 use std::io::Read as _;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +27,7 @@ use shelfboot_master::serve::{self, ServeConfig};
 use shelfboot_master::state::Master;
 use shelfboot_master::store::NodeIdentity;
 use shelfboot_proto::frame::MacAddr;
-use shelfboot_proto::msg::{Arch, BootPhase, Digest};
+use shelfboot_proto::msg::{Arch, BootPhase, Digest, set_digest};
 use shelfboot_proto::sign::TrustAnchor;
 
 /// Card type of the benchmark release.
@@ -114,31 +117,269 @@ pub fn prepare(dir: &Path, artifact: &Path, size: u64) -> Result<ShelfState, She
     write(&spec, toml.as_bytes())?;
     let (secret, public, _) =
         shelfboot_master::keys::keygen(&dir.join("vendor")).map_err(|e| rel("keygen")(e.into()))?;
-    let key = shelfboot_master::keys::read_signing_key(&secret)
-        .map_err(|e| rel("reading the vendor key")(e.into()))?;
-    let packed =
-        shelfboot_master::image::pack::prepare(&spec).map_err(|e| rel("pack")(e.into()))?;
     let image = dir.join("release.img");
-    shelfboot_master::image::pack::write_image(&packed, &key, &image)
-        .map_err(|e| rel("write image")(e.into()))?;
+    pack(dir, &spec, &secret, &image)?;
     // The image holds a copy of the artifact; the blob store gets another.
-    let state = dir.join("state");
-    let mut m = Master::open(&state).map_err(|e| rel("open state")(e.into()))?;
-    m.trust_add(&public, "bench vendor")
+    let st = new_state(&dir.join("state"), &public, &image, size)?;
+    let _ = std::fs::remove_file(&image);
+    Ok(st)
+}
+
+/// Packs the release `spec` describes into the signed image `image` with the vendor key
+/// `secret` (the master's `pack`).
+fn pack(dir: &Path, spec: &Path, secret: &Path, image: &Path) -> Result<(), ShelfError> {
+    let rel = |step: &'static str| {
+        let dir = dir.to_path_buf();
+        move |e: anyhow::Error| ShelfError::Release {
+            dir: dir.clone(),
+            step,
+            source: e,
+        }
+    };
+    let key = shelfboot_master::keys::read_signing_key(secret)
+        .map_err(|e| rel("reading the vendor key")(e.into()))?;
+    let packed = shelfboot_master::image::pack::prepare(spec).map_err(|e| rel("pack")(e.into()))?;
+    shelfboot_master::image::pack::write_image(&packed, &key, image)
+        .map_err(|e| rel("write image")(e.into()))?;
+    Ok(())
+}
+
+/// A new master state directory `state` that trusts the vendor key `public` and has
+/// imported `image` as its default release, with the plan-signing key generated
+/// (`STATE/plan.anchor` is the cards' trust anchor). `size` is what a card must hold.
+fn new_state(
+    state: &Path,
+    public: &Path,
+    image: &Path,
+    size: u64,
+) -> Result<ShelfState, ShelfError> {
+    let rel = |step: &'static str| {
+        let dir = state.to_path_buf();
+        move |e: anyhow::Error| ShelfError::Release {
+            dir: dir.clone(),
+            step,
+            source: e,
+        }
+    };
+    let mut m = Master::open(state).map_err(|e| rel("open state")(e.into()))?;
+    m.trust_add(public, "bench vendor")
         .map_err(|e| rel("trust add")(e.into()))?;
-    m.import_file(&image, true, &mut |_, _| {})
+    m.import_file(image, true, &mut |_, _| {})
         .map_err(|e| rel("import")(e.into()))?;
     drop(m);
-    let _ = std::fs::remove_file(&image);
-    let cfg = ServeConfig::new("unused", &state);
+    let cfg = ServeConfig::new("unused", state);
     // Generates STATE/plan.key and writes STATE/plan.anchor (the cards' trust anchor).
     serve::load_key(&cfg).map_err(|e| rel("plan key")(e.into()))?;
-    let anchor = state.join("plan.anchor");
     Ok(ShelfState {
-        state,
-        anchor,
+        state: state.to_path_buf(),
+        anchor: state.join("plan.anchor"),
         size,
     })
+}
+
+/// Card types of the multi-package release: (card type, arch, boot image name), the
+/// three types of the conversation tests' release. Card `i` (1-based) is type
+/// `(i - 1) % 3`.
+pub const RELEASE_TYPES: [(&str, Arch, &str); 3] = [
+    ("lc100", Arch::X86_64, "lc-kernel"),
+    ("lc200", Arch::Aarch64, "lc-kernel"),
+    ("fab10", Arch::X86_64, "fab-kernel"),
+];
+
+/// Size and update of the multi-package release: packages `0..large` are `large_bytes`,
+/// the next `medium` are `medium_bytes`, the rest 1 KiB plus up to `small_spread` bytes;
+/// each package is built for both archs with different bytes; every card takes every
+/// package of its arch and its type's boot image (`boot_bytes`). The update changes the
+/// packages in `changed` (new version, new bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseShape {
+    pub packages: usize,
+    pub large: usize,
+    pub large_bytes: u64,
+    pub medium: usize,
+    pub medium_bytes: u64,
+    pub small_spread: u64,
+    pub boot_bytes: u64,
+    pub changed: Range<usize>,
+}
+
+impl ReleaseShape {
+    /// The real-size release of the conversation tests: 200 packages of 1 KiB to 4 MiB
+    /// (six of 4 MiB, five of 1.5 MiB), 33 MiB per arch; the update changes 20 small ones.
+    pub const FULL: ReleaseShape = ReleaseShape {
+        packages: 200,
+        large: 6,
+        large_bytes: 4 << 20,
+        medium: 5,
+        medium_bytes: 3 << 19,
+        small_spread: 15 * 1024,
+        boot_bytes: 96 * 1024,
+        changed: 100..120,
+    };
+
+    /// The smoke-test release: 40 packages of 1 KiB to 1 MiB, 2.9 MiB per arch; the
+    /// update changes 4.
+    pub const QUICK: ReleaseShape = ReleaseShape {
+        packages: 40,
+        large: 2,
+        large_bytes: 1 << 20,
+        medium: 2,
+        medium_bytes: 256 * 1024,
+        small_spread: 3 * 1024,
+        boot_bytes: 32 * 1024,
+        changed: 20..24,
+    };
+
+    /// Bytes of package `i` built for arch number `arch_i` (0 x86_64, 1 aarch64).
+    pub fn size(&self, i: usize, arch_i: usize) -> u64 {
+        if i < self.large {
+            self.large_bytes
+        } else if i < self.large + self.medium {
+            self.medium_bytes
+        } else {
+            1024 + (i as u64 * 977 + arch_i as u64 * 131) % self.small_spread.max(1)
+        }
+    }
+
+    /// Bytes of every package build of both archs and every boot image.
+    pub fn release_bytes(&self) -> u64 {
+        let pkgs: u64 = (0..self.packages)
+            .map(|i| self.size(i, 0) + self.size(i, 1))
+            .sum();
+        pkgs + RELEASE_TYPES.len() as u64 * self.boot_bytes
+    }
+
+    /// The most one card holds: the packages of the larger arch and a boot image.
+    pub fn card_bytes(&self) -> u64 {
+        let arch = |a| (0..self.packages).map(|i| self.size(i, a)).sum::<u64>();
+        arch(0).max(arch(1)) + self.boot_bytes
+    }
+
+    /// Name of package `i`: 64 bytes, as in a real release's longest names.
+    pub fn package_name(i: usize) -> String {
+        format!("p{i:03}-{}", "x".repeat(59))
+    }
+
+    /// Writes the artifact files of release `version` under `dir/files` (a file already
+    /// there is kept: the update reuses the unchanged packages' files) and returns its
+    /// `system.toml` text. With `update`, the packages in `changed` are version 1.0.1
+    /// with other bytes.
+    pub fn write_files(&self, dir: &Path, version: &str, update: bool) -> std::io::Result<String> {
+        let files = dir.join("files");
+        std::fs::create_dir_all(&files)?;
+        let mut toml = format!("[release]\nname = \"shelf-os\"\nversion = \"{version}\"\n\n");
+        for (i, (ct, arch, boot)) in RELEASE_TYPES.iter().enumerate() {
+            let file = format!("{boot}-{ct}.img");
+            let path = files.join(&file);
+            if !path.exists() {
+                crate::scenarios::write_artifact(&path, self.boot_bytes, 1 + i as u64)?;
+            }
+            let _ = write!(
+                toml,
+                "[[boot]]\nname = \"{boot}\"\nversion = \"6.1.0\"\ncard_type = \"{ct}\"\n\
+                 arch = \"{arch}\"\nimage = \"files/{file}\"\ncmdline = \"console=ttyS0\"\n\n"
+            );
+        }
+        let mut wanted = Vec::new();
+        for i in 0..self.packages {
+            let name = Self::package_name(i);
+            let changed = update && self.changed.contains(&i);
+            let v = if changed { "1.0.1" } else { "1.0.0" };
+            wanted.push(format!("\"{name}\" = \"^1\""));
+            for (arch_i, arch) in ["x86_64", "aarch64"].iter().enumerate() {
+                let file = format!("{name}-{v}-{arch}.sqfs");
+                let path = files.join(&file);
+                if !path.exists() {
+                    let seed = (i * 2 + arch_i) as u64 + if changed { 20_000 } else { 10_000 };
+                    crate::scenarios::write_artifact(&path, self.size(i, arch_i), seed)?;
+                }
+                let _ = write!(
+                    toml,
+                    "[[package]]\nname = \"{name}\"\nversion = \"{v}\"\narch = \"{arch}\"\n\
+                     file = \"files/{file}\"\n\n"
+                );
+            }
+        }
+        let _ = write!(
+            toml,
+            "[[class]]\nname = \"linecards\"\nmatch = {{ card_types = [\"lc100\", \"lc200\"] }}\n\
+             boot = \"lc-kernel\"\n\n\
+             [[class]]\nname = \"fabric\"\nmatch = {{ card_types = [\"fab10\"] }}\n\
+             boot = \"fab-kernel\"\n\n\
+             [defaults]\npackages = {{ {} }}\n",
+            wanted.join(", ")
+        );
+        Ok(toml)
+    }
+}
+
+/// The two signed images of a multi-package release and its update, packed once per
+/// benchmark run; each measured round imports them into a fresh state.
+#[derive(Debug, Clone)]
+pub struct ReleaseImages {
+    /// The vendor's public key (the master trusts it).
+    pub public: PathBuf,
+    /// The release.
+    pub first: PathBuf,
+    /// The release with the shape's `changed` packages replaced.
+    pub update: PathBuf,
+    /// The most one card holds (its flash is sized from it).
+    pub card_bytes: u64,
+}
+
+/// Writes the files of `shape`'s release and its update under `dir` and packs both
+/// with a new vendor key.
+pub fn release_images(dir: &Path, shape: &ReleaseShape) -> Result<ReleaseImages, ShelfError> {
+    let (secret, public, _) =
+        shelfboot_master::keys::keygen(&dir.join("vendor")).map_err(|e| ShelfError::Release {
+            dir: dir.to_path_buf(),
+            step: "keygen",
+            source: e.into(),
+        })?;
+    let image = |version: &str, update: bool| -> Result<PathBuf, ShelfError> {
+        let toml = shape
+            .write_files(dir, version, update)
+            .map_err(|source| ShelfError::Write {
+                path: dir.join("files"),
+                source,
+            })?;
+        let spec = dir.join(format!("system-{version}.toml"));
+        write(&spec, toml.as_bytes())?;
+        let image = dir.join(format!("release-{version}.img"));
+        pack(dir, &spec, &secret, &image)?;
+        Ok(image)
+    };
+    let first = image("1.0.0", false)?;
+    let update = image("1.1.0", true)?;
+    // The images hold every artifact; the files are not needed any more.
+    let _ = std::fs::remove_dir_all(dir.join("files"));
+    Ok(ReleaseImages {
+        public,
+        first,
+        update,
+        card_bytes: shape.card_bytes(),
+    })
+}
+
+/// A fresh master state `state` with the release (not the update) of `im` imported.
+pub fn release_state(state: &Path, im: &ReleaseImages) -> Result<ShelfState, ShelfError> {
+    new_state(state, &im.public, &im.first, im.card_bytes)
+}
+
+/// Imports the update of `im` into `st` and makes it the default release.
+pub fn import_update(st: &ShelfState, im: &ReleaseImages) -> Result<(), ShelfError> {
+    let rel = |step: &'static str| {
+        let dir = st.state.clone();
+        move |e: anyhow::Error| ShelfError::Release {
+            dir: dir.clone(),
+            step,
+            source: e,
+        }
+    };
+    let mut m = Master::open(&st.state).map_err(|e| rel("open state")(e.into()))?;
+    m.import_file(&im.update, true, &mut |_, _| {})
+        .map_err(|e| rel("import the update")(e.into()))?;
+    Ok(())
 }
 
 /// Flash geometry for a card that must hold `size` bytes (the set, plus headroom).
@@ -146,11 +387,11 @@ pub fn lebs_for(size: u64) -> u64 {
     size.div_ceil(LEB) * 2 + 64
 }
 
-fn card(mac: MacAddr, slot: u16, dir: PathBuf) -> SimCard {
+fn card(mac: MacAddr, slot: u16, dir: PathBuf, card_type: &str, arch: Arch) -> SimCard {
     SimCard {
         mac,
-        card_type: CARD_TYPE.into(),
-        arch: Arch::X86_64,
+        card_type: card_type.into(),
+        arch,
         shelf: 1,
         slot,
         features: vec![],
@@ -299,6 +540,15 @@ pub struct CardChildReport {
     /// CPU seconds (user + system) of this process when the simulation returned.
     #[serde(default)]
     pub cpu_s: Option<f64>,
+    /// Per card (in card order), with `verify_set`: the digest (hex) of its committed
+    /// set, recomputed from the set's artifacts and command line and equal to the
+    /// recorded one; `None` if the set did not verify (the reason is in `problems`).
+    #[serde(default)]
+    pub set_digests: Vec<Option<String>>,
+    /// With `verify_set`: artifacts read back from the cards' flash whose bytes hash to
+    /// the sha256 their set names, over all cards.
+    #[serde(default)]
+    pub artifacts_verified: usize,
 }
 
 /// CLOCK_MONOTONIC now, in seconds (the same clock in every process).
@@ -333,6 +583,12 @@ pub struct CardChild {
     pub timeout: Duration,
     /// Expected sha256 (hex) of the boot image; checked after the timing if given.
     pub sha256: Option<String>,
+    /// Card type and arch every card of this process reports.
+    pub card_type: String,
+    pub arch: Arch,
+    /// After the timing, read back every artifact of each card's committed set and
+    /// check it against the set (see [`CardChildReport::set_digests`]).
+    pub verify_set: bool,
 }
 
 /// `card-child`: runs `cards` simulated cards, then checks their flash.
@@ -352,6 +608,8 @@ pub fn card_child(c: &CardChild) -> Result<CardChildReport, ShelfError> {
                 mac_plus(c.base_mac, i as u64),
                 slot,
                 c.dir.join(format!("card-{}", i + 1)),
+                &c.card_type,
+                c.arch,
             )
         })
         .collect();
@@ -409,7 +667,75 @@ pub fn card_child(c: &CardChild) -> Result<CardChildReport, ShelfError> {
             }
         }
     }
+    if c.verify_set {
+        for sc in &cards {
+            match verify_set(&sc.dir) {
+                Ok((digest, n)) => {
+                    out.set_digests.push(Some(digest.to_string()));
+                    out.artifacts_verified += n;
+                }
+                Err(e) => {
+                    out.set_digests.push(None);
+                    out.problems.push(format!("card {}: {e:#}", sc.mac));
+                }
+            }
+        }
+    }
     Ok(out)
+}
+
+/// Reads back every artifact of the committed set in a simulated card's flash: each
+/// one's bytes must hash to the sha256 the set names, and the set's digest must be the
+/// one recomputed from its artifacts and command line. Returns that digest and the
+/// number of artifacts.
+fn verify_set(dir: &Path) -> anyhow::Result<(Digest, usize)> {
+    let vols = FileVolumes::open(dir)?;
+    let (mut store, _) = Store::open(vols, StoreConfig::default())?;
+    let inv = store
+        .inventory()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no committed set in {}", dir.display()))?;
+    let refs: Vec<_> = inv
+        .set
+        .artifacts
+        .iter()
+        .map(|a| a.artifact.clone())
+        .collect();
+    let digest = set_digest(&refs, &inv.set.cmdline);
+    anyhow::ensure!(
+        digest == inv.set.digest,
+        "committed set digest {} differs from {digest}, recomputed from its {} artifacts",
+        inv.set.digest,
+        refs.len()
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    for a in &inv.set.artifacts {
+        let id = store
+            .volume_id(&a.volume)?
+            .ok_or_else(|| anyhow::anyhow!("volume {} missing", a.volume))?;
+        let mut h = Sha256::new();
+        let (mut off, size) = (0u64, a.artifact.size);
+        while off < size {
+            let want = usize::try_from((size - off).min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = store
+                .volumes_mut()
+                .read(id, a.offset + off, &mut buf[..want])?;
+            anyhow::ensure!(n > 0, "volume {} short at {}", a.volume, a.offset + off);
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        let got = Digest(h.finalize().into());
+        anyhow::ensure!(
+            got == a.artifact.sha256,
+            "artifact {} {} in volume {} at {}: sha256 {got}, the set says {}",
+            a.artifact.name,
+            a.artifact.version,
+            a.volume,
+            a.offset,
+            a.artifact.sha256
+        );
+    }
+    Ok((digest, refs.len()))
 }
 
 /// sha256 (hex) of the committed boot image in a simulated card's flash.
@@ -456,4 +782,55 @@ pub fn file_sha(path: &Path) -> std::io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(Digest(h.finalize().into()).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_full_release_is_200_packages_of_1_kib_to_4_mib_at_least_64_mib_in_all() {
+        let s = ReleaseShape::FULL;
+        let sizes: Vec<u64> = (0..s.packages)
+            .flat_map(|i| [s.size(i, 0), s.size(i, 1)])
+            .collect();
+        assert_eq!(sizes.len(), 400);
+        assert!(sizes.iter().all(|&b| (1024..=4 << 20).contains(&b)));
+        assert!(s.release_bytes() >= 64 << 20, "{}", s.release_bytes());
+        assert_eq!(s.changed.len(), 20);
+        assert!(s.card_bytes() < s.release_bytes() / 2 + s.boot_bytes * 3);
+        assert_eq!(ReleaseShape::package_name(7).len(), 64);
+        assert!(ReleaseShape::QUICK.release_bytes() < s.release_bytes() / 8);
+    }
+
+    #[test]
+    fn release_files_and_spec_name_every_package_and_the_update_only_the_changed_ones() {
+        let dir = std::env::temp_dir().join(format!("sbbench-shape-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = ReleaseShape {
+            packages: 5,
+            large: 1,
+            large_bytes: 4096,
+            medium: 1,
+            medium_bytes: 2048,
+            small_spread: 512,
+            boot_bytes: 1024,
+            changed: 1..3,
+        };
+        let first = s.write_files(&dir, "1.0.0", false).unwrap();
+        let update = s.write_files(&dir, "1.1.0", true).unwrap();
+        assert_eq!(first.matches("[[package]]").count(), 10);
+        assert_eq!(first.matches("[[boot]]").count(), 3);
+        assert_eq!(update.matches("version = \"1.0.1\"").count(), 4);
+        let files = dir.join("files");
+        let len = |f: String| std::fs::metadata(files.join(f)).unwrap().len();
+        let p0 = ReleaseShape::package_name(0);
+        assert_eq!(len(format!("{p0}-1.0.0-x86_64.sqfs")), 4096);
+        let p1 = ReleaseShape::package_name(1);
+        assert_ne!(
+            std::fs::read(files.join(format!("{p1}-1.0.0-aarch64.sqfs"))).unwrap(),
+            std::fs::read(files.join(format!("{p1}-1.0.1-aarch64.sqfs"))).unwrap()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
