@@ -5,8 +5,8 @@
 //! Sources, all messages the service already handles: a Solicit (identity, stage
 //! `soliciting`), the Plan served (`validating` for verdict Continue, `fetching` for
 //! Fetch, with the bytes of the plan the card lacks), UnknownCard (`unknown`), a card's
-//! Progress (overall: done and total of what it fetches; per artifact: done of that
-//! artifact), Ready (`ready`, or `test` for a RAM-only set) and Error (`failed`, the
+//! Progress (overall: stage, done and total of what it fetches; per artifact: done of
+//! that artifact), Ready (`ready`, or `test` for a RAM-only set) and Error (`failed`, the
 //! reason kept as the last error).
 //!
 //! This module only keeps records; it sends nothing and writes no database. Time is the
@@ -294,7 +294,22 @@ impl Cards {
             Stage::Writing => CardStage::Writing,
             Stage::Committing => CardStage::Committing,
         };
-        t.enter(stage, now);
+        // The card's stage is what its overall reports say; a report of one artifact
+        // (each ends with a Verifying one) only moves a card that had not started into
+        // fetching, so that the time in stage is the time of the whole fetch.
+        if p.artifact.is_none()
+            || !matches!(
+                t.card.stage,
+                CardStage::Fetching | CardStage::Verifying | CardStage::Writing
+            )
+        {
+            let stage = if p.artifact.is_some() {
+                CardStage::Fetching
+            } else {
+                stage
+            };
+            t.enter(stage, now);
+        }
         t.update_done(now);
     }
 
@@ -381,6 +396,12 @@ mod tests {
         c.progress(A, &p(Stage::Fetching, Some(1), 1000, 1000), s(3));
         assert_eq!(c.snapshot()[0].rate_bps, 500, "500 bytes in one second");
         c.progress(A, &p(Stage::Verifying, Some(1), 1000, 1000), s(3));
+        let card = &c.snapshot()[0];
+        assert_eq!(
+            (card.stage, card.stage_since_ms),
+            (CardStage::Fetching, 1000),
+            "one artifact verified: the card still fetches its plan"
+        );
         c.progress(A, &p(Stage::Fetching, Some(2), 2000, 2000), s(4));
         // An overall report behind the per-artifact ones does not take bytes back.
         c.progress(A, &p(Stage::Fetching, None, 1500, 3000), s(4));

@@ -190,7 +190,14 @@ pub fn run(
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
             Err(e) => return Err(WatchError::Write(e)),
         }
-        prev = Some(snap.stats);
+        // Rates need two different snapshots: keep the older one while the file has
+        // not been rewritten since (it is written once a second).
+        if prev
+            .as_ref()
+            .is_none_or(|p| p.uptime_ms != snap.stats.uptime_ms)
+        {
+            prev = Some(snap.stats);
+        }
         if args.once {
             return Ok(());
         }
