@@ -7,7 +7,7 @@
 //! resolution with pubgrub), [`state`] (the master's state and its operations: what the
 //! CLI, the daemon and the backplane service run), [`control`] (the control socket, the
 //! state lock and who owns the state), [`cli`] (clap definitions, output, `decode`),
-//! [`serve`] (the backplane service).
+//! [`serve`] (the backplane service), [`watch`] (the live view of a serving master).
 
 pub mod blobs;
 pub mod cli;
@@ -19,3 +19,4 @@ pub mod resolve;
 pub mod serve;
 pub mod state;
 pub mod store;
+pub mod watch;

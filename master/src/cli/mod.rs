@@ -5,14 +5,18 @@
 //! error (from clap).
 
 pub mod decode;
+pub mod events;
 mod output;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use nix::sys::signal::{SigSet, Signal};
 
 use crate::control::{self, Access, Backplane, ControlError, Daemon, Reply, Request, StateLock};
 use crate::image::pack;
@@ -151,6 +155,13 @@ pub enum Command {
     Serve(crate::serve::cli::ServeArgs),
     /// Counters of the running (or last) `master serve`.
     Stats,
+    /// Live view of the shelf from the running `master serve`: a row per card (stage,
+    /// bytes, rate, time in stage, last error) and per transfer session. Redrawn in place
+    /// on a terminal, changed records as lines into a pipe, JSON lines with --json.
+    Watch(crate::watch::WatchArgs),
+    /// The node database's history (imports, assignments, fleet orders, card states and
+    /// errors); --follow prints new events as they are recorded.
+    Events(events::EventsArgs),
     /// Dump shelfboot frames given as hex (one frame per argument; whitespace and colons
     /// between bytes are allowed): Ethernet, header, data header or message and its CBOR
     /// body. Signatures are not checked. Exits 1 if a frame does not decode.
@@ -243,6 +254,10 @@ pub enum CliError {
     Serve(#[from] crate::serve::cli::ServeCliError),
     #[error(transparent)]
     Decode(#[from] decode::DecodeError),
+    #[error("master watch")]
+    Watch(#[from] crate::watch::WatchError),
+    #[error("blocking SIGINT/SIGTERM to stop cleanly")]
+    Signals(#[source] nix::Error),
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, CliError> {
@@ -414,8 +429,29 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         | Command::Daemon { .. }
         | Command::Serve(_)
         | Command::Stats
+        | Command::Watch(_)
+        | Command::Events(_)
         | Command::Decode { .. } => return Ok(None),
     }))
+}
+
+/// A flag set by SIGINT or SIGTERM (blocked in every thread, waited for in one), so that
+/// a long-running view ends cleanly; without `wanted`, nothing is blocked.
+fn stop_on_signal(wanted: bool) -> Result<std::sync::Arc<AtomicBool>, CliError> {
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    if wanted {
+        let mut sigs = SigSet::empty();
+        sigs.add(Signal::SIGINT);
+        sigs.add(Signal::SIGTERM);
+        sigs.thread_block().map_err(CliError::Signals)?;
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            if sigs.wait().is_ok() {
+                s.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    Ok(stop)
 }
 
 fn run_daemon(state: &Path, group: Option<&str>) -> Result<(), CliError> {
@@ -463,6 +499,26 @@ fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
         Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a)?),
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
         Command::Decode { frames } => return Ok(decode::run(&frames, json, out)?),
+        Command::Watch(a) => {
+            let stop = stop_on_signal(!a.once)?;
+            let mode = if json {
+                crate::watch::Mode::Json
+            } else if std::io::stdout().is_terminal() {
+                crate::watch::Mode::Terminal
+            } else {
+                crate::watch::Mode::Plain
+            };
+            let rows = || {
+                console::Term::stdout()
+                    .size_checked()
+                    .map(|(rows, _)| usize::from(rows))
+            };
+            return Ok(crate::watch::run(&cli.state, &a, mode, out, &stop, &rows)?);
+        }
+        Command::Events(a) => {
+            let stop = stop_on_signal(a.follow)?;
+            return events::run(&cli.state, &a, json, out, &stop);
+        }
         cmd => match request_for(cmd)? {
             Some(req) => run_request(&cli.state, req)?,
             None => Reply::Pong,

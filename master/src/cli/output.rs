@@ -38,7 +38,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) from seconds since the epoch.
-pub fn utc(secs: i64) -> String {
+pub(crate) fn utc(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil-from-days (H. Hinnant).

@@ -60,6 +60,12 @@ pub enum Request {
         node: Option<MacAddr>,
         limit: u32,
     },
+    /// Events with an id above `after`, oldest first (`master events`).
+    Events {
+        node: Option<MacAddr>,
+        after: i64,
+        limit: u32,
+    },
     Explain {
         mac: MacAddr,
     },
@@ -101,6 +107,7 @@ impl Request {
             Self::TestMode { .. } => "test-mode",
             Self::Rollback { .. } => "rollback",
             Self::History { .. } => "history",
+            Self::Events { .. } => "events",
             Self::Explain { .. } => "explain",
             Self::TrustAdd { .. } => "trust-add",
             Self::TrustRemove { .. } => "trust-remove",
@@ -237,6 +244,9 @@ pub fn execute(
             Reply::Plans(m.rollback(parse_target(&target)?, parse_release(&to)?)?)
         }
         Request::History { node, limit } => Reply::History(m.history(node.as_ref(), limit)?),
+        Request::Events { node, after, limit } => {
+            Reply::History(m.events_after(node.as_ref(), after, limit)?)
+        }
         Request::Explain { mac } => Reply::Explain(Box::new(m.plan(&mac)?)),
         Request::TrustAdd { path, comment } => Reply::Trusted(m.trust_add(&path, &comment)?),
         Request::TrustRemove { key_id } => {

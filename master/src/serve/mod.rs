@@ -23,12 +23,14 @@
 //!
 //! Files in the state directory: `plan.key`/`plan.pub` (the plan-signing key, made on
 //! first start unless `--key` names one), `plan.anchor` (the public key as a card trust
-//! anchor: 32 raw bytes), `serve.epoch` (bumped at every start), `serve-stats.json`.
+//! anchor: 32 raw bytes), `serve.epoch` (bumped at every start), `serve-stats.json`
+//! (counters, sessions and what each card is doing: what `master watch` shows).
 //! See `docs/conversation.md`.
 //!
 //! This module does not resolve plans (the [`crate::state`] operations do) and does not
 //! implement the transfer engine (`shelfboot-xfer` does).
 
+pub mod cards;
 pub mod cli;
 pub mod config;
 pub mod service;
@@ -45,6 +47,7 @@ use shelfboot_netio::{PacketSocket, SocketConfig};
 use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::sign::SigningKey;
 
+pub use cards::{CardStage, CardStats};
 pub use config::ServiceConfig;
 pub use service::Service;
 pub use stats::{ServeStats, SessionStats};
@@ -318,8 +321,12 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
         }
     }
     drop(control);
-    write_stats(cfg, &svc);
-    Ok(stats_now(cfg, &svc))
+    let mut last = stats_now(cfg, &svc);
+    last.stopped = true;
+    if let Err(e) = stats::write(&cfg.state, &last) {
+        log::warn!("master: writing stats to {}: {e}", cfg.state.display());
+    }
+    Ok(last)
 }
 
 /// Waits up to `wait` for a frame on the backplane or a client on the control socket.

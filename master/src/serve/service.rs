@@ -40,6 +40,7 @@ use shelfboot_proto::msg::{
 use shelfboot_proto::sign::SigningKey;
 use shelfboot_proto::{MAX_CONTROL_BODY_LEN, version};
 
+use super::cards::Cards;
 use super::config::ServiceConfig;
 use super::sessions::Sessions;
 use super::stats::ServeStats;
@@ -94,6 +95,10 @@ pub struct Service<S: Store> {
     /// every operator request (nothing else changes it: serve holds the state lock).
     catalog: Option<CatalogSnapshot>,
     sessions: Sessions,
+    /// What each card is doing now (the `cards` of the stats, for `master watch`).
+    cards: Cards,
+    /// Service time of the last call that passed the time in (the stats' `uptime_ms`).
+    last_now: Duration,
     next_heartbeat: Instant,
     sequence: u32,
     stats: ServeStats,
@@ -150,6 +155,8 @@ impl<S: Store> Service<S> {
             prepared: std::collections::HashSet::new(),
             catalog: None,
             sessions,
+            cards: Cards::default(),
+            last_now: Duration::ZERO,
             next_heartbeat: now,
             sequence: 0,
             stats: ServeStats {
@@ -172,6 +179,9 @@ impl<S: Store> Service<S> {
         st.artifact_bytes = st.sessions.iter().map(|s| s.artifact_bytes()).sum();
         st.catch_up_sessions = st.sessions.iter().filter(|s| s.catch_up).count() as u64;
         st.reassembly = self.reasm.counters();
+        st.cards = self.cards.snapshot();
+        st.cards_untracked = self.cards.untracked;
+        st.uptime_ms = u64::try_from(self.last_now.as_millis()).unwrap_or(u64::MAX);
         st
     }
 
@@ -212,8 +222,10 @@ impl<S: Store> Service<S> {
         self.stats.control_requests += u64::from(served);
     }
 
-    fn since(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.origin)
+    fn since(&mut self, now: Instant) -> Duration {
+        let d = now.saturating_duration_since(self.origin);
+        self.last_now = self.last_now.max(d);
+        d
     }
 
     /// The protocol version to speak to `dst`: the card's own for unicast; for broadcast
@@ -326,6 +338,17 @@ impl<S: Store> Service<S> {
         };
         let src = link.src;
         let since = self.since(now);
+        // Messages only a master sends do not make a card record.
+        if !matches!(
+            message,
+            Message::Advertise(_)
+                | Message::Heartbeat(_)
+                | Message::Plan(_)
+                | Message::Join(_)
+                | Message::Command(_)
+        ) {
+            self.note_card(src, since);
+        }
         match message {
             Message::Solicit(s) => self.on_solicit(src, header, s),
             Message::Fetch(f) => {
@@ -367,6 +390,7 @@ impl<S: Store> Service<S> {
                 }
             }
             Message::Progress(p) => {
+                self.cards.progress(src, &p, since);
                 if p.artifact.is_some() {
                     self.sessions.on_progress(src, &p, since);
                 }
@@ -378,6 +402,7 @@ impl<S: Store> Service<S> {
             }
             Message::Ready(r) => {
                 self.stats.ready += 1;
+                self.cards.ready(src, r.persisted, since);
                 self.on_ready(src, r.digest, r.persisted);
             }
             Message::Error(e) => {
@@ -385,6 +410,7 @@ impl<S: Store> Service<S> {
                 self.sessions.forget(src, since);
                 log::warn!("master: card {src} reports {:?}: {}", e.reason, e.detail);
                 let text = format!("{:?}: {}", e.reason, e.detail);
+                self.cards.failed(src, false, &text, since);
                 self.set_state(src, NodeState::Failed, Some(&text));
             }
             Message::Advertise(_)
@@ -444,6 +470,15 @@ impl<S: Store> Service<S> {
             }
             return;
         }
+        let since = self.last_now;
+        self.cards.identify(
+            src,
+            u32::from(s.shelf),
+            u32::from(s.slot),
+            &s.card_type,
+            since,
+        );
+        self.cards.solicited(src, since);
         let p = Pending { header, solicit: s };
         if self.pending.insert(src, p).is_some() {
             self.stats.solicits_coalesced += 1;
@@ -497,6 +532,7 @@ impl<S: Store> Service<S> {
                     shelfboot_proto::report::error_chain(&source)
                 );
                 log::warn!("master: {detail}");
+                self.cards.failed(src, true, &detail, self.last_now);
                 let e = Message::Error(ErrorMsg {
                     reason: ErrorReason::UnknownCard,
                     detail: truncate(detail, 400),
@@ -551,6 +587,8 @@ impl<S: Store> Service<S> {
                 shelfboot_proto::report::error_chain(&e)
             );
         }
+        let refs = plan.artifact_refs();
+        let plan_bytes: u64 = refs.iter().map(|a| a.size).sum();
         let verdict = if s.inventory_digest == Some(plan.digest) {
             self.stats.plans_continue += 1;
             Verdict::Continue
@@ -577,6 +615,19 @@ impl<S: Store> Service<S> {
             }
             Verdict::Fetch
         };
+        // What the card lacks: the artifacts its inventory does not list (all of them
+        // when it left the list out); its own Progress reports correct this.
+        let fetch_bytes = match verdict {
+            Verdict::Continue => 0,
+            Verdict::Fetch if s.inventory_omitted => plan_bytes,
+            Verdict::Fetch => refs
+                .iter()
+                .filter(|a| !s.inventory.iter().any(|i| i.sha256 == a.sha256))
+                .map(|a| a.size)
+                .sum(),
+        };
+        let since = self.last_now;
+        self.cards.planned(src, plan_bytes, fetch_bytes, since);
         let mut body = PlanBody {
             artifacts: plan.artifact_refs(),
             cmdline: plan.cmdline.clone(),
@@ -682,6 +733,7 @@ impl<S: Store> Service<S> {
         };
         log::error!("master: cannot deliver the plan of {src}: {detail}");
         let text = format!("plan undeliverable: {detail}");
+        self.cards.failed(src, false, &text, self.last_now);
         self.states.remove(&src);
         self.set_state(src, NodeState::Failed, Some(&text));
         let before = self.out.len();
@@ -838,8 +890,28 @@ impl<S: Store> Service<S> {
         }
     }
 
+    /// A frame of `card` arrived: keep its last-seen time; a card first heard without a
+    /// Solicit (it resumes a transfer after a master restart) is looked up in the node
+    /// database once for its shelf, slot and type.
+    fn note_card(&mut self, card: MacAddr, since: Duration) {
+        if self.cards.knows(&card) || self.cards.is_full() {
+            return self.cards.seen(card, since);
+        }
+        match self.master.store().node(&card) {
+            Ok(Some(n)) => self.cards.identify(
+                card,
+                n.identity.shelf,
+                n.identity.slot,
+                &n.identity.card_type,
+                since,
+            ),
+            _ => self.cards.seen(card, since),
+        }
+    }
+
     /// Time passes: serve queued Solicits, heartbeat. Returns control frames to send.
     pub fn tick(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        self.since(now);
         for (at, frame, left) in &mut self.command_copies {
             if now >= *at && *left > 0 {
                 *left -= 1;

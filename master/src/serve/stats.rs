@@ -14,6 +14,8 @@ use shelfboot_proto::frag::FragCounters;
 use shelfboot_proto::frame::MessageType;
 use shelfboot_proto::id::Digest;
 
+use super::cards::CardStats;
+
 /// File name of the stats inside the state directory.
 pub const STATS_FILE: &str = "serve-stats.json";
 
@@ -151,6 +153,19 @@ pub struct ServeStats {
     pub reassembly: FragCounters,
     /// Every session of this run, oldest first.
     pub sessions: Vec<SessionStats>,
+    /// Milliseconds the service had run when these counters were taken (the clock of the
+    /// cards' `stage_since_ms` and `last_seen_ms`).
+    #[serde(default)]
+    pub uptime_ms: u64,
+    /// The service stopped: this is its final write.
+    #[serde(default)]
+    pub stopped: bool,
+    /// Every card heard in this run, by shelf, slot, MAC (see [`super::cards`]).
+    #[serde(default)]
+    pub cards: Vec<CardStats>,
+    /// Cards heard but left out of `cards` (more than [`super::cards::MAX_CARDS`]).
+    #[serde(default)]
+    pub cards_untracked: u64,
 }
 
 impl ServeStats {

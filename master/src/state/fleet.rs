@@ -52,10 +52,17 @@ impl<S: Store> Master<S> {
             // The plan lookup names an unknown card in its error.
             self.plan(mac)?;
         }
+        let now = self.now();
         if order.action == FleetAction::Prepare {
-            let now = self.now();
             self.store.mark_prepare(order.target.as_ref(), now)?;
         }
+        let whom = match &order.target {
+            Some(mac) => format!("card {mac}"),
+            None => "every card".to_owned(),
+        };
+        let detail = format!("{} ordered for {whom}", order.action);
+        self.store
+            .record_event(order.target.as_ref(), "fleet", &detail, now)?;
         Ok(())
     }
 

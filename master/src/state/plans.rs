@@ -195,6 +195,16 @@ impl<S: Store> Master<S> {
         Ok(self.store.events(node, limit)?)
     }
 
+    /// Events with an id above `after`, oldest first, at most `limit`.
+    pub fn events_after(
+        &self,
+        node: Option<&MacAddr>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::store::Event>, MasterError> {
+        Ok(self.store.events_after(node, after, limit)?)
+    }
+
     /// All assignments.
     pub fn assignments(&self) -> Result<Vec<Assignment>, MasterError> {
         Ok(self.store.assignments()?)

@@ -143,6 +143,17 @@ pub trait Store {
     fn assignments(&self) -> Result<Vec<Assignment>>;
     /// Events, newest last; optionally for one card only; at most `limit`.
     fn events(&self, node: Option<&MacAddr>, limit: u32) -> Result<Vec<Event>>;
+    /// Events with an id above `after`, oldest first; optionally for one card only; at
+    /// most `limit` (`master events --follow` reads on from the last id it printed).
+    fn events_after(&self, node: Option<&MacAddr>, after: i64, limit: u32) -> Result<Vec<Event>>;
+    /// Records an event that no other write records (a fleet order).
+    fn record_event(
+        &mut self,
+        node: Option<&MacAddr>,
+        kind: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()>;
 
     // ---- batching ----
     /// Groups the following operations into one transaction until [`Store::end_batch`]

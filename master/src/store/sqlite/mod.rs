@@ -277,6 +277,22 @@ impl Store for SqliteStore {
         self.do_events(node, limit)
     }
 
+    fn events_after(&self, node: Option<&MacAddr>, after: i64, limit: u32) -> Result<Vec<Event>> {
+        self.do_events_after(node, after, limit)
+    }
+
+    fn record_event(
+        &mut self,
+        node: Option<&MacAddr>,
+        kind: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.tx()?;
+        event(&tx, now, node, kind, detail)?;
+        tx.commit().map_err(sql("commit"))
+    }
+
     fn begin_batch(&mut self) -> Result<()> {
         if !self.batch {
             self.conn

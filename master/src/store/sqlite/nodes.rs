@@ -514,16 +514,31 @@ impl SqliteStore {
     }
 
     pub(super) fn do_events(&self, node: Option<&MacAddr>, limit: u32) -> Result<Vec<Event>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, at, node, kind, detail FROM (
-                   SELECT * FROM events WHERE ?1 IS NULL OR node = ?1 ORDER BY id DESC LIMIT ?2
-                 ) ORDER BY id",
-            )
-            .map_err(sql("list events"))?;
+        self.query_events(
+            "SELECT id, at, node, kind, detail FROM (
+               SELECT * FROM events WHERE ?1 IS NULL OR node = ?1 ORDER BY id DESC LIMIT ?2
+             ) ORDER BY id",
+            params![node.map(ToString::to_string), limit],
+        )
+    }
+
+    pub(super) fn do_events_after(
+        &self,
+        node: Option<&MacAddr>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        self.query_events(
+            "SELECT id, at, node, kind, detail FROM events
+             WHERE (?1 IS NULL OR node = ?1) AND id > ?3 ORDER BY id LIMIT ?2",
+            params![node.map(ToString::to_string), limit, after],
+        )
+    }
+
+    fn query_events(&self, query: &str, args: impl rusqlite::Params) -> Result<Vec<Event>> {
+        let mut stmt = self.conn.prepare(query).map_err(sql("list events"))?;
         let rows: Vec<(i64, i64, Option<String>, String, String)> = stmt
-            .query_map(params![node.map(ToString::to_string), limit], |r| {
+            .query_map(args, |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .map_err(sql("list events"))?
