@@ -5,6 +5,7 @@
 //! error (from clap).
 
 pub mod decode;
+pub mod manual;
 mod output;
 
 use std::io::IsTerminal;
@@ -159,6 +160,15 @@ pub enum Command {
         #[arg(required = true, value_name = "HEX")]
         frames: Vec<String>,
     },
+    /// Print the shell completion script for SHELL on stdout (e.g.
+    /// `master completions bash > /etc/bash_completion.d/master`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (master.1, master-SUBCOMMAND.1, ...) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 /// `master trust ...`
@@ -243,6 +253,8 @@ pub enum CliError {
     Serve(#[from] crate::serve::cli::ServeCliError),
     #[error(transparent)]
     Decode(#[from] decode::DecodeError),
+    #[error(transparent)]
+    Manual(#[from] manual::ManualError),
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, CliError> {
@@ -335,7 +347,8 @@ fn request_owner(state: &Path, req: Request, progress: &mut Progress) -> Result<
 }
 
 /// The control request for a state command; `None` for the commands that run locally
-/// without state or run on their own (keygen, pack, daemon, serve, stats, decode).
+/// without state or run on their own (keygen, pack, daemon, serve, stats, decode,
+/// completions, man).
 fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
     Ok(Some(match cmd {
         Command::Trust { action } => match action {
@@ -414,7 +427,9 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         | Command::Daemon { .. }
         | Command::Serve(_)
         | Command::Stats
-        | Command::Decode { .. } => return Ok(None),
+        | Command::Decode { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => return Ok(None),
     }))
 }
 
@@ -463,6 +478,15 @@ fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
         Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a)?),
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
         Command::Decode { frames } => return Ok(decode::run(&frames, json, out)?),
+        Command::Completions { shell } => return Ok(manual::completions(shell, out)?),
+        Command::Man { dir } => {
+            let pages = manual::write_man_pages(&dir)?;
+            Reply::Done(format!(
+                "wrote {} man pages to {}",
+                pages.len(),
+                dir.display()
+            ))
+        }
         cmd => match request_for(cmd)? {
             Some(req) => run_request(&cli.state, req)?,
             None => Reply::Pong,
