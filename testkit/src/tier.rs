@@ -21,6 +21,10 @@
 //!
 //! - `tier: network namespaces (root, iproute2, nftables); ./dev test runs it`
 //! - `tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it`
+//! - `tier: root (runs commands as another user with setpriv); ./dev test runs it`
+//!
+//! The root tier needs nothing the network-namespace tier lacks, so `./dev test` runs its
+//! tests in the network-namespace step.
 //!
 //! What this does not check: whether the Debian kernel can be downloaded or a build
 //! succeeds; those steps fail on their own with their own errors.
@@ -34,6 +38,8 @@ pub enum Tier {
     Netns,
     /// Card VMs under QEMU on a tap backplane: root, `/dev/net/tun`, `qemu-system-x86_64`.
     Qemu,
+    /// Root on the host, to run commands as an unprivileged user: `setpriv`.
+    Root,
 }
 
 impl Tier {
@@ -42,6 +48,7 @@ impl Tier {
         match self {
             Tier::Netns => "network-namespace",
             Tier::Qemu => "QEMU",
+            Tier::Root => "root",
         }
     }
 }
@@ -67,6 +74,7 @@ fn programs(tier: Tier) -> &'static [(&'static str, &'static str)] {
             ("nft", "nftables"),
             ("qemu-system-x86_64", "qemu-system-x86"),
         ],
+        Tier::Root => &[("setpriv", "util-linux")],
     }
 }
 
@@ -76,7 +84,7 @@ impl Host {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let on_path = |prog: &str| std::env::split_paths(&path).any(|d| d.join(prog).is_file());
         let mut found = Vec::new();
-        for tier in [Tier::Netns, Tier::Qemu] {
+        for tier in [Tier::Netns, Tier::Qemu, Tier::Root] {
             for (prog, _) in programs(tier) {
                 if !found.contains(prog) && on_path(prog) {
                     found.push(*prog);
@@ -179,6 +187,19 @@ mod tests {
         );
         let e = check(&h, &[Tier::Qemu, Tier::Netns]).unwrap_err();
         assert!(e.contains("QEMU and network-namespace tier"), "{e}");
+    }
+
+    #[test]
+    fn the_root_tier_needs_root_and_setpriv_only() {
+        assert_eq!(check(&host(0, false, &["setpriv"]), &[Tier::Root]), Ok(()));
+        let m = host(1000, false, &[]).missing(&[Tier::Root]);
+        assert_eq!(
+            m,
+            [
+                "root (running as uid 1000)",
+                "`setpriv` on PATH (Debian package util-linux)"
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod decode;
 pub mod events;
+pub mod manual;
 mod output;
 
 use std::io::IsTerminal;
@@ -170,6 +171,15 @@ pub enum Command {
         #[arg(required = true, value_name = "HEX")]
         frames: Vec<String>,
     },
+    /// Print the shell completion script for SHELL on stdout (e.g.
+    /// `master completions bash > /etc/bash_completion.d/master`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (master.1, master-SUBCOMMAND.1, ...) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 /// `master trust ...`
@@ -258,6 +268,8 @@ pub enum CliError {
     Watch(#[from] crate::watch::WatchError),
     #[error("blocking SIGINT/SIGTERM to stop cleanly")]
     Signals(#[source] nix::Error),
+    #[error(transparent)]
+    Manual(#[from] manual::ManualError),
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, CliError> {
@@ -350,7 +362,8 @@ fn request_owner(state: &Path, req: Request, progress: &mut Progress) -> Result<
 }
 
 /// The control request for a state command; `None` for the commands that run locally
-/// without state or run on their own (keygen, pack, daemon, serve, stats, decode).
+/// without state or run on their own (keygen, pack, daemon, serve, stats, decode,
+/// completions, man).
 fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
     Ok(Some(match cmd {
         Command::Trust { action } => match action {
@@ -431,7 +444,9 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         | Command::Stats
         | Command::Watch(_)
         | Command::Events(_)
-        | Command::Decode { .. } => return Ok(None),
+        | Command::Decode { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => return Ok(None),
     }))
 }
 
@@ -518,6 +533,15 @@ fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
         Command::Events(a) => {
             let stop = stop_on_signal(a.follow)?;
             return events::run(&cli.state, &a, json, out, &stop);
+        }
+        Command::Completions { shell } => return Ok(manual::completions(shell, out)?),
+        Command::Man { dir } => {
+            let pages = manual::write_man_pages(&dir)?;
+            Reply::Done(format!(
+                "wrote {} man pages to {}",
+                pages.len(),
+                dir.display()
+            ))
         }
         cmd => match request_for(cmd)? {
             Some(req) => run_request(&cli.state, req)?,

@@ -35,7 +35,8 @@ use nix::sys::stat::{Mode, umask};
 use nix::unistd::{Gid, Group, Uid, chown, geteuid};
 
 use super::{
-    Backplane, CLIENT_TIMEOUT, ControlError, Line, MAX_REQUEST, Request, execute, socket_path,
+    Backplane, CLIENT_TIMEOUT, ControlError, Line, MAX_REQUEST, Request, access, execute,
+    socket_path,
 };
 use crate::state::{FleetOrder, Master};
 
@@ -311,9 +312,20 @@ impl Daemon {
         Ok(())
     }
 
-    /// The refusal message for a peer the policy does not allow, logged.
+    /// The refusal message for a peer the policy does not allow, logged. `SO_PEERCRED`
+    /// carries only the primary gid, so a peer is also in the group when the group is one
+    /// of its process's supplementary groups (`/proc/PID/status`, read while the peer
+    /// is connected) or the group database lists its user in the group.
     fn refusal(&self, cred: &UnixCredentials) -> Option<String> {
         if self.policy.allows(cred.uid(), cred.gid()) {
+            return None;
+        }
+        let peer = access::Person::lookup(cred.uid());
+        let member = self.policy.group.is_some_and(|g| {
+            access::process_groups(cred.pid()).contains(&g.as_raw())
+                || access::listed_in_group(&peer, cred.gid(), g.as_raw())
+        });
+        if member {
             return None;
         }
         log::warn!(
@@ -322,15 +334,18 @@ impl Daemon {
             cred.uid(),
             cred.gid()
         );
-        Some(format!(
-            "permission denied: uid {} may not use the master control socket (root, uid {}{} only)",
-            cred.uid(),
-            self.policy.uid,
-            self.policy
-                .group
-                .map(|g| format!(" or group {g}"))
-                .unwrap_or_default()
-        ))
+        let state = self.path.parent().unwrap_or(Path::new("/"));
+        let mut facts = access::Facts::probe(state);
+        facts.you = peer;
+        facts.listed = false;
+        facts.has_group = false;
+        Some(
+            access::Refusal {
+                refused: access::Refused::Socket,
+                facts,
+            }
+            .to_string(),
+        )
     }
 
     /// Serves one client in blocking mode. Nothing sends fleet orders here: they are

@@ -3,8 +3,10 @@
 //! * `master daemon --state DIR` takes an exclusive `flock` on `DIR/lock` for its whole
 //!   life and listens on `DIR/control.sock` (mode 0600, or 0660 with `--group NAME`, the
 //!   socket then owned by that group). Every connection's peer is checked with
-//!   `SO_PEERCRED`: root, the daemon's own uid, or (with `--group`) a peer whose primary
-//!   gid is that group; anyone else gets an error reply and a warning in the log.
+//!   `SO_PEERCRED`: root, the daemon's own uid, or (with `--group`) a peer in that group
+//!   (its primary gid, one of its process's supplementary groups, or a member by the
+//!   group database); anyone else gets an error reply saying who may use the master, and
+//!   a warning in the log.
 //! * The state has one owner at a time: whoever holds the lock. `master daemon` and
 //!   `master serve` hold it for their whole life and bind the socket after taking it (and
 //!   remove it before letting go), so a daemon without a socket is starting or stopping.
@@ -24,9 +26,13 @@
 //!   a client that sends nothing for 30 s is dropped. Requests execute one at a time; a
 //!   client still sending its request does not hold up the others (see [`daemon`]).
 //!
+//! * A caller the file modes (or the daemon) refuse gets [`ControlError::Denied`]: who may
+//!   use this master and how to get access (see [`access`]).
+//!
 //! This module does not format output (see [`crate::cli`]) and does not serve the
 //! backplane (see [`crate::serve`]).
 
+pub mod access;
 mod daemon;
 mod ops;
 
@@ -57,6 +63,12 @@ pub const OWNER_POLL: Duration = Duration::from_millis(20);
 /// Errors of the control channel and the state lock.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    #[error("{refusal}")]
+    Denied {
+        refusal: Box<access::Refusal>,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot open lock file {path}")]
     LockFile {
         path: PathBuf,
@@ -116,20 +128,33 @@ pub struct StateLock {
 
 impl StateLock {
     /// Takes the lock without waiting.
+    /// Lacking permission to create the directory or open the lock is
+    /// [`ControlError::Denied`].
     pub fn acquire(state: &Path) -> Result<Self, ControlError> {
-        fs::create_dir_all(state).map_err(|source| ControlError::LockFile {
-            path: state.to_path_buf(),
-            source,
-        })?;
+        if let Err(source) = fs::create_dir_all(state) {
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                return Err(denied(state, access::Refused::NoStateDir, source));
+            }
+            return Err(ControlError::LockFile {
+                path: state.to_path_buf(),
+                source,
+            });
+        }
         let path = state.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| ControlError::LockFile {
-                path: path.clone(),
-                source,
+            .map_err(|source| {
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    denied(state, access::Refused::Lock, source)
+                } else {
+                    ControlError::LockFile {
+                        path: path.clone(),
+                        source,
+                    }
+                }
             })?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
@@ -161,6 +186,17 @@ impl StateLock {
     }
 }
 
+/// A [`ControlError::Denied`] for `state`, with the facts read now.
+fn denied(state: &Path, refused: access::Refused, source: io::Error) -> ControlError {
+    ControlError::Denied {
+        refusal: Box::new(access::Refusal {
+            refused,
+            facts: access::Facts::probe(state),
+        }),
+        source,
+    }
+}
+
 /// How a CLI command reaches the state.
 #[derive(Debug)]
 pub enum Access {
@@ -172,22 +208,29 @@ pub enum Access {
 
 /// Finds the state's owner on the control socket, or becomes the owner, waiting up to
 /// `wait` while the lock is held by a process that does not answer (see the module
-/// docs). Fails with [`ControlError::OwnerSilent`] after that.
+/// docs). Fails with [`ControlError::OwnerSilent`] after that, and at once with
+/// [`ControlError::Denied`] when the socket refuses the caller and the lock is held or
+/// refuses it too.
 pub fn reach(state: &Path, wait: Duration) -> Result<Access, ControlError> {
     let deadline = Instant::now() + wait;
     loop {
-        if let Some(client) = Client::connect(state) {
-            return Ok(Access::Owner(client));
-        }
-        match StateLock::acquire(state) {
-            Ok(lock) => return Ok(Access::Owned(lock)),
-            Err(ControlError::Busy(path)) => {
+        let socket_refused = match Client::try_connect(state) {
+            Ok(client) => return Ok(Access::Owner(client)),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Some(e),
+            Err(_) => None,
+        };
+        match (StateLock::acquire(state), socket_refused) {
+            (Ok(lock), _) => return Ok(Access::Owned(lock)),
+            (Err(ControlError::Busy(_)), Some(source)) => {
+                return Err(denied(state, access::Refused::Socket, source));
+            }
+            (Err(ControlError::Busy(path)), None) => {
                 if Instant::now() >= deadline {
                     return Err(ControlError::OwnerSilent { path, waited: wait });
                 }
                 std::thread::sleep(OWNER_POLL);
             }
-            Err(e) => return Err(e),
+            (Err(e), _) => return Err(e),
         }
     }
 }
@@ -216,10 +259,14 @@ pub struct Client {
 impl Client {
     /// Connects if a daemon listens on the state directory's socket.
     pub fn connect(state: &Path) -> Option<Self> {
+        Self::try_connect(state).ok()
+    }
+
+    /// Connects to the state directory's socket; the error says why not (no socket, no
+    /// listener, permission denied).
+    pub fn try_connect(state: &Path) -> io::Result<Self> {
         let path = socket_path(state);
-        UnixStream::connect(&path)
-            .ok()
-            .map(|stream| Self { stream, path })
+        UnixStream::connect(&path).map(|stream| Self { stream, path })
     }
 
     /// Sends one request and waits for the reply, reporting progress lines.
