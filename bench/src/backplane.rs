@@ -105,6 +105,19 @@ impl Backplane {
         self.bridge.set_loss(percent, None)
     }
 
+    /// Sets `mtu` on every port: each endpoint's eth0 and its bridge end (jumbo frames
+    /// when 9000).
+    pub fn set_mtu(&self, mtu: u16) -> Result<(), BackplaneError> {
+        self.master
+            .ip_batch(&format!("link set dev eth0 mtu {mtu}\n"))?;
+        let mut bridge = format!("link set dev pm mtu {mtu}\n");
+        for (i, ns) in self.cards.iter().enumerate() {
+            ns.ip_batch(&format!("link set dev eth0 mtu {mtu}\n"))?;
+            bridge.push_str(&format!("link set dev pc{} mtu {mtu}\n", i + 1));
+        }
+        self.bridge.ip_batch(&bridge)
+    }
+
     /// Bytes the master's eth0 has sent so far (all protocols, with headers).
     pub fn master_tx_bytes(&self) -> Result<u64, BackplaneError> {
         self.master.counter("eth0", "tx_bytes")

@@ -74,6 +74,10 @@ struct Cli {
         value_delimiter = ','
     )]
     only: Vec<String>,
+    /// MTU of every backplane port (1280-9000; 9000 = jumbo frames). The ceiling rows
+    /// stay at 1514-byte frames.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u16,
     /// Where results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -213,6 +217,13 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
         nix::unistd::geteuid().is_root(),
         "shelfboot-bench needs root (network namespaces, AF_PACKET); run it with sudo"
     );
+    anyhow::ensure!(
+        (shelfboot_proto::MIN_MTU..=shelfboot_proto::MAX_MTU).contains(&cli.mtu),
+        "--mtu {}: want {} to {}",
+        cli.mtu,
+        shelfboot_proto::MIN_MTU,
+        shelfboot_proto::MAX_MTU
+    );
     let quick = cli.quick;
     let size = if quick { 8 } else { cli.size }.max(1) << 20;
     let runs = if quick { 1 } else { cli.runs.max(1) };
@@ -315,6 +326,14 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
             max_cards = max_cards.max(release::CARDS);
         }
         let bp = Backplane::new(max_cards).context("building the backplane")?;
+        if cli.mtu != shelfboot_proto::STANDARD_MTU {
+            bp.set_mtu(cli.mtu)
+                .with_context(|| format!("setting MTU {} on the backplane", cli.mtu))?;
+            notes.push(format!(
+                "every backplane port at MTU {} (the ceiling rows still send 1514-byte frames)",
+                cli.mtu
+            ));
+        }
         if only("transfers") {
             scenarios::transfers(
                 &plan,
