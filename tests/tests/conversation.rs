@@ -297,6 +297,25 @@ mod tests {
         );
         assert_all_fetched(&second);
         fx.check_card(&cards[0]);
+        // The second attempt wrote only what the first had not: the plan's bytes once,
+        // give or take the LEB a kill tears (64 KiB here) and the last buffered bytes.
+        let plan: u64 = Master::open(&fx.state)
+            .unwrap()
+            .plan(&cards[0].mac)
+            .unwrap()
+            .artifact_refs()
+            .iter()
+            .map(|a| a.size)
+            .sum();
+        let (one, two) = (
+            first[0].counters.bytes_written,
+            second[0].counters.bytes_written,
+        );
+        eprintln!("plan {plan} bytes: first attempt wrote {one}, second {two}");
+        assert!(
+            one + two <= plan + 4 * 64 * 1024,
+            "the second attempt re-wrote what the first held: plan {plan}, first {one}, second {two}"
+        );
     }
 
     #[test]
