@@ -269,6 +269,30 @@ metrics_allow_remote = false
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../systemd/master.toml");
+        let c = parse(Path::new("master/systemd/master.toml"), text).unwrap();
+        assert_eq!(c.iface.as_deref(), Some("bp0"));
+        assert_eq!(
+            c.state.as_deref(),
+            Some(Path::new("/var/lib/shelfboot/master"))
+        );
+        // Its commented keys are valid too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(Path::new("uncommented"), &uncommented).unwrap();
+        assert_eq!(c.control_group.as_deref(), Some("shelfboot"));
+        assert_eq!(c.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
     fn an_empty_file_sets_nothing() {
         let c = p("# nothing yet\n").unwrap();
         assert_eq!(c.state, None);

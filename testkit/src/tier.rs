@@ -21,6 +21,12 @@
 //!
 //! - `tier: network namespaces (root, iproute2, nftables); ./dev test runs it`
 //! - `tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it`
+//! - `tier: network namespaces (root, iproute2, nftables) and promtool (prometheus); ./dev test runs it`
+//! - `tier: systemd-analyze (root, Debian package systemd); ./dev test runs it`
+//!
+//! The last two are checks with an outside tool ([`Tier::Promtool`],
+//! [`Tier::SystemdAnalyze`]): they run with the network-namespace tier, and fail there
+//! naming the Debian package when the tool is absent (`./dev setup` installs it).
 //!
 //! What this does not check: whether the Debian kernel can be downloaded or a build
 //! succeeds; those steps fail on their own with their own errors.
@@ -34,6 +40,10 @@ pub enum Tier {
     Netns,
     /// Card VMs under QEMU on a tap backplane: root, `/dev/net/tun`, `qemu-system-x86_64`.
     Qemu,
+    /// Prometheus's `promtool` (checks the metrics exposition).
+    Promtool,
+    /// `systemd-analyze` (verifies unit files).
+    SystemdAnalyze,
 }
 
 impl Tier {
@@ -42,6 +52,8 @@ impl Tier {
         match self {
             Tier::Netns => "network-namespace",
             Tier::Qemu => "QEMU",
+            Tier::Promtool => "promtool",
+            Tier::SystemdAnalyze => "systemd-analyze",
         }
     }
 }
@@ -67,6 +79,8 @@ fn programs(tier: Tier) -> &'static [(&'static str, &'static str)] {
             ("nft", "nftables"),
             ("qemu-system-x86_64", "qemu-system-x86"),
         ],
+        Tier::Promtool => &[("promtool", "prometheus")],
+        Tier::SystemdAnalyze => &[("systemd-analyze", "systemd")],
     }
 }
 
@@ -76,7 +90,12 @@ impl Host {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let on_path = |prog: &str| std::env::split_paths(&path).any(|d| d.join(prog).is_file());
         let mut found = Vec::new();
-        for tier in [Tier::Netns, Tier::Qemu] {
+        for tier in [
+            Tier::Netns,
+            Tier::Qemu,
+            Tier::Promtool,
+            Tier::SystemdAnalyze,
+        ] {
             for (prog, _) in programs(tier) {
                 if !found.contains(prog) && on_path(prog) {
                     found.push(*prog);
@@ -179,6 +198,22 @@ mod tests {
         );
         let e = check(&h, &[Tier::Qemu, Tier::Netns]).unwrap_err();
         assert!(e.contains("QEMU and network-namespace tier"), "{e}");
+    }
+
+    #[test]
+    fn a_tool_tier_names_its_program_and_package() {
+        let h = host(0, true, &["ip", "tc", "nft"]);
+        let e = check(&h, &[Tier::Netns, Tier::Promtool]).unwrap_err();
+        assert!(
+            e.contains("`promtool` on PATH (Debian package prometheus)"),
+            "{e}"
+        );
+        assert_eq!(
+            h.missing(&[Tier::SystemdAnalyze]),
+            ["`systemd-analyze` on PATH (Debian package systemd)"]
+        );
+        let h = host(0, true, &["systemd-analyze"]);
+        assert_eq!(check(&h, &[Tier::SystemdAnalyze]), Ok(()));
     }
 
     #[test]

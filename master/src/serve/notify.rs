@@ -47,19 +47,28 @@ impl Watchdog {
     }
 }
 
+/// The watchdog interval systemd asks of process `pid`, as sd_watchdog_enabled(3) reads
+/// it: `WATCHDOG_USEC`, unless `WATCHDOG_PID` is set and names another process.
+pub fn watchdog_usec(usec: Option<&str>, watchdog_pid: Option<&str>, pid: u32) -> Option<u64> {
+    let usec = usec?.trim().parse::<u64>().ok().filter(|u| *u > 0)?;
+    match watchdog_pid {
+        Some(p) if p.trim().parse::<u32>().ok() != Some(pid) => None,
+        _ => Some(usec),
+    }
+}
+
 impl Notifier {
     /// A notifier for `master serve`; `enabled` false makes every call a no-op (the
     /// library's callers and tests that run the service in-process).
     pub fn new(enabled: bool, now: Instant) -> Notifier {
         let watchdog = if enabled {
-            let mut usec = 0;
-            // Checks WATCHDOG_PID against our pid too; the variables stay set (a child
-            // process of ours is not the service).
-            if sd_notify::watchdog_enabled(false, &mut usec) {
-                Watchdog::for_interval(usec, now)
-            } else {
-                None
-            }
+            let var = |k| std::env::var(k).ok();
+            watchdog_usec(
+                var("WATCHDOG_USEC").as_deref(),
+                var("WATCHDOG_PID").as_deref(),
+                std::process::id(),
+            )
+            .and_then(|usec| Watchdog::for_interval(usec, now))
         } else {
             None
         };
@@ -125,6 +134,20 @@ mod tests {
         assert!(!w.due(t0 + Duration::from_secs(9)));
         assert!(w.due(t0 + Duration::from_secs(11)));
         assert_eq!(w.next, t0 + Duration::from_secs(16));
+    }
+
+    #[test]
+    fn the_watchdog_interval_is_ours_unless_another_pid_is_named() {
+        assert_eq!(watchdog_usec(Some("30000000"), None, 42), Some(30_000_000));
+        assert_eq!(
+            watchdog_usec(Some("30000000"), Some("42"), 42),
+            Some(30_000_000)
+        );
+        assert_eq!(watchdog_usec(Some("30000000"), Some("43"), 42), None);
+        assert_eq!(watchdog_usec(Some("30000000"), Some("x"), 42), None);
+        assert_eq!(watchdog_usec(Some("0"), None, 42), None);
+        assert_eq!(watchdog_usec(Some("soon"), None, 42), None);
+        assert_eq!(watchdog_usec(None, Some("42"), 42), None);
     }
 
     #[test]
