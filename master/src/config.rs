@@ -120,7 +120,7 @@ pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_owned(),
+                message: e.message().trim().replace('\n', "; "),
             }
         })?;
     let mut cfg = FileConfig {
@@ -374,9 +374,9 @@ metrics_allow_remote = false
             }
             other => panic!("{other:?}"),
         }
-        assert!(
-            e.to_string()
-                .starts_with("/etc/shelfboot/master.toml:2:16: not valid TOML")
+        assert_eq!(
+            e.to_string(),
+            "/etc/shelfboot/master.toml:2:16: not valid TOML: invalid string; expected `\"`, `'`"
         );
         // The same key twice is a TOML error too.
         let e = p("iface = \"a\"\niface = \"b\"\n").unwrap_err();

@@ -674,9 +674,17 @@ mod tests {
             "{r}"
         );
         assert!(get("/").starts_with("HTTP/1.0 404"));
-        // Dropping the endpoint stops its thread.
+        // Dropping the endpoint stops its thread; tiny_http's accept thread closes the
+        // listening socket a moment later.
         let addr = ep.addr();
         drop(ep);
-        assert!(std::net::TcpStream::connect(addr).is_err());
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(addr).is_ok() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "still listening"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
