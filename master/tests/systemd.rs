@@ -217,6 +217,67 @@ mod tests {
         assert!(from_env.is_dir(), "SHELFBOOT_STATE wins over the file");
     }
 
+    /// `master -v serve` on an interface that does not exist (a fresh state directory per
+    /// `run`), stderr into `log`, with
+    /// `journal_stream` as JOURNAL_STREAM: it logs (the plan key it generates) and fails.
+    fn serve_logging(tmp: &Path, run: u32, log: &Path, journal_stream: Option<&str>) -> String {
+        let file = std::fs::File::create(log).unwrap();
+        let mut c = Command::new(MASTER);
+        c.arg("-v")
+            .arg("--state")
+            .arg(tmp.join(format!("state-{run}")))
+            .args(["serve", "--iface", "sbnosuch0"])
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(file);
+        if let Some(js) = journal_stream {
+            c.env("JOURNAL_STREAM", js);
+        }
+        let status = c.status().unwrap();
+        assert_eq!(status.code(), Some(1));
+        std::fs::read_to_string(log).unwrap()
+    }
+
+    #[test]
+    fn log_lines_carry_priorities_and_no_timestamp_when_stderr_is_the_journal() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("stderr");
+        std::fs::write(&log, "").unwrap();
+        let m = std::fs::metadata(&log).unwrap();
+        // JOURNAL_STREAM names the very file stderr is: journal format.
+        let out = serve_logging(
+            tmp.path(),
+            1,
+            &log,
+            Some(&format!("{}:{}", m.dev(), m.ino())),
+        );
+        let line = out
+            .lines()
+            .find(|l| l.contains("generated plan-signing key"))
+            .unwrap_or_else(|| panic!("no key line in {out}"));
+        assert!(
+            line.starts_with("<6>master: generated plan-signing key "),
+            "{out}"
+        );
+        // Log lines of the journal format have no timestamp and no level word.
+        assert!(!out.contains(" INFO "), "{out}");
+        // The error report is printed, not logged.
+        assert!(out.contains("error: backplane service"), "{out}");
+
+        // A JOURNAL_STREAM that names another file (inherited, output redirected): the
+        // usual format, with a timestamp and the level.
+        let out = serve_logging(tmp.path(), 2, &log, Some(&format!("{}:1", m.dev())));
+        let line = out
+            .lines()
+            .find(|l| l.contains("generated plan-signing key"))
+            .unwrap_or_else(|| panic!("no key line in {out}"));
+        assert!(line.starts_with('[') && line.contains(" INFO "), "{out}");
+        assert!(!out.contains("<6>"), "{out}");
+    }
+
     #[test]
     fn a_bad_config_file_is_an_error_naming_file_line_and_key() {
         let tmp = tempfile::tempdir().unwrap();
