@@ -495,7 +495,10 @@ fn run_inner(mut cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                 keys::key_id(&signing.verifying_key())
             ))
         }
-        Command::Daemon { group } => return run_daemon(&cli.state, group.as_deref()),
+        Command::Daemon { group } => {
+            let group = group.or_else(|| file.control_group.clone());
+            return run_daemon(&cli.state, group.as_deref());
+        }
         Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a, &file)?),
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
         Command::Decode { frames } => return Ok(decode::run(&frames, json, out)?),
