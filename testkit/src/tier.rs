@@ -22,9 +22,14 @@
 //! - `tier: network namespaces (root, iproute2, nftables); ./dev test runs it`
 //! - `tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it`
 //! - `tier: root (runs commands as another user with setpriv); ./dev test runs it`
+//! - `tier: network namespaces (root, iproute2, nftables) and promtool (prometheus); ./dev test runs it`
+//! - `tier: systemd-analyze (root, Debian package systemd); ./dev test runs it`
 //!
 //! The root tier needs nothing the network-namespace tier lacks, so `./dev test` runs its
-//! tests in the network-namespace step.
+//! tests in the network-namespace step. The last two are checks with an outside tool
+//! ([`Tier::Promtool`], [`Tier::SystemdAnalyze`]): they run with the network-namespace
+//! tier, and fail there naming the Debian package when the tool is absent (`./dev setup`
+//! installs it).
 //!
 //! What this does not check: whether the Debian kernel can be downloaded or a build
 //! succeeds; those steps fail on their own with their own errors.
@@ -40,6 +45,10 @@ pub enum Tier {
     Qemu,
     /// Root on the host, to run commands as an unprivileged user: `setpriv`.
     Root,
+    /// Prometheus's `promtool` (checks the metrics exposition).
+    Promtool,
+    /// `systemd-analyze` (verifies unit files).
+    SystemdAnalyze,
 }
 
 impl Tier {
@@ -49,6 +58,8 @@ impl Tier {
             Tier::Netns => "network-namespace",
             Tier::Qemu => "QEMU",
             Tier::Root => "root",
+            Tier::Promtool => "promtool",
+            Tier::SystemdAnalyze => "systemd-analyze",
         }
     }
 }
@@ -75,6 +86,8 @@ fn programs(tier: Tier) -> &'static [(&'static str, &'static str)] {
             ("qemu-system-x86_64", "qemu-system-x86"),
         ],
         Tier::Root => &[("setpriv", "util-linux")],
+        Tier::Promtool => &[("promtool", "prometheus")],
+        Tier::SystemdAnalyze => &[("systemd-analyze", "systemd")],
     }
 }
 
@@ -84,7 +97,13 @@ impl Host {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let on_path = |prog: &str| std::env::split_paths(&path).any(|d| d.join(prog).is_file());
         let mut found = Vec::new();
-        for tier in [Tier::Netns, Tier::Qemu, Tier::Root] {
+        for tier in [
+            Tier::Netns,
+            Tier::Qemu,
+            Tier::Root,
+            Tier::Promtool,
+            Tier::SystemdAnalyze,
+        ] {
             for (prog, _) in programs(tier) {
                 if !found.contains(prog) && on_path(prog) {
                     found.push(*prog);
@@ -200,6 +219,22 @@ mod tests {
                 "`setpriv` on PATH (Debian package util-linux)"
             ]
         );
+    }
+
+    #[test]
+    fn a_tool_tier_names_its_program_and_package() {
+        let h = host(0, true, &["ip", "tc", "nft"]);
+        let e = check(&h, &[Tier::Netns, Tier::Promtool]).unwrap_err();
+        assert!(
+            e.contains("`promtool` on PATH (Debian package prometheus)"),
+            "{e}"
+        );
+        assert_eq!(
+            h.missing(&[Tier::SystemdAnalyze]),
+            ["`systemd-analyze` on PATH (Debian package systemd)"]
+        );
+        let h = host(0, true, &["systemd-analyze"]);
+        assert_eq!(check(&h, &[Tier::SystemdAnalyze]), Ok(()));
     }
 
     #[test]

@@ -38,6 +38,15 @@ pub struct Cli {
         default_value = "/var/lib/shelfboot/master"
     )]
     pub state: PathBuf,
+    /// Whether `--state` or SHELFBOOT_STATE chose the state directory (otherwise the
+    /// configuration file's `state` does, if it has one). Only [`Cli::parse_args`] can
+    /// tell; a `Cli` parsed otherwise counts it as given.
+    #[arg(skip = true)]
+    pub state_given: bool,
+    /// Configuration file [default: /etc/shelfboot/master.toml, if it exists]; flags
+    /// override it (docs/master.md).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -46,6 +55,25 @@ pub struct Cli {
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments (exits on a usage error, as `Cli::parse` does) and
+    /// records whether the state directory was given.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+        let matches = Cli::command().get_matches();
+        match Cli::from_arg_matches(&matches) {
+            Ok(mut cli) => {
+                cli.state_given = matches!(
+                    matches.value_source("state"),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                );
+                cli
+            }
+            Err(e) => e.exit(),
+        }
+    }
 }
 
 /// Subcommands.
@@ -270,6 +298,8 @@ pub enum CliError {
     Signals(#[source] nix::Error),
     #[error(transparent)]
     Manual(#[from] manual::ManualError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, CliError> {
@@ -479,7 +509,13 @@ fn run_daemon(state: &Path, group: Option<&str>) -> Result<(), CliError> {
     Ok(())
 }
 
-fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+fn run_inner(mut cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+    let file = crate::config::load(cli.config.as_deref())?;
+    if !cli.state_given
+        && let Some(state) = &file.state
+    {
+        cli.state = state.clone();
+    }
     let json = cli.json;
     let reply = match cli.command {
         Command::Keygen { prefix } => {
@@ -510,8 +546,11 @@ fn run_inner(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
                 keys::key_id(&signing.verifying_key())
             ))
         }
-        Command::Daemon { group } => return run_daemon(&cli.state, group.as_deref()),
-        Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a)?),
+        Command::Daemon { group } => {
+            let group = group.or_else(|| file.control_group.clone());
+            return run_daemon(&cli.state, group.as_deref());
+        }
+        Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a, &file)?),
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
         Command::Decode { frames } => return Ok(decode::run(&frames, json, out)?),
         Command::Watch(a) => {

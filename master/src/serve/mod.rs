@@ -27,16 +27,23 @@
 //! (counters, sessions and what each card is doing: what `master watch` shows).
 //! See `docs/conversation.md`.
 //!
+//! With `metrics` set, the same counters (and the cards by state) are served to
+//! Prometheus from a thread of their own ([`metrics`]); with `systemd` set, the loop tells
+//! systemd when it is ready, feeds its watchdog and says when it stops ([`notify`]).
+//!
 //! This module does not resolve plans (the [`crate::state`] operations do) and does not
 //! implement the transfer engine (`shelfboot-xfer` does).
 
 pub mod cards;
 pub mod cli;
 pub mod config;
+pub mod metrics;
+pub mod notify;
 pub mod service;
 pub mod sessions;
 pub mod stats;
 
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +86,13 @@ pub struct ServeConfig {
     pub control: bool,
     /// Also allow this group on the control socket (mode 0660), as `master daemon --group`.
     pub control_group: Option<String>,
+    /// Serve Prometheus metrics on this address (none: no endpoint).
+    pub metrics: Option<SocketAddr>,
+    /// Allow a metrics address that is not loopback.
+    pub metrics_allow_remote: bool,
+    /// Tell systemd about readiness, the watchdog and stopping (when `NOTIFY_SOCKET` is
+    /// set); off for callers that run the service in-process.
+    pub systemd: bool,
 }
 
 impl ServeConfig {
@@ -95,6 +109,9 @@ impl ServeConfig {
             max_rate: 125_000_000,
             control: true,
             control_group: None,
+            metrics: None,
+            metrics_allow_remote: false,
+            systemd: false,
         }
     }
 }
@@ -144,6 +161,8 @@ pub enum ServeError {
         #[source]
         source: nix::Error,
     },
+    #[error("metrics endpoint")]
+    Metrics(#[source] metrics::MetricsError),
     #[error("interface {iface} has MTU {mtu}, outside what the protocol supports")]
     Mtu {
         iface: String,
@@ -260,10 +279,23 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
     } else {
         None
     };
+    let shared = cfg.metrics.map(|_| metrics::Shared::default());
+    let endpoint = match (cfg.metrics, &shared) {
+        (Some(addr), Some(sh)) => {
+            let ep = metrics::Endpoint::start(addr, cfg.metrics_allow_remote, sh.clone())
+                .map_err(ServeError::Metrics)?;
+            log::info!("master: metrics on http://{}/metrics", ep.addr());
+            Some(ep)
+        }
+        _ => None,
+    };
+    let mut notifier = notify::Notifier::new(cfg.systemd, now);
+    notifier.ready(&format!("serving {} epoch {epoch}", cfg.iface));
     let mut next_stats = now;
     let mut out: Vec<Vec<u8>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        notifier.tick(now);
         svc.begin_batch();
         out.extend(svc.tick(now));
         let wake = svc.poll_data(now, 256, &mut out);
@@ -272,7 +304,7 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
         out.clear();
         if now >= next_stats {
             next_stats = now + Duration::from_secs(1);
-            write_stats(cfg, &svc);
+            write_stats(cfg, &svc, shared.as_ref(), false);
         }
         let wait = wake
             .saturating_duration_since(Instant::now())
@@ -320,12 +352,12 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
             out.clear();
         }
     }
+    // The state is consistent here: every batch of node-database writes was committed
+    // before its replies went out, and no request is half-handled.
+    notifier.stopping();
     drop(control);
-    let mut last = stats_now(cfg, &svc);
-    last.stopped = true;
-    if let Err(e) = stats::write(&cfg.state, &last) {
-        log::warn!("master: writing stats to {}: {e}", cfg.state.display());
-    }
+    let last = write_stats(cfg, &svc, shared.as_ref(), true);
+    drop(endpoint);
     Ok(last)
 }
 
@@ -387,11 +419,36 @@ fn stats_now<S: crate::store::Store>(cfg: &ServeConfig, svc: &Service<S>) -> Ser
     st
 }
 
-fn write_stats<S: crate::store::Store>(cfg: &ServeConfig, svc: &Service<S>) {
-    let st = stats_now(cfg, svc);
+/// Writes the stats file and, with metrics on, publishes the same counters and the cards
+/// of the node database to the metrics endpoint.
+fn write_stats<S: crate::store::Store>(
+    cfg: &ServeConfig,
+    svc: &Service<S>,
+    shared: Option<&metrics::Shared>,
+    stopped: bool,
+) -> ServeStats {
+    let mut st = stats_now(cfg, svc);
+    st.stopped = stopped;
     if let Err(e) = stats::write(&cfg.state, &st) {
         log::warn!("master: writing stats to {}: {e}", cfg.state.display());
     }
+    if let Some(sh) = shared {
+        let cards = match svc.master().store().nodes() {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!(
+                    "master: metrics: reading the node database: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
+                sh.get().cards.clone()
+            }
+        };
+        sh.publish(metrics::Snapshot {
+            stats: st.clone(),
+            cards,
+        });
+    }
+    st
 }
 
 #[cfg(test)]
