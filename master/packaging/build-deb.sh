@@ -10,6 +10,7 @@
 #   bash, zsh and fish completions        from `master completions SHELL`
 #   /usr/lib/systemd/system/*             whatever unit files master/systemd/ holds (none is fine)
 #   /usr/share/doc/shelfboot-master/copyright
+#   /usr/share/doc/shelfboot-master/examples/master.toml   the annotated configuration file
 #
 # A staged tree packed by `dpkg-deb --build --root-owner-group` (no cargo-deb: compiling
 # it costs minutes on a fresh CI machine, and the pages and completions have to be
@@ -83,6 +84,10 @@ EOF
   done
 fi
 echo "build-deb: ${#units[@]} systemd unit file(s) from master/systemd"
+# The annotated configuration file, to copy to /etc/shelfboot/master.toml (the unit
+# starts only when that file exists; the package does not write /etc).
+install -d -m 0755 "$root/usr/share/doc/$pkg/examples"
+install -m 0644 master/systemd/master.toml "$root/usr/share/doc/$pkg/examples/master.toml"
 
 {
   echo "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"

@@ -23,7 +23,8 @@ for f in ./usr/bin/master ./usr/bin/mkinitramfs ./usr/bin/simcard \
   ./usr/share/bash-completion/completions/master \
   ./usr/share/zsh/vendor-completions/_master \
   ./usr/share/fish/vendor_completions.d/master.fish \
-  "./usr/share/doc/$pkg/copyright"; do
+  "./usr/share/doc/$pkg/copyright" "./usr/share/doc/$pkg/examples/master.toml" \
+  ./usr/lib/systemd/system/shelfboot-master.service; do
   grep -q " $f\$" <<<"$contents" || fail "$deb does not contain $f"
 done
 echo "check-deb: contents: $(grep -c -v '/$' <<<"$contents") files, $(grep -c 'man1/' <<<"$contents") man pages"
