@@ -473,11 +473,13 @@ mod netns {
         lab.run(|| {
             let s = PacketSocket::open("p0", SocketConfig::default()).unwrap();
             assert_eq!((s.tx_path(), s.rx_path()), (Path::Ring, Path::Ring));
-            // geometry that cannot hold a 1514-byte frame: Auto falls back, Force refuses
+            // a geometry the ring rules refuse (blocks not a multiple of the page size;
+            // slots too small for the port's frames would be enlarged at open instead,
+            // `RingGeometry::fitted`): Auto falls back, Force refuses
             let bad = shelfboot_netio::RingGeometry {
-                block_size: 4096,
+                block_size: 6144,
                 block_nr: 4,
-                frame_size: 1024,
+                frame_size: 2048,
             };
             let auto = SocketConfig {
                 tx_ring: bad,
