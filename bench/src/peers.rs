@@ -258,6 +258,8 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
             for (i, o) in outs.iter().enumerate() {
                 let out = o.display().to_string();
                 let uid = format!("0x{:08x}", i + 1);
+                // `-q`: no DNS lookup of the server's address (uftpd(1)); in a backplane
+                // namespace it waits 10 s for a resolver it cannot reach.
                 let argv = [
                     "uftpd", "-d", "-x", "1", "-q", "-I", "eth0", "-B", &buf, "-D", &out, "-U",
                     &uid,
