@@ -17,3 +17,4 @@ pub mod release;
 pub mod report;
 pub mod scenarios;
 pub mod shelfboot;
+pub mod sockbuf;

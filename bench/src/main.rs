@@ -11,13 +11,14 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shelfboot_bench::backplane::Backplane;
 use shelfboot_bench::lab::{self, LabPlan};
-use shelfboot_bench::peers::Peer;
+use shelfboot_bench::peers::{self, Peer};
 use shelfboot_bench::plot;
 use shelfboot_bench::proc::loadavg;
 use shelfboot_bench::release;
 use shelfboot_bench::report::{self, Report};
 use shelfboot_bench::scenarios::{self, Plan};
 use shelfboot_bench::shelfboot::{self, CardChild, ReleaseShape};
+use shelfboot_bench::sockbuf::RaisedCaps;
 use shelfboot_proto::report::error_chain;
 
 /// Benchmarks shelfboot against TFTP, HTTP, udpcast and uftp on a namespace backplane.
@@ -325,6 +326,29 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
         if only("release") {
             max_cards = max_cards.max(release::CARDS);
         }
+        // The peers' socket-buffer options are capped by the host's rmem_max/wmem_max
+        // (see `sockbuf`); raised for the run, restored when `_caps` drops (after `bp`).
+        let _caps = if only("transfers") {
+            match RaisedCaps::raise(peers::SOCKET_BUFFER) {
+                Ok(c) => {
+                    eprintln!("{}", c.describe());
+                    notes.push(c.describe());
+                    Some(c)
+                }
+                Err(e) => {
+                    let why = format!(
+                        "socket-buffer caps not raised ({}): the peers' -B/--rcvbuf are capped \
+                         at the host's net.core.rmem_max/wmem_max",
+                        error_chain(&e)
+                    );
+                    eprintln!("{why}");
+                    notes.push(why);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let bp = Backplane::new(max_cards).context("building the backplane")?;
         if cli.mtu != shelfboot_proto::STANDARD_MTU {
             bp.set_mtu(cli.mtu)

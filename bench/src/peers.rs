@@ -1,7 +1,20 @@
 //! One transfer of the artifact from the master namespace to N card namespaces, by one
-//! peer: TFTP (tftpd-hpa + curl, blksize 1468), HTTP (busybox httpd + curl), udpcast
-//! (udp-sender/udp-receiver, defaults), uftp (`uftp -R 950000 -b 1436` + uftpd), or
-//! shelfboot (`serve-child` + one `card-child` per card).
+//! peer, each run with the options its own documentation gives for speed
+//! (docs/benchmarks.md has the table with the references):
+//!
+//! - TFTP: tftpd-hpa `in.tftpd -L -s` + `curl --tftp-blksize 1468` (in.tftpd(8),
+//!   `--blocksize`: 1468 on a 1500-byte MTU).
+//! - HTTP: `busybox httpd` + `curl`, as they come.
+//! - udpcast: `udp-sender --full-duplex --slice-size 1024 --rexmit-hello-interval 100`
+//!   (+ `--min-wait 2` when the bridge drops frames) and `udp-receiver --rcvbuf 4194304`,
+//!   both with `--mcast-rdv-address` off the all-hosts group.
+//! - uftp: `uftp -R -1 -b 1436 -B 4194304` + `uftpd -q -B 4194304`.
+//! - shelfboot: `serve-child` + one `card-child` per card.
+//!
+//! The buffer options take effect only with the host's `net.core.rmem_max`/`wmem_max`
+//! at least as large; `sockbuf` raises them for the run. Every peer's client writes the
+//! artifact into the same directory, on the same filesystem, as a shelfboot card keeps
+//! its file-backed flash in (`<work>/xfer/c<N>`).
 //!
 //! Every server runs inside the master's namespace, every client inside its card's; no
 //! process touches the host network. Each transfer has a deadline: a client still
@@ -100,9 +113,22 @@ pub struct Env<'a> {
     pub shelf: Option<&'a ShelfState>,
     pub exe: PathBuf,
     pub timeout: Duration,
+    /// Percentage of frames the bridge drops during this transfer (0: none). udpcast's
+    /// rendezvous options for lossy networks depend on it.
+    pub loss_percent: u8,
 }
 
 const ART: &str = "artifact.bin";
+/// Socket buffer the peers with a buffer option ask for, in bytes: uftp's and uftpd's `-B`
+/// (uftp(1), uftpd(1), and uftp's ReadMe, "Tuning": on server and clients), and
+/// udp-receiver's `--rcvbuf` (its usage text; udp-sender(1) on receivers that drop
+/// packets). 4 MiB, the same as a shelfboot card's receive window. The host's
+/// `net.core.rmem_max`/`wmem_max` must be at least this for it to take effect (`sockbuf`).
+pub const SOCKET_BUFFER: u64 = 4 << 20;
+/// udpcast's slice size in blocks (`--slice-size`; at most 1024, udp-sender(1) "Tuning
+/// options"): in full-duplex mode the sender keeps it fixed, and it waits for every
+/// receiver's acknowledgement once per slice.
+const UDPCAST_SLICE: &str = "1024";
 /// udpcast's rendezvous group. Its default (224.0.0.1, all-hosts) never connected sender
 /// and receiver across our veths (both wait forever); any ordinary group works.
 const RDV: &str = "239.1.1.1";
@@ -174,6 +200,7 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
             }
         }
         Peer::Udpcast => {
+            let buf = SOCKET_BUFFER.to_string();
             for (i, o) in outs.iter().enumerate() {
                 let out = o.join(ART).display().to_string();
                 let argv = [
@@ -183,6 +210,8 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
                     "--nokbd",
                     "--mcast-rdv-address",
                     RDV,
+                    "--rcvbuf",
+                    &buf,
                     "--file",
                     &out,
                 ];
@@ -196,7 +225,7 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
             t0_mono = mono();
             let file = env.srv.join(ART).display().to_string();
             let n = cards.to_string();
-            let argv = [
+            let mut argv = vec![
                 "udp-sender",
                 "--interface",
                 "eth0",
@@ -205,17 +234,35 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
                 &n,
                 "--mcast-rdv-address",
                 RDV,
-                "--file",
-                &file,
+                "--full-duplex",
+                "--slice-size",
+                UDPCAST_SLICE,
+                // The sender checks `--min-receivers` only when its wait for a message
+                // times out: after 2 s of silence by default, after this interval (ms) with
+                // it (udps-negotiate.c). It also repeats the HELLO at that interval.
+                "--rexmit-hello-interval",
+                "100",
             ];
+            if env.loss_percent > 0 {
+                // A receiver whose HELLO or CONNECT_REPLY is lost waits for ever, and so
+                // does the sender (seen at 1 % loss). A repeated HELLO makes it ask again,
+                // but the sender only repeats it until it starts; `--min-wait` keeps it
+                // waiting 1-2 s (whole seconds counted from the first connection).
+                argv.extend(["--min-wait", "2"]);
+            }
+            argv.extend(["--file", &file]);
             sender = Some(Proc::spawn(&ns, &argv, &log("sender.log".into()))?);
         }
         Peer::Uftp => {
+            let buf = SOCKET_BUFFER.to_string();
             for (i, o) in outs.iter().enumerate() {
                 let out = o.display().to_string();
                 let uid = format!("0x{:08x}", i + 1);
+                // `-q`: no DNS lookup of the server's address (uftpd(1)); in a backplane
+                // namespace it waits 10 s for a resolver it cannot reach.
                 let argv = [
-                    "uftpd", "-d", "-x", "1", "-I", "eth0", "-D", &out, "-U", &uid,
+                    "uftpd", "-d", "-x", "1", "-q", "-I", "eth0", "-B", &buf, "-D", &out, "-U",
+                    &uid,
                 ];
                 servers.push(Proc::spawn(
                     &env.bp.card_ns(i + 1),
@@ -227,8 +274,12 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
             t0_mono = mono();
             let hosts: Vec<String> = (1..=cards).map(|i| format!("0x{i:08x}")).collect();
             let hosts = hosts.join(",");
+            // `-R -1`: as fast as the interface allows, which uftp(1) recommends where the
+            // path to every client is as fast as the server's own interface: here the
+            // master's (shaped) port is the narrowest link.
             let argv = [
-                "uftp", "-x", "1", "-I", "eth0", "-R", "950000", "-b", "1436", "-H", &hosts, ART,
+                "uftp", "-x", "1", "-I", "eth0", "-R", "-1", "-b", "1436", "-B", &buf, "-H",
+                &hosts, ART,
             ];
             sender = Some(Proc::spawn_in(
                 &ns,

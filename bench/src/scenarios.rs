@@ -191,6 +191,7 @@ pub fn transfers(
         shelf,
         exe: p.exe.clone(),
         timeout: Duration::from_secs(60),
+        loss_percent: 0,
     };
     for &shaped in &p.shaped {
         let link = link_name(shaped);
@@ -207,6 +208,7 @@ pub fn transfers(
                 (c, l) => format!("{c} cards, {l}% loss"),
             };
             bp.set_loss(loss)?;
+            env.loss_percent = loss;
             env.timeout = timeout(p.size, cards);
             let mut ceil = Vec::new();
             let mut outs: BTreeMap<Peer, Vec<Option<Outcome>>> = BTreeMap::new();
