@@ -87,7 +87,13 @@ impl Backplane {
 
     /// MAC of card `i`'s eth0.
     pub fn card_mac(i: usize) -> String {
-        format!("02:5c:00:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff)
+        Self::card_mac_addr(i).to_string()
+    }
+
+    /// [`Backplane::card_mac`] as a MAC address.
+    pub fn card_mac_addr(i: usize) -> shelfboot_proto::id::MacAddr {
+        let b = u16::try_from(i).unwrap_or(u16::MAX).to_be_bytes();
+        shelfboot_proto::id::MacAddr([0x02, 0x5c, 0, 0, b[0], b[1]])
     }
 
     /// IPv4 address of card `i`.

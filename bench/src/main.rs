@@ -485,3 +485,72 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shelfboot_proto::id::{Arch, MacAddr};
+
+    /// `CardChild::argv` writes what `card-child` parses: every setting comes back.
+    #[test]
+    fn card_child_argv_parses_back_into_the_same_settings() {
+        let mut c = CardChild::new(
+            std::path::Path::new("/s/plan.anchor"),
+            std::path::Path::new("/w/c3"),
+            MacAddr([2, 0x5c, 0, 0, 0, 3]),
+            2,
+            4096,
+        );
+        c.timeout = Duration::from_secs(77);
+        c.warm = true;
+        c.sha256 = Some("ab".repeat(32));
+        c.card_type = "lc200".into();
+        c.arch = Arch::Aarch64;
+        c.verify_set = true;
+        let argv = c.argv(
+            std::path::Path::new("/x/shelfboot-bench"),
+            std::path::Path::new("/w/r.json"),
+        );
+        let cli = Cli::try_parse_from(&argv).unwrap();
+        let Some(Child::CardChild {
+            iface,
+            anchor,
+            dir,
+            base_mac,
+            cards,
+            warm,
+            size,
+            timeout,
+            sha256,
+            card_type,
+            arch,
+            verify_set,
+            out,
+        }) = cli.child
+        else {
+            panic!("not a card-child command line: {argv:?}");
+        };
+        assert_eq!(iface, c.iface);
+        assert_eq!(anchor, c.anchor);
+        assert_eq!(dir, c.dir);
+        assert_eq!(shelfboot::parse_mac(&base_mac), Some(c.base_mac));
+        assert_eq!((cards, warm, size, timeout), (2, true, 4096, 77));
+        assert_eq!(sha256, c.sha256);
+        assert_eq!((card_type.as_str(), arch.as_str()), ("lc200", "aarch64"));
+        assert!(verify_set);
+        assert_eq!(out, std::path::PathBuf::from("/w/r.json"));
+        let plain = CardChild::new(
+            std::path::Path::new("/a"),
+            std::path::Path::new("/d"),
+            c.base_mac,
+            1,
+            1,
+        );
+        let argv = plain.argv(std::path::Path::new("/x/b"), std::path::Path::new("/o"));
+        assert!(
+            !argv
+                .iter()
+                .any(|a| a == "--warm" || a == "--verify-set" || a == "--sha256")
+        );
+    }
+}

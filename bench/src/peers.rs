@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::backplane::{Backplane, BackplaneError};
 use crate::proc::{Ended, Proc, ProcError, wait_all};
-use crate::shelfboot::{CardChildReport, ShelfState, file_sha, mono};
+use crate::shelfboot::{CardChild, CardChildReport, ShelfState, file_sha, mono};
 
 /// The contenders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -404,41 +404,15 @@ fn shelfboot(
     std::thread::sleep(Duration::from_millis(500));
     let t0 = mono();
     let mut clients = Vec::new();
-    let (anchor, size, timeout) = (
-        st.anchor.display().to_string(),
-        st.size.to_string(),
-        env.timeout.as_secs().to_string(),
-    );
     for (i, o) in outs.iter().enumerate() {
-        let (dir, rep) = (
-            o.display().to_string(),
-            o.join("report.json").display().to_string(),
-        );
-        let mac = Backplane::card_mac(i + 1);
+        let mut child = CardChild::new(&st.anchor, o, Backplane::card_mac_addr(i + 1), 1, st.size);
+        child.timeout = env.timeout;
+        child.sha256 = Some(env.sha256.clone());
+        let argv = child.argv(&env.exe, &o.join("report.json"));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         clients.push(Proc::spawn(
             &env.bp.card_ns(i + 1),
-            &[
-                &exe,
-                "card-child",
-                "--iface",
-                "eth0",
-                "--anchor",
-                &anchor,
-                "--dir",
-                &dir,
-                "--base-mac",
-                &mac,
-                "--cards",
-                "1",
-                "--size",
-                &size,
-                "--timeout",
-                &timeout,
-                "--sha256",
-                &env.sha256,
-                "--out",
-                &rep,
-            ],
+            &argv,
             &logs.join(format!("c{}.log", i + 1)),
         )?);
     }

@@ -35,7 +35,7 @@ use crate::proc::{Ended, Proc, wait_all};
 use crate::report::{Fig, Row};
 use crate::scenarios::{Plan, start_master, stop_master, timeout};
 use crate::shelfboot::{
-    self, CardChildReport, RELEASE_TYPES, ReleaseImages, ReleaseShape, ShelfState, mono,
+    self, CardChild, CardChildReport, RELEASE_TYPES, ReleaseImages, ReleaseShape, ShelfState, mono,
 };
 
 /// Cards of the scenario.
@@ -69,48 +69,18 @@ fn step(
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut master = start_master(p, bp, st, dir).map_err(|e| format!("{e:#}"))?;
     let tx0 = bp.master_tx_bytes().map_err(|e| format!("{e:#}"))?;
-    let exe = p.exe.display().to_string();
-    let (anchor, size, to) = (
-        st.anchor.display().to_string(),
-        st.size.to_string(),
-        limit.as_secs().to_string(),
-    );
     let t0 = mono();
     let mut procs = Vec::new();
     for i in 1..=CARDS {
         let (ct, arch, _) = RELEASE_TYPES[(i - 1) % RELEASE_TYPES.len()];
         let cdir = dir.join(format!("c{i}"));
-        let (d, rep, mac, arch) = (
-            cdir.display().to_string(),
-            cdir.join("report.json").display().to_string(),
-            Backplane::card_mac(i),
-            arch.to_string(),
-        );
-        let argv = [
-            exe.as_str(),
-            "card-child",
-            "--iface",
-            "eth0",
-            "--anchor",
-            &anchor,
-            "--dir",
-            &d,
-            "--base-mac",
-            &mac,
-            "--cards",
-            "1",
-            "--size",
-            &size,
-            "--timeout",
-            &to,
-            "--card-type",
-            ct,
-            "--arch",
-            &arch,
-            "--verify-set",
-            "--out",
-            &rep,
-        ];
+        let mut child = CardChild::new(&st.anchor, &cdir, Backplane::card_mac_addr(i), 1, st.size);
+        child.timeout = limit;
+        child.card_type = ct.into();
+        child.arch = arch;
+        child.verify_set = true;
+        let argv = child.argv(&p.exe, &cdir.join("report.json"));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let log = dir.join(format!("c{i}.log"));
         match Proc::spawn(&bp.card_ns(i), &argv, &log) {
             Ok(c) => procs.push(c),

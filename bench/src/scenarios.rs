@@ -24,7 +24,8 @@ use crate::backplane::Backplane;
 use crate::peers::{Env, Outcome, Peer, transfer};
 use crate::proc::{Proc, cpu_secs};
 use crate::report::{Fig, Row};
-use crate::shelfboot::{self, CardChildReport, ShelfState, mono};
+use crate::shelfboot::{self, CardChild, CardChildReport, ShelfState, mono};
+use shelfboot_proto::id::MacAddr;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -349,48 +350,19 @@ fn run_cards(
     bp: &Backplane,
     st: &ShelfState,
     dir: &Path,
-    base_mac: &str,
+    base_mac: MacAddr,
     cards: usize,
     warm: bool,
     sha: Option<&str>,
     log: &Path,
 ) -> Result<(CardChildReport, f64, Option<u32>), String> {
-    let exe = p.exe.display().to_string();
     let rep = dir.join("report.json");
-    let (anchor, d, n, size, r) = (
-        st.anchor.display().to_string(),
-        dir.display().to_string(),
-        cards.to_string(),
-        st.size.to_string(),
-        rep.display().to_string(),
-    );
-    let to = timeout(st.size, 1).as_secs().to_string();
-    let mut argv = vec![
-        exe.as_str(),
-        "card-child",
-        "--iface",
-        "eth0",
-        "--anchor",
-        &anchor,
-        "--dir",
-        &d,
-        "--base-mac",
-        base_mac,
-        "--cards",
-        &n,
-        "--size",
-        &size,
-        "--timeout",
-        &to,
-        "--out",
-        &r,
-    ];
-    if warm {
-        argv.push("--warm");
-    }
-    if let Some(s) = sha {
-        argv.extend(["--sha256", s]);
-    }
+    let mut child = CardChild::new(&st.anchor, dir, base_mac, cards, st.size);
+    child.timeout = timeout(st.size, 1);
+    child.warm = warm;
+    child.sha256 = sha.map(str::to_owned);
+    let argv = child.argv(&p.exe, &rep);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let t0 = mono();
     let mut c = Proc::spawn(&bp.card_ns(1), &argv, log).map_err(|e| format!("{e:#}"))?;
     let pid = Some(c.child.id());
@@ -419,7 +391,8 @@ pub fn warm_boot(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), St
     write_artifact(&art, size, 7).map_err(|e| format!("{}: {e}", art.display()))?;
     let st = shelfboot::prepare(&work, &art, size).map_err(|e| format!("{e:#}"))?;
     let cards_dir = work.join("cards");
-    let base = shelfboot::parse_mac("02:5d:00:00:00:01").ok_or("bad MAC")?;
+    // The warm cards' MACs: 02:5d:00:00:00:01 onwards (apart from the transfer cards').
+    let base = MacAddr([0x02, 0x5d, 0, 0, 0, 1]);
     let t = Instant::now();
     shelfboot::burn_warm(&st, &cards_dir, base, p.warm_cards).map_err(|e| format!("{e:#}"))?;
     eprintln!(
@@ -447,7 +420,7 @@ pub fn warm_boot(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), St
             bp,
             &st,
             &cards_dir,
-            "02:5d:00:00:00:01",
+            base,
             p.warm_cards,
             true,
             None,
@@ -546,7 +519,7 @@ pub fn card_rss(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), Str
         bp,
         &st,
         &cards_dir,
-        &Backplane::card_mac(1),
+        Backplane::card_mac_addr(1),
         1,
         false,
         Some(&sha),

@@ -591,6 +591,65 @@ pub struct CardChild {
     pub verify_set: bool,
 }
 
+impl CardChild {
+    /// The settings of one card process: `cards` cards of card type `bench` (x86_64) on
+    /// `eth0`, nothing else asked.
+    pub fn new(anchor: &Path, dir: &Path, base_mac: MacAddr, cards: usize, size: u64) -> Self {
+        CardChild {
+            iface: "eth0".into(),
+            anchor: anchor.to_path_buf(),
+            dir: dir.to_path_buf(),
+            base_mac,
+            cards,
+            warm: false,
+            size,
+            timeout: Duration::from_secs(60),
+            sha256: None,
+            card_type: CARD_TYPE.into(),
+            arch: Arch::X86_64,
+            verify_set: false,
+        }
+    }
+
+    /// The command line that runs these settings: `exe card-child ...`, writing its
+    /// report to `out` (the one writer of what `main`'s `card-child` parses).
+    pub fn argv(&self, exe: &Path, out: &Path) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            exe.display().to_string(),
+            "card-child".into(),
+            "--iface".into(),
+            self.iface.clone(),
+            "--anchor".into(),
+            self.anchor.display().to_string(),
+            "--dir".into(),
+            self.dir.display().to_string(),
+            "--base-mac".into(),
+            self.base_mac.to_string(),
+            "--cards".into(),
+            self.cards.to_string(),
+            "--size".into(),
+            self.size.to_string(),
+            "--timeout".into(),
+            self.timeout.as_secs().to_string(),
+            "--card-type".into(),
+            self.card_type.clone(),
+            "--arch".into(),
+            self.arch.to_string(),
+        ];
+        if self.warm {
+            a.push("--warm".into());
+        }
+        if let Some(s) = &self.sha256 {
+            a.extend(["--sha256".into(), s.clone()]);
+        }
+        if self.verify_set {
+            a.push("--verify-set".into());
+        }
+        a.extend(["--out".into(), out.display().to_string()]);
+        a
+    }
+}
+
 /// `card-child`: runs `cards` simulated cards, then checks their flash.
 pub fn card_child(c: &CardChild) -> Result<CardChildReport, ShelfError> {
     let bytes = std::fs::read(&c.anchor).map_err(|e| ShelfError::Anchor {
