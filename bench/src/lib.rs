@@ -9,6 +9,7 @@
 
 pub mod backplane;
 pub mod ceiling;
+pub mod cpuacct;
 pub mod lab;
 pub mod peers;
 pub mod plot;

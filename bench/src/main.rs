@@ -359,6 +359,16 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
             ));
         }
         if only("transfers") {
+            // Each side's CPU, whole process trees, in a control group of its own.
+            let cpu = match shelfboot_bench::cpuacct::Sides::create() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let why = format!("CPU per GB not measured: {e}");
+                    eprintln!("{why}");
+                    notes.push(why);
+                    None
+                }
+            };
             scenarios::transfers(
                 &plan,
                 &bp,
@@ -366,6 +376,7 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
                 &sha,
                 shelf.as_ref(),
                 &shelf_why,
+                cpu.as_ref(),
                 &mut rows,
             )
             .context("transfer scenarios")?;

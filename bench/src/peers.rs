@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backplane::{Backplane, BackplaneError};
+use crate::cpuacct::Sides;
 use crate::proc::{Ended, Proc, ProcError, wait_all};
 use crate::shelfboot::{CardChild, CardChildReport, ShelfState, file_sha, mono};
 
@@ -98,6 +99,17 @@ pub struct Outcome {
     pub verified: usize,
     /// Retransmitted bytes as the peer itself counts them (shelfboot only).
     pub own_retransmit_bytes: Option<u64>,
+    /// CPU seconds of every process on the master's side (servers, senders, their
+    /// children) during the transfer; `None` without CPU accounting.
+    pub master_cpu_s: Option<f64>,
+    /// The same for the cards' side, all cards together.
+    pub card_cpu_s: Option<f64>,
+    /// shelfboot only: seconds from the start until the first card stored its first data
+    /// block (process start, discovery, plan, join window).
+    pub to_first_block_s: Option<f64>,
+    /// shelfboot only: the longest time a card took from its last data block to its end
+    /// (last LEB, sha256, commit, decision).
+    pub after_last_block_s: Option<f64>,
 }
 
 /// What a transfer needs.
@@ -116,6 +128,28 @@ pub struct Env<'a> {
     /// Percentage of frames the bridge drops during this transfer (0: none). udpcast's
     /// rendezvous options for lossy networks depend on it.
     pub loss_percent: u8,
+    /// Control groups that count each side's CPU; `None` runs without CPU figures.
+    pub cpu: Option<&'a Sides>,
+}
+
+impl Env<'_> {
+    /// Starts `argv` in namespace `ns`, in the CPU group of its side of the backplane.
+    fn spawn(
+        &self,
+        ns: &str,
+        argv: &[&str],
+        log: &Path,
+        cwd: Option<&Path>,
+    ) -> Result<Proc, ProcError> {
+        let group = self.cpu.map(|c| {
+            if ns == self.bp.master_ns() {
+                c.master.procs_file()
+            } else {
+                c.cards.procs_file()
+            }
+        });
+        Proc::spawn_accounted(ns, argv, log, cwd, group.as_deref())
+    }
 }
 
 const ART: &str = "artifact.bin";
@@ -148,6 +182,7 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
     mkdir(&logs)?;
     let ns = env.bp.master_ns();
     let tx0 = env.bp.master_tx_bytes()?;
+    let cpu0 = env.cpu.and_then(Sides::usage);
     let log = |name: String| logs.join(name);
     let outs: Vec<PathBuf> = (1..=cards)
         .map(|i| env.work.join(format!("c{i}")))
@@ -177,7 +212,7 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
             } else {
                 vec!["busybox", "httpd", "-f", "-p", "10.77.0.1:8080", "-h", &srv]
             };
-            servers.push(Proc::spawn(&ns, &argv, &log("server.log".into()))?);
+            servers.push(env.spawn(&ns, &argv, &log("server.log".into()), None)?);
             std::thread::sleep(settle);
             t0_mono = mono();
             for (i, o) in outs.iter().enumerate() {
@@ -192,10 +227,11 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
                     argv.extend(["--tftp-blksize", "1468"]);
                 }
                 argv.push(&url);
-                clients.push(Proc::spawn(
+                clients.push(env.spawn(
                     &env.bp.card_ns(i + 1),
                     &argv,
                     &log(format!("c{}.log", i + 1)),
+                    None,
                 )?);
             }
         }
@@ -215,10 +251,11 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
                     "--file",
                     &out,
                 ];
-                clients.push(Proc::spawn(
+                clients.push(env.spawn(
                     &env.bp.card_ns(i + 1),
                     &argv,
                     &log(format!("c{}.log", i + 1)),
+                    None,
                 )?);
             }
             std::thread::sleep(settle);
@@ -251,7 +288,7 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
                 argv.extend(["--min-wait", "2"]);
             }
             argv.extend(["--file", &file]);
-            sender = Some(Proc::spawn(&ns, &argv, &log("sender.log".into()))?);
+            sender = Some(env.spawn(&ns, &argv, &log("sender.log".into()), None)?);
         }
         Peer::Uftp => {
             let buf = SOCKET_BUFFER.to_string();
@@ -264,10 +301,11 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
                     "uftpd", "-d", "-x", "1", "-q", "-I", "eth0", "-B", &buf, "-D", &out, "-U",
                     &uid,
                 ];
-                servers.push(Proc::spawn(
+                servers.push(env.spawn(
                     &env.bp.card_ns(i + 1),
                     &argv,
                     &log(format!("c{}.log", i + 1)),
+                    None,
                 )?);
             }
             std::thread::sleep(settle);
@@ -281,7 +319,7 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
                 "uftp", "-x", "1", "-I", "eth0", "-R", "-1", "-b", "1436", "-B", &buf, "-H",
                 &hosts, ART,
             ];
-            sender = Some(Proc::spawn_in(
+            sender = Some(env.spawn(
                 &ns,
                 &argv,
                 &log("sender.log".into()),
@@ -309,6 +347,10 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
     let tx1 = env.bp.master_tx_bytes()?;
     let elapsed = mono() - t0_mono;
     let mut outcome = judge(&ended, elapsed, tx1.saturating_sub(tx0));
+    if let Some(((m0, c0), (m1, c1))) = cpu0.zip(env.cpu.and_then(Sides::usage)) {
+        outcome.master_cpu_s = Some(m1 - m0);
+        outcome.card_cpu_s = Some(c1 - c0);
+    }
     for o in &outs {
         if file_sha(&o.join(ART)).is_ok_and(|s| s == env.sha256) {
             outcome.verified += 1;
@@ -330,6 +372,10 @@ fn judge(ended: &[Ended], elapsed: f64, tx: u64) -> Outcome {
         master_tx_bytes: tx,
         verified: 0,
         own_retransmit_bytes: None,
+        master_cpu_s: None,
+        card_cpu_s: None,
+        to_first_block_s: None,
+        after_last_block_s: None,
     };
     for e in ended {
         match e {
@@ -375,8 +421,13 @@ fn shelfboot(
             master_tx_bytes: 0,
             verified: 0,
             own_retransmit_bytes: None,
+            master_cpu_s: None,
+            card_cpu_s: None,
+            to_first_block_s: None,
+            after_last_block_s: None,
         });
     };
+    let cpu0 = env.cpu.and_then(Sides::usage);
     let exe = env.exe.display().to_string();
     let stop = env.work.join("stop");
     let stats = env.work.join("serve-stats.json");
@@ -385,7 +436,7 @@ fn shelfboot(
         stop.display().to_string(),
         stats.display().to_string(),
     );
-    let mut master = Proc::spawn(
+    let mut master = env.spawn(
         &env.bp.master_ns(),
         &[
             &exe,
@@ -400,6 +451,7 @@ fn shelfboot(
             &stats_s,
         ],
         &logs.join("master.log"),
+        None,
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let t0 = mono();
@@ -410,10 +462,11 @@ fn shelfboot(
         child.sha256 = Some(env.sha256.clone());
         let argv = child.argv(&env.exe, &o.join("report.json"));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        clients.push(Proc::spawn(
+        clients.push(env.spawn(
             &env.bp.card_ns(i + 1),
             &argv,
             &logs.join(format!("c{}.log", i + 1)),
+            None,
         )?);
     }
     let ended = wait_all(
@@ -426,6 +479,14 @@ fn shelfboot(
     let tx1 = env.bp.master_tx_bytes()?;
     let mut o = judge(&ended, elapsed, tx1.saturating_sub(tx0));
     o.card_secs.clear();
+    // The master's CPU from its group; each card's from its own report, taken when its
+    // simulation returned (before card-child's read-back check, which is the benchmark's
+    // own verification, like the hashing of the other peers' copies).
+    o.master_cpu_s = cpu0
+        .zip(env.cpu.and_then(Sides::usage))
+        .map(|(a, b)| b.0 - a.0);
+    let mut card_cpu = Some(0.0);
+    let (mut first, mut after) = (None::<f64>, None::<f64>);
     for (i, out) in outs.iter().enumerate() {
         let rep: Option<CardChildReport> = std::fs::read(out.join("report.json"))
             .ok()
@@ -433,6 +494,11 @@ fn shelfboot(
         match rep {
             Some(r) => {
                 o.verified += r.verified;
+                card_cpu = card_cpu.zip(r.cpu_s).map(|(a, b)| a + b);
+                if let Some((f, a)) = r.stream_edges(t0) {
+                    first = Some(first.map_or(f, |x| x.min(f)));
+                    after = Some(after.map_or(a, |x| x.max(a)));
+                }
                 if r.booted == 1 {
                     o.card_secs.push(r.done_mono - t0);
                 } else if o.status == "ok" {
@@ -450,6 +516,9 @@ fn shelfboot(
     if o.status == "ok" {
         o.last_secs = o.card_secs.iter().copied().fold(0.0, f64::max);
     }
+    o.card_cpu_s = card_cpu;
+    o.to_first_block_s = first;
+    o.after_last_block_s = after;
     let sv: Option<serde_json::Value> = std::fs::read(&stats)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());

@@ -73,6 +73,19 @@ impl Proc {
         log: &Path,
         cwd: Option<&Path>,
     ) -> Result<Proc, ProcError> {
+        Self::spawn_accounted(netns, argv, log, cwd, None)
+    }
+
+    /// [`Proc::spawn_in`], the process (and everything it forks) in control group
+    /// `group` (`cpuacct::CpuGroup::procs_file`): a shell joins it, then execs
+    /// `ip netns exec`, so the PID is still the program's own.
+    pub fn spawn_accounted(
+        netns: &str,
+        argv: &[&str],
+        log: &Path,
+        cwd: Option<&Path>,
+        group: Option<&Path>,
+    ) -> Result<Proc, ProcError> {
         let cmd = argv.join(" ");
         let f = File::create(log).map_err(|source| ProcError::Log {
             path: log.display().to_string(),
@@ -82,7 +95,17 @@ impl Proc {
             path: log.display().to_string(),
             source,
         })?;
-        let mut c = Command::new("ip");
+        let mut c = match group {
+            Some(procs) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"echo 0 > "$0" && exec "$@""#)
+                    .arg(procs)
+                    .arg("ip");
+                c
+            }
+            None => Command::new("ip"),
+        };
         c.args(["netns", "exec", netns])
             .args(argv)
             .stdin(Stdio::null())

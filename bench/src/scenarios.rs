@@ -181,9 +181,11 @@ pub fn transfers(
     sha: &str,
     shelf: Option<&ShelfState>,
     shelf_why: &str,
+    cpu: Option<&crate::cpuacct::Sides>,
     rows: &mut Vec<Row>,
 ) -> Result<(), crate::peers::PeerError> {
     let mut env = Env {
+        cpu,
         bp,
         work: p.work.join("xfer"),
         srv: srv.to_path_buf(),
@@ -293,6 +295,28 @@ pub fn transfers(
                     .collect();
                 if let Some(f) = Fig::of(&own) {
                     r.extra.insert("own_retransmit_MB".into(), scale(f, 1e-6));
+                }
+                let ok = || o.iter().flatten().filter(|x| x.status == "ok");
+                // CPU per GB: the master's per GB its port sent, the cards' per GB of
+                // artifact they received (all cards together).
+                let per_gb = |cpu: Option<f64>, bytes: f64| cpu.map(|c| c / (bytes / 1e9));
+                let m: Vec<f64> = ok()
+                    .filter_map(|x| per_gb(x.master_cpu_s, x.master_tx_bytes as f64))
+                    .collect();
+                let c: Vec<f64> = ok()
+                    .filter_map(|x| per_gb(x.card_cpu_s, (p.size * cards as u64) as f64))
+                    .collect();
+                let first: Vec<f64> = ok().filter_map(|x| x.to_first_block_s).collect();
+                let after: Vec<f64> = ok().filter_map(|x| x.after_last_block_s).collect();
+                for (k, v) in [
+                    ("master_cpu_s_per_GB_sent", m),
+                    ("card_cpu_s_per_GB", c),
+                    ("to_first_block_s", first),
+                    ("after_last_block_s", after),
+                ] {
+                    if let Some(f) = Fig::of(&v) {
+                        r.extra.insert(k.into(), f);
+                    }
                 }
                 rows.push(r);
             }

@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -549,6 +549,33 @@ pub struct CardChildReport {
     /// the sha256 their set names, over all cards.
     #[serde(default)]
     pub artifacts_verified: usize,
+    /// CLOCK_MONOTONIC seconds when card-child started.
+    #[serde(default)]
+    pub entered_mono: Option<f64>,
+    /// Seconds from card-child's start to the start of the conversations (reading the
+    /// trust anchor, opening the socket and every flash store).
+    #[serde(default)]
+    pub setup_s: Option<f64>,
+    /// Seconds from the start of the conversations until the first card stored its
+    /// first data block.
+    #[serde(default)]
+    pub first_block_s: Option<f64>,
+    /// Seconds from the start of the conversations until the last card stored its last
+    /// data block.
+    #[serde(default)]
+    pub last_block_s: Option<f64>,
+}
+
+impl CardChildReport {
+    /// (start → first data block, last data block → end) in seconds, `t0` being the
+    /// benchmark's start (CLOCK_MONOTONIC); `None` if the report lacks the timeline.
+    pub fn stream_edges(&self, t0: f64) -> Option<(f64, f64)> {
+        let origin = self.entered_mono? + self.setup_s?;
+        Some((
+            origin + self.first_block_s? - t0,
+            self.done_mono - (origin + self.last_block_s?),
+        ))
+    }
 }
 
 /// CLOCK_MONOTONIC now, in seconds (the same clock in every process).
@@ -652,6 +679,8 @@ impl CardChild {
 
 /// `card-child`: runs `cards` simulated cards, then checks their flash.
 pub fn card_child(c: &CardChild) -> Result<CardChildReport, ShelfError> {
+    let entered = Instant::now();
+    let entered_mono = mono();
     let bytes = std::fs::read(&c.anchor).map_err(|e| ShelfError::Anchor {
         path: c.anchor.clone(),
         source: e.into(),
@@ -688,12 +717,14 @@ pub fn card_child(c: &CardChild) -> Result<CardChildReport, ShelfError> {
         timeout: c.timeout,
         report: None,
     };
+    let pre_run = entered.elapsed().as_secs_f64();
     let reports = sim::run(&cfg, &AtomicBool::new(false)).map_err(|source| ShelfError::Sim {
         iface: c.iface.clone(),
         source: Box::new(source),
     })?;
     let mut out = CardChildReport {
         done_mono: mono(),
+        entered_mono: Some(entered_mono),
         vm_hwm_kib: vm_hwm_kib(),
         cpu_s: crate::proc::cpu_secs(std::process::id()),
         ..CardChildReport::default()
@@ -713,6 +744,20 @@ pub fn card_child(c: &CardChild) -> Result<CardChildReport, ShelfError> {
             out.last_decided_s = Some(out.last_decided_s.map_or(d, |x: f64| x.max(d)));
         }
         out.bytes_written += r.counters.bytes_written;
+        let (lo, hi) = (
+            |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+        );
+        out.first_block_s = lo(out.first_block_s, r.first_block_after_s);
+        out.last_block_s = hi(out.last_block_s, r.last_block_after_s);
+        // The setup ends when the conversations start: one moment for all cards.
+        out.setup_s = Some(pre_run + r.setup_s);
     }
     if let Some(want) = &c.sha256 {
         for sc in &cards {

@@ -27,7 +27,7 @@ use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::{Arch, BootPhase, Handoff};
 use shelfboot_proto::sign::TrustAnchor;
 
-use crate::agent::{Agent, AgentConfig, Counters, Decision, Identity, Phase, Timers};
+use crate::agent::{Agent, AgentConfig, Counters, Decision, Identity, Phase, Timeline, Timers};
 use crate::driver::{Driver, Seat};
 use crate::flash::{FileVolumes, Store, StoreConfig};
 
@@ -103,6 +103,16 @@ pub struct CardReport {
     /// Seconds from the start of the conversations (every card solicits at once, once
     /// all flash stores are open) to this card's decision; `None` while undecided.
     pub decided_after_s: Option<f64>,
+    /// Seconds from the call of [`run`] until the conversations started (the socket and
+    /// every card's flash store opened).
+    pub setup_s: f64,
+    /// Seconds from the start of the conversations to the plan, the first stored data block and the last
+    /// one (the agent's [`Timeline`]); `None` for what did not happen.
+    pub plan_after_s: Option<f64>,
+    /// See `plan_after_s`.
+    pub first_block_after_s: Option<f64>,
+    /// See `plan_after_s`.
+    pub last_block_after_s: Option<f64>,
 }
 
 /// Failures of the simulation itself (not of a card's conversation).
@@ -145,7 +155,9 @@ pub enum SimError {
 }
 
 /// A simulated card's seat: its spec and the start of the conversations.
-type Sim = Seat<FileVolumes, (SimCard, Instant)>;
+/// A seat's tag: the card, when its conversation started, and how long the setup before
+/// it took (socket and flash stores opened).
+type Sim = Seat<FileVolumes, (SimCard, Instant, Duration)>;
 
 fn report_of(s: &Sim) -> CardReport {
     let (decision, validated_only, autonomous) = match &s.decision {
@@ -165,6 +177,7 @@ fn report_of(s: &Sim) -> CardReport {
         ),
         Some(Decision::Reset { .. }) => ("reset".to_owned(), false, false),
     };
+    let timeline = *s.agent.timeline();
     let error = s
         .agent
         .last_error_sent()
@@ -187,9 +200,11 @@ fn report_of(s: &Sim) -> CardReport {
         progress: s.agent.fetch_progress(),
         error,
         counters: *s.agent.counters(),
-        decided_after_s: s
-            .decided_at
-            .map(|d| d.saturating_duration_since(s.tag.1).as_secs_f64()),
+        setup_s: s.tag.2.as_secs_f64(),
+        decided_after_s: Timeline::secs_since(s.tag.1, s.decided_at),
+        plan_after_s: Timeline::secs_since(s.tag.1, timeline.plan),
+        first_block_after_s: Timeline::secs_since(s.tag.1, timeline.first_block),
+        last_block_after_s: Timeline::secs_since(s.tag.1, timeline.last_block),
     }
 }
 
@@ -220,6 +235,7 @@ fn sim_ring_blocks(cards: usize) -> u32 {
 /// Run the cards until each has decided and finished sending, `timeout` passes, or `stop`
 /// is set. Returns every card's report.
 pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimError> {
+    let called = Instant::now();
     let mut sock = PacketSocket::open(
         &cfg.iface,
         SocketConfig {
@@ -296,11 +312,15 @@ pub fn run(cfg: &SimConfig, stop: &AtomicBool) -> Result<Vec<CardReport>, SimErr
             seed: u64::from_be_bytes(seed),
             timers: cfg.timers.clone(),
         };
-        sims.push(Seat::new(Agent::new(acfg, store, now), (spec.clone(), now)));
+        sims.push(Seat::new(
+            Agent::new(acfg, store, now),
+            (spec.clone(), now, Duration::ZERO),
+        ));
     }
     let started = Instant::now();
     for s in &mut sims {
         s.tag.1 = started;
+        s.tag.2 = started.saturating_duration_since(called);
     }
     let deadline = now + cfg.timeout;
     let mut driver = Driver::new(&mut sock);

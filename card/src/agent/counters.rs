@@ -66,3 +66,24 @@ impl Counters {
             + self.dropped_data
     }
 }
+
+/// When the milestones of one conversation happened (the agent's own clock, the `now` it
+/// is driven with), for profiling where a card's time goes: before the first data block,
+/// during the stream, after the last (until the driver's decision). Each is the first
+/// (for `last_block`, the latest) occurrence; `None` until it happens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeline {
+    /// A verified plan was accepted.
+    pub plan: Option<std::time::Instant>,
+    /// The first data block was stored.
+    pub first_block: Option<std::time::Instant>,
+    /// The latest new data block was stored.
+    pub last_block: Option<std::time::Instant>,
+}
+
+impl Timeline {
+    /// Seconds from `origin` to `at`, if it happened.
+    pub fn secs_since(origin: std::time::Instant, at: Option<std::time::Instant>) -> Option<f64> {
+        at.map(|t| t.saturating_duration_since(origin).as_secs_f64())
+    }
+}

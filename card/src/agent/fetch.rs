@@ -481,6 +481,8 @@ impl<V: Volumes> Agent<V> {
             Ok(DataOutcome::Accepted | DataOutcome::Completed) => {
                 cur.progressed(now);
                 self.counters.data_blocks += 1;
+                self.timeline.first_block.get_or_insert(now);
+                self.timeline.last_block = Some(now);
             }
             // A duplicate or out-of-window frame is no progress for us.
             Ok(DataOutcome::Dropped(_)) => self.counters.dropped_data += 1,

@@ -54,7 +54,7 @@ mod tests;
 use std::time::{Duration, Instant};
 
 pub use config::{AgentConfig, Identity, Timers};
-pub use counters::Counters;
+pub use counters::{Counters, Timeline};
 
 use shelfboot_proto::frag::{self, FragCounters, Reassembler};
 use shelfboot_proto::frame::{Flags, Frame, FrameError, Header, Link, MacAddr, MessageType};
@@ -172,6 +172,7 @@ pub struct Agent<V: Volumes> {
     sequence: u32,
     rng: SplitMix,
     counters: Counters,
+    timeline: Timeline,
     /// Highest master epoch seen in a verified plan or command.
     epoch: u64,
     /// (epoch, serial) of the last executed command.
@@ -218,6 +219,7 @@ impl<V: Volumes> Agent<V> {
             sequence: 0,
             rng,
             counters: Counters::default(),
+            timeline: Timeline::default(),
             epoch: 0,
             last_command: None,
             hold: false,
@@ -248,6 +250,11 @@ impl<V: Volumes> Agent<V> {
     /// The counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// When this conversation's milestones happened.
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
     }
 
     /// Give the agent a RAM store for test-mode plans (`persist = false`): a
@@ -688,6 +695,7 @@ impl<V: Volumes> Agent<V> {
             return;
         }
         self.counters.plans_accepted += 1;
+        self.timeline.plan.get_or_insert(now);
         self.epoch = self.epoch.max(plan.body.epoch);
         if plan.body.report_inventory {
             self.send_inventory(src);
