@@ -109,13 +109,14 @@ fn progress_by_bytes_goes_out_as_the_bytes_arrive() {
 }
 
 #[test]
-fn a_block_corrupted_on_flash_after_it_was_written_is_caught_before_commit() {
+fn a_block_that_lands_corrupted_on_flash_is_caught_before_commit() {
     let vols = FakeVolumes::new(4096, 1024);
     let (mut agent, mut sender, t1) = joined(&vols, 1 << 20);
-    let mut corrupted = false;
+    let mut armed = false;
     let sent = pump(&mut agent, &mut sender, t1, |agent, _| {
-        // Once the store holds some bytes, one of them goes bad on the medium.
-        if !corrupted && agent.counters().bytes_written > 300_000 {
+        // Once the store holds some bytes, a later LEB lands with a bit flipped while its
+        // change reports success (a silent program failure).
+        if !armed && agent.counters().bytes_written > 300_000 {
             let mut v = vols.clone();
             let staging = v
                 .list()
@@ -123,11 +124,11 @@ fn a_block_corrupted_on_flash_after_it_was_written_is_caught_before_commit() {
                 .into_iter()
                 .find(|v| v.name.starts_with("sb.new."));
             let staging = staging.expect("a staging volume is being written");
-            corrupted = vols.corrupt(&staging.name, 200_000);
-            assert!(corrupted);
+            vols.flip_on_change(&staging.name, 600_000);
+            armed = true;
         }
     });
-    assert!(corrupted, "counters {:?}", agent.counters());
+    assert!(armed, "counters {:?}", agent.counters());
     // The receiver verified the stream; the store's read-back hash refuses the volume.
     let refused = sent
         .iter()

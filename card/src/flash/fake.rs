@@ -13,8 +13,9 @@
 //! as it would attach after the reboot. Only mutating operations (create, update, write,
 //! rename, remove, LEB change) count; reads, listings and mapping queries are free.
 //!
-//! Uncorrectable read errors can be injected per LEB ([`FakeVolumes::fail_reads`]). It
-//! does not model open/busy volumes or bad blocks appearing during a write.
+//! Uncorrectable read errors can be injected per LEB ([`FakeVolumes::fail_reads`]), and a
+//! silent program failure, a LEB that lands with a flipped bit while its change reports
+//! success ([`FakeVolumes::flip_on_change`]). It does not model open/busy volumes or bad blocks appearing during a write.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -99,6 +100,9 @@ struct State {
     dead: bool,
     /// (volume name, LEB) whose reads fail with an I/O error (ECC).
     bad_reads: Vec<(String, u64)>,
+    /// (volume name, byte offset): the LEB change that writes this byte lands with one
+    /// bit of it flipped and reports success (a silent program failure). Used once.
+    flip_on_change: Option<(String, usize)>,
 }
 
 impl State {
@@ -173,6 +177,7 @@ impl FakeVolumes {
                 cut: None,
                 dead: false,
                 bad_reads: Vec::new(),
+                flip_on_change: None,
             })),
         }
     }
@@ -227,6 +232,7 @@ impl FakeVolumes {
                 cut: None,
                 dead: false,
                 bad_reads: Vec::new(),
+                flip_on_change: None,
             })),
         }
     }
@@ -281,6 +287,13 @@ impl FakeVolumes {
             },
         );
         Ok(VolumeId(id))
+    }
+
+    /// The next LEB change that writes byte `offset` of volume `name` lands with one bit
+    /// of that byte flipped and still reports success: a program failure the driver did
+    /// not see, which only reading the LEB back can catch.
+    pub fn flip_on_change(&self, name: &str, offset: usize) {
+        lock(&self.state).flip_on_change = Some((name.to_owned(), offset));
     }
 
     /// Flip one bit of a volume's data (simulates media corruption).
@@ -366,6 +379,16 @@ impl Volumes for FakeVolumes {
             dst[..data.len()].copy_from_slice(data);
             if let Some(m) = v.mapped.as_mut() {
                 m[lnum as usize] = true;
+            }
+            let name = v.name.clone();
+            let st = &mut *s;
+            if let Some((fname, off)) = &st.flip_on_change
+                && *fname == name
+                && (start..start + data.len()).contains(off)
+                && let Some(v) = st.vols.get_mut(&id.0)
+            {
+                v.data[*off] ^= 0x10;
+                st.flip_on_change = None;
             }
         }
         Ok(())

@@ -683,21 +683,26 @@ mod tests {
     }
 
     /// The store hashes each artifact once, over what it reads back from the volume (the
-    /// receiver hashed the stream): a block that changed on "flash" after it was written
-    /// is still caught before the artifact can be committed.
+    /// receiver hashed the stream). A block of a torn artifact that changed on "flash"
+    /// while the card was down is read back into the hash when the artifact resumes, so
+    /// it is caught before the artifact can be committed, and the next attempt starts
+    /// from byte 0.
     #[test]
-    fn corrupted_stored_block_is_caught_by_the_single_hash() {
+    fn a_resumed_prefix_that_went_bad_is_caught_by_the_single_hash() {
         let tmp = tempfile::tempdir().unwrap();
         let k: Vec<u8> = (0..300_000u32)
             .map(|i| u8::try_from(i % 251).unwrap())
             .collect();
         let set = [artifact_of(BootImage, "kernel", "1", &k)];
-        let dev = FileVolumes::format(tmp.path(), 4096, 256).unwrap();
-        let (mut s, _) = Store::open(dev.clone(), StoreConfig::default()).unwrap();
-        s.begin(&set, "quiet").unwrap();
-        s.start(&set[0]).unwrap();
-        s.write(&set[0], &k[..131_072]).unwrap();
-        // A stored block goes bad (media error) while the rest streams in.
+        {
+            let dev = FileVolumes::format(tmp.path(), 4096, 256).unwrap();
+            let (mut s, _) = Store::open(dev, StoreConfig::default()).unwrap();
+            s.begin(&set, "quiet").unwrap();
+            s.start(&set[0]).unwrap();
+            s.write(&set[0], &k[..131_072]).unwrap();
+            // The card goes down here; the prefix stays on flash.
+        }
+        // A stored block goes bad (media error) while the card is down.
         let blob = fs::read_dir(tmp.path().join(BLOBS))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -707,13 +712,19 @@ mod tests {
         assert_eq!(on_flash.len(), 131_072);
         on_flash[70_000] ^= 0x40;
         fs::write(&blob, &on_flash).unwrap();
+        let dev = FileVolumes::open(tmp.path()).unwrap();
+        let (mut s, _) = Store::open(dev, StoreConfig::default()).unwrap();
+        s.begin(&set, "quiet").unwrap();
+        s.start(&set[0]).unwrap();
+        let held = s.written(&set[0]).unwrap();
+        assert_eq!(held, 131_072, "the torn artifact resumes after its LEBs");
         s.write(&set[0], &k[131_072..]).unwrap();
         match s.finish(&set[0]) {
             Err(StoreError::DigestMismatch { what, .. }) => assert_eq!(what, "as read back"),
             other => panic!("a corrupted stored block went unnoticed: {other:?}"),
         }
         assert!(matches!(s.commit(), Err(StoreError::Incomplete { .. })));
-        // Streamed again, intact: staged and committed.
+        // Streamed again from byte 0, intact: staged and committed.
         s.stage(&set[0], &k[..]).unwrap();
         let inv = s.commit().unwrap();
         assert!(s.verify_set(&inv.set).unwrap().is_empty());

@@ -15,10 +15,12 @@
 //! complete ones and adopts them. sha256 is always checked over the whole artifact before
 //! it may be committed.
 //!
-//! sha256 is computed once per artifact here: with `verify_readback` (the default) over
-//! the bytes read back from the segment after the last LEB, which covers both what arrived
-//! and what the flash holds; without it, over the bytes as written (a resumed prefix is
-//! re-read from flash into the hash first).
+//! sha256 is computed once per artifact here, as the stream goes: with `verify_readback`
+//! (the default) over the bytes read back from the segment, each LEB right after it was
+//! changed, which covers both what arrived and what the flash holds; without it, over the
+//! bytes as written. Either way a resumed prefix is re-read from flash into the hash
+//! first, and [`Store::finish`] only writes the last LEB (read back too) and compares: the
+//! read-back overlaps the transfer instead of following it.
 //!
 //! Compaction copies (artifacts of old, sparsely used segments, see
 //! [`super::store::MAX_SEGMENTS`]) are copied from flash into the segment by `begin`.
@@ -49,8 +51,9 @@ pub(crate) enum Entry {
         buf: Vec<u8>,
         /// Bytes received in all (on flash + in `buf`).
         written: u64,
-        /// Hash of the bytes as written; only without read-back (which hashes instead).
-        hasher: Option<Sha256>,
+        /// Hash of the bytes on flash so far (read back after each LEB change) or, without
+        /// `verify_readback`, of the bytes as written.
+        hasher: Sha256,
     },
     Staged,
 }
@@ -297,7 +300,6 @@ impl<V: Volumes> Store<V> {
     /// Afterwards [`Self::written`] is where the stream must continue: 0, or the bytes an
     /// earlier attempt left on flash.
     pub fn start(&mut self, a: &ArtifactRef) -> Result<(), StoreError> {
-        let verify = self.cfg.verify_readback;
         let (item, seg, name) = self.item(a)?;
         let Entry::Pending { held } = item.entry else {
             return Err(StoreError::WrongState {
@@ -306,14 +308,9 @@ impl<V: Volumes> Store<V> {
             });
         };
         let offset = item.offset;
-        let hasher = if verify {
-            None
-        } else {
-            // The resumed prefix is re-read from flash into the hash.
-            let mut h = Sha256::new();
-            hash_extent_into(&mut self.vols, seg, &name, offset, held, &mut h)?;
-            Some(h)
-        };
+        // The resumed prefix is re-read from flash into the hash.
+        let mut hasher = Sha256::new();
+        hash_extent_into(&mut self.vols, seg, &name, offset, held, &mut hasher)?;
         let (item, _, _) = self.item(a)?;
         item.entry = Entry::Writing {
             buf: Vec::new(),
@@ -323,13 +320,20 @@ impl<V: Volumes> Store<V> {
         Ok(())
     }
 
-    /// Write the whole LEBs in `a`'s buffer (with `all`, the tail too) into the segment.
+    /// Write the whole LEBs in `a`'s buffer (with `all`, the tail too) into the segment;
+    /// with `verify_readback`, read each back into the artifact's hash.
     fn flush(&mut self, a: &ArtifactRef, all: bool) -> Result<(), StoreError> {
         let leb = self.geo.leb_size;
+        let verify = self.cfg.verify_readback;
         let Self { vols, txn, .. } = self;
         let (item, seg, name) = find_item(txn, a)?;
         let offset = item.offset;
-        let Entry::Writing { buf, written, .. } = &mut item.entry else {
+        let Entry::Writing {
+            buf,
+            written,
+            hasher,
+        } = &mut item.entry
+        else {
             return Ok(());
         };
         let leb_bytes = usize::try_from(leb).unwrap_or(usize::MAX);
@@ -340,6 +344,18 @@ impl<V: Volumes> Store<V> {
             let n = (buf.len() - at).min(leb_bytes);
             let lnum = u32::try_from((offset + flushed) / leb).unwrap_or(u32::MAX);
             if let Err(e) = vols.change_leb(seg, lnum, &buf[at..at + n]) {
+                let during = format!(
+                    "writing artifact {} into \"{name}\"; start it again",
+                    a.name
+                );
+                result = Err((StoreError::Volume { during, source: e }, flushed));
+                break;
+            }
+            if verify
+                && let Err(e) =
+                    hash_extent_into(vols, seg, &name, offset + flushed, n as u64, hasher)
+            {
+                // The hash is whole only up to the previous LEB: rewrite this one.
                 result = Err((e, flushed));
                 break;
             }
@@ -352,12 +368,8 @@ impl<V: Volumes> Store<V> {
             Err((e, held)) => {
                 // The LEB holds its old content or the new one (atomic change); everything
                 // before it is on flash. Resume after the last LEB known written.
-                let during = format!(
-                    "writing artifact {} into \"{name}\"; start it again",
-                    a.name
-                );
                 item.entry = Entry::Pending { held };
-                Err(StoreError::Volume { during, source: e })
+                Err(e)
             }
         }
     }
@@ -366,6 +378,7 @@ impl<V: Volumes> Store<V> {
     /// change fails, the artifact goes back to "not started": call [`Self::start`] again,
     /// which resumes after the LEBs already written.
     pub fn write(&mut self, a: &ArtifactRef, bytes: &[u8]) -> Result<(), StoreError> {
+        let verify = self.cfg.verify_readback;
         let (item, _, _) = self.item(a)?;
         let size = item.artifact.size;
         let Entry::Writing {
@@ -388,8 +401,8 @@ impl<V: Volumes> Store<V> {
         }
         buf.extend_from_slice(bytes);
         *written += bytes.len() as u64;
-        if let Some(h) = hasher {
-            h.update(bytes);
+        if !verify {
+            hasher.update(bytes);
         }
         self.flush(a, false)
     }
@@ -436,20 +449,14 @@ impl<V: Volumes> Store<V> {
             });
         }
         self.flush(a, true)?;
-        let (item, seg, name) = self.item(a)?;
-        let offset = item.offset;
+        let (item, _, _) = self.item(a)?;
         let Entry::Writing { hasher, .. } =
             std::mem::replace(&mut item.entry, Entry::Pending { held: 0 })
         else {
             return Ok(());
         };
-        let (actual, what): (Digest, _) = match hasher {
-            Some(h) if !verify => (Digest(h.finalize().into()), "as written"),
-            _ => (
-                hash_extent(&mut self.vols, seg, &name, offset, art.size)?,
-                "as read back",
-            ),
-        };
+        let actual = Digest(hasher.finalize().into());
+        let what = if verify { "as read back" } else { "as written" };
         if actual != art.sha256 {
             return Err(StoreError::DigestMismatch {
                 name: art.name,
