@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{release_row_id, upsert_assignment};
-use super::{SqliteStore, event, from_json, sql, to_json};
+use super::{Cached as _, SqliteStore, event, from_json, sql, to_json};
 use crate::image::manifest::ReleaseId;
 use crate::store::{
     Assignment, Event, Inventory, NodeIdentity, NodeRecord, NodeState, Result, StoreError, Target,
@@ -100,7 +100,7 @@ fn decode_node(row: NodeRow) -> Result<NodeRecord> {
 
 fn require_node(c: &Connection, mac: &MacAddr) -> Result<()> {
     let n: i64 = c
-        .query_row(
+        .one(
             "SELECT COUNT(*) FROM nodes WHERE mac = ?1",
             params![mac.to_string()],
             |r| r.get(0),
@@ -116,7 +116,7 @@ impl SqliteStore {
     pub(super) fn do_record_identity(&mut self, id: &NodeIdentity, now: i64) -> Result<bool> {
         let tx = self.tx()?;
         let existing: Option<(String, String, i64, i64)> = tx
-            .query_row(
+            .one(
                 "SELECT card_type, arch, shelf, slot FROM nodes WHERE mac = ?1",
                 params![id.mac.to_string()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -126,7 +126,7 @@ impl SqliteStore {
         let features = to_json(&id.features);
         let new = existing.is_none();
         if new {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO nodes(mac, card_type, arch, shelf, slot, hw_rev, features, present,
                    last_seen, state, registered_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, 'pristine', ?8)",
@@ -150,7 +150,7 @@ impl SqliteStore {
         } else {
             // Rewrites the row only if something differs (a warm boot in the same second
             // changes nothing, so no page is written).
-            tx.execute(
+            tx.exec(
                 "UPDATE nodes SET card_type = ?2, arch = ?3, shelf = ?4, slot = ?5, hw_rev = ?6,
                    features = ?7, present = 1, last_seen = ?8 WHERE mac = ?1
                    AND (card_type IS NOT ?2 OR arch IS NOT ?3 OR shelf IS NOT ?4
@@ -197,7 +197,7 @@ impl SqliteStore {
     ) -> Result<()> {
         let tx = self.tx()?;
         require_node(&tx, mac)?;
-        tx.execute(
+        tx.exec(
             "UPDATE nodes SET class = ?2 WHERE mac = ?1",
             params![mac.to_string(), class],
         )
@@ -222,7 +222,7 @@ impl SqliteStore {
         // A state the card already has (without a failure reason) is not written again:
         // no row change, no event. Failures are always recorded (each is history).
         let changed = tx
-            .execute(
+            .exec(
                 "UPDATE nodes SET state = ?2, state_reason = ?3, last_seen = ?4, present = 1
                  WHERE mac = ?1
                    AND (?3 IS NOT NULL OR state IS NOT ?2 OR state_reason IS NOT NULL
@@ -257,7 +257,7 @@ impl SqliteStore {
         // The same inventory again (every warm boot, every repeated Ready) is not written:
         // no row change, no event.
         let changed = tx
-            .execute(
+            .exec(
                 "UPDATE nodes SET inventory = ?2, last_seen = ?3 WHERE mac = ?1
                    AND inventory IS NOT ?2",
                 params![mac.to_string(), to_json(inv), now],
@@ -274,7 +274,7 @@ impl SqliteStore {
     pub(super) fn do_mark_absent(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
         let tx = self.tx()?;
         require_node(&tx, mac)?;
-        tx.execute(
+        tx.exec(
             "UPDATE nodes SET present = 0 WHERE mac = ?1",
             params![mac.to_string()],
         )
@@ -291,7 +291,7 @@ impl SqliteStore {
     ) -> Result<()> {
         let tx = self.tx()?;
         require_node(&tx, mac)?;
-        tx.execute(
+        tx.exec(
             "UPDATE nodes SET test_mode = ?2 WHERE mac = ?1",
             params![mac.to_string(), test.map(to_json)],
         )
@@ -332,7 +332,7 @@ impl SqliteStore {
             }
         };
         for m in &macs {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO prepare_pending(mac, ordered_at) VALUES (?1, ?2)
                  ON CONFLICT(mac) DO UPDATE SET ordered_at = ?2",
                 params![m.to_string(), now],
@@ -352,7 +352,7 @@ impl SqliteStore {
 
     pub(super) fn do_prepare_pending(&self, mac: &MacAddr) -> Result<bool> {
         self.conn
-            .query_row(
+            .one(
                 "SELECT 1 FROM prepare_pending WHERE mac = ?1",
                 params![mac.to_string()],
                 |_| Ok(()),
@@ -365,7 +365,7 @@ impl SqliteStore {
     pub(super) fn do_record_prepared(&mut self, mac: &MacAddr, now: i64) -> Result<bool> {
         let tx = self.tx()?;
         let cleared = tx
-            .execute(
+            .exec(
                 "DELETE FROM prepare_pending WHERE mac = ?1",
                 params![mac.to_string()],
             )
@@ -373,7 +373,7 @@ impl SqliteStore {
         if cleared == 0 {
             return Ok(false);
         }
-        tx.execute(
+        tx.exec(
             "UPDATE nodes SET state = 'ready', state_reason = ?2, last_seen = ?3, present = 1
              WHERE mac = ?1",
             params![mac.to_string(), PREPARED, now],
@@ -387,7 +387,7 @@ impl SqliteStore {
     pub(super) fn do_node(&self, mac: &MacAddr) -> Result<Option<NodeRecord>> {
         let row = self
             .conn
-            .query_row(
+            .one(
                 &format!("SELECT {NODE_COLS} FROM nodes WHERE mac = ?1"),
                 params![mac.to_string()],
                 node_from_row,
@@ -442,7 +442,7 @@ impl SqliteStore {
     pub(super) fn do_clear_assignment(&mut self, target: &Target, now: i64) -> Result<()> {
         let tx = self.tx()?;
         let (k, n) = target.key();
-        tx.execute(
+        tx.exec(
             "DELETE FROM assignments WHERE target_kind = ?1 AND target = ?2",
             params![k, n],
         )
@@ -604,6 +604,50 @@ mod tests {
         );
         let events = owner.events(None, 10).unwrap();
         assert!(events.iter().any(|e| e.kind == "test-mode"), "{events:?}");
+    }
+
+    /// Inside a batch, an operation that fails after writing leaves none of its writes
+    /// (its savepoint rolls back) while the batch's other operations commit.
+    #[test]
+    fn a_failed_operation_in_a_batch_leaves_nothing_and_the_batch_commits() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        let id = NodeIdentity {
+            mac: "02:00:00:00:00:02".parse().unwrap(),
+            card_type: "lc100".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
+            shelf: 1,
+            slot: 2,
+            hw_rev: "A".into(),
+            features: vec![],
+        };
+        s.begin_batch().unwrap();
+        s.record_identity(&id, 1).unwrap();
+        {
+            let tx = s.tx().unwrap();
+            super::event(&tx, 2, Some(&id.mac), "state", "written, then abandoned").unwrap();
+            // Dropped without commit: the operation failed.
+        }
+        {
+            let tx = s.tx().unwrap();
+            super::event(&tx, 3, Some(&id.mac), "state", "kept").unwrap();
+            tx.commit().unwrap();
+        }
+        s.end_batch().unwrap();
+        let details: Vec<String> = s
+            .events(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.detail)
+            .collect();
+        assert!(details.iter().any(|d| d == "kept"), "{details:?}");
+        assert!(
+            details.iter().any(|d| d.starts_with("registered")),
+            "{details:?}"
+        );
+        assert!(
+            !details.iter().any(|d| d.contains("abandoned")),
+            "{details:?}"
+        );
     }
 
     #[test]

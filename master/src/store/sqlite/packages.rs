@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::upsert_assignment;
-use super::{SqliteStore, event, from_json, sql, to_json};
+use super::{Cached as _, SqliteStore, event, from_json, sql, to_json};
 use crate::image::manifest::{BlobRef, Manifest, ReleaseId};
 use crate::store::{
     BootRecord, ImportOutcome, NewRelease, PackageRecord, ReleaseInfo, Result, StoreError, Target,
@@ -55,7 +55,7 @@ fn artifact_rows(m: &Manifest) -> Vec<ArtifactRow> {
 /// Checks for clashes; Ok(true) if this exact release is already stored.
 fn check_clashes(c: &Connection, m: &Manifest, sha: &Digest) -> Result<bool> {
     let existing: Option<String> = c
-        .query_row(
+        .one(
             "SELECT manifest_sha256 FROM releases WHERE name = ?1 AND version = ?2",
             params![m.release.name, m.release.version.to_string()],
             |r| r.get(0),
@@ -155,7 +155,7 @@ impl SqliteStore {
     pub(super) fn do_trust_key(&mut self, key: &TrustedKey) -> Result<bool> {
         let tx = self.tx()?;
         let n = tx
-            .execute(
+            .exec(
                 "INSERT OR IGNORE INTO trusted_keys(key_id, public_key, comment, added_at)
                  VALUES (?1, ?2, ?3, ?4)",
                 params![key.key_id, key.public_key, key.comment, key.added_at],
@@ -172,7 +172,7 @@ impl SqliteStore {
     pub(super) fn do_untrust_key(&mut self, key_id: &str, now: i64) -> Result<()> {
         let tx = self.tx()?;
         let n = tx
-            .execute(
+            .exec(
                 "DELETE FROM trusted_keys WHERE key_id = ?1",
                 params![key_id],
             )
@@ -215,7 +215,7 @@ impl SqliteStore {
         if check_clashes(&tx, m, &rel.manifest_sha256)? {
             return Ok(ImportOutcome::AlreadyPresent);
         }
-        tx.execute(
+        tx.exec(
             "INSERT INTO releases(name, version, manifest_sha256, signer, imported_at, seq, manifest)
              VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) + 1 FROM releases), ?6)",
             params![
@@ -230,14 +230,14 @@ impl SqliteStore {
         .map_err(sql("insert release"))?;
         let release_id = tx.last_insert_rowid();
         for b in &m.blobs {
-            tx.execute(
+            tx.exec(
                 "INSERT OR IGNORE INTO blobs(sha256, size) VALUES (?1, ?2)",
                 params![b.sha256.to_string(), b.size],
             )
             .map_err(sql("insert blob"))?;
         }
         for row in artifact_rows(m) {
-            tx.execute(
+            tx.exec(
                 "INSERT OR IGNORE INTO artifacts(kind, name, version, arch, card_type, content)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
@@ -251,7 +251,7 @@ impl SqliteStore {
             )
             .map_err(sql("insert artifact"))?;
             let aid: i64 = tx
-                .query_row(
+                .one(
                     "SELECT id FROM artifacts WHERE kind = ?1 AND name = ?2 AND version = ?3
                        AND arch = ?4 AND card_type = ?5",
                     params![
@@ -265,14 +265,14 @@ impl SqliteStore {
                 )
                 .map_err(sql("look up artifact"))?;
             for (role, blob) in &row.blobs {
-                tx.execute(
+                tx.exec(
                     "INSERT OR IGNORE INTO artifact_blobs(artifact_id, role, sha256)
                      VALUES (?1, ?2, ?3)",
                     params![aid, role, blob.sha256.to_string()],
                 )
                 .map_err(sql("insert artifact blob"))?;
             }
-            tx.execute(
+            tx.exec(
                 "INSERT OR IGNORE INTO release_artifacts(release_id, artifact_id) VALUES (?1, ?2)",
                 params![release_id, aid],
             )
@@ -344,7 +344,7 @@ impl SqliteStore {
     pub(super) fn do_release_manifest(&self, id: &ReleaseId) -> Result<Option<Manifest>> {
         let json: Option<String> = self
             .conn
-            .query_row(
+            .one(
                 "SELECT manifest FROM releases WHERE name = ?1 AND version = ?2",
                 params![id.name, id.version.to_string()],
                 |r| r.get(0),
@@ -407,7 +407,7 @@ impl SqliteStore {
         let tx = self.tx()?;
         for id in ids {
             let n = tx
-                .execute(
+                .exec(
                     "DELETE FROM releases WHERE name = ?1 AND version = ?2",
                     params![id.name, id.version.to_string()],
                 )
@@ -435,7 +435,7 @@ impl SqliteStore {
             if kind == "package" && pinned.contains(&(name.clone(), version.clone())) {
                 continue;
             }
-            tx.execute("DELETE FROM artifacts WHERE id = ?1", params![aid])
+            tx.exec("DELETE FROM artifacts WHERE id = ?1", params![aid])
                 .map_err(sql("delete artifact"))?;
             event(
                 &tx,
@@ -445,7 +445,7 @@ impl SqliteStore {
                 &format!("deleted {kind} {name} {version}"),
             )?;
         }
-        tx.execute(
+        tx.exec(
             "DELETE FROM blobs WHERE sha256 NOT IN (SELECT sha256 FROM artifact_blobs)",
             [],
         )

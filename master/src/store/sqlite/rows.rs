@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{sql, to_json};
+use super::{Cached as _, sql, to_json};
 use crate::image::manifest::ReleaseId;
 use crate::store::{Result, Target};
 
 /// The row id of release `id`, if it is imported.
 pub(super) fn release_row_id(c: &Connection, id: &ReleaseId) -> Result<Option<i64>> {
-    c.query_row(
+    c.one(
         "SELECT id FROM releases WHERE name = ?1 AND version = ?2",
         params![id.name, id.version.to_string()],
         |r| r.get(0),
@@ -30,7 +30,7 @@ pub(super) fn upsert_assignment(
     now: i64,
 ) -> Result<()> {
     let (k, n) = target.key();
-    c.execute(
+    c.exec(
         "INSERT INTO assignments(target_kind, target, release_id, pins, set_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(target_kind, target) DO UPDATE SET release_id = excluded.release_id,
