@@ -91,6 +91,11 @@ pub struct Service<S: Store> {
     /// Cards recorded "prepared, holding": their next boot's Ready is written (it clears
     /// that reason) even though the cached state is already ready.
     prepared: std::collections::HashSet<MacAddr>,
+    /// Inventory digest last written per card (a warm boot's Ready repeats what its
+    /// Solicit reported: not written twice).
+    inventories: HashMap<MacAddr, Option<Digest>>,
+    /// Cards whose last Solicit found no prepare mark: their Ready has none to clear.
+    unmarked: std::collections::HashSet<MacAddr>,
     /// The catalog plans are resolved against, read at the first Solicit and again after
     /// every operator request (nothing else changes it: serve holds the state lock).
     catalog: Option<CatalogSnapshot>,
@@ -153,6 +158,8 @@ impl<S: Store> Service<S> {
             reasm: Reassembler::new(frag::Limits::MASTER),
             states: HashMap::new(),
             prepared: std::collections::HashSet::new(),
+            inventories: HashMap::new(),
+            unmarked: std::collections::HashSet::new(),
             catalog: None,
             sessions,
             cards: Cards::default(),
@@ -205,14 +212,24 @@ impl<S: Store> Service<S> {
         if let Err(e) = self.master.end_batch() {
             self.stats.db_errors += 1;
             log::error!("master: {}", shelfboot_proto::report::error_chain(&e));
+            // The batch's writes are lost: what the caches say was written may not be.
+            self.forget_written();
         }
+    }
+
+    /// Drops the caches of what was written to the node database, so that the next
+    /// report of each card is written again.
+    fn forget_written(&mut self) {
+        self.states.clear();
+        self.inventories.clear();
+        self.unmarked.clear();
     }
 
     /// The master state, for an operator request on the control socket. The request may
     /// change assignments, test mode or node states behind the service's back, so the
     /// caches of what each card last reported are dropped (the next report is written).
     pub fn master_mut(&mut self) -> &mut Master<S> {
-        self.states.clear();
+        self.forget_written();
         self.catalog = None;
         &mut self.master
     }
@@ -578,14 +595,8 @@ impl<S: Store> Service<S> {
             ask_inventory = !known && s.inventory_digest.is_some();
             None
         };
-        if let Some(inv) = inv
-            && let Err(e) = self.master.record_inventory(&src, &inv)
-        {
-            self.stats.db_errors += 1;
-            log::error!(
-                "master: inventory of {src}: {}",
-                shelfboot_proto::report::error_chain(&e)
-            );
+        if let Some(inv) = inv {
+            self.record_inventory(src, &inv);
         }
         let refs = plan.artifact_refs();
         let plan_bytes: u64 = refs.iter().map(|a| a.size).sum();
@@ -640,14 +651,28 @@ impl<S: Store> Service<S> {
             report_inventory: ask_inventory && peer >= version::FRAGMENTS,
         };
         self.plans.insert(src, plan);
-        if self.master.prepare_pending(&src).unwrap_or_else(|e| {
-            self.stats.db_errors += 1;
-            log::error!(
-                "master: prepare mark of {src}: {}",
-                shelfboot_proto::report::error_chain(&e)
-            );
-            false
-        }) {
+        // Whether the card must clear a prepare mark when it is Ready: only if its Solicit
+        // found one (or the lookup failed and it is not known).
+        let marked = match self.master.prepare_pending(&src) {
+            Ok(m) => {
+                if m {
+                    self.unmarked.remove(&src);
+                } else {
+                    self.unmarked.insert(src);
+                }
+                m
+            }
+            Err(e) => {
+                self.stats.db_errors += 1;
+                log::error!(
+                    "master: prepare mark of {src}: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
+                self.unmarked.remove(&src);
+                false
+            }
+        };
+        if marked {
             // `master prepare`: burn (or validate) and hold for the warm boot, whatever
             // the verdict. The BurnNow goes first, so the card holds before it acts.
             self.burn_now(src, p.header.session);
@@ -755,7 +780,7 @@ impl<S: Store> Service<S> {
             NodeState::Test
         };
         // `master prepare`: the card holds now; `master nodes` says so.
-        if persisted {
+        if persisted && !self.unmarked.contains(&src) {
             match self.master.record_prepared(&src) {
                 Ok(true) => {
                     log::info!("master: {src} prepared, holding for the warm boot");
@@ -781,23 +806,35 @@ impl<S: Store> Service<S> {
                 plan.digest
             );
         }
-        let inv = Inventory {
-            digest: Some(digest),
-            items: inventory_items(&plan.artifact_refs()),
-        };
         // A test-mode set (persisted = false) lives in the card's RAM: its flash, and so
         // the inventory the node database records, is what its Solicit reported.
-        if persisted
-            && plan.digest == digest
-            && let Err(e) = self.master.record_inventory(&src, &inv)
-        {
-            self.stats.db_errors += 1;
-            log::error!(
-                "master: inventory of {src}: {}",
-                shelfboot_proto::report::error_chain(&e)
-            );
+        if persisted && plan.digest == digest {
+            let inv = Inventory {
+                digest: Some(digest),
+                items: inventory_items(&plan.artifact_refs()),
+            };
+            self.record_inventory(src, &inv);
         }
         self.set_state(src, state, None);
+    }
+
+    /// Record a card's inventory (only when it differs from the one last written).
+    fn record_inventory(&mut self, src: MacAddr, inv: &Inventory) {
+        if self.inventories.get(&src) == Some(&inv.digest) {
+            return;
+        }
+        match self.master.record_inventory(&src, inv) {
+            Ok(()) => {
+                self.inventories.insert(src, inv.digest);
+            }
+            Err(e) => {
+                self.stats.db_errors += 1;
+                log::error!(
+                    "master: inventory of {src}: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
+            }
+        }
     }
 
     /// Record a node state (only on change, except failures which carry a reason).
