@@ -374,8 +374,7 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
                 &bp,
                 &srv,
                 &sha,
-                shelf.as_ref(),
-                &shelf_why,
+                shelf.as_ref().ok_or(shelf_why.as_str()),
                 cpu.as_ref(),
                 &mut rows,
             )

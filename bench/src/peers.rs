@@ -319,12 +319,7 @@ pub fn transfer(env: &Env, peer: Peer, cards: usize) -> Result<Outcome, PeerErro
                 "uftp", "-x", "1", "-I", "eth0", "-R", "-1", "-b", "1436", "-B", &buf, "-H",
                 &hosts, ART,
             ];
-            sender = Some(env.spawn(
-                &ns,
-                &argv,
-                &log("sender.log".into()),
-                Some(&env.srv),
-            )?);
+            sender = Some(env.spawn(&ns, &argv, &log("sender.log".into()), Some(&env.srv))?);
         }
         Peer::Shelfboot => {
             return shelfboot(env, cards, tx0, &outs, &logs);

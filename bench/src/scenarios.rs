@@ -179,8 +179,7 @@ pub fn transfers(
     bp: &Backplane,
     srv: &Path,
     sha: &str,
-    shelf: Option<&ShelfState>,
-    shelf_why: &str,
+    shelf: Result<&ShelfState, &str>,
     cpu: Option<&crate::cpuacct::Sides>,
     rows: &mut Vec<Row>,
 ) -> Result<(), crate::peers::PeerError> {
@@ -191,7 +190,7 @@ pub fn transfers(
         srv: srv.to_path_buf(),
         size: p.size,
         sha256: sha.into(),
-        shelf,
+        shelf: shelf.ok(),
         exe: p.exe.clone(),
         timeout: Duration::from_secs(60),
         loss_percent: 0,
@@ -224,7 +223,7 @@ pub fn transfers(
                     ceil.push(c.ok());
                 }
                 for &peer in &p.peers {
-                    if peer == Peer::Shelfboot && shelf.is_none() {
+                    if peer == Peer::Shelfboot && shelf.is_err() {
                         continue;
                     }
                     if peer == Peer::Tftp && loss > 0 {
@@ -264,7 +263,7 @@ pub fn transfers(
                         link: link.into(),
                         peer: peer.name().into(),
                         cards,
-                        status: format!("not available: {shelf_why}"),
+                        status: format!("not available: {}", shelf.err().unwrap_or_default()),
                         ..Row::default()
                     });
                     continue;
