@@ -70,6 +70,10 @@ type GroupChange = (bool, MacAddr);
 #[derive(Debug)]
 pub struct Driver<'a, F: FrameIo> {
     io: &'a mut F,
+    /// Seat index by MAC, built at the first [`Driver::receive`] and again only when the
+    /// seats change (a seat's MAC is fixed for its agent's life): one lookup per frame,
+    /// not a map of every seat per receive call.
+    by_mac: HashMap<MacAddr, usize>,
     group_refs: HashMap<MacAddr, usize>,
     changes: Vec<GroupChange>,
     out: Vec<Vec<u8>>,
@@ -81,6 +85,7 @@ impl<'a, F: FrameIo> Driver<'a, F> {
     pub fn new(io: &'a mut F) -> Self {
         Self {
             io,
+            by_mac: HashMap::new(),
             group_refs: HashMap::new(),
             changes: Vec::new(),
             out: Vec::new(),
@@ -121,22 +126,32 @@ impl<'a, F: FrameIo> Driver<'a, F> {
 
     /// Waits up to `wait` for frames, hands every one received to the seats it is
     /// addressed to and sends what they output. Returns (frames received, whether a seat's
-    /// reportable state changed).
+    /// reportable state changed). Pass the same seats, in the same order, at every call
+    /// (the loop's own): their index by MAC is kept between calls.
     pub fn receive<V: Volumes, T>(
         &mut self,
         seats: &mut [Seat<V, T>],
         wait: Duration,
     ) -> Result<(usize, bool), F::Error> {
-        let by_mac: HashMap<MacAddr, usize> = seats
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.agent.mac(), i))
-            .collect();
+        let at = |i: usize| seats.get(i).map(|s| (s.agent.mac(), i));
+        let stale = self.by_mac.len() != seats.len()
+            || [at(0), seats.len().checked_sub(1).and_then(at)]
+                .into_iter()
+                .flatten()
+                .any(|(mac, i)| self.by_mac.get(&mac) != Some(&i));
+        if stale {
+            self.by_mac = seats
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.agent.mac(), i))
+                .collect();
+        }
+        let by_mac = &self.by_mac;
         let mut changed = false;
         let out = &mut self.out;
         let changes = &mut self.changes;
         let r = self.io.recv_batch(
-            &mut |f: &[u8], _| changed |= dispatch(seats, &by_mac, f, out, changes),
+            &mut |f: &[u8], _| changed |= dispatch(seats, by_mac, f, out, changes),
             wait,
         );
         self.flush();
