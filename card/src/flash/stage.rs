@@ -337,37 +337,39 @@ impl<V: Volumes> Store<V> {
             return Ok(());
         };
         let leb_bytes = usize::try_from(leb).unwrap_or(usize::MAX);
-        let mut flushed = *written - buf.len() as u64;
+        let flushed = *written - buf.len() as u64;
         let mut at = 0;
         let mut result = Ok(());
-        while buf.len() - at >= leb_bytes || (all && at < buf.len()) {
-            let n = (buf.len() - at).min(leb_bytes);
+        // Every whole LEB in the buffer (with `all`, the tail too) in one run of changes.
+        let n = if all {
+            buf.len()
+        } else {
+            buf.len() - buf.len() % leb_bytes
+        };
+        if n > 0 {
             let lnum = u32::try_from((offset + flushed) / leb).unwrap_or(u32::MAX);
-            if let Err(e) = vols.change_leb(seg, lnum, &buf[at..at + n]) {
+            if let Err(e) = vols.change_lebs(seg, lnum, &buf[..n]) {
                 let during = format!(
                     "writing artifact {} into \"{name}\"; start it again",
                     a.name
                 );
                 result = Err((StoreError::Volume { during, source: e }, flushed));
-                break;
-            }
-            if verify
+            } else if verify
                 && let Err(e) =
                     hash_extent_into(vols, seg, &name, offset + flushed, n as u64, hasher)
             {
-                // The hash is whole only up to the previous LEB: rewrite this one.
+                // The hash is whole only up to the run: write it again.
                 result = Err((e, flushed));
-                break;
+            } else {
+                at = n;
             }
-            at += n;
-            flushed += n as u64;
         }
         buf.drain(..at);
         match result {
             Ok(()) => Ok(()),
             Err((e, held)) => {
-                // The LEB holds its old content or the new one (atomic change); everything
-                // before it is on flash. Resume after the last LEB known written.
+                // Each LEB of the run holds its old content or the new one (atomic changes);
+                // everything before the run is on flash. Resume after it.
                 item.entry = Entry::Pending { held };
                 Err(e)
             }

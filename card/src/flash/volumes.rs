@@ -368,6 +368,30 @@ pub trait Volumes {
     /// volume's end or more than a LEB of data is [`VolumeErrorKind::Invalid`].
     fn change_leb(&mut self, id: VolumeId, lnum: u32, data: &[u8]) -> Result<(), VolumeError>;
 
+    /// [`Volumes::change_leb`] of consecutive LEBs `first`, `first + 1`, ... with `data`
+    /// cut into LEBs (the last one may be short). Each LEB is changed atomically as by
+    /// `change_leb`; after an error or a power cut any of them may hold its old content or
+    /// its new one. UBI has no call for several LEBs, so by default this is one
+    /// `change_leb` after the other; a file-backed device makes them durable together
+    /// (one sync for the run instead of one per LEB).
+    fn change_lebs(&mut self, id: VolumeId, first: u32, data: &[u8]) -> Result<(), VolumeError> {
+        let leb = usize::try_from(self.geometry()?.leb_size).unwrap_or(usize::MAX);
+        for (i, chunk) in data.chunks(leb.max(1)).enumerate() {
+            let lnum = u32::try_from(i)
+                .ok()
+                .and_then(|i| first.checked_add(i))
+                .ok_or_else(|| {
+                    VolumeError::new(
+                        VolumeOp::ChangeLeb,
+                        VolumeTarget::id(id),
+                        VolumeErrorKind::Invalid,
+                    )
+                })?;
+            self.change_leb(id, lnum, chunk)?;
+        }
+        Ok(())
+    }
+
     /// `UBI_IOCEBISMAP`: whether LEB `lnum` of volume `id` is mapped (has been written
     /// since the volume was created).
     fn is_mapped(&mut self, id: VolumeId, lnum: u32) -> Result<bool, VolumeError>;
