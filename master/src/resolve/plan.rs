@@ -74,6 +74,13 @@ impl Plan {
             .collect()
     }
 
+    /// Whether the artifact with sha256 `sha` is in this plan.
+    pub fn has_artifact(&self, sha: &Digest) -> bool {
+        std::iter::once(&self.boot)
+            .chain(&self.packages)
+            .any(|a| a.blob.sha256 == *sha)
+    }
+
     /// Computes the digest from the artifacts and command line.
     pub fn compute_digest(&self) -> Digest {
         set_digest(&self.artifact_refs(), &self.cmdline)

@@ -42,7 +42,7 @@ use shelfboot_proto::{MAX_CONTROL_BODY_LEN, version};
 
 use super::cards::Cards;
 use super::config::ServiceConfig;
-use super::sessions::Sessions;
+use super::sessions::{Asker, Sessions};
 use super::stats::ServeStats;
 use crate::resolve::Plan;
 use crate::state::{CatalogSnapshot, FleetAction, FleetOrder, Master, MasterError};
@@ -96,6 +96,9 @@ pub struct Service<S: Store> {
     inventories: HashMap<MacAddr, Option<Digest>>,
     /// Cards whose last Solicit found no prepare mark: their Ready has none to clear.
     unmarked: std::collections::HashSet<MacAddr>,
+    /// Cards told to Fetch that have not reported Ready or an error since: who may ask for
+    /// an artifact of their plan (a session expects them before its first pass).
+    fetchers: std::collections::HashSet<MacAddr>,
     /// The catalog plans are resolved against, read at the first Solicit and again after
     /// every operator request (nothing else changes it: serve holds the state lock).
     catalog: Option<CatalogSnapshot>,
@@ -160,6 +163,7 @@ impl<S: Store> Service<S> {
             prepared: std::collections::HashSet::new(),
             inventories: HashMap::new(),
             unmarked: std::collections::HashSet::new(),
+            fetchers: std::collections::HashSet::new(),
             catalog: None,
             sessions,
             cards: Cards::default(),
@@ -375,9 +379,15 @@ impl<S: Store> Service<S> {
                     Some(a) => {
                         let session = header.session;
                         let mtu = self.mtus.get(&src).copied();
+                        let expected = self.fetching_with(&a.sha256).max(1);
+                        let asker = Asker {
+                            card: src,
+                            mtu,
+                            expected,
+                        };
                         let joins =
                             self.sessions
-                                .on_fetch(src, mtu, &a, &f, since, self.master.blobs());
+                                .on_fetch(asker, &a, &f, since, self.master.blobs());
                         match joins {
                             Ok(join) => {
                                 self.stats.joins += 1;
@@ -420,6 +430,7 @@ impl<S: Store> Service<S> {
             Message::Ready(r) => {
                 self.stats.ready += 1;
                 self.cards.ready(src, r.persisted, since);
+                self.fetchers.remove(&src);
                 self.on_ready(src, r.digest, r.persisted);
             }
             Message::Error(e) => {
@@ -428,6 +439,7 @@ impl<S: Store> Service<S> {
                 log::warn!("master: card {src} reports {:?}: {}", e.reason, e.detail);
                 let text = format!("{:?}: {}", e.reason, e.detail);
                 self.cards.failed(src, false, &text, since);
+                self.fetchers.remove(&src);
                 self.set_state(src, NodeState::Failed, Some(&text));
             }
             Message::Advertise(_)
@@ -465,6 +477,14 @@ impl<S: Store> Service<S> {
             .artifact_refs()
             .into_iter()
             .find(|a| &a.sha256 == sha)
+    }
+
+    /// Cards fetching now whose plan has the artifact `sha`: who may ask for it soon.
+    fn fetching_with(&self, sha: &Digest) -> usize {
+        self.fetchers
+            .iter()
+            .filter(|card| self.plans.get(card).is_some_and(|p| p.has_artifact(sha)))
+            .count()
     }
 
     fn on_solicit(&mut self, src: MacAddr, header: Header, s: Solicit) {
@@ -602,9 +622,11 @@ impl<S: Store> Service<S> {
         let plan_bytes: u64 = refs.iter().map(|a| a.size).sum();
         let verdict = if s.inventory_digest == Some(plan.digest) {
             self.stats.plans_continue += 1;
+            self.fetchers.remove(&src);
             Verdict::Continue
         } else {
             self.stats.plans_fetch += 1;
+            self.fetchers.insert(src);
             // A card that reported a failure (NoSpace, say) and asks again keeps its
             // failure and reason until it actually moves (Progress, Ready): otherwise
             // `master nodes` would say "fetching" for a card that cannot fetch.

@@ -88,6 +88,18 @@ struct Session {
     refetched: BTreeMap<MacAddr, u32>,
 }
 
+/// Who sends a Fetch, as the sessions need to know it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Asker {
+    pub card: MacAddr,
+    /// What the card's Solicit said of its port (`None`: 1500, or not heard since this
+    /// master started).
+    pub mtu: Option<u16>,
+    /// How many cards may ask for this artifact now (those planned with it that are
+    /// fetching, this one included).
+    pub expected: usize,
+}
+
 /// All sessions of one service run.
 pub struct Sessions {
     ethertype: u16,
@@ -157,19 +169,23 @@ impl Sessions {
         all
     }
 
-    /// A card's Fetch of `artifact`: the Join to send it. `card_mtu` is what the card's
-    /// Solicit said of its port (`None`: 1500, or not heard since this master started);
-    /// the card joins only a session whose blocks fit the MTU both ports take, and a new
-    /// session for it uses that MTU's block size.
+    /// A card's Fetch of `artifact`: the Join to send it. The card joins only a session
+    /// whose blocks fit the MTU both ports take, and a new session for it uses that MTU's
+    /// block size; a session that has every card `asker.expected` counts starts its first
+    /// pass at once.
     pub(super) fn on_fetch(
         &mut self,
-        card: MacAddr,
-        card_mtu: Option<u16>,
+        asker: Asker,
         artifact: &ArtifactRef,
         fetch: &Fetch,
         now: Duration,
         blobs: &BlobDir,
     ) -> Result<Join, SessionError> {
+        let Asker {
+            card,
+            mtu: card_mtu,
+            expected,
+        } = asker;
         let mtu = shelfboot_proto::common_mtu(Some(self.link_mtu), card_mtu);
         let block_size =
             block_size_for_mtu(mtu).map_err(|source| SessionError::Mtu { card, mtu, source })?;
@@ -203,6 +219,7 @@ impl Sessions {
                     continue;
                 }
             }
+            s.sender.expect_members(expected);
             if let Admission::Joined(j) = s.sender.join(card, fetch.have_slices, now) {
                 if !was_member {
                     s.stats.members += 1;
@@ -235,6 +252,7 @@ impl Sessions {
                 name: name.clone(),
                 source,
             })?;
+        sender.expect_members(expected);
         let Admission::Joined(join) = sender.join(card, fetch.have_slices, now) else {
             return Err(SessionError::NotAdmitted { name, card });
         };

@@ -65,6 +65,9 @@ pub struct Sender<S> {
     start_at: Duration,
     /// When the last member joined before the first pass (see `SenderConfig::join_quiet`).
     last_join: Option<Duration>,
+    /// Members the caller expects at most ([`Sender::expect_members`]); once that many
+    /// have joined, the first pass starts without waiting out the join window.
+    expected: Option<usize>,
     started: bool,
     finished: bool,
     /// First-pass position: next block to send for the first time.
@@ -131,6 +134,7 @@ impl<S: BlockSource> Sender<S> {
         Ok(Sender {
             start_at: now + cfg.join_window,
             last_join: None,
+            expected: None,
             started: false,
             finished: false,
             cur_slice: 0,
@@ -504,12 +508,25 @@ impl<S: BlockSource> Sender<S> {
     }
 
     /// When the first pass starts: the end of the join window, or `join_quiet` after the
-    /// last join if that is sooner.
+    /// last join if that is sooner, or at the last join once every expected member is in.
     fn first_pass_at(&self) -> Duration {
         match self.last_join {
+            Some(t) if self.expected.is_some_and(|n| self.members.len() >= n) => {
+                self.start_at.min(t)
+            }
             Some(t) => self.start_at.min(t.saturating_add(self.cfg.join_quiet)),
             None => self.start_at,
         }
+    }
+
+    /// The caller knows that at most `n` receivers are about to ask for this artifact (the
+    /// cards it planned it for that are fetching now): once `n` have joined, the first
+    /// pass starts at once instead of waiting out the join window, so a lone card waits
+    /// for nobody. A card the caller did not count still joins late (within
+    /// `late_join_bytes`) and gets what it missed by NACK. Call it again when the count
+    /// changes; it has no effect after the first pass started.
+    pub fn expect_members(&mut self, n: usize) {
+        self.expected = Some(n);
     }
 
     /// The next block to send: the lowest queued repair, else the first-pass block.

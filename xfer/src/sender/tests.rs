@@ -163,6 +163,42 @@ fn first_pass_starts_when_joins_go_quiet_but_never_after_the_window() {
 }
 
 #[test]
+fn first_pass_starts_at_once_when_every_expected_member_has_joined() {
+    let mut c = config();
+    c.join_window = 300 * MS;
+    c.join_quiet = 50 * MS;
+    c.silence_timeout = Duration::from_secs(10);
+    let info = ArtifactInfo {
+        name: "pkg 3".to_owned(),
+        sha256: Digest([8; 32]),
+        size: 3 * SLICE,
+    };
+    let mut buf = vec![0; MAX_FRAME_LEN];
+    let data = vec![0u8; 3 * SLICE as usize];
+    // A lone card the caller expected alone: data at its join, no quiet time.
+    let mut tx = Sender::new(c.clone(), 5, info.clone(), data.clone(), Duration::ZERO).unwrap();
+    tx.expect_members(1);
+    tx.join(mac(1), 0, 10 * MS);
+    assert!(matches!(
+        tx.poll(10 * MS, &mut buf).unwrap(),
+        SendStep::Frame { .. }
+    ));
+    // Two expected: the first join waits (quiet time), the second starts it.
+    let mut tx = Sender::new(c, 5, info, data, Duration::ZERO).unwrap();
+    tx.expect_members(2);
+    tx.join(mac(1), 0, 10 * MS);
+    assert_eq!(
+        tx.poll(20 * MS, &mut buf).unwrap(),
+        SendStep::Wait { until: 60 * MS }
+    );
+    tx.join(mac(2), 0, 30 * MS);
+    assert!(matches!(
+        tx.poll(30 * MS, &mut buf).unwrap(),
+        SendStep::Frame { .. }
+    ));
+}
+
+#[test]
 fn nack_repairs_exactly_the_missing_blocks_before_new_data() {
     let mut tx = sender(4 * SLICE as usize);
     tx.join(mac(1), 0, Duration::ZERO);
