@@ -495,7 +495,7 @@ fn shelfboot(
                     after = Some(after.map_or(a, |x| x.max(a)));
                 }
                 if r.booted == 1 {
-                    o.card_secs.push(r.done_mono - t0);
+                    o.card_secs.push(r.end_mono() - t0);
                 } else if o.status == "ok" {
                     o.status = "failed";
                     o.detail = format!("card {}: {}", i + 1, r.problems.join("; "));

@@ -125,7 +125,7 @@ fn step(
             s.problems
                 .push(format!("card {i} did not boot: {}", r.problems.join("; ")));
         } else {
-            s.card_secs.push(r.done_mono - t0);
+            s.card_secs.push(r.end_mono() - t0);
         }
         if let Some(why) = r.problems.first().filter(|_| r.booted == 1) {
             s.problems.push(format!("card {i}: {why}"));

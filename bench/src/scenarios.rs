@@ -570,7 +570,7 @@ pub fn card_rss(p: &Plan, bp: &Backplane, rows: &mut Vec<Row>) -> Result<(), Str
         Ok((rep, t0, _)) if rep.verified == 1 => {
             r.runs_ok = 1;
             r.status = "ok".into();
-            let secs = rep.done_mono - t0;
+            let secs = rep.end_mono() - t0;
             r.time_s = Fig::of(&[secs]);
             r.mbps_per_card = Fig::of(&[p.rss_size as f64 / secs / 1e6]);
             if let Some(f) = retransmit.and_then(|b| Fig::of(&[b / 1e6])) {

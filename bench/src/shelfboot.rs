@@ -552,6 +552,11 @@ pub struct CardChildReport {
     /// CLOCK_MONOTONIC seconds when card-child started.
     #[serde(default)]
     pub entered_mono: Option<f64>,
+    /// CLOCK_MONOTONIC seconds when the last card decided (its set committed and checked);
+    /// `None` if none did. The simulation returns later: a card sends its Ready twice
+    /// more, 100 ms apart, before its conversation is over.
+    #[serde(default)]
+    pub decided_mono: Option<f64>,
     /// Seconds from card-child's start to the start of the conversations (reading the
     /// trust anchor, opening the socket and every flash store).
     #[serde(default)]
@@ -567,13 +572,18 @@ pub struct CardChildReport {
 }
 
 impl CardChildReport {
+    /// When the cards were done: the last decision, else the simulation's return.
+    pub fn end_mono(&self) -> f64 {
+        self.decided_mono.unwrap_or(self.done_mono)
+    }
+
     /// (start → first data block, last data block → end) in seconds, `t0` being the
     /// benchmark's start (CLOCK_MONOTONIC); `None` if the report lacks the timeline.
     pub fn stream_edges(&self, t0: f64) -> Option<(f64, f64)> {
         let origin = self.entered_mono? + self.setup_s?;
         Some((
             origin + self.first_block_s? - t0,
-            self.done_mono - (origin + self.last_block_s?),
+            self.end_mono() - (origin + self.last_block_s?),
         ))
     }
 }
@@ -758,6 +768,10 @@ pub fn card_child(c: &CardChild) -> Result<CardChildReport, ShelfError> {
         out.last_block_s = hi(out.last_block_s, r.last_block_after_s);
         // The setup ends when the conversations start: one moment for all cards.
         out.setup_s = Some(pre_run + r.setup_s);
+        if let Some(d) = r.decided_after_s {
+            let at = entered_mono + pre_run + r.setup_s + d;
+            out.decided_mono = Some(out.decided_mono.map_or(at, |x: f64| x.max(at)));
+        }
     }
     if let Some(want) = &c.sha256 {
         for sc in &cards {
