@@ -57,8 +57,20 @@ pub(super) fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> Result<T> {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
-    /// A batch transaction is open ([`Store::begin_batch`]).
-    batch: bool,
+    /// Where the batch of [`Store::begin_batch`] stands.
+    batch: Batch,
+}
+
+/// A batch is begun lazily: `BEGIN IMMEDIATE` at its first write, so that a loop turn of
+/// the service that writes nothing (most of them while a transfer runs) costs no
+/// transaction, no lock and no commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    Off,
+    /// Asked for; no write yet.
+    Pending,
+    /// `BEGIN IMMEDIATE` done.
+    Open,
 }
 
 impl SqliteStore {
@@ -96,14 +108,23 @@ impl SqliteStore {
             params![SCHEMA_VERSION.to_string()],
         )
         .map_err(sql("write schema version"))?;
-        Ok(Self { conn, batch: false })
+        Ok(Self {
+            conn,
+            batch: Batch::Off,
+        })
     }
 
     /// One operation's transaction. Inside a batch it is a savepoint (its commit is a
     /// RELEASE and the batch's COMMIT makes it durable); outside one it is a transaction
     /// of its own, begun IMMEDIATE. Dropped without commit, it rolls back.
     pub(super) fn tx(&mut self) -> Result<Tx<'_>> {
-        if self.batch {
+        if self.batch == Batch::Pending {
+            self.conn
+                .exec("BEGIN IMMEDIATE", [])
+                .map_err(sql("begin batch"))?;
+            self.batch = Batch::Open;
+        }
+        if self.batch == Batch::Open {
             return Nested::begin(&self.conn)
                 .map(Tx::Nested)
                 .map_err(sql("begin savepoint"));
@@ -356,23 +377,21 @@ impl Store for SqliteStore {
     }
 
     fn begin_batch(&mut self) -> Result<()> {
-        if !self.batch {
-            self.conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(sql("begin batch"))?;
-            self.batch = true;
+        if self.batch == Batch::Off {
+            self.batch = Batch::Pending;
         }
         Ok(())
     }
 
     fn end_batch(&mut self) -> Result<()> {
-        if !self.batch {
+        let open = self.batch == Batch::Open;
+        self.batch = Batch::Off;
+        if !open {
             return Ok(());
         }
-        self.batch = false;
-        if let Err(source) = self.conn.execute_batch("COMMIT") {
+        if let Err(source) = self.conn.exec("COMMIT", []) {
             // Leave no transaction open behind a failed commit: its writes are lost.
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.conn.exec("ROLLBACK", []);
             return Err(StoreError::Sql {
                 op: "commit batch",
                 source,
