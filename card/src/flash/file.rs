@@ -137,9 +137,24 @@ impl Inner {
 
     /// Mapped-LEB flags of a dynamic volume (all unmapped if the map was never written).
     fn mapped(&self, e: &Entry) -> Vec<bool> {
-        let lebs = usize::try_from(e.lebs).unwrap_or(0);
-        let mut m = fs::read(self.map(e)).unwrap_or_default();
-        m.resize(lebs, 0);
+        self.mapped_range(e, 0, usize::try_from(e.lebs).unwrap_or(0))
+    }
+
+    /// Mapped-LEB flags of LEBs `first..first + count` of a dynamic volume: only that
+    /// part of the map is read (a read of a few LEBs does not read the whole map).
+    fn mapped_range(&self, e: &Entry, first: usize, count: usize) -> Vec<bool> {
+        use std::os::unix::fs::FileExt as _;
+        let mut m = vec![0u8; count];
+        if let Ok(f) = File::open(self.map(e)) {
+            let mut done = 0;
+            while done < count {
+                match f.read_at(&mut m[done..], (first + done) as u64) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => done += n,
+                }
+            }
+            m[done..].fill(0);
+        }
         m.into_iter().map(|b| b == 1).collect()
     }
 }
@@ -169,12 +184,17 @@ fn read_dynamic(g: &Inner, e: &Entry, offset: u64, buf: &mut [u8]) -> std::io::R
     let want = usize::try_from(reserved - offset)
         .unwrap_or(usize::MAX)
         .min(buf.len());
-    let mapped = g.mapped(e);
+    if want == 0 {
+        return Ok(0);
+    }
+    let first = usize::try_from(offset / leb).unwrap_or(usize::MAX);
+    let last = usize::try_from((offset + want as u64 - 1) / leb).unwrap_or(usize::MAX);
+    let mapped = g.mapped_range(e, first, last - first + 1);
     let blob = File::open(g.blob(e)).ok();
     let mut done = 0;
     while done < want {
         let pos = offset + done as u64;
-        let lnum = usize::try_from(pos / leb).unwrap_or(usize::MAX);
+        let lnum = usize::try_from(pos / leb).unwrap_or(usize::MAX) - first;
         let n = usize::try_from(leb - pos % leb)
             .unwrap_or(usize::MAX)
             .min(want - done);
