@@ -320,9 +320,12 @@ impl<V: Volumes> Store<V> {
         Ok(())
     }
 
-    /// Write the whole LEBs in `a`'s buffer (with `all`, the tail too) into the segment;
-    /// with `verify_readback`, read each back into the artifact's hash.
-    fn flush(&mut self, a: &ArtifactRef, all: bool) -> Result<(), StoreError> {
+    /// Write the whole LEBs of `a`'s buffer followed by `more` (with `all`, the tail too)
+    /// into the segment, in one run; with `verify_readback`, read the run back into the
+    /// artifact's hash. What is left (less than a LEB) stays buffered. With nothing
+    /// buffered the run is written straight from `more`: the bytes are not copied.
+    /// `written` already counts `more`.
+    fn flush(&mut self, a: &ArtifactRef, all: bool, more: &[u8]) -> Result<(), StoreError> {
         let leb = self.geo.leb_size;
         let verify = self.cfg.verify_readback;
         let Self { vols, txn, .. } = self;
@@ -337,18 +340,21 @@ impl<V: Volumes> Store<V> {
             return Ok(());
         };
         let leb_bytes = usize::try_from(leb).unwrap_or(usize::MAX);
-        let flushed = *written - buf.len() as u64;
-        let mut at = 0;
-        let mut result = Ok(());
-        // Every whole LEB in the buffer (with `all`, the tail too) in one run of changes.
+        let flushed = *written - buf.len() as u64 - more.len() as u64;
+        let direct = buf.is_empty();
+        if !direct {
+            buf.extend_from_slice(more);
+        }
+        let src: &[u8] = if direct { more } else { buf };
         let n = if all {
-            buf.len()
+            src.len()
         } else {
-            buf.len() - buf.len() % leb_bytes
+            src.len() - src.len() % leb_bytes
         };
+        let mut result = Ok(());
         if n > 0 {
             let lnum = u32::try_from((offset + flushed) / leb).unwrap_or(u32::MAX);
-            if let Err(e) = vols.change_lebs(seg, lnum, &buf[..n]) {
+            if let Err(e) = vols.change_lebs(seg, lnum, &src[..n]) {
                 let during = format!(
                     "writing artifact {} into \"{name}\"; start it again",
                     a.name
@@ -360,13 +366,17 @@ impl<V: Volumes> Store<V> {
             {
                 // The hash is whole only up to the run: write it again.
                 result = Err((e, flushed));
-            } else {
-                at = n;
             }
         }
-        buf.drain(..at);
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if direct {
+                    buf.extend_from_slice(&more[n..]);
+                } else {
+                    buf.drain(..n);
+                }
+                Ok(())
+            }
             Err((e, held)) => {
                 // Each LEB of the run holds its old content or the new one (atomic changes);
                 // everything before the run is on flash. Resume after it.
@@ -384,9 +394,7 @@ impl<V: Volumes> Store<V> {
         let (item, _, _) = self.item(a)?;
         let size = item.artifact.size;
         let Entry::Writing {
-            buf,
-            written,
-            hasher,
+            written, hasher, ..
         } = &mut item.entry
         else {
             return Err(StoreError::WrongState {
@@ -401,12 +409,11 @@ impl<V: Volumes> Store<V> {
                 offset: size.max(*written),
             });
         }
-        buf.extend_from_slice(bytes);
         *written += bytes.len() as u64;
         if !verify {
             hasher.update(bytes);
         }
-        self.flush(a, false)
+        self.flush(a, false, bytes)
     }
 
     /// Bytes of `a` held so far (the offset the next [`Self::write`] must start at).
@@ -450,7 +457,7 @@ impl<V: Volumes> Store<V> {
                 got: *written,
             });
         }
-        self.flush(a, true)?;
+        self.flush(a, true, &[])?;
         let (item, _, _) = self.item(a)?;
         let Entry::Writing { hasher, .. } =
             std::mem::replace(&mut item.entry, Entry::Pending { held: 0 })

@@ -455,6 +455,32 @@ fn bad_stream_is_refused_and_can_be_restarted() {
     install(&dev, &b).unwrap();
 }
 
+/// Writes of every alignment (inside a LEB, ending on one, starting on one, several
+/// LEBs at once, with and without buffered bytes before them) store the same bytes.
+#[test]
+fn writes_of_any_size_and_alignment_store_the_artifact() {
+    let dev = FakeVolumes::new(LEB, 64);
+    let a = set_a();
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    s.begin(&a.refs(), a.cmdline).unwrap();
+    let k = &a.arts[0];
+    s.start(&k.r).unwrap();
+    let leb = LEB as usize;
+    let mut at = 0;
+    for n in [1, leb - 1, leb, 2 * leb + 5, leb - 5, 3] {
+        let n = n.min(k.data.len() - at);
+        s.write(&k.r, &k.data[at..at + n]).unwrap();
+        at += n;
+    }
+    s.write(&k.r, &k.data[at..]).unwrap();
+    s.finish(&k.r).unwrap();
+    for rest in &a.arts[1..] {
+        s.stage(&rest.r, &rest.data[..]).unwrap();
+    }
+    let inv = s.commit().unwrap();
+    assert!(s.verify_set(&inv.set).unwrap().is_empty());
+}
+
 #[test]
 fn readback_catches_corruption_on_flash() {
     let dev = FakeVolumes::new(LEB, 64);
