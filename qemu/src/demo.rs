@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use shelfboot_qemu::kernel;
+use shelfboot_proto::id::Arch;
 use shelfboot_qemu::scenario::{self, Stage, card_type, stage_of};
 use shelfboot_qemu::shelf::Shelf;
 
@@ -113,19 +113,27 @@ fn watch(
     }
 }
 
-/// Runs the demo with `n` cards, work files under `work` (removed at the end).
-pub fn run(n: usize, work: &Path, out: &mut dyn Write) -> Result<()> {
+/// Runs the demo with `n` cards of the architectures `arches` (in turn), work files
+/// under `work` (removed at the end).
+pub fn run(n: usize, arches: &[Arch], work: &Path, out: &mut dyn Write) -> Result<()> {
     let mut intr = Interrupt::install()?;
     let t0 = Instant::now();
     writeln!(
         out,
-        "shelfboot demo: {n} cards, types {:?}",
-        scenario::TYPES
+        "shelfboot demo: {n} cards, types {:?}, architectures {}",
+        scenario::TYPES,
+        arches
+            .iter()
+            .map(Arch::to_string)
+            .collect::<Vec<_>>()
+            .join(" and ")
     )?;
-    let k = kernel::acquire(&kernel::cache_dir(), false).context("cannot get the lab kernel")?;
-    let init = scenario::init_binary()?;
+    let builds = arches
+        .iter()
+        .map(|&a| scenario::arch_build(a))
+        .collect::<Result<Vec<_>, _>>()?;
     std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
-    let lab = scenario::prepare(&k, work, &init)?;
+    let lab = scenario::prepare(&builds, work)?;
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
     writeln!(
