@@ -365,9 +365,9 @@ fn package_entry(name: &str, version: &str, arch: Arch, file: &str, extra: &str)
     )
 }
 
-/// Boot image file of `card_type` on `arch`.
+/// Boot image file name (in `files/`) of `card_type` on `arch`.
 fn boot_file(card_type: &str, arch: Arch) -> String {
-    format!("files/{BOOT_NAME}-{card_type}-{arch}.img")
+    format!("{BOOT_NAME}-{card_type}-{arch}.img")
 }
 
 /// The `[[boot]]` entries of every card type on every architecture.
@@ -376,7 +376,7 @@ fn boot_entries(arches: &[(Arch, String)], card_types: &[String]) -> String {
     for (arch, kver) in arches {
         for ct in card_types {
             toml.push_str(&format!(
-                "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"{arch}\"\nimage = \"{}\"\ncmdline = \"{}\"\n\n",
+                "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"{arch}\"\nimage = \"files/{}\"\ncmdline = \"{}\"\n\n",
                 kver.split('-').next().unwrap_or("6"),
                 boot_file(ct, *arch),
                 stored_cmdline(ct, *arch),
@@ -447,7 +447,7 @@ pub fn build(spec: &ReleaseSpec, dir: &Path) -> Result<Release, ReleaseError> {
                 source,
             })?;
             let file = boot_file(ct, arch);
-            write(&dir.join(&file), &img)?;
+            write(&files.join(&file), &img)?;
             sizes.push((file, img.len() as u64));
         }
         arches.push((arch, b.kernel.version.clone(), initramfs_path));
