@@ -77,9 +77,10 @@ fn watch(
             if last[i].as_ref() != Some(&st) {
                 writeln!(
                     out,
-                    "[{phase} {:6.1} s] card{i} {:<6} {st}",
+                    "[{phase} {:6.1} s] card{i} {:<6} {:<7} {st}",
                     started.elapsed().as_secs_f64(),
-                    card_type(i)
+                    card_type(i),
+                    card.config().arch.to_string()
                 )?;
                 if let Stage::Ready(p) = &st {
                     res[i].to_ready = Some(started.elapsed());
@@ -176,17 +177,18 @@ pub fn run(n: usize, arches: &[Arch], work: &Path, out: &mut dyn Write) -> Resul
     };
     writeln!(
         out,
-        "\n{:<6} {:<6} {:<44} {:>12} {:>10} {:>10}",
-        "card", "type", "versions", "fetched B", "pristine", "warm"
+        "\n{:<6} {:<6} {:<7} {:<44} {:>12} {:>10} {:>10}",
+        "card", "type", "arch", "versions", "fetched B", "pristine", "warm"
     )?;
     for i in 0..n {
         let c = &cold[i];
         let w = &warm[i];
         writeln!(
             out,
-            "{:<6} {:<6} {:<44} {:>12} {:>9.1}s {:>9.1}s   (warm fetched {} B)",
+            "{:<6} {:<6} {:<7} {:<44} {:>12} {:>9.1}s {:>9.1}s   (warm fetched {} B)",
             format!("card{i}"),
             card_type(i),
+            lab.card_arch(i).to_string(),
             w.packages,
             c.fetched,
             c.to_ready.unwrap_or_default().as_secs_f64(),
