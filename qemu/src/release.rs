@@ -1,7 +1,8 @@
 //! The lab's sample release, made of real software: squashfs packages built with
-//! `mksquashfs` from Debian's busybox-static, and per-card-type boot images (the Debian
-//! bzImage + an initramfs with our init, its module load list and the master's plan
-//! anchor), plus the `system.toml` that `master pack` reads.
+//! `mksquashfs` from Debian's busybox-static, and boot images per card type and
+//! architecture (the kernel + an initramfs with our init, its module load list when the
+//! kernel has modules, and the master's plan anchor), plus the `system.toml` that
+//! `master pack` reads.
 //!
 //! ```text
 //! base 1.0.0       /bin/busybox, /sbin/init: start /etc/shelfboot/rc.d/*, print
@@ -80,9 +81,11 @@ pub fn console_log(arch: Arch) -> &'static str {
 
 /// Kernel arguments every lab card of `arch` gets, stage 1 and stored images alike
 /// (except the console, which QEMU's command line sets for stage 1): [`BASE_CMDLINE`] on
-/// x86_64; on aarch64 the same plus the flash, since its drivers are built in and take
-/// their parameters from the command line ([`Block2mtd::cmdline`], and the simulated
-/// NAND chip of the lab's measured geometry as mtd0, for experiments).
+/// x86_64; on aarch64 its own console and log arguments, `ipv6.disable` and the carrier
+/// timeout as on x86_64 (not `no_timer_check`, an x86 IO-APIC matter), and the flash,
+/// whose drivers are built in and take their parameters from the command line
+/// ([`Block2mtd::cmdline`], and the simulated NAND chip of the lab's measured geometry as
+/// mtd0, for experiments).
 pub fn base_cmdline(arch: Arch) -> String {
     match arch {
         Arch::X86_64 => BASE_CMDLINE.to_string(),
