@@ -231,7 +231,7 @@ pub fn flash(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), LabErro
         .map_err(step(format!("write {}", initramfs.display())))?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(step(format!("create {}", logs.display())))?;
-    let mut cfg = CardConfig::new("flashbench", &k.vmlinux, &initramfs, &logs);
+    let mut cfg = CardConfig::new("flashbench", &k.qemu_kernel, &initramfs, &logs);
     // nandsim keeps its data in guest RAM; the initramfs holds the file (twice while
     // unpacking).
     cfg.memory_mib = nand.memory_mib() + 2 * u32::try_from(p.flash_bytes >> 20).unwrap_or(0) + 64;
@@ -319,7 +319,12 @@ pub fn boot_path(p: &LabPlan, k: &Kernel, rows: &mut Vec<Row>) -> Result<(), Lab
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(step(format!("create {}", dir.display())))?;
     let init = scenario::init_binary().map_err(step("get the static init"))?;
-    let lab = scenario::prepare(k, &dir, &init).map_err(step("prepare the lab release"))?;
+    let build = shelfboot_qemu::release::ArchBuild {
+        kernel: k.clone(),
+        init,
+        busybox: "/bin/busybox".into(),
+    };
+    let lab = scenario::prepare(&[build], &dir).map_err(step("prepare the lab release"))?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(step(format!("create {}", logs.display())))?;
     let (mut pristine, mut warm, mut first_pristine, mut first_warm, mut kernel_to_init) =

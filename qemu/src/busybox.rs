@@ -3,6 +3,9 @@
 //! [`ubinfo_of_image`], which boots one over a card's flash image to read it with
 //! mtd-utils.
 //!
+//! [`binary`] gives Debian's static busybox for a card architecture (the lab release's
+//! base package ships it).
+//!
 //! Not here: the shelfboot initramfs (see [`crate::release`]).
 
 use std::path::{Path, PathBuf};
@@ -12,9 +15,82 @@ use anyhow::Context as _;
 use shelfboot_mkinitramfs::build::{self, BuildSpec, ModuleSpec};
 use shelfboot_mkinitramfs::compress::Compression;
 
+use nix::fcntl::{Flock, FlockArg};
+use shelfboot_proto::id::Arch;
+
 use crate::card::{Card, CardConfig};
 use crate::flash::Block2mtd;
 use crate::{hostbin, kernel, release};
+
+/// Debian's static busybox for `arch`: the host's `/bin/busybox` (x86_64, package
+/// busybox-static), or Debian's `busybox-static:arm64`, fetched once with `apt-get
+/// download` and unpacked into the lab cache `cache` (`busybox-arm64/VERSION/bin/busybox`,
+/// `busybox-arm64/current` names the version; the flock is `busybox.lock`). The arm64
+/// one needs `dpkg --add-architecture arm64` and `apt-get update` (`./dev setup` does both).
+pub fn binary(arch: Arch, cache: &Path) -> anyhow::Result<PathBuf> {
+    if arch == Arch::X86_64 {
+        return Ok(PathBuf::from("/bin/busybox"));
+    }
+    let base = cache.join("busybox-arm64");
+    std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
+    let lock_path = cache.join("busybox.lock");
+    let lock_file = std::fs::File::create(&lock_path)
+        .with_context(|| format!("create {}", lock_path.display()))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("lock {}", lock_path.display()))?;
+    let current = base.join("current");
+    if let Ok(v) = std::fs::read_to_string(&current) {
+        let bin = base.join(v.trim()).join("bin/busybox");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+    }
+    let debs = base.join("debs");
+    let _ = std::fs::remove_dir_all(&debs);
+    std::fs::create_dir_all(&debs).with_context(|| format!("create {}", debs.display()))?;
+    crate::cmd::run(
+        std::process::Command::new("apt-get")
+            .args(["download", "-q", "busybox-static:arm64"])
+            .current_dir(&debs),
+    )
+    .context(
+        "apt-get download busybox-static:arm64 (needs `dpkg --add-architecture arm64` and `apt-get update`: ./dev setup)",
+    )?;
+    let deb = std::fs::read_dir(&debs)
+        .with_context(|| format!("list {}", debs.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("apt-get download left no .deb in {}", debs.display()))?;
+    let version = crate::cmd::run(
+        std::process::Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&deb)
+            .arg("Version"),
+    )
+    .context("read the busybox-static:arm64 version")?
+    .trim()
+    .replace(':', "_");
+    let dir = base.join(&version);
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::cmd::run(
+        std::process::Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&dir),
+    )
+    .with_context(|| format!("unpack {}", deb.display()))?;
+    let bin = dir.join("bin/busybox");
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} has no bin/busybox: the package layout is not what the lab expects",
+        deb.display()
+    );
+    std::fs::write(&current, &version).with_context(|| format!("write {}", current.display()))?;
+    let _ = std::fs::remove_dir_all(&debs);
+    Ok(bin)
+}
 
 /// The start of every busybox /init: applets, /dev, /proc, /sys, then every module of
 /// /lib/modules/load.list (waiting for a device node its parameters name).
@@ -122,7 +198,7 @@ poweroff -f
     let disk = dir.join("ubinfo-flash.img");
     std::fs::copy(image, &disk)
         .with_context(|| format!("copy {} to {}", image.display(), disk.display()))?;
-    let mut cfg = CardConfig::new("ubinfo", &k.vmlinux, &initramfs, logs);
+    let mut cfg = CardConfig::new("ubinfo", &k.qemu_kernel, &initramfs, logs);
     cfg.append = release::CONSOLE_LOG.into();
     cfg.disk = Some(disk);
     let mut card = Card::start(cfg).context("start the ubinfo VM")?;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use shelfboot_proto::id::Arch;
 
 /// How the NIC is emulated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +50,16 @@ pub struct Nic {
 pub struct CardConfig {
     /// Card name (log file names, messages).
     pub name: String,
-    /// Kernel for `-kernel` (the PVH vmlinux).
+    /// Processor: which QEMU and machine (x86_64: `qemu-system-x86_64`, the PC machine,
+    /// console ttyS0; aarch64: `qemu-system-aarch64 -M virt -cpu cortex-a57`, console
+    /// ttyAMA0).
+    pub arch: Arch,
+    /// Kernel for `-kernel` ([`crate::Kernel::qemu_kernel`]: the PVH vmlinux or the raw
+    /// arm64 Image).
     pub kernel: PathBuf,
     /// Initramfs for `-initrd`.
     pub initramfs: PathBuf,
-    /// Extra kernel arguments after `console=ttyS0 panic=-1`.
+    /// Extra kernel arguments after [`console_args`] of the architecture.
     pub append: String,
     /// Guest RAM in MiB (nandsim keeps its data in RAM: NAND size + ~130 MiB).
     pub memory_mib: u32,
@@ -70,6 +76,7 @@ impl CardConfig {
     pub fn new(name: &str, kernel: &Path, initramfs: &Path, log_dir: &Path) -> Self {
         Self {
             name: name.to_string(),
+            arch: Arch::X86_64,
             kernel: kernel.to_path_buf(),
             initramfs: initramfs.to_path_buf(),
             append: String::new(),
@@ -113,12 +120,17 @@ impl CardConfig {
         if let Some(nic) = &self.nic {
             a.extend(["ip", "netns", "exec", &nic.netns].map(String::from));
         }
-        let append = format!("console=ttyS0 panic=-1 {}", self.append)
+        let append = format!("{} {}", console_args(self.arch), self.append)
             .trim()
             .to_string();
+        match self.arch {
+            Arch::X86_64 => a.push("qemu-system-x86_64".into()),
+            Arch::Aarch64 => a.extend(
+                ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57"].map(String::from),
+            ),
+        }
         a.extend(
             [
-                "qemu-system-x86_64",
                 "-accel",
                 "tcg",
                 "-m",
@@ -170,6 +182,16 @@ impl CardConfig {
             ));
         }
         a
+    }
+}
+
+/// The console and panic arguments every card's kernel gets first: the serial console
+/// of the machine (ttyS0 on the PC, the PL011 ttyAMA0 on `virt`), and reboot (so QEMU
+/// exits, `-no-reboot`) at once on a panic.
+pub fn console_args(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "console=ttyS0 panic=-1",
+        Arch::Aarch64 => "console=ttyAMA0 panic=-1",
     }
 }
 
@@ -230,7 +252,9 @@ pub enum CardError {
         source: std::io::Error,
     },
     /// QEMU could not be started.
-    #[error("card {card}: cannot start `{cmd}`; is qemu-system-x86 installed?")]
+    #[error(
+        "card {card}: cannot start `{cmd}`; is qemu-system-x86 (x86_64) or qemu-system-arm (aarch64) installed?"
+    )]
     Spawn {
         /// Card name.
         card: String,
@@ -670,6 +694,20 @@ mod tests {
         assert!(short.to_string_lossy().len() <= crate::monitor::MAX_SOCKET_PATH);
         c.log_dir = PathBuf::from(format!("/{}", "e".repeat(120)));
         assert_ne!(c.monitor_socket().unwrap(), short);
+        let mut arm = c.clone();
+        arm.arch = Arch::Aarch64;
+        let a = arm.command().join(" ");
+        assert!(
+            a.starts_with(
+                "ip netns exec ns1 qemu-system-aarch64 -M virt -cpu cortex-a57 -accel tcg -m 256M"
+            ),
+            "{a}"
+        );
+        assert!(
+            a.contains("-append console=ttyAMA0 panic=-1 ipv6.disable=1"),
+            "{a}"
+        );
+        assert!(a.contains("-device virtio-net-pci,netdev=n0"), "{a}");
         c.log_dir = PathBuf::from("/a,b");
         if !std::env::temp_dir().to_string_lossy().contains(',') {
             assert!(

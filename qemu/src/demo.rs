@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use shelfboot_qemu::kernel;
+use shelfboot_proto::id::Arch;
 use shelfboot_qemu::scenario::{self, Stage, card_type, stage_of};
 use shelfboot_qemu::shelf::Shelf;
 
@@ -77,9 +77,10 @@ fn watch(
             if last[i].as_ref() != Some(&st) {
                 writeln!(
                     out,
-                    "[{phase} {:6.1} s] card{i} {:<6} {st}",
+                    "[{phase} {:6.1} s] card{i} {:<6} {:<7} {st}",
                     started.elapsed().as_secs_f64(),
-                    card_type(i)
+                    card_type(i),
+                    card.config().arch.to_string()
                 )?;
                 if let Stage::Ready(p) = &st {
                     res[i].to_ready = Some(started.elapsed());
@@ -113,19 +114,27 @@ fn watch(
     }
 }
 
-/// Runs the demo with `n` cards, work files under `work` (removed at the end).
-pub fn run(n: usize, work: &Path, out: &mut dyn Write) -> Result<()> {
+/// Runs the demo with `n` cards of the architectures `arches` (in turn), work files
+/// under `work` (removed at the end).
+pub fn run(n: usize, arches: &[Arch], work: &Path, out: &mut dyn Write) -> Result<()> {
     let mut intr = Interrupt::install()?;
     let t0 = Instant::now();
     writeln!(
         out,
-        "shelfboot demo: {n} cards, types {:?}",
-        scenario::TYPES
+        "shelfboot demo: {n} cards, types {:?}, architectures {}",
+        scenario::TYPES,
+        arches
+            .iter()
+            .map(Arch::to_string)
+            .collect::<Vec<_>>()
+            .join(" and ")
     )?;
-    let k = kernel::acquire(&kernel::cache_dir(), false).context("cannot get the lab kernel")?;
-    let init = scenario::init_binary()?;
+    let builds = arches
+        .iter()
+        .map(|&a| scenario::arch_build(a))
+        .collect::<Result<Vec<_>, _>>()?;
     std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
-    let lab = scenario::prepare(&k, work, &init)?;
+    let lab = scenario::prepare(&builds, work)?;
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
     writeln!(
@@ -168,17 +177,18 @@ pub fn run(n: usize, work: &Path, out: &mut dyn Write) -> Result<()> {
     };
     writeln!(
         out,
-        "\n{:<6} {:<6} {:<44} {:>12} {:>10} {:>10}",
-        "card", "type", "versions", "fetched B", "pristine", "warm"
+        "\n{:<6} {:<6} {:<7} {:<44} {:>12} {:>10} {:>10}",
+        "card", "type", "arch", "versions", "fetched B", "pristine", "warm"
     )?;
     for i in 0..n {
         let c = &cold[i];
         let w = &warm[i];
         writeln!(
             out,
-            "{:<6} {:<6} {:<44} {:>12} {:>9.1}s {:>9.1}s   (warm fetched {} B)",
+            "{:<6} {:<6} {:<7} {:<44} {:>12} {:>9.1}s {:>9.1}s   (warm fetched {} B)",
             format!("card{i}"),
             card_type(i),
+            lab.card_arch(i).to_string(),
             w.packages,
             c.fetched,
             c.to_ready.unwrap_or_default().as_secs_f64(),

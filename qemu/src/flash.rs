@@ -73,6 +73,16 @@ impl Nandsim {
         p.join(" ")
     }
 
+    /// The parameters on the kernel command line, for a kernel with nandsim built in
+    /// (`nandsim.id_bytes=...`).
+    pub fn cmdline(&self) -> String {
+        self.params()
+            .split(' ')
+            .map(|p| format!("nandsim.{p}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Guest RAM the card needs, MiB (NAND size + ~130 MiB, at least 256).
     pub fn memory_mib(&self) -> u32 {
         let need = self.size() / (1 << 20) + 130;
@@ -99,9 +109,25 @@ impl Default for Block2mtd {
 }
 
 impl Block2mtd {
+    /// MTD name of the card's flash on a kernel with block2mtd built in.
+    pub const LABEL: &'static str = "flash";
+
     /// The parameter string for `--module block2mtd:PARAMS`.
     pub fn params(&self) -> String {
         format!("block2mtd={},{}KiB", self.device, self.erase_kib)
+    }
+
+    /// The kernel command line for a kernel with block2mtd built in: the device labelled
+    /// [`Self::LABEL`] (built-in block2mtd registers late, after any built-in NAND, so
+    /// its number is not fixed) and init told to use the MTD device of that name.
+    pub fn cmdline(&self) -> String {
+        format!(
+            "block2mtd.block2mtd={},{}KiB,{} shelfboot.mtd={}",
+            self.device,
+            self.erase_kib,
+            Self::LABEL,
+            Self::LABEL
+        )
     }
 
     /// Modules to want, with parameters, in any order (mkinitramfs orders block2mtd
@@ -136,6 +162,10 @@ mod tests {
             "id_bytes=0x20,0xf1,0x80,0x15 overridesize=7 badblocks=5,10,600 weakblocks=20:1,21:1 gravepages=1300:1 bitflips=1"
         );
         assert_eq!(n.size(), 16 << 20);
+        assert_eq!(
+            Nandsim::default().cmdline(),
+            "nandsim.id_bytes=0x20,0xf1,0x80,0x15"
+        );
         assert_eq!(n.memory_mib(), 256);
     }
 
@@ -143,6 +173,10 @@ mod tests {
     fn block2mtd_params() {
         let b = Block2mtd::default();
         assert_eq!(b.params(), "block2mtd=/dev/vda,128KiB");
+        assert_eq!(
+            b.cmdline(),
+            "block2mtd.block2mtd=/dev/vda,128KiB,flash shelfboot.mtd=flash"
+        );
         assert_eq!(
             b.modules()[1],
             ("block2mtd".into(), "block2mtd=/dev/vda,128KiB".into())

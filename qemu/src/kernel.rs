@@ -21,23 +21,33 @@ use std::process::Command;
 
 use nix::fcntl::{Flock, FlockArg};
 
+use shelfboot_proto::id::Arch;
+
 use crate::cmd::{self, CmdError};
 use crate::vmlinux::{self, VmlinuxError};
 
 /// The meta package that tracks Debian's current amd64 kernel.
 pub const META_PACKAGE: &str = "linux-image-amd64";
 
-/// An unpacked, ready kernel.
+/// A ready lab kernel of one card architecture: Debian's amd64 kernel (here) or the
+/// arm64 kernel built from Debian's source ([`crate::kbuild`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kernel {
-    /// Kernel version, e.g. `6.1.0-56-amd64`.
+    /// Kernel version, e.g. `6.1.0-56-amd64`; for the built arm64 kernel its cache key
+    /// (`6.1.192-3-FRAGHASH`).
     pub version: String,
-    /// Unpacked package root: `root/boot/vmlinuz-V`, `root/lib/modules/V`.
+    /// The card architecture it runs on.
+    pub arch: Arch,
+    /// Unpacked package root: `root/boot/vmlinuz-V`, `root/lib/modules/V` (amd64); the
+    /// cache directory of the Image (arm64, no module tree).
     pub root: PathBuf,
-    /// The bzImage (what a card kexecs).
-    pub bzimage: PathBuf,
-    /// The PVH ELF (what QEMU boots).
-    pub vmlinux: PathBuf,
+    /// True when the initramfs carries modules from `root/lib/modules/V`; false when
+    /// everything the card needs is built into the kernel.
+    pub modules: bool,
+    /// What a card kexecs: the bzImage (x86_64) or the raw `Image` (aarch64).
+    pub kexec_image: PathBuf,
+    /// What QEMU's `-kernel` boots: the PVH ELF (x86_64) or the raw `Image` (aarch64).
+    pub qemu_kernel: PathBuf,
 }
 
 /// Errors acquiring the kernel.
@@ -80,6 +90,23 @@ pub enum KernelError {
     Layout {
         /// The missing path.
         path: PathBuf,
+    },
+    /// A Debian package the lab needs is not installed.
+    #[error("{what} is not installed; run `./dev setup` (as root)")]
+    Missing {
+        /// The package.
+        what: &'static str,
+        /// The dpkg-query failure.
+        #[source]
+        source: CmdError,
+    },
+    /// The built kernel's config lacks fragment symbols (their dependencies are off).
+    #[error(
+        "the arm64 kernel config lost fragment symbols {missing}; enable what they depend on in qemu/kernel/arm64-lab.config"
+    )]
+    Config {
+        /// The symbols, space-separated.
+        missing: String,
     },
     /// vmlinux extraction failed.
     #[error("cannot extract the PVH vmlinux")]
@@ -152,9 +179,21 @@ fn ready(dir: &Path, version: &str) -> Kernel {
     let root = dir.join("root");
     Kernel {
         version: version.to_string(),
-        bzimage: root.join(format!("boot/vmlinuz-{version}")),
-        vmlinux: dir.join("vmlinux"),
+        arch: Arch::X86_64,
+        modules: true,
+        kexec_image: root.join(format!("boot/vmlinuz-{version}")),
+        qemu_kernel: dir.join("vmlinux"),
         root,
+    }
+}
+
+/// The lab kernel for `arch`: Debian's amd64 kernel ([`acquire`]) or the arm64 kernel
+/// built from Debian's source ([`crate::kbuild::acquire`]; `refresh` does not apply: its
+/// key is the installed source version).
+pub fn acquire_arch(cache: &Path, arch: Arch, refresh: bool) -> Result<Kernel, KernelError> {
+    match arch {
+        Arch::X86_64 => acquire(cache, refresh),
+        Arch::Aarch64 => crate::kbuild::acquire(cache),
     }
 }
 
@@ -264,7 +303,8 @@ mod tests {
         fs::write(dir.path().join("kernel/current"), "9.9-test\n").unwrap();
         let got = acquire(dir.path(), false).unwrap();
         assert_eq!(got.version, "9.9-test");
-        assert_eq!(got.vmlinux, k.join("vmlinux"));
-        assert_eq!(got.bzimage, k.join("root/boot/vmlinuz-9.9-test"));
+        assert_eq!(got.arch, Arch::X86_64);
+        assert_eq!(got.qemu_kernel, k.join("vmlinux"));
+        assert_eq!(got.kexec_image, k.join("root/boot/vmlinuz-9.9-test"));
     }
 }

@@ -2,7 +2,8 @@
 //! NAND (nandsim) or persistent flash (block2mtd over a disk image) and a bridged
 //! backplane in a private network namespace.
 //!
-//! Modules: [`kernel`] (apt acquisition and cache), [`vmlinux`] (PVH extraction),
+//! Modules: [`kernel`] (apt acquisition and cache), [`kbuild`] (the arm64 kernel built
+//! from Debian's source, cached beside it), [`vmlinux`] (PVH extraction),
 //! [`backplane`] (netns, bridge, taps, loss, raw test ports), [`card`] (one VM: console
 //! log, waits, power cut/cycle), [`flash`] (nandsim and block2mtd parameters),
 //! [`hostbin`] (host tools for test images), [`shelf`] (cards on a backplane), [`monitor`]
@@ -16,6 +17,7 @@ pub mod card;
 pub mod cmd;
 pub mod flash;
 pub mod hostbin;
+pub mod kbuild;
 pub mod kernel;
 pub mod monitor;
 pub mod release;

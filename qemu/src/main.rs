@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use shelfboot_proto::id::Arch;
 use shelfboot_qemu::card::{self, Card, CardConfig};
 use shelfboot_qemu::kernel;
 
@@ -35,15 +36,26 @@ enum Cmd {
         /// Keep the work directory (consoles, flash images, master state).
         #[arg(long)]
         keep: bool,
+        /// A mixed shelf: x86_64 and aarch64 cards in turn (the arm64 lab kernel is
+        /// built once, about 3 minutes, then cached).
+        #[arg(long)]
+        arm: bool,
     },
-    /// Acquire (or find cached) the Debian kernel and print its paths.
+    /// Acquire (or find cached) the lab kernel and print its paths: Debian's amd64
+    /// kernel, or the arm64 kernel built from Debian's source (about 3 minutes, once).
     Kernel {
+        /// Card architecture.
+        #[arg(long, default_value_t = Arch::X86_64)]
+        arch: Arch,
         /// Ask apt for the current version even if one is cached.
         #[arg(long)]
         refresh: bool,
     },
     /// Boot one card and copy its console to stdout until QEMU exits or the timeout.
     Card {
+        /// Card architecture (which kernel and which QEMU).
+        #[arg(long, default_value_t = Arch::X86_64)]
+        arch: Arch,
         /// Initramfs to boot.
         #[arg(long)]
         initramfs: PathBuf,
@@ -70,9 +82,14 @@ enum Cmd {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Demo { cards, keep } => {
+        Cmd::Demo { cards, keep, arm } => {
             let work = std::env::temp_dir().join(format!("shelfboot-demo-{}", std::process::id()));
-            let r = demo::run(cards, &work, &mut std::io::stdout());
+            let arches: &[Arch] = if arm {
+                &[Arch::X86_64, Arch::Aarch64]
+            } else {
+                &[Arch::X86_64]
+            };
+            let r = demo::run(cards, arches, &work, &mut std::io::stdout());
             if keep {
                 eprintln!("shelfboot-lab: work directory kept: {}", work.display());
             } else if let Err(e) = std::fs::remove_dir_all(&work) {
@@ -80,18 +97,24 @@ fn run(cli: Cli) -> Result<()> {
             }
             r
         }
-        Cmd::Kernel { refresh } => {
+        Cmd::Kernel { arch, refresh } => {
             let started = Instant::now();
-            let k = kernel::acquire(&kernel::cache_dir(), refresh)
-                .context("cannot get the lab kernel")?;
+            let k = kernel::acquire_arch(&kernel::cache_dir(), arch, refresh)
+                .with_context(|| format!("cannot get the {arch} lab kernel"))?;
             println!("version  {}", k.version);
-            println!("vmlinux  {}", k.vmlinux.display());
-            println!("bzImage  {}", k.bzimage.display());
-            println!("modules  {}/lib/modules/{}", k.root.display(), k.version);
+            println!("arch     {}", k.arch);
+            println!("qemu     {}", k.qemu_kernel.display());
+            println!("kexec    {}", k.kexec_image.display());
+            if k.modules {
+                println!("modules  {}/lib/modules/{}", k.root.display(), k.version);
+            } else {
+                println!("modules  none (built in)");
+            }
             println!("({:.1} s)", started.elapsed().as_secs_f64());
             Ok(())
         }
         Cmd::Card {
+            arch,
             initramfs,
             disk,
             disk_mib,
@@ -100,15 +123,16 @@ fn run(cli: Cli) -> Result<()> {
             timeout,
             log_dir,
         } => {
-            let k = kernel::acquire(&kernel::cache_dir(), false)
-                .context("cannot get the lab kernel")?;
+            let k = kernel::acquire_arch(&kernel::cache_dir(), arch, false)
+                .with_context(|| format!("cannot get the {arch} lab kernel"))?;
             if let Some(d) = &disk
                 && !d.exists()
             {
                 card::create_erased_image(d, disk_mib << 20)
                     .with_context(|| format!("cannot create flash image {}", d.display()))?;
             }
-            let mut cfg = CardConfig::new("card", &k.vmlinux, &initramfs, &log_dir);
+            let mut cfg = CardConfig::new("card", &k.qemu_kernel, &initramfs, &log_dir);
+            cfg.arch = arch;
             cfg.disk = disk;
             cfg.append = append;
             cfg.memory_mib = memory;

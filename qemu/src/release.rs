@@ -1,7 +1,8 @@
 //! The lab's sample release, made of real software: squashfs packages built with
-//! `mksquashfs` from Debian's busybox-static, and per-card-type boot images (the Debian
-//! bzImage + an initramfs with our init, its module load list and the master's plan
-//! anchor), plus the `system.toml` that `master pack` reads.
+//! `mksquashfs` from Debian's busybox-static, and boot images per card type and
+//! architecture (the kernel + an initramfs with our init, its module load list when the
+//! kernel has modules, and the master's plan anchor), plus the `system.toml` that
+//! `master pack` reads.
 //!
 //! ```text
 //! base 1.0.0       /bin/busybox, /sbin/init: start /etc/shelfboot/rc.d/*, print
@@ -11,9 +12,15 @@
 //! testpkg 1.0.0    depends base; in no class: only a test-mode trial (`master test-mode
 //!                  MAC --package testpkg=1.0.0`) runs it; rc.d/70-testpkg prints
 //!                  "TESTPKG-RUNNING from a test-mode trial"
-//! boot "lab-kernel" per card type: SHBOOTIM(bzImage, initramfs, cmdline with the type)
+//! boot "lab-kernel" per card type and arch: SHBOOTIM(kernel, initramfs, cmdline with
+//!                  the type)
 //! classes: every card gets heartbeat (and base); a card asking feature diag gets diag
 //! ```
+//!
+//! A release holds one build of every package and one boot image per card type for each
+//! card architecture it is built for ([`ArchBuild`]: x86_64 with Debian's bzImage and
+//! modules, aarch64 with the lab's own Image, drivers built in); the base package carries
+//! that architecture's busybox.
 //!
 //! Packages are overlay layers (base at the bottom), so each package only ships its own
 //! files and its line in `/etc/shelfboot/packages/`. The same initramfs boots the card
@@ -25,6 +32,8 @@ use std::process::Command;
 
 use shelfboot_mkinitramfs::build::{self, BuildSpec, ModuleSpec};
 use shelfboot_mkinitramfs::compress::Compression;
+
+use shelfboot_proto::id::Arch;
 
 use crate::cmd::{self, CmdError};
 use crate::flash::Block2mtd;
@@ -50,6 +59,9 @@ pub const VERSION: &str = "1.0.0";
 /// far it got. (`quiet`, used before, is loglevel 4 with no early console: a card whose
 /// stored kernel hung early printed nothing at all.)
 pub const CONSOLE_LOG: &str = "loglevel=6 earlyprintk=serial,ttyS0,115200";
+/// [`CONSOLE_LOG`] of an aarch64 card: the same log level, and `earlycon` on the `virt`
+/// machine's PL011 (its MMIO address) for the lines before the ttyAMA0 console exists.
+pub const CONSOLE_LOG_AARCH64: &str = "loglevel=6 earlycon=pl011,0x9000000";
 /// Kernel arguments every lab card gets (stage 1 and stored images alike).
 /// `no_timer_check`: on a loaded TCG host the kernel's IO-APIC timer check can fail and
 /// panic ("IO-APIC + timer doesn't work!", seen in `flashfaults.rs`).
@@ -59,13 +71,69 @@ pub const BASE_CMDLINE: &str = concat!(
     " no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5"
 );
 
+/// How much of the kernel's log a lab card of `arch` prints ([`CONSOLE_LOG`]).
+pub fn console_log(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => CONSOLE_LOG,
+        Arch::Aarch64 => CONSOLE_LOG_AARCH64,
+    }
+}
+
+/// Kernel arguments every lab card of `arch` gets, stage 1 and stored images alike
+/// (except the console, which QEMU's command line sets for stage 1): [`BASE_CMDLINE`] on
+/// x86_64; on aarch64 its own console and log arguments, `ipv6.disable` and the carrier
+/// timeout as on x86_64 (not `no_timer_check`, an x86 IO-APIC matter), and the flash,
+/// whose drivers are built in and take their parameters from the command line
+/// ([`Block2mtd::cmdline`], and the simulated NAND chip of the lab's measured geometry as
+/// mtd0, for experiments).
+pub fn base_cmdline(arch: Arch) -> String {
+    match arch {
+        Arch::X86_64 => BASE_CMDLINE.to_string(),
+        Arch::Aarch64 => format!(
+            "{} {CONSOLE_LOG_AARCH64} {}",
+            crate::card::console_args(arch),
+            arch_args(arch)
+        ),
+    }
+}
+
+/// What a card of `arch` gets on top of the console and log arguments.
+fn arch_args(arch: Arch) -> String {
+    match arch {
+        Arch::X86_64 => "no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5".into(),
+        Arch::Aarch64 => format!(
+            "ipv6.disable=1 shelfboot.carrier_timeout=5 {} {}",
+            crate::flash::Nandsim::default().cmdline(),
+            Block2mtd::default().cmdline()
+        ),
+    }
+}
+
+/// What one card architecture of a release is built from.
+#[derive(Debug, Clone)]
+pub struct ArchBuild {
+    /// The lab kernel of that architecture.
+    pub kernel: Kernel,
+    /// The static init binary for it (PID 1 of the initramfs).
+    pub init: PathBuf,
+    /// Its static busybox (the base package's `/bin/busybox`).
+    pub busybox: PathBuf,
+}
+
+impl ArchBuild {
+    /// The card architecture.
+    pub fn arch(&self) -> Arch {
+        self.kernel.arch
+    }
+}
+
 /// What a release is built from.
 #[derive(Debug, Clone)]
 pub struct ReleaseSpec {
-    /// Card types that get a boot image.
+    /// Card types that get a boot image (one per architecture).
     pub card_types: Vec<String>,
-    /// The static init binary (PID 1 of the initramfs).
-    pub init: PathBuf,
+    /// One build per card architecture.
+    pub builds: Vec<ArchBuild>,
     /// Trust anchor file for the initramfs (the master's `plan.anchor`).
     pub anchor: PathBuf,
 }
@@ -77,10 +145,21 @@ pub struct Release {
     pub dir: PathBuf,
     /// The `system.toml` for `master pack`.
     pub system_toml: PathBuf,
-    /// The initramfs QEMU boots (same bytes as in every boot image).
-    pub initramfs: PathBuf,
+    /// Per architecture: the kernel version of its boot images and the initramfs QEMU
+    /// boots (the same bytes as in that architecture's boot images).
+    pub arches: Vec<(Arch, String, PathBuf)>,
     /// Sizes of the artifacts, by file name (for reports).
     pub sizes: Vec<(String, u64)>,
+}
+
+impl Release {
+    /// The initramfs of `arch`'s cards, if the release has that architecture.
+    pub fn initramfs(&self, arch: Arch) -> Option<&Path> {
+        self.arches
+            .iter()
+            .find(|(a, _, _)| *a == arch)
+            .map(|(_, _, p)| p.as_path())
+    }
 }
 
 /// Failures building the release.
@@ -194,7 +273,7 @@ fn squashfs(name: &str, tree: &Path, out: &Path) -> Result<(), ReleaseError> {
 }
 
 /// Writes package `name`'s tree under `dir/trees/` and returns its path.
-fn package_tree(name: &str, dir: &Path) -> Result<PathBuf, ReleaseError> {
+fn package_tree(name: &str, busybox: &Path, dir: &Path) -> Result<PathBuf, ReleaseError> {
     let t = dir.join("trees").join(name);
     let _ = std::fs::remove_dir_all(&t);
     write(
@@ -208,11 +287,9 @@ fn package_tree(name: &str, dir: &Path) -> Result<PathBuf, ReleaseError> {
                 path: bin.clone(),
                 source,
             })?;
-            std::fs::copy("/bin/busybox", bin.join("busybox")).map_err(|source| {
-                ReleaseError::Read {
-                    path: "/bin/busybox".into(),
-                    source,
-                }
+            std::fs::copy(busybox, bin.join("busybox")).map_err(|source| ReleaseError::Read {
+                path: busybox.to_path_buf(),
+                source,
             })?;
             for a in BUSYBOX_APPLETS {
                 let link = t.join("bin").join(a);
@@ -235,8 +312,8 @@ fn package_tree(name: &str, dir: &Path) -> Result<PathBuf, ReleaseError> {
 }
 
 /// The lab initramfs: our init, the modules for virtio-net, block2mtd flash, UBI,
-/// squashfs, overlayfs and loop (test-mode packages in RAM) with load.list, and the trust
-/// anchor.
+/// squashfs, overlayfs and loop (test-mode packages in RAM) with load.list (none when
+/// the kernel has its drivers built in), and the trust anchor.
 pub fn initramfs(k: &Kernel, init: &Path, anchor: &Path) -> Result<Vec<u8>, ReleaseError> {
     let mut wanted: Vec<(String, String)> = vec![("virtio_net".into(), String::new())];
     wanted.extend(Block2mtd::default().modules());
@@ -245,7 +322,7 @@ pub fn initramfs(k: &Kernel, init: &Path, anchor: &Path) -> Result<Vec<u8>, Rele
     }
     let spec = BuildSpec {
         init: Some(init.to_path_buf()),
-        modules: Some(ModuleSpec {
+        modules: k.modules.then(|| ModuleSpec {
             root: k.root.clone(),
             kver: k.version.clone(),
             wanted,
@@ -259,15 +336,24 @@ pub fn initramfs(k: &Kernel, init: &Path, anchor: &Path) -> Result<Vec<u8>, Rele
         .map_err(ReleaseError::Initramfs)
 }
 
-/// Kernel arguments of a stored image for `card_type` (the plan's command line).
-pub fn stored_cmdline(card_type: &str) -> String {
-    format!("{BASE_CMDLINE} shelfboot.card={card_type}")
+/// Kernel arguments of a stored image for `card_type` on `arch` (the plan's command
+/// line).
+pub fn stored_cmdline(card_type: &str, arch: Arch) -> String {
+    format!("{} shelfboot.card={card_type}", base_cmdline(arch))
 }
 
-/// Kernel arguments of a card's first (QEMU) boot: type, slot and features.
-pub fn card_append(card_type: &str, slot: u16, features: &[&str], master_timeout_s: u32) -> String {
+/// Kernel arguments of a card's first (QEMU) boot on `arch`: type, slot and features.
+pub fn card_append(
+    arch: Arch,
+    card_type: &str,
+    slot: u16,
+    features: &[&str],
+    master_timeout_s: u32,
+) -> String {
     let mut s = format!(
-        "{CONSOLE_LOG} no_timer_check ipv6.disable=1 shelfboot.carrier_timeout=5 shelfboot.card={card_type} shelfboot.slot={slot} shelfboot.master_timeout={master_timeout_s}"
+        "{} {} shelfboot.card={card_type} shelfboot.slot={slot} shelfboot.master_timeout={master_timeout_s}",
+        console_log(arch),
+        arch_args(arch)
     );
     if !features.is_empty() {
         s.push_str(&format!(" shelfboot.features={}", features.join(",")));
@@ -275,67 +361,109 @@ pub fn card_append(card_type: &str, slot: u16, features: &[&str], master_timeout
     s
 }
 
-/// Builds the release into `dir` (see the module docs).
-pub fn build(k: &Kernel, spec: &ReleaseSpec, dir: &Path) -> Result<Release, ReleaseError> {
-    let files = dir.join("files");
-    let mut sizes = Vec::new();
-    let mut toml = format!("[release]\nname = \"lab-os\"\nversion = \"{VERSION}\"\n\n");
-    for (name, extra) in [
-        ("base", ""),
-        ("heartbeat", "depends = { base = \"^1\" }\n"),
-        (
-            "diag",
-            "provides = [\"diag\"]\ndepends = { base = \"^1\" }\n",
-        ),
-        ("testpkg", "depends = { base = \"^1\" }\n"),
-    ] {
-        let tree = package_tree(name, dir)?;
-        let file = format!("{name}-{VERSION}-x86_64.sqfs");
-        let out = files.join(&file);
-        std::fs::create_dir_all(&files).map_err(|source| ReleaseError::Write {
-            path: files.clone(),
-            source,
-        })?;
-        squashfs(name, &tree, &out)?;
-        sizes.push((file.clone(), std::fs::metadata(&out).map_or(0, |m| m.len())));
-        toml.push_str(&format!(
-            "[[package]]\nname = \"{name}\"\nversion = \"{VERSION}\"\narch = \"x86_64\"\nfile = \"files/{file}\"\n{extra}\n"
-        ));
+/// The `[[package]]` entry of one build.
+fn package_entry(name: &str, version: &str, arch: Arch, file: &str, extra: &str) -> String {
+    format!(
+        "[[package]]\nname = \"{name}\"\nversion = \"{version}\"\narch = \"{arch}\"\nfile = \"{file}\"\n{extra}\n"
+    )
+}
+
+/// Boot image file name (in `files/`) of `card_type` on `arch`.
+fn boot_file(card_type: &str, arch: Arch) -> String {
+    format!("{BOOT_NAME}-{card_type}-{arch}.img")
+}
+
+/// The `[[boot]]` entries of every card type on every architecture.
+fn boot_entries(arches: &[(Arch, String)], card_types: &[String]) -> String {
+    let mut toml = String::new();
+    for (arch, kver) in arches {
+        for ct in card_types {
+            toml.push_str(&format!(
+                "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"{arch}\"\nimage = \"files/{}\"\ncmdline = \"{}\"\n\n",
+                kver.split('-').next().unwrap_or("6"),
+                boot_file(ct, *arch),
+                stored_cmdline(ct, *arch),
+            ));
+        }
     }
-    let initrd = initramfs(k, &spec.init, &spec.anchor)?;
-    let initramfs_path = dir.join("initramfs.cpio.gz");
-    write(&initramfs_path, &initrd)?;
-    let kernel = std::fs::read(&k.bzimage).map_err(|source| ReleaseError::Read {
-        path: k.bzimage.clone(),
+    toml
+}
+
+/// The class (all card types, all architectures) and the defaults.
+fn class_entry(card_types: &[String], class_packages: &str) -> String {
+    let types: Vec<String> = card_types.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        "[[class]]\nname = \"lab\"\nmatch = {{ card_types = [{}] }}\nboot = \"{BOOT_NAME}\"\npackages = {{ {class_packages} }}\n\n[defaults]\npackages = {{ base = \"^1\" }}\n",
+        types.join(", ")
+    )
+}
+
+/// Builds the release into `dir` (see the module docs).
+pub fn build(spec: &ReleaseSpec, dir: &Path) -> Result<Release, ReleaseError> {
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).map_err(|source| ReleaseError::Write {
+        path: files.clone(),
         source,
     })?;
-    for ct in &spec.card_types {
-        let cmdline = stored_cmdline(ct);
-        let img = shelfboot_mkinitramfs::bootimage::build(&kernel, &initrd, &cmdline).map_err(
-            |source| ReleaseError::BootImage {
-                card_type: ct.clone(),
+    let mut sizes = Vec::new();
+    let mut toml = format!("[release]\nname = \"lab-os\"\nversion = \"{VERSION}\"\n\n");
+    let mut arches = Vec::new();
+    for b in &spec.builds {
+        let arch = b.arch();
+        for (name, extra) in [
+            ("base", ""),
+            ("heartbeat", "depends = { base = \"^1\" }\n"),
+            (
+                "diag",
+                "provides = [\"diag\"]\ndepends = { base = \"^1\" }\n",
+            ),
+            ("testpkg", "depends = { base = \"^1\" }\n"),
+        ] {
+            let tree = package_tree(name, &b.busybox, dir)?;
+            let file = format!("{name}-{VERSION}-{arch}.sqfs");
+            let out = files.join(&file);
+            squashfs(name, &tree, &out)?;
+            sizes.push((file.clone(), std::fs::metadata(&out).map_or(0, |m| m.len())));
+            toml.push_str(&package_entry(
+                name,
+                VERSION,
+                arch,
+                &format!("files/{file}"),
+                extra,
+            ));
+        }
+        let initrd = initramfs(&b.kernel, &b.init, &spec.anchor)?;
+        let initramfs_path = dir.join(format!("initramfs-{arch}.cpio.gz"));
+        write(&initramfs_path, &initrd)?;
+        let kernel = std::fs::read(&b.kernel.kexec_image).map_err(|source| ReleaseError::Read {
+            path: b.kernel.kexec_image.clone(),
+            source,
+        })?;
+        for ct in &spec.card_types {
+            let img = shelfboot_mkinitramfs::bootimage::build(
+                &kernel,
+                &initrd,
+                &stored_cmdline(ct, arch),
+            )
+            .map_err(|source| ReleaseError::BootImage {
+                card_type: format!("{ct} ({arch})"),
                 source,
-            },
-        )?;
-        let file = format!("{BOOT_NAME}-{ct}.img");
-        write(&files.join(&file), &img)?;
-        sizes.push((file.clone(), img.len() as u64));
-        toml.push_str(&format!(
-            "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"x86_64\"\nimage = \"files/{file}\"\ncmdline = \"{cmdline}\"\n\n",
-            k.version.split('-').next().unwrap_or("6"),
-        ));
+            })?;
+            let file = boot_file(ct, arch);
+            write(&files.join(&file), &img)?;
+            sizes.push((file, img.len() as u64));
+        }
+        arches.push((arch, b.kernel.version.clone(), initramfs_path));
     }
-    let types: Vec<String> = spec.card_types.iter().map(|t| format!("\"{t}\"")).collect();
-    toml.push_str(&format!(
-        "[[class]]\nname = \"lab\"\nmatch = {{ card_types = [{}] }}\nboot = \"{BOOT_NAME}\"\npackages = {{ heartbeat = \"^1\" }}\n\n[defaults]\npackages = {{ base = \"^1\" }}\n",
-        types.join(", ")
-    ));
+    let kvers: Vec<(Arch, String)> = arches.iter().map(|(a, v, _)| (*a, v.clone())).collect();
+    toml.push_str(&boot_entries(&kvers, &spec.card_types));
+    toml.push_str(&class_entry(&spec.card_types, "heartbeat = \"^1\""));
     let system_toml = dir.join("system.toml");
     write(&system_toml, toml)?;
     Ok(Release {
         dir: dir.to_path_buf(),
         system_toml,
-        initramfs: initramfs_path,
+        arches,
         sizes,
     })
 }
@@ -406,52 +534,67 @@ fn noise(size: u64) -> Vec<u8> {
 
 /// The `system.toml` of a derived release: the base release's boot images and base
 /// package (same files, so the same artifacts and blobs), heartbeat as given, the
-/// optional bulk package, the same class and defaults.
-fn derived_toml(
-    kernel_version: &str,
-    card_types: &[String],
-    d: &Derived,
-    heartbeat_file: &str,
-    heartbeat_version: &str,
-) -> String {
+/// optional bulk package, the same class and defaults; every package built for each
+/// architecture of `arches` (arch, kernel version).
+fn derived_toml(arches: &[(Arch, String)], card_types: &[String], d: &Derived) -> String {
     let mut toml = format!(
         "[release]\nname = \"lab-os\"\nversion = \"{}\"\n\n",
         d.version
     );
-    toml.push_str(&format!(
-        "[[package]]\nname = \"base\"\nversion = \"{VERSION}\"\narch = \"x86_64\"\nfile = \"files/base-{VERSION}-x86_64.sqfs\"\n\n"
-    ));
-    toml.push_str(&format!(
-        "[[package]]\nname = \"heartbeat\"\nversion = \"{heartbeat_version}\"\narch = \"x86_64\"\nfile = \"{heartbeat_file}\"\ndepends = {{ base = \"^1\" }}\n\n"
-    ));
-    toml.push_str(&format!(
-        "[[package]]\nname = \"diag\"\nversion = \"{VERSION}\"\narch = \"x86_64\"\nfile = \"files/diag-{VERSION}-x86_64.sqfs\"\nprovides = [\"diag\"]\ndepends = {{ base = \"^1\" }}\n\n"
-    ));
+    let dep = "depends = { base = \"^1\" }\n";
+    let hb = d.heartbeat.as_deref().unwrap_or(VERSION);
+    for (arch, _) in arches {
+        let f = |name: &str, v: &str| format!("files/{name}-{v}-{arch}.sqfs");
+        toml.push_str(&package_entry(
+            "base",
+            VERSION,
+            *arch,
+            &f("base", VERSION),
+            "",
+        ));
+        toml.push_str(&package_entry(
+            "heartbeat",
+            hb,
+            *arch,
+            &f("heartbeat", hb),
+            dep,
+        ));
+        toml.push_str(&package_entry(
+            "diag",
+            VERSION,
+            *arch,
+            &f("diag", VERSION),
+            "provides = [\"diag\"]\ndepends = { base = \"^1\" }\n",
+        ));
+        if d.bulk_bytes > 0 {
+            toml.push_str(&package_entry(
+                "bulk",
+                "1.0.0",
+                *arch,
+                &f("bulk", "1.0.0"),
+                dep,
+            ));
+        }
+        for i in 0..d.extra_packages {
+            let name = extra_package_name(i);
+            toml.push_str(&package_entry(
+                &name,
+                &d.version,
+                *arch,
+                &f(&name, &d.version),
+                dep,
+            ));
+        }
+    }
     let mut class_packages = "heartbeat = \"^1\"".to_string();
     if d.bulk_bytes > 0 {
-        toml.push_str("[[package]]\nname = \"bulk\"\nversion = \"1.0.0\"\narch = \"x86_64\"\nfile = \"files/bulk-1.0.0-x86_64.sqfs\"\ndepends = { base = \"^1\" }\n\n");
         class_packages.push_str(", bulk = \"^1\"");
     }
     for i in 0..d.extra_packages {
-        let name = extra_package_name(i);
-        let v = &d.version;
-        toml.push_str(&format!(
-            "[[package]]\nname = \"{name}\"\nversion = \"{v}\"\narch = \"x86_64\"\nfile = \"files/{name}-{v}-x86_64.sqfs\"\ndepends = {{ base = \"^1\" }}\n\n"
-        ));
-        class_packages.push_str(&format!(", {name} = \"={v}\""));
+        class_packages.push_str(&format!(", {} = \"={}\"", extra_package_name(i), d.version));
     }
-    for ct in card_types {
-        toml.push_str(&format!(
-            "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"x86_64\"\nimage = \"files/{BOOT_NAME}-{ct}.img\"\ncmdline = \"{}\"\n\n",
-            kernel_version.split('-').next().unwrap_or("6"),
-            stored_cmdline(ct),
-        ));
-    }
-    let types: Vec<String> = card_types.iter().map(|t| format!("\"{t}\"")).collect();
-    toml.push_str(&format!(
-        "[[class]]\nname = \"lab\"\nmatch = {{ card_types = [{}] }}\nboot = \"{BOOT_NAME}\"\npackages = {{ {class_packages} }}\n\n[defaults]\npackages = {{ base = \"^1\" }}\n",
-        types.join(", ")
-    ));
+    toml.push_str(&boot_entries(arches, card_types));
+    toml.push_str(&class_entry(card_types, &class_packages));
     toml
 }
 
@@ -460,58 +603,49 @@ fn derived_toml(
 /// base and diag are the base release's files, so importing it stores only the new
 /// blobs and a card fetches only the changed artifacts. Written to `base.dir/<version>.toml`
 /// (paths inside are relative to `base.dir`).
-pub fn derive(
-    k: &Kernel,
-    base: &Release,
-    card_types: &[String],
-    d: &Derived,
-) -> Result<Release, ReleaseError> {
+pub fn derive(base: &Release, card_types: &[String], d: &Derived) -> Result<Release, ReleaseError> {
     let dir = &base.dir;
     let files = dir.join("files");
     let mut sizes = Vec::new();
-    let (hb_file, hb_version) = match &d.heartbeat {
-        Some(v) => {
-            let tree = heartbeat_tree(v, dir)?;
-            let file = format!("heartbeat-{v}-x86_64.sqfs");
-            let out = files.join(&file);
-            squashfs("heartbeat", &tree, &out)?;
-            sizes.push((file.clone(), std::fs::metadata(&out).map_or(0, |m| m.len())));
-            (format!("files/{file}"), v.clone())
-        }
-        None => (
-            format!("files/heartbeat-{VERSION}-x86_64.sqfs"),
-            VERSION.to_string(),
-        ),
+    let mut build = |name: &str, tree: &Path, file: String| -> Result<(), ReleaseError> {
+        let out = files.join(&file);
+        squashfs(name, tree, &out)?;
+        sizes.push((file, std::fs::metadata(&out).map_or(0, |m| m.len())));
+        Ok(())
     };
-    if d.bulk_bytes > 0 {
-        let tree = bulk_tree(d.bulk_bytes, dir)?;
-        let file = "bulk-1.0.0-x86_64.sqfs".to_string();
-        let out = files.join(&file);
-        squashfs("bulk", &tree, &out)?;
-        sizes.push((file, std::fs::metadata(&out).map_or(0, |m| m.len())));
+    // Every package below is architecture-independent (scripts and data): one tree, one
+    // build per architecture.
+    for (arch, _, _) in &base.arches {
+        if let Some(v) = &d.heartbeat {
+            let tree = heartbeat_tree(v, dir)?;
+            build("heartbeat", &tree, format!("heartbeat-{v}-{arch}.sqfs"))?;
+        }
+        if d.bulk_bytes > 0 {
+            let tree = bulk_tree(d.bulk_bytes, dir)?;
+            build("bulk", &tree, format!("bulk-1.0.0-{arch}.sqfs"))?;
+        }
+        for i in 0..d.extra_packages {
+            let name = extra_package_name(i);
+            let t = dir.join("trees").join(format!("{name}-{}", d.version));
+            let _ = std::fs::remove_dir_all(&t);
+            write(
+                &t.join("etc/shelfboot/packages").join(&name),
+                format!("{name}-{}\n", d.version),
+            )?;
+            build(&name, &t, format!("{name}-{}-{arch}.sqfs", d.version))?;
+        }
     }
-    for i in 0..d.extra_packages {
-        let name = extra_package_name(i);
-        let t = dir.join("trees").join(format!("{name}-{}", d.version));
-        let _ = std::fs::remove_dir_all(&t);
-        write(
-            &t.join("etc/shelfboot/packages").join(&name),
-            format!("{name}-{}\n", d.version),
-        )?;
-        let file = format!("{name}-{}-x86_64.sqfs", d.version);
-        let out = files.join(&file);
-        squashfs(&name, &t, &out)?;
-        sizes.push((file, std::fs::metadata(&out).map_or(0, |m| m.len())));
-    }
+    let kvers: Vec<(Arch, String)> = base
+        .arches
+        .iter()
+        .map(|(a, v, _)| (*a, v.clone()))
+        .collect();
     let system_toml = dir.join(format!("{}.toml", d.version));
-    write(
-        &system_toml,
-        derived_toml(&k.version, card_types, d, &hb_file, &hb_version),
-    )?;
+    write(&system_toml, derived_toml(&kvers, card_types, d))?;
     Ok(Release {
         dir: dir.clone(),
         system_toml,
-        initramfs: base.initramfs.clone(),
+        arches: base.arches.clone(),
         sizes,
     })
 }
@@ -534,7 +668,7 @@ pub fn initramfs_with_flash(
     }
     let spec = BuildSpec {
         init: Some(init.to_path_buf()),
-        modules: Some(ModuleSpec {
+        modules: k.modules.then(|| ModuleSpec {
             root: k.root.clone(),
             kver: k.version.clone(),
             wanted,
@@ -554,52 +688,70 @@ mod tests {
 
     #[test]
     fn card_append_names_type_slot_and_features() {
-        let a = card_append("lc100", 3, &["diag"], 20);
+        let a = card_append(Arch::X86_64, "lc100", 3, &["diag"], 20);
         assert!(a.contains("shelfboot.card=lc100"), "{a}");
         assert!(a.contains("shelfboot.slot=3"), "{a}");
         assert!(a.contains("shelfboot.features=diag"), "{a}");
-        assert!(!card_append("fab10", 1, &[], 20).contains("features"));
-        assert!(stored_cmdline("fab10").ends_with("shelfboot.card=fab10"));
+        assert!(!card_append(Arch::X86_64, "fab10", 1, &[], 20).contains("features"));
+        assert!(stored_cmdline("fab10", Arch::X86_64).ends_with("shelfboot.card=fab10"));
+        assert!(stored_cmdline("fab10", Arch::X86_64).starts_with(BASE_CMDLINE));
         // The kernel's own log stays on the console (a silent card shows why).
-        for c in [a, stored_cmdline("lc100")] {
+        for c in [a, stored_cmdline("lc100", Arch::X86_64)] {
             assert!(!c.split_whitespace().any(|w| w == "quiet"), "{c}");
             assert!(c.contains(CONSOLE_LOG), "{c}");
+        }
+        // aarch64: its console, and the built-in flash drivers' parameters in both
+        // stages (the stored image gets no module list to carry them).
+        let first = card_append(Arch::Aarch64, "lc100", 1, &[], 20);
+        let stored = stored_cmdline("lc100", Arch::Aarch64);
+        assert!(stored.starts_with("console=ttyAMA0 panic=-1 "), "{stored}");
+        for c in [&first, &stored] {
+            assert!(c.contains(CONSOLE_LOG_AARCH64), "{c}");
+            assert!(c.contains(&Block2mtd::default().cmdline()), "{c}");
+            assert!(c.contains("nandsim.id_bytes="), "{c}");
+            assert!(!c.contains("ttyS0") && !c.contains("no_timer_check"), "{c}");
         }
     }
 
     #[test]
     fn derived_release_reuses_the_base_files_and_adds_only_what_changed() {
         let types = vec!["lc100".to_string(), "fab10".to_string()];
+        let x86 = vec![(Arch::X86_64, "6.1.0-56-amd64".to_string())];
         let d = Derived {
             version: "1.1.0".into(),
             heartbeat: Some("1.1.0".into()),
             bulk_bytes: 0,
             extra_packages: 0,
         };
-        let t = derived_toml(
-            "6.1.0-56-amd64",
-            &types,
-            &d,
-            "files/heartbeat-1.1.0-x86_64.sqfs",
-            "1.1.0",
-        );
+        let t = derived_toml(&x86, &types, &d);
         assert!(t.contains("version = \"1.1.0\"\n"), "{t}");
         assert!(t.contains("file = \"files/base-1.0.0-x86_64.sqfs\""), "{t}");
         assert!(
             t.contains("file = \"files/heartbeat-1.1.0-x86_64.sqfs\""),
             "{t}"
         );
-        assert!(t.contains("image = \"files/lab-kernel-fab10.img\""), "{t}");
-        assert!(t.contains(&stored_cmdline("lc100")), "{t}");
-        assert!(!t.contains("bulk"), "{t}");
-        let big = Derived { bulk_bytes: 5, ..d };
-        let t = derived_toml("6.1.0-56-amd64", &types, &big, "f", "1.0.0");
+        assert!(
+            t.contains("image = \"files/lab-kernel-fab10-x86_64.img\""),
+            "{t}"
+        );
+        assert!(t.contains(&stored_cmdline("lc100", Arch::X86_64)), "{t}");
+        assert!(!t.contains("bulk") && !t.contains("aarch64"), "{t}");
+        let big = Derived {
+            bulk_bytes: 5,
+            heartbeat: None,
+            ..d
+        };
+        let t = derived_toml(&x86, &types, &big);
         assert!(t.contains("heartbeat = \"^1\", bulk = \"^1\""), "{t}");
+        assert!(
+            t.contains("file = \"files/heartbeat-1.0.0-x86_64.sqfs\""),
+            "{t}"
+        );
         let many = Derived {
             extra_packages: 3,
             ..big
         };
-        let t = derived_toml("6.1.0-56-amd64", &types, &many, "f", "1.0.0");
+        let t = derived_toml(&x86, &types, &many);
         assert!(
             t.contains("bulk = \"^1\", lab-pkg-00 = \"=1.1.0\", lab-pkg-01 = \"=1.1.0\", lab-pkg-02 = \"=1.1.0\" }"),
             "{t}"
@@ -608,6 +760,24 @@ mod tests {
             t.contains("file = \"files/lab-pkg-02-1.1.0-x86_64.sqfs\""),
             "{t}"
         );
+        // A mixed release: every package and boot image once per architecture, one class.
+        let mixed = vec![
+            (Arch::X86_64, "6.1.0-56-amd64".to_string()),
+            (Arch::Aarch64, "6.1.192-3-0123456789abcdef".to_string()),
+        ];
+        let t = derived_toml(&mixed, &types, &many);
+        assert_eq!(t.matches("[[package]]").count(), 2 * (4 + 3), "{t}");
+        assert_eq!(t.matches("[[boot]]").count(), 4, "{t}");
+        assert_eq!(t.matches("[[class]]").count(), 1, "{t}");
+        assert!(
+            t.contains("file = \"files/lab-pkg-02-1.1.0-aarch64.sqfs\""),
+            "{t}"
+        );
+        assert!(
+            t.contains("version = \"6.1.192\"\ncard_type = \"lc100\"\narch = \"aarch64\"\nimage = \"files/lab-kernel-lc100-aarch64.img\""),
+            "{t}"
+        );
+        assert!(t.contains(&stored_cmdline("fab10", Arch::Aarch64)), "{t}");
         let n = noise(1000);
         assert_eq!(n.len(), 1000);
         assert_eq!(n, noise(1000));

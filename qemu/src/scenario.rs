@@ -29,8 +29,10 @@ use shelfboot_testkit::tier::{self, Tier};
 
 use crate::backplane::{Backplane, MASTER_IF};
 use crate::card::{CardConfig, create_erased_image};
+use shelfboot_proto::id::Arch;
+
 use crate::kernel::Kernel;
-use crate::release::{self, Release, ReleaseSpec};
+use crate::release::{self, ArchBuild, Release, ReleaseSpec};
 use crate::shelf::card_mac;
 
 /// Card types of the lab release.
@@ -72,13 +74,14 @@ fn step<E: std::error::Error + Send + Sync + 'static>(
 pub struct Prelude {
     /// When the test started.
     pub t0: Instant,
-    /// The Debian kernel.
+    /// The Debian amd64 kernel (also the one of the lab's busybox tool VMs, whatever the
+    /// cards' architecture).
     pub kernel: Kernel,
     /// The test's work directory (holds the release and the master state).
     pub work: tempfile::TempDir,
     /// Emptied console-log directory ([`fresh_log_dir`]).
     pub logs: PathBuf,
-    /// The static init ([`init_binary`]).
+    /// The static init of the first card architecture ([`init_binary`]).
     pub init: PathBuf,
     /// The master state with the lab release imported.
     pub lab: Lab,
@@ -88,6 +91,17 @@ impl Prelude {
     /// Runs the prelude; `logs_base` is the test's `env!("CARGO_TARGET_TMPDIR")` (so the
     /// logs outlive the run) and `name` names its log directory.
     pub fn start(logs_base: impl AsRef<Path>, name: &str) -> Result<Prelude, ScenarioError> {
+        Self::start_arches(logs_base, name, &[Arch::X86_64])
+    }
+
+    /// [`Prelude::start`] with a release for the card architectures `arches` (cards
+    /// take them in turn: [`Lab::card_arch`]); for aarch64 this builds the lab's arm64
+    /// kernel once (cached) and fetches Debian's arm64 busybox once.
+    pub fn start_arches(
+        logs_base: impl AsRef<Path>,
+        name: &str,
+        arches: &[Arch],
+    ) -> Result<Prelude, ScenarioError> {
         tier::require(&[Tier::Qemu]);
         let _ = env_logger::builder().is_test(true).try_init();
         let t0 = Instant::now();
@@ -95,8 +109,18 @@ impl Prelude {
             .map_err(step("acquire the Debian kernel"))?;
         let work = tempfile::tempdir().map_err(step("create the work directory"))?;
         let logs = fresh_log_dir(logs_base.as_ref(), name)?;
-        let init = init_binary()?;
-        let lab = prepare(&kernel, work.path(), &init)?;
+        let builds = arches
+            .iter()
+            .map(|&a| arch_build(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let init = builds
+            .first()
+            .map(|b| b.init.clone())
+            .ok_or_else(|| ScenarioError {
+                step: "choose the card architectures".into(),
+                source: Box::new(std::io::Error::other("no architecture given")),
+            })?;
+        let lab = prepare(&builds, work.path())?;
         Ok(Prelude {
             t0,
             kernel,
@@ -148,8 +172,8 @@ pub fn node_view(state: &Path, i: usize) -> Result<NodeView, ScenarioError> {
 /// A master state with the lab release imported.
 #[derive(Debug, Clone)]
 pub struct Lab {
-    /// The Debian kernel.
-    pub kernel: Kernel,
+    /// One build per card architecture of the release (kernel, init, busybox).
+    pub builds: Vec<ArchBuild>,
     /// Work directory.
     pub dir: PathBuf,
     /// Master state directory.
@@ -158,11 +182,40 @@ pub struct Lab {
     pub release: Release,
 }
 
-/// The static init: `SHELFBOOT_INIT_BIN`, else built with cargo (init-release, musl).
-pub fn init_binary() -> Result<PathBuf, ScenarioError> {
-    if let Ok(p) = std::env::var("SHELFBOOT_INIT_BIN") {
+impl Lab {
+    /// The architecture of card `i`: the release's architectures in turn (a one-arch
+    /// lab: always that one).
+    pub fn card_arch(&self, i: usize) -> Arch {
+        self.builds
+            .get(i % self.builds.len().max(1))
+            .map_or(Arch::X86_64, ArchBuild::arch)
+    }
+
+    /// The build of `arch`.
+    pub fn build(&self, arch: Arch) -> Option<&ArchBuild> {
+        self.builds.iter().find(|b| b.arch() == arch)
+    }
+}
+
+/// The musl target of `arch`'s static init.
+pub fn musl_target(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "x86_64-unknown-linux-musl",
+        Arch::Aarch64 => "aarch64-unknown-linux-musl",
+    }
+}
+
+/// The static init for `arch`: `SHELFBOOT_INIT_BIN` (x86_64) or
+/// `SHELFBOOT_INIT_BIN_AARCH64`, else built with cargo (init-release, musl).
+pub fn init_binary_for(arch: Arch) -> Result<PathBuf, ScenarioError> {
+    let var = match arch {
+        Arch::X86_64 => "SHELFBOOT_INIT_BIN",
+        Arch::Aarch64 => "SHELFBOOT_INIT_BIN_AARCH64",
+    };
+    if let Ok(p) = std::env::var(var) {
         return Ok(p.into());
     }
+    let target = musl_target(arch);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = std::process::Command::new(cargo);
     c.args([
@@ -173,20 +226,43 @@ pub fn init_binary() -> Result<PathBuf, ScenarioError> {
         "--profile",
         "init-release",
         "--target",
-        "x86_64-unknown-linux-musl",
+        target,
     ]);
     crate::cmd::run(&mut c).map_err(step(
         "build the static init (cargo build -p shelfboot-init)",
     ))?;
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+    let dir = std::env::var("CARGO_TARGET_DIR").map_or_else(
         |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
     );
-    Ok(target.join("x86_64-unknown-linux-musl/init-release/shelfboot-init"))
+    Ok(dir.join(target).join("init-release/shelfboot-init"))
 }
 
-/// Builds the release into `dir` and imports it into a fresh master state `dir/state`.
-pub fn prepare(kernel: &Kernel, dir: &Path, init: &Path) -> Result<Lab, ScenarioError> {
+/// The x86_64 static init ([`init_binary_for`]).
+pub fn init_binary() -> Result<PathBuf, ScenarioError> {
+    init_binary_for(Arch::X86_64)
+}
+
+/// Everything a release needs for `arch`: its lab kernel, static init and busybox.
+pub fn arch_build(arch: Arch) -> Result<ArchBuild, ScenarioError> {
+    let cache = crate::kernel::cache_dir();
+    let kernel = crate::kernel::acquire_arch(&cache, arch, false)
+        .map_err(step(format!("acquire the {arch} lab kernel")))?;
+    let init = init_binary_for(arch)?;
+    let busybox = crate::busybox::binary(arch, &cache).map_err(|e| ScenarioError {
+        step: format!("get Debian's static busybox for {arch}"),
+        source: e.into(),
+    })?;
+    Ok(ArchBuild {
+        kernel,
+        init,
+        busybox,
+    })
+}
+
+/// Builds the release for `builds` into `dir` and imports it into a fresh master state
+/// `dir/state`.
+pub fn prepare(builds: &[ArchBuild], dir: &Path) -> Result<Lab, ScenarioError> {
     let state = dir.join("state");
     let (secret, public, _) = shelfboot_master::keys::keygen(&dir.join("vendor"))
         .map_err(step("generate the vendor key"))?;
@@ -196,10 +272,9 @@ pub fn prepare(kernel: &Kernel, dir: &Path, init: &Path) -> Result<Lab, Scenario
     serve::load_key(&ServeConfig::new(MASTER_IF, &state))
         .map_err(step("create the plan-signing key"))?;
     let rel = release::build(
-        kernel,
         &ReleaseSpec {
             card_types: TYPES.iter().map(|t| t.to_string()).collect(),
-            init: init.to_path_buf(),
+            builds: builds.to_vec(),
             anchor: state.join("plan.anchor"),
         },
         &dir.join("release"),
@@ -215,7 +290,7 @@ pub fn prepare(kernel: &Kernel, dir: &Path, init: &Path) -> Result<Lab, Scenario
     m.import_file(&image, true, &mut |_, _| {})
         .map_err(step("import the release"))?;
     Ok(Lab {
-        kernel: kernel.clone(),
+        builds: builds.to_vec(),
         dir: dir.to_path_buf(),
         state,
         release: rel,
@@ -232,20 +307,27 @@ pub fn card_features(i: usize) -> &'static [&'static str] {
     if i % 3 == 2 { &["diag"] } else { &[] }
 }
 
-/// Configuration of card `i` (its flash image is created erased if missing).
+/// Configuration of card `i` (its flash image is created erased if missing), of
+/// architecture [`Lab::card_arch`].
 pub fn card_config(lab: &Lab, i: usize, logs: &Path) -> Result<CardConfig, ScenarioError> {
     let disk = lab.dir.join(format!("flash-{i}.img"));
     if !disk.exists() {
         create_erased_image(&disk, FLASH)
             .map_err(step(format!("create flash image {}", disk.display())))?;
     }
-    let mut c = CardConfig::new(
-        &format!("card{i}"),
-        &lab.kernel.vmlinux,
-        &lab.release.initramfs,
-        logs,
-    );
+    let arch = lab.card_arch(i);
+    let missing = || ScenarioError {
+        step: format!("configure card{i}"),
+        source: Box::new(std::io::Error::other(format!(
+            "the lab release has no {arch} build"
+        ))),
+    };
+    let kernel = &lab.build(arch).ok_or_else(missing)?.kernel;
+    let initramfs = lab.release.initramfs(arch).ok_or_else(missing)?;
+    let mut c = CardConfig::new(&format!("card{i}"), &kernel.qemu_kernel, initramfs, logs);
+    c.arch = arch;
     c.append = release::card_append(
+        arch,
         card_type(i),
         u16::try_from(i + 1).unwrap_or(u16::MAX),
         card_features(i),
@@ -366,7 +448,7 @@ pub fn bytes_to_fetch(console: &str) -> u64 {
 /// when a master serves (as an operator would), else in-process.
 pub fn import_derived(lab: &Lab, d: &release::Derived) -> Result<Release, ScenarioError> {
     let types: Vec<String> = TYPES.iter().map(|t| t.to_string()).collect();
-    let rel = release::derive(&lab.kernel, &lab.release, &types, d)
+    let rel = release::derive(&lab.release, &types, d)
         .map_err(step(format!("build release {}", d.version)))?;
     let key = shelfboot_master::keys::read_signing_key(&lab.dir.join("vendor.key"))
         .map_err(step("read the vendor key"))?;

@@ -19,13 +19,18 @@
 //!                    artifact bytes and sent no Fetch plan
 //! ```
 //!
-//! The init binary: SHELFBOOT_INIT_BIN, else built here with cargo (init-release, musl).
+//! `master_absent_aarch64_card_boots_its_committed_set` (QEMU tier): the same three boots
+//! on an aarch64 card (the lab's own arm64 kernel, `qemu-system-aarch64 -M virt`).
+//!
+//! The init binaries: SHELFBOOT_INIT_BIN (x86_64) and SHELFBOOT_INIT_BIN_AARCH64, else
+//! built here with cargo (init-release, musl).
 
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
 
     use regex::Regex;
+    use shelfboot_proto::id::Arch;
     use shelfboot_qemu::release;
     use shelfboot_qemu::scenario::Prelude;
     use shelfboot_qemu::scenario::{self, MasterRun};
@@ -39,7 +44,18 @@ mod tests {
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn master_absent_card_boots_its_committed_set() {
-        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "autonomy").unwrap();
+        autonomy("autonomy", Arch::X86_64);
+    }
+
+    #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
+    fn master_absent_aarch64_card_boots_its_committed_set() {
+        autonomy("autonomy-aarch64", Arch::Aarch64);
+    }
+
+    /// The three boots of the module docs on one card of `arch`.
+    fn autonomy(name: &str, arch: Arch) {
+        let p = Prelude::start_arches(env!("CARGO_TARGET_TMPDIR"), name, &[arch]).unwrap();
         let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         let inventory = || -> Regex { Regex::new(scenario::INVENTORY_PATTERN).unwrap() };
@@ -48,6 +64,7 @@ mod tests {
         let mut shelf = Shelf::start(1, |i| {
             let mut c = scenario::card_config(&lab, i, &logs).unwrap();
             c.append = release::card_append(
+                c.arch,
                 scenario::card_type(i),
                 u16::try_from(i + 1).unwrap(),
                 &[],
@@ -59,15 +76,26 @@ mod tests {
         let mut master = MasterRun::start(shelf.backplane(), &state).unwrap();
         let t1 = Instant::now();
         let card = shelf.card(0).unwrap();
+        // The boot path's times (docs/lab.md): QEMU start to init, and init's kexec
+        // (sync, reboot) to the stored image's init.
+        let init1 = card.wait_for("starting as PID 1", STEP).unwrap();
+        let kexec = card.wait_for("kexec: sync and reboot", STEP).unwrap();
+        let init2 = card.wait_for("starting as PID 1", STEP).unwrap();
         card.wait_for("agent: set marked ready on flash", STEP)
             .unwrap();
         let ready = card.wait_for(release::READY_LINE, STEP).unwrap();
+        eprintln!(
+            "autonomy ({arch}): times under TCG: QEMU start to init {:.1} s, kexec to the stored image's init {:.1} s, pristine to Ready {:.1} s",
+            init1.elapsed.as_secs_f64(),
+            (init2.elapsed - kexec.elapsed).as_secs_f64(),
+            ready.elapsed.as_secs_f64()
+        );
         let packages = scenario::ready_packages(&ready.line).unwrap();
         let committed = scenario::last_flash_inventory(&card.console())
             .expect("the stored image printed the flash inventory");
         let pristine = t1.elapsed();
         eprintln!(
-            "autonomy: pristine Ready after {:.1} s: set {} = {packages}",
+            "autonomy ({arch}): pristine Ready after {:.1} s: set {} = {packages}",
             pristine.as_secs_f64(),
             committed.digest
         );
@@ -121,7 +149,7 @@ mod tests {
         );
         let alone_t = t2.elapsed();
         eprintln!(
-            "autonomy: master absent: \"no master answered\" {:.1} s after power-on, Ready after {:.1} s: {}",
+            "autonomy ({arch}): master absent: \"no master answered\" {:.1} s after power-on, Ready after {:.1} s: {}",
             waited.as_secs_f64(),
             alone_t.as_secs_f64(),
             ready.line
@@ -159,7 +187,7 @@ mod tests {
         std::thread::sleep(Duration::from_secs(2));
         let s3 = master.stop().unwrap().expect("the master was serving");
         eprintln!(
-            "autonomy: master back: Ready after {:.1} s; master: {} artifact bytes, {} fetch / {} continue plans; whole test {:.1} s",
+            "autonomy ({arch}): master back: Ready after {:.1} s; master: {} artifact bytes, {} fetch / {} continue plans; whole test {:.1} s",
             back.as_secs_f64(),
             s3.artifact_bytes,
             s3.plans_fetch,

@@ -28,6 +28,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use shelfboot_master::store::NodeState;
+    use shelfboot_proto::id::Arch;
     use shelfboot_qemu::card::{CardConfig, create_erased_image};
     use shelfboot_qemu::flash::Nandsim;
     use shelfboot_qemu::release::{self, Derived};
@@ -55,10 +56,16 @@ mod tests {
         .unwrap();
         let initrd_path = tmp.path().join("nand-initramfs.cpio.gz");
         std::fs::write(&initrd_path, initrd).unwrap();
-        let mut cfg = CardConfig::new("card0", &k.vmlinux, &initrd_path, &logs);
+        let mut cfg = CardConfig::new("card0", &k.qemu_kernel, &initrd_path, &logs);
         cfg.append = format!(
             "{} shelfboot.stored=1 loglevel=6",
-            release::card_append(scenario::card_type(0), 1, &[], scenario::MASTER_TIMEOUT_S)
+            release::card_append(
+                Arch::X86_64,
+                scenario::card_type(0),
+                1,
+                &[],
+                scenario::MASTER_TIMEOUT_S
+            )
         );
         cfg.memory_mib = nand.memory_mib() + 64;
 
@@ -123,7 +130,7 @@ mod tests {
         // No usable plan within 60 s: boot the committed set alone. Long enough that, in
         // the stored image's stage, the operator's `nodes`, `rollback` and `prepare` (three
         // CLI runs, slow on a loaded host) reach the card while it still asks.
-        cfg.append = release::card_append(scenario::card_type(0), 1, &[], 60);
+        cfg.append = release::card_append(Arch::X86_64, scenario::card_type(0), 1, &[], 60);
 
         let mut shelf = Shelf::start(1, |_| cfg.clone()).unwrap();
         let stop = Arc::new(AtomicBool::new(false));

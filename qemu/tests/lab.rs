@@ -78,7 +78,7 @@ poweroff -f
             "boots_nandsim_ubi_from_load_list",
         )
         .unwrap();
-        let mut cfg = CardConfig::new("nand0", &k.vmlinux, &initramfs, &logs);
+        let mut cfg = CardConfig::new("nand0", &k.qemu_kernel, &initramfs, &logs);
         cfg.append = release::CONSOLE_LOG.into();
         let mut card = Card::start(cfg).unwrap();
         let first = card
@@ -159,7 +159,7 @@ poweroff -f
         .unwrap();
         // Two cards: a broadcast must reach every tap of the bridge.
         let mut shelf = Shelf::start(2, |i| {
-            let mut cfg = CardConfig::new(&format!("net{i}"), &k.vmlinux, &initramfs, &logs);
+            let mut cfg = CardConfig::new(&format!("net{i}"), &k.qemu_kernel, &initramfs, &logs);
             cfg.append = format!("{} ipv6.disable=1", release::CONSOLE_LOG);
             cfg
         })
@@ -265,7 +265,7 @@ sleep 600
             "block2mtd_flash_survives_power_cut",
         )
         .unwrap();
-        let mut cfg = CardConfig::new("b2m0", &k.vmlinux, &initramfs, &logs);
+        let mut cfg = CardConfig::new("b2m0", &k.qemu_kernel, &initramfs, &logs);
         cfg.append = release::CONSOLE_LOG.into();
         cfg.disk = Some(disk);
         let mut card = Card::start(cfg).unwrap();

@@ -48,7 +48,14 @@
 //! that is harsher than NAND for the last seconds before a cut, and it says nothing about
 //! torn NAND pages (nandsim + UBI's power-cut emulation would).
 //!
-//! The init binary: SHELFBOOT_INIT_BIN, else built here with cargo (init-release, musl).
+//! `power_cut_on_aarch64_card` (QEMU tier): the same machinery on an aarch64 card (the
+//! lab's own arm64 kernel under `qemu-system-aarch64 -M virt`, block2mtd built in), three
+//! trials (SHELFBOOT_POWERCUT_TRIALS), every cut during a download or in the commit
+//! window (commit window, then release 1.2's download, then commit window again), each
+//! checked as above. Consoles: `lab-logs/powercut-aarch64/`.
+//!
+//! The init binaries: SHELFBOOT_INIT_BIN (x86_64) and SHELFBOOT_INIT_BIN_AARCH64, else
+//! built here with cargo (init-release, musl).
 
 #[cfg(test)]
 mod tests {
@@ -60,6 +67,7 @@ mod tests {
     use shelfboot_master::resolve::Plan;
     use shelfboot_master::state::{Master, parse_release};
     use shelfboot_master::store::Target;
+    use shelfboot_proto::id::Arch;
     use shelfboot_qemu::card::{Card, Pattern};
     use shelfboot_qemu::release::{self, Derived};
     use shelfboot_qemu::scenario::Prelude;
@@ -262,20 +270,59 @@ mod tests {
         );
     }
 
+    /// One power-cut run: which card, how many trials, which cuts.
+    struct Run {
+        /// Log directory name.
+        name: &'static str,
+        /// The card's architecture.
+        arch: Arch,
+        /// Trials unless SHELFBOOT_POWERCUT_TRIALS says otherwise.
+        trials: u64,
+        /// Cuts during release 1.2's download and commit the run makes at least.
+        big_cuts: usize,
+        /// Cut kinds of the other trials, in turn (trial index modulo their number).
+        kinds: &'static [Cut],
+    }
+
     #[test]
     #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
     fn power_cut_during_download_and_commit() {
+        power_cuts(&Run {
+            name: "powercut",
+            arch: Arch::X86_64,
+            trials: 10,
+            big_cuts: BIG_CUTS,
+            kinds: &CUTS,
+        });
+    }
+
+    #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
+    fn power_cut_on_aarch64_card() {
+        power_cuts(&Run {
+            name: "powercut-aarch64",
+            arch: Arch::Aarch64,
+            trials: 3,
+            big_cuts: 1,
+            kinds: &[Cut::CommitWindow, Cut::Download],
+        });
+    }
+
+    fn power_cuts(run: &Run) {
         let seed = env_u64("SHELFBOOT_POWERCUT_SEED").unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()))
         });
-        let trials = usize::try_from(env_u64("SHELFBOOT_POWERCUT_TRIALS").unwrap_or(10)).unwrap();
+        let trials =
+            usize::try_from(env_u64("SHELFBOOT_POWERCUT_TRIALS").unwrap_or(run.trials)).unwrap();
+        let min_big = run.big_cuts;
         eprintln!(
-            "powercut: seed {seed:#x}, {trials} trials (replay: SHELFBOOT_POWERCUT_SEED={seed:#x})"
+            "powercut ({}): seed {seed:#x}, {trials} trials (replay: SHELFBOOT_POWERCUT_SEED={seed:#x})",
+            run.arch
         );
         let mut rng = Rng(seed);
-        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "powercut").unwrap();
+        let p = Prelude::start_arches(env!("CARGO_TARGET_TMPDIR"), run.name, &[run.arch]).unwrap();
         let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
         let state = lab.state.clone();
         for d in [
@@ -309,6 +356,7 @@ mod tests {
         let mut shelf = Shelf::start(1, |i| {
             let mut c = scenario::card_config(&lab, i, &logs).unwrap();
             c.append = release::card_append(
+                c.arch,
                 scenario::card_type(i),
                 u16::try_from(i + 1).unwrap(),
                 &[],
@@ -374,7 +422,7 @@ mod tests {
         const BIG: usize = 2;
         let mut big_cuts = 0usize;
         let mut i = 0usize;
-        while i < trials || big_cuts < BIG_CUTS {
+        while i < trials || big_cuts < min_big {
             assert!(
                 i < trials + 6,
                 "{big_cuts} cuts during release 1.2's commit after {i} trials: the rotation never reaches it"
@@ -388,12 +436,12 @@ mod tests {
                 shelf.card(0).unwrap().power_cycle().unwrap();
             }
             let card = shelf.card(0).unwrap();
-            let kind = if target == BIG && big_cuts < BIG_CUTS {
+            let kind = if target == BIG && big_cuts < min_big {
                 Cut::Download
             } else if target == BIG {
                 BIG_CUT_KINDS[i % BIG_CUT_KINDS.len()]
             } else {
-                CUTS[i % CUTS.len()]
+                run.kinds[i % run.kinds.len()]
             };
             let frac = rng.unit();
             let t = &rels[target];
@@ -483,7 +531,7 @@ mod tests {
             if target == BIG && !console.lines().any(|l| commit_re.matches(l)) {
                 big_cuts += 1;
             }
-            let last = i + 1 >= trials && big_cuts >= BIG_CUTS;
+            let last = i + 1 >= trials && big_cuts >= min_big;
             let at = last_milestone(&console);
             let install_s = tt.elapsed().as_secs_f64();
 

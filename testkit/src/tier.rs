@@ -41,7 +41,9 @@ use std::path::Path;
 pub enum Tier {
     /// Network namespaces, veths, bridges, AF_PACKET: root, `ip`, `tc`, `nft`.
     Netns,
-    /// Card VMs under QEMU on a tap backplane: root, `/dev/net/tun`, `qemu-system-x86_64`.
+    /// Card VMs under QEMU on a tap backplane: root, `/dev/net/tun`, `qemu-system-x86_64`,
+    /// and for the aarch64 cards `qemu-system-aarch64` and the cross compiler that builds
+    /// their kernel.
     Qemu,
     /// Root on the host, to run commands as an unprivileged user: `setpriv`.
     Root,
@@ -84,6 +86,8 @@ fn programs(tier: Tier) -> &'static [(&'static str, &'static str)] {
             ("ip", "iproute2"),
             ("nft", "nftables"),
             ("qemu-system-x86_64", "qemu-system-x86"),
+            ("qemu-system-aarch64", "qemu-system-arm"),
+            ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
         ],
         Tier::Root => &[("setpriv", "util-linux")],
         Tier::Promtool => &[("promtool", "prometheus")],
@@ -178,14 +182,36 @@ mod tests {
 
     #[test]
     fn a_complete_root_host_runs_both_tiers() {
-        let h = host(0, true, &["ip", "tc", "nft", "qemu-system-x86_64"]);
+        let h = host(
+            0,
+            true,
+            &[
+                "ip",
+                "tc",
+                "nft",
+                "qemu-system-x86_64",
+                "qemu-system-aarch64",
+                "aarch64-linux-gnu-gcc",
+            ],
+        );
         assert_eq!(check(&h, &[Tier::Netns, Tier::Qemu]), Ok(()));
         assert_eq!(check(&h, &[]), Ok(()));
     }
 
     #[test]
     fn not_root_is_missing_and_named() {
-        let h = host(1000, true, &["ip", "tc", "nft", "qemu-system-x86_64"]);
+        let h = host(
+            1000,
+            true,
+            &[
+                "ip",
+                "tc",
+                "nft",
+                "qemu-system-x86_64",
+                "qemu-system-aarch64",
+                "aarch64-linux-gnu-gcc",
+            ],
+        );
         let e = check(&h, &[Tier::Netns]).unwrap_err();
         assert!(e.contains("network-namespace tier"), "{e}");
         assert!(e.contains("root (running as uid 1000)"), "{e}");
@@ -201,7 +227,9 @@ mod tests {
             m,
             [
                 "/dev/net/tun (the QEMU backplane's taps)",
-                "`qemu-system-x86_64` on PATH (Debian package qemu-system-x86)"
+                "`qemu-system-x86_64` on PATH (Debian package qemu-system-x86)",
+                "`qemu-system-aarch64` on PATH (Debian package qemu-system-arm)",
+                "`aarch64-linux-gnu-gcc` on PATH (Debian package gcc-aarch64-linux-gnu)"
             ]
         );
         let e = check(&h, &[Tier::Qemu, Tier::Netns]).unwrap_err();
@@ -239,7 +267,16 @@ mod tests {
 
     #[test]
     fn a_program_needed_by_two_tiers_is_listed_once() {
-        let h = host(0, true, &["tc", "qemu-system-x86_64"]);
+        let h = host(
+            0,
+            true,
+            &[
+                "tc",
+                "qemu-system-x86_64",
+                "qemu-system-aarch64",
+                "aarch64-linux-gnu-gcc",
+            ],
+        );
         let m = h.missing(&[Tier::Netns, Tier::Qemu]);
         assert_eq!(
             m,
