@@ -8,8 +8,9 @@
 //! queue (`ring` frames, like a guest's virtio ring; the rest are dropped). When it thaws it
 //! runs like init's loop does: timers first, then the queued frames.
 //!
-//! This harness does not model loss, reordering or bandwidth (the sender's pacing is the
-//! only limit), and the master's CPU is free.
+//! This harness does not model random loss, reordering or bandwidth (the sender's pacing
+//! is the only limit; a card can lose its first Fetches, `lose_fetches`), and the master's
+//! CPU is free.
 
 mod conv;
 
@@ -56,6 +57,8 @@ mod tests {
         deaf_until: Duration,
         /// Most queued frames it handles per step (a slow guest); `None`: all.
         per_step: Option<usize>,
+        /// Its next this-many Fetch frames are lost on the way to the master.
+        lose_fetches: u32,
         freeze: Freeze,
         frozen_until: Duration,
         /// Bytes written at which the next write freeze starts.
@@ -80,8 +83,19 @@ mod tests {
     }
 
     impl Shelf {
-        /// The fixture's master and one card per `(type, arch, freeze)`.
+        /// The fixture's master (sessions capped at 6 MB/s) and one card per
+        /// `(type, arch, freeze)`.
         fn new(fx: &Fixture, cards: &[(&str, Arch, Freeze)], ring_cap: usize) -> Shelf {
+            Self::with_rate(fx, cards, ring_cap, 6_000_000)
+        }
+
+        /// [`Shelf::new`] with sessions capped at `max_rate` bytes/s.
+        fn with_rate(
+            fx: &Fixture,
+            cards: &[(&str, Arch, Freeze)],
+            ring_cap: usize,
+            max_rate: u64,
+        ) -> Shelf {
             let t0 = Instant::now();
             let master = Master::open(&fx.state).unwrap();
             let key = serve::load_key(&ServeConfig::new("unused", &fx.state)).unwrap();
@@ -91,7 +105,7 @@ mod tests {
                 heartbeat: Duration::from_secs(1),
                 link_mtu: shelfboot_proto::STANDARD_MTU,
                 join_window: Duration::from_millis(300),
-                max_rate: 6_000_000,
+                max_rate,
             };
             let svc = Service::new(cfg, master, key, MASTER, 1, t0);
             let cards = cards
@@ -134,6 +148,7 @@ mod tests {
                         ring_drops: 0,
                         deaf_until: Duration::ZERO,
                         per_step: None,
+                        lose_fetches: 0,
                         freeze: *freeze,
                         frozen_until: Duration::ZERO,
                         next_write_freeze,
@@ -154,11 +169,18 @@ mod tests {
             for o in outputs {
                 match o {
                     Output::Send(f) => {
+                        let decoded = shelfboot_proto::msg::decode_frame(&f, ET);
                         // STALL_TRACE=1: every control message a card sends, timed.
                         if std::env::var("STALL_TRACE").is_ok()
-                            && let Ok((_, m)) = shelfboot_proto::msg::decode_frame(&f, ET)
+                            && let Ok((_, m)) = &decoded
                         {
                             eprintln!("{now:?} {} -> {m:?}", card.mac);
+                        }
+                        if card.lose_fetches > 0
+                            && matches!(decoded, Ok((_, shelfboot_proto::msg::Message::Fetch(_))))
+                        {
+                            card.lose_fetches -= 1;
+                            continue;
                         }
                         wire.push(f)
                     }
@@ -442,6 +464,47 @@ mod tests {
         assert!(
             shelf.stats().catch_up_sessions >= 1,
             "the master moved the card to a fresh session"
+        );
+    }
+
+    /// Two cards of a type power on together; the first Fetch of the second is lost. It
+    /// asks again soon enough (`Timers::fetch_retry`) to join the running first pass
+    /// within `late_join_bytes` and repair the gap by NACK: no second session sends the
+    /// artifact again from byte 0. At 40 MB/s the first pass (3 MiB boot image) starts
+    /// 100 ms after the first card joined; with the old 500 ms retry it had ended before
+    /// the second card asked again, and the card got a session of its own.
+    #[test]
+    fn card_whose_first_fetch_is_lost_still_shares_the_first_pass() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = Fixture::new(tmp.path(), 1 << 20);
+        let mut shelf = Shelf::with_rate(
+            &fx,
+            &[
+                ("lc100", Arch::X86_64, Freeze::Never),
+                ("lc100", Arch::X86_64, Freeze::Never),
+            ],
+            1 << 16,
+            40_000_000,
+        );
+        shelf.cards[1].lose_fetches = 1;
+        let took = shelf.run(Duration::from_secs(30));
+        report("first Fetch lost", &shelf, took);
+        let stuck = shelf.unfinished();
+        assert!(stuck.is_empty(), "stalled: {stuck:#?}");
+        let st = shelf.stats();
+        let distinct: HashSet<_> = st.sessions.iter().map(|s| s.artifact).collect();
+        assert_eq!(
+            st.sessions.len(),
+            distinct.len(),
+            "one session per artifact: {:#?}",
+            st.sessions
+        );
+        assert_eq!(st.catch_up_sessions, 0);
+        assert!(
+            st.artifact_bytes * 10 <= distinct_bytes(&st) * 13,
+            "{} artifact bytes sent for {} distinct",
+            st.artifact_bytes,
+            distinct_bytes(&st)
         );
     }
 

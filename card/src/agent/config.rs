@@ -68,7 +68,7 @@ impl Default for Timers {
             solicit_max: Duration::from_secs(8),
             jitter_percent: 25,
             autonomy: Some(Duration::from_secs(60)),
-            fetch_retry: Duration::from_millis(500),
+            fetch_retry: Duration::from_millis(150),
             fetch_attempts: 12,
             stall: Duration::from_millis(400),
             progress: Duration::from_secs(1),
