@@ -20,7 +20,6 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest as _, Sha256};
 use shelfboot_proto::id::Arch;
 
@@ -125,15 +124,7 @@ pub fn acquire(cache: &Path) -> Result<Kernel, KernelError> {
 /// [`acquire`] for source package version `version` (already installed).
 pub fn acquire_version(cache: &Path, version: &str) -> Result<Kernel, KernelError> {
     let base = cache.join("kernel-arm64");
-    let lock_path = cache.join("kernel.lock");
-    let lock_file = fs::File::create(&lock_path).map_err(cache_err("create", &lock_path))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, errno)| {
-        KernelError::Cache {
-            action: "lock",
-            path: lock_path.clone(),
-            source: errno.into(),
-        }
-    })?;
+    let _lock = crate::kernel::lock_cache(cache)?;
     let key = cache_key(version, FRAGMENT);
     let dir = base.join(&key);
     if dir.join("complete").is_file() {

@@ -197,20 +197,24 @@ pub fn acquire_arch(cache: &Path, arch: Arch, refresh: bool) -> Result<Kernel, K
     }
 }
 
+/// Takes the lab cache's kernel lock (`kernel.lock`, one acquisition at a time across
+/// processes, for every architecture's kernel); held until the returned guard drops.
+pub(crate) fn lock_cache(cache: &Path) -> Result<Flock<fs::File>, KernelError> {
+    let lock_path = cache.join("kernel.lock");
+    let lock_file = fs::File::create(&lock_path).map_err(cache_err("create", &lock_path))?;
+    Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, errno)| KernelError::Cache {
+        action: "lock",
+        path: lock_path.clone(),
+        source: errno.into(),
+    })
+}
+
 /// Returns the cached kernel, acquiring it first if needed. With `refresh`, apt is asked
 /// for the current version even when a kernel is cached.
 pub fn acquire(cache: &Path, refresh: bool) -> Result<Kernel, KernelError> {
     fs::create_dir_all(cache.join("debs")).map_err(cache_err("create", &cache.join("debs")))?;
     fs::create_dir_all(cache.join("kernel")).map_err(cache_err("create", &cache.join("kernel")))?;
-    let lock_path = cache.join("kernel.lock");
-    let lock_file = fs::File::create(&lock_path).map_err(cache_err("create", &lock_path))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, errno)| {
-        KernelError::Cache {
-            action: "lock",
-            path: lock_path.clone(),
-            source: errno.into(),
-        }
-    })?;
+    let _lock = lock_cache(cache)?;
     let current = cache.join("kernel/current");
     if !refresh && let Ok(v) = fs::read_to_string(&current) {
         let v = v.trim();

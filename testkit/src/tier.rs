@@ -172,6 +172,16 @@ pub fn check(host: &Host, tiers: &[Tier]) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Every program the network-namespace and QEMU tiers need.
+    const NETNS_AND_QEMU: [&str; 6] = [
+        "ip",
+        "tc",
+        "nft",
+        "qemu-system-x86_64",
+        "qemu-system-aarch64",
+        "aarch64-linux-gnu-gcc",
+    ];
+
     fn host(euid: u32, tun: bool, programs: &[&'static str]) -> Host {
         Host {
             euid,
@@ -182,36 +192,14 @@ mod tests {
 
     #[test]
     fn a_complete_root_host_runs_both_tiers() {
-        let h = host(
-            0,
-            true,
-            &[
-                "ip",
-                "tc",
-                "nft",
-                "qemu-system-x86_64",
-                "qemu-system-aarch64",
-                "aarch64-linux-gnu-gcc",
-            ],
-        );
+        let h = host(0, true, &NETNS_AND_QEMU);
         assert_eq!(check(&h, &[Tier::Netns, Tier::Qemu]), Ok(()));
         assert_eq!(check(&h, &[]), Ok(()));
     }
 
     #[test]
     fn not_root_is_missing_and_named() {
-        let h = host(
-            1000,
-            true,
-            &[
-                "ip",
-                "tc",
-                "nft",
-                "qemu-system-x86_64",
-                "qemu-system-aarch64",
-                "aarch64-linux-gnu-gcc",
-            ],
-        );
+        let h = host(1000, true, &NETNS_AND_QEMU);
         let e = check(&h, &[Tier::Netns]).unwrap_err();
         assert!(e.contains("network-namespace tier"), "{e}");
         assert!(e.contains("root (running as uid 1000)"), "{e}");

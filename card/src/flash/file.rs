@@ -338,6 +338,62 @@ impl FileVolumes {
         let g = lock(&self.inner);
         g.table.get(id).map(|e| g.blob(e))
     }
+
+    /// LEB changes of `count` consecutive LEBs from `first` with `data` (at most `count`
+    /// LEBs of it; each LEB reads 0xFF after its data): one write and one sync of the
+    /// blob for the whole run, then one of the map. A crash in between leaves every LEB of
+    /// the run unmapped (as before it); after the map's sync all are mapped.
+    fn change_run(
+        &mut self,
+        id: VolumeId,
+        first: u32,
+        data: &[u8],
+        count: u64,
+    ) -> Result<(), VolumeError> {
+        use std::os::unix::fs::FileExt as _;
+        let mut g = lock(&self.inner);
+        let t = || VolumeTarget::id(id);
+        let err = |k| VolumeError::new(VolumeOp::ChangeLeb, t(), k);
+        let e = g
+            .table
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(Kind::NotFound))?;
+        let leb = g.table.leb_size;
+        if !e.dynamic {
+            return Err(err(Kind::ReadOnly));
+        }
+        if (data.len() as u64) > count * leb || u64::from(first) + count > e.lebs {
+            return Err(err(Kind::Invalid));
+        }
+        let io = |x| VolumeError::from_io(VolumeOp::ChangeLeb, t(), x);
+        g.step(VolumeOp::ChangeLeb, &t)?;
+        let blob = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(g.blob(&e))
+            .map_err(io)?;
+        let at = u64::from(first) * leb;
+        blob.write_all_at(data, at).map_err(io)?;
+        // The last LEB reads 0xFF after the data, as after a LEB change.
+        let tail = usize::try_from(count * leb - data.len() as u64).unwrap_or(0);
+        if tail > 0 {
+            blob.write_all_at(&vec![0xFF; tail], at + data.len() as u64)
+                .map_err(io)?;
+        }
+        blob.sync_data().map_err(io)?;
+        g.step(VolumeOp::ChangeLeb, &t)?;
+        let map = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(g.map(&e))
+            .map_err(io)?;
+        let ones = vec![1u8; usize::try_from(count).unwrap_or(0)];
+        map.write_all_at(&ones, u64::from(first)).map_err(io)?;
+        map.sync_data().map_err(io)
+    }
 }
 
 impl Volumes for FileVolumes {
@@ -384,94 +440,13 @@ impl Volumes for FileVolumes {
     }
 
     fn change_leb(&mut self, id: VolumeId, lnum: u32, data: &[u8]) -> Result<(), VolumeError> {
-        use std::os::unix::fs::FileExt as _;
-        let mut g = lock(&self.inner);
-        let t = || VolumeTarget::id(id);
-        let err = |k| VolumeError::new(VolumeOp::ChangeLeb, t(), k);
-        let e = g
-            .table
-            .get(id)
-            .cloned()
-            .ok_or_else(|| err(Kind::NotFound))?;
-        let leb = g.table.leb_size;
-        if !e.dynamic {
-            return Err(err(Kind::ReadOnly));
-        }
-        if u64::from(lnum) >= e.lebs || data.len() as u64 > leb {
-            return Err(err(Kind::Invalid));
-        }
-        let io = |x| VolumeError::from_io(VolumeOp::ChangeLeb, t(), x);
-        g.step(VolumeOp::ChangeLeb, &t)?;
-        let mut full = vec![0xFF; usize::try_from(leb).unwrap_or(0)];
-        full[..data.len()].copy_from_slice(data);
-        let blob = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(g.blob(&e))
-            .map_err(io)?;
-        blob.write_all_at(&full, u64::from(lnum) * leb)
-            .map_err(io)?;
-        blob.sync_data().map_err(io)?;
-        g.step(VolumeOp::ChangeLeb, &t)?;
-        let map = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(g.map(&e))
-            .map_err(io)?;
-        map.write_all_at(&[1], u64::from(lnum)).map_err(io)?;
-        map.sync_data().map_err(io)
+        self.change_run(id, lnum, data, 1)
     }
 
-    /// One write and one sync of the blob for the whole run, then one of the map: a crash
-    /// in between leaves every LEB of the run unmapped (as before it), after the map's
-    /// sync all are mapped.
+    /// One write and one sync for the whole run ([`FileVolumes::change_run`]).
     fn change_lebs(&mut self, id: VolumeId, first: u32, data: &[u8]) -> Result<(), VolumeError> {
-        use std::os::unix::fs::FileExt as _;
-        let mut g = lock(&self.inner);
-        let t = || VolumeTarget::id(id);
-        let err = |k| VolumeError::new(VolumeOp::ChangeLeb, t(), k);
-        let e = g
-            .table
-            .get(id)
-            .cloned()
-            .ok_or_else(|| err(Kind::NotFound))?;
-        let leb = g.table.leb_size;
-        if !e.dynamic {
-            return Err(err(Kind::ReadOnly));
-        }
-        let count = (data.len() as u64).div_ceil(leb);
-        if u64::from(first) + count > e.lebs {
-            return Err(err(Kind::Invalid));
-        }
-        let io = |x| VolumeError::from_io(VolumeOp::ChangeLeb, t(), x);
-        g.step(VolumeOp::ChangeLeb, &t)?;
-        let blob = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(g.blob(&e))
-            .map_err(io)?;
-        let at = u64::from(first) * leb;
-        blob.write_all_at(data, at).map_err(io)?;
-        // The last LEB reads 0xFF after the data, as after a LEB change.
-        let tail = usize::try_from(count * leb - data.len() as u64).unwrap_or(0);
-        if tail > 0 {
-            blob.write_all_at(&vec![0xFF; tail], at + data.len() as u64)
-                .map_err(io)?;
-        }
-        blob.sync_data().map_err(io)?;
-        g.step(VolumeOp::ChangeLeb, &t)?;
-        let map = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(g.map(&e))
-            .map_err(io)?;
-        let ones = vec![1u8; usize::try_from(count).unwrap_or(0)];
-        map.write_all_at(&ones, u64::from(first)).map_err(io)?;
-        map.sync_data().map_err(io)
+        let leb = lock(&self.inner).table.leb_size;
+        self.change_run(id, first, data, (data.len() as u64).div_ceil(leb))
     }
 
     fn is_mapped(&mut self, id: VolumeId, lnum: u32) -> Result<bool, VolumeError> {
