@@ -840,9 +840,11 @@ impl<S: Store> Service<S> {
         self.set_state(src, state, None);
     }
 
-    /// Record a card's inventory (only when it differs from the one last written).
+    /// Record a card's inventory (only when it differs from the one last written: a
+    /// committed set is known by its digest; one without a digest, a pristine card's
+    /// partial holdings, is always written).
     fn record_inventory(&mut self, src: MacAddr, inv: &Inventory) {
-        if self.inventories.get(&src) == Some(&inv.digest) {
+        if inv.digest.is_some() && self.inventories.get(&src) == Some(&inv.digest) {
             return;
         }
         match self.master.record_inventory(&src, inv) {
