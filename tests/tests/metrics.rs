@@ -228,7 +228,9 @@ mod tests {
         let _serial = serial();
         init_log();
         let tmp = tempfile::tempdir().unwrap();
-        let fx = Fixture::new(tmp.path(), MIB / 2);
+        // Artifacts large enough that the burn (at the fixture's 6 MB/s) outlasts a few of
+        // serve's once-a-second stats refreshes: some scrapes must see a session running.
+        let fx = Fixture::new(tmp.path(), 2 * MIB);
         let lab = Lab::new("metrics", 2).unwrap();
         lab.ip_batch("link set lo up\n").unwrap();
         let cards = fx.cards(CARDS);
