@@ -24,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 use shelfboot_proto::id::Arch;
 
 use crate::cmd::{self, CmdError};
-use crate::kernel::{Kernel, KernelError};
+use crate::kernel::{Kernel, KernelError, cache_err};
 
 /// The config fragment (kept in the tree; its hash is part of the cache key).
 pub const FRAGMENT: &str = include_str!("../kernel/arm64-lab.config");
@@ -69,15 +69,6 @@ pub fn missing_symbols<'a>(fragment: &'a str, config: &str) -> Vec<&'a str> {
 pub fn cache_key(source_version: &str, fragment: &str) -> String {
     let h = Sha256::digest(fragment.as_bytes());
     format!("{source_version}-{}", &hex::encode(h)[..16])
-}
-
-fn cache_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> KernelError {
-    let path = path.to_path_buf();
-    move |source| KernelError::Cache {
-        action,
-        path,
-        source,
-    }
 }
 
 fn ready(dir: &Path, key: &str) -> Kernel {

@@ -137,7 +137,11 @@ pub fn versioned_package(depends: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn cache_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> KernelError {
+/// Maps an I/O error on `path` in the lab cache to [`KernelError::Cache`].
+pub(crate) fn cache_err(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> KernelError {
     let path = path.to_path_buf();
     move |source| KernelError::Cache {
         action,
