@@ -508,11 +508,12 @@ impl<S: BlockSource> Sender<S> {
     }
 
     /// When the first pass starts: the end of the join window, or `join_quiet` after the
-    /// last join if that is sooner, or at the last join once every expected member is in.
+    /// last join if that is sooner, or `join_grace` after the last join once every expected
+    /// member is in.
     fn first_pass_at(&self) -> Duration {
         match self.last_join {
             Some(t) if self.expected.is_some_and(|n| self.members.len() >= n) => {
-                self.start_at.min(t)
+                self.start_at.min(t.saturating_add(self.cfg.join_grace))
             }
             Some(t) => self.start_at.min(t.saturating_add(self.cfg.join_quiet)),
             None => self.start_at,
@@ -524,7 +525,9 @@ impl<S: BlockSource> Sender<S> {
     /// pass starts at once instead of waiting out the join window, so a lone card waits
     /// for nobody. A card the caller did not count still joins late (within
     /// `late_join_bytes`) and gets what it missed by NACK. Call it again when the count
-    /// changes; it has no effect after the first pass started.
+    /// changes; it has no effect after the first pass started. The pass still waits
+    /// `join_grace` after that join, for the Join to reach the card and its port to join
+    /// the group (frames sent before that are lost to it and must be repaired).
     pub fn expect_members(&mut self, n: usize) {
         self.expected = Some(n);
     }

@@ -175,12 +175,18 @@ fn first_pass_starts_at_once_when_every_expected_member_has_joined() {
     };
     let mut buf = vec![0; MAX_FRAME_LEN];
     let data = vec![0u8; 3 * SLICE as usize];
-    // A lone card the caller expected alone: data at its join, no quiet time.
+    // A lone card the caller expected alone: data `join_grace` after its join, no quiet
+    // time.
+    c.join_grace = 5 * MS;
     let mut tx = Sender::new(c.clone(), 5, info.clone(), data.clone(), Duration::ZERO).unwrap();
     tx.expect_members(1);
     tx.join(mac(1), 0, 10 * MS);
-    assert!(matches!(
+    assert_eq!(
         tx.poll(10 * MS, &mut buf).unwrap(),
+        SendStep::Wait { until: 15 * MS }
+    );
+    assert!(matches!(
+        tx.poll(15 * MS, &mut buf).unwrap(),
         SendStep::Frame { .. }
     ));
     // Two expected: the first join waits (quiet time), the second starts it.
@@ -193,7 +199,7 @@ fn first_pass_starts_at_once_when_every_expected_member_has_joined() {
     );
     tx.join(mac(2), 0, 30 * MS);
     assert!(matches!(
-        tx.poll(30 * MS, &mut buf).unwrap(),
+        tx.poll(35 * MS, &mut buf).unwrap(),
         SendStep::Frame { .. }
     ));
 }

@@ -49,6 +49,11 @@ pub struct SenderConfig {
     /// After the window, a card is still admitted if its resume point is at most this many
     /// bytes behind the first pass (it repairs the gap by NACK). Default 8 MiB.
     pub late_join_bytes: u64,
+    /// Once every member the caller expects has joined (`Sender::expect_members`), the
+    /// first pass starts this long after the last join: the time for its Join to reach
+    /// the card and the card's port to join the group. Frames sent sooner miss that card,
+    /// which must then buffer what follows until they are repaired. Default 20 ms.
+    pub join_grace: Duration,
     /// A member whose reported position falls more than this many bytes behind the first
     /// pass is dropped to catch-up. Judged when its Progress or Nack arrives. Must exceed
     /// the receivers' window (a card holding a hole at the start of a full window is that far
@@ -104,6 +109,7 @@ impl SenderConfig {
             join_window: Duration::from_millis(200),
             join_quiet: Duration::from_millis(100),
             late_join_bytes: 8 << 20,
+            join_grace: Duration::from_millis(20),
             max_lag_bytes: 32 << 20,
             silence_timeout: Duration::from_secs(2),
             adjust_interval: Duration::from_millis(50),
