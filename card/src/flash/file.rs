@@ -208,6 +208,15 @@ fn read_dynamic(g: &Inner, e: &Entry, offset: u64, buf: &mut [u8]) -> std::io::R
     Ok(want)
 }
 
+/// Opens (creating if absent) a blob or map file to write parts of it in place.
+fn open_for_write(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
 /// A directory-backed UBI device. Cloning shares it.
 #[derive(Debug, Clone)]
 pub struct FileVolumes {
@@ -368,12 +377,7 @@ impl FileVolumes {
         }
         let io = |x| VolumeError::from_io(VolumeOp::ChangeLeb, t(), x);
         g.step(VolumeOp::ChangeLeb, &t)?;
-        let blob = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(g.blob(&e))
-            .map_err(io)?;
+        let blob = open_for_write(&g.blob(&e)).map_err(io)?;
         let at = u64::from(first) * leb;
         blob.write_all_at(data, at).map_err(io)?;
         // The last LEB reads 0xFF after the data, as after a LEB change.
@@ -384,12 +388,7 @@ impl FileVolumes {
         }
         blob.sync_data().map_err(io)?;
         g.step(VolumeOp::ChangeLeb, &t)?;
-        let map = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(g.map(&e))
-            .map_err(io)?;
+        let map = open_for_write(&g.map(&e)).map_err(io)?;
         let ones = vec![1u8; usize::try_from(count).unwrap_or(0)];
         map.write_all_at(&ones, u64::from(first)).map_err(io)?;
         map.sync_data().map_err(io)

@@ -455,16 +455,22 @@ fn bad_stream_is_refused_and_can_be_restarted() {
     install(&dev, &b).unwrap();
 }
 
-/// Writes of every alignment (inside a LEB, ending on one, starting on one, several
-/// LEBs at once, with and without buffered bytes before them) store the same bytes.
-#[test]
-fn writes_of_any_size_and_alignment_store_the_artifact() {
+/// A fresh device and store, set A begun, its first artifact started.
+fn streaming_set_a() -> (FakeVolumes, Set, Store<FakeVolumes>) {
     let dev = FakeVolumes::new(LEB, 64);
     let a = set_a();
     let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
     s.begin(&a.refs(), a.cmdline).unwrap();
+    s.start(&a.arts[0].r).unwrap();
+    (dev, a, s)
+}
+
+/// Writes of every alignment (inside a LEB, ending on one, starting on one, several
+/// LEBs at once, with and without buffered bytes before them) store the same bytes.
+#[test]
+fn writes_of_any_size_and_alignment_store_the_artifact() {
+    let (_dev, a, mut s) = streaming_set_a();
     let k = &a.arts[0];
-    s.start(&k.r).unwrap();
     let leb = LEB as usize;
     let mut at = 0;
     for n in [1, leb - 1, leb, 2 * leb + 5, leb - 5, 3] {
@@ -483,12 +489,8 @@ fn writes_of_any_size_and_alignment_store_the_artifact() {
 
 #[test]
 fn readback_catches_corruption_on_flash() {
-    let dev = FakeVolumes::new(LEB, 64);
-    let a = set_a();
-    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
-    s.begin(&a.refs(), a.cmdline).unwrap();
+    let (dev, a, mut s) = streaming_set_a();
     let k = &a.arts[0];
-    s.start(&k.r).unwrap();
     // The write "lands" differently than sent (a program failure the driver did not
     // report): only reading the LEB back shows it.
     let staging = staging_segment(&dev);
