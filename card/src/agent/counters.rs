@@ -50,6 +50,9 @@ pub struct Counters {
     pub holds: u64,
     /// Holds that ended without a WarmBoot (the hold timer ran out: handed off alone).
     pub hold_timeouts: u64,
+    /// Announcements of a higher master epoch acted on (another master took over, or the
+    /// master restarted): the card asked for a plan again at once, keeping what it staged.
+    pub epoch_changes: u64,
     /// Times the agent fell back to an older protocol version (the master speaks only
     /// that).
     pub version_fallbacks: u64,

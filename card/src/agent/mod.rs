@@ -175,6 +175,9 @@ pub struct Agent<V: Volumes> {
     timeline: Timeline,
     /// Highest master epoch seen in a verified plan or command.
     epoch: u64,
+    /// Highest epoch an (unsigned) Advertise or Heartbeat announced that the card acted on
+    /// ([`Agent::on_master_epoch`]).
+    announced: u64,
     /// (epoch, serial) of the last executed command.
     last_command: Option<(u64, u64)>,
     /// A BurnNow was heard: after Ready, hold for the master's WarmBoot.
@@ -221,6 +224,7 @@ impl<V: Volumes> Agent<V> {
             counters: Counters::default(),
             timeline: Timeline::default(),
             epoch: 0,
+            announced: 0,
             last_command: None,
             hold: false,
             last_master_error: None,
@@ -477,7 +481,8 @@ impl<V: Volumes> Agent<V> {
             Message::Join(j) => self.on_join(now, src, j),
             Message::Command(c) => self.on_command(now, c),
             Message::Error(e) => self.on_master_error(now, src, e),
-            Message::Advertise(_) | Message::Heartbeat(_) => {}
+            Message::Advertise(a) => self.on_master_epoch(now, src, a.epoch),
+            Message::Heartbeat(h) => self.on_master_epoch(now, src, h.epoch),
             Message::Solicit(_)
             | Message::Fetch(_)
             | Message::Nack(_)
@@ -694,6 +699,18 @@ impl<V: Volumes> Agent<V> {
             self.counters.dropped_replayed += 1;
             return;
         }
+        if plan.body.epoch < self.epoch {
+            // A master of a higher epoch was obeyed: this one was deposed (another master
+            // took over) and is ignored.
+            self.counters.dropped_replayed += 1;
+            log::warn!(
+                "card {}: dropped plan of epoch {} from {src}: a master of epoch {} was obeyed",
+                self.mac(),
+                plan.body.epoch,
+                self.epoch
+            );
+            return;
+        }
         self.counters.plans_accepted += 1;
         self.timeline.plan.get_or_insert(now);
         self.epoch = self.epoch.max(plan.body.epoch);
@@ -825,16 +842,56 @@ impl<V: Volumes> Agent<V> {
         self.back_to_discovery(now);
     }
 
+    /// An Advertise or Heartbeat: a master announcing its epoch. Unsigned, so only a
+    /// hint: an epoch above any a signed plan or command showed means another master took
+    /// over (or the master restarted), and the sessions of the old one are gone. A card
+    /// fetching, or waiting for a plan, asks again at once; what it staged stays on flash
+    /// and the new plan resumes it. Acted on once per announced epoch, so a forged
+    /// announcement costs at most one Solicit; the epoch the card obeys still comes only
+    /// from signed plans and commands.
+    fn on_master_epoch(&mut self, now: Instant, src: MacAddr, epoch: u64) {
+        if epoch <= self.epoch || epoch <= self.announced {
+            return;
+        }
+        let fetching = match &self.state {
+            State::Fetch(_) => true,
+            State::Discover { .. } => false,
+            State::Ready { .. } | State::Held { .. } | State::Done => return,
+        };
+        self.announced = epoch;
+        self.counters.epoch_changes += 1;
+        log::info!(
+            "card {}: master {src} announces epoch {epoch} (the plan's was {}): asking for a plan again{}",
+            self.mac(),
+            self.epoch,
+            if fetching {
+                ", keeping what is staged"
+            } else {
+                ""
+            }
+        );
+        if fetching {
+            self.store.suspend();
+        }
+        self.restart_discovery(0, now);
+    }
+
     /// Start soliciting again, at the longest interval (the master was just heard from;
     /// it answers when the operator fixed the cause).
     fn back_to_discovery(&mut self, now: Instant) {
+        let attempt = 16;
+        let next = now + self.backoff(attempt);
+        self.restart_discovery(attempt, next);
+    }
+
+    /// Discovery again from `attempt`, the next Solicit at `next`, with a fresh nonce (a
+    /// plan answering an earlier Solicit no longer matches).
+    fn restart_discovery(&mut self, attempt: u32, next: Instant) {
         if let State::Fetch(f) = &self.state
             && let Some(g) = f.group()
         {
             self.outputs.push(Output::LeaveGroup(g));
         }
-        let attempt = 16;
-        let interval = self.backoff(attempt);
         self.cfg.nonce = self.next_nonce();
         self.session = u32::from_be_bytes([
             self.cfg.nonce[0],
@@ -842,10 +899,7 @@ impl<V: Volumes> Agent<V> {
             self.cfg.nonce[2],
             self.cfg.nonce[3],
         ]);
-        self.state = State::Discover {
-            attempt,
-            next: now + interval,
-        };
+        self.state = State::Discover { attempt, next };
     }
 
     /// A fresh nonce for a new round of discovery (derived from the boot nonce and the

@@ -1045,3 +1045,139 @@ fn held_card_waits_for_a_verified_warm_boot_and_ignores_forged_and_replayed_ones
     assert_eq!(next.counters().dropped_replayed, 1);
     assert!(!next.holding_ordered());
 }
+
+/// A plan of `refs` answering `s`, signed with the fixture key, of master epoch `epoch`.
+fn plan_of_epoch(h: &Header, s: &Solicit, refs: &[ArtifactRef], epoch: u64) -> Vec<u8> {
+    let body = PlanBody {
+        artifacts: refs.to_vec(),
+        cmdline: "console=ttyS0".into(),
+        persist: true,
+        verdict: Verdict::Fetch,
+        digest: set_digest(refs, "console=ttyS0"),
+        nonce: s.nonce,
+        epoch,
+        artifacts_omitted: false,
+        report_inventory: false,
+    };
+    encode(
+        CARD,
+        h.session,
+        &Message::Plan(key().sign_plan(body).unwrap()),
+    )
+}
+
+/// A Heartbeat of master epoch `epoch` from `src`, broadcast.
+fn heartbeat_from(src: MacAddr, epoch: u64) -> Vec<u8> {
+    let link = Link {
+        dst: MacAddr::BROADCAST,
+        src,
+        ethertype: ET,
+    };
+    let m = Message::Heartbeat(shelfboot_proto::msg::Heartbeat {
+        master_id: 9,
+        epoch,
+    });
+    let mut buf = vec![0u8; shelfboot_proto::MAX_FRAME_LEN];
+    let n = encode_message(&mut buf, &link, 0, 1, &m).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn a_fetching_card_follows_a_higher_epoch_at_once_and_resumes_what_it_staged() {
+    let vols = FakeVolumes::new(4096, 1024);
+    let data = vec![content(5, 2_000_000), content(6, 5000)];
+    let refs = vec![
+        artifact(ArtifactKind::BootImage, "kernel", &data[0]),
+        artifact(ArtifactKind::Package, "base", &data[1]),
+    ];
+    let size = refs[0].size;
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let outs = agent.handle_frame(t0, &plan_of_epoch(&h, &s, &refs, 1));
+    // The first master goes silent once 80 % of the kernel is staged.
+    let (d, _, first_frames) = serve_until(&mut agent, t0, &refs, &data, 0, outs, |a| {
+        a.counters().bytes_written > size * 4 / 5
+    });
+    assert!(d.is_none());
+    let staged = agent.counters().bytes_written;
+
+    // Its own epoch again, or a lower one, is no news.
+    let now = t0 + Duration::from_millis(10);
+    let other = MacAddr([0x02, 0, 0, 0, 0, 0xbb]);
+    for e in [0, 1] {
+        let outs = agent.handle_frame(now, &heartbeat_from(other, e));
+        assert!(frames(&outs).is_empty());
+    }
+    assert_eq!(agent.counters().epoch_changes, 0);
+    // Another master announces epoch 2: the card leaves the transfer and asks at once.
+    let mut outs = agent.handle_frame(now, &heartbeat_from(other, 2));
+    outs.extend(agent.tick(now));
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::LeaveGroup(_))),
+        "{outs:?}"
+    );
+    let (h2, s2) = solicit_of(&outs);
+    assert_ne!(
+        s2.nonce, s.nonce,
+        "a fresh nonce: the old plan no longer matches"
+    );
+    assert_eq!(agent.counters().epoch_changes, 1);
+    // The same announcement again (or forged copies of it) costs nothing more.
+    let later = now + Duration::from_millis(1);
+    let mut outs = agent.handle_frame(later, &heartbeat_from(other, 2));
+    outs.extend(agent.tick(later));
+    assert!(frames(&outs).is_empty(), "{outs:?}");
+    assert_eq!(agent.counters().epoch_changes, 1);
+
+    // The new master's plan resumes the kernel where the card stands.
+    let outs = agent.handle_frame(later, &plan_of_epoch(&h2, &s2, &refs, 2));
+    let (d, sent, frames_after) = serve_until(&mut agent, later, &refs, &data, 0, outs, |_| false);
+    let Some(Decision::Boot { set, .. }) = d else {
+        panic!("expected a boot decision, got {d:?}")
+    };
+    let fetch = sent
+        .iter()
+        .find_map(|m| match m {
+            Message::Fetch(f) if f.artifact == refs[0].sha256 => Some(f.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        fetch.have_slices > 0,
+        "the Fetch asks for the rest: {fetch:?}"
+    );
+    assert!(
+        agent.counters().bytes_written - staged < size / 5,
+        "after the takeover the card wrote {} more bytes of a {size}-byte kernel",
+        agent.counters().bytes_written - staged
+    );
+    assert!(
+        frames_after * 4 < first_frames,
+        "{frames_after} vs {first_frames}"
+    );
+    let mut st = store(&vols);
+    assert!(
+        st.verify_set(&set).unwrap().is_empty(),
+        "every byte as sent"
+    );
+}
+
+#[test]
+fn a_plan_of_a_lower_epoch_than_one_obeyed_is_dropped() {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    // A command of epoch 5 was obeyed earlier in this boot.
+    let mut agent = Agent::new(config(), store(&vols), t0).with_last_command(Some((5, 1)));
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let (refs, _) = set();
+    let outs = agent.handle_frame(t0, &plan_of_epoch(&h, &s, &refs, 4));
+    assert!(frames(&outs).is_empty(), "{outs:?}");
+    assert_eq!(agent.counters().plans_accepted, 0);
+    assert_eq!(agent.counters().dropped_replayed, 1);
+    assert_eq!(agent.phase(), Phase::Discover);
+    // The master of epoch 5 (or a later one) is obeyed.
+    let outs = agent.handle_frame(t0, &plan_of_epoch(&h, &s, &refs, 5));
+    assert_eq!(agent.counters().plans_accepted, 1, "{outs:?}");
+}
