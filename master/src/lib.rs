@@ -13,6 +13,7 @@
 
 pub mod blobs;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod image;

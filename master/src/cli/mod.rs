@@ -182,6 +182,19 @@ pub enum Command {
     },
     /// Serve the backplane: signed plans, transfers, node states (docs/conversation.md).
     Serve(crate::serve::cli::ServeArgs),
+    /// Run a witness of a masters' cluster: a third voter (on a shelf manager or a
+    /// management host) that holds the log but no blobs and never serves.
+    Witness {
+        /// Also allow this group on the control socket (mode 0660).
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Backup masters: make this master a member of a masters' cluster, or show the
+    /// cluster (docs/master.md, "Backup masters").
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCmd,
+    },
     /// Counters of the running (or last) `master serve`.
     Stats,
     /// Live view of the shelf from the running `master serve`: a row per card (stage,
@@ -208,6 +221,54 @@ pub enum Command {
     /// Write the man pages (master.1, master-SUBCOMMAND.1, ...) into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
+}
+
+/// `master cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Make this state directory a cluster member: writes STATE/cluster.toml. Run it on
+    /// every master with the same --member list (and the same --epoch-base); the member
+    /// with the lowest id makes the cluster when its `master serve` starts.
+    Init {
+        /// This master's id (1 or more).
+        #[arg(long)]
+        id: u64,
+        /// ADDR:PORT the other masters reach this one at.
+        #[arg(long)]
+        listen: String,
+        /// An initial member, ID=ADDR:PORT (repeatable; include this master).
+        #[arg(long = "member", value_name = "ID=ADDR:PORT", required = true)]
+        members: Vec<String>,
+        /// Added to the Raft term to give the cards' epoch (default: this state's last
+        /// `serve.epoch`, so cards that knew this master go on upward). Give every member
+        /// the same value.
+        #[arg(long)]
+        epoch_base: Option<u64>,
+        /// This member is a witness (run it with `master witness`).
+        #[arg(long)]
+        witness: bool,
+    },
+    /// Members, roles, term and epoch, log indexes, who leads and who serves.
+    Status,
+    /// A planned switchover: member ID takes over serving (refused unless it is complete:
+    /// every blob, the whole log).
+    Switchover { id: u64 },
+    /// Add a member: ID at ADDR:PORT (run `master cluster init --id ID --listen ADDR:PORT
+    /// --member ...` and `master serve` there first); it catches up, then votes.
+    Add {
+        id: u64,
+        #[arg(value_name = "ADDR:PORT")]
+        addr: String,
+    },
+    /// Remove member ID from the cluster.
+    Remove { id: u64 },
+    /// Set the order of succession: the members that should serve, most preferred first
+    /// (e.g. `2,1,3`). The first complete one serves; after a takeover the service goes
+    /// back to a more preferred member as soon as it is complete.
+    Order {
+        #[arg(value_delimiter = ',', required = true)]
+        ids: Vec<u64>,
+    },
 }
 
 /// `master trust ...`
@@ -300,6 +361,10 @@ pub enum CliError {
     Manual(#[from] manual::ManualError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("master cluster: {0}")]
+    Cluster(String),
+    #[error(transparent)]
+    ClusterState(#[from] crate::cluster::ClusterError),
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, CliError> {
@@ -381,6 +446,11 @@ fn request_owner(state: &Path, req: Request, progress: &mut Progress) -> Result<
                 }
             }
             Access::Owned(_lock) => {
+                // A cluster member's databases change only through Raft, in its
+                // `master serve`: never behind its back, in-process.
+                if crate::cluster::ClusterConfig::load(state)?.is_some() {
+                    return Err(MasterError::ClusterNotRunning.into());
+                }
                 let mut m = Master::open(state)?;
                 let outcome = control::execute(&mut m, req, Backplane::Unserved, &mut |d, t| {
                     progress.update(d, t)
@@ -412,6 +482,21 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         Command::Packages => Request::Packages,
         Command::Classes { release } => Request::Classes { release },
         Command::Nodes => Request::Nodes,
+        Command::Cluster {
+            action: ClusterCmd::Status,
+        } => Request::ClusterStatus,
+        Command::Cluster {
+            action: ClusterCmd::Switchover { id },
+        } => Request::ClusterSwitchover { to: id },
+        Command::Cluster {
+            action: ClusterCmd::Add { id, addr },
+        } => Request::ClusterAdd { id, addr },
+        Command::Cluster {
+            action: ClusterCmd::Remove { id },
+        } => Request::ClusterRemove { id },
+        Command::Cluster {
+            action: ClusterCmd::Order { ids },
+        } => Request::ClusterOrder { order: ids },
         Command::Node { action } => match action {
             NodeCmd::Add(a) => Request::NodeAdd {
                 identity: NodeIdentity {
@@ -471,6 +556,10 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         | Command::Pack { .. }
         | Command::Daemon { .. }
         | Command::Serve(_)
+        | Command::Witness { .. }
+        | Command::Cluster {
+            action: ClusterCmd::Init { .. },
+        }
         | Command::Stats
         | Command::Watch(_)
         | Command::Events(_)
@@ -499,8 +588,71 @@ fn stop_on_signal(wanted: bool) -> Result<std::sync::Arc<AtomicBool>, CliError> 
     Ok(stop)
 }
 
+/// `master cluster init`: writes STATE/cluster.toml (never over an existing one).
+fn cluster_init(
+    state: &Path,
+    id: u64,
+    listen: String,
+    members: &[String],
+    epoch_base: Option<u64>,
+    witness: bool,
+) -> Result<Reply, CliError> {
+    use crate::cluster::{ClusterConfig, MemberConfig};
+    let _lock = StateLock::acquire_waiting(state, control::OWNER_WAIT)?;
+    if ClusterConfig::load(state)?.is_some() {
+        return Err(CliError::Cluster(format!(
+            "{} exists: this master is already a cluster member",
+            state.join(crate::cluster::CONFIG_FILE).display()
+        )));
+    }
+    let members = members
+        .iter()
+        .map(|m| {
+            let (i, addr) = m
+                .split_once('=')
+                .ok_or_else(|| CliError::Cluster(format!("--member '{m}' is not ID=ADDR:PORT")))?;
+            let id = i
+                .parse()
+                .map_err(|_| CliError::Cluster(format!("--member '{m}': '{i}' is not a number")))?;
+            Ok(MemberConfig {
+                id,
+                addr: addr.to_owned(),
+            })
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let epoch_base = match epoch_base {
+        Some(b) => b,
+        None => std::fs::read_to_string(state.join("serve.epoch"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+    };
+    let cfg = ClusterConfig {
+        id,
+        listen,
+        epoch_base,
+        witness,
+        members,
+    };
+    cfg.check().map_err(CliError::Cluster)?;
+    std::fs::create_dir_all(state).map_err(|source| MasterError::StateDir {
+        path: state.to_path_buf(),
+        source,
+    })?;
+    cfg.save(state)?;
+    Ok(Reply::Done(format!(
+        "this master is member {id} of a cluster of {} (epoch base {epoch_base}); start `master serve` on every member",
+        cfg.members.len()
+    )))
+}
+
 fn run_daemon(state: &Path, group: Option<&str>) -> Result<(), CliError> {
     let _lock = StateLock::acquire_waiting(state, control::OWNER_WAIT)?;
+    if crate::cluster::ClusterConfig::load(state)?.is_some() {
+        // Only `master serve` replicates; a daemon would write this member's databases
+        // alone.
+        return Err(MasterError::ClusterNotRunning.into());
+    }
     let mut m = Master::open(state)?;
     let daemon = Daemon::bind(state, group)?;
     eprintln!("master daemon listening on {}", daemon.path().display());
@@ -551,6 +703,23 @@ fn run_inner(mut cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             return run_daemon(&cli.state, group.as_deref());
         }
         Command::Serve(a) => return Ok(crate::serve::cli::serve(&cli.state, &a, &file)?),
+        Command::Cluster {
+            action:
+                ClusterCmd::Init {
+                    id,
+                    listen,
+                    members,
+                    epoch_base,
+                    witness,
+                },
+        } => cluster_init(&cli.state, id, listen, &members, epoch_base, witness)?,
+        Command::Witness { group } => {
+            let stop = stop_on_signal(true)?;
+            let group = group.or_else(|| file.control_group.clone());
+            crate::serve::run_witness(&cli.state, group.as_deref(), &stop)
+                .map_err(crate::serve::cli::ServeCliError::from)?;
+            return Ok(());
+        }
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
         Command::Decode { frames } => return Ok(decode::run(&frames, json, out)?),
         Command::Watch(a) => {

@@ -179,6 +179,7 @@ fn plans_text(plans: &[Plan]) -> String {
 pub fn render(reply: &Reply) -> String {
     match reply {
         Reply::Pong => "master is up\n".into(),
+        Reply::Cluster(c) => cluster_text(c),
         Reply::Done(msg) => format!("{msg}\n"),
         Reply::Nodes(nodes) => {
             let rows: Vec<Vec<String>> = nodes.iter().map(node_row).collect();
@@ -414,6 +415,65 @@ pub fn render(reply: &Reply) -> String {
             )
         }
     }
+}
+
+/// `master cluster status`: this member's view, then a row per member.
+fn cluster_text(c: &crate::cluster::ClusterStatus) -> String {
+    let leader = c
+        .leader
+        .map(|l| format!("master {l}"))
+        .unwrap_or_else(|| "none (election under way, or no quorum)".into());
+    let mut text = format!(
+        "this master: {} ({}), term {}, epoch {}, {}\nleader: {leader}\nlog: last index {}, applied {}\n",
+        c.id,
+        c.role,
+        c.term,
+        c.epoch,
+        if c.serving {
+            "serving the backplane"
+        } else {
+            "not serving"
+        },
+        c.last_log_index.map_or("-".into(), |i| i.to_string()),
+        c.applied_index.map_or("-".into(), |i| i.to_string()),
+    );
+    let rows: Vec<Vec<String>> = c
+        .members
+        .iter()
+        .map(|m| {
+            let role = if Some(m.id) == c.leader {
+                "leader"
+            } else if m.voter {
+                "voter"
+            } else {
+                "learner"
+            };
+            vec![
+                m.id.to_string(),
+                m.addr.clone(),
+                role.into(),
+                m.matched.map_or("-".into(), |i| i.to_string()),
+            ]
+        })
+        .collect();
+    if c.succession.is_empty() {
+        text.push_str("order of succession: none set (any complete member may take over)\n");
+    } else {
+        let order: Vec<String> = c.succession.iter().map(ToString::to_string).collect();
+        text.push_str(&format!(
+            "order of succession: {}; next: {}\n",
+            order.join(", "),
+            c.next.map_or("-".into(), |n| format!("master {n}"))
+        ));
+    }
+    if c.missing_blobs > 0 {
+        text.push_str(&format!(
+            "this master lacks {} blobs (fetching): it cannot serve until it has them\n",
+            c.missing_blobs
+        ));
+    }
+    text.push_str(&table(&["ID", "ADDRESS", "ROLE", "MATCHED"], &rows));
+    text
 }
 
 #[cfg(test)]

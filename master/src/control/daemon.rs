@@ -39,6 +39,7 @@ use super::{
     socket_path,
 };
 use crate::state::{FleetOrder, Master};
+use crate::store::Store;
 
 /// Connections with an incomplete request line the event-loop daemon keeps at once; a
 /// client beyond that is told the daemon is busy.
@@ -183,7 +184,7 @@ impl Daemon {
 
     /// Accepts and serves one connection, blocking until its request line arrives (at
     /// most [`CLIENT_TIMEOUT`]). Errors of one client are logged, not returned.
-    pub fn serve_one(&self, master: &mut Master) -> Result<(), ControlError> {
+    pub fn serve_one<S: Store>(&self, master: &mut Master<S>) -> Result<(), ControlError> {
         let (stream, _) = self.listener.accept().map_err(|e| self.io_err(e))?;
         if let Err(e) = self.handle_blocking(stream, master) {
             log::warn!(
@@ -207,9 +208,9 @@ impl Daemon {
     /// request that is complete. Never waits for a client (after
     /// [`Daemon::set_nonblocking`]). Returns how many requests were executed and the fleet
     /// orders they made (only with [`Backplane::Served`]).
-    pub fn poll_once(
+    pub fn poll_once<S: Store>(
         &self,
-        master: &mut Master,
+        master: &mut Master<S>,
         backplane: Backplane,
     ) -> Result<Polled, ControlError> {
         loop {
@@ -350,7 +351,11 @@ impl Daemon {
 
     /// Serves one client in blocking mode. Nothing sends fleet orders here: they are
     /// refused.
-    fn handle_blocking(&self, stream: UnixStream, master: &mut Master) -> Result<(), ControlError> {
+    fn handle_blocking<S: Store>(
+        &self,
+        stream: UnixStream,
+        master: &mut Master<S>,
+    ) -> Result<(), ControlError> {
         let cred = getsockopt(&stream, PeerCredentials).map_err(|e| self.io_err(e.into()))?;
         if let Some(msg) = self.refusal(&cred) {
             return refuse(&stream, &msg).map_err(|e| self.io_err(e));
@@ -369,12 +374,12 @@ impl Daemon {
     /// Parses and executes one request line and writes the progress and reply lines.
     /// Returns the fleet order the request made (it stands even if the client is gone) and
     /// how writing the reply went.
-    fn answer(
+    fn answer<S: Store>(
         &self,
         stream: UnixStream,
         cred: UnixCredentials,
         line: &[u8],
-        master: &mut Master,
+        master: &mut Master<S>,
         backplane: Backplane,
     ) -> (Option<FleetOrder>, io::Result<()>) {
         let blocking = stream
@@ -420,7 +425,10 @@ impl Daemon {
     /// Serves until SIGTERM or SIGINT arrives (read through a signalfd, so no handler
     /// runs asynchronously), then returns the signal; dropping the daemon then removes
     /// the socket. Blocks those signals in the calling thread.
-    pub fn serve_until_signal(&self, master: &mut Master) -> Result<Signal, ControlError> {
+    pub fn serve_until_signal<S: Store>(
+        &self,
+        master: &mut Master<S>,
+    ) -> Result<Signal, ControlError> {
         let sys = |source: nix::Error| self.io_err(source.into());
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);

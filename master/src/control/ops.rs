@@ -17,7 +17,8 @@ use crate::state::{
     parse_pins, parse_release,
 };
 use crate::store::{
-    Assignment, BootRecord, Event, NodeIdentity, PackageRecord, ReleaseInfo, Target, TrustedKey,
+    Assignment, BootRecord, Event, NodeIdentity, PackageRecord, ReleaseInfo, Store, Target,
+    TrustedKey,
 };
 use shelfboot_proto::id::MacAddr;
 
@@ -26,6 +27,25 @@ use shelfboot_proto::id::MacAddr;
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     Ping,
+    /// The masters' cluster as this master sees it.
+    ClusterStatus,
+    /// A planned switchover to member `to`.
+    ClusterSwitchover {
+        to: u64,
+    },
+    /// Add member `id` at `addr` (it runs `master serve` with a `cluster.toml` of its own).
+    ClusterAdd {
+        id: u64,
+        addr: String,
+    },
+    /// Remove member `id`.
+    ClusterRemove {
+        id: u64,
+    },
+    /// Set the order of succession (most preferred first).
+    ClusterOrder {
+        order: Vec<u64>,
+    },
     Nodes,
     Packages,
     Releases,
@@ -96,6 +116,11 @@ impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Ping => "ping",
+            Self::ClusterStatus => "cluster-status",
+            Self::ClusterSwitchover { .. } => "cluster-switchover",
+            Self::ClusterAdd { .. } => "cluster-add",
+            Self::ClusterRemove { .. } => "cluster-remove",
+            Self::ClusterOrder { .. } => "cluster-order",
             Self::Nodes => "nodes",
             Self::Packages => "packages",
             Self::Releases => "releases",
@@ -124,6 +149,7 @@ impl Request {
 #[serde(tag = "reply", content = "data", rename_all = "kebab-case")]
 pub enum Reply {
     Pong,
+    Cluster(crate::cluster::ClusterStatus),
     Nodes(Vec<NodeView>),
     Packages {
         packages: Vec<PackageRecord>,
@@ -183,8 +209,8 @@ pub struct Outcome {
 }
 
 /// Runs one request.
-pub fn execute(
-    m: &mut Master,
+pub fn execute<S: Store>(
+    m: &mut Master<S>,
     req: Request,
     backplane: Backplane,
     progress: &mut dyn FnMut(u64, u64),
@@ -192,6 +218,41 @@ pub fn execute(
     let mut order = None;
     let reply = match req {
         Request::Ping => Reply::Pong,
+        Request::ClusterStatus => Reply::Cluster(
+            m.store()
+                .cluster()
+                .ok_or(MasterError::NotClustered)?
+                .status(),
+        ),
+        Request::ClusterSwitchover { to } => {
+            let c = m.store().cluster().ok_or(MasterError::NotClustered)?;
+            let s = c
+                .switchover(to, m.now())
+                .map_err(|e| MasterError::Cluster(Box::new(e)))?;
+            Reply::Done(format!("master {to} serves now, epoch {}", s.epoch))
+        }
+        Request::ClusterAdd { id, addr } => {
+            let c = m.store().cluster().ok_or(MasterError::NotClustered)?;
+            c.change_members(crate::cluster::net::MemberChange::Add {
+                id,
+                addr: addr.clone(),
+            })
+            .map_err(|e| MasterError::Cluster(Box::new(e)))?;
+            Reply::Done(format!("master {id} at {addr} is a voting member"))
+        }
+        Request::ClusterRemove { id } => {
+            let c = m.store().cluster().ok_or(MasterError::NotClustered)?;
+            c.change_members(crate::cluster::net::MemberChange::Remove { id })
+                .map_err(|e| MasterError::Cluster(Box::new(e)))?;
+            Reply::Done(format!("master {id} is no longer a member"))
+        }
+        Request::ClusterOrder { order } => {
+            let c = m.store().cluster().ok_or(MasterError::NotClustered)?;
+            let text: Vec<String> = order.iter().map(ToString::to_string).collect();
+            c.set_succession(order, m.now())
+                .map_err(|e| MasterError::Cluster(Box::new(e)))?;
+            Reply::Done(format!("order of succession: {}", text.join(", ")))
+        }
         Request::Nodes => Reply::Nodes(m.nodes()?),
         Request::Packages => Reply::Packages {
             packages: m.packages()?,

@@ -59,8 +59,14 @@ pub use config::ServiceConfig;
 pub use service::Service;
 pub use stats::{ServeStats, SessionStats};
 
+use std::sync::Arc;
+
+use crate::cluster::store::ReplicatedStore;
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::control::{self, Backplane, Daemon, StateLock};
 use crate::state::{Master, MasterError};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
 
 /// Settings of `master serve`.
 #[derive(Debug, Clone)]
@@ -163,6 +169,12 @@ pub enum ServeError {
     },
     #[error("metrics endpoint")]
     Metrics(#[source] metrics::MetricsError),
+    #[error("masters' cluster")]
+    Cluster(#[source] Box<crate::cluster::ClusterError>),
+    #[error(
+        "{path} does not make this master a witness (witness = true); make it with `master cluster init --witness`, or run `master serve`"
+    )]
+    NotWitness { path: PathBuf },
     #[error("interface {iface} has MTU {mtu}, outside what the protocol supports")]
     Mtu {
         iface: String,
@@ -222,6 +234,11 @@ pub fn next_epoch(state: &Path) -> Result<u64, ServeError> {
 /// binds the control socket last, removes the socket before it closes the database, and
 /// lets go of the lock last. A CLI command issued meanwhile waits for it (see
 /// [`crate::control`]).
+///
+/// A state directory with `cluster.toml` is a member of a masters' cluster
+/// ([`crate::cluster`]): the databases are replicated, and the backplane is served only
+/// while this member leads the cluster, with the cluster's epoch. Otherwise the epoch is
+/// bumped in `serve.epoch` and the master serves from the start.
 pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeError> {
     let _owner = StateLock::acquire_waiting(&cfg.state, control::OWNER_WAIT).map_err(|source| {
         ServeError::Lock {
@@ -229,136 +246,367 @@ pub fn run(cfg: &ServeConfig, stop: &AtomicBool) -> Result<ServeStats, ServeErro
             source,
         }
     })?;
-    let master = Master::open(&cfg.state).map_err(|source| ServeError::State {
+    let state_err = |source| ServeError::State {
         path: cfg.state.clone(),
         source,
-    })?;
-    let key = load_key(cfg)?;
-    let epoch = next_epoch(&cfg.state)?;
-    let sock_cfg = SocketConfig {
-        ethertype: cfg.ethertype,
-        ..SocketConfig::default()
     };
-    let mut sock =
-        PacketSocket::open(&cfg.iface, sock_cfg).map_err(|source| ServeError::Socket {
-            iface: cfg.iface.clone(),
-            source,
-        })?;
-    let mtu = sock.mtu();
-    let link_mtu = shelfboot_proto::protocol_mtu(mtu);
-    let block_size =
-        shelfboot_proto::data::block_size_for_mtu(link_mtu).map_err(|source| ServeError::Mtu {
-            iface: cfg.iface.clone(),
-            mtu,
-            source,
-        })?;
-    let mac = MacAddr(sock.mac().0);
-    let scfg = ServiceConfig {
-        ethertype: cfg.ethertype,
-        solicit_budget: cfg.solicit_budget,
-        heartbeat: cfg.heartbeat,
-        link_mtu,
-        join_window: cfg.join_window,
-        max_rate: cfg.max_rate,
+    let membership =
+        ClusterConfig::load(&cfg.state).map_err(|e| ServeError::Cluster(Box::new(e)))?;
+    let Some(membership) = membership else {
+        let master = Master::open(&cfg.state).map_err(state_err)?;
+        let key = load_key(cfg)?;
+        let epoch = next_epoch(&cfg.state)?;
+        let mut port = Port::open(cfg)?;
+        let now = Instant::now();
+        let mut svc = Service::new(port.service_config(cfg), master, key, port.mac, epoch, now);
+        port.started(cfg, epoch)?;
+        port.pump(cfg, &mut svc, stop, &|| true)?;
+        return Ok(port.finish(cfg, &svc));
     };
-    let now = Instant::now();
-    let mut svc = Service::new(scfg, master, key, mac, epoch, now);
-    log::info!(
-        "master: serving {} ({mac}, MTU {mtu}, blocks of up to {block_size} bytes) epoch {epoch}",
-        cfg.iface
+    let cluster = Arc::new(
+        Cluster::start(&cfg.state, membership).map_err(|e| ServeError::Cluster(Box::new(e)))?,
     );
-    let control = if cfg.control {
-        let ctl_err = |source| ServeError::Control {
-            path: cfg.state.clone(),
-            source,
+    let local = SqliteStore::open(&cfg.state.join("master.db"))
+        .map_err(|e| state_err(MasterError::Store(e)))?;
+    let blobs = crate::blobs::BlobDir::open(&cfg.state.join("blobs"))
+        .map_err(|e| state_err(MasterError::Blob(e)))?;
+    let mut master = Some(Master::with_store(
+        ReplicatedStore::new(local, cluster.clone(), blobs.clone()),
+        blobs,
+    ));
+    // Made (or checked) now, so that a bad key stops the start, not the takeover.
+    load_key(cfg)?;
+    let mut port = Port::open(cfg)?;
+    port.started(cfg, 0)?;
+    let mut last = None;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(epoch) = cluster.serving() else {
+            if let Some(m) = master.as_mut() {
+                port.idle(cfg, m)?;
+            }
+            continue;
         };
-        let d = Daemon::bind(&cfg.state, cfg.control_group.as_deref()).map_err(ctl_err)?;
-        d.set_nonblocking().map_err(ctl_err)?;
-        log::info!("master: control socket {}", d.path().display());
-        Some(d)
-    } else {
-        None
+        let Some(m) = master.take() else { break };
+        log::info!(
+            "master: leading the cluster as master {}: serving {} with epoch {epoch}",
+            cluster.config().id,
+            cfg.iface
+        );
+        let key = load_key(cfg)?;
+        let mut svc = Service::new(
+            port.service_config(cfg),
+            m,
+            key,
+            port.mac,
+            epoch,
+            Instant::now(),
+        );
+        port.notifier
+            .status(&format!("serving {} epoch {epoch}", cfg.iface));
+        let keep = || cluster.serving() == Some(epoch);
+        port.pump(cfg, &mut svc, stop, &keep)?;
+        if !stop.load(Ordering::Relaxed) {
+            log::warn!(
+                "master: no longer leading the cluster (epoch {epoch} over): stopped serving {}",
+                cfg.iface
+            );
+            port.notifier
+                .status("standing by: another master leads the cluster");
+        }
+        last = Some(write_stats(cfg, &svc, port.shared.as_ref(), true));
+        master = Some(svc.into_master());
+    }
+    port.notifier.stopping();
+    drop(port.control.take());
+    cluster.shutdown();
+    Ok(last.unwrap_or_default())
+}
+
+/// `master witness`: a cluster member that votes and keeps the log and the databases,
+/// but holds no blobs, never stands for election and never serves; it answers the control
+/// socket (`master cluster status`, reads) until `stop` is set.
+pub fn run_witness(state: &Path, group: Option<&str>, stop: &AtomicBool) -> Result<(), ServeError> {
+    let _owner = StateLock::acquire_waiting(state, control::OWNER_WAIT).map_err(|source| {
+        ServeError::Lock {
+            path: state.to_path_buf(),
+            source,
+        }
+    })?;
+    let state_err = |source| ServeError::State {
+        path: state.to_path_buf(),
+        source,
     };
-    let shared = cfg.metrics.map(|_| metrics::Shared::default());
-    let endpoint = match (cfg.metrics, &shared) {
-        (Some(addr), Some(sh)) => {
+    let membership = ClusterConfig::load(state)
+        .map_err(|e| ServeError::Cluster(Box::new(e)))?
+        .ok_or_else(|| state_err(MasterError::NotClustered))?;
+    if !membership.witness {
+        return Err(ServeError::NotWitness {
+            path: state.join(crate::cluster::CONFIG_FILE),
+        });
+    }
+    let cluster =
+        Arc::new(Cluster::start(state, membership).map_err(|e| ServeError::Cluster(Box::new(e)))?);
+    let local = SqliteStore::open(&state.join("master.db"))
+        .map_err(|e| state_err(MasterError::Store(e)))?;
+    let blobs = crate::blobs::BlobDir::open(&state.join("blobs"))
+        .map_err(|e| state_err(MasterError::Blob(e)))?;
+    let mut master = Master::with_store(
+        ReplicatedStore::new(local, cluster.clone(), blobs.clone()),
+        blobs,
+    );
+    let ctl_err = |source| ServeError::Control {
+        path: state.to_path_buf(),
+        source,
+    };
+    let d = Daemon::bind(state, group).map_err(ctl_err)?;
+    d.set_nonblocking().map_err(ctl_err)?;
+    log::info!(
+        "master: witness {} of the cluster; control socket {}",
+        cluster.config().id,
+        d.path().display()
+    );
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(d.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(n) if n > 0 => {
+                if let Err(e) = d.poll_once(&mut master, Backplane::Unserved) {
+                    log::warn!(
+                        "master: control socket: {}",
+                        shelfboot_proto::report::error_chain(&e)
+                    );
+                }
+            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(source) => {
+                return Err(ServeError::Poll {
+                    iface: "the control socket".into(),
+                    source,
+                });
+            }
+        }
+    }
+    drop(d);
+    cluster.shutdown();
+    Ok(())
+}
+
+/// The backplane port and what serves around it: the control socket, the metrics
+/// endpoint, systemd's notifications.
+struct Port {
+    sock: PacketSocket,
+    mac: MacAddr,
+    link_mtu: u16,
+    control: Option<Daemon>,
+    shared: Option<metrics::Shared>,
+    endpoint: Option<metrics::Endpoint>,
+    notifier: notify::Notifier,
+}
+
+impl Port {
+    fn open(cfg: &ServeConfig) -> Result<Self, ServeError> {
+        let sock_cfg = SocketConfig {
+            ethertype: cfg.ethertype,
+            ..SocketConfig::default()
+        };
+        let sock =
+            PacketSocket::open(&cfg.iface, sock_cfg).map_err(|source| ServeError::Socket {
+                iface: cfg.iface.clone(),
+                source,
+            })?;
+        let mtu = sock.mtu();
+        let link_mtu = shelfboot_proto::protocol_mtu(mtu);
+        let block_size = shelfboot_proto::data::block_size_for_mtu(link_mtu).map_err(|source| {
+            ServeError::Mtu {
+                iface: cfg.iface.clone(),
+                mtu,
+                source,
+            }
+        })?;
+        let mac = MacAddr(sock.mac().0);
+        log::info!(
+            "master: {} ({mac}, MTU {mtu}, blocks of up to {block_size} bytes)",
+            cfg.iface
+        );
+        Ok(Self {
+            sock,
+            mac,
+            link_mtu,
+            control: None,
+            shared: None,
+            endpoint: None,
+            notifier: notify::Notifier::new(cfg.systemd, Instant::now()),
+        })
+    }
+
+    fn service_config(&self, cfg: &ServeConfig) -> ServiceConfig {
+        ServiceConfig {
+            ethertype: cfg.ethertype,
+            solicit_budget: cfg.solicit_budget,
+            heartbeat: cfg.heartbeat,
+            link_mtu: self.link_mtu,
+            join_window: cfg.join_window,
+            max_rate: cfg.max_rate,
+        }
+    }
+
+    /// Binds the control socket, starts the metrics endpoint and tells systemd we are
+    /// ready (`epoch` 0: a cluster member, standing by until it leads).
+    fn started(&mut self, cfg: &ServeConfig, epoch: u64) -> Result<(), ServeError> {
+        if cfg.control {
+            let ctl_err = |source| ServeError::Control {
+                path: cfg.state.clone(),
+                source,
+            };
+            let d = Daemon::bind(&cfg.state, cfg.control_group.as_deref()).map_err(ctl_err)?;
+            d.set_nonblocking().map_err(ctl_err)?;
+            log::info!("master: control socket {}", d.path().display());
+            self.control = Some(d);
+        }
+        self.shared = cfg.metrics.map(|_| metrics::Shared::default());
+        if let (Some(addr), Some(sh)) = (cfg.metrics, &self.shared) {
             let ep = metrics::Endpoint::start(addr, cfg.metrics_allow_remote, sh.clone())
                 .map_err(ServeError::Metrics)?;
             log::info!("master: metrics on http://{}/metrics", ep.addr());
-            Some(ep)
+            self.endpoint = Some(ep);
         }
-        _ => None,
-    };
-    let mut notifier = notify::Notifier::new(cfg.systemd, now);
-    notifier.ready(&format!("serving {} epoch {epoch}", cfg.iface));
-    let mut next_stats = now;
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        notifier.tick(now);
-        svc.begin_batch();
-        out.extend(svc.tick(now));
-        let wake = svc.poll_data(now, 256, &mut out);
-        svc.commit();
-        send_all(&mut sock, &out);
-        out.clear();
-        if now >= next_stats {
-            next_stats = now + Duration::from_secs(1);
-            write_stats(cfg, &svc, shared.as_ref(), false);
+        if epoch == 0 {
+            log::info!("master: cluster member, standing by until it leads the cluster");
+            self.notifier
+                .ready("standing by: a cluster member that does not lead");
+        } else {
+            log::info!("master: serving {} epoch {epoch}", cfg.iface);
+            self.notifier
+                .ready(&format!("serving {} epoch {epoch}", cfg.iface));
         }
-        let wait = wake
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(20));
-        let control_ready = wait_ready(&sock, control.as_ref(), wait, cfg)?;
-        // Received frames are taken whatever the poll said: a ring block may be waiting
-        // already (recv_batch knows without a syscall); with none this is one poll(0).
-        svc.begin_batch();
-        let r = sock.recv_batch(
-            &mut |frame: &[u8], _src| {
-                let replies = svc.handle_frame(Instant::now(), frame);
-                out.extend(replies);
-            },
-            Duration::ZERO,
-        );
-        if let Err(e) = r {
-            log::error!(
+        Ok(())
+    }
+
+    /// Serves the backplane with `svc` while `keep()` holds and `stop` is not set.
+    fn pump<S: Store>(
+        &mut self,
+        cfg: &ServeConfig,
+        svc: &mut Service<S>,
+        stop: &AtomicBool,
+        keep: &dyn Fn() -> bool,
+    ) -> Result<(), ServeError> {
+        let mut next_stats = Instant::now();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        while !stop.load(Ordering::Relaxed) && keep() {
+            let now = Instant::now();
+            self.notifier.tick(now);
+            if svc.master().store().changed_elsewhere() {
+                // Another master's operator changed assignments, nodes or releases: what
+                // the service cached of them goes.
+                svc.master_mut();
+            }
+            svc.begin_batch();
+            out.extend(svc.tick(now));
+            let wake = svc.poll_data(now, 256, &mut out);
+            svc.commit();
+            send_all(&mut self.sock, &out);
+            out.clear();
+            if now >= next_stats {
+                next_stats = now + Duration::from_secs(1);
+                write_stats(cfg, svc, self.shared.as_ref(), false);
+            }
+            let wait = wake
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(20));
+            let control_ready = wait_ready(&self.sock, self.control.as_ref(), wait, cfg)?;
+            // Received frames are taken whatever the poll said: a ring block may be
+            // waiting already (recv_batch knows without a syscall); with none this is one
+            // poll(0).
+            svc.begin_batch();
+            let r = self.sock.recv_batch(
+                &mut |frame: &[u8], _src| {
+                    let replies = svc.handle_frame(Instant::now(), frame);
+                    out.extend(replies);
+                },
+                Duration::ZERO,
+            );
+            if let Err(e) = r {
+                log::error!(
+                    "master: receive on {}: {}",
+                    cfg.iface,
+                    shelfboot_proto::report::error_chain(&e)
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            svc.commit();
+            send_all(&mut self.sock, &out);
+            out.clear();
+            if control_ready && let Some(d) = &self.control {
+                // Errors of one client are logged by the daemon; an accept failure is
+                // logged here and the loop goes on serving cards.
+                match d.poll_once(svc.master_mut(), Backplane::Served) {
+                    Ok(polled) => {
+                        svc.count_control_requests(polled.executed);
+                        // Fleet orders of those requests go out now (the first copy at
+                        // once).
+                        for order in &polled.orders {
+                            svc.command(Instant::now(), order);
+                        }
+                    }
+                    Err(e) => log::warn!(
+                        "master: control socket: {}",
+                        shelfboot_proto::report::error_chain(&e)
+                    ),
+                }
+                out.extend(svc.tick(Instant::now()));
+                send_all(&mut self.sock, &out);
+                out.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// A cluster member that does not serve: answers the control socket (reads here,
+    /// writes through the cluster), and takes and drops what the backplane brings, for up
+    /// to 20 ms.
+    fn idle<S: Store>(
+        &mut self,
+        cfg: &ServeConfig,
+        master: &mut Master<S>,
+    ) -> Result<(), ServeError> {
+        self.notifier.tick(Instant::now());
+        let control_ready = wait_ready(
+            &self.sock,
+            self.control.as_ref(),
+            Duration::from_millis(20),
+            cfg,
+        )?;
+        if let Err(e) = self
+            .sock
+            .recv_batch(&mut |_frame: &[u8], _src| {}, Duration::ZERO)
+        {
+            log::warn!(
                 "master: receive on {}: {}",
                 cfg.iface,
                 shelfboot_proto::report::error_chain(&e)
             );
-            std::thread::sleep(Duration::from_millis(10));
         }
-        svc.commit();
-        send_all(&mut sock, &out);
-        out.clear();
-        if control_ready && let Some(d) = &control {
-            // Errors of one client are logged by the daemon; an accept failure is logged
-            // here and the loop goes on serving cards.
-            match d.poll_once(svc.master_mut(), Backplane::Served) {
-                Ok(polled) => {
-                    svc.count_control_requests(polled.executed);
-                    // Fleet orders of those requests go out now (the first copy at once).
-                    for order in &polled.orders {
-                        svc.command(Instant::now(), order);
-                    }
-                }
-                Err(e) => log::warn!(
-                    "master: control socket: {}",
-                    shelfboot_proto::report::error_chain(&e)
-                ),
-            }
-            out.extend(svc.tick(Instant::now()));
-            send_all(&mut sock, &out);
-            out.clear();
+        if control_ready
+            && let Some(d) = &self.control
+            && let Err(e) = d.poll_once(master, Backplane::Unserved)
+        {
+            log::warn!(
+                "master: control socket: {}",
+                shelfboot_proto::report::error_chain(&e)
+            );
         }
+        Ok(())
     }
-    // The state is consistent here: every batch of node-database writes was committed
-    // before its replies went out, and no request is half-handled.
-    notifier.stopping();
-    drop(control);
-    let last = write_stats(cfg, &svc, shared.as_ref(), true);
-    drop(endpoint);
-    Ok(last)
+
+    /// Stops: tells systemd, removes the control socket, writes the last stats.
+    fn finish<S: Store>(mut self, cfg: &ServeConfig, svc: &Service<S>) -> ServeStats {
+        // The state is consistent here: every batch of node-database writes was committed
+        // before its replies went out, and no request is half-handled.
+        self.notifier.stopping();
+        drop(self.control.take());
+        let last = write_stats(cfg, svc, self.shared.as_ref(), true);
+        drop(self.endpoint.take());
+        last
+    }
 }
 
 /// Waits up to `wait` for a frame on the backplane or a client on the control socket.
@@ -409,7 +657,7 @@ fn send_all(sock: &mut PacketSocket, frames: &[Vec<u8>]) {
 }
 
 /// The counters with the interface name and this thread's CPU time filled in.
-fn stats_now<S: crate::store::Store>(cfg: &ServeConfig, svc: &Service<S>) -> ServeStats {
+fn stats_now<S: Store>(cfg: &ServeConfig, svc: &Service<S>) -> ServeStats {
     let mut st = svc.stats();
     st.iface = cfg.iface.clone();
     if let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID) {
@@ -421,7 +669,7 @@ fn stats_now<S: crate::store::Store>(cfg: &ServeConfig, svc: &Service<S>) -> Ser
 
 /// Writes the stats file and, with metrics on, publishes the same counters and the cards
 /// of the node database to the metrics endpoint.
-fn write_stats<S: crate::store::Store>(
+fn write_stats<S: Store>(
     cfg: &ServeConfig,
     svc: &Service<S>,
     shared: Option<&metrics::Shared>,

@@ -94,6 +94,11 @@ impl Notifier {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
+    /// A new status line (`STATUS=`), e.g. when a cluster member starts or stops serving.
+    pub fn status(&self, status: &str) {
+        self.send(&[NotifyState::Status(status)]);
+    }
+
     /// `WATCHDOG=1` when due (call it every loop iteration).
     pub fn tick(&mut self, now: Instant) {
         if let Some(w) = &mut self.watchdog

@@ -201,6 +201,12 @@ impl<S: Store> Service<S> {
         &self.master
     }
 
+    /// Stops the service and gives its master state back (a cluster member that no longer
+    /// leads keeps answering the control socket with it).
+    pub fn into_master(self) -> Master<S> {
+        self.master
+    }
+
     /// Groups the node-database writes of what is handled until [`Service::commit`] into
     /// one transaction (one fsync per loop iteration instead of one per card report).
     pub fn begin_batch(&mut self) {

@@ -87,6 +87,16 @@ pub enum MasterError {
     #[error("gc would remove blob {0} that a current plan needs; refusing (this is a bug)")]
     GcWouldBreakPlan(Digest),
     #[error(
+        "this master is not in a cluster (its state directory has no cluster.toml; see `master cluster init`)"
+    )]
+    NotClustered,
+    #[error("masters' cluster")]
+    Cluster(#[source] Box<crate::cluster::ClusterError>),
+    #[error(
+        "this master is a member of a masters' cluster: its databases change only through a running `master serve`, which replicates them; start it and retry"
+    )]
+    ClusterNotRunning,
+    #[error(
         "cannot order {0}: no `master serve` runs on this state directory (fleet actions go out over the backplane; start `master serve` and retry)"
     )]
     NotServing(FleetAction),
@@ -158,7 +168,7 @@ impl<S: Store> Master<S> {
     }
 
     /// The time records are stamped with, seconds since the epoch.
-    fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         self.clock.unix_secs()
     }
 

@@ -58,6 +58,12 @@ pub enum StoreError {
     UnknownRelease(String),
     #[error("unknown key {0} (see `master trust list`)")]
     UnknownKey(String),
+    /// A replicated write the databases refused (the same on every master): the refusal's
+    /// message.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the write was not made on the masters' cluster")]
+    Cluster(#[source] Box<crate::cluster::ClusterError>),
     #[error("{what} {name} {version} ({arch}) is not imported")]
     UnknownArtifact {
         what: &'static str,
@@ -171,4 +177,17 @@ pub trait Store {
 
     /// A complete, deterministic text dump of every table (tests compare these).
     fn dump(&self) -> Result<String>;
+
+    /// The masters' cluster this store is replicated in; `None` for a store of its own
+    /// (the embedded default).
+    fn cluster(&self) -> Option<&std::sync::Arc<crate::cluster::Cluster>> {
+        None
+    }
+
+    /// Whether the databases changed by other hands than this store's since the last
+    /// call (another master's writes, replicated here): a cache of them must be dropped.
+    /// Never for a store of its own: its owner makes every write.
+    fn changed_elsewhere(&self) -> bool {
+        false
+    }
 }

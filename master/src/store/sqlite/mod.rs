@@ -136,6 +136,62 @@ impl SqliteStore {
     }
 }
 
+/// Replication's hooks: the `meta` values a replicated master keeps beside the data, and
+/// whole-database copies (its snapshots). Only `crate::cluster` uses these.
+impl SqliteStore {
+    /// A value of the `meta` table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(sql("read meta"))
+    }
+
+    /// Sets a `meta` value, inside the open batch if there is one (so it commits with the
+    /// batch's operations).
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        let tx = self.tx()?;
+        tx.exec(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+            params![key, value],
+        )
+        .map_err(sql("write meta"))?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    /// Drops the open batch and every write in it.
+    pub fn abort_batch(&mut self) {
+        if self.batch == Batch::Open {
+            let _ = self.conn.exec("ROLLBACK", []);
+        }
+        self.batch = Batch::Off;
+    }
+
+    /// Writes a consistent copy of the whole database to `path` (which must not exist).
+    pub fn copy_to(&self, path: &Path) -> Result<()> {
+        self.conn
+            .execute("VACUUM INTO ?1", [path.to_string_lossy()])
+            .map(|_| ())
+            .map_err(sql("copy the database"))
+    }
+
+    /// Replaces the whole database, in place, by the copy at `path` (made by
+    /// [`SqliteStore::copy_to`]). Other connections to the file see the new content at
+    /// their next read.
+    pub fn restore_from(&mut self, path: &Path) -> Result<()> {
+        let src = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)
+            .map_err(sql("restore the database"))?;
+        backup
+            .run_to_completion(1024, std::time::Duration::ZERO, None)
+            .map_err(sql("restore the database"))
+    }
+}
+
 /// A write transaction ([`SqliteStore::tx`]).
 ///
 /// Every write transaction takes the write lock when it begins (`BEGIN IMMEDIATE`), not

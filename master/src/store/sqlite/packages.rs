@@ -472,4 +472,29 @@ impl SqliteStore {
             })
             .collect()
     }
+
+    /// Every blob an artifact uses, with its size (a cluster member fetches those it
+    /// lacks).
+    pub fn referenced_blob_sizes(&self) -> Result<Vec<(Digest, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT DISTINCT b.sha256, b.size FROM artifact_blobs ab JOIN blobs b ON b.sha256 = ab.sha256 ORDER BY b.sha256",
+            )
+            .map_err(sql("list referenced blobs"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(sql("list referenced blobs"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql("list referenced blobs"))?;
+        rows.into_iter()
+            .map(|(s, size)| {
+                let sha = s.parse::<Digest>().map_err(|e| StoreError::Decode {
+                    what: "blob digest".into(),
+                    source: serde::de::Error::custom(e),
+                })?;
+                Ok((sha, u64::try_from(size).unwrap_or(0)))
+            })
+            .collect()
+    }
 }

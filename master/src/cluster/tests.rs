@@ -1,0 +1,291 @@
+//! Members of a cluster in one process, talking Raft over loopback TCP (no root, no
+//! namespace): writes through any member reach every member; a refused write is refused
+//! everywhere; the log store keeps what openraft expects; an operation applied to two
+//! databases leaves the same rows.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::op::{Op, OpResult};
+use super::*;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{NodeIdentity, NodeState, Store};
+use shelfboot_proto::id::{Arch, MacAddr};
+
+fn identity(n: u8) -> NodeIdentity {
+    NodeIdentity {
+        mac: MacAddr([0x02, 0x66, 0, 0, 0, n]),
+        card_type: "lc".into(),
+        arch: Arch::X86_64,
+        shelf: 1,
+        slot: u32::from(n),
+        hw_rev: String::new(),
+        features: vec![],
+    }
+}
+
+/// A free loopback port (bound and released; the member binds it again at once).
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn configs(n: u64) -> Vec<ClusterConfig> {
+    let members: Vec<MemberConfig> = (1..=n)
+        .map(|id| MemberConfig {
+            id,
+            addr: format!("127.0.0.1:{}", port()),
+        })
+        .collect();
+    members
+        .iter()
+        .map(|m| ClusterConfig {
+            id: m.id,
+            listen: m.addr.clone(),
+            epoch_base: 10,
+            witness: false,
+            members: members.clone(),
+        })
+        .collect()
+}
+
+fn start(dir: &Path, cfg: &ClusterConfig) -> Arc<Cluster> {
+    let state = dir.join(format!("m{}", cfg.id));
+    std::fs::create_dir_all(&state).unwrap();
+    Arc::new(Cluster::start(&state, cfg.clone()).unwrap())
+}
+
+/// Waits (bounded) until exactly one member serves; returns its index.
+fn serving(members: &[Option<Arc<Cluster>>]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: Vec<usize> = members
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| c.serving().is_some()))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(s.len() <= 1, "two members serve: {s:?}");
+        if let Some(i) = s.first() {
+            return *i;
+        }
+        assert!(Instant::now() < deadline, "no member serves");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (bounded) until every running member sees every member as a voter and has
+/// applied as far as the others: the cluster is made.
+fn settled(members: &[Option<Arc<Cluster>>]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st: Vec<ClusterStatus> = members.iter().flatten().map(|c| c.status()).collect();
+        let all = st.len();
+        if st.iter().all(|s| {
+            s.members.iter().filter(|m| m.voter).count() == all
+                && s.applied_index.is_some()
+                && s.applied_index == st[0].applied_index
+        }) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster is not made: {st:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn dump(dir: &Path, id: u64) -> String {
+    let d = SqliteStore::open(&dir.join(format!("m{id}/master.db")))
+        .unwrap()
+        .dump()
+        .unwrap();
+    // The applied log id is replication's own bookkeeping; the data is what must agree.
+    d.lines()
+        .filter(|l| !l.contains(machine::META_APPLIED))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn three_members_replicate_every_write_and_a_backup_takes_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = configs(3);
+    let mut members: Vec<Option<Arc<Cluster>>> =
+        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
+    let first = serving(&members);
+    let epoch = members[first].as_ref().unwrap().serving().unwrap();
+    assert!(epoch > 10, "epoch {epoch} = base 10 + term");
+
+    // A write through each member, the followers' forwarded to the leader.
+    for (i, m) in members.iter().enumerate() {
+        let r = m
+            .as_ref()
+            .unwrap()
+            .write(Op::RecordIdentity {
+                id: identity(u8::try_from(i).unwrap() + 1),
+                now: 1000,
+            })
+            .unwrap();
+        assert_eq!(r, OpResult::Flag(true), "a new card");
+    }
+    // A write the databases refuse is refused the same way, wherever it is made.
+    let r = members[(first + 1) % 3]
+        .as_ref()
+        .unwrap()
+        .write(Op::RecordState {
+            mac: MacAddr([0x02, 0x66, 0, 0, 0, 99]),
+            state: NodeState::Ready,
+            reason: None,
+            now: 1001,
+        })
+        .unwrap();
+    assert!(
+        matches!(&r, OpResult::Refused(m) if m.contains("unknown node")),
+        "{r:?}"
+    );
+
+    // The serving member stops: another serves with a higher epoch, writes go on.
+    members[first].take().unwrap().shutdown();
+    let second = serving(&members);
+    assert_ne!(second, first);
+    let epoch2 = members[second].as_ref().unwrap().serving().unwrap();
+    assert!(epoch2 > epoch, "{epoch2} > {epoch}");
+    for m in members.iter().flatten() {
+        m.write(Op::RecordIdentity {
+            id: identity(10 + u8::try_from(m.config().id).unwrap()),
+            now: 1002,
+        })
+        .unwrap();
+    }
+
+    // The stopped member comes back, catches up, and does not take over.
+    let back = start(tmp.path(), &cfgs[first]);
+    members[first] = Some(back);
+    let leader = members[second].as_ref().unwrap();
+    let target = leader.status().applied_index;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members[first].as_ref().unwrap().status().applied_index < target {
+        assert!(
+            Instant::now() < deadline,
+            "the returning member did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(serving(&members), second);
+    for m in members.iter_mut() {
+        m.take().unwrap().shutdown();
+    }
+    let d1 = dump(tmp.path(), 1);
+    assert!(
+        d1.contains("02:66:00:00:00:0b") || d1.contains("02:66:00:00:00:0c"),
+        "{d1}"
+    );
+    for id in 2..=3 {
+        assert_eq!(
+            dump(tmp.path(), id),
+            d1,
+            "member {id} differs from member 1"
+        );
+    }
+}
+
+#[test]
+fn a_planned_switchover_moves_the_service_and_a_witness_or_stranger_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfgs = configs(3);
+    // Member 3 is a witness: it votes, never serves.
+    cfgs[2].witness = true;
+    let members: Vec<Option<Arc<Cluster>>> =
+        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
+    let first = serving(&members);
+    settled(&members);
+    assert_ne!(first, 2, "a witness never serves");
+    let to = 1 - first;
+    let to_id = cfgs[to].id;
+    // Asked on the witness, of all members: the handover is the leader's.
+    let w = members[2].as_ref().unwrap();
+    let s = w.switchover(to_id, 2000).unwrap();
+    assert!(s.serving && s.id == to_id, "{s:#?}");
+    assert_eq!(serving(&members), to);
+    let e = w.switchover(3, 2001).unwrap_err();
+    assert!(
+        matches!(&e, ClusterError::NotComplete { id: 3, why } if why.contains("witness")),
+        "{e}"
+    );
+    let e = w.switchover(42, 2002).unwrap_err();
+    assert!(matches!(e, ClusterError::UnknownMember(42)), "{e}");
+    // Back again, and the order of succession follows the operator's choice.
+    let s = members[to]
+        .as_ref()
+        .unwrap()
+        .switchover(cfgs[first].id, 2003)
+        .unwrap();
+    assert!(s.serving, "{s:#?}");
+    assert_eq!(serving(&members), first);
+    for m in members.into_iter().flatten() {
+        m.shutdown();
+    }
+}
+
+#[test]
+fn the_order_of_succession_hands_the_service_to_the_preferred_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = configs(3);
+    let members: Vec<Option<Arc<Cluster>>> =
+        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
+    let first = serving(&members);
+    settled(&members);
+    let preferred = (first + 2) % 3;
+    let order = vec![cfgs[preferred].id, cfgs[first].id];
+    members[first]
+        .as_ref()
+        .unwrap()
+        .set_succession(order.clone(), 3000)
+        .unwrap();
+    // The leader sees a more preferred member complete and hands over within seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if members[preferred].as_ref().unwrap().serving().is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the preferred member does not serve"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = members[first].as_ref().unwrap().status();
+    assert_eq!(st.succession, order);
+    assert_eq!(st.next, Some(cfgs[first].id), "{st:#?}");
+    // An order naming a stranger is refused.
+    let e = members[first]
+        .as_ref()
+        .unwrap()
+        .set_succession(vec![9], 3001)
+        .unwrap_err();
+    assert!(matches!(e, ClusterError::UnknownMember(9)), "{e}");
+    for m in members.into_iter().flatten() {
+        m.shutdown();
+    }
+}
+
+#[test]
+fn cluster_toml_is_checked_and_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(ClusterConfig::load(tmp.path()).unwrap().is_none());
+    let mut c = configs(3).remove(0);
+    c.save(tmp.path()).unwrap();
+    assert_eq!(ClusterConfig::load(tmp.path()).unwrap(), Some(c.clone()));
+    c.id = 7;
+    let e = c.check().unwrap_err();
+    assert!(e.contains("do not include this master"), "{e}");
+    c.id = 1;
+    c.listen = "nowhere".into();
+    assert!(c.check().unwrap_err().contains("not ADDR:PORT"));
+}

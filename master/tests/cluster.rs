@@ -1,0 +1,292 @@
+//! Backup masters: three `master serve` processes in a cluster (docs/master.md, "Backup
+//! masters"), each on its own port of one namespace backplane and talking Raft over the
+//! namespace's loopback. Writes made through any member reach every member; when the
+//! serving master is killed (SIGKILL) another takes over with a higher epoch; the killed
+//! one comes back as a follower and catches up; in the end every member's databases dump
+//! the same. Network-namespace tier: `#[ignore]`d with the reason, run by `./dev test` as
+//! root.
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use shelfboot_master::cluster::ClusterStatus;
+    use shelfboot_master::store::Store;
+    use shelfboot_master::store::sqlite::SqliteStore;
+    use shelfboot_testkit::netns::Lab;
+    use shelfboot_testkit::tier::{self, Tier};
+
+    const MASTER: &str = env!("CARGO_BIN_EXE_master");
+    /// Bound on any wait for the cluster (elections take about a second).
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// Index of member `id` (ids count from 1).
+    fn idx(id: u64) -> usize {
+        usize::try_from(id).unwrap() - 1
+    }
+
+    struct Member {
+        id: u64,
+        state: PathBuf,
+        child: Option<Child>,
+    }
+
+    impl Drop for Member {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    fn cli(state: &Path, args: &[&str]) -> Output {
+        Command::new(MASTER)
+            .arg("--state")
+            .arg(state)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(state: &Path, args: &[&str]) -> String {
+        let out = cli(state, args);
+        assert!(
+            out.status.success(),
+            "master {args:?} on {}: {}",
+            state.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn status(state: &Path) -> Option<ClusterStatus> {
+        let out = cli(state, &["--json", "cluster", "status"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+            .flatten()
+            .and_then(|v| serde_json::from_value(v.get("data")?.clone()).ok())
+    }
+
+    fn start(lab: &Lab, m: &mut Member) {
+        let log = std::fs::File::create(m.state.join("serve.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", lab.netns(), MASTER, "--state"])
+            .arg(&m.state)
+            .args(["serve", "--iface", &lab.port(idx(m.id))])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+    }
+
+    fn stop(m: &mut Member, signal: Signal) {
+        if let Some(mut c) = m.child.take() {
+            kill(Pid::from_raw(c.id().cast_signed()), signal).unwrap();
+            let deadline = Instant::now() + WAIT;
+            while c.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "master {} did not stop", m.id);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Waits for exactly one running member to serve (other than `not`); returns its id
+    /// and status.
+    fn serving(members: &[Member], not: Option<u64>) -> (u64, ClusterStatus) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut found: Vec<(u64, ClusterStatus)> = members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .filter_map(|m| status(&m.state).map(|s| (m.id, s)))
+                .filter(|(_, s)| s.serving)
+                .collect();
+            assert!(found.len() <= 1, "two members serve at once: {found:#?}");
+            if let Some((id, s)) = found.pop()
+                && Some(id) != not
+            {
+                return (id, s);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no member serves after {WAIT:?}; logs: {}",
+                logs(members)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(members: &[Member]) -> String {
+        members
+            .iter()
+            .map(|m| {
+                format!(
+                    "\n--- master {} ---\n{}",
+                    m.id,
+                    std::fs::read_to_string(m.state.join("serve.log")).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    fn add_node(state: &Path, n: u32) {
+        let mac = format!("02:77:00:00:00:{n:02x}");
+        ok(
+            state,
+            &[
+                "node",
+                "add",
+                "--mac",
+                &mac,
+                "--type",
+                "lc",
+                "--arch",
+                "x86_64",
+                "--slot",
+                &n.to_string(),
+            ],
+        );
+    }
+
+    fn macs(state: &Path) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&ok(state, &["--json", "nodes"])).unwrap();
+        let mut m: Vec<String> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node"]["identity"]["mac"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        m.sort();
+        m
+    }
+
+    #[test]
+    #[ignore = "tier: network namespaces (root, iproute2); ./dev test runs it"]
+    fn writes_reach_every_master_and_a_backup_takes_over_when_the_serving_one_is_killed() {
+        tier::require(&[Tier::Netns]);
+        let tmp = tempfile::tempdir().unwrap();
+        let lab = Lab::new("cluster-3", 3).unwrap();
+        let addr = |i: u64| format!("127.0.0.1:{}", 7400 + i);
+        let member_args: Vec<String> = (1..=3).map(|i| format!("{i}={}", addr(i))).collect();
+        let mut members: Vec<Member> = (1..=3)
+            .map(|id| Member {
+                id,
+                state: tmp.path().join(format!("m{id}")),
+                child: None,
+            })
+            .collect();
+        for m in &members {
+            let mut args = vec!["cluster".to_owned(), "init".into(), "--id".into()];
+            args.push(m.id.to_string());
+            args.extend(["--listen".into(), addr(m.id)]);
+            for a in &member_args {
+                args.extend(["--member".into(), a.clone()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ok(&m.state, &args);
+        }
+        // Without a running serve, a member refuses to change its databases alone.
+        let refused = cli(
+            &members[0].state,
+            &[
+                "node",
+                "add",
+                "--mac",
+                "02:77:00:00:00:99",
+                "--type",
+                "lc",
+                "--arch",
+                "x86_64",
+                "--slot",
+                "9",
+            ],
+        );
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr)
+                .contains("only through a running `master serve`"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        for m in &mut members {
+            start(&lab, m);
+        }
+        let (first, st1) = serving(&members, None);
+        assert_eq!(st1.members.len(), 3, "{st1:#?}");
+
+        // A write through each member, leader and followers alike.
+        for (k, m) in members.iter().enumerate() {
+            add_node(&m.state, u32::try_from(k).unwrap() + 1);
+        }
+        let want: Vec<String> = (1..=3).map(|n| format!("02:77:00:00:00:{n:02x}")).collect();
+        for m in &members {
+            assert_eq!(macs(&m.state), want, "master {}", m.id);
+        }
+
+        // Kill the serving master: another takes over with a higher epoch.
+        let t0 = Instant::now();
+        stop(&mut members[idx(first)], Signal::SIGKILL);
+        let (second, st2) = serving(&members, Some(first));
+        eprintln!(
+            "master {first} killed; master {second} serves after {:?} (epoch {} -> {})",
+            t0.elapsed(),
+            st1.epoch,
+            st2.epoch
+        );
+        assert!(st2.epoch > st1.epoch, "{st1:#?} {st2:#?}");
+
+        // Two of three still make a quorum: writes go on, through both.
+        for (k, m) in members.iter().filter(|m| m.child.is_some()).enumerate() {
+            add_node(&m.state, 10 + u32::try_from(k).unwrap());
+        }
+
+        // The killed master comes back as a follower and catches up; one master serves.
+        start(&lab, &mut members[idx(first)]);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let st: Vec<Option<ClusterStatus>> = members.iter().map(|m| status(&m.state)).collect();
+            let applied: Vec<Option<u64>> = st
+                .iter()
+                .map(|s| s.as_ref().and_then(|s| s.applied_index))
+                .collect();
+            if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not converge: {st:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (third, _) = serving(&members, None);
+        assert_eq!(third, second, "the returning master does not take over");
+        let back = status(&members[idx(first)].state).unwrap();
+        assert!(!back.serving && back.role == "follower", "{back:#?}");
+
+        // Stopped cleanly, every member's databases are the same, row for row.
+        for m in &mut members {
+            stop(m, Signal::SIGTERM);
+        }
+        let dumps: Vec<String> = members
+            .iter()
+            .map(|m| {
+                SqliteStore::open(&m.state.join("master.db"))
+                    .unwrap()
+                    .dump()
+                    .unwrap()
+            })
+            .collect();
+        assert!(dumps[0].contains("02:77:00:00:00:0b"), "{}", dumps[0]);
+        for (m, d) in members.iter().zip(&dumps) {
+            assert_eq!(d, &dumps[0], "master {} differs from master 1", m.id);
+        }
+    }
+}
