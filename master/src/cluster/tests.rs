@@ -289,3 +289,148 @@ fn cluster_toml_is_checked_and_round_trips() {
     c.listen = "nowhere".into();
     assert!(c.check().unwrap_err().contains("not ADDR:PORT"));
 }
+
+#[test]
+fn two_master_cards_and_a_witness_survive_losing_either_card() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfgs = configs(3);
+    cfgs[2].witness = true;
+    let mut members: Vec<Option<Arc<Cluster>>> =
+        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
+    let first = serving(&members);
+    settled(&members);
+    let other = 1 - first;
+    // The serving card dies: the other card serves (the witness makes the quorum).
+    members[first].take().unwrap().shutdown();
+    assert_eq!(serving(&members), other);
+    members[other]
+        .as_ref()
+        .unwrap()
+        .write(Op::RecordIdentity {
+            id: identity(1),
+            now: 4000,
+        })
+        .unwrap();
+    // It comes back; then the other card dies: the first serves again, with the write.
+    members[first] = Some(start(tmp.path(), &cfgs[first]));
+    settled(&members);
+    members[other].take().unwrap().shutdown();
+    assert_eq!(serving(&members), first);
+    let r = members[first]
+        .as_ref()
+        .unwrap()
+        .write(Op::RecordIdentity {
+            id: identity(1),
+            now: 4001,
+        })
+        .unwrap();
+    assert_eq!(
+        r,
+        OpResult::Flag(false),
+        "the card written while it was away is known"
+    );
+    for m in members.into_iter().flatten() {
+        m.shutdown();
+    }
+}
+
+#[test]
+fn every_acknowledged_write_survives_repeated_failovers_exactly_once() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = configs(3);
+    let members: Arc<Mutex<Vec<Option<Arc<Cluster>>>>> = Arc::new(Mutex::new(
+        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect(),
+    ));
+    {
+        let m = members.lock().unwrap();
+        serving(&m);
+        settled(&m);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // The client: one write at a time, through a member that runs, round robin.
+    let client = {
+        let members = members.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut unknown = Vec::new();
+            let mut n: u8 = 0;
+            while !stop.load(Ordering::Relaxed) && n < 200 {
+                n += 1;
+                let c = {
+                    let m = members.lock().unwrap();
+                    let up: Vec<Arc<Cluster>> = m.iter().flatten().cloned().collect();
+                    up[usize::from(n) % up.len()].clone()
+                };
+                match c.write(Op::RecordIdentity {
+                    id: identity(n),
+                    now: 5000 + i64::from(n),
+                }) {
+                    Ok(OpResult::Flag(true)) => acked.push(n),
+                    Ok(other) => panic!("write {n}: {other:?}"),
+                    Err(_) => unknown.push(n),
+                }
+            }
+            (acked, unknown)
+        })
+    };
+    // Five failovers: the serving member is stopped and brought back each time.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        let (i, c) = {
+            let mut m = members.lock().unwrap();
+            let i = serving(&m);
+            (i, m[i].take().unwrap())
+        };
+        c.shutdown();
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        let back = start(tmp.path(), &cfgs[i]);
+        members.lock().unwrap()[i] = Some(back);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acked, unknown) = client.join().unwrap();
+    assert!(
+        acked.len() > 20,
+        "the client made progress: {} acked",
+        acked.len()
+    );
+    {
+        let m = members.lock().unwrap();
+        serving(&m);
+        settled(&m);
+    }
+    for m in members.lock().unwrap().iter_mut() {
+        m.take().unwrap().shutdown();
+    }
+    let d1 = dump(tmp.path(), 1);
+    for id in 2..=3 {
+        assert_eq!(
+            dump(tmp.path(), id),
+            d1,
+            "member {id} differs from member 1"
+        );
+    }
+    let db = SqliteStore::open(&tmp.path().join("m1/master.db")).unwrap();
+    for n in 1..=200u8 {
+        let mac = identity(n).mac;
+        let events = db
+            .events(Some(&mac), 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "identity")
+            .count();
+        if acked.contains(&n) {
+            assert_eq!(events, 1, "acknowledged write {n} is there exactly once");
+        } else if unknown.contains(&n) {
+            assert!(
+                events <= 1,
+                "write {n} of unknown outcome is there at most once"
+            );
+        } else {
+            assert_eq!(events, 0, "write {n} was never made");
+        }
+    }
+}
