@@ -17,7 +17,7 @@ mod tests {
     use shelfboot_master::cluster::ClusterStatus;
     use shelfboot_master::store::Store;
     use shelfboot_master::store::sqlite::SqliteStore;
-    use shelfboot_testkit::netns::Lab;
+    use shelfboot_testkit::netns::{Lab, Netns};
     use shelfboot_testkit::tier::{self, Tier};
 
     const MASTER: &str = env!("CARGO_BIN_EXE_master");
@@ -74,11 +74,20 @@ mod tests {
     }
 
     fn start(lab: &Lab, m: &mut Member) {
-        let log = std::fs::File::create(m.state.join("serve.log")).unwrap();
+        start_in(lab.netns(), &lab.port(idx(m.id)), m);
+    }
+
+    /// `master serve` of `m` on `iface` inside namespace `ns`.
+    fn start_in(ns: &str, iface: &str, m: &mut Member) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.state.join("serve.log"))
+            .unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", lab.netns(), MASTER, "--state"])
+            .args(["netns", "exec", ns, MASTER, "--state"])
             .arg(&m.state)
-            .args(["serve", "--iface", &lab.port(idx(m.id))])
+            .args(["serve", "--iface", iface])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -162,7 +171,12 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| n["node"]["identity"]["mac"].as_str().unwrap_or_default().to_owned())
+            .map(|n| {
+                n["node"]["identity"]["mac"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
             .collect();
         m.sort();
         m
@@ -285,6 +299,162 @@ mod tests {
             })
             .collect();
         assert!(dumps[0].contains("02:77:00:00:00:0b"), "{}", dumps[0]);
+        for (m, d) in members.iter().zip(&dumps) {
+            assert_eq!(d, &dumps[0], "master {} differs from master 1", m.id);
+        }
+    }
+
+    fn init(members: &[Member], addr: &dyn Fn(u64) -> String) {
+        for m in members {
+            let mut args = vec!["cluster".to_owned(), "init".into(), "--id".into()];
+            args.push(m.id.to_string());
+            args.extend(["--listen".into(), addr(m.id)]);
+            for i in 1..=3 {
+                args.extend(["--member".into(), format!("{i}={}", addr(i))]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ok(&m.state, &args);
+        }
+    }
+
+    /// The nftables table that cuts a member off: IP and ARP frames to and from its
+    /// bridge port are dropped, backplane frames (EtherType 0x88B5) pass.
+    fn partition(lab: &Lab, port: &str, on: bool) {
+        let script = if on {
+            format!(
+                "table bridge sb_partition {{\n chain cut {{\n type filter hook forward priority 0; policy accept;\n \
+                 iifname \"{port}\" ether type {{ ip, arp }} counter drop\n \
+                 oifname \"{port}\" ether type {{ ip, arp }} counter drop\n }}\n}}\n"
+            )
+        } else {
+            "delete table bridge sb_partition\n".to_owned()
+        };
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", lab.netns(), "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success(), "nft {script}");
+    }
+
+    #[test]
+    #[ignore = "tier: network namespaces (root, iproute2, nftables); ./dev test runs it"]
+    fn a_serving_master_cut_off_from_the_others_stops_and_the_majority_takes_over() {
+        tier::require(&[Tier::Netns]);
+        let tmp = tempfile::tempdir().unwrap();
+        // Each master in a namespace of its own, its port on the lab's bridge: Raft
+        // between them crosses the bridge, where the partition is made.
+        let lab = Lab::new("cl-part", 3).unwrap();
+        let nss: Vec<Netns> = (0..3)
+            .map(|i| Netns::new(&format!("clm{i}")).unwrap())
+            .collect();
+        for (i, ns) in nss.iter().enumerate() {
+            let st = Command::new("ip")
+                .args([
+                    "-n",
+                    lab.netns(),
+                    "link",
+                    "set",
+                    &lab.port(i),
+                    "netns",
+                    ns.name(),
+                ])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            ns.ip_batch(&format!(
+                "link set {p} up\naddr add 10.77.0.{n}/24 dev {p}\n",
+                p = lab.port(i),
+                n = i + 1
+            ))
+            .unwrap();
+        }
+        let addr = |i: u64| format!("10.77.0.{i}:7400");
+        let mut members: Vec<Member> = (1..=3)
+            .map(|id| Member {
+                id,
+                state: tmp.path().join(format!("m{id}")),
+                child: None,
+            })
+            .collect();
+        init(&members, &addr);
+        for m in &mut members {
+            let i = idx(m.id);
+            start_in(nss[i].name(), &lab.port(i), m);
+        }
+        let (first, st1) = serving(&members, None);
+        // Settled: every member sees three voters.
+        let deadline = Instant::now() + WAIT;
+        while !members.iter().all(|m| {
+            status(&m.state).is_some_and(|s| s.members.iter().filter(|x| x.voter).count() == 3)
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "cluster not made: {}",
+                logs(&members)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        add_node(&members[0].state, 1);
+
+        // Cut the serving master off from the others (not from the backplane).
+        let cut = lab.bridge_port(idx(first));
+        partition(&lab, &cut, true);
+        let t0 = Instant::now();
+        let (second, st2) = serving(&members, Some(first));
+        eprintln!(
+            "master {first} cut off; master {second} serves after {:?} (epoch {} -> {})",
+            t0.elapsed(),
+            st1.epoch,
+            st2.epoch
+        );
+        assert!(st2.epoch > st1.epoch);
+        let old = status(&members[idx(first)].state).unwrap();
+        assert!(!old.serving, "the cut-off master stopped serving: {old:#?}");
+        // The majority side goes on writing.
+        for m in members.iter().filter(|m| m.id != first) {
+            add_node(&m.state, 20 + u32::try_from(m.id).unwrap());
+        }
+
+        // Healed: one master serves, the cut-off one catches up.
+        partition(&lab, &cut, false);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let st: Vec<Option<ClusterStatus>> = members.iter().map(|m| status(&m.state)).collect();
+            let applied: Vec<Option<u64>> = st
+                .iter()
+                .map(|s| s.as_ref().and_then(|s| s.applied_index))
+                .collect();
+            if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not converge: {st:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (now, _) = serving(&members, None);
+        eprintln!("healed: master {now} serves");
+        for m in &mut members {
+            stop(m, Signal::SIGTERM);
+        }
+        let dumps: Vec<String> = members
+            .iter()
+            .map(|m| {
+                SqliteStore::open(&m.state.join("master.db"))
+                    .unwrap()
+                    .dump()
+                    .unwrap()
+            })
+            .collect();
+        assert!(dumps[0].contains("02:77:00:00:00:16"), "{}", dumps[0]);
         for (m, d) in members.iter().zip(&dumps) {
             assert_eq!(d, &dumps[0], "master {} differs from master 1", m.id);
         }
