@@ -245,6 +245,67 @@ mod tests {
             assert_eq!(macs(&m.state), want, "master {}", m.id);
         }
 
+        // An import through a follower: before it returns, every master holds the release
+        // and its blobs.
+        let follower = members.iter().find(|m| m.id != first).unwrap();
+        let dir = tmp.path().join("release");
+        std::fs::create_dir_all(dir.join("files")).unwrap();
+        let kernel: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let base: Vec<u8> = (0..2_500_000u32)
+            .map(|i| (i * 13 + i / 509) as u8)
+            .collect();
+        std::fs::write(dir.join("files/kernel.img"), &kernel).unwrap();
+        std::fs::write(dir.join("files/base.sqfs"), &base).unwrap();
+        std::fs::write(
+            dir.join("system.toml"),
+            "[release]\nname = \"shelf-os\"\nversion = \"1.0.0\"\n\n\
+             [[boot]]\nname = \"lc-kernel\"\nversion = \"6.1.0\"\ncard_type = \"lc\"\n\
+             arch = \"x86_64\"\nimage = \"files/kernel.img\"\ncmdline = \"console=ttyS0\"\n\n\
+             [[package]]\nname = \"base\"\nversion = \"1.0.0\"\narch = \"x86_64\"\n\
+             file = \"files/base.sqfs\"\nprovides = []\ndepends = {}\n\n\
+             [[class]]\nname = \"linecards\"\nmatch = { card_types = [\"lc\"] }\n\
+             boot = \"lc-kernel\"\npackages = {}\n\n[defaults]\npackages = { base = \"^1\" }\n",
+        )
+        .unwrap();
+        let vendor = dir.join("vendor");
+        let vendor_s = vendor.to_str().unwrap();
+        ok(&follower.state, &["keygen", "--out", vendor_s]);
+        ok(
+            &follower.state,
+            &["trust", "add", &format!("{vendor_s}.pub")],
+        );
+        let image = dir.join("release.img");
+        ok(
+            &follower.state,
+            &[
+                "pack",
+                dir.join("system.toml").to_str().unwrap(),
+                "--key",
+                &format!("{vendor_s}.key"),
+                "--out",
+                image.to_str().unwrap(),
+            ],
+        );
+        ok(&follower.state, &["import", image.to_str().unwrap()]);
+        let digests: Vec<String> = [&kernel, &base]
+            .iter()
+            .map(|b| {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(b))
+            })
+            .collect();
+        for m in &members {
+            assert!(
+                ok(&m.state, &["releases"]).contains("shelf-os"),
+                "master {} lists the release",
+                m.id
+            );
+            for d in &digests {
+                let path = m.state.join("blobs/sha256").join(&d[..2]).join(&d[2..]);
+                assert!(path.is_file(), "master {} holds blob {d}", m.id);
+            }
+        }
+
         // Kill the serving master: another takes over with a higher epoch.
         let t0 = Instant::now();
         stop(&mut members[idx(first)], Signal::SIGKILL);
