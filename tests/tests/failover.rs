@@ -257,13 +257,23 @@ mod tests {
             (c.join().unwrap(), took)
         });
         eprintln!("takeover in {took:?}");
+        // Stopped with SIGTERM, each within the bound (a master must not hang on a write
+        // its lost quorum cannot commit).
         for m in &mut members {
             if let Some(mut c) = m.child.take() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(c.id().cast_signed()),
                     nix::sys::signal::Signal::SIGTERM,
                 );
-                let _ = c.wait();
+                let deadline = Instant::now() + WAIT;
+                while c.try_wait().unwrap().is_none() {
+                    if Instant::now() >= deadline {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        panic!("master {} did not stop on SIGTERM within {WAIT:?}", m.id);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
         assert_all_fetched(&reports);

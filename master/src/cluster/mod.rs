@@ -847,7 +847,30 @@ impl Cluster {
             if left.is_zero() {
                 return Err(ClusterError::NoLeader(WRITE_TIMEOUT));
             }
-            let leader = match self.raft.client_write(op.clone()).await {
+            // A leader that loses its quorum keeps the entry but cannot commit it: the
+            // write is given up (of unknown outcome: a returning quorum may still commit
+            // it) once no quorum has answered for an election timeout, or at the deadline.
+            let write = self.raft.client_write(op.clone());
+            tokio::pin!(write);
+            let taken = loop {
+                tokio::select! {
+                    r = &mut write => break Some(r),
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {
+                        if Instant::now() >= deadline || self.quorum_lost() {
+                            break None;
+                        }
+                    }
+                }
+            };
+            let Some(taken) = taken else {
+                return Err(ClusterError::Unknown {
+                    leader: self.cfg.id,
+                    message: format!(
+                        "this master leads but no quorum of the members acknowledged it for {ELECTION_MAX_MS} ms"
+                    ),
+                });
+            };
+            let leader = match taken {
                 Ok(r) => return Ok(r.data.result),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     f.leader_id.zip(f.leader_node)
@@ -1068,6 +1091,14 @@ impl Cluster {
             }
         };
         r.map_err(|message| ClusterError::Refused { leader, message })
+    }
+
+    /// This member leads but has not heard from a quorum for an election timeout.
+    fn quorum_lost(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader
+            && m.millis_since_quorum_ack
+                .is_none_or(|ms| ms > ELECTION_MAX_MS)
     }
 
     /// Stops the Raft node (the databases stay as they are).

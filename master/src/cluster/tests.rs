@@ -434,3 +434,40 @@ fn every_acknowledged_write_survives_repeated_failovers_exactly_once() {
         }
     }
 }
+
+#[test]
+fn a_leader_that_loses_its_quorum_gives_up_a_write_as_of_unknown_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = configs(3);
+    let mut members: Vec<Option<Arc<Cluster>>> =
+        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
+    let first = serving(&members);
+    settled(&members);
+    for (i, m) in members.iter_mut().enumerate() {
+        if i != first {
+            m.take().unwrap().shutdown();
+        }
+    }
+    let leader = members[first].take().unwrap();
+    let t0 = Instant::now();
+    let e = leader
+        .write(Op::RecordIdentity {
+            id: identity(7),
+            now: 6000,
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClusterError::Unknown { message, .. } if message.contains("no quorum")),
+        "{e}"
+    );
+    assert!(
+        t0.elapsed() < WRITE_TIMEOUT,
+        "given up at once, not at the deadline"
+    );
+    assert_eq!(
+        leader.serving(),
+        None,
+        "a leader without a quorum does not serve"
+    );
+    leader.shutdown();
+}
