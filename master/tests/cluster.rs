@@ -245,9 +245,18 @@ mod tests {
             assert_eq!(macs(&m.state), want, "master {}", m.id);
         }
 
+        // A fleet order belongs to the serving master: a follower names it.
+        let follower = members.iter().find(|m| m.id != first).unwrap();
+        let refused = cli(&follower.state, &["warm-boot"]);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success()
+                && err.contains(&format!("the serving master is member {first}")),
+            "{err}"
+        );
+
         // An import through a follower: before it returns, every master holds the release
         // and its blobs.
-        let follower = members.iter().find(|m| m.id != first).unwrap();
         let dir = tmp.path().join("release");
         std::fs::create_dir_all(dir.join("files")).unwrap();
         let kernel: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();

@@ -321,6 +321,12 @@ pub fn execute<S: Store>(
         Request::Gc { keep } => Reply::Gc(m.gc(usize::try_from(keep).unwrap_or(usize::MAX))?),
         Request::Fleet { action, target } => {
             if backplane == Backplane::Unserved {
+                if let Some(c) = m.store().cluster() {
+                    return Err(MasterError::NotLeading {
+                        action,
+                        leader: c.status().leader,
+                    });
+                }
                 return Err(MasterError::NotServing(action));
             }
             let o = FleetOrder { action, target };

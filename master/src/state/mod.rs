@@ -90,6 +90,14 @@ pub enum MasterError {
         "this master is not in a cluster (its state directory has no cluster.toml; see `master cluster init`)"
     )]
     NotClustered,
+    #[error(
+        "cannot order {action}: this master does not serve the backplane (the serving master is {}); give the order there",
+        leader.map_or_else(|| "not known: an election is under way".to_owned(), |l| format!("member {l}"))
+    )]
+    NotLeading {
+        action: FleetAction,
+        leader: Option<u64>,
+    },
     #[error("masters' cluster")]
     Cluster(#[source] Box<crate::cluster::ClusterError>),
     #[error(
