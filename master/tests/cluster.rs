@@ -259,9 +259,11 @@ mod tests {
         // and its blobs.
         let dir = tmp.path().join("release");
         std::fs::create_dir_all(dir.join("files")).unwrap();
-        let kernel: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let kernel: Vec<u8> = (0..300_000u32)
+            .map(|i| (i * 7 + i / 251).to_le_bytes()[0])
+            .collect();
         let base: Vec<u8> = (0..2_500_000u32)
-            .map(|i| (i * 13 + i / 509) as u8)
+            .map(|i| (i * 13 + i / 509).to_le_bytes()[0])
             .collect();
         std::fs::write(dir.join("files/kernel.img"), &kernel).unwrap();
         std::fs::write(dir.join("files/base.sqfs"), &base).unwrap();
