@@ -849,8 +849,11 @@ impl<V: Volumes> Agent<V> {
     /// and the new plan resumes it. Acted on once per announced epoch, so a forged
     /// announcement costs at most one Solicit; the epoch the card obeys still comes only
     /// from signed plans and commands.
+    ///
+    /// A card that has obeyed no master yet (epoch 0) has nobody to be taken over from:
+    /// its Solicit is already on its way to whoever serves.
     fn on_master_epoch(&mut self, now: Instant, src: MacAddr, epoch: u64) {
-        if epoch <= self.epoch || epoch <= self.announced {
+        if self.epoch == 0 || epoch <= self.epoch || epoch <= self.announced {
             return;
         }
         let fetching = match &self.state {

@@ -1181,3 +1181,21 @@ fn a_plan_of_a_lower_epoch_than_one_obeyed_is_dropped() {
     let outs = agent.handle_frame(t0, &plan_of_epoch(&h, &s, &refs, 5));
     assert_eq!(agent.counters().plans_accepted, 1, "{outs:?}");
 }
+
+#[test]
+fn a_card_that_obeyed_no_master_yet_ignores_epoch_announcements() {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), store(&vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    // The master that starts serving announces itself while the first Solicit is out.
+    let now = t0 + Duration::from_millis(1);
+    let mut outs = agent.handle_frame(now, &heartbeat_from(MASTER, 7));
+    outs.extend(agent.tick(now));
+    assert!(frames(&outs).is_empty(), "no second Solicit: {outs:?}");
+    assert_eq!(agent.counters().epoch_changes, 0);
+    // Its plan, answering the first Solicit, is taken.
+    let (refs, _) = set();
+    let _ = agent.handle_frame(now, &plan_of_epoch(&h, &s, &refs, 7));
+    assert_eq!(agent.counters().plans_accepted, 1);
+}
