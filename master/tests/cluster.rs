@@ -146,6 +146,47 @@ mod tests {
             .collect()
     }
 
+    /// Waits (bounded) until every member has applied the log as far as the others.
+    fn converged(members: &[Member]) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let st: Vec<Option<ClusterStatus>> = members.iter().map(|m| status(&m.state)).collect();
+            let applied: Vec<Option<u64>> = st
+                .iter()
+                .map(|s| s.as_ref().and_then(|s| s.applied_index))
+                .collect();
+            if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not converge: {st:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops every member (SIGTERM) and checks their databases dump the same, row for
+    /// row, and hold `mac`.
+    fn stop_and_compare(members: &mut [Member], mac: &str) {
+        for m in members.iter_mut() {
+            stop(m, Signal::SIGTERM);
+        }
+        let dumps: Vec<String> = members
+            .iter()
+            .map(|m| {
+                SqliteStore::open(&m.state.join("master.db"))
+                    .unwrap()
+                    .dump()
+                    .unwrap()
+            })
+            .collect();
+        assert!(dumps[0].contains(mac), "{}", dumps[0]);
+        for (m, d) in members.iter().zip(&dumps) {
+            assert_eq!(d, &dumps[0], "master {} differs from master 1", m.id);
+        }
+    }
+
     fn add_node(state: &Path, n: u32) {
         let mac = format!("02:77:00:00:00:{n:02x}");
         ok(
@@ -189,7 +230,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let lab = Lab::new("cluster-3", 3).unwrap();
         let addr = |i: u64| format!("127.0.0.1:{}", 7400 + i);
-        let member_args: Vec<String> = (1..=3).map(|i| format!("{i}={}", addr(i))).collect();
         let mut members: Vec<Member> = (1..=3)
             .map(|id| Member {
                 id,
@@ -197,16 +237,7 @@ mod tests {
                 child: None,
             })
             .collect();
-        for m in &members {
-            let mut args = vec!["cluster".to_owned(), "init".into(), "--id".into()];
-            args.push(m.id.to_string());
-            args.extend(["--listen".into(), addr(m.id)]);
-            for a in &member_args {
-                args.extend(["--member".into(), a.clone()]);
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            ok(&m.state, &args);
-        }
+        init(&members, &addr);
         // Without a running serve, a member refuses to change its databases alone.
         let refused = cli(
             &members[0].state,
@@ -336,44 +367,14 @@ mod tests {
 
         // The killed master comes back as a follower and catches up; one master serves.
         start(&lab, &mut members[idx(first)]);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let st: Vec<Option<ClusterStatus>> = members.iter().map(|m| status(&m.state)).collect();
-            let applied: Vec<Option<u64>> = st
-                .iter()
-                .map(|s| s.as_ref().and_then(|s| s.applied_index))
-                .collect();
-            if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "members did not converge: {st:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        converged(&members);
         let (third, _) = serving(&members, None);
         assert_eq!(third, second, "the returning master does not take over");
         let back = status(&members[idx(first)].state).unwrap();
         assert!(!back.serving && back.role == "follower", "{back:#?}");
 
         // Stopped cleanly, every member's databases are the same, row for row.
-        for m in &mut members {
-            stop(m, Signal::SIGTERM);
-        }
-        let dumps: Vec<String> = members
-            .iter()
-            .map(|m| {
-                SqliteStore::open(&m.state.join("master.db"))
-                    .unwrap()
-                    .dump()
-                    .unwrap()
-            })
-            .collect();
-        assert!(dumps[0].contains("02:77:00:00:00:0b"), "{}", dumps[0]);
-        for (m, d) in members.iter().zip(&dumps) {
-            assert_eq!(d, &dumps[0], "master {} differs from master 1", m.id);
-        }
+        stop_and_compare(&mut members, "02:77:00:00:00:0b");
     }
 
     fn init(members: &[Member], addr: &dyn Fn(u64) -> String) {
@@ -496,39 +497,9 @@ mod tests {
 
         // Healed: one master serves, the cut-off one catches up.
         partition(&lab, &cut, false);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let st: Vec<Option<ClusterStatus>> = members.iter().map(|m| status(&m.state)).collect();
-            let applied: Vec<Option<u64>> = st
-                .iter()
-                .map(|s| s.as_ref().and_then(|s| s.applied_index))
-                .collect();
-            if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "members did not converge: {st:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        converged(&members);
         let (now, _) = serving(&members, None);
         eprintln!("healed: master {now} serves");
-        for m in &mut members {
-            stop(m, Signal::SIGTERM);
-        }
-        let dumps: Vec<String> = members
-            .iter()
-            .map(|m| {
-                SqliteStore::open(&m.state.join("master.db"))
-                    .unwrap()
-                    .dump()
-                    .unwrap()
-            })
-            .collect();
-        assert!(dumps[0].contains("02:77:00:00:00:16"), "{}", dumps[0]);
-        for (m, d) in members.iter().zip(&dumps) {
-            assert_eq!(d, &dumps[0], "master {} differs from master 1", m.id);
-        }
+        stop_and_compare(&mut members, "02:77:00:00:00:16");
     }
 }
