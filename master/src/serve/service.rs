@@ -708,6 +708,7 @@ impl<S: Store> Service<S> {
         let whole_len = Message::Plan(msg::Plan {
             body: body.clone(),
             signature: msg::Signature([0; msg::SIGNATURE_LEN]),
+            cert: None,
         })
         .encode_long_body()
         .map(|b| b.len());
