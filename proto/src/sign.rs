@@ -88,7 +88,7 @@ pub enum SignError {
     },
     /// No key of the anchor verifies the signature.
     #[error(
-        "{domain} signature does not verify under any of the {keys} trusted key(s): rejected; check that the card's trust anchor holds the master's public key"
+        "{domain} signature does not verify under any of the {keys} trusted key(s): rejected; check that the card's trust anchor holds the master's public key (STATE/plan.anchor), or, in a cluster, that the master has a certificate by the shelf key (STATE/plan.cert, `master cluster certify`)"
     )]
     Untrusted { domain: Domain, keys: usize },
     /// The plan answers another Solicit.
