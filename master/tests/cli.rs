@@ -265,4 +265,69 @@ mod tests {
 
         assert_eq!(master(dir, &["decode"]).status.code(), Some(2));
     }
+
+    #[test]
+    fn cluster_certify_writes_the_certificate_and_serve_refuses_one_of_another_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        ok(dir, &["keygen", "-o", "shelf"]);
+        ok(dir, &["keygen", "-o", "state/plan"]);
+        let out = ok(dir, &["cluster", "certify", "--shelf-key", "shelf.key"]);
+        assert!(
+            out.contains("plan.cert: plan key") && out.contains("certified by shelf key"),
+            "{out}"
+        );
+        let cert = std::fs::read_to_string(dir.join("state/plan.cert")).unwrap();
+        assert!(cert.starts_with("shelfboot-master-cert "), "{cert}");
+        // Never over an existing certificate.
+        let out = master(dir, &["cluster", "certify", "--shelf-key", "shelf.key"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("must not exist yet"), "{err}");
+        // A public key is no shelf secret key.
+        let out = master(
+            dir,
+            &[
+                "cluster",
+                "certify",
+                "--shelf-key",
+                "shelf.pub",
+                "--out",
+                "x.cert",
+            ],
+        );
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("shelf.pub is not a shelfboot secret key file"),
+            "{err}"
+        );
+        // Another key's certificate in place of this master's: serve refuses to start.
+        ok(dir, &["keygen", "-o", "other"]);
+        ok(
+            dir,
+            &[
+                "cluster",
+                "certify",
+                "--shelf-key",
+                "shelf.key",
+                "--plan-pub",
+                "other.pub",
+                "--out",
+                "other.cert",
+            ],
+        );
+        std::fs::rename(dir.join("other.cert"), dir.join("state/plan.cert")).unwrap();
+        let cfg = shelfboot_master::serve::ServeConfig::new("unused", &dir.join("state"));
+        let err = shelfboot_master::serve::load_key(&cfg).unwrap_err();
+        let chain: Vec<String> = shelfboot_proto::report::causes(&err)
+            .map(|c| c.to_string())
+            .collect();
+        let text = chain.join(": ");
+        assert!(
+            text.contains("plan.cert") && text.contains("but this master signs with plan key"),
+            "{text}"
+        );
+    }
 }

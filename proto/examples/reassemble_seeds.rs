@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             report_inventory: false,
         },
         signature: Signature([7; 64]),
+        cert: None,
     });
     let frames = match encode_frames(&samples::link(), &Header::new(plan.msg_type(), 1, 1), &plan) {
         Ok(f) => f,

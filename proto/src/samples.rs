@@ -75,6 +75,7 @@ pub fn every_message() -> Vec<Message> {
                 report_inventory: false,
             },
             signature: Signature([9; 64]),
+            cert: None,
         }),
         Message::Fetch(Fetch {
             artifact: Digest([1; 32]),
@@ -119,6 +120,7 @@ pub fn every_message() -> Vec<Message> {
                 serial: 1,
             },
             signature: Signature([8; 64]),
+            cert: None,
         }),
         Message::Inventory(Inventory {
             inventory: vec![artifact(ArtifactKind::Package, "base", 2)],

@@ -9,14 +9,21 @@
 //! | Plan     | `shelfboot/plan/v1\0`          | [`PlanBody`] (holds the card nonce) |
 //! | Command  | `shelfboot/command/v1\0`       | [`CommandBody`]                   |
 //! | Manifest | `shelfboot/manifest/v1\0`      | the manifest bytes, as given      |
+//! | MasterCert | `shelfboot/master-cert/v1\0` | [`MasterCertBody`] (the certified key) |
 //!
-//! A plan is accepted only if its signature verifies under a key of the [`TrustAnchor`],
-//! its nonce is the one the card sent in its Solicit, and its digest is the
-//! [`set_digest`] of its artifacts and command line. Verification uses `verify_strict`
-//! (rejects malleable and small-order signatures).
+//! A plan or command is signed by a *trusted* key: a key of the [`TrustAnchor`] itself, or
+//! the master plan key named by the [`MasterCert`] the message carries (`mc`) when that
+//! certificate is signed by a key of the anchor. In a cluster of masters the anchor holds
+//! one *shelf key* that certifies every master's plan key, so a new or replaced master
+//! needs a certificate, not a new initramfs. A certificate vouches for plan and command
+//! signatures only: manifests are verified under anchor keys alone.
+//!
+//! A plan is accepted only if it is signed by a trusted key, its nonce is the one the card
+//! sent in its Solicit, and its digest is the [`set_digest`] of its artifacts and command
+//! line. Verification uses `verify_strict` (rejects malleable and small-order signatures).
 //!
 //! This module does not store keys on disk or decide which keys to trust: mkinitramfs bakes
-//! the anchor into the initramfs and the master holds the signing key.
+//! the anchor into the initramfs and the master holds the signing key and its certificate.
 
 use std::fmt;
 
@@ -24,7 +31,10 @@ use ed25519_dalek::Signer as _;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::msg::{Command, CommandBody, Digest, Nonce, Plan, PlanBody, Signature, set_digest};
+use crate::msg::{
+    Command, CommandBody, Digest, MasterCert, MasterCertBody, Nonce, Plan, PlanBody, Signature,
+    set_digest,
+};
 
 /// Length of a public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
@@ -38,6 +48,8 @@ pub enum Domain {
     Command,
     /// A composite-image manifest.
     Manifest,
+    /// A [`MasterCertBody`]: a shelf key certifying a master's plan key.
+    MasterCert,
 }
 
 impl Domain {
@@ -47,6 +59,7 @@ impl Domain {
             Domain::Plan => b"shelfboot/plan/v1\0",
             Domain::Command => b"shelfboot/command/v1\0",
             Domain::Manifest => b"shelfboot/manifest/v1\0",
+            Domain::MasterCert => b"shelfboot/master-cert/v1\0",
         }
     }
 }
@@ -57,6 +70,7 @@ impl fmt::Display for Domain {
             Domain::Plan => "plan",
             Domain::Command => "command",
             Domain::Manifest => "manifest",
+            Domain::MasterCert => "master certificate",
         };
         f.write_str(s)
     }
@@ -74,7 +88,7 @@ pub enum SignError {
     },
     /// No key of the anchor verifies the signature.
     #[error(
-        "{domain} signature does not verify under any of the {keys} trusted key(s): rejected; check that the card's trust anchor holds the master's public key"
+        "{domain} signature does not verify under any of the {keys} trusted key(s): rejected; check that the card's trust anchor holds the master's public key (STATE/plan.anchor), or, in a cluster, that the master has a certificate by the shelf key (STATE/plan.cert, `master cluster certify`)"
     )]
     Untrusted { domain: Domain, keys: usize },
     /// The plan answers another Solicit.
@@ -103,6 +117,49 @@ pub enum SignError {
         "trust anchor of {len} bytes is not a whole number of 32-byte public keys: rebuild the anchor"
     )]
     BadAnchorLength { len: usize },
+    /// The message's signature is by no anchor key, and its master certificate is signed by
+    /// none either.
+    #[error(
+        "master certificate of plan key {certified} is not signed by any of the {keys} trusted shelf key(s): {domain} rejected; certify the master's plan.pub with the shelf key whose .pub is in the card's initramfs (`master cluster certify`), or rebuild the initramfs with that shelf key"
+    )]
+    CertUntrusted {
+        domain: Domain,
+        certified: String,
+        keys: usize,
+    },
+    /// The certificate verifies, but the message is signed by another key than the one it
+    /// certifies.
+    #[error(
+        "{domain} signature is not by plan key {certified}, the key its master certificate certifies: rejected; the master signs with another key than the certified one: certify its current plan.pub (`master cluster certify`)"
+    )]
+    NotCertifiedSigner { domain: Domain, certified: String },
+    /// A certificate signed by a trusted key whose certified key is not a curve point.
+    #[error(
+        "master certificate certifies bytes {certified} that are not a valid Ed25519 public key: rejected; certify the master's plan.pub again"
+    )]
+    BadCertKey {
+        certified: String,
+        #[source]
+        source: ed25519_dalek::SignatureError,
+    },
+    /// A certificate given to a signer for another key than the signer's.
+    #[error(
+        "the master certificate certifies plan key {certified}, but this master signs with plan key {signing}: certify this master's plan.pub (`master cluster certify`) or remove the certificate"
+    )]
+    CertMismatch { certified: String, signing: String },
+    /// Bytes that are not one canonical CBOR master certificate.
+    #[error(
+        "{len} bytes are not one master certificate (canonical CBOR {{\"b\": {{\"k\": key}}, \"s\": signature}}): write it again with `master cluster certify`"
+    )]
+    CertDecode { len: usize },
+}
+
+/// The short id of a public key, as keys are named to operators: the first 16 hex digits
+/// of the sha256 of its 32 bytes.
+pub fn key_id(key: &[u8; PUBLIC_KEY_LEN]) -> String {
+    let mut id = Digest::of(key).to_string();
+    id.truncate(16);
+    id
 }
 
 /// A signing key (master side). Its Debug output never shows the secret.
@@ -143,13 +200,106 @@ impl SigningKey {
     /// A signed plan.
     pub fn sign_plan(&self, body: PlanBody) -> Result<Plan, SignError> {
         let signature = self.sign(Domain::Plan, &canonical(Domain::Plan, &body)?);
-        Ok(Plan { body, signature })
+        Ok(Plan {
+            body,
+            signature,
+            cert: None,
+        })
     }
 
     /// A signed command.
     pub fn sign_command(&self, body: CommandBody) -> Result<Command, SignError> {
         let signature = self.sign(Domain::Command, &canonical(Domain::Command, &body)?);
-        Ok(Command { body, signature })
+        Ok(Command {
+            body,
+            signature,
+            cert: None,
+        })
+    }
+
+    /// A certificate, signed with this (shelf) key, that lets `key` sign plans and commands
+    /// for every card whose anchor holds this key.
+    pub fn certify(&self, key: &PublicKey) -> Result<MasterCert, SignError> {
+        let body = MasterCertBody {
+            key: key.to_bytes(),
+        };
+        let signature = self.sign(Domain::MasterCert, &canonical(Domain::MasterCert, &body)?);
+        Ok(MasterCert { body, signature })
+    }
+}
+
+/// What a master signs plans and commands with: its plan key and, in a cluster, the
+/// certificate of that key by the shelf key, attached to every plan and command it signs.
+#[derive(Debug)]
+pub struct MasterSigner {
+    key: SigningKey,
+    cert: Option<MasterCert>,
+}
+
+impl From<SigningKey> for MasterSigner {
+    /// A signer whose key is itself in the cards' anchor: nothing attached.
+    fn from(key: SigningKey) -> MasterSigner {
+        MasterSigner { key, cert: None }
+    }
+}
+
+impl MasterSigner {
+    /// A signer attaching `cert`, which must certify `key`.
+    pub fn certified(key: SigningKey, cert: MasterCert) -> Result<MasterSigner, SignError> {
+        let signing = key.public_key().to_bytes();
+        if cert.body.key != signing {
+            return Err(SignError::CertMismatch {
+                certified: key_id(&cert.body.key),
+                signing: key_id(&signing),
+            });
+        }
+        Ok(MasterSigner {
+            key,
+            cert: Some(cert),
+        })
+    }
+
+    /// The plan public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// The certificate attached, if any.
+    pub fn cert(&self) -> Option<&MasterCert> {
+        self.cert.as_ref()
+    }
+
+    /// A signed plan, carrying the certificate.
+    pub fn sign_plan(&self, body: PlanBody) -> Result<Plan, SignError> {
+        let mut plan = self.key.sign_plan(body)?;
+        plan.cert = self.cert;
+        Ok(plan)
+    }
+
+    /// A signed command, carrying the certificate.
+    pub fn sign_command(&self, body: CommandBody) -> Result<Command, SignError> {
+        let mut cmd = self.key.sign_command(body)?;
+        cmd.cert = self.cert;
+        Ok(cmd)
+    }
+}
+
+impl MasterCert {
+    /// The certificate's canonical CBOR bytes (what `plan.cert` files hold, hex-encoded).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SignError> {
+        canonical(Domain::MasterCert, self)
+    }
+
+    /// Parses [`MasterCert::to_bytes`]: exactly one canonical CBOR certificate. Does not
+    /// check the signature (that takes the anchor: [`TrustAnchor::verify_cert`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<MasterCert, SignError> {
+        let bad = || SignError::CertDecode { len: bytes.len() };
+        let mut rest = bytes;
+        let cert: MasterCert = ciborium::from_reader(&mut rest).map_err(|_| bad())?;
+        if !rest.is_empty() || cert.to_bytes()? != bytes {
+            return Err(bad());
+        }
+        Ok(cert)
     }
 }
 
@@ -240,14 +390,61 @@ impl TrustAnchor {
             })
     }
 
-    /// Accepts `plan` if it is signed by a trusted key, answers `nonce`, and its digest is
-    /// the set digest of its contents (a digest-only Continue, `artifacts_omitted`, carries no
+    /// The master plan key `cert` certifies, if a key of this anchor signed it.
+    pub fn verify_cert(&self, cert: &MasterCert, domain: Domain) -> Result<PublicKey, SignError> {
+        let certified = key_id(&cert.body.key);
+        self.verify(
+            Domain::MasterCert,
+            &canonical(Domain::MasterCert, &cert.body)?,
+            &cert.signature,
+        )
+        .map_err(|_| SignError::CertUntrusted {
+            domain,
+            certified: certified.clone(),
+            keys: self.keys.len(),
+        })?;
+        ed25519_dalek::VerifyingKey::from_bytes(&cert.body.key)
+            .map(PublicKey)
+            .map_err(|source| SignError::BadCertKey { certified, source })
+    }
+
+    /// The key under which `sig` signs `domain tag ‖ msg`: a key of the anchor, or else the
+    /// key `cert` certifies (if a key of the anchor signed `cert`).
+    pub fn verify_certified(
+        &self,
+        domain: Domain,
+        msg: &[u8],
+        sig: &Signature,
+        cert: Option<&MasterCert>,
+    ) -> Result<PublicKey, SignError> {
+        let direct = self.verify(domain, msg, sig);
+        let Some(cert) = cert else {
+            return direct.copied();
+        };
+        if let Ok(k) = direct {
+            return Ok(*k);
+        }
+        let certified = self.verify_cert(cert, domain)?;
+        if certified.verify(domain, msg, sig) {
+            Ok(certified)
+        } else {
+            Err(SignError::NotCertifiedSigner {
+                domain,
+                certified: key_id(&cert.body.key),
+            })
+        }
+    }
+
+    /// Accepts `plan` if it is signed by a trusted key (an anchor key, or the key of its
+    /// certificate signed by an anchor key), answers `nonce`, and its digest is the set
+    /// digest of its contents (a digest-only Continue, `artifacts_omitted`, carries no
     /// contents: the caller must compare its digest with the committed set).
     pub fn verify_plan(&self, plan: &Plan, nonce: &Nonce) -> Result<(), SignError> {
-        self.verify(
+        self.verify_certified(
             Domain::Plan,
             &canonical(Domain::Plan, &plan.body)?,
             &plan.signature,
+            plan.cert.as_ref(),
         )?;
         if &plan.body.nonce != nonce {
             return Err(SignError::NonceMismatch);
@@ -266,13 +463,15 @@ impl TrustAnchor {
         Ok(())
     }
 
-    /// Accepts `cmd` if it is signed by a trusted key. Epoch and serial checks (replay) are
-    /// the card state machine's.
+    /// Accepts `cmd` if it is signed by a trusted key (an anchor key, or the key of its
+    /// certificate signed by an anchor key). Epoch and serial checks (replay) are the card
+    /// state machine's.
     pub fn verify_command(&self, cmd: &Command) -> Result<(), SignError> {
-        self.verify(
+        self.verify_certified(
             Domain::Command,
             &canonical(Domain::Command, &cmd.body)?,
             &cmd.signature,
+            cmd.cert.as_ref(),
         )
         .map(|_| ())
     }
@@ -419,6 +618,122 @@ mod tests {
             TrustAnchor::from_bytes(&file),
             Err(SignError::BadPublicKey { index: 2, .. })
         ));
+    }
+
+    #[test]
+    fn plan_and_command_of_a_certified_key_verify_under_the_shelf_key() {
+        let shelf = key(10);
+        let master = key(11);
+        let anchor = TrustAnchor::new(vec![key(2).public_key(), shelf.public_key()]);
+        let cert = shelf.certify(&master.public_key()).unwrap();
+        let signer = MasterSigner::certified(key(11), cert).unwrap();
+        let plan = signer.sign_plan(body()).unwrap();
+        assert_eq!(plan.cert, Some(cert));
+        anchor.verify_plan(&plan, &[5; 16]).unwrap();
+        let cmd = signer
+            .sign_command(CommandBody {
+                action: Action::Reset,
+                target: None,
+                epoch: 2,
+                serial: 1,
+            })
+            .unwrap();
+        anchor.verify_command(&cmd).unwrap();
+        // The certificate is what makes the key trusted: without it, the plan is untrusted.
+        let mut bare = plan.clone();
+        bare.cert = None;
+        assert!(matches!(
+            anchor.verify_plan(&bare, &[5; 16]),
+            Err(SignError::Untrusted { keys: 2, .. })
+        ));
+        // The other checks still apply to a certified plan.
+        assert!(matches!(
+            anchor.verify_plan(&plan, &[6; 16]),
+            Err(SignError::NonceMismatch)
+        ));
+    }
+
+    #[test]
+    fn certificate_rejections_name_what_failed() {
+        let shelf = key(10);
+        let anchor = TrustAnchor::new(vec![shelf.public_key()]);
+        // Certified by a key the card does not trust.
+        let rogue_cert = key(12).certify(&key(11).public_key()).unwrap();
+        let plan = MasterSigner::certified(key(11), rogue_cert)
+            .unwrap()
+            .sign_plan(body())
+            .unwrap();
+        let err = anchor.verify_plan(&plan, &[5; 16]).unwrap_err();
+        assert!(
+            matches!(&err, SignError::CertUntrusted { domain: Domain::Plan, keys: 1, certified }
+                if *certified == key_id(&key(11).public_key().to_bytes())),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("master cluster certify"), "{err}");
+        // A genuine certificate of key 11 attached to a plan signed by key 13.
+        let cert = shelf.certify(&key(11).public_key()).unwrap();
+        let mut plan = key(13).sign_plan(body()).unwrap();
+        plan.cert = Some(cert);
+        assert!(matches!(
+            anchor.verify_plan(&plan, &[5; 16]),
+            Err(SignError::NotCertifiedSigner {
+                domain: Domain::Plan,
+                ..
+            })
+        ));
+        // A certificate whose key was changed after signing.
+        let mut forged = cert;
+        forged.body.key = key(13).public_key().to_bytes();
+        plan.cert = Some(forged);
+        assert!(matches!(
+            anchor.verify_plan(&plan, &[5; 16]),
+            Err(SignError::CertUntrusted { .. })
+        ));
+        // A certificate is no manifest signature, and a plan signature no certificate.
+        let sig = shelf.sign(
+            Domain::Plan,
+            &canonical(Domain::MasterCert, &cert.body).unwrap(),
+        );
+        let mut swapped = cert;
+        swapped.signature = sig;
+        assert!(anchor.verify_cert(&swapped, Domain::Plan).is_err());
+        assert!(
+            anchor
+                .verify_manifest(
+                    &canonical(Domain::MasterCert, &cert.body).unwrap(),
+                    &cert.signature
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn signer_refuses_a_certificate_of_another_key() {
+        let cert = key(10).certify(&key(11).public_key()).unwrap();
+        let err = MasterSigner::certified(key(12), cert).unwrap_err();
+        assert!(
+            matches!(&err, SignError::CertMismatch { certified, signing }
+                if *certified == key_id(&key(11).public_key().to_bytes())
+                    && *signing == key_id(&key(12).public_key().to_bytes())),
+            "{err:?}"
+        );
+        assert!(MasterSigner::from(key(12)).cert().is_none());
+    }
+
+    #[test]
+    fn certificate_bytes_round_trip_strictly() {
+        let cert = key(10).certify(&key(11).public_key()).unwrap();
+        let bytes = cert.to_bytes().unwrap();
+        assert_eq!(bytes.len(), 108);
+        assert_eq!(MasterCert::from_bytes(&bytes).unwrap(), cert);
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        for bad in [&bytes[..100], &trailing[..], &[][..], &[0xa0][..]] {
+            assert!(matches!(
+                MasterCert::from_bytes(bad),
+                Err(SignError::CertDecode { len }) if len == bad.len()
+            ));
+        }
     }
 
     #[test]

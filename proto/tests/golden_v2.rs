@@ -5,7 +5,9 @@
 //! Version 2 keeps every version-1 body (pinned in `golden_v1.rs`, which still passes) and
 //! adds: the version byte 2, the `FRAGMENT` flag and the fragment header, the Inventory
 //! message (0x0c), the Solicit's `io`, the plan's `ao` and `ri`, and the error reason
-//! MessageTooLarge. Those, and a v2 frame of every message type, are pinned here.
+//! MessageTooLarge; later, within version 2, the master certificate (`mc`) of plans and
+//! commands, absent unless the master's plan key is certified by a shelf key. Those, and a
+//! v2 frame of every message type, are pinned here.
 
 #[cfg(test)]
 mod v2 {
@@ -15,7 +17,7 @@ mod v2 {
     };
     use shelfboot_proto::frame::{Flags, Frame, Header, Link, MacAddr, MessageType};
     use shelfboot_proto::msg::*;
-    use shelfboot_proto::sign::SigningKey;
+    use shelfboot_proto::sign::{Domain, MasterSigner, SigningKey, TrustAnchor};
     use shelfboot_proto::{
         DEFAULT_ETHERTYPE, MAX_CONTROL_BODY_LEN, MAX_FRAME_LEN, MAX_MESSAGE_LEN, samples, version,
     };
@@ -358,6 +360,89 @@ mod v2 {
             627576a2626c6f01626869026174783870726f746f636f6c2076657273696f6e
             2033206e6f7420737570706f727465643b207468697320706565722073706561
             6b7320312e2e3d32d320878e
+            ",
+        );
+    }
+
+    /// The master certificate: its domain tag, its bytes, a plan and a command carrying it.
+    #[test]
+    fn master_cert_v2() {
+        let shelf = SigningKey::from_seed(&[0x51; 32]);
+        let master = SigningKey::from_seed(&[0x42; 32]);
+        assert_eq!(Domain::MasterCert.tag(), b"shelfboot/master-cert/v1\0");
+        check(
+            "shelf public key",
+            &shelf.public_key().to_bytes(),
+            "
+            c050c5637a44fa8629fff3cccce2300cb362a63d99d95fc54145266f4332445a
+            ",
+        );
+        let cert = shelf.certify(&master.public_key()).unwrap();
+        check(
+            "master certificate",
+            &cert.to_bytes().unwrap(),
+            "
+            a26162a1616b58202152f8d19b791d24453242e15f2eab6cb7cffa7b6a5ed300
+            97960e069881db1261735840fd0012da3e7a955880c13b1b5fd7c25ec5b25525
+            96ff320623706e26a5a48c9c3e47618b4a401e0547bbc8d0a50384797cd2e04b
+            91b1d96fc40476ae9fbe1c01
+            ",
+        );
+        let signer = MasterSigner::certified(master, cert).unwrap();
+        let anchor = TrustAnchor::new(vec![shelf.public_key()]);
+        let artifacts = vec![pkg(1)];
+        let plan = signer
+            .sign_plan(PlanBody {
+                digest: set_digest(&artifacts, "quiet"),
+                artifacts,
+                cmdline: "quiet".into(),
+                persist: true,
+                verdict: Verdict::Fetch,
+                nonce: NONCE,
+                epoch: 7,
+                artifacts_omitted: false,
+                report_inventory: false,
+            })
+            .unwrap();
+        anchor.verify_plan(&plan, &NONCE).unwrap();
+        check(
+            "plan with a master certificate",
+            &body(Message::Plan(plan)),
+            "
+            a36162a7616181a5616b6170616e784030303030303030303030303030303030
+            3030303030303030303030303030303030303030303030303030303030303030
+            30303030303030303030303030303031617663312e3061685820010101010101
+            0101010101010101010101010101010101010101010101010101617a1903e961
+            636571756965746170f561766166616458202a1dabee9fa119a39129435ce21a
+            80b72eb3828280dba4a9ea2a6b52205afcc1616e50a5a5a5a5a5a5a5a5a5a5a5
+            a5a5a5a5a5616507617358405774358f093bcb976330ad262a19324f50f70190
+            7ea6ba77134e5e88416379082a35558fec52bb7e6792f1720d69af4668bd0be1
+            1ba645ce465b58367fd20a0b626d63a26162a1616b58202152f8d19b791d2445
+            3242e15f2eab6cb7cffa7b6a5ed30097960e069881db1261735840fd0012da3e
+            7a955880c13b1b5fd7c25ec5b2552596ff320623706e26a5a48c9c3e47618b4a
+            401e0547bbc8d0a50384797cd2e04b91b1d96fc40476ae9fbe1c01
+            ",
+        );
+        let cmd = signer
+            .sign_command(CommandBody {
+                action: Action::Reset,
+                target: None,
+                epoch: 7,
+                serial: 1,
+            })
+            .unwrap();
+        anchor.verify_command(&cmd).unwrap();
+        check(
+            "command with a master certificate",
+            &body(Message::Command(cmd)),
+            "
+            a36162a3616165726573657461650761710161735840ab1358c9c9c45469c42f
+            7bbdfcb915840e8773f925cf8520eded23fdecb799f1ee46ac8db1627484a1d5
+            d1e54ec50595fa2d8266728f0d2ed86597d2f884d00a626d63a26162a1616b58
+            202152f8d19b791d24453242e15f2eab6cb7cffa7b6a5ed30097960e069881db
+            1261735840fd0012da3e7a955880c13b1b5fd7c25ec5b2552596ff320623706e
+            26a5a48c9c3e47618b4a401e0547bbc8d0a50384797cd2e04b91b1d96fc40476
+            ae9fbe1c01
             ",
         );
     }

@@ -11,7 +11,7 @@ use shelfboot_proto::msg::{
     Action, Arch, ArtifactKind, ArtifactRef, BootPhase, CommandBody, Digest, ErrorReason, Handoff,
     Join, Message, PlanBody, Solicit, Verdict, decode_frame, encode_message, set_digest,
 };
-use shelfboot_proto::sign::{SigningKey, TrustAnchor};
+use shelfboot_proto::sign::{MasterSigner, SigningKey, TrustAnchor};
 use shelfboot_xfer::{Admission, ArtifactInfo, SendStep, Sender, SenderConfig};
 
 use super::rng::SplitMix;
@@ -1198,4 +1198,127 @@ fn a_card_that_obeyed_no_master_yet_ignores_epoch_announcements() {
     let (refs, _) = set();
     let _ = agent.handle_frame(now, &plan_of_epoch(&h, &s, &refs, 7));
     assert_eq!(agent.counters().plans_accepted, 1);
+}
+
+/// A plan of `set()` for the Solicit `h`/`s`, signed by `signer` (which attaches its
+/// certificate, if it has one).
+fn certified_plan_frame(signer: &MasterSigner, h: &Header, s: &Solicit) -> Vec<u8> {
+    let (refs, _) = set();
+    let body = PlanBody {
+        digest: set_digest(&refs, "console=ttyS0"),
+        artifacts: refs,
+        cmdline: "console=ttyS0".into(),
+        persist: true,
+        verdict: Verdict::Fetch,
+        nonce: s.nonce,
+        epoch: 1,
+        artifacts_omitted: false,
+        report_inventory: false,
+    };
+    encode(
+        CARD,
+        h.session,
+        &Message::Plan(signer.sign_plan(body).unwrap()),
+    )
+}
+
+/// A card whose anchor holds only the shelf key (seed 20), and its first Solicit.
+fn shelf_anchored_card(vols: &FakeVolumes, t0: Instant) -> (Agent<FakeVolumes>, Header, Solicit) {
+    let cfg = AgentConfig {
+        anchor: TrustAnchor::new(vec![SigningKey::from_seed(&[20u8; 32]).public_key()]),
+        ..config()
+    };
+    let mut agent = Agent::new(cfg, store(vols), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    (agent, h, s)
+}
+
+#[test]
+fn a_plan_from_a_master_key_certified_by_the_shelf_key_is_accepted() {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let (mut agent, h, s) = shelf_anchored_card(&vols, t0);
+    let shelf = SigningKey::from_seed(&[20u8; 32]);
+    let cert = shelf.certify(&key().public_key()).unwrap();
+    let signer = MasterSigner::certified(key(), cert).unwrap();
+    // The same master key without its certificate is not trusted by this card.
+    agent.handle_frame(
+        t0,
+        &certified_plan_frame(&MasterSigner::from(key()), &h, &s),
+    );
+    assert_eq!(agent.counters().dropped_forged, 1);
+    assert_eq!(agent.phase(), Phase::Discover);
+    let outs = agent.handle_frame(t0, &certified_plan_frame(&signer, &h, &s));
+    assert_eq!(agent.counters().plans_accepted, 1, "{outs:?}");
+    assert_eq!(agent.phase(), Phase::Fetch);
+    // Its commands are obeyed too.
+    let body = CommandBody {
+        action: Action::Reset,
+        target: Some(CARD),
+        epoch: 1,
+        serial: 1,
+    };
+    let cmd = Message::Command(signer.sign_command(body).unwrap());
+    assert_eq!(
+        decision(&agent.handle_frame(t0, &encode(CARD, 0, &cmd))),
+        Some(Decision::Reset {
+            phase: BootPhase::AfterReset
+        })
+    );
+}
+
+#[test]
+fn a_plan_whose_certificate_is_signed_by_an_untrusted_key_is_dropped_as_forged() {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let (mut agent, h, s) = shelf_anchored_card(&vols, t0);
+    let rogue_shelf = SigningKey::from_seed(&[21u8; 32]);
+    let cert = rogue_shelf.certify(&key().public_key()).unwrap();
+    let signer = MasterSigner::certified(key(), cert).unwrap();
+    let outs = agent.handle_frame(t0, &certified_plan_frame(&signer, &h, &s));
+    assert!(frames(&outs).is_empty(), "{outs:?}");
+    let c = *agent.counters();
+    assert_eq!((c.dropped_forged, c.plans_accepted), (1, 0), "{c:?}");
+    assert_eq!(agent.phase(), Phase::Discover);
+    // Nor is a command carrying it obeyed.
+    let body = CommandBody {
+        action: Action::Reset,
+        target: Some(CARD),
+        epoch: 1,
+        serial: 1,
+    };
+    let cmd = Message::Command(signer.sign_command(body).unwrap());
+    assert!(decision(&agent.handle_frame(t0, &encode(CARD, 0, &cmd))).is_none());
+    assert_eq!(agent.counters().dropped_forged, 2);
+    assert!(vols.ops().is_empty(), "nothing written: {:?}", vols.ops());
+}
+
+#[test]
+fn a_plan_signed_by_another_key_than_the_certified_one_is_dropped_as_forged() {
+    let vols = FakeVolumes::new(4096, 256);
+    let t0 = Instant::now();
+    let (mut agent, h, s) = shelf_anchored_card(&vols, t0);
+    let shelf = SigningKey::from_seed(&[20u8; 32]);
+    // A genuine certificate of the master key, attached to a plan signed by another key.
+    let cert = shelf.certify(&key().public_key()).unwrap();
+    let (refs, _) = set();
+    let body = PlanBody {
+        digest: set_digest(&refs, "console=ttyS0"),
+        artifacts: refs,
+        cmdline: "console=ttyS0".into(),
+        persist: true,
+        verdict: Verdict::Fetch,
+        nonce: s.nonce,
+        epoch: 1,
+        artifacts_omitted: false,
+        report_inventory: false,
+    };
+    let mut plan = SigningKey::from_seed(&[22u8; 32]).sign_plan(body).unwrap();
+    plan.cert = Some(cert);
+    let outs = agent.handle_frame(t0, &encode(CARD, h.session, &Message::Plan(plan)));
+    assert!(frames(&outs).is_empty(), "{outs:?}");
+    let c = *agent.counters();
+    assert_eq!((c.dropped_forged, c.plans_accepted), (1, 0), "{c:?}");
+    assert_eq!(agent.phase(), Phase::Discover);
+    assert!(vols.ops().is_empty(), "nothing written: {:?}", vols.ops());
 }

@@ -269,6 +269,23 @@ pub enum ClusterCmd {
         #[arg(value_delimiter = ',', required = true)]
         ids: Vec<u64>,
     },
+    /// Certify a master's plan key with the shelf key: writes the certificate that
+    /// `master serve` attaches to every plan and command (from STATE/plan.cert), so that
+    /// cards whose initramfs trusts the shelf key obey this master. Run it where the shelf
+    /// key is kept; copy plan.pub there and plan.cert back.
+    Certify {
+        /// The shelf secret key (`master keygen --out shelf` makes shelf.key and shelf.pub;
+        /// shelf.pub goes into the initramfs with `mkinitramfs --trust`).
+        #[arg(long)]
+        shelf_key: PathBuf,
+        /// The master's plan public key [default: STATE/plan.pub].
+        #[arg(long)]
+        plan_pub: Option<PathBuf>,
+        /// The certificate to write (never over an existing file) [default:
+        /// STATE/plan.cert].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `master trust ...`
@@ -558,7 +575,7 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
         | Command::Serve(_)
         | Command::Witness { .. }
         | Command::Cluster {
-            action: ClusterCmd::Init { .. },
+            action: ClusterCmd::Init { .. } | ClusterCmd::Certify { .. },
         }
         | Command::Stats
         | Command::Watch(_)
@@ -713,6 +730,23 @@ fn run_inner(mut cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                     witness,
                 },
         } => cluster_init(&cli.state, id, listen, &members, epoch_base, witness)?,
+        Command::Cluster {
+            action:
+                ClusterCmd::Certify {
+                    shelf_key,
+                    plan_pub,
+                    out,
+                },
+        } => {
+            let plan_pub = plan_pub.unwrap_or_else(|| cli.state.join("plan.pub"));
+            let out = out.unwrap_or_else(|| cli.state.join(crate::serve::CERT_FILE));
+            let (_, plan_id, shelf_id) = keys::certify(&shelf_key, &plan_pub, &out)?;
+            Reply::Done(format!(
+                "wrote {}: plan key {plan_id} certified by shelf key {shelf_id}; `master serve` attaches it (as STATE/{}) from its next start or takeover, and cards with the shelf key's .pub in their initramfs obey it",
+                out.display(),
+                crate::serve::CERT_FILE
+            ))
+        }
         Command::Witness { group } => {
             let stop = stop_on_signal(true)?;
             let group = group.or_else(|| file.control_group.clone());

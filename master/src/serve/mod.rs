@@ -23,7 +23,9 @@
 //!
 //! Files in the state directory: `plan.key`/`plan.pub` (the plan-signing key, made on
 //! first start unless `--key` names one), `plan.anchor` (the public key as a card trust
-//! anchor: 32 raw bytes), `serve.epoch` (bumped at every start), `serve-stats.json`
+//! anchor: 32 raw bytes), `plan.cert` (optional: the plan key's certificate by the shelf
+//! key, attached to every plan and command; `master cluster certify` writes it),
+//! `serve.epoch` (bumped at every start), `serve-stats.json`
 //! (counters, sessions and what each card is doing: what `master watch` shows).
 //! See `docs/conversation.md`.
 //!
@@ -52,7 +54,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use shelfboot_netio::{PacketSocket, SocketConfig};
 use shelfboot_proto::frame::MacAddr;
-use shelfboot_proto::sign::SigningKey;
+use shelfboot_proto::sign::{MasterSigner, SigningKey};
 
 pub use cards::{CardStage, CardStats};
 pub use config::ServiceConfig;
@@ -143,6 +145,14 @@ pub enum ServeError {
         #[source]
         source: crate::keys::KeyError,
     },
+    #[error(
+        "master certificate {path}: certify this master's plan.pub again (`master cluster certify`), or remove the file to serve with the plan key itself in the cards' anchor"
+    )]
+    Cert {
+        path: PathBuf,
+        #[source]
+        source: crate::keys::KeyError,
+    },
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -184,9 +194,10 @@ pub enum ServeError {
     },
 }
 
-/// Loads the plan-signing key (generating `STATE/plan.key` on first start) and writes
-/// `STATE/plan.anchor` (the public key in the card trust-anchor format).
-pub fn load_key(cfg: &ServeConfig) -> Result<SigningKey, ServeError> {
+/// Loads the plan-signing key (generating `STATE/plan.key` on first start), writes
+/// `STATE/plan.anchor` (the public key in the card trust-anchor format), and attaches
+/// `STATE/plan.cert` when present (refused unless it certifies this key).
+pub fn load_key(cfg: &ServeConfig) -> Result<MasterSigner, ServeError> {
     let path = cfg
         .key
         .clone()
@@ -208,8 +219,23 @@ pub fn load_key(cfg: &ServeConfig) -> Result<SigningKey, ServeError> {
         path: anchor,
         source,
     })?;
-    Ok(key)
+    let cert = cfg.state.join(CERT_FILE);
+    let signer = crate::keys::attach_cert(key, &cert).map_err(|source| ServeError::Cert {
+        path: cert.clone(),
+        source,
+    })?;
+    if signer.cert().is_some() {
+        log::info!(
+            "master: plan key {} is certified by {}: cards trust it through the shelf key in their anchor",
+            shelfboot_proto::sign::key_id(&signer.public_key().to_bytes()),
+            cert.display()
+        );
+    }
+    Ok(signer)
 }
+
+/// The master certificate file in the state directory.
+pub const CERT_FILE: &str = "plan.cert";
 
 /// Bumps and returns the epoch stored in `STATE/serve.epoch`.
 pub fn next_epoch(state: &Path) -> Result<u64, ServeError> {

@@ -37,7 +37,7 @@ use shelfboot_proto::msg::{
     self, Action, Advertise, CommandBody, ErrorMsg, ErrorReason, Heartbeat, Message, PlanBody,
     Solicit, Stage, Verdict,
 };
-use shelfboot_proto::sign::SigningKey;
+use shelfboot_proto::sign::MasterSigner;
 use shelfboot_proto::{MAX_CONTROL_BODY_LEN, version};
 
 use super::cards::Cards;
@@ -63,7 +63,7 @@ struct Pending {
 pub struct Service<S: Store> {
     cfg: ServiceConfig,
     master: Master<S>,
-    key: SigningKey,
+    key: MasterSigner,
     mac: MacAddr,
     master_id: u64,
     epoch: u64,
@@ -127,15 +127,17 @@ impl<S: Store> std::fmt::Debug for Service<S> {
 }
 
 impl<S: Store> Service<S> {
-    /// A service for `master`, signing plans with `key`, sending from `mac`.
+    /// A service for `master`, signing plans and commands with `key` (a plan key, or a
+    /// plan key and its certificate, attached to each), sending from `mac`.
     pub fn new(
         cfg: ServiceConfig,
         master: Master<S>,
-        key: SigningKey,
+        key: impl Into<MasterSigner>,
         mac: MacAddr,
         epoch: u64,
         now: Instant,
     ) -> Self {
+        let key = key.into();
         let pk = key.public_key().to_bytes();
         let master_id =
             u64::from_be_bytes([pk[0], pk[1], pk[2], pk[3], pk[4], pk[5], pk[6], pk[7]]);
@@ -708,6 +710,7 @@ impl<S: Store> Service<S> {
         let whole_len = Message::Plan(msg::Plan {
             body: body.clone(),
             signature: msg::Signature([0; msg::SIGNATURE_LEN]),
+            cert: self.key.cert().copied(),
         })
         .encode_long_body()
         .map(|b| b.len());

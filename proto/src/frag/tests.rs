@@ -40,6 +40,7 @@ fn big_plan(n: usize) -> Message {
             report_inventory: false,
         },
         signature: Signature([7; 64]),
+        cert: None,
     })
 }
 

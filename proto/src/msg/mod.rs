@@ -19,8 +19,8 @@ pub use artifact::{ArtifactKind, ArtifactRef, Digest, SET_DIGEST_DOMAIN, set_dig
 pub use signature::{SIGNATURE_LEN, Signature};
 pub use types::{
     Action, Advertise, Arch, BootPhase, Command, CommandBody, ErrorMsg, ErrorReason, Fetch,
-    Handoff, Heartbeat, Inventory, Join, Nack, Nonce, Plan, PlanBody, Progress, Ready, Solicit,
-    Stage, Verdict,
+    Handoff, Heartbeat, Inventory, Join, MasterCert, MasterCertBody, Nack, Nonce, Plan, PlanBody,
+    Progress, Ready, Solicit, Stage, Verdict,
 };
 
 use thiserror::Error;
@@ -138,6 +138,8 @@ impl Message {
         let v2 = match self {
             Message::Inventory(_) => true,
             Message::Solicit(s) => s.inventory_omitted || s.link_mtu.is_some(),
+            // A master certificate (`mc`) is not tied to a frame version: broadcast Commands
+            // go out in version 1 and carry it too. What takes it is the card's build.
             Message::Plan(p) => p.body.artifacts_omitted || p.body.report_inventory,
             Message::Error(e) => matches!(e.reason, ErrorReason::MessageTooLarge { .. }),
             _ => false,

@@ -249,6 +249,15 @@ fn arb_mac() -> impl Strategy<Value = MacAddr> {
     any::<[u8; 6]>().prop_map(MacAddr)
 }
 
+fn arb_cert() -> impl Strategy<Value = Option<MasterCert>> {
+    proptest::option::of(
+        (any::<[u8; 32]>(), arb_sig()).prop_map(|(key, signature)| MasterCert {
+            body: MasterCertBody { key },
+            signature,
+        }),
+    )
+}
+
 fn arb_sig() -> impl Strategy<Value = Signature> {
     (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(a, b)| {
         let mut s = [0u8; 64];
@@ -338,10 +347,10 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
         arb_digest(),
         any::<[u8; 16]>(),
         any::<u64>(),
-        arb_sig(),
+        (arb_sig(), arb_cert()),
     )
         .prop_map(
-            |(artifacts, cmdline, persist, fetch, digest, nonce, epoch, signature)| {
+            |(artifacts, cmdline, persist, fetch, digest, nonce, epoch, (signature, cert))| {
                 Message::Plan(Plan {
                     body: PlanBody {
                         artifacts,
@@ -359,6 +368,7 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
                         report_inventory: false,
                     },
                     signature,
+                    cert,
                 })
             },
         );
@@ -435,9 +445,10 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
             proptest::option::of(arb_mac()),
             any::<u64>(),
             any::<u64>(),
-            arb_sig()
+            arb_sig(),
+            arb_cert()
         )
-            .prop_map(|(action, target, epoch, serial, signature)| {
+            .prop_map(|(action, target, epoch, serial, signature, cert)| {
                 Message::Command(Command {
                     body: CommandBody {
                         action,
@@ -446,6 +457,7 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
                         serial,
                     },
                     signature,
+                    cert,
                 })
             }),
     ]
@@ -551,6 +563,7 @@ fn a_plan_of_16_realistic_artifacts_fits_one_frame() {
     let plan = Message::Plan(Plan {
         body: body.clone(),
         signature: Signature([0; 64]),
+        cert: None,
     });
     let len = plan.encode_body().unwrap().len();
     assert!(len <= MAX_CONTROL_BODY_LEN, "{len}");
@@ -565,6 +578,7 @@ fn a_plan_of_16_realistic_artifacts_fits_one_frame() {
     let too_big = Message::Plan(Plan {
         body: bigger,
         signature: Signature([0; 64]),
+        cert: None,
     });
     assert!(matches!(
         too_big.encode_body(),

@@ -197,6 +197,12 @@ pub struct Plan {
     /// `s`: Ed25519 signature (see [`crate::sign`]).
     #[serde(rename = "s")]
     pub signature: Signature,
+    /// `mc`: the certificate of the key that made `s`, when that key is not itself in the
+    /// card's trust anchor but certified by one that is (a master of a cluster). Not
+    /// covered by `s`: the certificate carries its own signature. Absent = `s` is by an
+    /// anchor key.
+    #[serde(rename = "mc", default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<MasterCert>,
 }
 
 /// Card → master: send me this artifact.
@@ -432,7 +438,8 @@ pub struct CommandBody {
     pub serial: u64,
 }
 
-/// Master → card(s): signed command. CBOR: `{"b": CommandBody, "s": signature}`.
+/// Master → card(s): signed command. CBOR: `{"b": CommandBody, "s": signature}`, plus
+/// `"mc": MasterCert` when the signing key is certified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Command {
@@ -440,6 +447,35 @@ pub struct Command {
     #[serde(rename = "b")]
     pub body: CommandBody,
     /// `s`: Ed25519 signature (see [`crate::sign`]).
+    #[serde(rename = "s")]
+    pub signature: Signature,
+    /// `mc`: the certificate of the signing key, as in [`Plan::cert`]. Absent = `s` is by
+    /// an anchor key.
+    #[serde(rename = "mc", default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<MasterCert>,
+}
+
+/// The signed part of a [`MasterCert`]: the master plan key a shelf key vouches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterCertBody {
+    /// `k`: the master's Ed25519 plan public key (32 bytes).
+    #[serde(rename = "k", with = "serde_bytes")]
+    pub key: [u8; 32],
+}
+
+/// A shelf key's statement "this master plan key may sign plans and commands for my
+/// cards", carried in [`Plan::cert`] and [`Command::cert`] and stored by the master in its
+/// `plan.cert` file. CBOR: `{"b": {"k": key}, "s": signature}`; the signature is by a
+/// key of the card's trust anchor over the `shelfboot/master-cert/v1\0` domain (see
+/// [`crate::sign`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterCert {
+    /// `b`: what is signed.
+    #[serde(rename = "b")]
+    pub body: MasterCertBody,
+    /// `s`: the shelf key's Ed25519 signature.
     #[serde(rename = "s")]
     pub signature: Signature,
 }
