@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::op::{Op, OpResult};
+use super::store::ReplicatedStore;
 use super::*;
+use crate::blobs::BlobDir;
+use crate::state::{Master, fixture};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{NodeIdentity, NodeState, Store};
+use crate::store::{Assignment, NodeIdentity, NodeState, Store, Target};
 use shelfboot_proto::id::{Arch, MacAddr};
 
 fn identity(n: u8) -> NodeIdentity {
@@ -348,8 +351,31 @@ fn every_acknowledged_write_survives_repeated_failovers_exactly_once() {
         serving(&m);
         settled(&m);
     }
+    // A release, imported through member 1 as the operator's CLI would: its blobs are on
+    // every member before the import returns.
+    let release = {
+        let dir = tmp.path().join("release");
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = fixture::image(&dir, "1.0.0", "", &fixture::vendor_key());
+        let c = members.lock().unwrap()[0].clone().unwrap();
+        let local = SqliteStore::open(&tmp.path().join("m1/master.db")).unwrap();
+        let blobs = BlobDir::open(&tmp.path().join("m1/blobs")).unwrap();
+        let mut m = Master::with_store(ReplicatedStore::new(local, c, blobs.clone()), blobs);
+        m.trust_add(&fixture::vendor_pub(&dir), "vendor").unwrap();
+        let report = m.import_from(&image[..], true, &mut |_, _| {}).unwrap();
+        let wanted = m.store().referenced_blobs().unwrap();
+        assert!(!wanted.is_empty());
+        for id in 1..=3 {
+            let dir = BlobDir::open(&tmp.path().join(format!("m{id}/blobs"))).unwrap();
+            for sha in &wanted {
+                assert!(dir.contains(sha), "member {id} holds blob {sha}");
+            }
+        }
+        report.release
+    };
     let stop = Arc::new(AtomicBool::new(false));
-    // The client: one write at a time, through a member that runs, round robin.
+    // The client: one write at a time, through a member that runs, round robin: a card,
+    // then an assignment of the release to it.
     let client = {
         let members = members.clone();
         let stop = stop.clone();
@@ -368,9 +394,28 @@ fn every_acknowledged_write_survives_repeated_failovers_exactly_once() {
                     id: identity(n),
                     now: 5000 + i64::from(n),
                 }) {
-                    Ok(OpResult::Flag(true)) => acked.push(n),
+                    Ok(OpResult::Flag(true)) => acked.push(("identity", n)),
                     Ok(other) => panic!("write {n}: {other:?}"),
-                    Err(_) => unknown.push(n),
+                    Err(_) => {
+                        // Its assignment would be refused if the card was not written.
+                        unknown.push(("identity", n));
+                        continue;
+                    }
+                }
+                let assignment = Assignment {
+                    target: Target::Node(identity(n).mac),
+                    release: Some(release.clone()),
+                    pins: Default::default(),
+                    set_at: 5000 + i64::from(n),
+                };
+                match c.write(Op::SetAssignment {
+                    assignment,
+                    kind: "assign".into(),
+                    now: 5000 + i64::from(n),
+                }) {
+                    Ok(OpResult::Done) => acked.push(("assign", n)),
+                    Ok(other) => panic!("assignment {n}: {other:?}"),
+                    Err(_) => unknown.push(("assign", n)),
                 }
             }
             (acked, unknown)
@@ -416,21 +461,23 @@ fn every_acknowledged_write_survives_repeated_failovers_exactly_once() {
     let db = SqliteStore::open(&tmp.path().join("m1/master.db")).unwrap();
     for n in 1..=200u8 {
         let mac = identity(n).mac;
-        let events = db
-            .events(Some(&mac), 100)
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.kind == "identity")
-            .count();
-        if acked.contains(&n) {
-            assert_eq!(events, 1, "acknowledged write {n} is there exactly once");
-        } else if unknown.contains(&n) {
-            assert!(
-                events <= 1,
-                "write {n} of unknown outcome is there at most once"
-            );
-        } else {
-            assert_eq!(events, 0, "write {n} was never made");
+        for kind in ["identity", "assign"] {
+            let events = db
+                .events(Some(&mac), 100)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == kind)
+                .count();
+            if acked.contains(&(kind, n)) {
+                assert_eq!(events, 1, "acknowledged {kind} {n} is there exactly once");
+            } else if unknown.contains(&(kind, n)) {
+                assert!(
+                    events <= 1,
+                    "{kind} {n} of unknown outcome is there at most once"
+                );
+            } else {
+                assert_eq!(events, 0, "{kind} {n} was never made");
+            }
         }
     }
 }

@@ -123,9 +123,8 @@ pub fn image(dir: &Path, version: &str, extra_toml: &str, key: &SigningKey) -> V
     std::fs::read(out).unwrap()
 }
 
-/// A master in `dir/state` that trusts the vendor key.
-pub fn master(dir: &Path) -> Master {
-    let mut m = Master::open(&dir.join("state")).unwrap();
+/// Writes the vendor key's public file, `dir/vendor.pub`.
+pub fn vendor_pub(dir: &Path) -> PathBuf {
     let pubfile = dir.join("vendor.pub");
     std::fs::write(
         &pubfile,
@@ -135,7 +134,13 @@ pub fn master(dir: &Path) -> Master {
         ),
     )
     .unwrap();
-    m.trust_add(&pubfile, "test vendor").unwrap();
+    pubfile
+}
+
+/// A master in `dir/state` that trusts the vendor key.
+pub fn master(dir: &Path) -> Master {
+    let mut m = Master::open(&dir.join("state")).unwrap();
+    m.trust_add(&vendor_pub(dir), "test vendor").unwrap();
     m
 }
 
