@@ -7,8 +7,8 @@
 //!    p0  serve-child, member 1  ┐
 //!    p1  serve-child, member 2  ├─ Raft on 127.0.0.1:7511-7513
 //!    p2  serve-child, member 3  ┘
-//!    p3  card-child, 8 simulated cards (fresh MACs and flash every round)
-//!    p4  AF_PACKET capture in this process (every shelfboot frame, CLOCK_MONOTONIC)
+//!    p3-p10  card-child, one simulated card each (fresh MACs and flash every round)
+//!    p11     AF_PACKET capture in this process (every shelfboot frame, CLOCK_MONOTONIC)
 //! ```
 //!
 //! Member 1 starts from a prepared single-master state (the benchmark release imported,
@@ -21,8 +21,9 @@
 //! 2. starts the cards (a fresh set) and, once the serving master's `serve-stats.json`
 //!    counts [`KILL_AFTER`] bytes of artifact sent in this round, SIGKILLs it;
 //! 3. measures (a) the kill → the first frame any *other* master sent on the backplane
-//!    (seen on p4) and (b) the kill → the last card's decision (the card-child's
-//!    `decided_mono`); both clocks are CLOCK_MONOTONIC;
+//!    (seen on p11), the kill → its first data frame (the cards continue), and (b) the
+//!    kill → the last card's decision (the card-child's `decided_mono`); all
+//!    CLOCK_MONOTONIC;
 //! 4. checks that every card booted (no reset, no autonomous boot) and that every
 //!    artifact read back from its flash matches its set and the artifact's sha256;
 //! 5. restarts the killed member and waits until it has caught up (step 1 again).
@@ -46,7 +47,7 @@ use shelfboot_proto::frame::{Frame, MessageType};
 use shelfboot_proto::report::error_chain;
 use shelfboot_testkit::netns::{Lab, Tbf};
 
-use crate::proc::{Ended, Proc};
+use crate::proc::{Ended, Proc, wait_all};
 use crate::report::{Fig, Row};
 use crate::shelfboot::{self, CardChild, CardChildReport, ServeChild, ShelfState, mono};
 
@@ -73,9 +74,9 @@ pub const GOAL_FIRST_FRAME_S: f64 = 3.0;
 /// the last card has finished within 5 s of the kill (which includes sending what was
 /// left of the artifact).
 pub const GOAL_CARDS_S: f64 = 5.0;
-/// Port of the cards and of the capture (masters are ports 0..MEMBERS).
-const CARD_PORT: usize = MEMBERS;
-const CAPTURE_PORT: usize = MEMBERS + 1;
+/// Ports of the cards (one each) and of the capture; the masters are ports 0..MEMBERS.
+const FIRST_CARD_PORT: usize = MEMBERS;
+const CAPTURE_PORT: usize = MEMBERS + CARDS;
 /// Bound on the cluster settling (made, or caught up after a restart).
 const SETTLE: Duration = Duration::from_secs(90);
 /// Bound on the burn reaching [`KILL_AFTER`].
@@ -358,7 +359,7 @@ pub fn failover(
     let st = shelfboot::prepare(&m1, &art, ARTIFACT).map_err(|e| error_chain(&e))?;
     let _ = std::fs::remove_file(&art);
     // Made first, so dropped last: the members' processes go before their namespace.
-    let lab = Lab::new("failover", MEMBERS + 2)
+    let lab = Lab::new("failover", MEMBERS + CARDS + 1)
         .map_err(|e| format!("building the lab namespace: {}", error_chain(&e)))?;
     for i in 0..MEMBERS {
         lab.shape_port(i, LINK)
@@ -500,7 +501,7 @@ fn round(
         let seen = cap
             .join()
             .map_err(|_| "the capture thread panicked".to_owned())?;
-        let (t_kill, sent, rep) = res?;
+        let (t_kill, sent, decided) = res?;
         let seen = seen?;
         let (first, sender) = seen.first_other_after(k, t_kill, false).ok_or_else(|| {
             format!(
@@ -510,9 +511,6 @@ fn round(
         let (first_data, _) = seen.first_other_after(k, t_kill, true).ok_or_else(|| {
             format!("no other master sent a data frame after master {serving} was killed")
         })?;
-        let decided = rep
-            .decided_mono
-            .ok_or("the card report has no decision time")?;
         if decided <= t_kill {
             return Err(format!(
                 "the cards had decided {:.3} s before the kill: the burn was over",
@@ -549,7 +547,8 @@ fn round(
 
 /// Starts the round's cards, kills the serving member (index `k`) once it has sent
 /// [`KILL_AFTER`] beyond `base`, waits for the cards and checks them. Returns the kill
-/// time (CLOCK_MONOTONIC), the bytes sent in the round by then, and the card report.
+/// time and the last card's decision (CLOCK_MONOTONIC) and the bytes sent in the round by
+/// the kill.
 #[allow(clippy::too_many_arguments)]
 fn burn_and_kill(
     p: &FailoverPlan,
@@ -563,7 +562,7 @@ fn burn_and_kill(
     dir: &Path,
     r: usize,
     ready: &AtomicBool,
-) -> Result<(f64, u64, CardChildReport), String> {
+) -> Result<(f64, u64, f64), String> {
     let until = Instant::now() + Duration::from_secs(10);
     while !ready.load(Ordering::Relaxed) {
         if Instant::now() >= until {
@@ -571,25 +570,31 @@ fn burn_and_kill(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    // A fresh set of cards: MACs of their own each round, pristine flash.
+    // A fresh set of cards: MACs of their own each round, pristine flash; one process
+    // and one port per card, so that cards work side by side as real ones do (in one
+    // process they take their turns, e.g. re-reading what they had staged).
     let rb = u8::try_from(r % 256).unwrap_or(0);
-    let mut child = CardChild::new(
-        &st.anchor,
-        &dir.join("cards"),
-        MacAddr([0x02, 0x5c, 0xfa, rb, 0, 1]),
-        CARDS,
-        st.size,
-    );
-    child.iface = lab.port(CARD_PORT);
-    child.timeout = CARD_TIMEOUT;
-    child.sha256 = Some(sha.to_owned());
-    child.verify_set = true;
-    let rep_path = dir.join("report.json");
-    let argv = logged(child.argv(&p.exe, &rep_path));
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let log = dir.join("cards.log");
-    let mut cards = Proc::spawn(lab.netns(), &argv, &log)
-        .map_err(|e| format!("starting the cards: {}", error_chain(&e)))?;
+    let mut cards = Vec::new();
+    for i in 0..CARDS {
+        let cdir = dir.join("cards").join(format!("c{}", i + 1));
+        let n = u8::try_from(i + 1).unwrap_or(u8::MAX);
+        let mut child = CardChild::new(
+            &st.anchor,
+            &cdir,
+            MacAddr([0x02, 0x5c, 0xfa, rb, 0, n]),
+            1,
+            st.size,
+        );
+        child.iface = lab.port(FIRST_CARD_PORT + i);
+        child.timeout = CARD_TIMEOUT;
+        child.sha256 = Some(sha.to_owned());
+        child.verify_set = true;
+        let argv = logged(child.argv(&p.exe, &card_report(dir, i)));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let proc = Proc::spawn(lab.netns(), &argv, &card_log(dir, i))
+            .map_err(|e| format!("starting card {}: {}", i + 1, error_chain(&e)))?;
+        cards.push(proc);
+    }
     let m = &mut members[k];
     let until = Instant::now() + BURN_START;
     let sent = loop {
@@ -598,19 +603,21 @@ fn burn_and_kill(
         {
             break s.artifact_bytes - base;
         }
-        if let Some(e) = cards.poll().map_err(|e| error_chain(&e))? {
-            return Err(format!(
-                "the cards ended ({e:?}) before master {} had sent {KILL_AFTER} bytes (see {})",
-                m.id,
-                log.display()
-            ));
+        for (i, c) in cards.iter_mut().enumerate() {
+            if let Some(e) = c.poll().map_err(|e| error_chain(&e))? {
+                return Err(format!(
+                    "card {} ended ({e:?}) before master {} had sent {KILL_AFTER} bytes (see {})",
+                    i + 1,
+                    m.id,
+                    card_log(dir, i).display()
+                ));
+            }
         }
         if Instant::now() >= until {
             return Err(format!(
-                "master {} had not sent {KILL_AFTER} bytes within {BURN_START:?} (see {} and {})",
+                "master {} had not sent {KILL_AFTER} bytes within {BURN_START:?} (see {})",
                 m.id,
                 m.log(m.starts).display(),
-                log.display()
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -627,48 +634,75 @@ fn burn_and_kill(
         m.id,
         sent as f64 / 1e6
     );
-    let ended = cards
-        .wait_until(Instant::now() + CARD_TIMEOUT + CARD_MARGIN)
+    let ended = wait_all(&mut cards, Instant::now() + CARD_TIMEOUT + CARD_MARGIN)
         .map_err(|e| error_chain(&e))?;
-    if !matches!(ended, Ended::Ok(_)) {
-        return Err(format!(
-            "the card process: {ended:?} (see {})",
-            log.display()
-        ));
-    }
-    let rep: CardChildReport = std::fs::read(&rep_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            format!(
-                "no card report {} (see {})",
-                rep_path.display(),
+    let mut reports = Vec::new();
+    let mut problems = Vec::new();
+    for (i, e) in ended.iter().enumerate() {
+        let log = card_log(dir, i);
+        if !matches!(e, Ended::Ok(_)) {
+            problems.push(format!("card {}: {e:?} (see {})", i + 1, log.display()));
+            continue;
+        }
+        let path = card_report(dir, i);
+        match std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<CardChildReport>(&b).ok())
+        {
+            Some(rep) => {
+                if let Err(e) = check_card(&rep) {
+                    problems.push(format!("card {}: {e} (see {})", i + 1, log.display()));
+                }
+                reports.push(rep);
+            }
+            None => problems.push(format!(
+                "card {}: no report {} (see {})",
+                i + 1,
+                path.display(),
                 log.display()
-            )
-        })?;
-    check_cards(&rep)?;
-    Ok((t_kill, sent, rep))
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let decided = reports
+        .iter()
+        .map(|r| r.decided_mono)
+        .collect::<Option<Vec<f64>>>()
+        .ok_or("a card report has no decision time")?
+        .into_iter()
+        .fold(f64::NEG_INFINITY, f64::max);
+    Ok((t_kill, sent, decided))
 }
 
-/// Every card booted from the master (not reset, not autonomous), its boot image has
-/// the artifact's sha256, and every artifact of its committed set read back intact.
-fn check_cards(rep: &CardChildReport) -> Result<(), String> {
-    let sets_ok = rep.set_digests.len() == CARDS && rep.set_digests.iter().all(Option::is_some);
-    if rep.booted == CARDS
-        && rep.verified == CARDS
-        && rep.artifacts_verified >= CARDS
-        && sets_ok
+/// Report and log of card `i` (from 0) of a round.
+fn card_report(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("card-{}.json", i + 1))
+}
+
+fn card_log(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("card-{}.log", i + 1))
+}
+
+/// The card booted from the master (not reset, not autonomous), its boot image has the
+/// artifact's sha256, and every artifact of its committed set read back intact.
+fn check_card(rep: &CardChildReport) -> Result<(), String> {
+    let set_ok = rep.set_digests.len() == 1 && rep.set_digests.iter().all(Option::is_some);
+    if rep.booted == 1
+        && rep.verified == 1
+        && rep.artifacts_verified >= 1
+        && set_ok
         && rep.problems.is_empty()
     {
         return Ok(());
     }
     Err(format!(
-        "cards: {} of {CARDS} booted, {} boot images verified, {} artifacts verified, sets \
-         verified {}: {}",
-        rep.booted,
-        rep.verified,
+        "booted {}, boot image verified {}, artifacts verified {}, set verified {}: {}",
+        rep.booted == 1,
+        rep.verified == 1,
         rep.artifacts_verified,
-        rep.set_digests.iter().filter(|d| d.is_some()).count(),
+        set_ok,
         rep.problems.join("; ")
     ))
 }
@@ -759,7 +793,7 @@ fn report(
     notes.push(format!(
         "failover rows: {MEMBERS} masters (serve-child processes, one cluster, Raft on the lab \
          namespace's loopback, each on a {link} port), {CARDS} fresh simulated cards per round \
-         burning one {} MiB artifact; the serving master SIGKILLed once its serve-stats.json \
+         (each a card-child process on a port of its own) burning one {} MiB artifact; the serving master SIGKILLed once its serve-stats.json \
          counted {} MiB sent in the round; first frame = the first shelfboot frame from any \
          other master's port seen by an AF_PACKET socket on a spare port (its Advertise), \
          first data frame = the first block of artifact from it (the cards continue); last \
@@ -817,24 +851,24 @@ mod tests {
     }
 
     #[test]
-    fn a_card_report_short_of_any_card_or_artifact_fails_the_round() {
+    fn a_card_report_short_of_a_boot_or_an_artifact_fails_the_round() {
         let good = CardChildReport {
-            booted: CARDS,
-            verified: CARDS,
-            artifacts_verified: CARDS,
-            set_digests: vec![Some("ab".into()); CARDS],
+            booted: 1,
+            verified: 1,
+            artifacts_verified: 1,
+            set_digests: vec![Some("ab".into())],
             ..CardChildReport::default()
         };
-        assert!(check_cards(&good).is_ok());
+        assert!(check_card(&good).is_ok());
         let mut reset = good.clone();
-        reset.booted -= 1;
+        reset.booted = 0;
         reset.problems.push("card x: decision \"reset\"".into());
-        assert!(check_cards(&reset).unwrap_err().contains("reset"));
+        assert!(check_card(&reset).unwrap_err().contains("reset"));
         let mut bad_set = good.clone();
-        bad_set.set_digests[3] = None;
-        assert!(check_cards(&bad_set).is_err());
+        bad_set.set_digests = vec![None];
+        assert!(check_card(&bad_set).is_err());
         let mut bad_image = good;
-        bad_image.verified -= 1;
-        assert!(check_cards(&bad_image).is_err());
+        bad_image.verified = 0;
+        assert!(check_card(&bad_image).is_err());
     }
 }
