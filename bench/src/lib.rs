@@ -1,6 +1,7 @@
 //! shelfboot benchmarks: shelfboot against TFTP, HTTP, udpcast and uftp on one namespace
 //! backplane, next to the raw AF_PACKET ceiling (`ceiling`, also printed per I/O path by the
-//! `netio-ceiling` binary), a 200-package release to 16 simulated cards (`release`), and
+//! `netio-ceiling` binary), a 200-package release to 16 simulated cards (`release`), the
+//! takeover after the serving master of a three-master cluster is killed (`failover`), and
 //! the QEMU-lab flash and boot-path measurements (`lab`). The binary `shelfboot-bench`
 //! wires these modules; see docs/benchmarks.md.
 //!
@@ -10,6 +11,7 @@
 pub mod backplane;
 pub mod ceiling;
 pub mod cpuacct;
+pub mod failover;
 pub mod lab;
 pub mod peers;
 pub mod plot;

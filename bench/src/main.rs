@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shelfboot_bench::backplane::Backplane;
+use shelfboot_bench::failover;
 use shelfboot_bench::lab::{self, LabPlan};
 use shelfboot_bench::peers::{self, Peer};
 use shelfboot_bench::plot;
@@ -17,7 +18,7 @@ use shelfboot_bench::proc::loadavg;
 use shelfboot_bench::release;
 use shelfboot_bench::report::{self, Report};
 use shelfboot_bench::scenarios::{self, Plan};
-use shelfboot_bench::shelfboot::{self, CardChild, ReleaseShape};
+use shelfboot_bench::shelfboot::{self, CardChild, ReleaseShape, ServeChild};
 use shelfboot_bench::sockbuf::RaisedCaps;
 use shelfboot_proto::report::error_chain;
 
@@ -68,13 +69,18 @@ struct Cli {
     #[arg(long, default_value_t = 32)]
     flash_size: u64,
     /// Scenarios to run: transfers (items 1-3), warm, rss, flash, boot, release (200
-    /// packages to 16 cards, then an update of 20; --quick: 40 smaller packages).
+    /// packages to 16 cards, then an update of 20; --quick: 40 smaller packages), failover
+    /// (three cluster masters, the serving one killed mid-burn; not in the default set).
     #[arg(
         long,
         default_value = "transfers,warm,rss,flash,boot,release",
         value_delimiter = ','
     )]
     only: Vec<String>,
+    /// Induced failures of the failover scenario (the serving master killed mid-burn,
+    /// one per round).
+    #[arg(long, default_value_t = 10)]
+    failovers: usize,
     /// MTU of every backplane port (1280-9000; 9000 = jumbo frames). The ceiling rows
     /// stay at 1514-byte frames.
     #[arg(long, default_value_t = 1500)]
@@ -103,6 +109,8 @@ enum Child {
         stop_file: PathBuf,
         #[arg(long)]
         stats_out: PathBuf,
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// (internal) simulated cards inside a card namespace.
     #[command(hide = true)]
@@ -161,7 +169,14 @@ fn child(c: &Child) -> anyhow::Result<()> {
             iface,
             stop_file,
             stats_out,
-        } => Ok(shelfboot::serve_child(state, iface, stop_file, stats_out)?),
+            key,
+        } => Ok(shelfboot::serve_child(&ServeChild {
+            state: state.clone(),
+            iface: iface.clone(),
+            stop_file: stop_file.clone(),
+            stats_out: stats_out.clone(),
+            key: key.clone(),
+        })?),
         Child::CardChild {
             iface,
             anchor,
@@ -275,8 +290,17 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
     let only = |s: &str| cli.only.iter().any(|o| o == s);
     for o in &cli.only {
         anyhow::ensure!(
-            ["transfers", "warm", "rss", "flash", "boot", "release"].contains(&o.as_str()),
-            "--only {o:?}: want transfers, warm, rss, flash, boot or release"
+            [
+                "transfers",
+                "warm",
+                "rss",
+                "flash",
+                "boot",
+                "release",
+                "failover"
+            ]
+            .contains(&o.as_str()),
+            "--only {o:?}: want transfers, warm, rss, flash, boot, release or failover"
         );
     }
     // The transfer artifact (and its master state) only for the transfer scenarios.
@@ -418,6 +442,16 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
             }
         }
     }
+    if only("failover") {
+        let fp = failover::FailoverPlan {
+            rounds: cli.failovers.max(1),
+            work: work.join("failover"),
+            exe: plan.exe.clone(),
+        };
+        if let Err(e) = failover::failover(&fp, &mut rows, &mut notes) {
+            notes.push(format!("failover not measured: {e}"));
+        }
+    }
     let qemu_runs = if quick {
         cli.qemu_runs.min(1)
     } else {
@@ -500,6 +534,40 @@ fn bench(cli: &Cli) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use shelfboot_proto::id::{Arch, MacAddr};
+
+    /// `ServeChild::argv` writes what `serve-child` parses, with and without a key.
+    #[test]
+    fn serve_child_argv_parses_back_into_the_same_settings() {
+        for key in [None, Some(PathBuf::from("/s1/plan.key"))] {
+            let c = ServeChild {
+                state: "/w/m2".into(),
+                iface: "p1".into(),
+                stop_file: "/w/m2.stop".into(),
+                stats_out: "/w/m2.json".into(),
+                key,
+            };
+            let argv = c.argv(std::path::Path::new("/x/shelfboot-bench"));
+            let cli = Cli::try_parse_from(&argv).unwrap();
+            let Some(Child::ServeChild {
+                state,
+                iface,
+                stop_file,
+                stats_out,
+                key,
+            }) = cli.child
+            else {
+                panic!("not a serve-child command line: {argv:?}");
+            };
+            let back = ServeChild {
+                state,
+                iface,
+                stop_file,
+                stats_out,
+                key,
+            };
+            assert_eq!(back, c);
+        }
+    }
 
     /// `CardChild::argv` writes what `card-child` parses: every setting comes back.
     #[test]

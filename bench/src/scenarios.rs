@@ -24,7 +24,7 @@ use crate::backplane::Backplane;
 use crate::peers::{Env, Outcome, Peer, transfer};
 use crate::proc::{Proc, cpu_secs};
 use crate::report::{Fig, Row};
-use crate::shelfboot::{self, CardChild, CardChildReport, ShelfState, mono};
+use crate::shelfboot::{self, CardChild, CardChildReport, ServeChild, ShelfState, mono};
 use shelfboot_proto::id::MacAddr;
 
 /// What to run.
@@ -340,19 +340,15 @@ pub(crate) fn start_master(
     st: &ShelfState,
     work: &Path,
 ) -> Result<Proc, crate::proc::ProcError> {
-    let exe = p.exe.display().to_string();
-    let argv = [
-        exe.as_str(),
-        "serve-child",
-        "--state",
-        &st.state.display().to_string(),
-        "--iface",
-        "eth0",
-        "--stop-file",
-        &work.join("stop").display().to_string(),
-        "--stats-out",
-        &work.join("serve-stats.json").display().to_string(),
-    ];
+    let argv = ServeChild {
+        state: st.state.clone(),
+        iface: "eth0".into(),
+        stop_file: work.join("stop"),
+        stats_out: work.join("serve-stats.json"),
+        key: None,
+    }
+    .argv(&p.exe);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let m = Proc::spawn(&bp.master_ns(), &argv, &work.join("master.log"))?;
     std::thread::sleep(Duration::from_millis(700));
     Ok(m)

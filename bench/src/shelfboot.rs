@@ -474,15 +474,50 @@ pub fn burn_warm(st: &ShelfState, dir: &Path, base: MacAddr, n: usize) -> Result
 /// `serve-child` (an experiment knob; reported in the warm-boot row when set).
 pub const SOLICIT_BUDGET_ENV: &str = "SHELFBOOT_BENCH_SOLICIT_BUDGET";
 
-/// `serve-child`: runs the master service on `iface` until `stop_file` exists, then
-/// writes its statistics (JSON) to `stats_out`.
-pub fn serve_child(
-    state: &Path,
-    iface: &str,
-    stop_file: &Path,
-    stats_out: &Path,
-) -> Result<(), ShelfError> {
+/// Settings of a `serve-child`: the master service on `iface` with the state `state`
+/// until `stop_file` exists, then its statistics (JSON) to `stats_out`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeChild {
+    pub state: PathBuf,
+    pub iface: String,
+    pub stop_file: PathBuf,
+    pub stats_out: PathBuf,
+    /// Plan-signing key file; `None`: `STATE/plan.key` (generated if missing). Masters of
+    /// one cluster all sign with the one key the cards trust.
+    pub key: Option<PathBuf>,
+}
+
+impl ServeChild {
+    /// The command line that runs these settings: `exe serve-child ...` (the one writer
+    /// of what `main`'s `serve-child` parses).
+    pub fn argv(&self, exe: &Path) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            exe.display().to_string(),
+            "serve-child".into(),
+            "--state".into(),
+            self.state.display().to_string(),
+            "--iface".into(),
+            self.iface.clone(),
+            "--stop-file".into(),
+            self.stop_file.display().to_string(),
+            "--stats-out".into(),
+            self.stats_out.display().to_string(),
+        ];
+        if let Some(k) = &self.key {
+            a.extend(["--key".into(), k.display().to_string()]);
+        }
+        a
+    }
+}
+
+/// `serve-child`: runs the master service until the stop file exists, then writes its
+/// statistics. With `STATE/cluster.toml` the service is a cluster member and serves only
+/// while it leads (`serve::run`).
+pub fn serve_child(c: &ServeChild) -> Result<(), ShelfError> {
+    let (state, iface, stop_file, stats_out) =
+        (&c.state, c.iface.as_str(), &c.stop_file, &c.stats_out);
     let mut cfg = ServeConfig::new(iface, state);
+    cfg.key.clone_from(&c.key);
     // Experiments only (docs/benchmarks.md, item 4): the product default otherwise.
     if let Some(b) = std::env::var(SOLICIT_BUDGET_ENV)
         .ok()
