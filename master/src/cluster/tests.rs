@@ -28,13 +28,20 @@ fn identity(n: u8) -> NodeIdentity {
     }
 }
 
-/// A free loopback port (bound and released; the member binds it again at once).
+/// A free loopback port for a member. Taken below the kernel's ephemeral range (32768 and
+/// up), so that no outgoing connection of another test can be holding it when the member
+/// binds it; each test binary has a block of its own by process id.
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = 20_000 + u16::try_from(std::process::id() % 200).unwrap() * 60;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 60, "out of test ports");
+        if std::net::TcpListener::bind(("127.0.0.1", block + n)).is_ok() {
+            return block + n;
+        }
+    }
 }
 
 fn configs(n: u64) -> Vec<ClusterConfig> {
@@ -517,4 +524,96 @@ fn a_leader_that_loses_its_quorum_gives_up_a_write_as_of_unknown_outcome() {
         "a leader without a quorum does not serve"
     );
     leader.shutdown();
+}
+
+#[test]
+fn a_member_is_added_catches_up_votes_and_is_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = configs(3);
+    let mut members: Vec<Option<Arc<Cluster>>> =
+        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
+    let first = serving(&members);
+    settled(&members);
+    members[first]
+        .as_ref()
+        .unwrap()
+        .write(Op::RecordIdentity {
+            id: identity(1),
+            now: 7000,
+        })
+        .unwrap();
+    // A fourth master card: its own cluster.toml names no initial members.
+    let fourth = ClusterConfig {
+        id: 4,
+        listen: format!("127.0.0.1:{}", port()),
+        epoch_base: 10,
+        witness: false,
+        members: vec![],
+    };
+    members.push(Some(start(tmp.path(), &fourth)));
+    // Asked on a follower; the leader adds it.
+    let asker = members[(first + 1) % 3].as_ref().unwrap().clone();
+    asker
+        .change_members(net::MemberChange::Add {
+            id: 4,
+            addr: fourth.listen.clone(),
+        })
+        .unwrap();
+    settled(&members);
+    let st = members[3].as_ref().unwrap().status();
+    assert_eq!(st.members.iter().filter(|m| m.voter).count(), 4, "{st:#?}");
+    assert!(
+        dump(tmp.path(), 4).contains("02:66:00:00:00:01"),
+        "it holds the writes from before"
+    );
+    // Removed again: three voters; removing a stranger is refused.
+    asker
+        .change_members(net::MemberChange::Remove { id: 4 })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while asker.status().members.iter().filter(|m| m.voter).count() != 3 {
+        assert!(Instant::now() < deadline, "{:#?}", asker.status());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = asker
+        .change_members(net::MemberChange::Remove { id: 9 })
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClusterError::Refused { message, .. } if message.contains("not a voting member")),
+        "{e}"
+    );
+    for m in members.into_iter().flatten() {
+        m.shutdown();
+    }
+}
+
+#[test]
+fn two_voters_without_a_witness_survive_no_loss_and_never_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = configs(2);
+    let mut members: Vec<Option<Arc<Cluster>>> =
+        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
+    let first = serving(&members);
+    settled(&members);
+    // Either card lost: the survivor holds no quorum, so it neither serves nor writes.
+    members[first].take().unwrap().shutdown();
+    let survivor = members[1 - first].as_ref().unwrap();
+    std::thread::sleep(Duration::from_millis(2 * ELECTION_MAX_MS));
+    assert_eq!(survivor.serving(), None, "{:#?}", survivor.status());
+    let e = survivor
+        .write(Op::RecordIdentity {
+            id: identity(2),
+            now: 8000,
+        })
+        .unwrap_err();
+    assert!(
+        matches!(e, ClusterError::NoLeader(_) | ClusterError::Unknown { .. }),
+        "{e}"
+    );
+    // The lost card back: one of the two serves again.
+    members[first] = Some(start(tmp.path(), &cfgs[first]));
+    serving(&members);
+    for m in members.into_iter().flatten() {
+        m.shutdown();
+    }
 }
