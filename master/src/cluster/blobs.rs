@@ -212,6 +212,12 @@ pub struct LocalView {
     /// Until then this member does not stand for election (a handover to another member
     /// is under way, [`super::hold`]).
     pub hold_until: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The applied log index of the databases `complete` was judged on.
+    pub checked_at: std::sync::atomic::AtomicU64,
+    /// The log index of the last import this member applied ([`super::machine`] sets
+    /// it): until `checked_at` reaches it, the blobs of that import were not looked for
+    /// and the member is not known complete.
+    pub import_at: std::sync::atomic::AtomicU64,
 }
 
 /// Looks, every [`KEEP_EVERY`], for blobs the databases reference that this member lacks,
@@ -236,9 +242,12 @@ pub async fn keep(
                     SqliteStore::open(&db2).map_err(|e| shelfboot_proto::report::error_chain(&e))?
                 }
             };
+            // The log index first: what is missing is then judged on databases at least
+            // that far along.
+            let at = super::applied_index(&s);
             let missing = missing(&s, &dir2).map_err(|e| shelfboot_proto::report::error_chain(&e));
             let order = super::succession(&s);
-            Ok::<_, String>((s, missing.map(|m| (m, order))))
+            Ok::<_, String>((s, missing.map(|m| (m, order, at))))
         })
         .await;
         let missing = match r {
@@ -249,16 +258,17 @@ pub async fn keep(
             Ok(Err(e)) => Err(e),
             Err(e) => Err(e.to_string()),
         };
-        let missing = missing.map(|(list, order)| {
+        let missing = missing.map(|(list, order, at)| {
             if let Ok(order) = order {
                 *state.succession.lock().unwrap_or_else(|p| p.into_inner()) = order;
             }
-            list
+            (list, at)
         });
         match missing {
-            Ok(list) => {
+            Ok((list, at)) => {
                 state.missing.store(list.len(), Ordering::Relaxed);
                 state.complete.store(list.is_empty(), Ordering::Relaxed);
+                state.checked_at.store(at, Ordering::Relaxed);
                 if !list.is_empty() {
                     let members: Vec<(NodeId, Member)> = {
                         let m = raft.metrics().borrow().clone();

@@ -54,6 +54,8 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<Built>>>,
     /// Operations applied since start (writes of every member, this one's included).
     ops: Arc<AtomicU64>,
+    /// Where the log index of the last applied import goes (the blob keeper's cue).
+    view: Arc<super::blobs::LocalView>,
 }
 
 fn sm_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -70,14 +72,20 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl StateMachine {
     /// The state machine of `db` (the databases' write connection), snapshots in `dir`.
-    /// Counts applied operations in `ops`.
-    pub fn new(db: SqliteStore, dir: PathBuf, ops: Arc<AtomicU64>) -> std::io::Result<Self> {
+    /// Counts applied operations in `ops`; notes applied imports in `view`.
+    pub fn new(
+        db: SqliteStore,
+        dir: PathBuf,
+        ops: Arc<AtomicU64>,
+        view: Arc<super::blobs::LocalView>,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
             dir,
             current: Arc::new(Mutex::new(None)),
             ops,
+            view,
         })
     }
 
@@ -151,12 +159,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         let mut last = None;
         let mut ops = 0u64;
+        let mut imported = None;
         for e in entries {
             let result = match &e.payload {
                 EntryPayload::Blank => OpResult::Done,
                 EntryPayload::Normal(op) => match op.apply(&mut db) {
                     Ok(r) => {
                         ops += 1;
+                        if matches!(op, super::op::Op::ImportRelease { .. }) {
+                            imported = Some(e.log_id.index);
+                        }
                         r
                     }
                     Err(err) => {
@@ -189,6 +201,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         db.end_batch().map_err(sm_write)?;
         self.ops.fetch_add(ops, Ordering::Relaxed);
+        if let Some(i) = imported {
+            self.view.import_at.fetch_max(i, Ordering::Relaxed);
+        }
         Ok(out)
     }
 
@@ -217,6 +232,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Self::set(&mut db, META_MEMBERSHIP, &meta.last_membership)?;
         }
         let _ = std::fs::remove_file(&file);
+        // The copy may reference blobs this member has not looked for.
+        self.view
+            .import_at
+            .fetch_max(meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), bytes));
         Ok(())
     }

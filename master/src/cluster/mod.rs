@@ -93,6 +93,16 @@ pub const META_SUCCESSION: &str = "cluster_succession";
 /// How often the leader checks that the order of succession is honoured.
 pub const SUCCESSION_EVERY: Duration = Duration::from_secs(1);
 
+/// The log index the databases have applied (0: none).
+fn applied_index(s: &SqliteStore) -> u64 {
+    s.meta(machine::META_APPLIED)
+        .ok()
+        .flatten()
+        .and_then(|j| serde_json::from_str::<Option<openraft::LogId<NodeId>>>(&j).ok())
+        .flatten()
+        .map_or(0, |l| l.index)
+}
+
 /// The order of succession the databases hold (empty: none set).
 fn succession(s: &SqliteStore) -> crate::store::Result<Vec<NodeId>> {
     Ok(match s.meta(META_SUCCESSION)? {
@@ -413,7 +423,10 @@ async fn join(raft: &Raft, cfg: &ClusterConfig, index: u64) -> Result<(), Cluste
 /// (see the module documentation); its epoch if so.
 fn serving_epoch(raft: &Raft, cfg: &ClusterConfig, local_view: &blobs::LocalView) -> Option<u64> {
     use std::sync::atomic::Ordering;
-    let complete = !cfg.witness && local_view.complete.load(Ordering::Relaxed);
+    let complete = !cfg.witness
+        && local_view.complete.load(Ordering::Relaxed)
+        && local_view.checked_at.load(Ordering::Relaxed)
+            >= local_view.import_at.load(Ordering::Relaxed);
     let held = local_view
         .hold_until
         .lock()
@@ -669,8 +682,14 @@ impl Cluster {
         })?;
         let db = SqliteStore::open(&state.join("master.db")).map_err(ClusterError::Store)?;
         let applied_ops = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let sm = StateMachine::new(db, state.join("raft-snapshot"), applied_ops.clone())
-            .map_err(ClusterError::Runtime)?;
+        let local_view = Arc::new(blobs::LocalView::default());
+        let sm = StateMachine::new(
+            db,
+            state.join("raft-snapshot"),
+            applied_ops.clone(),
+            local_view.clone(),
+        )
+        .map_err(ClusterError::Runtime)?;
         let config = openraft::Config {
             cluster_name: "shelfboot-masters".into(),
             heartbeat_interval: HEARTBEAT_MS,
@@ -697,7 +716,6 @@ impl Cluster {
                     .map_err(|e| ClusterError::Raft(format!("blob directory: {e}")))?,
             )
         };
-        let local_view = Arc::new(blobs::LocalView::default());
         rt.spawn(net::serve(
             listener,
             raft.clone(),

@@ -344,6 +344,30 @@ fn two_master_cards_and_a_witness_survive_losing_either_card() {
     }
 }
 
+/// Imports the fixture release (plus `extra_toml`) through member `c`, as the operator's
+/// CLI on that master would; returns the release and every blob its databases reference.
+fn import_through(
+    dir: &Path,
+    c: &Arc<Cluster>,
+    extra_toml: &str,
+) -> (
+    crate::image::manifest::ReleaseId,
+    std::collections::BTreeSet<shelfboot_proto::id::Digest>,
+) {
+    let state = dir.join(format!("m{}", c.config().id));
+    let rel = dir.join("release");
+    std::fs::create_dir_all(&rel).unwrap();
+    let image = fixture::image(&rel, "1.0.0", extra_toml, &fixture::vendor_key());
+    let local = SqliteStore::open(&state.join("master.db")).unwrap();
+    let blobs = BlobDir::open(&state.join("blobs")).unwrap();
+    let mut m = Master::with_store(ReplicatedStore::new(local, c.clone(), blobs.clone()), blobs);
+    m.trust_add(&fixture::vendor_pub(&rel), "vendor").unwrap();
+    let report = m.import_from(&image[..], true, &mut |_, _| {}).unwrap();
+    let wanted = m.store().referenced_blobs().unwrap();
+    assert!(!wanted.is_empty());
+    (report.release, wanted)
+}
+
 #[test]
 fn every_acknowledged_write_survives_repeated_failovers_exactly_once() {
     use std::sync::Mutex;
@@ -361,24 +385,15 @@ fn every_acknowledged_write_survives_repeated_failovers_exactly_once() {
     // A release, imported through member 1 as the operator's CLI would: its blobs are on
     // every member before the import returns.
     let release = {
-        let dir = tmp.path().join("release");
-        std::fs::create_dir_all(&dir).unwrap();
-        let image = fixture::image(&dir, "1.0.0", "", &fixture::vendor_key());
         let c = members.lock().unwrap()[0].clone().unwrap();
-        let local = SqliteStore::open(&tmp.path().join("m1/master.db")).unwrap();
-        let blobs = BlobDir::open(&tmp.path().join("m1/blobs")).unwrap();
-        let mut m = Master::with_store(ReplicatedStore::new(local, c, blobs.clone()), blobs);
-        m.trust_add(&fixture::vendor_pub(&dir), "vendor").unwrap();
-        let report = m.import_from(&image[..], true, &mut |_, _| {}).unwrap();
-        let wanted = m.store().referenced_blobs().unwrap();
-        assert!(!wanted.is_empty());
+        let (release, wanted) = import_through(tmp.path(), &c, "");
         for id in 1..=3 {
             let dir = BlobDir::open(&tmp.path().join(format!("m{id}/blobs"))).unwrap();
             for sha in &wanted {
                 assert!(dir.contains(sha), "member {id} holds blob {sha}");
             }
         }
-        report.release
+        release
     };
     let stop = Arc::new(AtomicBool::new(false));
     // The client: one write at a time, through a member that runs, round robin: a card,
@@ -613,6 +628,59 @@ fn two_voters_without_a_witness_survive_no_loss_and_never_split() {
     // The lost card back: one of the two serves again.
     members[first] = Some(start(tmp.path(), &cfgs[first]));
     serving(&members);
+    for m in members.into_iter().flatten() {
+        m.shutdown();
+    }
+}
+
+#[test]
+fn a_switchover_to_a_member_still_fetching_blobs_is_refused_until_it_has_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = configs(3);
+    let mut members: Vec<Option<Arc<Cluster>>> =
+        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
+    let first = serving(&members);
+    settled(&members);
+    // One member is down while a release with a 48 MiB package is imported: the other
+    // two hold its blobs (a majority), it fetches them when it returns.
+    let lag = (first + 1) % 3;
+    members[lag].take().unwrap().shutdown();
+    let files = tmp.path().join("release/files");
+    std::fs::create_dir_all(&files).unwrap();
+    let big: Vec<u8> = (0..48u32 << 20)
+        .map(|i| (i ^ (i >> 11)).to_le_bytes()[0])
+        .collect();
+    std::fs::write(files.join("big.sqfs"), &big).unwrap();
+    let extra = "[[package]]\nname = \"big\"\nversion = \"1.0.0\"\narch = \"x86_64\"\n\
+                 file = \"files/big.sqfs\"\nprovides = []\ndepends = {}\n";
+    let leader = members[first].as_ref().unwrap().clone();
+    import_through(tmp.path(), &leader, extra);
+    members[lag] = Some(start(tmp.path(), &cfgs[lag]));
+    let back = members[lag].as_ref().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while back.status().missing_blobs == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the returning member never lacked a blob"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let e = leader.switchover(cfgs[lag].id, 9000).unwrap_err();
+    assert!(
+        matches!(&e, ClusterError::NotComplete { why, .. } if why.contains("lacks")),
+        "{e}"
+    );
+    // Once it holds them, the switchover goes through.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while back.status().missing_blobs > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the returning member did not fetch its blobs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = leader.switchover(cfgs[lag].id, 9001).unwrap();
+    assert!(s.serving, "{s:#?}");
     for m in members.into_iter().flatten() {
         m.shutdown();
     }
