@@ -336,6 +336,12 @@ mod tests {
                 hex::encode(sha2::Sha256::digest(b))
             })
             .collect();
+        // Every member says it holds every blob, as any member reports them.
+        let all = status(&follower.state).unwrap();
+        for m in &all.members {
+            let r = m.reported.as_ref().expect("every member answers");
+            assert_eq!(r.missing_blobs, 0, "{all:#?}");
+        }
         for m in &members {
             assert!(
                 ok(&m.state, &["releases"]).contains("shelf-os"),

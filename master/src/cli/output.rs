@@ -443,16 +443,33 @@ fn cluster_text(c: &crate::cluster::ClusterStatus) -> String {
         .map(|m| {
             let role = if Some(m.id) == c.leader {
                 "leader"
+            } else if m.reported.as_ref().is_some_and(|r| r.witness) {
+                "witness"
             } else if m.voter {
                 "voter"
             } else {
                 "learner"
+            };
+            let (applied, blobs) = match &m.reported {
+                None => ("no answer".to_owned(), "-".to_owned()),
+                Some(r) => (
+                    r.applied_index.map_or("-".into(), |i| i.to_string()),
+                    if r.witness {
+                        "none (witness)".into()
+                    } else if r.missing_blobs == 0 {
+                        "complete".into()
+                    } else {
+                        format!("{} missing", r.missing_blobs)
+                    },
+                ),
             };
             vec![
                 m.id.to_string(),
                 m.addr.clone(),
                 role.into(),
                 m.matched.map_or("-".into(), |i| i.to_string()),
+                applied,
+                blobs,
             ]
         })
         .collect();
@@ -472,7 +489,10 @@ fn cluster_text(c: &crate::cluster::ClusterStatus) -> String {
             c.missing_blobs
         ));
     }
-    text.push_str(&table(&["ID", "ADDRESS", "ROLE", "MATCHED"], &rows));
+    text.push_str(&table(
+        &["ID", "ADDRESS", "ROLE", "MATCHED", "APPLIED", "BLOBS"],
+        &rows,
+    ));
     text
 }
 

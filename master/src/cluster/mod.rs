@@ -276,6 +276,20 @@ pub struct MemberStatus {
     pub voter: bool,
     /// The last log index the leader knows this member holds (only on the leader).
     pub matched: Option<u64>,
+    /// What the member itself says ([`Cluster::status_all`]; `None` in a member's own
+    /// view, or when it did not answer): its applied index, blobs it lacks, whether it
+    /// serves, whether it is a witness.
+    #[serde(default)]
+    pub reported: Option<MemberReport>,
+}
+
+/// A member's own account, for `master cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub applied_index: Option<u64>,
+    pub missing_blobs: usize,
+    pub serving: bool,
+    pub witness: bool,
 }
 
 /// What `master cluster status` shows.
@@ -471,6 +485,7 @@ fn status_of(raft: &Raft, cfg: &ClusterConfig, local_view: &blobs::LocalView) ->
                 .as_ref()
                 .and_then(|r| r.get(id).cloned().flatten())
                 .map(|l| l.index),
+            reported: None,
         })
         .collect();
     let role = match m.state {
@@ -967,6 +982,33 @@ impl Cluster {
         }?;
         let mut peer = net::Peer::new(id, &addr);
         Some(peer.call(req, ttl).await)
+    }
+
+    /// This member's view, with every member's own account of itself (asked of each,
+    /// at most a second per member; one that does not answer has none).
+    pub fn status_all(&self) -> ClusterStatus {
+        let mut st = self.status();
+        for m in &mut st.members {
+            let s = if m.id == self.cfg.id {
+                Some(self.status())
+            } else {
+                match self.rt.block_on(self.call(
+                    m.id,
+                    &net::Request::Status,
+                    Duration::from_secs(1),
+                )) {
+                    Some(Ok(net::Response::Status(s))) => Some(s),
+                    _ => None,
+                }
+            };
+            m.reported = s.map(|s| MemberReport {
+                applied_index: s.applied_index,
+                missing_blobs: s.missing_blobs,
+                serving: s.serving,
+                witness: s.witness,
+            });
+        }
+        st
     }
 
     /// The leader this member knows, waiting up to [`CATCH_UP`] for one (an election, or a

@@ -160,6 +160,13 @@ fn three_members_replicate_every_write_and_a_backup_takes_over() {
         "{r:?}"
     );
 
+    // Every member's own account, gathered on any member.
+    let all = members[(first + 2) % 3].as_ref().unwrap().status_all();
+    for m in &all.members {
+        let r = m.reported.as_ref().expect("every member answers");
+        assert_eq!(r.missing_blobs, 0, "{all:#?}");
+        assert_eq!(r.serving, m.id == cfgs[first].id, "{all:#?}");
+    }
     // The serving member stops: another serves with a higher epoch, writes go on.
     members[first].take().unwrap().shutdown();
     let second = serving(&members);

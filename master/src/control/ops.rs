@@ -222,7 +222,7 @@ pub fn execute<S: Store>(
             m.store()
                 .cluster()
                 .ok_or(MasterError::NotClustered)?
-                .status(),
+                .status_all(),
         ),
         Request::ClusterSwitchover { to } => {
             let c = m.store().cluster().ok_or(MasterError::NotClustered)?;
