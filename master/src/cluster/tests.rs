@@ -110,6 +110,22 @@ fn settled(members: &[Option<Arc<Cluster>>]) {
     }
 }
 
+/// Starts a member for each of `cfgs` and waits until the cluster is made and one
+/// serves; returns the members and the index of the serving one.
+fn made(dir: &Path, cfgs: &[ClusterConfig]) -> (Vec<Option<Arc<Cluster>>>, usize) {
+    let members: Vec<Option<Arc<Cluster>>> = cfgs.iter().map(|c| Some(start(dir, c))).collect();
+    let first = serving(&members);
+    settled(&members);
+    (members, first)
+}
+
+/// Stops every member still running.
+fn shut_down(members: Vec<Option<Arc<Cluster>>>) {
+    for m in members.into_iter().flatten() {
+        m.shutdown();
+    }
+}
+
 fn dump(dir: &Path, id: u64) -> String {
     let d = SqliteStore::open(&dir.join(format!("m{id}/master.db")))
         .unwrap()
@@ -218,10 +234,7 @@ fn a_planned_switchover_moves_the_service_and_a_witness_or_stranger_is_refused()
     let mut cfgs = configs(3);
     // Member 3 is a witness: it votes, never serves.
     cfgs[2].witness = true;
-    let members: Vec<Option<Arc<Cluster>>> =
-        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
-    let first = serving(&members);
-    settled(&members);
+    let (members, first) = made(tmp.path(), &cfgs);
     assert_ne!(first, 2, "a witness never serves");
     let to = 1 - first;
     let to_id = cfgs[to].id;
@@ -245,19 +258,14 @@ fn a_planned_switchover_moves_the_service_and_a_witness_or_stranger_is_refused()
         .unwrap();
     assert!(s.serving, "{s:#?}");
     assert_eq!(serving(&members), first);
-    for m in members.into_iter().flatten() {
-        m.shutdown();
-    }
+    shut_down(members);
 }
 
 #[test]
 fn the_order_of_succession_hands_the_service_to_the_preferred_member() {
     let tmp = tempfile::tempdir().unwrap();
     let cfgs = configs(3);
-    let members: Vec<Option<Arc<Cluster>>> =
-        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
-    let first = serving(&members);
-    settled(&members);
+    let (members, first) = made(tmp.path(), &cfgs);
     let preferred = (first + 2) % 3;
     let order = vec![cfgs[preferred].id, cfgs[first].id];
     members[first]
@@ -287,9 +295,7 @@ fn the_order_of_succession_hands_the_service_to_the_preferred_member() {
         .set_succession(vec![9], 3001)
         .unwrap_err();
     assert!(matches!(e, ClusterError::UnknownMember(9)), "{e}");
-    for m in members.into_iter().flatten() {
-        m.shutdown();
-    }
+    shut_down(members);
 }
 
 #[test]
@@ -312,10 +318,7 @@ fn two_master_cards_and_a_witness_survive_losing_either_card() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfgs = configs(3);
     cfgs[2].witness = true;
-    let mut members: Vec<Option<Arc<Cluster>>> =
-        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
-    let first = serving(&members);
-    settled(&members);
+    let (mut members, first) = made(tmp.path(), &cfgs);
     let other = 1 - first;
     // The serving card dies: the other card serves (the witness makes the quorum).
     members[first].take().unwrap().shutdown();
@@ -346,9 +349,7 @@ fn two_master_cards_and_a_witness_survive_losing_either_card() {
         OpResult::Flag(false),
         "the card written while it was away is known"
     );
-    for m in members.into_iter().flatten() {
-        m.shutdown();
-    }
+    shut_down(members);
 }
 
 /// Imports the fixture release (plus `extra_toml`) through member `c`, as the operator's
@@ -515,10 +516,7 @@ fn every_acknowledged_write_survives_repeated_failovers_exactly_once() {
 fn a_leader_that_loses_its_quorum_gives_up_a_write_as_of_unknown_outcome() {
     let tmp = tempfile::tempdir().unwrap();
     let cfgs = configs(3);
-    let mut members: Vec<Option<Arc<Cluster>>> =
-        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
-    let first = serving(&members);
-    settled(&members);
+    let (mut members, first) = made(tmp.path(), &cfgs);
     for (i, m) in members.iter_mut().enumerate() {
         if i != first {
             m.take().unwrap().shutdown();
@@ -552,10 +550,7 @@ fn a_leader_that_loses_its_quorum_gives_up_a_write_as_of_unknown_outcome() {
 fn a_member_is_added_catches_up_votes_and_is_removed() {
     let tmp = tempfile::tempdir().unwrap();
     let cfgs = configs(3);
-    let mut members: Vec<Option<Arc<Cluster>>> =
-        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
-    let first = serving(&members);
-    settled(&members);
+    let (mut members, first) = made(tmp.path(), &cfgs);
     members[first]
         .as_ref()
         .unwrap()
@@ -604,19 +599,14 @@ fn a_member_is_added_catches_up_votes_and_is_removed() {
         matches!(&e, ClusterError::Refused { message, .. } if message.contains("not a voting member")),
         "{e}"
     );
-    for m in members.into_iter().flatten() {
-        m.shutdown();
-    }
+    shut_down(members);
 }
 
 #[test]
 fn two_voters_without_a_witness_survive_no_loss_and_never_split() {
     let tmp = tempfile::tempdir().unwrap();
     let cfgs = configs(2);
-    let mut members: Vec<Option<Arc<Cluster>>> =
-        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
-    let first = serving(&members);
-    settled(&members);
+    let (mut members, first) = made(tmp.path(), &cfgs);
     // Either card lost: the survivor holds no quorum, so it neither serves nor writes.
     members[first].take().unwrap().shutdown();
     let survivor = members[1 - first].as_ref().unwrap();
@@ -635,19 +625,14 @@ fn two_voters_without_a_witness_survive_no_loss_and_never_split() {
     // The lost card back: one of the two serves again.
     members[first] = Some(start(tmp.path(), &cfgs[first]));
     serving(&members);
-    for m in members.into_iter().flatten() {
-        m.shutdown();
-    }
+    shut_down(members);
 }
 
 #[test]
 fn a_switchover_to_a_member_still_fetching_blobs_is_refused_until_it_has_them() {
     let tmp = tempfile::tempdir().unwrap();
     let cfgs = configs(3);
-    let mut members: Vec<Option<Arc<Cluster>>> =
-        cfgs.iter().map(|c| Some(start(tmp.path(), c))).collect();
-    let first = serving(&members);
-    settled(&members);
+    let (mut members, first) = made(tmp.path(), &cfgs);
     // One member is down while a release with a 48 MiB package is imported: the other
     // two hold its blobs (a majority), it fetches them when it returns.
     let lag = (first + 1) % 3;
@@ -688,7 +673,5 @@ fn a_switchover_to_a_member_still_fetching_blobs_is_refused_until_it_has_them() 
     }
     let s = leader.switchover(cfgs[lag].id, 9001).unwrap();
     assert!(s.serving, "{s:#?}");
-    for m in members.into_iter().flatten() {
-        m.shutdown();
-    }
+    shut_down(members);
 }
