@@ -313,13 +313,7 @@ fn lost_data_frames_are_nacked_and_repaired() {
 #[test]
 fn a_card_killed_mid_artifact_resumes_where_it_was() {
     let vols = FakeVolumes::new(4096, 1024);
-    // Large enough that the agent's spool (flushed every 256 KiB) writes most of it before
-    // the kill.
-    let data = vec![content(5, 2_000_000), content(6, 5000)];
-    let refs = vec![
-        artifact(ArtifactKind::BootImage, "kernel", &data[0]),
-        artifact(ArtifactKind::Package, "base", &data[1]),
-    ];
+    let (refs, data) = big_set();
     let size = refs[0].size;
     let t0 = Instant::now();
     let run = |vols: &FakeVolumes, stop: &dyn Fn(&Agent<FakeVolumes>) -> bool| {
@@ -345,17 +339,7 @@ fn a_card_killed_mid_artifact_resumes_where_it_was() {
     let Some(Decision::Boot { set, .. }) = d else {
         panic!("expected a boot decision, got {d:?}")
     };
-    let fetch = sent
-        .iter()
-        .find_map(|m| match m {
-            Message::Fetch(f) if f.artifact == refs[0].sha256 => Some(f.clone()),
-            _ => None,
-        })
-        .unwrap();
-    assert!(
-        fetch.have_slices > 0,
-        "the Fetch asks for the rest: {fetch:?}"
-    );
+    assert_resumed(&sent, &refs[0]);
     // Bytes written and data frames moved on the second attempt: the rest of the
     // kernel (plus the small package), far less than the kernel.
     assert!(
@@ -372,6 +356,32 @@ fn a_card_killed_mid_artifact_resumes_where_it_was() {
         "every byte as sent"
     );
     assert_eq!(st.digest(), Some(set.digest));
+}
+
+/// A 2 MB boot image and a small package: large enough that the agent's spool (flushed
+/// every 256 KiB) writes most of the kernel before a transfer is cut.
+fn big_set() -> (Vec<ArtifactRef>, Vec<Vec<u8>>) {
+    let data = vec![content(5, 2_000_000), content(6, 5000)];
+    let refs = vec![
+        artifact(ArtifactKind::BootImage, "kernel", &data[0]),
+        artifact(ArtifactKind::Package, "base", &data[1]),
+    ];
+    (refs, data)
+}
+
+/// The card's Fetch of `artifact` in `sent` asks for the rest: it resumed.
+fn assert_resumed(sent: &[Message], artifact: &ArtifactRef) {
+    let fetch = sent
+        .iter()
+        .find_map(|m| match m {
+            Message::Fetch(f) if f.artifact == artifact.sha256 => Some(f.clone()),
+            _ => None,
+        })
+        .expect("a Fetch of the artifact");
+    assert!(
+        fetch.have_slices > 0,
+        "the Fetch asks for the rest: {fetch:?}"
+    );
 }
 
 /// A store that holds the fixture set, committed.
@@ -1086,11 +1096,7 @@ fn heartbeat_from(src: MacAddr, epoch: u64) -> Vec<u8> {
 #[test]
 fn a_fetching_card_follows_a_higher_epoch_at_once_and_resumes_what_it_staged() {
     let vols = FakeVolumes::new(4096, 1024);
-    let data = vec![content(5, 2_000_000), content(6, 5000)];
-    let refs = vec![
-        artifact(ArtifactKind::BootImage, "kernel", &data[0]),
-        artifact(ArtifactKind::Package, "base", &data[1]),
-    ];
+    let (refs, data) = big_set();
     let size = refs[0].size;
     let t0 = Instant::now();
     let mut agent = Agent::new(config(), store(&vols), t0);
@@ -1137,17 +1143,7 @@ fn a_fetching_card_follows_a_higher_epoch_at_once_and_resumes_what_it_staged() {
     let Some(Decision::Boot { set, .. }) = d else {
         panic!("expected a boot decision, got {d:?}")
     };
-    let fetch = sent
-        .iter()
-        .find_map(|m| match m {
-            Message::Fetch(f) if f.artifact == refs[0].sha256 => Some(f.clone()),
-            _ => None,
-        })
-        .unwrap();
-    assert!(
-        fetch.have_slices > 0,
-        "the Fetch asks for the rest: {fetch:?}"
-    );
+    assert_resumed(&sent, &refs[0]);
     assert!(
         agent.counters().bytes_written - staged < size / 5,
         "after the takeover the card wrote {} more bytes of a {size}-byte kernel",
