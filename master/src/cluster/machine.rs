@@ -80,6 +80,10 @@ impl StateMachine {
         view: Arc<super::blobs::LocalView>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
+        // The log (`raft.db`) is the durable record: an apply need not wait for the disk.
+        // A snapshot makes the databases durable before the log behind it is purged.
+        let mut db = db;
+        db.relax_sync().map_err(std::io::Error::other)?;
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
             dir,
@@ -119,6 +123,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let (applied, membership) = Self::state(&db)?;
             let file = self.dir.join("build.db");
             let _ = std::fs::remove_file(&file);
+            // What the snapshot holds must be on disk before openraft purges the log
+            // entries it replaces.
+            db.checkpoint().map_err(snap_err)?;
             db.copy_to(&file).map_err(snap_err)?;
             let bytes = std::fs::read(&file).map_err(snap_err)?;
             let _ = std::fs::remove_file(&file);
@@ -230,6 +237,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // as the leader describes them all the same.
             Self::set(&mut db, META_APPLIED, &meta.last_log_id)?;
             Self::set(&mut db, META_MEMBERSHIP, &meta.last_membership)?;
+            // The log before the snapshot goes next: the copy must be on disk first.
+            db.checkpoint().map_err(snap_err)?;
         }
         let _ = std::fs::remove_file(&file);
         // The copy may reference blobs this member has not looked for.
