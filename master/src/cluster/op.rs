@@ -89,6 +89,9 @@ pub enum Op {
         order: Vec<u64>,
         now: i64,
     },
+    /// Several writes in one entry, applied in order, each atomic on its own (the
+    /// serving master's card reports of one loop turn).
+    Batch(Vec<Op>),
 }
 
 /// What an applied operation returned. An operation the store refused (an unknown node, a
@@ -101,6 +104,8 @@ pub enum OpResult {
     Imported(ImportOutcome),
     Macs(Vec<MacAddr>),
     Refused(String),
+    /// The result of each operation of a [`Op::Batch`], in order.
+    Batch(Vec<OpResult>),
 }
 
 impl Op {
@@ -123,6 +128,7 @@ impl Op {
             Op::ClearAssignment { .. } => "clear assignment",
             Op::RecordEvent { .. } => "event",
             Op::SetSuccession { .. } => "succession",
+            Op::Batch(_) => "batch",
         }
     }
 
@@ -133,6 +139,13 @@ impl Op {
     /// error: applying must then stop here, or this master would hold other state than
     /// the rest.
     pub fn apply(&self, s: &mut SqliteStore) -> Result<OpResult, StoreError> {
+        if let Op::Batch(ops) = self {
+            return ops
+                .iter()
+                .map(|op| op.apply(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map(OpResult::Batch);
+        }
         let r: Result<OpResult, StoreError> = match self {
             Op::TrustKey(k) => s.trust_key(k).map(OpResult::Flag),
             Op::UntrustKey { key_id, now } => s.untrust_key(key_id, *now).map(|()| OpResult::Done),
@@ -213,6 +226,7 @@ impl Op {
                 })
                 .map(|()| OpResult::Done)
             }
+            Op::Batch(_) => unreachable!("a batch is applied above"),
         };
         match r {
             Err(e @ (StoreError::Sql { .. } | StoreError::Open { .. })) => Err(e),

@@ -2,7 +2,7 @@
 //! master's own `master.db` (a connection of their own); every write is an [`Op`] made
 //! through the cluster ([`Cluster::write`]) and returns once applied here too.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -27,6 +27,12 @@ pub struct ReplicatedStore {
     /// own writes since.
     seen: Cell<u64>,
     own: Cell<u64>,
+    /// Between [`Store::begin_batch`] and [`Store::end_batch`]: card reports whose
+    /// result nothing reads back (state, inventory, absence, events) wait here and go to
+    /// the cluster as one [`Op::Batch`], before any read or any other write, and at the
+    /// end of the batch. What a caller reads therefore always includes them.
+    batching: Cell<bool>,
+    queue: RefCell<Vec<Op>>,
 }
 
 impl ReplicatedStore {
@@ -40,6 +46,8 @@ impl ReplicatedStore {
             blobs,
             seen,
             own: Cell::new(0),
+            batching: Cell::new(false),
+            queue: RefCell::new(Vec::new()),
         }
     }
 
@@ -49,6 +57,7 @@ impl ReplicatedStore {
     }
 
     fn write(&self, op: Op) -> Result<OpResult> {
+        self.flush()?;
         let name = op.name();
         let r = self.cluster.write(op);
         if r.is_ok() {
@@ -69,6 +78,43 @@ impl ReplicatedStore {
 
     fn done(&self, op: Op) -> Result<()> {
         self.write(op).map(|_| ())
+    }
+
+    /// A write whose result nothing reads back: queued while a batch is open.
+    fn later(&self, op: Op) -> Result<()> {
+        if self.batching.get() {
+            self.queue.borrow_mut().push(op);
+            Ok(())
+        } else {
+            self.done(op)
+        }
+    }
+
+    /// Sends the queued writes, as one entry. A refusal among them is returned (the
+    /// others stand: each is atomic on its own).
+    fn flush(&self) -> Result<()> {
+        let ops = std::mem::take(&mut *self.queue.borrow_mut());
+        match ops.len() {
+            0 => Ok(()),
+            1 => self.done(ops.into_iter().next().expect("one op")),
+            _ => match self.write(Op::Batch(ops))? {
+                OpResult::Batch(results) => {
+                    let refused: Vec<String> = results
+                        .into_iter()
+                        .filter_map(|r| match r {
+                            OpResult::Refused(m) => Some(m),
+                            _ => None,
+                        })
+                        .collect();
+                    if refused.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Refused(refused.join("; ")))
+                    }
+                }
+                other => Err(unexpected(other)),
+            },
+        }
     }
 
     fn flag(&self, op: Op) -> Result<bool> {
@@ -100,10 +146,12 @@ impl Store for ReplicatedStore {
     }
 
     fn trusted_keys(&self) -> Result<Vec<TrustedKey>> {
+        self.flush()?;
         self.local.trusted_keys()
     }
 
     fn check_import(&self, manifest: &Manifest, manifest_sha256: &Digest) -> Result<bool> {
+        self.flush()?;
         self.local.check_import(manifest, manifest_sha256)
     }
 
@@ -130,18 +178,22 @@ impl Store for ReplicatedStore {
     }
 
     fn releases(&self) -> Result<Vec<ReleaseInfo>> {
+        self.flush()?;
         self.local.releases()
     }
 
     fn release_manifest(&self, id: &ReleaseId) -> Result<Option<Manifest>> {
+        self.flush()?;
         self.local.release_manifest(id)
     }
 
     fn packages(&self) -> Result<Vec<PackageRecord>> {
+        self.flush()?;
         self.local.packages()
     }
 
     fn boot_images(&self) -> Result<Vec<BootRecord>> {
+        self.flush()?;
         self.local.boot_images()
     }
 
@@ -153,6 +205,7 @@ impl Store for ReplicatedStore {
     }
 
     fn referenced_blobs(&self) -> Result<BTreeSet<Digest>> {
+        self.flush()?;
         self.local.referenced_blobs()
     }
 
@@ -178,7 +231,7 @@ impl Store for ReplicatedStore {
         reason: Option<&str>,
         now: i64,
     ) -> Result<()> {
-        self.done(Op::RecordState {
+        self.later(Op::RecordState {
             mac: *mac,
             state,
             reason: reason.map(str::to_owned),
@@ -187,7 +240,7 @@ impl Store for ReplicatedStore {
     }
 
     fn record_inventory(&mut self, mac: &MacAddr, inv: &Inventory, now: i64) -> Result<()> {
-        self.done(Op::RecordInventory {
+        self.later(Op::RecordInventory {
             mac: *mac,
             inventory: inv.clone(),
             now,
@@ -195,7 +248,7 @@ impl Store for ReplicatedStore {
     }
 
     fn mark_absent(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
-        self.done(Op::MarkAbsent { mac: *mac, now })
+        self.later(Op::MarkAbsent { mac: *mac, now })
     }
 
     fn set_test_mode(&mut self, mac: &MacAddr, test: Option<&TestMode>, now: i64) -> Result<()> {
@@ -217,6 +270,7 @@ impl Store for ReplicatedStore {
     }
 
     fn prepare_pending(&self, mac: &MacAddr) -> Result<bool> {
+        self.flush()?;
         self.local.prepare_pending(mac)
     }
 
@@ -225,10 +279,12 @@ impl Store for ReplicatedStore {
     }
 
     fn node(&self, mac: &MacAddr) -> Result<Option<NodeRecord>> {
+        self.flush()?;
         self.local.node(mac)
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.flush()?;
         self.local.nodes()
     }
 
@@ -248,14 +304,17 @@ impl Store for ReplicatedStore {
     }
 
     fn assignments(&self) -> Result<Vec<Assignment>> {
+        self.flush()?;
         self.local.assignments()
     }
 
     fn events(&self, node: Option<&MacAddr>, limit: u32) -> Result<Vec<Event>> {
+        self.flush()?;
         self.local.events(node, limit)
     }
 
     fn events_after(&self, node: Option<&MacAddr>, after: i64, limit: u32) -> Result<Vec<Event>> {
+        self.flush()?;
         self.local.events_after(node, after, limit)
     }
 
@@ -266,7 +325,7 @@ impl Store for ReplicatedStore {
         detail: &str,
         now: i64,
     ) -> Result<()> {
-        self.done(Op::RecordEvent {
+        self.later(Op::RecordEvent {
             node: node.copied(),
             kind: kind.to_owned(),
             detail: detail.to_owned(),
@@ -275,7 +334,18 @@ impl Store for ReplicatedStore {
     }
 
     fn dump(&self) -> Result<String> {
+        self.flush()?;
         self.local.dump()
+    }
+
+    fn begin_batch(&mut self) -> Result<()> {
+        self.batching.set(true);
+        Ok(())
+    }
+
+    fn end_batch(&mut self) -> Result<()> {
+        self.batching.set(false);
+        self.flush()
     }
 
     fn changed_elsewhere(&self) -> bool {

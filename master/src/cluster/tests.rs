@@ -675,3 +675,67 @@ fn a_switchover_to_a_member_still_fetching_blobs_is_refused_until_it_has_them() 
     assert!(s.serving, "{s:#?}");
     shut_down(members);
 }
+
+#[test]
+fn a_batch_of_card_reports_is_one_entry_and_every_read_sees_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = configs(3);
+    let (members, first) = made(tmp.path(), &cfgs);
+    let c = members[first].as_ref().unwrap().clone();
+    let state = tmp.path().join(format!("m{}", c.config().id));
+    let local = SqliteStore::open(&state.join("master.db")).unwrap();
+    let blobs = BlobDir::open(&state.join("blobs")).unwrap();
+    let mut s = ReplicatedStore::new(local, c.clone(), blobs);
+    for n in 1..=3 {
+        s.record_identity(&identity(n), 100).unwrap();
+    }
+    let before = c.status().last_log_index;
+    s.begin_batch().unwrap();
+    for n in 1..=3 {
+        s.record_state(&identity(n).mac, NodeState::Fetching, None, 101)
+            .unwrap();
+    }
+    assert_eq!(
+        c.status().last_log_index,
+        before,
+        "queued, not yet proposed"
+    );
+    // A read sends them first, as one entry, and sees them.
+    let node = s.node(&identity(2).mac).unwrap().unwrap();
+    assert_eq!(node.state, NodeState::Fetching);
+    assert_eq!(
+        c.status().last_log_index,
+        before.map(|i| i + 1),
+        "three reports, one entry"
+    );
+    // A refused report among others: the others stand, the refusal is returned.
+    s.record_state(&identity(1).mac, NodeState::Ready, None, 102)
+        .unwrap();
+    s.record_state(
+        &MacAddr([0x02, 0x66, 0, 0, 0, 77]),
+        NodeState::Ready,
+        None,
+        102,
+    )
+    .unwrap();
+    let e = s.end_batch().unwrap_err();
+    assert!(e.to_string().contains("unknown node"), "{e}");
+    assert_eq!(
+        s.node(&identity(1).mac).unwrap().unwrap().state,
+        NodeState::Ready
+    );
+    // Outside a batch a report goes at once.
+    s.record_state(&identity(3).mac, NodeState::Ready, None, 103)
+        .unwrap();
+    assert_eq!(
+        SqliteStore::open(&state.join("master.db"))
+            .unwrap()
+            .node(&identity(3).mac)
+            .unwrap()
+            .unwrap()
+            .state,
+        NodeState::Ready
+    );
+    drop(s);
+    shut_down(members);
+}
