@@ -86,13 +86,15 @@ pub enum MessageType {
     Command = 0x0b,
     /// Card → master: the full flash inventory, when the master asks (version 2).
     Inventory = 0x0c,
+    /// Card (resident agent, after hand-off) → master: I run this set, this healthy.
+    Alive = 0x0d,
     /// Master → card(s): one block of artifact data ([`crate::data`]), no CBOR.
     Data = 0x40,
 }
 
 impl MessageType {
     /// Every message type, in wire order.
-    pub const ALL: [MessageType; 13] = [
+    pub const ALL: [MessageType; 14] = [
         MessageType::Solicit,
         MessageType::Advertise,
         MessageType::Heartbeat,
@@ -105,6 +107,7 @@ impl MessageType {
         MessageType::Error,
         MessageType::Command,
         MessageType::Inventory,
+        MessageType::Alive,
         MessageType::Data,
     ];
 
@@ -122,7 +125,7 @@ impl MessageType {
     /// carries it is rejected as [`FrameError::UnknownMessageType`].
     pub const fn since_version(self) -> u8 {
         match self {
-            MessageType::Inventory => version::FRAGMENTS,
+            MessageType::Inventory | MessageType::Alive => version::FRAGMENTS,
             _ => 1,
         }
     }

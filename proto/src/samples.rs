@@ -127,6 +127,16 @@ pub fn every_message() -> Vec<Message> {
             inventory_digest: Some(Digest([5; 32])),
             nonce: [3; 16],
         }),
+        Message::Alive(Alive {
+            running: Some(Digest([5; 32])),
+            persisted: true,
+            health: Health::Healthy,
+            uptime: 42,
+            epoch: 7,
+            rolled_back_from: None,
+            dropped: 0,
+            detail: String::new(),
+        }),
     ]
 }
 

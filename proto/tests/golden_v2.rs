@@ -66,7 +66,8 @@ mod v2 {
         assert_eq!(MessageType::Inventory.code(), 0x0c);
         assert_eq!(MessageType::Inventory.since_version(), 2);
         let codes: Vec<u8> = MessageType::ALL.iter().map(|t| t.code()).collect();
-        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x40]);
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0x40]);
+        assert_eq!(MessageType::Alive.since_version(), 2);
         assert_eq!(MAX_CONTROL_BODY_LEN, 1482);
         assert_eq!(MAX_MESSAGE_LEN, 65536);
         assert_eq!(FRAGMENT_HDR_LEN, 12);
@@ -149,6 +150,12 @@ mod v2 {
             020202020202020202020202020202020202020202020202617a191000626964
             5820050505050505050505050505050505050505050505050505050505050505
             0505616e5003030303030303030303030303030303ce528ad0
+            ",
+            // Alive (0x0d), appended in version 2 for the card's resident agent.
+            "
+            ffffffffffff02000000000788b5020d00000000000b0000000c0038a6616458
+            2005050505050505050505050505050505050505050505050505050505050505
+            056170f5626873626f6b6175182a61650761780025c28c3a
             ",
         ];
         let frames = samples::every_frame();

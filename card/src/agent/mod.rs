@@ -488,7 +488,8 @@ impl<V: Volumes> Agent<V> {
             | Message::Nack(_)
             | Message::Progress(_)
             | Message::Ready(_)
-            | Message::Inventory(_) => self.counters.dropped_unexpected += 1,
+            | Message::Inventory(_)
+            | Message::Alive(_) => self.counters.dropped_unexpected += 1,
         }
     }
 

@@ -454,7 +454,8 @@ impl<S: Store> Service<S> {
             | Message::Heartbeat(_)
             | Message::Plan(_)
             | Message::Join(_)
-            | Message::Command(_) => self.stats.dropped_unexpected += 1,
+            | Message::Command(_)
+            | Message::Alive(_) => self.stats.dropped_unexpected += 1,
             Message::Inventory(i) => {
                 self.stats.inventories += 1;
                 let inv = Inventory {

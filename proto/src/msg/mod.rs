@@ -18,9 +18,9 @@ mod types;
 pub use artifact::{ArtifactKind, ArtifactRef, Digest, SET_DIGEST_DOMAIN, set_digest};
 pub use signature::{SIGNATURE_LEN, Signature};
 pub use types::{
-    Action, Advertise, Arch, BootPhase, Command, CommandBody, ErrorMsg, ErrorReason, Fetch,
-    Handoff, Heartbeat, Inventory, Join, MasterCert, MasterCertBody, Nack, Nonce, Plan, PlanBody,
-    Progress, Ready, Solicit, Stage, Verdict,
+    Action, Advertise, Alive, Arch, BootPhase, Command, CommandBody, ErrorMsg, ErrorReason, Fetch,
+    Handoff, Health, Heartbeat, Inventory, Join, MasterCert, MasterCertBody, Nack, Nonce, Plan,
+    PlanBody, Progress, Ready, Solicit, Stage, Verdict,
 };
 
 use thiserror::Error;
@@ -57,6 +57,8 @@ pub enum Message {
     Command(Command),
     /// See [`Inventory`] (version 2).
     Inventory(Inventory),
+    /// See [`Alive`].
+    Alive(Alive),
 }
 
 /// Errors of the control message codec.
@@ -128,15 +130,16 @@ impl Message {
             Message::Error(_) => MessageType::Error,
             Message::Command(_) => MessageType::Command,
             Message::Inventory(_) => MessageType::Inventory,
+            Message::Alive(_) => MessageType::Alive,
         }
     }
 
     /// The oldest protocol version that can carry this message: 2 for the Inventory
-    /// message and for the fields and reasons version 2 added (`io`, `mt`, `ao`, `ri`,
+    /// and Alive messages and for the fields and reasons version 2 added (`io`, `mt`, `ao`, `ri`,
     /// MessageTooLarge), 1 otherwise.
     pub fn since_version(&self) -> u8 {
         let v2 = match self {
-            Message::Inventory(_) => true,
+            Message::Inventory(_) | Message::Alive(_) => true,
             Message::Solicit(s) => s.inventory_omitted || s.link_mtu.is_some(),
             // A master certificate (`mc`) is not tied to a frame version: broadcast Commands
             // go out in version 1 and carry it too. What takes it is the card's build.
@@ -175,6 +178,7 @@ impl Message {
             Message::Error(m) => ciborium::into_writer(m, &mut out),
             Message::Command(m) => ciborium::into_writer(m, &mut out),
             Message::Inventory(m) => ciborium::into_writer(m, &mut out),
+            Message::Alive(m) => ciborium::into_writer(m, &mut out),
         };
         res.map_err(|source| MsgError::Encode { msg_type, source })?;
         if out.len() > max {
@@ -224,6 +228,7 @@ impl Message {
             MessageType::Error => Message::Error(cbor(msg_type, body)?),
             MessageType::Command => Message::Command(cbor(msg_type, body)?),
             MessageType::Inventory => Message::Inventory(cbor(msg_type, body)?),
+            MessageType::Alive => Message::Alive(cbor(msg_type, body)?),
             MessageType::Data => return Err(MsgError::NotControl { msg_type }),
         };
         msg.check_rules()?;

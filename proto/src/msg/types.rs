@@ -400,6 +400,56 @@ pub struct ErrorMsg {
     pub detail: String,
 }
 
+/// How the running system is, as the card's resident agent sees it. CBOR: text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Health {
+    /// The set names no health command: nothing to check.
+    #[serde(rename = "none")]
+    Unchecked,
+    /// The set's health command has not succeeded yet; its deadline has not passed.
+    #[serde(rename = "chk")]
+    Checking,
+    /// The health command succeeded: the set is marked good on flash.
+    #[serde(rename = "ok")]
+    Healthy,
+    /// The deadline passed without success: the card rolls back (or, with no previous set,
+    /// keeps running and says so).
+    #[serde(rename = "bad")]
+    Unhealthy,
+}
+
+/// Card → master, sent by the card's resident agent after hand-off, every few seconds and
+/// at once when something changes: presence, the running set and its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alive {
+    /// `d`: set digest of what the card runs; absent = nothing from flash (a flash-less
+    /// or test-mode boot from RAM).
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Digest>,
+    /// `p`: true = the running set is committed on flash, false = RAM only.
+    #[serde(rename = "p")]
+    pub persisted: bool,
+    /// `hs`: health of the running set.
+    #[serde(rename = "hs")]
+    pub health: Health,
+    /// `u`: seconds since the hand-off.
+    #[serde(rename = "u")]
+    pub uptime: u64,
+    /// `e`: epoch of the master whose plan the card runs (0: it booted on its own).
+    #[serde(rename = "e")]
+    pub epoch: u64,
+    /// `rb`: the set this card rolled back from on its own, if it did.
+    #[serde(rename = "rb", default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<Digest>,
+    /// `x`: commands dropped since the hand-off (forged, not for us, replayed).
+    #[serde(rename = "x")]
+    pub dropped: u32,
+    /// `t`: free text for operators: why unhealthy, what was rolled back. Absent = empty.
+    #[serde(rename = "t", default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
 /// What a [`Command`] orders. CBOR: text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Action {
