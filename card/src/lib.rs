@@ -2,6 +2,8 @@
 
 pub mod agent;
 pub mod boot;
+pub mod command;
 pub mod driver;
 pub mod flash;
+pub mod resident;
 pub mod sim;

@@ -67,6 +67,7 @@ use shelfboot_proto::sign::SignError;
 use shelfboot_proto::version;
 
 use crate::boot::handoff_of;
+use crate::command::Refused;
 use crate::flash::inventory::SetRecord;
 use crate::flash::{FileVolumes, Store, StoreError, VolumeErrorKind, Volumes};
 use fetch::Fetching;
@@ -998,23 +999,29 @@ impl<V: Volumes> Agent<V> {
     }
 
     fn on_command(&mut self, now: Instant, cmd: Command) {
-        if let Err(e) = self.cfg.anchor.verify_command(&cmd) {
-            self.counters.dropped_forged += 1;
-            log::warn!("card {}: dropped command: {}", self.mac(), error_chain(&e));
-            return;
-        }
+        let stamp = match crate::command::admit(
+            &self.cfg.anchor,
+            self.mac(),
+            self.epoch,
+            self.last_command,
+            &cmd,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                match e {
+                    Refused::Forged(_) => {
+                        self.counters.dropped_forged += 1;
+                        log::warn!("card {}: dropped command: {}", self.mac(), error_chain(&e));
+                    }
+                    Refused::NotForUs(_) => self.counters.dropped_not_for_us += 1,
+                    Refused::Replayed { .. } => self.counters.dropped_replayed += 1,
+                }
+                return;
+            }
+        };
         let b = &cmd.body;
-        if b.target.is_some_and(|t| t != self.mac()) {
-            self.counters.dropped_not_for_us += 1;
-            return;
-        }
-        let stamp = (b.epoch, b.serial);
-        if b.epoch < self.epoch || self.last_command.is_some_and(|last| stamp <= last) {
-            self.counters.dropped_replayed += 1;
-            return;
-        }
         self.last_command = Some(stamp);
-        self.epoch = b.epoch;
+        self.epoch = stamp.0;
         self.counters.commands += 1;
         log::info!(
             "card {}: command {:?} (epoch {}, serial {})",

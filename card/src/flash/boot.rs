@@ -156,9 +156,51 @@ impl<V: Volumes> Store<V> {
             attempts,
             previous: None,
             rolled_back_from: Some(inv.set.digest),
+            last_command: inv.last_command,
         };
         self.replace_inventory(&next)?;
         self.collect_garbage(true)?;
         Ok((set, inv.set.digest))
+    }
+
+    /// Roll back to the previous set while the failed set still runs (its health check
+    /// failed after the hand-off): the inventory swap only. The failed set's volumes are
+    /// in use (mounted), so they are left for the garbage collection of the next
+    /// [`Store::open`]. Refused without an intact previous set.
+    pub fn rollback_running(&mut self) -> Result<SetRecord, StoreError> {
+        let inv = self.inventory.clone().ok_or(StoreError::NothingCommitted)?;
+        let set = match &inv.previous {
+            Some(p) if self.missing_volumes(p)?.is_empty() => p.clone(),
+            _ => return Err(StoreError::NoPrevious),
+        };
+        let next = Inventory {
+            generation: inv.generation + 1,
+            set: set.clone(),
+            attempts: 0,
+            previous: None,
+            rolled_back_from: Some(inv.set.digest),
+            last_command: inv.last_command,
+        };
+        self.replace_inventory(&next)?;
+        Ok(set)
+    }
+
+    /// Remember the (epoch, serial) of a master command about to be executed, so that no
+    /// copy or replay of it is executed again, even after the reset it causes. No write
+    /// if the stamp is not newer than the one on flash.
+    pub fn record_command(&mut self, stamp: (u64, u64)) -> Result<(), StoreError> {
+        let inv = self.inventory.clone().ok_or(StoreError::NothingCommitted)?;
+        if inv.last_command.is_some_and(|last| last >= stamp) {
+            return Ok(());
+        }
+        let mut next = inv;
+        next.last_command = Some(stamp);
+        next.generation += 1;
+        self.replace_inventory(&next)
+    }
+
+    /// The stamp written by [`Self::record_command`], if any.
+    pub fn last_command(&self) -> Option<(u64, u64)> {
+        self.inventory.as_ref().and_then(|i| i.last_command)
     }
 }

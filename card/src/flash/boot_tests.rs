@@ -173,3 +173,57 @@ fn ready_and_explicit_rollback_survive_power_cut_at_every_step() {
         }
     }
 }
+
+#[test]
+fn a_running_set_rolls_back_without_touching_its_volumes_until_the_next_open() {
+    let dev = fresh(64, &[&set_a(), &set_b()]);
+    let volumes = |dev: &FakeVolumes| {
+        let mut names: Vec<String> = dev
+            .clone()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        names.sort();
+        names
+    };
+    let before = volumes(&dev);
+    {
+        let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+        s.begin_boot().unwrap();
+        assert_eq!(s.rollback_running().unwrap().digest, set_a().digest());
+        let inv = s.inventory().unwrap();
+        assert_eq!(
+            (inv.set.digest, inv.attempts, inv.rolled_back_from),
+            (set_a().digest(), 0, Some(set_b().digest()))
+        );
+        // set B runs on: none of its volumes was removed.
+        let mut after = volumes(&dev);
+        after.retain(|n| !n.contains("new"));
+        assert_eq!(after, before);
+        assert!(matches!(s.rollback_running(), Err(StoreError::NoPrevious)));
+    }
+    // The next boot's open collects set B's volumes.
+    Store::open(dev.clone(), cfg()).unwrap();
+    check_consistent(&dev, &[set_a().digest()], "after the next open");
+}
+
+#[test]
+fn a_recorded_command_stamp_survives_commit_boot_and_rollback_and_never_goes_back() {
+    let dev = fresh(64, &[&set_a(), &set_b()]);
+    let (mut s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    assert_eq!(s.last_command(), None);
+    s.record_command((3, 7)).unwrap();
+    let generation = s.inventory().unwrap().generation;
+    // An older or equal stamp writes nothing.
+    s.record_command((3, 7)).unwrap();
+    s.record_command((2, 99)).unwrap();
+    assert_eq!(s.inventory().unwrap().generation, generation);
+    s.begin_boot().unwrap();
+    s.mark_ready().unwrap();
+    s.rollback().unwrap();
+    drop(s);
+    let (s, _) = Store::open(dev.clone(), cfg()).unwrap();
+    assert_eq!(s.last_command(), Some((3, 7)));
+}

@@ -163,6 +163,10 @@ pub struct Inventory {
     /// Digest of a set this card rolled back from, for reporting to the master.
     #[serde(rename = "r", default)]
     pub rolled_back_from: Option<Digest>,
+    /// (epoch, serial) of the last master command the card's resident agent executed:
+    /// a replay of it (or of an older one) is refused after the reset it caused too.
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub last_command: Option<(u64, u64)>,
 }
 
 /// Why an inventory could not be built, encoded or decoded.
@@ -346,6 +350,7 @@ mod tests {
             attempts: 2,
             previous: Some(previous),
             rolled_back_from: Some(Digest([9; 32])),
+            last_command: None,
         }
     }
 
@@ -418,6 +423,7 @@ mod tests {
             attempts: 0,
             previous: None,
             rolled_back_from: None,
+            last_command: None,
         };
         set.artifacts[2].offset = 4096;
         // a and b: same bytes at offset 0.

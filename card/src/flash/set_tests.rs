@@ -315,6 +315,7 @@ fn a_format_one_card_with_one_volume_per_artifact_is_read_and_updated() {
         attempts: 0,
         previous: None,
         rolled_back_from: None,
+        last_command: None,
     };
     let mut bytes = inventory::encode(&inv, leb).unwrap();
     assert!(

@@ -533,6 +533,7 @@ impl<V: Volumes> Store<V> {
             attempts: 0,
             previous,
             rolled_back_from: None,
+            last_command: self.inventory.as_ref().and_then(|i| i.last_command),
         }
     }
 
