@@ -200,6 +200,11 @@ impl Resident {
         self.send_alive(now);
     }
 
+    /// Send an Alive now (a repeat before the card resets, on a lossy backplane).
+    pub fn announce(&mut self, now: Instant) {
+        self.send_alive(now);
+    }
+
     /// A received frame.
     pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) {
         self.counters.frames_in += 1;

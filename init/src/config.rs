@@ -86,6 +86,19 @@ pub struct Config {
     pub maxtries: u32,
     /// Erase an MTD device that carries no UBI header at all before attaching.
     pub format_pristine: bool,
+    /// Arm the hardware watchdog (`/dev/watchdog`) with this timeout in seconds
+    /// (`shelfboot.watchdog=SECONDS`; absent or 0: not armed). init feeds it while it
+    /// runs, the resident agent after the hand-off; it must outlast a kexec.
+    pub watchdog: Option<u32>,
+    /// Interval of the resident agent's Alive messages (`shelfboot.alive=`).
+    pub alive: Duration,
+    /// The health command of a set (`shelfboot.health=PATH`, in the release's command
+    /// line): run by the resident agent in the package root until it exits 0. A set that
+    /// names one is marked good only then; without one, at Ready, as before.
+    pub health: Option<String>,
+    /// How long the health command may take to succeed after the hand-off
+    /// (`shelfboot.health_deadline=`) before the card rolls back on its own.
+    pub health_deadline: Duration,
     /// Unknown `shelfboot.*` keys (warned about, otherwise ignored).
     pub unknown_keys: Vec<String>,
 }
@@ -109,6 +122,10 @@ impl Default for Config {
             test: false,
             maxtries: 3,
             format_pristine: true,
+            watchdog: None,
+            alive: Duration::from_secs(2),
+            health: None,
+            health_deadline: Duration::from_secs(60),
             unknown_keys: Vec::new(),
         }
     }
@@ -305,6 +322,12 @@ impl Config {
         if cfg.hold != Config::default().hold {
             keys.push(("hold", format!("{}ms", cfg.hold.as_millis())));
         }
+        if let Some(w) = cfg.watchdog {
+            keys.push(("watchdog", w.to_string()));
+        }
+        if cfg.alive != Config::default().alive {
+            keys.push(("alive", format!("{}ms", cfg.alive.as_millis())));
+        }
         let mut out = plan.trim().to_string();
         for (k, v) in keys {
             let prefix = format!("shelfboot.{k}=");
@@ -398,6 +421,33 @@ impl Config {
                         .filter(|n| (1..=100).contains(n))
                         .ok_or_else(|| bad(&key, s, EXPECTED))?;
                 }
+                "watchdog" => {
+                    const EXPECTED: &str = "a watchdog timeout in seconds from 0 (off) to 2000";
+                    let s = need(&key, v, EXPECTED)?;
+                    let t: u32 = s
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 2000)
+                        .ok_or_else(|| bad(&key, s, EXPECTED))?;
+                    c.watchdog = (t > 0).then_some(t);
+                }
+                "alive" => {
+                    let d = parse_duration(&key, need(&key, v, "a duration")?)?;
+                    if d < Duration::from_millis(100) {
+                        return Err(bad(&key, v.unwrap_or(""), "an interval of at least 100ms"));
+                    }
+                    c.alive = d;
+                }
+                "health" => {
+                    let p = need(&key, v, "an absolute path of a health command")?;
+                    if !p.starts_with('/') {
+                        return Err(bad(&key, p, "an absolute path of a health command"));
+                    }
+                    c.health = Some(p.to_string());
+                }
+                "health_deadline" => {
+                    c.health_deadline = parse_duration(&key, need(&key, v, "a duration")?)?;
+                }
                 _ => c.unknown_keys.push(key.clone()),
             }
         }
@@ -456,6 +506,20 @@ impl fmt::Display for Config {
         writeln!(f, "test            {}", self.test)?;
         writeln!(f, "maxtries        {}", self.maxtries)?;
         writeln!(f, "format pristine {}", self.format_pristine)?;
+        writeln!(
+            f,
+            "watchdog        {}",
+            self.watchdog
+                .map_or_else(|| "off".to_string(), |t| format!("{t} s"))
+        )?;
+        writeln!(f, "alive every     {:?}", self.alive)?;
+        if let Some(h) = &self.health {
+            writeln!(
+                f,
+                "health          {h} (deadline {:?})",
+                self.health_deadline
+            )?;
+        }
         if !self.unknown_keys.is_empty() {
             writeln!(
                 f,
@@ -470,6 +534,41 @@ impl fmt::Display for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watchdog_alive_and_health_keys_parse_and_bad_values_name_the_key() {
+        let hw = Hardware::default();
+        let c = Config::parse(
+            "shelfboot.watchdog=90 shelfboot.alive=500ms shelfboot.health=/usr/bin/ok shelfboot.health_deadline=20",
+            &hw,
+        )
+        .unwrap();
+        assert_eq!(c.watchdog, Some(90));
+        assert_eq!(c.alive, Duration::from_millis(500));
+        assert_eq!(c.health.as_deref(), Some("/usr/bin/ok"));
+        assert_eq!(c.health_deadline, Duration::from_secs(20));
+        assert!(c.unknown_keys.is_empty());
+        assert_eq!(
+            Config::parse("shelfboot.watchdog=0", &hw).unwrap().watchdog,
+            None
+        );
+        // The card's own keys go along to a kexec'd image; the release's health does not.
+        let carried = c.carried_cmdline("");
+        assert!(carried.contains("shelfboot.watchdog=90"), "{carried}");
+        assert!(carried.contains("shelfboot.alive=500ms"), "{carried}");
+        assert!(!carried.contains("health"), "{carried}");
+        for bad in [
+            "shelfboot.watchdog=5000",
+            "shelfboot.watchdog=x",
+            "shelfboot.alive=10ms",
+            "shelfboot.health=relative/path",
+            "shelfboot.health_deadline=soon",
+        ] {
+            let e = Config::parse(bad, &hw).unwrap_err().to_string();
+            let key = bad.split('=').next().unwrap();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn stored_cmdline_carries_the_card_identity_but_not_over_the_plan() {

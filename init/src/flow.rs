@@ -36,10 +36,11 @@ use crate::config::{Config, ConfigError};
 use crate::flash::UbiVolumes;
 use crate::flash::attach::{self, AttachError};
 use crate::handoff::{self, HandoffError, Layer, Paths};
-use crate::kernel::Kernel;
+use crate::kernel::{Forked, Kernel};
 use crate::modules::{self, ModuleEntry, ModuleError};
 use crate::mounts::{self, MountError};
 use crate::net::{self, Link, LinkJob};
+use crate::resident::Seed;
 use crate::sys::sysfs::Sysfs;
 
 /// What the provisioner decided.
@@ -90,6 +91,9 @@ pub struct Session<'a, V: Volumes> {
     pub link: Option<&'a Link>,
     /// The flash store, if the flash could be opened.
     pub store: Option<Store<V>>,
+    /// What the resident agent needs after the hand-off (set by a provisioner that
+    /// reached the backplane with a trust anchor); none: no agent after the hand-off.
+    pub resident: Option<Seed>,
 }
 
 impl<V: Volumes> std::fmt::Debug for Session<'_, V> {
@@ -98,6 +102,7 @@ impl<V: Volumes> std::fmt::Debug for Session<'_, V> {
             .field("config", self.config)
             .field("link", &self.link)
             .field("store", &self.store.as_ref().map(|s| s.digest()))
+            .field("resident", &self.resident.as_ref().map(|r| r.mac))
             .finish()
     }
 }
@@ -337,6 +342,7 @@ pub fn hand_off<V: Volumes>(
     flash: Option<(u32, &mut Store<V>)>,
     provisioned: Provisioned,
     deferred: &[ModuleEntry],
+    resident: Option<&Seed>,
 ) -> FlowError {
     let decided = match provisioned {
         Provisioned::TestSet { packages, boot } => {
@@ -363,7 +369,10 @@ pub fn hand_off<V: Volumes>(
             if let Err(e) = load_deferred(k, deferred) {
                 return e;
             }
-            return FlowError::Handoff(handoff::switch_root(k, paths, &layers));
+            // A RAM set: the resident agent runs without the flash (test mode never
+            // writes it, not even a command stamp).
+            let mut start = |k: &mut dyn Kernel| start_resident::<V>(k, resident, cfg, None, None);
+            return FlowError::Handoff(handoff::switch_root(k, paths, &layers, &mut start));
         }
         Provisioned::NoMaster { waited } => {
             log::warn!(
@@ -451,8 +460,43 @@ pub fn hand_off<V: Volumes>(
             if let Err(e) = load_deferred(k, deferred) {
                 return e;
             }
-            FlowError::Handoff(handoff::switch_root(k, paths, &layers))
+            let set = choice.set.clone();
+            let mut start = |k: &mut dyn Kernel| {
+                start_resident(k, resident, cfg, Some(&set), Some(&mut *store))
+            };
+            FlowError::Handoff(handoff::switch_root(k, paths, &layers, &mut start))
         }
+    }
+}
+
+/// Forks the resident agent (in the new root, before its init is exec'd): the child runs
+/// it for good; the parent goes on to exec. `set`/`store`: the flash set it runs, none for
+/// a RAM test set. Without a seed (no backplane or no trust anchor) there is no agent.
+fn start_resident<V: Volumes>(
+    k: &mut dyn Kernel,
+    seed: Option<&Seed>,
+    cfg: &Config,
+    set: Option<&SetRecord>,
+    store: Option<&mut Store<V>>,
+) {
+    let Some(seed) = seed else {
+        log::warn!(
+            "no resident agent after the hand-off (no backplane link or trust anchor): the master cannot reach this card until it resets"
+        );
+        return;
+    };
+    match k.fork() {
+        Ok(Forked::Child) => crate::resident::run(seed, cfg, set, set.is_some(), store),
+        Ok(Forked::Parent(pid)) => log::info!("resident agent started as pid {pid}"),
+        Err(e) => log::error!(
+            "cannot start the resident agent: {}; the master cannot reach this card until it resets{}",
+            shelfboot_proto::report::error_chain(&e),
+            if crate::watchdog::armed() {
+                ", and the unfed watchdog will reset it"
+            } else {
+                ""
+            }
+        ),
     }
 }
 
@@ -500,6 +544,10 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
         Err(e) => return e,
     };
     boottime::step("modules", t);
+    // The watchdog's driver is one of the modules just loaded.
+    if let Some(seconds) = cfg.watchdog {
+        crate::watchdog::arm(&roots.dev.join("watchdog"), seconds);
+    }
     let link_job =
         link_job.unwrap_or_else(|| LinkJob::start(cfg.iface.clone(), cfg.mtu, cfg.carrier_timeout));
     let (ubi, store) = match open_store(k, roots, &cfg) {
@@ -520,6 +568,7 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
         config: &cfg,
         link: link.as_ref(),
         store,
+        resident: None,
     };
     let provisioned = match prov.provision(&mut session) {
         Ok(p) => p,
@@ -533,7 +582,15 @@ pub fn run(k: &mut dyn Kernel, roots: &Roots, prov: &mut dyn Provisioner<UbiVolu
     };
     let paths = Paths::default();
     let flash = ubi.zip(session.store.as_mut());
-    hand_off(k, &paths, &cfg, flash, provisioned, &deferred)
+    hand_off(
+        k,
+        &paths,
+        &cfg,
+        flash,
+        provisioned,
+        &deferred,
+        session.resident.as_ref(),
+    )
 }
 
 #[cfg(test)]
@@ -631,6 +688,7 @@ mod tests {
             Provisioned::Committed { set: decided },
             // A kexec needs no filesystem module: the deferred ones are never loaded.
             &[deferred_squashfs()],
+            None,
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -710,6 +768,7 @@ mod tests {
                 Some((0, &mut store)),
                 no_master(),
                 &[],
+                None,
             );
             assert!(
                 matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -745,6 +804,7 @@ mod tests {
             Some((0, &mut store)),
             no_master(),
             &[],
+            None,
         );
         assert_eq!(store.inventory().unwrap().attempts, 2);
     }
@@ -776,6 +836,7 @@ mod tests {
             Some((2, &mut store)),
             Provisioned::Committed { set: decided },
             std::slice::from_ref(&squashfs),
+            None,
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -799,7 +860,52 @@ mod tests {
         );
         assert!(!k.calls.iter().any(|c| matches!(c, Call::KexecLoad(..))));
         assert!(matches!(k.calls.last(), Some(Call::ExecInit(..))));
+        assert!(
+            !k.calls.contains(&Call::Fork),
+            "no seed (no backplane): no resident agent"
+        );
         assert_eq!(store.inventory().unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn switch_root_forks_the_resident_agent_in_the_new_root_right_before_exec() {
+        let (_dev, mut store) = committed();
+        let mut k = Recorder {
+            existing: vec!["/newroot/sbin/init".into()],
+            ..Recorder::default()
+        };
+        let seed = Seed {
+            anchor: shelfboot_proto::sign::TrustAnchor::new(vec![
+                shelfboot_proto::sign::SigningKey::from_seed(&[3; 32]).public_key(),
+            ]),
+            iface: "eth0".into(),
+            mac: shelfboot_proto::frame::MacAddr([2, 0, 0, 0, 0, 1]),
+            obeyed: None,
+            last_command: None,
+        };
+        let decided = store.inventory().unwrap().set.clone();
+        let err = hand_off(
+            &mut k,
+            &Paths::default(),
+            &cfg(true),
+            Some((0, &mut store)),
+            Provisioned::Committed { set: decided },
+            &[],
+            Some(&seed),
+        );
+        assert!(
+            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+            "{err}"
+        );
+        let tail = &k.calls[k.calls.len() - 4..];
+        assert!(matches!(tail[0], Call::CleanInitramfs), "{tail:?}");
+        assert!(matches!(tail[1], Call::EnterRoot(_)), "{tail:?}");
+        assert_eq!(
+            tail[2],
+            Call::Fork,
+            "forked inside the new root, before its init"
+        );
+        assert!(matches!(tail[3], Call::ExecInit(..)), "{tail:?}");
     }
 
     #[test]
@@ -816,6 +922,7 @@ mod tests {
             Some((0, &mut store)),
             Provisioned::Committed { set: decided },
             &[],
+            None,
         );
         assert!(matches!(err, FlowError::NothingToBoot), "{err}");
         let err = hand_off::<FakeVolumes>(
@@ -827,6 +934,7 @@ mod tests {
                 waited: Duration::ZERO,
             },
             &[],
+            None,
         );
         assert!(matches!(err, FlowError::NothingToBoot), "{err}");
         assert!(k.calls.is_empty());
@@ -854,6 +962,7 @@ mod tests {
                 boot: None,
             },
             &[],
+            None,
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -889,6 +998,7 @@ mod tests {
             config: &c,
             link: None,
             store: Some(store),
+            resident: None,
         };
         let p = Provisioner::<FakeVolumes>::provision(&mut NoAgent, &mut s).unwrap();
         assert_eq!(
@@ -942,6 +1052,7 @@ mod tests {
                 boot: Some(boot),
             },
             &[],
+            None,
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),
@@ -1003,6 +1114,7 @@ mod tests {
                 boot: Some(boot),
             },
             &[],
+            None,
         );
         assert!(
             matches!(err, FlowError::Handoff(HandoffError::Final(_))),

@@ -16,6 +16,7 @@ use nix::mount::MsFlags;
 
 use crate::sys::SysError;
 use crate::sys::power::Leave;
+pub use crate::sys::process::Forked;
 
 pub mod clean;
 pub mod exec;
@@ -130,6 +131,8 @@ pub trait Kernel {
     fn exec_init(&mut self, init: &Path, env: &[(&str, &str)]) -> SysError;
     /// sync() then reboot(how). Only returns on failure.
     fn leave(&mut self, how: Leave) -> SysError;
+    /// fork(2), for the resident agent: [`Forked::Child`] in the new process.
+    fn fork(&mut self) -> Result<Forked, SysError>;
 }
 
 /// The real kernel.
@@ -305,6 +308,10 @@ impl Kernel for Linux {
     fn leave(&mut self, how: Leave) -> SysError {
         crate::sys::power::sync_and_leave(how)
     }
+
+    fn fork(&mut self) -> Result<Forked, SysError> {
+        crate::sys::process::fork_process()
+    }
 }
 
 pub mod fake {
@@ -348,6 +355,8 @@ pub mod fake {
         ExecInit(PathBuf, Vec<String>),
         /// sync + reboot(how).
         Leave(Leave),
+        /// fork (the fake stays the parent).
+        Fork,
     }
 
     /// Selects the call a [`Recorder`] should fail.
@@ -468,6 +477,11 @@ pub mod fake {
         fn leave(&mut self, how: Leave) -> SysError {
             self.calls.push(Call::Leave(how));
             SysError::new("reboot (fake)", nix::errno::Errno::ENOSYS)
+        }
+
+        fn fork(&mut self) -> Result<Forked, SysError> {
+            self.record(Call::Fork)?;
+            Ok(Forked::Parent(nix::unistd::Pid::from_raw(0)))
         }
     }
 }

@@ -36,3 +36,5 @@ pub mod pid1;
 pub mod provision;
 pub mod ram;
 pub mod reaper;
+pub mod resident;
+pub mod watchdog;

@@ -49,6 +49,7 @@ use shelfboot_proto::msg::{Arch, BootPhase};
 use shelfboot_proto::sign::{SignError, TrustAnchor};
 
 use crate::flow::{ProvisionError, Provisioned, Provisioner, Session, TestBoot};
+use crate::resident::{HealthCheck, Seed};
 
 /// Where mkinitramfs puts the trust anchors.
 pub const TRUST_DIR: &str = "/etc/shelfboot/trust";
@@ -262,6 +263,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
             let c = *agent.counters();
             log::info!("agent: counters {c:?}");
             last_command = agent.last_command();
+            let obeyed = agent.obeyed();
             let (mut fresh, ram) = agent.into_stores();
             let decision = match decided {
                 Ok(d) => d,
@@ -295,6 +297,13 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                         set.artifacts.len()
                     );
                     s.store = Some(fresh);
+                    s.resident = Some(Seed {
+                        anchor: anchor.clone(),
+                        iface: link.name.clone(),
+                        mac: identity.mac,
+                        obeyed,
+                        last_command,
+                    });
                     return test_set(ram, &set, &self.carried_dir, &self.ram_dir)
                         .map_err(|e| failed("test mode", e));
                 }
@@ -310,7 +319,15 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                         set.digest,
                         set.artifacts.len()
                     );
-                    if !autonomous && (cfg.stored || set.boot_image().is_none()) {
+                    let health = HealthCheck::of(&set);
+                    if let Some(h) = &health {
+                        log::info!(
+                            "agent: the set names a health command ({}): it is marked good when that passes, not at Ready",
+                            h.command.display()
+                        );
+                    }
+                    if !autonomous && (cfg.stored || set.boot_image().is_none()) && health.is_none()
+                    {
                         match fresh.mark_ready() {
                             Ok(()) => {
                                 // block2mtd and some MTD drivers buffer in the page cache.
@@ -324,6 +341,13 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                         }
                     }
                     s.store = Some(fresh);
+                    s.resident = Some(Seed {
+                        anchor: anchor.clone(),
+                        iface: link.name.clone(),
+                        mac: identity.mac,
+                        obeyed,
+                        last_command,
+                    });
                     return Ok(if autonomous {
                         Provisioned::NoMaster {
                             waited: started.elapsed(),

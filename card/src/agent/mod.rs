@@ -59,8 +59,8 @@ pub use counters::{Counters, Timeline};
 use shelfboot_proto::frag::{self, FragCounters, Reassembler};
 use shelfboot_proto::frame::{Flags, Frame, FrameError, Header, Link, MacAddr, MessageType};
 use shelfboot_proto::msg::{
-    self, Action, Command, ErrorMsg, ErrorReason, Handoff, Inventory, Message, Plan, PlanBody,
-    Ready, Solicit,
+    self, Action, Command, Digest, ErrorMsg, ErrorReason, Handoff, Inventory, Message, Plan,
+    PlanBody, Ready, Solicit,
 };
 use shelfboot_proto::report::error_chain;
 use shelfboot_proto::sign::SignError;
@@ -181,6 +181,8 @@ pub struct Agent<V: Volumes> {
     announced: u64,
     /// (epoch, serial) of the last executed command.
     last_command: Option<(u64, u64)>,
+    /// The master whose plan we accepted last (Alives go there after the hand-off).
+    obeyed: Option<MacAddr>,
     /// A BurnNow was heard: after Ready, hold for the master's WarmBoot.
     hold: bool,
     /// Last structured error a master sent us (for reports).
@@ -227,6 +229,7 @@ impl<V: Volumes> Agent<V> {
             epoch: 0,
             announced: 0,
             last_command: None,
+            obeyed: None,
             hold: false,
             last_master_error: None,
             last_error_sent: None,
@@ -286,6 +289,11 @@ impl<V: Volumes> Agent<V> {
     /// (epoch, serial) of the last command executed (see [`Agent::with_last_command`]).
     pub fn last_command(&self) -> Option<(u64, u64)> {
         self.last_command
+    }
+
+    /// The master whose plan this conversation accepted, with the highest epoch obeyed.
+    pub fn obeyed(&self) -> Option<(MacAddr, u64)> {
+        self.obeyed.map(|m| (m, self.epoch))
     }
 
     /// True once a BurnNow was heard: Ready holds for the master's WarmBoot.
@@ -716,6 +724,7 @@ impl<V: Volumes> Agent<V> {
         self.counters.plans_accepted += 1;
         self.timeline.plan.get_or_insert(now);
         self.epoch = self.epoch.max(plan.body.epoch);
+        self.obeyed = Some(src);
         if plan.body.report_inventory {
             self.send_inventory(src);
         }
@@ -738,6 +747,15 @@ impl<V: Volumes> Agent<V> {
         } else {
             Medium::Ram
         };
+        let rolled_back = self
+            .store
+            .flash
+            .inventory()
+            .and_then(|i| i.rolled_back_from)
+            .filter(|d| *d == plan.digest && plan.persist);
+        if let Some(from) = rolled_back {
+            return self.refuse_rolled_back(master, from);
+        }
         if !self.store.select(medium) {
             // No RAM store: a test-mode set has nowhere to go but flash, which it must
             // not touch.
@@ -974,6 +992,36 @@ impl<V: Volumes> Agent<V> {
             }
         };
         self.outputs.push(Output::Decision(decision));
+    }
+
+    /// The plan is the set this card rolled back from on its own: tell the master and
+    /// boot the set it rolled back to, without fetching the failed one again.
+    fn refuse_rolled_back(&mut self, master: MacAddr, from: Digest) {
+        let Some(set) = self.store.flash.inventory().map(|i| i.set.clone()) else {
+            return;
+        };
+        self.send_error(
+            master,
+            ErrorReason::RolledBack { set: from },
+            format!(
+                "this card rolled back from set {from} on its own (see its last Alive); booting set {} instead; assign a fixed release",
+                set.digest
+            ),
+        );
+        log::warn!(
+            "card {}: the plan is set {from}, which this card rolled back from: booting set {} instead",
+            self.mac(),
+            set.digest
+        );
+        let handoff = handoff_of(&set);
+        self.state = State::Done;
+        self.outputs.push(Output::Decision(Decision::Boot {
+            set,
+            handoff,
+            autonomous: true,
+            validated_only: false,
+            persisted: true,
+        }));
     }
 
     fn boot_autonomously(&mut self) {

@@ -1318,3 +1318,62 @@ fn a_plan_signed_by_another_key_than_the_certified_one_is_dropped_as_forged() {
     assert_eq!(agent.phase(), Phase::Discover);
     assert!(vols.ops().is_empty(), "nothing written: {:?}", vols.ops());
 }
+
+#[test]
+fn a_plan_for_the_set_the_card_rolled_back_from_is_refused_and_the_committed_set_boots() {
+    // Set 1 committed, then set 2 over it; set 2's health check failed and the card
+    // rolled back while it ran.
+    let vols = provisioned();
+    let (refs1, _) = set();
+    let data2 = vec![content(7, 30_000), content(8, 5_000)];
+    let refs2 = vec![
+        artifact(ArtifactKind::BootImage, "kernel2", &data2[0]),
+        artifact(ArtifactKind::Package, "base2", &data2[1]),
+    ];
+    {
+        let mut st = store(&vols);
+        st.begin(&refs2, "console=ttyS0").unwrap();
+        for (a, d) in refs2.iter().zip(&data2) {
+            st.stage(a, d.as_slice()).unwrap();
+        }
+        st.commit().unwrap();
+        st.rollback_running().unwrap();
+    }
+    // The open collects the failed set's volumes, left while it ran.
+    let opened = store(&vols);
+    let ops = vols.ops().len();
+    let t0 = Instant::now();
+    let mut agent = Agent::new(config(), opened, t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    assert_eq!(
+        s.inventory_digest,
+        Some(set_digest(&refs1, "console=ttyS0"))
+    );
+    let outs = agent.handle_frame(t0, &plan_frame(&key(), &h, &s, &refs2, Verdict::Fetch));
+    match decision(&outs) {
+        Some(Decision::Boot { set, .. }) => {
+            assert_eq!(set.digest, set_digest(&refs1, "console=ttyS0"));
+        }
+        other => panic!("expected the committed set to boot, got {other:?}"),
+    }
+    let refused = frames(&outs).into_iter().find_map(|(_, m, d)| match m {
+        Message::Error(e) => Some((e, d)),
+        _ => None,
+    });
+    let (e, dst) = refused.expect("an Error to the master");
+    assert_eq!(dst, MASTER);
+    assert_eq!(
+        e.reason,
+        ErrorReason::RolledBack {
+            set: set_digest(&refs2, "console=ttyS0")
+        }
+    );
+    assert!(
+        !frames(&outs)
+            .iter()
+            .any(|(_, m, _)| matches!(m, Message::Fetch(_))),
+        "nothing of the failed set is fetched again"
+    );
+    assert_eq!(vols.ops().len(), ops, "flash untouched");
+    assert_eq!(agent.obeyed(), Some((MASTER, 1)));
+}

@@ -373,7 +373,12 @@ fn mount(k: &mut dyn Kernel, m: Mount, what: &str) -> Result<(), HandoffError> {
 
 /// Assembles the root from `layers` (bottom first) and switches into it. Only returns
 /// on failure.
-pub fn switch_root(k: &mut dyn Kernel, paths: &Paths, layers: &[Layer]) -> HandoffError {
+pub fn switch_root(
+    k: &mut dyn Kernel,
+    paths: &Paths,
+    layers: &[Layer],
+    before_exec: &mut dyn FnMut(&mut dyn Kernel),
+) -> HandoffError {
     match assemble(k, paths, layers) {
         Ok(()) => {}
         Err(e) => return e,
@@ -407,6 +412,8 @@ pub fn switch_root(k: &mut dyn Kernel, paths: &Paths, layers: &[Layer]) -> Hando
             source,
         };
     }
+    // In the new root, before its init: the resident agent is forked here.
+    before_exec(k);
     log::info!("switch_root: exec {}", paths.init.display());
     HandoffError::Final(k.exec_init(&paths.init, INIT_ENV))
 }
@@ -545,7 +552,7 @@ mod tests {
             existing: vec!["/newroot/sbin/init".into()],
             ..Recorder::default()
         };
-        let err = switch_root(&mut k, &Paths::default(), &layers);
+        let err = switch_root(&mut k, &Paths::default(), &layers, &mut |_| {});
         assert!(
             matches!(err, HandoffError::Final(_)),
             "the fake's exec 'fails': {err}"
@@ -616,7 +623,7 @@ mod tests {
             existing: vec!["/newroot/sbin/init".into()],
             ..Recorder::default()
         };
-        let err = switch_root(&mut k, &Paths::default(), &layers);
+        let err = switch_root(&mut k, &Paths::default(), &layers, &mut |_| {});
         assert!(matches!(err, HandoffError::Final(_)), "{err}");
         let attach: Vec<&Call> = k
             .calls
@@ -664,6 +671,7 @@ mod tests {
             &mut k,
             &Paths::default(),
             &[Layer::File("/run/shelfboot/test/p0".into())],
+            &mut |_| {},
         );
         assert!(matches!(err, HandoffError::NoInit { .. }), "{err}");
         assert_eq!(
@@ -673,7 +681,12 @@ mod tests {
         assert!(!mounts(&k).iter().any(|m| m.flags == MsFlags::MS_MOVE));
         assert!(!k.calls.contains(&Call::CleanInitramfs));
         assert!(matches!(
-            switch_root(&mut Recorder::default(), &Paths::default(), &[]),
+            switch_root(
+                &mut Recorder::default(),
+                &Paths::default(),
+                &[],
+                &mut |_| {}
+            ),
             HandoffError::NoLayers
         ));
     }

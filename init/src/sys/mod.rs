@@ -1,7 +1,8 @@
 //! The kernel boundary: the only module of shelfboot-init allowed to say `unsafe`.
 //!
 //! What is here: the UBI and MTD ioctls (`ubi`, `mtd`), `kexec_file_load` and the
-//! reboot/power-off calls (`power`), resetting a signal disposition before `exec`
+//! reboot/power-off calls (`power`), the hardware watchdog ioctls (`watchdog`), the fork
+//! of the resident agent (`process`), resetting a signal disposition before `exec`
 //! (`signal`), blocking `getrandom` (`random`) and the UBI sysfs reader (`sysfs`, safe
 //! code kept next to the ioctls it complements). Every raw call is wrapped the same way:
 //! it returns `Result<_, SysError>` whose message is the call with its arguments, and
@@ -19,10 +20,12 @@
 pub mod loopdev;
 pub mod mtd;
 pub mod power;
+pub mod process;
 pub mod random;
 pub mod signal;
 pub mod sysfs;
 pub mod ubi;
+pub mod watchdog;
 
 use std::fmt;
 use std::io;

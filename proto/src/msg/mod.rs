@@ -144,7 +144,10 @@ impl Message {
             // A master certificate (`mc`) is not tied to a frame version: broadcast Commands
             // go out in version 1 and carry it too. What takes it is the card's build.
             Message::Plan(p) => p.body.artifacts_omitted || p.body.report_inventory,
-            Message::Error(e) => matches!(e.reason, ErrorReason::MessageTooLarge { .. }),
+            Message::Error(e) => matches!(
+                e.reason,
+                ErrorReason::MessageTooLarge { .. } | ErrorReason::RolledBack { .. }
+            ),
             _ => false,
         };
         if v2 { version::FRAGMENTS } else { 1 }

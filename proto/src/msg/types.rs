@@ -386,6 +386,15 @@ pub enum ErrorReason {
         #[serde(rename = "m")]
         max: u64,
     },
+    /// `{"rb": {"d": digest}}` (version 2): the card rolled back from this set on its
+    /// own (its health command never succeeded, or it did not boot) and will not fetch it
+    /// again; it boots the set it rolled back to.
+    #[serde(rename = "rb")]
+    RolledBack {
+        /// The set rolled back from.
+        #[serde(rename = "d")]
+        set: Digest,
+    },
 }
 
 /// Either way: a structured error. CBOR: `{"r": reason, "t": detail}`.

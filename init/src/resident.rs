@@ -1,0 +1,450 @@
+//! The resident agent on a real card: a child of PID 1, forked at the hand-off after
+//! the new root is entered and before its `/sbin/init` is exec'd, so it lives on in the
+//! package root (its binary stays mapped; the initramfs files are gone). It drives card's
+//! sans-IO [`Resident`] over a packet socket on the backplane, feeds the watchdog,
+//! runs the set's health command and acts on what the master orders.
+//!
+//! ```text
+//!  loop (every ≤ 200 ms):
+//!    feed the watchdog (crate::watchdog)
+//!    Resident::tick → Alive due → send
+//!    health: run `shelfboot.health` (from the set's command line) every 2 s until it
+//!            exits 0 → Store::mark_ready, Alive(healthy)
+//!            deadline passed → Store::rollback_running, Alive(rolled back) × 3,
+//!            sync, reboot  (no previous set: Alive(unhealthy), keep running)
+//!    order (a verified command) → Store::record_command(stamp), sync, reboot
+//!    receive frames (up to the next deadline) → Resident::handle_frame
+//! ```
+//!
+//! It shields itself from the package root: `oom_score_adj = -1000` (never the OOM
+//! killer's choice), its own session, no file or socket of the new root's. If it dies
+//! anyway, the watchdog stops being fed and the card resets: that is the point of
+//! feeding it here. It never returns.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shelfboot_card::flash::{SetRecord, Store, StoreError, Volumes};
+use shelfboot_card::resident::{Order, Resident, ResidentConfig};
+use shelfboot_netio::{PacketSocket, RingGeometry, SocketConfig};
+use shelfboot_proto::frame::MacAddr;
+use shelfboot_proto::msg::Health;
+use shelfboot_proto::report::error_chain;
+use shelfboot_proto::sign::TrustAnchor;
+
+use crate::config::{Config, Hardware};
+use crate::sys::power::{Leave, sync_and_leave};
+
+/// What the conversation leaves for the resident agent (see [`crate::flow::Session`]).
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// The trust anchor of the initramfs.
+    pub anchor: TrustAnchor,
+    /// Backplane interface.
+    pub iface: String,
+    /// Our MAC on it.
+    pub mac: MacAddr,
+    /// The master whose plan we run, and its epoch (none: booted on our own).
+    pub obeyed: Option<(MacAddr, u64)>,
+    /// (epoch, serial) of the last command executed in this boot.
+    pub last_command: Option<(u64, u64)>,
+}
+
+/// The longest a health command may run before it counts as failed and is killed.
+const HEALTH_RUN_LIMIT: Duration = Duration::from_secs(10);
+/// Pause between two runs of a failing health command.
+const HEALTH_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait for frames in one turn (the watchdog and the health check are polled).
+const MAX_WAIT: Duration = Duration::from_millis(200);
+
+/// The health check of a set: its command and deadline, from its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Absolute path of the command (in the package root).
+    pub command: PathBuf,
+    /// Time from the hand-off to the first success, at most.
+    pub deadline: Duration,
+}
+
+impl HealthCheck {
+    /// The check a set's command line names (`shelfboot.health=`,
+    /// `shelfboot.health_deadline=`), if any. A command line that does not parse names
+    /// none (init already refused to boot a kexec'd image whose command line is bad).
+    pub fn of(set: &SetRecord) -> Option<HealthCheck> {
+        let cfg = Config::parse(&set.cmdline, &Hardware::default()).ok()?;
+        cfg.health.map(|c| HealthCheck {
+            command: PathBuf::from(c),
+            deadline: cfg.health_deadline,
+        })
+    }
+}
+
+enum Check {
+    /// No health command, or it succeeded, or it failed for good.
+    Done,
+    /// Waiting to run it again.
+    Idle { next: Instant, last: String },
+    /// Running since `since`.
+    Running { child: Child, since: Instant },
+}
+
+/// Runs the resident agent. `set`: what the card runs (`None` for a RAM-only test set);
+/// `store`: the flash store, if the card has one.
+pub fn run<V: Volumes>(
+    seed: &Seed,
+    cfg: &Config,
+    set: Option<&SetRecord>,
+    persisted: bool,
+    mut store: Option<&mut Store<V>>,
+) -> ! {
+    let started = Instant::now();
+    shield();
+    crate::watchdog::feed();
+    let health = set.and_then(HealthCheck::of);
+    let (rolled_back_from, detail) = match store.as_ref().and_then(|s| s.inventory()) {
+        Some(inv) if inv.rolled_back_from.is_some() => (
+            inv.rolled_back_from,
+            "rolled back on its own from this set".to_string(),
+        ),
+        _ => (None, String::new()),
+    };
+    let rcfg = ResidentConfig {
+        mac: seed.mac,
+        ethertype: cfg.ethertype,
+        anchor: seed.anchor.clone(),
+        running: set.map(|s| s.digest),
+        persisted,
+        epoch: seed.obeyed.map_or(0, |o| o.1),
+        master: seed.obeyed.map(|o| o.0),
+        last_command: seed
+            .last_command
+            .max(store.as_ref().and_then(|s| s.last_command())),
+        alive_every: cfg.alive,
+        health: if health.is_some() {
+            Health::Checking
+        } else {
+            Health::Unchecked
+        },
+        rolled_back_from,
+        detail,
+    };
+    log::info!(
+        "resident: listening on {} as {} (Alive every {:?}, watchdog {}, health {})",
+        seed.iface,
+        seed.mac,
+        cfg.alive,
+        if crate::watchdog::armed() {
+            "fed"
+        } else {
+            "none"
+        },
+        health.as_ref().map_or_else(
+            || "none".to_string(),
+            |h| format!("{} within {:?}", h.command.display(), h.deadline)
+        )
+    );
+    let mut agent = Resident::new(rcfg, started);
+    let mut check = if health.is_some() {
+        Check::Idle {
+            next: started,
+            last: "not run yet".into(),
+        }
+    } else {
+        Check::Done
+    };
+    let mut sock: Option<PacketSocket> = None;
+    let mut next_open = started;
+    loop {
+        crate::watchdog::feed();
+        let now = Instant::now();
+        if sock.is_none() && now >= next_open {
+            sock = open(&seed.iface, cfg.ethertype);
+            next_open = now + Duration::from_secs(5);
+        }
+        agent.tick(now);
+        if let Some(h) = &health {
+            check = step_health(
+                h,
+                check,
+                started,
+                &mut agent,
+                store.as_deref_mut(),
+                persisted,
+                sock.as_mut(),
+            );
+        }
+        send(sock.as_mut(), &mut agent);
+        if let Some(order) = agent.take_order() {
+            obey(order, store.as_deref_mut(), sock.as_mut(), &mut agent);
+        }
+        let wait = agent
+            .next_deadline()
+            .saturating_duration_since(Instant::now())
+            .min(MAX_WAIT);
+        match sock.as_mut() {
+            Some(s) => {
+                let received = s.recv_batch(
+                    &mut |frame: &[u8], _src| agent.handle_frame(Instant::now(), frame),
+                    wait,
+                );
+                if let Err(e) = received {
+                    log::error!(
+                        "resident: receive on {} failed: {}; reopening",
+                        seed.iface,
+                        error_chain(&e)
+                    );
+                    sock = None;
+                }
+            }
+            None => std::thread::sleep(wait),
+        }
+    }
+}
+
+/// Keeps the package root from taking the agent down: never the OOM killer's victim,
+/// a session of its own (no job-control signal of a console shell reaches it).
+fn shield() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        log::warn!("resident: cannot set oom_score_adj: {e}");
+    }
+    if let Err(e) = nix::unistd::setsid() {
+        log::debug!("resident: setsid: {e}");
+    }
+}
+
+fn open(iface: &str, ethertype: u16) -> Option<PacketSocket> {
+    let cfg = SocketConfig {
+        ethertype,
+        rx_ring: RingGeometry {
+            block_nr: 4,
+            ..RingGeometry::RX_DEFAULT
+        },
+        ..SocketConfig::default()
+    };
+    match PacketSocket::open(iface, cfg) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::error!(
+                "resident: cannot open the backplane socket on {iface}: {}; retrying in 5 s",
+                error_chain(&e)
+            );
+            None
+        }
+    }
+}
+
+fn send(sock: Option<&mut PacketSocket>, agent: &mut Resident) {
+    let frames = agent.drain();
+    let Some(s) = sock else {
+        return;
+    };
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    if let Err(e) = s.send_batch(&refs) {
+        log::warn!("resident: send failed: {}", error_chain(&e));
+    }
+}
+
+/// One step of the health check; returns its next state.
+fn step_health<V: Volumes>(
+    h: &HealthCheck,
+    check: Check,
+    started: Instant,
+    agent: &mut Resident,
+    store: Option<&mut Store<V>>,
+    persisted: bool,
+    sock: Option<&mut PacketSocket>,
+) -> Check {
+    let now = Instant::now();
+    let (next, last) = match check {
+        Check::Done => return Check::Done,
+        Check::Idle { next, last } if now < next => {
+            return give_up_if_late(
+                h,
+                Check::Idle { next, last },
+                started,
+                agent,
+                store,
+                persisted,
+                sock,
+            );
+        }
+        Check::Idle { .. } => {
+            let spawned = Command::new(&h.command).stdin(Stdio::null()).spawn();
+            return match spawned {
+                Ok(child) => Check::Running { child, since: now },
+                Err(e) => give_up_if_late(
+                    h,
+                    Check::Idle {
+                        next: now + HEALTH_RETRY,
+                        last: format!("cannot start: {e}"),
+                    },
+                    started,
+                    agent,
+                    store,
+                    persisted,
+                    sock,
+                ),
+            };
+        }
+        Check::Running { mut child, since } => match child.try_wait() {
+            Ok(Some(status)) if status.success() => {
+                log::info!(
+                    "SHELFBOOT: health check {} passed after {:.1} s: the set is good",
+                    h.command.display(),
+                    started.elapsed().as_secs_f64()
+                );
+                if persisted && let Some(s) = store {
+                    match s.mark_ready() {
+                        Ok(()) => nix::unistd::sync(),
+                        Err(e) => log::error!(
+                            "resident: marking the set good failed: {}",
+                            error_chain(&e)
+                        ),
+                    }
+                }
+                agent.set_health(now, Health::Healthy, "");
+                return Check::Done;
+            }
+            Ok(Some(status)) => (now + HEALTH_RETRY, format!("{status}")),
+            Ok(None) if now.duration_since(since) < HEALTH_RUN_LIMIT => {
+                return give_up_if_late(
+                    h,
+                    Check::Running { child, since },
+                    started,
+                    agent,
+                    store,
+                    persisted,
+                    sock,
+                );
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                (
+                    now + HEALTH_RETRY,
+                    format!("still running after {HEALTH_RUN_LIMIT:?}: killed"),
+                )
+            }
+            Err(e) => (now + HEALTH_RETRY, format!("cannot wait for it: {e}")),
+        },
+    };
+    give_up_if_late(
+        h,
+        Check::Idle { next, last },
+        started,
+        agent,
+        store,
+        persisted,
+        sock,
+    )
+}
+
+/// Past the deadline without a success: roll back and reset, or (nothing to roll back
+/// to) report unhealthy and keep running.
+fn give_up_if_late<V: Volumes>(
+    h: &HealthCheck,
+    check: Check,
+    started: Instant,
+    agent: &mut Resident,
+    store: Option<&mut Store<V>>,
+    persisted: bool,
+    sock: Option<&mut PacketSocket>,
+) -> Check {
+    if started.elapsed() < h.deadline {
+        return check;
+    }
+    let last = match check {
+        Check::Idle { last, .. } => last,
+        Check::Running { mut child, .. } => {
+            let _ = child.kill();
+            let _ = child.wait();
+            "still running".into()
+        }
+        Check::Done => return Check::Done,
+    };
+    let why = format!(
+        "health check {} did not succeed within {:?} of the hand-off (last run: {last})",
+        h.command.display(),
+        h.deadline
+    );
+    let now = Instant::now();
+    let rolled = match store {
+        Some(s) if persisted => {
+            let from = s.digest();
+            match s.rollback_running() {
+                Ok(prev) => Some((from, prev)),
+                Err(StoreError::NoPrevious) => None,
+                Err(e) => {
+                    log::error!("resident: rolling back failed: {}", error_chain(&e));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    match rolled {
+        Some((Some(from), prev)) => {
+            log::error!(
+                "SHELFBOOT: {why}: rolled back to set {} on flash; resetting",
+                prev.digest
+            );
+            agent.rolled_back(now, from, &why);
+            announce_and_reset(agent, sock);
+        }
+        _ => {
+            log::error!("SHELFBOOT: {why}; no previous set to roll back to: running on, unhealthy");
+            agent.set_health(
+                now,
+                Health::Unhealthy,
+                &format!("{why}; no previous set to roll back to"),
+            );
+        }
+    }
+    Check::Done
+}
+
+/// The master orders something: after the hand-off every order is a reset (the next
+/// boot's conversation does what it asked). The stamp goes to flash first.
+fn obey<V: Volumes>(
+    order: Order,
+    store: Option<&mut Store<V>>,
+    sock: Option<&mut PacketSocket>,
+    agent: &mut Resident,
+) -> ! {
+    if let Some(s) = store {
+        match s.record_command(order.stamp) {
+            Ok(()) => nix::unistd::sync(),
+            Err(e) => log::error!(
+                "resident: recording command stamp {:?} failed (a replay could reset the card once more): {}",
+                order.stamp,
+                error_chain(&e)
+            ),
+        }
+    }
+    log::info!(
+        "SHELFBOOT: {:?} ordered by the master (epoch {}, serial {}): resetting into init",
+        order.action,
+        order.stamp.0,
+        order.stamp.1
+    );
+    announce_and_reset(agent, sock)
+}
+
+/// Sends what is queued (and two more Alives, 100 ms apart, for a lossy backplane),
+/// then syncs and reboots.
+fn announce_and_reset(agent: &mut Resident, mut sock: Option<&mut PacketSocket>) -> ! {
+    for i in 0..3 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+            agent.announce(Instant::now());
+        }
+        send(sock.as_deref_mut(), agent);
+    }
+    if let Some(s) = sock {
+        let _ = s.flush();
+    }
+    let e = sync_and_leave(Leave::Reboot);
+    log::error!("resident: {}", error_chain(&e));
+    crate::pid1::sleep_forever()
+}
