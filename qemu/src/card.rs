@@ -69,6 +69,11 @@ pub struct CardConfig {
     pub nic: Option<Nic>,
     /// Directory for `NAME.console.log` and `NAME.qemu.log`.
     pub log_dir: PathBuf,
+    /// A guest reboot resets the VM in place (the card's own reset, its resident agent's
+    /// or its watchdog's: the same kernel and initramfs boot again, the console log goes
+    /// on) instead of exiting QEMU (`-no-reboot`, the default). x86_64 cards also get
+    /// QEMU's `i6300esb` watchdog, which resets the VM when it fires.
+    pub reset_in_place: bool,
 }
 
 impl CardConfig {
@@ -84,6 +89,7 @@ impl CardConfig {
             disk: None,
             nic: None,
             log_dir: log_dir.to_path_buf(),
+            reset_in_place: false,
         }
     }
 
@@ -138,7 +144,6 @@ impl CardConfig {
                 "-nodefaults",
                 "-display",
                 "none",
-                "-no-reboot",
                 "-name",
                 &self.name,
                 "-kernel",
@@ -157,6 +162,13 @@ impl CardConfig {
             ]
             .map(String::from),
         );
+        if self.reset_in_place {
+            if self.arch == Arch::X86_64 {
+                a.extend(["-device", "i6300esb", "-watchdog-action", "reset"].map(String::from));
+            }
+        } else {
+            a.push("-no-reboot".into());
+        }
         if let Some(m) = self.monitor_socket() {
             a.push("-monitor".into());
             a.push(format!("unix:{},server=on,wait=off", m.display()));

@@ -239,15 +239,24 @@ while :; do sleep 3600; done
 "#;
 
 const HEARTBEAT: &str = r#"#!/bin/sh
+: > /run/heartbeat.up
 n=0
 while :; do n=$((n+1)); echo "HEARTBEAT $n"; sleep 5; done
 "#;
+
+/// The lab's health command (in base): healthy once heartbeat says it is up.
+pub const HEALTH_COMMAND: &str = "/usr/libexec/lab-health";
+const HEALTH: &str = "#!/bin/sh
+test -e /run/heartbeat.up
+";
 
 const DIAG: &str = "#!/bin/sh\necho \"DIAG up\"\n";
 
 const TESTPKG: &str = "#!/bin/sh\necho \"TESTPKG-RUNNING from a test-mode trial\"\n";
 
-const BUSYBOX_APPLETS: &[&str] = &["sh", "cat", "echo", "sleep", "cut", "tr", "ls", "mount"];
+const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "sleep", "cut", "tr", "ls", "mount", "test",
+];
 
 /// Builds one package tree into `out` with mksquashfs (fixed times, root-owned).
 fn squashfs(name: &str, tree: &Path, out: &Path) -> Result<(), ReleaseError> {
@@ -297,6 +306,7 @@ fn package_tree(name: &str, busybox: &Path, dir: &Path) -> Result<PathBuf, Relea
                     .map_err(|source| ReleaseError::Write { path: link, source })?;
             }
             write_exec(&t.join("sbin/init"), BASE_INIT)?;
+            write_exec(&t.join(HEALTH_COMMAND.trim_start_matches('/')), HEALTH)?;
             for d in ["dev", "proc", "sys", "run", "tmp", "etc/shelfboot/rc.d"] {
                 std::fs::create_dir_all(t.join(d)).map_err(|source| ReleaseError::Write {
                     path: t.join(d),
@@ -320,6 +330,7 @@ pub fn initramfs(k: &Kernel, init: &Path, anchor: &Path) -> Result<Vec<u8>, Rele
     for m in ["ubi", "squashfs", "overlay", "loop"] {
         wanted.push((m.into(), String::new()));
     }
+    wanted.extend(watchdog_modules());
     let spec = BuildSpec {
         init: Some(init.to_path_buf()),
         modules: k.modules.then(|| ModuleSpec {
@@ -334,6 +345,20 @@ pub fn initramfs(k: &Kernel, init: &Path, anchor: &Path) -> Result<Vec<u8>, Rele
     build::build(&spec)
         .map(|b| b.archive)
         .map_err(ReleaseError::Initramfs)
+}
+
+/// The hardware watchdog of the lab's x86_64 cards (QEMU's `i6300esb`, armed by init
+/// when the card's command line says `shelfboot.watchdog=`): the watchdog core keeps it
+/// running across a kexec and does not feed it on its own before userspace takes over,
+/// so a kernel that hangs after a kexec resets the card.
+pub fn watchdog_modules() -> Vec<(String, String)> {
+    vec![
+        (
+            "watchdog".into(),
+            "stop_on_reboot=0 handle_boot_enabled=0".into(),
+        ),
+        ("i6300esb".into(), String::new()),
+    ]
 }
 
 /// Kernel arguments of a stored image for `card_type` on `arch` (the plan's command
@@ -374,12 +399,12 @@ fn boot_file(card_type: &str, arch: Arch) -> String {
 }
 
 /// The `[[boot]]` entries of every card type on every architecture.
-fn boot_entries(arches: &[(Arch, String)], card_types: &[String]) -> String {
+fn boot_entries(arches: &[(Arch, String)], card_types: &[String], extra_cmdline: &str) -> String {
     let mut toml = String::new();
     for (arch, kver) in arches {
         for ct in card_types {
             toml.push_str(&format!(
-                "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"{arch}\"\nimage = \"files/{}\"\ncmdline = \"{}\"\n\n",
+                "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"{arch}\"\nimage = \"files/{}\"\ncmdline = \"{}{extra_cmdline}\"\n\n",
                 kver.split('-').next().unwrap_or("6"),
                 boot_file(ct, *arch),
                 stored_cmdline(ct, *arch),
@@ -456,7 +481,7 @@ pub fn build(spec: &ReleaseSpec, dir: &Path) -> Result<Release, ReleaseError> {
         arches.push((arch, b.kernel.version.clone(), initramfs_path));
     }
     let kvers: Vec<(Arch, String)> = arches.iter().map(|(a, v, _)| (*a, v.clone())).collect();
-    toml.push_str(&boot_entries(&kvers, &spec.card_types));
+    toml.push_str(&boot_entries(&kvers, &spec.card_types, ""));
     toml.push_str(&class_entry(&spec.card_types, "heartbeat = \"^1\""));
     let system_toml = dir.join("system.toml");
     write(&system_toml, toml)?;
@@ -484,6 +509,13 @@ pub struct Derived {
     /// line lists every one of them mounted. A release with 60 of them is a plan of 64+
     /// artifacts: fragments on the wire, one segment on flash, 64+ overlay layers.
     pub extra_packages: usize,
+    /// The release names the lab's health command (`/usr/libexec/lab-health`: heartbeat
+    /// is up) with this deadline in seconds (`shelfboot.health=`,
+    /// `shelfboot.health_deadline=` in its command line); `None`: no health command.
+    pub health_deadline_s: Option<u64>,
+    /// The derived heartbeat (with [`Derived::heartbeat`]) crashes at start: it never
+    /// says it is up, so the health command never passes.
+    pub heartbeat_broken: bool,
 }
 
 /// Name of extra package `i` of a derived release.
@@ -492,18 +524,22 @@ pub fn extra_package_name(i: usize) -> String {
 }
 
 /// Writes the heartbeat tree of `version` (banner + the usual loop) and returns it.
-fn heartbeat_tree(version: &str, dir: &Path) -> Result<PathBuf, ReleaseError> {
+fn heartbeat_tree(version: &str, broken: bool, dir: &Path) -> Result<PathBuf, ReleaseError> {
     let t = dir.join("trees").join(format!("heartbeat-{version}"));
     let _ = std::fs::remove_dir_all(&t);
     write(
         &t.join("etc/shelfboot/packages/heartbeat"),
         format!("heartbeat-{version}\n"),
     )?;
-    let script = HEARTBEAT.replacen(
-        "n=0\n",
-        &format!("echo \"HEARTBEAT v{version} starting\"\nn=0\n"),
-        1,
-    );
+    let script = if broken {
+        format!("#!/bin/sh\necho \"HEARTBEAT v{version} crashed at start\"\nexit 1\n")
+    } else {
+        HEARTBEAT.replacen(
+            "n=0\n",
+            &format!("echo \"HEARTBEAT v{version} starting\"\nn=0\n"),
+            1,
+        )
+    };
     write_exec(&t.join("etc/shelfboot/rc.d/50-heartbeat"), &script)?;
     Ok(t)
 }
@@ -593,7 +629,10 @@ fn derived_toml(arches: &[(Arch, String)], card_types: &[String], d: &Derived) -
     for i in 0..d.extra_packages {
         class_packages.push_str(&format!(", {} = \"={}\"", extra_package_name(i), d.version));
     }
-    toml.push_str(&boot_entries(arches, card_types));
+    let health = d.health_deadline_s.map_or_else(String::new, |s| {
+        format!(" shelfboot.health={HEALTH_COMMAND} shelfboot.health_deadline={s}")
+    });
+    toml.push_str(&boot_entries(arches, card_types, &health));
     toml.push_str(&class_entry(card_types, &class_packages));
     toml
 }
@@ -617,7 +656,7 @@ pub fn derive(base: &Release, card_types: &[String], d: &Derived) -> Result<Rele
     // build per architecture.
     for (arch, _, _) in &base.arches {
         if let Some(v) = &d.heartbeat {
-            let tree = heartbeat_tree(v, dir)?;
+            let tree = heartbeat_tree(v, d.heartbeat_broken, dir)?;
             build("heartbeat", &tree, format!("heartbeat-{v}-{arch}.sqfs"))?;
         }
         if d.bulk_bytes > 0 {
@@ -666,6 +705,7 @@ pub fn initramfs_with_flash(
     for m in ["ubi", "squashfs", "overlay", "loop"] {
         wanted.push((m.into(), String::new()));
     }
+    wanted.extend(watchdog_modules());
     let spec = BuildSpec {
         init: Some(init.to_path_buf()),
         modules: k.modules.then(|| ModuleSpec {
@@ -722,6 +762,8 @@ mod tests {
             heartbeat: Some("1.1.0".into()),
             bulk_bytes: 0,
             extra_packages: 0,
+            health_deadline_s: None,
+            heartbeat_broken: false,
         };
         let t = derived_toml(&x86, &types, &d);
         assert!(t.contains("version = \"1.1.0\"\n"), "{t}");

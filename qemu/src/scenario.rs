@@ -468,6 +468,28 @@ pub fn import_derived(lab: &Lab, d: &release::Derived) -> Result<Release, Scenar
     Ok(rel)
 }
 
+/// Sends a fleet order (to `target`, or every card) through the serving master's control
+/// socket, retrying for up to 30 s while a serve run that was just started has not bound
+/// it yet. Returns the reply, printed.
+pub fn fleet_order(
+    state: &Path,
+    action: shelfboot_master::state::FleetAction,
+    target: Option<shelfboot_proto::id::MacAddr>,
+) -> Result<String, ScenarioError> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let req = shelfboot_master::control::Request::Fleet { action, target };
+        match shelfboot_master::cli::run_request(state, req) {
+            Ok(r) => return Ok(format!("{r:?}")),
+            Err(e) if Instant::now() < deadline => {
+                log::info!("{action}: not yet ({e}); retrying");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => return Err(step(format!("order {action}"))(e)),
+        }
+    }
+}
+
 /// The `master` CLI binary: `SHELFBOOT_MASTER_BIN`, else built with cargo (debug).
 pub fn master_binary() -> Result<PathBuf, ScenarioError> {
     if let Ok(p) = std::env::var("SHELFBOOT_MASTER_BIN") {

@@ -152,6 +152,8 @@ mod tests {
                 heartbeat: None,
                 bulk_bytes: 8 << 20,
                 extra_packages: 0,
+                health_deadline_s: None,
+                heartbeat_broken: false,
             },
         )
         .unwrap();

@@ -10,19 +10,13 @@
 //! commits, kexecs the (unchanged) stored boot image, validates and is Ready with
 //! heartbeat 1.1.0 on the same base 1.0.0.
 //!
-//! `prepare_all_then_system_warm_boot` (QEMU tier): two pristine cards are
-//! registered, `master prepare` (through the serving master's control socket) marks both,
-//! then they power on (the chassis reset). Each gets a BurnNow before its plan, fetches,
-//! commits, prints the hold line and holds; the node database shows both `ready`
-//! ("prepared, holding for warm boot"). A fresh serve run then orders `warm-boot`: each
-//! card restarts its conversation, gets Continue, kexecs its stored image, validates and
-//! is Ready; that serve run sent 0 artifact bytes and no Fetch plan.
+//! "Prepare all nodes now" and the system-wide warm boot of a running shelf, through
+//! the cards' resident agents, are in `service.rs`.
 //!
 //! The init binary: SHELFBOOT_INIT_BIN, else built here with cargo (init-release, musl).
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
@@ -77,6 +71,8 @@ mod tests {
                 heartbeat: Some("1.1.0".into()),
                 bulk_bytes: 0,
                 extra_packages: 0,
+                health_deadline_s: None,
+                heartbeat_broken: false,
             },
         )
         .unwrap();
@@ -164,155 +160,6 @@ mod tests {
             v.plan.as_ref().map(|p| p.release.to_string()),
             Some("lab-os@1.1.0".into())
         );
-        drop(shelf);
-    }
-
-    /// Sends a fleet order through the control socket, retrying while the serve run that
-    /// was just started has not bound it yet.
-    fn order(state: &Path, action: shelfboot_master::state::FleetAction) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let req = shelfboot_master::control::Request::Fleet {
-                action,
-                target: None,
-            };
-            match shelfboot_master::cli::run_request(state, req) {
-                Ok(r) => return format!("{r:?}"),
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("{action}: not yet ({e}); retrying");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => panic!("{action} failed: {e}"),
-            }
-        }
-    }
-
-    #[test]
-    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
-    fn prepare_all_then_system_warm_boot() {
-        use shelfboot_master::state::FleetAction;
-        use shelfboot_master::store::{NodeIdentity, Store as _};
-
-        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "fleet-prepare").unwrap();
-        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
-        let state = lab.state.clone();
-        const CARDS: usize = 2;
-        let macs: Vec<String> = (0..CARDS)
-            .map(|i| shelfboot_qemu::backplane::mac_string(&card_mac(i)))
-            .collect();
-
-        // The chassis inventory: both cards known before they ever booted.
-        {
-            let mut m = Master::open(&state).unwrap();
-            for (i, mac) in macs.iter().enumerate() {
-                let id = NodeIdentity {
-                    mac: mac.parse().unwrap(),
-                    card_type: scenario::card_type(i).into(),
-                    arch: "x86_64".parse().unwrap(),
-                    shelf: 0,
-                    slot: u32::try_from(i + 1).unwrap(),
-                    hw_rev: "unknown".into(),
-                    features: scenario::card_features(i)
-                        .iter()
-                        .map(|f| f.to_string())
-                        .collect(),
-                };
-                m.add_node(&id, None).unwrap();
-            }
-        }
-
-        // Power on, serve, `master prepare`, then the chassis reset (the harness's power
-        // cycle; the first boot is still in its kernel when it is cut).
-        let mut shelf =
-            Shelf::start(CARDS, |i| scenario::card_config(&lab, i, &logs).unwrap()).unwrap();
-        let mut master = scenario::MasterRun::start(shelf.backplane(), &state).unwrap();
-        let reply = order(&state, FleetAction::Prepare);
-        eprintln!("prepare: {reply}");
-        let t_prepare = Instant::now();
-        shelf.power_cycle_all().unwrap();
-        let held = shelf
-            .wait_all(
-                "SHELFBOOT: set committed; holding for the master's warm boot",
-                Duration::from_secs(300),
-            )
-            .unwrap();
-        let prepare = t_prepare.elapsed();
-        for h in &held {
-            eprintln!("held after {:.1} s: {}", h.elapsed.as_secs_f64(), h.line);
-        }
-        // Holding: no hand-off, no Ready line, for a while.
-        std::thread::sleep(Duration::from_secs(5));
-        for c in shelf.cards() {
-            let console = c.console();
-            assert!(!console.contains(release::READY_LINE), "a held card booted");
-            assert!(!console.contains("kexec: loading"), "a held card kexec'd");
-        }
-        let s1 = master.stop().unwrap().unwrap();
-        eprintln!(
-            "prepare run: {} artifact bytes, {} fetch / {} continue plans, {} commands, {} ready",
-            s1.artifact_bytes, s1.plans_fetch, s1.plans_continue, s1.commands_sent, s1.ready
-        );
-        assert!(s1.plans_fetch >= CARDS as u64, "pristine cards fetched");
-        {
-            let m = Master::open(&state).unwrap();
-            for mac in &macs {
-                let mac = mac.parse().unwrap();
-                let n = m.store().node(&mac).unwrap().unwrap();
-                assert_eq!(n.state, NodeState::Ready, "{n:?}");
-                assert_eq!(
-                    n.state_reason.as_deref(),
-                    Some("prepared, holding for warm boot"),
-                    "{n:?}"
-                );
-                assert!(!m.prepare_pending(&mac).unwrap());
-            }
-        }
-
-        // A fresh serve run counts the warm boot alone.
-        let mut master = scenario::MasterRun::start(shelf.backplane(), &state).unwrap();
-        let t_warm = Instant::now();
-        let reply = order(&state, FleetAction::WarmBoot);
-        eprintln!("warm-boot: {reply}");
-        let ready = shelf
-            .wait_all(release::READY_LINE, Duration::from_secs(240))
-            .unwrap();
-        let warm = t_warm.elapsed();
-        for (i, r) in ready.iter().enumerate() {
-            eprintln!(
-                "card{i} Ready {:.1} s after the warm boot: {}",
-                warm.as_secs_f64(),
-                r.line
-            );
-            assert!(
-                r.line.contains("base-1.0.0") && r.line.contains("heartbeat-1.0.0"),
-                "{}",
-                r.line
-            );
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        for c in shelf.cards() {
-            let console = c.console();
-            assert!(
-                console.contains("SHELFBOOT: warm boot ordered by the master"),
-                "{}",
-                c.name()
-            );
-            assert!(console.contains("kexec: sync and reboot"), "{}", c.name());
-        }
-        let s2 = master.stop().unwrap().unwrap();
-        eprintln!(
-            "prepare: both held {:.1} s after the reset; warm boot: both Ready in {:.1} s; warm run: {} artifact bytes, {} fetch / {} continue plans, {} commands; total {:.1} s",
-            prepare.as_secs_f64(),
-            warm.as_secs_f64(),
-            s2.artifact_bytes,
-            s2.plans_fetch,
-            s2.plans_continue,
-            s2.commands_sent,
-            t0.elapsed().as_secs_f64()
-        );
-        assert_eq!(s2.artifact_bytes, 0, "the warm boot only validates");
-        assert_eq!(s2.plans_fetch, 0, "the warm boot only validates");
-        assert!(s2.plans_continue >= CARDS as u64);
         drop(shelf);
     }
 }

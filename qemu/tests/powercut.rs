@@ -331,12 +331,16 @@ mod tests {
                 heartbeat: Some("1.1.0".into()),
                 bulk_bytes: 3 << 20,
                 extra_packages: 0,
+                health_deadline_s: None,
+                heartbeat_broken: false,
             },
             Derived {
                 version: "1.2.0".into(),
                 heartbeat: Some("1.2.0".into()),
                 bulk_bytes: 0,
                 extra_packages: EXTRA_PACKAGES,
+                health_deadline_s: None,
+                heartbeat_broken: false,
             },
         ] {
             scenario::import_derived(&lab, &d).unwrap();

@@ -1,0 +1,297 @@
+//! Tier-3 scenarios of cards in service: real kernels, the lab release, `master serve` in
+//! the backplane namespace, cards whose reboots reset the VM in place (no `-no-reboot`,
+//! an `i6300esb` watchdog armed by init), so nothing but the cards' own resident agents
+//! brings them back into init.
+//!
+//! `running_shelf_prepares_and_warm_boots_through_its_agents`: three cards install
+//! release 1.0 and run; release 1.1 (heartbeat 1.1.0) is imported; `master prepare`
+//! reaches the running cards' resident agents, which reset them; each burns 1.1 and
+//! holds; `master warm-boot` hands them off into 1.1. The harness never power-cycles a
+//! card for it. Then one card is killed (QEMU quit): the master shows it absent within its
+//! absence interval, and present again after it boots.
+//!
+//! `unhealthy_release_rolls_back_on_its_own`: one card runs 1.0; release 1.2 names a health
+//! command its broken heartbeat never satisfies; `master reset` of the card makes it
+//! fetch 1.2, kexec, validate and switch_root; the health deadline passes, the resident
+//! agent rolls flash back to 1.0 and resets; the card refuses 1.2 from then on (the master
+//! records why) and runs 1.0 again.
+//!
+//! The init binary: SHELFBOOT_INIT_BIN, else built here with cargo (init-release, musl).
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use shelfboot_master::state::FleetAction;
+    use shelfboot_qemu::card::CardConfig;
+    use shelfboot_qemu::release::{self, Derived};
+    use shelfboot_qemu::scenario::{self, Lab, MasterRun, Prelude};
+    use shelfboot_qemu::shelf::{Shelf, card_mac};
+
+    /// The two scenarios take 4 VMs between them: one at a time on 2 cores.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Kernel arguments of a card in service: the watchdog (it must outlast a kexec under
+    /// TCG, 16-31 s) and Alives every second.
+    const IN_SERVICE: &str = " shelfboot.watchdog=120 shelfboot.alive=1";
+    const HOLD_LINE: &str = "SHELFBOOT: set committed; holding for the master's warm boot";
+
+    fn in_service(lab: &Lab, i: usize, logs: &std::path::Path) -> CardConfig {
+        let mut c = scenario::card_config(lab, i, logs).unwrap();
+        c.reset_in_place = true;
+        c.append.push_str(IN_SERVICE);
+        c
+    }
+
+    fn mac(i: usize) -> String {
+        shelfboot_qemu::backplane::mac_string(&card_mac(i))
+    }
+
+    /// Polls the node database until card `i`'s presence is `present`; returns how long
+    /// that took.
+    fn wait_presence(lab: &Lab, i: usize, present: bool, within: Duration) -> Duration {
+        let t = Instant::now();
+        loop {
+            let v = scenario::node_by_mac(&lab.state, &mac(i)).unwrap();
+            if v.node.present == present {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < within,
+                "card{i} still present={} after {within:?}: {:?}",
+                v.node.present,
+                v.node
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
+    fn running_shelf_prepares_and_warm_boots_through_its_agents() {
+        const CARDS: usize = 3;
+        let _one = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "service-shelf").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
+        let mut shelf = Shelf::start(CARDS, |i| in_service(&lab, i, &logs)).unwrap();
+        let mut master = MasterRun::start(shelf.backplane(), &lab.state).unwrap();
+        let r = shelf
+            .wait_all(release::READY_LINE, Duration::from_secs(420))
+            .unwrap();
+        for (i, m) in r.iter().enumerate() {
+            eprintln!("card{i} runs 1.0 after {:.1} s", m.elapsed.as_secs_f64());
+        }
+        shelf
+            .wait_all("resident: listening", Duration::from_secs(30))
+            .unwrap();
+        for i in 0..CARDS {
+            wait_presence(&lab, i, true, Duration::from_secs(10));
+        }
+
+        // Release 1.1 while the shelf runs, then "prepare all nodes now".
+        scenario::import_derived(
+            &lab,
+            &Derived {
+                version: "1.1.0".into(),
+                heartbeat: Some("1.1.0".into()),
+                bulk_bytes: 0,
+                extra_packages: 0,
+                health_deadline_s: None,
+                heartbeat_broken: false,
+            },
+        )
+        .unwrap();
+        let t_prepare = Instant::now();
+        eprintln!(
+            "prepare: {}",
+            scenario::fleet_order(&lab.state, FleetAction::Prepare, None).unwrap()
+        );
+        shelf
+            .wait_all(
+                "SHELFBOOT: BurnNow ordered by the master",
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        let held = shelf.wait_all(HOLD_LINE, Duration::from_secs(420)).unwrap();
+        for (i, h) in held.iter().enumerate() {
+            eprintln!("card{i} holds 1.1 after {:.1} s", h.elapsed.as_secs_f64());
+        }
+        let prepare = t_prepare.elapsed();
+
+        let t_warm = Instant::now();
+        eprintln!(
+            "warm-boot: {}",
+            scenario::fleet_order(&lab.state, FleetAction::WarmBoot, None).unwrap()
+        );
+        let ready = shelf
+            .wait_all(release::READY_LINE, Duration::from_secs(300))
+            .unwrap();
+        let warm = t_warm.elapsed();
+        for (i, r) in ready.iter().enumerate() {
+            assert!(
+                r.line.contains("heartbeat-1.1.0") && !r.line.contains("heartbeat-1.0.0"),
+                "card{i}: {}",
+                r.line
+            );
+        }
+        for c in shelf.cards() {
+            assert_eq!(
+                c.boots(),
+                1,
+                "{}: the harness never power-cycled it",
+                c.name()
+            );
+            let console = c.console();
+            assert!(
+                console.contains("SHELFBOOT: warm boot ordered by the master"),
+                "{}",
+                c.name()
+            );
+        }
+
+        // Presence: card 2 is pulled out, then put back.
+        shelf
+            .wait_all("resident: listening", Duration::from_secs(60))
+            .unwrap();
+        let victim = CARDS - 1;
+        shelf.card(victim).unwrap().power_cut();
+        let absent = wait_presence(&lab, victim, false, Duration::from_secs(30));
+        for i in 0..victim {
+            assert!(
+                scenario::node_by_mac(&lab.state, &mac(i))
+                    .unwrap()
+                    .node
+                    .present,
+                "card{i} kept running and stays present"
+            );
+        }
+        let t_back = Instant::now();
+        shelf.card(victim).unwrap().power_cycle().unwrap();
+        shelf
+            .card(victim)
+            .unwrap()
+            .wait_for(release::READY_LINE, Duration::from_secs(240))
+            .unwrap();
+        let back = wait_presence(&lab, victim, true, Duration::from_secs(30));
+        let stats = master.stop().unwrap().unwrap();
+        eprintln!(
+            "service: prepare {:.1} s (reset by the agents, burn, hold), warm boot {:.1} s; card{victim} absent {:.1} s after QEMU quit, present {:.1} s after Ready ({:.1} s after power-on); master {} artifact bytes, {} commands; total {:.1} s",
+            prepare.as_secs_f64(),
+            warm.as_secs_f64(),
+            absent.as_secs_f64(),
+            back.as_secs_f64(),
+            t_back.elapsed().as_secs_f64(),
+            stats.artifact_bytes,
+            stats.commands_sent,
+            t0.elapsed().as_secs_f64()
+        );
+        drop(shelf);
+    }
+
+    #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
+    fn unhealthy_release_rolls_back_on_its_own() {
+        const DEADLINE_S: u64 = 20;
+        let _one = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "service-rollback").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
+        let mut shelf = Shelf::start(1, |i| in_service(&lab, i, &logs)).unwrap();
+        let mut master = MasterRun::start(shelf.backplane(), &lab.state).unwrap();
+        shelf
+            .wait_all(release::READY_LINE, Duration::from_secs(300))
+            .unwrap();
+        shelf
+            .wait_all("resident: listening", Duration::from_secs(30))
+            .unwrap();
+        let good = scenario::node_by_mac(&lab.state, &mac(0)).unwrap();
+        let good_digest = good.node.inventory.clone();
+
+        scenario::import_derived(
+            &lab,
+            &Derived {
+                version: "1.2.0".into(),
+                heartbeat: Some("1.2.0".into()),
+                bulk_bytes: 0,
+                extra_packages: 0,
+                health_deadline_s: Some(DEADLINE_S),
+                heartbeat_broken: true,
+            },
+        )
+        .unwrap();
+        let t_reset = Instant::now();
+        eprintln!(
+            "reset: {}",
+            scenario::fleet_order(
+                &lab.state,
+                FleetAction::Reset,
+                Some(mac(0).parse().unwrap())
+            )
+            .unwrap()
+        );
+        let card = shelf.card(0).unwrap();
+        card.wait_for(
+            "SHELFBOOT: Reset ordered by the master",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        card.wait_for(
+            "HEARTBEAT v1.2.0 crashed at start",
+            Duration::from_secs(300),
+        )
+        .unwrap();
+        let failed = card
+            .wait_for(
+                "did not succeed within",
+                Duration::from_secs(DEADLINE_S + 30),
+            )
+            .unwrap();
+        eprintln!(
+            "health verdict {:.1} s after the reset: {}",
+            t_reset.elapsed().as_secs_f64(),
+            failed.line
+        );
+        assert!(
+            failed.line.contains("rolled back to set"),
+            "{}",
+            failed.line
+        );
+        card.wait_for(
+            "which this card rolled back from: booting set",
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        let ready = card
+            .wait_for(release::READY_LINE, Duration::from_secs(240))
+            .unwrap();
+        assert!(
+            ready.line.contains("heartbeat-1.0.0") && !ready.line.contains("heartbeat-1.2.0"),
+            "{}",
+            ready.line
+        );
+        assert_eq!(card.boots(), 1, "the harness never power-cycled it");
+        let console = card.console();
+        assert!(
+            !console.contains("HEARTBEAT v1.2.0 starting"),
+            "the broken heartbeat never ran"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let stats = master.stop().unwrap().unwrap();
+        let v = scenario::node_by_mac(&lab.state, &mac(0)).unwrap();
+        let reason = v.node.state_reason.clone().unwrap_or_default();
+        assert!(reason.contains("rolled back"), "{:?}", v.node);
+        assert_eq!(v.node.inventory, good_digest, "flash runs 1.0 again");
+        eprintln!(
+            "rollback: card back on 1.0 {:.1} s after the reset, {:.1} s after Ready of 1.0; node: {} ({reason}); master {} artifact bytes; total {:.1} s",
+            t_reset.elapsed().as_secs_f64(),
+            ready.elapsed.as_secs_f64(),
+            v.node.state,
+            stats.artifact_bytes,
+            t0.elapsed().as_secs_f64()
+        );
+        drop(shelf);
+    }
+}
