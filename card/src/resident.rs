@@ -21,6 +21,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use shelfboot_netio::FrameIo;
 use shelfboot_proto::frame::{Header, Link, MacAddr, MessageType};
 use shelfboot_proto::msg::{self, Action, Alive, Command, Digest, Health, Message};
 use shelfboot_proto::report::error_chain;
@@ -338,6 +339,30 @@ impl Resident {
             ),
         }
     }
+}
+
+/// One turn of a resident agent over a frame port: what is due goes out, frames are
+/// received for up to `wait` and handed to it, its answers go out. The one I/O turn of
+/// init's resident loop and of simulated running cards; the caller adds what is its own
+/// between turns (the watchdog, the health command, obeying an [`Order`]).
+pub fn turn<F: FrameIo>(io: &mut F, agent: &mut Resident, wait: Duration) -> Result<(), F::Error> {
+    agent.tick(Instant::now());
+    flush(io, agent)?;
+    io.recv_batch(
+        &mut |frame: &[u8], _src| agent.handle_frame(Instant::now(), frame),
+        wait,
+    )?;
+    flush(io, agent)
+}
+
+/// Sends what the agent has queued.
+pub fn flush<F: FrameIo>(io: &mut F, agent: &mut Resident) -> Result<(), F::Error> {
+    let frames = agent.drain();
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    io.send_batch(&refs).map(|_| ())
 }
 
 /// Longest detail text an Alive carries (it stays one frame).

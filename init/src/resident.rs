@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shelfboot_card::flash::{SetRecord, Store, StoreError, Volumes};
-use shelfboot_card::resident::{Order, Resident, ResidentConfig};
+use shelfboot_card::resident::{Order, Resident, ResidentConfig, flush, turn};
 use shelfboot_netio::{PacketSocket, RingGeometry, SocketConfig};
 use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::Health;
@@ -162,7 +162,6 @@ pub fn run<V: Volumes>(
             sock = open(&seed.iface, cfg.ethertype);
             next_open = now + Duration::from_secs(5);
         }
-        agent.tick(now);
         if let Some(h) = &health {
             check = step_health(
                 h,
@@ -174,7 +173,6 @@ pub fn run<V: Volumes>(
                 sock.as_mut(),
             );
         }
-        send(sock.as_mut(), &mut agent);
         if let Some(order) = agent.take_order() {
             obey(order, store.as_deref_mut(), sock.as_mut(), &mut agent);
         }
@@ -184,20 +182,21 @@ pub fn run<V: Volumes>(
             .min(MAX_WAIT);
         match sock.as_mut() {
             Some(s) => {
-                let received = s.recv_batch(
-                    &mut |frame: &[u8], _src| agent.handle_frame(Instant::now(), frame),
-                    wait,
-                );
-                if let Err(e) = received {
+                if let Err(e) = turn(s, &mut agent, wait) {
                     log::error!(
-                        "resident: receive on {} failed: {}; reopening",
+                        "resident: the backplane socket on {} failed: {}; reopening",
                         seed.iface,
                         error_chain(&e)
                     );
                     sock = None;
                 }
             }
-            None => std::thread::sleep(wait),
+            None => {
+                // No socket: time goes on, what is due is dropped.
+                agent.tick(Instant::now());
+                agent.drain();
+                std::thread::sleep(wait);
+            }
         }
     }
 }
@@ -235,13 +234,15 @@ fn open(iface: &str, ethertype: u16) -> Option<PacketSocket> {
 }
 
 fn send(sock: Option<&mut PacketSocket>, agent: &mut Resident) {
-    let frames = agent.drain();
-    let Some(s) = sock else {
-        return;
-    };
-    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    if let Err(e) = s.send_batch(&refs) {
-        log::warn!("resident: send failed: {}", error_chain(&e));
+    match sock {
+        Some(s) => {
+            if let Err(e) = flush(s, agent) {
+                log::warn!("resident: send failed: {}", error_chain(&e));
+            }
+        }
+        None => {
+            agent.drain();
+        }
     }
 }
 
