@@ -405,13 +405,25 @@ fn boot_entries(arches: &[(Arch, String)], card_types: &[String], extra_cmdline:
         for ct in card_types {
             toml.push_str(&format!(
                 "[[boot]]\nname = \"{BOOT_NAME}\"\nversion = \"{}\"\ncard_type = \"{ct}\"\narch = \"{arch}\"\nimage = \"files/{}\"\ncmdline = \"{}{extra_cmdline}\"\n\n",
-                kver.split('-').next().unwrap_or("6"),
+                boot_version(kver, extra_cmdline),
                 boot_file(ct, *arch),
                 stored_cmdline(ct, *arch),
             ));
         }
     }
     toml
+}
+
+/// Version of the boot entry of kernel `kver`: the kernel's (`6.1.0`), or, when the
+/// release adds to its command line (a health command), a version of its own
+/// (`6.1.0-cmdline.HASH`): the master refuses one version with two contents.
+fn boot_version(kver: &str, extra_cmdline: &str) -> String {
+    let base = kver.split('-').next().unwrap_or("6");
+    if extra_cmdline.is_empty() {
+        return base.to_string();
+    }
+    let h = <sha2::Sha256 as sha2::Digest>::digest(extra_cmdline.as_bytes());
+    format!("{base}-cmdline.{}", hex::encode(&h[..4]))
 }
 
 /// The class (all card types, all architectures) and the defaults.

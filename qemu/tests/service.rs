@@ -47,6 +47,24 @@ mod tests {
         shelfboot_qemu::backplane::mac_string(&card_mac(i))
     }
 
+    /// Waits until `needle` appears `n` times on card `c`'s console (in any order with the
+    /// lines other waits match: the resident agent logs beside the package root).
+    fn wait_count(c: &mut shelfboot_qemu::card::Card, needle: &str, n: usize, within: Duration) {
+        let t = Instant::now();
+        loop {
+            let seen = c.console().matches(needle).count();
+            if seen >= n {
+                return;
+            }
+            assert!(
+                t.elapsed() < within,
+                "{}: {needle:?} seen {seen} times, not {n}, within {within:?}",
+                c.name()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Polls the node database until card `i`'s presence is `present`; returns how long
     /// that took.
     fn wait_presence(lab: &Lab, i: usize, present: bool, within: Duration) -> Duration {
@@ -83,9 +101,9 @@ mod tests {
         for (i, m) in r.iter().enumerate() {
             eprintln!("card{i} runs 1.0 after {:.1} s", m.elapsed.as_secs_f64());
         }
-        shelf
-            .wait_all("resident: listening", Duration::from_secs(30))
-            .unwrap();
+        for c in shelf.cards() {
+            wait_count(c, "resident: listening", 1, Duration::from_secs(30));
+        }
         for i in 0..CARDS {
             wait_presence(&lab, i, true, Duration::from_secs(10));
         }
@@ -152,9 +170,9 @@ mod tests {
         }
 
         // Presence: card 2 is pulled out, then put back.
-        shelf
-            .wait_all("resident: listening", Duration::from_secs(60))
-            .unwrap();
+        for c in shelf.cards() {
+            wait_count(c, "resident: listening", 2, Duration::from_secs(60));
+        }
         let victim = CARDS - 1;
         shelf.card(victim).unwrap().power_cut();
         let absent = wait_presence(&lab, victim, false, Duration::from_secs(30));
@@ -204,9 +222,12 @@ mod tests {
         shelf
             .wait_all(release::READY_LINE, Duration::from_secs(300))
             .unwrap();
-        shelf
-            .wait_all("resident: listening", Duration::from_secs(30))
-            .unwrap();
+        wait_count(
+            shelf.card(0).unwrap(),
+            "resident: listening",
+            1,
+            Duration::from_secs(30),
+        );
         let good = scenario::node_by_mac(&lab.state, &mac(0)).unwrap();
         let good_digest = good.node.inventory.clone();
 
