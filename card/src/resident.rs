@@ -201,6 +201,11 @@ impl Resident {
         self.send_alive(now);
     }
 
+    /// An admitted order was not carried out (an upgrade that failed): obey the next one.
+    pub fn resume(&mut self) {
+        self.ordered = false;
+    }
+
     /// Send an Alive now (a repeat before the card resets, on a lossy backplane).
     pub fn announce(&mut self, now: Instant) {
         self.send_alive(now);

@@ -120,6 +120,9 @@ pub enum AgentRunError {
     /// Too many resets ordered in one boot.
     #[error("the master ordered {MAX_RESETS} resets in this boot: booting what is committed")]
     TooManyResets,
+    /// The conversation did not reach a decision in the time it was given.
+    #[error("no decision before the deadline: no master answered, or the transfer stalled")]
+    NoDecision,
 }
 
 /// The provisioner that runs card's agent (see the module docs).
@@ -170,43 +173,18 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
         let t = crate::boottime::now();
         let anchor = load_anchor(&self.trust_dir).map_err(|e| failed("no trust anchor", e))?;
         let cfg = s.config;
-        let mut sock = PacketSocket::open(
-            &link.name,
-            SocketConfig {
-                ethertype: cfg.ethertype,
-                // The same thread hashes and writes flash between receives: a deep ring
-                // (16 MiB) rides out a slow UBI write instead of dropping the stream.
-                rx_ring: shelfboot_netio::RingGeometry {
-                    block_nr: 256,
-                    ..shelfboot_netio::RingGeometry::RX_DEFAULT
-                },
-                rcvbuf: Some(8 << 20),
-                ..SocketConfig::default()
-            },
-        )
-        .map_err(|source| {
-            failed(
-                "backplane",
-                AgentRunError::Socket {
-                    iface: link.name.clone(),
-                    source,
-                },
-            )
-        })?;
+        let mut sock =
+            PacketSocket::open(&link.name, transfer_socket(cfg.ethertype)).map_err(|source| {
+                failed(
+                    "backplane",
+                    AgentRunError::Socket {
+                        iface: link.name.clone(),
+                        source,
+                    },
+                )
+            })?;
         let link_mtu = shelfboot_proto::protocol_mtu(sock.mtu());
-        let identity = Identity {
-            mac: MacAddr(link.mac),
-            card_type: cfg.card.clone(),
-            arch: if cfg!(target_arch = "aarch64") {
-                Arch::Aarch64
-            } else {
-                Arch::X86_64
-            },
-            shelf: cfg.shelf.unwrap_or(0),
-            slot: cfg.slot.unwrap_or(0),
-            hw_rev: "unknown".into(),
-            features: cfg.features.clone(),
-        };
+        let identity = identity(cfg, MacAddr(link.mac));
         crate::boottime::step("socket", t);
         let mut setup = Some(crate::boottime::now());
         let started = Instant::now();
@@ -257,7 +235,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                 crate::boottime::step("agent store", t);
             }
             let mut seat = [Seat::new(agent, ())];
-            let decided = drive(&mut seat, &mut sock, &link.name, cfg.hold);
+            let decided = drive(&mut seat, &mut sock, &link.name, cfg.hold, None);
             let [seat] = seat;
             let agent = seat.into_agent();
             let c = *agent.counters();
@@ -362,6 +340,39 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
     }
 }
 
+/// The socket of a conversation that fetches: the same thread hashes and writes flash
+/// between receives, so a deep ring (16 MiB) rides out a slow UBI write instead of
+/// dropping the stream.
+pub(crate) fn transfer_socket(ethertype: u16) -> SocketConfig {
+    SocketConfig {
+        ethertype,
+        rx_ring: shelfboot_netio::RingGeometry {
+            block_nr: 256,
+            ..shelfboot_netio::RingGeometry::RX_DEFAULT
+        },
+        rcvbuf: Some(8 << 20),
+        ..SocketConfig::default()
+    }
+}
+
+/// The card as its Solicits say: type, shelf, slot and features from the command line,
+/// the architecture of this build.
+pub(crate) fn identity(cfg: &crate::config::Config, mac: MacAddr) -> Identity {
+    Identity {
+        mac,
+        card_type: cfg.card.clone(),
+        arch: if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        },
+        shelf: cfg.shelf.unwrap_or(0),
+        slot: cfg.slot.unwrap_or(0),
+        hw_rev: "unknown".into(),
+        features: cfg.features.clone(),
+    }
+}
+
 /// The hand-off of a test set the agent committed in `ram`: its package files (plan
 /// order) and boot image file.
 fn test_set(
@@ -417,18 +428,24 @@ fn test_set(
 
 /// Runs the agent (card's driver over the backplane socket) until it decided and
 /// finished its sends (a held agent is driven until the master's WarmBoot or the end of
-/// its hold). Returns the decision.
-fn drive<V: Volumes>(
+/// its hold), or `deadline` passed. Returns the decision. Feeds the watchdog: the
+/// resident agent's staging runs here too, without init's feeder thread.
+pub(crate) fn drive<V: Volumes>(
     seat: &mut [Seat<V>; 1],
     sock: &mut PacketSocket,
     iface: &str,
     hold: Duration,
+    deadline: Option<Instant>,
 ) -> Result<Decision, AgentRunError> {
     let mut driver = Driver::new(sock);
     let mut last_progress = None;
     let mut held = false;
     let mut first_sent = false;
     loop {
+        crate::watchdog::feed();
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(AgentRunError::NoDecision);
+        }
         driver.tick(seat);
         if !first_sent && driver.frames_sent() > 0 {
             first_sent = true;
@@ -468,7 +485,7 @@ fn drive<V: Volumes>(
     }
 }
 
-fn random(buf: &mut [u8]) -> Result<(), AgentRunError> {
+pub(crate) fn random(buf: &mut [u8]) -> Result<(), AgentRunError> {
     // Drawn early in the background by the flow (crate::entropy), else /dev/urandom.
     crate::entropy::fill(buf).map_err(AgentRunError::Random)
 }

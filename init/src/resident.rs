@@ -25,15 +25,21 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use shelfboot_card::agent::{Agent, AgentConfig, Decision, Timers};
+use shelfboot_card::boot::{self, BootFacts, Target};
+use shelfboot_card::driver::Seat;
 use shelfboot_card::flash::{SetRecord, Store, StoreError, Volumes};
 use shelfboot_card::resident::{Order, Resident, ResidentConfig, flush, turn};
 use shelfboot_netio::{PacketSocket, RingGeometry, SocketConfig};
 use shelfboot_proto::frame::MacAddr;
-use shelfboot_proto::msg::Health;
+use shelfboot_proto::msg::{Action, BootPhase, Health};
 use shelfboot_proto::report::error_chain;
 use shelfboot_proto::sign::TrustAnchor;
 
 use crate::config::{Config, Hardware};
+use crate::handoff::Paths;
+use crate::kernel::Linux;
+use crate::provision::{drive, identity, random, transfer_socket};
 use crate::sys::power::{Leave, sync_and_leave};
 
 /// What the conversation leaves for the resident agent (see [`crate::flow::Session`]).
@@ -57,6 +63,9 @@ const HEALTH_RUN_LIMIT: Duration = Duration::from_secs(10);
 const HEALTH_RETRY: Duration = Duration::from_secs(2);
 /// Longest wait for frames in one turn (the watchdog and the health check are polled).
 const MAX_WAIT: Duration = Duration::from_millis(200);
+/// Longest an upgrade in service may take to stage and commit before the card gives up
+/// and runs on with its set.
+const UPGRADE_LIMIT: Duration = Duration::from_secs(600);
 
 /// The health check of a set: its command and deadline, from its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,11 +105,23 @@ pub fn run<V: Volumes>(
     cfg: &Config,
     set: Option<&SetRecord>,
     persisted: bool,
-    mut store: Option<&mut Store<V>>,
+    store: Option<&mut Store<V>>,
 ) -> ! {
     let started = Instant::now();
     shield();
     crate::watchdog::feed();
+    // A store of the agent's own (its own descriptors, read fresh): init's is only
+    // borrowed, and the agent outlives it.
+    let mut store = store.and_then(|s| match s.reopen() {
+        Ok((own, _)) => Some(own),
+        Err(e) => {
+            log::error!(
+                "resident: cannot open the flash again: {}; running without it (no health mark, no command stamp, no upgrade)",
+                error_chain(&e)
+            );
+            None
+        }
+    });
     let health = set.and_then(HealthCheck::of);
     let (rolled_back_from, detail) = match store.as_ref().and_then(|s| s.inventory()) {
         Some(inv) if inv.rolled_back_from.is_some() => (
@@ -168,13 +189,28 @@ pub fn run<V: Volumes>(
                 check,
                 started,
                 &mut agent,
-                store.as_deref_mut(),
+                store.as_mut(),
                 persisted,
                 sock.as_mut(),
             );
         }
         if let Some(order) = agent.take_order() {
-            obey(order, store.as_deref_mut(), sock.as_mut(), &mut agent);
+            if order.action == Action::Upgrade
+                && let Some(s) = store.as_mut()
+            {
+                // Returns only if the card still runs its set.
+                if let Some(why) = upgrade(seed, cfg, s, order, &mut sock) {
+                    log::error!(
+                        "SHELFBOOT: upgrade in service failed: {why}; the running set runs on"
+                    );
+                    let health = agent.health();
+                    agent.set_health(Instant::now(), health, &format!("upgrade failed: {why}"));
+                }
+                agent.resume();
+                next_open = Instant::now();
+                continue;
+            }
+            obey(order, store.as_mut(), sock.as_mut(), &mut agent);
         }
         let wait = agent
             .next_deadline()
@@ -403,6 +439,171 @@ fn give_up_if_late<V: Volumes>(
         }
     }
     Check::Done
+}
+
+/// The master orders an upgrade in service: the card's conversation runs again here,
+/// while the package root runs (at nice 10): the plan is staged into new volumes beside
+/// the running set, committed (the running set becomes the previous one, kept for
+/// rollback), counted, and the card kexecs into the new boot image: no firmware reset,
+/// down only for the kexec and the validation. A set without a boot image cannot be
+/// entered without a reset: the card resets into it. Returns why, if the card still runs
+/// its old set.
+fn upgrade<V: Volumes>(
+    seed: &Seed,
+    cfg: &Config,
+    store: &mut Store<V>,
+    order: Order,
+    resident_sock: &mut Option<PacketSocket>,
+) -> Option<String> {
+    let t = Instant::now();
+    log::info!(
+        "SHELFBOOT: upgrade ordered by the master (epoch {}, serial {}): staging the plan while running",
+        order.stamp.0,
+        order.stamp.1
+    );
+    if let Err(e) = store.record_command(order.stamp) {
+        return Some(format!("recording the command stamp: {}", error_chain(&e)));
+    }
+    nix::unistd::sync();
+    if let Err(e) = crate::sys::process::set_nice(10) {
+        log::warn!("resident: staging at normal priority: {}", error_chain(&e));
+    }
+    let running = store.digest();
+    let mut nonce = [0u8; 16];
+    let mut rng = [0u8; 8];
+    if let Err(e) = random(&mut nonce).and_then(|()| random(&mut rng)) {
+        return Some(error_chain(&e));
+    }
+    let own = match store.reopen() {
+        Ok((s, _)) => s,
+        Err(e) => {
+            return Some(format!(
+                "opening the flash for staging: {}",
+                error_chain(&e)
+            ));
+        }
+    };
+    let mut sock = match PacketSocket::open(&seed.iface, transfer_socket(cfg.ethertype)) {
+        Ok(s) => s,
+        Err(e) => {
+            return Some(format!(
+                "opening the transfer socket on {}: {}",
+                seed.iface,
+                error_chain(&e)
+            ));
+        }
+    };
+    // The resident's own socket would only fill up meanwhile.
+    *resident_sock = None;
+    let acfg = AgentConfig {
+        identity: identity(cfg, seed.mac),
+        phase: BootPhase::AfterReset,
+        ethertype: cfg.ethertype,
+        link_mtu: shelfboot_proto::protocol_mtu(sock.mtu()),
+        anchor: seed.anchor.clone(),
+        nonce,
+        seed: u64::from_be_bytes(rng),
+        timers: Timers {
+            autonomy: None,
+            ..Timers::default()
+        },
+    };
+    let agent = Agent::new(acfg, own, Instant::now()).with_last_command(Some(order.stamp));
+    let mut seat = [Seat::new(agent, ())];
+    let decided = drive(
+        &mut seat,
+        &mut sock,
+        &seed.iface,
+        cfg.hold,
+        Some(Instant::now() + UPGRADE_LIMIT),
+    );
+    let [seat] = seat;
+    let own = seat.into_agent().into_store();
+    if let Err(e) = crate::sys::process::set_nice(0) {
+        log::debug!("resident: {}", error_chain(&e));
+    }
+    let set = match decided {
+        Ok(Decision::Boot {
+            set,
+            persisted: true,
+            autonomous: false,
+            validated_only,
+            ..
+        }) => {
+            if validated_only && Some(set.digest) == running {
+                log::info!("SHELFBOOT: upgrade: the card already runs its plan; nothing to do");
+                return None;
+            }
+            set
+        }
+        Ok(Decision::Boot {
+            persisted: false, ..
+        })
+        | Ok(Decision::Reset { .. }) => {
+            log::info!(
+                "SHELFBOOT: the master's plan needs a reset (test set, or a reset ordered): resetting"
+            );
+            reset()
+        }
+        Ok(other) => {
+            return Some(format!(
+                "the conversation ended without a plan to run: {other:?}"
+            ));
+        }
+        Err(e) => return Some(error_chain(&e)),
+    };
+    log::info!(
+        "SHELFBOOT: set {} staged and committed in service in {:.1} s",
+        set.digest,
+        t.elapsed().as_secs_f64()
+    );
+    // From now on the agent's store is the one that committed (ours holds the older
+    // inventory and must never write it again).
+    *store = own;
+    if set.boot_image().is_none() {
+        log::info!("SHELFBOOT: the new set has no boot image: resetting into it");
+        reset()
+    }
+    let facts = BootFacts {
+        stored: false,
+        autonomous: false,
+    };
+    let choice = match boot::choose(store, facts) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("choosing what to boot: {}", error_chain(&e))),
+    };
+    let Target::Kexec {
+        volume,
+        id,
+        offset,
+        size,
+    } = choice.target
+    else {
+        reset()
+    };
+    let vols = store.volumes_mut();
+    let read = crate::handoff::extent_reader(offset, size, |off: u64, buf: &mut [u8]| {
+        vols.read(id, off, buf)
+    });
+    log::info!(
+        "SHELFBOOT: kexec into the upgraded set {}",
+        choice.set.digest
+    );
+    let e = crate::handoff::kexec(
+        &mut Linux::default(),
+        &Paths::default(),
+        &volume,
+        read,
+        &cfg.carried_cmdline(&choice.set.cmdline),
+    );
+    Some(format!("kexec: {}", error_chain(&e)))
+}
+
+/// Sync and reboot (a reset into init); never returns.
+fn reset() -> ! {
+    let e = sync_and_leave(Leave::Reboot);
+    log::error!("resident: {}", error_chain(&e));
+    crate::pid1::sleep_forever()
 }
 
 /// The master orders something: after the hand-off every order is a reset (the next

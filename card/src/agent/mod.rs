@@ -1079,8 +1079,8 @@ impl<V: Volumes> Agent<V> {
             b.serial
         );
         match b.action {
-            Action::Reset | Action::WarmBoot => {
-                let phase = if b.action == Action::Reset {
+            Action::Reset | Action::WarmBoot | Action::Upgrade => {
+                let phase = if b.action != Action::WarmBoot {
                     msg::BootPhase::AfterReset
                 } else {
                     msg::BootPhase::WarmBoot

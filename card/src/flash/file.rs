@@ -396,6 +396,12 @@ impl FileVolumes {
 }
 
 impl Volumes for FileVolumes {
+    fn reopen(&self) -> Result<Self, VolumeError> {
+        Ok(FileVolumes {
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
     type Writer = FileWriter;
 
     fn geometry(&mut self) -> Result<Geometry, VolumeError> {

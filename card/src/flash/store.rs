@@ -396,6 +396,17 @@ impl<V: Volumes> Store<V> {
         Ok(removed)
     }
 
+    /// A store of its own over a second handle on the same flash ([`Volumes::reopen`]),
+    /// opened as [`Store::open`] opens one (garbage collection included): for the
+    /// resident agent, which stages a new set while the package root runs.
+    pub fn reopen(&self) -> Result<(Self, OpenReport), StoreError> {
+        let vols = self
+            .vols
+            .reopen()
+            .during(|| "opening the flash a second time".to_string())?;
+        Store::open(vols, self.cfg.clone())
+    }
+
     /// The committed inventory, or `None` for a pristine card.
     pub fn inventory(&self) -> Option<&Inventory> {
         self.inventory.as_ref()

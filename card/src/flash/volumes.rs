@@ -147,12 +147,15 @@ pub enum VolumeOp {
     Rename,
     /// `UBI_IOCRMVOL`.
     Remove,
+    /// Opening the device again (a second handle).
+    Open,
 }
 
 impl fmt::Display for VolumeOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Geometry => "read geometry of",
+            Self::Open => "open",
             Self::List => "list volumes of",
             Self::Create => "create (UBI_IOCMKVOL)",
             Self::Update => "start update (UBI_IOCVOLUP) of",
@@ -346,6 +349,13 @@ pub trait Volumes {
 
     /// Device geometry and health (sysfs of `/sys/class/ubi/ubiN`).
     fn geometry(&mut self) -> Result<Geometry, VolumeError>;
+
+    /// A second handle on the same device with descriptors of its own, for a process
+    /// that outlives the borrow of the first (the resident agent stages a new set while
+    /// the package root runs).
+    fn reopen(&self) -> Result<Self, VolumeError>
+    where
+        Self: Sized;
 
     /// All volumes on the device, in id order (sysfs).
     fn list(&mut self) -> Result<Vec<VolumeInfo>, VolumeError>;

@@ -88,6 +88,11 @@ impl UbiVolumes {
 impl Volumes for UbiVolumes {
     type Writer = UbiWriter;
 
+    fn reopen(&self) -> Result<Self, VolumeError> {
+        UbiVolumes::open(self.ubi, self.dev.clone(), self.sysfs.clone())
+            .map_err(|e| vol_err(VolumeOp::Open, VolumeTarget::Device, e))
+    }
+
     fn geometry(&mut self) -> Result<Geometry, VolumeError> {
         let d = self
             .sysfs

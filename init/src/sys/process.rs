@@ -1,4 +1,4 @@
-//! Forking the resident agent off PID 1 at the hand-off.
+//! Forking the resident agent off PID 1 at the hand-off, and its CPU priority.
 //!
 //! Why unsafe: `fork(2)` in a multi-threaded process is only sound if the child touches
 //! nothing another thread may have held locked. At the hand-off init's only other
@@ -27,5 +27,21 @@ pub fn fork_process() -> Result<Forked, SysError> {
         Ok(ForkResult::Child) => Ok(Forked::Child),
         Ok(ForkResult::Parent { child }) => Ok(Forked::Parent(child)),
         Err(e) => Err(SysError::new("fork()", e)),
+    }
+}
+
+/// Lowers (or raises) this process's CPU priority to `nice` (-20..=19): the resident
+/// agent stages a new set at a low priority so the running system is not starved.
+pub fn set_nice(nice: i32) -> Result<(), SysError> {
+    // SAFETY: setpriority(2) on PRIO_PROCESS with who = 0 changes only the calling
+    // process's nice value; it touches no memory of ours.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(SysError::new(
+            format!("setpriority(PRIO_PROCESS, 0, {nice})"),
+            std::io::Error::last_os_error(),
+        ))
     }
 }

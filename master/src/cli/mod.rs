@@ -8,6 +8,7 @@ pub mod decode;
 pub mod events;
 pub mod manual;
 mod output;
+pub mod upgrade;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -174,6 +175,21 @@ pub enum Command {
     WarmBoot { node: Option<MacAddr> },
     /// Reset a card (or every card): it solicits again and burns what its plan lacks (needs `master serve`).
     Reset { node: Option<MacAddr> },
+    /// Upgrade running cards in service: each stages its plan while it runs, commits it and
+    /// kexecs into it, no firmware reset (needs `master serve`). Without --wave, one order
+    /// to the card (or every card).
+    Upgrade {
+        /// One card; absent: every card.
+        node: Option<MacAddr>,
+        /// Upgrade the present cards that do not run their plan N at a time, waiting for
+        /// each wave to run it; stop at the first card that fails, goes absent or misses
+        /// the deadline.
+        #[arg(long, value_name = "N")]
+        wave: Option<u32>,
+        /// Longest time one wave may take, in seconds.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        wave_timeout: u64,
+    },
     /// Run the daemon: hold the state and answer the control socket.
     Daemon {
         /// Also allow this group on the control socket (mode 0660).
@@ -380,6 +396,8 @@ pub enum CliError {
     Config(#[from] crate::config::ConfigError),
     #[error("master cluster: {0}")]
     Cluster(String),
+    #[error("master upgrade: {0}")]
+    Upgrade(String),
     #[error(transparent)]
     ClusterState(#[from] crate::cluster::ClusterError),
 }
@@ -578,6 +596,7 @@ fn request_for(cmd: Command) -> Result<Option<Request>, CliError> {
             action: ClusterCmd::Init { .. } | ClusterCmd::Certify { .. },
         }
         | Command::Stats
+        | Command::Upgrade { .. }
         | Command::Watch(_)
         | Command::Events(_)
         | Command::Decode { .. }
@@ -755,6 +774,19 @@ fn run_inner(mut cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             return Ok(());
         }
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
+        Command::Upgrade {
+            node,
+            wave,
+            wave_timeout,
+        } => {
+            let stop = stop_on_signal(wave.is_some())?;
+            let args = upgrade::UpgradeArgs {
+                node,
+                wave,
+                wave_timeout: std::time::Duration::from_secs(wave_timeout),
+            };
+            return upgrade::run(&cli.state, &args, out, &stop);
+        }
         Command::Decode { frames } => return Ok(decode::run(&frames, json, out)?),
         Command::Watch(a) => {
             let stop = stop_on_signal(!a.once)?;

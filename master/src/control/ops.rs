@@ -335,6 +335,7 @@ pub fn execute<S: Store>(
                 FleetAction::Prepare => "BurnNow",
                 FleetAction::WarmBoot => "WarmBoot",
                 FleetAction::Reset => "Reset",
+                FleetAction::Upgrade => "Upgrade",
             };
             let text = match &o.target {
                 Some(mac) => format!(

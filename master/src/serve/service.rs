@@ -902,6 +902,7 @@ impl<S: Store> Service<S> {
             FleetAction::Prepare => Action::BurnNow,
             FleetAction::WarmBoot => Action::WarmBoot,
             FleetAction::Reset => Action::Reset,
+            FleetAction::Upgrade => Action::Upgrade,
         };
         let target = order.target;
         let body = CommandBody {

@@ -21,6 +21,9 @@ pub enum FleetAction {
     WarmBoot,
     /// Reset: cards reset and solicit as after a master-ordered reset (Command Reset).
     Reset,
+    /// Upgrade in service: running cards stage their plan while they run, commit and
+    /// kexec into it (Command Upgrade); a card in init takes it as a reset.
+    Upgrade,
 }
 
 impl std::fmt::Display for FleetAction {
@@ -29,6 +32,7 @@ impl std::fmt::Display for FleetAction {
             FleetAction::Prepare => "prepare",
             FleetAction::WarmBoot => "warm-boot",
             FleetAction::Reset => "reset",
+            FleetAction::Upgrade => "upgrade",
         })
     }
 }

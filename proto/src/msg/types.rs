@@ -477,6 +477,10 @@ pub enum Action {
     /// Leave test mode.
     #[serde(rename = "test-off")]
     LeaveTestMode,
+    /// A running card stages its current plan while it runs, commits it and kexecs
+    /// into it (no firmware reset); a card still in init takes it as a Reset.
+    #[serde(rename = "up")]
+    Upgrade,
 }
 
 /// The signed part of a [`Command`].
