@@ -522,6 +522,7 @@ mod tests {
             inventory: None,
             test_mode: None,
             registered_at: 0,
+            health: None,
         }
     }
 
