@@ -7,7 +7,7 @@
 pub mod decode;
 pub mod events;
 pub mod manual;
-mod output;
+pub(crate) mod output;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
