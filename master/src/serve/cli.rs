@@ -221,6 +221,10 @@ pub fn print_stats(
             r.evicted,
             r.expired
         ));
+        t.push_str(&format!(
+            "presence: {} Alives, {} reports written, {} cards recorded absent, {} present again\n",
+            st.alives, st.health_writes, st.cards_absent, st.cards_returned
+        ));
         let by_type = |m: &std::collections::BTreeMap<String, u64>| {
             m.iter()
                 .map(|(k, v)| format!("{k} {v}"))
