@@ -713,7 +713,18 @@ fn write_stats<S: Store>(
     }
     if let Some(sh) = shared {
         let cards = match svc.master().store().nodes() {
-            Ok(c) => c,
+            Ok(mut c) => {
+                // The database's `last_seen` is written when something about a card
+                // changes; the service knows when it last heard each one.
+                let now = svc.master().now();
+                let heard: std::collections::HashMap<_, _> = svc.heard_ago().collect();
+                for n in &mut c {
+                    if let Some(&ago) = heard.get(&n.identity.mac) {
+                        crate::state::note_heard(n, now, ago);
+                    }
+                }
+                c
+            }
             Err(e) => {
                 log::warn!(
                     "master: metrics: reading the node database: {}",

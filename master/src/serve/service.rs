@@ -211,6 +211,11 @@ impl<S: Store> Service<S> {
         st
     }
 
+    /// Every card heard since the service started, with how many seconds ago.
+    pub fn heard_ago(&self) -> impl Iterator<Item = (MacAddr, u64)> + '_ {
+        self.presence.heard_ago(self.last_now)
+    }
+
     /// The master state (e.g. for a test to look at the node database).
     pub fn master(&self) -> &Master<S> {
         &self.master
@@ -261,8 +266,8 @@ impl<S: Store> Service<S> {
         self.forget_written();
         self.catalog = None;
         self.presence.forget_unregistered();
-        self.master
-            .set_heard(self.presence.heard_ago(self.last_now));
+        let heard: Vec<(MacAddr, u64)> = self.heard_ago().collect();
+        self.master.set_heard(heard);
         &mut self.master
     }
 
@@ -1018,6 +1023,8 @@ impl<S: Store> Service<S> {
             log::info!("master: {card} is present again");
             if let Err(e) = self.master.mark_present(&card) {
                 self.stats.db_errors += 1;
+                // What the database holds is read again before the next decision.
+                self.presence.forget_written();
                 log::error!(
                     "master: presence of {card}: {}",
                     shelfboot_proto::report::error_chain(&e)
@@ -1098,6 +1105,7 @@ impl<S: Store> Service<S> {
             );
             if let Err(e) = self.master.mark_absent(&card, silent.as_secs()) {
                 self.stats.db_errors += 1;
+                self.presence.forget_written();
                 log::error!(
                     "master: absence of {card}: {}",
                     shelfboot_proto::report::error_chain(&e)

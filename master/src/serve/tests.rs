@@ -1399,3 +1399,76 @@ fn a_rollback_shows_in_master_nodes_and_history() {
     );
     assert!(text.contains(&reason), "{text}");
 }
+
+/// `master nodes` through the serving master shows when the service last heard a card,
+/// though the database's `last_seen` is written only when something changes.
+#[test]
+fn last_seen_is_the_last_hearing_while_the_database_is_written_on_change_only() {
+    use crate::blobs::BlobDir;
+    use crate::state::{Clock, Master};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NodeIdentity, Store as _};
+    use shelfboot_proto::msg::Health as Wire;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// A wall clock the test moves.
+    #[derive(Debug)]
+    struct Moved(Arc<AtomicI64>);
+    impl Clock for Moved {
+        fn unix_secs(&self) -> i64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+    let wall = Arc::new(AtomicI64::new(1000));
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobDir::open(&dir.path().join("blobs")).unwrap();
+    let mut m = Master::with_store(SqliteStore::open_in_memory().unwrap(), blobs)
+        .with_clock(Moved(wall.clone()));
+    let card = mac(fixture::N1);
+    m.add_node(
+        &NodeIdentity {
+            mac: card,
+            card_type: "lc100".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
+            shelf: 1,
+            slot: 1,
+            hw_rev: "A".into(),
+            features: vec![],
+        },
+        None,
+    )
+    .unwrap();
+    let cfg = ServiceConfig {
+        ethertype: ET,
+        solicit_budget: 32,
+        heartbeat: Duration::from_secs(1),
+        link_mtu: shelfboot_proto::STANDARD_MTU,
+        join_window: Duration::from_millis(300),
+        max_rate: 10_000_000,
+        absence: Duration::from_secs(10),
+    };
+    let t = Instant::now();
+    let mut svc = Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 3, t);
+    let at = |s: u64| t + Duration::from_secs(s);
+    wall.store(1001, Ordering::Relaxed);
+    svc.handle_frame(at(1), &alive(card, Wire::Healthy, 0xd1, None, ""));
+    for s in (2..=50).step_by(2) {
+        wall.store(1000 + i64::try_from(s).unwrap(), Ordering::Relaxed);
+        svc.handle_frame(at(s), &alive(card, Wire::Healthy, 0xd1, None, ""));
+        svc.tick(at(s));
+    }
+    wall.store(1052, Ordering::Relaxed);
+    svc.tick(at(52));
+    let db = svc.master().store().node(&card).unwrap().unwrap();
+    assert_eq!(
+        db.last_seen,
+        Some(1001),
+        "written once, at the first report"
+    );
+    assert!(db.present);
+    let views = svc.master_mut().nodes().unwrap();
+    assert_eq!(views[0].node.last_seen, Some(1050));
+    assert_eq!(views[0].seen_ago, Some(2));
+    assert_eq!(svc.stats().health_writes, 1);
+}

@@ -39,6 +39,7 @@ pub use clock::{Clock, FixedClock, SystemClock};
 pub use fleet::{FleetAction, FleetOrder};
 pub use gc::GcReport;
 pub use import::{ImportError, ImportReport};
+pub use nodes::note_heard;
 pub use plans::{CatalogSnapshot, ClassView, NodeView};
 
 /// Errors of master operations.

@@ -139,12 +139,27 @@ impl<S: Store> Master<S> {
         let now = self.now();
         self.heard = heard
             .into_iter()
-            .map(|(mac, ago)| {
-                (
-                    mac,
-                    now.saturating_sub(i64::try_from(ago).unwrap_or(i64::MAX)),
-                )
-            })
+            .map(|(mac, ago)| (mac, heard_at(now, ago)))
             .collect();
+    }
+}
+
+/// The Unix time `ago` seconds before `now`.
+fn heard_at(now: i64, ago: u64) -> i64 {
+    now.saturating_sub(i64::try_from(ago).unwrap_or(i64::MAX))
+}
+
+/// A card heard `ago` seconds before `now` (Unix seconds): that is its `last_seen` if the
+/// node database's is older (the database's is written only when something about the
+/// card changes, not at every frame).
+pub fn note_heard(node: &mut NodeRecord, now: i64, ago: u64) {
+    let t = heard_at(now, ago);
+    node.last_seen = Some(node.last_seen.map_or(t, |s| s.max(t)));
+}
+
+impl<S: Store> Master<S> {
+    /// When the serving backplane last heard `mac` (Unix seconds), as last set.
+    pub(crate) fn heard(&self, mac: &MacAddr) -> Option<i64> {
+        self.heard.get(mac).copied()
     }
 }

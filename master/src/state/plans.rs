@@ -131,8 +131,8 @@ impl<S: Store> Master<S> {
             .nodes()?
             .into_iter()
             .map(|mut node| {
-                if let Some(&heard) = self.heard.get(&node.identity.mac) {
-                    node.last_seen = Some(node.last_seen.map_or(heard, |s| s.max(heard)));
+                if let Some(at) = self.heard(&node.identity.mac) {
+                    super::nodes::note_heard(&mut node, at, 0);
                 }
                 let seen_ago = node
                     .last_seen
