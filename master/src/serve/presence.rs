@@ -78,8 +78,6 @@ pub struct Presence {
     /// batch of writes was lost).
     stale: bool,
     next_check: Duration,
-    /// Cards left out because [`MAX_CARDS`] were kept already.
-    pub untracked: u64,
 }
 
 impl Presence {
@@ -91,7 +89,6 @@ impl Presence {
             aging: BTreeSet::new(),
             stale: true,
             next_check: Duration::ZERO,
-            untracked: 0,
         }
     }
 
@@ -116,7 +113,6 @@ impl Presence {
         for n in nodes {
             let mac = n.identity.mac;
             if !self.cards.contains_key(&mac) && self.cards.len() >= MAX_CARDS {
-                self.untracked += 1;
                 continue;
             }
             let s = self.cards.entry(mac).or_insert(Seen {
@@ -151,11 +147,18 @@ impl Presence {
         self.cards.retain(|_, s| s.registered);
     }
 
+    /// The lookup of a card met for the first time failed: it is looked up again at its
+    /// next frame.
+    pub fn forget_new(&mut self, mac: &MacAddr) {
+        if self.cards.get(mac).is_some_and(|s| !s.registered) {
+            self.cards.remove(mac);
+        }
+    }
+
     /// Any frame of `mac` at `now`.
     pub fn heard(&mut self, mac: MacAddr, now: Duration) -> Heard {
         let Some(s) = self.cards.get_mut(&mac) else {
             if self.cards.len() >= MAX_CARDS {
-                self.untracked += 1;
                 return Heard::Present;
             }
             self.cards.insert(

@@ -999,11 +999,24 @@ impl<S: Store> Service<S> {
         self.load_presence(since);
         let heard = self.presence.heard(card, since);
         let identify = !self.cards.knows(&card) && !self.cards.is_full();
-        let node = if identify || heard == Heard::New {
-            self.master.store().node(&card).ok().flatten()
-        } else {
-            None
-        };
+        let mut node = None;
+        if identify || heard == Heard::New {
+            match self.master.store().node(&card) {
+                Ok(n) => node = n,
+                Err(e) => {
+                    self.stats.db_errors += 1;
+                    log::error!(
+                        "master: looking up {card}: {}",
+                        shelfboot_proto::report::error_chain(&e)
+                    );
+                    if heard == Heard::New {
+                        // Not known to be unregistered: looked up again at its next frame.
+                        self.presence.forget_new(&card);
+                        return self.cards.seen(card, since);
+                    }
+                }
+            }
+        }
         match &node {
             Some(n) if identify => self.cards.identify(
                 card,
