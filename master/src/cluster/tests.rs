@@ -785,7 +785,21 @@ fn presence_and_health_reports_are_batched_and_replicated() {
     s.record_health(&identity(1).mac, &report, 120).unwrap();
     s.mark_present(&identity(2).mac, 121).unwrap();
     s.end_batch().unwrap();
-    settled(&members);
+    // Every member has applied the last entry (the metrics of a member may lag its
+    // apply, so wait for the index itself).
+    let target = c.status().last_log_index;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members
+        .iter()
+        .flatten()
+        .any(|m| m.status().applied_index < target)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a member did not apply the reports"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let n1 = s.node(&identity(1).mac).unwrap().unwrap();
     assert_eq!(n1.health.as_ref(), Some(&report));
     assert_eq!(n1.last_seen, Some(110), "the repeated report wrote nothing");

@@ -410,7 +410,10 @@ impl SqliteStore {
             Some((health, rolled)) => (Some(health), rolled),
             None => (None, None),
         };
-        if old_health.as_deref() != Some(h.health.as_str()) {
+        // A verdict (healthy, unhealthy) is history; entering `checking` or `none` is
+        // what every boot does and only the record says it.
+        let verdict = matches!(h.health, Health::Healthy | Health::Unhealthy);
+        if verdict && old_health.as_deref() != Some(h.health.as_str()) {
             let mut detail = h.health.to_string();
             match h.running {
                 Some(d) => {
@@ -934,7 +937,6 @@ mod tests {
             history(&s, &mac),
             [
                 "state ready".to_owned(),
-                format!("health checking (set {})", Digest([0xd1; 32]).short()),
                 format!(
                     "health unhealthy (set {}): health command exited 1",
                     Digest([0xd1; 32]).short()
