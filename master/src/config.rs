@@ -7,6 +7,7 @@
 //! iface = "bp0"
 //! max_rate_mbs = 125
 //! join_window_ms = 300
+//! absence_secs = 10
 //! control_group = "shelfboot"
 //! metrics = "127.0.0.1:9464"
 //! ```
@@ -29,7 +30,7 @@ pub const DEFAULT_PATH: &str = "/etc/shelfboot/master.toml";
 
 /// The keys a configuration file may set, with what each means (for the error of an
 /// unknown key and for the documentation).
-pub const KEYS: [(&str, &str); 8] = [
+pub const KEYS: [(&str, &str); 9] = [
     ("state", "state directory (absolute path)"),
     ("iface", "backplane interface served by `master serve`"),
     ("key", "plan-signing key file (absolute path)"),
@@ -37,6 +38,10 @@ pub const KEYS: [(&str, &str); 8] = [
     (
         "join_window_ms",
         "join window of a new transfer session, ms",
+    ),
+    (
+        "absence_secs",
+        "a card not heard for this long is recorded absent, s",
     ),
     ("control_group", "group also allowed on the control socket"),
     ("metrics", "ADDR:PORT of the Prometheus endpoint"),
@@ -56,6 +61,7 @@ pub struct FileConfig {
     pub key: Option<PathBuf>,
     pub max_rate_mbs: Option<u64>,
     pub join_window_ms: Option<u64>,
+    pub absence_secs: Option<u64>,
     pub control_group: Option<String>,
     pub metrics: Option<SocketAddr>,
     pub metrics_allow_remote: Option<bool>,
@@ -157,6 +163,15 @@ pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
                 cfg.max_rate_mbs = Some(n);
             }
             "join_window_ms" => cfg.join_window_ms = Some(integer(&v).map_err(bad)?),
+            "absence_secs" => {
+                let n = integer(&v).map_err(bad)?;
+                if n == 0 {
+                    return Err(bad(
+                        "the absence interval must be at least 1 s; give several of the cards' Alive intervals (2 s by default), e.g. 10".into(),
+                    ));
+                }
+                cfg.absence_secs = Some(n);
+            }
             "control_group" => {
                 let s = string(&v).map_err(bad)?;
                 if s.is_empty() {
@@ -246,6 +261,7 @@ iface = "bp0"
 key = "/etc/shelfboot/plan.key"
 max_rate_mbs = 40
 join_window_ms = 500
+absence_secs = 30
 control_group = "shelfboot"
 metrics = "[::1]:9464"
 metrics_allow_remote = false
@@ -260,12 +276,13 @@ metrics_allow_remote = false
                 key: Some("/etc/shelfboot/plan.key".into()),
                 max_rate_mbs: Some(40),
                 join_window_ms: Some(500),
+                absence_secs: Some(30),
                 control_group: Some("shelfboot".into()),
                 metrics: Some("[::1]:9464".parse().unwrap()),
                 metrics_allow_remote: Some(false),
             }
         );
-        assert_eq!(KEYS.len(), 8, "KEYS lists every key parse accepts");
+        assert_eq!(KEYS.len(), 9, "KEYS lists every key parse accepts");
     }
 
     #[test]

@@ -106,6 +106,7 @@ mod tests {
                 link_mtu: shelfboot_proto::STANDARD_MTU,
                 join_window: Duration::from_millis(300),
                 max_rate,
+                absence: Duration::from_secs(10),
             };
             let svc = Service::new(cfg, master, key, MASTER, 1, t0);
             let cards = cards

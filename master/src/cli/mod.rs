@@ -7,7 +7,7 @@
 pub mod decode;
 pub mod events;
 pub mod manual;
-mod output;
+pub(crate) mod output;
 pub mod upgrade;
 
 use std::io::IsTerminal;

@@ -59,6 +59,17 @@ pub(crate) fn utc(secs: i64) -> String {
     )
 }
 
+/// An age for a listing: `3s ago`, `5m ago`, `2h ago`, `4d ago` (whole units, rounded
+/// down).
+pub(crate) fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86_400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
 fn node_row(v: &NodeView) -> Vec<String> {
     let id = &v.node.identity;
     let installed = v
@@ -98,6 +109,8 @@ fn node_row(v: &NodeView) -> Vec<String> {
         class,
         state,
         if v.node.present { "yes" } else { "no" }.into(),
+        v.seen_ago.map_or_else(|| "-".into(), ago),
+        v.node.health.as_ref().map_or("-", |h| h.summary()).into(),
         installed,
         planned,
         sync.into(),
@@ -192,6 +205,8 @@ pub fn render(reply: &Reply) -> String {
                     "CLASS",
                     "STATE",
                     "PRESENT",
+                    "LAST-SEEN",
+                    "HEALTH",
                     "INSTALLED",
                     "PLANNED",
                     "IN-SYNC",
@@ -550,6 +565,15 @@ mod tests {
             "{none}"
         );
         assert!(none.contains("65536"), "{none}");
+    }
+
+    #[test]
+    fn ages_are_in_whole_units() {
+        assert_eq!(ago(0), "0s ago");
+        assert_eq!(ago(59), "59s ago");
+        assert_eq!(ago(60), "1m ago");
+        assert_eq!(ago(7199), "1h ago");
+        assert_eq!(ago(3 * 86_400 + 5), "3d ago");
     }
 
     #[test]

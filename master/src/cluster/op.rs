@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::image::manifest::{Manifest, ReleaseId};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    Assignment, ImportOutcome, Inventory, NewRelease, NodeIdentity, NodeState, Store, StoreError,
-    Target, TestMode, TrustedKey,
+    Assignment, ImportOutcome, Inventory, NewRelease, NodeHealth, NodeIdentity, NodeState, Store,
+    StoreError, Target, TestMode, TrustedKey,
 };
 use shelfboot_proto::id::{Digest, MacAddr};
 
@@ -54,6 +54,18 @@ pub enum Op {
     },
     MarkAbsent {
         mac: MacAddr,
+        /// Seconds the card was not heard (0 in entries written before it was recorded).
+        #[serde(default)]
+        silent_secs: u64,
+        now: i64,
+    },
+    MarkPresent {
+        mac: MacAddr,
+        now: i64,
+    },
+    RecordHealth {
+        mac: MacAddr,
+        health: NodeHealth,
         now: i64,
     },
     SetTestMode {
@@ -121,6 +133,8 @@ impl Op {
             Op::RecordState { .. } => "record state",
             Op::RecordInventory { .. } => "record inventory",
             Op::MarkAbsent { .. } => "mark absent",
+            Op::MarkPresent { .. } => "mark present",
+            Op::RecordHealth { .. } => "record health",
             Op::SetTestMode { .. } => "test mode",
             Op::MarkPrepare { .. } => "prepare",
             Op::RecordPrepared { .. } => "prepared",
@@ -186,7 +200,17 @@ impl Op {
             } => s
                 .record_inventory(mac, inventory, *now)
                 .map(|()| OpResult::Done),
-            Op::MarkAbsent { mac, now } => s.mark_absent(mac, *now).map(|()| OpResult::Done),
+            Op::MarkAbsent {
+                mac,
+                silent_secs,
+                now,
+            } => s
+                .mark_absent(mac, *silent_secs, *now)
+                .map(|()| OpResult::Done),
+            Op::MarkPresent { mac, now } => s.mark_present(mac, *now).map(|()| OpResult::Done),
+            Op::RecordHealth { mac, health, now } => {
+                s.record_health(mac, health, *now).map(|()| OpResult::Done)
+            }
             Op::SetTestMode { mac, test, now } => s
                 .set_test_mode(mac, test.as_ref(), *now)
                 .map(|()| OpResult::Done),

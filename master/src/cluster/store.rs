@@ -12,8 +12,9 @@ use crate::blobs::BlobDir;
 use crate::image::manifest::{Manifest, ReleaseId};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeIdentity, NodeRecord,
-    NodeState, PackageRecord, ReleaseInfo, Result, Store, StoreError, Target, TestMode, TrustedKey,
+    Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeHealth, NodeIdentity,
+    NodeRecord, NodeState, PackageRecord, ReleaseInfo, Result, Store, StoreError, Target, TestMode,
+    TrustedKey,
 };
 use shelfboot_proto::id::{Digest, MacAddr};
 
@@ -28,7 +29,7 @@ pub struct ReplicatedStore {
     seen: Cell<u64>,
     own: Cell<u64>,
     /// Between [`Store::begin_batch`] and [`Store::end_batch`]: card reports whose
-    /// result nothing reads back (state, inventory, absence, events) wait here and go to
+    /// result nothing reads back (state, inventory, presence, health, events) wait here and go to
     /// the cluster as one [`Op::Batch`], before any read or any other write, and at the
     /// end of the batch. What a caller reads therefore always includes them.
     batching: Cell<bool>,
@@ -247,8 +248,24 @@ impl Store for ReplicatedStore {
         })
     }
 
-    fn mark_absent(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
-        self.later(Op::MarkAbsent { mac: *mac, now })
+    fn mark_absent(&mut self, mac: &MacAddr, silent_secs: u64, now: i64) -> Result<()> {
+        self.later(Op::MarkAbsent {
+            mac: *mac,
+            silent_secs,
+            now,
+        })
+    }
+
+    fn mark_present(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
+        self.later(Op::MarkPresent { mac: *mac, now })
+    }
+
+    fn record_health(&mut self, mac: &MacAddr, health: &NodeHealth, now: i64) -> Result<()> {
+        self.later(Op::RecordHealth {
+            mac: *mac,
+            health: health.clone(),
+            now,
+        })
     }
 
     fn set_test_mode(&mut self, mac: &MacAddr, test: Option<&TestMode>, now: i64) -> Result<()> {

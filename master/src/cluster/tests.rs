@@ -739,3 +739,92 @@ fn a_batch_of_card_reports_is_one_entry_and_every_read_sees_it() {
     drop(s);
     shut_down(members);
 }
+
+/// Presence and agents' reports go through the cluster as card reports: queued in a
+/// batch, one entry, the same rows and history on every member; an unchanged report
+/// adds no row change anywhere.
+#[test]
+fn presence_and_health_reports_are_batched_and_replicated() {
+    use crate::store::{Health, NodeHealth};
+    use shelfboot_proto::id::Digest;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = configs(2);
+    let (members, first) = made(tmp.path(), &cfgs);
+    let c = members[first].as_ref().unwrap().clone();
+    let state = tmp.path().join(format!("m{}", c.config().id));
+    let local = SqliteStore::open(&state.join("master.db")).unwrap();
+    let blobs = BlobDir::open(&state.join("blobs")).unwrap();
+    let mut s = ReplicatedStore::new(local, c.clone(), blobs);
+    for n in 1..=2 {
+        s.record_identity(&identity(n), 100).unwrap();
+    }
+    let report = NodeHealth {
+        health: Health::Healthy,
+        running: Some(Digest([0xc0; 32])),
+        rolled_back_from: Some(Digest([0xd1; 32])),
+        dropped: 0,
+        detail: "never healthy".into(),
+    };
+    let before = c.status().last_log_index;
+    s.begin_batch().unwrap();
+    s.record_health(&identity(1).mac, &report, 110).unwrap();
+    s.mark_absent(&identity(2).mac, 12, 112).unwrap();
+    assert_eq!(
+        c.status().last_log_index,
+        before,
+        "queued, not yet proposed"
+    );
+    s.end_batch().unwrap();
+    assert_eq!(
+        c.status().last_log_index,
+        before.map(|i| i + 1),
+        "one entry"
+    );
+    s.begin_batch().unwrap();
+    s.record_health(&identity(1).mac, &report, 120).unwrap();
+    s.mark_present(&identity(2).mac, 121).unwrap();
+    s.end_batch().unwrap();
+    // Every member has applied the last entry (the metrics of a member may lag its
+    // apply, so wait for the index itself).
+    let target = c.status().last_log_index;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members
+        .iter()
+        .flatten()
+        .any(|m| m.status().applied_index < target)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a member did not apply the reports"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let n1 = s.node(&identity(1).mac).unwrap().unwrap();
+    assert_eq!(n1.health.as_ref(), Some(&report));
+    assert_eq!(n1.last_seen, Some(110), "the repeated report wrote nothing");
+    assert!(
+        n1.state_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("rolled back on its own from set d1d1")),
+        "{n1:?}"
+    );
+    let kinds: Vec<String> = s
+        .events(Some(&identity(2).mac), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{} {}", e.kind, e.detail))
+        .collect();
+    assert_eq!(
+        kinds[1..],
+        ["absent not heard for 12 s", "present present again"]
+    );
+    drop(s);
+    shut_down(members);
+    let other = cfgs[(first + 1) % 2].id;
+    assert_eq!(
+        dump(tmp.path(), other),
+        dump(tmp.path(), cfgs[first].id),
+        "both members hold the same rows"
+    );
+}

@@ -106,6 +106,7 @@ pub fn check_delivery(m: &Manifest) -> Result<Vec<Fragmented>, ResolveError> {
                     inventory: None,
                     test_mode: None,
                     registered_at: 0,
+                    health: None,
                 };
                 // A class need not resolve for every type and arch (check_release
                 // reports what must): measure the plans that exist.

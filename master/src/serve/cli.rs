@@ -26,6 +26,8 @@ use crate::config::FileConfig;
 pub const DEFAULT_MAX_RATE_MBS: u64 = 125;
 /// Join window without a flag or a configuration key, ms.
 pub const DEFAULT_JOIN_WINDOW_MS: u64 = 300;
+/// Absence interval without a flag or a configuration key, s.
+pub const DEFAULT_ABSENCE_SECS: u64 = 10;
 
 /// `master serve` arguments. Each one given overrides the configuration file's key of the
 /// same meaning.
@@ -45,6 +47,10 @@ pub struct ServeArgs {
     /// default: 300].
     #[arg(long)]
     pub join_window_ms: Option<u64>,
+    /// A card recorded present and not heard for this many seconds is recorded absent
+    /// [config: absence_secs; default: 10].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub absence_secs: Option<u64>,
     /// Also allow this group on the control socket (mode 0660), as `master daemon --group`
     /// [config: control_group].
     #[arg(long)]
@@ -110,6 +116,11 @@ pub fn settings(
         .or(file.join_window_ms)
         .unwrap_or(DEFAULT_JOIN_WINDOW_MS);
     cfg.join_window = Duration::from_millis(join);
+    let absence = args
+        .absence_secs
+        .or(file.absence_secs)
+        .unwrap_or(DEFAULT_ABSENCE_SECS);
+    cfg.absence = Duration::from_secs(absence);
     cfg.metrics = args.metrics.or(file.metrics);
     cfg.metrics_allow_remote =
         args.metrics_allow_remote || file.metrics_allow_remote.unwrap_or(false);
@@ -210,6 +221,10 @@ pub fn print_stats(
             r.evicted,
             r.expired
         ));
+        t.push_str(&format!(
+            "presence: {} Alives, {} reports written, {} cards recorded absent, {} present again\n",
+            st.alives, st.health_writes, st.cards_absent, st.cards_returned
+        ));
         let by_type = |m: &std::collections::BTreeMap<String, u64>| {
             m.iter()
                 .map(|(k, v)| format!("{k} {v}"))
@@ -259,6 +274,7 @@ mod tests {
             key: Some("/etc/shelfboot/plan.key".into()),
             max_rate_mbs: Some(40),
             join_window_ms: Some(500),
+            absence_secs: Some(30),
             control_group: Some("shelfboot".into()),
             metrics: Some("127.0.0.1:9464".parse().unwrap()),
             metrics_allow_remote: None,
@@ -273,6 +289,7 @@ mod tests {
         assert_eq!(c.key.as_deref(), Some(Path::new("/etc/shelfboot/plan.key")));
         assert_eq!(c.max_rate, 40_000_000);
         assert_eq!(c.join_window, Duration::from_millis(500));
+        assert_eq!(c.absence, Duration::from_secs(30));
         assert_eq!(c.control_group.as_deref(), Some("shelfboot"));
         assert_eq!(c.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert!(!c.metrics_allow_remote);
@@ -286,6 +303,7 @@ mod tests {
             key: Some("/k".into()),
             max_rate_mbs: Some(7),
             join_window_ms: Some(0),
+            absence_secs: Some(4),
             group: Some("ops".into()),
             metrics: Some("[::1]:9000".parse().unwrap()),
             metrics_allow_remote: false,
@@ -301,6 +319,7 @@ mod tests {
             ),
             ("bp1", Some(Path::new("/k")), 7_000_000, Duration::ZERO)
         );
+        assert_eq!(c.absence, Duration::from_secs(4));
         assert_eq!(c.control_group.as_deref(), Some("ops"));
         assert_eq!(c.metrics, Some("[::1]:9000".parse().unwrap()));
     }
@@ -314,6 +333,7 @@ mod tests {
         let c = settings(Path::new("/s"), &args, &FileConfig::default()).unwrap();
         assert_eq!(c.max_rate, DEFAULT_MAX_RATE_MBS * 1_000_000);
         assert_eq!(c.join_window, Duration::from_millis(DEFAULT_JOIN_WINDOW_MS));
+        assert_eq!(c.absence, Duration::from_secs(DEFAULT_ABSENCE_SECS));
         assert_eq!((c.key, c.control_group, c.metrics), (None, None, None));
         let e = settings(
             Path::new("/s"),

@@ -19,4 +19,6 @@ pub struct ServiceConfig {
     pub join_window: Duration,
     /// Rate ceiling of a session, frame bytes per second.
     pub max_rate: u64,
+    /// A card recorded present and not heard for this long is recorded absent.
+    pub absence: Duration,
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use super::stats::ServeStats;
-use crate::store::{NodeRecord, NodeState};
+use crate::store::{NodeHealth, NodeRecord, NodeState};
 
 /// The content type of the text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -216,6 +216,18 @@ const STATES: [NodeState; 6] = [
     NodeState::Test,
 ];
 
+/// The `health` label values of `shelfboot_cards_health`, in order.
+const HEALTH_LABELS: [&str; 5] = ["none", "checking", "healthy", "unhealthy", "rolled_back"];
+
+/// The `health` label of an agent's report.
+fn health_label(h: &NodeHealth) -> &'static str {
+    if h.rolled_back_from.is_some() {
+        "rolled_back"
+    } else {
+        h.health.as_str()
+    }
+}
+
 /// Seconds from milliseconds, as Prometheus wants durations.
 fn seconds(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
@@ -249,6 +261,20 @@ pub fn render(snap: &Snapshot) -> String {
         "Cards the master considers present on the backplane.",
         snap.cards.iter().filter(|c| c.present).count(),
     );
+    t.family(
+        "shelfboot_cards_health",
+        "gauge",
+        "Present cards by what their resident agent last reported: health none, checking, \
+         healthy, unhealthy, or rolled_back (the card left a set on its own).",
+    );
+    for h in HEALTH_LABELS {
+        let n = snap
+            .cards
+            .iter()
+            .filter(|c| c.present && c.health.as_ref().map(health_label) == Some(h))
+            .count();
+        t.sample("shelfboot_cards_health", &[("health", h)], n);
+    }
     t.family(
         "shelfboot_card_last_seen_timestamp_seconds",
         "gauge",
@@ -344,6 +370,22 @@ pub fn render(snap: &Snapshot) -> String {
         "shelfboot_inventories_total",
         "Inventories received from cards.",
         st.inventories,
+    );
+    t.counter(
+        "shelfboot_alives_total",
+        "Alive messages received from cards' resident agents.",
+        st.alives,
+    );
+    t.counter(
+        "shelfboot_health_reports_written_total",
+        "Agents' reports written to the node database (only those that changed).",
+        st.health_writes,
+    );
+    t.counters(
+        "shelfboot_presence_changes_total",
+        "Cards recorded absent (not heard for the absence interval), and absent cards heard again.",
+        "change",
+        &[("absent", st.cards_absent), ("returned", st.cards_returned)],
     );
 
     // Transfers.
@@ -522,6 +564,7 @@ mod tests {
             inventory: None,
             test_mode: None,
             registered_at: 0,
+            health: None,
         }
     }
 
@@ -534,6 +577,8 @@ mod tests {
             plans_continue: 2,
             dropped_malformed: 1,
             cpu_ms: 1234,
+            alives: 40,
+            cards_absent: 1,
             ..ServeStats::default()
         };
         stats.frames_in_by_type.insert("Solicit".into(), 12);
@@ -554,11 +599,19 @@ mod tests {
                 ..SessionStats::default()
             },
         ];
+        let mut unhealthy = card(2, NodeState::Ready, Some(1_700_000_001));
+        unhealthy.health = Some(crate::store::NodeHealth {
+            health: crate::store::Health::Unhealthy,
+            running: None,
+            rolled_back_from: None,
+            dropped: 0,
+            detail: "health command exited 1".into(),
+        });
         Snapshot {
             stats,
             cards: vec![
                 card(1, NodeState::Ready, Some(1_700_000_000)),
-                card(2, NodeState::Ready, Some(1_700_000_001)),
+                unhealthy,
                 card(3, NodeState::Fetching, None),
             ],
         }
@@ -578,6 +631,10 @@ mod tests {
             ("shelfboot_cards{state=\"fetching\"}", "1"),
             ("shelfboot_cards{state=\"failed\"}", "0"),
             ("shelfboot_cards_present", "2"),
+            ("shelfboot_cards_health{health=\"unhealthy\"}", "1"),
+            ("shelfboot_cards_health{health=\"healthy\"}", "0"),
+            ("shelfboot_alives_total", "40"),
+            ("shelfboot_presence_changes_total{change=\"absent\"}", "1"),
             ("shelfboot_solicits_received_total", "12"),
             ("shelfboot_plans_total{verdict=\"fetch\"}", "3"),
             ("shelfboot_plans_total{verdict=\"continue\"}", "2"),

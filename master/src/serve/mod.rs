@@ -41,6 +41,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod notify;
+pub mod presence;
 pub mod service;
 pub mod sessions;
 pub mod stats;
@@ -86,6 +87,8 @@ pub struct ServeConfig {
     pub solicit_budget: usize,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// A card recorded present and not heard for this long is recorded absent.
+    pub absence: Duration,
     /// Join window of new sessions.
     pub join_window: Duration,
     /// Rate ceiling per session, bytes per second.
@@ -113,6 +116,7 @@ impl ServeConfig {
             ethertype: shelfboot_proto::DEFAULT_ETHERTYPE,
             solicit_budget: 32,
             heartbeat: Duration::from_secs(1),
+            absence: Duration::from_secs(cli::DEFAULT_ABSENCE_SECS),
             join_window: Duration::from_millis(300),
             max_rate: 125_000_000,
             control: true,
@@ -472,6 +476,7 @@ impl Port {
             link_mtu: self.link_mtu,
             join_window: cfg.join_window,
             max_rate: cfg.max_rate,
+            absence: cfg.absence,
         }
     }
 
@@ -708,7 +713,18 @@ fn write_stats<S: Store>(
     }
     if let Some(sh) = shared {
         let cards = match svc.master().store().nodes() {
-            Ok(c) => c,
+            Ok(mut c) => {
+                // The database's `last_seen` is written when something about a card
+                // changes; the service knows when it last heard each one.
+                let now = svc.master().now();
+                let heard: std::collections::HashMap<_, _> = svc.heard_ago().collect();
+                for n in &mut c {
+                    if let Some(&ago) = heard.get(&n.identity.mac) {
+                        crate::state::note_heard(n, now, ago);
+                    }
+                }
+                c
+            }
             Err(e) => {
                 log::warn!(
                     "master: metrics: reading the node database: {}",

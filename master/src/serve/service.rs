@@ -13,6 +13,12 @@
 //!   plan gets Error UnknownCard (it is recorded as seen).
 //! - **Fetch**, **Nack** and transfer **Progress** go to [`super::sessions`].
 //! - **Progress** (overall), **Error** and **Ready** update the node database.
+//! - **Alive** (a card's resident agent, every few seconds): the card is present; its
+//!   report (health, running set, a rollback of its own, dropped commands) is written when
+//!   it changes ([`super::presence`]).
+//! - **Presence**: any frame of a card means it is there; [`Service::tick`] records absent
+//!   the cards not heard for the absence interval, and a card heard again is present
+//!   again ([`super::presence`] decides which).
 //! - **Advertise** at start and **Heartbeat** every `heartbeat` carry our epoch.
 //! - **Command**: a fleet order of the operator ([`Service::command`]) is signed with the
 //!   plan key, (epoch, serial) stamped, and sent [`COMMAND_COPIES`] times
@@ -42,12 +48,15 @@ use shelfboot_proto::{MAX_CONTROL_BODY_LEN, version};
 
 use super::cards::Cards;
 use super::config::ServiceConfig;
+use super::presence::{Heard, Presence};
 use super::sessions::{Asker, Sessions};
 use super::stats::ServeStats;
 use crate::resolve::Plan;
 use crate::state::{CatalogSnapshot, FleetAction, FleetOrder, Master, MasterError};
-use crate::store::{Inventory, InventoryItem, NodeIdentity, NodeState, Store};
+use crate::store::{Health, Inventory, InventoryItem, NodeHealth, NodeIdentity, NodeState, Store};
 
+/// Longest agent text recorded per card (the rest is cut).
+pub const MAX_DETAIL_LEN: usize = 400;
 /// Copies of each fleet Command (the card executes a serial once).
 pub const COMMAND_COPIES: u32 = 3;
 /// Time between two copies of a fleet Command.
@@ -105,6 +114,8 @@ pub struct Service<S: Store> {
     sessions: Sessions,
     /// What each card is doing now (the `cards` of the stats, for `master watch`).
     cards: Cards,
+    /// Which cards are present, and what their agents reported last.
+    presence: Presence,
     /// Service time of the last call that passed the time in (the stats' `uptime_ms`).
     last_now: Duration,
     next_heartbeat: Instant,
@@ -142,6 +153,7 @@ impl<S: Store> Service<S> {
         let master_id =
             u64::from_be_bytes([pk[0], pk[1], pk[2], pk[3], pk[4], pk[5], pk[6], pk[7]]);
         let mut sessions = Sessions::new(&cfg, mac, master_id);
+        let presence = Presence::new(cfg.absence);
         // Transfer ids differ between runs, so a card never takes a new session's frames
         // for an old one's.
         sessions.set_first_transfer((u32::try_from(epoch & 0x7fff).unwrap_or(0) << 16) | 1);
@@ -169,6 +181,7 @@ impl<S: Store> Service<S> {
             catalog: None,
             sessions,
             cards: Cards::default(),
+            presence,
             last_now: Duration::ZERO,
             next_heartbeat: now,
             sequence: 0,
@@ -196,6 +209,11 @@ impl<S: Store> Service<S> {
         st.cards_untracked = self.cards.untracked;
         st.uptime_ms = u64::try_from(self.last_now.as_millis()).unwrap_or(u64::MAX);
         st
+    }
+
+    /// Every card heard since the service started, with how many seconds ago.
+    pub fn heard_ago(&self) -> impl Iterator<Item = (MacAddr, u64)> + '_ {
+        self.presence.heard_ago(self.last_now)
     }
 
     /// The master state (e.g. for a test to look at the node database).
@@ -226,6 +244,7 @@ impl<S: Store> Service<S> {
             log::error!("master: {}", shelfboot_proto::report::error_chain(&e));
             // The batch's writes are lost: what the caches say was written may not be.
             self.forget_written();
+            self.presence.forget_written();
         }
     }
 
@@ -240,9 +259,15 @@ impl<S: Store> Service<S> {
     /// The master state, for an operator request on the control socket. The request may
     /// change assignments, test mode or node states behind the service's back, so the
     /// caches of what each card last reported are dropped (the next report is written).
+    /// Presence and agents' reports are written by this service alone: their cache
+    /// stays, except for cards the database did not know (the request may register them).
+    /// The master is told when each card was last heard, for `master nodes`.
     pub fn master_mut(&mut self) -> &mut Master<S> {
         self.forget_written();
         self.catalog = None;
+        self.presence.forget_unregistered();
+        let heard: Vec<(MacAddr, u64)> = self.heard_ago().collect();
+        self.master.set_heard(heard);
         &mut self.master
     }
 
@@ -454,8 +479,8 @@ impl<S: Store> Service<S> {
             | Message::Heartbeat(_)
             | Message::Plan(_)
             | Message::Join(_)
-            | Message::Command(_)
-            | Message::Alive(_) => self.stats.dropped_unexpected += 1,
+            | Message::Command(_) => self.stats.dropped_unexpected += 1,
+            Message::Alive(a) => self.on_alive(src, &a, since),
             Message::Inventory(i) => {
                 self.stats.inventories += 1;
                 let inv = Inventory {
@@ -567,7 +592,12 @@ impl<S: Store> Service<S> {
             }
         }
         let Some(catalog) = &self.catalog else { return };
-        let plan = match self.master.record_solicit_in(catalog, &id) {
+        let recorded = self.master.record_solicit_in(catalog, &id);
+        if matches!(recorded, Ok(_) | Err(MasterError::Plan { .. })) {
+            // The card is registered now, and recorded present.
+            self.presence.registered(src, self.last_now);
+        }
+        let plan = match recorded {
             Ok(plan) => plan,
             Err(MasterError::Plan { source, .. }) => {
                 self.stats.unknown_cards += 1;
@@ -962,15 +992,34 @@ impl<S: Store> Service<S> {
         }
     }
 
-    /// A frame of `card` arrived: keep its last-seen time; a card first heard without a
-    /// Solicit (it resumes a transfer after a master restart) is looked up in the node
-    /// database once for its shelf, slot and type.
+    /// A frame of `card` arrived: keep its last-seen time, and record it present again if
+    /// it was absent. A card first heard without a Solicit (it resumes a transfer after a
+    /// master restart, or its agent reports) is looked up in the node database once, for
+    /// its shelf, slot and type and its presence.
     fn note_card(&mut self, card: MacAddr, since: Duration) {
-        if self.cards.knows(&card) || self.cards.is_full() {
-            return self.cards.seen(card, since);
+        self.load_presence(since);
+        let heard = self.presence.heard(card, since);
+        let identify = !self.cards.knows(&card) && !self.cards.is_full();
+        let mut node = None;
+        if identify || heard == Heard::New {
+            match self.master.store().node(&card) {
+                Ok(n) => node = n,
+                Err(e) => {
+                    self.stats.db_errors += 1;
+                    log::error!(
+                        "master: looking up {card}: {}",
+                        shelfboot_proto::report::error_chain(&e)
+                    );
+                    if heard == Heard::New {
+                        // Not known to be unregistered: looked up again at its next frame.
+                        self.presence.forget_new(&card);
+                        return self.cards.seen(card, since);
+                    }
+                }
+            }
         }
-        match self.master.store().node(&card) {
-            Ok(Some(n)) => self.cards.identify(
+        match &node {
+            Some(n) if identify => self.cards.identify(
                 card,
                 n.identity.shelf,
                 n.identity.slot,
@@ -979,11 +1028,110 @@ impl<S: Store> Service<S> {
             ),
             _ => self.cards.seen(card, since),
         }
+        let heard = match heard {
+            Heard::New => self.presence.identify(card, node.as_ref(), since),
+            h => h,
+        };
+        if heard == Heard::Returned {
+            self.stats.cards_returned += 1;
+            log::info!("master: {card} is present again");
+            if let Err(e) = self.master.mark_present(&card) {
+                self.stats.db_errors += 1;
+                // What the database holds is read again before the next decision.
+                self.presence.forget_written();
+                log::error!(
+                    "master: presence of {card}: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
+            }
+        }
+    }
+
+    /// Reads what the node database says of every card's presence and report, when due
+    /// (at the start, and after a batch of writes was lost).
+    fn load_presence(&mut self, since: Duration) {
+        if !self.presence.is_stale() {
+            return;
+        }
+        match self.master.store().nodes() {
+            Ok(nodes) => self.presence.load(&nodes, since),
+            Err(e) => {
+                self.stats.db_errors += 1;
+                log::error!(
+                    "master: reading the node database for presence: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
+            }
+        }
+    }
+
+    /// An Alive of a card's resident agent: its report is written if it changed.
+    fn on_alive(&mut self, src: MacAddr, a: &msg::Alive, since: Duration) {
+        self.stats.alives += 1;
+        let report = NodeHealth {
+            health: match a.health {
+                msg::Health::Unchecked => Health::None,
+                msg::Health::Checking => Health::Checking,
+                msg::Health::Healthy => Health::Healthy,
+                msg::Health::Unhealthy => Health::Unhealthy,
+            },
+            running: a.running,
+            rolled_back_from: a.rolled_back_from,
+            dropped: u64::from(a.dropped),
+            detail: truncate(a.detail.clone(), MAX_DETAIL_LEN),
+        };
+        if !self.presence.report_due(&src, &report, since) {
+            return;
+        }
+        if let Some(from) = report.rolled_back_from {
+            log::warn!(
+                "master: {src} reports it rolled back on its own from set {}: {}",
+                from.short(),
+                report.detail
+            );
+        } else if report.health == Health::Unhealthy {
+            log::warn!("master: {src} reports its set unhealthy: {}", report.detail);
+        }
+        match self.master.record_health(&src, &report) {
+            Ok(()) => {
+                self.stats.health_writes += 1;
+                self.presence.reported(&src, &report, since);
+            }
+            Err(e) => {
+                self.stats.db_errors += 1;
+                log::error!(
+                    "master: health report of {src}: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
+            }
+        }
+    }
+
+    /// Records absent the cards not heard for the absence interval (at most once a
+    /// second, a bounded number at a time).
+    fn check_presence(&mut self, since: Duration) {
+        self.load_presence(since);
+        for (card, silent) in self.presence.expired(since) {
+            self.stats.cards_absent += 1;
+            log::warn!(
+                "master: {card} not heard for {} s: absent",
+                silent.as_secs()
+            );
+            if let Err(e) = self.master.mark_absent(&card, silent.as_secs()) {
+                self.stats.db_errors += 1;
+                self.presence.forget_written();
+                log::error!(
+                    "master: absence of {card}: {}",
+                    shelfboot_proto::report::error_chain(&e)
+                );
+            }
+        }
     }
 
     /// Time passes: serve queued Solicits, heartbeat. Returns control frames to send.
     pub fn tick(&mut self, now: Instant) -> Vec<Vec<u8>> {
-        self.since(now);
+        let since = self.since(now);
+        self.check_presence(since);
         for (at, frame, left) in &mut self.command_copies {
             if now >= *at && *left > 0 {
                 *left -= 1;

@@ -112,6 +112,18 @@ pub struct ServeStats {
     pub commands_sent: u64,
     /// Heartbeats sent.
     pub heartbeats: u64,
+    /// Alives received (cards' resident agents).
+    #[serde(default)]
+    pub alives: u64,
+    /// Agents' reports written to the node database (only those that changed).
+    #[serde(default)]
+    pub health_writes: u64,
+    /// Cards recorded absent (not heard for the absence interval).
+    #[serde(default)]
+    pub cards_absent: u64,
+    /// Absent cards heard again.
+    #[serde(default)]
+    pub cards_returned: u64,
     /// Frames dropped: did not decode.
     pub dropped_malformed: u64,
     /// Frames dropped: not addressed to us (or our own).

@@ -54,6 +54,7 @@ fn service_on(
         link_mtu,
         join_window: Duration::from_millis(300),
         max_rate: 10_000_000,
+        absence: Duration::from_secs(10),
     };
     Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 3, now)
 }
@@ -401,6 +402,7 @@ fn warm_boot_writes_nothing_to_the_node_database() {
         link_mtu: shelfboot_proto::STANDARD_MTU,
         join_window: Duration::from_millis(300),
         max_rate: 10_000_000,
+        absence: Duration::from_secs(10),
     };
     let mut svc = Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 4, t0);
     let started = std::time::Instant::now();
@@ -723,6 +725,7 @@ fn the_service_stamps_records_with_the_clock_and_writes_only_through_the_store_i
         link_mtu: shelfboot_proto::STANDARD_MTU,
         join_window: Duration::from_millis(300),
         max_rate: 10_000_000,
+        absence: Duration::from_secs(10),
     };
     let t = Instant::now();
     let mut svc = Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 3, t);
@@ -1162,4 +1165,309 @@ mod v2 {
                 .contains("65536-byte message limit")
         );
     }
+}
+
+/// An Alive of `card`'s resident agent.
+fn alive(
+    card: MacAddr,
+    health: shelfboot_proto::msg::Health,
+    running: u8,
+    rolled_back_from: Option<u8>,
+    detail: &str,
+) -> Vec<u8> {
+    let a = shelfboot_proto::msg::Alive {
+        running: Some(Digest([running; 32])),
+        persisted: true,
+        health,
+        uptime: 30,
+        epoch: 3,
+        rolled_back_from: rolled_back_from.map(|b| Digest([b; 32])),
+        dropped: 0,
+        detail: detail.into(),
+    };
+    frame(card, ME, &Message::Alive(a))
+}
+
+/// `kind detail` of each event of `card`, oldest first, without its registration.
+fn history_of(svc: &Service<crate::store::sqlite::SqliteStore>, card: MacAddr) -> Vec<String> {
+    use crate::store::Store as _;
+    svc.master()
+        .store()
+        .events(Some(&card), 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind != "identity")
+        .map(|e| format!("{} {}", e.kind, e.detail))
+        .collect()
+}
+
+#[test]
+fn an_alive_records_health_once_and_a_repeat_writes_nothing() {
+    use crate::store::{Health, Store as _};
+    use shelfboot_proto::msg::Health as Wire;
+
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    fixture::add_nodes(svc.master_mut());
+    let card = mac(fixture::N1);
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let out = svc.handle_frame(at(1), &alive(card, Wire::Checking, 0xd1, None, ""));
+    assert!(
+        messages(&out)
+            .iter()
+            .all(|(_, m)| matches!(m, Message::Advertise(_))),
+        "an Alive is not answered"
+    );
+    let node = svc.master().store().node(&card).unwrap().unwrap();
+    let h = node.health.expect("the report is recorded");
+    assert_eq!(
+        (h.health, h.running, h.rolled_back_from),
+        (Health::Checking, Some(Digest([0xd1; 32])), None)
+    );
+    assert!(node.present);
+    let dump = svc.master().store().dump().unwrap();
+    for s in [3, 5, 7] {
+        svc.begin_batch();
+        svc.handle_frame(at(s), &alive(card, Wire::Checking, 0xd1, None, ""));
+        svc.tick(at(s));
+        svc.commit();
+    }
+    assert_eq!(
+        svc.master().store().dump().unwrap(),
+        dump,
+        "the same report again writes nothing"
+    );
+    svc.handle_frame(at(8), &alive(card, Wire::Healthy, 0xd1, None, ""));
+    let st = svc.stats();
+    assert_eq!((st.alives, st.health_writes), (5, 2));
+    assert_eq!(st.dropped_unexpected, 0);
+    assert_eq!(
+        history_of(&svc, card),
+        [format!(
+            "health healthy (set {})",
+            Digest([0xd1; 32]).short()
+        )],
+        "the verdict is history, checking is not"
+    );
+    // A card the database does not know is heard, but nothing is written for it.
+    let stranger = mac("02:00:00:00:00:77");
+    svc.handle_frame(at(9), &alive(stranger, Wire::Healthy, 0xd1, None, ""));
+    assert!(svc.master().store().node(&stranger).unwrap().is_none());
+    assert_eq!(svc.stats().health_writes, 2);
+    assert_eq!(svc.stats().db_errors, 0);
+}
+
+#[test]
+fn a_silent_card_is_absent_after_the_interval_and_present_again_when_heard() {
+    use crate::store::Store as _;
+    use shelfboot_proto::msg::Health as Wire;
+
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    fixture::add_nodes(svc.master_mut());
+    let (n1, n2) = (mac(fixture::N1), mac(fixture::N2));
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let present = |svc: &Service<crate::store::sqlite::SqliteStore>, card| {
+        svc.master().store().node(&card).unwrap().map(|n| n.present)
+    };
+    svc.tick(at(0));
+    // N1's agent speaks every 2 s until 5 s; the others (present in the database when
+    // the master started) never speak.
+    for ms in [1000, 3000, 5000] {
+        svc.handle_frame(at(ms), &alive(n1, Wire::Healthy, 0xd1, None, ""));
+    }
+    for ms in (500..10_000).step_by(500) {
+        svc.tick(at(ms));
+    }
+    assert_eq!(present(&svc, n2), Some(true), "a just-started master waits");
+    svc.tick(at(10_000));
+    assert_eq!(
+        present(&svc, n2),
+        Some(false),
+        "one interval after the start"
+    );
+    assert_eq!(present(&svc, n1), Some(true));
+    assert_eq!(history_of(&svc, n2), ["absent not heard for 10 s"]);
+    for ms in (10_500..=15_000).step_by(500) {
+        svc.tick(at(ms));
+    }
+    assert_eq!(present(&svc, n1), Some(false), "10 s after its last Alive");
+    let last_seen = svc.master().store().node(&n1).unwrap().unwrap().last_seen;
+    // Absent cards are not marked again.
+    for ms in (15_500..=40_000).step_by(500) {
+        svc.tick(at(ms));
+    }
+    assert_eq!(svc.stats().cards_absent, 4, "N1..N4 once each");
+    // Heard again (any frame): present again.
+    svc.handle_frame(at(41_000), &solicit(n2, "lc100", 2, None, 9));
+    svc.handle_frame(at(41_000), &alive(n1, Wire::Healthy, 0xd1, None, ""));
+    assert_eq!(present(&svc, n1), Some(true));
+    assert_eq!(present(&svc, n2), Some(true));
+    assert_eq!(
+        history_of(&svc, n1)
+            .into_iter()
+            .filter(|e| !e.starts_with("health"))
+            .collect::<Vec<_>>(),
+        ["absent not heard for 10 s", "present present again"]
+    );
+    assert_eq!(
+        history_of(&svc, n2),
+        ["absent not heard for 10 s", "present present again"]
+    );
+    assert!(last_seen.is_some());
+    assert_eq!(svc.stats().cards_returned, 2);
+}
+
+#[test]
+fn a_rollback_shows_in_master_nodes_and_history() {
+    use crate::control::{Backplane, Reply, Request, execute};
+    use shelfboot_proto::msg::Health as Wire;
+
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    fixture::add_nodes(svc.master_mut());
+    let (n1, n2) = (mac(fixture::N1), mac(fixture::N2));
+    svc.handle_frame(t0, &alive(n2, Wire::Healthy, 0xd2, None, ""));
+    let detail = "health command never succeeded within 120 s";
+    svc.handle_frame(t0, &alive(n1, Wire::Healthy, 0xc0, Some(0xd1), detail));
+    // The same rollback reported again is not history again.
+    svc.handle_frame(
+        t0 + Duration::from_secs(2),
+        &alive(n1, Wire::Healthy, 0xc0, Some(0xd1), detail),
+    );
+    let mut run = |req| {
+        execute(svc.master_mut(), req, Backplane::Served, &mut |_, _| {})
+            .unwrap()
+            .reply
+    };
+    let nodes = run(Request::Nodes);
+    let text = crate::cli::output::render(&nodes);
+    let header = text.lines().next().unwrap();
+    assert!(header.contains("PRESENT  LAST-SEEN  HEALTH"), "{text}");
+    let row = |m: MacAddr| {
+        text.lines()
+            .find(|l| l.contains(&m.to_string()))
+            .unwrap_or_else(|| panic!("no row for {m}:\n{text}"))
+            .to_owned()
+    };
+    let reason = format!(
+        "rolled back on its own from set {}: {detail}",
+        Digest([0xd1; 32]).short()
+    );
+    // Columns are two or more spaces apart.
+    let cells = |line: &str| -> Vec<String> {
+        line.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let head = cells(header);
+    let col = |name: &str| head.iter().position(|h| h == name).unwrap();
+    let r1 = cells(&row(n1));
+    assert!(r1[col("STATE")].contains(&reason), "{r1:?}");
+    assert_eq!(r1[col("PRESENT")], "yes", "{r1:?}");
+    assert!(
+        ["0s ago", "1s ago"].contains(&r1[col("LAST-SEEN")].as_str()),
+        "{r1:?}"
+    );
+    assert_eq!(r1[col("HEALTH")], "rolled back", "{r1:?}");
+    assert_eq!(cells(&row(n2))[col("HEALTH")], "healthy");
+    let n3 = cells(&row(mac(fixture::N3)));
+    assert_eq!(n3[col("HEALTH")], "-", "no report: {n3:?}");
+    let Reply::Nodes(views) = &nodes else {
+        panic!("{nodes:?}")
+    };
+    let v1 = views.iter().find(|v| v.node.identity.mac == n1).unwrap();
+    assert_eq!(
+        v1.node.health.as_ref().and_then(|h| h.rolled_back_from),
+        Some(Digest([0xd1; 32]))
+    );
+    let history = run(Request::History {
+        node: Some(n1),
+        limit: 20,
+    });
+    let text = crate::cli::output::render(&history);
+    assert_eq!(
+        text.lines().filter(|l| l.contains("rollback")).count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains(&reason), "{text}");
+}
+
+/// `master nodes` through the serving master shows when the service last heard a card,
+/// though the database's `last_seen` is written only when something changes.
+#[test]
+fn last_seen_is_the_last_hearing_while_the_database_is_written_on_change_only() {
+    use crate::blobs::BlobDir;
+    use crate::state::{Clock, Master};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NodeIdentity, Store as _};
+    use shelfboot_proto::msg::Health as Wire;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// A wall clock the test moves.
+    #[derive(Debug)]
+    struct Moved(Arc<AtomicI64>);
+    impl Clock for Moved {
+        fn unix_secs(&self) -> i64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+    let wall = Arc::new(AtomicI64::new(1000));
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobDir::open(&dir.path().join("blobs")).unwrap();
+    let mut m = Master::with_store(SqliteStore::open_in_memory().unwrap(), blobs)
+        .with_clock(Moved(wall.clone()));
+    let card = mac(fixture::N1);
+    m.add_node(
+        &NodeIdentity {
+            mac: card,
+            card_type: "lc100".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
+            shelf: 1,
+            slot: 1,
+            hw_rev: "A".into(),
+            features: vec![],
+        },
+        None,
+    )
+    .unwrap();
+    let cfg = ServiceConfig {
+        ethertype: ET,
+        solicit_budget: 32,
+        heartbeat: Duration::from_secs(1),
+        link_mtu: shelfboot_proto::STANDARD_MTU,
+        join_window: Duration::from_millis(300),
+        max_rate: 10_000_000,
+        absence: Duration::from_secs(10),
+    };
+    let t = Instant::now();
+    let mut svc = Service::new(cfg, m, SigningKey::from_seed(&[5u8; 32]), ME, 3, t);
+    let at = |s: u64| t + Duration::from_secs(s);
+    wall.store(1001, Ordering::Relaxed);
+    svc.handle_frame(at(1), &alive(card, Wire::Healthy, 0xd1, None, ""));
+    for s in (2..=50).step_by(2) {
+        wall.store(1000 + i64::try_from(s).unwrap(), Ordering::Relaxed);
+        svc.handle_frame(at(s), &alive(card, Wire::Healthy, 0xd1, None, ""));
+        svc.tick(at(s));
+    }
+    wall.store(1052, Ordering::Relaxed);
+    svc.tick(at(52));
+    let db = svc.master().store().node(&card).unwrap().unwrap();
+    assert_eq!(
+        db.last_seen,
+        Some(1001),
+        "written once, at the first report"
+    );
+    assert!(db.present);
+    let views = svc.master_mut().nodes().unwrap();
+    assert_eq!(views[0].node.last_seen, Some(1050));
+    assert_eq!(views[0].seen_ago, Some(2));
+    assert_eq!(svc.stats().health_writes, 1);
 }

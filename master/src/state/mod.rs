@@ -39,6 +39,7 @@ pub use clock::{Clock, FixedClock, SystemClock};
 pub use fleet::{FleetAction, FleetOrder};
 pub use gc::GcReport;
 pub use import::{ImportError, ImportReport};
+pub use nodes::note_heard;
 pub use plans::{CatalogSnapshot, ClassView, NodeView};
 
 /// Errors of master operations.
@@ -143,6 +144,10 @@ pub struct Master<S: Store = SqliteStore> {
     store: S,
     blobs: BlobDir,
     clock: Box<dyn Clock>,
+    /// When the serving backplane last heard each card (seconds since the epoch): newer
+    /// than the node database's `last_seen`, which is written only when something about
+    /// the card changes. Empty when nothing serves.
+    heard: std::collections::HashMap<shelfboot_proto::id::MacAddr, i64>,
 }
 
 impl Master<SqliteStore> {
@@ -166,6 +171,7 @@ impl<S: Store> Master<S> {
             store,
             blobs,
             clock: Box::new(SystemClock),
+            heard: std::collections::HashMap::new(),
         }
     }
 

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use super::plans::CatalogSnapshot;
 use super::{Master, MasterError};
 use crate::resolve::{self, Catalog, Plan};
-use crate::store::{Inventory, NodeIdentity, NodeRecord, NodeState, Store, StoreError, TestMode};
+use crate::store::{
+    Inventory, NodeHealth, NodeIdentity, NodeRecord, NodeState, Store, StoreError, TestMode,
+};
 use shelfboot_proto::id::MacAddr;
 
 impl<S: Store> Master<S> {
@@ -116,8 +118,48 @@ impl<S: Store> Master<S> {
         Ok(self.store.end_batch()?)
     }
 
-    /// A card has not been heard from.
-    pub fn mark_absent(&mut self, mac: &MacAddr) -> Result<(), MasterError> {
-        Ok(self.store.mark_absent(mac, self.now())?)
+    /// A present card has not been heard for `silent_secs`: it is absent.
+    pub fn mark_absent(&mut self, mac: &MacAddr, silent_secs: u64) -> Result<(), MasterError> {
+        Ok(self.store.mark_absent(mac, silent_secs, self.now())?)
+    }
+
+    /// An absent card is heard again.
+    pub fn mark_present(&mut self, mac: &MacAddr) -> Result<(), MasterError> {
+        Ok(self.store.mark_present(mac, self.now())?)
+    }
+
+    /// A card's resident agent reported the set it runs and its health.
+    pub fn record_health(&mut self, mac: &MacAddr, health: &NodeHealth) -> Result<(), MasterError> {
+        Ok(self.store.record_health(mac, health, self.now())?)
+    }
+
+    /// Sets when the serving backplane last heard each card, `(card, seconds ago)`:
+    /// [`Master::nodes`] shows it where it is newer than the node database's record.
+    pub fn set_heard(&mut self, heard: impl IntoIterator<Item = (MacAddr, u64)>) {
+        let now = self.now();
+        self.heard = heard
+            .into_iter()
+            .map(|(mac, ago)| (mac, heard_at(now, ago)))
+            .collect();
+    }
+}
+
+/// The Unix time `ago` seconds before `now`.
+fn heard_at(now: i64, ago: u64) -> i64 {
+    now.saturating_sub(i64::try_from(ago).unwrap_or(i64::MAX))
+}
+
+/// A card heard `ago` seconds before `now` (Unix seconds): that is its `last_seen` if the
+/// node database's is older (the database's is written only when something about the
+/// card changes, not at every frame).
+pub fn note_heard(node: &mut NodeRecord, now: i64, ago: u64) {
+    let t = heard_at(now, ago);
+    node.last_seen = Some(node.last_seen.map_or(t, |s| s.max(t)));
+}
+
+impl<S: Store> Master<S> {
+    /// When the serving backplane last heard `mac` (Unix seconds), as last set.
+    pub(crate) fn heard(&self, mac: &MacAddr) -> Option<i64> {
+        self.heard.get(mac).copied()
     }
 }

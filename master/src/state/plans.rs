@@ -44,6 +44,9 @@ pub struct NodeView {
     pub plan_error: Option<String>,
     /// Whether the reported inventory digest equals the plan digest.
     pub in_sync: Option<bool>,
+    /// Seconds since the card was last heard, when this listing was made (none: never).
+    #[serde(default)]
+    pub seen_ago: Option<u64>,
 }
 
 /// A class, for `master classes`.
@@ -122,11 +125,18 @@ impl<S: Store> Master<S> {
             packages: &packages,
             assignments: &assignments,
         };
+        let now = self.now();
         Ok(self
             .store
             .nodes()?
             .into_iter()
-            .map(|node| {
+            .map(|mut node| {
+                if let Some(at) = self.heard(&node.identity.mac) {
+                    super::nodes::note_heard(&mut node, at, 0);
+                }
+                let seen_ago = node
+                    .last_seen
+                    .map(|s| u64::try_from(now.saturating_sub(s)).unwrap_or(0));
                 let (plan, plan_error) = match resolve::resolve_node(&cat, &node) {
                     Ok(p) => (Some(p), None),
                     Err(e) => (None, Some(shelfboot_proto::report::error_chain(&e))),
@@ -140,6 +150,7 @@ impl<S: Store> Master<S> {
                     plan,
                     plan_error,
                     in_sync,
+                    seen_ago,
                 }
             })
             .collect())

@@ -123,8 +123,18 @@ pub trait Store {
     ) -> Result<()>;
     /// Records the inventory a card reported.
     fn record_inventory(&mut self, mac: &MacAddr, inv: &Inventory, now: i64) -> Result<()>;
-    /// Marks a card absent (not heard from).
-    fn mark_absent(&mut self, mac: &MacAddr, now: i64) -> Result<()>;
+    /// Marks a present card absent: not heard for `silent_secs` (its `last_seen` becomes
+    /// `now - silent_secs`), with the event "absent". Nothing is written for a card
+    /// already absent.
+    fn mark_absent(&mut self, mac: &MacAddr, silent_secs: u64, now: i64) -> Result<()>;
+    /// Marks an absent card present again, with the event "present again". Nothing is
+    /// written for a card already present.
+    fn mark_present(&mut self, mac: &MacAddr, now: i64) -> Result<()>;
+    /// Records what the card's resident agent reports of the set it runs. Nothing is
+    /// written when the record holds this report already. A change of health is an
+    /// event; a `rolled_back_from` other than the recorded one is an event "rollback"
+    /// and becomes the node's state reason.
+    fn record_health(&mut self, mac: &MacAddr, health: &NodeHealth, now: i64) -> Result<()>;
     /// Enters (`Some`) or leaves (`None`) test mode.
     fn set_test_mode(&mut self, mac: &MacAddr, test: Option<&TestMode>, now: i64) -> Result<()>;
     /// Marks one card, or every known card, "prepare pending" (`master prepare`): each

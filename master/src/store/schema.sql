@@ -87,3 +87,14 @@ CREATE TABLE IF NOT EXISTS prepare_pending (
     mac        TEXT PRIMARY KEY REFERENCES nodes (mac) ON DELETE CASCADE,
     ordered_at INTEGER NOT NULL
 );
+-- What each card's resident agent last reported of the set it runs (Alive): written only
+-- when it changes. A table of its own, so older databases get it on open.
+CREATE TABLE IF NOT EXISTS node_health (
+    mac              TEXT PRIMARY KEY REFERENCES nodes (mac) ON DELETE CASCADE,
+    health           TEXT NOT NULL CHECK (health IN
+                       ('none', 'checking', 'healthy', 'unhealthy')),
+    running          TEXT,
+    rolled_back_from TEXT,
+    dropped          INTEGER NOT NULL,
+    detail           TEXT NOT NULL
+);

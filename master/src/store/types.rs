@@ -174,6 +174,81 @@ pub struct NodeRecord {
     pub inventory: Option<Inventory>,
     pub test_mode: Option<TestMode>,
     pub registered_at: i64,
+    /// What the card's resident agent last reported of the set it runs (none: it has
+    /// not reported since it was registered, or it runs no agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<NodeHealth>,
+}
+
+/// Health of the set a card runs, as its resident agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// The set names no health command: nothing is checked.
+    None,
+    /// The health command has not succeeded yet; its deadline has not passed.
+    Checking,
+    /// The health command succeeded: the set is marked good on the card.
+    Healthy,
+    /// The deadline passed without success.
+    Unhealthy,
+}
+
+impl Health {
+    /// The lowercase name stored in the database and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Checking => "checking",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Health {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "none" => Self::None,
+            "checking" => Self::Checking,
+            "healthy" => Self::Healthy,
+            "unhealthy" => Self::Unhealthy,
+            other => return Err(format!("unknown health '{other}'")),
+        })
+    }
+}
+
+/// A card's report of the set it runs (its resident agent's Alive), as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    pub health: Health,
+    /// Set digest of what the card runs (none: a set from RAM only).
+    pub running: Option<Digest>,
+    /// The set the card rolled back from on its own, if it did.
+    pub rolled_back_from: Option<Digest>,
+    /// Commands the agent dropped (forged, replayed, not for it) since its hand-off.
+    pub dropped: u64,
+    /// The agent's text: why unhealthy, what was rolled back (may be empty).
+    pub detail: String,
+}
+
+impl NodeHealth {
+    /// What `master nodes` shows: `rolled back` once the card rolled back on its own,
+    /// else the health.
+    pub fn summary(&self) -> &'static str {
+        if self.rolled_back_from.is_some() {
+            "rolled back"
+        } else {
+            self.health.as_str()
+        }
+    }
 }
 
 /// What an assignment applies to.

@@ -22,8 +22,9 @@ mod packages;
 mod rows;
 
 use super::{
-    Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeIdentity, NodeRecord,
-    NodeState, PackageRecord, ReleaseInfo, Result, Store, StoreError, Target, TestMode, TrustedKey,
+    Assignment, BootRecord, Event, ImportOutcome, Inventory, NewRelease, NodeHealth, NodeIdentity,
+    NodeRecord, NodeState, PackageRecord, ReleaseInfo, Result, Store, StoreError, Target, TestMode,
+    TrustedKey,
 };
 use crate::image::manifest::{Manifest, ReleaseId};
 use shelfboot_proto::id::Digest;
@@ -390,8 +391,16 @@ impl Store for SqliteStore {
         self.do_record_inventory(mac, inv, now)
     }
 
-    fn mark_absent(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
-        self.do_mark_absent(mac, now)
+    fn mark_absent(&mut self, mac: &MacAddr, silent_secs: u64, now: i64) -> Result<()> {
+        self.do_mark_absent(mac, silent_secs, now)
+    }
+
+    fn mark_present(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
+        self.do_mark_present(mac, now)
+    }
+
+    fn record_health(&mut self, mac: &MacAddr, health: &NodeHealth, now: i64) -> Result<()> {
+        self.do_record_health(mac, health, now)
     }
 
     fn set_test_mode(&mut self, mac: &MacAddr, test: Option<&TestMode>, now: i64) -> Result<()> {

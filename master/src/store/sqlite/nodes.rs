@@ -8,16 +8,29 @@ use super::rows::{release_row_id, upsert_assignment};
 use super::{Cached as _, SqliteStore, event, from_json, sql, to_json};
 use crate::image::manifest::ReleaseId;
 use crate::store::{
-    Assignment, Event, Inventory, NodeIdentity, NodeRecord, NodeState, Result, StoreError, Target,
-    TestMode,
+    Assignment, Event, Health, Inventory, NodeHealth, NodeIdentity, NodeRecord, NodeState, Result,
+    StoreError, Target, TestMode,
 };
-use shelfboot_proto::id::{Arch, MacAddr};
+use shelfboot_proto::id::{Arch, Digest, MacAddr};
 
 const NODE_COLS: &str = "mac, card_type, arch, hw_rev, features, class, state, state_reason, \
-     inventory, test_mode, shelf, slot, present, last_seen, registered_at";
+     inventory, test_mode, shelf, slot, present, last_seen, registered_at, \
+     health, running, rolled_back_from, dropped, detail";
+/// The tables [`NODE_COLS`] are read from: a card and its agent's last report, if any.
+const NODE_FROM: &str = "nodes LEFT JOIN node_health USING (mac)";
 
 /// State reason of a card that reported Ready after `master prepare`.
 pub const PREPARED: &str = "prepared, holding for warm boot";
+
+/// The state reason (and history entry) of a card that rolled back from set `from` on its
+/// own, with its agent's text.
+pub fn rollback_reason(from: &Digest, detail: &str) -> String {
+    let mut r = format!("rolled back on its own from set {}", from.short());
+    if !detail.is_empty() {
+        let _ = write!(r, ": {detail}");
+    }
+    r
+}
 
 /// A `nodes` row as read, before decoding.
 struct NodeRow {
@@ -25,6 +38,11 @@ struct NodeRow {
     nums: [i64; 3],
     last_seen: Option<i64>,
     registered: i64,
+    /// `node_health`: health, running, rolled_back_from, dropped, detail (all NULL
+    /// without a report).
+    health: [Option<String>; 3],
+    dropped: Option<i64>,
+    detail: Option<String>,
 }
 
 fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
@@ -37,7 +55,43 @@ fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
         nums: [r.get(10)?, r.get(11)?, r.get(12)?],
         last_seen: r.get(13)?,
         registered: r.get(14)?,
+        health: [r.get(15)?, r.get(16)?, r.get(17)?],
+        dropped: r.get(18)?,
+        detail: r.get(19)?,
     })
+}
+
+/// The agent's last report from the `node_health` columns of a node row.
+fn decode_health(
+    mac: &MacAddr,
+    cols: [Option<String>; 3],
+    dropped: Option<i64>,
+    detail: Option<String>,
+) -> Result<Option<NodeHealth>> {
+    let [health, running, rolled_back_from] = cols;
+    let Some(health) = health else {
+        return Ok(None);
+    };
+    let bad = |what: String, e: String| StoreError::Decode {
+        what,
+        source: serde::de::Error::custom(e),
+    };
+    let digest = |col: &str, v: Option<String>| -> Result<Option<Digest>> {
+        v.map(|s| {
+            s.parse::<Digest>()
+                .map_err(|e| bad(format!("{col} of node {mac}"), e.to_string()))
+        })
+        .transpose()
+    };
+    Ok(Some(NodeHealth {
+        health: health
+            .parse::<Health>()
+            .map_err(|e| bad(format!("health of node {mac}"), e))?,
+        running: digest("running set", running)?,
+        rolled_back_from: digest("rolled-back set", rolled_back_from)?,
+        dropped: u64::try_from(dropped.unwrap_or(0)).unwrap_or(0),
+        detail: detail.unwrap_or_default(),
+    }))
 }
 
 fn decode_node(row: NodeRow) -> Result<NodeRecord> {
@@ -54,6 +108,7 @@ fn decode_node(row: NodeRow) -> Result<NodeRecord> {
         test_mode,
     ] = row.text;
     let (nums, last_seen) = (row.nums, row.last_seen);
+    let (health, dropped, detail) = (row.health, row.dropped, row.detail);
     let mac_s = mac.unwrap_or_default();
     let mac: MacAddr = mac_s.parse().map_err(|e| StoreError::Decode {
         what: format!("node MAC '{mac_s}'"),
@@ -95,6 +150,7 @@ fn decode_node(row: NodeRow) -> Result<NodeRecord> {
             .map(|s| from_json(&format!("test mode of node {mac}"), &s))
             .transpose()?,
         registered_at: row.registered,
+        health: decode_health(&mac, health, dropped, detail)?,
     })
 }
 
@@ -271,15 +327,116 @@ impl SqliteStore {
         tx.commit().map_err(sql("commit"))
     }
 
-    pub(super) fn do_mark_absent(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
+    pub(super) fn do_mark_absent(
+        &mut self,
+        mac: &MacAddr,
+        silent_secs: u64,
+        now: i64,
+    ) -> Result<()> {
         let tx = self.tx()?;
         require_node(&tx, mac)?;
+        let heard = now.saturating_sub(i64::try_from(silent_secs).unwrap_or(i64::MAX));
+        let changed = tx
+            .exec(
+                "UPDATE nodes SET present = 0, last_seen = ?2 WHERE mac = ?1 AND present IS NOT 0",
+                params![mac.to_string(), heard],
+            )
+            .map_err(sql("mark absent"))?;
+        if changed == 0 {
+            return Ok(());
+        }
+        let detail = format!("not heard for {silent_secs} s");
+        event(&tx, now, Some(mac), "absent", &detail)?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_mark_present(&mut self, mac: &MacAddr, now: i64) -> Result<()> {
+        let tx = self.tx()?;
+        require_node(&tx, mac)?;
+        let changed = tx
+            .exec(
+                "UPDATE nodes SET present = 1, last_seen = ?2 WHERE mac = ?1 AND present IS NOT 1",
+                params![mac.to_string(), now],
+            )
+            .map_err(sql("mark present"))?;
+        if changed == 0 {
+            return Ok(());
+        }
+        event(&tx, now, Some(mac), "present", "present again")?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    pub(super) fn do_record_health(
+        &mut self,
+        mac: &MacAddr,
+        h: &NodeHealth,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.tx()?;
+        require_node(&tx, mac)?;
+        let key = mac.to_string();
+        let before: Option<(String, Option<String>)> = tx
+            .one(
+                "SELECT health, rolled_back_from FROM node_health WHERE mac = ?1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql("look up node health"))?;
+        let running = h.running.map(|d| d.to_string());
+        let rolled = h.rolled_back_from.map(|d| d.to_string());
+        let dropped = i64::try_from(h.dropped).unwrap_or(i64::MAX);
+        // The same report again (every few seconds from every card) writes nothing.
+        let changed = tx
+            .exec(
+                "INSERT INTO node_health(mac, health, running, rolled_back_from, dropped, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(mac) DO UPDATE SET health = ?2, running = ?3,
+                   rolled_back_from = ?4, dropped = ?5, detail = ?6
+                 WHERE health IS NOT ?2 OR running IS NOT ?3 OR rolled_back_from IS NOT ?4
+                   OR dropped IS NOT ?5 OR detail IS NOT ?6",
+                params![key, h.health.as_str(), running, rolled, dropped, h.detail],
+            )
+            .map_err(sql("record node health"))?;
+        if changed == 0 {
+            return Ok(());
+        }
         tx.exec(
-            "UPDATE nodes SET present = 0 WHERE mac = ?1",
-            params![mac.to_string()],
+            "UPDATE nodes SET last_seen = ?2 WHERE mac = ?1",
+            params![key, now],
         )
-        .map_err(sql("mark absent"))?;
-        event(&tx, now, Some(mac), "absent", "not heard from")?;
+        .map_err(sql("record node health"))?;
+        let (old_health, old_rolled) = match before {
+            Some((health, rolled)) => (Some(health), rolled),
+            None => (None, None),
+        };
+        // A verdict (healthy, unhealthy) is history; entering `checking` or `none` is
+        // what every boot does and only the record says it.
+        let verdict = matches!(h.health, Health::Healthy | Health::Unhealthy);
+        if verdict && old_health.as_deref() != Some(h.health.as_str()) {
+            let mut detail = h.health.to_string();
+            match h.running {
+                Some(d) => {
+                    let _ = write!(detail, " (set {})", d.short());
+                }
+                None => detail.push_str(" (set from RAM)"),
+            }
+            if !h.detail.is_empty() {
+                let _ = write!(detail, ": {}", h.detail);
+            }
+            event(&tx, now, Some(mac), "health", &detail)?;
+        }
+        if let Some(from) = h.rolled_back_from
+            && old_rolled != rolled
+        {
+            let reason = rollback_reason(&from, &h.detail);
+            tx.exec(
+                "UPDATE nodes SET state_reason = ?2 WHERE mac = ?1",
+                params![key, reason],
+            )
+            .map_err(sql("record rollback"))?;
+            event(&tx, now, Some(mac), "rollback", &reason)?;
+        }
         tx.commit().map_err(sql("commit"))
     }
 
@@ -388,7 +545,7 @@ impl SqliteStore {
         let row = self
             .conn
             .one(
-                &format!("SELECT {NODE_COLS} FROM nodes WHERE mac = ?1"),
+                &format!("SELECT {NODE_COLS} FROM {NODE_FROM} WHERE mac = ?1"),
                 params![mac.to_string()],
                 node_from_row,
             )
@@ -401,7 +558,7 @@ impl SqliteStore {
         let mut stmt = self
             .conn
             .prepare(&format!(
-                "SELECT {NODE_COLS} FROM nodes ORDER BY shelf, slot, mac"
+                "SELECT {NODE_COLS} FROM {NODE_FROM} ORDER BY shelf, slot, mac"
             ))
             .map_err(sql("list nodes"))?;
         let rows = stmt
@@ -675,14 +832,14 @@ mod tests {
             items: vec![],
         };
         s.record_inventory(&mac, &inv, 140).unwrap();
-        s.mark_absent(&mac, 150).unwrap();
+        s.mark_absent(&mac, 10, 150).unwrap();
         let n = s.node(&mac).unwrap().unwrap();
         assert_eq!(n.identity.slot, 8);
         assert_eq!(n.state, NodeState::Failed);
         assert_eq!(n.state_reason.as_deref(), Some("no space on mtd0"));
         assert_eq!(n.inventory, Some(inv));
         assert!(!n.present);
-        assert_eq!(n.last_seen, Some(140));
+        assert_eq!(n.last_seen, Some(140), "absent: last heard 10 s before 150");
         let kinds: Vec<String> = s
             .events(Some(&mac), 10)
             .unwrap()
@@ -697,7 +854,7 @@ mod tests {
                 "state fetching",
                 "error failed: no space on mtd0",
                 "inventory inventory of 0 artifacts",
-                "absent not heard from",
+                "absent not heard for 10 s",
             ]
         );
         let other: shelfboot_proto::id::MacAddr = "02:00:00:00:00:08".parse().unwrap();
@@ -705,5 +862,122 @@ mod tests {
             s.record_state(&other, NodeState::Ready, None, 1),
             Err(StoreError::UnknownNode(_))
         ));
+    }
+
+    fn card(s: &mut SqliteStore, last: u8) -> shelfboot_proto::id::MacAddr {
+        let mac: shelfboot_proto::id::MacAddr =
+            format!("02:00:00:00:00:{last:02x}").parse().unwrap();
+        let id = NodeIdentity {
+            mac,
+            card_type: "lc100".into(),
+            arch: shelfboot_proto::id::Arch::X86_64,
+            shelf: 1,
+            slot: u32::from(last),
+            hw_rev: "A".into(),
+            features: vec![],
+        };
+        s.record_identity(&id, 100).unwrap();
+        mac
+    }
+
+    fn history(s: &SqliteStore, mac: &shelfboot_proto::id::MacAddr) -> Vec<String> {
+        s.events(Some(mac), 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind != "identity")
+            .map(|e| format!("{} {}", e.kind, e.detail))
+            .collect()
+    }
+
+    /// An agent's report is written once: the same report again changes no row and no
+    /// event; a rollback becomes the state reason and a history entry, once.
+    #[test]
+    fn health_is_written_on_change_and_a_rollback_is_history() {
+        use crate::store::{Health, NodeHealth};
+        use shelfboot_proto::id::Digest;
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        let mac = card(&mut s, 9);
+        s.record_state(&mac, NodeState::Ready, None, 110).unwrap();
+        let mut h = NodeHealth {
+            health: Health::Checking,
+            running: Some(Digest([0xd1; 32])),
+            rolled_back_from: None,
+            dropped: 0,
+            detail: String::new(),
+        };
+        s.record_health(&mac, &h, 120).unwrap();
+        let dump = s.dump().unwrap();
+        s.record_health(&mac, &h, 121).unwrap();
+        assert_eq!(s.dump().unwrap(), dump, "the same report writes nothing");
+        h.health = Health::Unhealthy;
+        h.detail = "health command exited 1".into();
+        s.record_health(&mac, &h, 130).unwrap();
+        h.health = Health::Healthy;
+        h.running = Some(Digest([0xc0; 32]));
+        h.rolled_back_from = Some(Digest([0xd1; 32]));
+        h.detail = "set d1d1 never healthy".into();
+        s.record_health(&mac, &h, 140).unwrap();
+        // Later reports of the same rollback (dropped commands counted) add no history.
+        h.dropped = 2;
+        s.record_health(&mac, &h, 150).unwrap();
+        let n = s.node(&mac).unwrap().unwrap();
+        assert_eq!(n.health.as_ref(), Some(&h));
+        assert_eq!(
+            n.health.as_ref().map(NodeHealth::summary),
+            Some("rolled back")
+        );
+        assert_eq!(n.state, NodeState::Ready);
+        let reason = format!(
+            "rolled back on its own from set {}: set d1d1 never healthy",
+            Digest([0xd1; 32]).short()
+        );
+        assert_eq!(n.state_reason.as_deref(), Some(reason.as_str()));
+        assert_eq!(n.last_seen, Some(150));
+        assert_eq!(
+            history(&s, &mac),
+            [
+                "state ready".to_owned(),
+                format!(
+                    "health unhealthy (set {}): health command exited 1",
+                    Digest([0xd1; 32]).short()
+                ),
+                format!(
+                    "health healthy (set {}): set d1d1 never healthy",
+                    Digest([0xc0; 32]).short()
+                ),
+                format!("rollback {reason}"),
+            ]
+        );
+        // The listing reads the same record.
+        assert_eq!(s.nodes().unwrap()[0].health.as_ref(), Some(&h));
+        // A report for a card the database does not know is refused.
+        let stranger: shelfboot_proto::id::MacAddr = "02:00:00:00:00:99".parse().unwrap();
+        assert!(matches!(
+            s.record_health(&stranger, &h, 160),
+            Err(StoreError::UnknownNode(_))
+        ));
+    }
+
+    /// Presence flips are written once each, with their history entries.
+    #[test]
+    fn absence_and_return_are_written_once_each() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        let mac = card(&mut s, 3);
+        s.mark_present(&mac, 105).unwrap();
+        assert!(history(&s, &mac).is_empty(), "present already: nothing");
+        s.mark_absent(&mac, 12, 130).unwrap();
+        s.mark_absent(&mac, 20, 138).unwrap();
+        let n = s.node(&mac).unwrap().unwrap();
+        assert!(!n.present);
+        assert_eq!(n.last_seen, Some(118), "when it was last heard");
+        s.mark_present(&mac, 200).unwrap();
+        s.mark_present(&mac, 201).unwrap();
+        let n = s.node(&mac).unwrap().unwrap();
+        assert!(n.present);
+        assert_eq!(n.last_seen, Some(200));
+        assert_eq!(
+            history(&s, &mac),
+            ["absent not heard for 12 s", "present present again"]
+        );
     }
 }
