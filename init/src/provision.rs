@@ -207,6 +207,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                 timers: Timers {
                     autonomy: Some(cfg.master_timeout),
                     hold: cfg.hold,
+                    alive: cfg.alive,
                     ..Timers::default()
                 },
             };

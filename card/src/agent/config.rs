@@ -59,6 +59,8 @@ pub struct Timers {
     /// Longest hold after a BurnNow ("prepare"): with the set committed and Ready sent,
     /// the card waits this long for the master's WarmBoot, then hands off on its own.
     pub hold: Duration,
+    /// While held: an Alive this often, so the master keeps the card present.
+    pub alive: Duration,
 }
 
 impl Default for Timers {
@@ -75,6 +77,7 @@ impl Default for Timers {
             ready_repeats: 3,
             ready_spacing: Duration::from_millis(100),
             hold: Duration::from_secs(600),
+            alive: Duration::from_secs(2),
         }
     }
 }

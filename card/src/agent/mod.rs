@@ -357,13 +357,7 @@ impl<V: Volumes> Agent<V> {
             State::Discover { next, .. } => Some(*next),
             State::Fetch(f) => Some(f.deadline()),
             State::Ready { next, .. } => Some(*next),
-            State::Held {
-                left, next, until, ..
-            } => Some(if *left > 0 {
-                (*next).min(*until)
-            } else {
-                *until
-            }),
+            State::Held { next, until, .. } => Some((*next).min(*until)),
             State::Done => None,
         };
         match (own, autonomy) {
@@ -427,11 +421,22 @@ impl<V: Volumes> Agent<V> {
             }
             State::Held {
                 frame, left, next, ..
-            } if *left > 0 && now >= *next => {
-                let f = frame.clone();
-                *left -= 1;
-                *next = now + self.cfg.timers.ready_spacing;
-                self.emit_frame(f);
+            } if now >= *next => {
+                if *left > 0 {
+                    let f = frame.clone();
+                    *left -= 1;
+                    *next = now
+                        + if *left > 0 {
+                            self.cfg.timers.ready_spacing
+                        } else {
+                            self.cfg.timers.alive
+                        };
+                    self.emit_frame(f);
+                } else {
+                    // Held for minutes: say we are here, as a running card's agent does.
+                    *next = now + self.cfg.timers.alive;
+                    self.send_held_alive(now);
+                }
             }
             _ => {}
         }
@@ -992,6 +997,23 @@ impl<V: Volumes> Agent<V> {
             }
         };
         self.outputs.push(Output::Decision(decision));
+    }
+
+    /// An Alive while held: the committed set, waiting for the master's warm boot.
+    fn send_held_alive(&mut self, now: Instant) {
+        let dropped = self.counters.dropped_forged + self.counters.dropped_replayed;
+        let alive = msg::Alive {
+            running: self.store.flash.digest(),
+            persisted: true,
+            health: msg::Health::Unchecked,
+            uptime: now.saturating_duration_since(self.started).as_secs(),
+            epoch: self.epoch,
+            rolled_back_from: None,
+            dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
+            detail: "in init, holding for the master's warm boot".into(),
+        };
+        let dst = self.obeyed.unwrap_or(MacAddr::BROADCAST);
+        self.send(dst, &Message::Alive(alive));
     }
 
     /// The plan is the set this card rolled back from on its own: tell the master and

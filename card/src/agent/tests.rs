@@ -977,6 +977,21 @@ fn burn_now_then_fetch_commits_reports_ready_and_holds_until_the_hold_timer() {
         )
         .count();
     assert_eq!(ready, 3, "Ready and its repeats before the hold ended");
+    // Held for 20 s: an Alive every 2 s keeps the card present on the master.
+    let alives: Vec<&msg::Alive> = sent
+        .iter()
+        .filter_map(|m| match m {
+            Message::Alive(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert!((8..=11).contains(&alives.len()), "{} Alives", alives.len());
+    assert!(
+        alives
+            .iter()
+            .all(|a| a.running == Some(set_digest(&refs, "console=ttyS0"))
+                && a.detail.contains("holding"))
+    );
     assert_eq!(agent.phase(), Phase::Done);
     assert_eq!(
         agent.into_store().digest(),
