@@ -16,6 +16,13 @@
 //! agent rolls flash back to 1.0 and resets; the card refuses 1.2 from then on (the master
 //! records why) and runs 1.0 again.
 //!
+//! `upgrade_in_service_kexecs_without_a_reset`: one card runs 1.0; three releases in a
+//! row (each changes the boot image, heartbeat and one more package, and names a health
+//! command that passes) go to it with `master upgrade --wave 1`: the card stages each
+//! while it runs, commits, kexecs, validates and comes up healthy, with the set before
+//! it kept on flash for rollback. The downtime of each (the kexec line to the Ready line
+//! on the console) is printed with the median, next to the card's cold pristine boot.
+//!
 //! The init binary: SHELFBOOT_INIT_BIN, else built here with cargo (init-release, musl).
 
 #[cfg(test)]
@@ -310,6 +317,119 @@ mod tests {
             t_reset.elapsed().as_secs_f64(),
             ready.elapsed.as_secs_f64(),
             v.node.state,
+            stats.artifact_bytes,
+            t0.elapsed().as_secs_f64()
+        );
+        drop(shelf);
+    }
+
+    #[test]
+    #[ignore = "tier: QEMU (root, /dev/net/tun, ./dev setup); ./dev test runs it"]
+    fn upgrade_in_service_kexecs_without_a_reset() {
+        let _one = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = Prelude::start(env!("CARGO_TARGET_TMPDIR"), "service-upgrade").unwrap();
+        let (t0, logs, lab) = (p.t0, p.logs.clone(), p.lab.clone());
+        let mut shelf = Shelf::start(1, |i| in_service(&lab, i, &logs)).unwrap();
+        let mut master = MasterRun::start(shelf.backplane(), &lab.state).unwrap();
+        let pristine = shelf
+            .wait_all(release::READY_LINE, Duration::from_secs(300))
+            .unwrap()[0]
+            .elapsed;
+        eprintln!(
+            "cold pristine boot: Ready {:.1} s after power-on",
+            pristine.as_secs_f64()
+        );
+        wait_count(
+            shelf.card(0).unwrap(),
+            "resident: listening",
+            1,
+            Duration::from_secs(30),
+        );
+        let mut downtimes = Vec::new();
+        for (n, version) in ["1.1.0", "1.2.0", "1.3.0"].into_iter().enumerate() {
+            let before = scenario::node_by_mac(&lab.state, &mac(0)).unwrap();
+            let old = before
+                .node
+                .inventory
+                .as_ref()
+                .and_then(|i| i.digest)
+                .map(|d| d.to_string())
+                .unwrap();
+            scenario::import_derived(
+                &lab,
+                &Derived {
+                    version: version.into(),
+                    heartbeat: Some(version.into()),
+                    bulk_bytes: 0,
+                    extra_packages: 1,
+                    // A deadline of its own: a boot image (command line) of its own.
+                    health_deadline_s: Some(60 + n as u64),
+                    heartbeat_broken: false,
+                },
+            )
+            .unwrap();
+            let out = scenario::master_cli(&lab.state, &["upgrade", "--wave", "1"]).unwrap();
+            eprintln!("master upgrade --wave 1:\n{}", out.trim_end());
+            assert!(out.contains("upgraded 1 card(s)"), "{out}");
+            let card = shelf.card(0).unwrap();
+            card.wait_for(
+                "SHELFBOOT: upgrade ordered by the master",
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            let kexec = card
+                .wait_for(
+                    "SHELFBOOT: kexec into the upgraded set",
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+            let ready = card
+                .wait_for(release::READY_LINE, Duration::from_secs(5))
+                .unwrap();
+            let down = ready.elapsed.saturating_sub(kexec.elapsed);
+            assert!(
+                ready.line.contains(&format!("heartbeat-{version}"))
+                    && ready.line.contains(&format!("lab-pkg-00-{version}")),
+                "{}",
+                ready.line
+            );
+            card.wait_for("passed after", Duration::from_secs(60))
+                .unwrap();
+            let inv = scenario::last_flash_inventory(&card.console()).unwrap();
+            assert_eq!(
+                inv.previous.as_deref(),
+                Some(old.as_str()),
+                "the set before the upgrade stays on flash for rollback: {inv:?}"
+            );
+            assert_eq!(
+                card.boots(),
+                1,
+                "no reset: the harness never restarted QEMU"
+            );
+            eprintln!(
+                "upgrade to {version}: down {:.2} s (kexec to Ready)",
+                down.as_secs_f64()
+            );
+            downtimes.push(down);
+        }
+        let console = shelf.card(0).unwrap().console();
+        assert!(
+            !console.contains("ordered by the master (epoch"),
+            "no upgrade turned into a reset"
+        );
+        let stats = master.stop().unwrap().unwrap();
+        let mut sorted = downtimes.clone();
+        sorted.sort();
+        eprintln!(
+            "upgrade in service: downtime median {:.2} s (runs {:?}); cold pristine boot {:.1} s; master {} artifact bytes; total {:.1} s",
+            sorted[1].as_secs_f64(),
+            downtimes
+                .iter()
+                .map(|d| format!("{:.2}", d.as_secs_f64()))
+                .collect::<Vec<_>>(),
+            pristine.as_secs_f64(),
             stats.artifact_bytes,
             t0.elapsed().as_secs_f64()
         );

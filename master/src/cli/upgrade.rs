@@ -5,9 +5,11 @@
 //!
 //! Without `--wave`, one order goes out (to the card named, or to every card). With
 //! `--wave N`, the cards that are present and not running their plan are upgraded N at a
-//! time: a wave is ordered, then watched (the node database, once a second) until every
-//! card of it runs its plan; the first card that fails, is absent or misses the wave's
-//! deadline stops the run, and the cards not yet started are named.
+//! time: a wave is ordered, then watched (the node database, once a second) until the
+//! resident agent of every card of it reports its plan running and healthy (or without
+//! a health command); the first card that fails, is unhealthy on its plan, goes absent or
+//! misses the wave's deadline stops the run, and the cards of later waves are not
+//! started.
 
 use std::io::Write;
 use std::path::Path;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::{CliError, run_request};
 use crate::control::{Reply, Request};
 use crate::state::{FleetAction, NodeView};
-use crate::store::NodeState;
+use crate::store::{Health, NodeState};
 use shelfboot_proto::id::MacAddr;
 
 /// What `master upgrade` was asked.
@@ -54,10 +56,29 @@ fn nodes(state: &Path) -> Result<Vec<NodeView>, CliError> {
     }
 }
 
+/// True once the card's resident agent reports it runs its plan, healthy (or with no
+/// health command to pass).
+fn runs_plan(v: &NodeView) -> bool {
+    let Some(plan) = v.plan.as_ref().map(|p| p.digest) else {
+        return false;
+    };
+    v.node.present
+        && v.node.health.as_ref().is_some_and(|h| {
+            h.running == Some(plan) && matches!(h.health, Health::Healthy | Health::None)
+        })
+}
+
 /// Why a card of a wave did not make it.
 fn failure(v: &NodeView) -> Option<String> {
     if !v.node.present {
         return Some("absent (no frame within the absence interval)".into());
+    }
+    if let Some(h) = &v.node.health
+        && let Some(plan) = v.plan.as_ref().map(|p| p.digest)
+        && (h.rolled_back_from == Some(plan)
+            || (h.health == Health::Unhealthy && h.running == Some(plan)))
+    {
+        return Some(format!("is unhealthy on its plan: {}", h.detail));
     }
     if v.node.state == NodeState::Failed {
         return Some(format!(
@@ -126,7 +147,7 @@ pub fn run(
                 };
                 // Wait for the card to go through its upgrade before judging it.
                 let seen = started.elapsed() > Duration::from_secs(3);
-                if v.in_sync == Some(true) && v.node.present && v.node.state == NodeState::Ready {
+                if runs_plan(v) {
                     done += 1;
                     w(
                         out,
