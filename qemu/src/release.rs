@@ -528,6 +528,10 @@ pub struct Derived {
     /// The derived heartbeat (with [`Derived::heartbeat`]) crashes at start: it never
     /// says it is up, so the health command never passes.
     pub heartbeat_broken: bool,
+    /// The release's kernel hangs at boot: its command line names an initramfs init that
+    /// does not exist and `panic=0`, so the kernel panics and waits forever (only a
+    /// watchdog brings the card back).
+    pub kernel_hangs: bool,
 }
 
 /// Name of extra package `i` of a derived release.
@@ -641,9 +645,12 @@ fn derived_toml(arches: &[(Arch, String)], card_types: &[String], d: &Derived) -
     for i in 0..d.extra_packages {
         class_packages.push_str(&format!(", {} = \"={}\"", extra_package_name(i), d.version));
     }
-    let health = d.health_deadline_s.map_or_else(String::new, |s| {
+    let mut health = d.health_deadline_s.map_or_else(String::new, |s| {
         format!(" shelfboot.health={HEALTH_COMMAND} shelfboot.health_deadline={s}")
     });
+    if d.kernel_hangs {
+        health.push_str(" rdinit=/lab-kernel-hangs panic=0");
+    }
     toml.push_str(&boot_entries(arches, card_types, &health));
     toml.push_str(&class_entry(card_types, &class_packages));
     toml
@@ -776,6 +783,7 @@ mod tests {
             extra_packages: 0,
             health_deadline_s: None,
             heartbeat_broken: false,
+            kernel_hangs: false,
         };
         let t = derived_toml(&x86, &types, &d);
         assert!(t.contains("version = \"1.1.0\"\n"), "{t}");

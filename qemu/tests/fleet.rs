@@ -73,6 +73,7 @@ mod tests {
                 extra_packages: 0,
                 health_deadline_s: None,
                 heartbeat_broken: false,
+                kernel_hangs: false,
             },
         )
         .unwrap();

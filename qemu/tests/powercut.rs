@@ -333,6 +333,7 @@ mod tests {
                 extra_packages: 0,
                 health_deadline_s: None,
                 heartbeat_broken: false,
+                kernel_hangs: false,
             },
             Derived {
                 version: "1.2.0".into(),
@@ -341,6 +342,7 @@ mod tests {
                 extra_packages: EXTRA_PACKAGES,
                 health_deadline_s: None,
                 heartbeat_broken: false,
+                kernel_hangs: false,
             },
         ] {
             scenario::import_derived(&lab, &d).unwrap();

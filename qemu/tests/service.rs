@@ -10,11 +10,14 @@
 //! card for it. Then one card is killed (QEMU quit): the master shows it absent within its
 //! absence interval, and present again after it boots.
 //!
-//! `unhealthy_release_rolls_back_on_its_own`: one card runs 1.0; release 1.2 names a health
-//! command its broken heartbeat never satisfies; `master reset` of the card makes it
-//! fetch 1.2, kexec, validate and switch_root; the health deadline passes, the resident
-//! agent rolls flash back to 1.0 and resets; the card refuses 1.2 from then on (the master
-//! records why) and runs 1.0 again.
+//! `failed_releases_roll_back_on_their_own`: one card (`shelfboot.maxtries=1`, watchdog
+//! 60 s) runs 1.0; release 1.2 names a health command its broken heartbeat never
+//! satisfies; `master reset` of the card makes it fetch 1.2, kexec, validate and
+//! switch_root; the health deadline passes, the resident agent rolls flash back to 1.0 and
+//! resets; the card refuses 1.2 from then on (the master records why) and runs 1.0 again.
+//! Then release 1.3, whose kernel hangs (a panic with `panic=0`), is upgraded in service:
+//! the card kexecs into it and hangs; the watchdog armed before the kexec resets it; boot
+//! counting rolls 1.3 back and the card runs 1.0 again.
 //!
 //! `upgrade_in_service_kexecs_without_a_reset`: one card runs 1.0; three releases in a
 //! row (each changes the boot image, heartbeat and one more package, and names a health
@@ -125,6 +128,7 @@ mod tests {
                 extra_packages: 0,
                 health_deadline_s: None,
                 heartbeat_broken: false,
+                kernel_hangs: false,
             },
         )
         .unwrap();
@@ -247,6 +251,7 @@ mod tests {
                 extra_packages: 0,
                 health_deadline_s: Some(DEADLINE_S),
                 heartbeat_broken: true,
+                kernel_hangs: false,
             },
         )
         .unwrap();
@@ -307,15 +312,77 @@ mod tests {
             "the broken heartbeat never ran"
         );
         std::thread::sleep(Duration::from_secs(3));
+        let v = scenario::node_by_mac(&lab.state, &mac(0)).unwrap();
+        let reason = v.node.state_reason.clone().unwrap_or_default();
+        assert!(reason.contains("rolled back"), "{:?}", v.node);
+        assert_eq!(v.node.inventory, good_digest, "flash runs 1.0 again");
+        eprintln!(
+            "health rollback: card back on 1.0 {:.1} s after the reset; node: {} ({reason})",
+            t_reset.elapsed().as_secs_f64(),
+            v.node.state,
+        );
+
+        // A release whose kernel hangs, upgraded in service: only the watchdog helps.
+        scenario::import_derived(
+            &lab,
+            &Derived {
+                version: "1.3.0".into(),
+                heartbeat: Some("1.3.0".into()),
+                bulk_bytes: 0,
+                extra_packages: 0,
+                health_deadline_s: None,
+                heartbeat_broken: false,
+                kernel_hangs: true,
+            },
+        )
+        .unwrap();
+        let t_up = Instant::now();
+        eprintln!(
+            "upgrade: {}",
+            scenario::master_cli(&lab.state, &["upgrade", &mac(0)])
+                .unwrap()
+                .trim_end()
+        );
+        let card = shelf.card(0).unwrap();
+        card.wait_for(
+            "SHELFBOOT: kexec into the upgraded set",
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        card.wait_for("Kernel panic", Duration::from_secs(60))
+            .unwrap();
+        let back = card
+            .wait_for(
+                "shelfboot-init .* starting as PID 1",
+                Duration::from_secs(120),
+            )
+            .unwrap();
+        let reset_after = t_up.elapsed();
+        eprintln!(
+            "hang: the watchdog reset the card {:.1} s after the upgrade order",
+            reset_after.as_secs_f64()
+        );
+        card.wait_for("committed set rolled back", Duration::from_secs(60))
+            .unwrap();
+        let ready = card
+            .wait_for(release::READY_LINE, Duration::from_secs(120))
+            .unwrap();
+        assert!(
+            ready.line.contains("heartbeat-1.0.0") && !ready.line.contains("heartbeat-1.3.0"),
+            "{}",
+            ready.line
+        );
+        assert_eq!(card.boots(), 1, "the harness never power-cycled it");
+        std::thread::sleep(Duration::from_secs(3));
         let stats = master.stop().unwrap().unwrap();
         let v = scenario::node_by_mac(&lab.state, &mac(0)).unwrap();
         let reason = v.node.state_reason.clone().unwrap_or_default();
         assert!(reason.contains("rolled back"), "{:?}", v.node);
         assert_eq!(v.node.inventory, good_digest, "flash runs 1.0 again");
         eprintln!(
-            "rollback: card back on 1.0 {:.1} s after the reset, {:.1} s after Ready of 1.0; node: {} ({reason}); master {} artifact bytes; total {:.1} s",
-            t_reset.elapsed().as_secs_f64(),
-            ready.elapsed.as_secs_f64(),
+            "hang rollback: watchdog reset {:.1} s after the order, 1.0 Ready {:.1} s after the reset; node: {} ({reason}); master {} artifact bytes; total {:.1} s",
+            reset_after.as_secs_f64(),
+            ready.elapsed.saturating_sub(back.elapsed).as_secs_f64(),
             v.node.state,
             stats.artifact_bytes,
             t0.elapsed().as_secs_f64()
@@ -367,6 +434,7 @@ mod tests {
                     // A deadline of its own: a boot image (command line) of its own.
                     health_deadline_s: Some(60 + n as u64),
                     heartbeat_broken: false,
+                    kernel_hangs: false,
                 },
             )
             .unwrap();
