@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use super::{CliError, run_request};
 use crate::control::{Reply, Request};
 use crate::state::{FleetAction, NodeView};
-use crate::store::{Health, NodeState};
+use crate::store::{Health, NodeRecord, NodeState};
+use shelfboot_proto::id::Digest;
 use shelfboot_proto::id::MacAddr;
 
 /// What `master upgrade` was asked.
@@ -56,40 +57,42 @@ fn nodes(state: &Path) -> Result<Vec<NodeView>, CliError> {
     }
 }
 
-/// True once the card's resident agent reports it runs its plan, healthy (or with no
-/// health command to pass).
-fn runs_plan(v: &NodeView) -> bool {
-    let Some(plan) = v.plan.as_ref().map(|p| p.digest) else {
-        return false;
-    };
-    v.node.present
-        && v.node.health.as_ref().is_some_and(|h| {
-            h.running == Some(plan) && matches!(h.health, Health::Healthy | Health::None)
-        })
+/// Where one card of a wave is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Judged {
+    /// Its resident agent reports its plan running, healthy (or with no health command).
+    Runs,
+    /// It will not get there: why.
+    Failed(String),
+    /// Not yet.
+    Waiting,
 }
 
-/// Why a card of a wave did not make it.
-fn failure(v: &NodeView) -> Option<String> {
-    if !v.node.present {
-        return Some("absent (no frame within the absence interval)".into());
+/// Judges a card from its node record and its plan's digest.
+fn judge(node: &NodeRecord, plan: Option<Digest>) -> Judged {
+    let Some(plan) = plan else {
+        return Judged::Failed("has no plan".into());
+    };
+    if !node.present {
+        return Judged::Failed("absent (no frame within the absence interval)".into());
     }
-    if let Some(h) = &v.node.health
-        && let Some(plan) = v.plan.as_ref().map(|p| p.digest)
-        && (h.rolled_back_from == Some(plan)
-            || (h.health == Health::Unhealthy && h.running == Some(plan)))
-    {
-        return Some(format!("is unhealthy on its plan: {}", h.detail));
+    if let Some(h) = &node.health {
+        if h.running == Some(plan) && matches!(h.health, Health::Healthy | Health::None) {
+            return Judged::Runs;
+        }
+        if h.rolled_back_from == Some(plan)
+            || (h.health == Health::Unhealthy && h.running == Some(plan))
+        {
+            return Judged::Failed(format!("is unhealthy on its plan: {}", h.detail));
+        }
     }
-    if v.node.state == NodeState::Failed {
-        return Some(format!(
+    if node.state == NodeState::Failed {
+        return Judged::Failed(format!(
             "failed: {}",
-            v.node
-                .state_reason
-                .as_deref()
-                .unwrap_or("no reason recorded")
+            node.state_reason.as_deref().unwrap_or("no reason recorded")
         ));
     }
-    None
+    Judged::Waiting
 }
 
 /// Runs `master upgrade`; lines of progress go to `out`.
@@ -147,7 +150,8 @@ pub fn run(
                 };
                 // Wait for the card to go through its upgrade before judging it.
                 let seen = started.elapsed() > Duration::from_secs(3);
-                if runs_plan(v) {
+                let judged = judge(&v.node, v.plan.as_ref().map(|p| p.digest));
+                if judged == Judged::Runs {
                     done += 1;
                     w(
                         out,
@@ -156,7 +160,9 @@ pub fn run(
                             started.elapsed().as_secs_f64()
                         ),
                     )?;
-                } else if let Some(why) = failure(v).filter(|_| seen) {
+                } else if let Judged::Failed(why) = judged
+                    && seen
+                {
                     return Err(CliError::Upgrade(format!(
                         "stopping: card {m} {why}; {} card(s) of later waves not started",
                         total.saturating_sub(n * size + wave.len())
@@ -179,4 +185,98 @@ pub fn run(
         }
     }
     w(out, format!("upgraded {done} card(s)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NodeHealth;
+
+    fn node(present: bool, state: NodeState, health: Option<NodeHealth>) -> NodeRecord {
+        let mut n: NodeRecord = serde_json::from_value(serde_json::json!({
+            "identity": {
+                "mac": "02:00:00:00:00:01", "card_type": "lc100", "arch": "x86_64",
+                "shelf": 0, "slot": 1, "hw_rev": "A", "features": []
+            },
+            "class": null, "present": true, "last_seen": null, "state": "ready",
+            "state_reason": null, "inventory": null, "test_mode": null, "registered_at": 0
+        }))
+        .expect("a node record");
+        n.present = present;
+        n.state = state;
+        n.health = health;
+        n
+    }
+
+    fn report(health: Health, running: u8, rolled_back_from: Option<u8>) -> NodeHealth {
+        NodeHealth {
+            health,
+            running: Some(Digest([running; 32])),
+            rolled_back_from: rolled_back_from.map(|b| Digest([b; 32])),
+            dropped: 0,
+            detail: "why".into(),
+        }
+    }
+
+    #[test]
+    fn a_wave_card_runs_its_plan_only_when_its_agent_says_so_healthy() {
+        let plan = Some(Digest([2; 32]));
+        let ready = NodeState::Ready;
+        // Still on the old set, or checking the new one: wait.
+        for h in [
+            report(Health::None, 1, None),
+            report(Health::Checking, 2, None),
+        ] {
+            assert_eq!(judge(&node(true, ready, Some(h)), plan), Judged::Waiting);
+        }
+        assert_eq!(judge(&node(true, ready, None), plan), Judged::Waiting);
+        for h in [Health::Healthy, Health::None] {
+            assert_eq!(
+                judge(&node(true, ready, Some(report(h, 2, None))), plan),
+                Judged::Runs
+            );
+        }
+    }
+
+    #[test]
+    fn a_wave_stops_on_absence_failure_unhealth_or_rollback() {
+        let plan = Some(Digest([2; 32]));
+        let cases = [
+            (
+                node(
+                    false,
+                    NodeState::Ready,
+                    Some(report(Health::Healthy, 1, None)),
+                ),
+                "absent",
+            ),
+            (node(true, NodeState::Failed, None), "failed"),
+            (
+                node(
+                    true,
+                    NodeState::Ready,
+                    Some(report(Health::Unhealthy, 2, None)),
+                ),
+                "unhealthy",
+            ),
+            (
+                node(
+                    true,
+                    NodeState::Ready,
+                    Some(report(Health::None, 1, Some(2))),
+                ),
+                "unhealthy",
+            ),
+        ];
+        for (n, word) in cases {
+            match judge(&n, plan) {
+                Judged::Failed(why) => assert!(why.contains(word), "{why}"),
+                other => panic!("{other:?} for {n:?}"),
+            }
+        }
+        assert!(matches!(
+            judge(&node(true, NodeState::Ready, None), None),
+            Judged::Failed(_)
+        ));
+    }
 }
