@@ -166,14 +166,7 @@ pub fn run<V: Volumes>(
         )
     );
     let mut agent = Resident::new(rcfg, started);
-    let mut check = if health.is_some() {
-        Check::Idle {
-            next: started,
-            last: "not run yet".into(),
-        }
-    } else {
-        Check::Done
-    };
+    let mut checker = health.clone().map(|h| Checker::new(h, started));
     let mut sock: Option<PacketSocket> = None;
     let mut next_open = started;
     loop {
@@ -183,16 +176,14 @@ pub fn run<V: Volumes>(
             sock = open(&seed.iface, cfg.ethertype);
             next_open = now + Duration::from_secs(5);
         }
-        if let Some(h) = &health {
-            check = step_health(
-                h,
-                check,
-                started,
-                &mut agent,
-                store.as_mut(),
-                persisted,
-                sock.as_mut(),
-            );
+        if let Some(c) = checker.as_mut() {
+            if c.advance() {
+                healthy(&mut agent, store.as_mut(), persisted);
+                checker = None;
+            } else if let Some(why) = c.overdue() {
+                unhealthy(&why, &mut agent, store.as_mut(), persisted, sock.as_mut());
+                checker = None;
+            }
         }
         if let Some(order) = agent.take_order() {
             if order.action == Action::Upgrade
@@ -282,129 +273,116 @@ fn send(sock: Option<&mut PacketSocket>, agent: &mut Resident) {
     }
 }
 
-/// One step of the health check; returns its next state.
-fn step_health<V: Volumes>(
-    h: &HealthCheck,
-    check: Check,
+/// The health command of the running set, run until it passes or its deadline passes.
+struct Checker {
+    check: HealthCheck,
     started: Instant,
-    agent: &mut Resident,
-    store: Option<&mut Store<V>>,
-    persisted: bool,
-    sock: Option<&mut PacketSocket>,
-) -> Check {
-    let now = Instant::now();
-    let (next, last) = match check {
-        Check::Done => return Check::Done,
-        Check::Idle { next, last } if now < next => {
-            return give_up_if_late(
-                h,
-                Check::Idle { next, last },
-                started,
-                agent,
-                store,
-                persisted,
-                sock,
-            );
-        }
-        Check::Idle { .. } => {
-            let spawned = Command::new(&h.command).stdin(Stdio::null()).spawn();
-            return match spawned {
-                Ok(child) => Check::Running { child, since: now },
-                Err(e) => give_up_if_late(
-                    h,
-                    Check::Idle {
-                        next: now + HEALTH_RETRY,
-                        last: format!("cannot start: {e}"),
-                    },
-                    started,
-                    agent,
-                    store,
-                    persisted,
-                    sock,
-                ),
-            };
-        }
-        Check::Running { mut child, since } => match child.try_wait() {
-            Ok(Some(status)) if status.success() => {
-                log::info!(
-                    "SHELFBOOT: health check {} passed after {:.1} s: the set is good",
-                    h.command.display(),
-                    started.elapsed().as_secs_f64()
-                );
-                if persisted && let Some(s) = store {
-                    match s.mark_ready() {
-                        Ok(()) => nix::unistd::sync(),
-                        Err(e) => log::error!(
-                            "resident: marking the set good failed: {}",
-                            error_chain(&e)
-                        ),
-                    }
-                }
-                agent.set_health(now, Health::Healthy, "");
-                return Check::Done;
-            }
-            Ok(Some(status)) => (now + HEALTH_RETRY, format!("{status}")),
-            Ok(None) if now.duration_since(since) < HEALTH_RUN_LIMIT => {
-                return give_up_if_late(
-                    h,
-                    Check::Running { child, since },
-                    started,
-                    agent,
-                    store,
-                    persisted,
-                    sock,
-                );
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                (
-                    now + HEALTH_RETRY,
-                    format!("still running after {HEALTH_RUN_LIMIT:?}: killed"),
-                )
-            }
-            Err(e) => (now + HEALTH_RETRY, format!("cannot wait for it: {e}")),
-        },
-    };
-    give_up_if_late(
-        h,
-        Check::Idle { next, last },
-        started,
-        agent,
-        store,
-        persisted,
-        sock,
-    )
+    state: Check,
 }
 
-/// Past the deadline without a success: roll back and reset, or (nothing to roll back
-/// to) report unhealthy and keep running.
-fn give_up_if_late<V: Volumes>(
-    h: &HealthCheck,
-    check: Check,
-    started: Instant,
+impl Checker {
+    fn new(check: HealthCheck, started: Instant) -> Self {
+        Self {
+            check,
+            started,
+            state: Check::Idle {
+                next: started,
+                last: "not run yet".into(),
+            },
+        }
+    }
+
+    /// Starts, polls or retries the command; true once it passed (then never again).
+    fn advance(&mut self) -> bool {
+        let now = Instant::now();
+        self.state = match std::mem::replace(&mut self.state, Check::Done) {
+            Check::Done => Check::Done,
+            Check::Idle { next, last } if now < next => Check::Idle { next, last },
+            Check::Idle { .. } => match Command::new(&self.check.command)
+                .stdin(Stdio::null())
+                .spawn()
+            {
+                Ok(child) => Check::Running { child, since: now },
+                Err(e) => Check::Idle {
+                    next: now + HEALTH_RETRY,
+                    last: format!("cannot start: {e}"),
+                },
+            },
+            Check::Running { mut child, since } => match child.try_wait() {
+                Ok(Some(status)) if status.success() => {
+                    log::info!(
+                        "SHELFBOOT: health check {} passed after {:.1} s: the set is good",
+                        self.check.command.display(),
+                        self.started.elapsed().as_secs_f64()
+                    );
+                    return true;
+                }
+                Ok(Some(status)) => Check::Idle {
+                    next: now + HEALTH_RETRY,
+                    last: format!("{status}"),
+                },
+                Ok(None) if now.duration_since(since) < HEALTH_RUN_LIMIT => {
+                    Check::Running { child, since }
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Check::Idle {
+                        next: now + HEALTH_RETRY,
+                        last: format!("still running after {HEALTH_RUN_LIMIT:?}: killed"),
+                    }
+                }
+                Err(e) => Check::Idle {
+                    next: now + HEALTH_RETRY,
+                    last: format!("cannot wait for it: {e}"),
+                },
+            },
+        };
+        false
+    }
+
+    /// Past the deadline without a success: why (once; the check is over).
+    fn overdue(&mut self) -> Option<String> {
+        if self.started.elapsed() < self.check.deadline {
+            return None;
+        }
+        let last = match std::mem::replace(&mut self.state, Check::Done) {
+            Check::Done => return None,
+            Check::Idle { last, .. } => last,
+            Check::Running { mut child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+                "still running".into()
+            }
+        };
+        Some(format!(
+            "health check {} did not succeed within {:?} of the hand-off (last run: {last})",
+            self.check.command.display(),
+            self.check.deadline
+        ))
+    }
+}
+
+/// The health command passed: the set is good on flash (attempt counter 0).
+fn healthy<V: Volumes>(agent: &mut Resident, store: Option<&mut Store<V>>, persisted: bool) {
+    if persisted && let Some(s) = store {
+        match s.mark_ready() {
+            Ok(()) => nix::unistd::sync(),
+            Err(e) => log::error!("resident: marking the set good failed: {}", error_chain(&e)),
+        }
+    }
+    agent.set_health(Instant::now(), Health::Healthy, "");
+}
+
+/// The health command did not pass in time: roll back and reset, or (nothing to roll
+/// back to) report unhealthy and keep running.
+fn unhealthy<V: Volumes>(
+    why: &str,
     agent: &mut Resident,
     store: Option<&mut Store<V>>,
     persisted: bool,
     sock: Option<&mut PacketSocket>,
-) -> Check {
-    if started.elapsed() < h.deadline {
-        return check;
-    }
-    let last = match check {
-        Check::Idle { last, .. } => last,
-        Check::Running { mut child, .. } => {
-            let _ = child.kill();
-            let _ = child.wait();
-            "still running".into()
-        }
-        Check::Done => return Check::Done,
-    };
-    let why = format!(
-        "health check {} did not succeed within {:?} of the hand-off (last run: {last})",
-        h.command.display(),
-        h.deadline
-    );
+) {
     let now = Instant::now();
     let rolled = match store {
         Some(s) if persisted => {
@@ -426,7 +404,7 @@ fn give_up_if_late<V: Volumes>(
                 "SHELFBOOT: {why}: rolled back to set {} on flash; resetting",
                 prev.digest
             );
-            agent.rolled_back(now, from, &why);
+            agent.rolled_back(now, from, why);
             announce_and_reset(agent, sock);
         }
         _ => {
@@ -438,7 +416,6 @@ fn give_up_if_late<V: Volumes>(
             );
         }
     }
-    Check::Done
 }
 
 /// The master orders an upgrade in service: the card's conversation runs again here,

@@ -505,8 +505,9 @@ pub fn build(spec: &ReleaseSpec, dir: &Path) -> Result<Release, ReleaseError> {
     })
 }
 
-/// What a release derived from a built one changes (see [`derive`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a release derived from a built one changes (see [`derive`]); the default changes
+/// nothing but the version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Derived {
     /// Release version, e.g. `1.1.0`.
     pub version: String,

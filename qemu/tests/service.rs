@@ -124,11 +124,7 @@ mod tests {
             &Derived {
                 version: "1.1.0".into(),
                 heartbeat: Some("1.1.0".into()),
-                bulk_bytes: 0,
-                extra_packages: 0,
-                health_deadline_s: None,
-                heartbeat_broken: false,
-                kernel_hangs: false,
+                ..Derived::default()
             },
         )
         .unwrap();
@@ -255,11 +251,9 @@ mod tests {
             &Derived {
                 version: "1.2.0".into(),
                 heartbeat: Some("1.2.0".into()),
-                bulk_bytes: 0,
-                extra_packages: 0,
                 health_deadline_s: Some(DEADLINE_S),
                 heartbeat_broken: true,
-                kernel_hangs: false,
+                ..Derived::default()
             },
         )
         .unwrap();
@@ -336,11 +330,8 @@ mod tests {
             &Derived {
                 version: "1.3.0".into(),
                 heartbeat: Some("1.3.0".into()),
-                bulk_bytes: 0,
-                extra_packages: 0,
-                health_deadline_s: None,
-                heartbeat_broken: false,
                 kernel_hangs: true,
+                ..Derived::default()
             },
         )
         .unwrap();
@@ -437,12 +428,10 @@ mod tests {
                 &Derived {
                     version: version.into(),
                     heartbeat: Some(version.into()),
-                    bulk_bytes: 0,
                     extra_packages: 1,
                     // A deadline of its own: a boot image (command line) of its own.
                     health_deadline_s: Some(60 + n as u64),
-                    heartbeat_broken: false,
-                    kernel_hangs: false,
+                    ..Derived::default()
                 },
             )
             .unwrap();

@@ -1035,6 +1035,11 @@ impl<V: Volumes> Agent<V> {
             self.mac(),
             set.digest
         );
+        self.decide_committed(set);
+    }
+
+    /// Decide to boot the committed flash set without a master's validation.
+    fn decide_committed(&mut self, set: SetRecord) {
         let handoff = handoff_of(&set);
         self.state = State::Done;
         self.outputs.push(Output::Decision(Decision::Boot {
@@ -1057,15 +1062,7 @@ impl<V: Volumes> Agent<V> {
             self.cfg.timers.autonomy,
             set.digest
         );
-        let handoff = handoff_of(&set);
-        self.state = State::Done;
-        self.outputs.push(Output::Decision(Decision::Boot {
-            set,
-            handoff,
-            autonomous: true,
-            validated_only: false,
-            persisted: true,
-        }));
+        self.decide_committed(set);
     }
 
     fn on_command(&mut self, now: Instant, cmd: Command) {
