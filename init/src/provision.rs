@@ -242,7 +242,14 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
             let c = *agent.counters();
             log::info!("agent: counters {c:?}");
             last_command = agent.last_command();
-            let obeyed = agent.obeyed();
+            // What the resident agent needs if this conversation ends in a hand-off.
+            let seed = Seed {
+                anchor: anchor.clone(),
+                iface: link.name.clone(),
+                mac: identity.mac,
+                obeyed: agent.obeyed(),
+                last_command,
+            };
             let (mut fresh, ram) = agent.into_stores();
             let decision = match decided {
                 Ok(d) => d,
@@ -276,13 +283,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                         set.artifacts.len()
                     );
                     s.store = Some(fresh);
-                    s.resident = Some(Seed {
-                        anchor: anchor.clone(),
-                        iface: link.name.clone(),
-                        mac: identity.mac,
-                        obeyed,
-                        last_command,
-                    });
+                    s.resident = Some(seed);
                     return test_set(ram, &set, &self.carried_dir, &self.ram_dir)
                         .map_err(|e| failed("test mode", e));
                 }
@@ -320,13 +321,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                         }
                     }
                     s.store = Some(fresh);
-                    s.resident = Some(Seed {
-                        anchor: anchor.clone(),
-                        iface: link.name.clone(),
-                        mac: identity.mac,
-                        obeyed,
-                        last_command,
-                    });
+                    s.resident = Some(seed);
                     return Ok(if autonomous {
                         Provisioned::NoMaster {
                             waited: started.elapsed(),
