@@ -181,6 +181,9 @@ pub enum Command {
     Upgrade {
         /// One card; absent: every card.
         node: Option<MacAddr>,
+        /// Only the cards whose plan uses this class (one watched wave without --wave).
+        #[arg(long, value_name = "CLASS")]
+        class: Option<String>,
         /// Upgrade the present cards that do not run their plan N at a time, waiting for
         /// each wave to run it; stop at the first card that fails, goes absent or misses
         /// the deadline.
@@ -776,12 +779,14 @@ fn run_inner(mut cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
         Command::Stats => return Ok(crate::serve::cli::print_stats(&cli.state, json, out)?),
         Command::Upgrade {
             node,
+            class,
             wave,
             wave_timeout,
         } => {
-            let stop = stop_on_signal(wave.is_some())?;
+            let stop = stop_on_signal(wave.is_some() || class.is_some())?;
             let args = upgrade::UpgradeArgs {
                 node,
+                class,
                 wave,
                 wave_timeout: std::time::Duration::from_secs(wave_timeout),
             };

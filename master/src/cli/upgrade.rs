@@ -3,9 +3,10 @@
 //! docs/service.md); this module only orders and watches, through the serving master's
 //! control socket.
 //!
-//! Without `--wave`, one order goes out (to the card named, or to every card). With
-//! `--wave N`, the cards that are present and not running their plan are upgraded N at a
-//! time: a wave is ordered, then watched (the node database, once a second) until the
+//! Without `--wave` or `--class`, one order goes out (to the card named, or to every
+//! card). With `--wave N` (and/or `--class C`: the cards whose plan uses class C; without
+//! `--wave`, all of them as one wave), the cards that are present and not running their
+//! plan are upgraded N at a time: a wave is ordered, then watched (the node database, once a second) until the
 //! resident agent of every card of it reports its plan running and healthy (or without
 //! a health command); the first card that fails, is unhealthy on its plan, goes absent or
 //! misses the wave's deadline stops the run, and the cards of later waves are not
@@ -28,6 +29,8 @@ use shelfboot_proto::id::MacAddr;
 pub struct UpgradeArgs {
     /// One card, or every card.
     pub node: Option<MacAddr>,
+    /// Only the cards whose plan uses this class.
+    pub class: Option<String>,
     /// Cards per wave; `None`: one order, no watching.
     pub wave: Option<u32>,
     /// Longest time one wave may take.
@@ -103,15 +106,24 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<(), CliError> {
     let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CliError::Output);
-    let Some(size) = args.wave else {
+    if args.wave.is_none() && args.class.is_none() {
         return w(out, order(state, args.node)?);
-    };
-    let size = usize::try_from(size.max(1)).unwrap_or(1);
+    }
     let mut todo: Vec<NodeView> = nodes(state)?
         .into_iter()
         .filter(|v| args.node.is_none_or(|m| v.node.identity.mac == m))
+        .filter(|v| {
+            args.class
+                .as_ref()
+                .is_none_or(|c| v.plan.as_ref().is_some_and(|p| &p.class == c))
+        })
         .filter(|v| v.node.present && v.in_sync == Some(false))
         .collect();
+    // A class without --wave is one wave, watched.
+    let size = args
+        .wave
+        .map_or(todo.len(), |n| usize::try_from(n).unwrap_or(usize::MAX))
+        .max(1);
     todo.sort_by_key(|v| (v.node.identity.shelf, v.node.identity.slot));
     if todo.is_empty() {
         return w(
