@@ -126,7 +126,7 @@ pub fn run<V: Volumes>(
     let (rolled_back_from, detail) = match store.as_ref().and_then(|s| s.inventory()) {
         Some(inv) if inv.rolled_back_from.is_some() => (
             inv.rolled_back_from,
-            "rolled back on its own from this set".to_string(),
+            "it did not come up on this card (not Ready within its boot attempts, or its health check failed)".to_string(),
         ),
         _ => (None, String::new()),
     };
