@@ -185,7 +185,7 @@ pub enum Command {
         #[arg(long, value_name = "CLASS")]
         class: Option<String>,
         /// Upgrade the present cards that do not run their plan N at a time, waiting for
-        /// each wave to run it; stop at the first card that fails, goes absent or misses
+        /// each wave to run it; stop at the first card that fails, is silent for over 60 s or misses
         /// the deadline.
         #[arg(long, value_name = "N")]
         wave: Option<u32>,

@@ -6,11 +6,12 @@
 //! Without `--wave` or `--class`, one order goes out (to the card named, or to every
 //! card). With `--wave N` (and/or `--class C`: the cards whose plan uses class C; without
 //! `--wave`, all of them as one wave), the cards that are present and not running their
-//! plan are upgraded N at a time: a wave is ordered, then watched (the node database, once a second) until the
-//! resident agent of every card of it reports its plan running and healthy (or without
-//! a health command); the first card that fails, is unhealthy on its plan, goes absent or
-//! misses the wave's deadline stops the run, and the cards of later waves are not
-//! started.
+//! plan are upgraded N at a time: a wave is ordered, then watched (the node database,
+//! once a second) until the resident agent of every card of it reports its plan running
+//! and healthy (or without a health command); the first card that fails, is unhealthy on
+//! its plan, is silent for over a minute (a kexec is shorter; the master records a card
+//! absent sooner) or misses the wave's deadline stops the run, and the cards of later
+//! waves are not started.
 
 use std::io::Write;
 use std::path::Path;
@@ -71,13 +72,20 @@ enum Judged {
     Waiting,
 }
 
-/// Judges a card from its node record and its plan's digest.
-fn judge(node: &NodeRecord, plan: Option<Digest>) -> Judged {
+/// A card of a wave may be silent this long (a kexec, a slow boot) before it counts as
+/// gone; the master records it absent sooner.
+const ABSENT_GRACE_S: u64 = 60;
+
+/// Judges a card from its node record, how long ago it was heard and its plan's digest.
+fn judge(node: &NodeRecord, seen_ago: Option<u64>, plan: Option<Digest>) -> Judged {
     let Some(plan) = plan else {
         return Judged::Failed("has no plan".into());
     };
     if !node.present {
-        return Judged::Failed("absent (no frame within the absence interval)".into());
+        return match seen_ago {
+            Some(s) if s <= ABSENT_GRACE_S => Judged::Waiting,
+            _ => Judged::Failed(format!("absent (not heard for over {ABSENT_GRACE_S} s)")),
+        };
     }
     if let Some(h) = &node.health {
         if h.running == Some(plan) && matches!(h.health, Health::Healthy | Health::None) {
@@ -162,7 +170,7 @@ pub fn run(
                 };
                 // Wait for the card to go through its upgrade before judging it.
                 let seen = started.elapsed() > Duration::from_secs(3);
-                let judged = judge(&v.node, v.plan.as_ref().map(|p| p.digest));
+                let judged = judge(&v.node, v.seen_ago, v.plan.as_ref().map(|p| p.digest));
                 if judged == Judged::Runs {
                     done += 1;
                     w(
@@ -239,12 +247,21 @@ mod tests {
             report(Health::None, 1, None),
             report(Health::Checking, 2, None),
         ] {
-            assert_eq!(judge(&node(true, ready, Some(h)), plan), Judged::Waiting);
+            assert_eq!(
+                judge(&node(true, ready, Some(h)), Some(1), plan),
+                Judged::Waiting
+            );
         }
-        assert_eq!(judge(&node(true, ready, None), plan), Judged::Waiting);
+        assert_eq!(
+            judge(&node(true, ready, None), Some(1), plan),
+            Judged::Waiting
+        );
+        // Silent for a kexec: recorded absent by the master, not yet gone for the wave.
+        let kexec = node(false, ready, Some(report(Health::Healthy, 1, None)));
+        assert_eq!(judge(&kexec, Some(12), plan), Judged::Waiting);
         for h in [Health::Healthy, Health::None] {
             assert_eq!(
-                judge(&node(true, ready, Some(report(h, 2, None))), plan),
+                judge(&node(true, ready, Some(report(h, 2, None))), Some(0), plan),
                 Judged::Runs
             );
         }
@@ -281,14 +298,16 @@ mod tests {
             ),
         ];
         for (n, word) in cases {
-            match judge(&n, plan) {
+            match judge(&n, Some(61), plan) {
                 Judged::Failed(why) => assert!(why.contains(word), "{why}"),
                 other => panic!("{other:?} for {n:?}"),
             }
         }
         assert!(matches!(
-            judge(&node(true, NodeState::Ready, None), None),
+            judge(&node(true, NodeState::Ready, None), Some(0), None),
             Judged::Failed(_)
         ));
+        let never = node(false, NodeState::Ready, None);
+        assert!(matches!(judge(&never, None, plan), Judged::Failed(_)));
     }
 }
