@@ -422,12 +422,13 @@ impl Config {
                         .ok_or_else(|| bad(&key, s, EXPECTED))?;
                 }
                 "watchdog" => {
-                    const EXPECTED: &str = "a watchdog timeout in seconds from 0 (off) to 2000";
+                    // Fed once a second; shorter than 10 s it could not outlast a boot.
+                    const EXPECTED: &str = "a watchdog timeout in seconds: 0 (off) or 10 to 2000";
                     let s = need(&key, v, EXPECTED)?;
                     let t: u32 = s
                         .parse()
                         .ok()
-                        .filter(|n| *n <= 2000)
+                        .filter(|n| *n == 0 || (10..=2000).contains(n))
                         .ok_or_else(|| bad(&key, s, EXPECTED))?;
                     c.watchdog = (t > 0).then_some(t);
                 }
@@ -559,6 +560,7 @@ mod tests {
         assert!(!carried.contains("health"), "{carried}");
         for bad in [
             "shelfboot.watchdog=5000",
+            "shelfboot.watchdog=3",
             "shelfboot.watchdog=x",
             "shelfboot.alive=10ms",
             "shelfboot.health=relative/path",

@@ -12,7 +12,8 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::sys::watchdog::Watchdog;
 
@@ -30,6 +31,7 @@ pub fn arm(dev: &Path, seconds: u32) {
             if DOG.set(d).is_err() {
                 return;
             }
+            let _ = ARMED_AT.set(Instant::now());
             log::info!("watchdog: {} armed, {timeout} s", dev.display());
             let every = Duration::from_secs(u64::from(timeout / 4).max(1));
             let started = std::thread::Builder::new()
@@ -53,11 +55,26 @@ pub fn arm(dev: &Path, seconds: u32) {
     }
 }
 
-/// Resets the countdown, if a watchdog is armed.
+/// When the watchdog was armed; feeds are counted from it.
+static ARMED_AT: OnceLock<Instant> = OnceLock::new();
+/// Milliseconds after [`ARMED_AT`] of the last feed.
+static LAST_FEED_MS: AtomicU64 = AtomicU64::new(0);
+/// Feeds closer together than this are skipped: the loops that call [`feed`] turn many
+/// times a second (the transfer loop per received batch), the timeout is a minute.
+const FEED_EVERY_MS: u64 = 1000;
+
+/// Resets the countdown, if a watchdog is armed and it was not reset in the last second.
 pub fn feed() {
-    if let Some(d) = DOG.get()
-        && let Err(e) = d.feed()
-    {
+    let (Some(d), Some(at)) = (DOG.get(), ARMED_AT.get()) else {
+        return;
+    };
+    let now = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let last = LAST_FEED_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < FEED_EVERY_MS && last != 0 {
+        return;
+    }
+    LAST_FEED_MS.store(now.max(1), Ordering::Relaxed);
+    if let Err(e) = d.feed() {
         log::warn!("watchdog: {}", shelfboot_proto::report::error_chain(&e));
     }
 }
