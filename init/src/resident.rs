@@ -12,7 +12,9 @@
 //!            exits 0 → Store::mark_ready, Alive(healthy)
 //!            deadline passed → Store::rollback_running, Alive(rolled back) × 3,
 //!            sync, reboot  (no previous set: Alive(unhealthy), keep running)
-//!    order (a verified command) → Store::record_command(stamp), sync, reboot
+//!    order (a verified command) → Store::record_command(stamp), sync, reboot;
+//!            an Upgrade instead: stage the plan in service, commit, kexec (see
+//!            `upgrade`; on failure the running set runs on)
 //!    receive frames (up to the next deadline) → Resident::handle_frame
 //! ```
 //!
