@@ -35,6 +35,12 @@
 //! such a plan is refused with an Error and nothing is written. Solicit always reports
 //! the flash inventory, and autonomy always boots the flash set.
 //!
+//! A card without usable flash ([`Agent::in_ram`]) has its RAM store as its only store:
+//! every plan goes there, as a flash plan would, but Ready, Alive and the decision say
+//! `persisted: false`, and its Solicit reports nothing installed (a RAM set is not: the
+//! master answers with the full plan, which the carried store of a kexec'd boot image
+//! then only validates). Without a master, a kexec'd boot image boots the carried set.
+//!
 //! This module does not open sockets, read clocks, draw random numbers, kexec or
 //! switch_root: the caller does, from the outputs.
 
@@ -207,6 +213,19 @@ impl<V: Volumes> std::fmt::Debug for Agent<V> {
     }
 }
 
+impl Agent<FileVolumes> {
+    /// A conversation of a card without usable flash: `ram` (a [`FileVolumes`] directory
+    /// on tmpfs, or the one carried into a kexec'd boot image) is its only store. Every
+    /// plan, `persist` or not, is fetched, verified and committed there; Ready, Alive and
+    /// the decision say `persisted: false`, so the master records nothing as installed
+    /// and the card fetches its set again on its next cold boot.
+    pub fn in_ram(cfg: AgentConfig, ram: Store<FileVolumes>, now: Instant) -> Self {
+        let mut a = Agent::new(cfg, ram, now);
+        a.store = Stores::new(a.store.flash, true);
+        a
+    }
+}
+
 impl<V: Volumes> Agent<V> {
     /// A new conversation over an opened store. The first Solicit goes out at the first
     /// [`Agent::tick`] (call it at once).
@@ -215,7 +234,7 @@ impl<V: Volumes> Agent<V> {
         let rng = SplitMix::new(cfg.seed ^ u64::from(session));
         Self {
             cfg,
-            store: Stores::new(store),
+            store: Stores::new(store, false),
             state: State::Discover {
                 attempt: 0,
                 next: now,
@@ -550,7 +569,7 @@ impl<V: Volumes> Agent<V> {
             features: id.features.clone(),
             phase: self.cfg.phase,
             inventory: self.inventory_refs(),
-            inventory_digest: self.store.digest(),
+            inventory_digest: self.store.reported().map(|i| i.set.digest),
             nonce: self.cfg.nonce,
             inventory_omitted: false,
             // Said only when it is not the standard 1500, and only in version 2.
@@ -563,7 +582,7 @@ impl<V: Volumes> Agent<V> {
     /// The artifacts of the committed set, as the protocol names them (none when pristine).
     fn inventory_refs(&self) -> Vec<shelfboot_proto::msg::ArtifactRef> {
         self.store
-            .inventory()
+            .reported()
             .map(|i| i.set.refs())
             .unwrap_or_default()
     }
@@ -593,7 +612,7 @@ impl<V: Volumes> Agent<V> {
     fn send_inventory(&mut self, master: MacAddr) {
         let inv = Message::Inventory(Inventory {
             inventory: self.inventory_refs(),
-            inventory_digest: self.store.digest(),
+            inventory_digest: self.store.reported().map(|i| i.set.digest),
             nonce: self.cfg.nonce,
         });
         let before = self.outputs.len();
@@ -747,11 +766,7 @@ impl<V: Volumes> Agent<V> {
     /// A verified plan: validate (Continue) or start fetching, on flash or (test mode) in
     /// the RAM store.
     fn apply_plan(&mut self, now: Instant, master: MacAddr, mut plan: PlanBody) {
-        let medium = if plan.persist {
-            Medium::Flash
-        } else {
-            Medium::Ram
-        };
+        let medium = self.store.medium_for(plan.persist);
         let rolled_back = self
             .store
             .flash
@@ -801,9 +816,13 @@ impl<V: Volumes> Agent<V> {
         };
         if intact {
             match medium {
-                Medium::Flash => {
+                Medium::Flash if self.store.main_persists() => {
                     log::info!("card {}: flash matches the plan: validated", self.mac())
                 }
+                Medium::Flash => log::info!(
+                    "card {}: the RAM store (no flash) holds the plan: validated",
+                    self.mac()
+                ),
                 Medium::Ram => log::info!(
                     "card {}: the RAM store holds the test-mode plan: validated",
                     self.mac()
@@ -814,6 +833,11 @@ impl<V: Volumes> Agent<V> {
         if medium == Medium::Ram {
             log::info!(
                 "card {}: test-mode plan: fetching into RAM, flash untouched",
+                self.mac()
+            );
+        } else if !self.store.main_persists() {
+            log::info!(
+                "card {}: no usable flash: fetching the plan into RAM",
                 self.mac()
             );
         }
@@ -950,7 +974,7 @@ impl<V: Volumes> Agent<V> {
         };
         let set = inv.set.clone();
         let handoff = handoff_of(&set);
-        let persisted = self.store.active() == Medium::Flash;
+        let persisted = self.store.persists();
         let ready = Message::Ready(Ready {
             digest: set.digest,
             persisted,
@@ -1004,7 +1028,7 @@ impl<V: Volumes> Agent<V> {
         let dropped = self.counters.dropped_forged + self.counters.dropped_replayed;
         let alive = msg::Alive {
             running: self.store.flash.digest(),
-            persisted: true,
+            persisted: self.store.main_persists(),
             health: msg::Health::Unchecked,
             uptime: now.saturating_duration_since(self.started).as_secs(),
             epoch: self.epoch,
@@ -1047,7 +1071,7 @@ impl<V: Volumes> Agent<V> {
             handoff,
             autonomous: true,
             validated_only: false,
-            persisted: true,
+            persisted: self.store.main_persists(),
         }));
     }
 

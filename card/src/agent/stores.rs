@@ -1,4 +1,6 @@
 //! The agent's two stores: the card's flash, and the optional RAM store of test mode.
+//! A card without usable flash has one store, in RAM, as its main store: every plan is
+//! applied there and nothing is reported as persisted.
 //!
 //! A plan with `persist = true` is staged and committed on flash; a plan with
 //! `persist = false` (test mode) goes to the RAM store only: a [`FileVolumes`] directory
@@ -17,7 +19,8 @@ use crate::flash::{FileVolumes, Inventory, Store, StoreError, Volumes};
 /// Which store a plan is applied to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Medium {
-    /// The card's flash (persist = true).
+    /// The main store: the card's flash (persist = true), or on a card without usable
+    /// flash its RAM store, which then takes every plan.
     Flash,
     /// The tmpfs RAM store (persist = false, test mode).
     Ram,
@@ -28,14 +31,28 @@ pub(super) struct Stores<V: Volumes> {
     pub(super) flash: Store<V>,
     pub(super) ram: Option<Store<FileVolumes>>,
     active: Medium,
+    /// The main store is in RAM (a card without usable flash): every plan goes there and
+    /// nothing it holds survives a reset.
+    volatile: bool,
 }
 
 impl<V: Volumes> Stores<V> {
-    pub(super) fn new(flash: Store<V>) -> Self {
+    pub(super) fn new(flash: Store<V>, volatile: bool) -> Self {
         Self {
             flash,
             ram: None,
             active: Medium::Flash,
+            volatile,
+        }
+    }
+
+    /// The store a plan goes to: its `persist` flag says flash or the RAM store; a card
+    /// whose main store is in RAM has only that one.
+    pub(super) fn medium_for(&self, persist: bool) -> Medium {
+        if persist || self.volatile {
+            Medium::Flash
+        } else {
+            Medium::Ram
         }
     }
 
@@ -48,9 +65,14 @@ impl<V: Volumes> Stores<V> {
         true
     }
 
-    /// The store plans are applied to now.
-    pub(super) fn active(&self) -> Medium {
-        self.active
+    /// Whether the set committed in the active store survives a reset (on flash).
+    pub(super) fn persists(&self) -> bool {
+        self.active == Medium::Flash && !self.volatile
+    }
+
+    /// Whether the main store's committed set survives a reset (false: RAM).
+    pub(super) fn main_persists(&self) -> bool {
+        !self.volatile
     }
 
     /// The inventory of the active store.
@@ -66,9 +88,14 @@ impl<V: Volumes> Stores<V> {
         self.flash.inventory()
     }
 
-    /// The flash inventory digest (what Solicit reports).
-    pub(super) fn digest(&self) -> Option<shelfboot_proto::msg::Digest> {
-        self.flash.digest()
+    /// What Solicit reports as installed: the flash inventory; nothing on a card whose
+    /// main store is in RAM.
+    pub(super) fn reported(&self) -> Option<&Inventory> {
+        if self.volatile {
+            None
+        } else {
+            self.flash.inventory()
+        }
     }
 
     /// Runs `f` on the active store.

@@ -148,8 +148,8 @@ fn decision(outs: &[Output]) -> Option<Decision> {
 
 /// Drives `agent` against a scripted master serving `refs`/`data` until it decides.
 /// Returns the decision and every message the card sent.
-fn serve(
-    agent: &mut Agent<FakeVolumes>,
+fn serve<V: Volumes>(
+    agent: &mut Agent<V>,
     t0: Instant,
     refs: &[ArtifactRef],
     data: &[Vec<u8>],
@@ -162,14 +162,14 @@ fn serve(
 
 /// [`serve`], stopping early (no decision) once `stop` says so. Also returns the data
 /// frames the scripted master sent.
-fn serve_until(
-    agent: &mut Agent<FakeVolumes>,
+fn serve_until<V: Volumes>(
+    agent: &mut Agent<V>,
     t0: Instant,
     refs: &[ArtifactRef],
     data: &[Vec<u8>],
     drop_every: usize,
     initial: Vec<Output>,
-    stop: impl Fn(&Agent<FakeVolumes>) -> bool,
+    stop: impl Fn(&Agent<V>) -> bool,
 ) -> (Option<Decision>, Vec<Message>, usize) {
     let mut pending = initial;
     let mut now = t0;
@@ -1391,4 +1391,67 @@ fn a_plan_for_the_set_the_card_rolled_back_from_is_refused_and_the_committed_set
     );
     assert_eq!(vols.ops().len(), ops, "flash untouched");
     assert_eq!(agent.obeyed(), Some((MASTER, 1)));
+}
+
+#[test]
+fn card_without_flash_runs_every_plan_from_ram_and_never_claims_it_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    // Cold boot: nothing in RAM; a plain (persist = true) plan is fetched there.
+    let mut agent = Agent::in_ram(config(), ram(dir.path(), 64), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    assert_eq!(s.inventory_digest, None, "nothing survives in RAM");
+    let (refs, data) = set();
+    let plan = plan_frame(&key(), &h, &s, &refs, Verdict::Fetch);
+    let outs = agent.handle_frame(t0, &plan);
+    assert_eq!(agent.phase(), Phase::Fetch);
+    let (d, sent) = serve(&mut agent, t0, &refs, &data, 0, outs);
+    let Decision::Boot { set, persisted, .. } = d else {
+        panic!("expected a boot decision, got {d:?}");
+    };
+    assert!(!persisted, "a RAM set is not persisted");
+    assert!(!ready_of(&sent).expect("Ready sent").persisted);
+    let mut main = agent.into_store();
+    assert!(main.verify_set(&set).unwrap().is_empty());
+    drop(main);
+
+    // The kexec'd boot image finds the directory carried: the Solicit still reports
+    // nothing installed, the master's full plan only validates.
+    let mut agent = Agent::in_ram(config(), ram(dir.path(), 64), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    assert_eq!(s.inventory_digest, None);
+    assert!(s.inventory.is_empty());
+    let outs = agent.handle_frame(t0, &plan_frame(&key(), &h, &s, &refs, Verdict::Fetch));
+    let sent: Vec<Message> = frames(&outs).into_iter().map(|(_, m, _)| m).collect();
+    assert!(!sent.iter().any(|m| matches!(m, Message::Fetch(_))));
+    assert!(!ready_of(&sent).unwrap().persisted);
+    assert!(matches!(
+        decision(&outs),
+        Some(Decision::Boot {
+            validated_only: true,
+            persisted: false,
+            ..
+        })
+    ));
+
+    // A test-mode plan (persist = false) goes to the same store: there is no other.
+    let mut agent = Agent::in_ram(config(), ram(dir.path(), 64), t0);
+    let (h, s) = solicit_of(&agent.tick(t0));
+    let (trefs, tdata) = test_set();
+    let outs = agent.handle_frame(
+        t0,
+        &plan_frame_persist(&key(), &h, &s, &trefs, Verdict::Fetch, false),
+    );
+    let (d, _) = serve(&mut agent, t0, &trefs, &tdata, 0, outs);
+    assert!(matches!(
+        d,
+        Decision::Boot {
+            persisted: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        agent.store().digest(),
+        Some(set_digest(&trefs, "console=ttyS0"))
+    );
 }
