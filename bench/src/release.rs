@@ -456,6 +456,7 @@ mod tests {
             cmdline: String::new(),
             packages,
             persist: true,
+            test: false,
             digest: Digest([0; 32]),
             explain: vec![],
         };

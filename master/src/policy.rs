@@ -169,6 +169,10 @@ pub struct ClassSpec {
     /// Features every card of the class gets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// RAM-first: the cards run their boot image and packages from RAM, fetched on every
+    /// boot and never burned into flash (their plans say `persist = false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ram: bool,
 }
 
 /// A per-node override inside a release.
@@ -186,6 +190,9 @@ pub struct OverrideSpec {
     pub packages: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// RAM-first for this card (see [`ClassSpec::ram`]); `false` leaves the class's choice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ram: bool,
 }
 
 /// Release-wide defaults.

@@ -86,7 +86,11 @@ fn node_row(v: &NodeView) -> Vec<String> {
                 "{} {}{}",
                 p.release,
                 p.digest.short(),
-                if p.persist { "" } else { " (test, RAM)" }
+                match (p.persist, p.test) {
+                    (true, _) => "",
+                    (false, true) => " (test, RAM)",
+                    (false, false) => " (RAM)",
+                }
             ),
         ),
         (None, Some(e)) => ("-".into(), format!("no plan: {e}")),
@@ -127,10 +131,10 @@ fn plan_text(p: &Plan) -> String {
         p.release,
         p.class,
         p.digest,
-        if p.persist {
-            ""
-        } else {
-            ", TEST MODE (RAM only)"
+        match (p.persist, p.test) {
+            (true, _) => "",
+            (false, true) => ", TEST MODE (RAM only)",
+            (false, false) => ", RAM-first (runs from RAM, flash not written)",
         }
     );
     let rows: Vec<Vec<String>> = p
@@ -548,6 +552,7 @@ mod tests {
                 .map(|i| art("package", format!("pkg-{}-{i:03}", "x".repeat(56))))
                 .collect(),
             persist: true,
+            test: false,
             digest: Digest([1; 32]),
             explain: Vec::new(),
         };

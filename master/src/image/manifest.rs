@@ -292,6 +292,7 @@ mod tests {
                 boot: Some("k".into()),
                 packages: [("base".to_owned(), "^1".to_owned())].into(),
                 features: vec![],
+                ram: false,
             }],
             overrides: vec![],
             defaults: Defaults::default(),

@@ -708,6 +708,17 @@ fn resolve_node_with(
             rule: a.rule.clone(),
         });
     }
+    // 7: where the set runs.
+    let ram = ovr
+        .filter(|o| o.ram)
+        .map(|_| format!("per-node override in release {release}"))
+        .or_else(|| class.ram.then(|| format!("class {}", class.name)));
+    if let Some(by) = &ram {
+        explain.push(Reason {
+            subject: "RAM-first: boot image and packages run from RAM, flash not written".into(),
+            rule: by.clone(),
+        });
+    }
     let mut plan = Plan {
         node: *mac,
         release: release.clone(),
@@ -716,7 +727,8 @@ fn resolve_node_with(
         boot,
         cmdline: b.cmdline.clone(),
         packages,
-        persist: test.is_none(),
+        persist: test.is_none() && ram.is_none(),
+        test: test.is_some(),
         digest: Digest([0; 32]),
         explain,
     };

@@ -57,8 +57,11 @@ pub struct Plan {
     pub cmdline: String,
     /// Sorted by name.
     pub packages: Vec<PlannedArtifact>,
-    /// false in test mode: RAM only, gone on reboot.
+    /// false in test mode and for RAM-first cards: RAM only, gone on reboot.
     pub persist: bool,
+    /// Test mode: the operator's trial pins (RAM only).
+    #[serde(default)]
+    pub test: bool,
     /// `set_digest(artifacts, cmdline)`.
     pub digest: Digest,
     /// The decisions in order: release, class, boot image, packages.

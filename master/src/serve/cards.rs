@@ -52,8 +52,8 @@ pub enum CardStage {
     Committing,
     /// Committed set, handing off.
     Ready,
-    /// Ready with a RAM-only (test-mode) set.
-    Test,
+    /// Ready with a set in RAM (test mode, RAM-first, a card without usable flash).
+    Ram,
     /// The card reported an error, or its plan could not be delivered.
     Failed,
 }
@@ -70,7 +70,7 @@ impl CardStage {
             CardStage::Writing => "writing",
             CardStage::Committing => "committing",
             CardStage::Ready => "ready",
-            CardStage::Test => "test",
+            CardStage::Ram => "ram",
             CardStage::Failed => "failed",
         }
     }
@@ -79,7 +79,7 @@ impl CardStage {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            CardStage::Ready | CardStage::Test | CardStage::Failed | CardStage::Unknown
+            CardStage::Ready | CardStage::Ram | CardStage::Failed | CardStage::Unknown
         )
     }
 }
@@ -313,14 +313,14 @@ impl Cards {
         t.update_done(now);
     }
 
-    /// The card is Ready (`persisted`: committed to flash; else a RAM-only test set).
+    /// The card is Ready (`persisted`: committed to flash; else a set in RAM).
     pub fn ready(&mut self, mac: MacAddr, persisted: bool, now: Duration) {
         if let Some(t) = self.track(mac, now) {
             t.enter(
                 if persisted {
                     CardStage::Ready
                 } else {
-                    CardStage::Test
+                    CardStage::Ram
                 },
                 now,
             );
@@ -441,7 +441,7 @@ mod tests {
         assert_eq!(c.snapshot()[0].stage, CardStage::Unknown);
         c.ready(A, false, s(3));
         let card = &c.snapshot()[0];
-        assert_eq!((card.stage, card.error.clone()), (CardStage::Test, None));
+        assert_eq!((card.stage, card.error.clone()), (CardStage::Ram, None));
         c.planned(A, 100, 0, s(4));
         assert_eq!(c.snapshot()[0].stage, CardStage::Validating);
     }

@@ -207,13 +207,14 @@ impl Text {
 }
 
 /// Every node state, in the order the metrics list them.
-const STATES: [NodeState; 6] = [
+const STATES: [NodeState; 7] = [
     NodeState::Pristine,
     NodeState::Fetching,
     NodeState::Committing,
     NodeState::Ready,
     NodeState::Failed,
     NodeState::Test,
+    NodeState::Ram,
 ];
 
 /// The `health` label values of `shelfboot_cards_health`, in order.

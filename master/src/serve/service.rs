@@ -836,10 +836,10 @@ impl<S: Store> Service<S> {
     }
 
     fn on_ready(&mut self, src: MacAddr, digest: Digest, persisted: bool) {
-        let state = if persisted {
-            NodeState::Ready
-        } else {
-            NodeState::Test
+        let state = match self.plans.get(&src) {
+            _ if persisted => NodeState::Ready,
+            Some(p) if !p.test => NodeState::Ram,
+            _ => NodeState::Test,
         };
         // `master prepare`: the card holds now; `master nodes` says so.
         if persisted && !self.unmarked.contains(&src) {
@@ -868,8 +868,9 @@ impl<S: Store> Service<S> {
                 plan.digest
             );
         }
-        // A test-mode set (persisted = false) lives in the card's RAM: its flash, and so
-        // the inventory the node database records, is what its Solicit reported.
+        // A set in RAM (persisted = false: test mode, RAM-first, no usable flash) is gone
+        // at the next reset: the inventory the node database records is what the card's
+        // Solicit reported.
         if persisted && plan.digest == digest {
             let inv = Inventory {
                 digest: Some(digest),

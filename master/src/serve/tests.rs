@@ -1471,3 +1471,39 @@ fn last_seen_is_the_last_hearing_while_the_database_is_written_on_change_only() 
     assert_eq!(views[0].seen_ago, Some(2));
     assert_eq!(svc.stats().health_writes, 1);
 }
+
+#[test]
+fn ready_from_a_card_without_flash_marks_the_node_ram_and_records_no_inventory() {
+    use crate::store::{NodeState, Store as _};
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut svc = service(dir.path(), t0);
+    let card = MacAddr([2, 0, 0, 3, 0, 2]);
+    // A cold boot of a card whose flash is unusable: nothing held, a plain plan.
+    svc.handle_frame(t0, &solicit(card, "lc100", 1, None, 3));
+    let plan = messages(&svc.tick(t0))
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Plan(p) => Some(p.body),
+            _ => None,
+        })
+        .expect("a plan");
+    assert!(
+        plan.persist,
+        "the master does not know the card lacks flash"
+    );
+    let ready = shelfboot_proto::msg::Ready {
+        digest: plan.digest,
+        persisted: false,
+        handoff: shelfboot_proto::msg::Handoff::Kexec,
+    };
+    svc.handle_frame(t0, &frame(card, ME, &Message::Ready(ready)));
+    svc.commit();
+    let n = svc.master().store().node(&card).unwrap().unwrap();
+    assert_eq!(n.state, NodeState::Ram, "not a test: no trial pins");
+    assert_eq!(
+        n.inventory.and_then(|i| i.digest),
+        None,
+        "a set in RAM is not recorded as installed"
+    );
+}

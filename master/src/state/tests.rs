@@ -246,6 +246,59 @@ fn test_mode_is_ram_only_and_listed() {
 }
 
 #[test]
+fn ram_first_by_class_or_node_makes_ram_plans_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[override]]
+mac = "02:00:00:00:00:01"
+ram = true
+
+[[override]]
+mac = "02:00:00:00:00:03"
+class = "diskless"
+
+[[class]]
+name = "diskless"
+match = { card_types = ["lc300"] }
+boot = "lc-kernel"
+packages = { routing = "^3" }
+ram = true
+"#;
+    let img = fixture::image(dir.path(), "1.0.0", extra, &fixture::vendor_key());
+    let mut m = fixture::master(dir.path());
+    import(&mut m, &img).unwrap();
+    fixture::add_nodes(&mut m);
+    let rule = |p: &Plan| {
+        p.explain
+            .iter()
+            .find(|r| r.subject.starts_with("RAM-first"))
+            .map(|r| r.rule.clone())
+    };
+    // By node: the same packages as its class mates, run from RAM.
+    let (one, two) = (m.plan(&mac(N1)).unwrap(), m.plan(&mac(N2)).unwrap());
+    assert!(!one.persist && !one.test);
+    assert_eq!(
+        rule(&one).as_deref(),
+        Some("per-node override in release shelf-os@1.0.0")
+    );
+    assert!(two.persist && rule(&two).is_none(), "only the named node");
+    assert_eq!(
+        one.packages.len() + 1,
+        two.packages.len(),
+        "N2 adds debug-tools"
+    );
+    // By class.
+    let three = m.plan(&mac(N3)).unwrap();
+    assert_eq!(three.class, "diskless");
+    assert!(!three.persist && !three.test);
+    assert_eq!(rule(&three).as_deref(), Some("class diskless"));
+    // Test mode on a RAM-first node: still RAM, and now a test.
+    let pins = parse_pins(&["debug-tools=0.9.0".to_owned()]).unwrap();
+    let trial = m.test_mode(&mac(N1), Some(pins)).unwrap().unwrap();
+    assert!(!trial.persist && trial.test);
+}
+
+#[test]
 fn an_unknown_arch_is_refused_naming_the_file_and_the_accepted_values() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("files")).unwrap();

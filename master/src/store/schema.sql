@@ -1,4 +1,5 @@
--- shelfboot master database, schema version 1. See docs/master.md.
+-- shelfboot master database, schema version 2. See docs/master.md.
+-- Version 2: node state 'ram' (a database of version 1 is migrated at open).
 -- Package database: trusted_keys, releases, blobs, artifacts, artifact_blobs,
 -- release_artifacts. Node database: nodes, assignments, events.
 CREATE TABLE IF NOT EXISTS meta (
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     present       INTEGER NOT NULL,
     last_seen     INTEGER,
     state         TEXT NOT NULL CHECK (state IN
-                    ('pristine', 'fetching', 'committing', 'ready', 'failed', 'test')),
+                    ('pristine', 'fetching', 'committing', 'ready', 'failed', 'test', 'ram')),
     state_reason  TEXT,
     inventory     TEXT,
     test_mode     TEXT,

@@ -85,7 +85,10 @@ pub enum NodeState {
     Committing,
     Ready,
     Failed,
+    /// Ready on a test-mode set (RAM only).
     Test,
+    /// Ready on a set run from RAM: a RAM-first plan, or a card without usable flash.
+    Ram,
 }
 
 impl NodeState {
@@ -98,6 +101,7 @@ impl NodeState {
             Self::Ready => "ready",
             Self::Failed => "failed",
             Self::Test => "test",
+            Self::Ram => "ram",
         }
     }
 }
@@ -118,6 +122,7 @@ impl FromStr for NodeState {
             "ready" => Self::Ready,
             "failed" => Self::Failed,
             "test" => Self::Test,
+            "ram" => Self::Ram,
             other => return Err(format!("unknown node state '{other}'")),
         })
     }
@@ -229,7 +234,7 @@ impl FromStr for Health {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeHealth {
     pub health: Health,
-    /// Set digest of what the card runs (none: a set from RAM only).
+    /// Set digest of what the card runs, from flash or RAM (none: its agent does not know).
     pub running: Option<Digest>,
     /// The set the card rolled back from on its own, if it did.
     pub rolled_back_from: Option<Digest>,

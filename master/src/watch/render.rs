@@ -190,7 +190,7 @@ fn session_cells(s: &SessionStats, r: Option<u64>) -> Vec<String> {
 /// ANSI colour of a stage in the terminal view.
 fn stage_colour(s: CardStage) -> &'static str {
     match s {
-        CardStage::Ready | CardStage::Test => "\x1b[32m",
+        CardStage::Ready | CardStage::Ram => "\x1b[32m",
         CardStage::Failed | CardStage::Unknown => "\x1b[31m",
         CardStage::Soliciting | CardStage::Validating => "\x1b[36m",
         CardStage::Fetching | CardStage::Verifying | CardStage::Writing | CardStage::Committing => {
@@ -410,7 +410,7 @@ impl SummaryLine {
             epoch: v.epoch,
             iface: v.iface.clone(),
             cards: v.cards.len(),
-            ready: count(&|s| matches!(s, CardStage::Ready | CardStage::Test)),
+            ready: count(&|s| matches!(s, CardStage::Ready | CardStage::Ram)),
             failed: count(&|s| matches!(s, CardStage::Failed | CardStage::Unknown)),
             sessions: v.sessions.len(),
             cards_untracked: v.cards_untracked,

@@ -34,7 +34,7 @@ use shelfboot_proto::id::MacAddr;
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Schema version stored in `meta`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 const SCHEMA: &str = include_str!("../schema.sql");
 
 pub(super) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -104,8 +104,9 @@ impl SqliteStore {
             .map_err(sql("set busy timeout"))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.execute_batch(SCHEMA).map_err(sql("create schema"))?;
+        migrate_node_states(&conn)?;
         conn.exec(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?1)",
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?1)",
             params![SCHEMA_VERSION.to_string()],
         )
         .map_err(sql("write schema version"))?;
@@ -134,6 +135,62 @@ impl SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map(Tx::Outer)
             .map_err(sql("begin transaction"))
+    }
+}
+
+/// Schema 1 → 2: the `nodes` table's state CHECK gains `'ram'`. SQLite cannot change a
+/// CHECK in place, so the table is rebuilt as its documentation describes for other
+/// schema changes (new table, copy, drop, rename; sqlite.org/lang_altertable.html), with
+/// foreign keys off so the tables that cascade from `nodes` keep their rows. The new
+/// table's definition is the one in `schema.sql`. One transaction: a crash leaves the old
+/// table, and the next open migrates again.
+fn migrate_node_states(conn: &Connection) -> Result<()> {
+    let current: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'nodes'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql("read the nodes table's definition"))?;
+    if current.contains("'ram'") {
+        return Ok(());
+    }
+    let start = SCHEMA
+        .find("CREATE TABLE IF NOT EXISTS nodes (")
+        .ok_or_else(|| missing_definition("nodes"))?;
+    let len = SCHEMA[start..]
+        .find(");")
+        .ok_or_else(|| missing_definition("nodes"))?;
+    let create = SCHEMA[start..start + len + 2].replacen(
+        "CREATE TABLE IF NOT EXISTS nodes (",
+        "CREATE TABLE nodes_v2 (",
+        1,
+    );
+    log::info!("master database: migrating the nodes table to schema version 2 (state 'ram')");
+    conn.pragma_update(None, "foreign_keys", false)
+        .map_err(sql("disable foreign keys for the migration"))?;
+    let rebuilt = conn
+        .execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             {create}
+             INSERT INTO nodes_v2 SELECT * FROM nodes;
+             DROP TABLE nodes;
+             ALTER TABLE nodes_v2 RENAME TO nodes;
+             COMMIT;"
+        ))
+        .map_err(sql("migrate the nodes table"));
+    if rebuilt.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(sql("enable foreign keys"))?;
+    rebuilt
+}
+
+fn missing_definition(table: &str) -> StoreError {
+    StoreError::Sql {
+        op: "find a table's definition in schema.sql",
+        source: rusqlite::Error::InvalidParameterName(table.to_owned()),
     }
 }
 
@@ -528,5 +585,59 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    #[test]
+    fn a_schema_1_database_gains_the_ram_state_and_keeps_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.db");
+        {
+            // A database as schema version 1 made it: no 'ram' in the state CHECK.
+            let old = SCHEMA.replace(", 'test', 'ram')", ", 'test')");
+            assert_ne!(old, SCHEMA);
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "foreign_keys", true).unwrap();
+            c.execute_batch(&old).unwrap();
+            c.execute_batch(
+                "INSERT INTO meta VALUES ('schema_version', '1');
+                 INSERT INTO nodes (mac, card_type, arch, shelf, slot, hw_rev, features,
+                   present, state, registered_at)
+                   VALUES ('02:00:00:00:00:01', 'lc100', 'x86_64', 1, 1, 'A', '[]', 1,
+                           'ready', 5);
+                 INSERT INTO node_health VALUES ('02:00:00:00:00:01', 'healthy', NULL, NULL,
+                   0, '');",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let refused = c.execute(
+                "UPDATE nodes SET state = 'ram' WHERE mac = '02:00:00:00:00:01'",
+                [],
+            );
+            assert!(refused.is_err(), "the old CHECK refuses 'ram'");
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let mac: MacAddr = "02:00:00:00:00:01".parse().unwrap();
+        let n = s.node(&mac).unwrap().expect("the node survived");
+        assert_eq!(n.state, NodeState::Ready);
+        assert!(n.health.is_some(), "the cascading table kept its row");
+        s.record_state(&mac, NodeState::Ram, None, 7).unwrap();
+        assert_eq!(s.node(&mac).unwrap().unwrap().state, NodeState::Ram);
+        let v: String = s
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v, "2");
+        drop(s);
+        // Opening again is a no-op.
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.node(&mac).unwrap().unwrap().state, NodeState::Ram);
     }
 }
