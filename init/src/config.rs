@@ -79,8 +79,9 @@ pub struct Config {
     pub hold: Duration,
     /// We run a kexec'd stored image: validate only.
     pub stored: bool,
-    /// We run a test-mode boot image kexec'd from RAM (`shelfboot.test=1`): use the RAM
-    /// store carried in the initramfs, validate only, never kexec again, never count.
+    /// We run a RAM set's boot image kexec'd from RAM (`shelfboot.test=1`; test mode, a
+    /// RAM-first plan or a card without usable flash): use the RAM store carried in the
+    /// initramfs, validate only, never kexec again, never count.
     pub test: bool,
     /// Boots of a new set that may fail to reach Ready before rolling back.
     pub maxtries: u32,

@@ -52,8 +52,11 @@ pub enum Provisioned {
         /// The agent's set (what flash held when it decided).
         set: SetRecord,
     },
-    /// Test mode: boot these squashfs packages kept in tmpfs (bottom first); flash untouched.
+    /// A RAM set (test mode, a RAM-first plan, a card without usable flash): boot these
+    /// squashfs packages kept in tmpfs (bottom first); flash untouched.
     TestSet {
+        /// The set, as the RAM store committed it.
+        set: SetRecord,
         /// Packages in tmpfs ([`Layer::File`] or [`Layer::FileExtent`]).
         packages: Vec<Layer>,
         /// The test set's boot image, if it has one: kexec'd (`shelfboot.test=1`) unless
@@ -345,33 +348,36 @@ pub fn hand_off<V: Volumes>(
     resident: Option<&Seed>,
 ) -> FlowError {
     let decided = match provisioned {
-        Provisioned::TestSet { packages, boot } => {
+        Provisioned::TestSet {
+            set,
+            packages,
+            boot,
+        } => {
             match boot {
                 Some(b) if !cfg.test => {
-                    log::info!(
-                        "test mode: kexec into the test set's boot image from RAM; flash untouched"
-                    );
+                    log::info!("RAM set: kexec into its boot image from RAM; flash untouched");
                     let cmdline = cfg.carried_cmdline(&b.cmdline);
                     return FlowError::Handoff(handoff::kexec_test(
                         k, paths, &b.image, b.range, &cmdline, &b.ram_dir,
                     ));
                 }
                 Some(_) => log::info!(
-                    "test mode: this is the test set's boot image (shelfboot.test=1): no second kexec"
+                    "RAM set: this is its boot image (shelfboot.test=1): no second kexec"
                 ),
                 None => {}
             }
             log::info!(
-                "test mode: booting {} packages from RAM; flash untouched",
+                "RAM set: booting {} packages from RAM; flash untouched",
                 packages.len()
             );
             let layers = packages;
             if let Err(e) = load_deferred(k, deferred) {
                 return e;
             }
-            // A RAM set: the resident agent runs without the flash (test mode never
-            // writes it, not even a command stamp).
-            let mut start = |k: &mut dyn Kernel| start_resident::<V>(k, resident, cfg, None, None);
+            // A RAM set: the resident agent runs without the flash (a RAM set never
+            // writes it, not even a command stamp) and reports the set as not persisted.
+            let mut start =
+                |k: &mut dyn Kernel| start_resident::<V>(k, resident, cfg, Some(&set), false, None);
             return FlowError::Handoff(handoff::switch_root(k, paths, &layers, &mut start));
         }
         Provisioned::NoMaster { waited } => {
@@ -462,7 +468,7 @@ pub fn hand_off<V: Volumes>(
             }
             let set = choice.set.clone();
             let mut start = |k: &mut dyn Kernel| {
-                start_resident(k, resident, cfg, Some(&set), Some(&mut *store))
+                start_resident(k, resident, cfg, Some(&set), true, Some(&mut *store))
             };
             FlowError::Handoff(handoff::switch_root(k, paths, &layers, &mut start))
         }
@@ -477,6 +483,7 @@ fn start_resident<V: Volumes>(
     seed: Option<&Seed>,
     cfg: &Config,
     set: Option<&SetRecord>,
+    persisted: bool,
     store: Option<&mut Store<V>>,
 ) {
     let Some(seed) = seed else {
@@ -486,7 +493,7 @@ fn start_resident<V: Volumes>(
         return;
     };
     match k.fork() {
-        Ok(Forked::Child) => crate::resident::run(seed, cfg, set, set.is_some(), store),
+        Ok(Forked::Child) => crate::resident::run(seed, cfg, set, persisted, store),
         Ok(Forked::Parent(pid)) => log::info!("resident agent started as pid {pid}"),
         Err(e) => log::error!(
             "cannot start the resident agent: {}; the master cannot reach this card until it resets{}",
@@ -952,12 +959,14 @@ mod tests {
             PathBuf::from("/run/shelfboot/test/0.sqfs"),
             PathBuf::from("/run/shelfboot/test/1.sqfs"),
         ];
+        let set = store.inventory().unwrap().set.clone();
         let err = hand_off(
             &mut k,
             &Paths::default(),
             &cfg(false),
             Some((0, &mut store)),
             Provisioned::TestSet {
+                set,
                 packages: packages.iter().cloned().map(Layer::File).collect(),
                 boot: None,
             },
@@ -1042,12 +1051,14 @@ mod tests {
             slot: Some(4),
             ..Config::default()
         };
+        let set = store.inventory().unwrap().set.clone();
         let err = hand_off(
             &mut k,
             &paths,
             &c,
             Some((0, &mut store)),
             Provisioned::TestSet {
+                set,
                 packages: vec![Layer::File(t.path().join("ram/blobs/v1-0"))],
                 boot: Some(boot),
             },
@@ -1104,12 +1115,14 @@ mod tests {
             ..Config::default()
         };
         let pkgs = [PathBuf::from("/shelfboot-test/ram/blobs/v1-0")];
+        let set = store.inventory().unwrap().set.clone();
         let err = hand_off(
             &mut k,
             &Paths::default(),
             &c,
             Some((0, &mut store)),
             Provisioned::TestSet {
+                set,
                 packages: pkgs.iter().cloned().map(Layer::File).collect(),
                 boot: Some(boot),
             },
@@ -1125,5 +1138,65 @@ mod tests {
         assert!(matches!(k.calls.last(), Some(Call::ExecInit(..))));
         assert_eq!(dev.ops().len(), before);
         assert_eq!(store.inventory().unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn card_without_flash_kexecs_and_switches_root_into_its_ram_set() {
+        let (_, store) = committed();
+        let set = store.inventory().unwrap().set.clone();
+        let t = tempfile::tempdir().unwrap();
+        let boot = ram_set(t.path());
+        let pkgs = [PathBuf::from("/run/shelfboot/ram/blobs/v1-0")];
+        let ram_set = |boot| Provisioned::TestSet {
+            set: set.clone(),
+            packages: pkgs.iter().cloned().map(Layer::File).collect(),
+            boot: Some(boot),
+        };
+        // Cold boot: the set's boot image is kexec'd from RAM (no flash to stage it on).
+        let paths = Paths {
+            stage: t.path().join("stage"),
+            ..Paths::default()
+        };
+        std::fs::create_dir_all(t.path().join("stage/kexec")).unwrap();
+        let mut k = Recorder::default();
+        let err = hand_off::<FakeVolumes>(
+            &mut k,
+            &paths,
+            &Config::default(),
+            None,
+            ram_set(boot.clone()),
+            &[],
+            None,
+        );
+        assert!(
+            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+            "{err}"
+        );
+        assert!(matches!(k.calls.last(), Some(Call::Leave(Leave::Kexec))));
+        // The kexec'd image: the packages from RAM, no second kexec.
+        let mut k = Recorder {
+            existing: vec!["/newroot/sbin/init".into()],
+            ..Recorder::default()
+        };
+        let c = Config {
+            test: true,
+            ..Config::default()
+        };
+        let err = hand_off::<FakeVolumes>(
+            &mut k,
+            &Paths::default(),
+            &c,
+            None,
+            ram_set(boot),
+            &[],
+            None,
+        );
+        assert!(
+            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+            "{err}"
+        );
+        assert!(!k.calls.iter().any(|c| matches!(c, Call::KexecLoad(..))));
+        assert!(k.calls.contains(&Call::LoopAttach(pkgs[0].clone())));
+        assert!(matches!(k.calls.last(), Some(Call::ExecInit(..))));
     }
 }

@@ -163,13 +163,22 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                 waited: Duration::ZERO,
             });
         };
-        if s.store.is_none() {
-            return Err(ProvisionError {
-                what: "the flash is unusable, so no plan can be stored (see the flash error above)"
-                    .into(),
-                source: None,
-            });
-        }
+        // A card without usable flash runs every set from RAM: its only store is the
+        // RAM store (fresh, or the one a kexec'd boot image finds carried).
+        let mut in_ram = match s.store {
+            Some(_) => None,
+            None => {
+                let ram = crate::ram::open(&self.carried_dir, &self.ram_dir, &self.proc)
+                    .map_err(|e| ProvisionError {
+                        what: "the flash is unusable (see the flash error above) and no RAM store could be made, so no plan can be stored".into(),
+                        source: Some(Box::new(e)),
+                    })?;
+                log::warn!(
+                    "SHELFBOOT: no usable flash: this card runs its set from RAM and fetches it again on every cold boot"
+                );
+                Some(ram)
+            }
+        };
         let t = crate::boottime::now();
         let anchor = load_anchor(&self.trust_dir).map_err(|e| failed("no trust anchor", e))?;
         let cfg = s.config;
@@ -218,47 +227,55 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                 identity.card_type,
                 identity.slot
             );
-            let Some(store) = s.store.take() else {
-                return Err(ProvisionError {
-                    what: "the flash store was not given back by the previous conversation".into(),
-                    source: None,
-                });
+            let first = setup.take();
+            let (ended, ram) = match in_ram.take() {
+                Some(main) => {
+                    let agent =
+                        Agent::in_ram(acfg, main, Instant::now()).with_last_command(last_command);
+                    if let Some(t) = first {
+                        crate::boottime::step("agent store", t);
+                    }
+                    let e = converse(agent, &mut sock, &link.name, cfg.hold);
+                    in_ram = Some(e.main);
+                    (e.end, None)
+                }
+                None => {
+                    let Some(store) = s.store.take() else {
+                        return Err(ProvisionError {
+                            what: "the flash store was not given back by the previous conversation"
+                                .into(),
+                            source: None,
+                        });
+                    };
+                    let mut agent =
+                        Agent::new(acfg, store, Instant::now()).with_last_command(last_command);
+                    match crate::ram::open(&self.carried_dir, &self.ram_dir, &self.proc) {
+                        Ok(ram) => agent = agent.with_ram_store(ram),
+                        Err(e) => log::warn!(
+                            "agent: no RAM store, test-mode plans will be refused: {}",
+                            shelfboot_proto::report::error_chain(&e)
+                        ),
+                    }
+                    if let Some(t) = first {
+                        crate::boottime::step("agent store", t);
+                    }
+                    let e = converse(agent, &mut sock, &link.name, cfg.hold);
+                    // The session keeps the flash store, whatever the decision: the flow
+                    // boots the committed set from it.
+                    s.store = Some(e.main);
+                    (e.end, e.ram)
+                }
             };
-            let mut agent = Agent::new(acfg, store, Instant::now()).with_last_command(last_command);
-            match crate::ram::open(&self.carried_dir, &self.ram_dir, &self.proc) {
-                Ok(ram) => agent = agent.with_ram_store(ram),
-                Err(e) => log::warn!(
-                    "agent: no RAM store, test-mode plans will be refused: {}",
-                    shelfboot_proto::report::error_chain(&e)
-                ),
-            }
-            if let Some(t) = setup.take() {
-                crate::boottime::step("agent store", t);
-            }
-            let mut seat = [Seat::new(agent, ())];
-            let decided = drive(&mut seat, &mut sock, &link.name, cfg.hold, None);
-            let [seat] = seat;
-            let agent = seat.into_agent();
-            let c = *agent.counters();
-            log::info!("agent: counters {c:?}");
-            last_command = agent.last_command();
+            last_command = ended.last_command;
             // What the resident agent needs if this conversation ends in a hand-off.
             let seed = Seed {
                 anchor: anchor.clone(),
                 iface: link.name.clone(),
                 mac: identity.mac,
-                obeyed: agent.obeyed(),
+                obeyed: ended.obeyed,
                 last_command,
             };
-            let (mut fresh, ram) = agent.into_stores();
-            let decision = match decided {
-                Ok(d) => d,
-                Err(e) => {
-                    // The session keeps the store: the flow boots the committed set.
-                    s.store = Some(fresh);
-                    return Err(failed("agent", e));
-                }
-            };
+            let decision = ended.decided.map_err(|e| failed("agent", e))?;
             match decision {
                 Decision::Reset { phase: p } => {
                     if p == BootPhase::WarmBoot {
@@ -268,7 +285,6 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                     }
                     log::info!("agent: the master ordered a reset ({p:?}): soliciting again");
                     phase = p;
-                    s.store = Some(fresh);
                 }
                 Decision::Boot {
                     set,
@@ -278,14 +294,14 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                     ..
                 } => {
                     log::info!(
-                        "agent: test mode: {handoff:?} of RAM set {} ({} artifacts), validated_only={validated_only}; flash untouched",
+                        "agent: decided {handoff:?} of RAM set {} ({} artifacts), validated_only={validated_only}; flash untouched",
                         set.digest,
                         set.artifacts.len()
                     );
-                    s.store = Some(fresh);
                     s.resident = Some(seed);
+                    let ram = ram.or(in_ram);
                     return test_set(ram, &set, &self.carried_dir, &self.ram_dir)
-                        .map_err(|e| failed("test mode", e));
+                        .map_err(|e| failed("RAM set", e));
                 }
                 Decision::Boot {
                     set,
@@ -306,7 +322,10 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                             h.command.display()
                         );
                     }
-                    if !autonomous && (cfg.stored || set.boot_image().is_none()) && health.is_none()
+                    if !autonomous
+                        && (cfg.stored || set.boot_image().is_none())
+                        && health.is_none()
+                        && let Some(fresh) = s.store.as_mut()
                     {
                         match fresh.mark_ready() {
                             Ok(()) => {
@@ -320,7 +339,6 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                             ),
                         }
                     }
-                    s.store = Some(fresh);
                     s.resident = Some(seed);
                     return Ok(if autonomous {
                         Provisioned::NoMaster {
@@ -334,6 +352,42 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
         }
         Err(failed("agent", AgentRunError::TooManyResets))
     }
+}
+
+/// What one conversation leaves besides its stores.
+struct End {
+    decided: Result<Decision, AgentRunError>,
+    last_command: Option<(u64, u64)>,
+    obeyed: Option<(MacAddr, u64)>,
+}
+
+/// One conversation's end with the stores the agent gives back: its main store (flash,
+/// or a flash-less card's RAM store) and the RAM store of a test-mode set.
+struct Ended<W: Volumes> {
+    end: End,
+    main: Store<W>,
+    ram: Option<Store<FileVolumes>>,
+}
+
+/// Drives `agent` to a decision over the backplane and takes it apart.
+fn converse<W: Volumes>(
+    agent: Agent<W>,
+    sock: &mut PacketSocket,
+    iface: &str,
+    hold: Duration,
+) -> Ended<W> {
+    let mut seat = [Seat::new(agent, ())];
+    let decided = drive(&mut seat, sock, iface, hold, None);
+    let [seat] = seat;
+    let agent = seat.into_agent();
+    log::info!("agent: counters {:?}", agent.counters());
+    let end = End {
+        decided,
+        last_command: agent.last_command(),
+        obeyed: agent.obeyed(),
+    };
+    let (main, ram) = agent.into_stores();
+    Ended { end, main, ram }
 }
 
 /// The socket of a conversation that fetches: the same thread hashes and writes flash
@@ -412,6 +466,7 @@ fn test_set(
         fresh
     };
     Ok(Provisioned::TestSet {
+        set: set.clone(),
         packages,
         boot: image.map(|(image, range)| TestBoot {
             image,

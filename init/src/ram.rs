@@ -1,4 +1,5 @@
-//! The RAM store of test mode: where a `persist = false` plan is fetched to.
+//! The RAM store: where a `persist = false` plan (test mode, RAM-first) is fetched to, and
+//! every plan of a card without usable flash.
 //!
 //! ```text
 //! fresh boot:        /run/shelfboot/ram   FileVolumes, formatted with a capacity of
@@ -51,7 +52,7 @@ pub enum RamError {
         source: Option<std::io::Error>,
     },
     /// Less than one LEB of RAM to spare.
-    #[error("no RAM to spare for test mode: {budget} bytes after keeping half back")]
+    #[error("no RAM to spare for a RAM store: {budget} bytes after keeping half back")]
     TooSmall {
         /// The budget in bytes.
         budget: u64,
@@ -104,13 +105,13 @@ pub fn open(carried: &Path, fresh: &Path, proc: &Path) -> Result<Store<FileVolum
         match open_dir(carried, || FileVolumes::open(carried)).and_then(|s| verified(s, carried)) {
             Ok(s) => {
                 log::info!(
-                    "test mode: using the RAM store carried over the kexec in {} (re-hashed)",
+                    "RAM store: using the one carried over the kexec in {} (re-hashed)",
                     carried.display()
                 );
                 return Ok(s);
             }
             Err(e) => log::error!(
-                "test mode: the carried RAM store is unusable, starting an empty one: {}",
+                "RAM store: the carried one is unusable, starting an empty one: {}",
                 shelfboot_proto::report::error_chain(&e)
             ),
         }
@@ -144,7 +145,7 @@ pub fn open(carried: &Path, fresh: &Path, proc: &Path) -> Result<Store<FileVolum
         });
     }
     log::info!(
-        "test mode: RAM store in {} holds up to {} MiB ({} free on tmpfs, {} available memory)",
+        "RAM store: {} holds up to {} MiB ({} free on tmpfs, {} available memory)",
         fresh.display(),
         (lebs * RAM_LEB) >> 20,
         free >> 20,

@@ -35,7 +35,8 @@ use crate::sys::power::Leave;
 
 /// The marker appended to a stored image's command line.
 pub const STORED_MARKER: &str = "shelfboot.stored=1";
-/// The marker appended to a test-mode boot image's command line (kexec'd from RAM).
+/// The marker appended to a RAM set's boot image command line (kexec'd from RAM: test
+/// mode, RAM-first, a card without usable flash).
 pub const TEST_MARKER: &str = "shelfboot.test=1";
 /// The environment the next init gets.
 pub const INIT_ENV: &[(&str, &str)] = &[
@@ -129,10 +130,10 @@ impl std::fmt::Display for Layer {
                 f,
                 "{size} bytes at {offset} of volume {name} (/dev/ubi{ubi}_{vol})"
             ),
-            Layer::File(p) => write!(f, "test-mode package {}", p.display()),
+            Layer::File(p) => write!(f, "RAM package {}", p.display()),
             Layer::FileExtent { path, offset, size } => write!(
                 f,
-                "test-mode package: {size} bytes at {offset} of {}",
+                "RAM package: {size} bytes at {offset} of {}",
                 path.display()
             ),
         }
@@ -156,7 +157,7 @@ pub enum HandoffError {
     #[error("cannot stage the boot image for kexec")]
     Stage(#[source] bootimage::BootImageError),
     /// The test-mode boot image file in RAM could not be opened.
-    #[error("cannot open the test-mode boot image {path}")]
+    #[error("cannot open the RAM set's boot image {path}")]
     OpenImage {
         /// The file in the RAM store.
         path: PathBuf,
@@ -356,7 +357,7 @@ where
         };
     }
     if carry.is_some() {
-        log::info!("kexec: sync and reboot into the test-mode image");
+        log::info!("kexec: sync and reboot into the RAM set's image");
     } else {
         log::info!("kexec: sync and reboot into the stored image");
     }
