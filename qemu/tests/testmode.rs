@@ -215,7 +215,7 @@ mod tests {
         let console = card.console();
         for want in [
             "test-mode plan: fetching into RAM, flash untouched",
-            "kexec: sync and reboot into the test-mode image",
+            "kexec: sync and reboot into the RAM set's image",
             "config: test            true",
             "the RAM store holds the test-mode plan: validated",
             "switch_root: exec",
