@@ -533,6 +533,9 @@ pub struct Derived {
     /// does not exist and `panic=0`, so the kernel panics and waits forever (only a
     /// watchdog brings the card back).
     pub kernel_hangs: bool,
+    /// MACs (`02:…` text) given a per-node override `ram = true`: RAM-first cards, which
+    /// run their set from RAM and never burn it.
+    pub ram_first: Vec<String>,
 }
 
 /// Name of extra package `i` of a derived release.
@@ -654,6 +657,9 @@ fn derived_toml(arches: &[(Arch, String)], card_types: &[String], d: &Derived) -
     }
     toml.push_str(&boot_entries(arches, card_types, &health));
     toml.push_str(&class_entry(card_types, &class_packages));
+    for mac in &d.ram_first {
+        toml.push_str(&format!("\n[[override]]\nmac = \"{mac}\"\nram = true\n"));
+    }
     toml
 }
 
@@ -785,8 +791,20 @@ mod tests {
             health_deadline_s: None,
             heartbeat_broken: false,
             kernel_hangs: false,
+            ram_first: vec![],
         };
         let t = derived_toml(&x86, &types, &d);
+        assert!(!t.contains("[[override]]"), "{t}");
+        let ram = Derived {
+            version: "1.1.0".into(),
+            ram_first: vec!["52:54:00:5b:00:02".into()],
+            ..Derived::default()
+        };
+        let r = derived_toml(&x86, &types, &ram);
+        assert!(
+            r.ends_with("[[override]]\nmac = \"52:54:00:5b:00:02\"\nram = true\n"),
+            "{r}"
+        );
         assert!(t.contains("version = \"1.1.0\"\n"), "{t}");
         assert!(t.contains("file = \"files/base-1.0.0-x86_64.sqfs\""), "{t}");
         assert!(

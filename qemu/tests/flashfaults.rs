@@ -155,6 +155,7 @@ mod tests {
                 health_deadline_s: None,
                 heartbeat_broken: false,
                 kernel_hangs: false,
+                ram_first: vec![],
             },
         )
         .unwrap();

@@ -334,6 +334,7 @@ mod tests {
                 health_deadline_s: None,
                 heartbeat_broken: false,
                 kernel_hangs: false,
+                ram_first: vec![],
             },
             Derived {
                 version: "1.2.0".into(),
@@ -343,6 +344,7 @@ mod tests {
                 health_deadline_s: None,
                 heartbeat_broken: false,
                 kernel_hangs: false,
+                ram_first: vec![],
             },
         ] {
             scenario::import_derived(&lab, &d).unwrap();

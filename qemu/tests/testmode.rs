@@ -214,10 +214,10 @@ mod tests {
         );
         let console = card.console();
         for want in [
-            "test-mode plan: fetching into RAM, flash untouched",
+            "RAM-only plan (persist = false): fetching into RAM, flash untouched",
             "kexec: sync and reboot into the RAM set's image",
             "config: test            true",
-            "the RAM store holds the test-mode plan: validated",
+            "the RAM store holds the RAM-only plan: validated",
             "switch_root: exec",
         ] {
             assert!(console.contains(want), "console lacks {want:?}");

@@ -824,7 +824,7 @@ impl<V: Volumes> Agent<V> {
                     self.mac()
                 ),
                 Medium::Ram => log::info!(
-                    "card {}: the RAM store holds the test-mode plan: validated",
+                    "card {}: the RAM store holds the RAM-only plan: validated",
                     self.mac()
                 ),
             }
@@ -832,7 +832,7 @@ impl<V: Volumes> Agent<V> {
         }
         if medium == Medium::Ram {
             log::info!(
-                "card {}: test-mode plan: fetching into RAM, flash untouched",
+                "card {}: RAM-only plan (persist = false): fetching into RAM, flash untouched",
                 self.mac()
             );
         } else if !self.store.main_persists() {
