@@ -1100,6 +1100,17 @@ mod tests {
         );
     }
 
+    /// The hand-off went into `pkg` over a loop device, without a kexec.
+    fn assert_switched_root_over_ram(err: &FlowError, k: &Recorder, pkg: &std::path::Path) {
+        assert!(
+            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
+            "{err}"
+        );
+        assert!(!k.calls.iter().any(|c| matches!(c, Call::KexecLoad(..))));
+        assert!(k.calls.contains(&Call::LoopAttach(pkg.to_path_buf())));
+        assert!(matches!(k.calls.last(), Some(Call::ExecInit(..))));
+    }
+
     #[test]
     fn kexeced_test_image_switches_root_into_ram_packages_without_counting() {
         let (dev, mut store) = committed();
@@ -1129,13 +1140,7 @@ mod tests {
             &[],
             None,
         );
-        assert!(
-            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
-            "{err}"
-        );
-        assert!(!k.calls.iter().any(|c| matches!(c, Call::KexecLoad(..))));
-        assert!(k.calls.contains(&Call::LoopAttach(pkgs[0].clone())));
-        assert!(matches!(k.calls.last(), Some(Call::ExecInit(..))));
+        assert_switched_root_over_ram(&err, &k, &pkgs[0]);
         assert_eq!(dev.ops().len(), before);
         assert_eq!(store.inventory().unwrap().attempts, 0);
     }
@@ -1191,12 +1196,6 @@ mod tests {
             &[],
             None,
         );
-        assert!(
-            matches!(err, FlowError::Handoff(HandoffError::Final(_))),
-            "{err}"
-        );
-        assert!(!k.calls.iter().any(|c| matches!(c, Call::KexecLoad(..))));
-        assert!(k.calls.contains(&Call::LoopAttach(pkgs[0].clone())));
-        assert!(matches!(k.calls.last(), Some(Call::ExecInit(..))));
+        assert_switched_root_over_ram(&err, &k, &pkgs[0]);
     }
 }

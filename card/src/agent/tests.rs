@@ -750,6 +750,21 @@ fn ram(dir: &std::path::Path, lebs: u64) -> Store<FileVolumes> {
     Store::open(v, StoreConfig::default()).unwrap().0
 }
 
+/// The plan was only validated, from RAM: no Fetch, Ready and decision not persisted.
+fn assert_validated_in_ram(outs: &[Output]) {
+    let sent: Vec<Message> = frames(outs).into_iter().map(|(_, m, _)| m).collect();
+    assert!(!sent.iter().any(|m| matches!(m, Message::Fetch(_))));
+    assert!(!ready_of(&sent).unwrap().persisted);
+    assert!(matches!(
+        decision(outs),
+        Some(Decision::Boot {
+            validated_only: true,
+            persisted: false,
+            ..
+        })
+    ));
+}
+
 fn ready_of(outs: &[Message]) -> Option<&Ready> {
     outs.iter().find_map(|m| match m {
         Message::Ready(r) => Some(r),
@@ -821,17 +836,7 @@ fn test_mode_plan_goes_to_ram_and_flash_sees_no_operation() {
         t0,
         &plan_frame_persist(&key(), &h, &s, &refs, Verdict::Fetch, false),
     );
-    let sent: Vec<Message> = frames(&outs).into_iter().map(|(_, m, _)| m).collect();
-    assert!(!sent.iter().any(|m| matches!(m, Message::Fetch(_))));
-    assert!(!ready_of(&sent).unwrap().persisted);
-    assert!(matches!(
-        decision(&outs),
-        Some(Decision::Boot {
-            validated_only: true,
-            persisted: false,
-            ..
-        })
-    ));
+    assert_validated_in_ram(&outs);
     assert_eq!(vols.ops().len(), ops);
 
     // Test mode left on the master: the next plan is the flash set again (Continue).
@@ -1422,17 +1427,7 @@ fn card_without_flash_runs_every_plan_from_ram_and_never_claims_it_persisted() {
     assert_eq!(s.inventory_digest, None);
     assert!(s.inventory.is_empty());
     let outs = agent.handle_frame(t0, &plan_frame(&key(), &h, &s, &refs, Verdict::Fetch));
-    let sent: Vec<Message> = frames(&outs).into_iter().map(|(_, m, _)| m).collect();
-    assert!(!sent.iter().any(|m| matches!(m, Message::Fetch(_))));
-    assert!(!ready_of(&sent).unwrap().persisted);
-    assert!(matches!(
-        decision(&outs),
-        Some(Decision::Boot {
-            validated_only: true,
-            persisted: false,
-            ..
-        })
-    ));
+    assert_validated_in_ram(&outs);
 
     // A test-mode plan (persist = false) goes to the same store: there is no other.
     let mut agent = Agent::in_ram(config(), ram(dir.path(), 64), t0);

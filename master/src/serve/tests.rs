@@ -315,6 +315,20 @@ fn boot_round(
     plans
 }
 
+/// The body of the first Plan the service sends at its next tick.
+fn plan_sent(
+    svc: &mut Service<crate::store::sqlite::SqliteStore>,
+    t0: Instant,
+) -> shelfboot_proto::msg::PlanBody {
+    messages(&svc.tick(t0))
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Plan(p) => Some(p.body),
+            _ => None,
+        })
+        .expect("a plan")
+}
+
 #[test]
 fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
     use crate::store::{NodeState, Store as _};
@@ -332,13 +346,7 @@ fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
     svc.master_mut().test_mode(&card, Some(pins)).unwrap();
     // The next boot: the card still holds its flash set; the plan is RAM-only.
     svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plans[0].digest), 9));
-    let plan = messages(&svc.tick(t0))
-        .into_iter()
-        .find_map(|(_, m)| match m {
-            Message::Plan(p) => Some(p.body),
-            _ => None,
-        })
-        .expect("a plan");
+    let plan = plan_sent(&mut svc, t0);
     assert!(!plan.persist);
     assert_eq!(plan.verdict, Verdict::Fetch);
     assert!(plan.artifacts.iter().any(|a| a.name == "debug-tools"));
@@ -359,13 +367,7 @@ fn ready_in_test_mode_marks_the_node_test_and_keeps_its_flash_inventory() {
     // Test mode left: the flash set is the plan again, validated with Continue.
     svc.master_mut().test_mode(&card, None).unwrap();
     svc.handle_frame(t0, &solicit(card, "lc100", 1, Some(plans[0].digest), 10));
-    let plan = messages(&svc.tick(t0))
-        .into_iter()
-        .find_map(|(_, m)| match m {
-            Message::Plan(p) => Some(p.body),
-            _ => None,
-        })
-        .expect("a plan");
+    let plan = plan_sent(&mut svc, t0);
     assert!(plan.persist);
     assert_eq!(plan.verdict, Verdict::Continue);
 }
@@ -1481,13 +1483,7 @@ fn ready_from_a_card_without_flash_marks_the_node_ram_and_records_no_inventory()
     let card = MacAddr([2, 0, 0, 3, 0, 2]);
     // A cold boot of a card whose flash is unusable: nothing held, a plain plan.
     svc.handle_frame(t0, &solicit(card, "lc100", 1, None, 3));
-    let plan = messages(&svc.tick(t0))
-        .into_iter()
-        .find_map(|(_, m)| match m {
-            Message::Plan(p) => Some(p.body),
-            _ => None,
-        })
-        .expect("a plan");
+    let plan = plan_sent(&mut svc, t0);
     assert!(
         plan.persist,
         "the master does not know the card lacks flash"
