@@ -54,14 +54,14 @@ pub enum Provisioned {
     },
     /// A RAM set (test mode, a RAM-first plan, a card without usable flash): boot these
     /// squashfs packages kept in tmpfs (bottom first); flash untouched.
-    TestSet {
+    RamSet {
         /// The set, as the RAM store committed it.
         set: SetRecord,
         /// Packages in tmpfs ([`Layer::File`] or [`Layer::FileExtent`]).
         packages: Vec<Layer>,
         /// The test set's boot image, if it has one: kexec'd (`shelfboot.test=1`) unless
         /// this init already runs it.
-        boot: Option<TestBoot>,
+        boot: Option<RamBoot>,
     },
     /// No master answered within `shelfboot.master_timeout`.
     NoMaster {
@@ -72,7 +72,7 @@ pub enum Provisioned {
 
 /// A test set's boot image in the RAM store.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TestBoot {
+pub struct RamBoot {
     /// The boot-image container file (in the RAM store's directory).
     pub image: PathBuf,
     /// (offset, size) of the image in `image`, if it is one artifact of a segment;
@@ -348,7 +348,7 @@ pub fn hand_off<V: Volumes>(
     resident: Option<&Seed>,
 ) -> FlowError {
     let decided = match provisioned {
-        Provisioned::TestSet {
+        Provisioned::RamSet {
             set,
             packages,
             boot,
@@ -965,7 +965,7 @@ mod tests {
             &Paths::default(),
             &cfg(false),
             Some((0, &mut store)),
-            Provisioned::TestSet {
+            Provisioned::RamSet {
                 set,
                 packages: packages.iter().cloned().map(Layer::File).collect(),
                 boot: None,
@@ -1020,13 +1020,13 @@ mod tests {
     }
 
     /// A test set in a RAM store: a boot image and two packages, as files.
-    fn ram_set(dir: &std::path::Path) -> TestBoot {
+    fn ram_set(dir: &std::path::Path) -> RamBoot {
         let boot =
             shelfboot_mkinitramfs::bootimage::build(b"bz-test", b"initrd-test", "quiet").unwrap();
         std::fs::create_dir_all(dir.join("ram/blobs")).unwrap();
         std::fs::write(dir.join("ram/table"), b"table").unwrap();
         std::fs::write(dir.join("ram/blobs/v0-0"), &boot).unwrap();
-        TestBoot {
+        RamBoot {
             image: dir.join("ram/blobs/v0-0"),
             range: None,
             cmdline: "console=ttyS0 quiet".into(),
@@ -1057,7 +1057,7 @@ mod tests {
             &paths,
             &c,
             Some((0, &mut store)),
-            Provisioned::TestSet {
+            Provisioned::RamSet {
                 set,
                 packages: vec![Layer::File(t.path().join("ram/blobs/v1-0"))],
                 boot: Some(boot),
@@ -1132,7 +1132,7 @@ mod tests {
             &Paths::default(),
             &c,
             Some((0, &mut store)),
-            Provisioned::TestSet {
+            Provisioned::RamSet {
                 set,
                 packages: pkgs.iter().cloned().map(Layer::File).collect(),
                 boot: Some(boot),
@@ -1152,7 +1152,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let boot = ram_set(t.path());
         let pkgs = [PathBuf::from("/run/shelfboot/ram/blobs/v1-0")];
-        let ram_set = |boot| Provisioned::TestSet {
+        let ram_set = |boot| Provisioned::RamSet {
             set: set.clone(),
             packages: pkgs.iter().cloned().map(Layer::File).collect(),
             boot: Some(boot),

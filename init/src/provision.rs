@@ -25,9 +25,13 @@
 //! `SHELFBOOT: warm boot ordered by the master`), which only validates and hands off.
 //! Without a WarmBoot within `shelfboot.hold` the agent hands off on its own.
 //!
+//! A card without usable flash (the session has no store): the RAM store is the agent's
+//! only store ([`Agent::in_ram`]), kept here across the master's resets; every decision
+//! is a RAM set, handed off as test mode's below. No RAM store either: an error.
+//!
 //! Test mode: the agent also gets a RAM store ([`crate::ram`]: fresh on tmpfs, or the
 //! one a kexec'd test image finds carried in its initramfs). A `persist = false` plan is
-//! fetched there; its decision becomes [`Provisioned::TestSet`] with the package files
+//! fetched there; its decision becomes [`Provisioned::RamSet`] with the package files
 //! and the boot image file of the RAM store. Flash is neither written nor marked Ready,
 //! and the boot counter is left alone. Without a RAM store (no memory to spare) the agent
 //! refuses such plans with an error to the master.
@@ -48,7 +52,7 @@ use shelfboot_proto::frame::MacAddr;
 use shelfboot_proto::msg::{Arch, BootPhase};
 use shelfboot_proto::sign::{SignError, TrustAnchor};
 
-use crate::flow::{ProvisionError, Provisioned, Provisioner, Session, TestBoot};
+use crate::flow::{ProvisionError, Provisioned, Provisioner, RamBoot, Session};
 use crate::resident::{HealthCheck, Seed};
 
 /// Where mkinitramfs puts the trust anchors.
@@ -300,7 +304,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
                     );
                     s.resident = Some(seed);
                     let ram = ram.or(in_ram);
-                    return test_set(ram, &set, &self.carried_dir, &self.ram_dir)
+                    return ram_hand_off(ram, &set, &self.carried_dir, &self.ram_dir)
                         .map_err(|e| failed("RAM set", e));
                 }
                 Decision::Boot {
@@ -423,9 +427,9 @@ pub(crate) fn identity(cfg: &crate::config::Config, mac: MacAddr) -> Identity {
     }
 }
 
-/// The hand-off of a test set the agent committed in `ram`: its package files (plan
+/// The hand-off of a RAM set the agent committed in `ram`: its package files (plan
 /// order) and boot image file.
-fn test_set(
+fn ram_hand_off(
     ram: Option<Store<FileVolumes>>,
     set: &SetRecord,
     carried: &Path,
@@ -465,10 +469,10 @@ fn test_set(
     } else {
         fresh
     };
-    Ok(Provisioned::TestSet {
+    Ok(Provisioned::RamSet {
         set: set.clone(),
         packages,
-        boot: image.map(|(image, range)| TestBoot {
+        boot: image.map(|(image, range)| RamBoot {
             image,
             range,
             cmdline: set.cmdline.clone(),

@@ -114,7 +114,7 @@ impl Provisioner<UbiVolumes> for LocalSet {
                         .ok_or_else(|| plain(format!("{} has no file", r.name)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            return Ok(Provisioned::TestSet {
+            return Ok(Provisioned::RamSet {
                 packages: packages
                     .into_iter()
                     .map(shelfboot_init::handoff::Layer::File)
