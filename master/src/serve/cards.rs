@@ -114,6 +114,13 @@ pub struct CardStats {
     pub rate_bps: u64,
     /// Service time (ms) of the card's last frame.
     pub last_seen_ms: u64,
+    /// Not heard for the serve's absence interval (its next frame clears it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
+    /// What the card's resident agent last reported of its set (`healthy`, `rolled
+    /// back`, ...: `master nodes`' HEALTH), if it sent an Alive in this serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     /// The last error the card reported, or why it has no plan (kept until it is Ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -198,7 +205,24 @@ impl Cards {
         }
         let t = self.tracks.get_mut(&mac)?;
         t.card.last_seen_ms = ms(now);
+        t.card.absent = false;
         Some(t)
+    }
+
+    /// `mac` was not heard for the absence interval.
+    pub fn absent(&mut self, mac: &MacAddr) {
+        if let Some(t) = self.tracks.get_mut(mac) {
+            t.card.absent = true;
+        }
+    }
+
+    /// `mac`'s resident agent reports `health` (an Alive, also a frame heard).
+    pub fn health(&mut self, mac: MacAddr, health: &str, now: Duration) {
+        if let Some(t) = self.track(mac, now)
+            && t.card.health.as_deref() != Some(health)
+        {
+            t.card.health = Some(health.to_owned());
+        }
     }
 
     /// True if no more cards can be tracked.

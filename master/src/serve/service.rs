@@ -1081,6 +1081,7 @@ impl<S: Store> Service<S> {
             dropped: u64::from(a.dropped),
             detail: truncate(a.detail.clone(), MAX_DETAIL_LEN),
         };
+        self.cards.health(src, report.summary(), since);
         if !self.presence.report_due(&src, &report, since) {
             return;
         }
@@ -1114,6 +1115,7 @@ impl<S: Store> Service<S> {
         self.load_presence(since);
         for (card, silent) in self.presence.expired(since) {
             self.stats.cards_absent += 1;
+            self.cards.absent(&card);
             log::warn!(
                 "master: {card} not heard for {} s: absent",
                 silent.as_secs()

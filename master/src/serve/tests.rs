@@ -1296,6 +1296,16 @@ fn a_silent_card_is_absent_after_the_interval_and_present_again_when_heard() {
         svc.tick(at(ms));
     }
     assert_eq!(present(&svc, n1), Some(false), "10 s after its last Alive");
+    let live = |svc: &Service<crate::store::sqlite::SqliteStore>| {
+        let c = svc.stats().cards;
+        let n = c.iter().find(|c| c.mac == n1).expect("N1 in the live view");
+        (n.absent, n.health.clone())
+    };
+    assert_eq!(
+        live(&svc),
+        (true, Some("healthy".to_owned())),
+        "`master watch` sees it absent, with its last report"
+    );
     let last_seen = svc.master().store().node(&n1).unwrap().unwrap().last_seen;
     // Absent cards are not marked again.
     for ms in (15_500..=40_000).step_by(500) {
@@ -1307,6 +1317,7 @@ fn a_silent_card_is_absent_after_the_interval_and_present_again_when_heard() {
     svc.handle_frame(at(41_000), &alive(n1, Wire::Healthy, 0xd1, None, ""));
     assert_eq!(present(&svc, n1), Some(true));
     assert_eq!(present(&svc, n2), Some(true));
+    assert_eq!(live(&svc), (false, Some("healthy".to_owned())));
     assert_eq!(
         history_of(&svc, n1)
             .into_iter()

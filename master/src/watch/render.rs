@@ -113,7 +113,7 @@ fn rate(bps: u64) -> String {
     format!("{}/s", HumanBytes(bps))
 }
 
-const CARD_HEAD: [&str; 9] = [
+const CARD_HEAD: [&str; 11] = [
     "SLOT",
     "TYPE",
     "MAC",
@@ -122,6 +122,8 @@ const CARD_HEAD: [&str; 9] = [
     "%",
     "RATE",
     "IN STAGE",
+    "SEEN",
+    "HEALTH",
     "LAST ERROR",
 ];
 const SESSION_HEAD: [&str; 8] = [
@@ -158,8 +160,20 @@ fn card_cells(v: &View, c: &CardStats) -> Vec<String> {
             "-".into()
         },
         duration(v.stage_ms(c)),
+        seen(v, c),
+        c.health.clone().unwrap_or_else(|| "-".into()),
         c.error.clone().unwrap_or_else(|| "-".into()),
     ]
+}
+
+/// How long ago the card's last frame was, and whether the serve counts it absent.
+fn seen(v: &View, c: &CardStats) -> String {
+    let ago = duration(v.now_ms.saturating_sub(c.last_seen_ms));
+    if c.absent {
+        format!("absent {ago}")
+    } else {
+        format!("{ago} ago")
+    }
 }
 
 fn session_cells(s: &SessionStats, r: Option<u64>) -> Vec<String> {
@@ -304,6 +318,12 @@ pub fn card_line(v: &View, c: &CardStats) -> String {
     }
     if c.rate_bps > 0 && !c.stage.is_final() {
         let _ = write!(l, " at {}", cells[6]);
+    }
+    if c.absent {
+        let _ = write!(l, " absent");
+    }
+    if let Some(h) = &c.health {
+        let _ = write!(l, " health: {h}");
     }
     if let Some(e) = &c.error {
         let _ = write!(l, " error: {e}");
@@ -511,6 +531,8 @@ mod tests {
                 0
             },
             last_seen_ms: 4000,
+            absent: false,
+            health: None,
             error: None,
         }
     }
@@ -518,6 +540,9 @@ mod tests {
     fn view() -> View {
         let mut failed = card(3, CardStage::Failed, 0, 0);
         failed.error = Some("NoSpace: flash full".into());
+        (failed.absent, failed.last_seen_ms) = (true, 1200);
+        let mut ready = card(2, CardStage::Ready, 4 << 20, 4 << 20);
+        ready.health = Some("healthy".into());
         View {
             serving: true,
             age_ms: 200,
@@ -528,7 +553,7 @@ mod tests {
             cards_untracked: 0,
             cards: vec![
                 card(1, CardStage::Fetching, 1 << 20, 4 << 20),
-                card(2, CardStage::Ready, 4 << 20, 4 << 20),
+                ready,
                 failed,
             ],
             sessions: vec![(
@@ -556,19 +581,19 @@ mod tests {
         );
         assert_eq!(
             lines[2],
-            "SLOT  TYPE   MAC                STAGE     BYTES              %     RATE        IN STAGE  LAST ERROR"
+            "SLOT  TYPE   MAC                STAGE     BYTES              %     RATE        IN STAGE  SEEN         HEALTH   LAST ERROR"
         );
         assert_eq!(
             lines[3],
-            "1/1   lc100  02:5c:00:00:00:01  fetching  1.00 MiB/4.00 MiB  25%   1.43 MiB/s  3.2s      -"
+            "1/1   lc100  02:5c:00:00:00:01  fetching  1.00 MiB/4.00 MiB  25%   1.43 MiB/s  3.2s      0.2s ago     -        -"
         );
         assert_eq!(
             lines[4],
-            "1/2   lc100  02:5c:00:00:00:02  ready     4.00 MiB/4.00 MiB  100%  -           3.2s      -"
+            "1/2   lc100  02:5c:00:00:00:02  ready     4.00 MiB/4.00 MiB  100%  -           3.2s      0.2s ago     healthy  -"
         );
         assert_eq!(
             lines[5],
-            "1/3   lc100  02:5c:00:00:00:03  failed    -                  -     -           3.2s      NoSpace: flash full"
+            "1/3   lc100  02:5c:00:00:00:03  failed    -                  -     -           3.2s      absent 3.0s  -        NoSpace: flash full"
         );
         assert_eq!(
             lines[8],
@@ -625,7 +650,7 @@ mod tests {
         );
         assert_eq!(
             first[3],
-            "[4.2s] card 1/3 lc100 02:5c:00:00:00:03 failed error: NoSpace: flash full"
+            "[4.2s] card 1/3 lc100 02:5c:00:00:00:03 failed absent error: NoSpace: flash full"
         );
         assert!(first[4].starts_with("[4.2s] session 65537 base 1.0.0 (2.00 MiB): 2 members"));
         v.now_ms = 5000;
@@ -659,6 +684,9 @@ mod tests {
         assert_eq!(c["percent"], 50);
         assert_eq!(c["stage_ms"], 4000);
         assert_eq!(lines[3]["error"], "NoSpace: flash full");
+        assert_eq!(lines[3]["absent"], true);
+        assert_eq!(lines[2]["health"], "healthy");
+        assert!(lines[1].get("absent").is_none() && lines[1].get("health").is_none());
         assert!(lines[3].get("percent").is_none());
         assert_eq!(lines[4]["type"], "session");
         assert_eq!(lines[4]["rate_bps"], 6_000_000);
