@@ -625,7 +625,5 @@ fn announce_and_reset(agent: &mut Resident, mut sock: Option<&mut PacketSocket>)
     if let Some(s) = sock {
         let _ = s.flush();
     }
-    let e = sync_and_leave(Leave::Reboot);
-    log::error!("resident: {}", error_chain(&e));
-    crate::pid1::sleep_forever()
+    reset()
 }
