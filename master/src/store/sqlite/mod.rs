@@ -187,11 +187,11 @@ fn migrate_node_states(conn: &Connection) -> Result<()> {
     rebuilt
 }
 
+/// `schema.sql` compiled into this master lacks a table it migrates: a broken build.
 fn missing_definition(table: &str) -> StoreError {
-    StoreError::Sql {
-        op: "find a table's definition in schema.sql",
-        source: rusqlite::Error::InvalidParameterName(table.to_owned()),
-    }
+    StoreError::Refused(format!(
+        "this master's built-in schema has no definition of table '{table}' to migrate to: the build is broken; install a released master"
+    ))
 }
 
 /// Replication's hooks: the `meta` values a replicated master keeps beside the data, and
