@@ -174,7 +174,7 @@ impl<V: Volumes> Provisioner<V> for AgentProvisioner {
             None => {
                 let ram = crate::ram::open(&self.carried_dir, &self.ram_dir, &self.proc)
                     .map_err(|e| ProvisionError {
-                        what: "the flash is unusable (see the flash error above) and no RAM store could be made, so no plan can be stored".into(),
+                        what: "the flash is unusable (see the flash error above) and no RAM store could be made, so no plan can be stored: mend the card's flash or give it more memory".into(),
                         source: Some(Box::new(e)),
                     })?;
                 log::warn!(
